@@ -1,0 +1,517 @@
+"""The `RecommenderCluster` API, version v1alpha1: the single source of truth for its schema.
+
+The CRD in `crds/` is generated from these models (`make crds`), the operator validates every
+object it reconciles into them, and the local runtime and the data plane load the same classes.
+Cross-field and transition rules are written once, as CEL (`x-kubernetes-validations`): the API
+server enforces them on Kubernetes, and `ApiModel` evaluates the same rule text with cel-python
+when a model is validated locally, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from shardrec.api import cel as cel_rules
+
+GROUP = "shardrec.io"
+VERSION = "v1alpha1"
+API_VERSION: Final = "shardrec.io/v1alpha1"
+KIND: Final = "RecommenderCluster"
+PLURAL = "recommenderclusters"
+SINGULAR = "recommendercluster"
+SHORT_NAMES = ["recc"]
+
+DEFAULT_IMAGE = "ghcr.io/shardrec/shardrec:0.1.0"
+
+CEL_RULES_KEY = cel_rules.CEL_RULES_KEY
+
+DnsLabel = Annotated[
+    str,
+    Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+]
+Quantity = Annotated[
+    str,
+    Field(
+        pattern=r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$",
+        max_length=32,
+    ),
+]
+
+
+class ApiModel(BaseModel):
+    """Base: camelCase on the wire, snake_case in Python, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    @model_validator(mode="after")
+    def _cel_rules_hold(self) -> ApiModel:
+        rules = cel_rules.rules_of(self.model_config.get("json_schema_extra"))
+        if rules:
+            failed = cel_rules.failed_messages(rules, self.model_dump(by_alias=True, mode="json"))
+            if failed:
+                raise ValueError("; ".join(failed))
+        return self
+
+
+def transition_errors(old: ApiModel, new: ApiModel) -> list[str]:
+    """Messages of the transition rules (those using `oldSelf`) that `old -> new` breaks,
+    walking nested models the way the API server walks the schema."""
+    rules = cel_rules.rules_of(new.model_config.get("json_schema_extra"))
+    errors = cel_rules.failed_messages(
+        rules, new.model_dump(by_alias=True, mode="json"), old.model_dump(by_alias=True, mode="json")
+    )
+    for name in type(new).model_fields:
+        old_child, new_child = getattr(old, name), getattr(new, name)
+        if isinstance(old_child, ApiModel) and isinstance(new_child, ApiModel):
+            errors.extend(transition_errors(old_child, new_child))
+    return errors
+
+
+def cel(*rules: tuple[str, str, str]) -> dict[str, Any]:
+    """json_schema_extra for a model: (rule, message, fieldPath) triples as CEL validations."""
+    return {
+        CEL_RULES_KEY: [
+            {"rule": rule, "message": message, **({"fieldPath": path} if path else {})}
+            for rule, message, path in rules
+        ]
+    }
+
+
+class HnswSpec(ApiModel):
+    """HNSW graph parameters (hnswlib). Larger values trade memory and build time for recall."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "self.efConstruction >= self.m",
+                "hnsw.efConstruction must be at least hnsw.m",
+                ".efConstruction",
+            )
+        )
+    )
+
+    m: int = Field(16, ge=4, le=128, description="Graph degree (hnswlib M): links per node.")
+    ef_construction: int = Field(
+        200, ge=16, le=2048, description="Candidate list size while building (hnswlib ef_construction)."
+    )
+    ef_search: int = Field(
+        64,
+        ge=10,
+        le=4096,
+        description="Candidate list size while searching; raised to k when k is larger.",
+    )
+
+
+class PersistentVolumeClaimStore(ApiModel):
+    """A PersistentVolumeClaim that holds index artifacts (ReadWriteMany for more than one node)."""
+
+    claim_name: str = Field(
+        min_length=1, max_length=253, description="Name of the PVC in the cluster's namespace."
+    )
+    sub_path: str = Field(
+        "",
+        max_length=253,
+        pattern=r"^([^/.][^/]*)?(/[^/.][^/]*)*$",
+        description="Folder inside the claim; empty for its root. No '..' or leading '/'.",
+    )
+
+
+class IndexStoreSpec(ApiModel):
+    """Where built index layouts are written and where shard pods read them."""
+
+    persistent_volume_claim: PersistentVolumeClaimStore | None = Field(
+        None, description="Store artifacts on this PVC. Required on Kubernetes; ignored locally."
+    )
+
+
+class IndexSpec(ApiModel):
+    """The item index to serve: which embeddings, which version, how it is searched."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "self.metric == oldSelf.metric",
+                "index.metric cannot change in place: create a new RecommenderCluster",
+                ".metric",
+            ),
+            (
+                "self.dimension == oldSelf.dimension",
+                "index.dimension cannot change in place: create a new RecommenderCluster",
+                ".dimension",
+            ),
+        )
+    )
+
+    version: DnsLabel = Field(
+        description=(
+            "Version label of the index (e.g. v2, 2026-11-23). Changing it builds a new layout and "
+            "switches the router to it once every shard is ready."
+        )
+    )
+    source: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^(file://|pvc://|/)\S+$",
+        description=(
+            "Embeddings directory to build from: file:///abs/path or /abs/path (local runtime, or a "
+            "path inside the index store volume), pvc://<claim>/<path> on Kubernetes. Format: "
+            "docs/embeddings-format.md."
+        ),
+    )
+    dimension: int = Field(ge=1, le=4096, description="Embedding dimension; checked against the data.")
+    metric: Literal["ip", "cosine", "l2"] = Field(
+        "cosine",
+        description="Similarity: ip (inner product), cosine, or l2 (Euclidean; smaller is closer).",
+    )
+    hnsw: HnswSpec = Field(default_factory=HnswSpec, description="HNSW parameters.")
+    store: IndexStoreSpec = Field(
+        default_factory=IndexStoreSpec, description="Where index artifacts are kept."
+    )
+
+
+class PartitioningSpec(ApiModel):
+    """How items are split into shards."""
+
+    scheme: Literal["jump-hash-item-id"] = Field(
+        "jump-hash-item-id",
+        description=(
+            "jump-hash-item-id: shard = JumpConsistentHash(first 8 bytes of BLAKE2b(item id, "
+            "UTF-8), shards). Stable across processes and releases; see docs/partitioning.md."
+        ),
+    )
+
+
+class HedgingSpec(ApiModel):
+    """Send a second copy of a slow shard request to another replica; the first answer wins."""
+
+    enabled: bool = Field(True, description="Hedge slow shard requests.")
+    after_ms: int = Field(
+        20, ge=1, le=10000, description="Hedge a shard request still unanswered after this long."
+    )
+    budget_percent: int = Field(
+        10,
+        ge=0,
+        le=100,
+        description=(
+            "At most this share of shard requests may be hedges, so a slow shard cannot double the load."
+        ),
+    )
+
+
+class AutoscalingSpec(ApiModel):
+    """HorizontalPodAutoscaler for the router."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "self.minReplicas <= self.maxReplicas",
+                "router.autoscaling.minReplicas must not exceed maxReplicas",
+                ".minReplicas",
+            )
+        )
+    )
+
+    min_replicas: int = Field(2, ge=1, le=100, description="Fewest router replicas.")
+    max_replicas: int = Field(10, ge=1, le=100, description="Most router replicas.")
+    target_cpu_utilization_percent: int = Field(
+        70, ge=10, le=100, description="Average CPU utilisation the autoscaler aims for."
+    )
+
+
+class RouterSpec(ApiModel):
+    """The router: the one endpoint clients call. It scatter-gathers over the shards."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!self.hedging.enabled || self.hedging.afterMs < self.timeoutMs",
+                "router.hedging.afterMs must be below router.timeoutMs",
+                ".hedging.afterMs",
+            )
+        )
+    )
+
+    replicas: int = Field(2, ge=1, le=100, description="Router replicas (ignored when autoscaling is set).")
+    consistency: Literal["strict", "available"] = Field(
+        "strict",
+        description=(
+            "strict: a shard with no live replica fails the request with 503 and Retry-After. "
+            "available: answer from the shards that did, flagged partial with the coverage."
+        ),
+    )
+    timeout_ms: int = Field(
+        1000, ge=10, le=60000, description="Deadline for a whole request, propagated to shards."
+    )
+    max_retries: int = Field(
+        2,
+        ge=0,
+        le=5,
+        description="Retries of a failed shard request on another replica, within the deadline.",
+    )
+    hedging: HedgingSpec = Field(default_factory=HedgingSpec, description="Hedged shard requests.")
+    max_in_flight: int = Field(
+        512,
+        ge=1,
+        le=100000,
+        description=(
+            "Requests a router replica admits at once; past it, 503 with Retry-After (load shedding)."
+        ),
+    )
+    max_batch_size: int = Field(
+        256, ge=1, le=4096, description="Most queries in one /v1/recommend/batch request."
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        None, description="Scale router replicas with load; absent means a fixed replica count."
+    )
+
+
+class RolloutSpec(ApiModel):
+    """How a new layout (index version or shard count) replaces the serving one."""
+
+    strategy: Literal["BlueGreen"] = Field(
+        "BlueGreen",
+        description=(
+            "BlueGreen: build and start the new layout beside the old one, switch the router in one "
+            "step once every shard is ready, so no answer mixes versions."
+        ),
+    )
+    timeout_seconds: int = Field(
+        1800,
+        ge=10,
+        le=86400,
+        description="A layout not built and ready within this is abandoned; the old one keeps serving.",
+    )
+    keep_previous_layouts: int = Field(
+        1, ge=0, le=3, description="Old layouts kept running after a switch, for instant rollback."
+    )
+    rollback_window_seconds: int = Field(
+        300,
+        ge=0,
+        le=604800,
+        description="How long a kept layout keeps running after it stopped serving.",
+    )
+    drain_seconds: int = Field(
+        5, ge=0, le=600, description="Grace for in-flight requests before an old layout is stopped."
+    )
+
+
+class ApiKeysSecretRef(ApiModel):
+    """A Secret holding API keys, one per line (`name:key` or bare key)."""
+
+    name: str = Field(min_length=1, max_length=253, description="Secret name in the cluster's namespace.")
+    key: str = Field("api-keys", min_length=1, max_length=253, description="Key inside the Secret.")
+
+
+class AuthSpec(ApiModel):
+    """Client authentication and per-key limits at the router."""
+
+    api_keys_secret_ref: ApiKeysSecretRef | None = Field(
+        None, description="Require an API key (X-API-Key or Bearer) from this Secret; absent means open."
+    )
+    rate_limit_per_second: int = Field(
+        0, ge=0, le=1000000, description="Requests per second per API key; 0 turns the limit off."
+    )
+    rate_limit_burst: int = Field(
+        0, ge=0, le=1000000, description="Burst allowance above the rate; 0 means one second's worth."
+    )
+
+
+class ResourceRequirements(ApiModel):
+    """CPU and memory for a container, as Kubernetes quantities."""
+
+    requests: dict[Literal["cpu", "memory"], Quantity] = Field(
+        default_factory=dict, description="Guaranteed resources (e.g. cpu: 500m, memory: 1Gi)."
+    )
+    limits: dict[Literal["cpu", "memory"], Quantity] = Field(
+        default_factory=dict, description="Upper bounds (e.g. memory: 2Gi)."
+    )
+
+
+class ResourcesSpec(ApiModel):
+    """Resources of shard-server and router containers."""
+
+    shard: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, description="Each shard-server container."
+    )
+    router: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, description="Each router container."
+    )
+
+
+class MonitoringSpec(ApiModel):
+    """Prometheus integration."""
+
+    service_monitor: bool = Field(
+        False, description="Create a ServiceMonitor (needs the Prometheus Operator CRDs)."
+    )
+    scrape_annotations: bool = Field(
+        True, description="Annotate pods with prometheus.io/scrape, port and path."
+    )
+
+
+class FailoverSpec(ApiModel):
+    """What the operator does about pods on lost nodes."""
+
+    force_delete_after_seconds: int = Field(
+        300,
+        ge=30,
+        le=86400,
+        description=(
+            "A shard pod on a NotReady or unreachable node this long is force-deleted so its "
+            "StatefulSet recreates it elsewhere."
+        ),
+    )
+
+
+class RecommenderClusterSpec(ApiModel):
+    """Desired state of a sharded, replicated recommendation-serving cluster."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "self.shards * self.replicasPerShard <= 4096",
+                "shards x replicasPerShard must not exceed 4096 pods",
+                ".replicasPerShard",
+            )
+        )
+    )
+
+    shards: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Number of index partitions. Changing it rebalances into a new layout.",
+    )
+    replicas_per_shard: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="Replicas of every shard; changing it adds or removes pods without rebuilding.",
+    )
+    index: IndexSpec = Field(description="The item index to serve.")
+    partitioning: PartitioningSpec = Field(
+        default_factory=PartitioningSpec, description="How items map to shards."
+    )
+    router: RouterSpec = Field(default_factory=RouterSpec, description="The client-facing router.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How new layouts go live.")
+    auth: AuthSpec = Field(default_factory=AuthSpec, description="Client authentication and rate limits.")
+    image: str = Field(
+        DEFAULT_IMAGE,
+        min_length=1,
+        max_length=512,
+        description="Data-plane image (shard server, router and index builder).",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="Pull policy for the data-plane image."
+    )
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Container resources.")
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Prometheus integration.")
+    failover: FailoverSpec = Field(default_factory=FailoverSpec, description="Failover behaviour.")
+    paused: bool = Field(
+        False,
+        description="Freeze topology changes (builds, switches, deletions); status keeps updating.",
+    )
+    delete_artifacts_on_delete: bool = Field(
+        False, description="Remove the index artifacts from the store when this object is deleted."
+    )
+
+
+# --- status ----------------------------------------------------------------------------------
+
+ConditionType = Literal["Ready", "Progressing", "Degraded"]
+Phase = Literal["Pending", "Building", "Rolling", "Ready", "Degraded", "Failed", "Paused"]
+LayoutState = Literal["Building", "Starting", "Ready", "Serving", "Retiring", "Failed"]
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition."""
+
+    type: ConditionType = Field(description="Ready, Progressing or Degraded.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(max_length=128, description="CamelCase reason for the last transition.")
+    message: str = Field("", max_length=4096, description="Human-readable detail.")
+    last_transition_time: str = Field(description="RFC 3339 time of the last status change.")
+    observed_generation: int = Field(0, ge=0, description="Spec generation this condition describes.")
+
+
+class ShardStatus(ApiModel):
+    """Readiness of one shard of the serving layout."""
+
+    shard: int = Field(ge=0, description="Shard number, 0-based.")
+    ready_replicas: int = Field(ge=0, description="Replicas ready to serve.")
+    replicas: int = Field(ge=0, description="Replicas asked for.")
+
+
+class LayoutStatus(ApiModel):
+    """One index layout (version x shards x partitioning) and where it is in its life."""
+
+    name: str = Field(description="Layout id, used in child object names.")
+    version: str = Field(description="Index version.")
+    shards: int = Field(ge=1, description="Shard count.")
+    state: LayoutState = Field(description="Building, Starting, Ready, Serving, Retiring or Failed.")
+    ready_shards: int = Field(0, ge=0, description="Shards with at least one ready replica.")
+    created_at: str = Field(description="When this layout was first planned (RFC 3339).")
+    state_since: str = Field(description="When it entered its current state (RFC 3339).")
+    message: str = Field("", max_length=4096, description="Why it is in this state.")
+
+
+class BlockedBy(ApiModel):
+    """A named safety predicate that holds the rollout back."""
+
+    predicate: str = Field(description="Name of the predicate.")
+    reason: str = Field(description="Why it blocks.")
+
+
+class RecommenderClusterStatus(ApiModel):
+    """Observed state, computed by a pure function and written once per reconcile."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    phase: Phase = Field("Pending", description="Summary of where the cluster is.")
+    observed_generation: int = Field(0, ge=0, description="Last spec generation acted on.")
+    active_version: str = Field("", description="Index version the router serves.")
+    target_version: str = Field("", description="Index version the spec asks for.")
+    active_layout: str = Field("", description="Layout the router serves.")
+    target_layout: str = Field("", description="Layout the spec asks for.")
+    layouts: list[LayoutStatus] = Field(default_factory=list, description="Layouts that exist.")
+    shards: list[ShardStatus] = Field(
+        default_factory=list, description="Readiness per shard of the serving layout."
+    )
+    ready_replicas: int = Field(0, ge=0, description="Ready shard replicas in the serving layout.")
+    replicas: int = Field(0, ge=0, description="Shard replicas the serving layout should have.")
+    router_endpoint: str = Field("", description="URL clients call.")
+    blocked_by: list[BlockedBy] = Field(
+        default_factory=list, description="Safety predicates currently holding the rollout."
+    )
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded.")
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata this project reads."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str
+    namespace: str = "default"
+    generation: int = 0
+    uid: str = ""
+
+
+class RecommenderCluster(BaseModel):
+    """A whole object as stored by the API server or written in a local YAML file."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    api_version: Literal["shardrec.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["RecommenderCluster"] = KIND
+    metadata: ObjectMeta
+    spec: RecommenderClusterSpec
+    status: RecommenderClusterStatus | None = None

@@ -1,0 +1,1 @@
+"""`recctl`: the command line of shardrec. Each subcommand group lives in its own module."""

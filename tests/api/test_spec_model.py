@@ -1,0 +1,167 @@
+"""The RecommenderCluster spec model: defaults, bounds, cross-field rules and error messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from shardrec.api.v1alpha1 import RecommenderCluster, RecommenderClusterSpec, transition_errors
+
+
+def minimal_spec(**overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "index": {"version": "v1", "source": "/data/embeddings", "dimension": 64},
+    }
+    spec.update(overrides)
+    return spec
+
+
+def test_defaults_are_what_a_user_expects() -> None:
+    spec = RecommenderClusterSpec.model_validate(minimal_spec())
+    assert spec.shards == 1
+    assert spec.replicas_per_shard == 2
+    assert spec.index.metric == "cosine"
+    assert (spec.index.hnsw.m, spec.index.hnsw.ef_construction, spec.index.hnsw.ef_search) == (16, 200, 64)
+    assert spec.partitioning.scheme == "jump-hash-item-id"
+    assert spec.router.consistency == "strict"
+    assert spec.router.hedging.enabled is True
+    assert spec.router.autoscaling is None
+    assert spec.rollout.strategy == "BlueGreen"
+    assert spec.rollout.keep_previous_layouts == 1
+    assert spec.auth.api_keys_secret_ref is None
+    assert spec.paused is False
+
+
+def test_wire_names_are_camel_case_and_round_trip() -> None:
+    spec = RecommenderClusterSpec.model_validate(minimal_spec(replicasPerShard=3))
+    dumped = spec.model_dump(by_alias=True)
+    assert dumped["replicasPerShard"] == 3
+    assert dumped["index"]["hnsw"]["efConstruction"] == 200
+    assert RecommenderClusterSpec.model_validate(dumped) == spec
+
+
+def _error_locations(exc: ValidationError) -> list[str]:
+    return [".".join(str(part) for part in err["loc"]) for err in exc.errors()]
+
+
+BOUNDS = [
+    ({"shards": 0}, "shards"),
+    ({"shards": 1025}, "shards"),
+    ({"replicasPerShard": 0}, "replicasPerShard"),
+    ({"replicasPerShard": 17}, "replicasPerShard"),
+    ({"router": {"replicas": 0}}, "router.replicas"),
+    ({"router": {"timeoutMs": 5}}, "router.timeoutMs"),
+    ({"router": {"consistency": "eventual"}}, "router.consistency"),
+    ({"router": {"hedging": {"budgetPercent": 101}}}, "router.hedging.budgetPercent"),
+    ({"rollout": {"timeoutSeconds": 1}}, "rollout.timeoutSeconds"),
+    ({"rollout": {"keepPreviousLayouts": 4}}, "rollout.keepPreviousLayouts"),
+    ({"rollout": {"strategy": "Rolling"}}, "rollout.strategy"),
+    ({"imagePullPolicy": "Sometimes"}, "imagePullPolicy"),
+    ({"resources": {"shard": {"requests": {"gpu": "1"}}}}, "resources.shard.requests"),
+    ({"resources": {"shard": {"limits": {"memory": "lots"}}}}, "resources.shard.limits.memory"),
+    ({"unknownField": 1}, "unknownField"),
+]
+
+
+@pytest.mark.parametrize(("override", "field"), BOUNDS)
+def test_each_bound_is_enforced_and_names_the_field(override: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        RecommenderClusterSpec.model_validate(minimal_spec(**override))
+    assert any(loc.startswith(field) for loc in _error_locations(caught.value)), caught.value
+
+
+INDEX_BOUNDS = [
+    ({"version": "V1"}, "index.version"),
+    ({"version": ""}, "index.version"),
+    ({"source": "s3://bucket"}, "index.source"),
+    ({"dimension": 0}, "index.dimension"),
+    ({"dimension": 5000}, "index.dimension"),
+    ({"metric": "hamming"}, "index.metric"),
+    ({"hnsw": {"m": 2}}, "index.hnsw.m"),
+    ({"hnsw": {"efSearch": 5}}, "index.hnsw.efSearch"),
+    ({"store": {"persistentVolumeClaim": {"claimName": "c", "subPath": "../x"}}}, "index.store"),
+]
+
+
+@pytest.mark.parametrize(("override", "field"), INDEX_BOUNDS)
+def test_index_bounds_name_the_field(override: dict[str, Any], field: str) -> None:
+    spec = minimal_spec()
+    spec["index"] = {**spec["index"], **override}
+    with pytest.raises(ValidationError) as caught:
+        RecommenderClusterSpec.model_validate(spec)
+    assert any(loc.startswith(field) for loc in _error_locations(caught.value)), caught.value
+
+
+CROSS_FIELD = [
+    (
+        {"index": {"version": "v1", "source": "/d", "dimension": 8, "hnsw": {"m": 64, "efConstruction": 32}}},
+        "efConstruction must be at least hnsw.m",
+    ),
+    ({"router": {"timeoutMs": 50, "hedging": {"afterMs": 50}}}, "afterMs must be below router.timeoutMs"),
+    ({"router": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}}, "minReplicas must not exceed"),
+    ({"shards": 1024, "replicasPerShard": 5}, "must not exceed 4096 pods"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), CROSS_FIELD)
+def test_cross_field_rules_reject_with_a_clear_message(override: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        RecommenderClusterSpec.model_validate(minimal_spec(**override))
+
+
+def test_hedging_disabled_lifts_the_hedge_deadline_rule() -> None:
+    spec = RecommenderClusterSpec.model_validate(
+        minimal_spec(router={"timeoutMs": 50, "hedging": {"enabled": False, "afterMs": 50}})
+    )
+    assert spec.router.hedging.enabled is False
+
+
+def test_whole_object_parses_from_yaml_shape() -> None:
+    obj = RecommenderCluster.model_validate(
+        {
+            "apiVersion": "shardrec.io/v1alpha1",
+            "kind": "RecommenderCluster",
+            "metadata": {"name": "movies", "namespace": "reco"},
+            "spec": minimal_spec(shards=4),
+        }
+    )
+    assert obj.metadata.name == "movies"
+    assert obj.spec.shards == 4
+
+
+def test_wrong_api_version_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="apiVersion"):
+        RecommenderCluster.model_validate(
+            {
+                "apiVersion": "shardrec.io/v2",
+                "kind": "RecommenderCluster",
+                "metadata": {"name": "x"},
+                "spec": minimal_spec(),
+            }
+        )
+
+
+def test_metric_and_dimension_cannot_change_in_place() -> None:
+    old = RecommenderClusterSpec.model_validate(minimal_spec())
+    new_metric = RecommenderClusterSpec.model_validate(
+        minimal_spec(index={"version": "v2", "source": "/d", "dimension": 64, "metric": "l2"})
+    )
+    new_dimension = RecommenderClusterSpec.model_validate(
+        minimal_spec(index={"version": "v2", "source": "/d", "dimension": 32})
+    )
+    assert transition_errors(old, new_metric) == [
+        "index.metric cannot change in place: create a new RecommenderCluster"
+    ]
+    assert transition_errors(old, new_dimension) == [
+        "index.dimension cannot change in place: create a new RecommenderCluster"
+    ]
+
+
+def test_version_and_shard_changes_are_allowed_transitions() -> None:
+    old = RecommenderClusterSpec.model_validate(minimal_spec())
+    new = RecommenderClusterSpec.model_validate(
+        minimal_spec(shards=3, index={"version": "v2", "source": "/other", "dimension": 64})
+    )
+    assert transition_errors(old, new) == []
