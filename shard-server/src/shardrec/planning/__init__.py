@@ -1,0 +1,69 @@
+"""The rollout planner: one pure brain shared by the Kubernetes operator and the local runtime.
+
+`plan(cluster_name, spec, observed)` turns what the hands report (`Observed`) and what the user
+asks for (`RecommenderClusterSpec`) into the next `Action`s, the new status and when to look
+again. It performs no I/O and never reads the clock (`Observed.now` is an input), so every
+decision is a plain function call in tests. The hands (kopf handlers, `recctl up`) execute the
+actions with their own means and report back on the next pass.
+
+Modules: `layouts` (what a layout is and its id), `observed` (the planner's input), `actions`
+(its output), `predicates` (named safety rules), `planner` (the state machine), `status`
+(the status and its conditions).
+"""
+
+from shardrec.planning.actions import (
+    Action,
+    DeleteLayout,
+    EnsureBuild,
+    EnsureShards,
+    EventType,
+    RecordEvent,
+    RetireLayout,
+    SwitchRouter,
+)
+from shardrec.planning.layouts import (
+    LAYOUT_ID_LENGTH,
+    LayoutSpec,
+    layout_id,
+    layout_spec_of,
+    shard_workload_name,
+)
+from shardrec.planning.observed import (
+    BuildState,
+    Observed,
+    ObservedBuild,
+    ObservedLayout,
+    ObservedRouter,
+    ObservedShard,
+)
+from shardrec.planning.planner import Plan, plan
+from shardrec.planning.predicates import PREDICATES, Predicate
+from shardrec.planning.timestamps import format_time, parse_time
+
+__all__ = [
+    "LAYOUT_ID_LENGTH",
+    "PREDICATES",
+    "Action",
+    "BuildState",
+    "DeleteLayout",
+    "EnsureBuild",
+    "EnsureShards",
+    "EventType",
+    "LayoutSpec",
+    "Observed",
+    "ObservedBuild",
+    "ObservedLayout",
+    "ObservedRouter",
+    "ObservedShard",
+    "Plan",
+    "Predicate",
+    "RecordEvent",
+    "RetireLayout",
+    "SwitchRouter",
+    "format_time",
+    "layout_id",
+    "layout_spec_of",
+    "parse_time",
+    "plan",
+    "shard_workload_name",
+]

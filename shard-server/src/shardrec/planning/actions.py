@@ -1,0 +1,107 @@
+"""The planner's output: typed actions the hands execute, each with the reason it is taken.
+
+Semantics every hand must honour:
+- Ensure* actions are level-based: the planner repeats them on every pass while they hold;
+  executing one whose effect is already in place must change nothing.
+- The hands never remove or scale anything on their own: a layout not named by an action is
+  left exactly as it is (that is how `paused` freezes the world).
+- SwitchRouter and DeleteLayout are the disruptive steps; the planner emits them only after
+  its safety predicates pass. Repeating one that already took effect is harmless.
+- Execute actions in the order given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from shardrec.planning.layouts import LayoutSpec
+
+EventType = Literal["Normal", "Warning"]
+
+
+@dataclass(frozen=True)
+class EnsureBuild:
+    """Make sure the layout's index build runs or has produced its artifact.
+
+    Off the serving path (a Job, or a local subprocess). `attempt` identifies this build attempt:
+    record it with the build and report it back in `ObservedBuild.attempt`; when an existing
+    build failed under another attempt token, start a new build.
+    """
+
+    layout: LayoutSpec
+    attempt: str
+    reason: str
+
+    @property
+    def layout_id(self) -> str:
+        return self.layout.id
+
+
+@dataclass(frozen=True)
+class EnsureShards:
+    """Make sure every shard `0..layout.shards-1` of the layout runs `replicas` replicas."""
+
+    layout: LayoutSpec
+    replicas: int
+    reason: str
+
+    @property
+    def layout_id(self) -> str:
+        return self.layout.id
+
+
+@dataclass(frozen=True)
+class SwitchRouter:
+    """Write the router topology so its active layout is `layout`, in one step (with the
+    endpoints of that layout's replicas). Every shard of the layout has a ready replica."""
+
+    layout: LayoutSpec
+    reason: str
+
+    @property
+    def layout_id(self) -> str:
+        return self.layout.id
+
+
+@dataclass(frozen=True)
+class RetireLayout:
+    """The layout no longer serves; it is kept running, unchanged, for instant rollback until
+    `delete_after` (then a DeleteLayout follows). Repeated every pass while it is kept; the hands
+    may drop protections that only serving layouts need (such as its PodDisruptionBudgets)."""
+
+    layout: LayoutSpec
+    delete_after: datetime
+    reason: str
+
+    @property
+    def layout_id(self) -> str:
+        return self.layout.id
+
+
+@dataclass(frozen=True)
+class DeleteLayout:
+    """Stop and remove everything of the layout (build, shard workloads, services, disruption
+    budgets). Its drain time has passed and the router does not point at it. Index artifacts in
+    the store may be kept: a later rollout to the same layout then finds its build done."""
+
+    layout: LayoutSpec
+    reason: str
+
+    @property
+    def layout_id(self) -> str:
+        return self.layout.id
+
+
+@dataclass(frozen=True)
+class RecordEvent:
+    """Emit an Event on the RecommenderCluster (locally: a log line). `reason` is CamelCase."""
+
+    type: EventType
+    reason: str
+    message: str
+
+
+Action = EnsureBuild | EnsureShards | SwitchRouter | RetireLayout | DeleteLayout | RecordEvent
+LayoutAction = EnsureBuild | EnsureShards | SwitchRouter | RetireLayout | DeleteLayout

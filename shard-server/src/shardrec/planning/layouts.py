@@ -1,0 +1,118 @@
+"""What defines an index layout, and its short stable id.
+
+A layout is one immutable, servable arrangement of the index: an index version built from one
+embeddings source, split into `shards` partitions by one scheme, with one set of build
+parameters. Anything that changes the bytes of a shard's index makes a new layout (and so a
+blue/green rollout); anything that can change on running processes does not: replicasPerShard
+(scale) and efSearch (a query-time knob) are deliberately left out.
+
+The id names child objects (`<cluster>-<layoutid>-<shard>`), artifact folders and router
+topologies, so it must be stable across processes and releases: it hashes a canonical JSON
+document whose keys never change meaning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from shardrec.api.v1alpha1 import RecommenderClusterSpec
+
+LAYOUT_ID_LENGTH = 10
+"""Hex characters of the layout id: 40 bits, collision-free in practice for the few layouts of a
+cluster, and short enough that `<cluster>-<layoutid>-<shard>` fits a 63-character DNS label."""
+
+# Kubernetes adds `-<10 hex>` to a StatefulSet's name in its pods' controller-revision-hash label
+# (63 characters at most), so StatefulSet names must stay within 52.
+MAX_WORKLOAD_NAME_LENGTH = 52
+
+Metric = Literal["ip", "cosine", "l2"]
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    """Everything that defines a layout's artifacts. Two equal LayoutSpecs are one layout."""
+
+    version: str
+    source: str
+    shards: int
+    partitioning: str
+    dimension: int
+    metric: Metric
+    hnsw_m: int
+    hnsw_ef_construction: int
+
+    @classmethod
+    def from_spec(cls, spec: RecommenderClusterSpec) -> LayoutSpec:
+        """The layout a cluster spec asks for."""
+        return cls(
+            version=spec.index.version,
+            source=spec.index.source,
+            shards=spec.shards,
+            partitioning=spec.partitioning.scheme,
+            dimension=spec.index.dimension,
+            metric=spec.index.metric,
+            hnsw_m=spec.index.hnsw.m,
+            hnsw_ef_construction=spec.index.hnsw.ef_construction,
+        )
+
+    @property
+    def id(self) -> str:
+        """The layout id (see `layout_id`)."""
+        return layout_id(self)
+
+    def canonical_json(self) -> str:
+        """Sorted-key compact JSON: the hashed form, also fit to store in an annotation or a
+        state file so the hands can report the LayoutSpec of what they find (`from_json`)."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> LayoutSpec:
+        """Parse `canonical_json()` output; raises ValueError naming what is wrong."""
+        try:
+            data: Any = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"layout spec is not JSON: {error}") from error
+        if not isinstance(data, dict):
+            raise ValueError("layout spec must be a JSON object")
+        expected = set(cls.__dataclass_fields__)
+        if set(data) != expected:
+            missing, unknown = sorted(expected - set(data)), sorted(set(data) - expected)
+            raise ValueError(f"layout spec fields: missing {missing}, unknown {unknown}")
+        for name in ("shards", "dimension", "hnsw_m", "hnsw_ef_construction"):
+            if not isinstance(data[name], int) or data[name] < 1:
+                raise ValueError(f"layout spec field {name} must be a positive integer")
+        if data["metric"] not in ("ip", "cosine", "l2"):
+            raise ValueError(f"layout spec field metric must be ip, cosine or l2, got {data['metric']!r}")
+        return cls(**data)
+
+
+def layout_spec_of(spec: RecommenderClusterSpec) -> LayoutSpec:
+    """The layout a cluster spec asks for (same as `LayoutSpec.from_spec`)."""
+    return LayoutSpec.from_spec(spec)
+
+
+def layout_id(layout: LayoutSpec | RecommenderClusterSpec) -> str:
+    """Short, stable, DNS-label-safe id of a layout: the first 10 hex characters of the SHA-256
+    of its canonical JSON. Accepts a cluster spec for convenience (its target layout)."""
+    if isinstance(layout, RecommenderClusterSpec):
+        layout = LayoutSpec.from_spec(layout)
+    digest = hashlib.sha256(layout.canonical_json().encode("utf-8")).hexdigest()
+    return digest[:LAYOUT_ID_LENGTH]
+
+
+def shard_workload_name(cluster_name: str, layout: str, shard: int) -> str:
+    """`<cluster>-<layoutid>-<shard>`: the name of one shard's workload (StatefulSet, Service,
+    PDB) of a layout. Raises ValueError naming metadata.name when the result would be too long."""
+    if shard < 0:
+        raise ValueError(f"shard must be >= 0, got {shard}")
+    name = f"{cluster_name}-{layout}-{shard}"
+    if len(name) > MAX_WORKLOAD_NAME_LENGTH:
+        limit = MAX_WORKLOAD_NAME_LENGTH - len(name) + len(cluster_name)
+        raise ValueError(
+            f"metadata.name {cluster_name!r} is too long: shard workload name {name!r} exceeds "
+            f"{MAX_WORKLOAD_NAME_LENGTH} characters; use at most {limit} characters"
+        )
+    return name

@@ -1,0 +1,142 @@
+"""What the hands report to the planner: the world as observed at the start of a pass.
+
+The planner keeps no memory of its own. Everything it needs comes from here: the layouts that
+exist (their build, their shard workloads and readiness), what the router topology names, the
+previous status (where the state machine's clocks and verdicts live, so a restarted process
+resumes), the object's generation and the current time.
+
+Conventions for the hands:
+- Report every layout of this cluster that exists in any form (a build, an artifact, a shard
+  workload), with its LayoutSpec (store `LayoutSpec.canonical_json()` on what you create and
+  read it back). A layout not reported is taken as gone.
+- `ObservedBuild.state == "Succeeded"` means a verified artifact exists (a valid `layout.json`),
+  whether or not the build Job or process is still around.
+- `ObservedLayout.shards` lists only shards whose workload (StatefulSet, or supervised processes
+  locally) exists; a shard that is not listed is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from shardrec.api.v1alpha1 import RecommenderClusterStatus
+from shardrec.planning.layouts import LayoutSpec
+
+BuildState = Literal["Absent", "Running", "Succeeded", "Failed"]
+
+
+@dataclass(frozen=True)
+class ObservedBuild:
+    """The index build of one layout.
+
+    `attempt` is the token of the `EnsureBuild` that started this build (store it with the build
+    Job or process). A failure counts against the current attempt only when the tokens match,
+    so a stale failure seen right after a retry is not mistaken for a new one. `None` means
+    the hands do not track attempts: every failure counts.
+    """
+
+    state: BuildState = "Absent"
+    message: str = ""
+    attempt: str | None = None
+
+
+@dataclass(frozen=True)
+class ObservedShard:
+    """One shard workload of a layout.
+
+    `desired_replicas` is what the workload currently asks for (StatefulSet spec.replicas, or
+    processes the local supervisor keeps), `ready_replicas` how many pass readiness (index loaded
+    and warm). `ready_ordinals` names the ready replicas by ordinal when known; it lets a
+    scale-down prove a ready replica survives (ordinals >= the new count are removed first).
+    """
+
+    shard: int
+    desired_replicas: int
+    ready_replicas: int
+    ready_ordinals: frozenset[int] | None = None
+
+
+@dataclass(frozen=True)
+class ObservedLayout:
+    """One layout that exists in the world."""
+
+    spec: LayoutSpec
+    build: ObservedBuild = field(default_factory=ObservedBuild)
+    shards: tuple[ObservedShard, ...] = ()
+
+    @property
+    def id(self) -> str:
+        """The layout id."""
+        return self.spec.id
+
+    def shard(self, number: int) -> ObservedShard | None:
+        """The workload of shard `number`, or None when it does not exist."""
+        for entry in self.shards:
+            if entry.shard == number:
+                return entry
+        return None
+
+    def missing_shards(self) -> list[int]:
+        """Shards of this layout with no workload or no ready replica."""
+        missing = []
+        for number in range(self.spec.shards):
+            entry = self.shard(number)
+            if entry is None or entry.ready_replicas < 1:
+                missing.append(number)
+        return missing
+
+    def shards_short_of(self, replicas: int) -> list[int]:
+        """Shards with fewer than `replicas` ready replicas (or no workload)."""
+        short = []
+        for number in range(self.spec.shards):
+            entry = self.shard(number)
+            if entry is None or entry.ready_replicas < replicas:
+                short.append(number)
+        return short
+
+
+@dataclass(frozen=True)
+class ObservedRouter:
+    """Which layout the router topology names — as written and as confirmed (ECK expectations).
+
+    `written_layout`: the layout of the hands' most recent topology write (their own record, or
+    the stored topology when they have none). `confirmed_layout`: the layout the world is seen to
+    serve (the routers' report, or the topology read back from the API/file). While the two
+    differ a switch is in flight and no disruptive step (another switch, a deletion) is taken.
+    """
+
+    written_layout: str | None = None
+    confirmed_layout: str | None = None
+
+    @property
+    def switch_in_flight(self) -> bool:
+        """True while the last write is not yet confirmed."""
+        return self.written_layout is not None and self.written_layout != self.confirmed_layout
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The planner's whole input besides the spec."""
+
+    generation: int
+    now: datetime
+    layouts: tuple[ObservedLayout, ...] = ()
+    router: ObservedRouter = field(default_factory=ObservedRouter)
+    previous_status: RecommenderClusterStatus = field(default_factory=RecommenderClusterStatus)
+    router_endpoint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.now.tzinfo is None:
+            raise ValueError("Observed.now must be timezone-aware (use datetime.now(UTC))")
+        ids = [layout.id for layout in self.layouts]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"Observed.layouts lists a layout twice: {sorted(ids)}")
+
+    def layout(self, layout_id: str | None) -> ObservedLayout | None:
+        """The observed layout with this id, or None."""
+        for entry in self.layouts:
+            if entry.id == layout_id:
+                return entry
+        return None

@@ -1,0 +1,264 @@
+"""`plan(cluster_name, spec, observed) -> Plan`: one pass of the rollout state machine.
+
+Rolling an index version and rebalancing to a new shard count are the same motion: build the
+target layout off the serving path, start its shards, wait until every shard has its ready
+replicas, switch the router in one step, keep the old layout for the rollback window, then
+delete it. Changing replicasPerShard only scales the layouts that run.
+
+A pass: decide each layout's record (`records`), propose the actions the spec implies, let the
+named safety predicates veto (`predicates`), apply the rollout timeout, derive Events from the
+state transitions, and compute the status (`status`). Because the only memory is the previous
+status plus the observed world, a process restarted at any step makes the same decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from shardrec.api.v1alpha1 import (
+    BlockedBy,
+    LayoutStatus,
+    RecommenderClusterSpec,
+    RecommenderClusterStatus,
+    ShardStatus,
+)
+from shardrec.planning.actions import (
+    Action,
+    DeleteLayout,
+    EnsureBuild,
+    EnsureShards,
+    LayoutAction,
+    RetireLayout,
+    SwitchRouter,
+)
+from shardrec.planning.events import transition_events
+from shardrec.planning.layouts import LayoutSpec, shard_workload_name
+from shardrec.planning.observed import Observed
+from shardrec.planning.predicates import PREDICATES, PredicateContext, first_veto
+from shardrec.planning.progress import (
+    PAUSED_POLL_SECONDS,
+    POLL_SECONDS,
+    ROUTER_POLL_SECONDS,
+    housekeeping_reason,
+    progress_of,
+    requeue_after,
+    would_change,
+)
+from shardrec.planning.records import DELETING, Records, decide_records, make_record
+from shardrec.planning.status import StatusFacts, compute_status
+from shardrec.planning.timestamps import parse_time
+
+_A = TypeVar("_A", bound=Action)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The outcome of one pass: what to do, what to write as status, when to come back.
+
+    The hands execute `actions` in order (layout actions first, then the RecordEvents), and
+    write `status` LAST, only when every action went through: Events and state transitions are
+    derived from the stored status, so a status written before its actions ran could lose them,
+    while a pass repeated after a failed action just does the same again.
+    """
+
+    actions: tuple[Action, ...]
+    status: RecommenderClusterStatus
+    requeue_after_seconds: float | None
+    waiting_reason: str
+
+    def of_type(self, kind: type[_A]) -> tuple[_A, ...]:
+        """The actions of one type, in order."""
+        return tuple(action for action in self.actions if isinstance(action, kind))
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    action: LayoutAction
+    veto: tuple[str, str] | None
+
+
+def _propose(
+    spec: RecommenderClusterSpec, observed: Observed, records: Records, target: LayoutSpec
+) -> list[LayoutAction]:
+    """What the spec implies for every layout, before any safety rule is asked."""
+    tid = target.id
+    replicas = spec.replicas_per_shard
+    serving = observed.router.confirmed_layout
+    record = records.by_id[tid]
+    obs = observed.layout(tid)
+    proposals: list[LayoutAction] = []
+    if obs is None or obs.build.state != "Succeeded":
+        reason = f"layout {tid} (version {target.version}, {target.shards} shards) is the spec's target"
+        proposals.append(EnsureBuild(target, record.created_at, reason))
+    else:
+        proposals.append(EnsureShards(target, replicas, f"spec asks for {replicas} replicas per shard"))
+    if record.state == "Ready" and observed.router.written_layout != tid:
+        reason = f"every shard of layout {tid} has {replicas} ready replicas"
+        proposals.append(SwitchRouter(target, reason))
+    if record.state == "Failed" and obs is not None:
+        proposals.append(DeleteLayout(target, f"abandoned: {record.message}"))
+    if serving is not None and serving != tid and serving in records.specs:
+        serving_obs = observed.layout(serving)
+        if serving_obs is not None and serving_obs.build.state == "Succeeded":
+            reason = f"serving layout keeps {replicas} replicas per shard"
+            proposals.append(EnsureShards(records.specs[serving], replicas, reason))
+    for layout_id, entry in records.by_id.items():
+        if layout_id in (tid, serving):
+            continue
+        layout = records.specs[layout_id]
+        if entry.state == "Retiring":
+            at = records.delete_after[layout_id]
+            if observed.now >= at:
+                reason = f"stopped serving at {entry.state_since}; its drain or rollback window is over"
+                proposals.append(DeleteLayout(layout, reason))
+            else:
+                proposals.append(RetireLayout(layout, at, f"stopped serving at {entry.state_since}"))
+        elif entry.state == "Failed":
+            proposals.append(DeleteLayout(layout, f"abandoned: {entry.message}"))
+        elif layout_id in records.superseded:
+            proposals.append(DeleteLayout(layout, f"superseded by layout {tid} before it served"))
+    return proposals
+
+
+def _judge(
+    spec: RecommenderClusterSpec, observed: Observed, records: Records, target: LayoutSpec
+) -> list[_Verdict]:
+    ctx = PredicateContext(spec, observed, records.by_id, target.id)
+    return [_Verdict(action, first_veto(ctx, action)) for action in _propose(spec, observed, records, target)]
+
+
+def _blocked_by(verdicts: list[_Verdict], observed: Observed) -> tuple[BlockedBy, ...]:
+    reasons: dict[str, list[str]] = {}
+    for verdict in verdicts:
+        if verdict.veto is not None and would_change(verdict.action, observed):
+            name, reason = verdict.veto
+            if reason not in reasons.setdefault(name, []):
+                reasons[name].append(reason)
+    order = [predicate.name for predicate in PREDICATES]
+    return tuple(
+        BlockedBy(predicate=name, reason="; ".join(reasons[name]))
+        for name in sorted(reasons, key=order.index)
+    )
+
+
+def _apply_timeout(
+    *,
+    spec: RecommenderClusterSpec,
+    observed: Observed,
+    records: Records,
+    target: LayoutSpec,
+    verdicts: list[_Verdict],
+) -> Records | None:
+    """Records with the target marked Failed when the timeout predicate vetoed it, else None."""
+    tid = target.id
+    timed_out = any(
+        v.veto is not None and v.veto[0] == "rollout_within_timeout" and v.action.layout_id == tid
+        for v in verdicts
+    )
+    if not timed_out:
+        return None
+    before = records.by_id[tid]
+    message = (
+        f"not built and ready within {spec.rollout.timeout_seconds}s (rollout.timeoutSeconds); "
+        f"it was {before.state}: {before.message}"
+    )
+    failed = make_record(
+        tid,
+        "Failed",
+        message,
+        spec=target,
+        previous=before,
+        observed_layout=observed.layout(tid),
+        now=observed.now,
+    )
+    return replace(records, by_id={**records.by_id, tid: failed})
+
+
+def _serving_shards(
+    spec: RecommenderClusterSpec, observed: Observed, records: Records
+) -> tuple[ShardStatus, ...]:
+    serving = observed.router.confirmed_layout
+    record = records.by_id.get(serving) if serving is not None else None
+    if record is None:
+        return ()
+    obs = observed.layout(serving)
+    shards = []
+    for number in range(record.shards):
+        entry = obs.shard(number) if obs is not None else None
+        ready = entry.ready_replicas if entry is not None else 0
+        shards.append(ShardStatus(shard=number, ready_replicas=ready, replicas=spec.replicas_per_shard))
+    return tuple(shards)
+
+
+def _ordered(records: Records, tid: str, serving: str | None) -> tuple[LayoutStatus, ...]:
+    """Serving first, then the target, then the rest, most recently changed first."""
+    head = [records.by_id[i] for i in dict.fromkeys((serving, tid)) if i is not None and i in records.by_id]
+    rest = [entry for entry in records.by_id.values() if entry.name not in (serving, tid)]
+    rest.sort(key=lambda entry: entry.name)
+    rest.sort(key=lambda entry: parse_time(entry.state_since), reverse=True)
+    return (*head, *rest)
+
+
+def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) -> Plan:
+    """One pass: the actions to execute (in order), the complete new status, and when to come
+    back (`requeue_after_seconds`, None when nothing is awaited) with why (`waiting_reason`).
+
+    Raises ValueError naming metadata.name when `cluster_name` is too long for child names."""
+    target = LayoutSpec.from_spec(spec)
+    tid = target.id
+    shard_workload_name(cluster_name, tid, target.shards - 1)  # fails early, naming metadata.name
+    records = decide_records(spec, observed)
+    verdicts = _judge(spec, observed, records, target)
+    timed_out = _apply_timeout(
+        spec=spec, observed=observed, records=records, target=target, verdicts=verdicts
+    )
+    if timed_out is not None:
+        records = timed_out
+        verdicts = _judge(spec, observed, records, target)
+    accepted = [v.action for v in verdicts if v.veto is None]
+    proposed = [v.action for v in verdicts]
+    for action in accepted:
+        if isinstance(action, DeleteLayout):
+            entry = records.by_id[action.layout_id]
+            # A failed layout keeps its failure as its message; it was announced as abandoned.
+            if entry.state != "Failed" and not entry.message.startswith(DELETING):
+                records.by_id[action.layout_id] = entry.model_copy(
+                    update={"message": f"{DELETING}{action.reason}"}
+                )
+    blocked = _blocked_by(verdicts, observed)
+    serving = observed.router.confirmed_layout
+    progress = progress_of(
+        spec=spec, observed=observed, records=records, tid=tid, accepted=accepted, blocked=blocked
+    )
+    facts = StatusFacts(
+        generation=observed.generation,
+        paused=spec.paused,
+        target_layout=tid,
+        target_version=target.version,
+        serving_layout=serving,
+        layouts=_ordered(records, tid, serving),
+        serving_shards=_serving_shards(spec, observed, records),
+        router_endpoint=observed.router_endpoint,
+        blocked_by=blocked,
+        progress=progress,
+    )
+    status = compute_status(facts, observed.previous_status, observed.now)
+    events = transition_events(cluster_name, observed.previous_status, status, accepted)
+    requeue = requeue_after(
+        spec=spec,
+        observed=observed,
+        records=records,
+        progress=progress,
+        deleting=any(isinstance(a, DeleteLayout) and would_change(a, observed) for a in proposed),
+        degraded=bool(facts.unavailable_shards()),
+    )
+    waiting = f"{progress.reason}: {progress.message}" if progress.progressing or spec.paused else ""
+    if not waiting and requeue is not None:
+        waiting = housekeeping_reason(records, accepted)
+    order = (EnsureBuild, EnsureShards, SwitchRouter, RetireLayout, DeleteLayout)
+    ordered: list[Action] = [a for kind in order for a in accepted if isinstance(a, kind)]
+    return Plan(tuple(ordered) + tuple(events), status, requeue, waiting)
+
+
+__all__ = ["PAUSED_POLL_SECONDS", "POLL_SECONDS", "ROUTER_POLL_SECONDS", "Plan", "plan", "would_change"]

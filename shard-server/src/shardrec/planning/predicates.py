@@ -1,0 +1,198 @@
+"""Named safety predicates (ECK style): the rules that may veto an action the planner proposes.
+
+The state machine in `planner` proposes what the spec implies; every proposal then runs through
+`PREDICATES` in order, and the first predicate that returns a reason vetoes it. A veto keeps the
+world as it is and is reported by name in `status.blockedBy` (and an Event when it starts), so a
+stuck rollout always says which rule holds it and why — the complaint users raise most about
+other operators. The table is ordered from the most to the least fundamental reason, so the
+reported name is the one a human should act on first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from shardrec.api.v1alpha1 import LayoutStatus, RecommenderClusterSpec
+from shardrec.planning.actions import (
+    DeleteLayout,
+    EnsureBuild,
+    EnsureShards,
+    LayoutAction,
+    RetireLayout,
+    SwitchRouter,
+)
+from shardrec.planning.observed import Observed, ObservedShard
+from shardrec.planning.timestamps import parse_time
+
+
+@dataclass(frozen=True)
+class PredicateContext:
+    """What a predicate may look at: the spec, the observation, and this pass's layout records
+    (states already decided by the planner, keyed by layout id)."""
+
+    spec: RecommenderClusterSpec
+    observed: Observed
+    records: Mapping[str, LayoutStatus]
+    target_layout: str
+
+    @property
+    def serving_layout(self) -> str | None:
+        """The layout the router is confirmed to serve."""
+        return self.observed.router.confirmed_layout
+
+
+Check = Callable[[PredicateContext, LayoutAction], str | None]
+
+
+@dataclass(frozen=True)
+class Predicate:
+    """A named rule: `check` returns why it vetoes an action, or None to let it pass."""
+
+    name: str
+    check: Check
+
+
+def _advances(action: LayoutAction) -> bool:
+    """Actions that move a layout towards serving."""
+    return isinstance(action, EnsureBuild | EnsureShards | SwitchRouter)
+
+
+def paused(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """`spec.paused` freezes builds, scaling, switches and deletions (status keeps updating)."""
+    if ctx.spec.paused and not isinstance(action, RetireLayout):
+        return "spec.paused is true: builds, scaling, router switches and deletions are frozen"
+    return None
+
+
+def rollout_deadline_passed(record: LayoutStatus, spec: RecommenderClusterSpec, observed: Observed) -> bool:
+    """True once a layout planned at `record.created_at` has had `rollout.timeoutSeconds`."""
+    deadline = parse_time(record.created_at) + timedelta(seconds=spec.rollout.timeout_seconds)
+    return observed.now >= deadline
+
+
+def rollout_within_timeout(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """A target that was not built and ready within `rollout.timeoutSeconds` is abandoned."""
+    record = ctx.records.get(action.layout_id)
+    if (
+        _advances(action)
+        and record is not None
+        and action.layout_id != ctx.serving_layout
+        and record.state in ("Building", "Starting")
+        and rollout_deadline_passed(record, ctx.spec, ctx.observed)
+    ):
+        return (
+            f"layout {action.layout_id} (version {record.version}) was not built and ready within "
+            f"{ctx.spec.rollout.timeout_seconds}s (rollout.timeoutSeconds); change the spec to retry"
+        )
+    return None
+
+
+def failed_layout_not_retried(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """A failed layout is not retried until the spec changes (a new generation)."""
+    record = ctx.records.get(action.layout_id)
+    if _advances(action) and record is not None and record.state == "Failed":
+        return f"layout {action.layout_id} failed: {record.message}; change the spec to retry"
+    return None
+
+
+def wait_for_router_to_confirm_switch(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """Expectation: no disruptive step until the world shows the last topology write."""
+    router = ctx.observed.router
+    if isinstance(action, SwitchRouter | DeleteLayout) and router.switch_in_flight:
+        return (
+            f"the router topology was switched to layout {router.written_layout} but the router "
+            f"is still seen serving {router.confirmed_layout or 'nothing'}"
+        )
+    return None
+
+
+def never_switch_to_layout_with_missing_shard(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """The router only ever switches to a layout where every shard has a ready replica."""
+    if not isinstance(action, SwitchRouter):
+        return None
+    layout = ctx.observed.layout(action.layout_id)
+    if layout is None or layout.build.state != "Succeeded":
+        return f"layout {action.layout_id} is not built"
+    missing = layout.missing_shards()
+    if missing:
+        return f"layout {action.layout_id}: shards {missing} have no ready replica"
+    return None
+
+
+def never_delete_serving_layout(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """A layout the router topology names (written or confirmed) is never deleted, nor is a
+    layout that served while nothing serves (so the cluster never drops to zero servable
+    layouts once one served)."""
+    if not isinstance(action, DeleteLayout):
+        return None
+    router = ctx.observed.router
+    if action.layout_id in (router.written_layout, router.confirmed_layout):
+        return f"layout {action.layout_id} is named by the router topology"
+    record = ctx.records.get(action.layout_id)
+    if router.confirmed_layout is None and record is not None and record.state == "Retiring":
+        return f"no layout serves; layout {action.layout_id} is the last that served"
+    return None
+
+
+def _survivor_is_ready(shard: ObservedShard, replicas: int) -> bool:
+    """Whether scaling `shard` down to `replicas` provably keeps a ready replica (workloads remove
+    the highest ordinals first)."""
+    if shard.ready_ordinals is not None:
+        return any(ordinal < replicas for ordinal in shard.ready_ordinals)
+    removed = max(shard.desired_replicas - replicas, 0)
+    return shard.ready_replicas - removed >= 1
+
+
+def never_delete_last_ready_replica_of_serving_shard(
+    ctx: PredicateContext, action: LayoutAction
+) -> str | None:
+    """Scaling down or deleting the serving layout must leave every shard a ready replica."""
+    if action.layout_id != ctx.serving_layout:
+        return None
+    layout = ctx.observed.layout(action.layout_id)
+    if layout is None:
+        return None
+    if isinstance(action, DeleteLayout):
+        return f"layout {action.layout_id} serves"
+    if not isinstance(action, EnsureShards):
+        return None
+    at_risk = [
+        shard.shard
+        for shard in layout.shards
+        if shard.ready_replicas > 0
+        and action.replicas < shard.desired_replicas
+        and not _survivor_is_ready(shard, action.replicas)
+    ]
+    if at_risk:
+        return (
+            f"scaling serving layout {action.layout_id} down to {action.replicas} replicas would remove "
+            f"the last ready replica of shards {at_risk}; waiting for lower replicas to become ready"
+        )
+    return None
+
+
+PREDICATES: tuple[Predicate, ...] = (
+    Predicate("paused", paused),
+    Predicate("failed_layout_not_retried", failed_layout_not_retried),
+    Predicate("rollout_within_timeout", rollout_within_timeout),
+    Predicate("wait_for_router_to_confirm_switch", wait_for_router_to_confirm_switch),
+    Predicate("never_switch_to_layout_with_missing_shard", never_switch_to_layout_with_missing_shard),
+    Predicate("never_delete_serving_layout", never_delete_serving_layout),
+    Predicate(
+        "never_delete_last_ready_replica_of_serving_shard", never_delete_last_ready_replica_of_serving_shard
+    ),
+)
+"""Every rule, in the order they are asked; the first veto is the one reported."""
+
+
+def first_veto(
+    ctx: PredicateContext, action: LayoutAction, predicates: tuple[Predicate, ...] = PREDICATES
+) -> tuple[str, str] | None:
+    """(predicate name, reason) of the first predicate vetoing `action`, or None if all pass."""
+    for predicate in predicates:
+        reason = predicate.check(ctx, action)
+        if reason is not None:
+            return predicate.name, reason
+    return None

@@ -1,0 +1,106 @@
+"""What makes a layout, its id, and the names derived from it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import pytest
+
+from shardrec.planning import LayoutSpec, layout_id, layout_spec_of, shard_workload_name
+from shardrec.planning.layouts import MAX_WORKLOAD_NAME_LENGTH
+from tests.planning.world import make_spec
+
+
+def test_layout_spec_takes_every_build_input_from_the_spec() -> None:
+    spec = make_spec(
+        shards=3, index={"version": "v7", "metric": "l2", "hnsw": {"m": 8, "efConstruction": 64}}
+    )
+    layout = layout_spec_of(spec)
+    assert layout == LayoutSpec(
+        version="v7",
+        source="/data/emb",
+        shards=3,
+        partitioning="jump-hash-item-id",
+        dimension=8,
+        metric="l2",
+        hnsw_m=8,
+        hnsw_ef_construction=64,
+    )
+
+
+def test_id_is_ten_hex_characters_of_the_canonical_json_sha256() -> None:
+    layout = layout_spec_of(make_spec())
+    expected = hashlib.sha256(layout.canonical_json().encode()).hexdigest()[:10]
+    assert layout_id(layout) == expected == layout.id
+    assert re.fullmatch(r"[0-9a-f]{10}", layout.id)
+    assert layout_id(make_spec()) == layout.id  # a cluster spec names its target layout
+
+
+def test_id_is_pinned_so_child_names_survive_releases() -> None:
+    # Changing the canonical form renames every child object of every running cluster.
+    assert layout_id(make_spec()) == "92d51f2809"
+
+
+def test_canonical_json_is_sorted_and_compact() -> None:
+    text = layout_spec_of(make_spec()).canonical_json()
+    data = json.loads(text)
+    assert list(data) == sorted(data)
+    assert " " not in text
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"replicasPerShard": 5},
+        {"index": {"version": "v1", "source": "/data/emb", "dimension": 8, "hnsw": {"efSearch": 500}}},
+        {"router": {"replicas": 7}},
+        {"paused": True},
+        {"rollout": {"timeoutSeconds": 99}},
+    ],
+)
+def test_knobs_that_do_not_change_index_bytes_keep_the_layout(changes: dict[str, object]) -> None:
+    assert layout_id(make_spec(**changes)) == layout_id(make_spec())
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"shards": 3},
+        {"index": {"version": "v2"}},
+        {"index": {"source": "/data/other"}},
+        {"index": {"metric": "ip"}},
+        {"index": {"dimension": 16}},
+        {"index": {"hnsw": {"m": 32}}},
+        {"index": {"hnsw": {"efConstruction": 400}}},
+    ],
+)
+def test_every_build_input_makes_a_new_layout(changes: dict[str, object]) -> None:
+    assert layout_id(make_spec(**changes)) != layout_id(make_spec())
+
+
+def test_json_round_trip_and_errors_name_the_field() -> None:
+    layout = layout_spec_of(make_spec())
+    assert LayoutSpec.from_json(layout.canonical_json()) == layout
+    with pytest.raises(ValueError, match="not JSON"):
+        LayoutSpec.from_json("{")
+    with pytest.raises(ValueError, match=r"missing \['version'\]"):
+        data = json.loads(layout.canonical_json())
+        del data["version"]
+        LayoutSpec.from_json(json.dumps(data))
+    with pytest.raises(ValueError, match="shards must be a positive integer"):
+        LayoutSpec.from_json(layout.canonical_json().replace('"shards":2', '"shards":0'))
+    with pytest.raises(ValueError, match="metric"):
+        LayoutSpec.from_json(layout.canonical_json().replace('"cosine"', '"hamming"'))
+
+
+def test_shard_workload_name_fits_and_long_cluster_names_are_refused() -> None:
+    layout = layout_id(make_spec())
+    assert shard_workload_name("demo", layout, 3) == f"demo-{layout}-3"
+    longest = "c" * (MAX_WORKLOAD_NAME_LENGTH - len(f"-{layout}-1023"))
+    assert len(shard_workload_name(longest, layout, 1023)) == MAX_WORKLOAD_NAME_LENGTH
+    with pytest.raises(ValueError, match=r"metadata.name .* too long.*at most 36"):
+        shard_workload_name(longest + "c", layout, 1023)
+    with pytest.raises(ValueError, match="shard must be >= 0"):
+        shard_workload_name("demo", layout, -1)
