@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from shardrec import __version__
 
 # Each module exposes `register(subparsers) -> None` and sets `func` on its parsers.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("shardrec.cli.crd_cmd",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("shardrec.cli.crd_cmd", "shardrec.cli.index_cmd")
 
 
 class CliError(Exception):

@@ -1,0 +1,1 @@
+"""The shard server (one partition of one layout over HTTP) and its async client for the router."""
