@@ -81,5 +81,32 @@ def test_defaults_in_the_crd_equal_the_model_defaults() -> None:
     ).model_dump(by_alias=True)
     assert spec["replicasPerShard"]["default"] == model["replicasPerShard"]
     assert spec["router"]["properties"]["timeoutMs"]["default"] == model["router"]["timeoutMs"]
-    assert spec["router"]["default"] == {}, "nested defaults need an empty-object default"
+    assert spec["router"]["default"]["timeoutMs"] == model["router"]["timeoutMs"], "nested defaults filled in"
     assert "default" not in spec["router"]["properties"]["autoscaling"], "absent autoscaling means off"
+
+
+def _objects_with_rules(node: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(path, n) for path, n in _walk(node) if n.get("x-kubernetes-validations")]
+
+
+def test_defaults_of_objects_with_cel_rules_satisfy_those_rules() -> None:
+    """The API server checks a default against the object's CEL rules at CRD creation, without
+    filling nested defaults first: `default: {}` on hnsw failed with `no such key: efConstruction`."""
+    from shardrec.api import cel
+
+    checked = 0
+    for path, node in _objects_with_rules(_schema()["properties"]["spec"]):
+        if "default" not in node:
+            continue
+        for rule in node["x-kubernetes-validations"]:
+            if cel.is_transition_rule(rule["rule"]):
+                continue
+            assert cel.evaluate(rule["rule"], node["default"]), f"{path}: default breaks {rule['rule']}"
+            checked += 1
+    assert checked >= 2
+
+
+def test_object_defaults_are_fully_filled_like_the_model() -> None:
+    spec = _schema()["properties"]["spec"]["properties"]
+    assert spec["index"]["properties"]["hnsw"]["default"] == {"m": 16, "efConstruction": 200, "efSearch": 64}
+    assert spec["router"]["default"]["hedging"] == {"enabled": True, "afterMs": 20, "budgetPercent": 10}

@@ -83,14 +83,20 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
 
 def _property(node: dict[str, Any], *, required: bool) -> dict[str, Any]:
     """A property's schema. An optional object whose own fields all have defaults gets
-    `default: {}`, so the API server fills in the nested defaults too, as pydantic does; an
+    a filled-in default, so the API server fills in the nested defaults too, as pydantic does; an
     `X | None` object stays absent, because absence means "off" (autoscaling, auth, store)."""
     nullable = any(opt.get("type") == "null" for opt in node.get("anyOf", []))
     out = _structural(node)
     fills_itself = out.get("type") == "object" and "properties" in out and not out.get("required")
     if not required and not nullable and fills_itself:
-        out.setdefault("default", {})
+        out.setdefault("default", _filled_default(out))
     return out
+
+
+def _filled_default(node: dict[str, Any]) -> dict[str, Any]:
+    """The object a default of `{}` becomes once every nested default is applied. Written out in
+    full because the API server checks a default against the object's CEL rules as it stands."""
+    return {name: child["default"] for name, child in node["properties"].items() if "default" in child}
 
 
 def _model_schema(model: type[api.ApiModel]) -> dict[str, Any]:
