@@ -17,6 +17,16 @@ help: ## Show this help
 	  /^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } \
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
+##@ Run
+
+.PHONY: demo
+demo: $(STAMP) ## Train on MovieLens and run a local 4-shard x 2-replica cluster on 127.0.0.1:8080
+	$(BIN)/recctl demo
+
+.PHONY: demo-down
+demo-down: $(STAMP) ## Stop the demo cluster
+	$(BIN)/recctl down --state-dir .shardrec/movielens
+
 ##@ Development
 
 $(STAMP): pyproject.toml
@@ -59,6 +69,44 @@ crds: $(STAMP) ## Regenerate crds/ (and the chart's copy) from the API models
 crds-check: $(STAMP) ## Fail if crds/ drifted from the models
 	@diff -u crds/recommenderclusters.shardrec.io.yaml <($(BIN)/recctl crd) \
 	  || { echo "crds/ is stale: run 'make crds' and commit"; exit 1; }
+
+##@ Packaging and monitoring
+
+.PHONY: tools
+tools: $(STAMP) ## Install promtool/hadolint and build helm (cached outside the repo)
+	bash e2e/tools/install-tools.sh $(BIN)/python
+	bash e2e/tools/build-helm.sh
+
+.PHONY: monitoring
+monitoring: $(STAMP) ## Regenerate the dashboard and the chart's copies of rules and dashboard
+	$(BIN)/python monitoring/dashboard.py
+	cp monitoring/alerts.yaml charts/shardrec-operator/files/alerts.yaml
+
+.PHONY: ship
+ship: $(STAMP) ## Packaging checks (promtool, helm, hadolint, RBAC, dashboard, real Prometheus)
+	SHARDREC_REQUIRE_TOOLS=1 $(BIN)/pytest tests/ship
+
+##@ Benchmarks
+
+.PHONY: bench
+bench: $(STAMP) ## Benchmarks -> docs/benchmarks.md (minutes; BENCH_ARGS="--size 1m" for 1M items, "--quick" for a smoke run)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && apt-get install -y -qq wrk; } \
+	  || { echo "make bench needs wrk (Debian/Ubuntu: apt-get install -y wrk)"; exit 2; }
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+.PHONY: plots
+plots: $(STAMP) ## Tail-latency simulation plots -> docs/img/ (from benchmarks/coefficients.json)
+	$(BIN)/python benchmarks/tail_plots.py
+
+.PHONY: coefficients
+coefficients: $(STAMP) ## Short first measurement of the capacity coefficients on this machine (~6 min)
+	$(BIN)/python benchmarks/coefficients.py measure
+
+.PHONY: capacity
+capacity: $(STAMP) ## Capacity plan for the sizing in docs/design.md
+	$(BIN)/recctl capacity --peak-qps 36000 --items 10000000 --dimension 64 --users 100000000 \
+	  --k 10 --recall 0.95 --availability 99.95 --zones 3
 
 ##@ Kubernetes control plane (no Docker needed)
 

@@ -14,7 +14,15 @@ from collections.abc import Callable, Sequence
 from shardrec import __version__
 
 # Each module exposes `register(subparsers) -> None` and sets `func` on its parsers.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("shardrec.cli.crd_cmd", "shardrec.cli.index_cmd")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "shardrec.cli.crd_cmd",
+    "shardrec.cli.index_cmd",
+    "shardrec.cli.train_cmd",
+    "shardrec.cli.evaluate_cmd",
+    "shardrec.cli.local_cmd",
+    "shardrec.cli.demo_cmd",
+    "shardrec.cli.capacity_cmd",
+)
 
 
 class CliError(Exception):

@@ -1,0 +1,10 @@
+"""Capacity planning from measured coefficients, and a tail-latency simulation of scatter-gather.
+
+- `coefficients`: the model of `benchmarks/coefficients.json` (what `make bench` measured) and the
+  cost functions derived from it (bytes per item, CPU per query, bytes on the wire).
+- `planner`: pure arithmetic from a target (peak QPS, items, users, recall, ...) to a plan.
+- `report`: the plan as a table.
+- `tailsim`: a seeded numpy simulation of p50/p99 against shards, replicas, hedging and load.
+
+No module here performs I/O except `coefficients.load_coefficients`.
+"""

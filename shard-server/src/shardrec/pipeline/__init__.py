@@ -1,0 +1,12 @@
+"""Training pipeline: load interactions, train implicit-feedback embeddings, evaluate offline.
+
+Modules, each with one job:
+- `interactions`: the in-memory interaction table and the generic CSV loader.
+- `checksums`, `movielens`, `download`, `sources`: MovieLens folders (verified), their archive,
+  and the choice between MovieLens and a CSV.
+- `holdout`: leave-last-n-out split by timestamp.
+- `training`: ALS (library `implicit`) -> item and user embeddings; `train_job` writes them.
+- `embeddings_io`: read and atomically write the embeddings directory.
+- `metrics`, `recommenders`, `sharded`, `router_client`, `evaluation`, `evaluate_job`: offline
+  evaluation of exact, sharded-ANN, router and popularity recommenders, and its table.
+"""

@@ -1,0 +1,73 @@
+"""API keys: loaded from a file (a mounted Secret in Kubernetes), checked in constant time.
+
+File format: one key per line, `name:key` or a bare key (then the name is `key-<line>`); blank
+lines and lines starting with `#` are ignored. The name, never the key, labels rate-limit buckets
+and logs.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ApiKeysError(ValueError):
+    """The API keys file is unreadable or malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class ApiKeys:
+    entries: tuple[tuple[str, bytes], ...]  # (name, key)
+
+    @property
+    def required(self) -> bool:
+        return bool(self.entries)
+
+    def identify(self, presented: str) -> str | None:
+        """The name of the key equal to `presented`, or None.
+
+        Compares against every key with `hmac.compare_digest` and does not stop at a match, so the
+        time taken does not reveal which key (or how much of one) matched.
+        """
+        candidate = presented.encode("utf-8", "surrogateescape")
+        found: str | None = None
+        for name, key in self.entries:
+            if hmac.compare_digest(candidate, key) and found is None:
+                found = name
+        return found
+
+
+OPEN = ApiKeys(entries=())
+
+
+def parse_api_keys(text: str, source: str) -> ApiKeys:
+    entries: list[tuple[str, bytes]] = []
+    names: set[str] = set()
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, key = line.partition(":")
+        if not sep:
+            name, key = f"key-{number}", line
+        name, key = name.strip(), key.strip()
+        if not name or not key:
+            raise ApiKeysError(f"{source}:{number}: expected 'name:key' or a bare key, got an empty part")
+        if any(ch.isspace() for ch in key):
+            raise ApiKeysError(f"{source}:{number}: an API key must not contain whitespace")
+        if name in names:
+            raise ApiKeysError(f"{source}:{number}: duplicate key name {name!r}")
+        names.add(name)
+        entries.append((name, key.encode("utf-8")))
+    if not entries:
+        raise ApiKeysError(f"{source}: no API keys in the file (an empty file would lock every client out)")
+    return ApiKeys(entries=tuple(entries))
+
+
+def load_api_keys(path: Path) -> ApiKeys:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ApiKeysError(f"{path}: cannot read API keys: {exc}") from exc
+    return parse_api_keys(text, str(path))

@@ -1,0 +1,79 @@
+"""Hand-made coefficients with round numbers, so plans can be checked by hand.
+
+Not measurements: the real ones are in benchmarks/coefficients.json. The values are chosen so that
+every step of the worked example in test_planner.py comes out in round figures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shardrec.capacity.coefficients import MEASURED_FIELDS, Coefficients
+
+GIB = 1024**3
+
+
+def document(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "schema_version": 1,
+        "provenance": [
+            {
+                "command": "hand-made test fixture",
+                "date": "2026-01-01",
+                "host": "tests",
+                "fields": list(MEASURED_FIELDS),
+            }
+        ],
+        "workload": {
+            "items_per_shard": 5_000_000,
+            "shards": 2,
+            "dimension": 64,
+            "m": 16,
+            "ef_construction": 200,
+            "k": 10,
+            "metric": "cosine",
+            "item_id_bytes": 12.0,
+            "user_id_bytes": 12.0,
+        },
+        # efSearch 64 reaches recall 0.95 at 0.2 ms per query per shard.
+        "search": [
+            {"ef_search": 32, "recall_at_k": 0.90, "search_ms": 0.1},
+            {"ef_search": 64, "recall_at_k": 0.96, "search_ms": 0.2},
+        ],
+        "shard_overhead_cpu_ms": 0.3,
+        # Router: 0.2 ms per shard + 0.2 ms.
+        "router_cpu": [
+            {"shards": 1, "cpu_ms_per_request": 0.4},
+            {"shards": 4, "cpu_ms_per_request": 1.0},
+        ],
+        # File bytes per item = 4*D + 8*M + 16: 400 at (64, 16), 528 at (64, 32).
+        "index_file": [
+            {"dimension": 64, "m": 16, "items": 1000, "file_bytes_per_item": 400.0},
+            {"dimension": 64, "m": 32, "items": 1000, "file_bytes_per_item": 528.0},
+        ],
+        "index_resident_extra_bytes_per_item": 100.0,
+        "shard_process_baseline_bytes": GIB // 2,
+        "router_process_baseline_bytes": GIB // 4,
+        "user_resident_bytes_per_user": 356.0,
+        "build_items_per_core_second": 10_000.0,
+        "load_bytes_per_second": 1e9,
+        "wire": {
+            "client_request": 200.0,
+            "client_response_fixed": 150.0,
+            "client_response_per_item": 50.0,
+            "shard_request_fixed": 150.0,
+            "shard_response_fixed": 100.0,
+            "shard_response_per_result": 16.0,
+        },
+        "shard_latency_ms": {
+            "quantiles": [0.0, 0.5, 0.9, 0.99, 1.0],
+            "ms": [0.2, 0.5, 1.0, 5.0, 20.0],
+            "requests": 1000,
+        },
+    }
+    doc.update(overrides)
+    return doc
+
+
+def coefficients(**overrides: Any) -> Coefficients:
+    return Coefficients.model_validate(document(**overrides))

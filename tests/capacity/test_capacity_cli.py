@@ -1,0 +1,97 @@
+"""`recctl capacity` end to end: the table, JSON, the repository's measured coefficients, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shardrec.capacity.coefficients import load_coefficients
+from shardrec.cli.main import main
+from tests.capacity.fixtures import document
+
+REPO = Path(__file__).resolve().parents[2]
+MEASURED = REPO / "benchmarks" / "coefficients.json"
+SIZING = [
+    "capacity",
+    "--peak-qps", "36000",
+    "--items", "10000000",
+    "--dimension", "64",
+    "--users", "100000000",
+    "--k", "10",
+    "--recall", "0.95",
+    "--availability", "99.95",
+    "--zones", "3",
+]  # fmt: skip
+
+
+@pytest.fixture
+def fixture_file(tmp_path: Path) -> Path:
+    path = tmp_path / "coefficients.json"
+    path.write_text(json.dumps(document()))
+    return path
+
+
+def test_table_names_every_section_and_the_coefficients_source(
+    fixture_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*SIZING, "--coefficients", str(fixture_file)]) == 0
+    out = capsys.readouterr().out
+    for section in ("memory", "cpu", "users", "total", "spike", "versions", "storage", "bandwidth"):
+        assert f"\n{section} " in out
+    assert f"coefficients: {fixture_file}" in out
+    assert "hand-made test fixture" in out
+    assert "blue/green cost" in out and "in-place alternative" in out
+    assert "feature store beside the router" in out  # 100M users do not fit an 8 GiB router
+
+
+def test_json_output_agrees_with_the_arithmetic(
+    fixture_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*SIZING, "--coefficients", str(fixture_file), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["pods"] == plan["shards"] * plan["replicas"] + plan["routers"]
+    assert plan["replicas"] >= plan["replicas_cpu"]
+    assert plan["target"]["peak_qps"] == 36000
+    assert plan["coefficients"] == str(fixture_file)
+
+
+def test_the_issue_sizing_runs_on_the_measured_coefficients(capsys: pytest.CaptureFixture[str]) -> None:
+    measured = load_coefficients(MEASURED)  # validates: every field names its command
+    assert main([*SIZING, "--coefficients", str(MEASURED), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["shards"] >= 1 and plan["replicas"] >= 2 and plan["routers"] >= 2
+    # A zone loss leaves the peak served at full CPU.
+    assert plan["zone_loss_capacity_qps"] >= 36000
+    assert plan["bytes_per_item"] > 4 * 64  # more than the raw vector: the graph and the ids
+    assert measured.provenance[0].command
+
+
+def test_bad_flags_name_the_flag(fixture_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*SIZING, "--peak-qps", "lots", "--coefficients", str(fixture_file)])
+    assert exited.value.code == 2
+    assert "--peak-qps" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["capacity", "--items", "10"])
+    assert "--peak-qps" in capsys.readouterr().err
+    assert main([*SIZING, "--zones", "0", "--coefficients", str(fixture_file)]) == 1
+    assert "--zones must be greater than 0" in capsys.readouterr().err
+    assert main([*SIZING, "--recall", "0.999", "--coefficients", str(fixture_file)]) == 1
+    assert "--recall 0.999: no measured efSearch reaches it" in capsys.readouterr().err
+
+
+def test_missing_or_invalid_coefficients_name_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.json"
+    assert main([*SIZING, "--coefficients", str(missing)]) == 1
+    assert f"{missing}: cannot read coefficients" in capsys.readouterr().err
+    broken = tmp_path / "broken.json"
+    doc = document()
+    doc["provenance"][0]["fields"].remove("search")
+    broken.write_text(json.dumps(doc))
+    assert main([*SIZING, "--coefficients", str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert str(broken) in err and "no provenance entry names the command that measured ['search']" in err

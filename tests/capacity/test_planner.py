@@ -1,0 +1,191 @@
+"""The capacity arithmetic on hand-checked cases (tests/capacity/fixtures.py has round numbers)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from shardrec.capacity.coefficients import CoefficientsError
+from shardrec.capacity.planner import (
+    GIB,
+    PlanError,
+    Target,
+    error_budget_minutes,
+    make_plan,
+    replicas_for_availability,
+    replicas_for_cpu,
+    replicas_for_zone_loss,
+    shards_for_memory,
+    survives_zone_loss,
+)
+from tests.capacity.fixtures import coefficients
+
+# The worked example: 10M items of 64 dims in 8 GiB pods of which 56.25% (4.5 GiB) may hold data,
+# i.e. 4 GiB after the 0.5 GiB process baseline.
+EXAMPLE = Target(
+    peak_qps=12_000,
+    items=10_000_000,
+    dimension=64,
+    users=1_000_000,
+    k=10,
+    recall=0.95,
+    availability=99.95,
+    zones=3,
+    shard_pod_memory_gib=8,
+    shard_pod_cores=2,
+    router_pod_memory_gib=8,
+    router_pod_cores=2,
+    cpu_utilisation=0.5,
+    memory_fill=0.5625,
+    build_cores=16,
+)
+
+
+def test_shards_are_the_fewest_that_fit_memory() -> None:
+    assert shards_for_memory(10_000_000, 500, 4 * GIB) == 2  # 5e9 B / 4.29e9 B = 1.16
+    assert shards_for_memory(8_589_934, 500, 4 * GIB) == 1  # 4294967000 B: just fits
+    assert shards_for_memory(10, 500, 4 * GIB) == 1
+    with pytest.raises(PlanError, match="--shard-pod-memory-gib"):
+        shards_for_memory(10, 500, 0)
+
+
+def test_replicas_for_cpu_round_up_at_the_target_utilisation() -> None:
+    assert replicas_for_cpu(10.0, 2.0, 0.5) == 10
+    assert replicas_for_cpu(3.0, 2.0, 0.6) == 3  # 2.5 pods
+    assert replicas_for_cpu(2.4, 2.0, 0.6) == 2  # exactly 2 pods, no spurious third
+    assert replicas_for_cpu(0.001, 2.0, 0.6) == 1
+
+
+def test_zone_loss_leaves_the_needed_replicas() -> None:
+    # 3 zones: 6 replicas lose 2 (4 left) -> 9 replicas lose 3 (6 left).
+    assert survives_zone_loss(9, 3) == 6
+    assert replicas_for_zone_loss(6, 3) == 9
+    assert replicas_for_zone_loss(4, 3) == 6
+    assert replicas_for_zone_loss(1, 3) == 2
+    assert replicas_for_zone_loss(3, 2) == 6
+    # One zone cannot survive its own loss: nothing is added for it.
+    assert replicas_for_zone_loss(3, 1) == 3
+    assert survives_zone_loss(3, 1) == 0
+
+
+def test_availability_needs_every_shard_under_strict() -> None:
+    # One shard at 99.95% with 99% pods: 1 replica gives 99%, 2 give 99.99%.
+    assert replicas_for_availability(0.9995, 1, 0.99) == 2
+    # Ten shards at 99.9%: each must be up 99.99% (0.999 ** 0.1); 90% pods need 4 (99.99%).
+    assert replicas_for_availability(0.999, 10, 0.9) == 4
+    assert error_budget_minutes(99.95) == pytest.approx(21.6)
+    assert error_budget_minutes(99.9) == pytest.approx(43.2)
+
+
+def test_the_worked_example_by_hand() -> None:
+    plan = make_plan(EXAMPLE, coefficients())
+    # Memory: 4*64 + 8*16 + 16 = 400 B in the file, + 100 B resident extras = 500 B per item.
+    assert plan.index_file_bytes_per_item == pytest.approx(400)
+    assert plan.bytes_per_item == pytest.approx(500)
+    assert plan.shards == 2
+    assert plan.items_per_shard == 5_000_000
+    assert plan.shard_memory_bytes == pytest.approx(5_000_000 * 500 + GIB / 2)
+    # CPU: efSearch 64 (recall 0.96) at 0.2 ms + 0.3 ms overhead = 0.5 ms per shard request;
+    # 12k req/s x 0.5 ms = 6 cores per shard = 6 pods of 2 cores at 50%; 9 survive a zone loss.
+    assert (plan.ef_search, plan.measured_recall) == (64, 0.96)
+    assert plan.shard_cpu_ms == pytest.approx(0.5)
+    assert (plan.replicas_cpu, plan.replicas_zone, plan.replicas_availability) == (6, 9, 2)
+    assert plan.replicas == 9
+    # Router: 0.2 + 0.2 x 2 shards = 0.6 ms; 7.2 cores -> 8 pods -> 12 to survive a zone loss.
+    assert plan.router_cpu_ms == pytest.approx(0.6)
+    assert plan.router_replicas_cpu == 8
+    assert plan.routers == 12
+    # Users: 4*64 + 100 extra = 356 B each; 356 MB fits the router.
+    assert plan.user_bytes_per_user == pytest.approx(356)
+    assert plan.user_table_in_router
+    assert plan.router_memory_bytes == pytest.approx(GIB / 4 + 356e6)
+    # Totals.
+    assert (plan.shard_pods, plan.pods, plan.cores) == (18, 30, 60)
+    assert plan.memory_requested_bytes == pytest.approx(30 * 8 * GIB)
+    # Spike: shards serve 9 x 2 cores / 0.5 ms = 36k/s, routers 12 x 2 / 0.6 ms = 40k/s.
+    assert plan.capacity_qps == pytest.approx(36_000)
+    assert plan.spike_qps == pytest.approx(120_000)
+    assert plan.spike_served_fraction == pytest.approx(0.3)
+    # After a zone loss 6 replicas (24k/s) and 8 routers (26.7k/s) remain.
+    assert plan.zone_loss_capacity_qps == pytest.approx(24_000)
+    # Versions: 10M / (10k items/s/core x 16 cores) = 62.5 s; each replica loads 2 GB at 1 GB/s.
+    assert plan.build_seconds == pytest.approx(62.5)
+    assert plan.load_seconds == pytest.approx(2.0)
+    assert plan.roll_seconds == pytest.approx(64.5)
+    assert plan.blue_green_extra_bytes == pytest.approx(18 * plan.shard_memory_bytes)
+    assert plan.blue_green_extra_seconds == pytest.approx(64.5 + 300)
+    assert plan.in_place_extra_bytes == pytest.approx(18 * 5_000_000 * 500)
+    # Storage: index 4e9 + ids 13e7 + users 1M x (256 + 13) per layout; 3 layouts + embeddings.
+    assert plan.artifact_bytes == pytest.approx(4e9 + 1.3e8 + 2.69e8)
+    assert plan.storage_bytes == pytest.approx(3 * plan.artifact_bytes + 256 * 11_000_000)
+    # Bandwidth: 2 shards x ((150 + 256) + (100 + 16 x 10)) = 1332 B per request behind the router.
+    assert plan.fanout_bytes == pytest.approx(1332)
+    assert (plan.client_in_bytes, plan.client_out_bytes) == (200, 650)
+    assert plan.peak_fanout_bytes_per_s == pytest.approx(12_000 * 1332)
+
+
+def test_more_items_need_more_shards_and_more_load_needs_more_replicas() -> None:
+    c = coefficients()
+    base = make_plan(EXAMPLE, c)
+    bigger = make_plan(_with(EXAMPLE, items=40_000_000), c)
+    busier = make_plan(_with(EXAMPLE, peak_qps=48_000), c)
+    assert bigger.shards > base.shards
+    assert busier.shards == base.shards
+    assert busier.replicas > base.replicas
+    assert busier.routers > base.routers
+
+
+def test_zone_loss_keeps_peak_capacity_at_full_cpu() -> None:
+    for zones in (2, 3, 4):
+        plan = make_plan(_with(EXAMPLE, zones=zones), coefficients())
+        assert survives_zone_loss(plan.replicas, zones) >= plan.replicas_cpu
+        assert plan.zone_loss_capacity_qps >= EXAMPLE.peak_qps
+
+
+def test_a_user_table_too_big_for_the_router_goes_to_a_store() -> None:
+    plan = make_plan(_with(EXAMPLE, users=100_000_000), coefficients())
+    assert not plan.user_table_in_router
+    assert plan.user_table_bytes == pytest.approx(3.56e10)
+    assert plan.user_store_bytes == pytest.approx(100_000_000 * (256 + 12))
+    assert plan.router_memory_bytes == pytest.approx(GIB / 4)
+
+
+def test_recall_beyond_the_measurements_is_refused_naming_the_flag() -> None:
+    with pytest.raises(CoefficientsError, match=r"--recall 0\.99: no measured efSearch"):
+        make_plan(_with(EXAMPLE, recall=0.99), coefficients())
+
+
+def test_larger_shards_cost_log_n_more_per_search() -> None:
+    c = coefficients()
+    # One shard of 10M instead of 5M: search 0.2 x log(1e7)/log(5e6) + 0.3.
+    expected = 0.2 * math.log(1e7) / math.log(5e6) + 0.3
+    assert c.shard_cpu_ms_per_query(0.95, 10, 1e7) == pytest.approx(expected)
+    # k above efSearch widens the search: ef 64 -> 128.
+    assert c.shard_cpu_ms_per_query(0.95, 128, 5e6) == pytest.approx(0.2 * 2 + 0.3)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"peak_qps": 0}, "--peak-qps must be greater than 0"),
+        ({"items": -5}, "--items must be greater than 0"),
+        ({"recall": 1.5}, r"--recall must be within \(0, 1\]"),
+        ({"availability": 100}, "--availability must be a percentage"),
+        ({"cpu_utilisation": 0}, "--cpu-utilisation must be within"),
+        ({"users": -1}, "--users must be 0 or more"),
+        ({"spike_factor": 0.5}, "--spike-factor must be at least 1"),
+        ({"shard_pod_memory_gib": 0.25}, "--shard-pod-memory-gib"),
+        ({"items": 10_000_000_000, "max_shards": 64}, "--max-shards 64"),
+        ({"m": 1}, "--m must be at least 2"),
+    ],
+)
+def test_bad_targets_name_the_flag(changes: dict[str, float], message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        make_plan(_with(EXAMPLE, **changes), coefficients())
+
+
+def _with(target: Target, **changes: float) -> Target:
+    from dataclasses import replace
+
+    return replace(target, **changes)

@@ -1,0 +1,201 @@
+"""The local runtime end to end: `recctl up`, then under a steady stream of requests kill -9 a
+replica, roll a new index version and rebalance 2 -> 3 shards. No request may fail and, under
+`strict`, every answer comes whole from one version: the old one or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from shardrec.local.ports import free_port
+
+pytestmark = pytest.mark.integration
+
+ITEMS, USERS, DIM = 3000, 40, 16
+DEADLINE_S = 120
+
+
+def _recctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shardrec.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+        check=check,
+    )
+
+
+def _write_embeddings(folder: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    np.save(folder / "items.npy", rng.normal(size=(ITEMS, DIM)).astype(np.float32))
+    (folder / "item_ids.txt").write_text("".join(f"item-{i}\n" for i in range(ITEMS)))
+    np.save(folder / "users.npy", rng.normal(size=(USERS, DIM)).astype(np.float32))
+    (folder / "user_ids.txt").write_text("".join(f"user-{i}\n" for i in range(USERS)))
+    (folder / "seen.tsv").write_text("user-1\titem-3\nuser-1\titem-4\n")
+
+
+def _manifest(source: Path, version: str, shards: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "shardrec.io/v1alpha1",
+        "kind": "RecommenderCluster",
+        "metadata": {"name": "itest"},
+        "spec": {
+            "shards": shards,
+            "replicasPerShard": 2,
+            "index": {"version": version, "source": str(source), "dimension": DIM, "metric": "cosine"},
+            "router": {"consistency": "strict", "timeoutMs": 2000},
+            "rollout": {"keepPreviousLayouts": 1, "rollbackWindowSeconds": 3, "drainSeconds": 1},
+        },
+    }
+
+
+@dataclass
+class Traffic:
+    """A bounded stream of requests in a background thread, recording every outcome."""
+
+    url: str
+    failures: list[str] = field(default_factory=list)
+    versions: Counter[str] = field(default_factory=Counter)
+    sent: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while not self._stop.is_set() and self.sent < 20000:
+                self.sent += 1
+                try:
+                    response = client.post(
+                        "/v1/recommend", json={"user_id": f"user-{self.sent % USERS}", "k": 5}
+                    )
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"transport: {exc!r}")
+                    continue
+                if response.status_code != 200:
+                    self.failures.append(f"{response.status_code}: {response.text[:200]}")
+                    continue
+                body = response.json()
+                if body["partial"] or body["shards"]["answered"] != body["shards"]["total"]:
+                    self.failures.append(f"partial answer under strict: {body}")
+                self.versions[body["index_version"]] += 1
+                time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Path, Path, str]]:
+    for version, seed in (("v1", 1), ("v2", 2)):
+        _write_embeddings(tmp_path / f"emb-{version}", seed)
+    manifest = tmp_path / "cluster.yaml"
+    manifest.write_text(yaml.safe_dump(_manifest(tmp_path / "emb-v1", "v1", 2)))
+    state = tmp_path / "state"
+    port = free_port()
+    _recctl(
+        "up", "-f", str(manifest), "--state-dir", str(state), "--port", str(port), "--detach", "--wait", "90"
+    )
+    try:
+        yield manifest, state, f"http://127.0.0.1:{port}"
+    finally:
+        _recctl("down", "--state-dir", str(state), check=False)
+
+
+def _wait_for(predicate: Any, what: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _status(state: Path) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads((state / "status.json").read_text())
+    return result
+
+
+def test_kill_roll_and_rebalance_under_traffic_fail_no_request(cluster: tuple[Path, Path, str]) -> None:
+    manifest, state, url = cluster
+    traffic = Traffic(url)
+    worker = threading.Thread(target=traffic.run, daemon=True)
+    worker.start()
+    try:
+        time.sleep(1.0)
+        # kill -9 one replica of shard 0: the router must route around it, the supervisor restart it
+        runtime = json.loads((state / "runtime.json").read_text())
+        victim = next(
+            p for p in runtime["processes"] if p["name"].endswith("-0-0") and p["name"].startswith("shard-")
+        )
+        os.kill(victim["pid"], signal.SIGKILL)
+        _wait_for(
+            lambda: any(
+                p["name"] == victim["name"] and p["restarts"] >= 1 and p["ready"]
+                for p in json.loads((state / "runtime.json").read_text())["processes"]
+            ),
+            "the killed replica to be restarted and ready",
+        )
+
+        # roll v2 and rebalance to 3 shards in one apply: a new layout, cut over in one step
+        manifest.write_text(yaml.safe_dump(_manifest(manifest.parent / "emb-v2", "v2", 3)))
+        applied = _recctl("apply", "-f", str(manifest), "--state-dir", str(state), "--wait", "90")
+        assert "configured" in applied.stdout
+        _wait_for(lambda: traffic.versions["v2"] > 50, "answers from v2")
+        _wait_for(
+            lambda: len(_status(state)["layouts"]) == 1, "the old layout to be deleted after its window"
+        )
+    finally:
+        traffic.stop()
+        worker.join(timeout=10)
+
+    status = _status(state)
+    assert status["phase"] == "Ready" and status["activeVersion"] == "v2"
+    assert [s["readyReplicas"] for s in status["shards"]] == [2, 2, 2]
+    assert traffic.failures == [], traffic.failures[:5]
+    assert set(traffic.versions) == {"v1", "v2"}, traffic.versions
+    assert traffic.sent > 100
+
+
+def test_up_twice_says_it_is_already_running(cluster: tuple[Path, Path, str]) -> None:
+    manifest, state, _ = cluster
+    again = _recctl(
+        "up", "-f", str(manifest), "--state-dir", str(state), "--port", str(free_port()), check=False
+    )
+    assert again.returncode == 1
+    assert "already running" in again.stderr
+
+
+def test_bad_yaml_names_the_field(tmp_path: Path) -> None:
+    bad = _manifest(tmp_path, "v1", 2)
+    bad["spec"]["replicasPerShard"] = 99
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    result = _recctl("up", "-f", str(path), "--state-dir", str(tmp_path / "s"), check=False)
+    assert result.returncode == 1
+    assert "spec.replicasPerShard" in result.stderr and "less than or equal to 16" in result.stderr
+
+
+def test_metric_change_is_refused_in_place(cluster: tuple[Path, Path, str]) -> None:
+    manifest, state, _ = cluster
+    changed = yaml.safe_load(manifest.read_text())
+    changed["spec"]["index"]["metric"] = "l2"
+    manifest.write_text(yaml.safe_dump(changed))
+    result = _recctl("apply", "-f", str(manifest), "--state-dir", str(state), check=False)
+    assert result.returncode == 1
+    assert "index.metric cannot change in place" in result.stderr

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from shardrec.cli.main import main
+
+from .conftest import write_csv
+
+ROWS = [f"u{u},i{i},{1 + (u * i) % 5},{100 * i + u}" for u in range(8) for i in range(10) if (u + i) % 3]
+
+
+def test_train_then_evaluate_from_a_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_csv(tmp_path / "i.csv", ROWS)
+    out = tmp_path / "emb"
+    argv = ["train", "--interactions", str(data), "--out", str(out), "--factors", "4", "--holdout", "1"]
+    assert main([*argv, "--iterations", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    # Each user's last interaction is its highest item; i9's raters all have it last, so only 9 items train.
+    assert re.search(r"trained 8 users x 9 items, dimension 4, on 45 interactions, 8 held out", printed)
+    assert (out / "items.npy").is_file()
+
+    table = tmp_path / "table.md"
+    assert main(["evaluate", "--embeddings", str(out), "--no-ann", "--quiet", "--out-table", str(table)]) == 0
+    written = table.read_text(encoding="utf-8")
+    assert written in capsys.readouterr().out
+    assert "| popularity baseline | 8 |" in written and "Leave-last-1-out: 8 held-out" in written
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--factors", "0"], "invalid ALS parameter(s): factors"),
+        (["--holdout", "-1"], "--holdout must be >= 0"),
+    ],
+)
+def test_train_flag_errors_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    data = write_csv(tmp_path / "i.csv", ROWS)
+    assert main(["train", "--interactions", str(data), "--out", str(tmp_path / "o"), *argv]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_train_data_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_csv(tmp_path / "i.csv", [*ROWS[:3], "u1,i1,4"])
+    assert main(["train", "--interactions", str(data), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    assert re.search(r"recctl: error: .*i\.csv:5: expected 4 fields", capsys.readouterr().err)
+    missing = tmp_path / "ml-latest-small"
+    assert main(["train", "--movielens", str(missing), "--no-download", "--out", str(tmp_path / "o")]) == 1
+    assert f"{missing}: MovieLens folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_refuses_embeddings_without_holdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_csv(tmp_path / "i.csv", ROWS)
+    out = tmp_path / "emb"
+    assert main(["train", "--interactions", str(data), "--out", str(out), "--factors", "2", "--quiet"]) == 0
+    assert main(["evaluate", "--embeddings", str(out), "--no-ann", "--quiet"]) == 1
+    assert "held-out items would leak" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_evaluate_trains_and_serves_movielens_through_shards(
+    movielens_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = tmp_path / "t.md"
+    argv = ["evaluate", "--movielens", str(movielens_dir), "--holdout", "5", "--factors", "16"]
+    argv += ["--iterations", "8", "--shards", "3", "--quiet", "--out-table", str(table)]
+    assert main(argv) == 0
+    rows = {
+        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+        for line in table.read_text(encoding="utf-8").splitlines()
+        if line.startswith("| ") and not line.startswith("| recommender")
+    }
+    sharded = next(name for name in rows if name.startswith("sharded HNSW in process (3 shards"))
+    exact = next(name for name in rows if name.startswith("exact"))
+    assert rows[sharded][0] == rows[exact][0] == "610"
+    assert float(rows[sharded][3]) >= 0.95, "ANN recall@10 against exact"
+    assert abs(float(rows[sharded][2]) - float(rows[exact][2])) < 0.01
+    assert float(rows[exact][2]) > 1.25 * float(rows["popularity baseline"][2])

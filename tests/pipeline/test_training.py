@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shardrec.index.embeddings import load_embeddings
+from shardrec.pipeline.embeddings_io import EmbeddingsDirError, read_embeddings_dir, write_embeddings_dir
+from shardrec.pipeline.holdout import leave_last_n_out
+from shardrec.pipeline.interactions import Interactions
+from shardrec.pipeline.sources import DataSource
+from shardrec.pipeline.train_job import train_embeddings
+from shardrec.pipeline.training import AlsParams, train_als
+
+SMALL = AlsParams(factors=8, iterations=3, seed=7)
+
+
+def test_training_writes_a_valid_embeddings_directory(
+    movielens_dir: Path, movielens_table: Interactions, tmp_path: Path
+) -> None:
+    out = tmp_path / "emb"
+    summary = train_embeddings(DataSource("movielens", movielens_dir), out, SMALL, holdout=1, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "item_ids.txt",
+        "items.npy",
+        "metadata.json",
+        "seen.tsv",
+        "user_ids.txt",
+        "users.npy",
+    ]
+    items = np.load(out / "items.npy")
+    users = np.load(out / "users.npy")
+    item_ids = (out / "item_ids.txt").read_text(encoding="utf-8").splitlines()
+    user_ids = (out / "user_ids.txt").read_text(encoding="utf-8").splitlines()
+    assert items.dtype == np.float32 and items.flags.c_contiguous and items.shape == (len(item_ids), 8)
+    assert users.dtype == np.float32 and users.shape == (610, 8) and len(user_ids) == 610
+    assert len(set(item_ids)) == len(item_ids) and len(set(user_ids)) == len(user_ids)
+    assert np.isfinite(items).all() and np.isfinite(users).all()
+    assert np.abs(items).sum(axis=1).min() > 0, "every item row was trained"
+
+    # seen.tsv holds exactly the training interactions: everything but each user's last one.
+    seen = [tuple(line.split("\t")) for line in (out / "seen.tsv").read_text(encoding="utf-8").splitlines()]
+    split = leave_last_n_out(movielens_table, 1)
+    assert len(seen) == len(set(seen)) == summary.training_interactions == len(split.train) == 100_836 - 610
+    assert set(seen) == set(zip(split.train.users.tolist(), split.train.items.tolist(), strict=True))
+    assert {item for _, item in seen} == set(item_ids)
+
+    metadata = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
+    assert metadata["metric"] == "ip"
+    assert metadata["holdout"]["per_user"] == 1 and metadata["holdout"]["held_out_interactions"] == 610
+    assert metadata["trainer"]["params"]["factors"] == 8
+    assert metadata["source"]["checksums_verified"] is True
+    assert metadata["counts"] == {
+        "users": 610,
+        "items": len(item_ids),
+        "dimension": 8,
+        "training_interactions": len(seen),
+    }
+
+    # The index workstream's validator (contract 1) accepts it as is.
+    validated = load_embeddings(out)
+    assert validated.dimension == 8 and validated.item_ids == item_ids
+    assert validated.seen_unknown_items == 0
+
+
+def test_training_is_deterministic_for_a_seed(movielens_table: Interactions) -> None:
+    table = movielens_table
+    first = train_als(table, SMALL, progress=False).embeddings
+    again = train_als(table, AlsParams(factors=8, iterations=3, seed=7, threads=1), progress=False).embeddings
+    other = train_als(table, AlsParams(factors=8, iterations=3, seed=8), progress=False).embeddings
+    assert np.array_equal(first.items, again.items) and np.array_equal(first.users, again.users)
+    assert not np.array_equal(first.items, other.items)
+
+
+def test_invalid_parameters_are_named() -> None:
+    with pytest.raises(ValueError, match=r"factors, regularization"):
+        AlsParams(factors=0, regularization=-1)
+
+
+def test_rewrite_replaces_an_embeddings_dir_but_not_a_foreign_folder(tmp_path: Path) -> None:
+    from shardrec.pipeline.training import Embeddings
+
+    def make(scale: float) -> Embeddings:
+        return Embeddings(
+            ["i1", "i2"],
+            np.full((2, 3), scale, dtype=np.float32),
+            ["u1"],
+            np.ones((1, 3), dtype=np.float32),
+            {"u1": ["i2"]},
+        )
+
+    out = tmp_path / "emb"
+    write_embeddings_dir(out, make(1.0), {"n": 1})
+    write_embeddings_dir(out, make(2.0), {"n": 2})
+    loaded = read_embeddings_dir(out)
+    assert loaded.items.tolist() == [[2.0] * 3] * 2 and loaded.seen == {"u1": ["i2"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"], "no staging folder left behind"
+
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(EmbeddingsDirError, match=r"home: exists and is not an embeddings directory"):
+        write_embeddings_dir(foreign, make(1.0), {})
+    assert (foreign / "notes.txt").read_text(encoding="utf-8") == "mine"
+    with pytest.raises(EmbeddingsDirError, match=r"item_ids\.txt: ids are not unique"):
+        write_embeddings_dir(out, Embeddings(["a", "a"], make(1.0).items, ["u1"], make(1.0).users, {}), {})
+
+
+def test_reading_rejects_broken_files_naming_them(tmp_path: Path) -> None:
+    from shardrec.pipeline.training import Embeddings
+
+    out = tmp_path / "emb"
+    items = np.ones((2, 3), dtype=np.float32)
+    write_embeddings_dir(out, Embeddings(["a", "b"], items, ["u"], items[:1], {"u": ["a"]}), {})
+    (out / "seen.tsv").write_text("u\ta\nbroken line\n", encoding="utf-8")
+    with pytest.raises(EmbeddingsDirError, match=r"seen\.tsv:2: expected user_id<TAB>item_id"):
+        read_embeddings_dir(out)
+    np.save(out / "items.npy", np.array([[1, np.nan, 0], [0, 0, 0]], dtype=np.float32))
+    with pytest.raises(EmbeddingsDirError, match=r"items\.npy: contains NaN"):
+        read_embeddings_dir(out)

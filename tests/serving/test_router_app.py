@@ -1,0 +1,544 @@
+"""The router app end to end in one process: HTTP edge, validation, auth, limits, consistency
+policy, topology switches. Shard replicas are the exact in-process fakes of test_router_dispatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from shardrec.api.topology import LayoutTopology, ReplicaEndpoint, ShardEndpoints, Topology
+from shardrec.api.v1alpha1 import AuthSpec, HedgingSpec, RouterSpec
+from shardrec.index.partitioning import assign_shards
+from shardrec.index.users import UserTable
+from shardrec.router.app import create_app
+from shardrec.router.auth import parse_api_keys
+from shardrec.router.config import Limits, RouterConfig, RouterSettings
+from shardrec.router.manager import ManagerDeps
+from tests.serving.test_router_dispatch import ERRORS, FakeShard
+
+DIM = 4
+SHARDS = 2
+
+
+@dataclass
+class World:
+    """Two versions of a small index, each on 2 shards x 2 fake replicas."""
+
+    items: dict[str, np.ndarray] = field(default_factory=dict)  # version -> vectors
+    ids: list[str] = field(default_factory=list)
+    fakes: dict[str, FakeShard] = field(default_factory=dict)  # url -> replica
+    tables: dict[str, UserTable] = field(default_factory=dict)  # artifact dir -> user table
+
+    def build(self, version: str, seed: int) -> LayoutTopology:
+        rng = np.random.default_rng(seed)
+        self.ids = [f"item-{n}" for n in range(40)]
+        vectors = rng.normal(size=(40, DIM)).astype(np.float32)
+        self.items[version] = vectors
+        owner = assign_shards(self.ids, SHARDS)
+        layout = f"L-{version}"
+        endpoints = []
+        for shard in range(SHARDS):
+            members = np.flatnonzero(owner == shard)
+            replicas = []
+            for replica in range(2):
+                url = f"http://127.0.0.1:1/{version}/{shard}/{replica}"
+                self.fakes[url] = FakeShard(
+                    shard, [self.ids[i] for i in members], vectors[members], version=version, layout=layout
+                )
+                replicas.append(ReplicaEndpoint(name=f"{version}-s{shard}-r{replica}", url=url))
+            endpoints.append(ShardEndpoints(shard=shard, replicas=replicas))
+        users = rng.normal(size=(3, DIM)).astype(np.float32)
+        seen = [["item-1", "item-2"], [], ["item-5"]]
+        indptr = np.cumsum([0] + [len(s) for s in seen]).astype(np.int64)
+        artifact = f"/layouts/{layout}"
+        self.tables[artifact] = UserTable(
+            version,
+            layout,
+            DIM,
+            users,
+            ["u0", "u1", "u2"],
+            {"u0": 0, "u1": 1, "u2": 2},
+            indptr,
+            [item for items in seen for item in items],
+        )
+        return LayoutTopology(
+            layout=layout,
+            version=version,
+            shards=SHARDS,
+            dimension=DIM,
+            metric="ip",
+            artifact_dir=artifact,
+            endpoints=endpoints,
+        )
+
+    def deps(self) -> ManagerDeps:
+        return ManagerDeps(
+            client_factory=lambda url: self.fakes[url],  # type: ignore[arg-type, return-value]
+            errors=ERRORS,
+            load_users=lambda path: self.tables[str(path)],
+        )
+
+    def replicas_of(self, version: str, shard: int) -> list[FakeShard]:
+        return [fake for url, fake in self.fakes.items() if url.split("/")[3:5] == [version, str(shard)]]
+
+    def expected(self, version: str, query: np.ndarray, k: int, exclude: set[str]) -> list[str]:
+        scores = self.items[version] @ query
+        order = [i for i in np.argsort(-scores, kind="stable") if self.ids[i] not in exclude]
+        return [self.ids[i] for i in order[:k]]
+
+
+def settings(**router: Any) -> RouterSettings:
+    spec = RouterSpec(hedging=HedgingSpec(enabled=False), timeout_ms=500, **router)
+    return RouterSettings(config=RouterConfig(router=spec), limits=Limits(max_body_bytes=64 * 1024))
+
+
+@asynccontextmanager
+async def running(
+    world: World, config: RouterSettings, topology: Topology | None
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    app = create_app(config, deps=world.deps())
+    async with app.router.lifespan_context(app):
+        state = app.state.router
+        if topology is not None:
+            await state.manager.apply(topology)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+            yield client, state
+
+
+def run(world: World, config: RouterSettings, scenario: Callable[[httpx.AsyncClient, Any], Any]) -> None:
+    topology = Topology(revision=1, active=world.build("v1", seed=1))
+
+    async def main() -> None:
+        async with running(world, config, topology) as (client, state):
+            await scenario(client, state)
+
+    asyncio.run(main())
+
+
+async def until(predicate: Callable[[], bool], limit_s: float = 10.0) -> None:
+    """Bounded wait for a condition (the bound only stops a hang; nothing here is timed)."""
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+def error_of(response: httpx.Response) -> dict[str, str]:
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message"}
+    return body["error"]  # type: ignore[no-any-return]
+
+
+def test_recommend_by_vector_merges_every_shard_exactly() -> None:
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, _: Any) -> None:
+        query = [0.5, -1.0, 0.25, 2.0]
+        response = await client.post("/v1/recommend", json={"vector": query, "k": 5})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert [i["item_id"] for i in body["items"]] == world.expected(
+            "v1", np.array(query, np.float32), 5, set()
+        )
+        assert body["index_version"] == "v1"
+        assert body["partial"] is False
+        assert body["shards"] == {"answered": 2, "total": 2}
+        scores = [i["score"] for i in body["items"]]
+        assert scores == sorted(scores, reverse=True)
+        # Scores print in their shortest float32 form, not as float64 noise (0.3, not 0.30000001...).
+        tokens = re.findall(r'"score":([^,}]+)', response.text)
+        assert len(tokens) == 5 and all(len(token) <= 12 for token in tokens), tokens
+
+    run(world, settings(), scenario)
+
+
+def test_recommend_by_user_excludes_seen_items_unless_told_not_to() -> None:
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, state: Any) -> None:
+        user_vector = state.manager.current.users.vector("u0")
+        response = await client.post("/v1/recommend", json={"user_id": "u0", "k": 38})
+        got = [i["item_id"] for i in response.json()["items"]]
+        assert got == world.expected("v1", user_vector, 38, {"item-1", "item-2"})
+        response = await client.post(
+            "/v1/recommend",
+            json={"user_id": "u0", "k": 40, "exclude_seen": False, "exclude": ["item-7"]},
+        )
+        got = [i["item_id"] for i in response.json()["items"]]
+        assert got == world.expected("v1", user_vector, 40, {"item-7"})
+        assert "item-1" in got
+
+    run(world, settings(), scenario)
+
+
+def test_batch_answers_each_query_in_order_from_one_version() -> None:
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, state: Any) -> None:
+        queries = [{"vector": [1, 0, 0, 0], "k": 3}, {"user_id": "u2", "k": 2}, {"vector": [0, 0, 0, 1]}]
+        response = await client.post("/v1/recommend/batch", json={"queries": queries})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["index_version"] == "v1" and body["shards"] == {"answered": 2, "total": 2}
+        results = [[i["item_id"] for i in r["items"]] for r in body["results"]]
+        assert results[0] == world.expected("v1", np.array([1, 0, 0, 0], np.float32), 3, set())
+        u2 = state.manager.current.users.vector("u2")
+        assert results[1] == world.expected("v1", u2, 2, {"item-5"})
+        assert len(results[2]) == 10
+
+    run(world, settings(), scenario)
+
+
+def test_similar_items_never_include_the_item_itself() -> None:
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, _: Any) -> None:
+        response = await client.post("/v1/similar", json={"item_id": "item-3", "k": 4})
+        assert response.status_code == 200, response.text
+        got = [i["item_id"] for i in response.json()["items"]]
+        vector = world.items["v1"][world.ids.index("item-3")]
+        assert got == world.expected("v1", vector, 4, {"item-3"})
+        missing = await client.post("/v1/similar", json={"item_id": "nope"})
+        assert missing.status_code == 404
+        assert error_of(missing)["code"] == "unknown_item"
+
+    run(world, settings(), scenario)
+
+
+BAD_BODIES: list[tuple[str, bytes, int, str]] = [
+    ("/v1/recommend", b"{not json", 400, "invalid_json"),
+    ("/v1/recommend", b"", 400, "invalid_json"),
+    ("/v1/recommend", b"[1, 2]", 422, "must be a JSON object"),
+    ("/v1/recommend", b'{"k": 5}', 422, "exactly one"),
+    ("/v1/recommend", b'{"user_id": "u0", "vector": [1,2,3,4]}', 422, "exactly one"),
+    ("/v1/recommend", b'{"user_id": 7}', 422, "user_id: must be a string"),
+    ("/v1/recommend", b'{"user_id": ""}', 422, "user_id: must be 1.."),
+    ("/v1/recommend", b'{"user_id": "nobody"}', 404, "nobody"),
+    ("/v1/recommend", b'{"user_id": "u0", "k": 0}', 422, "k: must be within 1..1000"),
+    ("/v1/recommend", b'{"user_id": "u0", "k": 1001}', 422, "k: must be within 1..1000"),
+    ("/v1/recommend", b'{"user_id": "u0", "k": 99999999999999999999999}', 422, "k: must be an integer"),
+    ("/v1/recommend", b'{"user_id": "u0", "k": "10"}', 422, "k: must be an integer"),
+    ("/v1/recommend", b'{"user_id": "u0", "k": true}', 422, "k: must be an integer"),
+    ("/v1/recommend", b'{"user_id": "u0", "k": 2.5}', 422, "k: must be an integer"),
+    ("/v1/recommend", b'{"user_id": "u0", "exclude": "item-1"}', 422, "exclude: must be a list"),
+    ("/v1/recommend", b'{"user_id": "u0", "exclude": [1]}', 422, "exclude[0]"),
+    ("/v1/recommend", b'{"user_id": "u0", "exclude_seen": "no"}', 422, "exclude_seen"),
+    ("/v1/recommend", b'{"user_id": "u0", "colour": "red"}', 422, "unknown field(s) colour"),
+    ("/v1/recommend", b'{"vector": [1, 2, 3]}', 422, "dimension 4"),
+    ("/v1/recommend", b'{"vector": []}', 422, "vector: must not be empty"),
+    ("/v1/recommend", b'{"vector": [1, 2, "3", 4]}', 422, "vector[2]: must be a number"),
+    ("/v1/recommend", b'{"vector": [1, 2, true, 4]}', 422, "vector[2]: must be a number"),
+    ("/v1/recommend", b'{"vector": [1, 2, [3], 4]}', 422, "vector[2]"),
+    ("/v1/recommend", b'{"vector": [1, 2, NaN, 4]}', 400, "invalid_json"),
+    ("/v1/recommend", b'{"vector": [1, 2, 1e999, 4]}', 400, "invalid_json"),
+    ("/v1/recommend", b'{"vector": [1, 2, 1e39, 4]}', 422, "finite"),
+    ("/v1/recommend", b'{"vector": [1, 2, -1e39, 4]}', 422, "finite"),
+    ("/v1/recommend", b'{"vector": [1, 2, 100000000000000000000000000000000000000000, 4]}', 422, "finite"),
+    ("/v1/recommend", b'{"vector": "1,2,3,4"}', 422, "vector: must be a list"),
+    ("/v1/recommend", b'"\xff\xfe"', 400, "invalid_json"),
+    ("/v1/recommend", b"[" * 5000, 400, "invalid_json"),
+    ("/v1/recommend/batch", b'{"queries": []}', 422, "must not be empty"),
+    ("/v1/recommend/batch", b'{"queries": {}}', 422, "queries: required"),
+    ("/v1/recommend/batch", b'{"queries": [{"user_id": "u0"}, 5]}', 422, "queries[1]"),
+    (
+        "/v1/recommend/batch",
+        b'{"queries": [{"user_id": "u0"}, {"user_id": "zz"}]}',
+        404,
+        "queries[1].user_id",
+    ),
+    ("/v1/recommend/batch", b'{"queries": [{"vector": [1]}]}', 422, "queries[0].vector"),
+    (
+        "/v1/recommend/batch",
+        b'{"queries": [{"vector": [1, 2, 3, 4]}, {"vector": [1, 2]}]}',
+        422,
+        "queries[1].vector",
+    ),
+    (
+        "/v1/recommend/batch",
+        b'{"queries": [{"vector": [1, 2, 3, 4]}, {"vector": [1, 1e39, 1, 1]}]}',
+        422,
+        "queries[1].vector: every number",
+    ),
+    (
+        "/v1/recommend/batch",
+        b'{"queries": [{"vector": [1, 2, 3, 4]}, {"vector": [1, false, 1, 1]}]}',
+        422,
+        "queries[1].vector[1]",
+    ),
+    ("/v1/similar", b'{"k": 3}', 422, "item_id: required"),
+    ("/v1/similar", b'{"item_id": ["a"]}', 422, "item_id: must be a string"),
+    ("/v1/similar", b'{"item_id": "item-1", "user_id": "u0"}', 422, "unknown field"),
+]
+
+
+def test_every_bad_input_gets_the_right_4xx_as_json_naming_the_field() -> None:
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, _: Any) -> None:
+        for path, body, status, fragment in BAD_BODIES:
+            response = await client.post(path, content=body, headers={"content-type": "application/json"})
+            assert response.status_code == status, (path, body[:60], response.text)
+            error = error_of(response)
+            assert fragment in error["message"] or fragment == error["code"], (body[:60], error)
+
+    run(world, settings(), scenario)
+
+
+def test_size_limits_body_batch_and_unknown_routes() -> None:
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, _: Any) -> None:
+        big = await client.post("/v1/recommend", content=b'{"user_id": "' + b"x" * 70_000 + b'"}')
+        assert big.status_code == 413 and error_of(big)["code"] == "body_too_large"
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(100):
+                yield b" " * 1024
+
+        streamed = await client.post("/v1/recommend", content=chunks())
+        assert streamed.status_code == 413
+        batch = {"queries": [{"user_id": "u0"}] * 5}
+        too_many = await client.post("/v1/recommend/batch", json=batch)
+        assert too_many.status_code == 413 and "at most 4" in error_of(too_many)["message"]
+        assert (await client.post("/v1/nope", json={})).status_code == 404
+        assert error_of(await client.post("/v1/nope", json={}))["code"] == "not_found"
+        wrong_method = await client.get("/v1/recommend")
+        assert wrong_method.status_code == 405 and error_of(wrong_method)["code"] == "method_not_allowed"
+
+    run(world, settings(max_batch_size=4), scenario)
+
+
+def test_api_keys_401_without_403_wrong_and_both_header_forms_accepted() -> None:
+    world = World()
+    config = replace(settings(), api_keys=parse_api_keys("alice:k-alice\nbob:k-bob\n", "keys"))
+
+    async def scenario(client: httpx.AsyncClient, _: Any) -> None:
+        body = {"user_id": "u1", "k": 2}
+        missing = await client.post("/v1/recommend", json=body)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        assert error_of(missing)["code"] == "unauthenticated"
+        wrong = await client.post("/v1/recommend", json=body, headers={"x-api-key": "k-alicf"})
+        assert wrong.status_code == 403 and error_of(wrong)["code"] == "forbidden"
+        ok = await client.post("/v1/recommend", json=body, headers={"x-api-key": "k-alice"})
+        assert ok.status_code == 200
+        bearer = await client.post("/v1/recommend", json=body, headers={"authorization": "Bearer k-bob"})
+        assert bearer.status_code == 200
+        for open_path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
+            assert (await client.get(open_path)).status_code == 200, open_path
+
+    run(world, config, scenario)
+
+
+def test_rate_limit_per_key_answers_429_with_retry_after() -> None:
+    world = World()
+    config = replace(
+        settings(),
+        config=RouterConfig(
+            router=settings().config.router, auth=AuthSpec(rate_limit_per_second=1, rate_limit_burst=2)
+        ),
+        api_keys=parse_api_keys("alice:ka\nbob:kb\n", "keys"),
+    )
+
+    async def scenario(client: httpx.AsyncClient, state: Any) -> None:
+        body = {"user_id": "u1", "k": 1}
+        codes = [
+            (await client.post("/v1/recommend", json=body, headers={"x-api-key": "ka"})).status_code
+            for _ in range(3)
+        ]
+        assert codes == [200, 200, 429]
+        limited = await client.post("/v1/recommend", json=body, headers={"x-api-key": "ka"})
+        assert limited.headers["retry-after"] == "1"
+        assert error_of(limited)["code"] == "rate_limited" and "alice" in error_of(limited)["message"]
+        assert (await client.post("/v1/recommend", json=body, headers={"x-api-key": "kb"})).status_code == 200
+
+    run(world, config, scenario)
+
+
+def test_past_max_in_flight_requests_are_shed_and_admitted_ones_still_answer() -> None:
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, _: Any) -> None:
+        gate = asyncio.Event()
+        for fake in world.fakes.values():
+            fake.gate = gate  # admitted requests stay in flight until released
+        body = {"user_id": "u1", "k": 3}
+        tasks = [asyncio.create_task(client.post("/v1/recommend", json=body)) for _ in range(6)]
+        await until(lambda: sum(t.done() for t in tasks) == 4)
+        shed = [t.result() for t in tasks if t.done()]
+        assert [r.status_code for r in shed] == [503] * 4
+        assert shed[0].headers["retry-after"] == "1" and error_of(shed[0])["code"] == "overloaded"
+        gate.set()
+        await asyncio.gather(*tasks)
+        assert sorted(t.result().status_code for t in tasks) == [200, 200, 503, 503, 503, 503]
+        assert (await client.post("/v1/recommend", json=body)).status_code == 200  # recovered
+
+    run(world, settings(max_in_flight=2), scenario)
+
+
+def test_dead_shard_is_503_naming_it_under_strict() -> None:
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, _: Any) -> None:
+        for fake in world.replicas_of("v1", 1):
+            fake.mode = "refuse"
+        response = await client.post("/v1/recommend", json={"user_id": "u0"})
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert response.headers["x-shardrec-unavailable-shards"] == "1"
+        error = error_of(response)
+        assert error["code"] == "shard_unavailable" and "shard 1" in error["message"]
+
+    run(world, settings(consistency="strict"), scenario)
+
+
+def test_dead_shard_gives_a_flagged_partial_answer_under_available() -> None:
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, state: Any) -> None:
+        for fake in world.replicas_of("v1", 1):
+            fake.mode = "refuse"
+        response = await client.post("/v1/recommend", json={"user_id": "u1", "k": 5})
+        assert response.status_code == 200
+        body = response.json()
+        assert body["partial"] is True and body["shards"] == {"answered": 1, "total": 2}
+        shard0 = set(world.replicas_of("v1", 0)[0].ids)
+        assert {i["item_id"] for i in body["items"]} <= shard0
+        for fake in world.replicas_of("v1", 0):
+            fake.mode = "refuse"
+        nothing = await client.post("/v1/recommend", json={"user_id": "u1"})
+        assert nothing.status_code == 503  # no shard at all is not an answer
+        metrics = (await client.get("/metrics")).text
+        assert "shardrec_router_partial_answers_total 1.0" in metrics
+
+    run(world, settings(consistency="available"), scenario)
+
+
+def test_switching_layouts_changes_the_version_and_never_mixes() -> None:
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, state: Any) -> None:
+        v2 = world.build("v2", seed=2)
+        gate = asyncio.Event()
+        for url, fake in world.fakes.items():
+            if "/v1/" in url:
+                fake.gate = gate
+        body = {"vector": [1, 2, 3, 4], "k": 40}
+        before = asyncio.create_task(client.post("/v1/recommend", json=body))
+        v1_replicas = [fake for url, fake in world.fakes.items() if "/v1/" in url]
+        await until(lambda: sum(len(f.calls) for f in v1_replicas) == SHARDS)  # bound to v1, in flight
+        await state.manager.apply(Topology(revision=2, active=v2))
+        after = await client.post("/v1/recommend", json=body)
+        gate.set()
+        first = (await before).json()
+        assert first["index_version"] == "v1" and after.json()["index_version"] == "v2"
+        query = np.array([1, 2, 3, 4], np.float32)
+        for answer, version in ((first, "v1"), (after.json(), "v2")):
+            assert [i["item_id"] for i in answer["items"]] == world.expected(version, query, 40, set())
+        ready = (await client.get("/readyz")).json()
+        assert ready["index_version"] == "v2" and ready["topology_revision"] == 2
+        metrics = (await client.get("/metrics")).text
+        assert 'shardrec_router_active_version_info{layout="L-v2",version="v2"} 1.0' in metrics
+        assert "shardrec_router_topology_switches_total 1.0" in metrics
+        await until(lambda: all(fake.closed for fake in v1_replicas))  # old clients closed once idle
+        assert not any(fake.closed for url, fake in world.fakes.items() if "/v2/" in url)
+
+    run(world, settings(), scenario)
+
+
+def test_stale_or_unloadable_topologies_keep_the_current_layout() -> None:
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, state: Any) -> None:
+        manager = state.manager
+        await manager.apply(Topology(revision=0, active=world.build("v2", seed=2)))  # older revision
+        assert manager.current.version == "v1"
+        broken = world.build("v3", seed=3).model_copy(update={"artifact_dir": "/layouts/missing"})
+        with pytest.raises(ValueError, match="cannot load the user table"):
+            await manager.apply(Topology(revision=5, active=broken))
+        assert manager.current.version == "v1"
+        lying = world.build("v4", seed=4).model_copy(update={"artifact_dir": "/layouts/L-v1"})
+        with pytest.raises(ValueError, match="holds layout L-v1 version v1"):
+            await manager.apply(Topology(revision=6, active=lying))
+        assert (await client.post("/v1/recommend", json={"user_id": "u0"})).json()["index_version"] == "v1"
+
+    run(world, settings(), scenario)
+
+
+def test_endpoint_changes_apply_in_place_and_keep_replica_state() -> None:
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, state: Any) -> None:
+        manager = state.manager
+        snapshot = manager.current
+        kept = snapshot.channels[0].replicas[0]
+        kept.latency_ewma_s = 0.123
+        active = snapshot.topology
+        fewer = [
+            ShardEndpoints(shard=e.shard, replicas=e.replicas[:1] if e.shard == 0 else e.replicas)
+            for e in active.endpoints
+        ]
+        await manager.apply(Topology(revision=2, active=active.model_copy(update={"endpoints": fewer})))
+        assert manager.current is snapshot
+        assert snapshot.channels[0].replicas == [kept] and kept.latency_ewma_s == 0.123
+        assert (await client.post("/v1/recommend", json={"user_id": "u0"})).status_code == 200
+
+    run(world, settings(), scenario)
+
+
+def test_not_ready_until_a_topology_is_applied() -> None:
+    world = World()
+
+    async def main() -> None:
+        async with running(world, settings(), None) as (client, _):
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503 and error_of(ready)["code"] == "not_ready"
+            response = await client.post("/v1/recommend", json={"user_id": "u0"})
+            assert response.status_code == 503 and response.headers["retry-after"] == "1"
+            assert (await client.get("/healthz")).status_code == 200
+
+    asyncio.run(main())
+
+
+def test_metrics_use_prometheus_names_and_no_ids() -> None:
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, _: Any) -> None:
+        await client.post("/v1/recommend", json={"user_id": "u0"})
+        await client.post("/v1/recommend", json={"user_id": "nobody-here"})
+        text = (await client.get("/metrics")).text
+        assert 'shardrec_router_requests_total{code="200",route="/v1/recommend"} 1.0' in text
+        assert 'shardrec_router_requests_total{code="404",route="/v1/recommend"} 1.0' in text
+        assert "shardrec_router_request_duration_seconds_bucket" in text
+        assert 'shardrec_router_shard_request_duration_seconds_count{outcome="ok",shard="0"}' in text
+        assert "shardrec_router_user_table_load_duration_seconds_count 1.0" in text
+        assert "nobody-here" not in text and "u0" not in text
+
+    run(world, settings(), scenario)
+
+
+def test_openapi_documents_the_bodies_the_parser_accepts(tmp_path: Path) -> None:
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, _: Any) -> None:
+        schema = (await client.get("/openapi.json")).json()
+        recommend = schema["components"]["schemas"]["RecommendRequest"]
+        assert set(recommend["properties"]) == {"user_id", "vector", "k", "exclude", "exclude_seen"}
+        body = schema["paths"]["/v1/recommend"]["post"]["requestBody"]["content"]["application/json"]
+        assert body["schema"]["$ref"].endswith("/RecommendRequest")
+        assert "422" in schema["paths"]["/v1/recommend"]["post"]["responses"]
+        (tmp_path / "openapi.json").write_text(json.dumps(schema))
+
+    run(world, settings(), scenario)
