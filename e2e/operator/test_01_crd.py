@@ -1,0 +1,84 @@
+"""Scenario 1: the CRD installs, rejects invalid objects naming the field, and explains itself."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.controlplane]
+
+
+def _set(document: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    changed = copy.deepcopy(document)
+    node = changed["spec"]
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    if value is _DELETE:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return changed
+
+
+_DELETE = object()
+
+# (field to change, value, text the API server's message must contain)
+INVALID = [
+    ("shards", 0, "spec.shards"),
+    ("shards", 1025, "spec.shards"),
+    ("replicasPerShard", 0, "spec.replicasPerShard"),
+    ("replicasPerShard", 17, "spec.replicasPerShard"),
+    ("index.version", "V_1", "spec.index.version"),
+    ("index.dimension", 0, "spec.index.dimension"),
+    ("index.metric", "dot", "spec.index.metric"),
+    ("index.source", "s3://bucket/x", "spec.index.source"),
+    ("index.hnsw", {"m": 2}, "spec.index.hnsw.m"),
+    ("index.hnsw", {"m": 64, "efConstruction": 32}, "hnsw.efConstruction must be at least hnsw.m"),
+    ("index.store", {"persistentVolumeClaim": {"claimName": "x", "subPath": "../up"}}, "subPath"),
+    ("router.hedging", {"afterMs": 2000}, "router.hedging.afterMs must be below router.timeoutMs"),
+    ("router.autoscaling", {"minReplicas": 5, "maxReplicas": 2}, "minReplicas must not exceed maxReplicas"),
+    ("router.consistency", "eventual", "spec.router.consistency"),
+    ("rollout.timeoutSeconds", 5, "spec.rollout.timeoutSeconds"),
+    ("failover.forceDeleteAfterSeconds", 10, "spec.failover.forceDeleteAfterSeconds"),
+    ("image", "", "spec.image"),
+    ("imagePullPolicy", "Sometimes", "spec.imagePullPolicy"),
+    ("resources.shard", {"requests": {"gpu": "1"}}, "allowed keys"),
+    ("resources.router", {"limits": {"memory": "lots"}}, "spec.resources.router.limits"),
+    ("auth.rateLimitPerSecond", -1, "spec.auth.rateLimitPerSecond"),
+    ("unknownField", True, "unknownField"),
+    ("index", _DELETE, "spec.index"),
+]
+
+
+def test_crd_rejects_invalid_objects_naming_the_field_and_explains_fields(
+    kube: Any, namespace: str, harness: Any
+) -> None:
+    valid = harness.cluster_document(namespace)
+
+    def apply(document: dict[str, Any]) -> Any:
+        return kube.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(document), check=False)
+
+    failures = []
+    for field, value, expected in INVALID:
+        result = apply(_set(valid, field, value))
+        if result.returncode == 0 or expected not in result.stderr:
+            failures.append(f"{field}={value!r}: rc={result.returncode} {result.stderr.strip()[:300]}")
+    assert not failures, "\n".join(failures)
+    assert len(INVALID) >= 15
+
+    shards_times_replicas = _set(_set(valid, "shards", 512), "replicasPerShard", 9)
+    result = apply(shards_times_replicas)
+    assert result.returncode != 0 and "must not exceed 4096 pods" in result.stderr
+
+    assert apply(valid).returncode == 0, "the valid object is accepted"
+    metric_change = apply(_set(valid, "index.metric", "ip"))
+    assert metric_change.returncode != 0 and "index.metric cannot change in place" in metric_change.stderr
+
+    explained = kube.kubectl("explain", "recommenderclusters.spec.replicasPerShard").stdout
+    assert "Replicas of every shard" in explained
+    explained = kube.kubectl("explain", "recommenderclusters.spec.index.version").stdout
+    assert "switches the router" in explained

@@ -1,0 +1,39 @@
+"""Everything a cluster needs once, whatever its layouts: identities, RBAC, policy and the router.
+
+The topology ConfigMap is not here: what it says is a rollout decision (`reconcile.topology`).
+"""
+
+from __future__ import annotations
+
+from shardrec.api import v1alpha1 as api
+from shardrec_operator.desired.meta import Manifest
+from shardrec_operator.desired.monitoring import build_service_monitor
+from shardrec_operator.desired.network import build_shard_network_policy
+from shardrec_operator.desired.rbac import (
+    build_router_role,
+    build_router_role_binding,
+    build_router_service_account,
+    build_shard_service_account,
+)
+from shardrec_operator.desired.router import (
+    build_router_config,
+    build_router_deployment,
+    build_router_hpa,
+    build_router_service,
+)
+
+
+def build_cluster_objects(cluster: api.RecommenderCluster) -> list[Manifest]:
+    """In apply order: identities and permissions before the pods that use them."""
+    objects = [
+        build_shard_service_account(cluster),
+        build_router_service_account(cluster),
+        build_router_role(cluster),
+        build_router_role_binding(cluster),
+        build_shard_network_policy(cluster),
+        build_router_config(cluster),
+        build_router_service(cluster),
+        build_router_deployment(cluster),
+    ]
+    optional = (build_router_hpa(cluster), build_service_monitor(cluster))
+    return objects + [manifest for manifest in optional if manifest is not None]

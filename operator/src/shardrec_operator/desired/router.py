@@ -1,0 +1,194 @@
+"""The router: Deployment, Service, its config ConfigMap and the optional HorizontalPodAutoscaler.
+
+The router reads its topology from a ConfigMap it *watches through the API*
+(`--topology-configmap NS/NAME`), not from a mounted file: a mounted ConfigMap lags up to a
+minute, a watch delivers a switch in well under a second. Its own settings (RouterSpec +
+AuthSpec) are a mounted file; a hash of them on the pod template rolls the Deployment when they
+change. With autoscaling on, `replicas` is left out of the applied Deployment so the HPA owns it
+(server-side apply would otherwise fight the autoscaler on every reconcile).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Final
+
+from shardrec.api import v1alpha1 as api
+from shardrec_operator.desired import labels, names, pods
+from shardrec_operator.desired.meta import Manifest, manifest
+
+ROUTER_CONFIG_KEY: Final = "router.json"
+CONFIG_MOUNT: Final = "/etc/shardrec/router"
+API_KEYS_MOUNT: Final = "/etc/shardrec/api-keys"
+API_KEYS_FILE: Final = "api-keys"
+CONFIG_HASH_ANNOTATION: Final = "shardrec.io/router-config-hash"
+
+
+def router_config_json(spec: api.RecommenderClusterSpec) -> str:
+    """`{"router": ..., "auth": ...}` in wire form: what `shardrec-router --router-config` reads."""
+    document = {
+        "router": spec.router.model_dump(by_alias=True, mode="json"),
+        "auth": spec.auth.model_dump(by_alias=True, mode="json"),
+    }
+    return json.dumps(document, sort_keys=True, indent=2) + "\n"
+
+
+def build_router_config(cluster: api.RecommenderCluster) -> Manifest:
+    name = cluster.metadata.name
+    return manifest(
+        "v1",
+        "ConfigMap",
+        cluster,
+        names.router_config(name),
+        labels.component_labels(name, "router"),
+        data={ROUTER_CONFIG_KEY: router_config_json(cluster.spec)},
+    )
+
+
+def router_endpoint(cluster: api.RecommenderCluster) -> str:
+    """The URL clients call (the router Service)."""
+    meta = cluster.metadata
+    return f"http://{names.router(meta.name)}.{meta.namespace}.svc:{pods.HTTP_PORT}"
+
+
+def router_command(cluster: api.RecommenderCluster) -> list[str]:
+    meta = cluster.metadata
+    command = [
+        "shardrec-router",
+        "--topology-configmap",
+        f"{meta.namespace}/{names.topology(meta.name)}",
+        "--router-config",
+        f"{CONFIG_MOUNT}/{ROUTER_CONFIG_KEY}",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(pods.HTTP_PORT),
+    ]
+    if cluster.spec.auth.api_keys_secret_ref is not None:
+        command += ["--api-keys-file", f"{API_KEYS_MOUNT}/{API_KEYS_FILE}"]
+    return command
+
+
+def _volumes_and_mounts(cluster: api.RecommenderCluster) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    spec = cluster.spec
+    volumes = [
+        pods.store_volume(spec, read_only=True),
+        pods.tmp_volume(),
+        {"name": "router-config", "configMap": {"name": names.router_config(cluster.metadata.name)}},
+    ]
+    mounts = [
+        pods.store_mount(spec, read_only=True),
+        pods.tmp_mount(),
+        {"name": "router-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+    ]
+    secret = spec.auth.api_keys_secret_ref
+    if secret is not None:
+        volumes.append(
+            {
+                "name": "api-keys",
+                "secret": {"secretName": secret.name, "items": [{"key": secret.key, "path": API_KEYS_FILE}]},
+            }
+        )
+        mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
+    return volumes, mounts
+
+
+def build_router_deployment(cluster: api.RecommenderCluster) -> Manifest:
+    spec = cluster.spec
+    name = cluster.metadata.name
+    selector = labels.component_selector(name, "router")
+    pod_labels = labels.component_labels(name, "router")
+    config_hash = hashlib.sha256(router_config_json(spec).encode()).hexdigest()[:16]
+    volumes, mounts = _volumes_and_mounts(cluster)
+    container = {
+        "name": "router",
+        **pods.image_fields(spec),
+        "command": router_command(cluster),
+        "ports": [pods.http_port()],
+        "readinessProbe": pods.http_probe("/readyz", period=5, failures=2),
+        "livenessProbe": pods.http_probe("/healthz", period=10, failures=6),
+        "resources": pods.resources(spec.resources.router),
+        "securityContext": pods.container_security_context(),
+        "volumeMounts": mounts,
+    }
+    pod_spec = {
+        "serviceAccountName": names.router(name),
+        "automountServiceAccountToken": True,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": spec.rollout.drain_seconds + 10,
+        "securityContext": pods.pod_security_context(),
+        **pods.spread_and_anti_affinity(selector),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector},
+        # Never fewer ready routers than asked for while rolling: surge one, then retire one.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {
+            "metadata": {
+                "labels": pod_labels,
+                "annotations": {CONFIG_HASH_ANNOTATION: config_hash, **pods.scrape_annotations(spec)},
+            },
+            "spec": pod_spec,
+        },
+    }
+    if spec.router.autoscaling is None:
+        deployment_spec = {"replicas": spec.router.replicas, **deployment_spec}
+    return manifest("apps/v1", "Deployment", cluster, names.router(name), pod_labels, spec=deployment_spec)
+
+
+def build_router_service(cluster: api.RecommenderCluster) -> Manifest:
+    name = cluster.metadata.name
+    return manifest(
+        "v1",
+        "Service",
+        cluster,
+        names.router(name),
+        labels.component_labels(name, "router"),
+        spec={
+            "type": "ClusterIP",
+            "selector": labels.component_selector(name, "router"),
+            "ports": [
+                {
+                    "name": pods.HTTP_PORT_NAME,
+                    "port": pods.HTTP_PORT,
+                    "targetPort": pods.HTTP_PORT_NAME,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    )
+
+
+def build_router_hpa(cluster: api.RecommenderCluster) -> Manifest | None:
+    """The router's HPA, or None when `spec.router.autoscaling` is absent."""
+    autoscaling = cluster.spec.router.autoscaling
+    if autoscaling is None:
+        return None
+    name = cluster.metadata.name
+    return manifest(
+        "autoscaling/v2",
+        "HorizontalPodAutoscaler",
+        cluster,
+        names.router(name),
+        labels.component_labels(name, "router"),
+        spec={
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": names.router(name)},
+            "minReplicas": autoscaling.min_replicas,
+            "maxReplicas": autoscaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": autoscaling.target_cpu_utilization_percent,
+                        },
+                    },
+                }
+            ],
+        },
+    )

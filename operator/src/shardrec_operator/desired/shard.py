@@ -1,0 +1,146 @@
+"""Per shard of a layout: a StatefulSet of shard-server replicas, its headless Service and its PDB.
+
+Readiness is `/readyz` (index loaded and warmed), liveness `/healthz`, and a startup probe gives a
+large index time to load before liveness counts. `podManagementPolicy: Parallel` starts every
+replica at once: replicas are interchangeable readers of one immutable artifact, so ordered
+start-up would only slow a rollout down.
+
+The PodDisruptionBudget is `maxUnavailable: 1`, never `minAvailable: replicas`: a drain can always
+evict one pod of a shard, including the only pod of a single-replica shard. That keeps node drains
+and cluster upgrades from deadlocking (the Strimzi and ClickHouse bug); the price, a brief outage of
+a single-replica shard during a drain, is the honest consequence of running one replica.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shardrec.api import v1alpha1 as api
+from shardrec.planning import LayoutSpec
+from shardrec_operator.desired import labels, names, pods
+from shardrec_operator.desired.meta import Manifest, manifest
+
+STARTUP_PROBE_BUDGET_SECONDS = 600
+
+
+def shard_command(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int) -> list[str]:
+    return [
+        "shardrec-shard",
+        "--layout-dir",
+        pods.layout_dir(cluster.metadata.name, layout.id),
+        "--shard",
+        str(shard),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(pods.HTTP_PORT),
+        "--ef-search",
+        str(cluster.spec.index.hnsw.ef_search),
+    ]
+
+
+def _shard_container(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int) -> dict[str, Any]:
+    spec = cluster.spec
+    period = 5
+    return {
+        "name": "shard",
+        **pods.image_fields(spec),
+        "command": shard_command(cluster, layout, shard),
+        "ports": [pods.http_port()],
+        "startupProbe": pods.http_probe(
+            "/healthz", period=period, failures=STARTUP_PROBE_BUDGET_SECONDS // period
+        ),
+        "readinessProbe": pods.http_probe("/readyz", period=period, failures=2),
+        "livenessProbe": pods.http_probe("/healthz", period=10, failures=6),
+        "resources": pods.resources(spec.resources.shard),
+        "securityContext": pods.container_security_context(),
+        "volumeMounts": [pods.store_mount(spec, read_only=True), pods.tmp_mount()],
+    }
+
+
+def build_shard_statefulset(
+    cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int, replicas: int
+) -> Manifest:
+    """Shard `shard` of `layout`, with `replicas` replicas (the planner's EnsureShards count)."""
+    spec = cluster.spec
+    name = cluster.metadata.name
+    selector = labels.shard_selector(name, layout.id, shard)
+    pod_labels = labels.shard_labels(name, layout, shard)
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": names.shard_service_account(name),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": spec.rollout.drain_seconds + 10,
+        "securityContext": pods.pod_security_context(),
+        **pods.spread_and_anti_affinity(selector),
+        "containers": [_shard_container(cluster, layout, shard)],
+        "volumes": [pods.store_volume(spec, read_only=True), pods.tmp_volume()],
+    }
+    template_meta: dict[str, Any] = {"labels": pod_labels}
+    annotations = pods.scrape_annotations(spec)
+    if annotations:
+        template_meta["annotations"] = annotations
+    return manifest(
+        "apps/v1",
+        "StatefulSet",
+        cluster,
+        names.shard_set(name, layout.id, shard),
+        pod_labels,
+        spec={
+            "replicas": replicas,
+            "serviceName": names.shard_set(name, layout.id, shard),
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "selector": {"matchLabels": selector},
+            "template": {"metadata": template_meta, "spec": pod_spec},
+        },
+        annotations=labels.layout_annotations(layout),
+    )
+
+
+def build_shard_service(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int) -> Manifest:
+    """Headless: gives each replica a stable DNS name; unready pods are not published."""
+    name = cluster.metadata.name
+    return manifest(
+        "v1",
+        "Service",
+        cluster,
+        names.shard_set(name, layout.id, shard),
+        labels.shard_labels(name, layout, shard),
+        spec={
+            "clusterIP": "None",
+            "publishNotReadyAddresses": False,
+            "selector": labels.shard_selector(name, layout.id, shard),
+            "ports": [
+                {
+                    "name": pods.HTTP_PORT_NAME,
+                    "port": pods.HTTP_PORT,
+                    "targetPort": pods.HTTP_PORT_NAME,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    )
+
+
+def build_shard_pdb(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int) -> Manifest:
+    name = cluster.metadata.name
+    return manifest(
+        "policy/v1",
+        "PodDisruptionBudget",
+        cluster,
+        names.shard_set(name, layout.id, shard),
+        labels.shard_labels(name, layout, shard),
+        spec={
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": labels.shard_selector(name, layout.id, shard)},
+        },
+    )
+
+
+def shard_replica_url(cluster: api.RecommenderCluster, layout_id: str, shard: int, ordinal: int) -> str:
+    """Stable per-replica URL through the headless Service (resolves only while the pod is ready)."""
+    name = cluster.metadata.name
+    service = names.shard_set(name, layout_id, shard)
+    pod = names.shard_pod(name, layout_id, shard, ordinal)
+    return f"http://{pod}.{service}.{cluster.metadata.namespace}.svc:{pods.HTTP_PORT}"

@@ -1,0 +1,70 @@
+"""The router topology: which layout serves, and the URL of every replica of each of its shards.
+
+Replicas are listed by their stable StatefulSet DNS names through the headless Service, not by
+pod IP, so the topology changes only when the serving layout or its replica count changes, never
+when a pod restarts. An unready replica is not published in DNS and fails fast, and the router
+skips it (retry on another replica, readiness probing), which is how the router stops sending to
+unready endpoints without the operator rewriting the topology on every readiness flap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from shardrec.api import v1alpha1 as api
+from shardrec.api.topology import (
+    TOPOLOGY_CONFIGMAP_KEY,
+    LayoutTopology,
+    ReplicaEndpoint,
+    ShardEndpoints,
+    Topology,
+)
+from shardrec.planning import LayoutSpec
+from shardrec_operator.desired import labels, names, pods
+from shardrec_operator.desired.meta import Manifest, manifest
+from shardrec_operator.desired.shard import shard_replica_url
+
+
+def build_layout_topology(
+    cluster: api.RecommenderCluster, layout: LayoutSpec, replicas_by_shard: Mapping[int, int]
+) -> LayoutTopology:
+    """`layout` as the router sees it; `replicas_by_shard` is each shard's replica count."""
+    name = cluster.metadata.name
+    endpoints = [
+        ShardEndpoints(
+            shard=shard,
+            replicas=[
+                ReplicaEndpoint(
+                    name=names.shard_pod(name, layout.id, shard, ordinal),
+                    url=shard_replica_url(cluster, layout.id, shard, ordinal),
+                )
+                for ordinal in range(replicas_by_shard.get(shard, 0))
+            ],
+        )
+        for shard in range(layout.shards)
+    ]
+    return LayoutTopology(
+        layout=layout.id,
+        version=layout.version,
+        shards=layout.shards,
+        dimension=layout.dimension,
+        metric=layout.metric,
+        artifact_dir=pods.layout_dir(name, layout.id),
+        endpoints=endpoints,
+    )
+
+
+def topology_json(topology: Topology) -> str:
+    return topology.model_dump_json(indent=2) + "\n"
+
+
+def build_topology_configmap(cluster: api.RecommenderCluster, topology: Topology) -> Manifest:
+    name = cluster.metadata.name
+    return manifest(
+        "v1",
+        "ConfigMap",
+        cluster,
+        names.topology(name),
+        labels.component_labels(name, "router"),
+        data={TOPOLOGY_CONFIGMAP_KEY: topology_json(topology)},
+    )

@@ -1,0 +1,83 @@
+"""kopf handlers: decorators only. Every trigger runs the same idempotent pass (`passes.run_pass`).
+
+- create / update / resume: a pass right away when the spec changes or the operator starts;
+- a timer per cluster: ticks every SHARDREC_TIMER_SECONDS and runs a pass when the cluster is due
+  (the planner's requeue, or the resync period), which is what moves a rollout along and keeps
+  the status honest when pods die or nodes go;
+- delete (only when `spec.deleteArtifactsOnDelete` is true): the artifact cleanup Job.
+
+kopf settings: progress and diff-base live in annotations, so the status holds only our schema;
+handler log lines become Events only from WARNING up (our Events are posted explicitly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import kopf
+
+from shardrec.api import v1alpha1 as api
+from shardrec_operator.config import OperatorConfig
+from shardrec_operator.passes import run_cleanup, run_pass
+from shardrec_operator.reconcile.kube_client import KubernetesClusterApi, load_api_client
+from shardrec_operator.runtime import Runtime
+
+CONFIG = OperatorConfig.from_env()
+ANNOTATION_PREFIX = "shardrec.io"
+FINALIZER = "shardrec.io/artifact-cleanup"
+CLEANUP_POLL_SECONDS = 5.0
+RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = FINALIZER
+    settings.posting.level = logging.WARNING
+    if "runtime" not in memo:  # `main()` (or a test) may have provided one already
+        memo["runtime"] = Runtime(api=KubernetesClusterApi(load_api_client()), config=CONFIG)
+
+
+@kopf.on.resume(*RESOURCE, backoff=CONFIG.error_backoff_seconds)
+@kopf.on.create(*RESOURCE, backoff=CONFIG.error_backoff_seconds)
+@kopf.on.update(*RESOURCE, backoff=CONFIG.error_backoff_seconds)
+def reconcile_on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, reason: str, **_: Any) -> None:
+    # kopf passes a str-valued Enum (create / update / resume): its value names the trigger.
+    run_pass(memo["runtime"], body, patch, trigger=str(getattr(reason, "value", reason)))
+
+
+@kopf.timer(*RESOURCE, interval=CONFIG.timer_seconds, backoff=CONFIG.error_backoff_seconds)
+def reconcile_on_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    run_pass(memo["runtime"], body, patch, trigger="timer")
+
+
+def _deletes_artifacts(spec: kopf.Spec, **_: Any) -> bool:
+    return bool(spec.get("deleteArtifactsOnDelete", False))
+
+
+@kopf.on.delete(*RESOURCE, when=_deletes_artifacts)
+def delete_artifacts(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    run_cleanup(memo["runtime"], body, retry_after=CLEANUP_POLL_SECONDS)
+
+
+def _timer_needs_no_finalizer(registry: kopf.OperatorRegistry) -> None:
+    """kopf puts a finalizer on every object a timer watches, so it can stop the timer before
+    the object goes. We want a finalizer only when artifacts must be cleaned: with one, deleting a
+    cluster (or its namespace) hangs whenever the operator is down. Our timer needs no graceful
+    stop, kopf cancels it when it sees the deletion. kopf has no public switch for this, so the
+    registered timer is replaced by a copy without the requirement; a test pins the behaviour."""
+    spawning = registry._spawning
+    spawning._handlers = [
+        dataclasses.replace(handler, requires_finalizer=False)
+        if getattr(handler, "fn", None) is reconcile_on_timer
+        else handler
+        for handler in spawning._handlers
+    ]
+
+
+_timer_needs_no_finalizer(kopf.get_default_registry())

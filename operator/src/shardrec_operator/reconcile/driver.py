@@ -1,0 +1,98 @@
+"""`reconcile_cluster`: one idempotent pass, the only thing the kopf handlers call.
+
+    1. observe   list the children, read the stored topology -> planner's `Observed`
+    2. plan      `shardrec.planning.plan` (pure): actions, new status, requeue
+    3. execute   cluster-wide objects, then the actions in order, then the topology, then
+                 failover (all skipped while paused, except what the planner still allows)
+    4. report    the new status (None when unchanged, so nothing is written), the Events,
+                 when to come back, and how many writes the pass made
+
+Nothing is remembered between passes except the expectations (see `expectations`): the
+state machine lives in `.status`, so a restarted operator resumes where the last one stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shardrec.api import v1alpha1 as api
+from shardrec.planning import RecordEvent, plan
+from shardrec_operator.desired import names
+from shardrec_operator.reconcile import resources as kinds
+from shardrec_operator.reconcile.client import ClusterApi, Obj
+from shardrec_operator.reconcile.execute import apply_cluster_objects, execute_action
+from shardrec_operator.reconcile.expectations import Expectations
+from shardrec_operator.reconcile.lost_pods import force_delete_lost_pods
+from shardrec_operator.reconcile.observe import Children, list_children, observe, previous_status
+from shardrec_operator.reconcile.session import Session
+from shardrec_operator.reconcile.topology import sync_topology
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    """What a pass decided and did."""
+
+    status: dict[str, Any] | None
+    """The complete new `.status` in wire form, or None when it equals the stored one."""
+    events: tuple[RecordEvent, ...]
+    requeue_after_seconds: float | None
+    waiting_reason: str
+    writes: int
+    """Applies and deletes sent to the API (0 for a pass with nothing to change)."""
+    phase: str
+    full_status: api.RecommenderClusterStatus
+    """The status this pass computed, whether or not it had to be written (for metrics)."""
+    router_ready_replicas: int
+
+
+def status_document(status: api.RecommenderClusterStatus) -> dict[str, Any]:
+    document: dict[str, Any] = status.model_dump(by_alias=True, mode="json")
+    return document
+
+
+def changed_status(new: api.RecommenderClusterStatus, raw: Obj | None) -> dict[str, Any] | None:
+    """The status to write, or None when the stored one already says exactly this."""
+    document = status_document(new)
+    return None if raw is not None and status_document(previous_status(raw)) == document else document
+
+
+def reconcile_cluster(
+    api_client: ClusterApi,
+    cluster: api.RecommenderCluster,
+    raw_status: Obj | None,
+    now: datetime,
+    expectations: Expectations,
+) -> ReconcileResult:
+    children = list_children(api_client, cluster)
+    observed = observe(cluster, children, raw_status, now, expectations)
+    the_plan = plan(cluster.metadata.name, cluster.spec, observed)
+    session = Session(api_client, cluster, children, expectations, now)
+    paused = cluster.spec.paused
+    if not paused:
+        apply_cluster_objects(session)
+    for action in the_plan.actions:
+        execute_action(session, action)
+    if not paused:
+        sync_topology(session, the_plan)
+        force_delete_lost_pods(session)
+    planned_events = tuple(action for action in the_plan.actions if isinstance(action, RecordEvent))
+    return ReconcileResult(
+        status=changed_status(the_plan.status, raw_status),
+        events=planned_events + tuple(session.events),
+        requeue_after_seconds=the_plan.requeue_after_seconds,
+        waiting_reason=the_plan.waiting_reason,
+        writes=session.writes,
+        phase=the_plan.status.phase,
+        full_status=the_plan.status,
+        router_ready_replicas=router_ready_replicas(children, cluster.metadata.name),
+    )
+
+
+def router_ready_replicas(children: Children, cluster_name: str) -> int:
+    """Ready pods of the router Deployment, as its controller reports them."""
+    deployment = children.get(kinds.DEPLOYMENT, names.router(cluster_name))
+    if deployment is None:
+        return 0
+    return int((deployment.get("status") or {}).get("readyReplicas") or 0)

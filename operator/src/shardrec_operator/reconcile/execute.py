@@ -1,0 +1,106 @@
+"""Execute: turn the planner's actions into applies and deletes, in the order given.
+
+Each action maps onto builders plus the one generic applier:
+- EnsureBuild  -> the layout's build Job (created once; a Job failed under an older attempt is
+                  deleted so the new attempt can start);
+- EnsureShards -> per shard: headless Service, StatefulSet (the action's replica count), PDB;
+- SwitchRouter -> the topology ConfigMap (`reconcile.topology`, after the other actions);
+- RetireLayout -> drop the retired layout's PDBs: it no longer serves, so it must not hold up
+                  a node drain; its pods keep running for instant rollback;
+- DeleteLayout -> delete the layout's Job, StatefulSets, Services and PDBs.
+A layout no action names is left exactly as it is.
+"""
+
+from __future__ import annotations
+
+from shardrec.planning import (
+    Action,
+    DeleteLayout,
+    EnsureBuild,
+    EnsureShards,
+    RecordEvent,
+    RetireLayout,
+    SwitchRouter,
+)
+from shardrec_operator.desired import names
+from shardrec_operator.desired.cluster import build_cluster_objects
+from shardrec_operator.desired.index_build import build_index_job
+from shardrec_operator.desired.shard import build_shard_pdb, build_shard_service, build_shard_statefulset
+from shardrec_operator.reconcile import resources as kinds
+from shardrec_operator.reconcile.client import NotFoundError
+from shardrec_operator.reconcile.observe import build_of
+from shardrec_operator.reconcile.resources import resource_of
+from shardrec_operator.reconcile.session import Session
+
+_OPTIONAL_KINDS = {(kinds.SERVICE_MONITOR.api_version, kinds.SERVICE_MONITOR.kind)}
+
+
+def apply_cluster_objects(session: Session) -> None:
+    """Identities, RBAC, NetworkPolicy and the router; remove optional ones the spec turned off."""
+    wanted: set[tuple[str, str]] = set()
+    for manifest in build_cluster_objects(session.cluster):
+        kind = resource_of(manifest)
+        wanted.add((kind.kind, manifest["metadata"]["name"]))
+        try:
+            session.apply(manifest, observed=session.children.get(kind, manifest["metadata"]["name"]))
+        except NotFoundError:
+            if (kind.api_version, kind.kind) not in _OPTIONAL_KINDS:
+                raise
+            session.warn_once(
+                "ServiceMonitorUnavailable",
+                "spec.monitoring.serviceMonitor is true but the monitoring.coreos.com/v1 ServiceMonitor "
+                "kind does not exist in this cluster (install the Prometheus Operator CRDs)",
+            )
+    for kind in (kinds.HPA, kinds.SERVICE_MONITOR):
+        for obj in session.children.of_kind(kind):
+            if (kind.kind, obj["metadata"]["name"]) not in wanted:
+                session.delete(kind, obj)
+
+
+def ensure_build(session: Session, action: EnsureBuild) -> None:
+    name = names.build_job(session.cluster.metadata.name, action.layout_id)
+    job = session.children.get(kinds.JOB, name)
+    if job is not None:
+        existing = build_of(job)
+        if existing.attempt == action.attempt or existing.state != "Failed":
+            return  # this attempt's Job exists (Jobs are immutable: never re-applied)
+        session.delete(kinds.JOB, job)  # an older attempt failed: make room for this one
+    session.apply(build_index_job(session.cluster, action.layout, action.attempt), observed=None)
+
+
+def ensure_shards(session: Session, action: EnsureShards) -> None:
+    cluster = session.cluster
+    for shard in range(action.layout.shards):
+        name = names.shard_set(cluster.metadata.name, action.layout_id, shard)
+        builds = (
+            (kinds.SERVICE, build_shard_service(cluster, action.layout, shard)),
+            (kinds.STATEFUL_SET, build_shard_statefulset(cluster, action.layout, shard, action.replicas)),
+            (kinds.PDB, build_shard_pdb(cluster, action.layout, shard)),
+        )
+        for kind, manifest in builds:
+            session.apply(manifest, observed=session.children.get(kind, name))
+
+
+def retire_layout(session: Session, action: RetireLayout) -> None:
+    for obj in session.children.of_layout(action.layout_id):
+        if obj["kind"] == kinds.PDB.kind:
+            session.delete(kinds.PDB, obj)
+
+
+def delete_layout(session: Session, action: DeleteLayout) -> None:
+    for obj in session.children.of_layout(action.layout_id):
+        session.delete(resource_of(obj), obj)
+
+
+def execute_action(session: Session, action: Action) -> None:
+    """One action; SwitchRouter and RecordEvent are handled by the caller."""
+    if isinstance(action, EnsureBuild):
+        ensure_build(session, action)
+    elif isinstance(action, EnsureShards):
+        ensure_shards(session, action)
+    elif isinstance(action, RetireLayout):
+        retire_layout(session, action)
+    elif isinstance(action, DeleteLayout):
+        delete_layout(session, action)
+    elif not isinstance(action, SwitchRouter | RecordEvent):  # pragma: no cover - exhaustive
+        raise TypeError(f"unknown planner action {action!r}")

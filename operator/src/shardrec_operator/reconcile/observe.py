@@ -1,0 +1,243 @@
+"""Observe: read a cluster's children from the API and translate them into the planner's `Observed`.
+
+Children are found by label (`shardrec.io/cluster` + `managed-by`), one LIST per kind, straight
+from the API server. A layout is whatever carries a `shardrec.io/layout-spec` annotation (build
+Jobs and shard StatefulSets); its readiness comes from the shard pods themselves (Ready
+condition, by ordinal), which is fresher than a StatefulSet's status and lets the planner prove
+that a scale-down keeps a ready replica.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from shardrec.api import v1alpha1 as api
+from shardrec.api.topology import TOPOLOGY_CONFIGMAP_KEY, Topology
+from shardrec.planning import (
+    BuildState,
+    LayoutSpec,
+    Observed,
+    ObservedBuild,
+    ObservedLayout,
+    ObservedRouter,
+    ObservedShard,
+)
+from shardrec_operator.desired import labels, names
+from shardrec_operator.desired.router import router_endpoint
+from shardrec_operator.reconcile import resources as kinds
+from shardrec_operator.reconcile.apply import controller_uid
+from shardrec_operator.reconcile.client import ClusterApi, NotFoundError, Obj
+from shardrec_operator.reconcile.expectations import Expectations
+from shardrec_operator.reconcile.failover import pod_is_ready
+
+log = logging.getLogger(__name__)
+
+LISTED_KINDS = (
+    kinds.SERVICE_ACCOUNT,
+    kinds.ROLE,
+    kinds.ROLE_BINDING,
+    kinds.NETWORK_POLICY,
+    kinds.CONFIG_MAP,
+    kinds.SERVICE,
+    kinds.DEPLOYMENT,
+    kinds.HPA,
+    kinds.JOB,
+    kinds.STATEFUL_SET,
+    kinds.PDB,
+    kinds.POD,
+)
+OPTIONAL_KINDS = (kinds.SERVICE_MONITOR,)
+"""Kinds whose CRD may be absent: a 404 on the collection means none exist."""
+
+
+@dataclass
+class Children:
+    """Every child of one cluster as listed at the start of a pass, by kind and name."""
+
+    objects: dict[tuple[str, str], Obj] = field(default_factory=dict)
+
+    def get(self, kind: kinds.Resource, name: str) -> Obj | None:
+        return self.objects.get((kind.kind, name))
+
+    def of_kind(self, kind: kinds.Resource) -> list[Obj]:
+        return [obj for (k, _), obj in sorted(self.objects.items()) if k == kind.kind]
+
+    def of_layout(self, layout_id: str) -> list[Obj]:
+        """The objects of a layout (Jobs, StatefulSets, Services, PDBs), pods excluded."""
+        return [
+            obj
+            for (kind, _), obj in sorted(self.objects.items())
+            if kind != kinds.POD.kind and _labels(obj).get(labels.LAYOUT) == layout_id
+        ]
+
+    def shard_pods(self) -> list[Obj]:
+        return [pod for pod in self.of_kind(kinds.POD) if _labels(pod).get(labels.COMPONENT) == "shard"]
+
+
+def _labels(obj: Obj) -> dict[str, str]:
+    return obj.get("metadata", {}).get("labels") or {}
+
+
+def _annotations(obj: Obj) -> dict[str, str]:
+    return obj.get("metadata", {}).get("annotations") or {}
+
+
+def list_children(api_client: ClusterApi, cluster: api.RecommenderCluster) -> Children:
+    """Every child this cluster controls. Objects that merely carry its labels (a leftover of a
+    deleted cluster of the same name, a copy) are not children: never planned on or deleted.
+    Pods are controlled by their StatefulSet or Job, so for them the labels suffice."""
+    namespace = cluster.metadata.namespace
+    selector = labels.owned_selector(cluster.metadata.name)
+    children = Children()
+    for kind in LISTED_KINDS + OPTIONAL_KINDS:
+        try:
+            items = api_client.list(kind, namespace, selector)
+        except NotFoundError:
+            if kind not in OPTIONAL_KINDS:
+                raise
+            items = []
+        for obj in items:
+            if kind is kinds.POD or controller_uid(obj) == cluster.metadata.uid:
+                children.objects[(kind.kind, obj["metadata"]["name"])] = obj
+    return children
+
+
+def stored_topology(children: Children, cluster_name: str) -> Topology | None:
+    """The topology in the ConfigMap the router watches; None when absent or unreadable."""
+    configmap = children.get(kinds.CONFIG_MAP, names.topology(cluster_name))
+    if configmap is None:
+        return None
+    text = (configmap.get("data") or {}).get(TOPOLOGY_CONFIGMAP_KEY)
+    if text is None:
+        return None
+    try:
+        return Topology.model_validate_json(text)
+    except ValidationError as error:
+        log.warning("Ignored unreadable topology in ConfigMap %s: %s", names.topology(cluster_name), error)
+        return None
+
+
+def layout_spec_of(obj: Obj) -> LayoutSpec | None:
+    text = _annotations(obj).get(labels.LAYOUT_SPEC_ANNOTATION)
+    if text is None:
+        return None
+    try:
+        return LayoutSpec.from_json(text)
+    except ValueError as error:
+        log.warning("Ignored %s %s: bad layout annotation: %s", obj["kind"], obj["metadata"]["name"], error)
+        return None
+
+
+def true_condition(obj: Obj, type_: str) -> Obj | None:
+    """The condition `type_` of an object's status when it is True, else None."""
+    for condition in obj.get("status", {}).get("conditions") or []:
+        if condition.get("type") == type_ and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+def build_of(job: Obj | None) -> ObservedBuild:
+    """A build Job as the planner sees it; Complete means `recctl` published a verified layout."""
+    if job is None:
+        return ObservedBuild()
+    attempt = _annotations(job).get(labels.BUILD_ATTEMPT_ANNOTATION)
+    state: BuildState = "Running"
+    message = ""
+    if true_condition(job, "Complete") is not None:
+        state = "Succeeded"
+    else:
+        failed = true_condition(job, "Failed")
+        if failed is not None:
+            state = "Failed"
+            message = f"index build Job {job['metadata']['name']} failed: {failed.get('reason', '')}: "
+            message += str(failed.get("message", ""))
+    return ObservedBuild(state=state, message=message, attempt=attempt)
+
+
+def pod_ordinal(pod: Obj) -> int | None:
+    suffix = pod["metadata"]["name"].rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else None
+
+
+def _ready_ordinals(children: Children) -> dict[tuple[str, int], set[int]]:
+    ready: dict[tuple[str, int], set[int]] = defaultdict(set)
+    for pod in children.shard_pods():
+        pod_labels = _labels(pod)
+        ordinal = pod_ordinal(pod)
+        shard = pod_labels.get(labels.SHARD, "")
+        if ordinal is None or not shard.isdigit() or not pod_is_ready(pod):
+            continue
+        ready[(pod_labels.get(labels.LAYOUT, ""), int(shard))].add(ordinal)
+    return ready
+
+
+def observed_layouts(children: Children) -> tuple[ObservedLayout, ...]:
+    specs: dict[str, LayoutSpec] = {}
+    jobs: dict[str, Obj] = {}
+    sets: dict[str, list[Obj]] = defaultdict(list)
+    for job in children.of_kind(kinds.JOB):
+        spec = layout_spec_of(job)
+        if spec is not None and _labels(job).get(labels.COMPONENT) == "index-build":
+            specs[spec.id] = spec
+            jobs[spec.id] = job
+    for statefulset in children.of_kind(kinds.STATEFUL_SET):
+        spec = layout_spec_of(statefulset)
+        if spec is not None:
+            specs.setdefault(spec.id, spec)
+            sets[spec.id].append(statefulset)
+    ready = _ready_ordinals(children)
+    layouts = []
+    for layout_id, spec in sorted(specs.items()):
+        shards = []
+        for statefulset in sets[layout_id]:
+            shard = _labels(statefulset).get(labels.SHARD, "")
+            if not shard.isdigit():
+                continue
+            ordinals = ready.get((layout_id, int(shard)), set())
+            shards.append(
+                ObservedShard(
+                    shard=int(shard),
+                    desired_replicas=int(statefulset.get("spec", {}).get("replicas", 0)),
+                    ready_replicas=len(ordinals),
+                    ready_ordinals=frozenset(ordinals),
+                )
+            )
+        shards.sort(key=lambda entry: entry.shard)
+        layouts.append(ObservedLayout(spec=spec, build=build_of(jobs.get(layout_id)), shards=tuple(shards)))
+    return tuple(layouts)
+
+
+def previous_status(raw: Obj | None) -> api.RecommenderClusterStatus:
+    """The status as stored; anything unreadable (a hand edit) counts as no status."""
+    try:
+        return api.RecommenderClusterStatus.model_validate(raw or {})
+    except ValidationError as error:
+        log.warning("Ignored unreadable status: %s", error)
+        return api.RecommenderClusterStatus()
+
+
+def observe(
+    cluster: api.RecommenderCluster,
+    children: Children,
+    raw_status: Obj | None,
+    now: datetime,
+    expectations: Expectations,
+) -> Observed:
+    """The planner's input for this pass."""
+    stored = stored_topology(children, cluster.metadata.name)
+    confirmed = stored.active.layout if stored is not None and stored.active is not None else None
+    written = expectations.written_layout(cluster.metadata.uid, default=confirmed)
+    has_router_service = children.get(kinds.SERVICE, names.router(cluster.metadata.name)) is not None
+    return Observed(
+        generation=cluster.metadata.generation,
+        now=now,
+        layouts=observed_layouts(children),
+        router=ObservedRouter(written_layout=written, confirmed_layout=confirmed),
+        previous_status=previous_status(raw_status),
+        router_endpoint=router_endpoint(cluster) if has_router_service else "",
+    )

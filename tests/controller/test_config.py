@@ -1,0 +1,38 @@
+"""Operator settings from the environment, and the schedule that uses them."""
+
+from __future__ import annotations
+
+import pytest
+
+from shardrec_operator.config import ConfigError, OperatorConfig
+from shardrec_operator.runtime import Schedule
+
+
+def test_defaults_and_overrides() -> None:
+    assert OperatorConfig.from_env({}) == OperatorConfig()
+    config = OperatorConfig.from_env({"SHARDREC_RESYNC_SECONDS": "3", "SHARDREC_TIMER_SECONDS": "0.5"})
+    assert (config.resync_seconds, config.timer_seconds) == (3.0, 0.5)
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1"])
+def test_bad_values_name_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match="SHARDREC_RESYNC_SECONDS"):
+        OperatorConfig.from_env({"SHARDREC_RESYNC_SECONDS": value})
+
+
+def test_schedule_honours_the_planner_requeue_capped_by_the_resync() -> None:
+    clock = [100.0]
+    schedule = Schedule(resync_seconds=15, clock=lambda: clock[0])
+    assert schedule.is_due("c")
+    schedule.passed("c", 1.0)
+    assert not schedule.is_due("c")
+    clock[0] += 1.0
+    assert schedule.is_due("c")
+    schedule.passed("c", None)
+    clock[0] += 14.9
+    assert not schedule.is_due("c")
+    clock[0] += 0.1
+    assert schedule.is_due("c")
+    schedule.passed("c", 3600)
+    clock[0] += 15
+    assert schedule.is_due("c"), "never longer than the resync period"

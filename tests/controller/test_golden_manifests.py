@@ -1,0 +1,113 @@
+"""Snapshot tests: every builder's output against a reviewed manifest in `golden/`.
+
+A deliberate change to a builder shows up here as a diff to review. Regenerate with
+`SHARDREC_UPDATE_GOLDEN=1 pytest tests/controller/test_golden_manifests.py`, read the diff of
+`tests/controller/golden/`, and commit it with the change.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shardrec.api.topology import Topology
+from shardrec_operator.desired.index_build import build_cleanup_job, build_index_job
+from shardrec_operator.desired.monitoring import build_service_monitor
+from shardrec_operator.desired.network import build_shard_network_policy
+from shardrec_operator.desired.rbac import (
+    build_router_role,
+    build_router_role_binding,
+    build_router_service_account,
+    build_shard_service_account,
+)
+from shardrec_operator.desired.router import (
+    build_router_config,
+    build_router_deployment,
+    build_router_hpa,
+    build_router_service,
+)
+from shardrec_operator.desired.shard import build_shard_pdb, build_shard_service, build_shard_statefulset
+from shardrec_operator.desired.topology import build_layout_topology, build_topology_configmap
+from tests.controller.samples import cluster, layout_of
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("SHARDREC_UPDATE_GOLDEN") == "1"
+
+BASE = cluster()
+LAYOUT = layout_of(BASE)
+AUTOSCALED = cluster(
+    router={"autoscaling": {"minReplicas": 2, "maxReplicas": 8, "targetCpuUtilizationPercent": 60}},
+    auth={"apiKeysSecretRef": {"name": "router-keys"}, "rateLimitPerSecond": 50},
+)
+MONITORED = cluster(monitoring={"serviceMonitor": True, "scrapeAnnotations": False})
+
+
+def _documents(*manifests: Any) -> list[Any]:
+    return list(manifests)
+
+
+CASES: dict[str, Callable[[], list[Any]]] = {
+    "build-job": lambda: _documents(build_index_job(BASE, LAYOUT, "2026-11-23T12:00:00Z")),
+    "cleanup-job": lambda: _documents(build_cleanup_job(BASE)),
+    "shard-statefulset": lambda: _documents(build_shard_statefulset(BASE, LAYOUT, 1, 2)),
+    "shard-service": lambda: _documents(build_shard_service(BASE, LAYOUT, 1)),
+    "shard-pdb": lambda: _documents(build_shard_pdb(BASE, LAYOUT, 1)),
+    "shard-service-account": lambda: _documents(build_shard_service_account(BASE)),
+    "router-deployment": lambda: _documents(build_router_deployment(BASE)),
+    "router-deployment-autoscaled-with-auth": lambda: _documents(build_router_deployment(AUTOSCALED)),
+    "router-service": lambda: _documents(build_router_service(BASE)),
+    "router-config": lambda: _documents(build_router_config(AUTOSCALED)),
+    "router-hpa": lambda: _documents(build_router_hpa(AUTOSCALED)),
+    "router-rbac": lambda: _documents(
+        build_router_service_account(BASE), build_router_role(BASE), build_router_role_binding(BASE)
+    ),
+    "network-policy": lambda: _documents(build_shard_network_policy(BASE)),
+    "network-policy-with-monitoring": lambda: _documents(build_shard_network_policy(MONITORED)),
+    "service-monitor": lambda: _documents(build_service_monitor(MONITORED)),
+    "topology-configmap": lambda: _documents(
+        build_topology_configmap(
+            BASE, Topology(revision=3, active=build_layout_topology(BASE, LAYOUT, {0: 2, 1: 2}))
+        )
+    ),
+}
+
+
+class _ReviewableDumper(yaml.SafeDumper):
+    """Multi-line strings (the JSON inside ConfigMaps) as literal blocks a reviewer can read."""
+
+
+def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ReviewableDumper.add_representer(str, _string)
+
+
+def render(documents: list[Any]) -> str:
+    return yaml.dump_all(
+        documents, Dumper=_ReviewableDumper, sort_keys=False, default_flow_style=False, width=100
+    )
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_builder_output_matches_reviewed_golden_manifest(name: str) -> None:
+    path = GOLDEN / f"{name}.yaml"
+    rendered = render(CASES[name]())
+    if UPDATE:
+        path.write_text(rendered, encoding="utf-8")
+        pytest.skip(f"regenerated {path.name}")
+    assert path.is_file(), f"no golden {path.name}: run SHARDREC_UPDATE_GOLDEN=1 pytest {__file__}"
+    assert rendered == path.read_text(encoding="utf-8"), (
+        f"{name} changed; if intended, regenerate with SHARDREC_UPDATE_GOLDEN=1 and review the diff"
+    )
+
+
+def test_every_golden_file_belongs_to_a_case() -> None:
+    stale = sorted(p.stem for p in GOLDEN.glob("*.yaml") if p.stem not in CASES)
+    assert not stale, f"golden files without a test case: {stale}"
