@@ -104,3 +104,19 @@ def test_shard_workload_name_fits_and_long_cluster_names_are_refused() -> None:
         shard_workload_name(longest + "c", layout, 1023)
     with pytest.raises(ValueError, match="shard must be >= 0"):
         shard_workload_name("demo", layout, -1)
+
+
+def test_index_build_arguments_are_accepted_by_recctl_and_pin_the_whole_layout() -> None:
+    """The operator's build Job and the local runtime run this one command line."""
+    from shardrec.cli.main import build_parser
+    from shardrec.planning.layouts import LayoutSpec, index_build_arguments
+
+    layout = LayoutSpec(
+        version="v7", source="/data/emb", shards=3, partitioning="jump-hash-item-id",
+        dimension=32, metric="l2", hnsw_m=12, hnsw_ef_construction=100,
+    )  # fmt: skip
+    args = build_parser().parse_args(index_build_arguments(layout, "/data/emb", "/store/l"))
+    assert (args.version, args.shards, args.metric, args.m, args.ef_construction) == ("v7", 3, "l2", 12, 100)
+    assert args.dimension == 32, "a build must refuse embeddings of another dimension"
+    assert args.layout == layout.id
+    assert str(args.embeddings) == "/data/emb" and str(args.out) == "/store/l"

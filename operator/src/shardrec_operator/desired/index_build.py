@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from shardrec.api import v1alpha1 as api
 from shardrec.planning import LayoutSpec
+from shardrec.planning.layouts import index_build_arguments
 from shardrec_operator.desired import labels, names, pods
 from shardrec_operator.desired.meta import Manifest, manifest
 
@@ -52,27 +53,9 @@ def resolve_source(source: str) -> Source:
 
 
 def build_command(cluster: str, layout: LayoutSpec) -> list[str]:
-    """`recctl index build` for a layout: everything comes from the layout, not the current spec,
-    so a kept layout is rebuilt exactly as it was first planned."""
-    return [
-        "recctl",
-        "index",
-        "build",
-        "--embeddings",
-        resolve_source(layout.source).path,
-        "--out",
-        pods.layout_dir(cluster, layout.id),
-        "--version",
-        layout.version,
-        "--shards",
-        str(layout.shards),
-        "--metric",
-        layout.metric,
-        "--m",
-        str(layout.hnsw_m),
-        "--ef-construction",
-        str(layout.hnsw_ef_construction),
-    ]
+    """`recctl index build` for a layout, the same arguments the local runtime uses."""
+    embeddings = resolve_source(layout.source).path
+    return ["recctl", *index_build_arguments(layout, embeddings, pods.layout_dir(cluster, layout.id))]
 
 
 def _job_pod_spec(

@@ -12,7 +12,7 @@ from typing import IO
 
 from shardrec.index.layout import LayoutError, read_layout_manifest
 from shardrec.local.state import StateDir, atomic_write_json, atomic_write_text, read_json
-from shardrec.planning.layouts import LayoutSpec
+from shardrec.planning.layouts import LayoutSpec, index_build_arguments
 from shardrec.planning.observed import ObservedBuild
 
 LOG_TAIL_LINES = 5
@@ -74,32 +74,9 @@ class LocalBuilds:
 
     def _start(self, layout: LayoutSpec, attempt: str) -> None:
         layout_id = layout.id
-        argv = [
-            sys.executable,
-            "-m",
-            "shardrec.cli.main",
-            "index",
-            "build",
-            "--embeddings",
-            str(source_path(layout.source)),
-            "--out",
-            str(self._state.layout_dir(layout_id)),
-            "--version",
-            layout.version,
-            "--shards",
-            str(layout.shards),
-            "--metric",
-            layout.metric,
-            "--m",
-            str(layout.hnsw_m),
-            "--ef-construction",
-            str(layout.hnsw_ef_construction),
-            "--dimension",
-            str(layout.dimension),
-            "--layout",
-            layout_id,
-            "--no-progress",
-        ]
+        out = str(self._state.layout_dir(layout_id))
+        arguments = index_build_arguments(layout, str(source_path(layout.source)), out)
+        argv = [sys.executable, "-m", "shardrec.cli.main", *arguments, "--no-progress"]
         log = self._log_file(layout_id).open("ab")
         popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self._running[layout_id] = _RunningBuild(attempt, popen, log)

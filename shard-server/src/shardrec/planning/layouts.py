@@ -103,6 +103,24 @@ def layout_id(layout: LayoutSpec | RecommenderClusterSpec) -> str:
     return digest[:LAYOUT_ID_LENGTH]
 
 
+def index_build_arguments(layout: LayoutSpec, embeddings_dir: str, out_dir: str) -> list[str]:
+    """The `recctl` arguments that build `layout` (from `index build` on). Everything comes from
+    the layout, not the current spec, so a kept layout is rebuilt exactly as first planned; the
+    build refuses embeddings of another dimension and records the layout id."""
+    return [
+        "index", "build",
+        "--embeddings", embeddings_dir,
+        "--out", out_dir,
+        "--version", layout.version,
+        "--shards", str(layout.shards),
+        "--metric", layout.metric,
+        "--m", str(layout.hnsw_m),
+        "--ef-construction", str(layout.hnsw_ef_construction),
+        "--dimension", str(layout.dimension),
+        "--layout", layout.id,
+    ]  # fmt: skip
+
+
 def shard_workload_name(cluster_name: str, layout: str, shard: int) -> str:
     """`<cluster>-<layoutid>-<shard>`: the name of one shard's workload (StatefulSet, Service,
     PDB) of a layout. Raises ValueError naming metadata.name when the result would be too long."""
