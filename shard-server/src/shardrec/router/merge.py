@@ -103,13 +103,17 @@ def merge_block(
     top_ids = ids[row_index, order[:, :k]]
     top_scores = top_scores[:, :k]
     valid = (top_scores > -np.inf).sum(axis=1).tolist()
+    # One tolist and one split into row views for the block, not two numpy calls per row.
+    id_rows: list[list[str]] = top_ids.tolist()
+    score_rows = list(top_scores)
+    full = top_scores.shape[1]
     results: list[tuple[list[str], Scores]] = []
     for row, count in enumerate(valid):
-        row_ids = top_ids[row, :count].tolist()
+        row_ids = id_rows[row] if count == full else id_rows[row][:count]
         if tied[row] or len(set(row_ids)) != count:
             results.append(_merge_row(parts, row, k, None))
         else:
-            results.append((row_ids, top_scores[row, :count]))
+            results.append((row_ids, score_rows[row] if count == full else score_rows[row][:count]))
     return results
 
 

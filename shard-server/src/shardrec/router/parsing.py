@@ -9,6 +9,7 @@ Errors: unparseable JSON -> 400 `invalid_json`; wrong fields -> 422 `invalid_req
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ DEFAULT_K = 10
 _RECOMMEND_FIELDS = frozenset({"user_id", "vector", "k", "exclude", "exclude_seen"})
 _SIMILAR_FIELDS = frozenset({"item_id", "k", "exclude"})
 _BATCH_FIELDS = frozenset({"queries"})
+_PLAIN_VECTOR_FIELDS = frozenset({"vector", "k", "exclude_seen"})
 _NUMBER_TYPES = frozenset({float, int})
 _FLOAT32_MAX = float(np.finfo(np.float32).max)  # exact types: bool (an int subclass) is not a number here
 
@@ -62,7 +64,20 @@ def parse_recommend(body: bytes, limits: Limits) -> RecommendQuery:
 
 
 def parse_batch(body: bytes, limits: Limits, max_batch_size: int) -> list[RecommendQuery]:
-    data = parse_json_object(body)
+    """The reference parse of a batch: one `RecommendQuery` per query (see `parse_batch_body`)."""
+    return parse_queries(batch_queries(parse_json_object(body), max_batch_size), limits)
+
+
+def parse_batch_body(body: bytes, limits: Limits, max_batch_size: int) -> VectorBatch | list[RecommendQuery]:
+    """A batch body: a `VectorBatch` when every query is a plain vector query (the common shape),
+    otherwise exactly what `parse_batch` returns, errors included."""
+    queries = batch_queries(parse_json_object(body), max_batch_size)
+    fast = vector_batch(queries, limits)
+    return fast if fast is not None else parse_queries(queries, limits)
+
+
+def batch_queries(data: dict[str, Any], max_batch_size: int) -> list[Any]:
+    """The `queries` list of a batch body, checked as a list (not yet its members)."""
     _no_unknown_fields(data, _BATCH_FIELDS, "")
     queries = data.get("queries")
     if not isinstance(queries, list):
@@ -73,6 +88,10 @@ def parse_batch(body: bytes, limits: Limits, max_batch_size: int) -> list[Recomm
         raise ApiError(
             413, "batch_too_large", f"queries: {len(queries)} queries, at most {max_batch_size} per batch"
         )
+    return queries
+
+
+def parse_queries(queries: list[Any], limits: Limits) -> list[RecommendQuery]:
     parsed = []
     raw_vectors: list[tuple[int, list[Any]]] = []
     for index, item in enumerate(queries):
@@ -85,6 +104,49 @@ def parse_batch(body: bytes, limits: Limits, max_batch_size: int) -> list[Recomm
         parsed.append(query)
     _convert_vectors(parsed, raw_vectors)
     return parsed
+
+
+@dataclass(slots=True)
+class VectorBatch:
+    """A batch whose queries all give a `vector` of one length and at most `k` and `exclude_seen`
+    (which does nothing for a vector query): nothing to resolve and nothing to exclude, so it
+    is held as one matrix instead of an object per query."""
+
+    vectors: npt.NDArray[np.float32]  # (queries, dimension)
+    ks: list[int]
+
+
+def vector_batch(queries: list[Any], limits: Limits) -> VectorBatch | None:
+    """The queries as a `VectorBatch` if they have that shape and are valid; None otherwise, and
+    then `parse_queries` decides (it names the field of any problem). Accepts exactly what
+    `parse_queries` accepts for such batches, with the same numbers (a test holds them equal)."""
+    vectors: list[Any] = []
+    ks: list[int] = []
+    max_k = limits.max_k
+    for item in queries:
+        if type(item) is not dict or not item.keys() <= _PLAIN_VECTOR_FIELDS:
+            return None
+        vector = item.get("vector")
+        k = item.get("k", DEFAULT_K)
+        if type(vector) is not list or type(k) is not int or not 1 <= k <= max_k:
+            return None
+        if type(item.get("exclude_seen", True)) is not bool:
+            return None
+        vectors.append(vector)
+        ks.append(k)
+    lengths = set(map(len, vectors))
+    if len(lengths) != 1 or not 1 <= lengths.pop() <= limits.max_dimension:
+        return None
+    # One C-level pass over every number: bool is an int subclass numpy would take as 0/1.
+    if not set(map(type, itertools.chain.from_iterable(vectors))) <= _NUMBER_TYPES:
+        return None
+    try:
+        wide = np.array(vectors, dtype=np.float64)
+    except OverflowError:
+        return None
+    if not np.abs(wide).max() <= _FLOAT32_MAX:
+        return None
+    return VectorBatch(wide.astype(np.float32), ks)
 
 
 def _convert_vectors(parsed: list[RecommendQuery], raw_vectors: list[tuple[int, list[Any]]]) -> None:

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import orjson
 
 from shardrec.index.partitioning import shard_of
 from shardrec.router.config import RouterSettings
@@ -20,14 +19,14 @@ from shardrec.router.merge import Scores, merge_block
 from shardrec.router.metrics import RouterMetrics
 from shardrec.router.parsing import (
     RecommendQuery,
+    VectorBatch,
     check_dimension,
-    parse_batch,
+    parse_batch_body,
     parse_recommend,
     parse_similar,
 )
+from shardrec.router.response import encode_batch, encode_one
 from shardrec.router.snapshot import Snapshot
-
-_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
 @dataclass(slots=True)
@@ -44,6 +43,18 @@ class _Block:
 
     k: int
     members: list[int]  # query positions in the request
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A block ready to scatter: its rows, what each shard must exclude, and the explicit ids the
+    merge filters again."""
+
+    k: int
+    members: list[int]
+    vectors: Vector  # (rows, d)
+    exclude_by_shard: list[list[list[str]] | None]  # per shard: per row, or None (nothing)
+    explicit: list[Sequence[str]] | None  # per row, or None (nothing)
 
 
 class RouterService:
@@ -64,21 +75,19 @@ class RouterService:
         return self._encode_one(results[0], snapshot, partial, answered)
 
     async def recommend_batch(self, body: bytes, snapshot: Snapshot) -> bytes:
-        parsed = parse_batch(body, self.limits, self.max_batch_size)
-        queries = [self._resolve(q, snapshot, f"queries[{i}].") for i, q in enumerate(parsed)]
-        results, partial, answered = await self._answer(snapshot, queries)
-        self.metrics.queries.labels("/v1/recommend/batch").inc(len(queries))
-        return orjson.dumps(
-            {
-                "results": [
-                    {"items": _items(ids, scores)}
-                    for (ids, _), scores in zip(results, _short_floats([r[1] for r in results]), strict=True)
-                ],
-                "index_version": snapshot.version,
-                "partial": partial,
-                "shards": {"answered": answered, "total": snapshot.shards},
-            }
-        )
+        parsed = parse_batch_body(body, self.limits, self.max_batch_size)
+        if isinstance(parsed, VectorBatch):
+            # Plain vector queries: no per-query objects, nothing to exclude.
+            check_dimension(parsed.vectors[0], snapshot.dimension, "queries[0].vector")
+            count = len(parsed.ks)
+            blocks = _plain_blocks(parsed, snapshot.shards)
+        else:
+            queries = [self._resolve(q, snapshot, f"queries[{i}].") for i, q in enumerate(parsed)]
+            count = len(queries)
+            blocks = _prepare(queries, snapshot.shards)
+        results, partial, answered = await self._scatter_merge(snapshot, blocks, count)
+        self.metrics.queries.labels("/v1/recommend/batch").inc(count)
+        return encode_batch(results, snapshot.version, partial, answered, snapshot.shards)
 
     async def similar(self, body: bytes, snapshot: Snapshot) -> bytes:
         request = parse_similar(body, self.limits)
@@ -122,32 +131,32 @@ class RouterService:
     async def _answer(
         self, snapshot: Snapshot, queries: Sequence[_Query]
     ) -> tuple[list[tuple[list[str], Scores]], bool, int]:
-        """Scatter the queries to every shard, apply the consistency policy, merge.
+        return await self._scatter_merge(snapshot, _prepare(queries, snapshot.shards), len(queries))
+
+    async def _scatter_merge(
+        self, snapshot: Snapshot, blocks: list[_Prepared], count: int
+    ) -> tuple[list[tuple[list[str], Scores]], bool, int]:
+        """Scatter the blocks to every shard, apply the consistency policy, merge.
         Returns (per query: ids and scores; partial; shards answered)."""
-        blocks = _blocks(queries)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         channels = snapshot.channels
         gather = Gather(len(blocks), len(channels), future)
         deadline = loop.time() + self.timeout_s
         for index, block in enumerate(blocks):
-            members = [queries[m] for m in block.members]
-            if len(members) == 1:
-                vectors = members[0].vector[None, :]
-            else:
-                vectors = np.stack([query.vector for query in members])
             for shard, channel in enumerate(channels):
-                exclude: list[list[str]] | None = [query.exclusions[shard] for query in members]
-                if not any(exclude):  # type: ignore[arg-type]
-                    exclude = None
-                channel.submit(Block(gather, index, vectors, block.k, exclude, deadline))
+                exclude = block.exclude_by_shard[shard]
+                channel.submit(Block(gather, index, block.vectors, block.k, exclude, deadline))
         await future
         partial, answered = self._coverage(gather, snapshot)
-        results: list[tuple[list[str], Scores]] = [([], _NO_SCORES)] * len(queries)
+        if len(blocks) == 1 and blocks[0].members == list(range(count)):
+            block = blocks[0]
+            parts = [part for part in gather.parts[0] if part is not None]
+            return merge_block(parts, block.k, block.explicit), partial, answered
+        results: list[tuple[list[str], Scores]] = [([], _NO_SCORES)] * count
         for index, block in enumerate(blocks):
             parts = [part for part in gather.parts[index] if part is not None]
-            explicit = [queries[m].exclude for m in block.members]
-            merged = merge_block(parts, block.k, explicit if any(explicit) else None)
+            merged = merge_block(parts, block.k, block.explicit)
             for member, result in zip(block.members, merged, strict=True):
                 results[member] = result
         return results, partial, answered
@@ -178,26 +187,41 @@ class RouterService:
     def _encode_one(
         result: tuple[list[str], Scores], snapshot: Snapshot, partial: bool, answered: int
     ) -> bytes:
-        return orjson.dumps(
-            {
-                "items": _items(result[0], _short_floats([result[1]])[0]),
-                "index_version": snapshot.version,
-                "partial": partial,
-                "shards": {"answered": answered, "total": snapshot.shards},
-            }
+        return encode_one(result, snapshot.version, partial, answered, snapshot.shards)
+
+
+def _prepare(queries: Sequence[_Query], shards: int) -> list[_Prepared]:
+    """The blocks of resolved queries, with their vectors and exclusions laid out for scatter."""
+    prepared = []
+    for block in _blocks(queries):
+        members = [queries[m] for m in block.members]
+        if len(members) == 1:
+            vectors = members[0].vector[None, :]
+        else:
+            vectors = np.stack([query.vector for query in members])
+        exclude_by_shard: list[list[list[str]] | None] = []
+        for shard in range(shards):
+            exclude: list[list[str]] | None = [query.exclusions[shard] for query in members]
+            exclude_by_shard.append(exclude if any(exclude) else None)  # type: ignore[arg-type]
+        explicit = [query.exclude for query in members]
+        prepared.append(
+            _Prepared(block.k, block.members, vectors, exclude_by_shard, explicit if any(explicit) else None)
         )
+    return prepared
 
 
-def _short_floats(rows: list[Scores]) -> list[list[float]]:
-    """float32 scores as Python floats that print as their shortest float32 form (0.3, not
-    0.30000001192092896): orjson writes float32 arrays that way, and reading it back keeps it.
-    Two C calls for all rows instead of a numpy scalar per score."""
-    result: list[list[float]] = orjson.loads(orjson.dumps(rows, option=_NUMPY))
-    return result
-
-
-def _items(ids: list[str], scores: list[float]) -> list[dict[str, object]]:
-    return [{"item_id": item, "score": score} for item, score in zip(ids, scores, strict=True)]
+def _plain_blocks(batch: VectorBatch, shards: int) -> list[_Prepared]:
+    """The blocks of a `VectorBatch`: rows grouped by k in order of first appearance, as `_blocks`
+    groups them; nothing to exclude."""
+    ks = batch.ks
+    nothing: list[list[list[str]] | None] = [None] * shards
+    first = ks[0]
+    if all(k == first for k in ks):
+        return [_Prepared(first, list(range(len(ks))), batch.vectors, nothing, None)]
+    by_k: dict[int, list[int]] = {}
+    for position, k in enumerate(ks):
+        by_k.setdefault(k, []).append(position)
+    return [_Prepared(k, members, batch.vectors[members], nothing, None) for k, members in by_k.items()]
 
 
 def _blocks(queries: Sequence[_Query]) -> list[_Block]:

@@ -162,8 +162,20 @@ def decode_answer(body: bytes) -> DecodedAnswer:
     offset += 4 * n * k
     raw = np.frombuffer(body, dtype=f"S{max(width, 1)}", count=n * k, offset=offset).reshape(n, k)
     if flags & FLAG_ASCII_IDS:
-        ids = raw.astype(f"U{max(width, 1)}")
+        ids = ascii_to_str(raw)
     else:
         ids = np.array([[item.decode("utf-8") for item in row] for row in raw.tolist()], dtype=str)
         ids = ids.reshape(n, k)
     return DecodedAnswer(shard, version, layout, counts, scores, ids)
+
+
+def ascii_to_str(raw: npt.NDArray[np.bytes_]) -> npt.NDArray[np.str_]:
+    """`raw.astype(str)` for ASCII bytes, by widening each byte to a UCS-4 code unit: a fraction
+    of the cost of numpy's per-element decode. Non-ASCII bytes fail as that decode would."""
+    width = raw.dtype.itemsize
+    octets = raw.view(np.uint8).reshape(*raw.shape, width)
+    if octets.size and int(octets.max()) >= 0x80:
+        raise WireError("ids flagged ASCII hold non-ASCII bytes")
+    wide = np.empty((*raw.shape, width), dtype=np.uint32)
+    wide[...] = octets
+    return wide.view(f"U{width}").reshape(raw.shape)

@@ -1,0 +1,238 @@
+"""The router's batch fast paths give exactly what their plain reference paths give: the parse of
+plain vector batches, the block layout, the JSON encoding of answers, and the ASCII id decode."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from shardrec.router.config import Limits
+from shardrec.router.errors import ApiError
+from shardrec.router.parsing import (
+    VectorBatch,
+    batch_queries,
+    parse_batch,
+    parse_batch_body,
+    parse_json_object,
+    vector_batch,
+)
+from shardrec.router.response import encode_batch, encode_batch_plain
+from shardrec.router.service import _plain_blocks, _prepare, _Query
+from shardrec.shard.wire import WireError, ascii_to_str
+from tests.serving.test_router_app import World, run, settings
+
+LIMITS = Limits(max_k=50, max_dimension=8)
+
+
+def _outcome(parse: Any, body: bytes) -> Any:
+    """What a parser makes of a body: its queries as comparable tuples, or its error."""
+    try:
+        parsed = parse(body, LIMITS, 16)
+    except ApiError as exc:
+        return ("error", exc.status, exc.code, exc.body())
+    if isinstance(parsed, VectorBatch):
+        return [(None, row.tolist(), k, [], None) for row, k in zip(parsed.vectors, parsed.ks, strict=True)]
+    return [
+        (
+            q.user_id,
+            None if q.vector is None else q.vector.tolist(),
+            q.k,
+            q.exclude,
+            q.vector is None and q.exclude_seen,
+        )
+        for q in parsed
+    ]
+
+
+def _random_plain_body(rng: random.Random) -> bytes:
+    dimension = rng.randint(1, 8)
+    queries = []
+    for _ in range(rng.randint(1, 16)):
+        query: dict[str, Any] = {
+            "vector": [
+                rng.choice([rng.uniform(-3, 3), rng.randint(-5, 5), 1e30, 0]) for _ in range(dimension)
+            ]
+        }
+        if rng.random() < 0.7:
+            query["k"] = rng.choice([1, 3, 10, 50])
+        if rng.random() < 0.3:
+            query["exclude_seen"] = rng.random() < 0.5
+        queries.append(query)
+    return json.dumps({"queries": queries}).encode()
+
+
+def test_plain_vector_batches_parse_to_the_reference_queries() -> None:
+    rng = random.Random(11)
+    for _ in range(300):
+        body = _random_plain_body(rng)
+        fast = vector_batch(batch_queries(parse_json_object(body), 16), LIMITS)
+        assert fast is not None, body
+        assert fast.vectors.dtype == np.float32
+        reference = parse_batch(body, LIMITS, 16)
+        np.testing.assert_array_equal(fast.vectors, np.stack([q.vector for q in reference]))
+        assert fast.ks == [q.k for q in reference]
+        assert all(q.user_id is None and q.exclude == [] for q in reference)
+
+
+@pytest.mark.parametrize(
+    "queries",
+    [
+        [{"vector": [1.0, True]}],  # bool is not a number
+        [{"vector": [1.0, "2.5"]}],  # nor is a numeric string (numpy would take it)
+        [{"vector": [1.0, None]}],
+        [{"vector": [1.0, [2.0]]}],
+        [{"vector": [1.0, 2.0]}, {"vector": [1.0]}],  # two lengths
+        [{"vector": []}],
+        [{"vector": [0.5] * 9}],  # over max_dimension
+        [{"vector": [1.0, 2.0], "k": True}],
+        [{"vector": [1.0, 2.0], "k": 2.0}],
+        [{"vector": [1.0, 2.0], "k": 0}],
+        [{"vector": [1.0, 2.0], "k": 51}],
+        [{"vector": [1.0, 2.0], "exclude_seen": 1}],
+        [{"vector": [1.0, 2.0], "exclude": ["item-1"]}],  # valid, but not plain
+        [{"vector": [1.0, 2.0], "exclude": None}],
+        [{"vector": [1.0, 2.0], "user_id": None}],
+        [{"vector": [1.0, 2.0], "user_id": "u1"}],
+        [{"user_id": "u1", "k": 3}, {"vector": [1.0, 2.0]}],
+        [{"vector": [1.0, 2.0], "colour": "red"}],
+        [{"vector": [1.0, 2.0]}, ["not", "an", "object"]],
+        [{"vector": [1.0, 2**200]}],  # an integer beyond float32
+        [{"vector": [1.0, 1e39]}],  # beyond float32
+        [{"vector": None}],
+        [{"k": 3}],
+    ],
+)
+def test_anything_else_is_left_to_the_reference_parser(queries: list[Any]) -> None:
+    body = json.dumps({"queries": queries}).encode()
+    assert vector_batch(batch_queries(parse_json_object(body), 16), LIMITS) is None
+    assert _outcome(parse_batch_body, body) == _outcome(parse_batch, body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[1]",
+        b"{",
+        b'{"queries": []}',
+        b'{"queries": {}}',
+        b'{"queries": [], "x": 1}',
+        json.dumps({"queries": [{"vector": [1.0]}] * 17}).encode(),
+    ],
+)
+def test_batch_level_errors_are_the_same(body: bytes) -> None:
+    outcome = _outcome(parse_batch_body, body)
+    assert outcome[0] == "error"
+    assert outcome == _outcome(parse_batch, body)
+
+
+def test_plain_blocks_are_the_blocks_of_the_resolved_queries() -> None:
+    rng = random.Random(5)
+    for _ in range(100):
+        fast = vector_batch(batch_queries(parse_json_object(_random_plain_body(rng)), 16), LIMITS)
+        assert fast is not None
+        resolved = [_Query(row, k, [[], [], []], []) for row, k in zip(fast.vectors, fast.ks, strict=True)]
+        plain, reference = _plain_blocks(fast, 3), _prepare(resolved, 3)
+        assert [(b.k, b.members, b.exclude_by_shard, b.explicit) for b in plain] == [
+            (b.k, b.members, b.exclude_by_shard, b.explicit) for b in reference
+        ]
+        for block, expected in zip(plain, reference, strict=True):
+            np.testing.assert_array_equal(block.vectors, expected.vectors)
+
+
+_ODD_IDS = [
+    "item-1",
+    'quo"te',
+    "back\\slash",
+    "new\nline",
+    "\x00nul",
+    "東京",
+    "ü",
+    "\u2028",
+    "",
+    "a,b",
+    '","',
+    "}]}",
+]
+
+
+def _random_results(rng: random.Random, ids: list[str]) -> list[tuple[list[str], Any]]:
+    results = []
+    for _ in range(rng.randint(0, 12)):
+        count = rng.choice([0, 0, 1, 3, 10])
+        dtype = rng.choice([np.float32, np.float32, np.float64])
+        values = [
+            rng.choice([rng.uniform(-2, 2), 0.1, 1e-45, 3.4e38, float("nan"), float("-inf")])
+            for _ in range(count)
+        ]
+        results.append(([rng.choice(ids) for _ in range(count)], np.array(values, dtype=dtype)))
+    return results
+
+
+@pytest.mark.parametrize("ids", [["item-1", "item-22", "東京", "x"], _ODD_IDS])
+def test_batch_encoding_is_byte_for_byte_the_plain_one(ids: list[str]) -> None:
+    rng = random.Random(3)
+    for _ in range(400):
+        results = _random_results(rng, ids)
+        partial = rng.random() < 0.5
+        encoded = encode_batch(results, "v-1", partial, 2, 4)
+        assert encoded == encode_batch_plain(results, "v-1", partial, 2, 4)
+        decoded = json.loads(encoded)
+        assert [[item["item_id"] for item in row["items"]] for row in decoded["results"]] == [
+            r[0] for r in results
+        ]
+
+
+def test_batch_encoding_refuses_ids_and_scores_that_do_not_pair_up() -> None:
+    results = [(["a", "b"], np.array([0.5, 0.25, 0.125], dtype=np.float32))]
+    with pytest.raises(ValueError):
+        encode_batch_plain(results, "v", False, 1, 1)
+    with pytest.raises(ValueError):
+        encode_batch(results, "v", False, 1, 1)
+
+
+def test_ascii_ids_decode_like_numpy_does() -> None:
+    rng = np.random.default_rng(9)
+    for width in (1, 3, 12):
+        octets = rng.integers(0, 128, size=(7, 5, width), dtype=np.uint8)
+        octets[rng.random(size=octets.shape) < 0.3] = 0  # NUL padding, and NULs inside
+        raw = octets.view(f"S{width}").reshape(7, 5)
+        decoded = ascii_to_str(raw)
+        assert decoded.dtype == np.dtype(f"U{width}")
+        assert decoded.tolist() == raw.astype(f"U{width}").tolist()
+    assert ascii_to_str(np.zeros((0, 4), dtype="S3")).shape == (0, 4)
+    with pytest.raises(WireError, match="non-ASCII"):
+        ascii_to_str(np.array([[b"ok", "é".encode()]]))
+
+
+def test_a_plain_batch_with_several_k_answers_like_single_requests() -> None:
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, state: Any) -> None:
+        queries = [
+            {"vector": [1, 0, 0, 0], "k": 3},
+            {"vector": [0.5, -1, 0, 2], "exclude_seen": False},
+            {"vector": [0, 0, 0, 1], "k": 3},
+            {"vector": [0, 2, 1, 0], "k": 5},
+        ]
+        response = await client.post("/v1/recommend/batch", json={"queries": queries})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["index_version"] == "v1" and body["partial"] is False
+        for query, result in zip(queries, body["results"], strict=True):
+            single = await client.post("/v1/recommend", json=query)
+            assert single.status_code == 200, single.text
+            assert result["items"] == single.json()["items"]
+            vector = np.array(query["vector"], np.float32)
+            assert [item["item_id"] for item in result["items"]] == world.expected(
+                "v1", vector, query.get("k", 10), set()
+            )
+        wrong = await client.post("/v1/recommend/batch", json={"queries": [{"vector": [1, 0, 0]}] * 2})
+        assert wrong.status_code == 422
+        assert "queries[0].vector: has 3 numbers" in wrong.json()["error"]["message"]
+
+    run(world, settings(), scenario)
