@@ -127,7 +127,7 @@ e2e: $(STAMP) cluster-build ## Operator suite against a real API server built fr
 	SHARDREC_REQUIRE_CONTROLPLANE=1 $(BIN)/pytest -m controlplane
 
 .PHONY: e2e-kind
-e2e-kind: ## The same suite on kind with real images (needs Docker)
+e2e-kind: $(STAMP) ## The same suite on kind with real images (needs Docker)
 	@command -v docker >/dev/null && docker info >/dev/null 2>&1 \
 	  || { echo "e2e-kind needs a running Docker engine and kind; none here. Use 'make e2e' instead."; exit 2; }
 	@command -v kind >/dev/null || { echo "e2e-kind needs kind on PATH"; exit 2; }

@@ -3,6 +3,9 @@
 - `control_plane_module`: e2e/controlplane/cluster.py, imported by path (e2e is not a package).
 - `control_plane_binaries`: the built binaries, or a skip naming `make cluster-build`; with
   SHARDREC_REQUIRE_CONTROLPLANE=1 (CI) a missing build fails instead of skipping.
+- `external_cluster`: the cluster of SHARDREC_E2E_KUBECONFIG, pinned to its context after the
+  SHARDREC_E2E_CONTEXT guard (e2e/operator/external_cluster.py); None when the variable is unset.
+  A failed guard ends the whole session: nothing may run against an unconfirmed cluster.
 - Each test item keeps its phase reports (`item.rep_setup`, `item.rep_call`), so fixtures can
   dump diagnostics only when the test failed.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,6 +24,7 @@ import pytest
 
 E2E = Path(__file__).resolve().parent
 MODULE_NAME = "shardrec_e2e_controlplane_cluster"  # the name e2e/controlplane's own tests use
+EXTERNAL_MODULE_NAME = "shardrec_e2e_external_cluster"
 
 
 def load_module(name: str, path: Path) -> ModuleType:
@@ -47,6 +51,34 @@ def control_plane_binaries(control_plane_module: ModuleType) -> Any:
         if os.environ.get("SHARDREC_REQUIRE_CONTROLPLANE") == "1":
             pytest.fail(f"SHARDREC_REQUIRE_CONTROLPLANE=1 but {error}")
         pytest.skip(str(error))
+
+
+@pytest.fixture(scope="session")
+def external_cluster_module() -> ModuleType:
+    return load_module(EXTERNAL_MODULE_NAME, E2E / "operator" / "external_cluster.py")
+
+
+@pytest.fixture(scope="session")
+def external_cluster(
+    external_cluster_module: ModuleType, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    module = external_cluster_module
+    try:
+        source = module.guarded_kubeconfig(os.environ)
+        cluster = None
+        if source is not None:
+            kubectl = module.find_kubectl(os.environ)
+            workdir = tmp_path_factory.mktemp("external-cluster")
+            cluster = module.ExternalCluster.open(*source, kubectl, workdir)
+    except module.ContextGuardError as error:
+        pytest.exit(f"refusing to run the e2e suite: {error}", returncode=2)
+    if cluster is None:
+        yield None
+        return
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -5,6 +5,10 @@ assert objects and status); the first failing step stops the scenario, and the f
 the cluster's status, children, Events and the operator log. Reads go straight to the REST API
 (the control plane's stdlib client), writes go through `kubectl` as a user's would.
 
+Against an external cluster (SHARDREC_E2E_KUBECONFIG, see external_cluster.py) real pods start,
+build and load indexes, so SHARDREC_E2E_TIMEOUT_SCALE (default 1) stretches every wait and the
+rollout timeout of the clusters created here, and SHARDREC_E2E_IMAGE names the data-plane image.
+
 Loaded by path from conftest.py (this folder is not a package: `operator` would shadow the
 standard library module if it were ever put on sys.path).
 """
@@ -25,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from shardrec.api import v1alpha1 as api
 from shardrec.api.topology import TOPOLOGY_CONFIGMAP_KEY
 from shardrec_operator.reconcile import resources as kinds
@@ -33,6 +39,24 @@ from shardrec_operator.reconcile.resources import Resource
 Obj = dict[str, Any]
 STEP_TIMEOUT = 90.0
 POLL_SECONDS = 0.5
+# What cluster_document builds from; the external-cluster store is seeded to match.
+INDEX_SOURCE = "/embeddings/movielens"
+INDEX_DIMENSION = 32
+ROLLOUT_TIMEOUT_SECONDS = 60
+
+
+def _timeout_scale() -> float:
+    raw = os.environ.get("SHARDREC_E2E_TIMEOUT_SCALE", "1")
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = 0.0
+    if not 1.0 <= scale <= 20.0:
+        raise ValueError(f"SHARDREC_E2E_TIMEOUT_SCALE={raw!r}: expected a number from 1 to 20")
+    return scale
+
+
+TIMEOUT_SCALE = _timeout_scale()
 
 
 class StepError(AssertionError):
@@ -46,7 +70,8 @@ def free_port() -> int:
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = STEP_TIMEOUT) -> Any:
-    """Poll `check` until it returns something truthy; StepError after `timeout` seconds."""
+    """Poll `check` until it returns something truthy; StepError after `timeout` seconds (scaled)."""
+    timeout *= TIMEOUT_SCALE
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -92,7 +117,9 @@ class Kube:
         return result
 
     def apply(self, *documents: Obj, manager: str = "e2e-user") -> None:
-        text = "\n---\n".join(json.dumps(document) for document in documents)
+        # YAML, not JSON joined by '---': kubectl 1.32 (seen; 1.36 is fine) reads a stream starting with
+        # '{' as one JSON stream and fails at the first separator.
+        text = yaml.safe_dump_all(documents, sort_keys=False)
         self.kubectl("apply", "--server-side", f"--field-manager={manager}", "-f", "-", stdin=text)
 
 
@@ -174,20 +201,28 @@ class OperatorProcess:
 
 
 def cluster_document(namespace: str, name: str = "recs", **spec: Any) -> Obj:
-    """A small valid RecommenderCluster: 2 shards x 2 replicas, fast rollouts for the suite."""
+    """A small valid RecommenderCluster: 2 shards x 2 replicas, fast rollouts for the suite.
+
+    On an external cluster its pods run for real: the image is SHARDREC_E2E_IMAGE (never pulled
+    when present on the node) and the rollout timeout stretches with SHARDREC_E2E_TIMEOUT_SCALE.
+    """
+    rollout_timeout = round(ROLLOUT_TIMEOUT_SECONDS * TIMEOUT_SCALE)
     base: dict[str, Any] = {
         "shards": 2,
         "replicasPerShard": 2,
         "index": {
             "version": "v1",
-            "source": "/embeddings/movielens",
-            "dimension": 32,
+            "source": INDEX_SOURCE,
+            "dimension": INDEX_DIMENSION,
             "store": {"persistentVolumeClaim": {"claimName": "index-store"}},
         },
-        "rollout": {"timeoutSeconds": 60, "rollbackWindowSeconds": 8, "drainSeconds": 1},
+        "rollout": {"timeoutSeconds": rollout_timeout, "rollbackWindowSeconds": 8, "drainSeconds": 1},
         "failover": {"forceDeleteAfterSeconds": 30},
         "router": {"replicas": 2},
     }
+    image = os.environ.get("SHARDREC_E2E_IMAGE") if os.environ.get("SHARDREC_E2E_KUBECONFIG") else None
+    if image:
+        base.update(image=image, imagePullPolicy="IfNotPresent")
     for key, value in spec.items():
         base[key] = (
             {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
