@@ -3,7 +3,8 @@
 Seeded synthetic clustered data, a layout of S shards, efSearch tuned to recall@10 >= target
 (against exact brute force), then side by side on this machine: in-process hnswlib (single
 query 1 thread; batches all cores), the shard server alone under wrk, and, when
-`benchmarks/router_bench.py` exists, the router rows it returns (`run(context) -> list[Row]`).
+`benchmarks/router_bench.py` exists, the router rows it returns (`run(context) -> list[Row]`);
+with --with-chroma, Chroma's HTTP server at the same recall (benchmarks/chroma_bench.py).
 Writes the table to docs/benchmarks.md with the command that produced it.
 """
 
@@ -67,6 +68,11 @@ def parse_args() -> argparse.Namespace:
         "--quick", action="store_true", help="3 s runs: proves the harness, not a measurement"
     )
     parser.add_argument("--skip-router", action="store_true")
+    parser.add_argument(
+        "--with-chroma",
+        action="store_true",
+        help="also Chroma's HTTP server at the same recall (benchmarks/chroma_bench.py; own venv)",
+    )
     parser.add_argument("--work-dir", type=Path, default=REPO / "bench-out")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--seed", type=int, default=7)
@@ -134,6 +140,15 @@ def main() -> int:
     )
     if not args.skip_router:
         rows += _router_rows(context)
+    if args.with_chroma:
+        from chroma_bench import chroma_rows
+
+        chroma, summary, _ = chroma_rows(
+            args.work_dir, data, k=args.k, seconds=args.seconds, connections=args.connections,
+            target_recall=single.recall, ours=rows,
+        )  # fmt: skip
+        rows += chroma
+        context.notes.append(summary)
     command = "python benchmarks/run.py " + shlex.join(sys.argv[1:])
     write_report(
         args, machine, data, layout, curve, ef, rows, context.notes, command, time.monotonic() - started
