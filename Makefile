@@ -29,17 +29,19 @@ demo-down: $(STAMP) ## Stop the demo cluster
 
 ##@ Development
 
+# pip's cache lives under $$SHARDREC_CACHE like every other cache (e2e/tools/cache-env.sh).
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	source e2e/tools/cache-env.sh && $(PYTHON) -m venv $(VENV) \
+	  && $(BIN)/pip install --quiet --upgrade pip \
+	  && $(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 .PHONY: install
 install: $(STAMP) ## Create .venv and install the project with its dev extras
 
 .PHONY: lint
-lint: $(STAMP) ## ruff + import-linter layer contracts
+lint: $(STAMP) ## ruff + import-linter layer contracts + no early-exiting pipes under pipefail
+	$(BIN)/python e2e/tools/check_pipes.py
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports

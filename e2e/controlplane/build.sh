@@ -20,11 +20,13 @@ trap 'echo "[build] FAILED (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$HERE/versions.env"
+# shellcheck source=../tools/cache-env.sh
+source "$HERE/../tools/cache-env.sh"
 : "${K8S_VERSION:?versions.env must set K8S_VERSION}" "${ETCD_VERSION:?}" "${KWOK_VERSION:?}"
 
 command -v go >/dev/null || { echo "build.sh: 'go' not found on PATH" >&2; exit 1; }
 GO_VERSION="$(go env GOVERSION)"                       # e.g. go1.26.8
-CACHE_ROOT="${SHARDREC_CACHE:-$HOME/.cache/shardrec}/k8s"
+CACHE_ROOT="$SHARDREC_CACHE/k8s"
 KEY="${K8S_VERSION}-etcd${ETCD_VERSION#v}-kwok${KWOK_VERSION#v}-go${GO_VERSION#go}"
 DEST="$CACHE_ROOT/$KEY"
 BIN="$DEST/bin"
@@ -81,6 +83,10 @@ timed() {
 
 # json_field FIELD: read one JSON object on stdin, print FIELD (python3 is a project prerequisite anyway).
 json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1]) or "")' "$1"; }
+
+# first_line CMD...: the first line of CMD's output. CMD's output is captured whole, never piped into
+# `head`: head exits after one line, CMD dies of SIGPIPE, and pipefail turns that 141 into a failure.
+first_line() { local out; out="$("$@")"; printf '%s\n' "${out%%$'\n'*}"; }
 
 # install_artefact NAME: atomically move a staged binary into bin/.
 install_artefact() { chmod 0755 "$STAGE/$1"; mv -f "$STAGE/$1" "$BIN/$1"; }
@@ -164,8 +170,11 @@ build_kube() {
             install_artefact "$b"
         done
     )
-    "$BIN/kube-apiserver" --version | grep -qx "Kubernetes $K8S_VERSION" ||
-        { echo "kube-apiserver --version is not '$K8S_VERSION': $("$BIN/kube-apiserver" --version)" >&2; return 1; }
+    # Captured, not piped into `grep -q`: an early-exiting reader would SIGPIPE the writer under pipefail.
+    local reported
+    reported="$("$BIN/kube-apiserver" --version)"
+    [[ "$reported" == "Kubernetes $K8S_VERSION" ]] ||
+        { echo "kube-apiserver --version is not '$K8S_VERSION': $reported" >&2; return 1; }
 }
 
 # --- etcd ----------------------------------------------------------------------------------------------------
@@ -187,14 +196,14 @@ install_etcd_from_debian() {
     echo "[build] WARNING: etcd $ETCD_VERSION could not be built; falling back to Debian etcd-server" >&2
     [[ -x /usr/bin/etcd ]] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server; }
     cp /usr/bin/etcd "$STAGE/etcd"
-    echo "etcd is Debian's $(/usr/bin/etcd --version | head -1), not $ETCD_VERSION" >"$DEST/ETCD_FALLBACK"
+    echo "etcd is Debian's $(first_line /usr/bin/etcd --version), not $ETCD_VERSION" >"$DEST/ETCD_FALLBACK"
 }
 
 build_etcd() {
     [[ -x "$BIN/etcd" ]] && return 0
     build_etcd_from_proxy || install_etcd_from_debian
     install_artefact etcd
-    "$BIN/etcd" --version | head -1
+    first_line "$BIN/etcd" --version
 }
 
 # --- kwok ----------------------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 "$PYTHON" -c 'import pytest, pytest_timeout, kubernetes, yaml, numpy, shardrec, shardrec_operator' 2>/dev/null \
     || missing "$PYTHON lacks the project or its dev extras; run 'make install' (or set PYTHON)"
-if bounded 30 kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+if bounded 30 kind get clusters 2>/dev/null | grep -x "$CLUSTER" >/dev/null; then
     missing "a kind cluster named '$CLUSTER' exists already; delete it (kind delete cluster --name $CLUSTER) or set KIND_CLUSTER_NAME"
 fi
 log "docker, $(kind version), helm $HELM, kubectl $KUBECTL, python $PYTHON"

@@ -16,12 +16,14 @@ trap 'echo "[helm] FAILED (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$HERE/versions.env"
+# shellcheck source=cache-env.sh
+source "$HERE/cache-env.sh"
 : "${HELM_VERSION:?versions.env must set HELM_VERSION}"
 
 command -v go >/dev/null || { echo "build-helm.sh: 'go' not found on PATH" >&2; exit 1; }
 GO_VERSION="$(go env GOVERSION)"
 MAJOR="${HELM_VERSION%%.*}"                                   # v4
-DEST="${SHARDREC_CACHE:-$HOME/.cache/shardrec}/tools/helm-${HELM_VERSION}-go${GO_VERSION#go}"
+DEST="$SHARDREC_CACHE/tools/helm-${HELM_VERSION}-go${GO_VERSION#go}"
 
 if [[ -x "$DEST/helm" ]]; then
     echo "cached: $DEST/helm"

