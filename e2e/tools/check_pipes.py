@@ -24,7 +24,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-SETS_PIPEFAIL = re.compile(r"(^|\s)set\s+(-[a-zA-Z]*o\s+pipefail|-o\s+pipefail|.*\bpipefail\b)|SHELLFLAGS.*pipefail")
+SETS_PIPEFAIL = re.compile(
+    r"(^|\s)set\s+(-[a-zA-Z]*o\s+pipefail|-o\s+pipefail|.*\bpipefail\b)|SHELLFLAGS.*pipefail"
+)
 # A single `|` (not `||`), then the rest up to the next pipe; the reader is the command it starts with.
 PIPE_INTO = re.compile(r"(?<!\|)\|(?!\|)\s*(?P<reader>[^|]*)")
 EARLY_EXIT_READERS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -79,7 +81,11 @@ def is_script(path: Path) -> bool:
 
 def tracked_scripts(root: Path) -> list[Path]:
     listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root, check=True, capture_output=True, text=True
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split("\0")
     return [root / name for name in listed if name and is_script(Path(name))]
 
