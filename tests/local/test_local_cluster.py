@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -199,3 +200,58 @@ def test_metric_change_is_refused_in_place(cluster: tuple[Path, Path, str]) -> N
     result = _recctl("apply", "-f", str(manifest), "--state-dir", str(state), check=False)
     assert result.returncode == 1
     assert "index.metric cannot change in place" in result.stderr
+
+
+def test_up_on_a_used_state_folder_waits_for_this_runs_router(cluster: tuple[Path, Path, str]) -> None:
+    """`up --detach --wait` used to read the Ready status the previous run left in the folder and
+    return before the router listened: a query straight after it got 'connection refused'."""
+    manifest, state, url = cluster
+    port = url.rsplit(":", 1)[1]
+    for attempt in range(3):
+        _recctl("down", "--state-dir", str(state))
+        assert _status(state)["phase"] == "Ready", "the stale status the old wait trusted"
+        _recctl(
+            "up", "-f", str(manifest), "--state-dir", str(state), "--port", port, "--detach", "--wait", "90"
+        )
+        response = httpx.post(f"{url}/v1/recommend", json={"user_id": "user-1", "k": 5}, timeout=5)
+        assert response.status_code == 200, f"attempt {attempt}: {response.text}"
+        assert not response.json()["partial"]
+
+
+def test_a_replica_whose_port_is_taken_moves_to_another_port(tmp_path: Path) -> None:
+    """A shard that cannot bind exits with EXIT_PORT_IN_USE and the supervisor gives it a new port
+    (it used to restart it on the same port, failing for as long as the other socket lived)."""
+    from shardrec.local.ports import PortAllocator
+    from shardrec.local.state import StateDir
+    from shardrec.local.supervisor import LocalSupervisor
+
+    _write_embeddings(tmp_path / "emb", seed=3)
+    spec = _manifest(tmp_path / "emb", "v1", 1)
+    spec["spec"]["replicasPerShard"] = 1
+    spec["metadata"]["generation"] = 1
+    state = StateDir(tmp_path / "state")
+    state.ensure()
+    state.spec_file.write_text(yaml.safe_dump(spec))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        # The check is fooled on purpose: that is the race between choosing a port and binding it.
+        allocator = PortAllocator(candidates=[taken, free_port(), free_port()], is_free=lambda _: True)
+        supervisor = LocalSupervisor(state=state, router_port=free_port(), ports=allocator)
+        try:
+            deadline = time.monotonic() + DEADLINE_S
+            while supervisor.reconcile_once().phase != "Ready":
+                assert time.monotonic() < deadline, "not Ready in time"
+                time.sleep(0.2)
+            replicas = [p for n, p in supervisor.processes.items() if n.startswith("shard-")]
+            assert len(replicas) == 1
+            proc = replicas[0]
+            assert proc.spec.port != taken
+            topology = json.loads(state.topology_file.read_text())
+            urls = [r["url"] for s in topology["active"]["endpoints"] for r in s["replicas"]]
+            assert urls == [f"http://127.0.0.1:{proc.spec.port}"]
+            log_text = (state.logs_dir / f"{proc.spec.name}.log").read_text()
+            assert f"cannot listen on 127.0.0.1:{taken}" in log_text
+        finally:
+            supervisor.shutdown()

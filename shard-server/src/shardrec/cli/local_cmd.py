@@ -13,15 +13,19 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 from pydantic import ValidationError
 
+from shardrec.api.topology import Topology
 from shardrec.api.v1alpha1 import RecommenderCluster, transition_errors
 from shardrec.cli.main import CliError
 from shardrec.local.ports import port_is_free
+from shardrec.local.readiness import Verdict, WaitFacts, judge
 from shardrec.local.state import (
     StateDir,
     SupervisorLock,
@@ -50,6 +54,8 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="with --detach: wait up to this long for phase Ready (0: do not wait)",
     )
+    # Set by a detaching `up` for its background supervisor, so the wait knows this run's files.
+    up.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
     up.set_defaults(func=run_up)
 
     apply = subparsers.add_parser("apply", help="change the spec of a running local cluster")
@@ -136,12 +142,13 @@ def run_up(args: argparse.Namespace) -> int:
         old = read_cluster(state.spec_file)
         generation = old.metadata.generation + (old.spec != cluster.spec)
     _write_spec(state, cluster, generation)
+    run_id = args.run_id or uuid.uuid4().hex
     if args.detach:
-        return _spawn_detached(args, state)
-    return _run_foreground(state, args.port)
+        return _spawn_detached(args, state, run_id)
+    return _run_foreground(state, args.port, run_id)
 
 
-def _run_foreground(state: StateDir, port: int) -> int:
+def _run_foreground(state: StateDir, port: int, run_id: str) -> int:
     from shardrec.local.supervisor import LocalSupervisor
 
     lock = SupervisorLock(state)
@@ -150,16 +157,17 @@ def _run_foreground(state: StateDir, port: int) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a probe line per child per tick otherwise
     try:
-        LocalSupervisor(state=state, router_port=port).run()
+        LocalSupervisor(state=state, router_port=port, run_id=run_id).run()
     finally:
         lock.release()
     return 0
 
 
-def _spawn_detached(args: argparse.Namespace, state: StateDir) -> int:
+def _spawn_detached(args: argparse.Namespace, state: StateDir, run_id: str) -> int:
     argv = [
         sys.executable, "-m", "shardrec.cli.main", "up",
         "-f", str(state.spec_file), "--state-dir", str(state.root), "--port", str(args.port),
+        "--run-id", run_id,
     ]  # fmt: skip
     log_path = state.logs_dir / "supervisor.log"
     with log_path.open("ab") as log:
@@ -173,27 +181,62 @@ def _spawn_detached(args: argparse.Namespace, state: StateDir) -> int:
         time.sleep(0.1)
     print(f"started in the background; state {state.root}, logs {state.logs_dir}")
     if args.wait > 0:
-        return _wait_ready(state, args.wait)
+        return _wait_ready(state, args.wait, run_id)
     return 0
 
 
-def _wait_ready(state: StateDir, timeout_s: float) -> int:
+def _read_optional_json(path: Path) -> Any:
+    """A JSON file the supervisor rewrites atomically, or None if it is not there (yet)."""
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        return None
+
+
+def _router_readyz(client: httpx.Client, runtime: Any) -> Any:
+    url = (runtime or {}).get("router_url")
+    if not url:
+        return None
+    try:
+        response = client.get(f"{url}/readyz")
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def _look(state: StateDir, client: httpx.Client, run_id: str, generation: int) -> WaitFacts:
+    runtime = _read_optional_json(state.runtime_file)
+    topology = _read_optional_json(state.topology_file)
+    return WaitFacts(
+        run_id=run_id,
+        generation=generation,
+        runtime=runtime,
+        status=_read_optional_json(state.status_file),
+        topology=Topology.model_validate(topology) if topology is not None else None,
+        router_readyz=_router_readyz(client, runtime),
+    )
+
+
+def _wait_ready(state: StateDir, timeout_s: float, run_id: str) -> int:
+    """Wait for this run's cluster to serve: see `shardrec.local.readiness` for what that means."""
     deadline = time.monotonic() + timeout_s
     generation = read_cluster(state.spec_file).metadata.generation
-    while time.monotonic() < deadline:
-        if not is_supervisor_running(state):
-            raise CliError(f"the supervisor exited; see {state.logs_dir / 'supervisor.log'}")
-        if state.status_file.exists():
-            status = read_json(state.status_file)
-            if status.get("phase") == "Ready" and status.get("observedGeneration", 0) >= generation:
+    reason = "nothing observed yet"
+    with httpx.Client(timeout=1.0) as client:
+        while time.monotonic() < deadline:
+            if not is_supervisor_running(state):
+                raise CliError(f"the supervisor exited; see {state.logs_dir / 'supervisor.log'}")
+            result = judge(_look(state, client, run_id, generation))
+            reason = result.reason
+            if result.verdict is Verdict.READY:
                 print(render_status(state))
                 return 0
-            if status.get("phase") == "Failed" and status.get("observedGeneration", 0) >= generation:
+            if result.verdict is Verdict.FAILED:
                 print(render_status(state))
                 raise CliError("the cluster failed; see the conditions above and the logs")
-        time.sleep(0.25)
+            time.sleep(0.25)
     print(render_status(state))
-    raise CliError(f"not Ready within {timeout_s:g}s (it keeps trying in the background)")
+    raise CliError(f"not Ready within {timeout_s:g}s: {reason} (it keeps trying in the background)")
 
 
 def run_apply(args: argparse.Namespace) -> int:
@@ -216,7 +259,8 @@ def run_apply(args: argparse.Namespace) -> int:
         print("note: the cluster is not running; `recctl up` will act on this spec")
         return 0
     if args.wait > 0:
-        return _wait_ready(state, args.wait)
+        runtime = _read_optional_json(state.runtime_file) or {}
+        return _wait_ready(state, args.wait, str(runtime.get("run_id", "")))
     return 0
 
 

@@ -23,7 +23,7 @@ import yaml
 from shardrec.api.topology import LayoutTopology, ReplicaEndpoint, ShardEndpoints, Topology
 from shardrec.api.v1alpha1 import RecommenderCluster, RecommenderClusterStatus
 from shardrec.local.builds import LocalBuilds
-from shardrec.local.ports import free_port
+from shardrec.local.ports import PortAllocator
 from shardrec.local.probes import ReadinessProber
 from shardrec.local.processes import ProcessSpec, ProcessTable
 from shardrec.local.state import StateDir, atomic_write_json, atomic_write_text, read_json
@@ -39,6 +39,7 @@ from shardrec.planning.actions import (
 )
 from shardrec.planning.layouts import LayoutSpec
 from shardrec.planning.observed import Observed, ObservedLayout, ObservedRouter, ObservedShard
+from shardrec.shard.exit_codes import EXIT_PORT_IN_USE
 
 log = logging.getLogger("shardrec.local")
 
@@ -88,7 +89,11 @@ class LocalSupervisor:
     state: StateDir
     router_port: int
     router_host: str = "127.0.0.1"
+    # Names this run of the supervisor in runtime.json, so `recctl up --wait` never mistakes the
+    # files of an earlier run in the same state folder for this one's.
+    run_id: str = ""
     processes: ProcessTable = field(default_factory=ProcessTable)
+    ports: PortAllocator = field(default_factory=PortAllocator)
     _replicas: dict[str, _Replica] = field(default_factory=dict)
     _builds: LocalBuilds | None = None
     _prober: ReadinessProber = field(default_factory=ReadinessProber)
@@ -148,8 +153,7 @@ class LocalSupervisor:
             self._write_topology(action.layout)
         elif isinstance(action, DeleteLayout):
             for name in [n for n, r in self._replicas.items() if r.layout == action.layout_id]:
-                self.processes.remove(name)
-                del self._replicas[name]
+                self._remove_replica(name)
             self.builds.forget(action.layout_id)
         elif isinstance(action, RecordEvent):
             self._record_event(action)
@@ -159,28 +163,47 @@ class LocalSupervisor:
     def _ensure_shards(
         self, layout: LayoutSpec, replicas: int, cluster: RecommenderCluster, now_s: float
     ) -> None:
-        layout_dir = self.state.layout_dir(layout.id)
-        ef_search = str(cluster.spec.index.hnsw.ef_search)
         for shard in range(layout.shards):
             for replica in range(replicas):
                 name = replica_name(layout.id, shard, replica)
-                entry = self._replicas.get(name) or _Replica(layout.id, shard, replica, free_port())
+                entry = self._replicas.get(name) or _Replica(layout.id, shard, replica, self.ports.allocate())
                 self._replicas[name] = entry
-                argv = (
-                    sys.executable, "-m", "shardrec.shard.main",
-                    "--layout-dir", str(layout_dir), "--shard", str(shard),
-                    "--host", "127.0.0.1", "--port", str(entry.port), "--ef-search", ef_search,
-                )  # fmt: skip
-                self.processes.ensure(
-                    ProcessSpec(name, argv, self.state.logs_dir / f"{name}.log", port=entry.port), now_s
-                )
+                self.processes.ensure(self._replica_spec(name, entry, cluster), now_s)
             for name in [
                 n
                 for n, r in self._replicas.items()
                 if r.layout == layout.id and r.shard == shard and r.replica >= replicas
             ]:
-                self.processes.remove(name)
-                del self._replicas[name]
+                self._remove_replica(name)
+
+    def _replica_spec(self, name: str, entry: _Replica, cluster: RecommenderCluster) -> ProcessSpec:
+        argv = (
+            sys.executable, "-m", "shardrec.shard.main",
+            "--layout-dir", str(self.state.layout_dir(entry.layout)), "--shard", str(entry.shard),
+            "--host", "127.0.0.1", "--port", str(entry.port),
+            "--ef-search", str(cluster.spec.index.hnsw.ef_search),
+        )  # fmt: skip
+        return ProcessSpec(name, argv, self.state.logs_dir / f"{name}.log", port=entry.port)
+
+    def _remove_replica(self, name: str) -> None:
+        self.processes.remove(name)
+        self.ports.release(self._replicas.pop(name).port)
+
+    def _move_replicas_off_taken_ports(
+        self, died: list[str], cluster: RecommenderCluster, now_s: float
+    ) -> None:
+        """A replica that exited because its port was taken gets a new port at once: restarting it on
+        the same port would fail for as long as the other socket lives. The serving topology picks up
+        the new endpoint in the same pass (`_refresh_serving_endpoints`)."""
+        for name in died:
+            proc, entry = self.processes.get(name), self._replicas.get(name)
+            if proc is None or entry is None or proc.last_exit_code != EXIT_PORT_IN_USE:
+                continue
+            taken, entry.port = entry.port, self.ports.allocate()
+            log.warning(
+                "replica %s could not listen on port %d; moving it to port %d", name, taken, entry.port
+            )
+            self.processes.ensure(self._replica_spec(name, entry, cluster), now_s)
 
     def _layout_topology(self, layout: LayoutSpec) -> LayoutTopology:
         endpoints = []
@@ -252,15 +275,24 @@ class LocalSupervisor:
                 "pid": proc.pid,
                 "port": proc.spec.port,
                 "restarts": proc.restarts,
-                "ready": proc.spec.port is not None
-                and self._prober.is_ready(f"http://127.0.0.1:{proc.spec.port}"),
+                "ready": self._is_process_ready(name, proc.spec.port),
             }
             for name, proc in self.processes.items()
         ]
         atomic_write_json(
             self.state.runtime_file,
-            {"supervisor_pid": os.getpid(), "router_url": self.router_url, "processes": table},
+            {
+                "supervisor_pid": os.getpid(),
+                "run_id": self.run_id,
+                "router_url": self.router_url,
+                "processes": table,
+            },
         )
+
+    def _is_process_ready(self, name: str, port: int | None) -> bool:
+        if name == "router":
+            return self._prober.router_layout(self.router_url) is not None
+        return port is not None and self._prober.is_ready(f"http://127.0.0.1:{port}")
 
     # --- loop ----------------------------------------------------------------------------
 
@@ -286,8 +318,10 @@ class LocalSupervisor:
         now_s = time.monotonic()
         cluster = load_cluster_file(self.state.spec_file)
         self.builds.reap()
-        for name in self.processes.tick(now_s):
+        died = self.processes.tick(now_s)
+        for name in died:
             log.warning("process %s died; restarting with backoff", name)
+        self._move_replicas_off_taken_ports(died, cluster, now_s)
         self._ensure_router(cluster, now_s)
         self._prober.probe([f"http://127.0.0.1:{r.port}" for r in self._replicas.values()], self.router_url)
         observed = self._observe(cluster, datetime.now(UTC))

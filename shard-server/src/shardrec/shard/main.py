@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import importlib.util
 import os
 import socket
@@ -23,6 +24,7 @@ from fastapi import FastAPI
 
 from shardrec.shard.app import ShardServer, build_api
 from shardrec.shard.engine import EngineSettings, LoadRejectedError, SearchEngine
+from shardrec.shard.exit_codes import EXIT_LOAD_FAILED, EXIT_PORT_IN_USE
 from shardrec.shard.metrics import ShardMetrics
 
 
@@ -127,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sock.bind((args.host, args.port))
     except OSError as exc:
         print(f"shardrec-shard: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_PORT_IN_USE if exc.errno == errno.EADDRINUSE else 1
     port = sock.getsockname()[1]
     print(f"shardrec-shard listening on http://{args.host}:{port}", flush=True)
     config = uvicorn.Config(
@@ -147,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server.run(sockets=[sock])
     if failure:
         print(f"shardrec-shard: error: {failure[0]}", file=sys.stderr)
-        return 2
+        return EXIT_LOAD_FAILED
     return 0
 
 
