@@ -42,12 +42,12 @@ def _recctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _write_embeddings(folder: Path, seed: int) -> None:
+def _write_embeddings(folder: Path, seed: int, dim: int = DIM) -> None:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
-    np.save(folder / "items.npy", rng.normal(size=(ITEMS, DIM)).astype(np.float32))
+    np.save(folder / "items.npy", rng.normal(size=(ITEMS, dim)).astype(np.float32))
     (folder / "item_ids.txt").write_text("".join(f"item-{i}\n" for i in range(ITEMS)))
-    np.save(folder / "users.npy", rng.normal(size=(USERS, DIM)).astype(np.float32))
+    np.save(folder / "users.npy", rng.normal(size=(USERS, dim)).astype(np.float32))
     (folder / "user_ids.txt").write_text("".join(f"user-{i}\n" for i in range(USERS)))
     (folder / "seen.tsv").write_text("user-1\titem-3\nuser-1\titem-4\n")
 
@@ -255,3 +255,25 @@ def test_a_replica_whose_port_is_taken_moves_to_another_port(tmp_path: Path) -> 
             assert f"cannot listen on 127.0.0.1:{taken}" in log_text
         finally:
             supervisor.shutdown()
+
+
+def test_the_minimal_example_runs_locally(tmp_path: Path) -> None:
+    """examples/minimal.yaml as it is, but for `index.source` pointed at a folder on this machine."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "minimal.yaml"
+    manifest = yaml.safe_load(example.read_text())
+    _write_embeddings(tmp_path / "emb", seed=5, dim=manifest["spec"]["index"]["dimension"])
+    manifest["spec"]["index"]["source"] = str(tmp_path / "emb")
+    path = tmp_path / "minimal.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    state, port = tmp_path / "state", free_port()
+    _recctl("up", "-f", str(path), "--state-dir", str(state), "--port", str(port), "--detach", "--wait", "90")
+    try:
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/v1/recommend", json={"user_id": "user-3", "k": 10}, timeout=5
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["index_version"] == "v1" and len(body["items"]) == 10 and not body["partial"]
+        assert _status(state)["replicas"] == manifest["spec"]["shards"] * manifest["spec"]["replicasPerShard"]
+    finally:
+        _recctl("down", "--state-dir", str(state), check=False)

@@ -354,3 +354,11 @@ def test_api_keys_are_required_by_the_admission_policy(kube: Kube, crd: str) -> 
     del opted_out["spec"]["auth"]
     opted_out["metadata"]["annotations"] = {"shardrec.io/allow-unauthenticated": "true"}
     _dry_run(kube, [opted_out])
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
+def test_every_example_passes_server_side_dry_run(kube: Kube, crd: str, example: str) -> None:
+    """What a user does with examples/: `kubectl apply -f` as it is. The API server checks the CRD's
+    schema and CEL rules (and the PVC's own schema for store-pvc.yaml)."""
+    proc = kube("apply", "--dry-run=server", "-n", "team-a", "-f", str(ROOT / "examples" / example))
+    assert "(server dry run)" in proc.stdout, proc.stdout

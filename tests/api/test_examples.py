@@ -1,0 +1,67 @@
+"""examples/: every manifest parses, every RecommenderCluster passes the model and its CEL rules,
+and the README lists every file. (The real API server checks them too: tests/ship/test_controlplane.py.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shardrec.api.v1alpha1 import RecommenderCluster
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+FILES = sorted(EXAMPLES.glob("*.yaml"))
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+
+
+def test_there_are_examples() -> None:
+    names = {p.name for p in FILES}
+    assert {"minimal.yaml", "production.yaml", "available.yaml", "store-pvc.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_recommendercluster_validates(path: Path) -> None:
+    for doc in _docs(path):
+        if doc["kind"] == "RecommenderCluster":
+            RecommenderCluster.model_validate(doc)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_example_explains_itself(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("#"), f"{path.name} starts with a comment that says what it shows"
+    assert "kubectl apply -f examples/" in text
+
+
+def test_the_readme_lists_every_example() -> None:
+    readme = (EXAMPLES / "README.md").read_text(encoding="utf-8")
+    for path in FILES:
+        assert f"]({path.name})" in readme, path.name
+
+
+def test_the_examples_show_what_they_claim() -> None:
+    production = RecommenderCluster.model_validate(_docs(EXAMPLES / "production.yaml")[0]).spec
+    assert production.auth.api_keys_secret_ref is not None
+    assert production.monitoring.service_monitor
+    assert production.resources.shard.requests and production.resources.router.requests
+    assert production.replicas_per_shard >= 3
+    available = RecommenderCluster.model_validate(_docs(EXAMPLES / "available.yaml")[0]).spec
+    assert available.router.consistency == "available"
+    minimal = _docs(EXAMPLES / "minimal.yaml")[0]["spec"]
+    assert set(minimal) == {"shards", "replicasPerShard", "index"}
+
+
+def test_every_store_claim_is_the_one_store_pvc_yaml_creates() -> None:
+    claim = _docs(EXAMPLES / "store-pvc.yaml")[0]["metadata"]["name"]
+    for path in FILES:
+        for doc in _docs(path):
+            if doc["kind"] != "RecommenderCluster":
+                continue
+            index = doc["spec"]["index"]
+            assert index["store"]["persistentVolumeClaim"]["claimName"] == claim
+            assert index["source"].startswith(f"pvc://{claim}/")
