@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from shardrec.capacity.coefficients import (
+from shardrec.tools.capacity.coefficients import (
     MEASURED_FIELDS,
     Coefficients,
     dump_coefficients,
@@ -73,7 +73,7 @@ def host_description() -> str:
 def write_coefficients(path: Path | str, measured: dict[str, Any]) -> Coefficients:
     """Merge `measured` into the coefficients file at `path` (created if absent) and write it.
 
-    `measured` holds any of the fields of `shardrec.capacity.coefficients.Coefficients` (see
+    `measured` holds any of the fields of `shardrec.tools.capacity.coefficients.Coefficients` (see
     MEASURED_FIELDS) plus `"provenance": {"command": ..., "note": ...}` naming the command that
     measured them; `date`, `host` and `fields` are filled in when absent. Fields not in
     `measured` keep their previous values and provenance. The result must validate as a whole
@@ -309,7 +309,7 @@ def http_request(
 
 def make_embeddings(folder: Path, items: int, dimension: int, users: int, queries: int) -> np.ndarray:
     """Clustered items and users (ids `item-0000001`, `user-0000001`); returns held-out queries."""
-    from shardrec.index.synthetic import clustered, write_embeddings_dir
+    from shardrec.serving.index.synthetic import clustered, write_embeddings_dir
 
     vectors = clustered(items + queries + users, dimension, seed=7)
     item_ids = [f"item-{i:07d}" for i in range(items)]
@@ -325,7 +325,7 @@ def make_embeddings(folder: Path, items: int, dimension: int, users: int, querie
 
 
 def build(embeddings: Path, out: Path, shards: int, m: int, ef_construction: int) -> dict[str, float]:
-    from shardrec.index.build import build_layout
+    from shardrec.serving.index.build import build_layout
 
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
@@ -348,7 +348,7 @@ def build(embeddings: Path, out: Path, shards: int, m: int, ef_construction: int
 def index_file_point(dimension: int, m: int, items: int, folder: Path) -> dict[str, Any]:
     import hnswlib
 
-    from shardrec.index.synthetic import clustered
+    from shardrec.serving.index.synthetic import clustered
 
     index = hnswlib.Index(space="cosine", dim=dimension)
     index.init_index(max_elements=items, ef_construction=100, M=m, random_seed=1)
@@ -367,8 +367,8 @@ def index_file_point(dimension: int, m: int, items: int, folder: Path) -> dict[s
 
 def search_sweep(layout: Path, queries: np.ndarray, k: int, items: np.ndarray) -> list[dict[str, Any]]:
     """Recall@k (all shards merged, against brute force) and CPU ms per query per shard by ef."""
-    from shardrec.index.scoring import exact_top_k
-    from shardrec.index.shard_index import ShardIndex
+    from shardrec.serving.index.scoring import exact_top_k
+    from shardrec.serving.index.shard_index import ShardIndex
 
     layout_json = json.loads((layout / "layout.json").read_text())
     shards = [ShardIndex.load(layout, s, ef_search=64) for s in range(layout_json["shards"])]
@@ -413,8 +413,8 @@ import json, re, sys, time
 from pathlib import Path
 def rss():
     return int(re.findall(r"VmRSS:\\s+(\\d+) kB", Path("/proc/self/status").read_text())[0]) * 1024
-from shardrec.index.shard_index import ShardIndex
-from shardrec.index.users import load_user_table
+from shardrec.serving.index.shard_index import ShardIndex
+from shardrec.serving.index.users import load_user_table
 layout = Path(sys.argv[1])
 before = rss()
 started = time.perf_counter()
@@ -443,10 +443,10 @@ def baselines(folder: Path) -> dict[str, int]:
     config = folder / "router-config.json"
     config.write_text(json.dumps({"router": {}}))
     with processes(folder) as running:
-        shard_pid, _ = running.start("baseline-shard", "shardrec.shard.main")
+        shard_pid, _ = running.start("baseline-shard", "shardrec.serving.shard.main")
         router_pid, _ = running.start(
             "baseline-router",
-            "shardrec.router.main",
+            "shardrec.serving.router.main",
             "--topology-file",
             str(topology),
             "--router-config",
@@ -466,7 +466,7 @@ def start_cluster(
     for s in range(shards):
         pid, url = running.start(
             f"{tag}-shard{s}",
-            "shardrec.shard.main",
+            "shardrec.serving.shard.main",
             "--layout-dir",
             str(layout),
             "--shard",
@@ -499,7 +499,7 @@ def start_cluster(
     config.write_text(json.dumps({"router": {"timeoutMs": 5000, "maxInFlight": 4096}}))
     router_pid, router_url = running.start(
         f"{tag}-router",
-        "shardrec.router.main",
+        "shardrec.serving.router.main",
         "--topology-file",
         str(folder / f"{tag}-topology.json"),
         "--router-config",
@@ -617,7 +617,7 @@ def cpu_per_request(
 
 
 async def shard_latencies(url: str, count: int, queries: np.ndarray) -> list[float]:
-    from shardrec.shard.client import ShardClient
+    from shardrec.serving.shard.client import ShardClient
 
     client = ShardClient(url)
     samples: list[float] = []
@@ -636,7 +636,7 @@ async def shard_latencies(url: str, count: int, queries: np.ndarray) -> list[flo
 def wire_bytes(router_url: str, shard_url: str, query: np.ndarray) -> dict[str, float]:
     import httpx
 
-    from shardrec.shard.wire import REQUEST_CONTENT_TYPE, encode_request
+    from shardrec.serving.shard.wire import REQUEST_CONTENT_TYPE, encode_request
 
     def client_exchange(k: int) -> tuple[int, int]:
         body = json.dumps({"user_id": "user-0000001", "k": k}, separators=(",", ":")).encode()
@@ -707,7 +707,7 @@ def measure_offline(args: argparse.Namespace, work: Path, layout: Path, k: int) 
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - one linear script
-    from shardrec.capacity.tailsim import ServiceTime
+    from shardrec.tools.capacity.tailsim import ServiceTime
 
     k = 10
     if args.resume is not None:

@@ -19,9 +19,9 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from shardrec.index.build import build_layout
-from shardrec.index.scoring import Metric, exact_top_k
-from shardrec.index.synthetic import clustered, write_embeddings_dir
+from shardrec.serving.index.build import build_layout
+from shardrec.serving.index.scoring import Metric, exact_top_k
+from shardrec.serving.index.synthetic import clustered, write_embeddings_dir
 
 REPO = Path(__file__).resolve().parents[1]
 Floats = npt.NDArray[np.float32]
@@ -192,7 +192,7 @@ def shard_argv(layout: Path, shard: int, ef_search: int, threads: int | None = N
     argv = [
         sys.executable,
         "-m",
-        "shardrec.shard.main",
+        "shardrec.serving.shard.main",
         "--layout-dir",
         str(layout),
         "--shard",

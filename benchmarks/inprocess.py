@@ -18,8 +18,8 @@ import numpy as np
 import numpy.typing as npt
 from common import Dataset, ProcessStats, Row, recall_at_k
 
-from shardrec.index.layout import read_layout_manifest
-from shardrec.index.shard_index import ShardIndex
+from shardrec.serving.index.layout import read_layout_manifest
+from shardrec.serving.index.shard_index import ShardIndex
 
 Floats = npt.NDArray[np.float32]
 EF_CANDIDATES = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)

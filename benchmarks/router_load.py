@@ -41,7 +41,7 @@ from common import (
     write_bodies,
 )
 
-from shardrec.index.layout import read_layout_manifest
+from shardrec.serving.index.layout import read_layout_manifest
 
 JSON = "application/json"
 
@@ -160,7 +160,7 @@ def run(context: Any) -> list[Row]:
     with running(shard_servers):
         topology_file, config_file = _write_config(work, layout, shard_servers, batch)
         router_argv = [
-            sys.executable, "-m", "shardrec.router.main", "--topology-file", str(topology_file),
+            sys.executable, "-m", "shardrec.serving.router.main", "--topology-file", str(topology_file),
             "--router-config", str(config_file), "--port", "0",
         ]  # fmt: skip
         with running([start_server("router", router_argv)]) as (router,):
@@ -308,7 +308,7 @@ def _spike_rows(context: Any, shards: list[Server], body_file: Path, size: int, 
         work, context.layout, shards, context.batch, max_in_flight=bound, name="spike"
     )
     argv = [
-        sys.executable, "-m", "shardrec.router.main", "--topology-file", str(topology_file),
+        sys.executable, "-m", "shardrec.serving.router.main", "--topology-file", str(topology_file),
         "--router-config", str(config_file), "--port", "0",
     ]  # fmt: skip
     rows: list[Row] = []

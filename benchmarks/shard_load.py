@@ -19,8 +19,8 @@ from common import (
     write_bodies,
 )
 
-from shardrec.index.layout import read_layout_manifest
-from shardrec.shard.wire import REQUEST_CONTENT_TYPE, encode_request
+from shardrec.serving.index.layout import read_layout_manifest
+from shardrec.serving.shard.wire import REQUEST_CONTENT_TYPE, encode_request
 
 
 def _stats(name: str, pid: int, cpu_s: float, result: WrkResult) -> ProcessStats:

@@ -1,4 +1,4 @@
-"""Plots of the tail-latency simulation (`shardrec.capacity.tailsim`), on the measured per-shard
+"""Plots of the tail-latency simulation (`shardrec.tools.capacity.tailsim`), on the measured per-shard
 latency distribution of `benchmarks/coefficients.json`.
 
     python benchmarks/tail_plots.py [--coefficients FILE] [--out docs/img] [--requests 20000]
@@ -24,8 +24,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-from shardrec.capacity.coefficients import load_coefficients
-from shardrec.capacity.tailsim import Outcome, Scenario, ServiceTime, simulate
+from shardrec.tools.capacity.coefficients import load_coefficients
+from shardrec.tools.capacity.tailsim import Outcome, Scenario, ServiceTime, simulate
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from shardrec.index.embeddings import load_embeddings
+from shardrec.serving.index.embeddings import load_embeddings
 
 ROOT = Path(__file__).resolve().parents[2]
 E2E = ROOT / "e2e"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardrec.capacity.coefficients import MEASURED_FIELDS, Coefficients
+from shardrec.tools.capacity.coefficients import MEASURED_FIELDS, Coefficients
 
 GIB = 1024**3
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shardrec.capacity.coefficients import load_coefficients
-from shardrec.cli.main import main
+from shardrec.tools.capacity.coefficients import load_coefficients
+from shardrec.tools.cli.main import main
 from tests.capacity.fixtures import document
 
 REPO = Path(__file__).resolve().parents[2]

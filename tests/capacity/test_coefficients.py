@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shardrec.capacity.coefficients import (
+from shardrec.tools.capacity.coefficients import (
     Coefficients,
     CoefficientsError,
     load_coefficients,
@@ -131,7 +131,7 @@ def test_the_committed_file_is_canonical_and_names_its_commands() -> None:
     text = path.read_text()
     c = load_coefficients(path)
     assert all(entry.command.startswith(("python benchmarks/", "make ")) for entry in c.provenance)
-    from shardrec.capacity.coefficients import dump_coefficients
+    from shardrec.tools.capacity.coefficients import dump_coefficients
 
     assert dump_coefficients(c) == text
 

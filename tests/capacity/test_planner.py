@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from shardrec.capacity.coefficients import CoefficientsError
-from shardrec.capacity.planner import (
+from shardrec.tools.capacity.coefficients import CoefficientsError
+from shardrec.tools.capacity.planner import (
     GIB,
     PlanError,
     Target,

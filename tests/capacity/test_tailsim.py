@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardrec.capacity.coefficients import load_coefficients
-from shardrec.capacity.tailsim import Scenario, ServiceTime, SimulationError, fifo_latencies, simulate
+from shardrec.tools.capacity.coefficients import load_coefficients
+from shardrec.tools.capacity.tailsim import Scenario, ServiceTime, SimulationError, fifo_latencies, simulate
 
 REPO = Path(__file__).resolve().parents[2]
 # Mostly fast, with rare stalls (the shape a shared machine or a GC pause gives).

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from shardrec.api.topology import LayoutTopology
-from shardrec.router.config import RouterConfig
+from shardrec.serving.router.config import RouterConfig
 from shardrec_operator.desired import labels, names, pods
 from shardrec_operator.desired.cluster import build_cluster_objects
 from shardrec_operator.desired.index_build import build_cleanup_job, build_index_job, resolve_source

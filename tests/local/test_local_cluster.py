@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
-from shardrec.local.ports import free_port
+from shardrec.tools.local.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ DEADLINE_S = 120
 
 def _recctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shardrec.cli.main", *args],
+        [sys.executable, "-m", "shardrec.tools.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=DEADLINE_S,
@@ -221,9 +221,9 @@ def test_up_on_a_used_state_folder_waits_for_this_runs_router(cluster: tuple[Pat
 def test_a_replica_whose_port_is_taken_moves_to_another_port(tmp_path: Path) -> None:
     """A shard that cannot bind exits with EXIT_PORT_IN_USE and the supervisor gives it a new port
     (it used to restart it on the same port, failing for as long as the other socket lived)."""
-    from shardrec.local.ports import PortAllocator
-    from shardrec.local.state import StateDir
-    from shardrec.local.supervisor import LocalSupervisor
+    from shardrec.tools.local.ports import PortAllocator
+    from shardrec.tools.local.state import StateDir
+    from shardrec.tools.local.supervisor import LocalSupervisor
 
     _write_embeddings(tmp_path / "emb", seed=3)
     spec = _manifest(tmp_path / "emb", "v1", 1)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shardrec.local.ports import PortAllocator, ephemeral_range, port_is_free, port_pool
+from shardrec.tools.local.ports import PortAllocator, ephemeral_range, port_is_free, port_pool
 
 
 def test_the_pool_avoids_the_ephemeral_range() -> None:

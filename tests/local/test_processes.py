@@ -6,8 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from shardrec.local.processes import INITIAL_BACKOFF_S, ProcessSpec, ProcessTable
-from shardrec.local.state import StateDir, SupervisorLock, is_supervisor_running
+from shardrec.tools.local.processes import INITIAL_BACKOFF_S, ProcessSpec, ProcessTable
+from shardrec.tools.local.state import StateDir, SupervisorLock, is_supervisor_running
 
 
 def _spec(tmp_path: Path, name: str, code: str) -> ProcessSpec:

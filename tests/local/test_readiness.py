@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shardrec.api.topology import LayoutTopology, ReplicaEndpoint, ShardEndpoints, Topology
-from shardrec.local.readiness import Verdict, WaitFacts, judge
+from shardrec.tools.local.readiness import Verdict, WaitFacts, judge
 
 RUN = "run-2"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shardrec.pipeline.interactions import Interactions
-from shardrec.pipeline.movielens import default_movielens_dir, load_movielens
+from shardrec.tools.pipeline.interactions import Interactions
+from shardrec.tools.pipeline.movielens import default_movielens_dir, load_movielens
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from shardrec.cli.main import main
+from shardrec.tools.cli.main import main
 
 from .conftest import write_csv
 

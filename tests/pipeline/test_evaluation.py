@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from shardrec.pipeline.evaluate_job import POPULARITY, EvaluationSetupError, evaluate_embeddings
-from shardrec.pipeline.evaluation import Candidate, evaluate
-from shardrec.pipeline.holdout import leave_last_n_out
-from shardrec.pipeline.sources import DataSource
-from shardrec.pipeline.train_job import train_embeddings
-from shardrec.pipeline.training import AlsParams
+from shardrec.tools.pipeline.evaluate_job import POPULARITY, EvaluationSetupError, evaluate_embeddings
+from shardrec.tools.pipeline.evaluation import Candidate, evaluate
+from shardrec.tools.pipeline.holdout import leave_last_n_out
+from shardrec.tools.pipeline.sources import DataSource
+from shardrec.tools.pipeline.train_job import train_embeddings
+from shardrec.tools.pipeline.training import AlsParams
 
 from .conftest import write_csv
 

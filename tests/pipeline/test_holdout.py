@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shardrec.pipeline.holdout import leave_last_n_out
-from shardrec.pipeline.interactions import Interactions
+from shardrec.tools.pipeline.holdout import leave_last_n_out
+from shardrec.tools.pipeline.interactions import Interactions
 
 
 def _table(rows: list[tuple[str, str, int]]) -> Interactions:

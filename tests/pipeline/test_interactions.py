@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardrec.pipeline.interactions import InteractionsError, read_interactions_csv
+from shardrec.tools.pipeline.interactions import InteractionsError, read_interactions_csv
 
 from .conftest import write_csv
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from shardrec.pipeline.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
+from shardrec.tools.pipeline.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
 
 
 def test_hit_rate_counts_a_hit_only_within_k() -> None:

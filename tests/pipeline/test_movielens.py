@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from shardrec.pipeline.checksums import sha256_file
-from shardrec.pipeline.download import install_archive
-from shardrec.pipeline.movielens import (
+from shardrec.tools.pipeline.checksums import sha256_file
+from shardrec.tools.pipeline.download import install_archive
+from shardrec.tools.pipeline.movielens import (
     DATASET_NAME,
     KNOWN_SHA256,
     MovieLensError,

@@ -3,14 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shardrec.pipeline.recommenders import (
+from shardrec.tools.pipeline.recommenders import (
     ExactRecommender,
     PopularityRecommender,
     UnknownUserError,
     score_items,
     top_k_indices,
 )
-from shardrec.pipeline.training import Embeddings
+from shardrec.tools.pipeline.training import Embeddings
 
 
 def _embeddings(metric: str = "ip") -> Embeddings:

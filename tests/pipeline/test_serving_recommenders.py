@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shardrec.pipeline.embeddings_io import write_embeddings_dir
-from shardrec.pipeline.metrics import recall_at_k
-from shardrec.pipeline.recommenders import ExactRecommender, UnknownUserError
-from shardrec.pipeline.router_client import RouterError, RouterRecommender
-from shardrec.pipeline.sharded import InProcessShardedRecommender
-from shardrec.pipeline.training import Embeddings
+from shardrec.tools.pipeline.embeddings_io import write_embeddings_dir
+from shardrec.tools.pipeline.metrics import recall_at_k
+from shardrec.tools.pipeline.recommenders import ExactRecommender, UnknownUserError
+from shardrec.tools.pipeline.router_client import RouterError, RouterRecommender
+from shardrec.tools.pipeline.sharded import InProcessShardedRecommender
+from shardrec.tools.pipeline.training import Embeddings
 
 
 def _synthetic(tmp_path: Path) -> tuple[Path, Embeddings]:

@@ -6,13 +6,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardrec.index.embeddings import load_embeddings
-from shardrec.pipeline.embeddings_io import EmbeddingsDirError, read_embeddings_dir, write_embeddings_dir
-from shardrec.pipeline.holdout import leave_last_n_out
-from shardrec.pipeline.interactions import Interactions
-from shardrec.pipeline.sources import DataSource
-from shardrec.pipeline.train_job import train_embeddings
-from shardrec.pipeline.training import AlsParams, train_als
+from shardrec.serving.index.embeddings import load_embeddings
+from shardrec.tools.pipeline.embeddings_io import (
+    EmbeddingsDirError,
+    read_embeddings_dir,
+    write_embeddings_dir,
+)
+from shardrec.tools.pipeline.holdout import leave_last_n_out
+from shardrec.tools.pipeline.interactions import Interactions
+from shardrec.tools.pipeline.sources import DataSource
+from shardrec.tools.pipeline.train_job import train_embeddings
+from shardrec.tools.pipeline.training import AlsParams, train_als
 
 SMALL = AlsParams(factors=8, iterations=3, seed=7)
 
@@ -80,7 +84,7 @@ def test_invalid_parameters_are_named() -> None:
 
 
 def test_rewrite_replaces_an_embeddings_dir_but_not_a_foreign_folder(tmp_path: Path) -> None:
-    from shardrec.pipeline.training import Embeddings
+    from shardrec.tools.pipeline.training import Embeddings
 
     def make(scale: float) -> Embeddings:
         return Embeddings(
@@ -109,7 +113,7 @@ def test_rewrite_replaces_an_embeddings_dir_but_not_a_foreign_folder(tmp_path: P
 
 
 def test_reading_rejects_broken_files_naming_them(tmp_path: Path) -> None:
-    from shardrec.pipeline.training import Embeddings
+    from shardrec.tools.pipeline.training import Embeddings
 
     out = tmp_path / "emb"
     items = np.ones((2, 3), dtype=np.float32)

@@ -108,8 +108,8 @@ def test_shard_workload_name_fits_and_long_cluster_names_are_refused() -> None:
 
 def test_index_build_arguments_are_accepted_by_recctl_and_pin_the_whole_layout() -> None:
     """The operator's build Job and the local runtime run this one command line."""
-    from shardrec.cli.main import build_parser
     from shardrec.planning.layouts import LayoutSpec, index_build_arguments
+    from shardrec.tools.cli.main import build_parser
 
     layout = LayoutSpec(
         version="v7", source="/data/emb", shards=3, partitioning="jump-hash-item-id",

@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
-from shardrec.index.build import build_layout
+from shardrec.serving.index.build import build_layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -107,7 +107,7 @@ class Cluster:
     def shard(self, layout: Path, shard: int, replica: int) -> Process:
         return self.start(
             f"{layout.name}-s{shard}-r{replica}",
-            "shardrec.shard.main",
+            "shardrec.serving.shard.main",
             "--layout-dir",
             str(layout),
             "--shard",
@@ -123,7 +123,7 @@ class Cluster:
         if keys is not None:
             (self.tmp / f"{name}-keys").write_text(keys)
             args += ["--api-keys-file", str(self.tmp / f"{name}-keys")]
-        return self.start(name, "shardrec.router.main", *args)
+        return self.start(name, "shardrec.serving.router.main", *args)
 
     def stop(self) -> None:
         for process in self.processes:

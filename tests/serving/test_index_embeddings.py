@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardrec.cli.main import main as recctl
-from shardrec.index.embeddings import EmbeddingsError, load_embeddings
-from shardrec.index.synthetic import clustered, write_embeddings_dir
+from shardrec.serving.index.embeddings import EmbeddingsError, load_embeddings
+from shardrec.serving.index.synthetic import clustered, write_embeddings_dir
+from shardrec.tools.cli.main import main as recctl
 
 
 def _valid(tmp_path: Path, count: int = 6, dimension: int = 4) -> Path:

@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardrec.cli.main import main as recctl
-from shardrec.index import build as build_module
-from shardrec.index.build import BuildError, build_layout
-from shardrec.index.files import sha256_file
-from shardrec.index.layout import LayoutError, read_layout_manifest, verify_layout
-from shardrec.index.manifest import LayoutManifest
-from shardrec.index.partitioning import assign_shards
-from shardrec.index.shard_index import Expectation, ShardIndex
-from shardrec.index.synthetic import clustered, write_embeddings_dir
-from shardrec.index.users import load_user_table
+from shardrec.serving.index import build as build_module
+from shardrec.serving.index.build import BuildError, build_layout
+from shardrec.serving.index.files import sha256_file
+from shardrec.serving.index.layout import LayoutError, read_layout_manifest, verify_layout
+from shardrec.serving.index.manifest import LayoutManifest
+from shardrec.serving.index.partitioning import assign_shards
+from shardrec.serving.index.shard_index import Expectation, ShardIndex
+from shardrec.serving.index.synthetic import clustered, write_embeddings_dir
+from shardrec.serving.index.users import load_user_table
+from shardrec.tools.cli.main import main as recctl
 
 DIM = 8
 

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from shardrec.router.merge import merge_block, merge_top_k
+from shardrec.serving.router.merge import merge_block, merge_top_k
 
 
 def part(*pairs: tuple[str, float]) -> tuple[list[str], np.ndarray]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shardrec.index.partitioning import (
+from shardrec.serving.index.partitioning import (
     assign_shards,
     item_key,
     item_keys,

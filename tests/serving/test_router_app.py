@@ -19,12 +19,12 @@ import pytest
 
 from shardrec.api.topology import LayoutTopology, ReplicaEndpoint, ShardEndpoints, Topology
 from shardrec.api.v1alpha1 import AuthSpec, HedgingSpec, RouterSpec
-from shardrec.index.partitioning import assign_shards
-from shardrec.index.users import UserTable
-from shardrec.router.app import create_app
-from shardrec.router.auth import parse_api_keys
-from shardrec.router.config import Limits, RouterConfig, RouterSettings
-from shardrec.router.manager import ManagerDeps
+from shardrec.serving.index.partitioning import assign_shards
+from shardrec.serving.index.users import UserTable
+from shardrec.serving.router.app import create_app
+from shardrec.serving.router.auth import parse_api_keys
+from shardrec.serving.router.config import Limits, RouterConfig, RouterSettings
+from shardrec.serving.router.manager import ManagerDeps
 from tests.serving.test_router_dispatch import ERRORS, FakeShard
 
 DIM = 4

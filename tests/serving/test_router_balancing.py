@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from shardrec.router.admission import Admission
-from shardrec.router.hedging import HedgeBudget
-from shardrec.router.replicas import EjectionPolicy, Replica, choose_replica
+from shardrec.serving.router.admission import Admission
+from shardrec.serving.router.hedging import HedgeBudget
+from shardrec.serving.router.replicas import EjectionPolicy, Replica, choose_replica
 
 POLICY = EjectionPolicy(failure_threshold=2, base_ejection_s=1.0, max_ejection_s=8.0, flap_window_s=60.0)
 

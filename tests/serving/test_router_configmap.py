@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from shardrec.api.topology import TOPOLOGY_CONFIGMAP_KEY, Topology
-from shardrec.router.topology_source import ConfigMapTopologySource
+from shardrec.serving.router.topology_source import ConfigMapTopologySource
 
 kubernetes = pytest.importorskip("kubernetes", reason="needs the kubernetes client")
 

@@ -15,13 +15,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from shardrec.router.dispatch import Block, DispatchPolicy, ShardChannel
-from shardrec.router.gather import Gather
-from shardrec.router.hedging import HedgeBudget
-from shardrec.router.metrics import RouterMetrics
-from shardrec.router.replicas import EjectionPolicy, Replica
-from shardrec.router.shard_protocol import ErrorKinds
-from shardrec.shard.client import ShardRejected, ShardUnavailable
+from shardrec.serving.router.dispatch import Block, DispatchPolicy, ShardChannel
+from shardrec.serving.router.gather import Gather
+from shardrec.serving.router.hedging import HedgeBudget
+from shardrec.serving.router.metrics import RouterMetrics
+from shardrec.serving.router.replicas import EjectionPolicy, Replica
+from shardrec.serving.router.shard_protocol import ErrorKinds
+from shardrec.serving.shard.client import ShardRejected, ShardUnavailable
 
 ERRORS = ErrorKinds(unavailable=ShardUnavailable, rejected=ShardRejected)
 Floats = npt.NDArray[np.float32]

@@ -11,9 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
-from shardrec.router.config import Limits
-from shardrec.router.errors import ApiError
-from shardrec.router.parsing import (
+from shardrec.serving.router.config import Limits
+from shardrec.serving.router.errors import ApiError
+from shardrec.serving.router.parsing import (
     VectorBatch,
     batch_queries,
     parse_batch,
@@ -21,9 +21,9 @@ from shardrec.router.parsing import (
     parse_json_object,
     vector_batch,
 )
-from shardrec.router.response import encode_batch, encode_batch_plain
-from shardrec.router.service import _plain_blocks, _prepare, _Query
-from shardrec.shard.wire import WireError, ascii_to_str
+from shardrec.serving.router.response import encode_batch, encode_batch_plain
+from shardrec.serving.router.service import _plain_blocks, _prepare, _Query
+from shardrec.serving.shard.wire import WireError, ascii_to_str
 from tests.serving.test_router_app import World, run, settings
 
 LIMITS = Limits(max_k=50, max_dimension=8)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shardrec.router.auth import ApiKeysError, load_api_keys, parse_api_keys
-from shardrec.router.ratelimit import RateLimiter, retry_after_header
+from shardrec.serving.router.auth import ApiKeysError, load_api_keys, parse_api_keys
+from shardrec.serving.router.ratelimit import RateLimiter, retry_after_header
 
 
 class Clock:

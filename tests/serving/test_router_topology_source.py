@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from shardrec.api.topology import TOPOLOGY_CONFIGMAP_KEY, Topology
-from shardrec.router.main import UsageError, build_parser, settings_from_args
-from shardrec.router.topology_source import (
+from shardrec.serving.router.main import UsageError, build_parser, settings_from_args
+from shardrec.serving.router.topology_source import (
     ConfigMapTopologySource,
     FileTopologySource,
     TopologySourceError,

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardrec.index.build import build_layout
-from shardrec.index.shard_index import ShardIndex
-from shardrec.index.synthetic import clustered, write_embeddings_dir
-from shardrec.shard.engine import EngineSettings, LoadRejectedError, NotReadyError, SearchEngine
-from shardrec.shard.metrics import ShardMetrics
-from shardrec.shard.wire import decode_answer
+from shardrec.serving.index.build import build_layout
+from shardrec.serving.index.shard_index import ShardIndex
+from shardrec.serving.index.synthetic import clustered, write_embeddings_dir
+from shardrec.serving.shard.engine import EngineSettings, LoadRejectedError, NotReadyError, SearchEngine
+from shardrec.serving.shard.metrics import ShardMetrics
+from shardrec.serving.shard.wire import decode_answer
 
 DIM = 8
 

@@ -18,11 +18,11 @@ import httpx
 import numpy as np
 import pytest
 
-from shardrec.index.build import build_layout
-from shardrec.index.shard_index import ShardIndex
-from shardrec.index.synthetic import clustered, write_embeddings_dir
-from shardrec.shard.client import ShardClient, ShardRejected, ShardUnavailable
-from shardrec.shard.wire import REQUEST_CONTENT_TYPE, encode_request
+from shardrec.serving.index.build import build_layout
+from shardrec.serving.index.shard_index import ShardIndex
+from shardrec.serving.index.synthetic import clustered, write_embeddings_dir
+from shardrec.serving.shard.client import ShardClient, ShardRejected, ShardUnavailable
+from shardrec.serving.shard.wire import REQUEST_CONTENT_TYPE, encode_request
 
 pytestmark = pytest.mark.integration
 DIM = 8
@@ -46,7 +46,16 @@ class Shard:
     def __init__(self, *args: str) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "shardrec.shard.main", "--port", "0", "--search-threads", "2", *args],
+            [
+                sys.executable,
+                "-m",
+                "shardrec.serving.shard.main",
+                "--port",
+                "0",
+                "--search-threads",
+                "2",
+                *args,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,

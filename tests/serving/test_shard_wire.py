@@ -7,7 +7,13 @@ import struct
 import numpy as np
 import pytest
 
-from shardrec.shard.wire import WireError, decode_answer, decode_request, encode_answer, encode_request
+from shardrec.serving.shard.wire import (
+    WireError,
+    decode_answer,
+    decode_request,
+    encode_answer,
+    encode_request,
+)
 
 LIMITS = {"max_queries": 64, "max_k": 100, "dimension": 4}
 

@@ -15,8 +15,8 @@ from prometheus_client.metrics import MetricWrapperBase
 
 # The modules that define the product's metrics, per component.
 METRIC_MODULES = {
-    "router": "shardrec.router.metrics",
-    "shard": "shardrec.shard.metrics",
+    "router": "shardrec.serving.router.metrics",
+    "shard": "shardrec.serving.shard.metrics",
     "operator": "shardrec_operator.metrics",
 }
 # Series Prometheus itself writes for every target.

@@ -40,14 +40,14 @@ RECCTL_TIMEOUT_S = 120
 
 
 def _free_port() -> int:
-    from shardrec.local.ports import free_port
+    from shardrec.tools.local.ports import free_port
 
     return int(free_port())
 
 
 def _recctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shardrec.cli.main", *args],
+        [sys.executable, "-m", "shardrec.tools.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=RECCTL_TIMEOUT_S,

@@ -1,0 +1,262 @@
+"""Build a layout: partition items, build one hnswlib index per shard in parallel, publish atomically.
+
+Everything is written into a staging folder beside the target; `layout.json` is published last
+(temp file, fsync, rename), and the staging folder is renamed onto the target, so a reader sees
+either no layout or a complete one. hnswlib releases the GIL inside `add_items`, so shard builds
+run on threads and share the (memory-mapped) item matrix instead of copying it to processes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from shardrec.serving.index.embeddings import Embeddings, load_embeddings
+from shardrec.serving.index.files import fsync_dir, fsync_file, publish_atomically, sha256_file, write_durably
+from shardrec.serving.index.manifest import (
+    INDEX_FILE,
+    LAYOUT_FILE,
+    SHARD_IDS_FILE,
+    SHARD_MANIFEST_FILE,
+    USERS_DIR,
+    FileEntry,
+    HnswParams,
+    LayoutManifest,
+    ShardEntry,
+    ShardManifest,
+    shard_dir_name,
+)
+from shardrec.serving.index.partitioning import assign_shards
+from shardrec.serving.index.scoring import METRICS, Metric, hnsw_space
+from shardrec.serving.index.users import write_users_part
+
+_ADD_CHUNK = 8192
+_LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class BuildError(ValueError):
+    """The build cannot start or finish; the message names the flag or file at fault."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _file_entry(folder: Path, name: str) -> FileEntry:
+    path = folder / name
+    fsync_file(path)
+    return FileEntry(name=name, bytes=path.stat().st_size, sha256=sha256_file(path))
+
+
+def _check_arguments(
+    *, version: str, layout: str, shards: int, metric: str, m: int, ef_construction: int, workers: int
+) -> None:
+    for flag, value in (("--version", version), ("--layout", layout)):
+        if not _LABEL_PATTERN.match(value):
+            raise BuildError(f"{flag} {value!r}: use 1-63 letters, digits, '.', '_' or '-'")
+    if shards < 1:
+        raise BuildError(f"--shards must be at least 1, got {shards}")
+    if metric not in METRICS:
+        raise BuildError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if m < 2:
+        raise BuildError(f"--m must be at least 2, got {m}")
+    if ef_construction < m:
+        raise BuildError(f"--ef-construction ({ef_construction}) must be at least --m ({m})")
+    if workers < 1:
+        raise BuildError(f"--workers must be at least 1, got {workers}")
+
+
+def _build_shard(
+    folder: Path,
+    embeddings: Embeddings,
+    positions: npt.NDArray[np.int64],
+    header: dict[str, object],
+    *,
+    threads: int,
+    advance: Callable[[int], None],
+) -> ShardEntry:
+    started = time.monotonic()
+    folder.mkdir(parents=True)
+    metric: Metric = header["metric"]  # type: ignore[assignment]
+    params: HnswParams = header["hnsw"]  # type: ignore[assignment]
+    count, shard = len(positions), int(str(header["shard"]))
+    index = hnswlib.Index(space=hnsw_space(metric), dim=embeddings.dimension)
+    index.init_index(
+        max_elements=count, ef_construction=params.ef_construction, M=params.m, random_seed=1 + shard
+    )
+    for start in range(0, count, _ADD_CHUNK):
+        chosen = positions[start : start + _ADD_CHUNK]
+        # Labels are positions within the shard, i.e. line numbers of ids.txt.
+        index.add_items(embeddings.items[chosen], np.arange(start, start + len(chosen)), num_threads=threads)
+        advance(len(chosen))
+    index.save_index(str(folder / INDEX_FILE))
+    del index
+    write_durably(
+        folder / SHARD_IDS_FILE, "".join(f"{embeddings.item_ids[p]}\n" for p in positions.tolist()).encode()
+    )
+    manifest = ShardManifest(
+        **header,
+        count=count,
+        files=[_file_entry(folder, INDEX_FILE), _file_entry(folder, SHARD_IDS_FILE)],
+        built_at=_now(),
+        build_seconds=round(time.monotonic() - started, 3),
+    )
+    write_durably(folder / SHARD_MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+    return ShardEntry(
+        shard=shard,
+        directory=folder.name,
+        count=count,
+        manifest_sha256=sha256_file(folder / SHARD_MANIFEST_FILE),
+    )
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Move the finished staging folder onto `out_dir`, layout.json last."""
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        fsync_dir(out_dir.parent)
+        return
+    # The target exists but holds no layout.json (e.g. a pre-created volume folder or a build that
+    # died): replace its entries one by one, then publish layout.json.
+    for child in sorted(staging.iterdir()):
+        if child.name == LAYOUT_FILE:
+            continue
+        target = out_dir / child.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        child.rename(target)
+    fsync_dir(out_dir)
+    publish_atomically(out_dir / LAYOUT_FILE, (staging / LAYOUT_FILE).read_bytes())
+    shutil.rmtree(staging)
+
+
+def build_layout(
+    embeddings_dir: Path,
+    out_dir: Path,
+    *,
+    version: str,
+    shards: int,
+    metric: Metric = "cosine",
+    m: int = 16,
+    ef_construction: int = 200,
+    workers: int | None = None,
+    layout: str | None = None,
+    expected_dimension: int | None = None,
+    progress: bool = True,
+) -> LayoutManifest:
+    """Build and atomically publish the layout `out_dir` from an embeddings directory."""
+    workers = workers or os.cpu_count() or 1
+    layout = layout or out_dir.name
+    _check_arguments(
+        version=version,
+        layout=layout,
+        shards=shards,
+        metric=metric,
+        m=m,
+        ef_construction=ef_construction,
+        workers=workers,
+    )
+    if (out_dir / LAYOUT_FILE).exists():
+        raise BuildError(f"{out_dir}: already holds a built layout; versions are immutable, pick a new --out")
+    started = time.monotonic()
+    embeddings = load_embeddings(embeddings_dir)
+    if expected_dimension is not None and embeddings.dimension != expected_dimension:
+        raise BuildError(
+            f"{embeddings_dir / 'items.npy'}: dimension {embeddings.dimension}, expected {expected_dimension}"
+        )
+    assignment = assign_shards(embeddings.item_ids, shards)
+    counts = np.bincount(assignment, minlength=shards)
+    if (counts == 0).any():
+        raise BuildError(
+            f"--shards {shards}: {len(embeddings.item_ids)} items leave shards "
+            f"{np.flatnonzero(counts == 0).tolist()} empty; use fewer shards"
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    hnsw = HnswParams(m=m, ef_construction=ef_construction)
+    parallel = min(shards, workers)
+    threads_per_shard = max(1, workers // parallel)
+    lock = threading.Lock()
+    try:
+        with tqdm(
+            total=len(embeddings.item_ids),
+            unit="item",
+            desc=f"{layout}: {shards} shards",
+            disable=not progress,
+        ) as bar:
+
+            def advance(done: int) -> None:
+                with lock:
+                    bar.update(done)
+
+            def one(shard: int) -> ShardEntry:
+                header: dict[str, object] = {
+                    "layout": layout,
+                    "version": version,
+                    "shard": shard,
+                    "shards": shards,
+                    "dimension": embeddings.dimension,
+                    "metric": metric,
+                    "hnsw": hnsw,
+                }
+                positions = np.flatnonzero(assignment == shard).astype(np.int64)
+                return _build_shard(
+                    staging / shard_dir_name(shard),
+                    embeddings,
+                    positions,
+                    header,
+                    threads=threads_per_shard,
+                    advance=advance,
+                )
+
+            with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="index-build") as pool:
+                entries = list(pool.map(one, range(shards)))
+        users = None
+        if embeddings.users is not None and embeddings.user_ids is not None:
+            users = write_users_part(
+                staging / USERS_DIR,
+                embeddings.users,
+                embeddings.user_ids,
+                embeddings.seen,
+                embeddings.seen_unknown_items,
+            )
+        manifest = LayoutManifest(
+            layout=layout,
+            version=version,
+            shards=shards,
+            dimension=embeddings.dimension,
+            metric=metric,
+            hnsw=hnsw,
+            item_count=len(embeddings.item_ids),
+            shard_entries=entries,
+            users=users,
+            built_at=_now(),
+            build_seconds=round(time.monotonic() - started, 3),
+            source={"embeddings_dir": str(embeddings_dir.resolve()), "metadata": embeddings.metadata},
+        )
+        for folder in staging.iterdir():
+            if folder.is_dir():
+                fsync_dir(folder)
+        publish_atomically(staging / LAYOUT_FILE, manifest.model_dump_json(indent=2).encode())
+        _publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest

@@ -1,0 +1,209 @@
+"""The router's HTTP edge: `create_app(settings)` builds the FastAPI app.
+
+The three hot POST routes are served by `RouterApp.__call__` straight through the ASGI gate
+(`shardrec.serving.router.gate`): no pydantic and no middleware per request; the pydantic models in
+`schemas` only document the bodies at /docs. Everything else (docs, probes, metrics, 404/405
+errors) is plain FastAPI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
+
+from shardrec import __version__
+from shardrec.serving.router import schemas
+from shardrec.serving.router.config import RouterSettings
+from shardrec.serving.router.errors import error_body
+from shardrec.serving.router.gate import RouterState, Work
+from shardrec.serving.router.manager import ManagerDeps
+from shardrec.serving.router.topology_source import TopologySource
+
+log = logging.getLogger("shardrec.router")
+
+JSON = "application/json"
+
+
+class RouterApp(FastAPI):
+    """FastAPI for docs, probes, metrics and errors; the three POST routes bypass its middleware
+    stack (they are declared on it too, so /docs describes them and other methods get 405)."""
+
+    fast_routes: dict[str, tuple[str, Work]]
+    gate: RouterState
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            entry = self.fast_routes.get(scope["path"])
+            if entry is not None:
+                await self.gate.serve(scope, receive, send, *entry)
+                return
+        await super().__call__(scope, receive, send)
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": schemas.ErrorResponse, "description": description}
+    for status, description in {
+        400: "Body is not JSON.",
+        401: "No API key.",
+        403: "Wrong API key.",
+        404: "Unknown user or item in the active index version.",
+        413: "Body or batch too large.",
+        422: "A field is invalid; the message names it.",
+        429: "Rate limit of the API key; see Retry-After.",
+        503: "Overloaded, not ready, or (strict) a shard without a live replica; see Retry-After.",
+    }.items()
+}
+
+
+def _body_doc(model: type[schemas._Doc]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    }
+
+
+def create_app(
+    settings: RouterSettings,
+    source: TopologySource | None = None,
+    deps: ManagerDeps | None = None,
+) -> FastAPI:
+    """The router app. `source` feeds it topologies; `deps` supplies the shard client (defaults to
+    `shardrec.serving.shard.client.ShardClient`)."""
+    state = RouterState(settings, source, deps)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = RouterApp(
+        title="shardrec router",
+        version=__version__,
+        description="Recommendations scatter-gathered over the shards of the active index version.",
+        lifespan=lifespan,
+    )
+    app.state.router = state
+    service = state.service
+    app.gate = state
+    app.fast_routes = {
+        "/v1/recommend": ("/v1/recommend", service.recommend),
+        "/v1/recommend/batch": ("/v1/recommend/batch", service.recommend_batch),
+        "/v1/similar": ("/v1/similar", service.similar),
+    }
+
+    async def through_gate(request: Request, route: str, work: Work) -> Response:
+        # Reached only when the fast path did not match (e.g. a mounted root path).
+        status, extra, payload = await state.process(request.scope["headers"], request.receive, route, work)
+        headers = {name.decode(): value.decode() for name, value in extra}
+        return Response(payload, status_code=status, headers=headers, media_type=JSON)
+
+    @app.post(
+        "/v1/recommend",
+        response_model=schemas.RecommendResponse,
+        responses=_ERRORS,
+        openapi_extra=_body_doc(schemas.RecommendRequest),
+        summary="Top-k items for a user or a query vector",
+    )
+    async def recommend(request: Request) -> Response:
+        return await through_gate(request, "/v1/recommend", service.recommend)
+
+    @app.post(
+        "/v1/recommend/batch",
+        response_model=schemas.BatchResponse,
+        responses=_ERRORS,
+        openapi_extra=_body_doc(schemas.BatchRequest),
+        summary="Many recommendation queries in one request, all from one index version",
+    )
+    async def recommend_batch(request: Request) -> Response:
+        return await through_gate(request, "/v1/recommend/batch", service.recommend_batch)
+
+    @app.post(
+        "/v1/similar",
+        response_model=schemas.RecommendResponse,
+        responses=_ERRORS,
+        openapi_extra=_body_doc(schemas.SimilarRequest),
+        summary="Items similar to an item",
+    )
+    async def similar(request: Request) -> Response:
+        return await through_gate(request, "/v1/similar", service.similar)
+
+    @app.get("/healthz", summary="The process is alive")
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type=JSON)
+
+    @app.get("/readyz", summary="An index layout and its user table are active")
+    async def readyz() -> Response:
+        snapshot = state.manager.current
+        if snapshot is None:
+            detail = state.manager.last_error or "no topology with an active layout applied yet"
+            return Response(error_body("not_ready", detail), status_code=503, media_type=JSON)
+        return Response(
+            orjson.dumps(
+                {
+                    "status": "ready",
+                    "layout": snapshot.layout,
+                    "index_version": snapshot.version,
+                    "shards": snapshot.shards,
+                    "topology_revision": state.manager.revision,
+                }
+            ),
+            media_type=JSON,
+        )
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        state.metrics.in_flight.set(state.admission.in_flight)
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # The documented bodies are referenced by $ref above; register them with the schema.
+    original_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original_openapi()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (schemas.RecommendRequest, schemas.BatchRequest, schemas.SimilarRequest):
+                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, definition in model_schema.pop("$defs", {}).items():
+                    components.setdefault(name, definition)
+                components[model.__name__] = model_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return Response(
+            error_body(code, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+            media_type=JSON,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return Response(error_body("invalid_request", str(exc.errors())), status_code=422, media_type=JSON)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return Response(error_body("internal_error", "internal error"), status_code=500, media_type=JSON)
+
+    return app

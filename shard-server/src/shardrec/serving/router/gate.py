@@ -1,0 +1,211 @@
+"""The gate every client request passes, as plain ASGI: API key (401/403), per-key rate limit
+(429), admission (503 + Retry-After), body size (413); then the request binds to the active
+snapshot and keeps it until it has answered. Also owns the router's shared state and lifecycle.
+
+No request/response objects and no middleware stack on this path: the hot routes are served here
+directly (see `RouterApp`), which halved the router's CPU per request against FastAPI routing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+
+from shardrec.serving.router.admission import Admission
+from shardrec.serving.router.config import RouterSettings
+from shardrec.serving.router.errors import ApiError, error_body
+from shardrec.serving.router.manager import ManagerDeps, TopologyManager
+from shardrec.serving.router.metrics import RouterMetrics
+from shardrec.serving.router.ratelimit import RateLimiter, retry_after_header
+from shardrec.serving.router.service import RouterService
+from shardrec.serving.router.snapshot import Snapshot
+from shardrec.serving.router.topology_source import TopologySource
+
+log = logging.getLogger("shardrec.router")
+
+Work = Callable[[bytes, Snapshot], Awaitable[bytes]]
+Headers = Iterable[tuple[bytes, bytes]]
+_ANONYMOUS = "anonymous"
+
+
+class RouterState:
+    """Everything the routes share; one per app."""
+
+    def __init__(
+        self, settings: RouterSettings, source: TopologySource | None, deps: ManagerDeps | None
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.metrics = RouterMetrics()
+        self.manager = TopologyManager(settings, self.metrics, deps or default_deps())
+        self.service = RouterService(settings, self.metrics)
+        self.admission = Admission(settings.config.router.max_in_flight)
+        auth = settings.config.auth
+        self.limiter = RateLimiter(auth.rate_limit_per_second, auth.rate_limit_burst)
+        self.keys = settings.api_keys
+        self.max_body = settings.limits.max_body_bytes
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.source is not None:
+            self._tasks.append(loop.create_task(self.source.watch(self.manager.apply, self._topology_error)))
+        self._tasks.append(loop.create_task(self.manager.probe_forever()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.manager.close()
+
+    def _topology_error(self, message: str) -> None:
+        self.manager.last_error = message
+        log.error("topology not applied: %s", message)
+
+    # --- the gate every client request passes ---------------------------------------------------
+
+    async def process(
+        self, headers: Headers, receive: Receive, route: str, work: Work
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One client request through the gate: (status, extra headers, JSON body)."""
+        started = time.perf_counter()
+        extra: list[tuple[bytes, bytes]] = []
+        status = 200
+        try:
+            length, key_header, authorization = _scan(headers)
+            key = self._authenticate(key_header, authorization)
+            if self.limiter.enabled:
+                wait = self.limiter.acquire(key)
+                if wait > 0:
+                    self.metrics.rate_limited.inc()
+                    raise ApiError(
+                        429,
+                        "rate_limited",
+                        f"API key {key!r} is over its limit of {self.limiter.rate:g} requests/s",
+                        {"Retry-After": retry_after_header(wait)},
+                    )
+            if not self.admission.try_enter():
+                self.metrics.shed.inc()
+                raise ApiError(
+                    503,
+                    "overloaded",
+                    f"the router is serving its limit of {self.admission.max_in_flight} requests; "
+                    "retry later",
+                    {"Retry-After": "1"},
+                )
+            try:
+                body = await self._read_body(length, receive)
+                snapshot = self.manager.current
+                if snapshot is None:
+                    raise ApiError(
+                        503, "not_ready", "no active index layout yet; retry later", {"Retry-After": "1"}
+                    )
+                snapshot.enter()
+                try:
+                    payload = await work(body, snapshot)
+                finally:
+                    snapshot.leave()
+            finally:
+                self.admission.leave()
+        except ApiError as exc:
+            status, payload = exc.status, exc.body()
+            extra = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
+        except Exception:
+            log.exception("unhandled error on %s", route)
+            status, payload = 500, error_body("internal_error", "internal error")
+        self._observe(route, status, time.perf_counter() - started)
+        return status, extra, payload
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, route: str, work: Work) -> None:
+        """The hot path as plain ASGI: no request/response objects, no middleware stack."""
+        status, extra, payload = await self.process(scope["headers"], receive, route, work)
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
+        if extra:
+            headers.extend(extra)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    def _authenticate(self, key_header: bytes | None, authorization: bytes | None) -> str:
+        if not self.keys.required:
+            return _ANONYMOUS
+        presented = key_header
+        if presented is None and authorization is not None:
+            scheme, _, token = authorization.partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                presented = token.strip()
+        if presented is None:
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "an API key is required: send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        name = self.keys.identify(presented.decode("latin-1"))
+        if name is None:
+            raise ApiError(403, "forbidden", "the API key is not valid")
+        return name
+
+    async def _read_body(self, declared: bytes | None, receive: Receive) -> bytes:
+        if declared is not None:
+            if not declared.isdigit():
+                raise ApiError(400, "bad_content_length", "Content-Length must be a number")
+            if int(declared) > self.max_body:
+                raise self._too_large()
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ApiError(400, "client_disconnected", "the client went away before sending its body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise self._too_large()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, "body_too_large", f"request body is larger than {self.max_body} bytes")
+
+    def _observe(self, route: str, status: int, seconds: float) -> None:
+        children = self._request_children.get((route, status))
+        if children is None:
+            code = str(status)
+            children = self._request_children[(route, status)] = (
+                self.metrics.requests.labels(route, code),
+                self.metrics.request_seconds.labels(route, code),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+def _scan(headers: Headers) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """Content-Length, X-API-Key and Authorization in one pass (ASGI names are lowercase)."""
+    length = key = authorization = None
+    for name, value in headers:
+        if name == b"content-length":
+            length = value
+        elif name == b"x-api-key":
+            key = value
+        elif name == b"authorization":
+            authorization = value
+    return length, key, authorization
+
+
+def default_deps() -> ManagerDeps:
+    from shardrec.serving.router.shard_link import shard_client_deps
+
+    return shard_client_deps()

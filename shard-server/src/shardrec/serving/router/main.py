@@ -1,0 +1,176 @@
+"""`shardrec-router`: the router process (contract 6).
+
+    shardrec-router (--topology-file FILE | --topology-configmap NAMESPACE/NAME)
+                    [--router-config FILE] [--host 127.0.0.1] --port P [--api-keys-file F]
+
+Every flag also reads an environment variable (SHARDREC_ROUTER_<FLAG>, e.g.
+SHARDREC_ROUTER_PORT), which is how the operator's Deployment configures it. Bad input exits 2 with
+one line naming the flag or file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from shardrec import __version__
+from shardrec.serving.router.auth import OPEN, ApiKeysError, load_api_keys
+from shardrec.serving.router.config import (
+    RouterConfig,
+    RouterConfigError,
+    RouterSettings,
+    Tuning,
+    load_router_config,
+)
+from shardrec.serving.router.topology_source import (
+    ConfigMapTopologySource,
+    FileTopologySource,
+    TopologySource,
+)
+
+PROG = "shardrec-router"
+
+
+class UsageError(Exception):
+    """Bad flags or files; printed as one line, exit code 2."""
+
+
+def _env(flag: str) -> str | None:
+    return os.environ.get("SHARDREC_ROUTER_" + flag.upper().replace("-", "_"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="The shardrec router: the endpoint clients call.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--topology-file", default=_env("topology-file"), help="Topology JSON file to watch.")
+    parser.add_argument(
+        "--topology-configmap",
+        default=_env("topology-configmap"),
+        metavar="NAMESPACE/NAME",
+        help="ConfigMap (key topology.json) to watch through the Kubernetes API.",
+    )
+    parser.add_argument(
+        "--router-config",
+        default=_env("router-config"),
+        help='JSON {"router": RouterSpec, "auth": AuthSpec} (camelCase, as in the cluster spec).',
+    )
+    parser.add_argument("--host", default=_env("host") or "127.0.0.1", help="Address to bind.")
+    parser.add_argument("--port", default=_env("port"), help="Port to bind.")
+    parser.add_argument(
+        "--api-keys-file", default=_env("api-keys-file"), help="API keys, one a line: name:key or key."
+    )
+    parser.add_argument(
+        "--batches-in-flight-per-replica",
+        type=int,
+        default=int(_env("batches-in-flight-per-replica") or Tuning.max_batches_in_flight_per_replica),
+        help="Coalescing: batched requests per shard replica on the wire at once (default %(default)s).",
+    )
+    parser.add_argument(
+        "--loop",
+        default=_env("loop") or "auto",
+        choices=["auto", "uvloop", "asyncio"],
+        help="Event loop (auto: uvloop when installed).",
+    )
+    parser.add_argument(
+        "--log-level", default=_env("log-level") or "warning", choices=["debug", "info", "warning", "error"]
+    )
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[RouterSettings, TopologySource, int]:
+    if bool(args.topology_file) == bool(args.topology_configmap):
+        raise UsageError("give exactly one of --topology-file and --topology-configmap")
+    if args.port is None:
+        raise UsageError("--port is required")
+    try:
+        port = int(args.port)
+    except ValueError:
+        raise UsageError(f"--port: not a number: {args.port!r}") from None
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port: must be within 0..65535, got {port}")
+    source: TopologySource
+    if args.topology_file:
+        source = FileTopologySource(Path(args.topology_file))
+    else:
+        namespace, sep, name = str(args.topology_configmap).partition("/")
+        if not sep or not namespace or not name:
+            raise UsageError(
+                f"--topology-configmap: expected NAMESPACE/NAME, got {args.topology_configmap!r}"
+            )
+        source = ConfigMapTopologySource(namespace, name)
+    try:
+        config = load_router_config(Path(args.router_config)) if args.router_config else RouterConfig()
+        keys = load_api_keys(Path(args.api_keys_file)) if args.api_keys_file else OPEN
+    except (RouterConfigError, ApiKeysError) as exc:
+        raise UsageError(str(exc)) from None
+    if config.auth.api_keys_secret_ref is not None and not keys.required:
+        raise UsageError(
+            "--api-keys-file: required because auth.apiKeysSecretRef is set (mount the Secret and pass it)"
+        )
+    if args.batches_in_flight_per_replica < 1:
+        raise UsageError(
+            f"--batches-in-flight-per-replica: must be at least 1, got {args.batches_in_flight_per_replica}"
+        )
+    tuning = Tuning(max_batches_in_flight_per_replica=args.batches_in_flight_per_replica)
+    return RouterSettings(config=config, api_keys=keys, tuning=tuning), source, port
+
+
+def _loop(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings, source, port = settings_from_args(args)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    import uvicorn
+
+    from shardrec.serving.router.app import create_app
+
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted sockets inherit it: a response written as headers + body must not wait for the
+    # client's delayed ACK (40 ms per keep-alive request otherwise, seen with the asyncio loop).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((args.host, port))
+    except OSError as exc:
+        print(f"{PROG}: error: --host/--port: cannot listen on {args.host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    # `--port 0` picks a free port; this first stdout line says which (tests and the local runtime).
+    print(f"{PROG} listening on http://{args.host}:{sock.getsockname()[1]}", flush=True)
+    app = create_app(settings, source)
+    config = uvicorn.Config(
+        app,
+        loop=_loop(args.loop),
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+        log_level=args.log_level,
+        backlog=4096,
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""What the router does for one request, between the HTTP edge and the shard channels: resolve the
+query against the bound snapshot, scatter it, apply the consistency policy, merge, and encode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from shardrec.serving.index.partitioning import shard_of
+from shardrec.serving.router.config import RouterSettings
+from shardrec.serving.router.dispatch import Block, ShardFailedError, Vector
+from shardrec.serving.router.errors import ApiError
+from shardrec.serving.router.gather import Gather
+from shardrec.serving.router.merge import Scores, merge_block
+from shardrec.serving.router.metrics import RouterMetrics
+from shardrec.serving.router.parsing import (
+    RecommendQuery,
+    VectorBatch,
+    check_dimension,
+    parse_batch_body,
+    parse_recommend,
+    parse_similar,
+)
+from shardrec.serving.router.response import encode_batch, encode_one
+from shardrec.serving.router.snapshot import Snapshot
+
+
+@dataclass(slots=True)
+class _Query:
+    vector: Vector
+    k: int
+    exclusions: list[list[str]]  # per shard
+    exclude: Sequence[str]  # explicit ids, filtered again at the merge
+
+
+@dataclass(slots=True)
+class _Block:
+    """The queries of a request that share one k (one block per shard)."""
+
+    k: int
+    members: list[int]  # query positions in the request
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A block ready to scatter: its rows, what each shard must exclude, and the explicit ids the
+    merge filters again."""
+
+    k: int
+    members: list[int]
+    vectors: Vector  # (rows, d)
+    exclude_by_shard: list[list[list[str]] | None]  # per shard: per row, or None (nothing)
+    explicit: list[Sequence[str]] | None  # per row, or None (nothing)
+
+
+class RouterService:
+    def __init__(self, settings: RouterSettings, metrics: RouterMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        spec = settings.config.router
+        self.strict = spec.consistency == "strict"
+        self.timeout_s = spec.timeout_ms / 1000.0
+        self.max_batch_size = spec.max_batch_size
+        self.limits = settings.limits
+
+    # --- routes ----------------------------------------------------------------------------------
+
+    async def recommend(self, body: bytes, snapshot: Snapshot) -> bytes:
+        query = self._resolve(parse_recommend(body, self.limits), snapshot, "")
+        results, partial, answered = await self._answer(snapshot, [query])
+        return self._encode_one(results[0], snapshot, partial, answered)
+
+    async def recommend_batch(self, body: bytes, snapshot: Snapshot) -> bytes:
+        parsed = parse_batch_body(body, self.limits, self.max_batch_size)
+        if isinstance(parsed, VectorBatch):
+            # Plain vector queries: no per-query objects, nothing to exclude.
+            check_dimension(parsed.vectors[0], snapshot.dimension, "queries[0].vector")
+            count = len(parsed.ks)
+            blocks = _plain_blocks(parsed, snapshot.shards)
+        else:
+            queries = [self._resolve(q, snapshot, f"queries[{i}].") for i, q in enumerate(parsed)]
+            count = len(queries)
+            blocks = _prepare(queries, snapshot.shards)
+        results, partial, answered = await self._scatter_merge(snapshot, blocks, count)
+        self.metrics.queries.labels("/v1/recommend/batch").inc(count)
+        return encode_batch(results, snapshot.version, partial, answered, snapshot.shards)
+
+    async def similar(self, body: bytes, snapshot: Snapshot) -> bytes:
+        request = parse_similar(body, self.limits)
+        owner = shard_of(request.item_id, snapshot.shards)
+        loop = asyncio.get_running_loop()
+        try:
+            vector = await snapshot.channels[owner].fetch_vector(
+                request.item_id, loop.time() + self.timeout_s
+            )
+        except ShardFailedError as failure:
+            raise self._unavailable(snapshot, {owner: failure.reason}) from None
+        if vector is None:
+            raise ApiError(
+                404,
+                "unknown_item",
+                f"item_id: {request.item_id!r} is not in index version {snapshot.version}",
+            )
+        exclude = [*request.exclude, request.item_id]
+        query = _Query(vector, request.k, snapshot.exclusions(None, False, exclude), exclude)
+        results, partial, answered = await self._answer(snapshot, [query])
+        return self._encode_one(results[0], snapshot, partial, answered)
+
+    # --- steps -------------------------------------------------------------------------------------
+
+    def _resolve(self, query: RecommendQuery, snapshot: Snapshot, where: str) -> _Query:
+        if query.user_id is not None:
+            vector = snapshot.users.vector(query.user_id)
+            if vector is None:
+                raise ApiError(
+                    404,
+                    "unknown_user",
+                    f"{where}user_id: {query.user_id!r} has no embedding in index version {snapshot.version}",
+                )
+        else:
+            assert query.vector is not None  # the parser guarantees exactly one of them
+            vector = query.vector
+            check_dimension(vector, snapshot.dimension, f"{where}vector")
+        exclusions = snapshot.exclusions(query.user_id, query.exclude_seen, query.exclude)
+        return _Query(vector, query.k, exclusions, query.exclude)
+
+    async def _answer(
+        self, snapshot: Snapshot, queries: Sequence[_Query]
+    ) -> tuple[list[tuple[list[str], Scores]], bool, int]:
+        return await self._scatter_merge(snapshot, _prepare(queries, snapshot.shards), len(queries))
+
+    async def _scatter_merge(
+        self, snapshot: Snapshot, blocks: list[_Prepared], count: int
+    ) -> tuple[list[tuple[list[str], Scores]], bool, int]:
+        """Scatter the blocks to every shard, apply the consistency policy, merge.
+        Returns (per query: ids and scores; partial; shards answered)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        channels = snapshot.channels
+        gather = Gather(len(blocks), len(channels), future)
+        deadline = loop.time() + self.timeout_s
+        for index, block in enumerate(blocks):
+            for shard, channel in enumerate(channels):
+                exclude = block.exclude_by_shard[shard]
+                channel.submit(Block(gather, index, block.vectors, block.k, exclude, deadline))
+        await future
+        partial, answered = self._coverage(gather, snapshot)
+        if len(blocks) == 1 and blocks[0].members == list(range(count)):
+            block = blocks[0]
+            parts = [part for part in gather.parts[0] if part is not None]
+            return merge_block(parts, block.k, block.explicit), partial, answered
+        results: list[tuple[list[str], Scores]] = [([], _NO_SCORES)] * count
+        for index, block in enumerate(blocks):
+            parts = [part for part in gather.parts[index] if part is not None]
+            merged = merge_block(parts, block.k, block.explicit)
+            for member, result in zip(block.members, merged, strict=True):
+                results[member] = result
+        return results, partial, answered
+
+    def _coverage(self, gather: Gather, snapshot: Snapshot) -> tuple[bool, int]:
+        """(partial, shards answered); raises 503 when the policy does not allow a partial answer."""
+        if not gather.failures:
+            return False, snapshot.shards
+        answered = gather.answered_shards()
+        if self.strict or answered == 0:
+            raise self._unavailable(snapshot, gather.failures)
+        self.metrics.partial_answers.inc()
+        return True, answered
+
+    def _unavailable(self, snapshot: Snapshot, failures: dict[int, str]) -> ApiError:
+        failed = sorted(failures)
+        names = ", ".join(f"shard {s} ({failures[s]})" for s in failed)
+        return ApiError(
+            503,
+            "shard_unavailable",
+            f"{names} of layout {snapshot.layout} (version {snapshot.version}) did not answer: no live "
+            f"replica within the deadline; {snapshot.shards - len(failed)} of {snapshot.shards} shards "
+            "answered",
+            headers={"Retry-After": "1", "X-Shardrec-Unavailable-Shards": ",".join(map(str, failed))},
+        )
+
+    @staticmethod
+    def _encode_one(
+        result: tuple[list[str], Scores], snapshot: Snapshot, partial: bool, answered: int
+    ) -> bytes:
+        return encode_one(result, snapshot.version, partial, answered, snapshot.shards)
+
+
+def _prepare(queries: Sequence[_Query], shards: int) -> list[_Prepared]:
+    """The blocks of resolved queries, with their vectors and exclusions laid out for scatter."""
+    prepared = []
+    for block in _blocks(queries):
+        members = [queries[m] for m in block.members]
+        if len(members) == 1:
+            vectors = members[0].vector[None, :]
+        else:
+            vectors = np.stack([query.vector for query in members])
+        exclude_by_shard: list[list[list[str]] | None] = []
+        for shard in range(shards):
+            exclude: list[list[str]] | None = [query.exclusions[shard] for query in members]
+            exclude_by_shard.append(exclude if any(exclude) else None)  # type: ignore[arg-type]
+        explicit = [query.exclude for query in members]
+        prepared.append(
+            _Prepared(block.k, block.members, vectors, exclude_by_shard, explicit if any(explicit) else None)
+        )
+    return prepared
+
+
+def _plain_blocks(batch: VectorBatch, shards: int) -> list[_Prepared]:
+    """The blocks of a `VectorBatch`: rows grouped by k in order of first appearance, as `_blocks`
+    groups them; nothing to exclude."""
+    ks = batch.ks
+    nothing: list[list[list[str]] | None] = [None] * shards
+    first = ks[0]
+    if all(k == first for k in ks):
+        return [_Prepared(first, list(range(len(ks))), batch.vectors, nothing, None)]
+    by_k: dict[int, list[int]] = {}
+    for position, k in enumerate(ks):
+        by_k.setdefault(k, []).append(position)
+    return [_Prepared(k, members, batch.vectors[members], nothing, None) for k, members in by_k.items()]
+
+
+def _blocks(queries: Sequence[_Query]) -> list[_Block]:
+    if len(queries) == 1:
+        return [_Block(queries[0].k, [0])]
+    by_k: dict[int, _Block] = {}
+    for position, query in enumerate(queries):
+        block = by_k.get(query.k)
+        if block is None:
+            block = by_k[query.k] = _Block(query.k, [])
+        block.members.append(position)
+    return list(by_k.values())
+
+
+_NO_SCORES: Scores = np.zeros(0, dtype=np.float32)

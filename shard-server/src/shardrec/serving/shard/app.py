@@ -1,0 +1,319 @@
+"""HTTP surface of a shard server.
+
+The hot path, `POST /v1/search` (binary, see wire.py), is a raw ASGI route in front of the
+FastAPI app: no routing table, no Request object, no validation layer, no middleware stack: it
+reads the body, hands the numpy view to the engine, and writes the bytes back. Everything else
+(health, readiness, metrics, info, a JSON search for humans, item vectors, the admin load) is
+ordinary FastAPI. Every error is JSON `{"error": {"code", "message"}}`; bad input is a 4xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from shardrec.serving.shard.engine import EngineError, LoadRejectedError, NotReadyError, SearchEngine
+from shardrec.serving.shard.metrics import ShardMetrics
+from shardrec.serving.shard.wire import (
+    ANSWER_CONTENT_TYPE,
+    REQUEST_CONTENT_TYPE,
+    WireError,
+    decode_request,
+)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+SEARCH_PATH = "/v1/search"
+MAX_QUERIES = 4096
+MAX_K = 10000
+MAX_BODY_BYTES = 64 << 20
+MAX_VECTOR_IDS = 4096
+_KNOWN_ROUTES = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/v1/info", "/v1/search/json", "/v1/items/vectors", "/v1/admin/load"}
+)
+_ANSWER_HEADERS_BASE = [(b"content-type", ANSWER_CONTENT_TYPE.encode())]
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _error_response(status: int, code: str, message: str, retry_after: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+
+class SearchJson(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    queries: list[list[float]] = Field(min_length=1, max_length=MAX_QUERIES)
+    k: int = Field(10, ge=1, le=MAX_K)
+    exclude: list[list[str]] | None = None
+    timeout_ms: int = Field(0, ge=0, le=600000)
+
+
+class VectorsJson(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_ids: list[str] = Field(min_length=1, max_length=MAX_VECTOR_IDS)
+
+
+class LoadJson(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    layout_dir: str = Field(min_length=1)
+    shard: int | None = Field(None, ge=0, description="Shard to load; default: the one being served.")
+    ef_search: int | None = Field(None, ge=1, le=100000)
+    wait: bool = Field(False, description="Answer when the swap is done instead of at once (202).")
+
+
+def _status_code(exc: HTTPException) -> str:
+    return {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+        exc.status_code, "http_error"
+    )
+
+
+def build_api(
+    engine: SearchEngine,
+    metrics: ShardMetrics,
+    default_shard: int | None,
+    admin_token: str | None,
+    lifespan: Any = None,
+) -> FastAPI:
+    api = FastAPI(title="shardrec shard server", version="1", lifespan=lifespan)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()[:5]
+        )
+        return _error_response(422, "invalid_request", problems)
+
+    @api.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        return _error_response(exc.status_code, _status_code(exc), str(exc.detail))
+
+    @api.exception_handler(EngineError)
+    async def _engine(_: Request, exc: EngineError) -> JSONResponse:
+        return _error_response(exc.status, exc.code, str(exc), 1 if exc.status == 503 else None)
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz() -> JSONResponse:
+        index = engine.current
+        if index is None:
+            state = engine.load_status
+            message = f"no index loaded ({state.state}{': ' + state.message if state.message else ''})"
+            return _error_response(503, "not_ready", message, 1)
+        return JSONResponse({"status": "ready", "version": index.version, "layout": index.layout_name})
+
+    @api.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @api.get("/v1/info")
+    async def info() -> dict[str, object]:
+        index = engine.current
+        return {
+            "ready": index is not None,
+            "index": index.info() if index is not None else None,
+            "load": engine.load_status.as_dict(),
+            "search_threads": engine.settings.search_threads,
+        }
+
+    @api.post("/v1/search/json")
+    async def search_json(body: SearchJson) -> Any:
+        index = engine.current
+        if index is None:
+            raise NotReadyError("no index loaded yet")
+        queries = np.asarray(body.queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != index.dimension:
+            lengths = sorted({len(q) for q in body.queries})
+            return _error_response(
+                400, "bad_dimension", f"queries must have {index.dimension} numbers each, got {lengths}"
+            )
+        if not np.isfinite(queries).all():
+            return _error_response(400, "bad_vector", "queries contain NaN or inf")
+        if body.exclude is not None and len(body.exclude) != len(body.queries):
+            return _error_response(
+                400, "bad_exclude", f"exclude has {len(body.exclude)} lists for {len(body.queries)} queries"
+            )
+        return await engine.search(queries, body.k, body.exclude, body.timeout_ms, binary=False)
+
+    @api.post("/v1/items/vectors")
+    async def item_vectors(body: VectorsJson) -> Any:
+        index = engine.current
+        if index is None:
+            raise NotReadyError("no index loaded yet")
+        found = {item: label for item in body.item_ids if (label := index.label_of.get(item)) is not None}
+        vectors = index.index.get_items(list(found.values())) if found else []
+        return {
+            "version": index.version,
+            "layout": index.layout_name,
+            "shard": index.shard,
+            "dimension": index.dimension,
+            "vectors": {item: list(map(float, vector)) for item, vector in zip(found, vectors, strict=True)},
+            "missing": [item for item in body.item_ids if item not in found],
+        }
+
+    @api.get("/v1/admin/load")
+    async def load_status() -> dict[str, object]:
+        return engine.load_status.as_dict()
+
+    @api.post("/v1/admin/load")
+    async def load(body: LoadJson, request: Request) -> Any:
+        if admin_token is not None and request.headers.get("authorization") != f"Bearer {admin_token}":
+            return _error_response(
+                401, "unauthorized", "admin endpoints need 'Authorization: Bearer <token>'"
+            )
+        shard = body.shard
+        if shard is None:
+            shard = engine.current.shard if engine.current is not None else default_shard
+        if shard is None:
+            return _error_response(400, "bad_request", "shard is required: no index is loaded yet")
+        if engine.load_status.state == "loading":
+            return _error_response(
+                409, "load_in_progress", f"already loading {engine.load_status.layout_dir}"
+            )
+        task = asyncio.create_task(engine.load(Path(body.layout_dir), shard, body.ef_search))
+        if not body.wait:
+            task.add_done_callback(_ignore_result)
+            return JSONResponse({"status": "loading", "layout_dir": body.layout_dir, "shard": shard}, 202)
+        try:
+            loaded = await task
+        except LoadRejectedError as exc:
+            return _error_response(409, exc.code, str(exc))
+        return {"status": "done", "index": loaded.info()}
+
+    return api
+
+
+def _ignore_result(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # failures are in load_status and the metrics; mark as retrieved
+
+
+class ShardServer:
+    """The ASGI application: the binary search route, then FastAPI for everything else."""
+
+    def __init__(self, engine: SearchEngine, metrics: ShardMetrics, api: FastAPI) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.api = api
+        self._search_ok = metrics.requests.labels("search", "200")
+        self._search_latency = metrics.latency.labels("search")
+        self._route_latency = {route: metrics.latency.labels(route) for route in _KNOWN_ROUTES}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == SEARCH_PATH:
+            if scope["method"] == "POST":
+                await self._search(scope, receive, send)
+            else:
+                await self._error(send, 405, "method_not_allowed", f"{SEARCH_PATH} takes POST")
+        elif scope["type"] == "http":
+            await self._counted(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        route = path if path in _KNOWN_ROUTES else "other"
+        status = 500
+        started = time.perf_counter()
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.api(scope, receive, send_and_note)
+        finally:
+            self.metrics.requests.labels(route, str(status)).inc()
+            if route != "other":
+                self._route_latency[route].observe(time.perf_counter() - started)
+
+    async def _search(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if message.get("more_body", False):
+            chunks = [body]
+            size = len(body)
+            while message.get("more_body", False):
+                message = await receive()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    await self._error(send, 413, "body_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
+                    return
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        started = time.perf_counter()
+        index = self.engine.current
+        if index is None:
+            await self._error(send, 503, "not_ready", "no index loaded yet", retry_after=True)
+            return
+        if not _has_content_type(scope, REQUEST_CONTENT_TYPE):
+            await self._error(
+                send, 415, "unsupported_media_type", f"send {REQUEST_CONTENT_TYPE}, or use /v1/search/json"
+            )
+            return
+        try:
+            request = decode_request(body, max_queries=MAX_QUERIES, max_k=MAX_K, dimension=index.dimension)
+            answer = await self.engine.search(
+                request.queries, request.k, request.exclude, request.timeout_ms, binary=True
+            )
+        except WireError as exc:
+            await self._error(send, 400, "bad_request", str(exc))
+            return
+        except EngineError as exc:
+            await self._error(send, exc.status, exc.code, str(exc), retry_after=exc.status == 503)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*_ANSWER_HEADERS_BASE, (b"content-length", str(len(answer)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
+        self._search_ok.inc()
+        self._search_latency.observe(time.perf_counter() - started)
+
+    async def _error(
+        self, send: Send, status: int, code: str, message: str, *, retry_after: bool = False
+    ) -> None:
+        body = json.dumps(error_body(code, message)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if retry_after:
+            headers.append((b"retry-after", b"1"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self.metrics.requests.labels("search", str(status)).inc()
+
+
+def _has_content_type(scope: Scope, wanted: str) -> bool:
+    expected = wanted.encode()
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return bool(value.split(b";", 1)[0].strip() == expected)
+    return False

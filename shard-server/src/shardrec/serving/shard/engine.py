@@ -1,0 +1,322 @@
+"""Search scheduling and index swapping of a shard server.
+
+Requests queue on the event loop; whenever a search thread is free, everything queued (up to a
+bound) goes to it as ONE knn_query call. At low load a request is dispatched on the next loop
+tick (no added latency); under load requests pile up while threads are busy and are coalesced,
+which amortises the Python overhead per call. An optional bounded wait trades latency for
+bigger batches. hnswlib releases the GIL, so the event loop keeps reading requests meanwhile.
+
+The served index is one reference, replaced in a single assignment after a new one is fully
+loaded and warmed. A batch captures the reference when it is dispatched, so every request is
+answered from exactly one index and names that index's version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from shardrec.serving.index.layout import LayoutError
+from shardrec.serving.index.shard_index import NO_LABEL, Expectation, ShardIndex
+from shardrec.serving.shard.metrics import ShardMetrics
+from shardrec.serving.shard.wire import encode_answer
+
+Floats = npt.NDArray[np.float32]
+
+
+class EngineError(Exception):
+    code = "error"
+    status = 503
+
+
+class NotReadyError(EngineError):
+    code = "not_ready"
+
+
+class OverloadedError(EngineError):
+    code = "overloaded"
+
+
+class DeadlineExceededError(EngineError):
+    code = "deadline_exceeded"
+
+
+class LoadRejectedError(EngineError):
+    """A layout that fails verification or does not fit the one being served."""
+
+    code = "layout_rejected"
+    status = 409
+
+
+@dataclass
+class _Pending:
+    queries: Floats
+    k: int
+    exclude: list[list[str]] | None
+    deadline: float
+    binary: bool
+    enqueued: float
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class LoadStatus:
+    state: str = "idle"  # idle | loading | failed | done
+    layout_dir: str = ""
+    shard: int = -1
+    message: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "state": self.state,
+            "layout_dir": self.layout_dir,
+            "shard": self.shard,
+            "message": self.message,
+        }
+
+
+@dataclass
+class EngineSettings:
+    search_threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    max_batch_queries: int = 512
+    max_pending_queries: int = 16384
+    max_wait_s: float = 0.0
+    ef_search: int = 64
+
+
+class SearchEngine:
+    def __init__(self, metrics: ShardMetrics, settings: EngineSettings) -> None:
+        self.metrics = metrics
+        self.settings = settings
+        self.current: ShardIndex | None = None
+        self.load_status = LoadStatus()
+        self._pending: deque[_Pending] = deque()
+        self._pending_queries = 0
+        self._idle = settings.search_threads
+        self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._timed = False  # uvloop's timer handles are not asyncio.TimerHandle: track it here
+        self._searchers = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="search")
+        self._load_lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- searching --------------------------------------------------------------------------
+
+    async def search(
+        self,
+        queries: Floats,
+        k: int,
+        exclude: list[list[str]] | None,
+        timeout_ms: int,
+        *,
+        binary: bool,
+    ) -> Any:
+        """Bytes of a binary answer, or a JSON-able dict; raises an EngineError subclass."""
+        if self.current is None:
+            raise NotReadyError("no index loaded yet")
+        n = len(queries)
+        if self._pending_queries + n > self.settings.max_pending_queries:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise OverloadedError(f"{self._pending_queries} queries already queued")
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        now = time.monotonic()
+        deadline = now + timeout_ms / 1000.0 if timeout_ms else float("inf")
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append(_Pending(queries, k, exclude, deadline, binary, now, future))
+        self._pending_queries += n
+        self._kick()
+        return await future
+
+    def _kick(self) -> None:
+        if not self._idle or not self._pending:
+            return
+        loop = self._loop
+        assert loop is not None
+        full = self._pending_queries >= self.settings.max_batch_queries
+        if self._scheduled is not None:
+            if not (full and self._timed):
+                return
+            self._scheduled.cancel()  # the batch filled up before the wait ended
+        if self.settings.max_wait_s > 0 and not full:
+            # Bounded wait: give other requests up to max_wait_s to join this batch.
+            self._scheduled, self._timed = loop.call_later(self.settings.max_wait_s, self._dispatch), True
+        else:
+            # One loop tick: requests whose bytes arrived in the same poll join this batch.
+            self._scheduled, self._timed = loop.call_soon(self._dispatch), False
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        size = 0
+        now = time.monotonic()
+        while self._pending:
+            head = self._pending[0]
+            if batch and size + len(head.queries) > self.settings.max_batch_queries:
+                break
+            self._pending.popleft()
+            self._pending_queries -= len(head.queries)
+            if head.future.done():
+                continue  # the client went away
+            if head.deadline < now:
+                self.metrics.rejected.labels("deadline").inc()
+                head.future.set_exception(DeadlineExceededError("deadline passed while queued"))
+                continue
+            self.metrics.queue_wait.observe(now - head.enqueued)
+            batch.append(head)
+            size += len(head.queries)
+        return batch
+
+    def _dispatch(self) -> None:
+        self._scheduled = None
+        loop = self._loop
+        assert loop is not None
+        while self._idle and self._pending:
+            batch = self._take_batch()
+            if not batch:
+                continue
+            index = self.current
+            if index is None:
+                for pending in batch:
+                    pending.future.set_exception(NotReadyError("no index loaded"))
+                continue
+            self._idle -= 1
+            job = self._searchers.submit(self._run_batch, index, batch)
+            job.add_done_callback(partial(self._on_done, loop, batch))
+        self.metrics.pending.set(self._pending_queries)
+
+    def _on_done(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], job: Future[list[Any]]
+    ) -> None:
+        loop.call_soon_threadsafe(self._finish, batch, job)
+
+    def _finish(self, batch: list[_Pending], job: Future[list[Any]]) -> None:
+        self._idle += 1
+        error: BaseException | None = (
+            NotReadyError("the server is shutting down") if job.cancelled() else job.exception()
+        )
+        answers = job.result() if error is None else [None] * len(batch)
+        for pending, answer in zip(batch, answers, strict=True):
+            if pending.future.done():
+                continue
+            if error is not None:
+                pending.future.set_exception(error)
+            else:
+                pending.future.set_result(answer)
+        self._kick()
+
+    def _run_batch(self, index: ShardIndex, batch: list[_Pending]) -> list[Any]:
+        """In a search thread: one knn_query for the whole batch, then one answer per request."""
+        started = time.perf_counter()
+        if len(batch) == 1:
+            queries = batch[0].queries
+        else:
+            queries = np.concatenate([pending.queries for pending in batch])
+        k = max(pending.k for pending in batch)
+        exclude: list[list[str] | None] | None = None
+        if any(pending.exclude for pending in batch):
+            exclude = []
+            for pending in batch:
+                exclude.extend(pending.exclude or [None] * len(pending.queries))
+        result = index.search(queries, k, exclude, threads=1)
+        answers: list[Any] = []
+        version, layout = index.version.encode(), index.layout_name.encode()
+        row = 0
+        returned = 0
+        for pending in batch:
+            rows = slice(row, row + len(pending.queries))
+            row += len(pending.queries)
+            labels = result.labels[rows, : pending.k]
+            scores = result.scores[rows, : pending.k]
+            counts = np.minimum(result.counts[rows], pending.k)
+            returned += int(counts.sum())
+            if pending.binary:
+                ids = index.ids_wire[np.maximum(labels, 0)]
+                if (labels == NO_LABEL).any():
+                    ids[labels == NO_LABEL] = b""
+                answers.append(
+                    encode_answer(index.shard, version, layout, counts, scores, ids, index.ids_ascii)
+                )
+            else:
+                answers.append(_json_answer(index, labels, scores, counts))
+        metrics = self.metrics
+        metrics.search_seconds.observe(time.perf_counter() - started)
+        metrics.batch_queries.observe(len(queries))
+        metrics.batch_requests.observe(len(batch))
+        metrics.queries.inc(len(queries))
+        metrics.items_returned.inc(returned)
+        return answers
+
+    # --- loading and swapping ---------------------------------------------------------------
+
+    async def load(self, layout_dir: Path, shard: int, ef_search: int | None = None) -> ShardIndex:
+        """Verify, load and warm `shard` of `layout_dir` off the loop, then swap it in at once.
+        While a serving index exists, the new one must keep its dimension, metric, shard count."""
+        async with self._load_lock:
+            started = time.monotonic()
+            self.load_status = LoadStatus("loading", str(layout_dir), shard, "", time.time())
+            serving = self.current
+            expect = Expectation()
+            if serving is not None:
+                expect = Expectation(serving.dimension, serving.metric, serving.layout.shards)
+            loop = asyncio.get_running_loop()
+            try:
+                loaded = await loop.run_in_executor(
+                    None,
+                    lambda: ShardIndex.load(
+                        layout_dir, shard, ef_search=ef_search or self.settings.ef_search, expect=expect
+                    ),
+                )
+            except (LayoutError, OSError, ValueError) as exc:
+                self.metrics.loads.labels("failed").inc()
+                self.load_status.state, self.load_status.message = "failed", str(exc)
+                self.load_status.finished_at = time.time()
+                raise LoadRejectedError(str(exc)) from exc
+            previous = self.current
+            self.current = loaded  # the swap: one reference assignment on the loop thread
+            self._publish_metrics(previous, loaded)
+            self.metrics.load_seconds.observe(loaded.load_seconds)
+            self.metrics.swap_seconds.observe(time.monotonic() - started)
+            self.metrics.loads.labels("ok").inc()
+            self.load_status.state, self.load_status.finished_at = "done", time.time()
+            self.load_status.message = f"serving {loaded.layout_name} version {loaded.version}"
+            return loaded
+
+    def _publish_metrics(self, previous: ShardIndex | None, loaded: ShardIndex) -> None:
+        if previous is not None:
+            self.metrics.active.labels(previous.layout_name, previous.version, str(previous.shard)).set(0)
+        self.metrics.active.labels(loaded.layout_name, loaded.version, str(loaded.shard)).set(1)
+        self.metrics.items.set(loaded.count)
+        self.metrics.index_bytes.set(loaded.index_bytes)
+        self.metrics.ready.set(1)
+
+    def close(self) -> None:
+        self._searchers.shutdown(wait=False, cancel_futures=True)
+
+
+def _json_answer(
+    index: ShardIndex, labels: npt.NDArray[np.int64], scores: Floats, counts: npt.NDArray[np.int64]
+) -> dict[str, object]:
+    results = [
+        [
+            {"item_id": index.ids[label], "score": float(score)}
+            for label, score in zip(labels[row, :count].tolist(), scores[row, :count].tolist(), strict=True)
+        ]
+        for row, count in enumerate(counts.tolist())
+    ]
+    return {
+        "version": index.version,
+        "layout": index.layout_name,
+        "shard": index.shard,
+        "results": results,
+    }

@@ -1,0 +1,164 @@
+"""`shardrec-shard`: serve shard I of a layout over HTTP (contract 5).
+
+Flags fall back to environment variables (SHARDREC_LAYOUT_DIR, SHARDREC_SHARD, SHARDREC_HOST,
+SHARDREC_PORT, SHARDREC_EF_SEARCH, SHARDREC_SEARCH_THREADS, SHARDREC_MAX_WAIT_MS,
+SHARDREC_ADMIN_TOKEN) so a pod spec can set them either way. `--port 0` picks a free port; the
+first stdout line is always `shardrec-shard listening on http://HOST:PORT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import importlib.util
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from shardrec.serving.shard.app import ShardServer, build_api
+from shardrec.serving.shard.engine import EngineSettings, LoadRejectedError, SearchEngine
+from shardrec.serving.shard.exit_codes import EXIT_LOAD_FAILED, EXIT_PORT_IN_USE
+from shardrec.serving.shard.metrics import ShardMetrics
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shardrec-shard", description="Serve one shard of a layout.")
+    parser.add_argument(
+        "--layout-dir",
+        type=Path,
+        default=_env("SHARDREC_LAYOUT_DIR"),
+        help="layout artifact folder; omit to start empty and load via /v1/admin/load",
+    )
+    parser.add_argument("--shard", type=int, default=_env("SHARDREC_SHARD"), help="shard number, 0-based")
+    parser.add_argument("--host", default=_env("SHARDREC_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(_env("SHARDREC_PORT", "9100") or 9100))
+    parser.add_argument("--ef-search", type=int, default=int(_env("SHARDREC_EF_SEARCH", "64") or 64))
+    parser.add_argument(
+        "--search-threads",
+        type=int,
+        default=_env("SHARDREC_SEARCH_THREADS"),
+        help="threads running knn_query (default: usable CPUs)",
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=float(_env("SHARDREC_MAX_WAIT_MS", "0") or 0),
+        help="longest a request waits for others to join its batch (default 0: next tick)",
+    )
+    parser.add_argument("--max-batch-queries", type=int, default=512)
+    parser.add_argument(
+        "--admin-token",
+        default=_env("SHARDREC_ADMIN_TOKEN"),
+        help="require 'Authorization: Bearer TOKEN' on /v1/admin/load",
+    )
+    parser.add_argument("--log-level", default=_env("SHARDREC_LOG_LEVEL", "warning"))
+    return parser
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.layout_dir is not None and args.shard is None:
+        parser.error("--shard is required with --layout-dir (or set SHARDREC_SHARD)")
+    if args.shard is not None and int(args.shard) < 0:
+        parser.error(f"--shard must be >= 0, got {args.shard}")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be in 0..65535, got {args.port}")
+    if args.ef_search < 1:
+        parser.error(f"--ef-search must be >= 1, got {args.ef_search}")
+    if args.search_threads is not None and int(args.search_threads) < 1:
+        parser.error(f"--search-threads must be >= 1, got {args.search_threads}")
+    if args.max_wait_ms < 0:
+        parser.error(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
+
+
+def _fastest(module: str, fast: str, fallback: str) -> str:
+    return fast if importlib.util.find_spec(module) is not None else fallback
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    settings = EngineSettings(
+        ef_search=args.ef_search,
+        max_wait_s=args.max_wait_ms / 1000.0,
+        max_batch_queries=args.max_batch_queries,
+    )
+    if args.search_threads is not None:
+        settings.search_threads = int(args.search_threads)
+    metrics = ShardMetrics()
+    engine = SearchEngine(metrics, settings)
+    shard = int(args.shard) if args.shard is not None else None
+    failure: list[str] = []
+    server: uvicorn.Server | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if args.layout_dir is not None and shard is not None:
+            task = asyncio.create_task(_initial_load(engine, args.layout_dir, shard))
+            task.add_done_callback(_on_initial_load)
+        yield
+        if task is not None:
+            task.cancel()
+        engine.close()
+
+    def _on_initial_load(task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        failure.append(str(task.exception()))
+        if server is not None:
+            server.should_exit = True
+
+    api = build_api(engine, metrics, shard, args.admin_token, lifespan=lifespan)
+    app = ShardServer(engine, metrics, api)
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        print(f"shardrec-shard: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return EXIT_PORT_IN_USE if exc.errno == errno.EADDRINUSE else 1
+    port = sock.getsockname()[1]
+    print(f"shardrec-shard listening on http://{args.host}:{port}", flush=True)
+    config = uvicorn.Config(
+        app,
+        loop=_fastest("uvloop", "uvloop", "asyncio"),
+        http=_fastest("httptools", "httptools", "h11"),
+        log_level=args.log_level,
+        access_log=False,
+        lifespan="on",
+        backlog=4096,
+        timeout_keep_alive=120,
+        proxy_headers=False,  # shards are called by routers directly, never through a proxy
+        server_header=False,
+        date_header=False,
+    )
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if failure:
+        print(f"shardrec-shard: error: {failure[0]}", file=sys.stderr)
+        return EXIT_LOAD_FAILED
+    return 0
+
+
+async def _initial_load(engine: SearchEngine, layout_dir: Path, shard: int) -> None:
+    try:
+        await engine.load(layout_dir, shard)
+    except LoadRejectedError as exc:
+        raise RuntimeError(f"cannot serve shard {shard} of {layout_dir}: {exc}") from exc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""Capacity plan: pure arithmetic from a target and the measured coefficients.
+
+The rules, in the order they are applied:
+- Shards are driven by memory: a shard pod holds `items/shards` items at the measured resident
+  bytes per item, plus the process baseline, within `memory_fill` of its memory budget.
+- Replicas per shard are driven by CPU (every request searches every shard once) at
+  `cpu_utilisation` of the pod's cores at peak, then raised until losing the largest zone share
+  (`ceil(R/zones)` replicas, topology spread keeps skew at 1) still leaves that CPU, and until the
+  availability target holds under the strict policy with independent pod failures.
+- Router replicas: the same CPU and zone rules on the router's measured CPU per request.
+
+Nothing here measures or reads anything; every figure comes from `Target` or `Coefficients`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from shardrec.tools.capacity.coefficients import FLOAT32_BYTES, Coefficients
+
+GIB = 1024**3
+SECONDS_PER_30_DAYS = 30 * 24 * 3600
+
+
+class PlanError(ValueError):
+    """The target cannot be planned; the message names the flag to change."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to plan for. Field `foo_bar` is the CLI flag `--foo-bar`."""
+
+    peak_qps: float
+    items: int
+    dimension: int
+    users: int
+    k: int = 10
+    recall: float = 0.95
+    availability: float = 99.95
+    zones: int = 3
+    m: int = 16
+    spike_factor: float = 10.0
+    shard_pod_memory_gib: float = 16.0
+    shard_pod_cores: float = 2.0
+    router_pod_memory_gib: float = 8.0
+    router_pod_cores: float = 2.0
+    cpu_utilisation: float = 0.6
+    memory_fill: float = 0.8
+    pod_availability: float = 99.0
+    build_cores: float = 16.0
+    keep_previous_layouts: int = 1
+    rollback_window_seconds: float = 300.0
+    max_shards: int = 64
+
+    def check(self) -> None:
+        """Raise PlanError naming the first flag out of range."""
+        positive: tuple[str, ...] = (
+            "peak_qps", "items", "dimension", "k", "zones", "m", "spike_factor", "shard_pod_memory_gib",
+            "shard_pod_cores", "router_pod_memory_gib", "router_pod_cores", "build_cores", "max_shards",
+        )  # fmt: skip
+        for name in positive:
+            value = getattr(self, name)
+            if not value > 0 or not math.isfinite(value):
+                raise PlanError(f"{flag(name)} must be greater than 0, got {value}")
+        if self.users < 0:
+            raise PlanError(f"--users must be 0 or more, got {self.users}")
+        if self.m < 2:
+            raise PlanError(f"--m must be at least 2, got {self.m}")
+        for name in ("recall", "cpu_utilisation", "memory_fill"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise PlanError(f"{flag(name)} must be within (0, 1], got {value}")
+        for name in ("availability", "pod_availability"):
+            value = getattr(self, name)
+            if not 0 < value < 100:
+                raise PlanError(f"{flag(name)} must be a percentage within (0, 100), got {value}")
+        if self.keep_previous_layouts < 0 or self.rollback_window_seconds < 0:
+            raise PlanError("--keep-previous-layouts and --rollback-window-seconds must be 0 or more")
+        if self.spike_factor < 1:
+            raise PlanError(f"--spike-factor must be at least 1, got {self.spike_factor}")
+
+
+def flag(name: str) -> str:
+    """The CLI flag of a `Target` field."""
+    return "--" + name.replace("_", "-")
+
+
+TARGET_FIELDS = tuple(f.name for f in fields(Target))
+
+
+# --- building blocks (each hand-checked in tests/capacity) -------------------------------------
+
+
+def shards_for_memory(items: int, bytes_per_item: float, usable_bytes: float) -> int:
+    """Fewest shards whose items fit in `usable_bytes` each."""
+    if usable_bytes <= 0:
+        raise PlanError("the pod memory budget leaves no room for items; raise --shard-pod-memory-gib")
+    return max(1, math.ceil(items * bytes_per_item / usable_bytes))
+
+
+def replicas_for_cpu(cores_needed: float, cores_per_pod: float, utilisation: float) -> int:
+    """Fewest pods that run `cores_needed` at `utilisation` of their cores (at least one)."""
+    return max(1, math.ceil(cores_needed / (cores_per_pod * utilisation) - 1e-9))
+
+
+def survives_zone_loss(replicas: int, zones: int) -> int:
+    """Replicas left after losing the zone holding the most of them (spread with skew 1)."""
+    if zones < 2:
+        return 0
+    return replicas - math.ceil(replicas / zones)
+
+
+def replicas_for_zone_loss(needed: int, zones: int) -> int:
+    """Fewest replicas such that losing one zone still leaves `needed` (and at least one)."""
+    if zones < 2:
+        return needed
+    replicas = needed
+    while survives_zone_loss(replicas, zones) < max(needed, 1):
+        replicas += 1
+    return replicas
+
+
+def replicas_for_availability(target: float, shards: int, pod_availability: float) -> int:
+    """Fewest replicas per shard such that every one of `shards` has a live replica with
+    probability >= `target` (strict policy; independent pod failures; fractions, not percent)."""
+    per_shard = target ** (1.0 / shards)
+    replicas = 1
+    while 1.0 - (1.0 - pod_availability) ** replicas < per_shard:
+        replicas += 1
+        if replicas > 64:
+            raise PlanError("--availability cannot be reached with independent pods of --pod-availability")
+    return replicas
+
+
+def error_budget_minutes(availability_percent: float, seconds: float = SECONDS_PER_30_DAYS) -> float:
+    return (1.0 - availability_percent / 100.0) * seconds / 60.0
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every figure of a plan, in SI units (bytes, seconds, requests/s)."""
+
+    target: Target
+    # memory and shards
+    bytes_per_item: float
+    index_file_bytes_per_item: float
+    shards: int
+    items_per_shard: float
+    shard_memory_bytes: float
+    # cpu and replicas
+    ef_search: int
+    measured_recall: float
+    shard_cpu_ms: float
+    replicas_cpu: int
+    replicas_zone: int
+    replicas_availability: int
+    replicas: int
+    router_cpu_ms: float
+    router_replicas_cpu: int
+    routers: int
+    # users
+    user_bytes_per_user: float
+    user_table_bytes: float
+    user_table_in_router: bool
+    user_store_bytes: float
+    router_memory_bytes: float
+    # totals
+    shard_pods: int
+    pods: int
+    cores: float
+    memory_needed_bytes: float
+    memory_requested_bytes: float
+    # spike
+    capacity_qps: float
+    spike_qps: float
+    spike_served_fraction: float
+    spike_replicas: int
+    spike_routers: int
+    spike_extra_pods: int
+    # versions
+    build_seconds: float
+    load_seconds: float
+    roll_seconds: float
+    blue_green_extra_bytes: float
+    blue_green_extra_seconds: float
+    in_place_extra_bytes: float
+    # storage and bandwidth
+    artifact_bytes: float
+    layouts_stored: int
+    storage_bytes: float
+    client_in_bytes: float
+    client_out_bytes: float
+    fanout_bytes: float
+    peak_client_bytes_per_s: float
+    peak_fanout_bytes_per_s: float
+    roll_read_bytes: float
+    # availability
+    error_budget_minutes: float
+    per_shard_availability: float
+    zone_loss_capacity_qps: float
+
+
+def make_plan(target: Target, c: Coefficients) -> Plan:
+    """The plan for `target`; raises PlanError (naming a flag) or CoefficientsError."""
+    target.check()
+    sizing = _memory(target, c)
+    sizing.update(_replicas(target, c, sizing["shards"], sizing["items_per_shard"]))
+    sizing.update(_users_and_totals(target, c, sizing))
+    sizing.update(_spike(target, sizing))
+    sizing.update(_versions_storage_bandwidth(target, c, sizing))
+    return Plan(target=target, **sizing)
+
+
+def _memory(t: Target, c: Coefficients) -> dict[str, Any]:
+    """Shards: the fewest whose items fit the pod memory budget."""
+    bpi = c.shard_resident_bytes_per_item(t.dimension, t.m)
+    usable = t.shard_pod_memory_gib * GIB * t.memory_fill - c.shard_process_baseline_bytes
+    shards = shards_for_memory(t.items, bpi, usable)
+    if shards > t.max_shards:
+        raise PlanError(
+            f"{t.items} items at {bpi:.0f} bytes each need {shards} shards of "
+            f"{t.shard_pod_memory_gib:g} GiB, more than --max-shards {t.max_shards}: raise "
+            "--shard-pod-memory-gib or --max-shards"
+        )
+    if shards > t.items:
+        raise PlanError(f"--items {t.items} is fewer than the {shards} shards the memory budget asks for")
+    per_shard = t.items / shards
+    return {
+        "bytes_per_item": bpi,
+        "index_file_bytes_per_item": c.index_file_bytes_per_item(t.dimension, t.m),
+        "shards": shards,
+        "items_per_shard": per_shard,
+        "shard_memory_bytes": per_shard * bpi + c.shard_process_baseline_bytes,
+    }
+
+
+def _replicas(t: Target, c: Coefficients, shards: int, per_shard: float) -> dict[str, Any]:
+    """Replicas per shard (CPU, zone loss, availability) and routers (CPU, zone loss, >= 2)."""
+    point = c.search_point_for(t.recall)
+    shard_ms = c.shard_cpu_ms_per_query(t.recall, t.k, per_shard)
+    replicas_cpu = replicas_for_cpu(t.peak_qps * shard_ms / 1000.0, t.shard_pod_cores, t.cpu_utilisation)
+    replicas_zone = replicas_for_zone_loss(replicas_cpu, t.zones)
+    replicas_avail = replicas_for_availability(t.availability / 100.0, shards, t.pod_availability / 100.0)
+    router_ms = c.router_cpu_ms_per_request(shards)
+    routers_cpu = replicas_for_cpu(t.peak_qps * router_ms / 1000.0, t.router_pod_cores, t.cpu_utilisation)
+    return {
+        "ef_search": point.ef_search,
+        "measured_recall": point.recall_at_k,
+        "shard_cpu_ms": shard_ms,
+        "replicas_cpu": replicas_cpu,
+        "replicas_zone": replicas_zone,
+        "replicas_availability": replicas_avail,
+        "replicas": max(replicas_cpu, replicas_zone, replicas_avail),
+        "router_cpu_ms": router_ms,
+        "router_replicas_cpu": routers_cpu,
+        "routers": max(replicas_for_zone_loss(routers_cpu, t.zones), 2),
+    }
+
+
+def _users_and_totals(t: Target, c: Coefficients, s: dict[str, Any]) -> dict[str, Any]:
+    """Users live in the router while they fit its budget, else in a store beside it (sized by
+    its raw payload); then the fleet's totals."""
+    user_bpu = c.user_bytes_per_user(t.dimension)
+    user_table = t.users * user_bpu
+    router_room = t.router_pod_memory_gib * GIB * t.memory_fill - c.router_process_baseline_bytes
+    in_router = user_table <= router_room
+    router_memory = c.router_process_baseline_bytes + (user_table if in_router else 0.0)
+    shard_pods = s["shards"] * s["replicas"]
+    routers = s["routers"]
+    return {
+        "user_bytes_per_user": user_bpu,
+        "user_table_bytes": user_table,
+        "user_table_in_router": in_router,
+        "user_store_bytes": 0.0
+        if in_router
+        else t.users * (FLOAT32_BYTES * t.dimension + c.workload.user_id_bytes),
+        "router_memory_bytes": router_memory,
+        "shard_pods": shard_pods,
+        "pods": shard_pods + routers,
+        "cores": shard_pods * t.shard_pod_cores + routers * t.router_pod_cores,
+        "memory_needed_bytes": shard_pods * s["shard_memory_bytes"] + routers * router_memory,
+        "memory_requested_bytes": (shard_pods * t.shard_pod_memory_gib + routers * t.router_pod_memory_gib)
+        * GIB,
+    }
+
+
+def _spike(t: Target, s: dict[str, Any]) -> dict[str, Any]:
+    """What the fleet serves at 100% CPU (also after a zone loss), and what a spike would need."""
+    shard_ms: float = s["shard_cpu_ms"]
+    router_ms: float = s["router_cpu_ms"]
+    replicas: int = s["replicas"]
+    routers: int = s["routers"]
+
+    def capacity(shard_pods: int, router_pods: int) -> float:
+        return min(
+            shard_pods * t.shard_pod_cores * 1000.0 / shard_ms,
+            router_pods * t.router_pod_cores * 1000.0 / router_ms,
+        )
+
+    spike = t.peak_qps * t.spike_factor
+    spike_replicas = replicas_for_zone_loss(
+        replicas_for_cpu(spike * shard_ms / 1000.0, t.shard_pod_cores, t.cpu_utilisation), t.zones
+    )
+    spike_routers = replicas_for_zone_loss(
+        replicas_for_cpu(spike * router_ms / 1000.0, t.router_pod_cores, t.cpu_utilisation), t.zones
+    )
+    full = capacity(replicas, routers)
+    return {
+        "capacity_qps": full,
+        "spike_qps": spike,
+        "spike_served_fraction": min(1.0, full / spike),
+        "spike_replicas": spike_replicas,
+        "spike_routers": spike_routers,
+        "spike_extra_pods": s["shards"] * max(spike_replicas - replicas, 0) + max(spike_routers - routers, 0),
+        "zone_loss_capacity_qps": capacity(
+            survives_zone_loss(replicas, t.zones), survives_zone_loss(routers, t.zones)
+        ),
+    }
+
+
+def _versions_storage_bandwidth(t: Target, c: Coefficients, s: dict[str, Any]) -> dict[str, Any]:
+    """A new version is built off the serving pods and loaded by every replica in parallel."""
+    build_s = t.items / (c.build_items_per_core_second * t.build_cores)
+    shard_file = s["items_per_shard"] * s["index_file_bytes_per_item"]
+    load_s = shard_file / c.load_bytes_per_second
+    roll_s = build_s + load_s
+    index_bytes = t.items * s["index_file_bytes_per_item"]
+    ids_bytes = t.items * (c.workload.item_id_bytes + 1)
+    users_bytes = t.users * (FLOAT32_BYTES * t.dimension + c.workload.user_id_bytes + 1)
+    artifact = index_bytes + ids_bytes + users_bytes
+    layouts_stored = 1 + t.keep_previous_layouts + 1  # serving, kept for rollback, being built
+    fanout = s["shards"] * (c.shard_request_bytes(t.dimension) + c.shard_response_bytes(t.k))
+    client_in, client_out = c.wire.client_request, c.client_response_bytes(t.k)
+    return {
+        "build_seconds": build_s,
+        "load_seconds": load_s,
+        "roll_seconds": roll_s,
+        "blue_green_extra_bytes": s["shard_pods"] * s["shard_memory_bytes"],
+        "blue_green_extra_seconds": roll_s + (t.rollback_window_seconds if t.keep_previous_layouts else 0.0),
+        "in_place_extra_bytes": s["shard_pods"] * s["items_per_shard"] * s["bytes_per_item"],
+        "artifact_bytes": artifact,
+        "layouts_stored": layouts_stored,
+        "storage_bytes": artifact * layouts_stored + FLOAT32_BYTES * t.dimension * (t.items + t.users),
+        "client_in_bytes": client_in,
+        "client_out_bytes": client_out,
+        "fanout_bytes": fanout,
+        "peak_client_bytes_per_s": t.peak_qps * (client_in + client_out),
+        "peak_fanout_bytes_per_s": t.peak_qps * fanout,
+        "roll_read_bytes": s["shard_pods"] * shard_file,
+        "error_budget_minutes": error_budget_minutes(t.availability),
+        "per_shard_availability": (t.availability / 100.0) ** (1.0 / s["shards"]),
+    }

@@ -1,0 +1,233 @@
+"""A plan as rows (section, quantity, value, basis) and as a plain-text table.
+
+The basis column says where each figure comes from: a flag of the target, a measured coefficient
+(by its field name in the coefficients file), or the arithmetic that joins them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shardrec.tools.capacity.coefficients import Coefficients
+from shardrec.tools.capacity.planner import Plan, flag
+
+
+@dataclass(frozen=True)
+class Row:
+    section: str
+    quantity: str
+    value: str
+    basis: str
+
+
+def size(n_bytes: float) -> str:
+    """Binary units: 1.5 KiB, 12.0 GiB, 3.20 TiB."""
+    value = float(n_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def rate(bytes_per_s: float) -> str:
+    return f"{size(bytes_per_s)}/s ({bytes_per_s * 8 / 1e9:.2f} Gbit/s)"
+
+
+def plan_rows(p: Plan) -> list[Row]:
+    rows: list[Row] = []
+    for section, entries in (
+        ("memory", _memory(p)),
+        ("cpu", _cpu(p)),
+        ("users", _users(p)),
+        ("total", _total(p)),
+        ("spike", _spike(p)),
+        ("versions", _versions(p)),
+        ("storage", _storage(p)),
+        ("bandwidth", _bandwidth(p)),
+        ("availability", _availability(p)),
+    ):
+        rows.extend(Row(section, quantity, value, basis) for quantity, value, basis in entries)
+    return rows
+
+
+Entries = list[tuple[str, str, str]]
+
+
+def _memory(p: Plan) -> Entries:
+    t = p.target
+    budget = (
+        f"items x bytes/item / ({flag('shard_pod_memory_gib')} {t.shard_pod_memory_gib:g} x "
+        f"{flag('memory_fill')} {t.memory_fill:g} - baseline)"
+    )
+    return [
+        ("bytes per indexed item", f"{p.bytes_per_item:.0f} B", "index_file fit (4*D + a*M + b) + extras"),
+        ("shards", str(p.shards), budget),
+        ("items per shard", f"{p.items_per_shard:,.0f}", "items / shards"),
+        ("memory per shard pod", size(p.shard_memory_bytes), "items/shard x bytes/item + baseline"),
+    ]
+
+
+def _cpu(p: Plan) -> Entries:
+    t = p.target
+    replicas = (
+        f"max(cpu {p.replicas_cpu}, zone loss {p.replicas_zone}, availability {p.replicas_availability})"
+    )
+    return [
+        (
+            "efSearch for the recall",
+            f"{p.ef_search} (recall {p.measured_recall:.3f})",
+            f"search: cheapest ef with recall >= {flag('recall')} {t.recall:g}",
+        ),
+        (
+            "shard CPU per request",
+            f"{p.shard_cpu_ms:.3f} ms",
+            "search_ms x log(n)/log(n0) x max(ef,k)/ef + shard_overhead_cpu_ms",
+        ),
+        ("replicas per shard", str(p.replicas), replicas),
+        ("router CPU per request", f"{p.router_cpu_ms:.3f} ms", "router_cpu fit over shard count"),
+        (
+            "router replicas",
+            str(p.routers),
+            f"cpu {p.router_replicas_cpu} at {flag('cpu_utilisation')} {t.cpu_utilisation:g}, "
+            "zone loss, >= 2",
+        ),
+    ]
+
+
+def _users(p: Plan) -> Entries:
+    budget = f"{flag('router_pod_memory_gib')} {p.target.router_pod_memory_gib:g}"
+    entries = [
+        ("router bytes per user", f"{p.user_bytes_per_user:.0f} B", "4*D + user_resident extras"),
+        ("user table", size(p.user_table_bytes), "users x bytes/user"),
+    ]
+    if p.user_table_in_router:
+        entries.append(("where", "in every router", f"fits {budget}"))
+    else:
+        entries.append(("where", "feature store beside the router", f"exceeds {budget}"))
+        entries.append(("user store payload", size(p.user_store_bytes), "users x (4*D + id bytes), per copy"))
+    entries.append(("memory per router pod", size(p.router_memory_bytes), "baseline + user table if inside"))
+    return entries
+
+
+def _total(p: Plan) -> Entries:
+    return [
+        ("pods", f"{p.pods} ({p.shard_pods} shard + {p.routers} router)", "shards x replicas + routers"),
+        ("cores", f"{p.cores:g}", f"{flag('shard_pod_cores')} / {flag('router_pod_cores')} per pod"),
+        ("memory needed", size(p.memory_needed_bytes), "sum of pod memory above"),
+        ("memory requested", size(p.memory_requested_bytes), "pods x pod memory budget"),
+    ]
+
+
+def _spike(p: Plan) -> Entries:
+    t = p.target
+    served = f"{p.spike_served_fraction:.0%} served, {1 - p.spike_served_fraction:.0%} shed (503)"
+    absorb = f"+{p.spike_extra_pods} pods ({p.spike_replicas} replicas/shard, {p.spike_routers} routers)"
+    return [
+        ("capacity at 100% CPU", f"{p.capacity_qps:,.0f} req/s", f"{p.capacity_qps / t.peak_qps:.1f}x peak"),
+        (
+            "capacity after a zone loss",
+            f"{p.zone_loss_capacity_qps:,.0f} req/s",
+            f"{p.zone_loss_capacity_qps / t.peak_qps:.2f}x peak",
+        ),
+        (
+            f"{t.spike_factor:g}x spike ({p.spike_qps:,.0f} req/s)",
+            served,
+            "admission sheds past capacity; admitted requests keep their latency",
+        ),
+        ("to absorb the spike", absorb, f"{flag('cpu_utilisation')} {t.cpu_utilisation:g} at spike load"),
+        ("a new shard replica serves after", duration(p.load_seconds), "shard file / load_bytes_per_second"),
+    ]
+
+
+def _versions(p: Plan) -> Entries:
+    t = p.target
+    return [
+        (
+            "build a version",
+            duration(p.build_seconds),
+            f"items / (build_items_per_core_second x {flag('build_cores')} {t.build_cores:g})",
+        ),
+        ("roll it out", duration(p.roll_seconds), "build + load (replicas load in parallel)"),
+        (
+            "blue/green cost",
+            f"+{size(p.blue_green_extra_bytes)} for {duration(p.blue_green_extra_seconds)}",
+            "the second layout's memory, during roll + rollback window",
+        ),
+        (
+            "in-place alternative",
+            f"+{size(p.in_place_extra_bytes)} always",
+            "every pod sized to hold two indexes while it swaps",
+        ),
+    ]
+
+
+def _storage(p: Plan) -> Entries:
+    kept = f"{p.layouts_stored} layouts (serving, {flag('keep_previous_layouts')}, building) + embeddings"
+    return [
+        ("artifact per layout", size(p.artifact_bytes), "index files + ids + user part"),
+        ("stored", size(p.storage_bytes), kept),
+        ("read by a rollout", size(p.roll_read_bytes), "every replica reads its shard"),
+    ]
+
+
+def _bandwidth(p: Plan) -> Entries:
+    return [
+        ("client request in / out", f"{p.client_in_bytes:.0f} B / {p.client_out_bytes:.0f} B", "wire"),
+        ("router to shards per request", f"{p.fanout_bytes:,.0f} B", "shards x (request + answer)"),
+        ("at peak, clients", rate(p.peak_client_bytes_per_s), "peak x (in + out)"),
+        ("at peak, router to shards", rate(p.peak_fanout_bytes_per_s), "peak x fan-out bytes"),
+    ]
+
+
+def _availability(p: Plan) -> Entries:
+    t = p.target
+    return [
+        (
+            "error budget",
+            f"{p.error_budget_minutes:.1f} min / 30 days",
+            f"{flag('availability')} {t.availability:g}",
+        ),
+        (
+            "each shard must be up",
+            f"{p.per_shard_availability * 100:.5f}%",
+            "strict: a request needs every shard",
+        ),
+        (
+            "pod availability",
+            f"{t.pod_availability:g}%",
+            f"assumed, not measured ({flag('pod_availability')})",
+        ),
+    ]
+
+
+def render(rows: list[Row], header: str) -> str:
+    widths = [max(len(getattr(r, f)) for r in rows) for f in ("section", "quantity", "value")]
+    lines = [header, ""]
+    titles = ("section", "quantity", "value", "basis")
+    lines.append("  ".join(title.ljust(w) for title, w in zip(titles, [*widths, 0], strict=True)).rstrip())
+    lines.append("  ".join("-" * w for w in [*widths, 5]))
+    previous = ""
+    for row in rows:
+        section = row.section if row.section != previous else ""
+        previous = row.section
+        cells = (section, row.quantity, row.value)
+        lines.append("  ".join(v.ljust(w) for v, w in zip(cells, widths, strict=True)) + "  " + row.basis)
+    return "\n".join(lines) + "\n"
+
+
+def provenance_lines(c: Coefficients, path: str) -> list[str]:
+    lines = [f"coefficients: {path}"]
+    for entry in c.provenance:
+        lines.append(f"  {entry.date}  {entry.command}  [{', '.join(entry.fields)}]")
+    return lines

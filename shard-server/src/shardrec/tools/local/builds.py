@@ -1,0 +1,148 @@
+"""Index builds of the local runtime: one `recctl index build` subprocess per layout, off the
+serving path, with its outcome recorded on disk so a restarted supervisor still knows it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from shardrec.planning.layouts import LayoutSpec, index_build_arguments
+from shardrec.planning.observed import ObservedBuild
+from shardrec.serving.index.layout import LayoutError, read_layout_manifest
+from shardrec.tools.local.state import StateDir, atomic_write_json, atomic_write_text, read_json
+
+LOG_TAIL_LINES = 5
+
+
+def source_path(source: str) -> Path:
+    """The local folder named by `spec.index.source` (file:///abs or /abs)."""
+    if source.startswith("file://"):
+        return Path(source.removeprefix("file://"))
+    if source.startswith("pvc://"):
+        raise ValueError(f"index.source {source!r}: pvc:// sources exist only on Kubernetes")
+    return Path(source)
+
+
+@dataclass
+class _RunningBuild:
+    attempt: str
+    popen: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+
+class LocalBuilds:
+    """Starts builds, notices when they end, and reports each layout's build state."""
+
+    def __init__(self, state: StateDir) -> None:
+        self._state = state
+        self._running: dict[str, _RunningBuild] = {}
+
+    def _record_file(self, layout: str) -> Path:
+        return self._state.layouts_dir / f"{layout}.build.json"
+
+    def _spec_file(self, layout: str) -> Path:
+        return self._state.layouts_dir / f"{layout}.layout-spec.json"
+
+    def _log_file(self, layout: str) -> Path:
+        return self._state.logs_dir / f"build-{layout}.log"
+
+    def known_layouts(self) -> list[LayoutSpec]:
+        """Every layout this state folder has a record of."""
+        specs = []
+        for path in sorted(self._state.layouts_dir.glob("*.layout-spec.json")):
+            specs.append(LayoutSpec.from_json(path.read_text(encoding="utf-8")))
+        return specs
+
+    def forget(self, layout: str) -> None:
+        """Drop a deleted layout's records; its artifact folder stays for a cheap rollback."""
+        self._spec_file(layout).unlink(missing_ok=True)
+
+    def ensure(self, layout: LayoutSpec, attempt: str) -> None:
+        """Start the build unless the artifact exists, it runs, or this attempt already ended."""
+        layout_id = layout.id
+        atomic_write_text(self._spec_file(layout_id), layout.canonical_json())
+        if self._artifact_ok(layout_id) or layout_id in self._running:
+            return
+        record = self._read_record(layout_id)
+        if record.get("attempt") == attempt and record.get("state") in {"Failed", "Succeeded"}:
+            return
+        self._start(layout, attempt)
+
+    def _start(self, layout: LayoutSpec, attempt: str) -> None:
+        layout_id = layout.id
+        out = str(self._state.layout_dir(layout_id))
+        arguments = index_build_arguments(layout, str(source_path(layout.source)), out)
+        argv = [sys.executable, "-m", "shardrec.tools.cli.main", *arguments, "--no-progress"]
+        log = self._log_file(layout_id).open("ab")
+        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self._running[layout_id] = _RunningBuild(attempt, popen, log)
+        atomic_write_json(self._record_file(layout_id), {"attempt": attempt, "state": "Running"})
+
+    def reap(self) -> None:
+        """Record the outcome of builds that ended."""
+        for layout_id, build in list(self._running.items()):
+            code = build.popen.poll()
+            if code is None:
+                continue
+            build.log.close()
+            del self._running[layout_id]
+            if code == 0 and self._artifact_ok(layout_id):
+                record = {"attempt": build.attempt, "state": "Succeeded"}
+            else:
+                record = {
+                    "attempt": build.attempt,
+                    "state": "Failed",
+                    "message": f"index build exited {code}: {self._log_tail(layout_id)}",
+                }
+            atomic_write_json(self._record_file(layout_id), record)
+
+    def observe(self, layout_id: str) -> ObservedBuild:
+        if self._artifact_ok(layout_id):
+            return ObservedBuild(state="Succeeded", attempt=self._read_record(layout_id).get("attempt"))
+        if layout_id in self._running:
+            return ObservedBuild(state="Running", attempt=self._running[layout_id].attempt)
+        record = self._read_record(layout_id)
+        if record.get("state") == "Failed":
+            return ObservedBuild(
+                state="Failed", message=record.get("message", ""), attempt=record.get("attempt")
+            )
+        return ObservedBuild(state="Absent")
+
+    def stop_all(self) -> None:
+        for build in self._running.values():
+            build.popen.terminate()
+            try:
+                build.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                build.popen.kill()
+            build.log.close()
+        self._running.clear()
+
+    def _artifact_ok(self, layout_id: str) -> bool:
+        folder = self._state.layout_dir(layout_id)
+        if not (folder / "layout.json").exists():
+            return False
+        try:
+            read_layout_manifest(folder)
+        except LayoutError:
+            return False
+        return True
+
+    def _read_record(self, layout_id: str) -> dict[str, str]:
+        path = self._record_file(layout_id)
+        if not path.exists():
+            return {}
+        data = read_json(path)
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def _log_tail(self, layout_id: str) -> str:
+        try:
+            lines = self._log_file(layout_id).read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return "(no log)"
+        meaningful = [line for line in lines if line.strip() and "it/s" not in line]
+        return " | ".join(meaningful[-LOG_TAIL_LINES:]) or "(empty log)"
