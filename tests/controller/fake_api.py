@@ -14,7 +14,7 @@ import copy
 import itertools
 
 from shardrec_operator.reconcile import resources as kinds
-from shardrec_operator.reconcile.client import ConflictError, NotFoundError, Obj
+from shardrec_operator.reconcile.cluster_api import ConflictError, NotFoundError, Obj
 from shardrec_operator.reconcile.resources import Resource, resource_of
 
 Key = tuple[str, str | None, str]

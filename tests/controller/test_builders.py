@@ -22,7 +22,7 @@ from shardrec_operator.desired.router import (
     build_router_deployment,
 )
 from shardrec_operator.desired.shard import build_shard_pdb, build_shard_service, build_shard_statefulset
-from shardrec_operator.desired.topology import build_layout_topology
+from shardrec_operator.desired.topology_configmap import build_layout_topology
 from shardrec_operator.desired.validation import kubernetes_spec_errors
 from tests.controller.samples import cluster, layout_of
 

@@ -32,7 +32,7 @@ from shardrec_operator.desired.router import (
     build_router_service,
 )
 from shardrec_operator.desired.shard import build_shard_pdb, build_shard_service, build_shard_statefulset
-from shardrec_operator.desired.topology import build_layout_topology, build_topology_configmap
+from shardrec_operator.desired.topology_configmap import build_layout_topology, build_topology_configmap
 from tests.controller.samples import cluster, layout_of
 
 GOLDEN = Path(__file__).parent / "golden"

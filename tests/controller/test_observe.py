@@ -7,7 +7,7 @@ from typing import Any
 from shardrec.api.topology import TOPOLOGY_CONFIGMAP_KEY, Topology
 from shardrec_operator.desired.index_build import build_index_job
 from shardrec_operator.desired.shard import build_shard_statefulset
-from shardrec_operator.desired.topology import build_layout_topology, build_topology_configmap
+from shardrec_operator.desired.topology_configmap import build_layout_topology, build_topology_configmap
 from shardrec_operator.reconcile import resources as kinds
 from shardrec_operator.reconcile.expectations import Expectations
 from shardrec_operator.reconcile.observe import (

@@ -21,7 +21,7 @@ import kopf
 from shardrec.api import v1alpha1 as api
 from shardrec_operator.config import OperatorConfig
 from shardrec_operator.passes import run_cleanup, run_pass
-from shardrec_operator.reconcile.kube_client import KubernetesClusterApi, load_api_client
+from shardrec_operator.reconcile.kubernetes_api import KubernetesClusterApi, load_api_client
 from shardrec_operator.runtime import Runtime
 
 CONFIG = OperatorConfig.from_env()

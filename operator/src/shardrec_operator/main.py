@@ -19,7 +19,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from shardrec_operator.config import ConfigError
-from shardrec_operator.reconcile.kube_client import KubernetesClusterApi, load_api_client
+from shardrec_operator.reconcile.kubernetes_api import KubernetesClusterApi, load_api_client
 from shardrec_operator.runtime import Runtime
 
 

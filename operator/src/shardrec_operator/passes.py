@@ -22,7 +22,7 @@ import kopf
 from shardrec.planning import RecordEvent
 from shardrec_operator.reconcile.apply import ForeignObjectError
 from shardrec_operator.reconcile.cleanup import clean_artifacts
-from shardrec_operator.reconcile.client import ConflictError
+from shardrec_operator.reconcile.cluster_api import ConflictError
 from shardrec_operator.reconcile.driver import changed_status, reconcile_cluster
 from shardrec_operator.reconcile.loading import InvalidSpecError, invalid_spec_status, load_cluster
 from shardrec_operator.reconcile.observe import previous_status

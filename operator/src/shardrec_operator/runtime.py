@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from shardrec_operator.config import OperatorConfig
 from shardrec_operator.metrics import OperatorMetrics
-from shardrec_operator.reconcile.client import ClusterApi
+from shardrec_operator.reconcile.cluster_api import ClusterApi
 from shardrec_operator.reconcile.expectations import Expectations
 
 

@@ -1,6 +1,6 @@
 """Everything a cluster needs once, whatever its layouts: identities, RBAC, policy and the router.
 
-The topology ConfigMap is not here: what it says is a rollout decision (`reconcile.topology`).
+The topology ConfigMap is not here: what it says is a rollout decision (`reconcile.publish_topology`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import hashlib
 import json
 from typing import Final
 
-from shardrec_operator.reconcile.client import ClusterApi, Obj
+from shardrec_operator.reconcile.cluster_api import ClusterApi, Obj
 from shardrec_operator.reconcile.resources import resource_of
 
 FIELD_MANAGER: Final = "shardrec-operator"

@@ -16,7 +16,7 @@ from shardrec_operator.desired import names
 from shardrec_operator.desired.index_build import build_cleanup_job
 from shardrec_operator.reconcile import resources as kinds
 from shardrec_operator.reconcile.apply import apply_child
-from shardrec_operator.reconcile.client import ClusterApi
+from shardrec_operator.reconcile.cluster_api import ClusterApi
 from shardrec_operator.reconcile.observe import true_condition
 
 CleanupState = Literal["running", "done", "failed"]

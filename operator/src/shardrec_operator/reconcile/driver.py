@@ -21,13 +21,13 @@ from shardrec.api import v1alpha1 as api
 from shardrec.planning import RecordEvent, plan
 from shardrec_operator.desired import names
 from shardrec_operator.reconcile import resources as kinds
-from shardrec_operator.reconcile.client import ClusterApi, Obj
+from shardrec_operator.reconcile.cluster_api import ClusterApi, Obj
 from shardrec_operator.reconcile.execute import apply_cluster_objects, execute_action
 from shardrec_operator.reconcile.expectations import Expectations
 from shardrec_operator.reconcile.lost_pods import force_delete_lost_pods
 from shardrec_operator.reconcile.observe import Children, list_children, observe, previous_status
+from shardrec_operator.reconcile.publish_topology import sync_topology
 from shardrec_operator.reconcile.session import Session
-from shardrec_operator.reconcile.topology import sync_topology
 
 
 @dataclass(frozen=True)

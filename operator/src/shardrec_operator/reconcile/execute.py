@@ -4,7 +4,7 @@ Each action maps onto builders plus the one generic applier:
 - EnsureBuild  -> the layout's build Job (created once; a Job failed under an older attempt is
                   deleted so the new attempt can start);
 - EnsureShards -> per shard: headless Service, StatefulSet (the action's replica count), PDB;
-- SwitchRouter -> the topology ConfigMap (`reconcile.topology`, after the other actions);
+- SwitchRouter -> the topology ConfigMap (`reconcile.publish_topology`, after the other actions);
 - RetireLayout -> drop the retired layout's PDBs: it no longer serves, so it must not hold up
                   a node drain; its pods keep running for instant rollback;
 - DeleteLayout -> delete the layout's Job, StatefulSets, Services and PDBs.
@@ -27,7 +27,7 @@ from shardrec_operator.desired.cluster import build_cluster_objects
 from shardrec_operator.desired.index_build import build_index_job
 from shardrec_operator.desired.shard import build_shard_pdb, build_shard_service, build_shard_statefulset
 from shardrec_operator.reconcile import resources as kinds
-from shardrec_operator.reconcile.client import NotFoundError
+from shardrec_operator.reconcile.cluster_api import NotFoundError
 from shardrec_operator.reconcile.observe import build_of
 from shardrec_operator.reconcile.resources import resource_of
 from shardrec_operator.reconcile.session import Session

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from shardrec.planning import parse_time
-from shardrec_operator.reconcile.client import Obj
+from shardrec_operator.reconcile.cluster_api import Obj
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shardrec_operator.reconcile import resources as kinds
-from shardrec_operator.reconcile.client import Obj
+from shardrec_operator.reconcile.cluster_api import Obj
 from shardrec_operator.reconcile.failover import nodes_to_check, pods_to_force_delete
 from shardrec_operator.reconcile.session import Session
 

@@ -31,7 +31,7 @@ from shardrec_operator.desired import labels, names
 from shardrec_operator.desired.router import router_endpoint
 from shardrec_operator.reconcile import resources as kinds
 from shardrec_operator.reconcile.apply import controller_uid
-from shardrec_operator.reconcile.client import ClusterApi, NotFoundError, Obj
+from shardrec_operator.reconcile.cluster_api import ClusterApi, NotFoundError, Obj
 from shardrec_operator.reconcile.expectations import Expectations
 from shardrec_operator.reconcile.failover import pod_is_ready
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from shardrec.api.v1alpha1 import RecommenderCluster
 from shardrec.planning import EventType, RecordEvent
 from shardrec_operator.reconcile.apply import apply_child
-from shardrec_operator.reconcile.client import ClusterApi, Obj
+from shardrec_operator.reconcile.cluster_api import ClusterApi, Obj
 from shardrec_operator.reconcile.expectations import Expectations
 from shardrec_operator.reconcile.observe import Children
 from shardrec_operator.reconcile.resources import Resource

@@ -13,7 +13,7 @@ from typing import Literal
 from shardrec.api.topology import LayoutTopology, Topology
 from shardrec.planning import EnsureShards, LayoutSpec, Plan, SwitchRouter
 from shardrec_operator.desired import labels, names
-from shardrec_operator.desired.topology import build_layout_topology, build_topology_configmap
+from shardrec_operator.desired.topology_configmap import build_layout_topology, build_topology_configmap
 from shardrec_operator.reconcile import resources as kinds
 from shardrec_operator.reconcile.observe import layout_spec_of, stored_topology
 from shardrec_operator.reconcile.session import Session

@@ -14,7 +14,7 @@ from typing import Any
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from shardrec_operator.reconcile.client import Obj, error_for
+from shardrec_operator.reconcile.cluster_api import Obj, error_for
 from shardrec_operator.reconcile.resources import Resource, resource_of
 
 REQUEST_TIMEOUT_SECONDS = 30.0

@@ -1,6 +1,6 @@
 """The operator's view of the Kubernetes API: four verbs, plain dicts, typed errors.
 
-`reconcile` code depends on this Protocol only. `kube_client.KubernetesClusterApi` implements it
+`reconcile` code depends on this Protocol only. `kubernetes_api.KubernetesClusterApi` implements it
 against a real API server; the tests implement it with an in-memory double. Reads go straight to
 the API server (no informer cache), so a pass always sees its own previous writes; what may
 still lag is *other controllers'* view (a StatefulSet's status), which `observe` checks through
