@@ -52,8 +52,11 @@ def test_the_examples_show_what_they_claim() -> None:
     assert production.replicas_per_shard >= 3
     available = RecommenderCluster.model_validate(_docs(EXAMPLES / "available.yaml")[0]).spec
     assert available.router.consistency == "available"
-    minimal = _docs(EXAMPLES / "minimal.yaml")[0]["spec"]
-    assert set(minimal) == {"shards", "replicasPerShard", "index"}
+    minimal = _docs(EXAMPLES / "minimal.yaml")[0]
+    assert set(minimal["spec"]) == {"shards", "replicasPerShard", "index"}
+    # Open on purpose, and says so: the chart's admission policy refuses it otherwise.
+    assert minimal["metadata"]["annotations"] == {"shardrec.io/allow-unauthenticated": "true"}
+    assert available.auth.api_keys_secret_ref is not None
 
 
 def test_every_store_claim_is_the_one_store_pvc_yaml_creates() -> None:

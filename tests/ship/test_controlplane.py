@@ -356,9 +356,28 @@ def test_api_keys_are_required_by_the_admission_policy(kube: Kube, crd: str) -> 
     _dry_run(kube, [opted_out])
 
 
+@pytest.fixture(scope="module")
+def chart_admission_policy(kube: Kube, crd: str) -> None:
+    """The chart's admission policies as `helm install` with default values creates them, in force:
+    a RecommenderCluster with no API keys and no opt-out annotation is refused."""
+    docs = helm_template()
+    kube.apply(of_kind(docs, "ValidatingAdmissionPolicy") + of_kind(docs, "ValidatingAdmissionPolicyBinding"))
+    open_cluster = _cluster_document("team-a")
+    open_cluster["spec"].pop("auth")
+
+    def refused() -> bool:
+        proc = kube.apply([open_cluster], "--dry-run=server", check=False)
+        return proc.returncode != 0 and "require-api-keys" in proc.stderr
+
+    wait_until("the chart's require-api-keys policy to be in force", refused)
+
+
 @pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
-def test_every_example_passes_server_side_dry_run(kube: Kube, crd: str, example: str) -> None:
-    """What a user does with examples/: `kubectl apply -f` as it is. The API server checks the CRD's
-    schema and CEL rules (and the PVC's own schema for store-pvc.yaml)."""
+def test_every_example_passes_server_side_dry_run(
+    kube: Kube, crd: str, chart_admission_policy: None, example: str
+) -> None:
+    """What a user does with examples/ after `helm install` with default values: `kubectl apply -f`
+    as it is. The API server checks the CRD's schema and CEL rules, the chart's admission policies
+    (API keys required unless opted out), and the PVC's own schema for store-pvc.yaml."""
     proc = kube("apply", "--dry-run=server", "-n", "team-a", "-f", str(ROOT / "examples" / example))
     assert "(server dry run)" in proc.stdout, proc.stdout
