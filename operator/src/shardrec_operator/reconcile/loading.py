@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shardrec.api import v1alpha1 as api
+from shardrec.api.errors import error_lines
 from shardrec.planning.status import merge_condition
 from shardrec_operator.desired.validation import kubernetes_spec_errors
 
@@ -33,10 +34,7 @@ class InvalidSpecError(Exception):
 
 
 def _pydantic_messages(error: ValidationError) -> list[str]:
-    return [
-        f"{'.'.join(str(part) for part in entry['loc']) or '(root)'}: {entry['msg']}"
-        for entry in error.errors()
-    ]
+    return error_lines(error.errors())
 
 
 def load_cluster(body: Mapping[str, Any]) -> api.RecommenderCluster:

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
+from shardrec.api.errors import describe_errors
 from shardrec.serving.index.files import sha256_file
 from shardrec.serving.index.manifest import (
     LAYOUT_FILE,
@@ -41,7 +42,7 @@ def _read_json_model(path: Path, model: type[_M]) -> _M:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LayoutError(f"{path}: not valid JSON ({exc}); the layout may be half-written") from exc
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors())
+        problems = describe_errors(exc.errors())
         raise LayoutError(f"{path}: invalid {model.__name__}: {problems}") from exc
 
 

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from shardrec import __version__
+from shardrec.api.errors import describe_errors
 from shardrec.serving.router import schemas
 from shardrec.serving.router.config import RouterSettings
 from shardrec.serving.router.errors import error_body
@@ -199,7 +200,9 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
-        return Response(error_body("invalid_request", str(exc.errors())), status_code=422, media_type=JSON)
+        return Response(
+            error_body("invalid_request", describe_errors(exc.errors())), status_code=422, media_type=JSON
+        )
 
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception) -> Response:

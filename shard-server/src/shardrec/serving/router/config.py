@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shardrec.api.errors import describe_errors
 from shardrec.api.v1alpha1 import AuthSpec, RouterSpec
 from shardrec.serving.router.auth import OPEN, ApiKeys
 
@@ -35,9 +36,7 @@ def load_router_config(path: Path) -> RouterConfig:
     try:
         return RouterConfig.model_validate_json(text)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = describe_errors(exc.errors())
         raise RouterConfigError(f"{path}: invalid router config: {problems}") from exc
 
 

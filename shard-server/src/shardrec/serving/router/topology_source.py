@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from shardrec.api.errors import describe_errors
 from shardrec.api.topology import TOPOLOGY_CONFIGMAP_KEY, Topology
 
 log = logging.getLogger("shardrec.router.topology")
@@ -44,9 +45,7 @@ def parse_topology(text: str | bytes, source: str) -> Topology:
     try:
         return Topology.model_validate_json(text)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = describe_errors(exc.errors())
         raise TopologySourceError(f"{source}: invalid topology: {problems}") from None
 
 

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from shardrec.api.errors import describe_errors
 from shardrec.serving.shard.engine import EngineError, LoadRejectedError, NotReadyError, SearchEngine
 from shardrec.serving.shard.metrics import ShardMetrics
 from shardrec.serving.shard.wire import (
@@ -99,9 +100,7 @@ def build_api(
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()[:5]
-        )
+        problems = describe_errors(exc.errors(), limit=5)
         return _error_response(422, "invalid_request", problems)
 
     @api.exception_handler(HTTPException)

@@ -18,6 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shardrec.api.errors import describe_errors
+
 SCHEMA_VERSION = 1
 FLOAT32_BYTES = 4
 HNSW_LEVEL0_BYTES_PER_M = 8.0
@@ -254,9 +256,7 @@ def parse_coefficients(text: str, source: str) -> Coefficients:
     try:
         return Coefficients.model_validate_json(text)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = describe_errors(exc.errors())
         raise CoefficientsError(f"{source}: invalid coefficients: {problems}") from None
 
 

@@ -21,6 +21,7 @@ import httpx
 import yaml
 from pydantic import ValidationError
 
+from shardrec.api.errors import describe_errors
 from shardrec.api.topology import Topology
 from shardrec.api.v1alpha1 import RecommenderCluster, transition_errors
 from shardrec.tools.cli.main import CliError
@@ -96,9 +97,7 @@ def read_cluster(path: Path) -> RecommenderCluster:
     try:
         return RecommenderCluster.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = describe_errors(exc.errors())
         raise CliError(f"-f {path}: invalid RecommenderCluster: {problems}") from exc
 
 
