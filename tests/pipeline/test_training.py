@@ -63,7 +63,7 @@ def test_training_writes_a_valid_embeddings_directory(
         "training_interactions": len(seen),
     }
 
-    # The index workstream's validator (contract 1) accepts it as is.
+    # The index build's validator (docs/embeddings-format.md) accepts it as is.
     validated = load_embeddings(out)
     assert validated.dimension == 8 and validated.item_ids == item_ids
     assert validated.seen_unknown_items == 0

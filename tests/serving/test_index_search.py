@@ -60,7 +60,8 @@ def test_recall_at_10_against_brute_force(shards: list[ShardIndex], items: np.nd
         len({f"it{i}" for i in row} & set(got)) for row, got in zip(exact.tolist(), found, strict=True)
     )
     assert hits / exact.size >= 0.95
-    # scores follow contract 3 (higher is better) and equal the exact score of the returned item
+    # scores are higher-is-better (docs/embeddings-format.md#metrics) and equal the exact score of the
+    # returned item
     assert (np.diff(scores, axis=1) <= 1e-6).all()
     reference = exact_scores(metric, queries, items)
     for row in range(5):

@@ -69,8 +69,11 @@ def _timer_needs_no_finalizer(registry: kopf.OperatorRegistry) -> None:
     """kopf puts a finalizer on every object a timer watches, so it can stop the timer before
     the object goes. We want a finalizer only when artifacts must be cleaned: with one, deleting a
     cluster (or its namespace) hangs whenever the operator is down. Our timer needs no graceful
-    stop, kopf cancels it when it sees the deletion. kopf has no public switch for this, so the
-    registered timer is replaced by a copy without the requirement; a test pins the behaviour."""
+    stop, kopf cancels it when it sees the deletion. kopf has no public switch for this
+    (nolar/kopf#896 and #1183 were closed unmerged), so the registered timer is replaced by a copy
+    without the requirement. kopf is pinned to one exact version in pyproject.toml, and
+    tests/controller/test_kopf_private_use.py fails if the private parts, or kopf's own decision
+    to add a finalizer, change."""
     spawning = registry._spawning
     spawning._handlers = [
         dataclasses.replace(handler, requires_finalizer=False)

@@ -40,10 +40,6 @@ class Expectations:
         with self._lock:
             return self._topology.get(cluster_uid, default)
 
-    def has_written(self, cluster_uid: str) -> bool:
-        with self._lock:
-            return cluster_uid in self._topology
-
     def warn_once(self, cluster_uid: str, key: str) -> bool:
         """True the first time `key` is seen for this cluster in this process."""
         with self._lock:

@@ -1,4 +1,4 @@
-"""Manifest models of a layout artifact folder (contract 4).
+"""Manifest models of a layout artifact folder (docs/embeddings-format.md#what-the-build-makes-of-it).
 
 <layout>/layout.json              LayoutManifest, written last: its presence means "built"
 <layout>/shard-0000/manifest.json ShardManifest

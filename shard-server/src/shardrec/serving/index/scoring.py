@@ -1,4 +1,5 @@
-"""Metrics: the hnswlib space of each, and scores where HIGHER IS BETTER for all (contract 3).
+"""Metrics: the hnswlib space of each, and scores where HIGHER IS BETTER for all
+(docs/embeddings-format.md#metrics).
 
 hnswlib returns distances: ip -> 1 - dot, cosine -> 1 - cos (it normalises vectors itself),
 l2 -> squared Euclidean distance. Scores: ip -> dot, cosine -> cosine, l2 -> -squared distance.

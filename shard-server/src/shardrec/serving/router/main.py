@@ -1,4 +1,4 @@
-"""`shardrec-router`: the router process (contract 6).
+"""`shardrec-router`: the router process; its HTTP API is docs/router.md.
 
     shardrec-router (--topology-file FILE | --topology-configmap NAMESPACE/NAME)
                     [--router-config FILE] [--host 127.0.0.1] --port P [--api-keys-file F]

@@ -1,9 +1,9 @@
 """k-way top-k merge of shard answers.
 
-Scores are "higher is better" for every metric (contract 3), so this is a max-merge. Ties are broken
-by item id (ascending) so the same inputs always give the same order, whatever order the shards
-answered in. An item seen twice keeps its best score (shards never overlap, but a merge that trusted
-that would silently return duplicates the day they do).
+Scores are "higher is better" for every metric (`shardrec.serving.index.scoring`), so this is a
+max-merge. Ties are broken by item id (ascending) so the same inputs always give the same order,
+whatever order the shards answered in. An item seen twice keeps its best score (shards never
+overlap, but a merge that trusted that would silently return duplicates the day they do).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one link to the shard client (contract 5): `shardrec.serving.shard.client.ShardClient`.
+"""The one link to the shard client: `shardrec.serving.shard.client.ShardClient`.
 
 Kept apart so the rest of the router depends on the protocol in `dispatch`, and tests can hand the
 manager other clients through `ManagerDeps`.

@@ -1,4 +1,4 @@
-"""What the router needs from the shard client (contract 5), as protocols.
+"""What the router needs from the shard client (`shardrec.serving.shard.client`), as protocols.
 
 `shardrec.serving.shard.client.ShardClient` satisfies them (checked by mypy in `shard_link`); tests hand
 in-process replicas through the same protocols. The exception classes are injected too, so the
@@ -47,7 +47,7 @@ class ItemVectorsLike(Protocol):
 
 
 class ShardClientLike(Protocol):
-    """The calls the router makes on `shardrec.serving.shard.client.ShardClient` (contract 5)."""
+    """The calls the router makes on `shardrec.serving.shard.client.ShardClient`."""
 
     async def search(
         self,
@@ -66,7 +66,8 @@ class ShardClientLike(Protocol):
 
 @dataclass(frozen=True)
 class ErrorKinds:
-    """The shard client's exception classes (contract 5), injected so this module stays testable."""
+    """The shard client's exception classes (`ShardUnavailable`, `ShardRejected`), injected so this
+    module stays testable."""
 
     unavailable: type[BaseException]
     rejected: type[BaseException]

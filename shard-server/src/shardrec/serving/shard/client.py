@@ -1,4 +1,4 @@
-"""`ShardClient`: what the router uses to talk to one shard replica (contract 5).
+"""`ShardClient`: what the router uses to talk to one shard replica.
 
 The wire format is private to this module and the server (wire.py): binary float32 queries in,
 fixed-width ids and float32 scores out, over pooled keep-alive HTTP/1.1 connections (http1.py).
@@ -29,11 +29,11 @@ class ShardError(Exception):
         self.code = code
 
 
-class ShardUnavailable(ShardError):  # noqa: N818 - name fixed by contract 5
+class ShardUnavailable(ShardError):  # noqa: N818 - the router names these kinds (router/shard_protocol.py)
     """Connection refused/reset, timeout, 5xx (not ready, overloaded, deadline): try another replica."""
 
 
-class ShardRejected(ShardError):  # noqa: N818 - name fixed by contract 5
+class ShardRejected(ShardError):  # noqa: N818 - the router names these kinds (router/shard_protocol.py)
     """4xx: the request itself is wrong; another replica would refuse it too."""
 
 

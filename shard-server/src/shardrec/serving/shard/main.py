@@ -1,4 +1,4 @@
-"""`shardrec-shard`: serve shard I of a layout over HTTP (contract 5).
+"""`shardrec-shard`: serve shard I of a layout over HTTP (wire format: `wire.py`; client: `client.py`).
 
 Flags fall back to environment variables (SHARDREC_LAYOUT_DIR, SHARDREC_SHARD, SHARDREC_HOST,
 SHARDREC_PORT, SHARDREC_EF_SEARCH, SHARDREC_SEARCH_THREADS, SHARDREC_MAX_WAIT_MS,

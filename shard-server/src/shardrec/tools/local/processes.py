@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -156,6 +156,3 @@ class ProcessTable:
         for proc in self._procs.values():
             proc.stop(max(0.1, deadline - time.monotonic()))
         self._procs.clear()
-
-    def pids(self) -> Mapping[str, int | None]:
-        return {name: proc.pid for name, proc in self._procs.items()}
