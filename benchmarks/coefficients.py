@@ -309,7 +309,8 @@ def http_request(
 
 def make_embeddings(folder: Path, items: int, dimension: int, users: int, queries: int) -> np.ndarray:
     """Clustered items and users (ids `item-0000001`, `user-0000001`); returns held-out queries."""
-    from shardrec.serving.index.synthetic import clustered, write_embeddings_dir
+    from shardrec.serving.index.embeddings import write_embeddings_dir
+    from shardrec.serving.index.synthetic import clustered
 
     vectors = clustered(items + queries + users, dimension, seed=7)
     item_ids = [f"item-{i:07d}" for i in range(items)]

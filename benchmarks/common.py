@@ -20,8 +20,9 @@ import numpy as np
 import numpy.typing as npt
 
 from shardrec.serving.index.build import build_layout
+from shardrec.serving.index.embeddings import write_embeddings_dir
 from shardrec.serving.index.scoring import Metric, exact_top_k
-from shardrec.serving.index.synthetic import clustered, write_embeddings_dir
+from shardrec.serving.index.synthetic import clustered
 
 REPO = Path(__file__).resolve().parents[1]
 Floats = npt.NDArray[np.float32]

@@ -56,7 +56,8 @@ UID = 10001  # the image's user; the restricted Pod Security Standard wants it e
 
 SEED_SCRIPT = f"""
 from pathlib import Path
-from shardrec.serving.index.synthetic import clustered, write_embeddings_dir
+from shardrec.serving.index.embeddings import write_embeddings_dir
+from shardrec.serving.index.synthetic import clustered
 items, users = clustered({ITEMS}, {DIMENSION}, seed=7), clustered({USERS}, {DIMENSION}, seed=8)
 item_ids = [f"item-{{i}}" for i in range({ITEMS})]
 user_ids = [f"user-{{u}}" for u in range({USERS})]

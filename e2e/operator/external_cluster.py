@@ -253,7 +253,8 @@ class ExternalCluster:
 def seed_store(data_plane: DataPlane, folder: str, source: str, dimension: int, seed: int = 0) -> Path:
     """Create `folder` in the shared store (writable by the pods' uid) holding a small embeddings
     directory at `source` (a path inside the store, as `spec.index.source` names it)."""
-    from shardrec.serving.index.synthetic import clustered, write_embeddings_dir
+    from shardrec.serving.index.embeddings import write_embeddings_dir
+    from shardrec.serving.index.synthetic import clustered
 
     root = data_plane.store_host_dir / folder
     root.mkdir(exist_ok=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shardrec.tools.pipeline.checksums import sha256_file
+from shardrec.serving.index.files import sha256_file
 from shardrec.tools.pipeline.download import install_archive
 from shardrec.tools.pipeline.movielens import (
     DATASET_NAME,

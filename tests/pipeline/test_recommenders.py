@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from shardrec.serving.index.embeddings import Embeddings
 from shardrec.tools.pipeline.recommenders import (
     ExactRecommender,
     PopularityRecommender,
@@ -10,13 +11,14 @@ from shardrec.tools.pipeline.recommenders import (
     score_items,
     top_k_indices,
 )
-from shardrec.tools.pipeline.training import Embeddings
 
 
 def _embeddings(metric: str = "ip") -> Embeddings:
     items = np.array([[1, 0], [0, 1], [2, 0], [1, 1], [-1, 0]], dtype=np.float32)
     users = np.array([[1, 0], [0, 1]], dtype=np.float32)
-    return Embeddings(["a", "b", "c", "d", "e"], items, ["u", "v"], users, {}, metric)
+    return Embeddings(
+        items, ["a", "b", "c", "d", "e"], users=users, user_ids=["u", "v"], metadata={"metric": metric}
+    )
 
 
 def test_top_k_orders_by_score_then_index_and_skips_excluded() -> None:

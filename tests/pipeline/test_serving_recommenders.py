@@ -12,15 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shardrec.tools.pipeline.embeddings_io import write_embeddings_dir
+from shardrec.serving.index.embeddings import Embeddings, load_embeddings, write_embeddings_dir
 from shardrec.tools.pipeline.metrics import recall_at_k
 from shardrec.tools.pipeline.recommenders import ExactRecommender, UnknownUserError
 from shardrec.tools.pipeline.router_client import RouterError, RouterRecommender
 from shardrec.tools.pipeline.sharded import InProcessShardedRecommender
-from shardrec.tools.pipeline.training import Embeddings
 
 
-def _synthetic(tmp_path: Path) -> tuple[Path, Embeddings]:
+def _synthetic(tmp_path: Path) -> tuple[Path, Embeddings, dict[str, list[str]]]:
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(8, 16)).astype(np.float32)
     items = (centres[rng.integers(0, 8, 800)] + 0.3 * rng.normal(size=(800, 16))).astype(np.float32)
@@ -28,19 +27,28 @@ def _synthetic(tmp_path: Path) -> tuple[Path, Embeddings]:
     item_ids = [f"m{i}" for i in range(800)]
     user_ids = [f"u{i}" for i in range(40)]
     seen = {user: [item_ids[j] for j in rng.choice(800, 30, replace=False)] for user in user_ids}
-    embeddings = Embeddings(item_ids, items, user_ids, users, seen)
-    return write_embeddings_dir(tmp_path / "emb", embeddings, {"metric": "ip"}), embeddings
+    pairs = [(user, item) for user in user_ids for item in seen[user]]
+    folder = write_embeddings_dir(
+        tmp_path / "emb",
+        items,
+        item_ids,
+        users=users,
+        user_ids=user_ids,
+        seen=pairs,
+        metadata={"metric": "ip"},
+    )
+    return folder, load_embeddings(folder), seen
 
 
 def test_in_process_shards_match_exact_and_honour_exclusions(tmp_path: Path) -> None:
-    folder, embeddings = _synthetic(tmp_path)
+    folder, embeddings, seen = _synthetic(tmp_path)
     sharded = InProcessShardedRecommender.build(
         folder, tmp_path / "layout", shards=3, metric="ip", ef_search=100, progress=False
     )
     exact = ExactRecommender(embeddings)
     recalls = []
-    for user in embeddings.user_ids:
-        exclude = set(embeddings.seen[user])
+    for user in embeddings.user_ids or []:
+        exclude = set(seen[user])
         answer = sharded(user, 10, exclude)
         assert len(answer) == 10 and len(set(answer)) == 10
         assert not exclude & set(answer)

@@ -6,12 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardrec.serving.index.embeddings import load_embeddings
-from shardrec.tools.pipeline.embeddings_io import (
-    EmbeddingsDirError,
-    read_embeddings_dir,
-    write_embeddings_dir,
-)
+from shardrec.serving.index.embeddings import EmbeddingsError, load_embeddings, write_embeddings_dir
 from shardrec.tools.pipeline.holdout import leave_last_n_out
 from shardrec.tools.pipeline.interactions import Interactions
 from shardrec.tools.pipeline.sources import DataSource
@@ -84,43 +79,40 @@ def test_invalid_parameters_are_named() -> None:
 
 
 def test_rewrite_replaces_an_embeddings_dir_but_not_a_foreign_folder(tmp_path: Path) -> None:
-    from shardrec.tools.pipeline.training import Embeddings
+    users = np.ones((1, 3), dtype=np.float32)
 
-    def make(scale: float) -> Embeddings:
-        return Embeddings(
-            ["i1", "i2"],
-            np.full((2, 3), scale, dtype=np.float32),
-            ["u1"],
-            np.ones((1, 3), dtype=np.float32),
-            {"u1": ["i2"]},
+    def write(folder: Path, scale: float, item_ids: list[str], metadata: dict[str, int]) -> Path:
+        items = np.full((len(item_ids), 3), scale, dtype=np.float32)
+        return write_embeddings_dir(
+            folder, items, item_ids, users=users, user_ids=["u1"], seen=[("u1", "i2")], metadata=metadata
         )
 
     out = tmp_path / "emb"
-    write_embeddings_dir(out, make(1.0), {"n": 1})
-    write_embeddings_dir(out, make(2.0), {"n": 2})
-    loaded = read_embeddings_dir(out)
-    assert loaded.items.tolist() == [[2.0] * 3] * 2 and loaded.seen == {"u1": ["i2"]}
+    write(out, 1.0, ["i1", "i2"], {"n": 1})
+    write(out, 2.0, ["i1", "i2"], {"n": 2})
+    loaded = load_embeddings(out)
+    assert loaded.items.tolist() == [[2.0] * 3] * 2 and loaded.seen == [["i2"]]
+    assert loaded.metadata == {"n": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"], "no staging folder left behind"
 
     foreign = tmp_path / "home"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine", encoding="utf-8")
-    with pytest.raises(EmbeddingsDirError, match=r"home: exists and is not an embeddings directory"):
-        write_embeddings_dir(foreign, make(1.0), {})
+    with pytest.raises(EmbeddingsError, match=r"home: exists and is not an embeddings directory"):
+        write(foreign, 1.0, ["i1", "i2"], {})
     assert (foreign / "notes.txt").read_text(encoding="utf-8") == "mine"
-    with pytest.raises(EmbeddingsDirError, match=r"item_ids\.txt: ids are not unique"):
-        write_embeddings_dir(out, Embeddings(["a", "a"], make(1.0).items, ["u1"], make(1.0).users, {}), {})
+    with pytest.raises(EmbeddingsError, match=r"item_ids\.txt: duplicate id 'a' on lines 1 and 2"):
+        write(out, 1.0, ["a", "a"], {})
+    assert load_embeddings(out).metadata == {"n": 2}, "a refused write leaves the old directory"
 
 
 def test_reading_rejects_broken_files_naming_them(tmp_path: Path) -> None:
-    from shardrec.tools.pipeline.training import Embeddings
-
     out = tmp_path / "emb"
     items = np.ones((2, 3), dtype=np.float32)
-    write_embeddings_dir(out, Embeddings(["a", "b"], items, ["u"], items[:1], {"u": ["a"]}), {})
+    write_embeddings_dir(out, items, ["a", "b"], users=items[:1], user_ids=["u"], seen=[("u", "a")])
     (out / "seen.tsv").write_text("u\ta\nbroken line\n", encoding="utf-8")
-    with pytest.raises(EmbeddingsDirError, match=r"seen\.tsv:2: expected user_id<TAB>item_id"):
-        read_embeddings_dir(out)
+    with pytest.raises(EmbeddingsError, match=r"seen\.tsv: line 2: expected 'user_id<TAB>item_id'"):
+        load_embeddings(out)
     np.save(out / "items.npy", np.array([[1, np.nan, 0], [0, 0, 0]], dtype=np.float32))
-    with pytest.raises(EmbeddingsDirError, match=r"items\.npy: contains NaN"):
-        read_embeddings_dir(out)
+    with pytest.raises(EmbeddingsError, match=r"items\.npy: 1 rows contain NaN or inf: rows 0"):
+        load_embeddings(out)

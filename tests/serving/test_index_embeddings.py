@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardrec.serving.index.embeddings import EmbeddingsError, load_embeddings
-from shardrec.serving.index.synthetic import clustered, write_embeddings_dir
+from shardrec.serving.index.embeddings import EmbeddingsError, load_embeddings, write_embeddings_dir
+from shardrec.serving.index.synthetic import clustered
 from shardrec.tools.cli.main import main as recctl
 
 

@@ -10,12 +10,13 @@ import pytest
 
 from shardrec.serving.index import build as build_module
 from shardrec.serving.index.build import BuildError, build_layout
+from shardrec.serving.index.embeddings import write_embeddings_dir
 from shardrec.serving.index.files import sha256_file
 from shardrec.serving.index.layout import LayoutError, read_layout_manifest, verify_layout
 from shardrec.serving.index.manifest import LayoutManifest
 from shardrec.serving.index.partitioning import assign_shards
 from shardrec.serving.index.shard_index import Expectation, ShardIndex
-from shardrec.serving.index.synthetic import clustered, write_embeddings_dir
+from shardrec.serving.index.synthetic import clustered
 from shardrec.serving.index.users import load_user_table
 from shardrec.tools.cli.main import main as recctl
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from shardrec.serving.index.build import build_layout
+from shardrec.serving.index.embeddings import write_embeddings_dir
 from shardrec.serving.index.scoring import Metric, exact_scores, exact_top_k
 from shardrec.serving.index.shard_index import NO_LABEL, ShardIndex
-from shardrec.serving.index.synthetic import clustered, write_embeddings_dir
+from shardrec.serving.index.synthetic import clustered
 
 COUNT, DIM, SHARDS = 4000, 24, 2
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from shardrec.serving.index.build import build_layout
+from shardrec.serving.index.embeddings import write_embeddings_dir
 from shardrec.serving.index.shard_index import ShardIndex
-from shardrec.serving.index.synthetic import clustered, write_embeddings_dir
+from shardrec.serving.index.synthetic import clustered
 from shardrec.serving.shard.engine import EngineSettings, LoadRejectedError, NotReadyError, SearchEngine
 from shardrec.serving.shard.metrics import ShardMetrics
 from shardrec.serving.shard.wire import decode_answer

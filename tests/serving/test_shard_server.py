@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from shardrec.serving.index.build import build_layout
+from shardrec.serving.index.embeddings import write_embeddings_dir
 from shardrec.serving.index.shard_index import ShardIndex
-from shardrec.serving.index.synthetic import clustered, write_embeddings_dir
+from shardrec.serving.index.synthetic import clustered
 from shardrec.serving.shard.client import ShardClient, ShardRejected, ShardUnavailable
 from shardrec.serving.shard.wire import REQUEST_CONTENT_TYPE, encode_request
 

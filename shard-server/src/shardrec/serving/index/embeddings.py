@@ -1,13 +1,17 @@
-"""Read and validate an embeddings directory (docs/embeddings-format.md).
+"""The embeddings directory (docs/embeddings-format.md): its one reader, writer and error.
 
 Every error names the file and the problem (line or row numbers where they help), because this
-is the format users bring their own data in.
+is the format users bring their own data in. The training pipeline writes it, the index build,
+the evaluation and the tests read it, all through this module.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,12 +19,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from shardrec.serving.index.files import fsync_dir
+
 ITEMS_FILE = "items.npy"
 ITEM_IDS_FILE = "item_ids.txt"
 USERS_FILE = "users.npy"
 USER_IDS_FILE = "user_ids.txt"
 SEEN_FILE = "seen.tsv"
 METADATA_FILE = "metadata.json"
+_FORMAT_FILES = frozenset({ITEMS_FILE, ITEM_IDS_FILE, USERS_FILE, USER_IDS_FILE, SEEN_FILE, METADATA_FILE})
 
 _FINITE_CHUNK_ROWS = 1 << 16
 _FORBIDDEN_ID_CHARS = ("\t", "\r", "\n", "\x00")
@@ -35,9 +42,12 @@ class EmbeddingsError(ValueError):
 
 @dataclass(frozen=True)
 class Embeddings:
-    """A validated embeddings directory. `items` may be a read-only memory map."""
+    """What an embeddings directory holds; rows of `items` / `users` follow the id lists.
 
-    directory: Path
+    `load_embeddings` returns one (then `items` may be a read-only memory map and `directory`
+    names where it came from); training makes one in memory.
+    """
+
     items: Matrix
     item_ids: list[str]
     users: Matrix | None = None
@@ -46,10 +56,17 @@ class Embeddings:
     seen: list[list[str]] = field(default_factory=list)
     seen_unknown_items: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
+    directory: Path | None = None
 
     @property
     def dimension(self) -> int:
         return int(self.items.shape[1])
+
+    def seen_pairs(self) -> Iterator[tuple[str, str]]:
+        """(user id, item id) pairs in `seen.tsv` order."""
+        for user, items in zip(self.user_ids or [], self.seen, strict=False):
+            for item in items:
+                yield user, item
 
 
 def _row_list(rows: npt.NDArray[np.intp]) -> str:
@@ -105,6 +122,12 @@ def read_ids(path: Path) -> list[str]:
     ids = text.split("\n")
     if ids and ids[-1] == "":
         ids.pop()
+    check_ids(ids, path)
+    return ids
+
+
+def check_ids(ids: Sequence[str], path: Path) -> None:
+    """The id rules of `item_ids.txt` and `user_ids.txt`; `path` names the file in errors."""
     first_line: dict[str, int] = {}
     for number, item_id in enumerate(ids, start=1):
         if not item_id:
@@ -119,7 +142,6 @@ def read_ids(path: Path) -> list[str]:
         first_line[item_id] = number
     if not ids:
         raise EmbeddingsError(f"{path}: no ids")
-    return ids
 
 
 def _seen_lines(path: Path) -> Iterator[tuple[int, str, str]]:
@@ -137,6 +159,15 @@ def _seen_lines(path: Path) -> Iterator[tuple[int, str, str]]:
                 yield number, fields[0], fields[1]
         except UnicodeDecodeError as exc:
             raise EmbeddingsError(f"{path}: not valid UTF-8 ({exc.reason})") from exc
+
+
+def read_seen_pairs(path: Path) -> dict[str, list[str]]:
+    """Every (user, item) pair of `seen.tsv` as written, unknown items included (for checks that
+    must see them, like the evaluation's leak check); `read_seen` is what serving uses."""
+    pairs: dict[str, list[str]] = {}
+    for _, user_id, item_id in _seen_lines(path):
+        pairs.setdefault(user_id, []).append(item_id)
+    return pairs
 
 
 def read_seen(path: Path, user_ids: list[str], item_ids: list[str]) -> tuple[list[list[str]], int]:
@@ -199,4 +230,82 @@ def load_embeddings(directory: Path) -> Embeddings:
         seen = [[] for _ in user_ids]
     metadata_path = directory / METADATA_FILE
     metadata = read_metadata(metadata_path) if metadata_path.exists() else {}
-    return Embeddings(directory, items, item_ids, users, user_ids, seen, unknown, metadata)
+    return Embeddings(items, item_ids, users, user_ids, seen, unknown, metadata, directory)
+
+
+def _write_file(path: Path, write: Any) -> None:
+    with path.open("wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _lines(lines: Iterable[str]) -> bytes:
+    return "".join(f"{line}\n" for line in lines).encode("utf-8")
+
+
+def write_embeddings_dir(
+    directory: Path,
+    items: Matrix,
+    item_ids: Sequence[str],
+    *,
+    users: Matrix | None = None,
+    user_ids: Sequence[str] | None = None,
+    seen: Iterable[tuple[str, str]] = (),
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write an embeddings directory, replacing an earlier embeddings directory there if any.
+
+    The ids are checked with the reader's rules and the row counts against them, so what this
+    writes loads; the matrices are written as given (tests write broken ones on purpose through
+    numpy). The folder is written aside, fsynced and renamed into place, so a reader never sees
+    half of it. `seen` pairs are written as given (the reader drops unknown items).
+    """
+    check_ids(item_ids, directory / ITEM_IDS_FILE)
+    if items.shape[0] != len(item_ids):
+        raise EmbeddingsError(
+            f"{directory / ITEMS_FILE}: count mismatch: {items.shape[0]} rows but {len(item_ids)} ids"
+        )
+    if (users is None) != (user_ids is None):
+        raise EmbeddingsError(f"{directory / USERS_FILE}: give users and user_ids together, or neither")
+    if users is not None and user_ids is not None:
+        check_ids(user_ids, directory / USER_IDS_FILE)
+        if users.shape[0] != len(user_ids):
+            raise EmbeddingsError(
+                f"{directory / USERS_FILE}: count mismatch: {users.shape[0]} rows but {len(user_ids)} ids"
+            )
+    if directory.exists() and not (
+        directory.is_dir() and {child.name for child in directory.iterdir()} <= _FORMAT_FILES
+    ):
+        raise EmbeddingsError(
+            f"{directory}: exists and is not an embeddings directory; refusing to replace it"
+        )
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # mkdir (not mkdtemp) so the folder gets the umask's mode: pods of another uid read it.
+    staging = directory.with_name(f".{directory.name}.tmp-{secrets.token_hex(6)}")
+    staging.mkdir()
+    try:
+        _write_file(staging / ITEMS_FILE, lambda handle: np.save(handle, items))
+        _write_file(staging / ITEM_IDS_FILE, lambda handle: handle.write(_lines(item_ids)))
+        if users is not None and user_ids is not None:
+            _write_file(staging / USERS_FILE, lambda handle: np.save(handle, users))
+            _write_file(staging / USER_IDS_FILE, lambda handle: handle.write(_lines(user_ids)))
+        pairs = [f"{user}\t{item}" for user, item in seen]
+        if pairs:
+            _write_file(staging / SEEN_FILE, lambda handle: handle.write(_lines(pairs)))
+        if metadata is not None:
+            text = json.dumps(dict(metadata), indent=2, sort_keys=True)
+            _write_file(staging / METADATA_FILE, lambda handle: handle.write(_lines([text])))
+        fsync_dir(staging)
+        if directory.exists():
+            retired = directory.with_name(f".{directory.name}.old-{secrets.token_hex(6)}")
+            directory.rename(retired)
+            staging.rename(directory)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(directory)
+        fsync_dir(directory.parent)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return directory

@@ -8,13 +8,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from shardrec.serving.index.embeddings import EmbeddingsError
 from shardrec.tools.cli.train_cmd import (
     add_source_arguments,
     add_training_arguments,
     run_training,
     source_from_args,
 )
-from shardrec.tools.pipeline.embeddings_io import EmbeddingsDirError
 from shardrec.tools.pipeline.evaluate_job import AnnSettings, EvaluationSetupError, evaluate_embeddings
 from shardrec.tools.pipeline.evaluation import EvaluationReport
 from shardrec.tools.pipeline.router_client import RouterError
@@ -86,7 +86,7 @@ def _evaluate(args: argparse.Namespace, embeddings_dir: Path, explicit_source: b
             api_key=_api_key(args),
             progress=not args.quiet,
         )
-    except (SourceError, EmbeddingsDirError, EvaluationSetupError, RouterError) as exc:
+    except (SourceError, EmbeddingsError, EvaluationSetupError, RouterError) as exc:
         raise CliError(str(exc)) from exc
     except ValueError as exc:  # e.g. the index build refusing a shard count
         raise CliError(str(exc)) from exc

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from shardrec.tools.pipeline.embeddings_io import EmbeddingsDirError
+from shardrec.serving.index.embeddings import EmbeddingsError
 from shardrec.tools.pipeline.movielens import ENV_VAR, resolve_movielens_dir
 from shardrec.tools.pipeline.sources import DataSource, SourceError
 from shardrec.tools.pipeline.train_job import TrainSummary, train_embeddings
@@ -83,7 +83,7 @@ def run_training(args: argparse.Namespace, out: Path, holdout: int) -> TrainSumm
             download=not args.no_download,
             progress=not args.quiet,
         )
-    except (SourceError, EmbeddingsDirError) as exc:
+    except (SourceError, EmbeddingsError) as exc:
         raise CliError(str(exc)) from exc
 
 

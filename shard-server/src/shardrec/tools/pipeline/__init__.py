@@ -6,7 +6,7 @@ Modules, each with one job:
   and the choice between MovieLens and a CSV.
 - `holdout`: leave-last-n-out split by timestamp.
 - `training`: ALS (library `implicit`) -> item and user embeddings; `train_job` writes them.
-- `embeddings_io`: read and atomically write the embeddings directory.
+  The embeddings directory itself is read and written by `shardrec.serving.index.embeddings`.
 - `metrics`, `recommenders`, `sharded`, `router_client`, `evaluation`, `evaluate_job`: offline
   evaluation of exact, sharded-ANN, router and popularity recommenders, and its table.
 """

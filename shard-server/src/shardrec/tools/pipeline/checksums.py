@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
-_CHUNK = 1 << 20
+from shardrec.serving.index.files import sha256_file
 
 
 class ChecksumError(ValueError):
     """A data file is missing or its SHA-256 differs from the known one."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_files(folder: Path, expected: Mapping[str, str]) -> dict[str, str]:

@@ -7,12 +7,21 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from shardrec.tools.pipeline.embeddings_io import read_embeddings_dir, read_metadata
+from shardrec.serving.index.embeddings import (
+    METADATA_FILE,
+    SEEN_FILE,
+    USERS_FILE,
+    EmbeddingsError,
+    load_embeddings,
+    read_metadata,
+    read_seen_pairs,
+)
 from shardrec.tools.pipeline.evaluation import Candidate, EvaluationReport, evaluate
 from shardrec.tools.pipeline.holdout import HoldoutSplit, leave_last_n_out
 from shardrec.tools.pipeline.recommenders import ExactRecommender, PopularityRecommender
 from shardrec.tools.pipeline.router_client import RouterRecommender
 from shardrec.tools.pipeline.sources import DataSource
+from shardrec.tools.pipeline.training import metric_of
 
 EXACT = "exact top-k (brute force)"
 POPULARITY = "popularity baseline"
@@ -77,7 +86,8 @@ def evaluate_embeddings(
 ) -> EvaluationReport:
     import threadpoolctl  # type: ignore[import-untyped]
 
-    metadata = read_metadata(embeddings_dir)
+    metadata_path = embeddings_dir / METADATA_FILE
+    metadata = read_metadata(metadata_path) if metadata_path.is_file() else {}
     trained_holdout = _holdout_from_metadata(metadata, embeddings_dir)
     holdout = trained_holdout if holdout is None else holdout
     if holdout != trained_holdout:
@@ -89,8 +99,14 @@ def evaluate_embeddings(
     loaded = source.load(progress=progress)
     _check_same_data(metadata, loaded.source, embeddings_dir)
     split = leave_last_n_out(loaded.interactions, holdout)
-    embeddings = read_embeddings_dir(embeddings_dir)
-    _check_no_leak(split, embeddings.seen, embeddings_dir)
+    embeddings = load_embeddings(embeddings_dir)
+    if embeddings.user_ids is None:
+        raise EmbeddingsError(
+            f"{embeddings_dir / USERS_FILE}: file missing (evaluation needs user embeddings)"
+        )
+    seen_path = embeddings_dir / SEEN_FILE
+    _check_no_leak(split, read_seen_pairs(seen_path) if seen_path.is_file() else {}, embeddings_dir)
+    metric = metric_of(embeddings)
 
     known_users = set(embeddings.user_ids)
     relevant = {user: items for user, items in split.relevant_by_user().items() if user in known_users}
@@ -98,7 +114,7 @@ def evaluate_embeddings(
     for user, item in zip(split.train.users.tolist(), split.train.items.tolist(), strict=True):
         exclude.setdefault(user, set()).add(item)
 
-    candidates = [Candidate(f"{EXACT}, {embeddings.metric}", ExactRecommender(embeddings))]
+    candidates = [Candidate(f"{EXACT}, {metric}", ExactRecommender(embeddings))]
     catalogue = set(embeddings.item_ids)
     unreachable = sum(1 for items in relevant.values() for item in items if item not in catalogue)
     notes = [
@@ -114,7 +130,7 @@ def evaluate_embeddings(
                 embeddings_dir,
                 Path(scratch) / "layout",
                 shards=ann.shards,
-                metric=embeddings.metric,
+                metric=metric,
                 m=ann.m,
                 ef_construction=ann.ef_construction,
                 ef_search=ann.ef_search,

@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shardrec.tools.pipeline.checksums import ChecksumError, sha256_file, verify_files
+from shardrec.serving.index.files import sha256_file
+from shardrec.tools.pipeline.checksums import ChecksumError, verify_files
 from shardrec.tools.pipeline.interactions import Interactions, InteractionsError, read_interactions_csv
 
 ENV_VAR = "SHARDREC_MOVIELENS"

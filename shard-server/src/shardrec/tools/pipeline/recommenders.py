@@ -13,7 +13,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from shardrec.tools.pipeline.training import Embeddings
+from shardrec.serving.index.embeddings import Embeddings, EmbeddingsError
+from shardrec.tools.pipeline.training import metric_of
 
 
 class Recommender(Protocol):
@@ -57,12 +58,16 @@ class ExactRecommender:
     """Brute-force top-k over all item embeddings (the ground truth for ANN recall)."""
 
     def __init__(self, embeddings: Embeddings) -> None:
+        if embeddings.users is None or embeddings.user_ids is None:
+            raise EmbeddingsError(
+                f"{embeddings.directory or 'embeddings'}: no user embeddings to recommend for"
+            )
         self._items = embeddings.items
         self._item_ids = embeddings.item_ids
         self._item_row = {item: row for row, item in enumerate(embeddings.item_ids)}
         self._users = embeddings.users
         self._user_row = {user: row for row, user in enumerate(embeddings.user_ids)}
-        self._metric = embeddings.metric
+        self._metric = metric_of(embeddings)
 
     def __call__(self, user_id: str, k: int, exclude: Collection[str]) -> list[str]:
         row = self._user_row.get(user_id)

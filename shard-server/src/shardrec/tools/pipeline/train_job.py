@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shardrec.tools.pipeline.embeddings_io import write_embeddings_dir
+from shardrec.serving.index.embeddings import write_embeddings_dir
 from shardrec.tools.pipeline.holdout import leave_last_n_out
 from shardrec.tools.pipeline.sources import DataSource
-from shardrec.tools.pipeline.training import AlsParams, TrainingResult, train_als
+from shardrec.tools.pipeline.training import AlsParams, TrainingResult, metric_of, train_als
 
 HOLDOUT_RULE = "leave-last-n-out: each user's n most recent interactions by timestamp (ties: later row)"
 
@@ -41,7 +41,7 @@ def build_metadata(
     embeddings = result.embeddings
     return {
         "format": "shardrec-embeddings/1",
-        "metric": embeddings.metric,
+        "metric": metric_of(embeddings),
         "trainer": {
             "library": "implicit",
             "library_version": implicit.__version__,
@@ -54,7 +54,7 @@ def build_metadata(
         if holdout
         else None,
         "counts": {
-            "users": len(embeddings.user_ids),
+            "users": len(embeddings.user_ids or ()),
             "items": len(embeddings.item_ids),
             "dimension": int(embeddings.items.shape[1]),
             "training_interactions": training_interactions,
@@ -89,10 +89,19 @@ def train_embeddings(
         training_interactions=len(interactions),
         held_out=held_out,
     )
-    write_embeddings_dir(out, result.embeddings, metadata)
+    trained = result.embeddings
+    write_embeddings_dir(
+        out,
+        trained.items,
+        trained.item_ids,
+        users=trained.users,
+        user_ids=trained.user_ids,
+        seen=trained.seen_pairs(),
+        metadata=metadata,
+    )
     return TrainSummary(
         out=out,
-        users=len(result.embeddings.user_ids),
+        users=len(result.embeddings.user_ids or ()),
         items=len(result.embeddings.item_ids),
         dimension=int(result.embeddings.items.shape[1]),
         training_interactions=len(interactions),

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import numpy.typing as npt
 
+from shardrec.serving.index.embeddings import Embeddings
 from shardrec.tools.pipeline.interactions import Interactions
 
 if TYPE_CHECKING:
@@ -51,16 +51,9 @@ class AlsParams:
             raise ValueError(f"invalid ALS parameter(s): {', '.join(bad)} ({asdict(self)})")
 
 
-@dataclass(frozen=True)
-class Embeddings:
-    """What the embeddings directory holds; rows of `items`/`users` follow the id lists."""
-
-    item_ids: list[str]
-    items: npt.NDArray[np.float32]
-    user_ids: list[str]
-    users: npt.NDArray[np.float32]
-    seen: dict[str, list[str]]  # user -> items it interacted with in training, in file order
-    metric: str = METRIC
+def metric_of(embeddings: Embeddings) -> str:
+    """The metric an embeddings directory declares in metadata.json (ALS's `ip` if none)."""
+    return str(embeddings.metadata.get("metric", METRIC))
 
 
 @dataclass(frozen=True)
@@ -69,11 +62,12 @@ class TrainingResult:
     seconds: float
 
 
-def _seen_by_user(interactions: Interactions) -> dict[str, list[str]]:
+def _seen_by_user(interactions: Interactions, user_ids: list[str]) -> list[list[str]]:
+    """Per user (in `user_ids` order): the items it interacted with in training, in row order."""
     seen: dict[str, list[str]] = {}
     for user, item in zip(interactions.users.tolist(), interactions.items.tolist(), strict=True):
         seen.setdefault(user, []).append(item)
-    return seen
+    return [seen.get(user, []) for user in user_ids]
 
 
 def confidence_matrix(
@@ -120,10 +114,11 @@ def train_als(interactions: Interactions, params: AlsParams, *, progress: bool =
     if not (np.isfinite(users).all() and np.isfinite(items).all()):
         raise ValueError("ALS produced non-finite factors; lower alpha or raise regularization")
     embeddings = Embeddings(
-        item_ids=item_ids,
         items=items,
-        user_ids=user_ids,
+        item_ids=item_ids,
         users=users,
-        seen=_seen_by_user(interactions),
+        user_ids=user_ids,
+        seen=_seen_by_user(interactions, user_ids),
+        metadata={"metric": METRIC},
     )
     return TrainingResult(embeddings=embeddings, seconds=time.perf_counter() - started)
