@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from shardrec.api.commands import ROUTER_MODULE, SHARD_MODULE, router_arguments, shard_arguments
 from shardrec.tools.capacity.coefficients import (
     MEASURED_FIELDS,
     Coefficients,
@@ -225,10 +226,10 @@ class Processes:
         self.folder = folder
         self.running: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, module: str, *args: str) -> tuple[int, str]:
+    def start(self, name: str, module: str, arguments: list[str]) -> tuple[int, str]:
         with (self.folder / f"{name}.log").open("wb") as stderr:
             popen = subprocess.Popen(
-                [sys.executable, "-m", module, *args, "--host", "127.0.0.1", "--port", "0"],
+                [sys.executable, "-m", module, *arguments],
                 stdout=subprocess.PIPE,
                 stderr=stderr,
             )
@@ -444,14 +445,17 @@ def baselines(folder: Path) -> dict[str, int]:
     config = folder / "router-config.json"
     config.write_text(json.dumps({"router": {}}))
     with processes(folder) as running:
-        shard_pid, _ = running.start("baseline-shard", "shardrec.serving.shard.main")
+        shard_pid, _ = running.start(
+            "baseline-shard",
+            SHARD_MODULE,
+            shard_arguments(layout_dir=None, shard=None, host="127.0.0.1", port=0),
+        )
         router_pid, _ = running.start(
             "baseline-router",
-            "shardrec.serving.router.main",
-            "--topology-file",
-            str(topology),
-            "--router-config",
-            str(config),
+            ROUTER_MODULE,
+            router_arguments(
+                topology_file=str(topology), router_config=str(config), host="127.0.0.1", port=0
+            ),
         )
         time.sleep(2.0)
         return {"shard": rss_bytes(shard_pid), "router": rss_bytes(router_pid)}
@@ -467,15 +471,10 @@ def start_cluster(
     for s in range(shards):
         pid, url = running.start(
             f"{tag}-shard{s}",
-            "shardrec.serving.shard.main",
-            "--layout-dir",
-            str(layout),
-            "--shard",
-            str(s),
-            "--search-threads",
-            "1",
-            "--ef-search",
-            str(ef),
+            SHARD_MODULE,
+            shard_arguments(
+                layout_dir=str(layout), shard=s, host="127.0.0.1", port=0, ef_search=ef, search_threads=1
+            ),
         )
         pids.append(pid)
         urls.append(url)
@@ -500,11 +499,13 @@ def start_cluster(
     config.write_text(json.dumps({"router": {"timeoutMs": 5000, "maxInFlight": 4096}}))
     router_pid, router_url = running.start(
         f"{tag}-router",
-        "shardrec.serving.router.main",
-        "--topology-file",
-        str(folder / f"{tag}-topology.json"),
-        "--router-config",
-        str(config),
+        ROUTER_MODULE,
+        router_arguments(
+            topology_file=str(folder / f"{tag}-topology.json"),
+            router_config=str(config),
+            host="127.0.0.1",
+            port=0,
+        ),
     )
     wait_ready(router_url)
     return router_pid, pids, urls, router_url

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from shardrec.api.commands import SHARD_MODULE, shard_arguments
 from shardrec.serving.index.build import build_layout
 from shardrec.serving.index.embeddings import write_embeddings_dir
 from shardrec.serving.index.scoring import Metric, exact_top_k
@@ -190,22 +191,15 @@ def running(servers: list[Server]) -> Iterator[list[Server]]:
 
 
 def shard_argv(layout: Path, shard: int, ef_search: int, threads: int | None = None) -> list[str]:
-    argv = [
-        sys.executable,
-        "-m",
-        "shardrec.serving.shard.main",
-        "--layout-dir",
-        str(layout),
-        "--shard",
-        str(shard),
-        "--port",
-        "0",
-        "--ef-search",
-        str(ef_search),
-    ]
-    if threads is not None:
-        argv += ["--search-threads", str(threads)]
-    return argv
+    arguments = shard_arguments(
+        layout_dir=str(layout),
+        shard=shard,
+        host="127.0.0.1",
+        port=0,
+        ef_search=ef_search,
+        search_threads=threads,
+    )
+    return [sys.executable, "-m", SHARD_MODULE, *arguments]
 
 
 # --- wrk ---------------------------------------------------------------------------------------

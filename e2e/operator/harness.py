@@ -140,8 +140,8 @@ class OperatorProcess:
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
-            "SHARDREC_TIMER_SECONDS": "0.5",
-            "SHARDREC_RESYNC_SECONDS": "2",
+            "SHARDREC_OPERATOR_TIMER_SECONDS": "0.5",
+            "SHARDREC_OPERATOR_RESYNC_SECONDS": "2",
             "PYTHONUNBUFFERED": "1",
         }
         argv = [

@@ -20,6 +20,16 @@ def test_bad_values_name_the_variable(value: str) -> None:
         OperatorConfig.from_env({"SHARDREC_RESYNC_SECONDS": value})
 
 
+def test_the_operator_prefix_names_each_setting_and_wins_over_the_older_name() -> None:
+    config = OperatorConfig.from_env(
+        {"SHARDREC_OPERATOR_RESYNC_SECONDS": "4", "SHARDREC_RESYNC_SECONDS": "3",
+         "SHARDREC_OPERATOR_CONFLICT_RETRY_SECONDS": "1", "SHARDREC_OPERATOR_ERROR_BACKOFF_SECONDS": "7"}
+    )  # fmt: skip
+    assert (config.resync_seconds, config.conflict_retry_seconds, config.error_backoff_seconds) == (4, 1, 7)
+    with pytest.raises(ConfigError, match="SHARDREC_OPERATOR_TIMER_SECONDS='soon'"):
+        OperatorConfig.from_env({"SHARDREC_OPERATOR_TIMER_SECONDS": "soon"})
+
+
 def test_schedule_honours_the_planner_requeue_capped_by_the_resync() -> None:
     clock = [100.0]
     schedule = Schedule(resync_seconds=15, clock=lambda: clock[0])

@@ -8,8 +8,7 @@ import re
 
 import pytest
 
-from shardrec.planning import LayoutSpec, layout_id, layout_spec_of, shard_workload_name
-from shardrec.planning.layouts import MAX_WORKLOAD_NAME_LENGTH
+from shardrec.planning import LayoutSpec, layout_id, layout_spec_of
 from tests.planning.world import make_spec
 
 
@@ -93,30 +92,3 @@ def test_json_round_trip_and_errors_name_the_field() -> None:
         LayoutSpec.from_json(layout.canonical_json().replace('"shards":2', '"shards":0'))
     with pytest.raises(ValueError, match="metric"):
         LayoutSpec.from_json(layout.canonical_json().replace('"cosine"', '"hamming"'))
-
-
-def test_shard_workload_name_fits_and_long_cluster_names_are_refused() -> None:
-    layout = layout_id(make_spec())
-    assert shard_workload_name("demo", layout, 3) == f"demo-{layout}-3"
-    longest = "c" * (MAX_WORKLOAD_NAME_LENGTH - len(f"-{layout}-1023"))
-    assert len(shard_workload_name(longest, layout, 1023)) == MAX_WORKLOAD_NAME_LENGTH
-    with pytest.raises(ValueError, match=r"metadata.name .* too long.*at most 36"):
-        shard_workload_name(longest + "c", layout, 1023)
-    with pytest.raises(ValueError, match="shard must be >= 0"):
-        shard_workload_name("demo", layout, -1)
-
-
-def test_index_build_arguments_are_accepted_by_recctl_and_pin_the_whole_layout() -> None:
-    """The operator's build Job and the local runtime run this one command line."""
-    from shardrec.planning.layouts import LayoutSpec, index_build_arguments
-    from shardrec.tools.cli.main import build_parser
-
-    layout = LayoutSpec(
-        version="v7", source="/data/emb", shards=3, partitioning="jump-hash-item-id",
-        dimension=32, metric="l2", hnsw_m=12, hnsw_ef_construction=100,
-    )  # fmt: skip
-    args = build_parser().parse_args(index_build_arguments(layout, "/data/emb", "/store/l"))
-    assert (args.version, args.shards, args.metric, args.m, args.ef_construction) == ("v7", 3, "l2", 12, 100)
-    assert args.dimension == 32, "a build must refuse embeddings of another dimension"
-    assert args.layout == layout.id
-    assert str(args.embeddings) == "/data/emb" and str(args.out) == "/store/l"

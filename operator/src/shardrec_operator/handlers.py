@@ -1,7 +1,7 @@
 """kopf handlers: decorators only. Every trigger runs the same idempotent pass (`passes.run_pass`).
 
 - create / update / resume: a pass right away when the spec changes or the operator starts;
-- a timer per cluster: ticks every SHARDREC_TIMER_SECONDS and runs a pass when the cluster is due
+- a timer per cluster: ticks every SHARDREC_OPERATOR_TIMER_SECONDS and runs a pass when the cluster is due
   (the planner's requeue, or the resync period), which is what moves a rollout along and keeps
   the status honest when pods die or nodes go;
 - delete (only when `spec.deleteArtifactsOnDelete` is true): the artifact cleanup Job.

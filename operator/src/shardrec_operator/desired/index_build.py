@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from shardrec.api import v1alpha1 as api
+from shardrec.api.commands import index_build_arguments
 from shardrec.planning import LayoutSpec
-from shardrec.planning.layouts import index_build_arguments
 from shardrec_operator.desired import labels, names, pods
 from shardrec_operator.desired.meta import Manifest, manifest
 

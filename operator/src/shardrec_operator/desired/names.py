@@ -1,14 +1,31 @@
 """Names of every child object the operator creates, derived from the cluster name and layout id.
 
 One module so that the builders, the observer (which finds objects by name) and the tests agree.
-Shard workloads use the planner's `shard_workload_name` (`<cluster>-<layoutid>-<shard>`), shared
-with the local runtime. `validation.kubernetes_spec_errors` guarantees the cluster name is a DNS
-label short enough for the longest of these, so no name here needs truncating.
+Shard workloads are `<cluster>-<layoutid>-<shard>` (`shard_workload_name`).
+`validation.kubernetes_spec_errors` guarantees the cluster name is a DNS label short enough for
+the longest of these, so no name here needs truncating.
 """
 
 from __future__ import annotations
 
-from shardrec.planning import shard_workload_name
+# Kubernetes adds `-<10 hex>` to a StatefulSet's name in its pods' controller-revision-hash label
+# (63 characters at most), so StatefulSet names must stay within 52.
+MAX_WORKLOAD_NAME_LENGTH = 52
+
+
+def shard_workload_name(cluster_name: str, layout: str, shard: int) -> str:
+    """`<cluster>-<layoutid>-<shard>`: the name of one shard's workload (StatefulSet, Service,
+    PDB) of a layout. Raises ValueError naming metadata.name when the result would be too long."""
+    if shard < 0:
+        raise ValueError(f"shard must be >= 0, got {shard}")
+    name = f"{cluster_name}-{layout}-{shard}"
+    if len(name) > MAX_WORKLOAD_NAME_LENGTH:
+        limit = MAX_WORKLOAD_NAME_LENGTH - len(name) + len(cluster_name)
+        raise ValueError(
+            f"metadata.name {cluster_name!r} is too long: shard workload name {name!r} exceeds "
+            f"{MAX_WORKLOAD_NAME_LENGTH} characters; use at most {limit} characters"
+        )
+    return name
 
 
 def router(cluster: str) -> str:

@@ -15,6 +15,7 @@ import json
 from typing import Any, Final
 
 from shardrec.api import v1alpha1 as api
+from shardrec.api.commands import ROUTER_PROGRAM, router_arguments
 from shardrec_operator.desired import labels, names, pods
 from shardrec_operator.desired.meta import Manifest, manifest
 
@@ -54,20 +55,17 @@ def router_endpoint(cluster: api.RecommenderCluster) -> str:
 
 def router_command(cluster: api.RecommenderCluster) -> list[str]:
     meta = cluster.metadata
-    command = [
-        "shardrec-router",
-        "--topology-configmap",
-        f"{meta.namespace}/{names.topology(meta.name)}",
-        "--router-config",
-        f"{CONFIG_MOUNT}/{ROUTER_CONFIG_KEY}",
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(pods.HTTP_PORT),
+    keys = cluster.spec.auth.api_keys_secret_ref is not None
+    return [
+        ROUTER_PROGRAM,
+        *router_arguments(
+            topology_configmap=f"{meta.namespace}/{names.topology(meta.name)}",
+            router_config=f"{CONFIG_MOUNT}/{ROUTER_CONFIG_KEY}",
+            host="0.0.0.0",
+            port=pods.HTTP_PORT,
+            api_keys_file=f"{API_KEYS_MOUNT}/{API_KEYS_FILE}" if keys else None,
+        ),
     ]
-    if cluster.spec.auth.api_keys_secret_ref is not None:
-        command += ["--api-keys-file", f"{API_KEYS_MOUNT}/{API_KEYS_FILE}"]
-    return command
 
 
 def _volumes_and_mounts(cluster: api.RecommenderCluster) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

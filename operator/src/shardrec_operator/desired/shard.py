@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from shardrec.api import v1alpha1 as api
+from shardrec.api.commands import SHARD_PROGRAM, shard_arguments
 from shardrec.planning import LayoutSpec
 from shardrec_operator.desired import labels, names, pods
 from shardrec_operator.desired.meta import Manifest, manifest
@@ -25,17 +26,14 @@ STARTUP_PROBE_BUDGET_SECONDS = 600
 
 def shard_command(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int) -> list[str]:
     return [
-        "shardrec-shard",
-        "--layout-dir",
-        pods.layout_dir(cluster.metadata.name, layout.id),
-        "--shard",
-        str(shard),
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(pods.HTTP_PORT),
-        "--ef-search",
-        str(cluster.spec.index.hnsw.ef_search),
+        SHARD_PROGRAM,
+        *shard_arguments(
+            layout_dir=pods.layout_dir(cluster.metadata.name, layout.id),
+            shard=shard,
+            host="0.0.0.0",
+            port=pods.HTTP_PORT,
+            ef_search=cluster.spec.index.hnsw.ef_search,
+        ),
     ]
 
 

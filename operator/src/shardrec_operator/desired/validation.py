@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 
 from shardrec.api import v1alpha1 as api
-from shardrec.planning import LAYOUT_ID_LENGTH, shard_workload_name
+from shardrec.planning import LAYOUT_ID_LENGTH
 from shardrec_operator.desired.index_build import resolve_source
+from shardrec_operator.desired.names import shard_workload_name
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from shardrec.api import cel as cel_rules
+from shardrec.api.commands import DEFAULT_EF_SEARCH
 
 GROUP = "shardrec.io"
 VERSION = "v1alpha1"
@@ -103,7 +104,7 @@ class HnswSpec(ApiModel):
         200, ge=16, le=2048, description="Candidate list size while building (hnswlib ef_construction)."
     )
     ef_search: int = Field(
-        64,
+        DEFAULT_EF_SEARCH,
         ge=10,
         le=4096,
         description="Candidate list size while searching; raised to k when k is larger.",

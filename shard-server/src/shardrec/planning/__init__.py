@@ -26,7 +26,6 @@ from shardrec.planning.layouts import (
     LayoutSpec,
     layout_id,
     layout_spec_of,
-    shard_workload_name,
 )
 from shardrec.planning.observed import (
     BuildState,
@@ -65,5 +64,4 @@ __all__ = [
     "layout_spec_of",
     "parse_time",
     "plan",
-    "shard_workload_name",
 ]

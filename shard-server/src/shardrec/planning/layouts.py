@@ -24,10 +24,6 @@ LAYOUT_ID_LENGTH = 10
 """Hex characters of the layout id: 40 bits, collision-free in practice for the few layouts of a
 cluster, and short enough that `<cluster>-<layoutid>-<shard>` fits a 63-character DNS label."""
 
-# Kubernetes adds `-<10 hex>` to a StatefulSet's name in its pods' controller-revision-hash label
-# (63 characters at most), so StatefulSet names must stay within 52.
-MAX_WORKLOAD_NAME_LENGTH = 52
-
 Metric = Literal["ip", "cosine", "l2"]
 
 
@@ -101,36 +97,3 @@ def layout_id(layout: LayoutSpec | RecommenderClusterSpec) -> str:
         layout = LayoutSpec.from_spec(layout)
     digest = hashlib.sha256(layout.canonical_json().encode("utf-8")).hexdigest()
     return digest[:LAYOUT_ID_LENGTH]
-
-
-def index_build_arguments(layout: LayoutSpec, embeddings_dir: str, out_dir: str) -> list[str]:
-    """The `recctl` arguments that build `layout` (from `index build` on). Everything comes from
-    the layout, not the current spec, so a kept layout is rebuilt exactly as first planned; the
-    build refuses embeddings of another dimension and records the layout id."""
-    return [
-        "index", "build",
-        "--embeddings", embeddings_dir,
-        "--out", out_dir,
-        "--version", layout.version,
-        "--shards", str(layout.shards),
-        "--metric", layout.metric,
-        "--m", str(layout.hnsw_m),
-        "--ef-construction", str(layout.hnsw_ef_construction),
-        "--dimension", str(layout.dimension),
-        "--layout", layout.id,
-    ]  # fmt: skip
-
-
-def shard_workload_name(cluster_name: str, layout: str, shard: int) -> str:
-    """`<cluster>-<layoutid>-<shard>`: the name of one shard's workload (StatefulSet, Service,
-    PDB) of a layout. Raises ValueError naming metadata.name when the result would be too long."""
-    if shard < 0:
-        raise ValueError(f"shard must be >= 0, got {shard}")
-    name = f"{cluster_name}-{layout}-{shard}"
-    if len(name) > MAX_WORKLOAD_NAME_LENGTH:
-        limit = MAX_WORKLOAD_NAME_LENGTH - len(name) + len(cluster_name)
-        raise ValueError(
-            f"metadata.name {cluster_name!r} is too long: shard workload name {name!r} exceeds "
-            f"{MAX_WORKLOAD_NAME_LENGTH} characters; use at most {limit} characters"
-        )
-    return name

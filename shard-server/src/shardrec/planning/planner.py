@@ -33,7 +33,7 @@ from shardrec.planning.actions import (
     SwitchRouter,
 )
 from shardrec.planning.events import transition_events
-from shardrec.planning.layouts import LayoutSpec, shard_workload_name
+from shardrec.planning.layouts import LayoutSpec
 from shardrec.planning.observed import Observed
 from shardrec.planning.predicates import PREDICATES, PredicateContext, first_veto
 from shardrec.planning.progress import (
@@ -202,12 +202,9 @@ def _ordered(records: Records, tid: str, serving: str | None) -> tuple[LayoutSta
 
 def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) -> Plan:
     """One pass: the actions to execute (in order), the complete new status, and when to come
-    back (`requeue_after_seconds`, None when nothing is awaited) with why (`waiting_reason`).
-
-    Raises ValueError naming metadata.name when `cluster_name` is too long for child names."""
+    back (`requeue_after_seconds`, None when nothing is awaited) with why (`waiting_reason`)."""
     target = LayoutSpec.from_spec(spec)
     tid = target.id
-    shard_workload_name(cluster_name, tid, target.shards - 1)  # fails early, naming metadata.name
     records = decide_records(spec, observed)
     verdicts = _judge(spec, observed, records, target)
     timed_out = _apply_timeout(

@@ -16,6 +16,7 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
+from shardrec.api.commands import DEFAULT_EF_SEARCH
 from shardrec.serving.index.layout import LayoutError, read_layout_manifest, read_shard_manifest
 from shardrec.serving.index.manifest import INDEX_FILE, SHARD_IDS_FILE, LayoutManifest, ShardManifest
 from shardrec.serving.index.scoring import Metric, hnsw_space, scores_from_distances
@@ -101,7 +102,12 @@ class ShardIndex:
 
     @classmethod
     def load(
-        cls, layout_dir: Path, shard: int, *, ef_search: int = 64, expect: Expectation | None = None
+        cls,
+        layout_dir: Path,
+        shard: int,
+        *,
+        ef_search: int = DEFAULT_EF_SEARCH,
+        expect: Expectation | None = None,
     ) -> ShardIndex:
         """Verify (manifests, numbering, sha256 of this shard's files) and load shard `shard`."""
         started = time.monotonic()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shardrec.api.commands import MAX_K
 from shardrec.api.errors import describe_errors
 from shardrec.api.v1alpha1 import AuthSpec, RouterSpec
 from shardrec.serving.router.auth import OPEN, ApiKeys
@@ -45,7 +46,7 @@ class Limits:
     """Bounds on what one client request may ask for."""
 
     max_body_bytes: int = 4 * 1024 * 1024
-    max_k: int = 1000
+    max_k: int = MAX_K
     max_dimension: int = 4096
     max_exclude: int = 10_000
     max_id_length: int = 512

@@ -4,8 +4,9 @@
                     [--router-config FILE] [--host 127.0.0.1] --port P [--api-keys-file F]
 
 Every flag also reads an environment variable (SHARDREC_ROUTER_<FLAG>, e.g.
-SHARDREC_ROUTER_PORT), which is how the operator's Deployment configures it. Bad input exits 2 with
-one line naming the flag or file.
+SHARDREC_ROUTER_PORT; the rule and the flag names are in `shardrec.api.commands`, whose
+`router_arguments` builds the command line the operator and the local runtime run). Bad input
+exits 2 with one line naming the flag or file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shardrec import __version__
+from shardrec.api.commands import RouterFlags, env_name
 from shardrec.serving.router.auth import OPEN, ApiKeysError, load_api_keys
 from shardrec.serving.router.config import (
     RouterConfig,
@@ -42,43 +44,55 @@ class UsageError(Exception):
 
 
 def _env(flag: str) -> str | None:
-    return os.environ.get("SHARDREC_ROUTER_" + flag.upper().replace("-", "_"))
+    return os.environ.get(env_name(RouterFlags.PROCESS, flag))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="The shardrec router: the endpoint clients call.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    parser.add_argument("--topology-file", default=_env("topology-file"), help="Topology JSON file to watch.")
     parser.add_argument(
-        "--topology-configmap",
-        default=_env("topology-configmap"),
+        RouterFlags.TOPOLOGY_FILE,
+        default=_env(RouterFlags.TOPOLOGY_FILE),
+        help="Topology JSON file to watch.",
+    )
+    parser.add_argument(
+        RouterFlags.TOPOLOGY_CONFIGMAP,
+        default=_env(RouterFlags.TOPOLOGY_CONFIGMAP),
         metavar="NAMESPACE/NAME",
         help="ConfigMap (key topology.json) to watch through the Kubernetes API.",
     )
     parser.add_argument(
-        "--router-config",
-        default=_env("router-config"),
+        RouterFlags.ROUTER_CONFIG,
+        default=_env(RouterFlags.ROUTER_CONFIG),
         help='JSON {"router": RouterSpec, "auth": AuthSpec} (camelCase, as in the cluster spec).',
     )
-    parser.add_argument("--host", default=_env("host") or "127.0.0.1", help="Address to bind.")
-    parser.add_argument("--port", default=_env("port"), help="Port to bind.")
     parser.add_argument(
-        "--api-keys-file", default=_env("api-keys-file"), help="API keys, one a line: name:key or key."
+        RouterFlags.HOST, default=_env(RouterFlags.HOST) or "127.0.0.1", help="Address to bind."
+    )
+    parser.add_argument(RouterFlags.PORT, default=_env(RouterFlags.PORT), help="Port to bind.")
+    parser.add_argument(
+        RouterFlags.API_KEYS_FILE,
+        default=_env(RouterFlags.API_KEYS_FILE),
+        help="API keys, one a line: name:key or key.",
     )
     parser.add_argument(
-        "--batches-in-flight-per-replica",
+        RouterFlags.BATCHES_IN_FLIGHT_PER_REPLICA,
         type=int,
-        default=int(_env("batches-in-flight-per-replica") or Tuning.max_batches_in_flight_per_replica),
+        default=int(
+            _env(RouterFlags.BATCHES_IN_FLIGHT_PER_REPLICA) or Tuning.max_batches_in_flight_per_replica
+        ),
         help="Coalescing: batched requests per shard replica on the wire at once (default %(default)s).",
     )
     parser.add_argument(
-        "--loop",
-        default=_env("loop") or "auto",
+        RouterFlags.LOOP,
+        default=_env(RouterFlags.LOOP) or "auto",
         choices=["auto", "uvloop", "asyncio"],
         help="Event loop (auto: uvloop when installed).",
     )
     parser.add_argument(
-        "--log-level", default=_env("log-level") or "warning", choices=["debug", "info", "warning", "error"]
+        RouterFlags.LOG_LEVEL,
+        default=_env(RouterFlags.LOG_LEVEL) or "warning",
+        choices=["debug", "info", "warning", "error"],
     )
     return parser
 

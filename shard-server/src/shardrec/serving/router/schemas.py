@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shardrec.api.commands import MAX_K
+
 
 class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -20,7 +22,7 @@ class RecommendRequest(_Doc):
     vector: list[float] | None = Field(
         None, description="Or: a query vector of the index dimension (finite numbers)."
     )
-    k: int = Field(10, ge=1, le=1000, description="How many items.")
+    k: int = Field(10, ge=1, le=MAX_K, description="How many items.")
     exclude: list[str] = Field(default_factory=list, description="Item ids never to return.")
     exclude_seen: bool = Field(
         True, description="With user_id: leave out the items the user has already seen."
@@ -33,7 +35,7 @@ class BatchRequest(_Doc):
 
 class SimilarRequest(_Doc):
     item_id: str = Field(description="Items similar to this one (it is never in its own answer).")
-    k: int = Field(10, ge=1, le=1000)
+    k: int = Field(10, ge=1, le=MAX_K)
     exclude: list[str] = Field(default_factory=list)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from shardrec.api.commands import DEFAULT_EF_SEARCH
 from shardrec.serving.index.layout import LayoutError
 from shardrec.serving.index.shard_index import NO_LABEL, Expectation, ShardIndex
 from shardrec.serving.shard.metrics import ShardMetrics
@@ -93,7 +94,7 @@ class EngineSettings:
     max_batch_queries: int = 512
     max_pending_queries: int = 16384
     max_wait_s: float = 0.0
-    ef_search: int = 64
+    ef_search: int = DEFAULT_EF_SEARCH
 
 
 class SearchEngine:

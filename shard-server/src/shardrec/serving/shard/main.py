@@ -1,9 +1,10 @@
 """`shardrec-shard`: serve shard I of a layout over HTTP (wire format: `wire.py`; client: `client.py`).
 
-Flags fall back to environment variables (SHARDREC_LAYOUT_DIR, SHARDREC_SHARD, SHARDREC_HOST,
-SHARDREC_PORT, SHARDREC_EF_SEARCH, SHARDREC_SEARCH_THREADS, SHARDREC_MAX_WAIT_MS,
-SHARDREC_ADMIN_TOKEN) so a pod spec can set them either way. `--port 0` picks a free port; the
-first stdout line is always `shardrec-shard listening on http://HOST:PORT`.
+Every flag falls back to an environment variable, SHARDREC_SHARD_<FLAG> (e.g.
+SHARDREC_SHARD_LAYOUT_DIR, SHARDREC_SHARD_EF_SEARCH, SHARDREC_SHARD_ADMIN_TOKEN; the flag names
+and the rule are in `shardrec.api.commands`, whose `shard_arguments` builds the command line
+the operator, the local runtime and the benchmarks run). `--port 0` picks a free port; the first
+stdout line is always `shardrec-shard listening on http://HOST:PORT`.
 """
 
 from __future__ import annotations
@@ -22,53 +23,55 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from shardrec.api.commands import DEFAULT_EF_SEARCH, env_name
+from shardrec.api.commands import ShardFlags as F
 from shardrec.serving.shard.app import ShardServer, build_api
 from shardrec.serving.shard.engine import EngineSettings, LoadRejectedError, SearchEngine
 from shardrec.serving.shard.exit_codes import EXIT_LOAD_FAILED, EXIT_PORT_IN_USE
 from shardrec.serving.shard.metrics import ShardMetrics
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name, default)
+def _env(flag: str, default: str | None = None) -> str | None:
+    return os.environ.get(env_name(F.PROCESS, flag), default)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shardrec-shard", description="Serve one shard of a layout.")
     parser.add_argument(
-        "--layout-dir",
+        F.LAYOUT_DIR,
         type=Path,
-        default=_env("SHARDREC_LAYOUT_DIR"),
+        default=_env(F.LAYOUT_DIR),
         help="layout artifact folder; omit to start empty and load via /v1/admin/load",
     )
-    parser.add_argument("--shard", type=int, default=_env("SHARDREC_SHARD"), help="shard number, 0-based")
-    parser.add_argument("--host", default=_env("SHARDREC_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(_env("SHARDREC_PORT", "9100") or 9100))
-    parser.add_argument("--ef-search", type=int, default=int(_env("SHARDREC_EF_SEARCH", "64") or 64))
+    parser.add_argument(F.SHARD, type=int, default=_env(F.SHARD), help="shard number, 0-based")
+    parser.add_argument(F.HOST, default=_env(F.HOST, "127.0.0.1"))
+    parser.add_argument(F.PORT, type=int, default=int(_env(F.PORT, "9100") or 9100))
+    parser.add_argument(F.EF_SEARCH, type=int, default=int(_env(F.EF_SEARCH) or DEFAULT_EF_SEARCH))
     parser.add_argument(
-        "--search-threads",
+        F.SEARCH_THREADS,
         type=int,
-        default=_env("SHARDREC_SEARCH_THREADS"),
+        default=_env(F.SEARCH_THREADS),
         help="threads running knn_query (default: usable CPUs)",
     )
     parser.add_argument(
-        "--max-wait-ms",
+        F.MAX_WAIT_MS,
         type=float,
-        default=float(_env("SHARDREC_MAX_WAIT_MS", "0") or 0),
+        default=float(_env(F.MAX_WAIT_MS, "0") or 0),
         help="longest a request waits for others to join its batch (default 0: next tick)",
     )
-    parser.add_argument("--max-batch-queries", type=int, default=512)
+    parser.add_argument(F.MAX_BATCH_QUERIES, type=int, default=int(_env(F.MAX_BATCH_QUERIES) or 512))
     parser.add_argument(
-        "--admin-token",
-        default=_env("SHARDREC_ADMIN_TOKEN"),
+        F.ADMIN_TOKEN,
+        default=_env(F.ADMIN_TOKEN),
         help="require 'Authorization: Bearer TOKEN' on /v1/admin/load",
     )
-    parser.add_argument("--log-level", default=_env("SHARDREC_LOG_LEVEL", "warning"))
+    parser.add_argument(F.LOG_LEVEL, default=_env(F.LOG_LEVEL, "warning"))
     return parser
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.layout_dir is not None and args.shard is None:
-        parser.error("--shard is required with --layout-dir (or set SHARDREC_SHARD)")
+        parser.error(f"--shard is required with --layout-dir (or set {env_name(F.PROCESS, F.SHARD)})")
     if args.shard is not None and int(args.shard) < 0:
         parser.error(f"--shard must be >= 0, got {args.shard}")
     if not 0 <= args.port <= 65535:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from shardrec.planning.layouts import LayoutSpec, index_build_arguments
+from shardrec.api.commands import index_build_arguments
+from shardrec.planning.layouts import LayoutSpec
 from shardrec.planning.observed import ObservedBuild
 from shardrec.serving.index.layout import LayoutError, read_layout_manifest
 from shardrec.tools.local.state import StateDir, atomic_write_json, atomic_write_text, read_json

@@ -20,6 +20,7 @@ from types import FrameType
 
 import yaml
 
+from shardrec.api.commands import ROUTER_MODULE, SHARD_MODULE, router_arguments, shard_arguments
 from shardrec.api.topology import LayoutTopology, ReplicaEndpoint, ShardEndpoints, Topology
 from shardrec.api.v1alpha1 import RecommenderCluster, RecommenderClusterStatus
 from shardrec.planning import plan
@@ -178,10 +179,14 @@ class LocalSupervisor:
 
     def _replica_spec(self, name: str, entry: _Replica, cluster: RecommenderCluster) -> ProcessSpec:
         argv = (
-            sys.executable, "-m", "shardrec.serving.shard.main",
-            "--layout-dir", str(self.state.layout_dir(entry.layout)), "--shard", str(entry.shard),
-            "--host", "127.0.0.1", "--port", str(entry.port),
-            "--ef-search", str(cluster.spec.index.hnsw.ef_search),
+            sys.executable, "-m", SHARD_MODULE,
+            *shard_arguments(
+                layout_dir=str(self.state.layout_dir(entry.layout)),
+                shard=entry.shard,
+                host="127.0.0.1",
+                port=entry.port,
+                ef_search=cluster.spec.index.hnsw.ef_search,
+            ),
         )  # fmt: skip
         return ProcessSpec(name, argv, self.state.logs_dir / f"{name}.log", port=entry.port)
 
@@ -305,10 +310,13 @@ class LocalSupervisor:
         if not self.state.topology_file.exists():
             atomic_write_text(self.state.topology_file, Topology(revision=0).model_dump_json() + "\n")
         argv = (
-            sys.executable, "-m", "shardrec.serving.router.main",
-            "--topology-file", str(self.state.topology_file),
-            "--router-config", str(self.state.router_config_file),
-            "--host", self.router_host, "--port", str(self.router_port),
+            sys.executable, "-m", ROUTER_MODULE,
+            *router_arguments(
+                topology_file=str(self.state.topology_file),
+                router_config=str(self.state.router_config_file),
+                host=self.router_host,
+                port=self.router_port,
+            ),
         )  # fmt: skip
         self.processes.ensure(
             ProcessSpec("router", argv, self.state.logs_dir / "router.log", port=self.router_port), now_s

@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from shardrec.api.commands import DEFAULT_EF_SEARCH
 from shardrec.serving.index.embeddings import (
     METADATA_FILE,
     SEEN_FILE,
@@ -36,7 +37,7 @@ class AnnSettings:
     shards: int = 4
     m: int = 16
     ef_construction: int = 200
-    ef_search: int = 64  # the RecommenderCluster default (spec.index.hnsw.efSearch)
+    ef_search: int = DEFAULT_EF_SEARCH  # the RecommenderCluster default (spec.index.hnsw.efSearch)
 
 
 def _holdout_from_metadata(metadata: dict[str, object], embeddings_dir: Path) -> int:

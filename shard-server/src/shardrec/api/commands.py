@@ -1,0 +1,151 @@
+"""The command lines of shardrec's processes: one builder each, and the flag names both sides use.
+
+The operator (Pods, Jobs), the local runtime and the benchmarks start shard servers, routers and
+index builds; `shardrec-shard`, `shardrec-router` and `recctl index build` parse these flags with
+the names defined here, so a renamed flag cannot leave a caller behind. The builders are pure:
+settings in, arguments out (callers put the program in front: `shardrec-shard` in a pod,
+`python -m shardrec.serving.shard.main` on 127.0.0.1).
+
+This lives in `shardrec.api` because a command line is, like the CRD and the topology document,
+an interface between the operator and the data-plane image, and the operator may import only
+`shardrec.api` and `shardrec.planning` (import-linter); the planner should not hold flags.
+
+Environment: every flag of a server process can also be set as `SHARDREC_<PROCESS>_<FLAG>`
+(`env_name`), e.g. `SHARDREC_SHARD_EF_SEARCH`, `SHARDREC_ROUTER_PORT`; a flag on the command line
+wins. The operator's own settings follow the same rule (`SHARDREC_OPERATOR_TIMER_SECONDS`).
+"""
+
+from __future__ import annotations
+
+from typing import Final, Protocol
+
+DEFAULT_EF_SEARCH: Final = 64
+"""HNSW efSearch when nothing sets it: `spec.index.hnsw.efSearch`'s default and the shard's."""
+MAX_K: Final = 1000
+"""Largest k a client may ask the router for (`router.maxK`'s bound)."""
+
+SHARD_PROGRAM: Final = "shardrec-shard"
+SHARD_MODULE: Final = "shardrec.serving.shard.main"
+ROUTER_PROGRAM: Final = "shardrec-router"
+ROUTER_MODULE: Final = "shardrec.serving.router.main"
+
+
+def env_name(process: str, flag: str) -> str:
+    """`SHARDREC_<PROCESS>_<FLAG>`: the environment variable that sets `flag` of `process`."""
+    return f"SHARDREC_{process}_{flag.removeprefix('--')}".upper().replace("-", "_")
+
+
+class ShardFlags:
+    """`shardrec-shard`'s flags."""
+
+    PROCESS: Final = "shard"
+    LAYOUT_DIR: Final = "--layout-dir"
+    SHARD: Final = "--shard"
+    HOST: Final = "--host"
+    PORT: Final = "--port"
+    EF_SEARCH: Final = "--ef-search"
+    SEARCH_THREADS: Final = "--search-threads"
+    MAX_WAIT_MS: Final = "--max-wait-ms"
+    MAX_BATCH_QUERIES: Final = "--max-batch-queries"
+    ADMIN_TOKEN: Final = "--admin-token"
+    LOG_LEVEL: Final = "--log-level"
+
+
+class RouterFlags:
+    """`shardrec-router`'s flags."""
+
+    PROCESS: Final = "router"
+    TOPOLOGY_FILE: Final = "--topology-file"
+    TOPOLOGY_CONFIGMAP: Final = "--topology-configmap"
+    ROUTER_CONFIG: Final = "--router-config"
+    HOST: Final = "--host"
+    PORT: Final = "--port"
+    API_KEYS_FILE: Final = "--api-keys-file"
+    BATCHES_IN_FLIGHT_PER_REPLICA: Final = "--batches-in-flight-per-replica"
+    LOOP: Final = "--loop"
+    LOG_LEVEL: Final = "--log-level"
+
+
+def shard_arguments(
+    *,
+    layout_dir: str | None,
+    shard: int | None,
+    host: str,
+    port: int,
+    ef_search: int | None = None,
+    search_threads: int | None = None,
+) -> list[str]:
+    """`shardrec-shard`'s arguments: serve `shard` of the layout in `layout_dir` on host:port."""
+    arguments: list[str] = []
+    if layout_dir is not None:
+        arguments += [ShardFlags.LAYOUT_DIR, layout_dir]
+    if shard is not None:
+        arguments += [ShardFlags.SHARD, str(shard)]
+    arguments += [ShardFlags.HOST, host, ShardFlags.PORT, str(port)]
+    if ef_search is not None:
+        arguments += [ShardFlags.EF_SEARCH, str(ef_search)]
+    if search_threads is not None:
+        arguments += [ShardFlags.SEARCH_THREADS, str(search_threads)]
+    return arguments
+
+
+def router_arguments(
+    *,
+    host: str,
+    port: int,
+    topology_file: str | None = None,
+    topology_configmap: str | None = None,
+    router_config: str | None = None,
+    api_keys_file: str | None = None,
+) -> list[str]:
+    """`shardrec-router`'s arguments (exactly one of the topology sources)."""
+    if (topology_file is None) == (topology_configmap is None):
+        raise ValueError("give exactly one of topology_file and topology_configmap")
+    arguments: list[str] = []
+    if topology_file is not None:
+        arguments += [RouterFlags.TOPOLOGY_FILE, topology_file]
+    if topology_configmap is not None:
+        arguments += [RouterFlags.TOPOLOGY_CONFIGMAP, topology_configmap]
+    if router_config is not None:
+        arguments += [RouterFlags.ROUTER_CONFIG, router_config]
+    arguments += [RouterFlags.HOST, host, RouterFlags.PORT, str(port)]
+    if api_keys_file is not None:
+        arguments += [RouterFlags.API_KEYS_FILE, api_keys_file]
+    return arguments
+
+
+class BuildableLayout(Protocol):
+    """What an index build needs of a layout (`shardrec.planning.LayoutSpec` is one)."""
+
+    @property
+    def version(self) -> str: ...
+    @property
+    def shards(self) -> int: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def hnsw_m(self) -> int: ...
+    @property
+    def hnsw_ef_construction(self) -> int: ...
+    @property
+    def dimension(self) -> int: ...
+    @property
+    def id(self) -> str: ...
+
+
+def index_build_arguments(layout: BuildableLayout, embeddings_dir: str, out_dir: str) -> list[str]:
+    """The `recctl` arguments that build `layout` (from `index build` on). Everything comes from
+    the layout, not the current spec, so a kept layout is rebuilt exactly as first planned; the
+    build refuses embeddings of another dimension and records the layout id."""
+    return [
+        "index", "build",
+        "--embeddings", embeddings_dir,
+        "--out", out_dir,
+        "--version", layout.version,
+        "--shards", str(layout.shards),
+        "--metric", layout.metric,
+        "--m", str(layout.hnsw_m),
+        "--ef-construction", str(layout.hnsw_ef_construction),
+        "--dimension", str(layout.dimension),
+        "--layout", layout.id,
+    ]  # fmt: skip
