@@ -48,7 +48,24 @@ from shardrec.tools.capacity.coefficients import (
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_PATH = HERE / "coefficients.json"
-QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
+QUANTILES: tuple[float, ...] = (
+    0.0,
+    0.01,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    0.95,
+    0.97,
+    0.98,
+    0.99,
+)
 QUANTILES += (0.995, 0.999, 1.0)
 EF_SWEEP = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 SEARCH_REPEATS = 3
@@ -786,7 +803,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - one 
         distribution = quantiles_ms(latencies)
         wire = wire_bytes(url, shard_urls[0], queries[0])
         service = ServiceTime(tuple(distribution["quantiles"]), tuple(distribution["ms"]))
-        checks = []
+        checks: list[dict[str, Any]] = []
         started = time.perf_counter()
         observed = asyncio.run(closed_loop(url, args.check_requests, 1, args.users))
         sequential_rate = len(observed) / (time.perf_counter() - started)

@@ -97,7 +97,7 @@ def _router_rows(context: BenchContext) -> list[Row]:
     if not (Path(__file__).parent / "router_bench.py").exists():
         context.notes.append("Router rows: benchmarks/router_bench.py not present yet.")
         return []
-    import router_bench  # type: ignore[import-not-found]
+    import router_bench
 
     rows: list[Row] = router_bench.run(context)
     return rows

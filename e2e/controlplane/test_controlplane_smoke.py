@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -30,7 +30,10 @@ from kubernetes.client.exceptions import ApiException  # noqa: E402
 pytestmark = [pytest.mark.integration, pytest.mark.controlplane]
 
 ZONES = ("zone-a", "zone-b")
+ZONE_LABEL = "topology.kubernetes.io/zone"
 WAIT = 60.0
+
+_T = TypeVar("_T")
 
 
 def _load_cluster_module() -> ModuleType:
@@ -84,7 +87,10 @@ def control_plane() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def api(control_plane: Any) -> k8s.ApiClient:
-    return kubernetes.config.new_client_from_config(config_file=str(control_plane.kubeconfig))
+    client: k8s.ApiClient = kubernetes.config.new_client_from_config(
+        config_file=str(control_plane.kubeconfig)
+    )
+    return client
 
 
 @pytest.fixture
@@ -101,17 +107,36 @@ def namespace(api: k8s.ApiClient) -> Iterator[str]:
 # --- helpers -------------------------------------------------------------------------------------------
 
 
-def _pod_template(labels: dict[str, str]) -> k8s.V1PodTemplateSpec:
+def _present(value: _T | None, what: str) -> _T:
+    """`value`, which the API must have filled in (the client types every field as optional)."""
+    assert value is not None, f"the API returned no {what}"
+    return value
+
+
+def _label(meta: k8s.V1ObjectMeta | None, key: str) -> str:
+    return _present(_present(meta, "metadata").labels, "labels")[key]
+
+
+def _pod_template(labels: dict[str, str], **spec: Any) -> k8s.V1PodTemplateSpec:
+    """A pause container with `labels`; `spec` adds V1PodSpec fields."""
     return k8s.V1PodTemplateSpec(
         metadata=k8s.V1ObjectMeta(labels=labels),
-        spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="app", image="registry.k8s.io/pause:3.10")]),
+        spec=k8s.V1PodSpec(
+            containers=[k8s.V1Container(name="app", image="registry.k8s.io/pause:3.10")], **spec
+        ),
     )
 
 
 def _running_and_ready(pod: k8s.V1Pod) -> bool:
-    conditions = pod.status.conditions or []
+    status = _present(pod.status, "pod status")
+    conditions = status.conditions or []
     ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
-    return pod.status.phase == "Running" and ready
+    return status.phase == "Running" and ready
+
+
+def _node_ready(node: k8s.V1Node) -> bool:
+    conditions = _present(_present(node.status, "node status").conditions, "node conditions")
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
 
 # --- tests ---------------------------------------------------------------------------------------------
@@ -121,8 +146,8 @@ def test_server_version_and_kwok_nodes(control_plane: Any, api: k8s.ApiClient) -
     version = k8s.VersionApi(api).get_code()
     assert version.git_version == cluster.read_versions()["K8S_VERSION"]
     nodes = k8s.CoreV1Api(api).list_node(label_selector="type=kwok").items
-    assert {n.metadata.labels["topology.kubernetes.io/zone"] for n in nodes} == set(ZONES)
-    assert all(any(c.type == "Ready" and c.status == "True" for c in n.status.conditions) for n in nodes)
+    assert {_label(n.metadata, ZONE_LABEL) for n in nodes} == set(ZONES)
+    assert all(_node_ready(n) for n in nodes)
     assert control_plane.startup_seconds < 90
 
 
@@ -131,16 +156,18 @@ def test_deployment_pods_ready_in_two_zones_then_garbage_collected(
 ) -> None:
     apps, core = k8s.AppsV1Api(api), k8s.CoreV1Api(api)
     labels = {"app": "web"}
-    template = _pod_template(labels)
     # Zone spread forces one pod per zone, which proves scheduling honours the kwok nodes' zone labels.
-    template.spec.topology_spread_constraints = [
-        k8s.V1TopologySpreadConstraint(
-            max_skew=1,
-            topology_key="topology.kubernetes.io/zone",
-            when_unsatisfiable="DoNotSchedule",
-            label_selector=k8s.V1LabelSelector(match_labels=labels),
-        )
-    ]
+    template = _pod_template(
+        labels,
+        topology_spread_constraints=[
+            k8s.V1TopologySpreadConstraint(
+                max_skew=1,
+                topology_key=ZONE_LABEL,
+                when_unsatisfiable="DoNotSchedule",
+                label_selector=k8s.V1LabelSelector(match_labels=labels),
+            )
+        ],
+    )
     deployment = k8s.V1Deployment(
         metadata=k8s.V1ObjectMeta(name="web"),
         spec=k8s.V1DeploymentSpec(
@@ -154,12 +181,15 @@ def test_deployment_pods_ready_in_two_zones_then_garbage_collected(
         return pods if len(pods) == 2 and all(_running_and_ready(p) for p in pods) else []
 
     pods = wait_until("2 Running/Ready pods", ready_pods)
-    zones = {core.read_node(p.spec.node_name).metadata.labels["topology.kubernetes.io/zone"] for p in pods}
+    nodes = [_present(_present(p.spec, "pod spec").node_name, "node name") for p in pods]
+    zones = {_label(core.read_node(node).metadata, ZONE_LABEL) for node in nodes}
     assert zones == set(ZONES)
-    wait_until(
-        "deployment available",
-        lambda: apps.read_namespaced_deployment("web", namespace).status.available_replicas == 2,
-    )
+
+    def available() -> bool:
+        status = _present(apps.read_namespaced_deployment("web", namespace).status, "deployment status")
+        return status.available_replicas == 2
+
+    wait_until("deployment available", available)
 
     apps.delete_namespaced_deployment("web", namespace)  # background propagation: GC deletes RS, then pods
     wait_until("ReplicaSets garbage-collected", lambda: not apps.list_namespaced_replica_set(namespace).items)
@@ -179,17 +209,20 @@ def test_statefulset_ready_and_job_completes(api: k8s.ApiClient, namespace: str)
         ),
     )
     apps.create_namespaced_stateful_set(namespace, sts)
-    job_template = _pod_template({"app": "once"})
-    job_template.spec.restart_policy = "Never"
+    job_template = _pod_template({"app": "once"}, restart_policy="Never")
     job = k8s.V1Job(metadata=k8s.V1ObjectMeta(name="once"), spec=k8s.V1JobSpec(template=job_template))
     batch.create_namespaced_job(namespace, job)
 
-    wait_until(
-        "StatefulSet 2/2 ready",
-        lambda: apps.read_namespaced_stateful_set("db", namespace).status.ready_replicas == 2,
-    )
+    def sts_ready() -> bool:
+        status = _present(apps.read_namespaced_stateful_set("db", namespace).status, "StatefulSet status")
+        return status.ready_replicas == 2
+
+    def job_succeeded() -> bool:
+        return _present(batch.read_namespaced_job("once", namespace).status, "Job status").succeeded == 1
+
+    wait_until("StatefulSet 2/2 ready", sts_ready)
     # kwok's pod-complete stage moves Running pods owned by a Job to Succeeded.
-    wait_until("Job succeeded", lambda: batch.read_namespaced_job("once", namespace).status.succeeded == 1)
+    wait_until("Job succeeded", job_succeeded)
 
 
 def test_crd_cel_validation_rejects_bad_object(api: k8s.ApiClient, namespace: str) -> None:
@@ -224,11 +257,13 @@ def test_crd_cel_validation_rejects_bad_object(api: k8s.ApiClient, namespace: st
             ],
         },
     }
-    ext.create_custom_resource_definition(crd)
+    # The client sends a dict body as it is; its annotation names only the model class.
+    ext.create_custom_resource_definition(crd)  # type: ignore[arg-type]
     try:
 
         def established() -> bool:
-            conds = ext.read_custom_resource_definition(f"{plural}.{group}").status.conditions or []
+            read = ext.read_custom_resource_definition(f"{plural}.{group}")
+            conds = _present(read.status, "CRD status").conditions or []
             return any(c.type == "Established" and c.status == "True" for c in conds)
 
         wait_until("CRD Established", established)
@@ -248,7 +283,10 @@ def test_crd_cel_validation_rejects_bad_object(api: k8s.ApiClient, namespace: st
         with pytest.raises(ApiException) as err:
             custom.create_namespaced_custom_object(group, "v1", namespace, plural, obj("bad", 5, 1))
         assert err.value.status == 422
-        assert "minReplicas must be <= maxReplicas" in json.loads(err.value.body)["message"]
+        assert (
+            "minReplicas must be <= maxReplicas"
+            in json.loads(_present(err.value.body, "error body"))["message"]
+        )
     finally:
         ext.delete_custom_resource_definition(f"{plural}.{group}")
 
@@ -283,7 +321,7 @@ def test_pod_security_admission_enforces_restricted(api: k8s.ApiClient, namespac
     with pytest.raises(ApiException) as err:
         core.create_namespaced_pod(namespace, pod)
     assert err.value.status == 403
-    assert "violates PodSecurity" in json.loads(err.value.body)["message"]
+    assert "violates PodSecurity" in json.loads(_present(err.value.body, "error body"))["message"]
 
 
 def test_kubectl_against_the_cluster(control_plane: Any) -> None:

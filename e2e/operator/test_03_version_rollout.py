@@ -46,7 +46,7 @@ def test_version_change_rolls_in_order_and_a_failed_build_keeps_the_old_layout(
         def look() -> bool:
             now = time.monotonic()
             running = scenario.layouts_running()
-            facts = {
+            facts: dict[str, bool] = {
                 "new build complete": _job_complete(scenario, new),
                 "new shards exist": len([n for n in scenario.names(kinds.STATEFUL_SET) if new in n]) == 2,
                 "router switched": scenario.active_layout() == new,

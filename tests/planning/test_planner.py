@@ -675,6 +675,21 @@ def test_old_layout_is_kept_for_the_rollback_window_then_deleted() -> None:
     assert gone.requeue_after_seconds is None
 
 
+def test_an_ordered_deletion_is_recorded_as_data_and_survives_a_restart() -> None:
+    world, switched = _after_switch(V2)
+    ordered = plan(CLUSTER, V2, replace(world, previous_status=switched.status, now=later(300)))
+    entry = record(ordered, ID1)
+    assert entry.deleting and entry.state == "Retiring"
+    assert entry.message.startswith("deleting: stopped serving at")  # still says why, for humans
+    assert "DeletingLayout" in event_reasons(ordered)
+    # A fresh process reads the status back from the API (camelCase JSON) while v1 still exists.
+    stored = RecommenderClusterStatus.model_validate_json(ordered.status.model_dump_json(by_alias=True))
+    again = plan(CLUSTER, V2, replace(world, previous_status=stored, now=later(301)))
+    assert record(again, ID1) == entry
+    assert [a.layout_id for a in again.of_type(DeleteLayout)] == [ID1]
+    assert "DeletingLayout" not in event_reasons(again)  # announced once
+
+
 def test_keep_zero_drains_then_deletes() -> None:
     spec = with_version(make_spec(rollout={"keepPreviousLayouts": 0, "drainSeconds": 5}), "v2")
     world, switched = _after_switch(spec)

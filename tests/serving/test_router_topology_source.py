@@ -108,7 +108,7 @@ def test_parse_topology_names_the_source_and_field() -> None:
 
 def test_configmap_documents_are_parsed_or_reported() -> None:
     source = ConfigMapTopologySource("shop", "recs-topology")
-    delivered: list[Topology | str] = []
+    delivered: list[Topology | TopologySourceError] = []
     source._deliver_object(
         SimpleNamespace(data={TOPOLOGY_CONFIGMAP_KEY: json.dumps(topology(4))}), delivered.append
     )
@@ -116,8 +116,11 @@ def test_configmap_documents_are_parsed_or_reported() -> None:
     source._deliver_object(SimpleNamespace(data=None), delivered.append)
     source._deliver_object(SimpleNamespace(data={TOPOLOGY_CONFIGMAP_KEY: "[]"}), delivered.append)
     assert isinstance(delivered[0], Topology) and delivered[0].revision == 4
-    assert delivered[1] == delivered[2] == "configmap shop/recs-topology: has no key 'topology.json'"
-    assert isinstance(delivered[3], str) and "invalid topology" in delivered[3]
+    assert [type(item) for item in delivered[1:]] == [TopologySourceError] * 3  # told apart by type
+    assert (
+        str(delivered[1]) == str(delivered[2]) == "configmap shop/recs-topology: has no key 'topology.json'"
+    )
+    assert "invalid topology" in str(delivered[3])
 
 
 def test_command_line_checks_name_the_flag(tmp_path: Path) -> None:

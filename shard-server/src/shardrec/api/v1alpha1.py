@@ -462,6 +462,9 @@ class LayoutStatus(ApiModel):
     created_at: str = Field(description="When this layout was first planned (RFC 3339).")
     state_since: str = Field(description="When it entered its current state (RFC 3339).")
     message: str = Field("", max_length=4096, description="Why it is in this state.")
+    deleting: bool = Field(
+        False, description="Its deletion has been ordered; it goes once its objects are gone."
+    )
 
 
 class BlockedBy(ApiModel):

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 from shardrec.api.v1alpha1 import Condition, LayoutStatus, RecommenderClusterStatus
 from shardrec.planning.actions import DeleteLayout, EventType, LayoutAction, RecordEvent, SwitchRouter
-from shardrec.planning.records import DELETING
 
 TIMEOUT_PREFIX = "not built and ready within"
 
@@ -75,7 +74,7 @@ def transition_events(
             )
         if isinstance(action, DeleteLayout) and action.layout_id not in failed:
             old = previous.get(action.layout_id)
-            if old is None or not old.message.startswith(DELETING):
+            if old is None or not old.deleting:
                 events.append(
                     RecordEvent(
                         "Normal", "DeletingLayout", f"deleting layout {action.layout_id}: {action.reason}"

@@ -45,7 +45,7 @@ from shardrec.planning.progress import (
     requeue_after,
     would_change,
 )
-from shardrec.planning.records import DELETING, Records, decide_records, make_record
+from shardrec.planning.records import Records, decide_records, make_record
 from shardrec.planning.status import StatusFacts, compute_status
 from shardrec.planning.timestamps import parse_time
 
@@ -175,6 +175,21 @@ def _apply_timeout(
     return replace(records, by_id={**records.by_id, tid: failed})
 
 
+def _mark_deleting(records: Records, accepted: list[LayoutAction]) -> Records:
+    """Records with every layout whose deletion was accepted marked `deleting`, saying why; a
+    layout already marked keeps its first reason."""
+    marked: dict[str, LayoutStatus] = {}
+    for action in accepted:
+        if isinstance(action, DeleteLayout):
+            entry = marked.get(action.layout_id, records.by_id[action.layout_id])
+            # A failed layout keeps its failure as its message; it was announced as abandoned.
+            if entry.state != "Failed" and not entry.deleting:
+                marked[action.layout_id] = entry.model_copy(
+                    update={"message": f"deleting: {action.reason}", "deleting": True}
+                )
+    return replace(records, by_id={**records.by_id, **marked}) if marked else records
+
+
 def _serving_shards(
     spec: RecommenderClusterSpec, observed: Observed, records: Records
 ) -> tuple[ShardStatus, ...]:
@@ -215,14 +230,7 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
         verdicts = _judge(spec, observed, records, target)
     accepted = [v.action for v in verdicts if v.veto is None]
     proposed = [v.action for v in verdicts]
-    for action in accepted:
-        if isinstance(action, DeleteLayout):
-            entry = records.by_id[action.layout_id]
-            # A failed layout keeps its failure as its message; it was announced as abandoned.
-            if entry.state != "Failed" and not entry.message.startswith(DELETING):
-                records.by_id[action.layout_id] = entry.model_copy(
-                    update={"message": f"{DELETING}{action.reason}"}
-                )
+    records = _mark_deleting(records, accepted)
     blocked = _blocked_by(verdicts, observed)
     serving = observed.router.confirmed_layout
     progress = progress_of(

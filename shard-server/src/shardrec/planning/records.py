@@ -13,6 +13,9 @@ observes. States:
 - a layout that served and no longer does is Retiring (kept for rollback, then deleted);
 - a layout that never served and is no longer the target is superseded and deleted at once;
 - a target whose build failed or that timed out is Failed until the generation changes.
+
+Once the planner orders a layout's deletion, its record says so (`deleting`, with a message that
+names why) until the layout is gone; the flag travels with the message it explains.
 """
 
 from __future__ import annotations
@@ -24,9 +27,6 @@ from shardrec.api.v1alpha1 import LayoutState, LayoutStatus, RecommenderClusterS
 from shardrec.planning.layouts import LayoutSpec
 from shardrec.planning.observed import Observed, ObservedLayout
 from shardrec.planning.timestamps import format_time, parse_time
-
-DELETING = "deleting: "
-"""Prefix of the message of a layout whose deletion has been ordered."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ def make_record(
     observed_layout: ObservedLayout | None,
     now: datetime,
     created_at: str | None = None,
+    deleting: bool = False,
 ) -> LayoutStatus:
     """A record for `layout_id`; `state_since` is kept when the state did not change."""
     version = spec.version if spec is not None else (previous.version if previous else "")
@@ -76,6 +77,7 @@ def make_record(
         created_at=created_at,
         state_since=since,
         message=message[:4096],
+        deleting=deleting,
     )
 
 
@@ -113,7 +115,14 @@ def _target_record(
         )
     if previous is not None and previous.state == "Failed" and not retry:
         return make_record(
-            tid, "Failed", previous.message, spec=target, previous=previous, observed_layout=obs, now=now
+            tid,
+            "Failed",
+            previous.message,
+            spec=target,
+            previous=previous,
+            observed_layout=obs,
+            now=now,
+            deleting=previous.deleting,
         )
     attempt = created_at or (previous.created_at if previous else format_time(now))
     build = obs.build if obs is not None else None
@@ -161,6 +170,7 @@ def _other_record(
             previous=previous,
             observed_layout=obs,
             now=now,
+            deleting=previous.deleting,
         ), False
     if previous is not None and previous.state == "Failed":
         return make_record(
@@ -171,13 +181,24 @@ def _other_record(
             previous=previous,
             observed_layout=obs,
             now=now,
+            deleting=previous.deleting,
         ), False
     state = previous.state if previous is not None else readiness_state(obs, 1)[0]
-    message = f"superseded by layout {target_id} before it served"
-    if previous is not None and previous.message.startswith(DELETING):
-        message = previous.message
+    deleting = previous is not None and previous.deleting
+    message = (
+        previous.message
+        if previous is not None and deleting
+        else (f"superseded by layout {target_id} before it served")
+    )
     return make_record(
-        layout_id, state, message, spec=obs.spec, previous=previous, observed_layout=obs, now=now
+        layout_id,
+        state,
+        message,
+        spec=obs.spec,
+        previous=previous,
+        observed_layout=obs,
+        now=now,
+        deleting=deleting,
     ), True
 
 
@@ -244,7 +265,7 @@ def decide_records(spec: RecommenderClusterSpec, observed: Observed) -> Records:
     for layout_id, (at, kept) in _deletion_times(by_id, spec, observed.now).items():
         delete_after[layout_id] = at
         entry = by_id[layout_id]
-        if not entry.message.startswith(DELETING):
+        if not entry.deleting:
             label = "kept for rollback" if kept else "draining"
             by_id[layout_id] = entry.model_copy(update={"message": f"{label} until {format_time(at)}"})
     return Records(by_id, specs, frozenset(superseded), delete_after)

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from shardrec.serving.index.manifest import (
     LayoutManifest,
     ShardEntry,
     ShardManifest,
+    UsersPart,
     shard_dir_name,
 )
 from shardrec.serving.index.partitioning import assign_shards
@@ -144,6 +146,29 @@ def _publish(staging: Path, out_dir: Path) -> None:
     shutil.rmtree(staging)
 
 
+@dataclass(frozen=True)
+class _Header:
+    """What every shard's manifest says about its layout."""
+
+    layout: str
+    version: str
+    shards: int
+    dimension: int
+    metric: Metric
+    hnsw: HnswParams
+
+    def of_shard(self, shard: int) -> dict[str, object]:
+        return {
+            "layout": self.layout,
+            "version": self.version,
+            "shard": shard,
+            "shards": self.shards,
+            "dimension": self.dimension,
+            "metric": self.metric,
+            "hnsw": self.hnsw,
+        }
+
+
 def build_layout(
     embeddings_dir: Path,
     out_dir: Path,
@@ -173,70 +198,14 @@ def build_layout(
     if (out_dir / LAYOUT_FILE).exists():
         raise BuildError(f"{out_dir}: already holds a built layout; versions are immutable, pick a new --out")
     started = time.monotonic()
-    embeddings = load_embeddings(embeddings_dir)
-    if expected_dimension is not None and embeddings.dimension != expected_dimension:
-        raise BuildError(
-            f"{embeddings_dir / 'items.npy'}: dimension {embeddings.dimension}, expected {expected_dimension}"
-        )
-    assignment = assign_shards(embeddings.item_ids, shards)
-    counts = np.bincount(assignment, minlength=shards)
-    if (counts == 0).any():
-        raise BuildError(
-            f"--shards {shards}: {len(embeddings.item_ids)} items leave shards "
-            f"{np.flatnonzero(counts == 0).tolist()} empty; use fewer shards"
-        )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
+    embeddings = _load_checked(embeddings_dir, expected_dimension)
+    assignment = _assign_items(embeddings, shards)
+    staging = _fresh_staging(out_dir)
     hnsw = HnswParams(m=m, ef_construction=ef_construction)
-    parallel = min(shards, workers)
-    threads_per_shard = max(1, workers // parallel)
-    lock = threading.Lock()
+    header = _Header(layout, version, shards, embeddings.dimension, metric, hnsw)
     try:
-        with tqdm(
-            total=len(embeddings.item_ids),
-            unit="item",
-            desc=f"{layout}: {shards} shards",
-            disable=not progress,
-        ) as bar:
-
-            def advance(done: int) -> None:
-                with lock:
-                    bar.update(done)
-
-            def one(shard: int) -> ShardEntry:
-                header: dict[str, object] = {
-                    "layout": layout,
-                    "version": version,
-                    "shard": shard,
-                    "shards": shards,
-                    "dimension": embeddings.dimension,
-                    "metric": metric,
-                    "hnsw": hnsw,
-                }
-                positions = np.flatnonzero(assignment == shard).astype(np.int64)
-                return _build_shard(
-                    staging / shard_dir_name(shard),
-                    embeddings,
-                    positions,
-                    header,
-                    threads=threads_per_shard,
-                    advance=advance,
-                )
-
-            with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="index-build") as pool:
-                entries = list(pool.map(one, range(shards)))
-        users = None
-        if embeddings.users is not None and embeddings.user_ids is not None:
-            users = write_users_part(
-                staging / USERS_DIR,
-                embeddings.users,
-                embeddings.user_ids,
-                embeddings.seen,
-                embeddings.seen_unknown_items,
-            )
+        entries = _build_shards(staging, embeddings, assignment, header, workers=workers, progress=progress)
+        users = _write_users(staging, embeddings)
         manifest = LayoutManifest(
             layout=layout,
             version=version,
@@ -251,12 +220,103 @@ def build_layout(
             build_seconds=round(time.monotonic() - started, 3),
             source={"embeddings_dir": str(embeddings_dir.resolve()), "metadata": embeddings.metadata},
         )
-        for folder in staging.iterdir():
-            if folder.is_dir():
-                fsync_dir(folder)
-        publish_atomically(staging / LAYOUT_FILE, manifest.model_dump_json(indent=2).encode())
+        _seal(staging, manifest)
         _publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _load_checked(embeddings_dir: Path, expected_dimension: int | None) -> Embeddings:
+    """The embeddings, with the dimension the caller expects (None: any)."""
+    embeddings = load_embeddings(embeddings_dir)
+    if expected_dimension is not None and embeddings.dimension != expected_dimension:
+        raise BuildError(
+            f"{embeddings_dir / 'items.npy'}: dimension {embeddings.dimension}, expected {expected_dimension}"
+        )
+    return embeddings
+
+
+def _assign_items(embeddings: Embeddings, shards: int) -> npt.NDArray[np.int64]:
+    """Each item's shard; every shard must get at least one item."""
+    assignment = assign_shards(embeddings.item_ids, shards)
+    counts = np.bincount(assignment, minlength=shards)
+    if (counts == 0).any():
+        raise BuildError(
+            f"--shards {shards}: {len(embeddings.item_ids)} items leave shards "
+            f"{np.flatnonzero(counts == 0).tolist()} empty; use fewer shards"
+        )
+    return assignment
+
+
+def _fresh_staging(out_dir: Path) -> Path:
+    """An empty staging folder beside `out_dir` (a leftover of this pid is removed)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    return staging
+
+
+def _build_shards(
+    staging: Path,
+    embeddings: Embeddings,
+    assignment: npt.NDArray[np.int64],
+    header: _Header,
+    *,
+    workers: int,
+    progress: bool,
+) -> list[ShardEntry]:
+    """Every shard's index, `min(shards, workers)` shards at a time, the workers' threads shared
+    among them."""
+    shards = header.shards
+    parallel = min(shards, workers)
+    threads_per_shard = max(1, workers // parallel)
+    lock = threading.Lock()
+    with tqdm(
+        total=len(embeddings.item_ids),
+        unit="item",
+        desc=f"{header.layout}: {shards} shards",
+        disable=not progress,
+    ) as bar:
+
+        def advance(done: int) -> None:
+            with lock:
+                bar.update(done)
+
+        def one(shard: int) -> ShardEntry:
+            positions = np.flatnonzero(assignment == shard).astype(np.int64)
+            return _build_shard(
+                staging / shard_dir_name(shard),
+                embeddings,
+                positions,
+                header.of_shard(shard),
+                threads=threads_per_shard,
+                advance=advance,
+            )
+
+        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="index-build") as pool:
+            return list(pool.map(one, range(shards)))
+
+
+def _write_users(staging: Path, embeddings: Embeddings) -> UsersPart | None:
+    """The user table, when the embeddings have users."""
+    if embeddings.users is None or embeddings.user_ids is None:
+        return None
+    return write_users_part(
+        staging / USERS_DIR,
+        embeddings.users,
+        embeddings.user_ids,
+        embeddings.seen,
+        embeddings.seen_unknown_items,
+    )
+
+
+def _seal(staging: Path, manifest: LayoutManifest) -> None:
+    """Make every shard folder durable, then write layout.json into the staging folder."""
+    for folder in staging.iterdir():
+        if folder.is_dir():
+            fsync_dir(folder)
+    publish_atomically(staging / LAYOUT_FILE, manifest.model_dump_json(indent=2).encode())

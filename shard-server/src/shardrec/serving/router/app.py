@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -75,6 +76,42 @@ def _body_doc(model: type[schemas._Doc]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _GateRoute:
+    """One of the three POST routes the gate serves, as /docs describes it."""
+
+    path: str
+    name: str
+    request: type[schemas._Doc]
+    response: type[schemas._Doc]
+    summary: str
+
+
+_GATE_ROUTES = (
+    _GateRoute(
+        "/v1/recommend",
+        "recommend",
+        schemas.RecommendRequest,
+        schemas.RecommendResponse,
+        "Top-k items for a user or a query vector",
+    ),
+    _GateRoute(
+        "/v1/recommend/batch",
+        "recommend_batch",
+        schemas.BatchRequest,
+        schemas.BatchResponse,
+        "Many recommendation queries in one request, all from one index version",
+    ),
+    _GateRoute(
+        "/v1/similar",
+        "similar",
+        schemas.SimilarRequest,
+        schemas.RecommendResponse,
+        "Items similar to an item",
+    ),
+)
+
+
 def create_app(
     settings: RouterSettings,
     source: TopologySource | None = None,
@@ -83,6 +120,23 @@ def create_app(
     """The router app. `source` feeds it topologies; `deps` supplies the shard client (defaults to
     `shardrec.serving.shard.client.ShardClient`)."""
     state = RouterState(settings, source, deps)
+    app = RouterApp(
+        title="shardrec router",
+        version=__version__,
+        description="Recommendations scatter-gathered over the shards of the active index version.",
+        lifespan=_lifespan(state),
+    )
+    app.state.router = state
+    app.gate = state
+    _add_gate_routes(app, state)
+    _add_probes(app, state)
+    _document_bodies(app)
+    _add_error_handlers(app)
+    return app
+
+
+def _lifespan(state: RouterState) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """Start the router's state (topology watch, shard clients) with the app, stop it after."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -92,56 +146,42 @@ def create_app(
         finally:
             await state.stop()
 
-    app = RouterApp(
-        title="shardrec router",
-        version=__version__,
-        description="Recommendations scatter-gathered over the shards of the active index version.",
-        lifespan=lifespan,
-    )
-    app.state.router = state
-    service = state.service
-    app.gate = state
-    app.fast_routes = {
-        "/v1/recommend": ("/v1/recommend", service.recommend),
-        "/v1/recommend/batch": ("/v1/recommend/batch", service.recommend_batch),
-        "/v1/similar": ("/v1/similar", service.similar),
-    }
+    return lifespan
 
-    async def through_gate(request: Request, route: str, work: Work) -> Response:
+
+def _add_gate_routes(app: RouterApp, state: RouterState) -> None:
+    """The three POST routes: served by the gate from `app.fast_routes`, and declared on FastAPI
+    too, so /docs describes them and a request the fast path misses still reaches the gate."""
+    service = state.service
+    works: dict[str, Work] = {
+        "/v1/recommend": service.recommend,
+        "/v1/recommend/batch": service.recommend_batch,
+        "/v1/similar": service.similar,
+    }
+    app.fast_routes = {path: (path, work) for path, work in works.items()}
+    for route in _GATE_ROUTES:
+        app.post(
+            route.path,
+            name=route.name,
+            response_model=route.response,
+            responses=_ERRORS,
+            openapi_extra=_body_doc(route.request),
+            summary=route.summary,
+        )(_through_gate(state, route.path, works[route.path]))
+
+
+def _through_gate(state: RouterState, route: str, work: Work) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
         # Reached only when the fast path did not match (e.g. a mounted root path).
         status, extra, payload = await state.process(request.scope["headers"], request.receive, route, work)
         headers = {name.decode(): value.decode() for name, value in extra}
         return Response(payload, status_code=status, headers=headers, media_type=JSON)
 
-    @app.post(
-        "/v1/recommend",
-        response_model=schemas.RecommendResponse,
-        responses=_ERRORS,
-        openapi_extra=_body_doc(schemas.RecommendRequest),
-        summary="Top-k items for a user or a query vector",
-    )
-    async def recommend(request: Request) -> Response:
-        return await through_gate(request, "/v1/recommend", service.recommend)
+    return endpoint
 
-    @app.post(
-        "/v1/recommend/batch",
-        response_model=schemas.BatchResponse,
-        responses=_ERRORS,
-        openapi_extra=_body_doc(schemas.BatchRequest),
-        summary="Many recommendation queries in one request, all from one index version",
-    )
-    async def recommend_batch(request: Request) -> Response:
-        return await through_gate(request, "/v1/recommend/batch", service.recommend_batch)
 
-    @app.post(
-        "/v1/similar",
-        response_model=schemas.RecommendResponse,
-        responses=_ERRORS,
-        openapi_extra=_body_doc(schemas.SimilarRequest),
-        summary="Items similar to an item",
-    )
-    async def similar(request: Request) -> Response:
-        return await through_gate(request, "/v1/similar", service.similar)
+def _add_probes(app: FastAPI, state: RouterState) -> None:
+    """/healthz, /readyz and /metrics."""
 
     @app.get("/healthz", summary="The process is alive")
     async def healthz() -> Response:
@@ -171,7 +211,10 @@ def create_app(
         state.metrics.in_flight.set(state.admission.in_flight)
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    # The documented bodies are referenced by $ref above; register them with the schema.
+
+def _document_bodies(app: FastAPI) -> None:
+    """The documented bodies are referenced by $ref from the gate routes; register them with the
+    OpenAPI document."""
     original_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -187,6 +230,10 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error, FastAPI's own included, as the router's JSON error body."""
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
@@ -208,5 +255,3 @@ def create_app(
     async def internal_error(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
         return Response(error_body("internal_error", "internal error"), status_code=500, media_type=JSON)
-
-    return app

@@ -7,7 +7,9 @@
   (list + watch from the returned resourceVersion, in a thread; re-listed after any error).
 
 Both call `apply(topology)` with each new document, in order, never concurrently; a document that
-fails to parse is reported through `on_error` and the previous one stays in force.
+fails to parse is reported through `on_error` and the previous one stays in force. Inside the
+ConfigMap source, the watch thread hands the event loop either a `Topology` or a
+`TopologySourceError`, so the two are told apart by type.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ OnError = Callable[[str], None]
 
 class TopologySourceError(ValueError):
     """A topology document that cannot be used; the message names where it came from."""
+
+
+_Update = Topology | TopologySourceError
+"""What the ConfigMap watch thread hands the event loop: a document, or why there is none."""
 
 
 class TopologySource(Protocol):
@@ -101,9 +107,9 @@ class ConfigMapTopologySource:
 
     async def watch(self, apply: ApplyTopology, on_error: OnError) -> None:
         loop = asyncio.get_running_loop()
-        updates: asyncio.Queue[Topology | str] = asyncio.Queue()
+        updates: asyncio.Queue[_Update] = asyncio.Queue()
 
-        def deliver(item: Topology | str) -> None:
+        def deliver(item: _Update) -> None:
             try:
                 loop.call_soon_threadsafe(updates.put_nowait, item)
             except RuntimeError:  # the loop is closed: the router is shutting down
@@ -116,11 +122,11 @@ class ConfigMapTopologySource:
                 item = await updates.get()
                 while not updates.empty():  # only the newest document matters
                     newer = updates.get_nowait()
-                    if isinstance(item, str):
-                        on_error(item)
+                    if isinstance(item, TopologySourceError):
+                        on_error(str(item))
                     item = newer
-                if isinstance(item, str):
-                    on_error(item)
+                if isinstance(item, TopologySourceError):
+                    on_error(str(item))
                     continue
                 try:
                     await apply(item)
@@ -129,14 +135,19 @@ class ConfigMapTopologySource:
         finally:
             self._stop.set()
 
-    def _run(self, deliver: Callable[[Topology | str], None]) -> None:
+    def _problem(self, what: str) -> TopologySourceError:
+        return TopologySourceError(f"{self.description}: {what}")
+
+    def _run(self, deliver: Callable[[_Update], None]) -> None:
         try:
             from kubernetes import client, config, watch
             from kubernetes.client.exceptions import ApiException
         except ImportError:
             deliver(
-                f"{self.description}: the kubernetes client is not installed "
-                "(pip install 'shardrec[operator]'); use --topology-file with a mounted ConfigMap instead"
+                self._problem(
+                    "the kubernetes client is not installed (pip install 'shardrec[operator]'); "
+                    "use --topology-file with a mounted ConfigMap instead"
+                )
             )
             return
 
@@ -148,7 +159,7 @@ class ConfigMapTopologySource:
                 except config.ConfigException:
                     config.load_kube_config()  # type: ignore[no-untyped-call]
             except Exception as exc:
-                deliver(f"{self.description}: no Kubernetes credentials (in-cluster or kubeconfig): {exc}")
+                deliver(self._problem(f"no Kubernetes credentials (in-cluster or kubeconfig): {exc}"))
                 return
             api_client = client.ApiClient()
         core = client.CoreV1Api(api_client)
@@ -161,7 +172,7 @@ class ConfigMapTopologySource:
                 for item in listed.items:
                     self._deliver_object(item, deliver)
                 if not listed.items:
-                    deliver(f"{self.description}: not found (waiting for it)")
+                    deliver(self._problem("not found (waiting for it)"))
                 stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
                     core.list_namespaced_config_map,
                     self.namespace,
@@ -177,21 +188,21 @@ class ConfigMapTopologySource:
                 backoff = 0.5
             except ApiException as exc:
                 if exc.status != 410:  # 410 Gone: resourceVersion too old, just list again
-                    deliver(f"{self.description}: API error {exc.status}: {exc.reason}")
+                    deliver(self._problem(f"API error {exc.status}: {exc.reason}"))
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 10.0)
             except Exception as exc:
-                deliver(f"{self.description}: watch failed: {exc}")
+                deliver(self._problem(f"watch failed: {exc}"))
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    def _deliver_object(self, obj: Any, deliver: Callable[[Topology | str], None]) -> None:
+    def _deliver_object(self, obj: Any, deliver: Callable[[_Update], None]) -> None:
         data = obj.data or {}
         text = data.get(TOPOLOGY_CONFIGMAP_KEY)
         if text is None:
-            deliver(f"{self.description}: has no key {TOPOLOGY_CONFIGMAP_KEY!r}")
+            deliver(self._problem(f"has no key {TOPOLOGY_CONFIGMAP_KEY!r}"))
             return
         try:
             deliver(parse_topology(text, f"{self.description} key {TOPOLOGY_CONFIGMAP_KEY}"))
         except TopologySourceError as exc:
-            deliver(str(exc))
+            deliver(exc)

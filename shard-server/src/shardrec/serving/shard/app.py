@@ -96,7 +96,17 @@ def build_api(
     admin_token: str | None,
     lifespan: Any = None,
 ) -> FastAPI:
+    """The FastAPI app behind the binary search route: errors, probes, JSON search, admin load."""
     api = FastAPI(title="shardrec shard server", version="1", lifespan=lifespan)
+    _add_error_handlers(api)
+    _add_probes(api, engine, metrics)
+    _add_json_routes(api, engine)
+    _add_admin_routes(api, engine, default_shard, admin_token)
+    return api
+
+
+def _add_error_handlers(api: FastAPI) -> None:
+    """Every error as `{"error": {"code", "message"}}`; an engine error keeps its status."""
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -110,6 +120,10 @@ def build_api(
     @api.exception_handler(EngineError)
     async def _engine(_: Request, exc: EngineError) -> JSONResponse:
         return _error_response(exc.status, exc.code, str(exc), 1 if exc.status == 503 else None)
+
+
+def _add_probes(api: FastAPI, engine: SearchEngine, metrics: ShardMetrics) -> None:
+    """/healthz, /readyz, /metrics and /v1/info."""
 
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -138,40 +152,58 @@ def build_api(
             "search_threads": engine.settings.search_threads,
         }
 
+
+def _add_json_routes(api: FastAPI, engine: SearchEngine) -> None:
+    """The JSON routes for humans and tools: search, and item vectors by id."""
+
     @api.post("/v1/search/json")
     async def search_json(body: SearchJson) -> Any:
-        index = engine.current
-        if index is None:
-            raise NotReadyError("no index loaded yet")
-        queries = np.asarray(body.queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != index.dimension:
-            lengths = sorted({len(q) for q in body.queries})
-            return _error_response(
-                400, "bad_dimension", f"queries must have {index.dimension} numbers each, got {lengths}"
-            )
-        if not np.isfinite(queries).all():
-            return _error_response(400, "bad_vector", "queries contain NaN or inf")
-        if body.exclude is not None and len(body.exclude) != len(body.queries):
-            return _error_response(
-                400, "bad_exclude", f"exclude has {len(body.exclude)} lists for {len(body.queries)} queries"
-            )
-        return await engine.search(queries, body.k, body.exclude, body.timeout_ms, binary=False)
+        return await _search_json(engine, body)
 
     @api.post("/v1/items/vectors")
     async def item_vectors(body: VectorsJson) -> Any:
-        index = engine.current
-        if index is None:
-            raise NotReadyError("no index loaded yet")
-        found = {item: label for item in body.item_ids if (label := index.label_of.get(item)) is not None}
-        vectors = index.index.get_items(list(found.values())) if found else []
-        return {
-            "version": index.version,
-            "layout": index.layout_name,
-            "shard": index.shard,
-            "dimension": index.dimension,
-            "vectors": {item: list(map(float, vector)) for item, vector in zip(found, vectors, strict=True)},
-            "missing": [item for item in body.item_ids if item not in found],
-        }
+        return _item_vectors(engine, body)
+
+
+async def _search_json(engine: SearchEngine, body: SearchJson) -> Any:
+    index = engine.current
+    if index is None:
+        raise NotReadyError("no index loaded yet")
+    queries = np.asarray(body.queries, dtype=np.float32)
+    if queries.ndim != 2 or queries.shape[1] != index.dimension:
+        lengths = sorted({len(q) for q in body.queries})
+        return _error_response(
+            400, "bad_dimension", f"queries must have {index.dimension} numbers each, got {lengths}"
+        )
+    if not np.isfinite(queries).all():
+        return _error_response(400, "bad_vector", "queries contain NaN or inf")
+    if body.exclude is not None and len(body.exclude) != len(body.queries):
+        return _error_response(
+            400, "bad_exclude", f"exclude has {len(body.exclude)} lists for {len(body.queries)} queries"
+        )
+    return await engine.search(queries, body.k, body.exclude, body.timeout_ms, binary=False)
+
+
+def _item_vectors(engine: SearchEngine, body: VectorsJson) -> Any:
+    index = engine.current
+    if index is None:
+        raise NotReadyError("no index loaded yet")
+    found = {item: label for item in body.item_ids if (label := index.label_of.get(item)) is not None}
+    vectors = index.index.get_items(list(found.values())) if found else []
+    return {
+        "version": index.version,
+        "layout": index.layout_name,
+        "shard": index.shard,
+        "dimension": index.dimension,
+        "vectors": {item: list(map(float, vector)) for item, vector in zip(found, vectors, strict=True)},
+        "missing": [item for item in body.item_ids if item not in found],
+    }
+
+
+def _add_admin_routes(
+    api: FastAPI, engine: SearchEngine, default_shard: int | None, admin_token: str | None
+) -> None:
+    """GET /v1/admin/load (where a load is) and POST /v1/admin/load (swap in another index)."""
 
     @api.get("/v1/admin/load")
     async def load_status() -> dict[str, object]:
@@ -183,26 +215,26 @@ def build_api(
             return _error_response(
                 401, "unauthorized", "admin endpoints need 'Authorization: Bearer <token>'"
             )
-        shard = body.shard
-        if shard is None:
-            shard = engine.current.shard if engine.current is not None else default_shard
-        if shard is None:
-            return _error_response(400, "bad_request", "shard is required: no index is loaded yet")
-        if engine.load_status.state == "loading":
-            return _error_response(
-                409, "load_in_progress", f"already loading {engine.load_status.layout_dir}"
-            )
-        task = asyncio.create_task(engine.load(Path(body.layout_dir), shard, body.ef_search))
-        if not body.wait:
-            task.add_done_callback(_ignore_result)
-            return JSONResponse({"status": "loading", "layout_dir": body.layout_dir, "shard": shard}, 202)
-        try:
-            loaded = await task
-        except LoadRejectedError as exc:
-            return _error_response(409, exc.code, str(exc))
-        return {"status": "done", "index": loaded.info()}
+        return await _load(engine, body, default_shard)
 
-    return api
+
+async def _load(engine: SearchEngine, body: LoadJson, default_shard: int | None) -> Any:
+    shard = body.shard
+    if shard is None:
+        shard = engine.current.shard if engine.current is not None else default_shard
+    if shard is None:
+        return _error_response(400, "bad_request", "shard is required: no index is loaded yet")
+    if engine.load_status.state == "loading":
+        return _error_response(409, "load_in_progress", f"already loading {engine.load_status.layout_dir}")
+    task = asyncio.create_task(engine.load(Path(body.layout_dir), shard, body.ef_search))
+    if not body.wait:
+        task.add_done_callback(_ignore_result)
+        return JSONResponse({"status": "loading", "layout_dir": body.layout_dir, "shard": shard}, 202)
+    try:
+        loaded = await task
+    except LoadRejectedError as exc:
+        return _error_response(409, exc.code, str(exc))
+    return {"status": "done", "index": loaded.info()}
 
 
 def _ignore_result(task: asyncio.Task[Any]) -> None:
