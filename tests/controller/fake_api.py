@@ -170,8 +170,10 @@ class FakeClusterApi:
             )
         sets = {s["metadata"]["name"]: s for s in self.of_kind(kinds.STATEFUL_SET)}
         for pod in self.of_kind(kinds.POD):
-            owner = pod["metadata"].get("ownerReferences", [{}])[0].get("name")
-            statefulset = sets.get(owner)
+            reference = pod["metadata"].get("ownerReferences", [{}])[0]
+            if reference.get("kind") != "StatefulSet":
+                continue  # router pods (a ReplicaSet's) are the test's to manage
+            statefulset = sets.get(reference.get("name"))
             ordinal = int(pod["metadata"]["name"].rsplit("-", 1)[1])
             if statefulset is None or ordinal >= statefulset["spec"]["replicas"]:
                 del self.objects[(kinds.POD.kind, pod["metadata"]["namespace"], pod["metadata"]["name"])]

@@ -166,13 +166,24 @@ def test_router_config_change_rolls_the_router_and_autoscaling_hands_replicas_to
     assert "replicas" not in scaled["spec"]
 
 
-def test_router_role_can_only_read_its_topology_configmap() -> None:
-    (rule,) = build_router_role(SAMPLE)["rules"]
-    assert rule == {
+def test_router_role_reads_only_its_topology_configmap_and_reports_on_pods() -> None:
+    topology, pods = build_router_role(SAMPLE)["rules"]
+    assert topology == {
         "apiGroups": [""],
         "resources": ["configmaps"],
         "resourceNames": [names.topology("recs")],
         "verbs": ["get", "list", "watch"],
+    }
+    # What a router serves goes into its own pod's annotation: get + patch, nothing else.
+    assert pods == {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}
+
+
+def test_router_pods_know_their_own_name_to_report_on() -> None:
+    (container,) = build_router_deployment(SAMPLE)["spec"]["template"]["spec"]["containers"]
+    env = {entry["name"]: entry["valueFrom"]["fieldRef"]["fieldPath"] for entry in container["env"]}
+    assert env == {
+        "SHARDREC_ROUTER_POD_NAME": "metadata.name",
+        "SHARDREC_ROUTER_POD_NAMESPACE": "metadata.namespace",
     }
 
 

@@ -76,6 +76,7 @@ def test_table_names_every_rule_once_in_reporting_order() -> None:
         "rollout_within_timeout",
         "wait_for_router_to_confirm_switch",
         "never_switch_to_layout_with_missing_shard",
+        "switch_only_when_every_router_prepared",
         "never_delete_serving_layout",
         "never_delete_last_ready_replica_of_serving_shard",
     ]

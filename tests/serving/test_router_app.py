@@ -542,3 +542,102 @@ def test_openapi_documents_the_bodies_the_parser_accepts(tmp_path: Path) -> None
         (tmp_path / "openapi.json").write_text(json.dumps(schema))
 
     run(world, settings(), scenario)
+
+
+def test_a_staged_layout_is_loaded_aside_and_the_switch_needs_no_load() -> None:
+    """Preload (Topology.staged), then commit: the commit is one assignment, with no user-table
+    load on its path; `/readyz` reports what is prepared (what the operator waits for)."""
+    world = World()
+    loads: list[str] = []
+    original = world.deps
+
+    def counting_deps() -> ManagerDeps:
+        deps = original()
+        return replace(deps, load_users=lambda path: (loads.append(str(path)), deps.load_users(path))[1])
+
+    world.deps = counting_deps  # type: ignore[method-assign]
+
+    async def scenario(client: httpx.AsyncClient, state: Any) -> None:
+        manager = state.manager
+        v1 = manager.current.topology
+        v2 = world.build("v2", seed=2)
+        loads.clear()
+        await manager.apply(Topology(revision=2, active=v1, staged=v2))
+        assert manager.current.version == "v1" and manager.prepared.version == "v2"
+        assert loads == ["/layouts/L-v2"]
+        answer = await client.post("/v1/recommend", json={"user_id": "u0"})
+        assert answer.json()["index_version"] == "v1", "staged answers nothing"
+        serving = (await client.get("/readyz")).json()["serving"]
+        assert (serving["layout"], serving["prepared"], serving["revision"]) == ("L-v1", "L-v2", 2)
+        await manager.apply(Topology(revision=3, active=v2))
+        assert loads == ["/layouts/L-v2"], "the commit loaded nothing"
+        assert manager.current.version == "v2" and manager.prepared is None
+        assert (await client.post("/v1/recommend", json={"user_id": "u0"})).json()["index_version"] == "v2"
+        serving = (await client.get("/readyz")).json()["serving"]
+        assert (serving["layout"], serving["prepared"], serving["error"]) == ("L-v2", None, "")
+
+    run(world, settings(), scenario)
+
+
+def test_a_staged_layout_that_cannot_load_is_reported_and_the_active_one_stays() -> None:
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, state: Any) -> None:
+        manager = state.manager
+        v1 = manager.current.topology
+        broken = world.build("v2", seed=2).model_copy(update={"artifact_dir": "/layouts/missing"})
+        await manager.apply(Topology(revision=2, active=v1, staged=broken))
+        serving = manager.serving()
+        assert serving.layout == "L-v1" and serving.prepared is None and serving.revision == 2
+        assert serving.error.startswith("staged layout L-v2: cannot load the user table")
+        assert (await client.get("/readyz")).status_code == 200, "a bad staged layout keeps serving"
+        await manager.apply(Topology(revision=3, active=v1))
+        assert manager.serving().error == "", "no longer staged: no longer an error"
+
+    run(world, settings(), scenario)
+
+
+def test_a_newer_epoch_is_taken_even_with_a_lower_revision() -> None:
+    """The writer lost its revision (ConfigMap and status both gone): it starts a new epoch, and
+    routers must not ignore every later switch."""
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, state: Any) -> None:
+        manager = state.manager
+        v2 = world.build("v2", seed=2)
+        await manager.apply(Topology(epoch=0, revision=9, active=manager.current.topology))
+        await manager.apply(Topology(epoch=0, revision=3, active=v2))
+        assert manager.current.version == "v1", "an older revision of the same epoch is ignored"
+        await manager.apply(Topology(epoch=1_700_000_000_000, revision=0, active=v2))
+        assert manager.current.version == "v2"
+        assert (manager.epoch, manager.revision) == (1_700_000_000_000, 0)
+        await manager.apply(Topology(epoch=0, revision=50, active=manager.current.topology))
+        assert manager.epoch == 1_700_000_000_000, "an older epoch is ignored whatever its revision"
+
+    run(world, settings(), scenario)
+
+
+def test_every_change_of_what_is_served_is_reported() -> None:
+    world = World()
+    reports: list[Any] = []
+
+    async def scenario(client: httpx.AsyncClient, state: Any) -> None:
+        async def listener(serving: Any) -> None:
+            reports.append(serving)
+
+        manager = state.manager
+        manager.on_serving_change(listener)
+        v2 = world.build("v2", seed=2)
+        await manager.apply(Topology(revision=2, active=manager.current.topology, staged=v2))
+        await manager.apply(Topology(revision=3, active=v2))
+        broken = world.build("v3", seed=3).model_copy(update={"artifact_dir": "/layouts/missing"})
+        with pytest.raises(ValueError):
+            await manager.apply(Topology(revision=4, active=broken))
+        assert [(r.layout, r.prepared, r.revision) for r in reports] == [
+            ("L-v1", "L-v2", 2),
+            ("L-v2", None, 3),
+            ("L-v2", None, 3),
+        ]
+        assert "cannot load the user table" in reports[-1].error
+
+    run(world, settings(), scenario)

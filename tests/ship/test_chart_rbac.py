@@ -65,7 +65,8 @@ def _required_by_the_operator() -> Matrix:
         if resource is resources.NODE:
             verbs = {"get", "list"}
         elif resource is resources.POD:
-            verbs = {"get", "list", "delete"}
+            # patch: granted on to the router's Role (it reports what it serves on its own pod).
+            verbs = {"get", "list", "delete", "patch"}
         elif resource is resources.CONFIG_MAP:
             verbs = WRITE | {"watch"}  # granted on to the router's Role, so held by the operator
         elif resource is resources.RECOMMENDER_CLUSTER:

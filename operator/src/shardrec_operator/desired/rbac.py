@@ -1,9 +1,13 @@
-"""ServiceAccounts, and the least RBAC the router needs: read and watch its one topology ConfigMap.
+"""ServiceAccounts, and the least RBAC the router needs: read and watch its one topology ConfigMap,
+and report what it serves on its own pod.
 
 Shard pods and index Jobs never talk to the API, so their ServiceAccount mounts no token. The
 router's Role names the ConfigMap in `resourceNames`; Kubernetes honours that for `list` and
 `watch` when the request carries `fieldSelector=metadata.name=<name>`, which is how the router
-watches it. Nothing else in the namespace is readable with the router's token.
+watches it. Pods: `get` and `patch` so a router can write its `shardrec.io/router-serving`
+annotation. RBAC cannot narrow that to the router's own pod (Deployment pod names are not known
+in advance), so a stolen router token can patch other pods' metadata in the namespace; the
+threat model (docs/security.md) says so.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ def build_router_role(cluster: api.RecommenderCluster) -> Manifest:
                 "resources": ["configmaps"],
                 "resourceNames": [names.topology(name)],
                 "verbs": ["get", "list", "watch"],
-            }
+            },
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
         ],
     )
 

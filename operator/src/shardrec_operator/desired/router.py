@@ -15,7 +15,7 @@ import json
 from typing import Any, Final
 
 from shardrec.api import v1alpha1 as api
-from shardrec.api.commands import ROUTER_PROGRAM, router_arguments
+from shardrec.api.commands import ROUTER_PROGRAM, RouterFlags, env_name, router_arguments
 from shardrec_operator.desired import labels, names, pods
 from shardrec_operator.desired.meta import Manifest, manifest
 
@@ -103,6 +103,18 @@ def build_router_deployment(cluster: api.RecommenderCluster) -> Manifest:
         "name": "router",
         **pods.image_fields(spec),
         "command": router_command(cluster),
+        # The router reports what it serves in its own pod's annotations (RouterServing): the
+        # operator retires an old layout only once every ready router has switched.
+        "env": [
+            {
+                "name": env_name(RouterFlags.PROCESS, RouterFlags.POD_NAME),
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+            },
+            {
+                "name": env_name(RouterFlags.PROCESS, RouterFlags.POD_NAMESPACE),
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+        ],
         "ports": [pods.http_port()],
         "readinessProbe": pods.http_probe("/readyz", period=5, failures=2),
         "livenessProbe": pods.http_probe("/healthz", period=10, failures=6),

@@ -19,6 +19,7 @@ from typing import Any
 
 from shardrec.api import v1alpha1 as api
 from shardrec.planning import RecordEvent, plan
+from shardrec.planning.fleet import with_topology_written
 from shardrec_operator.desired import names
 from shardrec_operator.reconcile import resources as kinds
 from shardrec_operator.reconcile.cluster_api import ClusterApi, Obj
@@ -74,18 +75,23 @@ def reconcile_cluster(
         apply_cluster_objects(session)
     for action in the_plan.actions:
         execute_action(session, action)
+    status = the_plan.status
     if not paused:
-        sync_topology(session, the_plan)
+        previous = observed.previous_status
+        floor = (previous.topology_epoch, previous.topology_revision) if previous.topology_revision else None
+        written = sync_topology(session, the_plan, floor)
+        if written is not None:
+            status = with_topology_written(status, written)
         force_delete_lost_pods(session)
     planned_events = tuple(action for action in the_plan.actions if isinstance(action, RecordEvent))
     return ReconcileResult(
-        status=changed_status(the_plan.status, raw_status),
+        status=changed_status(status, raw_status),
         events=planned_events + tuple(session.events),
         requeue_after_seconds=the_plan.requeue_after_seconds,
         waiting_reason=the_plan.waiting_reason,
         writes=session.writes,
         phase=the_plan.status.phase,
-        full_status=the_plan.status,
+        full_status=status,
         router_ready_replicas=router_ready_replicas(children, cluster.metadata.name),
     )
 

@@ -4,7 +4,7 @@ Each action maps onto builders plus the one generic applier:
 - EnsureBuild  -> the layout's build Job (created once; a Job failed under an older attempt is
                   deleted so the new attempt can start);
 - EnsureShards -> per shard: headless Service, StatefulSet (the action's replica count), PDB;
-- SwitchRouter -> the topology ConfigMap (`reconcile.publish_topology`, after the other actions);
+- StageRouter, SwitchRouter -> the topology ConfigMap (`reconcile.publish_topology`, after the other actions);
 - RetireLayout -> drop the retired layout's PDBs: it no longer serves, so it must not hold up
                   a node drain; its pods keep running for instant rollback;
 - DeleteLayout -> delete the layout's Job, StatefulSets, Services and PDBs.
@@ -20,6 +20,7 @@ from shardrec.planning import (
     EnsureShards,
     RecordEvent,
     RetireLayout,
+    StageRouter,
     SwitchRouter,
 )
 from shardrec_operator.desired import names
@@ -93,7 +94,7 @@ def delete_layout(session: Session, action: DeleteLayout) -> None:
 
 
 def execute_action(session: Session, action: Action) -> None:
-    """One action; SwitchRouter and RecordEvent are handled by the caller."""
+    """One action; StageRouter, SwitchRouter and RecordEvent are handled by the caller."""
     if isinstance(action, EnsureBuild):
         ensure_build(session, action)
     elif isinstance(action, EnsureShards):
@@ -102,5 +103,5 @@ def execute_action(session: Session, action: Action) -> None:
         retire_layout(session, action)
     elif isinstance(action, DeleteLayout):
         delete_layout(session, action)
-    elif not isinstance(action, SwitchRouter | RecordEvent):  # pragma: no cover - exhaustive
+    elif not isinstance(action, StageRouter | SwitchRouter | RecordEvent):  # pragma: no cover - exhaustive
         raise TypeError(f"unknown planner action {action!r}")

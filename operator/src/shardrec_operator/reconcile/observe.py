@@ -17,7 +17,7 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from shardrec.api import v1alpha1 as api
-from shardrec.api.topology import TOPOLOGY_CONFIGMAP_KEY, Topology
+from shardrec.api.topology import ROUTER_SERVING_ANNOTATION, TOPOLOGY_CONFIGMAP_KEY, RouterServing, Topology
 from shardrec.planning import (
     BuildState,
     LayoutSpec,
@@ -26,7 +26,9 @@ from shardrec.planning import (
     ObservedLayout,
     ObservedRouter,
     ObservedShard,
+    RouterObservation,
 )
+from shardrec.planning.fleet import confirmed_layout
 from shardrec_operator.desired import labels, names
 from shardrec_operator.desired.router import router_endpoint
 from shardrec_operator.reconcile import resources as kinds
@@ -77,6 +79,9 @@ class Children:
 
     def shard_pods(self) -> list[Obj]:
         return [pod for pod in self.of_kind(kinds.POD) if _labels(pod).get(labels.COMPONENT) == "shard"]
+
+    def router_pods(self) -> list[Obj]:
+        return [pod for pod in self.of_kind(kinds.POD) if _labels(pod).get(labels.COMPONENT) == "router"]
 
 
 def _labels(obj: Obj) -> dict[str, str]:
@@ -212,6 +217,29 @@ def observed_layouts(children: Children) -> tuple[ObservedLayout, ...]:
     return tuple(layouts)
 
 
+def router_observations(children: Children) -> tuple[RouterObservation, ...]:
+    """Every router pod: Ready (in the Service) and what it reports in its annotation. A pod being
+    deleted no longer receives clients and is left out."""
+    routers = []
+    for pod in children.router_pods():
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        text = _annotations(pod).get(ROUTER_SERVING_ANNOTATION)
+        serving = None
+        if text is not None:
+            try:
+                serving = RouterServing.model_validate_json(text)
+            except ValidationError as error:
+                log.warning(
+                    "Ignored router pod %s: bad %s: %s",
+                    pod["metadata"]["name"],
+                    ROUTER_SERVING_ANNOTATION,
+                    error,
+                )
+        routers.append(RouterObservation(pod["metadata"]["name"], pod_is_ready(pod), serving))
+    return tuple(routers)
+
+
 def previous_status(raw: Obj | None) -> api.RecommenderClusterStatus:
     """The status as stored; anything unreadable (a hand edit) counts as no status."""
     try:
@@ -230,14 +258,19 @@ def observe(
 ) -> Observed:
     """The planner's input for this pass."""
     stored = stored_topology(children, cluster.metadata.name)
-    confirmed = stored.active.layout if stored is not None and stored.active is not None else None
-    written = expectations.written_layout(cluster.metadata.uid, default=confirmed)
+    stored_active = stored.active.layout if stored is not None and stored.active is not None else None
+    written = expectations.written_layout(cluster.metadata.uid, default=stored_active)
+    previous = previous_status(raw_status)
+    routers = router_observations(children)
+    confirmed = confirmed_layout(
+        routers, written=written, stored=stored_active, previous=previous.active_layout or None
+    )
     has_router_service = children.get(kinds.SERVICE, names.router(cluster.metadata.name)) is not None
     return Observed(
         generation=cluster.metadata.generation,
         now=now,
         layouts=observed_layouts(children),
-        router=ObservedRouter(written_layout=written, confirmed_layout=confirmed),
-        previous_status=previous_status(raw_status),
+        router=ObservedRouter(written_layout=written, confirmed_layout=confirmed, routers=routers),
+        previous_status=previous,
         router_endpoint=router_endpoint(cluster) if has_router_service else "",
     )

@@ -1,17 +1,21 @@
 """Keep the router topology ConfigMap saying the right thing, in one write when it must change.
 
-What the topology names: the layout of this pass's SwitchRouter if the planner issued one;
-otherwise our own last write (expectations), re-asserted if someone else changed it; otherwise
-what is stored. Its endpoints list each shard's replicas, so scaling the serving layout
-refreshes them. `revision` grows with every write so routers can tell a newer document.
+What the topology names as active: the layout of this pass's SwitchRouter if the planner issued
+one; otherwise our own last write (expectations), re-asserted if someone else changed it;
+otherwise what is stored. As staged: the layout of this pass's StageRouter (routers load it ahead
+of the switch), else nothing. Endpoints list each shard's replicas, so scaling refreshes them.
+The document's `(epoch, revision)` continues from the stored one or from the status
+(`fleet.topology_document`), so a deleted or corrupted ConfigMap never resets what routers accept.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 from shardrec.api.topology import LayoutTopology, Topology
-from shardrec.planning import EnsureShards, LayoutSpec, Plan, SwitchRouter
+from shardrec.planning import EnsureShards, LayoutSpec, Plan, StageRouter, SwitchRouter
+from shardrec.planning.fleet import topology_document
 from shardrec_operator.desired import labels, names
 from shardrec_operator.desired.topology_configmap import build_layout_topology, build_topology_configmap
 from shardrec_operator.reconcile import resources as kinds
@@ -59,17 +63,38 @@ def desired_active(
     return build_layout_topology(session.cluster, layout, _replicas_by_shard(session, layout, plan))
 
 
-def sync_topology(session: Session, plan: Plan) -> None:
+def desired_staged(session: Session, plan: Plan) -> LayoutTopology | None:
+    """The layout routers should prepare: this pass's StageRouter unless it also switches to it."""
+    switching = {action.layout_id for action in plan.of_type(SwitchRouter)}
+    for action in plan.of_type(StageRouter):
+        if action.layout_id not in switching:
+            return build_layout_topology(
+                session.cluster, action.layout, _replicas_by_shard(session, action.layout, plan)
+            )
+    return None
+
+
+def sync_topology(session: Session, plan: Plan, floor: tuple[int, int] | None) -> Topology | None:
+    """Write the topology ConfigMap when it must change; returns the document written, if any.
+
+    `floor`: the `(epoch, revision)` the status recorded for our last write (None if none)."""
     cluster_name = session.cluster.metadata.name
     stored = stored_topology(session.children, cluster_name)
     active = desired_active(session, plan, stored)
     if active == "keep":
-        return
+        return None
     uid = session.cluster.metadata.uid
-    if stored is not None and stored.active == active:
-        session.expectations.record_topology_write(uid, active.layout if active else None)
-        return
-    revision = stored.revision + 1 if stored is not None else 0
-    configmap = build_topology_configmap(session.cluster, Topology(revision=revision, active=active))
-    session.apply(configmap, observed=session.children.get(kinds.CONFIG_MAP, names.topology(cluster_name)))
+    document = topology_document(
+        stored,
+        active=active,
+        staged=desired_staged(session, plan),
+        floor=floor,
+        now_ms=int(time.time() * 1000),
+    )
+    if document is not None:
+        configmap = build_topology_configmap(session.cluster, document)
+        session.apply(
+            configmap, observed=session.children.get(kinds.CONFIG_MAP, names.topology(cluster_name))
+        )
     session.expectations.record_topology_write(uid, active.layout if active else None)
+    return document

@@ -64,6 +64,8 @@ class RouterFlags:
     BATCHES_IN_FLIGHT_PER_REPLICA: Final = "--batches-in-flight-per-replica"
     LOOP: Final = "--loop"
     LOG_LEVEL: Final = "--log-level"
+    POD_NAME: Final = "--pod-name"
+    POD_NAMESPACE: Final = "--pod-namespace"
 
 
 def shard_arguments(

@@ -57,7 +57,47 @@ class LayoutTopology(_Model):
 
 
 class Topology(_Model):
-    """What a router reads. `revision` increases with every write so stale reads are detectable."""
+    """What a router reads.
+
+    Documents are ordered by `(epoch, revision)`: `revision` grows with every write, and `epoch`
+    names the sequence it grows in. A writer that lost track of the last revision (the document
+    and the record of it were both lost) starts a new epoch, and routers take a newer epoch even
+    with a lower revision, so a reset never leaves routers ignoring every later switch.
+
+    A switch has two steps (`shardrec.planning.fleet.next_topology`): the new layout is first
+    `staged`, so every router loads its user table and opens its shard connections while still
+    answering from `active`; once every ready router reports it prepared, `active` names it and
+    the routers swap in one assignment each. That keeps the window in which two routers serve
+    different layouts as short as a topology propagation.
+    """
 
     revision: int = Field(ge=0)
+    epoch: int = Field(
+        0, ge=0, description="Start of this revision sequence (ms since the Unix epoch); 0 for the first."
+    )
     active: LayoutTopology | None = Field(None, description="The layout that answers requests.")
+    staged: LayoutTopology | None = Field(
+        None, description="A layout to load ahead of a switch; it answers no request until it is active."
+    )
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Sort key of documents: a router applies a document whose order is not below its own."""
+        return (self.epoch, self.revision)
+
+
+ROUTER_SERVING_ANNOTATION = "shardrec.io/router-serving"
+"""Pod annotation in which a router reports `RouterServing` (JSON) on Kubernetes."""
+
+
+class RouterServing(_Model):
+    """What one router reports it serves: in `/readyz`, and on Kubernetes in its pod's
+    `ROUTER_SERVING_ANNOTATION`. The operator and the local runtime confirm switches from these."""
+
+    layout: str | None = Field(None, description="Layout answering requests; None before the first.")
+    version: str | None = Field(None, description="Index version of `layout`.")
+    revision: int = Field(-1, description="Revision of the last topology document applied.")
+    epoch: int = Field(0, ge=0, description="Epoch of the last topology document applied.")
+    prepared: str | None = Field(None, description="Staged layout loaded and ready to switch to.")
+    error: str = Field("", max_length=1024, description="Why the last document was rejected, if it was.")
+    switched_at: float = Field(0.0, description="Wall-clock time (Unix seconds) `layout` began to answer.")

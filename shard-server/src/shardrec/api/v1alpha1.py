@@ -474,6 +474,30 @@ class BlockedBy(ApiModel):
     reason: str = Field(description="Why it blocks.")
 
 
+class RouterReplicaStatus(ApiModel):
+    """What one router reports serving."""
+
+    name: str = Field(description="Router pod (or process) name.")
+    ready: bool = Field(description="Clients reach it (Ready, in the Service).")
+    layout: str = Field("", description="Layout it answers from; empty if it reports none.")
+    revision: int = Field(-1, description="Topology revision it applied last.")
+    prepared: str = Field("", description="Staged layout it has loaded, ready to switch to.")
+    error: str = Field("", max_length=1024, description="Why it rejected the last topology, if it did.")
+
+
+class RouterFleetStatus(ApiModel):
+    """The routers, as they acknowledge the topology they serve."""
+
+    ready_replicas: int = Field(0, ge=0, description="Routers clients reach.")
+    serving_active: int = Field(0, ge=0, description="Ready routers serving the active layout.")
+    lagging: list[str] = Field(
+        default_factory=list, description="Ready routers not serving the layout last switched to."
+    )
+    lagging_since: str = Field("", description="Since when some router lags (RFC 3339); empty if none.")
+    stalled: bool = Field(False, description="Some router has lagged longer than the switch deadline.")
+    replicas: list[RouterReplicaStatus] = Field(default_factory=list, description="Each router's report.")
+
+
 class RecommenderClusterStatus(ApiModel):
     """Observed state, computed by a pure function and written once per reconcile."""
 
@@ -492,6 +516,13 @@ class RecommenderClusterStatus(ApiModel):
     ready_replicas: int = Field(0, ge=0, description="Ready shard replicas in the serving layout.")
     replicas: int = Field(0, ge=0, description="Shard replicas the serving layout should have.")
     router_endpoint: str = Field("", description="URL clients call.")
+    topology_revision: int = Field(
+        0, ge=0, description="Revision of the last topology written; the next write continues from it."
+    )
+    topology_epoch: int = Field(0, ge=0, description="Epoch of the last topology written.")
+    routers: RouterFleetStatus = Field(
+        default_factory=RouterFleetStatus, description="What each router acknowledges serving."
+    )
     blocked_by: list[BlockedBy] = Field(
         default_factory=list, description="Safety predicates currently holding the rollout."
     )

@@ -19,8 +19,10 @@ from shardrec.planning.actions import (
     EventType,
     RecordEvent,
     RetireLayout,
+    StageRouter,
     SwitchRouter,
 )
+from shardrec.planning.fleet import RouterObservation
 from shardrec.planning.layouts import (
     LAYOUT_ID_LENGTH,
     LayoutSpec,
@@ -58,6 +60,8 @@ __all__ = [
     "Predicate",
     "RecordEvent",
     "RetireLayout",
+    "RouterObservation",
+    "StageRouter",
     "SwitchRouter",
     "format_time",
     "layout_id",

@@ -5,6 +5,7 @@ Semantics every hand must honour:
   executing one whose effect is already in place must change nothing.
 - The hands never remove or scale anything on their own: a layout not named by an action is
   left exactly as it is (that is how `paused` freezes the world).
+- StageRouter is level-based too: it asks every router to load a layout ahead of a switch.
 - SwitchRouter and DeleteLayout are the disruptive steps; the planner emits them only after
   its safety predicates pass. Repeating one that already took effect is harmless.
 - Execute actions in the order given.
@@ -45,6 +46,20 @@ class EnsureShards:
 
     layout: LayoutSpec
     replicas: int
+    reason: str
+
+    @property
+    def layout_id(self) -> str:
+        return self.layout.id
+
+
+@dataclass(frozen=True)
+class StageRouter:
+    """Write the router topology so `layout` is staged (its active layout unchanged): every router
+    loads its user table and opens its shard connections, and reports it prepared. The SwitchRouter
+    that follows is then one assignment in each router (`Topology.staged`)."""
+
+    layout: LayoutSpec
     reason: str
 
     @property
@@ -103,5 +118,5 @@ class RecordEvent:
     message: str
 
 
-Action = EnsureBuild | EnsureShards | SwitchRouter | RetireLayout | DeleteLayout | RecordEvent
-LayoutAction = EnsureBuild | EnsureShards | SwitchRouter | RetireLayout | DeleteLayout
+Action = EnsureBuild | EnsureShards | StageRouter | SwitchRouter | RetireLayout | DeleteLayout | RecordEvent
+LayoutAction = EnsureBuild | EnsureShards | StageRouter | SwitchRouter | RetireLayout | DeleteLayout

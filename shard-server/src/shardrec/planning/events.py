@@ -61,6 +61,19 @@ def transition_events(
         event = _layout_event(previous.get(entry.name), entry)
         if event is not None:
             events.append(event)
+    if after.routers.stalled and not before.routers.stalled:
+        events.append(
+            RecordEvent(
+                "Warning",
+                "RouterSwitchStalled",
+                f"routers {', '.join(after.routers.lagging)} have not served layout {after.target_layout} "
+                f"since {after.routers.lagging_since}; the old layout is kept until they do",
+            )
+        )
+    if before.routers.stalled and not after.routers.stalled:
+        events.append(
+            RecordEvent("Normal", "RouterSwitchCompleted", "every ready router serves the same layout")
+        )
     failed = {entry.name for entry in after.layouts if entry.state == "Failed"}
     for action in accepted:
         if isinstance(action, SwitchRouter):

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Literal
 
 from shardrec.api.v1alpha1 import RecommenderClusterStatus
+from shardrec.planning.fleet import RouterObservation
 from shardrec.planning.layouts import LayoutSpec
 
 BuildState = Literal["Absent", "Running", "Succeeded", "Failed"]
@@ -101,14 +102,19 @@ class ObservedLayout:
 class ObservedRouter:
     """Which layout the router topology names — as written and as confirmed (ECK expectations).
 
-    `written_layout`: the layout of the hands' most recent topology write (their own record, or
-    the stored topology when they have none). `confirmed_layout`: the layout the world is seen to
-    serve (the routers' report, or the topology read back from the API/file). While the two
-    differ a switch is in flight and no disruptive step (another switch, a deletion) is taken.
+    `written_layout`: the layout of the hands' most recent committed topology write (their own
+    record, or the stored topology when they have none). `confirmed_layout`: the layout the router
+    fleet is seen to serve: `shardrec.planning.fleet.confirmed_layout` over the routers' own
+    reports (or the topology read back where no router reports). While the two differ a switch is
+    in flight and no disruptive step (another switch, a deletion) is taken.
+
+    `routers`: every router the hands know, with what it reports (empty where the hands have no
+    per-router view). Acknowledgement rules apply when at least one of them reports.
     """
 
     written_layout: str | None = None
     confirmed_layout: str | None = None
+    routers: tuple[RouterObservation, ...] = ()
 
     @property
     def switch_in_flight(self) -> bool:

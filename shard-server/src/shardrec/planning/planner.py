@@ -30,12 +30,19 @@ from shardrec.planning.actions import (
     EnsureShards,
     LayoutAction,
     RetireLayout,
+    StageRouter,
     SwitchRouter,
 )
 from shardrec.planning.events import transition_events
+from shardrec.planning.fleet import acknowledging, fleet_status, lagging_routers
 from shardrec.planning.layouts import LayoutSpec
 from shardrec.planning.observed import Observed
-from shardrec.planning.predicates import PREDICATES, PredicateContext, first_veto
+from shardrec.planning.predicates import (
+    PREDICATES,
+    PredicateContext,
+    first_veto,
+    switch_unconfirmed_reason,
+)
 from shardrec.planning.progress import (
     PAUSED_POLL_SECONDS,
     POLL_SECONDS,
@@ -95,6 +102,7 @@ def _propose(
         proposals.append(EnsureShards(target, replicas, f"spec asks for {replicas} replicas per shard"))
     if record.state == "Ready" and observed.router.written_layout != tid:
         reason = f"every shard of layout {tid} has {replicas} ready replicas"
+        proposals.append(StageRouter(target, f"{reason}: routers load it before the switch"))
         proposals.append(SwitchRouter(target, reason))
     if record.state == "Failed" and obs is not None:
         proposals.append(DeleteLayout(target, f"abandoned: {record.message}"))
@@ -130,6 +138,10 @@ def _judge(
 
 def _blocked_by(verdicts: list[_Verdict], observed: Observed) -> tuple[BlockedBy, ...]:
     reasons: dict[str, list[str]] = {}
+    unconfirmed = switch_unconfirmed_reason(observed)
+    if unconfirmed is not None and lagging_routers(observed.router.routers, observed.router.written_layout):
+        # Routers that lag hold back the old layout's retirement even before any action is vetoed.
+        reasons["wait_for_router_to_confirm_switch"] = [unconfirmed]
     for verdict in verdicts:
         if verdict.veto is not None and would_change(verdict.action, observed):
             name, reason = verdict.veto
@@ -247,6 +259,14 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
         router_endpoint=observed.router_endpoint,
         blocked_by=blocked,
         progress=progress,
+        routers=fleet_status(
+            observed.router.routers,
+            written=observed.router.written_layout,
+            active=serving,
+            previous=observed.previous_status.routers,
+            now=observed.now,
+        ),
+        routers_report=acknowledging(observed.router.routers),
     )
     status = compute_status(facts, observed.previous_status, observed.now)
     events = transition_events(cluster_name, observed.previous_status, status, accepted)
@@ -261,7 +281,7 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
     waiting = f"{progress.reason}: {progress.message}" if progress.progressing or spec.paused else ""
     if not waiting and requeue is not None:
         waiting = housekeeping_reason(records, accepted)
-    order = (EnsureBuild, EnsureShards, SwitchRouter, RetireLayout, DeleteLayout)
+    order = (EnsureBuild, EnsureShards, StageRouter, SwitchRouter, RetireLayout, DeleteLayout)
     ordered: list[Action] = [a for kind in order for a in accepted if isinstance(a, kind)]
     return Plan(tuple(ordered) + tuple(events), status, requeue, waiting)
 

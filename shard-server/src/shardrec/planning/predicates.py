@@ -21,7 +21,14 @@ from shardrec.planning.actions import (
     EnsureShards,
     LayoutAction,
     RetireLayout,
+    StageRouter,
     SwitchRouter,
+)
+from shardrec.planning.fleet import (
+    RouterObservation,
+    lagging_routers,
+    layouts_in_use,
+    unprepared_routers,
 )
 from shardrec.planning.observed import Observed, ObservedShard
 from shardrec.planning.timestamps import parse_time
@@ -56,7 +63,13 @@ class Predicate:
 
 def _advances(action: LayoutAction) -> bool:
     """Actions that move a layout towards serving."""
-    return isinstance(action, EnsureBuild | EnsureShards | SwitchRouter)
+    return isinstance(action, EnsureBuild | EnsureShards | StageRouter | SwitchRouter)
+
+
+def _named(routers: tuple[RouterObservation, ...], names: list[str]) -> str:
+    """Router names, each with the error it reports (if any), for a veto's reason."""
+    errors = {r.name: r.serving.error for r in routers if r.serving is not None and r.serving.error}
+    return ", ".join(f"{name} ({errors[name]})" if name in errors else name for name in names)
 
 
 def paused(ctx: PredicateContext, action: LayoutAction) -> str | None:
@@ -97,14 +110,39 @@ def failed_layout_not_retried(ctx: PredicateContext, action: LayoutAction) -> st
     return None
 
 
+def switch_unconfirmed_reason(observed: Observed) -> str | None:
+    """Why the last switch is not confirmed yet (naming the lagging routers), or None."""
+    router = observed.router
+    if not router.switch_in_flight:
+        return None
+    lagging = lagging_routers(router.routers, router.written_layout)
+    who = (
+        f"routers {_named(router.routers, lagging)} still serve" if lagging else "the router is seen serving"
+    )
+    return (
+        f"the router topology was switched to layout {router.written_layout} but {who} "
+        f"{router.confirmed_layout or 'nothing'}"
+    )
+
+
 def wait_for_router_to_confirm_switch(ctx: PredicateContext, action: LayoutAction) -> str | None:
-    """Expectation: no disruptive step until the world shows the last topology write."""
-    router = ctx.observed.router
-    if isinstance(action, SwitchRouter | DeleteLayout) and router.switch_in_flight:
-        return (
-            f"the router topology was switched to layout {router.written_layout} but the router "
-            f"is still seen serving {router.confirmed_layout or 'nothing'}"
-        )
+    """Expectation: no further switch work and no deletion until every ready router serves the last
+    topology write (each router reports what it serves; see `shardrec.planning.fleet`). While it
+    holds, the layout those routers still serve is not retired either (it stays "serving")."""
+    if isinstance(action, StageRouter | SwitchRouter | DeleteLayout):
+        return switch_unconfirmed_reason(ctx.observed)
+    return None
+
+
+def switch_only_when_every_router_prepared(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """A switch commits only once every ready router has loaded the layout (staged): each router's
+    swap is then one assignment, so the window in which routers disagree stays short."""
+    if not isinstance(action, SwitchRouter):
+        return None
+    routers = ctx.observed.router.routers
+    waiting = unprepared_routers(routers, action.layout_id)
+    if waiting:
+        return f"routers {_named(routers, waiting)} have not loaded layout {action.layout_id} yet (staged)"
     return None
 
 
@@ -130,6 +168,9 @@ def never_delete_serving_layout(ctx: PredicateContext, action: LayoutAction) -> 
     router = ctx.observed.router
     if action.layout_id in (router.written_layout, router.confirmed_layout):
         return f"layout {action.layout_id} is named by the router topology"
+    users = [r.name for r in router.routers if r.ready and action.layout_id in layouts_in_use([r])]
+    if users:
+        return f"layout {action.layout_id} is still served or held prepared by routers {', '.join(users)}"
     record = ctx.records.get(action.layout_id)
     if router.confirmed_layout is None and record is not None and record.state == "Retiring":
         return f"no layout serves; layout {action.layout_id} is the last that served"
@@ -179,6 +220,7 @@ PREDICATES: tuple[Predicate, ...] = (
     Predicate("rollout_within_timeout", rollout_within_timeout),
     Predicate("wait_for_router_to_confirm_switch", wait_for_router_to_confirm_switch),
     Predicate("never_switch_to_layout_with_missing_shard", never_switch_to_layout_with_missing_shard),
+    Predicate("switch_only_when_every_router_prepared", switch_only_when_every_router_prepared),
     Predicate("never_delete_serving_layout", never_delete_serving_layout),
     Predicate(
         "never_delete_last_ready_replica_of_serving_shard", never_delete_last_ready_replica_of_serving_shard

@@ -11,7 +11,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 from shardrec.api.v1alpha1 import BlockedBy, RecommenderClusterSpec
-from shardrec.planning.actions import DeleteLayout, EnsureBuild, EnsureShards, LayoutAction, SwitchRouter
+from shardrec.planning.actions import (
+    DeleteLayout,
+    EnsureBuild,
+    EnsureShards,
+    LayoutAction,
+    StageRouter,
+    SwitchRouter,
+)
+from shardrec.planning.fleet import lagging_routers
 from shardrec.planning.layouts import LayoutSpec
 from shardrec.planning.observed import Observed
 from shardrec.planning.records import Records
@@ -40,7 +48,7 @@ def would_change(action: LayoutAction, observed: Observed) -> bool:
             if shard is None or shard.desired_replicas != action.replicas:
                 return True
         return False
-    if isinstance(action, SwitchRouter):
+    if isinstance(action, SwitchRouter | StageRouter):
         return observed.router.written_layout != action.layout_id
     if isinstance(action, DeleteLayout):
         return layout is not None
@@ -67,10 +75,12 @@ def progress_of(
     if record.state == "Failed":
         return Progress(False, "RolloutFailed", record.message)
     if router.switch_in_flight:
+        lagging = lagging_routers(router.routers, router.written_layout)
+        who = f"routers {', '.join(lagging)}" if lagging else "the router"
         return Progress(
             True,
             "WaitingForRouter",
-            f"router topology names layout {router.written_layout}; waiting for the router to serve it",
+            f"router topology names layout {router.written_layout}; waiting for {who} to serve it",
         )
     if tid == router.confirmed_layout:
         obs = observed.layout(tid)
@@ -88,6 +98,8 @@ def progress_of(
         return Progress(True, "WaitingForReplicas", f"layout {tid}: {record.message}{held}")
     if any(isinstance(a, SwitchRouter) for a in accepted):
         return Progress(True, "SwitchingRouter", f"switching the router to layout {tid}")
+    if any(isinstance(a, StageRouter) for a in accepted):
+        return Progress(True, "PreparingRouters", f"routers are loading layout {tid} before the switch{held}")
     return Progress(True, "SwitchBlocked", f"layout {tid} is ready but the switch is held{held}")
 
 
@@ -103,7 +115,7 @@ def requeue_after(
     """The most urgent reason to look again, in seconds (None: only a change will need a pass)."""
     now = observed.now
     waits: list[float] = []
-    if observed.router.switch_in_flight:
+    if observed.router.switch_in_flight or progress.reason == "PreparingRouters":
         waits.append(ROUTER_POLL_SECONDS)
     if spec.paused:
         waits.append(PAUSED_POLL_SECONDS)

@@ -9,7 +9,7 @@ an outage (Degraded) outranks everything, then a freeze (Paused), then a failed 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -20,6 +20,7 @@ from shardrec.api.v1alpha1 import (
     LayoutStatus,
     Phase,
     RecommenderClusterStatus,
+    RouterFleetStatus,
     ShardStatus,
 )
 from shardrec.planning.timestamps import format_time
@@ -50,10 +51,17 @@ class StatusFacts:
     router_endpoint: str
     blocked_by: tuple[BlockedBy, ...]
     progress: Progress
+    routers: RouterFleetStatus = field(default_factory=RouterFleetStatus)
+    routers_report: bool = False
+    """Whether routers acknowledge what they serve (then Ready needs one serving the active layout)."""
 
     def record(self, layout: str | None) -> LayoutStatus | None:
         """The layout record with this id, or None."""
         return next((entry for entry in self.layouts if entry.name == layout), None)
+
+    def no_router_serves(self) -> bool:
+        """Routers report, a layout serves, and not one ready router answers from it."""
+        return self.routers_report and self.serving_layout is not None and self.routers.serving_active == 0
 
     def unavailable_shards(self) -> list[int]:
         """Shards of the serving layout with no ready replica (empty when nothing serves)."""
@@ -65,6 +73,8 @@ def compute_phase(facts: StatusFacts) -> Phase:
     Rolling > Pending."""
     target = facts.record(facts.target_layout)
     if facts.serving_layout is not None and facts.unavailable_shards():
+        return "Degraded"
+    if facts.no_router_serves():
         return "Degraded"
     if facts.paused:
         return "Paused"
@@ -113,6 +123,13 @@ def _ready_condition(facts: StatusFacts) -> tuple[ConditionStatus, str, str]:
         return "False", "ServingLayoutMissing", f"serving layout {facts.serving_layout} does not exist"
     if unavailable:
         return "False", "ShardsUnavailable", f"shards {unavailable} have no ready replica"
+    if facts.routers_report and facts.routers.serving_active == 0:
+        return (
+            "False",
+            "NoRouterServes",
+            f"no ready router serves layout {facts.serving_layout} "
+            f"({facts.routers.ready_replicas} routers ready)",
+        )
     return (
         "True",
         "Serving",
@@ -128,6 +145,12 @@ def _degraded_condition(facts: StatusFacts) -> tuple[ConditionStatus, str, str]:
             "ShardsUnavailable",
             f"shards {unavailable} of serving layout {facts.serving_layout} have no ready replica; "
             "their replicas are being recreated",
+        )
+    if facts.no_router_serves():
+        return (
+            "True",
+            "NoRouterServes",
+            f"no ready router serves layout {facts.serving_layout} ({facts.routers.ready_replicas} ready)",
         )
     return "False", "AllShardsAvailable", ""
 
@@ -170,6 +193,9 @@ def compute_status(
         ready_replicas=sum(entry.ready_replicas for entry in facts.serving_shards),
         replicas=sum(entry.replicas for entry in facts.serving_shards),
         router_endpoint=facts.router_endpoint,
+        topology_revision=previous.topology_revision,
+        topology_epoch=previous.topology_epoch,
+        routers=facts.routers,
         blocked_by=list(facts.blocked_by),
         conditions=conditions,
     )

@@ -29,6 +29,7 @@ from shardrec.serving.router.config import RouterSettings
 from shardrec.serving.router.errors import error_body
 from shardrec.serving.router.gate import RouterState, Work
 from shardrec.serving.router.manager import ManagerDeps
+from shardrec.serving.router.serving_report import PodAnnotationReporter
 from shardrec.serving.router.topology_source import TopologySource
 
 log = logging.getLogger("shardrec.router")
@@ -116,10 +117,11 @@ def create_app(
     settings: RouterSettings,
     source: TopologySource | None = None,
     deps: ManagerDeps | None = None,
+    reporter: PodAnnotationReporter | None = None,
 ) -> FastAPI:
     """The router app. `source` feeds it topologies; `deps` supplies the shard client (defaults to
-    `shardrec.serving.shard.client.ShardClient`)."""
-    state = RouterState(settings, source, deps)
+    `shardrec.serving.shard.client.ShardClient`); `reporter` publishes what it serves (Kubernetes)."""
+    state = RouterState(settings, source, deps, reporter)
     app = RouterApp(
         title="shardrec router",
         version=__version__,
@@ -201,6 +203,8 @@ def _add_probes(app: FastAPI, state: RouterState) -> None:
                     "index_version": snapshot.version,
                     "shards": snapshot.shards,
                     "topology_revision": state.manager.revision,
+                    # What the local runtime confirms switches from (RouterServing).
+                    "serving": state.manager.serving().model_dump(mode="json"),
                 }
             ),
             media_type=JSON,

@@ -24,6 +24,7 @@ from shardrec.serving.router.manager import ManagerDeps, TopologyManager
 from shardrec.serving.router.metrics import RouterMetrics
 from shardrec.serving.router.ratelimit import RateLimiter, retry_after_header
 from shardrec.serving.router.service import RouterService
+from shardrec.serving.router.serving_report import PodAnnotationReporter
 from shardrec.serving.router.snapshot import Snapshot
 from shardrec.serving.router.topology_source import TopologySource
 
@@ -38,10 +39,15 @@ class RouterState:
     """Everything the routes share; one per app."""
 
     def __init__(
-        self, settings: RouterSettings, source: TopologySource | None, deps: ManagerDeps | None
+        self,
+        settings: RouterSettings,
+        source: TopologySource | None,
+        deps: ManagerDeps | None,
+        reporter: PodAnnotationReporter | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
+        self.reporter = reporter
         self.metrics = RouterMetrics()
         self.manager = TopologyManager(settings, self.metrics, deps or default_deps())
         self.service = RouterService(settings, self.metrics)
@@ -57,6 +63,9 @@ class RouterState:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.reporter is not None:
+            self.manager.on_serving_change(self.reporter.report)
+            self._tasks.append(loop.create_task(self.reporter.run()))
         if self.source is not None:
             self._tasks.append(loop.create_task(self.source.watch(self.manager.apply, self._topology_error)))
         self._tasks.append(loop.create_task(self.manager.probe_forever()))
@@ -72,6 +81,9 @@ class RouterState:
     def _topology_error(self, message: str) -> None:
         self.manager.last_error = message
         log.error("topology not applied: %s", message)
+        if self.reporter is not None:
+            task = asyncio.get_running_loop().create_task(self.reporter.report(self.manager.serving()))
+            self._tasks.append(task)
 
     # --- the gate every client request passes ---------------------------------------------------
 

@@ -30,6 +30,7 @@ from shardrec.serving.router.config import (
     Tuning,
     load_router_config,
 )
+from shardrec.serving.router.serving_report import PodAnnotationReporter
 from shardrec.serving.router.topology_source import (
     ConfigMapTopologySource,
     FileTopologySource,
@@ -67,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
         help='JSON {"router": RouterSpec, "auth": AuthSpec} (camelCase, as in the cluster spec).',
     )
     parser.add_argument(
+        RouterFlags.POD_NAME,
+        default=_env(RouterFlags.POD_NAME),
+        help="This router's pod (Kubernetes): it reports what it serves in the pod's annotations.",
+    )
+    parser.add_argument(
+        RouterFlags.POD_NAMESPACE, default=_env(RouterFlags.POD_NAMESPACE), help="Namespace of --pod-name."
+    )
+    parser.add_argument(
         RouterFlags.HOST, default=_env(RouterFlags.HOST) or "127.0.0.1", help="Address to bind."
     )
     parser.add_argument(RouterFlags.PORT, default=_env(RouterFlags.PORT), help="Port to bind.")
@@ -95,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
     )
     return parser
+
+
+def reporter_from_args(args: argparse.Namespace) -> PodAnnotationReporter | None:
+    if not args.pod_name and not args.pod_namespace:
+        return None
+    if not args.pod_name or not args.pod_namespace:
+        raise UsageError("--pod-name and --pod-namespace go together (the operator sets both)")
+    return PodAnnotationReporter(args.pod_namespace, args.pod_name)
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[RouterSettings, TopologySource, int]:
@@ -145,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings, source, port = settings_from_args(args)
+        reporter = reporter_from_args(args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -168,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     # `--port 0` picks a free port; this first stdout line says which (tests and the local runtime).
     print(f"{PROG} listening on http://{args.host}:{sock.getsockname()[1]}", flush=True)
-    app = create_app(settings, source)
+    app = create_app(settings, source, reporter=reporter)
     config = uvicorn.Config(
         app,
         loop=_loop(args.loop),

@@ -5,6 +5,11 @@ Switch order for a new layout: verify and load its user table (off the event loo
 channels and clients, then replace `current` in one assignment. Requests admitted before keep the
 old snapshot; its clients close only when none of them is still in flight (or after a grace).
 An endpoint-only change (replica added, removed or moved) updates the channels in place.
+
+A `staged` layout is loaded the same way but kept aside (`prepared`); when a later document makes
+it active, the switch is just the assignment. Documents are ordered by `(epoch, revision)`: an
+older one is ignored, a newer epoch is taken even with a lower revision (the writer lost its count).
+What the manager serves is reported by `serving()` (`/readyz`, and the pod annotation on Kubernetes).
 """
 
 from __future__ import annotations
@@ -13,11 +18,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shardrec.api.topology import LayoutTopology, Topology
+from shardrec.api.topology import LayoutTopology, RouterServing, Topology
 from shardrec.serving.index.users import UserTable, load_user_table
 from shardrec.serving.router.config import RouterSettings
 from shardrec.serving.router.dispatch import DispatchPolicy, ShardChannel
@@ -32,6 +37,7 @@ log = logging.getLogger("shardrec.router")
 
 ClientFactory = Callable[[str], ShardClientLike]
 UserTableLoader = Callable[[Path], UserTable]
+ServingListener = Callable[[RouterServing], Awaitable[None]]
 
 
 class TopologyRejectedError(ValueError):
@@ -51,8 +57,12 @@ class TopologyManager:
         self.metrics = metrics
         self.deps = deps
         self.current: Snapshot | None = None
+        self.prepared: Snapshot | None = None
         self.revision = -1
+        self.epoch = 0
+        self.switched_at = 0.0
         self.last_error = ""
+        self._listeners: list[ServingListener] = []
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         spec = settings.config.router
@@ -69,32 +79,93 @@ class TopologyManager:
 
     # --- applying topologies ---------------------------------------------------------------------
 
+    def on_serving_change(self, listener: ServingListener) -> None:
+        """Call `listener` with `serving()` after every document applied or rejected."""
+        self._listeners.append(listener)
+
+    def serving(self) -> RouterServing:
+        """What this router serves, as it reports it to the operator or the local runtime."""
+        current, prepared = self.current, self.prepared
+        return RouterServing(
+            layout=current.layout if current is not None else None,
+            version=current.version if current is not None else None,
+            revision=self.revision,
+            epoch=self.epoch,
+            prepared=prepared.layout if prepared is not None else None,
+            error=self.last_error[:1024],
+            switched_at=self.switched_at,
+        )
+
     async def apply(self, topology: Topology) -> None:
         """Make `topology` the serving state. Raises TopologyRejectedError and keeps the current one."""
         async with self._lock:
-            if topology.revision < self.revision:
+            if topology.order < (self.epoch, self.revision):
                 self.metrics.topology_updates.labels("stale").inc()
                 return
             try:
-                await self._apply(topology)
+                staging_error = await self._apply(topology)
             except TopologyRejectedError as exc:
                 self.last_error = str(exc)
                 self.metrics.topology_updates.labels("rejected").inc()
+                await self._notify()
                 raise
-            self.revision = topology.revision
-            self.last_error = ""
+            self.revision, self.epoch = topology.revision, topology.epoch
+            self.last_error = staging_error
             self.metrics.topology_updates.labels("applied").inc()
+        await self._notify()
 
-    async def _apply(self, topology: Topology) -> None:
+    async def _notify(self) -> None:
+        report = self.serving()
+        for listener in self._listeners:
+            try:
+                await listener(report)
+            except Exception:  # a report that cannot be delivered must not stop serving
+                log.warning("reporting what the router serves failed", exc_info=True)
+
+    async def _apply(self, topology: Topology) -> str:
+        """Apply `active` (raising TopologyRejectedError if it cannot be), then prepare `staged`;
+        returns why staging failed ("" if it did not): the active part still took effect."""
         active = topology.active
         current = self.current
         if active is None:
             if current is not None:
                 self._switch(None)
-            return
+            return await self._stage(topology.staged)
         if current is not None and _same_layout(current.topology, active):
             self._update_endpoints(current, active)
-            return
+            return await self._stage(topology.staged)
+        prepared = self.prepared
+        if prepared is not None and _same_layout(prepared.topology, active):
+            # Loaded while staged: the switch is one assignment.
+            self.prepared = None
+            self._update_endpoints(prepared, active)
+            self._switch(prepared)
+            return ""
+        self._switch(await self._load(active))
+        return await self._stage(topology.staged)
+
+    async def _stage(self, staged: LayoutTopology | None) -> str:
+        """Load `staged` aside (or drop what was prepared when nothing, or something else, is).
+        Returns why it could not be loaded, or ""."""
+        prepared = self.prepared
+        if prepared is not None and staged is not None and _same_layout(prepared.topology, staged):
+            self._update_endpoints(prepared, staged, publish=False)
+            return ""
+        if prepared is not None:
+            self.prepared = None
+            self._close_later(prepared.clients(), snapshot=None)
+        if staged is None or (self.current is not None and _same_layout(self.current.topology, staged)):
+            return ""
+        try:
+            self.prepared = await self._load(staged)
+        except TopologyRejectedError as exc:
+            log.warning("cannot prepare staged layout %s: %s", staged.layout, exc)
+            return f"staged {exc}"
+        log.info("prepared layout %s version %s (staged)", staged.layout, staged.version)
+        return ""
+
+    async def _load(self, active: LayoutTopology) -> Snapshot:
+        """A snapshot of `active`: its user table loaded and checked, its shard channels built."""
         started = time.perf_counter()
         try:
             users = await asyncio.to_thread(self.deps.load_users, Path(active.artifact_dir))
@@ -110,7 +181,7 @@ class TopologyManager:
                 f"version {users.version} dimension {users.dimension}, the topology says layout "
                 f"{active.layout} version {active.version} dimension {active.dimension}"
             )
-        self._switch(self._build(active, users))
+        return self._build(active, users)
 
     def _build(self, active: LayoutTopology, users: UserTable) -> Snapshot:
         channels = []
@@ -134,7 +205,7 @@ class TopologyManager:
     def _replica(self, name: str, url: str) -> Replica[ShardClientLike]:
         return Replica(name=name, url=url, client=self.deps.client_factory(url), policy=self._ejection)
 
-    def _update_endpoints(self, snapshot: Snapshot, active: LayoutTopology) -> None:
+    def _update_endpoints(self, snapshot: Snapshot, active: LayoutTopology, *, publish: bool = True) -> None:
         removed: list[Replica[ShardClientLike]] = []
         for entry in active.endpoints:
             channel = snapshot.channels[entry.shard]
@@ -150,10 +221,12 @@ class TopologyManager:
         snapshot.topology = active
         if removed:
             self._close_later([r.client for r in removed], snapshot=None)
-        self._publish_live(snapshot)
+        if publish:
+            self._publish_live(snapshot)
 
     def _switch(self, new: Snapshot | None) -> None:
         old, self.current = self.current, new
+        self.switched_at = time.time()
         self.metrics.active_version.clear()
         if new is not None:
             self.metrics.active_version.labels(new.layout, new.version).set(1)
@@ -208,6 +281,10 @@ class TopologyManager:
         self._publish_live(snapshot)
 
     async def close(self) -> None:
+        prepared, self.prepared = self.prepared, None
+        if prepared is not None:
+            for client in prepared.clients():
+                await client.close()
         snapshot, self.current = self.current, None
         if snapshot is not None:
             for channel in snapshot.channels:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from pydantic import ValidationError
+
+from shardrec.api.topology import RouterServing
 
 PROBE_TIMEOUT_S = 0.5
 
@@ -16,7 +19,7 @@ class ReadinessProber:
         self._client = httpx.Client(timeout=PROBE_TIMEOUT_S)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self._ready: dict[str, bool] = {}
-        self._router_layout: dict[str, str | None] = {}
+        self._router: dict[str, tuple[bool, RouterServing | None]] = {}
 
     def _ready_once(self, base_url: str) -> bool:
         try:
@@ -24,28 +27,31 @@ class ReadinessProber:
         except httpx.HTTPError:
             return False
 
-    def _router_layout_once(self, base_url: str) -> str | None:
+    def _router_once(self, base_url: str) -> tuple[bool, RouterServing | None]:
+        """(ready, what it reports serving) from the router's `/readyz`."""
         try:
             response = self._client.get(f"{base_url}/readyz")
         except httpx.HTTPError:
-            return None
+            return False, None
         if response.status_code != 200:
-            return None
-        layout = response.json().get("layout")
-        return str(layout) if layout else None
+            return False, None
+        try:
+            return True, RouterServing.model_validate(response.json().get("serving"))
+        except (ValueError, ValidationError):
+            return True, None
 
     def probe(self, shard_urls: list[str], router_url: str) -> None:
-        router_future = self._pool.submit(self._router_layout_once, router_url)
+        router_future = self._pool.submit(self._router_once, router_url)
         results = self._pool.map(self._ready_once, shard_urls)
         self._ready = dict(zip(shard_urls, results, strict=True))
-        self._router_layout[router_url] = router_future.result()
+        self._router[router_url] = router_future.result()
 
     def is_ready(self, base_url: str) -> bool:
         return self._ready.get(base_url, False)
 
-    def router_layout(self, router_url: str) -> str | None:
-        """The layout the router reports serving, or None when it serves none or is down."""
-        return self._router_layout.get(router_url)
+    def router(self, router_url: str) -> tuple[bool, RouterServing | None]:
+        """Whether the router is ready, and what it reports serving (None if it reports nothing)."""
+        return self._router.get(router_url, (False, None))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

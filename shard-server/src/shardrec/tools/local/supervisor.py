@@ -31,7 +31,14 @@ from shardrec.planning.actions import (
     EnsureShards,
     RecordEvent,
     RetireLayout,
+    StageRouter,
     SwitchRouter,
+)
+from shardrec.planning.fleet import (
+    RouterObservation,
+    confirmed_layout,
+    topology_document,
+    with_topology_written,
 )
 from shardrec.planning.layouts import LayoutSpec
 from shardrec.planning.observed import Observed, ObservedLayout, ObservedRouter, ObservedShard
@@ -99,6 +106,7 @@ class LocalSupervisor:
     _builds: LocalBuilds | None = None
     _prober: ReadinessProber = field(default_factory=ReadinessProber)
     _stopping: bool = False
+    _written: Topology | None = None
 
     @property
     def builds(self) -> LocalBuilds:
@@ -130,12 +138,16 @@ class LocalSupervisor:
             )
         topology = self._read_topology()
         written = topology.active.layout if topology and topology.active else None
-        confirmed = self._prober.router_layout(self.router_url)
+        router_ready, serving = self._prober.router(self.router_url)
+        routers = (RouterObservation("router", router_ready, serving),)
+        confirmed = confirmed_layout(
+            routers, written=written, stored=written, previous=previous.active_layout or None
+        )
         return Observed(
             generation=cluster.metadata.generation,
             now=now,
             layouts=tuple(layouts),
-            router=ObservedRouter(written_layout=written, confirmed_layout=confirmed),
+            router=ObservedRouter(written_layout=written, confirmed_layout=confirmed, routers=routers),
             previous_status=previous,
             router_endpoint=self.router_url,
         )
@@ -150,8 +162,12 @@ class LocalSupervisor:
             self.builds.ensure(action.layout, action.attempt)
         elif isinstance(action, EnsureShards):
             self._ensure_shards(action.layout, action.replicas, cluster, now_s)
+        elif isinstance(action, StageRouter):
+            topology = self._read_topology()
+            active = topology.active.layout if topology and topology.active else None
+            self._write_topology(self._known(active), action.layout)
         elif isinstance(action, SwitchRouter):
-            self._write_topology(action.layout)
+            self._write_topology(action.layout, None)
         elif isinstance(action, DeleteLayout):
             for name in [n for n, r in self._replicas.items() if r.layout == action.layout_id]:
                 self._remove_replica(name)
@@ -234,24 +250,43 @@ class LocalSupervisor:
             endpoints=endpoints,
         )
 
-    def _write_topology(self, layout: LayoutSpec) -> None:
+    def _known(self, layout_id: str | None) -> LayoutSpec | None:
+        return next((spec for spec in self.builds.known_layouts() if spec.id == layout_id), None)
+
+    def _write_topology(self, active: LayoutSpec | None, staged: LayoutSpec | None) -> None:
+        """Write the document that serves `active` and prepares `staged`, continuing the revision
+        from the file or, if the file was lost, from the status (`fleet.topology_document`)."""
         current = self._read_topology()
-        active = self._layout_topology(layout)
-        if current is not None and current.active == active:
+        status = self._read_status()
+        floor = (status.topology_epoch, status.topology_revision) if status.topology_revision else None
+        topology = topology_document(
+            current,
+            active=self._layout_topology(active) if active is not None else None,
+            staged=self._layout_topology(staged) if staged is not None else None,
+            floor=floor,
+            now_ms=int(time.time() * 1000),
+        )
+        if topology is None:
             return
-        revision = (current.revision if current else 0) + 1
-        topology = Topology(revision=revision, active=active)
         atomic_write_text(self.state.topology_file, topology.model_dump_json(indent=2) + "\n")
-        log.info("router topology revision %d: layout %s (%s)", revision, layout.id, layout.version)
+        self._written = topology
+        log.info(
+            "router topology revision %d (epoch %d): active %s, staged %s",
+            topology.revision,
+            topology.epoch,
+            active.id if active else None,
+            staged.id if staged else None,
+        )
 
     def _refresh_serving_endpoints(self) -> None:
-        """Replicas of the serving layout changed (scale): rewrite its endpoints in place."""
+        """Replicas of the active or staged layout changed (scale): rewrite their endpoints."""
         current = self._read_topology()
         if current is None or current.active is None:
             return
-        for spec in self.builds.known_layouts():
-            if spec.id == current.active.layout:
-                self._write_topology(spec)
+        active = self._known(current.active.layout)
+        if active is not None:
+            staged = self._known(current.staged.layout) if current.staged is not None else None
+            self._write_topology(active, staged)
 
     def _record_event(self, event: RecordEvent) -> None:
         line = (
@@ -296,7 +331,7 @@ class LocalSupervisor:
 
     def _is_process_ready(self, name: str, port: int | None) -> bool:
         if name == "router":
-            return self._prober.router_layout(self.router_url) is not None
+            return self._prober.router(self.router_url)[0]
         return port is not None and self._prober.is_ready(f"http://127.0.0.1:{port}")
 
     # --- loop ----------------------------------------------------------------------------
@@ -308,7 +343,7 @@ class LocalSupervisor:
         }
         atomic_write_json(self.state.router_config_file, config)
         if not self.state.topology_file.exists():
-            atomic_write_text(self.state.topology_file, Topology(revision=0).model_dump_json() + "\n")
+            self._write_topology(None, None)
         argv = (
             sys.executable, "-m", ROUTER_MODULE,
             *router_arguments(
@@ -324,6 +359,7 @@ class LocalSupervisor:
 
     def reconcile_once(self) -> RecommenderClusterStatus:
         now_s = time.monotonic()
+        self._written = None
         cluster = load_cluster_file(self.state.spec_file)
         self.builds.reap()
         died = self.processes.tick(now_s)
@@ -334,11 +370,17 @@ class LocalSupervisor:
         self._prober.probe([f"http://127.0.0.1:{r.port}" for r in self._replicas.values()], self.router_url)
         observed = self._observe(cluster, datetime.now(UTC))
         decision = plan(cluster.metadata.name, cluster.spec, observed)
+        switching = {action.layout_id for action in decision.of_type(SwitchRouter)}
         for action in decision.actions:
+            if isinstance(action, StageRouter) and action.layout_id in switching:
+                continue  # staged and switched in one pass: one write does both
             self._execute(action, cluster, now_s)
         self._refresh_serving_endpoints()
-        if decision.status != observed.previous_status:
-            atomic_write_json(self.state.status_file, decision.status.model_dump(by_alias=True, mode="json"))
+        status = decision.status
+        if self._written is not None:
+            status = with_topology_written(status, self._written)
+        if status != observed.previous_status:
+            atomic_write_json(self.state.status_file, status.model_dump(by_alias=True, mode="json"))
         self._write_runtime()
         return decision.status
 
