@@ -641,3 +641,42 @@ def test_every_change_of_what_is_served_is_reported() -> None:
         assert "cannot load the user table" in reports[-1].error
 
     run(world, settings(), scenario)
+
+
+def test_a_client_that_echoes_the_layout_order_never_gets_an_older_layout() -> None:
+    """Two routers mid-switch: A already serves v2, B still v1. A client that echoes the order it
+    saw (X-Shardrec-Min-Layout-Order) gets 503 router_behind with Retry-After 0 from B, so it
+    retries (another router) instead of going back to v1; clients that send no pin are served."""
+    world = World()
+    v1 = world.build("v1", seed=1)
+    v2 = world.build("v2", seed=2)
+
+    async def main() -> None:
+        async with (
+            running(world, settings(), Topology(revision=1, active=v1)) as (behind, _),
+            running(world, settings(), Topology(revision=1, active=v1)) as (ahead, ahead_state),
+        ):
+            await ahead_state.manager.apply(Topology(revision=2, active=v2))
+            body = {"user_id": "u0"}
+            first = await ahead.post("/v1/recommend", json=body)
+            assert first.json()["index_version"] == "v2"
+            pin = first.headers["x-shardrec-layout-order"]
+            assert pin == "0.2"
+            stale = await behind.post(
+                "/v1/recommend", json=body, headers={"X-Shardrec-Min-Layout-Order": pin}
+            )
+            assert stale.status_code == 503 and stale.headers["retry-after"] == "0"
+            assert error_of(stale)["code"] == "router_behind"
+            unpinned = await behind.post("/v1/recommend", json=body)
+            assert (
+                unpinned.json()["index_version"] == "v1"
+                and unpinned.headers["x-shardrec-layout-order"] == "0.1"
+            )
+            again = await ahead.post("/v1/recommend", json=body, headers={"X-Shardrec-Min-Layout-Order": pin})
+            assert again.status_code == 200 and again.json()["index_version"] == "v2"
+            junk = await behind.post(
+                "/v1/recommend", json=body, headers={"X-Shardrec-Min-Layout-Order": "x.y"}
+            )
+            assert junk.status_code == 200, "a malformed pin never fails a request"
+
+    asyncio.run(main())

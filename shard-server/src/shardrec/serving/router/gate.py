@@ -33,6 +33,10 @@ log = logging.getLogger("shardrec.router")
 Work = Callable[[bytes, Snapshot], Awaitable[bytes]]
 Headers = Iterable[tuple[bytes, bytes]]
 _ANONYMOUS = "anonymous"
+LAYOUT_ORDER_HEADER = b"x-shardrec-layout-order"
+"""On every answer: `<epoch>.<revision>` of the document that made its layout active here."""
+MIN_LAYOUT_ORDER_HEADER = b"x-shardrec-min-layout-order"
+"""A client that must never see an older layout echoes the last X-Shardrec-Layout-Order here."""
 
 
 class RouterState:
@@ -95,7 +99,7 @@ class RouterState:
         extra: list[tuple[bytes, bytes]] = []
         status = 200
         try:
-            length, key_header, authorization = _scan(headers)
+            length, key_header, authorization, pin = _scan(headers)
             key = self._authenticate(key_header, authorization)
             if self.limiter.enabled:
                 wait = self.limiter.acquire(key)
@@ -123,6 +127,15 @@ class RouterState:
                     raise ApiError(
                         503, "not_ready", "no active index layout yet; retry later", {"Retry-After": "1"}
                     )
+                extra.append((LAYOUT_ORDER_HEADER, snapshot.order_header))
+                if pin is not None and _behind(snapshot.order, pin):
+                    raise ApiError(
+                        503,
+                        "router_behind",
+                        f"this router serves layout order {snapshot.order_header.decode()}, older than the "
+                        f"{pin.decode(errors='replace')} the client has seen; retry (another router) now",
+                        {"Retry-After": "0"},
+                    )
                 snapshot.enter()
                 try:
                     payload = await work(body, snapshot)
@@ -132,7 +145,7 @@ class RouterState:
                 self.admission.leave()
         except ApiError as exc:
             status, payload = exc.status, exc.body()
-            extra = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
+            extra += [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
         except Exception:
             log.exception("unhandled error on %s", route)
             status, payload = 500, error_body("internal_error", "internal error")
@@ -204,9 +217,10 @@ class RouterState:
         children[1].observe(seconds)
 
 
-def _scan(headers: Headers) -> tuple[bytes | None, bytes | None, bytes | None]:
-    """Content-Length, X-API-Key and Authorization in one pass (ASGI names are lowercase)."""
-    length = key = authorization = None
+def _scan(headers: Headers) -> tuple[bytes | None, bytes | None, bytes | None, bytes | None]:
+    """Content-Length, X-API-Key, Authorization and the layout pin in one pass (ASGI names are
+    lowercase)."""
+    length = key = authorization = pin = None
     for name, value in headers:
         if name == b"content-length":
             length = value
@@ -214,7 +228,19 @@ def _scan(headers: Headers) -> tuple[bytes | None, bytes | None, bytes | None]:
             key = value
         elif name == b"authorization":
             authorization = value
-    return length, key, authorization
+        elif name == MIN_LAYOUT_ORDER_HEADER:
+            pin = value
+    return length, key, authorization, pin
+
+
+def _behind(order: tuple[int, int], pin: bytes) -> bool:
+    """Whether `order` is older than the client's pin `b"<epoch>.<revision>"` (a malformed pin is
+    ignored: it must never fail a request that could be served)."""
+    epoch, _, revision = pin.partition(b".")
+    try:
+        return order < (int(epoch), int(revision))
+    except ValueError:
+        return False
 
 
 def default_deps() -> ManagerDeps:

@@ -61,6 +61,7 @@ class TopologyManager:
         self.revision = -1
         self.epoch = 0
         self.switched_at = 0.0
+        self._applying = (0, -1)
         self.last_error = ""
         self._listeners: list[ServingListener] = []
         self._lock = asyncio.Lock()
@@ -102,6 +103,7 @@ class TopologyManager:
             if topology.order < (self.epoch, self.revision):
                 self.metrics.topology_updates.labels("stale").inc()
                 return
+            self._applying = topology.order
             try:
                 staging_error = await self._apply(topology)
             except TopologyRejectedError as exc:
@@ -225,6 +227,9 @@ class TopologyManager:
             self._publish_live(snapshot)
 
     def _switch(self, new: Snapshot | None) -> None:
+        if new is not None:
+            new.order = self._applying
+            new.order_header = f"{new.order[0]}.{new.order[1]}".encode()
         old, self.current = self.current, new
         self.switched_at = time.time()
         self.metrics.active_version.clear()

@@ -27,6 +27,11 @@ class Snapshot:
     topology: LayoutTopology
     users: UserTable
     channels: list[ShardChannel]
+    # (epoch, revision) of the topology document that made this layout active in this router.
+    # With the staged switch every router activates it on the same document, so a client that
+    # echoes it back (X-Shardrec-Min-Layout-Order) never gets an older layout from another router.
+    order: tuple[int, int] = (0, -1)
+    order_header: bytes = b"0.-1"
     in_flight: int = 0
     _idle: asyncio.Event | None = None
     _seen_by_shard: OrderedDict[str, list[list[str]]] = field(default_factory=OrderedDict)
