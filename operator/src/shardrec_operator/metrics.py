@@ -11,6 +11,8 @@ Per cluster (labels namespace, cluster), for the alert rules in monitoring/alert
 shardrec_operator_cluster_shard_ready_replicas{shard}   ready replicas of each serving shard
 shardrec_operator_cluster_shard_replicas{shard}         replicas the spec asks for
 shardrec_operator_cluster_router_ready_replicas         ready router pods
+shardrec_operator_cluster_routers_lagging               ready routers not serving the layout last
+                                                        switched to (status.routers.lagging)
 shardrec_operator_cluster_rollout_start_time_seconds    when the layout being rolled out was
                                                         planned (Unix time; 0 when none)
 shardrec_operator_cluster_rollout_timeout_seconds       spec.rollout.timeoutSeconds
@@ -90,6 +92,12 @@ class OperatorMetrics:
             cluster,
             registry=self.registry,
         )
+        self.routers_lagging = Gauge(
+            "shardrec_operator_cluster_routers_lagging",
+            "Ready routers that do not serve the layout the topology last switched to.",
+            cluster,
+            registry=self.registry,
+        )
         self.rollout_start = Gauge(
             "shardrec_operator_cluster_rollout_start_time_seconds",
             "Unix time the layout being rolled out was planned; 0 when no rollout is in progress.",
@@ -118,6 +126,7 @@ class OperatorMetrics:
             self.shard_ready,
             self.shard_desired,
             self.router_ready,
+            self.routers_lagging,
             self.rollout_start,
             self.rollout_timeout,
             self.layouts,
@@ -139,6 +148,7 @@ class OperatorMetrics:
             self.shard_ready.labels(namespace, cluster, str(shard.shard)).set(shard.ready_replicas)
             self.shard_desired.labels(namespace, cluster, str(shard.shard)).set(spec.replicas_per_shard)
         self.router_ready.labels(namespace, cluster).set(router_ready_replicas)
+        self.routers_lagging.labels(namespace, cluster).set(len(status.routers.lagging))
         rolling = [layout for layout in status.layouts if layout.state in _IN_ROLLOUT]
         started = min((parse_time(layout.created_at).timestamp() for layout in rolling), default=0.0)
         self.rollout_start.labels(namespace, cluster).set(started)
