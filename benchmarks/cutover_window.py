@@ -163,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dimension", type=int, default=32)
     parser.add_argument("--write-doc", action="store_true", help="write the table into docs/benchmarks.md")
     args = parser.parse_args(argv)
+    command = " ".join(
+        ["python benchmarks/cutover_window.py", *(a for a in (argv or []) if a != "--write-doc")]
+    )
     with tempfile.TemporaryDirectory(prefix="shardrec-cutover-") as tmp:
         work = Path(tmp)
         layouts = build(work, args.users, args.items, args.dimension)
@@ -194,8 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = table(rows, args.routers, args.users)
     print(text)
     if args.write_doc:
-        command = "python benchmarks/cutover_window.py" + ("" if argv is None else " " + " ".join(argv))
-        write_doc(text, command.replace(" --write-doc", ""))
+        write_doc(text, command)
     return 0
 
 

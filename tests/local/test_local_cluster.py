@@ -277,3 +277,47 @@ def test_the_minimal_example_runs_locally(tmp_path: Path) -> None:
         assert _status(state)["replicas"] == manifest["spec"]["shards"] * manifest["spec"]["replicasPerShard"]
     finally:
         _recctl("down", "--state-dir", str(state), check=False)
+
+
+def test_rollback_within_and_after_the_window_rebuilds_nothing_and_fails_no_request(tmp_path: Path) -> None:
+    """v1 -> v2 -> v1 while v1 is still kept for rollback (its processes run: an instant switch),
+    then v1 -> v2 after v2 was deleted (its artifact is reused: shard processes start, no build).
+    Under steady traffic: no request fails and every answer is whole."""
+    for version, seed in (("v1", 1), ("v2", 2)):
+        _write_embeddings(tmp_path / f"emb-{version}", seed)
+    manifest = _manifest(tmp_path / "emb-v1", "v1", 2)
+    manifest["spec"]["rollout"] = {"keepPreviousLayouts": 1, "rollbackWindowSeconds": 8, "drainSeconds": 1}
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    state, port = tmp_path / "state", free_port()
+    _recctl("up", "-f", str(path), "--state-dir", str(state), "--port", str(port), "--detach", "--wait", "90")
+
+    def apply(version: str) -> None:
+        manifest["spec"]["index"]["version"] = version
+        manifest["spec"]["index"]["source"] = str(tmp_path / f"emb-{version}")
+        path.write_text(yaml.safe_dump(manifest))
+        _recctl("apply", "-f", str(path), "--state-dir", str(state), "--wait", "90")
+        assert _status(state)["activeVersion"] == version
+
+    def build_logs() -> dict[str, int]:
+        return {p.name: p.stat().st_size for p in (state / "logs").glob("build-*.log")}
+
+    traffic = Traffic(f"http://127.0.0.1:{port}")
+    worker = threading.Thread(target=traffic.run, daemon=True)
+    worker.start()
+    try:
+        apply("v2")
+        built = build_logs()
+        assert len(built) == 2
+        apply("v1")  # within v1's rollback window: its shards still run
+        assert build_logs() == built, "rolling back within the window rebuilt something"
+        assert len(_status(state)["layouts"]) == 2
+        _wait_for(lambda: len(_status(state)["layouts"]) == 1, "v2 to be deleted after its window")
+        apply("v2")  # v2's processes are gone; its artifact is not
+        assert build_logs() == built, "rolling back after the window rebuilt the layout"
+    finally:
+        traffic.stop()
+        worker.join(timeout=10)
+        _recctl("down", "--state-dir", str(state), check=False)
+    assert traffic.failures == [], traffic.failures[:5]
+    assert set(traffic.versions) == {"v1", "v2"} and traffic.sent > 50

@@ -51,6 +51,10 @@ def _router(
 def test_no_router_reports_means_the_stored_topology_counts() -> None:
     silent = [RouterObservation("r0", True, None), RouterObservation("r1", True, None)]
     assert confirmed_layout(silent, written="new", stored="new", previous="old") == "new"
+    # A deleted topology document proves nothing: what served still serves (it failed here
+    # against the real API server: the status lost its active layout for a pass).
+    gone = confirmed_layout(silent, written="new", stored=None, previous="old", document_missing=True)
+    assert gone == "old"
     assert lagging_routers(silent, "new") == [] and unprepared_routers(silent, "new") == []
 
 

@@ -263,7 +263,11 @@ def observe(
     previous = previous_status(raw_status)
     routers = router_observations(children)
     confirmed = confirmed_layout(
-        routers, written=written, stored=stored_active, previous=previous.active_layout or None
+        routers,
+        written=written,
+        stored=stored_active,
+        previous=previous.active_layout or None,
+        document_missing=stored is None,
     )
     has_router_service = children.get(kinds.SERVICE, names.router(cluster.metadata.name)) is not None
     return Observed(

@@ -10,7 +10,9 @@ clock has not started and no router loses its shards under it:
     written=new, some ready router still on old/none  -> confirmed old; those routers are lagging
     no ready router at all                            -> confirmed stays what it was (nothing disproves it)
     no router reports at all (routers too old, or pods that run nothing) -> the stored topology,
-                                                         as before acknowledgements existed
+                                                         as before acknowledgements existed (or,
+                                                         while the document itself is missing,
+                                                         what the status last called active)
 
 A router that rejected a document keeps serving its last layout and stays Ready (turning every
 router unready over a bad artifact would be a full outage); it reports the error and counts as
@@ -90,15 +92,18 @@ def confirmed_layout(
     written: str | None,
     stored: str | None,
     previous: str | None,
+    document_missing: bool = False,
 ) -> str | None:
     """The layout the fleet is known to serve (see the module docstring for the rules).
 
     `written`: the hands' last committed write; `stored`: the active layout of the stored topology
-    document; `previous`: the layout the last status called active (None if none).
+    document; `previous`: the layout the last status called active (None if none);
+    `document_missing`: there is no stored document at all (deleted, or unreadable): a missing
+    document proves nothing about what routers serve, so it never un-confirms a layout.
     """
     routers = list(routers)
     if not acknowledging(routers):
-        return stored
+        return previous if document_missing else stored
     ready = ready_routers(routers)
     if not ready:
         return previous

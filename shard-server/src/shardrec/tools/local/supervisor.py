@@ -141,7 +141,11 @@ class LocalSupervisor:
         router_ready, serving = self._prober.router(self.router_url)
         routers = (RouterObservation("router", router_ready, serving),)
         confirmed = confirmed_layout(
-            routers, written=written, stored=written, previous=previous.active_layout or None
+            routers,
+            written=written,
+            stored=written,
+            previous=previous.active_layout or None,
+            document_missing=topology is None,
         )
         return Observed(
             generation=cluster.metadata.generation,
