@@ -61,7 +61,9 @@ def test_valid_cluster_creates_its_children_and_reaches_ready(scenario: Any, har
                 "resources": ["configmaps"],
                 "resourceNames": ["recs-topology"],
                 "verbs": ["get", "list", "watch"],
-            }
+            },
+            # A router reports what it serves in its own pod's annotation.
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
         ]
         assert scenario.names(kinds.ROLE_BINDING) == ["recs-router"]
         assert scenario.names(kinds.NETWORK_POLICY) == ["recs-shards"]
@@ -87,6 +89,18 @@ def test_valid_cluster_creates_its_children_and_reaches_ready(scenario: Any, har
             check=False,
         )
         assert cannot.stdout.strip() == "no"
+        for verb, allowed in (("patch", "yes"), ("delete", "no"), ("create", "no")):
+            answer = scenario.kube.kubectl(
+                "auth",
+                "can-i",
+                verb,
+                "pods",
+                "-n",
+                scenario.namespace,
+                f"--as=system:serviceaccount:{scenario.namespace}:recs-router",
+                check=False,
+            )
+            assert answer.stdout.strip() == allowed, (verb, answer.stdout, answer.stderr)
 
     def shard_pods_run_restricted_and_spread_across_zones() -> None:
         pods = harness.wait_for(
