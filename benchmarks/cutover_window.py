@@ -35,7 +35,7 @@ from common import REPO, Server, running, start_server
 
 from shardrec.api.topology import LayoutTopology, ReplicaEndpoint, RouterServing, ShardEndpoints, Topology
 from shardrec.serving.index.build import build_layout
-from shardrec.serving.index.synthetic import write_embeddings_dir
+from shardrec.serving.index.embeddings import write_embeddings_dir
 from shardrec.tools.local.state import atomic_write_text
 
 DOC = REPO / "docs" / "benchmarks.md"
