@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from shardrec.api.topology import LayoutTopology, ReplicaEndpoint, RouterServing, ShardEndpoints, Topology
-from shardrec.api.v1alpha1 import RecommenderClusterStatus
+from shardrec.api.v1alpha1 import RecommenderClusterSpec, RecommenderClusterStatus
 from shardrec.planning import (
     DeleteLayout,
     Observed,
@@ -216,6 +216,18 @@ def _fleet(*routers: FakeRouter) -> FleetWorld:
     return world
 
 
+def _serving_v1_asked_for_v2(
+    *routers: FakeRouter,
+) -> tuple[FleetWorld, RecommenderClusterSpec, RecommenderClusterSpec]:
+    """A fleet serving v1, settled; then the spec asks for v2 (a new generation). Returns the
+    world and both specs; the test steps the world itself."""
+    world = _fleet(*routers)
+    v1 = make_spec(**FAST)
+    run_until_settled(world, v1, check=_check)
+    world.generation += 1
+    return world, v1, with_version(v1, "v2")
+
+
 def test_routers_prepare_then_switch_together_and_the_old_layout_goes_after() -> None:
     world = _fleet(FakeRouter("r0"), FakeRouter("r1", prepare_ticks=3), FakeRouter("r2"))
     v1 = make_spec(**FAST)
@@ -236,11 +248,7 @@ def test_routers_prepare_then_switch_together_and_the_old_layout_goes_after() ->
 
 
 def test_a_lagging_router_holds_retirement_and_stalls_with_an_event() -> None:
-    world = _fleet(FakeRouter("r0"), FakeRouter("r1"))
-    v1 = make_spec(**FAST)
-    run_until_settled(world, v1, check=_check)
-    world.generation += 1
-    v2 = with_version(v1, "v2")
+    world, v1, v2 = _serving_v1_asked_for_v2(FakeRouter("r0"), FakeRouter("r1"))
     world.routers[1].prepare_ticks = 1000  # it never finishes loading: the switch waits for it
     for _ in range(12):  # 120 s of fake time
         world.step(v2, check=_check)
@@ -251,11 +259,7 @@ def test_a_lagging_router_holds_retirement_and_stalls_with_an_event() -> None:
 
 
 def test_a_router_that_rejects_the_new_layout_blocks_and_says_why() -> None:
-    world = _fleet(FakeRouter("r0"), FakeRouter("r1"))
-    v1 = make_spec(**FAST)
-    run_until_settled(world, v1, check=_check)
-    world.generation += 1
-    v2 = with_version(v1, "v2")
+    world, v1, v2 = _serving_v1_asked_for_v2(FakeRouter("r0"), FakeRouter("r1"))
     world.routers[1].rejects = {layout_id(v2)}
     for _ in range(10):
         world.step(v2, check=_check)
@@ -267,11 +271,7 @@ def test_a_router_that_rejects_the_new_layout_blocks_and_says_why() -> None:
 
 
 def test_a_router_that_vanishes_stops_counting() -> None:
-    world = _fleet(FakeRouter("r0"), FakeRouter("r1"))
-    v1 = make_spec(**FAST)
-    run_until_settled(world, v1, check=_check)
-    world.generation += 1
-    v2 = with_version(v1, "v2")
+    world, _v1, v2 = _serving_v1_asked_for_v2(FakeRouter("r0"), FakeRouter("r1"))
     world.routers[1].rejects = {layout_id(v2)}
     for _ in range(3):
         world.step(v2, check=_check)
@@ -282,11 +282,7 @@ def test_a_router_that_vanishes_stops_counting() -> None:
 
 
 def test_stall_event_after_the_deadline_and_recovery_event() -> None:
-    world = _fleet(FakeRouter("r0"), FakeRouter("r1"))
-    v1 = make_spec(**FAST)
-    run_until_settled(world, v1, check=_check)
-    world.generation += 1
-    v2 = with_version(v1, "v2")
+    world, v1, v2 = _serving_v1_asked_for_v2(FakeRouter("r0"), FakeRouter("r1"))
     # r1 prepares, so the switch commits, but it never applies it: it lags behind r0.
     world.routers[1].stuck = True
     reasons: list[str] = []
