@@ -11,6 +11,7 @@ Writes the table to docs/benchmarks.md with the command that produced it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ab import section_of
 from common import REPO, Dataset, Row, ensure_layout, make_dataset, markdown_table
 from inprocess import InProcessShards, batched_baseline, single_query_baseline, tune_ef
 from shard_load import shard_rows
@@ -206,6 +208,9 @@ in {elapsed:.0f} s. {QUICK_NOTE if args.quick else ""}
     for note in notes:
         text += f"\n- {note}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    # The A/B section of `benchmarks/ab.py` (make bench-ab) is its own run: keep it.
+    with contextlib.suppress(OSError, ValueError):
+        text = text.rstrip() + "\n\n" + section_of(args.out.read_text())
     args.out.write_text(text.rstrip() + "\n")
     raw = {
         "command": command,
