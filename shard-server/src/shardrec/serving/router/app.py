@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -67,7 +68,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _body_doc(model: type[schemas._Doc]) -> dict[str, Any]:
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
