@@ -14,10 +14,8 @@ machine hits both. The number that decides is CPU time per request (process CPU,
   process (/proc/PID/stat) per request at a fixed concurrency; requests/s alongside.
 - parser: `router/parsing.py` vs pydantic's `model_validate_json` (+ the float32 conversion both
   need), in this process.
-- response: `router/response.encode_batch` (JSON spliced from bytes) vs orjson.dumps of the
-  answer as a dict (`encode_batch_plain`), in this process.
 
-Outputs are compared before timing (identical bytes or the same parsed values); a mismatch stops
+Outputs are compared before timing (the same answers or the same parsed values); a mismatch stops
 the run. A part is kept when B needs at least 1.3x A's CPU per request (geometric mean over the
 payloads); otherwise it goes back to the library.
 """
@@ -59,6 +57,7 @@ VERDICT_RULE = "|---|---|---:|---|"
 
 @dataclass(frozen=True)
 class Part:
+    key: str  # for --parts
     name: str
     module: str
     a: str
@@ -71,16 +70,30 @@ SHAPES = {
     payload: (1 if payload.startswith("1 ") else 64, int(payload.rsplit("=", 1)[1])) for payload in PAYLOADS
 }
 PARTS = (
-    Part("shard client", "serving/shard/http1.py", "http1.ConnectionPool", "httpx.AsyncClient", PAYLOADS),
     Part(
+        "client",
+        "shard client",
+        "serving/shard/http1.py",
+        "http1.ConnectionPool",
+        "httpx.AsyncClient",
+        PAYLOADS,
+    ),
+    Part(
+        "router",
         "gate + parser (router process)",
         "serving/router/gate.py",
         "ASGI gate + parsing.py",
         "FastAPI route + pydantic",
         PAYLOADS,
     ),
-    Part("parser", "serving/router/parsing.py", "parsing.py", "pydantic model_validate_json", PAYLOADS),
-    Part("response", "serving/router/response.py", "encode_batch (spliced)", "orjson.dumps(dict)", PAYLOADS),
+    Part(
+        "parser",
+        "parser",
+        "serving/router/parsing.py",
+        "parsing.py",
+        "pydantic model_validate_json",
+        PAYLOADS,
+    ),
 )
 
 
@@ -167,42 +180,6 @@ def json_body(queries: np.ndarray, k: int) -> bytes:
     """What a client sends the router: a single query object, or a batch of them."""
     objects = [{"vector": [round(float(x), 6) for x in row], "k": k} for row in queries]
     return json.dumps(objects[0] if len(objects) == 1 else {"queries": objects}).encode()
-
-
-# --- part: response -----------------------------------------------------------------------------
-
-
-def response_results(rows: int, k: int, rng: np.random.Generator) -> list[tuple[list[str], np.ndarray]]:
-    """What the merge hands the encoder: per query, k item ids and float32 scores, best first."""
-    results = []
-    for _ in range(rows):
-        ids = [f"item-{i}" for i in rng.integers(0, ITEMS, size=k)]
-        results.append((ids, np.sort(rng.random(k, dtype=np.float32))[::-1].copy()))
-    return results
-
-
-def bench_response(rounds: int) -> list[Result]:
-    from shardrec.serving.router.response import encode_batch, encode_batch_plain
-
-    out = []
-    rng = np.random.default_rng(5)
-    for payload in PAYLOADS:
-        rows, k = SHAPES[payload]
-        results = response_results(rows, k, rng)
-        spliced = encode_batch(results, "v-7", False, 4, 4)
-        plain = encode_batch_plain(results, "v-7", False, 4, 4)
-        if spliced != plain:
-            raise SystemExit(f"response, {payload}: encode_batch and orjson.dumps(dict) differ")
-        count = max(100, 40_000 // (rows * k))
-        result = Result("response", payload)
-        interleave(
-            result,
-            in_process(partial(encode_batch, results, "v-7", False, 4, 4), count),
-            in_process(partial(encode_batch_plain, results, "v-7", False, 4, 4), count),
-            rounds,
-        )
-        out.append(result)
-    return out
 
 
 def _each(parse: Callable[[bytes, bool], object], bodies: Sequence[bytes], batch: bool) -> None:
@@ -503,13 +480,12 @@ Command: `{COMMAND}` (also `make bench-ab`), run on {datetime.now(UTC):%Y-%m-%d 
 - Machine: {machine}.
 - Method: A and B in one run on the same inputs, interleaved over {rounds} rounds (A first in half
   of them). CPU µs/request = process CPU time (not wall time) / requests: this process's
-  (time.process_time) for the shard client, parser and response; the router process's
+  (time.process_time) for the shard client and parser; the router process's
   (/proc/PID/stat) for gate + parser. B/A >= {THRESHOLD}x (geometric mean over the payloads) keeps
   the hand-written part; below it, the part goes back to the library.
 - Inputs: realistic router shapes, {ITEMS:,} items x {DIMENSION} dims in {SHARDS} shards (hnswlib,
   built with `build_layout`): single queries and batches of 64, k=10 and k=100. Outputs are
-  checked equal before timing (shard answers, parsed vectors and k, router answers byte for byte,
-  response bytes).
+  checked equal before timing (shard answers, parsed vectors and k, router answers byte for byte).
 - Requests/s: shard client at {concurrency["client"]} concurrent requests against one real shard
   server; router at {concurrency["router"]} concurrent requests in front of {SHARDS} real shard servers
   (closed loop from this process). "—": not a server path.
@@ -543,7 +519,9 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=6, help="interleaved A/B rounds per payload (default 6)"
     )
-    parser.add_argument("--parts", default="client,router,parser,response", help="comma-separated subset")
+    parser.add_argument(
+        "--parts", default=",".join(part.key for part in PARTS), help="comma-separated subset"
+    )
     parser.add_argument("--work-dir", type=Path, default=REPO / "bench-out")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
@@ -565,14 +543,12 @@ def main() -> int:
                 )
     if "parser" in selected:
         results += bench_parser(queries, args.rounds)
-    if "response" in selected:
-        results += bench_response(args.rounds)
     order = [part.name for part in PARTS]
     results.sort(key=lambda r: order.index(r.part))
     machine = machine_line(load_start, os.getloadavg()[0])
     print(render_tables(results))
     print(f"\nMachine: {machine}", file=sys.stderr)
-    if not args.no_write and selected == {"client", "router", "parser", "response"}:
+    if not args.no_write and selected == {part.key for part in PARTS}:
         section = render_section(
             results,
             machine=machine,
