@@ -8,15 +8,18 @@ machine hits both. The number that decides is CPU time per request (process CPU,
 - shard client: `shard/http1.py` vs `httpx.AsyncClient`, both in this process (CPU via
   time.process_time) doing the same binary /v1/search calls to a real shard server on 127.0.0.1 at
   a fixed concurrency, under uvloop as in the router; requests/s alongside.
-- gate + parser: the router process as shipped (ASGI gate + hand-written parser) vs the same
-  router with plain FastAPI routes and the pydantic models of `router/schemas.py`
-  (benchmarks/ab_router.py); both in front of the same real shard servers, CPU of the router
-  process (/proc/PID/stat) per request at a fixed concurrency; requests/s alongside.
-- parser: `router/parsing.py` vs pydantic's `model_validate_json` (+ the float32 conversion both
-  need), in this process.
+- gate: the router process as shipped (the ASGI gate serving the three POST routes, bodies
+  validated by `model_validate_json` of the `router/schemas.py` models) vs the same router with
+  plain FastAPI routes taking those models as body parameters (benchmarks/ab_router.py); both in
+  front of the same real shard servers; CPU of the router process (/proc/PID/stat) per request
+  at a fixed concurrency; requests/s alongside.
 
-Outputs are compared before timing (the same answers or the same parsed values); a mismatch stops
-the run. A part is kept when B needs at least 1.3x A's CPU per request (geometric mean over the
+Dropped after this A/B and so no longer measured here (docs/router.md has the record): the
+hand-written request parser (`router/parsing.py`, now pydantic) and the byte-spliced batch
+encoder (`router/response.py`, now orjson.dumps of the dict).
+
+Outputs are compared before timing (the same shard answers; router answers byte for byte); a
+mismatch stops the run. A part is kept when B needs at least 1.3x A's CPU per request (geometric mean over the
 payloads); otherwise it goes back to the library.
 """
 
@@ -34,7 +37,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -80,18 +82,10 @@ PARTS = (
     ),
     Part(
         "router",
-        "gate + parser (router process)",
+        "gate (router process)",
         "serving/router/gate.py",
-        "ASGI gate + parsing.py",
-        "FastAPI route + pydantic",
-        PAYLOADS,
-    ),
-    Part(
-        "parser",
-        "parser",
-        "serving/router/parsing.py",
-        "parsing.py",
-        "pydantic model_validate_json",
+        "ASGI gate, model_validate_json",
+        "FastAPI route, pydantic body",
         PAYLOADS,
     ),
 )
@@ -132,29 +126,6 @@ class Result:
         return self.b.cpu_us / self.a.cpu_us
 
 
-# --- interleaving -------------------------------------------------------------------------------
-
-Measure = Callable[[], tuple[float, float, int]]  # one bounded burst: (cpu s, wall s, requests)
-
-
-def interleave(result: Result, a: Measure, b: Measure, rounds: int) -> None:
-    """A, B, B, A, ...: each side goes first in half of the rounds."""
-    for round_ in range(rounds):
-        order = ((a, result.a), (b, result.b)) if round_ % 2 == 0 else ((b, result.b), (a, result.a))
-        for measure, tally in order:
-            tally.add(*measure())
-
-
-def in_process(function: Callable[[], object], count: int) -> Measure:
-    def measure() -> tuple[float, float, int]:
-        cpu, wall = time.process_time(), time.perf_counter()
-        for _ in range(count):
-            function()
-        return time.process_time() - cpu, time.perf_counter() - wall, count
-
-    return measure
-
-
 # --- data ---------------------------------------------------------------------------------------
 
 ITEMS, DIMENSION, SHARDS = 20_000, 64, 2
@@ -180,61 +151,6 @@ def json_body(queries: np.ndarray, k: int) -> bytes:
     """What a client sends the router: a single query object, or a batch of them."""
     objects = [{"vector": [round(float(x), 6) for x in row], "k": k} for row in queries]
     return json.dumps(objects[0] if len(objects) == 1 else {"queries": objects}).encode()
-
-
-def _each(parse: Callable[[bytes, bool], object], bodies: Sequence[bytes], batch: bool) -> None:
-    for body in bodies:
-        parse(body, batch)
-
-
-# --- part: parser -------------------------------------------------------------------------------
-
-
-def bench_parser(queries: np.ndarray, rounds: int) -> list[Result]:
-    from shardrec.serving.router import schemas
-    from shardrec.serving.router.config import Limits
-    from shardrec.serving.router.parsing import VectorBatch, parse_batch_body, parse_recommend
-
-    limits = Limits()
-
-    def hand(body: bytes, batch: bool) -> tuple[np.ndarray, list[int]]:
-        if not batch:
-            query = parse_recommend(body, limits)
-            assert query.vector is not None
-            return query.vector[None, :], [query.k]
-        parsed = parse_batch_body(body, limits, 256)
-        assert isinstance(parsed, VectorBatch)
-        return parsed.vectors, parsed.ks
-
-    def library(body: bytes, batch: bool) -> tuple[np.ndarray, list[int]]:
-        if not batch:
-            model = schemas.RecommendRequest.model_validate_json(body)
-            assert model.vector is not None
-            return np.asarray([model.vector], dtype=np.float32), [model.k]
-        models = schemas.BatchRequest.model_validate_json(body).queries
-        return np.asarray([m.vector for m in models], dtype=np.float32), [m.k for m in models]
-
-    out = []
-    for payload in PAYLOADS:
-        rows, k = SHAPES[payload]
-        bodies = [json_body(queries[i : i + rows], k) for i in range(0, 64, 8)]
-        batch = rows > 1
-        for body in bodies:
-            (va, ka), (vb, kb) = hand(body, batch), library(body, batch)
-            if ka != kb or not np.array_equal(va, vb):
-                raise SystemExit(f"parser, {payload}: parsing.py and pydantic give different values")
-        count = 4000 if rows == 1 else 400
-        result = Result("parser", payload)
-        interleave(
-            result,
-            in_process(partial(_each, hand, bodies, batch), count // len(bodies)),
-            in_process(partial(_each, library, bodies, batch), count // len(bodies)),
-            rounds,
-        )
-        for tally in (result.a, result.b):
-            tally.requests *= len(bodies)
-        out.append(result)
-    return out
 
 
 # --- part: shard client -------------------------------------------------------------------------
@@ -317,7 +233,7 @@ def bench_shard_client(shard: Server, queries: np.ndarray, rounds: int, concurre
     return uvloop.run(main())
 
 
-# --- part: gate + parser (router processes) -----------------------------------------------------
+# --- part: gate (router processes) -----------------------------------------------------------
 
 
 def _router_files(work: Path, layout: Path, shards: Sequence[Server]) -> tuple[Path, Path]:
@@ -396,13 +312,11 @@ def bench_router(  # noqa: PLR0917 - one call site
                     call_a, call_b = caller(router_a.pid, route), caller(router_b.pid, route)
                     for body in bodies:
                         if await call_a(body) != await call_b(body):
-                            raise SystemExit(
-                                f"gate + parser, {payload}: the two routers answered differently"
-                            )
+                            raise SystemExit(f"gate, {payload}: the two routers answered differently")
                     await _burst(call_a, bodies, 2 * concurrency, concurrency)()
                     await _burst(call_b, bodies, 2 * concurrency, concurrency)()
                     count = 400 if rows == 1 else 40
-                    result = Result("gate + parser (router process)", payload, server=True)
+                    result = Result("gate (router process)", payload, server=True)
                     for round_ in range(rounds):
                         sides = [(router_a.pid, call_a, result.a), (router_b.pid, call_b, result.b)]
                         for pid, call, tally in sides if round_ % 2 == 0 else sides[::-1]:
@@ -449,6 +363,14 @@ def render_tables(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+def _versions() -> str:
+    from importlib.metadata import version
+
+    return ", ".join(
+        f"{name} {version(name)}" for name in ("httpx", "fastapi", "pydantic", "uvicorn", "uvloop")
+    )
+
+
 def machine_line(load_start: float, load_end: float) -> str:
     cpu = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -457,7 +379,8 @@ def machine_line(load_start: float, load_end: float) -> str:
             break
     return (
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), Python "
-        f"{platform.python_version()}; load average {load_start:.1f} at start, {load_end:.1f} at end "
+        f"{platform.python_version()}, {_versions()}; "
+        f"load average {load_start:.1f} at start, {load_end:.1f} at end "
         "(a shared, loaded machine: absolute numbers move from run to run, the interleaved ratios much less)"
     )
 
@@ -480,15 +403,17 @@ Command: `{COMMAND}` (also `make bench-ab`), run on {datetime.now(UTC):%Y-%m-%d 
 - Machine: {machine}.
 - Method: A and B in one run on the same inputs, interleaved over {rounds} rounds (A first in half
   of them). CPU µs/request = process CPU time (not wall time) / requests: this process's
-  (time.process_time) for the shard client and parser; the router process's
-  (/proc/PID/stat) for gate + parser. B/A >= {THRESHOLD}x (geometric mean over the payloads) keeps
+  (time.process_time) for the shard client; the router process's (/proc/PID/stat) for the
+  gate. B/A >= {THRESHOLD}x (geometric mean over the payloads) keeps
   the hand-written part; below it, the part goes back to the library.
 - Inputs: realistic router shapes, {ITEMS:,} items x {DIMENSION} dims in {SHARDS} shards (hnswlib,
   built with `build_layout`): single queries and batches of 64, k=10 and k=100. Outputs are
-  checked equal before timing (shard answers, parsed vectors and k, router answers byte for byte).
+  checked equal before timing (shard answers; router answers byte for byte).
 - Requests/s: shard client at {concurrency["client"]} concurrent requests against one real shard
   server; router at {concurrency["router"]} concurrent requests in front of {SHARDS} real shard servers
   (closed loop from this process). "—": not a server path.
+- The request parser and the batch encoder were hand-written too; they lost their A/B and went
+  back to pydantic and orjson (the record is in docs/router.md, "Hot path: measured, kept, dropped").
 
 {render_tables(results)}
 {END}"""
@@ -541,8 +466,6 @@ def main() -> int:
                 results += bench_router(
                     args.work_dir, layout, shard_servers, queries, args.rounds, concurrency["router"]
                 )
-    if "parser" in selected:
-        results += bench_parser(queries, args.rounds)
     order = [part.name for part in PARTS]
     results.sort(key=lambda r: order.index(r.part))
     machine = machine_line(load_start, os.getloadavg()[0])

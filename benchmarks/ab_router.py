@@ -4,9 +4,9 @@ the library way, as plain FastAPI routes whose bodies are the pydantic models of
 
     python benchmarks/ab_router.py --topology-file F --router-config C --port 0
 
-Same flags, settings, shard client, scatter/merge, response encoder and uvicorn configuration as
-`shardrec-router`; only the edge differs: FastAPI's routing, request object, header and body
-parameters and pydantic validation instead of the ASGI gate and the hand-written parser. The gate's
+Same flags, settings, request models, shard client, scatter/merge, response encoder and uvicorn
+configuration as `shardrec-router`; only the edge differs: FastAPI's routing, request object,
+header and body parameters instead of the ASGI gate. The gate's
 steps are kept (API key, rate limit, admission, snapshot binding, request metrics); the body-size
 limit is not (FastAPI has none), which only makes B cheaper. Not a product path: a measurement aid.
 """

@@ -1,9 +1,9 @@
 """The router's HTTP edge: `create_app(settings)` builds the FastAPI app.
 
 The three hot POST routes are served by `RouterApp.__call__` straight through the ASGI gate
-(`shardrec.serving.router.gate`): no pydantic and no middleware per request; the pydantic models in
-`schemas` only document the bodies at /docs. Everything else (docs, probes, metrics, 404/405
-errors) is plain FastAPI.
+(`shardrec.serving.router.gate`): no FastAPI routing and no middleware per request; their bodies
+are validated by the pydantic models of `schemas` (`parsing`), the same models /docs shows.
+Everything else (docs, probes, metrics, 404/405 errors) is plain FastAPI.
 """
 
 from __future__ import annotations
