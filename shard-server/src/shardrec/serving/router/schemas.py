@@ -42,6 +42,16 @@ _ID = _identifier(DEFAULT_LIMITS)
 
 
 class RecommendRequest(_Request):
+    # Exactly one of user_id and vector, stated in the schema too (null counts as not given).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["user_id"], "properties": {"user_id": {"type": "string"}}},
+                {"required": ["vector"], "properties": {"vector": {"type": "array"}}},
+            ]
+        }
+    )
+
     user_id: _ID | None = Field(  # type: ignore[valid-type]
         None, description="Recommend for this user (embedding from the active index version)."
     )
