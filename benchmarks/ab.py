@@ -44,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from common import REPO, Server, cpu_seconds, running, shard_argv, start_server
 
+from shardrec.api.commands import ROUTER_MODULE, router_arguments
+
 COMMAND = "python benchmarks/ab.py"
 THRESHOLD = 1.3
 BEGIN = "<!-- bench-ab:begin (written by `python benchmarks/ab.py`; edit the script, not this) -->"
@@ -134,7 +136,8 @@ ITEMS, DIMENSION, SHARDS = 20_000, 64, 2
 def ensure_small_layout(work: Path) -> tuple[Path, np.ndarray]:
     """A small real layout (2 shards) built with the project's own builders, and query vectors."""
     from shardrec.serving.index.build import build_layout
-    from shardrec.serving.index.synthetic import clustered, write_embeddings_dir
+    from shardrec.serving.index.embeddings import write_embeddings_dir
+    from shardrec.serving.index.synthetic import clustered
 
     vectors = clustered(ITEMS + 256, DIMENSION, clusters=40, spread=0.45, seed=11)
     layout = work / f"ab-{ITEMS}x{DIMENSION}-S{SHARDS}"
@@ -270,8 +273,10 @@ def bench_router(  # noqa: PLR0917 - one call site
     from shardrec.serving.shard.http1 import ConnectionPool
 
     topology_file, config_file = _router_files(work, layout, shards)
-    flags = ["--topology-file", str(topology_file), "--router-config", str(config_file), "--port", "0"]
-    a_argv = [sys.executable, "-m", "shardrec.serving.router.main", *flags]
+    flags = router_arguments(
+        host="127.0.0.1", port=0, topology_file=str(topology_file), router_config=str(config_file)
+    )
+    a_argv = [sys.executable, "-m", ROUTER_MODULE, *flags]
     b_argv = [sys.executable, str(Path(__file__).with_name("ab_router.py")), *flags]
     with running([start_server("router-A", a_argv), start_server("router-B", b_argv)]) as (
         router_a,

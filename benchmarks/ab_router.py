@@ -41,7 +41,7 @@ JSON = "application/json"
 
 def _query(model: schemas.RecommendRequest) -> RecommendQuery:
     vector = None if model.vector is None else np.asarray(model.vector, dtype=np.float32)
-    return RecommendQuery(model.user_id, vector, model.k, model.exclude, model.exclude_seen)
+    return RecommendQuery(model.user_id, vector, model.k, model.exclude or [], model.exclude_seen)
 
 
 def create_library_app(  # noqa: PLR0915 - the three routes, as FastAPI declares them

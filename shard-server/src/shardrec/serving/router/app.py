@@ -83,7 +83,7 @@ class _GateRoute:
 
     path: str
     name: str
-    request: type[schemas._Doc]
+    request: type[BaseModel]
     response: type[schemas._Doc]
     summary: str
 
