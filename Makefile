@@ -97,6 +97,10 @@ bench: $(STAMP) ## Benchmarks -> docs/benchmarks.md (minutes; BENCH_ARGS="--size
 	  || { echo "make bench needs wrk (Debian/Ubuntu: apt-get install -y wrk)"; exit 2; }
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
+.PHONY: bench-ab
+bench-ab: $(STAMP) ## A/B of each hand-written hot-path part against its library -> docs/benchmarks.md (~2 min)
+	$(BIN)/python benchmarks/ab.py $(BENCH_ARGS)
+
 .PHONY: plots
 plots: $(STAMP) ## Tail-latency simulation plots -> docs/img/ (from benchmarks/coefficients.json)
 	$(BIN)/python benchmarks/tail_plots.py

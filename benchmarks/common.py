@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,6 +27,15 @@ from shardrec.serving.index.scoring import Metric, exact_top_k
 from shardrec.serving.index.synthetic import clustered
 
 REPO = Path(__file__).resolve().parents[1]
+MARKED_SECTION = re.compile(r"<!-- ([a-z0-9-]+):begin.*?-->.*?<!-- \1:end -->", re.S)
+
+
+def marked_sections(text: str) -> str:
+    """Every section of a document that another command writes between `<!-- NAME:begin -->` and
+    `<!-- NAME:end -->` (bench-ab, cutover-window, ...), so a rewrite of the rest keeps them."""
+    return "\n\n".join(match.group(0) for match in MARKED_SECTION.finditer(text))
+
+
 Floats = npt.NDArray[np.float32]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

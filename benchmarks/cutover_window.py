@@ -142,15 +142,30 @@ def table(rows: dict[str, list[float]], routers: int, users: int) -> str:
     return "\n".join(lines)
 
 
+INTRO = """## Cutover: how long routers disagree
+
+During a switch, the routers behind one Service change layout one after the other; until the last
+one has, two requests of one client through different routers can be answered from different
+layouts. The *mixed window* of a switch is the time from the first router answering from the new
+layout to the last (each router reports `switched_at`; all share this machine's clock). Three real
+router processes watch one topology file (polled every 100 ms, which dominates the staged window;
+on Kubernetes a ConfigMap watch replaces the poll). With the staged preload (what the operator and
+the local runtime do) each router has loaded the user table before the switch and only swaps a
+reference; without it, each router loads every user on its own clock. Clients that must never go
+back pin the layout order instead (docs/router.md)."""
+
+
 def write_doc(text: str, command: str) -> None:
+    """Replace (or append) this command's marked section of docs/benchmarks.md; `make bench`
+    keeps every marked section when it rewrites the rest."""
     doc = DOC.read_text(encoding="utf-8")
-    block = f"{BEGIN}\n`{command}` on this machine ({time.strftime('%Y-%m-%d')}):\n\n{text}\n{END}"
+    block = f"{BEGIN}\n{INTRO}\n\n`{command}` on this machine ({time.strftime('%Y-%m-%d')}):\n\n{text}\n{END}"
     if BEGIN in doc:
         head, _, rest = doc.partition(BEGIN)
         _, _, tail = rest.partition(END)
         doc = head + block + tail
     else:
-        doc = doc.rstrip("\n") + "\n\n## Cutover: how long routers disagree\n\n" + block + "\n"
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
     DOC.write_text(doc, encoding="utf-8")
 
 

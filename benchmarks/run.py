@@ -11,6 +11,7 @@ Writes the table to docs/benchmarks.md with the command that produced it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -24,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, Dataset, Row, ensure_layout, make_dataset, markdown_table
+from common import REPO, Dataset, Row, ensure_layout, make_dataset, markdown_table, marked_sections
 from inprocess import InProcessShards, batched_baseline, single_query_baseline, tune_ef
 from shard_load import shard_rows
 
@@ -206,6 +207,11 @@ in {elapsed:.0f} s. {QUICK_NOTE if args.quick else ""}
     for note in notes:
         text += f"\n- {note}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    # Sections other commands write (make bench-ab, cutover_window.py) are their own runs: keep them.
+    with contextlib.suppress(OSError):
+        kept = marked_sections(args.out.read_text())
+        if kept:
+            text = text.rstrip() + "\n\n" + kept
     args.out.write_text(text.rstrip() + "\n")
     raw = {
         "command": command,

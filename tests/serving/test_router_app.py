@@ -229,7 +229,9 @@ BAD_BODIES: list[tuple[str, bytes, int, str]] = [
     ("/v1/recommend", b'{"user_id": "nobody"}', 404, "nobody"),
     ("/v1/recommend", b'{"user_id": "u0", "k": 0}', 422, "k: must be within 1..1000"),
     ("/v1/recommend", b'{"user_id": "u0", "k": 1001}', 422, "k: must be within 1..1000"),
-    ("/v1/recommend", b'{"user_id": "u0", "k": 99999999999999999999999}', 422, "k: must be an integer"),
+    # An integer beyond 64 bits is an integer out of range (the hand-written parser, dropped after
+    # make bench-ab, read it through orjson as a float and said "must be an integer").
+    ("/v1/recommend", b'{"user_id": "u0", "k": 99999999999999999999999}', 422, "k: must be within 1..1000"),
     ("/v1/recommend", b'{"user_id": "u0", "k": "10"}', 422, "k: must be an integer"),
     ("/v1/recommend", b'{"user_id": "u0", "k": true}', 422, "k: must be an integer"),
     ("/v1/recommend", b'{"user_id": "u0", "k": 2.5}', 422, "k: must be an integer"),

@@ -1,5 +1,6 @@
-"""The router's batch fast paths give exactly what their plain reference paths give: the parse of
-plain vector batches, the block layout, the JSON encoding of answers, and the ASCII id decode."""
+"""The router's batch paths: a plain vector batch parses to one matrix equal to parsing its queries
+one by one, errors name the query and field, the block layout equals the general one, the JSON
+encoding of answers keeps ids and scores, and the ASCII id decode equals numpy's."""
 
 from __future__ import annotations
 
@@ -13,40 +14,33 @@ import pytest
 
 from shardrec.serving.router.config import Limits
 from shardrec.serving.router.errors import ApiError
-from shardrec.serving.router.parsing import (
-    VectorBatch,
-    batch_queries,
-    parse_batch,
-    parse_batch_body,
-    parse_json_object,
-    vector_batch,
-)
-from shardrec.serving.router.response import encode_batch, encode_batch_plain
+from shardrec.serving.router.parsing import RequestParser, VectorBatch
+from shardrec.serving.router.response import encode_batch
 from shardrec.serving.router.service import _plain_blocks, _prepare, _Query
 from shardrec.serving.shard.wire import WireError, ascii_to_str
 from tests.serving.test_router_app import World, run, settings
 
-LIMITS = Limits(max_k=50, max_dimension=8)
+PARSER = RequestParser(Limits(max_k=50, max_dimension=8), 16)
 
 
-def _outcome(parse: Any, body: bytes) -> Any:
-    """What a parser makes of a body: its queries as comparable tuples, or its error."""
+def _outcome(body: bytes) -> Any:
+    """What the batch parse makes of a body: its queries as comparable tuples, or its error."""
     try:
-        parsed = parse(body, LIMITS, 16)
+        parsed = PARSER.batch(body)
     except ApiError as exc:
         return ("error", exc.status, exc.code, exc.body())
     if isinstance(parsed, VectorBatch):
-        return [(None, row.tolist(), k, [], None) for row, k in zip(parsed.vectors, parsed.ks, strict=True)]
-    return [
-        (
-            q.user_id,
-            None if q.vector is None else q.vector.tolist(),
-            q.k,
-            q.exclude,
-            q.vector is None and q.exclude_seen,
-        )
-        for q in parsed
-    ]
+        return [(None, row.tolist(), k, []) for row, k in zip(parsed.vectors, parsed.ks, strict=True)]
+    return [(q.user_id, None if q.vector is None else q.vector.tolist(), q.k, q.exclude) for q in parsed]
+
+
+def _one_by_one(queries: list[Any]) -> Any:
+    """The same queries parsed as single requests (the reference for a batch)."""
+    out = []
+    for query in queries:
+        q = PARSER.recommend(json.dumps(query).encode())
+        out.append((q.user_id, None if q.vector is None else q.vector.tolist(), q.k, q.exclude))
+    return out
 
 
 def _random_plain_body(rng: random.Random) -> bytes:
@@ -66,75 +60,92 @@ def _random_plain_body(rng: random.Random) -> bytes:
     return json.dumps({"queries": queries}).encode()
 
 
-def test_plain_vector_batches_parse_to_the_reference_queries() -> None:
+def test_plain_vector_batches_parse_to_one_matrix_equal_to_single_parses() -> None:
     rng = random.Random(11)
     for _ in range(300):
         body = _random_plain_body(rng)
-        fast = vector_batch(batch_queries(parse_json_object(body), 16), LIMITS)
-        assert fast is not None, body
+        fast = PARSER.batch(body)
+        assert isinstance(fast, VectorBatch), body
         assert fast.vectors.dtype == np.float32
-        reference = parse_batch(body, LIMITS, 16)
-        np.testing.assert_array_equal(fast.vectors, np.stack([q.vector for q in reference]))
-        assert fast.ks == [q.k for q in reference]
-        assert all(q.user_id is None and q.exclude == [] for q in reference)
+        assert _outcome(body) == _one_by_one(json.loads(body)["queries"])
 
 
 @pytest.mark.parametrize(
     "queries",
     [
-        [{"vector": [1.0, True]}],  # bool is not a number
-        [{"vector": [1.0, "2.5"]}],  # nor is a numeric string (numpy would take it)
-        [{"vector": [1.0, None]}],
-        [{"vector": [1.0, [2.0]]}],
         [{"vector": [1.0, 2.0]}, {"vector": [1.0]}],  # two lengths
-        [{"vector": []}],
-        [{"vector": [0.5] * 9}],  # over max_dimension
-        [{"vector": [1.0, 2.0], "k": True}],
-        [{"vector": [1.0, 2.0], "k": 2.0}],
-        [{"vector": [1.0, 2.0], "k": 0}],
-        [{"vector": [1.0, 2.0], "k": 51}],
-        [{"vector": [1.0, 2.0], "exclude_seen": 1}],
-        [{"vector": [1.0, 2.0], "exclude": ["item-1"]}],  # valid, but not plain
-        [{"vector": [1.0, 2.0], "exclude": None}],
-        [{"vector": [1.0, 2.0], "user_id": None}],
-        [{"vector": [1.0, 2.0], "user_id": "u1"}],
+        [{"vector": [1.0, 2.0], "exclude": ["item-1"]}],
+        [{"vector": [1.0, 2.0], "user_id": None, "exclude": None}],  # null is "not given"
         [{"user_id": "u1", "k": 3}, {"vector": [1.0, 2.0]}],
-        [{"vector": [1.0, 2.0], "colour": "red"}],
-        [{"vector": [1.0, 2.0]}, ["not", "an", "object"]],
-        [{"vector": [1.0, 2**200]}],  # an integer beyond float32
-        [{"vector": [1.0, 1e39]}],  # beyond float32
-        [{"vector": None}],
-        [{"k": 3}],
     ],
 )
-def test_anything_else_is_left_to_the_reference_parser(queries: list[Any]) -> None:
+def test_other_valid_batches_parse_query_by_query(queries: list[Any]) -> None:
     body = json.dumps({"queries": queries}).encode()
-    assert vector_batch(batch_queries(parse_json_object(body), 16), LIMITS) is None
-    assert _outcome(parse_batch_body, body) == _outcome(parse_batch, body)
+    outcome = _outcome(body)
+    assert outcome == _one_by_one(queries)
+    plain = (
+        all("vector" in q and not q.get("exclude") for q in queries)
+        and len({len(q["vector"]) for q in queries}) == 1
+    )
+    assert isinstance(PARSER.batch(body), VectorBatch) == plain
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("queries", "fragment"),
     [
-        b"[1]",
-        b"{",
-        b'{"queries": []}',
-        b'{"queries": {}}',
-        b'{"queries": [], "x": 1}',
-        json.dumps({"queries": [{"vector": [1.0]}] * 17}).encode(),
+        ([{"vector": [1.0, True]}], "queries[0].vector[1]: must be a number, got a boolean"),
+        ([{"vector": [1.0, "2.5"]}], "queries[0].vector[1]: must be a number, got a string"),
+        ([{"vector": [1.0, None]}], "queries[0].vector[1]: must be a number, got null"),
+        ([{"vector": [1.0, [2.0]]}], "queries[0].vector[1]: must be a number, got a list"),
+        ([{"vector": []}], "queries[0].vector: must not be empty"),
+        ([{"vector": [0.5] * 9}], "queries[0].vector: 9 numbers, at most 8"),
+        ([{"vector": [1.0, 2.0], "k": True}], "queries[0].k: must be an integer, got a boolean"),
+        ([{"vector": [1.0, 2.0], "k": 2.0}], "queries[0].k: must be an integer, got a number"),
+        ([{"vector": [1.0, 2.0], "k": 0}], "queries[0].k: must be within 1..50, got 0"),
+        ([{"vector": [1.0, 2.0], "k": 51}], "queries[0].k: must be within 1..50, got 51"),
+        ([{"vector": [1.0, 2.0], "exclude_seen": 1}], "queries[0].exclude_seen: must be true or false"),
+        (
+            [{"vector": [1.0, 2.0], "user_id": "u1"}],
+            "queries[0].user_id / queries[0].vector: give exactly one",
+        ),
+        ([{"vector": [1.0, 2.0], "colour": "red"}], "unknown field(s) queries[0].colour; allowed: exclude,"),
+        ([{"vector": [1.0, 2.0]}, ["not", "an", "object"]], "queries[1]: must be a JSON object, got a list"),
+        ([{"vector": [1.0, 2**200]}], "queries[0].vector: every number must be finite and within float32"),
+        ([{"vector": [1.0, 1e39]}], "queries[0].vector: every number must be finite and within float32"),
+        ([{"vector": None}], "queries[0].user_id / queries[0].vector: give exactly one"),
+        ([{"k": 3}], "queries[0].user_id / queries[0].vector: give exactly one"),
     ],
 )
-def test_batch_level_errors_are_the_same(body: bytes) -> None:
-    outcome = _outcome(parse_batch_body, body)
-    assert outcome[0] == "error"
-    assert outcome == _outcome(parse_batch, body)
+def test_bad_queries_are_422_naming_the_field(queries: list[Any], fragment: str) -> None:
+    outcome = _outcome(json.dumps({"queries": queries}).encode())
+    assert outcome[:3] == ("error", 422, "invalid_request")
+    assert fragment in json.loads(outcome[3])["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"[1]", 422, "request body must be a JSON object, got a list"),
+        (b"{", 400, "request body is not valid JSON"),
+        (b'{"queries": [{"vector": [NaN]}]}', 400, "request body is not valid JSON"),
+        (b'{"queries": []}', 422, "queries: must not be empty"),
+        (b'{"queries": {}}', 422, "queries: required, must be a list of query objects, got an object"),
+        (b"{}", 422, "queries: required, must be a list of query objects, got null"),
+        (b'{"queries": [], "x": 1}', 422, "unknown field(s) x; allowed: queries"),
+        (json.dumps({"queries": [{"vector": [1.0]}] * 17}).encode(), 413, "queries: 17 queries, at most 16"),
+    ],
+)
+def test_batch_level_errors(body: bytes, status: int, fragment: str) -> None:
+    outcome = _outcome(body)
+    assert outcome[:2] == ("error", status)
+    assert fragment in json.loads(outcome[3])["error"]["message"]
 
 
 def test_plain_blocks_are_the_blocks_of_the_resolved_queries() -> None:
     rng = random.Random(5)
     for _ in range(100):
-        fast = vector_batch(batch_queries(parse_json_object(_random_plain_body(rng)), 16), LIMITS)
-        assert fast is not None
+        fast = PARSER.batch(_random_plain_body(rng))
+        assert isinstance(fast, VectorBatch)
         resolved = [_Query(row, k, [[], [], []], []) for row, k in zip(fast.vectors, fast.ks, strict=True)]
         plain, reference = _plain_blocks(fast, 3), _prepare(resolved, 3)
         assert [(b.k, b.members, b.exclude_by_shard, b.explicit) for b in plain] == [
@@ -174,23 +185,32 @@ def _random_results(rng: random.Random, ids: list[str]) -> list[tuple[list[str],
 
 
 @pytest.mark.parametrize("ids", [["item-1", "item-22", "東京", "x"], _ODD_IDS])
-def test_batch_encoding_is_byte_for_byte_the_plain_one(ids: list[str]) -> None:
+def test_batch_encoding_keeps_ids_and_float32_scores(ids: list[str]) -> None:
     rng = random.Random(3)
     for _ in range(400):
         results = _random_results(rng, ids)
         partial = rng.random() < 0.5
-        encoded = encode_batch(results, "v-1", partial, 2, 4)
-        assert encoded == encode_batch_plain(results, "v-1", partial, 2, 4)
-        decoded = json.loads(encoded)
+        decoded = json.loads(encode_batch(results, "v-1", partial, 2, 4))
+        assert (decoded["index_version"], decoded["partial"], decoded["shards"]) == (
+            "v-1",
+            partial,
+            {"answered": 2, "total": 4},
+        )
         assert [[item["item_id"] for item in row["items"]] for row in decoded["results"]] == [
             r[0] for r in results
         ]
+        for row, (_, scores) in zip(decoded["results"], results, strict=True):
+            got = np.array([np.nan if s is None else s for s in (i["score"] for i in row["items"])])
+            finite = np.isfinite(scores.astype(np.float32))
+            # Finite scores read back as the same float32; orjson writes NaN and inf as null.
+            np.testing.assert_array_equal(got[finite].astype(np.float32), scores.astype(np.float32)[finite])
+            assert all(
+                s is None for s, f in zip((i["score"] for i in row["items"]), finite, strict=True) if not f
+            )
 
 
 def test_batch_encoding_refuses_ids_and_scores_that_do_not_pair_up() -> None:
     results = [(["a", "b"], np.array([0.5, 0.25, 0.125], dtype=np.float32))]
-    with pytest.raises(ValueError):
-        encode_batch_plain(results, "v", False, 1, 1)
     with pytest.raises(ValueError):
         encode_batch(results, "v", False, 1, 1)
 

@@ -1,9 +1,9 @@
 """The router's HTTP edge: `create_app(settings)` builds the FastAPI app.
 
 The three hot POST routes are served by `RouterApp.__call__` straight through the ASGI gate
-(`shardrec.serving.router.gate`): no pydantic and no middleware per request; the pydantic models in
-`schemas` only document the bodies at /docs. Everything else (docs, probes, metrics, 404/405
-errors) is plain FastAPI.
+(`shardrec.serving.router.gate`): no FastAPI routing and no middleware per request; their bodies
+are validated by the pydantic models of `schemas` (`parsing`), the same models /docs shows.
+Everything else (docs, probes, metrics, 404/405 errors) is plain FastAPI.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -68,7 +69,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _body_doc(model: type[schemas._Doc]) -> dict[str, Any]:
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
@@ -83,7 +84,7 @@ class _GateRoute:
 
     path: str
     name: str
-    request: type[schemas._Doc]
+    request: type[BaseModel]
     response: type[schemas._Doc]
     summary: str
 

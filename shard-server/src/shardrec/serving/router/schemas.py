@@ -1,42 +1,122 @@
-"""Request and response bodies as pydantic models, for the OpenAPI document at /docs only.
+"""Request and response bodies as pydantic models: the OpenAPI document at /docs, and (requests)
+the validation of every client body (`shardrec.serving.router.parsing`).
 
-The hot path validates by hand (`shardrec.serving.router.parsing`); these models describe the same bodies
-and are checked against it by tests, so the docs cannot drift from what the router accepts.
+Request models are strict (no "10" for 10, no true for 1) and bounded by the router's `Limits`;
+`request_models(limits, max_batch_size)` builds them for other bounds, `RecommendRequest` and
+friends below are the ones for the default `Limits()` that /docs shows. Numbers in a vector are
+finite and within float32 range, so the float32 conversion after validation cannot overflow.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Annotated, Any
 
-from shardrec.api.commands import MAX_K
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
+from pydantic_core import PydanticCustomError
+
+from shardrec.serving.router.config import Limits
+
+DEFAULT_K = 10
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+DEFAULT_LIMITS = Limits()
+DEFAULT_MAX_BATCH_SIZE = 256
 
 
 class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class RecommendRequest(_Doc):
-    user_id: str | None = Field(
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+def _identifier(limits: Limits) -> Any:
+    return Annotated[str, StringConstraints(min_length=1, max_length=limits.max_id_length)]
+
+
+_NUMBER = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+_ID = _identifier(DEFAULT_LIMITS)
+
+
+class RecommendRequest(_Request):
+    # Exactly one of user_id and vector, stated in the schema too (null counts as not given).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["user_id"], "properties": {"user_id": {"type": "string"}}},
+                {"required": ["vector"], "properties": {"vector": {"type": "array"}}},
+            ]
+        }
+    )
+
+    user_id: _ID | None = Field(  # type: ignore[valid-type]
         None, description="Recommend for this user (embedding from the active index version)."
     )
-    vector: list[float] | None = Field(
-        None, description="Or: a query vector of the index dimension (finite numbers)."
+    vector: Annotated[list[_NUMBER], Field(min_length=1, max_length=DEFAULT_LIMITS.max_dimension)] | None = (
+        Field(None, description="Or: a query vector of the index dimension (finite float32 numbers).")
     )
-    k: int = Field(10, ge=1, le=MAX_K, description="How many items.")
-    exclude: list[str] = Field(default_factory=list, description="Item ids never to return.")
+    k: int = Field(DEFAULT_K, ge=1, le=DEFAULT_LIMITS.max_k, description="How many items.")
+    exclude: Annotated[list[_ID], Field(max_length=DEFAULT_LIMITS.max_exclude)] | None = Field(  # type: ignore[valid-type]
+        None, description="Item ids never to return (null: none)."
+    )
     exclude_seen: bool = Field(
         True, description="With user_id: leave out the items the user has already seen."
     )
 
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RecommendRequest:
+        if (self.user_id is None) == (self.vector is None):
+            raise PydanticCustomError("exactly_one", "give exactly one of user_id and vector")
+        return self
 
-class BatchRequest(_Doc):
-    queries: list[RecommendRequest] = Field(description="Up to router.maxBatchSize queries.")
+
+class BatchRequest(_Request):
+    queries: list[RecommendRequest] = Field(
+        min_length=1, max_length=DEFAULT_MAX_BATCH_SIZE, description="Up to router.maxBatchSize queries."
+    )
 
 
-class SimilarRequest(_Doc):
-    item_id: str = Field(description="Items similar to this one (it is never in its own answer).")
-    k: int = Field(10, ge=1, le=MAX_K)
-    exclude: list[str] = Field(default_factory=list)
+class SimilarRequest(_Request):
+    item_id: _ID = Field(  # type: ignore[valid-type]
+        description="Items similar to this one (it is never in its own answer)."
+    )
+    k: int = Field(DEFAULT_K, ge=1, le=DEFAULT_LIMITS.max_k)
+    exclude: Annotated[list[_ID], Field(max_length=DEFAULT_LIMITS.max_exclude)] | None = None  # type: ignore[valid-type]
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    recommend: type[RecommendRequest]
+    batch: type[BatchRequest]
+    similar: type[SimilarRequest]
+
+
+@lru_cache(maxsize=16)
+def request_models(limits: Limits, max_batch_size: int) -> RequestModels:
+    """The request models with these bounds (the module's own for the defaults)."""
+    if limits == DEFAULT_LIMITS and max_batch_size == DEFAULT_MAX_BATCH_SIZE:
+        return RequestModels(RecommendRequest, BatchRequest, SimilarRequest)
+    ident = _identifier(limits)
+    ids: Any = (Annotated[list[ident], Field(max_length=limits.max_exclude)] | None, None)  # type: ignore[valid-type]
+    k = (int, Field(DEFAULT_K, ge=1, le=limits.max_k))
+    recommend = create_model(
+        "RecommendRequest",
+        __base__=RecommendRequest,
+        user_id=(ident | None, None),
+        vector=(Annotated[list[_NUMBER], Field(min_length=1, max_length=limits.max_dimension)] | None, None),
+        k=k,
+        exclude=ids,
+    )
+    batch = create_model(
+        "BatchRequest",
+        __base__=BatchRequest,
+        queries=(list[recommend], Field(min_length=1, max_length=max_batch_size)),
+    )
+    similar = create_model("SimilarRequest", __base__=SimilarRequest, item_id=(ident, ...), k=k, exclude=ids)
+    return RequestModels(recommend, batch, similar)
 
 
 class ScoredItem(_Doc):

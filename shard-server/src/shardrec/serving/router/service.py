@@ -17,14 +17,7 @@ from shardrec.serving.router.errors import ApiError
 from shardrec.serving.router.gather import Gather
 from shardrec.serving.router.merge import Scores, merge_block
 from shardrec.serving.router.metrics import RouterMetrics
-from shardrec.serving.router.parsing import (
-    RecommendQuery,
-    VectorBatch,
-    check_dimension,
-    parse_batch_body,
-    parse_recommend,
-    parse_similar,
-)
+from shardrec.serving.router.parsing import RecommendQuery, RequestParser, VectorBatch, check_dimension
 from shardrec.serving.router.response import encode_batch, encode_one
 from shardrec.serving.router.snapshot import Snapshot
 
@@ -66,16 +59,17 @@ class RouterService:
         self.timeout_s = spec.timeout_ms / 1000.0
         self.max_batch_size = spec.max_batch_size
         self.limits = settings.limits
+        self.parser = RequestParser(settings.limits, spec.max_batch_size)
 
     # --- routes ----------------------------------------------------------------------------------
 
     async def recommend(self, body: bytes, snapshot: Snapshot) -> bytes:
-        query = self._resolve(parse_recommend(body, self.limits), snapshot, "")
+        query = self._resolve(self.parser.recommend(body), snapshot, "")
         results, partial, answered = await self._answer(snapshot, [query])
         return self._encode_one(results[0], snapshot, partial, answered)
 
     async def recommend_batch(self, body: bytes, snapshot: Snapshot) -> bytes:
-        parsed = parse_batch_body(body, self.limits, self.max_batch_size)
+        parsed = self.parser.batch(body)
         if isinstance(parsed, VectorBatch):
             # Plain vector queries: no per-query objects, nothing to exclude.
             check_dimension(parsed.vectors[0], snapshot.dimension, "queries[0].vector")
@@ -90,7 +84,7 @@ class RouterService:
         return encode_batch(results, snapshot.version, partial, answered, snapshot.shards)
 
     async def similar(self, body: bytes, snapshot: Snapshot) -> bytes:
-        request = parse_similar(body, self.limits)
+        request = self.parser.similar(body)
         owner = shard_of(request.item_id, snapshot.shards)
         loop = asyncio.get_running_loop()
         try:

@@ -1,0 +1,218 @@
+"""The published OpenAPI schema of the request bodies and the router's parser agree, over generated
+bodies (hypothesis): a body the schema accepts parses to the values it states (defaults filled in,
+null exclude as none, numbers as float32); a body it rejects gets a 4xx with a message.
+
+The oracle is the JSON Schema in the router's /openapi.json document, checked by `jsonschema`:
+what a client reads, not the pydantic models that produce it. Bodies are generated from the
+documented fields and bounds, valid and then mutated (a field replaced by any JSON value, an
+unknown field, a non-object body), with lengths at the bounds. One known difference stays out of
+the generated values: JSON Schema counts 2.0 as an integer, the router (like JSON's grammar,
+which writes integers without a fraction) does not, so wrong values never include integral floats.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+from shardrec.serving.router.app import create_app
+from shardrec.serving.router.config import Limits, RouterSettings
+from shardrec.serving.router.errors import ApiError
+from shardrec.serving.router.parsing import RequestParser, VectorBatch
+
+# Bodies at the documented bounds (10,000 excluded ids) have long reprs; that is on purpose.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Generating overly large repr:hypothesis.errors.HypothesisWarning"
+)
+LIMITS = Limits()
+MAX_BATCH = 256  # router.maxBatchSize's default, the bound /docs states
+PARSER = RequestParser(LIMITS, MAX_BATCH)
+OPENAPI = create_app(RouterSettings()).openapi()
+EXAMPLES = settings(
+    max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+def _validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": OPENAPI["components"]})
+
+
+SCHEMAS = {name: _validator(name) for name in ("RecommendRequest", "BatchRequest", "SimilarRequest")}
+
+
+def rarely(common: st.SearchStrategy[Any], rare: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """`rare` (the values at a size bound, which are slow to check) in about one draw in ten."""
+    return st.integers(0, 9).flatmap(lambda n: rare if n == 0 else common)
+
+
+# --- values -------------------------------------------------------------------------------------
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+any_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False).filter(lambda x: not x.is_integer())
+    | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+identifier = st.text(min_size=1, max_size=6) | st.sampled_from(
+    ["", "x" * LIMITS.max_id_length, "y" * (LIMITS.max_id_length + 1), "東京", "a\nb"]
+)
+number = (
+    st.floats(width=32, allow_nan=False, allow_infinity=False)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(-(10**6), 10**6)
+    | st.sampled_from([_FLOAT32_MAX, -_FLOAT32_MAX, 3.5e38, -1e39, 2**130, 0, -0.0])
+)
+vector = rarely(
+    st.lists(number, max_size=5),
+    st.sampled_from([[0.25] * LIMITS.max_dimension, [0.25] * (LIMITS.max_dimension + 1)]),
+)
+k = st.integers(-2, 1003) | st.sampled_from([1, LIMITS.max_k, LIMITS.max_k + 1])
+exclude = rarely(
+    st.none() | st.lists(identifier, max_size=3),
+    st.sampled_from([["i"] * LIMITS.max_exclude, ["i"] * (LIMITS.max_exclude + 1)]),
+)
+recommend = st.fixed_dictionaries(
+    {},
+    optional={
+        "user_id": st.none() | identifier,
+        "vector": st.none() | vector,
+        "k": k,
+        "exclude": exclude,
+        "exclude_seen": st.booleans(),
+    },
+)
+similar = st.fixed_dictionaries({"item_id": identifier}, optional={"k": k, "exclude": exclude})
+
+
+@st.composite
+def mutated(draw: st.DrawFn, base: st.SearchStrategy[dict[str, Any]], fields: list[str]) -> Any:
+    """A body from `base`; in about half of the cases one field (or an unknown one) gets any JSON
+    value, and now and then the body is not an object at all."""
+    body = draw(base)
+    choice = draw(st.integers(0, 9))
+    if choice < 5:
+        body[draw(st.sampled_from([*fields, "colour"]))] = draw(any_json)
+    elif choice == 5:
+        return draw(any_json)
+    return body
+
+
+vector_queries = st.fixed_dictionaries(
+    {"vector": st.lists(number, min_size=3, max_size=3)}, optional={"k": k, "exclude_seen": st.booleans()}
+)
+query_lists = rarely(
+    st.lists(mutated(recommend, ["user_id", "vector", "k", "exclude", "exclude_seen"]), max_size=4)
+    | st.lists(vector_queries, min_size=1, max_size=5),  # the plain shape, often all valid
+    st.sampled_from([[{"user_id": "u"}] * MAX_BATCH, [{"user_id": "u"}] * (MAX_BATCH + 1)]),
+)
+batch = mutated(st.fixed_dictionaries({"queries": query_lists}), ["queries"])
+
+# --- the check ----------------------------------------------------------------------------------
+
+
+def _float32(values: list[Any]) -> list[float]:
+    return np.array(values, dtype=np.float64).astype(np.float32).tolist()  # type: ignore[no-any-return]
+
+
+def _stated(query: dict[str, Any]) -> tuple[Any, ...]:
+    """What a valid query object says, defaults filled in."""
+    user_id, values = query.get("user_id"), query.get("vector")
+    return (
+        user_id,
+        None if values is None else _float32(values),
+        query.get("k", 10),
+        query.get("exclude") or [],
+        query.get("exclude_seen", True) if user_id is not None else None,
+    )
+
+
+def _check(schema: str, parse: Callable[[bytes], Any], value: Any) -> tuple[bool, Any]:
+    """(accepted, parsed) after asserting the parser and the schema agree on acceptance."""
+    body = json.dumps(value, allow_nan=False).encode()
+    documented = SCHEMAS[schema].is_valid(json.loads(body))
+    try:
+        parsed = parse(body)
+    except ApiError as exc:
+        assert not documented, (body[:300], exc.status, exc.message)
+        assert 400 <= exc.status < 500 and exc.message, (body[:300], exc.status)
+        return False, None
+    assert documented, (body[:300], "accepted by the router, rejected by the schema")
+    return True, parsed
+
+
+@EXAMPLES
+@given(mutated(recommend, ["user_id", "vector", "k", "exclude", "exclude_seen"]))
+def test_recommend_bodies(value: Any) -> None:
+    accepted, query = _check("RecommendRequest", PARSER.recommend, value)
+    if accepted:
+        vector = None if query.vector is None else query.vector.tolist()
+        seen = query.exclude_seen if query.user_id is not None else None
+        assert (query.user_id, vector, query.k, query.exclude, seen) == _stated(value)
+        assert query.vector is None or query.vector.dtype == np.float32
+
+
+@EXAMPLES
+@given(batch)
+def test_batch_bodies(value: Any) -> None:
+    accepted, parsed = _check("BatchRequest", PARSER.batch, value)
+    if not accepted:
+        return
+    if isinstance(parsed, VectorBatch):
+        assert parsed.vectors.dtype == np.float32
+        got = [(None, row, k, [], None) for row, k in zip(parsed.vectors.tolist(), parsed.ks, strict=True)]
+    else:
+        got = [
+            (
+                q.user_id,
+                None if q.vector is None else q.vector.tolist(),
+                q.k,
+                q.exclude,
+                q.exclude_seen if q.user_id is not None else None,
+            )
+            for q in parsed
+        ]
+    assert got == [_stated(query) for query in value["queries"]]
+
+
+@EXAMPLES
+@given(mutated(similar, ["item_id", "k", "exclude"]))
+def test_similar_bodies(value: Any) -> None:
+    accepted, request = _check("SimilarRequest", PARSER.similar, value)
+    if accepted:
+        assert (request.item_id, request.k, request.exclude) == (
+            value["item_id"],
+            value.get("k", 10),
+            value.get("exclude") or [],
+        )
+
+
+@pytest.mark.parametrize(
+    ("schema", "body"),
+    [
+        ("RecommendRequest", b'{"vector": [1, 2, NaN]}'),
+        ("RecommendRequest", b'{"vector": [1, 2, 1e999]}'),
+        ("RecommendRequest", b'{"user_id": "u", "k": 2.0}'),  # the known difference: see the docstring
+        ("BatchRequest", b"{"),
+        ("SimilarRequest", b""),
+    ],
+)
+def test_bodies_that_are_not_json_or_not_integers_are_4xx(schema: str, body: bytes) -> None:
+    parse = {
+        "RecommendRequest": PARSER.recommend,
+        "BatchRequest": PARSER.batch,
+        "SimilarRequest": PARSER.similar,
+    }
+    with pytest.raises(ApiError) as caught:
+        parse[schema](body)
+    assert 400 <= caught.value.status < 500

@@ -1,0 +1,90 @@
+"""The A/B section of docs/benchmarks.md was written by the current `python benchmarks/ab.py`: same
+command, same table headers, one row per part and payload it measures, verdicts that follow the
+threshold. The numbers themselves are not asserted (the machine is shared and noisy)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _ab() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_ab", REPO / "benchmarks" / "ab.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_ab", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+ab = _ab()
+
+
+def _cells(line: str) -> list[str]:
+    assert line.startswith("| ") and line.endswith(" |"), line
+    return [cell.strip() for cell in line[2:-2].split(" | ")]
+
+
+def check_section(section: str) -> None:
+    """Fails when `section` is not in the format `benchmarks/ab.py` writes today."""
+    assert section.startswith(ab.BEGIN) and section.endswith(ab.END)
+    assert f"Command: `{ab.COMMAND}` (also `make bench-ab`)" in section
+    assert re.search(r"^- Machine: .*load average [\d.]+ at start, [\d.]+ at end", section, re.M), section
+    lines = section.splitlines()
+    detail = lines.index(ab.DETAIL_HEADER)
+    assert lines[detail + 1] == ab.DETAIL_RULE
+    width = len(_cells(ab.DETAIL_HEADER))
+    parts = {part.name: part for part in ab.PARTS}
+    seen = []
+    for line in lines[detail + 2 :]:
+        if not line:
+            break
+        cells = _cells(line)
+        assert len(cells) == width, line
+        part = parts[cells[0]]
+        assert cells[1] in part.payloads and (cells[2], cells[3]) == (part.a, part.b), line
+        assert float(cells[4].replace(",", "")) >= 0 and float(cells[5].replace(",", "")) >= 0
+        assert re.fullmatch(r"[\d.]+x", cells[6]), line
+        seen.append((cells[0], cells[1]))
+    assert seen == [(part.name, payload) for part in ab.PARTS for payload in part.payloads]
+    verdict = lines.index(ab.VERDICT_HEADER)
+    assert lines[verdict + 1] == ab.VERDICT_RULE
+    rows = [_cells(line) for line in lines[verdict + 2 : lines.index(ab.END)] if line]
+    assert [row[0] for row in rows] == [part.name for part in ab.PARTS]
+    for name, module, ratio, decision in rows:
+        assert module == f"`{parts[name].module}`"
+        assert decision == ("keep" if float(ratio.rstrip("x")) >= ab.THRESHOLD else "drop"), (name, ratio)
+
+
+def test_the_committed_ab_section_has_the_current_format() -> None:
+    check_section(ab.section_of((REPO / "docs" / "benchmarks.md").read_text()))
+
+
+def test_what_the_command_writes_passes_the_same_check(tmp_path: Path) -> None:
+    """The check above is the writer's format, not a copy that could drift from it."""
+    results = []
+    for n, part in enumerate(ab.PARTS):
+        for payload in part.payloads:
+            result = ab.Result(part.name, payload, server=n == 0)
+            result.a.add(0.5, 1.0, 1000)
+            result.b.add(0.5 * (1 + n), 1.0, 1000)
+            results.append(result)
+    section = ab.render_section(
+        results,
+        machine=ab.machine_line(1.0, 2.0),
+        rounds=2,
+        concurrency={"client": 8, "router": 16},
+        elapsed=1.0,
+    )
+    check_section(section)
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nthe wrk table\n")
+    ab.write_section(doc, section)
+    ab.write_section(doc, section)  # rewriting replaces the section, keeps the rest
+    assert doc.read_text().count(ab.BEGIN) == 1 and "the wrk table" in doc.read_text()
+    check_section(ab.section_of(doc.read_text()))
