@@ -3,11 +3,13 @@
 #   kubelet, kube-proxy          e2e/controlplane/build.sh (same wrapper module and version stamp as kube-apiserver)
 #   containerd, shim, ctr        go install github.com/containerd/containerd/v2/cmd/…@$CONTAINERD_VERSION
 #   runc                         go install -tags seccomp github.com/opencontainers/runc@$RUNC_VERSION
+#   coredns                      go install github.com/coredns/coredns@$COREDNS_VERSION (static; the cluster DNS pod)
 #   CNI plugins, iptables, conntrack, busybox-static (the test image), libseccomp-dev + pkg-config (runc's
 #   seccomp build)               Debian packages, apt-get installed if missing (needs root, as the node does)
 #
 # Output (never inside the repository):
-#   ${SHARDREC_CACHE:-$HOME/.cache/shardrec}/node/containerd<v>-runc<v>-go<v>/bin/{containerd,containerd-shim-runc-v2,ctr,runc}
+#   ${SHARDREC_CACHE:-$HOME/.cache/shardrec}/node/containerd<v>-runc<v>-coredns<v>-go<v>/bin/
+#       {containerd,containerd-shim-runc-v2,ctr,runc,coredns}
 # Versions come from e2e/controlplane/versions.env only.
 set -Eeuo pipefail
 trap 'echo "[node-build] FAILED (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
@@ -20,13 +22,13 @@ source "$CP/versions.env"
 source "$HERE/../tools/cache-env.sh"
 # shellcheck source=../tools/build-lib.sh
 source "$HERE/../tools/build-lib.sh"
-: "${CONTAINERD_VERSION:?versions.env must set CONTAINERD_VERSION}" "${RUNC_VERSION:?}"
+: "${CONTAINERD_VERSION:?versions.env must set CONTAINERD_VERSION}" "${RUNC_VERSION:?}" "${COREDNS_VERSION:?}"
 
 DEBS=(containernetworking-plugins iptables conntrack busybox-static libseccomp-dev pkg-config)
-NODE_BINS=(containerd containerd-shim-runc-v2 ctr runc)
+NODE_BINS=(containerd containerd-shim-runc-v2 ctr runc coredns)
 command -v go >/dev/null || { echo "node build: 'go' not found on PATH" >&2; exit 1; }
 GO_VERSION="$(go env GOVERSION)"
-KEY="containerd${CONTAINERD_VERSION#v}-runc${RUNC_VERSION#v}-go${GO_VERSION#go}"
+KEY="containerd${CONTAINERD_VERSION#v}-runc${RUNC_VERSION#v}-coredns${COREDNS_VERSION#v}-go${GO_VERSION#go}"
 DEST="$SHARDREC_CACHE/node/$KEY"
 BIN="$DEST/bin"
 
@@ -91,6 +93,13 @@ build_node_parts() {
         timed runc env GOBIN="$STAGE" CGO_ENABLED=1 "${NICE[@]}" go install -trimpath -tags seccomp \
             -ldflags="-s -w -X main.version=${RUNC_VERSION#v}" "github.com/opencontainers/runc@$RUNC_VERSION"
         install_artefact runc
+    fi
+
+    # CoreDNS: static (it runs as the only file of its image), plain `go install` (no replace directives).
+    if [[ ! -x "$BIN/coredns" ]]; then
+        timed coredns env GOBIN="$STAGE" CGO_ENABLED=0 "${NICE[@]}" go install -trimpath -ldflags="-s -w" \
+            "github.com/coredns/coredns@$COREDNS_VERSION"
+        install_artefact coredns
     fi
 
     first_line "$BIN/containerd" --version

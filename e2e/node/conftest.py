@@ -53,6 +53,6 @@ def real_node(control_plane_module: ModuleType, node_module: ModuleType) -> Iter
     ):
         print(
             f"\n[node] control plane up in {cp.startup_seconds:.1f}s, "
-            f"real node Ready in {node.startup_seconds:.1f}s"
+            f"real node Ready in {node.startup_seconds:.1f}s {node.step_seconds}"
         )
         yield cp, node

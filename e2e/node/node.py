@@ -44,7 +44,6 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
-import gzip
 import hashlib
 import importlib.util
 import io
@@ -83,6 +82,9 @@ NODE_LABELS = {"shardrec.io/node": "real", "topology.kubernetes.io/zone": "zone-
 
 PAUSE_IMAGE = "localhost/shardrec/pause:node"
 BUSYBOX_IMAGE = "localhost/shardrec/busybox:node"
+COREDNS_IMAGE = "localhost/shardrec/coredns:node"
+DNS_IP = "10.96.0.10"  # the kube-dns Service (inside cluster.py's SERVICE_CIDR, as kubeadm picks it)
+DNS_LABEL = "shardrec.io/node-dns"  # on every object of the DNS add-on, so `down` can remove them
 BUSYBOX = Path("/bin/busybox")  # Debian busybox-static (installed by build.sh)
 
 # kubelet writes these host-wide sysctls when protectKernelDefaults is false (and refuses to start when it
@@ -129,10 +131,11 @@ class NodeBinaries:
     shim: Path
     ctr: Path
     runc: Path
+    coredns: Path
     cni_dir: Path = Path("/usr/lib/cni")
 
     def missing(self) -> list[str]:
-        gone = [str(p) for p in dataclasses.astuple(self)[:7] if not os.access(p, os.X_OK)]
+        gone = [str(p) for p in dataclasses.astuple(self)[:8] if not os.access(p, os.X_OK)]
         gone += [
             str(self.cni_dir / p)
             for p in ("bridge", "host-local", "loopback")
@@ -152,7 +155,8 @@ def find_node_binaries() -> NodeBinaries:
         raise NodeBinariesNotFoundError(str(exc)) from None
     v = cp.read_versions()
     prefix = (
-        f"containerd{v['CONTAINERD_VERSION'].removeprefix('v')}-runc{v['RUNC_VERSION'].removeprefix('v')}-go"
+        f"containerd{v['CONTAINERD_VERSION'].removeprefix('v')}-runc{v['RUNC_VERSION'].removeprefix('v')}"
+        f"-coredns{v['COREDNS_VERSION'].removeprefix('v')}-go"
     )
     root = Path(os.environ.get("SHARDREC_CACHE") or Path.home() / ".cache" / "shardrec") / "node"
     candidates = sorted(root.glob(f"{prefix}*"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -167,6 +171,7 @@ def find_node_binaries() -> NodeBinaries:
             shim=b / "containerd-shim-runc-v2",
             ctr=b / "ctr",
             runc=b / "runc",
+            coredns=b / "coredns",
         )
         missing = binaries.missing()
         if not missing:
@@ -277,27 +282,31 @@ def _tar_bytes(build: Any) -> bytes:
     return buf.getvalue()
 
 
-def busybox_oci_archive(out: Path, name: str, entrypoint: Sequence[str], cmd: Sequence[str] = ()) -> Path:
-    """An OCI image archive (one layer: /bin/busybox + an applet symlink for each applet) for `ctr import`.
-
-    Deterministic (fixed mtimes, sorted entries), so the same busybox gives the same digest every time.
-    """
-    applets = sorted(set(run(str(BUSYBOX), "--list").split()))
+def static_oci_archive(
+    out: Path,
+    name: str,
+    binary: Path,
+    entrypoint: Sequence[str],
+    *,
+    links: Sequence[str] = (),
+    cmd: Sequence[str] = (),
+) -> Path:
+    """An OCI image archive for `ctr import`: one layer holding one static binary as /bin/<name> (plus
+    symlinks to it, e.g. busybox applets), /tmp, /etc/passwd and /etc/group. Deterministic (fixed mtimes,
+    sorted entries): the same binary gives the same digest every time."""
 
     def layer(tar: tarfile.TarFile) -> None:
-        for d in ("bin", "tmp", "www", "etc"):
+        for d in ("bin", "tmp", "etc"):
             info = tarfile.TarInfo(d)
             info.type, info.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
             tar.addfile(info)
-        data = BUSYBOX.read_bytes()
-        info = tarfile.TarInfo("bin/busybox")
+        data = binary.read_bytes()
+        info = tarfile.TarInfo(f"bin/{binary.name}")
         info.size, info.mode = len(data), 0o755
         tar.addfile(info, io.BytesIO(data))
-        for applet in applets:
-            if applet == "busybox":
-                continue
-            info = tarfile.TarInfo(f"bin/{applet}")
-            info.type, info.linkname, info.mode = tarfile.SYMTYPE, "busybox", 0o777
+        for link in sorted(set(links) - {binary.name}):
+            info = tarfile.TarInfo(f"bin/{link}")
+            info.type, info.linkname, info.mode = tarfile.SYMTYPE, binary.name, 0o777
             tar.addfile(info)
         for fname, text in (
             ("etc/passwd", "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n"),
@@ -309,7 +318,6 @@ def busybox_oci_archive(out: Path, name: str, entrypoint: Sequence[str], cmd: Se
             tar.addfile(info, io.BytesIO(raw))
 
     layer_tar = _tar_bytes(layer)
-    layer_gz = gzip.compress(layer_tar, mtime=0)
     config = {
         "architecture": "amd64",
         "os": "linux",
@@ -331,7 +339,8 @@ def busybox_oci_archive(out: Path, name: str, entrypoint: Sequence[str], cmd: Se
     config_desc = blob(
         json.dumps(config, sort_keys=True).encode(), "application/vnd.oci.image.config.v1+json"
     )
-    layer_desc = blob(layer_gz, "application/vnd.oci.image.layer.v1.tar+gzip")
+    # Uncompressed: the archive never leaves this machine, and gzip costs seconds for a 70 MB binary.
+    layer_desc = blob(layer_tar, "application/vnd.oci.image.layer.v1.tar")
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -367,6 +376,12 @@ def busybox_oci_archive(out: Path, name: str, entrypoint: Sequence[str], cmd: Se
     return out
 
 
+def busybox_oci_archive(out: Path, name: str, entrypoint: Sequence[str]) -> Path:
+    """Debian's static busybox with a symlink per applet (sh, sleep, httpd, nc, nslookup, ...)."""
+    applets = run(str(BUSYBOX), "--list").split()
+    return static_oci_archive(out, name, BUSYBOX, entrypoint, links=applets)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The node
 
@@ -382,11 +397,11 @@ class LocalNode:
         binaries: NodeBinaries | None = None,
         timeout: float = 120.0,
         verbosity: int = 0,
-        cluster_dns: str | None = None,
+        dns: bool = True,
     ) -> None:
-        """cluster_dns: a ClusterIP for the kubelet's clusterDNS (a DNS pod run behind it); None: no DNS."""
+        """dns: run CoreDNS as a pod behind the kube-dns Service (10.96.0.10), the kubelet's clusterDNS."""
         self.cp = cluster_module()
-        self.cluster_dns = cluster_dns
+        self.dns = dns
         self.binaries = binaries or find_node_binaries()
         self.cluster_state = Path(cluster_state).resolve()
         self._own_state_dir = state_dir is None
@@ -401,6 +416,9 @@ class LocalNode:
         self.labels = dict(NODE_LABELS)
         self.components: list[Any] = []
         self.startup_seconds: float | None = None
+        self.step_seconds: dict[
+            str, float
+        ] = {}  # start step -> wall seconds (printed by `up`, kept in state)
         self.api_endpoint: tuple[str, int] | None = None
         self.saved_sysctls: dict[str, str] = {}
         self._lock_fd: int | None = None
@@ -421,18 +439,25 @@ class LocalNode:
 
     def start(self) -> LocalNode:
         t0 = time.monotonic()
+        steps = [
+            self._take_machine_lock,
+            self._prepare_dirs,
+            self._setup_network,
+            self._write_pki_and_kubeconfigs,
+            self._start_containerd,
+            self._import_base_images,
+            self._save_sysctls,
+            self._start_kubelet,
+            self._start_kube_proxy,
+            self._wait_node_ready,
+        ]
+        if self.dns:
+            steps.append(self._start_dns)
         try:
-            self._take_machine_lock()
-            self._prepare_dirs()
-            self.api_endpoint = self._api_endpoint()
-            self._setup_network()
-            self._write_pki_and_kubeconfigs()
-            self._start_containerd()
-            self._import_base_images()
-            self._save_sysctls()
-            self._start_kubelet()
-            self._start_kube_proxy()
-            self._wait_node_ready()
+            for step in steps:
+                t = time.monotonic()
+                step()
+                self.step_seconds[step.__name__.lstrip("_")] = round(time.monotonic() - t, 2)
         except BaseException:
             self.stop()
             raise
@@ -522,6 +547,7 @@ class LocalNode:
             "api_endpoint": list(self.api_endpoint) if self.api_endpoint else None,
             "saved_sysctls": self.saved_sysctls,
             "startup_seconds": self.startup_seconds,
+            "step_seconds": self.step_seconds,
             "components": [c.to_state() for c in self.components],
         }
         path = self.state_dir / STATE_FILE
@@ -601,7 +627,7 @@ class LocalNode:
         raise NodeError("the `kubernetes` Service has no endpoint (API server without a default route?)")
 
     def _setup_network(self) -> None:
-        assert self.api_endpoint is not None
+        self.api_endpoint = self._api_endpoint()
         adv_ip, api_port = self.api_endpoint
         run("ip", "netns", "add", NETNS)
         run("ip", "link", "add", HOST_VETH, "type", "veth", "peer", "name", NODE_VETH)
@@ -785,7 +811,13 @@ state = "{d / "state"}"
         images = self.state_dir / "images"
         pause = busybox_oci_archive(images / "pause.tar", PAUSE_IMAGE, ["/bin/sleep", "2147483647"])
         busybox = busybox_oci_archive(images / "busybox.tar", BUSYBOX_IMAGE, ["/bin/sh"])
-        for archive in (pause, busybox):
+        archives = [pause, busybox]
+        if self.dns:
+            coredns = ["/bin/coredns", "-conf", "/etc/coredns/Corefile"]
+            archives.append(
+                static_oci_archive(images / "coredns.tar", COREDNS_IMAGE, self.binaries.coredns, coredns)
+            )
+        for archive in archives:
             self.import_image(archive)
 
     def _save_sysctls(self) -> None:
@@ -822,7 +854,7 @@ state = "{d / "state"}"
             "imageGCLowThresholdPercent": 99,
             "podLogsDir": str(d / "pod-logs"),
             "resolvConf": "",  # pods never get the host's resolvers
-            "clusterDNS": [self.cluster_dns] if self.cluster_dns else [],
+            "clusterDNS": [DNS_IP] if self.dns else [],
             "clusterDomain": "cluster.local",
             "podCIDR": POD_CIDR,
             "maxPods": 110,
@@ -881,13 +913,16 @@ state = "{d / "state"}"
         env = {**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         self._spawn("kube-proxy", argv, env)
 
-    def _kubectl(self, *args: str, timeout: float = 30.0, check: bool = True) -> str:
+    def _kubectl(
+        self, *args: str, timeout: float = 30.0, check: bool = True, input: str | None = None
+    ) -> str:
         return run(
             str(self.binaries.kubectl),
             f"--kubeconfig={self.admin_kubeconfig}",
             *args,
             timeout=timeout,
             check=check,
+            input=input,
         )
 
     def _wait_node_ready(self) -> None:
@@ -906,11 +941,21 @@ state = "{d / "state"}"
 
         self._wait(f"node {self.name} Ready", check)
 
+    def _start_dns(self) -> None:
+        self._kubectl("apply", "-f", "-", input=json.dumps(dns_manifests()))
+        wait = f"--timeout={self.timeout:.0f}s"
+        self._kubectl(
+            "rollout", "status", "-n", "kube-system", "deployment/coredns", wait, timeout=self.timeout + 10
+        )
+
     # -- stop steps ------------------------------------------------------------------------------------------
 
     def _drain_pods(self) -> None:
         """Delete every pod on this node and wait (bounded) until the kubelet has stopped them."""
         sel = f"spec.nodeName={self.name}"
+        # Cordon first, and remove the DNS add-on: controllers would put replacement pods right back.
+        self._kubectl("cordon", self.name, check=False)
+        remove_dns(self._kubectl)
         # A short grace period: the node is going away, and test pods (sleep as PID 1) ignore SIGTERM.
         self._kubectl(
             "delete",
@@ -934,6 +979,78 @@ state = "{d / "state"}"
             for task in self.running_tasks():
                 # delete --force kills the task and removes it, so its shim exits as well
                 self.ctr("tasks", "delete", "--force", task, timeout=30)
+
+
+def dns_manifests() -> dict[str, Any]:
+    """CoreDNS as a pod on the real node behind the kube-dns Service, with no upstream (nothing leaves)."""
+    meta = {"namespace": "kube-system", "labels": {DNS_LABEL: "true"}}
+    corefile = """.:53 {
+    errors
+    health :8080
+    ready :8181
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }
+    cache 5
+}
+"""
+    watch = ["list", "watch"]
+    rules = [
+        {"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"], "verbs": watch},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": watch},
+    ]
+    pod_labels = {"k8s-app": "kube-dns"}
+    container = {
+        "name": "coredns",
+        "image": COREDNS_IMAGE,
+        "imagePullPolicy": "Never",
+        "ports": [
+            {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 1},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 10},
+        "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns", "readOnly": True}],
+    }
+    pod_spec = {
+        "serviceAccountName": "coredns",
+        "nodeSelector": {"shardrec.io/node": "real"},
+        "dnsPolicy": "Default",
+        "priorityClassName": "system-cluster-critical",
+        "terminationGracePeriodSeconds": 1,
+        "containers": [container],
+        "volumes": [{"name": "config", "configMap": {"name": "coredns"}}],
+    }
+    items: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "coredns", **meta}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "shardrec:coredns", "labels": meta["labels"]}, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "shardrec:coredns", "labels": meta["labels"]},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": "shardrec:coredns"},
+         "subjects": [{"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"}]},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "coredns", **meta},
+         "data": {"Corefile": corefile}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "coredns", **meta},
+         "spec": {"replicas": 1, "selector": {"matchLabels": pod_labels},
+                  "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kube-dns", **meta},
+         "spec": {"clusterIP": DNS_IP, "selector": pod_labels,
+                  "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
+                            {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}},
+    ]  # fmt: skip
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def remove_dns(kubectl: Any) -> None:
+    """Delete the DNS add-on's objects (by label); kubectl(*args, check=False) -> str."""
+    sel = f"{DNS_LABEL}=true"
+    kubectl("delete", "deployment,service,configmap,serviceaccount", "-n", "kube-system", "-l", sel,
+            "--ignore-not-found", "--wait=false", check=False)  # fmt: skip
+    kubectl("delete", "clusterrole,clusterrolebinding", "-l", sel, "--ignore-not-found", check=False)
 
 
 def _unmount_under(root: Path) -> None:
@@ -1013,36 +1130,22 @@ def stop_from_state(state_dir: Path) -> bool:
     if state is None:
         return False
     comps = state["components"]
-    kubectl = Path(cp.find_binaries().kubectl)
     admin = Path(state["cluster_state"]) / "kubeconfig"
-    if any(c["name"] == "kubelet" and cp._owns(c) for c in comps) and admin.is_file():
+    kubectl_bin = str(cp.find_binaries().kubectl)
+
+    def kubectl(*args: str, check: bool = False) -> str:
+        return run(kubectl_bin, f"--kubeconfig={admin}", *args, check=check, timeout=90)
+
+    api_up = admin.is_file() and kubectl("get", "--raw", "/readyz").strip() == "ok"
+    if api_up and any(c["name"] == "kubelet" and cp._owns(c) for c in comps):
+        kubectl("cordon", state["name"])
+        remove_dns(kubectl)
         sel = f"spec.nodeName={state['name']}"
-        run(
-            str(kubectl),
-            f"--kubeconfig={admin}",
-            "delete",
-            "pods",
-            "-A",
-            "--field-selector",
-            sel,
-            f"--grace-period={DRAIN_GRACE}",
-            "--wait=true",
-            "--timeout=60s",
-            check=False,
-            timeout=90,
-        )
+        kubectl("delete", "pods", "-A", "--field-selector", sel, f"--grace-period={DRAIN_GRACE}",
+                "--wait=true", "--timeout=60s")  # fmt: skip
     cp.terminate([c for c in comps if c["name"] in ("kubelet", "kube-proxy")])
-    if admin.is_file():
-        run(
-            str(kubectl),
-            f"--kubeconfig={admin}",
-            "delete",
-            "node",
-            state["name"],
-            "--ignore-not-found",
-            check=False,
-            timeout=30,
-        )
+    if api_up:
+        kubectl("delete", "node", state["name"], "--ignore-not-found")
     if any(c["name"] == "containerd" and cp._owns(c) for c in comps):
         ctr = [state["ctr"], "--address", state["containerd_socket"], "--namespace", "k8s.io"]
         for line in run(*ctr, "tasks", "ls", check=False).splitlines()[1:]:
@@ -1074,8 +1177,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     node._release_machine_lock()
     print(
         f"node {node.name} Ready in {node.startup_seconds:.1f}s: InternalIP {node.node_ip}, "
-        f"pods {node.pod_cidr}, "
-        f"logs {state_dir / 'logs'}",
+        f"pods {node.pod_cidr}, DNS {DNS_IP if node.dns else 'off'}, logs {state_dir / 'logs'}\n"
+        f"  steps (s): {node.step_seconds}",
         file=sys.stderr,
     )
     return 0

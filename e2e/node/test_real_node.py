@@ -93,7 +93,7 @@ def test_node_registered_with_an_internal_ip_and_not_managed_by_kwok(
     assert addresses["InternalIP"] == node_module.NODE_IP
     assert "kwok.x-k8s.io/node" not in got["metadata"].get("annotations", {})
     assert got["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
-    assert got["status"]["nodeInfo"]["kubeletVersion"] == "v1.36.3"
+    assert got["status"]["nodeInfo"]["kubeletVersion"] == node.cp.read_versions()["K8S_VERSION"]
     kwok_nodes = kubectl_json(cp, "get", "nodes", "-l", "type=kwok")["items"]
     assert kwok_nodes, "the kwok nodes stay beside the real one"
 
@@ -159,6 +159,16 @@ def test_cluster_ip_service_answers_from_the_host_and_from_a_pod(
     out = cp.kubectl("exec", "-n", namespace, "client", "--", "sh", "-c", request).stdout
     assert out.startswith("HTTP/1.") and " 200 " in out.splitlines()[0]
     assert out.rstrip().endswith("served-by-web")
+    # Cluster DNS: the Service's name resolves to its ClusterIP in a pod. CoreDNS runs as a pod on this node
+    # and learns Services from the API server through the `kubernetes` Service (TLS, its token, RBAC).
+    lookup = cp.kubectl(
+        "exec", "-n", namespace, "client", "--", "nslookup", f"web.{namespace}.svc.cluster.local"
+    )
+    assert cluster_ip in lookup.stdout
+    by_name = cp.kubectl(
+        "exec", "-n", namespace, "client", "--", "sh", "-c", request.replace(cluster_ip, "web")
+    )
+    assert by_name.stdout.rstrip().endswith("served-by-web")
     # The pod reaches the API server through the `kubernetes` Service (what in-cluster clients use).
     api_ip = kubectl_json(cp, "get", "service", "kubernetes", "-n", "default")["spec"]["clusterIP"]
     api = f"echo | nc -w 5 {api_ip} 443 && echo connected"
