@@ -3,7 +3,8 @@
 #   kubelet, kube-proxy          e2e/controlplane/build.sh (same wrapper module and version stamp as kube-apiserver)
 #   containerd, shim, ctr        go install github.com/containerd/containerd/v2/cmd/…@$CONTAINERD_VERSION
 #   runc                         go install -tags seccomp github.com/opencontainers/runc@$RUNC_VERSION
-#   coredns                      go install github.com/coredns/coredns@$COREDNS_VERSION (static; the cluster DNS pod)
+#   coredns                      github.com/coredns/coredns@$COREDNS_VERSION through a wrapper main that links only
+#                                the plugins the node's Corefile uses (static; the cluster DNS pod)
 #   CNI plugins, iptables, conntrack, busybox-static (the test image), libseccomp-dev + pkg-config (runc's
 #   seccomp build)               Debian packages, apt-get installed if missing (needs root, as the node does)
 #
@@ -95,11 +96,39 @@ build_node_parts() {
         install_artefact runc
     fi
 
-    # CoreDNS: static (it runs as the only file of its image), plain `go install` (no replace directives).
+    # CoreDNS: static (it runs as the only file of its image). Stock `go install …/coredns@v` links every
+    # plugin (cloud DNS providers, tracing, …: 12 minutes cold here); this wrapper main registers only the
+    # plugins of the node's Corefile (e2e/node/node.py dns_manifests), in CoreDNS's own directive order.
     if [[ ! -x "$BIN/coredns" ]]; then
-        timed coredns env GOBIN="$STAGE" CGO_ENABLED=0 "${NICE[@]}" go install -trimpath -ldflags="-s -w" \
-            "github.com/coredns/coredns@$COREDNS_VERSION"
+        local cwork
+        cwork="$(mktemp -d "${TMPDIR:-/tmp}/shardrec-coredns-build.XXXXXX")"
+        cat >"$cwork/main.go" <<'GO'
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func init() { dnsserver.Directives = []string{"ready", "health", "errors", "cache", "kubernetes"} }
+
+func main() { coremain.Run() }
+GO
+        (
+            cd "$cwork"
+            export GOFLAGS="-mod=mod" CGO_ENABLED=0
+            go mod init local.test/corednsbuild >/dev/null 2>&1
+            timed "coredns: go get" go get "github.com/coredns/coredns@$COREDNS_VERSION"
+            timed coredns "${NICE[@]}" go build -trimpath -ldflags="-s -w" -o "$STAGE/coredns" .
+        )
+        rm -rf "$cwork"
         install_artefact coredns
+        "$BIN/coredns" -plugins >/dev/null
     fi
 
     first_line "$BIN/containerd" --version
