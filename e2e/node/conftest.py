@@ -45,14 +45,25 @@ def real_node(control_plane_module: ModuleType, node_module: ModuleType) -> Iter
     try:
         cp_binaries = control_plane_module.find_binaries()
         node_binaries = node_module.find_node_binaries()
-    except (control_plane_module.BinariesNotFoundError, node_module.NodeBinariesNotFoundError) as error:
+    except control_plane_module.BinariesNotFoundError as error:
+        _unavailable(f"{error}; for the real node: `make node-build` (builds both)")
+    except node_module.NodeBinariesNotFoundError as error:
         _unavailable(str(error))
-    with (
-        control_plane_module.LocalControlPlane(binaries=cp_binaries) as cp,
-        node_module.LocalNode(cp.state_dir, binaries=node_binaries) as node,
-    ):
-        print(
-            f"\n[node] control plane up in {cp.startup_seconds:.1f}s, "
-            f"real node Ready in {node.startup_seconds:.1f}s {node.step_seconds}"
-        )
-        yield cp, node
+    with control_plane_module.LocalControlPlane(binaries=cp_binaries) as cp:
+        node = node_module.LocalNode(cp.state_dir, binaries=node_binaries)
+        try:
+            node.start()
+            _print_start(cp, node)
+        except node_module.NodeBusyError as error:  # another session's node holds this machine's ranges
+            _unavailable(str(error))
+        try:
+            yield cp, node
+        finally:
+            node.stop()
+
+
+def _print_start(cp: Any, node: Any) -> None:
+    print(
+        f"\n[node] control plane up in {cp.startup_seconds:.1f}s, "
+        f"real node Ready in {node.startup_seconds:.1f}s {node.step_seconds}"
+    )

@@ -103,6 +103,10 @@ class NodeError(RuntimeError):
     """The node failed to start or a wait timed out; the message carries log tails."""
 
 
+class NodeBusyError(NodeError):
+    """Another real node runs (or starts) on this machine: one at a time (fixed names and ranges)."""
+
+
 class NodeBinariesNotFoundError(FileNotFoundError):
     """e2e/node/build.sh has not been run for the versions in versions.env."""
 
@@ -572,7 +576,7 @@ class LocalNode:
         except BlockingIOError:
             os.close(fd)
             holder = MACHINE_LOCK.read_text().strip()
-            raise NodeError(
+            raise NodeBusyError(
                 f"another real node is starting or running here ({holder}); one at a time"
             ) from None
         holder = os.read(fd, 4096).decode().strip()
@@ -580,7 +584,7 @@ class LocalNode:
             state = _load_state(Path(holder))
             if state and any(self.cp._owns(c) for c in state["components"]):
                 os.close(fd)
-                raise NodeError(f"a real node is running from {holder}; stop it first (make node-down)")
+                raise NodeBusyError(f"a real node is running from {holder}; stop it first (make node-down)")
         os.lseek(fd, 0, os.SEEK_SET)
         os.ftruncate(fd, 0)
         os.write(fd, str(self.state_dir).encode())
