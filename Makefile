@@ -8,6 +8,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CLUSTER_STATE ?= .state/controlplane
+NODE_STATE ?= .state/node
+# NODE=1: `make cluster-up` also starts one real node (containerd + kubelet + kube-proxy; root) beside the kwok nodes.
+NODE ?= 0
 
 ##@ General
 
@@ -121,12 +124,30 @@ cluster-build: ## Build etcd, kube-apiserver, controller-manager, scheduler, kub
 	bash e2e/controlplane/build.sh
 
 .PHONY: cluster-up
-cluster-up: $(STAMP) cluster-build ## Start a local control plane with kwok nodes; prints KUBECONFIG
+cluster-up: $(STAMP) cluster-build $(if $(filter 1,$(NODE)),node-build) ## Start a local control plane with kwok nodes (NODE=1: plus a real node); prints KUBECONFIG
 	$(BIN)/python e2e/controlplane/cluster.py up --state-dir $(CLUSTER_STATE)
+	$(if $(filter 1,$(NODE)),$(BIN)/python e2e/node/node.py up --cluster-state $(CLUSTER_STATE) --state-dir $(NODE_STATE))
 
 .PHONY: cluster-down
-cluster-down: $(STAMP) ## Stop the local control plane
+cluster-down: $(STAMP) ## Stop the local control plane (and the real node, if one runs)
+	$(BIN)/python e2e/node/node.py down --state-dir $(NODE_STATE)
 	$(BIN)/python e2e/controlplane/cluster.py down --state-dir $(CLUSTER_STATE)
+
+.PHONY: node-build
+node-build: ## Build kubelet, kube-proxy, containerd, runc; apt-get the CNI plugins (cached outside the repo)
+	bash e2e/node/build.sh
+
+.PHONY: node-up
+node-up: $(STAMP) node-build ## Start one real node beside a running `make cluster-up` (root)
+	$(BIN)/python e2e/node/node.py up --cluster-state $(CLUSTER_STATE) --state-dir $(NODE_STATE)
+
+.PHONY: node-down
+node-down: $(STAMP) ## Stop the real node (pods first), undo its network changes
+	$(BIN)/python e2e/node/node.py down --state-dir $(NODE_STATE)
+
+.PHONY: e2e-node
+e2e-node: $(STAMP) node-build ## Real-node suite: real pods, logs/exec, a ClusterIP Service (root)
+	SHARDREC_REQUIRE_NODE=1 $(BIN)/pytest -m node e2e/node
 
 .PHONY: e2e
 e2e: $(STAMP) cluster-build ## Operator suite against a real API server built from source

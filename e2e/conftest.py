@@ -6,6 +6,10 @@
 - `external_cluster`: the cluster of SHARDREC_E2E_KUBECONFIG, pinned to its context after the
   SHARDREC_E2E_CONTEXT guard (e2e/operator/external_cluster.py); None when the variable is unset.
   A failed guard ends the whole session: nothing may run against an unconfirmed cluster.
+- `node_module` / `real_node`: e2e/node/node.py and a session's (control plane, real node) pair: a
+  LocalControlPlane with its kwok nodes plus one LocalNode (containerd + kubelet + kube-proxy + CoreDNS).
+  Skips with the reason without root or binaries, or when another session's node holds this machine;
+  with SHARDREC_REQUIRE_NODE=1 (CI) those fail instead.
 - Each test item keeps its phase reports (`item.rep_setup`, `item.rep_call`), so fixtures can
   dump diagnostics only when the test failed.
 """
@@ -25,6 +29,7 @@ import pytest
 E2E = Path(__file__).resolve().parent
 MODULE_NAME = "shardrec_e2e_controlplane_cluster"  # the name e2e/controlplane's own tests use
 EXTERNAL_MODULE_NAME = "shardrec_e2e_external_cluster"
+NODE_MODULE_NAME = "shardrec_e2e_node"
 
 
 def load_module(name: str, path: Path) -> ModuleType:
@@ -79,6 +84,49 @@ def external_cluster(
         yield cluster
     finally:
         cluster.close()
+
+
+def _node_unavailable(reason: str) -> None:
+    if os.environ.get("SHARDREC_REQUIRE_NODE") == "1":
+        pytest.fail(f"SHARDREC_REQUIRE_NODE=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def node_module(control_plane_module: ModuleType) -> ModuleType:
+    """e2e/node/node.py; it shares control_plane_module's module object (same module name)."""
+    return load_module(NODE_MODULE_NAME, E2E / "node" / "node.py")
+
+
+@pytest.fixture(scope="session")
+def real_node(control_plane_module: ModuleType, node_module: ModuleType) -> Iterator[tuple[Any, Any]]:
+    if os.geteuid() != 0:
+        _node_unavailable("the real node needs root (network namespaces, iptables, mounts, cgroups)")
+    try:
+        cp_binaries = control_plane_module.find_binaries()
+        node_binaries = node_module.find_node_binaries()
+    except control_plane_module.BinariesNotFoundError as error:
+        _node_unavailable(f"{error}; for the real node: `make node-build` (builds both)")
+    except node_module.NodeBinariesNotFoundError as error:
+        _node_unavailable(str(error))
+    with control_plane_module.LocalControlPlane(binaries=cp_binaries) as cp:
+        node = node_module.LocalNode(cp.state_dir, binaries=node_binaries)
+        try:
+            node.start()
+            _print_node_start(cp, node)
+        except node_module.NodeBusyError as error:  # another session's node holds this machine's ranges
+            _node_unavailable(str(error))
+        try:
+            yield cp, node
+        finally:
+            node.stop()
+
+
+def _print_node_start(cp: Any, node: Any) -> None:
+    print(
+        f"\n[node] control plane up in {cp.startup_seconds:.1f}s, "
+        f"real node Ready in {node.startup_seconds:.1f}s {node.step_seconds}"
+    )
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the binaries of a local Kubernetes control plane from the Go module proxy:
-#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes via a wrapper module)
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy
+#                                                                    (k8s.io/kubernetes via a wrapper module)
 #   etcd                                                             (go.etcd.io/etcd/server/v3 via a wrapper module)
 #   kwok + its stage YAMLs                                           (go install sigs.k8s.io/kwok/cmd/kwok@…)
 #
@@ -22,6 +23,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/versions.env"
 # shellcheck source=../tools/cache-env.sh
 source "$HERE/../tools/cache-env.sh"
+# shellcheck source=../tools/build-lib.sh
+source "$HERE/../tools/build-lib.sh"
 : "${K8S_VERSION:?versions.env must set K8S_VERSION}" "${ETCD_VERSION:?}" "${KWOK_VERSION:?}"
 
 command -v go >/dev/null || { echo "build.sh: 'go' not found on PATH" >&2; exit 1; }
@@ -30,9 +33,9 @@ CACHE_ROOT="$SHARDREC_CACHE/k8s"
 KEY="${K8S_VERSION}-etcd${ETCD_VERSION#v}-kwok${KWOK_VERSION#v}-go${GO_VERSION#go}"
 DEST="$CACHE_ROOT/$KEY"
 BIN="$DEST/bin"
-KUBE_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+# kubelet and kube-proxy: the real node of e2e/node (built here so they share the wrapper and the stamp).
+KUBE_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 ALL_BINS=("${KUBE_BINS[@]}" etcd kwok)
-NICE=(nice -n "${BUILD_NICE:-10}")
 
 all_present() {
     local b
@@ -70,26 +73,6 @@ BASE_GOFLAGS="$(go env GOFLAGS)"
 # Wrapper modules start with an empty go.sum; -mod=mod lets `go build` record what `go get` missed.
 MOD_GOFLAGS="${BASE_GOFLAGS:+$BASE_GOFLAGS }-mod=mod"
 TIMES="$DEST/build-times.txt"
-
-# timed NAME CMD...: run CMD, print and record its wall time.
-timed() {
-    local name="$1" t0=$SECONDS dt
-    shift
-    "$@"
-    dt=$((SECONDS - t0))
-    printf '[build] %-34s %3dm%02ds\n' "$name" $((dt / 60)) $((dt % 60))
-    printf '%s %d\n' "$name" "$dt" >>"$TIMES"
-}
-
-# json_field FIELD: read one JSON object on stdin, print FIELD (python3 is a project prerequisite anyway).
-json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1]) or "")' "$1"; }
-
-# first_line CMD...: the first line of CMD's output. CMD's output is captured whole, never piped into
-# `head`: head exits after one line, CMD dies of SIGPIPE, and pipefail turns that 141 into a failure.
-first_line() { local out; out="$("$@")"; printf '%s\n' "${out%%$'\n'*}"; }
-
-# install_artefact NAME: atomically move a staged binary into bin/.
-install_artefact() { chmod 0755 "$STAGE/$1"; mv -f "$STAGE/$1" "$BIN/$1"; }
 
 # --- kube binaries -------------------------------------------------------------------------------------------
 

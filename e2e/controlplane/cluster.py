@@ -74,6 +74,7 @@ KWOK_STAGES = (
     "pod/fast/pod-delete.yaml",
 )
 KWOK_LEASE_SECONDS = 40
+KWOK_NODE_SELECTOR = "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake"
 LOG_TAIL_LINES = 25
 
 
@@ -874,8 +875,15 @@ class LocalControlPlane:
                 f"--service-account-key-file={p.sa_pub}",
                 f"--service-account-signing-key-file={p.sa_key}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                # RBAC, not AlwaysAllow: RBAC objects and `kubectl auth can-i` must behave for real.
-                "--authorization-mode=RBAC",
+                # RBAC, not AlwaysAllow: RBAC objects and `kubectl auth can-i` must behave for real. Node +
+                # NodeRestriction: a real kubelet (e2e/node) runs with its own system:node:<name> identity.
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                # The API server's identity towards kubelets (logs, exec, port-forward on the real node).
+                f"--kubelet-client-certificate={p.cert}",
+                f"--kubelet-client-key={p.key}",
+                # InternalIP first (as kubeadm does): a node's hostname does not resolve on this machine.
+                "--kubelet-preferred-address-types=InternalIP,Hostname,InternalDNS,ExternalDNS,ExternalIP",
                 "--allow-privileged=true",
                 # Default admission plugins stay on (PodSecurity, ServiceAccount, NamespaceLifecycle,
                 # ValidatingAdmissionPolicy, ...). APF off: saves CPU on small machines; no tenants here.
@@ -972,7 +980,9 @@ class LocalControlPlane:
             str(self.binaries.kwok),
             f"--kubeconfig={self.kubeconfig}",
             *(f"--config={self.binaries.stages / s}" for s in KWOK_STAGES),
-            "--manage-all-nodes=true",  # default false: kwok would ignore our nodes
+            # Only the nodes this file creates (annotated kwok.x-k8s.io/node=fake): a real node beside them
+            # (e2e/node) must never be managed, or kwok would fake its pods as Running.
+            KWOK_NODE_SELECTOR,
             f"--server-address=127.0.0.1:{port}",  # plain-HTTP /healthz; kwok's default binds 0.0.0.0
             # Pairs with the heartbeat-with-lease stage.
             f"--node-lease-duration-seconds={KWOK_LEASE_SECONDS}",
