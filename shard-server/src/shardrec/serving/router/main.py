@@ -39,6 +39,8 @@ from shardrec.serving.router.topology_source import (
 
 PROG = "shardrec-router"
 
+LISTEN_BACKLOG = 4096
+
 
 class UsageError(Exception):
     """Bad flags or files; printed as one line, exit code 2."""
@@ -184,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"{PROG}: error: --host/--port: cannot listen on {args.host}:{port}: {exc}", file=sys.stderr)
         return 1
+    # Listen before saying so: callers connect as soon as they read the line.
+    sock.listen(LISTEN_BACKLOG)
     # `--port 0` picks a free port; this first stdout line says which (tests and the local runtime).
     print(f"{PROG} listening on http://{args.host}:{sock.getsockname()[1]}", flush=True)
     app = create_app(settings, source, reporter=reporter)
@@ -196,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_header=False,
         date_header=False,
         log_level=args.log_level,
-        backlog=4096,
+        backlog=LISTEN_BACKLOG,
         timeout_keep_alive=75,
         timeout_graceful_shutdown=10,
     )

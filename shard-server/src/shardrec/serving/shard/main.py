@@ -30,6 +30,8 @@ from shardrec.serving.shard.engine import EngineSettings, LoadRejectedError, Sea
 from shardrec.serving.shard.exit_codes import EXIT_LOAD_FAILED, EXIT_PORT_IN_USE
 from shardrec.serving.shard.metrics import ShardMetrics
 
+LISTEN_BACKLOG = 4096
+
 
 def _env(flag: str, default: str | None = None) -> str | None:
     return os.environ.get(env_name(F.PROCESS, flag), default)
@@ -134,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"shardrec-shard: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return EXIT_PORT_IN_USE if exc.errno == errno.EADDRINUSE else 1
     port = sock.getsockname()[1]
+    # Listen before saying so: callers connect as soon as they read the line (uvicorn would only
+    # listen once it has started, and a connection before that is refused).
+    sock.listen(LISTEN_BACKLOG)
     print(f"shardrec-shard listening on http://{args.host}:{port}", flush=True)
     config = uvicorn.Config(
         app,
@@ -142,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=args.log_level,
         access_log=False,
         lifespan="on",
-        backlog=4096,
+        backlog=LISTEN_BACKLOG,
         timeout_keep_alive=120,
         proxy_headers=False,  # shards are called by routers directly, never through a proxy
         server_header=False,
