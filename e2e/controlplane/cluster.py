@@ -21,6 +21,9 @@ From Python (pytest fixtures):
 
 Needs only the standard library plus the `openssl` CLI (or, without it, the `cryptography` package).
 Binaries come from build.sh's cache; see find_binaries().
+
+The parts live beside this file: binaries.py (find_binaries), pki.py (certificates, kubeconfig),
+processes.py (spawn, stop by PID), kubeapi.py (HTTP helpers). This file keeps LocalControlPlane and the CLI.
 """
 
 from __future__ import annotations
@@ -28,557 +31,105 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import http.client
-import ipaddress
 import json
 import os
-import secrets
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+# e2e is not a package: this file runs as a script (`python3 e2e/controlplane/cluster.py up`) and is loaded
+# by path (e2e/conftest.py, e2e/node/node.py, tests/ship), so it finds its sibling modules through
+# sys.path, as benchmarks/ does; mypy sees them the same way (mypy_path in pyproject.toml).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import binaries
+import kubeapi
+import pki
+import processes
+from binaries import (
+    BUILD_HINT,
+    KWOK_STAGES,
+    VERSIONS_FILE,
+    Binaries,
+    BinariesNotFoundError,
+    cache_root,
+    find_binaries,
+    read_versions,
+)
+from kubeapi import _PROBE_ERRORS, ApiClient, _tls_context, http_get
+from pki import CERT_DNS_SANS, CERT_IP_SANS, Pki, _openssl, generate_pki, write_kubeconfig
+from processes import (
+    LOG_TAIL_LINES,
+    Component,
+    ControlPlaneError,
+    _owns,
+    free_port,
+    is_alive,
+    log_tail,
+    proc_start_time,
+    terminate,
+)
+
 HERE = Path(__file__).resolve().parent
-VERSIONS_FILE = HERE / "versions.env"
-BUILD_HINT = "run `make cluster-build` (i.e. `bash e2e/controlplane/build.sh`)"
+
+# These names used to be defined in this file; other files reach them as attributes of this module
+# (e2e/node/node.py uses _openssl, _owns, terminate, Component, Pki, ...).
+__all__ = [
+    "BUILD_HINT",
+    "CERT_DNS_SANS",
+    "CERT_IP_SANS",
+    "KWOK_STAGES",
+    "LOG_TAIL_LINES",
+    "VERSIONS_FILE",
+    "ApiClient",
+    "Binaries",
+    "BinariesNotFoundError",
+    "Component",
+    "ControlPlaneError",
+    "LocalControlPlane",
+    "Pki",
+    "_openssl",
+    "_owns",
+    "cache_root",
+    "find_binaries",
+    "free_port",
+    "generate_pki",
+    "http_get",
+    "is_alive",
+    "log_tail",
+    "main",
+    "proc_start_time",
+    "read_versions",
+    "stop_from_state",
+    "terminate",
+    "write_kubeconfig",
+]
+
+
+def _check_siblings() -> None:
+    """A same-named module imported earlier from elsewhere would shadow ours: refuse to mix them."""
+    for module in (binaries, kubeapi, pki, processes):
+        origin = getattr(module, "__file__", None)
+        if origin is None or Path(origin).resolve().parent != HERE:
+            raise ImportError(f"module {module.__name__!r} was imported from {origin}, not from {HERE}")
+
+
+_check_siblings()
+
 STATE_FILE = "state.json"
 
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"  # must differ from the service CIDR; kwok hands out fake pod IPs from it
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
-CERT_DNS_SANS = (
-    "kubernetes",
-    "kubernetes.default",
-    "kubernetes.default.svc",
-    "kubernetes.default.svc.cluster.local",
-    "localhost",
-)
-CERT_IP_SANS = ("127.0.0.1", "::1", "10.96.0.1")  # 10.96.0.1 = first IP of SERVICE_CIDR
-# The stages kwokctl injects by default; the standalone kwok binary embeds none ("no stages found").
-KWOK_STAGES = (
-    "node/fast/node-initialize.yaml",
-    "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
-    "pod/fast/pod-ready.yaml",
-    "pod/fast/pod-complete.yaml",
-    "pod/fast/pod-delete.yaml",
-)
 KWOK_LEASE_SECONDS = 40
 KWOK_NODE_SELECTOR = "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake"
-LOG_TAIL_LINES = 25
-
-
-class ControlPlaneError(RuntimeError):
-    """The control plane failed to start, or a wait timed out; the message carries log tails."""
-
-
-class BinariesNotFoundError(FileNotFoundError):
-    """build.sh has not been run (or not for the versions in versions.env)."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# Binaries
-
-
-def read_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
-    """Parse versions.env (KEY=VALUE lines; '#' comments) without a shell."""
-    versions: dict[str, str] = {}
-    for raw in path.read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if "=" in line:
-            key, value = line.split("=", 1)
-            versions[key.strip()] = value.strip().strip("'\"")
-    return versions
-
-
-@dataclass(frozen=True)
-class Binaries:
-    """Paths of everything build.sh produces under one cache key directory."""
-
-    root: Path
-    etcd: Path
-    kube_apiserver: Path
-    kube_controller_manager: Path
-    kube_scheduler: Path
-    kubectl: Path
-    kwok: Path
-    stages: Path
-
-    @classmethod
-    def in_dir(cls, root: Path) -> Binaries:
-        b = root / "bin"
-        return cls(
-            root=root,
-            etcd=b / "etcd",
-            kube_apiserver=b / "kube-apiserver",
-            kube_controller_manager=b / "kube-controller-manager",
-            kube_scheduler=b / "kube-scheduler",
-            kubectl=b / "kubectl",
-            kwok=b / "kwok",
-            stages=root / "stages",
-        )
-
-    def missing(self) -> list[Path]:
-        paths = [
-            self.etcd,
-            self.kube_apiserver,
-            self.kube_controller_manager,
-            self.kube_scheduler,
-            self.kubectl,
-            self.kwok,
-        ]
-        gone = [p for p in paths if not os.access(p, os.X_OK)]
-        gone += [self.stages / s for s in KWOK_STAGES if not (self.stages / s).is_file()]
-        return gone
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SHARDREC_CACHE") or Path.home() / ".cache" / "shardrec") / "k8s"
-
-
-def _local_go_version() -> str | None:
-    """`go env GOVERSION` minus the 'go' prefix; None without Go (built binaries still work then)."""
-    go = shutil.which("go")
-    if go is None:
-        return None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, timeout=20, check=True)
-        return out.stdout.strip().removeprefix("go") or None
-    return None
-
-
-def find_binaries() -> Binaries:
-    """Locate a complete build for versions.env.
-
-    Order: $SHARDREC_K8S_DIR (explicit key dir), then the cache key for the local Go version (what build.sh
-    writes), then any Go version's build of the same k8s/etcd/kwok (binaries are static, so that is fine).
-    """
-    override = os.environ.get("SHARDREC_K8S_DIR")
-    if override:
-        candidates = [Path(override)]
-    else:
-        v = read_versions()
-        prefix = (
-            f"{v['K8S_VERSION']}-etcd{v['ETCD_VERSION'].removeprefix('v')}"
-            f"-kwok{v['KWOK_VERSION'].removeprefix('v')}-go"
-        )
-        root = cache_root()
-        candidates = []
-        go = _local_go_version()
-        if go:
-            candidates.append(root / f"{prefix}{go}")
-        others = sorted(root.glob(f"{prefix}*"), key=lambda p: p.stat().st_mtime, reverse=True)
-        candidates += [p for p in others if p not in candidates]
-    for candidate in candidates:
-        binaries = Binaries.in_dir(candidate)
-        if not binaries.missing():
-            return binaries
-    looked = ", ".join(str(c) for c in candidates) or str(cache_root())
-    raise BinariesNotFoundError(
-        f"Kubernetes control-plane binaries not found (looked in: {looked}); {BUILD_HINT}"
-    )
-
-
-# ----------------------------------------------------------------------------------------------------
-# PKI and kubeconfig
-
-
-@dataclass(frozen=True)
-class Pki:
-    """One CA, one leaf cert used by every component and client (O=system:masters), one SA signing key."""
-
-    ca_cert: Path
-    ca_key: Path
-    cert: Path
-    key: Path
-    sa_key: Path
-    sa_pub: Path
-
-    @classmethod
-    def in_dir(cls, d: Path) -> Pki:
-        return cls(d / "ca.crt", d / "ca.key", d / "admin.crt", d / "admin.key", d / "sa.key", d / "sa.pub")
-
-
-def generate_pki(directory: Path) -> Pki:
-    """Write the PKI into directory; prefers the openssl CLI, falls back to the `cryptography` package."""
-    directory.mkdir(parents=True, exist_ok=True)
-    pki = Pki.in_dir(directory)
-    if shutil.which("openssl"):
-        _pki_with_openssl(pki)
-    else:
-        _pki_with_cryptography(pki)
-    for key in (pki.ca_key, pki.key, pki.sa_key):
-        key.chmod(0o600)
-    return pki
-
-
-def _openssl(*args: str) -> None:
-    res = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60, check=False)
-    if res.returncode != 0:
-        raise ControlPlaneError(f"openssl {' '.join(args)} failed: {res.stderr.strip()}")
-
-
-def _pki_with_openssl(pki: Pki) -> None:
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        str(pki.ca_key),
-        "-out",
-        str(pki.ca_cert),
-        "-days",
-        "3650",
-        "-subj",
-        "/CN=shardrec-e2e-ca",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-    )
-    csr = pki.cert.with_suffix(".csr")
-    ext = pki.cert.with_suffix(".ext")
-    sans = [f"DNS:{d}" for d in CERT_DNS_SANS] + [f"IP:{ip}" for ip in CERT_IP_SANS]
-    ext.write_text(
-        "basicConstraints=CA:FALSE\n"
-        "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth,clientAuth\n"
-        f"subjectAltName={','.join(sans)}\n"
-    )
-    _openssl(
-        "req",
-        "-new",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        str(pki.key),
-        "-out",
-        str(csr),
-        "-subj",
-        "/O=system:masters/CN=shardrec-admin",
-    )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        str(csr),
-        "-CA",
-        str(pki.ca_cert),
-        "-CAkey",
-        str(pki.ca_key),
-        "-set_serial",
-        f"0x{secrets.token_hex(16)}",
-        "-days",
-        "3650",
-        "-extfile",
-        str(ext),
-        "-out",
-        str(pki.cert),
-    )
-    _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(pki.sa_key))
-    _openssl("pkey", "-in", str(pki.sa_key), "-pubout", "-out", str(pki.sa_pub))
-    csr.unlink()
-    ext.unlink()
-
-
-def _pki_with_cryptography(pki: Pki) -> None:
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    def new_key() -> rsa.RSAPrivateKey:
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-    def write_key(k: rsa.RSAPrivateKey, path: Path) -> None:
-        path.write_bytes(
-            k.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-
-    now = dt.datetime.now(dt.UTC)
-    ca_key, leaf_key, sa_key = new_key(), new_key(), new_key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shardrec-e2e-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in CERT_DNS_SANS]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in CERT_IP_SANS]
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, "shardrec-admin"),
-                ]
-            )
-        )
-        .issuer_name(ca_name)
-        .public_key(leaf_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    write_key(ca_key, pki.ca_key)
-    write_key(leaf_key, pki.key)
-    write_key(sa_key, pki.sa_key)
-    pki.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    pki.cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    pki.sa_pub.write_bytes(
-        sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-
-
-def write_kubeconfig(path: Path, server: str, pki: Pki) -> None:
-    """JSON is valid YAML, so no YAML library is needed; absolute paths keep it usable from any cwd."""
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "shardrec-e2e",
-                "cluster": {"server": server, "certificate-authority": str(pki.ca_cert.resolve())},
-            }
-        ],
-        "users": [
-            {
-                "name": "shardrec-admin",
-                "user": {"client-certificate": str(pki.cert.resolve()), "client-key": str(pki.key.resolve())},
-            }
-        ],
-        "contexts": [
-            {"name": "shardrec-e2e", "context": {"cluster": "shardrec-e2e", "user": "shardrec-admin"}}
-        ],
-        "current-context": "shardrec-e2e",
-    }
-    path.write_text(json.dumps(config, indent=2) + "\n")
-    path.chmod(0o600)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Processes
-
-
-def free_port() -> int:
-    """A port that was free a moment ago; callers retry on 'address already in use'."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (index 0 = state), or None if gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw.rsplit(")", 1)[1].split()
-
-
-def proc_start_time(pid: int) -> str | None:
-    """Kernel start time of pid (stat field 22): with the pid it identifies a process despite PID reuse."""
-    fields = _proc_stat(pid)
-    return fields[19] if fields else None
-
-
-def is_alive(pid: int) -> bool:
-    fields = _proc_stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
-
-
-@dataclass
-class Component:
-    """One control-plane process; pid/start_time/argv0 are what `down` needs to kill it safely later."""
-
-    name: str
-    argv: list[str]
-    log: Path
-    env: dict[str, str] | None = None
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-    pid: int = 0
-    start_time: str = ""
-
-    def spawn(self) -> None:
-        with self.log.open("ab") as log:
-            # start_new_session: own process group (teardown signals the whole group) and survives
-            # the parent exiting, which `cluster.py up` relies on to detach.
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                start_new_session=True,
-                close_fds=True,
-            )
-        self.pid = self.proc.pid
-        self.start_time = proc_start_time(self.pid) or ""
-
-    def exited(self) -> int | None:
-        return self.proc.poll() if self.proc is not None else None
-
-    def to_state(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "pid": self.pid,
-            "start_time": self.start_time,
-            "argv0": self.argv[0],
-            "log": str(self.log),
-        }
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64 * 1024))
-            text = f.read().decode(errors="replace")
-    except OSError as exc:
-        return f"(no log: {exc})"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _owns(entry: dict[str, Any]) -> bool:
-    """True if the pid in a state entry is still the process we started (same start time and argv[0])."""
-    pid = int(entry["pid"])
-    if not pid or proc_start_time(pid) != entry["start_time"]:
-        return False
-    try:
-        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
-    except OSError:
-        return False
-    return argv0 == str(entry["argv0"])
-
-
-def terminate(
-    entries: Sequence[dict[str, Any]],
-    procs: dict[int, subprocess.Popen[bytes]] | None = None,
-    grace: float = 10.0,
-    kill_wait: float = 5.0,
-) -> None:
-    """SIGTERM the process groups of entries, wait up to `grace` s, then SIGKILL, wait up to `kill_wait` s.
-
-    Only PIDs verified by _owns() are signalled, so a stale state file can never kill an unrelated process.
-    """
-    procs = procs or {}
-    pids = [int(e["pid"]) for e in entries if _owns(e)]
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_wait)):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, sig)  # pgid == pid because of start_new_session
-        deadline = time.monotonic() + wait
-        while pids and time.monotonic() < deadline:
-            for pid in pids:
-                if pid in procs:
-                    procs[pid].poll()  # reap our own children so they do not linger as zombies
-            pids = [p for p in pids if is_alive(p)]
-            if pids:
-                time.sleep(0.1)
-        if not pids:
-            return
-
-
-# ----------------------------------------------------------------------------------------------------
-# HTTP helpers (stdlib only; proxies bypassed because everything is on loopback)
-
-
-def _tls_context(pki: Pki, client_cert: bool) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
-    if client_cert:
-        ctx.load_cert_chain(str(pki.cert), str(pki.key))
-    return ctx
-
-
-def http_get(url: str, ctx: ssl.SSLContext | None = None, timeout: float = 5.0) -> tuple[int, str]:
-    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
-    if ctx is not None:
-        handlers.append(urllib.request.HTTPSHandler(context=ctx))
-    opener = urllib.request.build_opener(*handlers)
-    try:
-        with opener.open(url, timeout=timeout) as resp:
-            return int(resp.status), resp.read().decode(errors="replace")
-    except urllib.error.HTTPError as err:
-        return int(err.code), err.read().decode(errors="replace")
-
-
-class ApiClient:
-    """Just enough of a Kubernetes REST client to create nodes and poll readiness (no third-party deps)."""
-
-    def __init__(self, base_url: str, pki: Pki) -> None:
-        self.base_url = base_url
-        self.opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=_tls_context(pki, True))
-        )
-
-    def request(
-        self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10.0
-    ) -> tuple[int, dict[str, Any]]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            self.base_url + path,
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-        )
-        try:
-            with self.opener.open(req, timeout=timeout) as resp:
-                return int(resp.status), json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as err:
-            raw = err.read()
-            try:
-                return int(err.code), json.loads(raw or b"{}")
-            except ValueError:
-                return int(err.code), {"message": raw.decode(errors="replace")}
-
-
-_PROBE_ERRORS = (OSError, http.client.HTTPException, ValueError)
 
 
 # ----------------------------------------------------------------------------------------------------

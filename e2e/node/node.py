@@ -210,7 +210,7 @@ def _sysctl_path(key: str) -> Path:
 def openssl_sign(
     pki: Any, out_dir: Path, name: str, subject: str, *, client: bool, server_ips: Sequence[str] = ()
 ) -> tuple[Path, Path]:
-    """A key + certificate signed by the control plane's CA (the openssl CLI, as cluster.py prefers)."""
+    """A key + certificate signed by the control plane's CA (openssl CLI, as controlplane/pki.py)."""
     cp = cluster_module()
     key, crt, csr, ext = (out_dir / f"{name}.{s}" for s in ("key", "crt", "csr", "ext"))
     usages = ",".join(u for u, on in (("clientAuth", client), ("serverAuth", bool(server_ips))) if on)
