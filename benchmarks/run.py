@@ -156,7 +156,7 @@ def main() -> int:
     )
     if not args.quick:
         # The capacity planner's coefficients follow the code: a full run refreshes them.
-        from coefficients import update_from_run
+        from coefficient_file import update_from_run
 
         update_from_run(args.work_dir / "results.json", REPO / "benchmarks" / "coefficients.json")
     for row in rows:

@@ -1,9 +1,12 @@
-"""The coefficients model and `benchmarks/coefficients.py` (write, merge, derive)."""
+"""The coefficients model and the benchmarks' side of it: `benchmarks/coefficient_file.py` (write,
+merge, fold a run in) and `benchmarks/coefficients.py derive`."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,17 +24,25 @@ from tests.capacity.fixtures import coefficients, document
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _bench_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "bench_coefficients", REPO / "benchmarks" / "coefficients.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _bench_modules() -> tuple[ModuleType, ModuleType]:
+    """The `coefficients.py` command line and `coefficient_file`, imported as the benchmark scripts
+    import each other: as top-level modules with benchmarks/ on the path."""
+    folder = str(REPO / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "bench_coefficients", REPO / "benchmarks" / "coefficients.py"
+        )
+        assert spec is not None and spec.loader is not None
+        cli = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(cli)
+        return cli, importlib.import_module("coefficient_file")
+    finally:
+        while folder in sys.path:
+            sys.path.remove(folder)
 
 
-bench = _bench_module()
+cli, coefficient_file = _bench_modules()
 
 
 def _measured_without_provenance() -> dict[str, Any]:
@@ -78,11 +89,11 @@ def test_write_creates_then_merges_and_supersedes_provenance(tmp_path: Path) -> 
     path = tmp_path / "coefficients.json"
     measured = _measured_without_provenance()
     measured["provenance"] = {"command": "first"}
-    first = bench.write_coefficients(path, measured)
+    first = coefficient_file.write_coefficients(path, measured)
     assert [entry.command for entry in first.provenance] == ["first"]
     # A later run measures two fields again: they move to its entry, the rest stays with "first".
     update = {"shard_overhead_cpu_ms": 0.25, "build_items_per_core_second": 12_345.0}
-    second = bench.write_coefficients(path, {**update, "provenance": {"command": "make bench"}})
+    second = coefficient_file.write_coefficients(path, {**update, "provenance": {"command": "make bench"}})
     assert second.shard_overhead_cpu_ms == 0.25
     assert second.source_of("shard_overhead_cpu_ms").command == "make bench"
     assert second.source_of("search").command == "first"
@@ -91,7 +102,7 @@ def test_write_creates_then_merges_and_supersedes_provenance(tmp_path: Path) -> 
     # Measuring everything again retires the first entry.
     again = _measured_without_provenance()
     again["provenance"] = {"command": "make bench"}
-    third = bench.write_coefficients(path, again)
+    third = coefficient_file.write_coefficients(path, again)
     assert [entry.command for entry in third.provenance] == ["make bench"]
 
 
@@ -99,18 +110,20 @@ def test_write_refuses_bad_input_and_keeps_the_file(tmp_path: Path) -> None:
     path = tmp_path / "coefficients.json"
     measured = _measured_without_provenance()
     with pytest.raises(ValueError, match=r"provenance\.command"):
-        bench.write_coefficients(path, measured)
+        coefficient_file.write_coefficients(path, measured)
     with pytest.raises(ValueError, match="unknown fields"):
-        bench.write_coefficients(path, {"qps": 1, "provenance": {"command": "x"}})
+        coefficient_file.write_coefficients(path, {"qps": 1, "provenance": {"command": "x"}})
     # A partial first write cannot validate: fields nobody measured.
     with pytest.raises(CoefficientsError, match=r"invalid coefficients: .*workload: Field required"):
-        bench.write_coefficients(path, {"shard_overhead_cpu_ms": 1.0, "provenance": {"command": "x"}})
+        coefficient_file.write_coefficients(
+            path, {"shard_overhead_cpu_ms": 1.0, "provenance": {"command": "x"}}
+        )
     assert not path.exists()
     measured["provenance"] = {"command": "ok"}
-    bench.write_coefficients(path, measured)
+    coefficient_file.write_coefficients(path, measured)
     before = path.read_text()
     with pytest.raises(CoefficientsError):
-        bench.write_coefficients(path, {"search": [], "provenance": {"command": "bad"}})
+        coefficient_file.write_coefficients(path, {"search": [], "provenance": {"command": "bad"}})
     assert path.read_text() == before
 
 
@@ -119,11 +132,11 @@ def test_derive_reads_the_bench_results(tmp_path: Path) -> None:
     source = tmp_path / "results.json"
     source.write_text(json.dumps(results))
     out = tmp_path / "coefficients.json"
-    assert bench.main(["derive", "--results", str(source), "--out", str(out)]) == 0
+    assert cli.main(["derive", "--results", str(source), "--out", str(out)]) == 0
     written = Coefficients.model_validate_json(out.read_text())
     assert written.source_of("wire").command == "make bench"
     (tmp_path / "empty.json").write_text("{}")
-    assert bench.main(["derive", "--results", str(tmp_path / "empty.json"), "--out", str(out)]) == 1
+    assert cli.main(["derive", "--results", str(tmp_path / "empty.json"), "--out", str(out)]) == 1
 
 
 def test_the_committed_file_is_canonical_and_names_its_commands() -> None:
@@ -166,12 +179,12 @@ def test_a_benchmark_run_updates_router_and_shard_costs(tmp_path: Path) -> None:
     path = tmp_path / "coefficients.json"
     measured = _measured_without_provenance()
     measured["provenance"] = {"command": "python benchmarks/coefficients.py measure"}
-    bench.write_coefficients(path, measured)
+    coefficient_file.write_coefficients(path, measured)
     results = tmp_path / "results.json"
     # Router 0.5 ms at 4 shards; shards 1.2 ms in all, in-process search 0.4 ms for 4 shards:
     # overhead (1.2 - 0.4) / 4 = 0.2 ms per shard request.
     results.write_text(json.dumps(_run_results(0.5, 1.2, 0.4)))
-    updated = bench.update_from_run(results, path)
+    updated = coefficient_file.update_from_run(results, path)
     assert updated is not None
     assert [(p.shards, p.cpu_ms_per_request) for p in updated.router_cpu] == [(1, 0.4), (4, 0.5)]
     assert updated.shard_overhead_cpu_ms == pytest.approx(0.2)
@@ -182,5 +195,5 @@ def test_a_benchmark_run_updates_router_and_shard_costs(tmp_path: Path) -> None:
     no_router["rows"] = no_router["rows"][:1]
     results.write_text(json.dumps(no_router))
     before = path.read_text()
-    assert bench.update_from_run(results, path) is None
+    assert coefficient_file.update_from_run(results, path) is None
     assert path.read_text() == before
