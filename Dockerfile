@@ -52,10 +52,12 @@ FROM builder AS serving-venv
 RUN pip install ".[serving]" \
  && pip uninstall -y shardrec
 COPY --from=wheel /wheels /wheels
+# pip and setuptools are not needed at run time: the images carry no installer.
 RUN pip install --no-deps /wheels/*.whl \
  && shardrec-shard --help >/dev/null \
  && shardrec-router --help >/dev/null \
- && recctl index build --help >/dev/null
+ && recctl index build --help >/dev/null \
+ && pip uninstall -y pip setuptools
 
 FROM builder AS operator-venv
 # hadolint ignore=DL3013
@@ -65,7 +67,8 @@ COPY --from=wheel /wheels /wheels
 # The operator image must not carry the data plane's libraries.
 RUN pip install --no-deps /wheels/*.whl \
  && shardrec-operator --help >/dev/null \
- && python -c "import importlib.util as u, sys; bad = [m for m in ('hnswlib', 'numpy', 'fastapi', 'uvicorn') if u.find_spec(m)]; sys.exit(f'operator image carries {bad}' if bad else 0)"
+ && python -c "import importlib.util as u, sys; bad = [m for m in ('hnswlib', 'numpy', 'fastapi', 'uvicorn') if u.find_spec(m)]; sys.exit(f'operator image carries {bad}' if bad else 0)" \
+ && pip uninstall -y pip setuptools
 
 # ---- runtime: Python and a non-root user; no compiler, no pip cache -----------------------------
 FROM ${PYTHON_IMAGE} AS runtime
