@@ -87,6 +87,11 @@ monitoring: $(STAMP) ## Regenerate the dashboard and the chart's copies of rules
 	$(BIN)/python monitoring/dashboard.py
 	cp monitoring/alerts.yaml charts/shardrec-operator/files/alerts.yaml
 
+.PHONY: images
+images: $(STAMP) ## Both images (Dockerfile targets serving, operator) without Docker: buildah, Debian base; OCI archives in ~/.cache/shardrec/images
+	bash e2e/images/build.sh
+	SHARDREC_REQUIRE_IMAGES=1 $(BIN)/pytest -m images e2e/images
+
 .PHONY: ship
 ship: $(STAMP) ## Packaging checks (promtool, helm, hadolint, RBAC, dashboard, real Prometheus)
 	SHARDREC_REQUIRE_TOOLS=1 $(BIN)/pytest tests/ship

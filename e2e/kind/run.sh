@@ -3,7 +3,7 @@
 #
 #   1. checks for Docker (with a running engine), kind, helm, kubectl and the project's Python;
 #      exits 2 with a message naming what is missing (e.g. on machines without Docker);
-#   2. builds the data-plane and operator images (shard-server/Dockerfile, operator/Dockerfile);
+#   2. builds the data-plane and operator images (Dockerfile, targets serving and operator);
 #   3. creates a kind cluster from e2e/kind/kind-config.yaml (1 control plane, 2 workers in zone-a
 #      and zone-b, a host directory shared by both workers as the index store), kubeconfig in a
 #      temporary directory (never ~/.kube/config);
@@ -121,11 +121,11 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---- 2. images (before the cluster: a failed build wastes no cluster) -----------------------------
-for spec in "shard-server/Dockerfile:$DATA_IMAGE" "operator/Dockerfile:$OPERATOR_IMAGE"; do
-    dockerfile="${spec%%:*}" image="${spec#*:}"
-    log "docker build -f $dockerfile -t $image"
+for spec in "serving:$DATA_IMAGE" "operator:$OPERATOR_IMAGE"; do
+    target="${spec%%:*}" image="${spec#*:}"
+    log "docker build --target $target -t $image"
     started=$SECONDS
-    bounded 3600 docker build -f "$ROOT/$dockerfile" -t "$image" "$ROOT"
+    bounded 3600 docker build --target "$target" -t "$image" "$ROOT"
     log "built $image in $((SECONDS - started))s"
 done
 

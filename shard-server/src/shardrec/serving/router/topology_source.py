@@ -145,7 +145,7 @@ class ConfigMapTopologySource:
         except ImportError:
             deliver(
                 self._problem(
-                    "the kubernetes client is not installed (pip install 'shardrec[operator]'); "
+                    "the kubernetes client is not installed (pip install 'shardrec[serving]'); "
                     "use --topology-file with a mounted ConfigMap instead"
                 )
             )
