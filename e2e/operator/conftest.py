@@ -6,9 +6,9 @@ statically bound PersistentVolume (no provisioner exists without a kubelet). kwo
 containers: pods become Ready because kwok says so, and build Jobs complete because kwok's
 pod-complete stage finishes their pods; the data-plane proof is the local-runtime suite.
 
-kwok here manages only nodes annotated `kwok.x-k8s.io/node=fake` (the control plane starts it
-with --manage-all-nodes; `failover_control_plane` swaps that one flag), so the failover scenario
-can take a node away from kwok (drop the annotation, restart kwok: a running kwok keeps
+kwok manages only nodes annotated `kwok.x-k8s.io/node=fake` (the control plane starts it that
+way, so it never fakes a real node's pods; `failover_control_plane` adds the restart), so the
+failover scenario can take a node away from kwok (drop the annotation, restart kwok: a running kwok keeps
 heartbeating every node it ever managed) and watch it go NotReady exactly as a lost node does.
 
 With SHARDREC_E2E_KUBECONFIG the session uses that cluster instead (guarded by
@@ -37,7 +37,6 @@ HERE = Path(__file__).resolve().parent
 CRD = Path(os.environ.get("SHARDREC_E2E_CRD") or ROOT / "crds" / "recommenderclusters.shardrec.io.yaml")
 CRD_NAME = "recommenderclusters.shardrec.io"
 ZONES = ("zone-a", "zone-b")
-KWOK_ALL_NODES = "--manage-all-nodes=true"
 KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE = "kwok.x-k8s.io/node", "fake"
 KWOK_ANNOTATED_NODES = f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}={KWOK_ANNOTATION_VALUE}"
 EXTERNAL = bool(os.environ.get("SHARDREC_E2E_KUBECONFIG"))
@@ -104,11 +103,6 @@ def failover_control_plane(module: ModuleType) -> type:
     """LocalControlPlane whose kwok manages annotated nodes only (see the module docstring)."""
 
     class FailoverControlPlane(module.LocalControlPlane):  # type: ignore[name-defined,misc]
-        def _kwok(self) -> Any:
-            component = super()._kwok()
-            component.argv = [KWOK_ANNOTATED_NODES if a == KWOK_ALL_NODES else a for a in component.argv]
-            return component
-
         @property
         def kwok_selects_nodes(self) -> bool:
             return any(KWOK_ANNOTATED_NODES in c.argv for c in self.components if c.name == "kwok")
