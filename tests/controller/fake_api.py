@@ -14,7 +14,7 @@ import copy
 import itertools
 
 from shardrec_operator.reconcile import resources as kinds
-from shardrec_operator.reconcile.cluster_api import ConflictError, NotFoundError, Obj
+from shardrec_operator.reconcile.cluster_api import ApiError, ConflictError, NotFoundError, Obj
 from shardrec_operator.reconcile.resources import Resource, resource_of
 
 Key = tuple[str, str | None, str]
@@ -34,6 +34,7 @@ class FakeClusterApi:
         self.objects: dict[Key, Obj] = {}
         self.writes: list[tuple[str, str, str]] = []
         self.missing_kinds: set[str] = {kinds.SERVICE_MONITOR.kind}
+        self.forbidden_kinds: set[str] = set()  # 403 on every read (RBAC without that access)
         self.failing_jobs: set[str] = set()
         self.stuck_jobs: set[str] = set()
         self.unschedulable = False
@@ -48,6 +49,8 @@ class FakeClusterApi:
 
     def get(self, resource: Resource, namespace: str | None, name: str) -> Obj | None:
         self.reads += 1
+        if resource.kind in self.forbidden_kinds:
+            raise ApiError(403, f"{resource.plural} is forbidden: cannot get resource {resource.plural!r}")
         obj = self.objects.get(self._key(resource, namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 

@@ -214,6 +214,21 @@ def test_pods_on_a_long_lost_node_are_force_deleted_with_an_event() -> None:
     assert world.event_reasons().count("ForceDeletedPod") == len(lost)
 
 
+def test_without_node_access_unready_pods_never_freeze_the_status() -> None:
+    """rbac.nodeAccess: false (the chart grants no Node read): a pass with an unready shard pod asked
+    for its Node, got 403, and the error escaped the pass, so status and Events stopped exactly when
+    they mattered (every rollout and outage). Failover degrades to no force-delete instead."""
+    world = ready_world()
+    world.api.forbidden_kinds.add(kinds.NODE.kind)
+    pod = next(p for p in world.api.of_kind(kinds.POD) if p["metadata"]["labels"].get("shardrec.io/shard"))
+    world.api.set_pod_ready(pod["metadata"]["name"], NAMESPACE, False)
+    for _ in range(2):
+        world.reconcile(controllers=False)
+    assert world.status["readyReplicas"] == 3, "the status follows the unready pod"
+    assert world.event_reasons().count("FailoverWithoutNodeAccess") == 1, "said once, not every pass"
+    assert pod["metadata"]["name"] in {p["metadata"]["name"] for p in world.api.of_kind(kinds.POD)}
+
+
 def test_pods_on_a_recently_lost_node_are_left_alone() -> None:
     world = ready_world()
     world.api.add_node("node-a", "zone-a", ready=False, since=world.now.strftime("%Y-%m-%dT%H:%M:%SZ"))
