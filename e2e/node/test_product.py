@@ -114,8 +114,9 @@ def diagnostics(cp: Any, ns: str) -> str:
 
 
 @pytest.fixture
-def only_real_node(real_node: tuple[Any, Any]) -> Iterator[None]:
-    """Taint the kwok nodes NoSchedule for this test: the product's pods can only land on the real node."""
+def only_real_node(product_images: dict[str, Path], real_node: tuple[Any, Any]) -> Iterator[None]:
+    """Taint the kwok nodes NoSchedule for this test: the product's pods can only land on the real node.
+    (Asks for the images first, so missing images skip before a node starts.)"""
     cp, _ = real_node
     kubectl(cp, "taint", "nodes", "-l", "type=kwok", f"{KWOK_TAINT}=true:NoSchedule", "--overwrite")
     yield
