@@ -144,6 +144,43 @@ def test_embeddings_source_resolves_to_a_container_path(source: str, path: str, 
     assert (resolved.path, resolved.claim) == (path, claim)
 
 
+def test_build_job_mounts_the_source_claim_read_only_and_the_store_writable() -> None:
+    """A separate source claim is its own read-only volume. The store's own claim as the source is the store
+    volume mounted again, read-only, at /source: a second volume naming the same claim read-only is one
+    volume to the kubelet, and it made /store read-only too (EROFS in the build on a real node)."""
+
+    def volumes_and_mounts(source: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        sample = cluster(index={**SAMPLE.spec.index.model_dump(by_alias=True), "source": source})
+        pod = build_index_job(sample, layout_of(sample), "a1")["spec"]["template"]["spec"]
+        return pod["volumes"], pod["containers"][0]["volumeMounts"]
+
+    volumes, mounts = volumes_and_mounts("pvc://embeddings/movielens/v1")
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in volumes if "persistentVolumeClaim" in v}
+    assert claims == {
+        pods.STORE_VOLUME: {"claimName": "index-store", "readOnly": False},
+        pods.SOURCE_VOLUME: {"claimName": "embeddings", "readOnly": True},
+    }
+    by_path = {m["mountPath"]: m for m in mounts}
+    assert by_path[pods.SOURCE_MOUNT] == {
+        "name": pods.SOURCE_VOLUME,
+        "mountPath": pods.SOURCE_MOUNT,
+        "readOnly": True,
+    }
+
+    volumes, mounts = volumes_and_mounts("pvc://index-store/embeddings/v1")
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in volumes if "persistentVolumeClaim" in v}
+    assert claims == {pods.STORE_VOLUME: {"claimName": "index-store", "readOnly": False}}
+    by_path = {m["mountPath"]: m for m in mounts}
+    assert by_path[pods.STORE_MOUNT]["readOnly"] is False
+    assert by_path[pods.STORE_MOUNT]["subPath"] == "shardrec"
+    # The whole claim (no subPath): pvc://<claim>/<path> names a path from the claim's root.
+    assert by_path[pods.SOURCE_MOUNT] == {
+        "name": pods.STORE_VOLUME,
+        "mountPath": pods.SOURCE_MOUNT,
+        "readOnly": True,
+    }
+
+
 def test_bad_pvc_source_names_the_field() -> None:
     with pytest.raises(ValueError, match=r"spec\.index\.source"):
         resolve_source("pvc://Bad_Claim/x")

@@ -64,9 +64,16 @@ def _job_pod_spec(
     volumes = [pods.store_volume(spec, read_only=False), pods.tmp_volume()]
     mounts = [pods.store_mount(spec, read_only=False), pods.tmp_mount()]
     if source is not None and source.claim is not None:
-        claim = {"claimName": source.claim, "readOnly": True}
-        volumes.append({"name": pods.SOURCE_VOLUME, "persistentVolumeClaim": claim})
-        mounts.append({"name": pods.SOURCE_VOLUME, "mountPath": pods.SOURCE_MOUNT, "readOnly": True})
+        if source.claim == pods.store_claim(spec).claim_name:
+            # The same claim as the store (what the examples do): mount the store volume a second time,
+            # read-only, at /source. A second volume naming the same claim with `readOnly: true` is one
+            # volume to the kubelet, and it came up read-only on /store too (the build then failed with
+            # EROFS on a real node).
+            mounts.append({"name": pods.STORE_VOLUME, "mountPath": pods.SOURCE_MOUNT, "readOnly": True})
+        else:
+            claim = {"claimName": source.claim, "readOnly": True}
+            volumes.append({"name": pods.SOURCE_VOLUME, "persistentVolumeClaim": claim})
+            mounts.append({"name": pods.SOURCE_VOLUME, "mountPath": pods.SOURCE_MOUNT, "readOnly": True})
     return {
         "restartPolicy": "Never",
         "serviceAccountName": names.shard_service_account(cluster),
