@@ -64,7 +64,7 @@ from binaries import (
     read_versions,
 )
 from kubeapi import _PROBE_ERRORS, ApiClient, _tls_context, http_get
-from pki import CERT_DNS_SANS, CERT_IP_SANS, Pki, _openssl, generate_pki, write_kubeconfig
+from pki import CERT_DNS_SANS, CERT_IP_SANS, Pki, generate_pki, issue_with_openssl, write_kubeconfig
 from processes import (
     LOG_TAIL_LINES,
     Component,
@@ -80,7 +80,7 @@ from processes import (
 HERE = Path(__file__).resolve().parent
 
 # These names used to be defined in this file; other files reach them as attributes of this module
-# (e2e/node/node.py uses _openssl, _owns, terminate, Component, Pki, ...).
+# (e2e/node/node.py uses issue_with_openssl, _owns, terminate, Component, Pki, ...).
 __all__ = [
     "BUILD_HINT",
     "CERT_DNS_SANS",
@@ -95,7 +95,6 @@ __all__ = [
     "ControlPlaneError",
     "LocalControlPlane",
     "Pki",
-    "_openssl",
     "_owns",
     "cache_root",
     "find_binaries",
@@ -103,6 +102,7 @@ __all__ = [
     "generate_pki",
     "http_get",
     "is_alive",
+    "issue_with_openssl",
     "log_tail",
     "main",
     "proc_start_time",

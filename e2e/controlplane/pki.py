@@ -12,6 +12,7 @@ import json
 import secrets
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,49 @@ def _openssl(*args: str) -> None:
         raise ControlPlaneError(f"openssl {' '.join(args)} failed: {res.stderr.strip()}")
 
 
+def issue_with_openssl(
+    pki: Pki, *, key: Path, cert: Path, subject: str, extensions: Sequence[str], days: int
+) -> None:
+    """A new key at `key` and a certificate at `cert` for `subject`, signed by the cluster's CA
+    (openssl CLI). `extensions` are x509v3 lines (basicConstraints=..., subjectAltName=...).
+    Used for the admin certificate here and for the real node's kubelet and kube-proxy."""
+    csr, ext = cert.with_suffix(".csr"), cert.with_suffix(".ext")
+    ext.write_text("".join(f"{line}\n" for line in extensions))
+    _openssl(
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        "-subj",
+        subject,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(pki.ca_cert),
+        "-CAkey",
+        str(pki.ca_key),
+        "-set_serial",
+        f"0x{secrets.token_hex(16)}",
+        "-days",
+        str(days),
+        "-extfile",
+        str(ext),
+        "-out",
+        str(cert),
+    )
+    csr.unlink()
+    ext.unlink()
+
+
 def _pki_with_openssl(pki: Pki) -> None:
     _openssl(
         "req",
@@ -82,50 +126,22 @@ def _pki_with_openssl(pki: Pki) -> None:
         "-addext",
         "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
     )
-    csr = pki.cert.with_suffix(".csr")
-    ext = pki.cert.with_suffix(".ext")
     sans = [f"DNS:{d}" for d in CERT_DNS_SANS] + [f"IP:{ip}" for ip in CERT_IP_SANS]
-    ext.write_text(
-        "basicConstraints=CA:FALSE\n"
-        "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth,clientAuth\n"
-        f"subjectAltName={','.join(sans)}\n"
-    )
-    _openssl(
-        "req",
-        "-new",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        str(pki.key),
-        "-out",
-        str(csr),
-        "-subj",
-        "/O=system:masters/CN=shardrec-admin",
-    )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        str(csr),
-        "-CA",
-        str(pki.ca_cert),
-        "-CAkey",
-        str(pki.ca_key),
-        "-set_serial",
-        f"0x{secrets.token_hex(16)}",
-        "-days",
-        "3650",
-        "-extfile",
-        str(ext),
-        "-out",
-        str(pki.cert),
+    issue_with_openssl(
+        pki,
+        key=pki.key,
+        cert=pki.cert,
+        subject="/O=system:masters/CN=shardrec-admin",
+        extensions=[
+            "basicConstraints=CA:FALSE",
+            "keyUsage=critical,digitalSignature,keyEncipherment",
+            "extendedKeyUsage=serverAuth,clientAuth",
+            f"subjectAltName={','.join(sans)}",
+        ],
+        days=3650,
     )
     _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(pki.sa_key))
     _openssl("pkey", "-in", str(pki.sa_key), "-pubout", "-out", str(pki.sa_pub))
-    csr.unlink()
-    ext.unlink()
 
 
 def _pki_with_cryptography(pki: Pki) -> None:

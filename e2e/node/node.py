@@ -212,7 +212,7 @@ def openssl_sign(
 ) -> tuple[Path, Path]:
     """A key + certificate signed by the control plane's CA (openssl CLI, as controlplane/pki.py)."""
     cp = cluster_module()
-    key, crt, csr, ext = (out_dir / f"{name}.{s}" for s in ("key", "crt", "csr", "ext"))
+    key, crt = out_dir / f"{name}.key", out_dir / f"{name}.crt"
     usages = ",".join(u for u, on in (("clientAuth", client), ("serverAuth", bool(server_ips))) if on)
     lines = [
         "basicConstraints=CA:FALSE",
@@ -221,40 +221,7 @@ def openssl_sign(
     ]
     if server_ips:
         lines.append("subjectAltName=" + ",".join([f"IP:{ip}" for ip in server_ips] + [f"DNS:{NODE_NAME}"]))
-    ext.write_text("\n".join(lines) + "\n")
-    cp._openssl(
-        "req",
-        "-new",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        str(key),
-        "-out",
-        str(csr),
-        "-subj",
-        subject,
-    )
-    cp._openssl(
-        "x509",
-        "-req",
-        "-in",
-        str(csr),
-        "-CA",
-        str(pki.ca_cert),
-        "-CAkey",
-        str(pki.ca_key),
-        "-set_serial",
-        f"0x{os.urandom(16).hex()}",
-        "-days",
-        "365",
-        "-extfile",
-        str(ext),
-        "-out",
-        str(crt),
-    )
-    csr.unlink()
-    ext.unlink()
+    cp.issue_with_openssl(pki, key=key, cert=crt, subject=subject, extensions=lines, days=365)
     key.chmod(0o600)
     return crt, key
 
