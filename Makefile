@@ -104,6 +104,7 @@ bench: $(STAMP) ## Benchmarks -> docs/benchmarks.md (minutes; BENCH_ARGS="--size
 	  && apt-get update -qq && apt-get install -y -qq wrk; } \
 	  || { echo "make bench needs wrk (Debian/Ubuntu: apt-get install -y wrk)"; exit 2; }
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/design_tables.py
 
 .PHONY: bench-ab
 bench-ab: $(STAMP) ## A/B of each hand-written hot-path part against its library -> docs/benchmarks.md (~2 min)
@@ -112,6 +113,10 @@ bench-ab: $(STAMP) ## A/B of each hand-written hot-path part against its library
 .PHONY: plots
 plots: $(STAMP) ## Tail-latency simulation plots -> docs/img/ (from benchmarks/coefficients.json)
 	$(BIN)/python benchmarks/tail_plots.py
+
+.PHONY: design-tables
+design-tables: $(STAMP) ## Rewrite the capacity tables of docs/design.md from recctl capacity (make bench does it too)
+	$(BIN)/python benchmarks/design_tables.py
 
 .PHONY: coefficients
 coefficients: $(STAMP) ## Short first measurement of the capacity coefficients on this machine (~6 min)

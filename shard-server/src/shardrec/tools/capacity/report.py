@@ -226,6 +226,22 @@ def render(rows: list[Row], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown(rows: list[Row]) -> str:
+    """The same rows as a Markdown table (docs/design.md embeds it; `|` in a cell is escaped)."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["| section | quantity | value | basis |", "|---|---|---|---|"]
+    previous = ""
+    for row in rows:
+        section = row.section if row.section != previous else ""
+        previous = row.section
+        cells = (section, row.quantity, row.value, row.basis)
+        lines.append("| " + " | ".join(cell(value) for value in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def provenance_lines(c: Coefficients, path: str) -> list[str]:
     lines = [f"coefficients: {path}"]
     for entry in c.provenance:

@@ -1,7 +1,7 @@
 """`recctl capacity`: a capacity plan for a target load, from the measured coefficients.
 
     recctl capacity --peak-qps 36000 --items 10000000 --dimension 64 --users 100000000 \
-        --k 10 --recall 0.95 --availability 99.95 --zones 3 [--coefficients FILE] [--json]
+        --k 10 --recall 0.95 --availability 99.95 --zones 3 [--coefficients FILE] [--json | --markdown]
 
 The coefficients default to `benchmarks/coefficients.json` (written by `make bench`).
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 from shardrec.tools.capacity.coefficients import CoefficientsError, load_coefficients
 from shardrec.tools.capacity.planner import TARGET_FIELDS, PlanError, Target, flag, make_plan
-from shardrec.tools.capacity.report import plan_rows, provenance_lines, render
+from shardrec.tools.capacity.report import markdown, plan_rows, provenance_lines, render
 from shardrec.tools.cli.main import CliError
 
 COEFFICIENTS_RELATIVE = Path("benchmarks") / "coefficients.json"
@@ -96,7 +96,9 @@ def register(subparsers: Any) -> None:
         default=None,
         help=f"coefficients file (default: ./{COEFFICIENTS_RELATIVE}, else the repository's copy)",
     )
-    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the plan as JSON")
+    output.add_argument("--markdown", action="store_true", help="print the plan's rows as a Markdown table")
     parser.set_defaults(func=run)
 
 
@@ -117,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
         document = dataclasses.asdict(plan)
         document["coefficients"] = str(path)
         print(json.dumps(document, indent=2))
+        return 0
+    if args.markdown:
+        print(markdown(plan_rows(plan)), end="")
         return 0
     header = "\n".join(
         [

@@ -1,0 +1,144 @@
+"""The capacity tables of docs/design.md, written by `recctl capacity` itself.
+
+    python benchmarks/design_tables.py            # rewrite the marked tables in docs/design.md
+    python benchmarks/design_tables.py --check    # exit 1 (and say which) when the doc drifted
+
+Each table sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->` and holds the exact command
+that produced it. The planner is deterministic on the committed `benchmarks/coefficients.json`, so
+the check compares text, not shapes: after `make bench` rewrites the coefficients, this command
+rewrites the design's numbers (tests/ship/test_design_tables.py fails until it is run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import re
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from shardrec.tools.cli.main import main as recctl
+
+ROOT = Path(__file__).resolve().parents[1]
+DESIGN = ROOT / "docs" / "design.md"
+COEFFICIENTS = Path("benchmarks") / "coefficients.json"
+
+# The seed's sizing: 36k QPS peak, 10M items x 64 dims, 100M users, 99.95% over 3 zones.
+SIZING = (
+    "--peak-qps 36000 --items 10000000 --dimension 64 --users 100000000 "
+    "--k 10 --recall 0.95 --availability 99.95 --zones 3"
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    extra: str  # flags added to SIZING
+
+
+VARIANTS = (
+    Variant("as planned (16 GiB / 2-core shard pods)", ""),
+    Variant("small shard pods (4 GiB)", "--shard-pod-memory-gib 4"),
+    Variant("256 dimensions", "--dimension 256"),
+)
+
+
+def run_recctl(arguments: str) -> str:
+    """`recctl capacity <arguments>` on the committed coefficients, its stdout as text."""
+    argv = ["capacity", *shlex.split(arguments), "--coefficients", str(ROOT / COEFFICIENTS)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = recctl(argv)
+    if code != 0:
+        raise SystemExit(f"recctl {' '.join(argv)} exited {code}")
+    return out.getvalue()
+
+
+def _variant_arguments(variant: Variant) -> str:
+    if not variant.extra:
+        return SIZING
+    # A later flag wins in argparse, so a variant may override a flag of SIZING.
+    return f"{SIZING} {variant.extra}"
+
+
+def plan_table() -> str:
+    command = f"recctl capacity {SIZING} --markdown"
+    return f"`{command}`:\n\n{run_recctl(f'{SIZING} --markdown')}"
+
+
+def variants_table() -> str:
+    lines = [
+        "| variant | flags | shards | replicas/shard | shard CPU/request | router CPU/request "
+        "| pods | cores | after a zone loss |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for variant in VARIANTS:
+        plan = json.loads(run_recctl(f"{_variant_arguments(variant)} --json"))
+        flags = f"`{variant.extra}`" if variant.extra else "(the sizing above)"
+        lines.append(
+            f"| {variant.name} | {flags} | {plan['shards']} | {plan['replicas']} "
+            f"| {plan['shards']} x {plan['shard_cpu_ms']:.3f} ms | {plan['router_cpu_ms']:.3f} ms "
+            f"| {plan['pods']} | {plan['cores']:g} "
+            f"| {plan['zone_loss_capacity_qps']:,.0f} req/s |"
+        )
+    command = "recctl capacity <the sizing> [flags] --json"
+    return f"`{command}`, one row per variant:\n\n" + "\n".join(lines) + "\n"
+
+
+TABLES = {"capacity-plan": plan_table, "capacity-variants": variants_table}
+
+
+def _block(name: str, body: str) -> str:
+    return f"<!-- {name}:begin (python benchmarks/design_tables.py) -->\n{body}<!-- {name}:end -->"
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"<!-- {name}:begin.*?-->.*?<!-- {name}:end -->", re.S)
+
+
+def rendered(doc: str) -> str:
+    """`doc` with every marked table regenerated; a table missing its markers is an error."""
+    for name, make in TABLES.items():
+        pattern = _pattern(name)
+        if not pattern.search(doc):
+            raise SystemExit(f"docs/design.md has no <!-- {name}:begin --> ... <!-- {name}:end -->")
+        match = pattern.search(doc)
+        assert match is not None
+        doc = doc[: match.start()] + _block(name, make()) + doc[match.end() :]
+    return doc
+
+
+def drifted(doc: str) -> list[str]:
+    """Names of the marked tables whose text differs from what the tool prints now."""
+    fresh = rendered(doc)
+
+    def block(text: str, name: str) -> str:
+        match = _pattern(name).search(text)
+        return match.group(0) if match else ""
+
+    return [name for name in TABLES if block(doc, name) != block(fresh, name)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when docs/design.md drifted")
+    args = parser.parse_args(argv)
+    doc = DESIGN.read_text(encoding="utf-8")
+    if args.check:
+        stale = drifted(doc)
+        if stale:
+            print(f"docs/design.md drifted from recctl capacity: {', '.join(stale)}", file=sys.stderr)
+            print("run: python benchmarks/design_tables.py", file=sys.stderr)
+            return 1
+        return 0
+    DESIGN.write_text(rendered(doc), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
