@@ -515,6 +515,22 @@ class RecommenderClusterStatus(ApiModel):
     )
     ready_replicas: int = Field(0, ge=0, description="Ready shard replicas in the serving layout.")
     replicas: int = Field(0, ge=0, description="Shard replicas the serving layout should have.")
+    replicas_per_shard: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Replicas per shard the serving layout runs now (the fewest over its shards): the "
+            "current count of the scale subresource (`kubectl scale`, HorizontalPodAutoscaler)."
+        ),
+    )
+    selector: str = Field(
+        "",
+        max_length=1024,
+        description=(
+            "Label selector of the serving layout's shard pods, in query form: the pods a "
+            "HorizontalPodAutoscaler averages its metrics over (scale subresource labelSelectorPath)."
+        ),
+    )
     router_endpoint: str = Field("", description="URL clients call.")
     topology_revision: int = Field(
         0, ge=0, description="Revision of the last topology written; the next write continues from it."
