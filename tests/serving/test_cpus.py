@@ -78,7 +78,9 @@ def test_no_files_means_no_quota() -> None:
     ("affinity", "quota", "expected"),
     [(64, 2.0, 2), (64, 2.5, 3), (2, 8.0, 2), (4, None, 4), (8, 0.5, 1), (0, None, 1), (16, 3.0000000001, 3)],
 )
-def test_usable_cpus_is_min_of_affinity_and_ceil_quota(affinity: int, quota: float | None, expected: int) -> None:
+def test_usable_cpus_is_min_of_affinity_and_ceil_quota(
+    affinity: int, quota: float | None, expected: int
+) -> None:
     assert cpus.cpus_within(affinity, quota) == expected
 
 

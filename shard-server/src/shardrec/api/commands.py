@@ -24,6 +24,10 @@ DEFAULT_EF_SEARCH: Final = 64
 MAX_K: Final = 1000
 """Largest k a client may ask the router for (`router.maxK`'s bound)."""
 
+SHARD_PRESTOP_PATH: Final = "/prestop"
+"""The shard server's pre-stop drain endpoint (`GET`; the pod's preStop httpGet hook calls it):
+fail readiness, wait `--drain-seconds`, then return so the kubelet sends SIGTERM."""
+
 SHARD_PROGRAM: Final = "shardrec-shard"
 SHARD_MODULE: Final = "shardrec.serving.shard.main"
 ROUTER_PROGRAM: Final = "shardrec-router"

@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from shardrec.api.commands import SHARD_PRESTOP_PATH
 from shardrec.api.errors import describe_errors
 from shardrec.serving.shard.engine import EngineError, LoadRejectedError, NotReadyError, SearchEngine
 from shardrec.serving.shard.metrics import ShardMetrics
@@ -54,10 +55,10 @@ _KNOWN_ROUTES = frozenset(
         "/v1/search/json",
         "/v1/items/vectors",
         "/v1/admin/load",
-        "/prestop",
+        SHARD_PRESTOP_PATH,
     }
 )
-PRESTOP_PATH = "/prestop"
+PRESTOP_PATH = SHARD_PRESTOP_PATH
 DRAIN_EXPIRES_AFTER_S = 60.0
 """A drain that no SIGTERM follows ends this long after its wait (a stray call cannot keep a
 replica out of service for good)."""
@@ -131,6 +132,7 @@ def build_api(
     metrics: ShardMetrics,
     default_shard: int | None,
     admin_token: str | None,
+    *,
     lifespan: Any = None,
     drain: Drain | None = None,
 ) -> FastAPI:
