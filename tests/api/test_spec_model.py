@@ -201,7 +201,7 @@ def test_pod_templates_accept_placement_metadata_env_and_volumes() -> None:
     template = {
         "metadata": {
             "labels": {"team": "recs", "app.kubernetes.io/version": "1.2"},
-            "annotations": {"container.apparmor.security.beta.kubernetes.io/shard": "runtime/default"},
+            "annotations": {"example.com/owner": "recs"},
         },
         "nodeSelector": {"pool": "search"},
         "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],

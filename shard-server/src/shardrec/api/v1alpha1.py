@@ -442,12 +442,10 @@ class PodMetadata(ApiModel):
                 ".annotations",
             ),
             (
-                "!has(self.annotations) || self.annotations.all(k, !k.startsWith('"
-                + APPARMOR_ANNOTATION_PREFIX
-                + "') || self.annotations[k] == 'runtime/default' || "
-                "self.annotations[k].startsWith('localhost/'))",
-                "podTemplates: the restricted Pod Security Standard allows only the runtime/default "
-                "or a localhost/ AppArmor profile",
+                "!has(self.annotations) || "
+                "self.annotations.all(k, !k.startsWith('" + APPARMOR_ANNOTATION_PREFIX + "'))",
+                "podTemplates: AppArmor annotations are not accepted (deprecated since Kubernetes 1.30, "
+                "and they name containers); the pods run under the runtime's default profile",
                 ".annotations",
             ),
         )
