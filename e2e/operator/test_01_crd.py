@@ -49,6 +49,21 @@ INVALID = [
     ("resources.shard", {"requests": {"gpu": "1"}}, "allowed keys"),
     ("resources.router", {"limits": {"memory": "lots"}}, "spec.resources.router.limits"),
     ("auth.rateLimitPerSecond", -1, "spec.auth.rateLimitPerSecond"),
+    ("podTemplates.shard", {"volumes": [{"name": "host", "hostPath": {"path": "/"}}]}, "hostPath"),
+    ("podTemplates.shard", {"volumes": [{"name": "bare"}]}, "exactly one source"),
+    ("podTemplates.shard", {"metadata": {"labels": {"shardrec.io/shard": "9"}}}, "are the operator's"),
+    (
+        "podTemplates.router",
+        {
+            "metadata": {
+                "annotations": {"container.apparmor.security.beta.kubernetes.io/router": "unconfined"}
+            }
+        },
+        "AppArmor",
+    ),
+    ("podTemplates.build", {"volumeMounts": [{"name": "x", "mountPath": "/x"}]}, "names a volume"),
+    ("podTemplates.shard", {"env": [{"name": "A", "value": "1", "valueFrom": {}}]}, "not both"),
+    ("podTemplates.shard", {"zoneSpread": "Maybe"}, "spec.podTemplates.shard.zoneSpread"),
     ("unknownField", True, "unknownField"),
     ("index", _DELETE, "spec.index"),
 ]
@@ -74,6 +89,24 @@ def test_crd_rejects_invalid_objects_naming_the_field_and_explains_fields(
     result = apply(shards_times_replicas)
     assert result.returncode != 0 and "must not exceed 4096 pods" in result.stderr
 
+    templated = _set(
+        valid,
+        "podTemplates",
+        {
+            "shard": {
+                "zoneSpread": "Hard",
+                "metadata": {"labels": {"team": "recs"}, "annotations": {"example.com/owner": "recs"}},
+                "tolerations": [
+                    {"key": "dedicated", "operator": "Equal", "value": "recs", "effect": "NoSchedule"}
+                ],
+                "env": [{"name": "MALLOC_ARENA_MAX", "value": "2"}],
+                "volumes": [{"name": "extra", "emptyDir": {}}],
+                "volumeMounts": [{"name": "extra", "mountPath": "/extra"}],
+            },
+            "build": {"priorityClassName": "batch-low", "imagePullSecrets": [{"name": "registry"}]},
+        },
+    )
+    assert apply(templated).returncode == 0, "a valid object with pod templates is accepted"
     assert apply(valid).returncode == 0, "the valid object is accepted"
     metric_change = apply(_set(valid, "index.metric", "ip"))
     assert metric_change.returncode != 0 and "index.metric cannot change in place" in metric_change.stderr

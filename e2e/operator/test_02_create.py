@@ -44,7 +44,8 @@ def test_valid_cluster_creates_its_children_and_reaches_ready(scenario: Any, har
         seen["layout"] = layout
         expected = [f"recs-{layout}-{shard}" for shard in (0, 1)]
         harness.wait_for("2 shard StatefulSets", lambda: scenario.names(kinds.STATEFUL_SET) == expected)
-        assert scenario.names(kinds.PDB) == expected
+        assert scenario.names(kinds.PDB, "app.kubernetes.io/component=shard") == expected
+        assert scenario.names(kinds.PDB, "app.kubernetes.io/component=router") == ["recs-router"]
         for pdb in scenario.children(kinds.PDB):
             assert pdb["spec"]["maxUnavailable"] == 1
         headless = [s for s in scenario.children(kinds.SERVICE) if s["spec"].get("clusterIP") == "None"]

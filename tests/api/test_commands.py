@@ -32,15 +32,24 @@ def test_index_build_arguments_are_accepted_by_recctl_and_pin_the_whole_layout()
     assert args.dimension == 32, "a build must refuse embeddings of another dimension"
     assert args.layout == layout.id
     assert str(args.embeddings) == "/data/emb" and str(args.out) == "/store/l"
+    assert args.workers is None, "without a CPU the builder counts its own (affinity and quota)"
+    threads = build_parser().parse_args(index_build_arguments(layout, "/data/emb", "/store/l", workers=3))
+    assert threads.workers == 3
 
 
 def test_shard_arguments_are_what_the_shard_server_parses() -> None:
     argv = shard_arguments(
-        layout_dir="/store/l", shard=2, host="0.0.0.0", port=9100, ef_search=80, search_threads=3
+        layout_dir="/store/l",
+        shard=2,
+        host="0.0.0.0",
+        port=9100,
+        ef_search=80,
+        search_threads=3,
+        drain_seconds=7,
     )
     args = shard_main.build_parser().parse_args(argv)
     assert (str(args.layout_dir), args.shard, args.host, args.port) == ("/store/l", 2, "0.0.0.0", 9100)
-    assert (args.ef_search, args.search_threads) == (80, 3)
+    assert (args.ef_search, args.search_threads, args.drain_seconds) == (80, 3, 7.0)
     bare = shard_main.build_parser().parse_args(
         shard_arguments(layout_dir=None, shard=None, host="127.0.0.1", port=0)
     )

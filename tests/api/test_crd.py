@@ -42,7 +42,12 @@ def test_crd_is_apiextensions_v1_with_status_and_printer_columns() -> None:
     assert crd["metadata"]["name"] == f"{api.PLURAL}.{api.GROUP}"
     version = crd["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"]["status"] == {}
+    scale = version["subresources"]["scale"]
+    assert scale["specReplicasPath"] == ".spec.replicasPerShard"
+    status_fields = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    for path in (scale["statusReplicasPath"], scale["labelSelectorPath"]):
+        assert path.startswith(".status.") and path.removeprefix(".status.") in status_fields, path
     columns = {column["name"] for column in version["additionalPrinterColumns"]}
     assert {"Shards", "Replicas", "Active", "Phase", "Ready", "Age"} <= columns
     assert "rc" not in crd["spec"]["names"]["shortNames"]

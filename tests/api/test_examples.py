@@ -52,6 +52,21 @@ def test_the_examples_show_what_they_claim() -> None:
     assert production.replicas_per_shard >= 3
     available = RecommenderCluster.model_validate(_docs(EXAMPLES / "available.yaml")[0]).spec
     assert available.router.consistency == "available"
+    templated = RecommenderCluster.model_validate(_docs(EXAMPLES / "pod-templates.yaml")[0]).spec
+    templates = templated.pod_templates
+    assert templates.shard is not None and templates.router is not None and templates.build is not None
+    assert (
+        templates.shard.zone_spread == "Hard"
+        and templates.shard.tolerations
+        and templates.build.node_selector
+    )
+    assert templated.resources.build is not None and templated.resources.build.requests["cpu"] == "8"
+    hpa = _docs(EXAMPLES / "shard-autoscaling.yaml")[0]
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "shardrec.io/v1alpha1",
+        "kind": "RecommenderCluster",
+        "name": RecommenderCluster.model_validate(_docs(EXAMPLES / "production.yaml")[0]).metadata.name,
+    }
     minimal = _docs(EXAMPLES / "minimal.yaml")[0]
     assert set(minimal["spec"]) == {"shards", "replicasPerShard", "index"}
     # Open on purpose, and says so: the chart's admission policy refuses it otherwise.

@@ -165,3 +165,66 @@ def test_version_and_shard_changes_are_allowed_transitions() -> None:
         minimal_spec(shards=3, index={"version": "v2", "source": "/other", "dimension": 64})
     )
     assert transition_errors(old, new) == []
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ({"metadata": {"labels": {"shardrec.io/shard": "1"}}}, "are the operator's"),
+        ({"metadata": {"labels": {"app.kubernetes.io/component": "x"}}}, "are the operator's"),
+        ({"metadata": {"annotations": {"shardrec.io/router-config-hash": "x"}}}, "are the operator's"),
+        (
+            {
+                "metadata": {
+                    "annotations": {"container.apparmor.security.beta.kubernetes.io/shard": "unconfined"}
+                }
+            },
+            "AppArmor",
+        ),
+        ({"volumes": [{"name": "host", "hostPath": {"path": "/"}}]}, "hostPath"),
+        ({"volumes": [{"name": "bare"}]}, "exactly one source"),
+        ({"volumes": [{"name": "two", "emptyDir": {}, "secret": {"secretName": "s"}}]}, "exactly one source"),
+        ({"volumeMounts": [{"name": "nowhere", "mountPath": "/x"}]}, "names a volume"),
+        ({"env": [{"name": "A", "value": "1", "valueFrom": {"fieldRef": {}}}]}, "not both"),
+        ({"env": [{"name": "1=A"}]}, "env.0.name"),
+        ({"containers": []}, "containers"),
+        ({"securityContext": {"privileged": True}}, "securityContext"),
+        ({"zoneSpread": "Sometimes"}, "zoneSpread"),
+    ],
+)
+def test_pod_templates_reject_what_they_cannot_carry(template: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        RecommenderClusterSpec.model_validate(minimal_spec(podTemplates={"shard": template}))
+
+
+def test_pod_templates_accept_placement_metadata_env_and_volumes() -> None:
+    template = {
+        "metadata": {
+            "labels": {"team": "recs", "app.kubernetes.io/version": "1.2"},
+            "annotations": {"example.com/owner": "recs"},
+        },
+        "nodeSelector": {"pool": "search"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}
+        },
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule"}
+        ],
+        "priorityClassName": "high",
+        "imagePullSecrets": [{"name": "registry"}],
+        "env": [
+            {"name": "A", "value": "1"},
+            {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        ],
+        "volumes": [{"name": "ca", "configMap": {"name": "ca"}}],
+        "volumeMounts": [{"name": "ca", "mountPath": "/etc/ca", "readOnly": True}],
+    }
+    spec = RecommenderClusterSpec.model_validate(
+        minimal_spec(podTemplates={"shard": {**template, "zoneSpread": "Hard"}, "build": template})
+    )
+    assert spec.pod_templates.shard is not None and spec.pod_templates.shard.zone_spread == "Hard"
+    assert spec.pod_templates.router is None
+    assert spec.model_dump(by_alias=True, exclude_none=True)["podTemplates"]["build"]["volumes"] == [
+        {"name": "ca", "configMap": {"name": "ca"}}
+    ]

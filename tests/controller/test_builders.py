@@ -20,6 +20,7 @@ from shardrec_operator.desired.router import (
     ROUTER_CONFIG_KEY,
     build_router_config,
     build_router_deployment,
+    build_router_pdb,
 )
 from shardrec_operator.desired.shard import build_shard_pdb, build_shard_service, build_shard_statefulset
 from shardrec_operator.desired.topology_configmap import build_layout_topology
@@ -86,6 +87,66 @@ def test_pdb_never_deadlocks_a_drain_even_for_single_replica_shards(replicas: in
     assert "minAvailable" not in pdb["spec"]
     statefulset = build_shard_statefulset(sample, layout_of(sample), 0, replicas)
     assert pdb["spec"]["selector"] == statefulset["spec"]["selector"]
+
+
+def test_router_pdb_allows_one_disruption_and_selects_the_router_pods() -> None:
+    pdb = build_router_pdb(SAMPLE)
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+    assert pdb["spec"]["selector"] == build_router_deployment(SAMPLE)["spec"]["selector"]
+
+
+@pytest.mark.parametrize("drain", [0, 5, 30])
+def test_pre_stop_drains_fit_in_the_grace_period(drain: int) -> None:
+    sample = cluster(rollout={"drainSeconds": drain})
+    shard_pod = build_shard_statefulset(sample, layout_of(sample), 0, 2)["spec"]["template"]["spec"]
+    router_pod = build_router_deployment(sample)["spec"]["template"]["spec"]
+    shard, router = shard_pod["containers"][0], router_pod["containers"][0]
+    assert shard["lifecycle"]["preStop"]["httpGet"] == {"path": "/prestop", "port": "http"}
+    assert shard["command"][shard["command"].index("--drain-seconds") + 1] == str(drain)
+    if drain:
+        assert router["lifecycle"]["preStop"] == {"sleep": {"seconds": drain}}
+    else:
+        assert "lifecycle" not in router, "a zero-second sleep action needs a newer feature gate"
+    for pod in (shard_pod, router_pod):
+        # The kubelet counts the preStop hook against the grace period; shutdown needs the rest.
+        assert pod["terminationGracePeriodSeconds"] >= drain + 10
+
+
+@pytest.mark.parametrize(
+    ("resources", "threads"),
+    [
+        ({"requests": {"cpu": "500m"}}, "1"),
+        ({"requests": {"cpu": "2"}, "limits": {"cpu": "2500m"}}, "3"),
+        ({"requests": {"cpu": "4"}}, "4"),
+        ({"limits": {"cpu": "1.5"}, "requests": {"cpu": "250m"}}, "2"),
+        ({"requests": {"memory": "1Gi"}}, None),
+    ],
+)
+def test_thread_counts_follow_the_cpu_limit_or_request(
+    resources: dict[str, Any], threads: str | None
+) -> None:
+    sample = cluster(resources={"shard": resources, "build": resources})
+    shard = build_shard_statefulset(sample, layout_of(sample), 0, 2)["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    build = build_index_job(sample, layout_of(sample), "a")["spec"]["template"]["spec"]["containers"][0]
+    for command, flag in ((shard["command"], "--search-threads"), (build["command"], "--workers")):
+        assert (command[command.index(flag) + 1] if flag in command else None) == threads
+
+
+def test_build_resources_default_to_the_shards_and_can_be_set_apart() -> None:
+    build = build_index_job(SAMPLE, LAYOUT, "a")["spec"]["template"]["spec"]["containers"][0]
+    assert build["resources"] == pods.resources(SAMPLE.spec.resources.shard)
+    apart = cluster(resources={"build": {"requests": {"cpu": "8", "memory": "16Gi"}}})
+    build = build_index_job(apart, layout_of(apart), "a")["spec"]["template"]["spec"]["containers"][0]
+    assert build["resources"] == {"requests": {"cpu": "8", "memory": "16Gi"}}
+
+
+@pytest.mark.parametrize(
+    ("quantity", "cores"), [("500m", 0.5), ("2", 2.0), ("1.5", 1.5), ("1k", 1000.0), ("0", None)]
+)
+def test_cpu_quantities_in_cores(quantity: str, cores: float | None) -> None:
+    assert pods.cpu_cores(quantity) == cores
 
 
 def test_statefulset_selects_its_own_pods_and_only_one_shard_of_one_layout() -> None:

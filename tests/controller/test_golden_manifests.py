@@ -29,6 +29,7 @@ from shardrec_operator.desired.router import (
     build_router_config,
     build_router_deployment,
     build_router_hpa,
+    build_router_pdb,
     build_router_service,
 )
 from shardrec_operator.desired.shard import build_shard_pdb, build_shard_service, build_shard_statefulset
@@ -45,6 +46,43 @@ AUTOSCALED = cluster(
     auth={"apiKeysSecretRef": {"name": "router-keys"}, "rateLimitPerSecond": 50},
 )
 MONITORED = cluster(monitoring={"serviceMonitor": True, "scrapeAnnotations": False})
+PLACEMENT: dict[str, Any] = {
+    "metadata": {"labels": {"team": "recs"}, "annotations": {"example.com/cost-center": "ml"}},
+    "nodeSelector": {"node.example.com/pool": "search"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "search", "effect": "NoSchedule"}],
+    "priorityClassName": "serving-high",
+    "imagePullSecrets": [{"name": "registry-credentials"}],
+}
+TEMPLATED = cluster(
+    podTemplates={
+        "shard": {
+            **PLACEMENT,
+            "zoneSpread": "Hard",
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": "node.example.com/avx512", "operator": "Exists"}]}
+                        ]
+                    }
+                }
+            },
+            "topologySpreadConstraints": [
+                {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}
+            ],
+            "env": [{"name": "MALLOC_ARENA_MAX", "value": "2"}],
+            "volumes": [{"name": "ca-bundle", "configMap": {"name": "corporate-ca"}}],
+            "volumeMounts": [{"name": "ca-bundle", "mountPath": "/etc/ssl/corporate", "readOnly": True}],
+        },
+        "router": {**PLACEMENT, "zoneSpread": "Hard"},
+        "build": {"priorityClassName": "batch-low", "tolerations": PLACEMENT["tolerations"]},
+    },
+    resources={
+        "shard": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2500m", "memory": "4Gi"}},
+        "router": {"requests": {"cpu": "250m"}},
+        "build": {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"memory": "8Gi"}},
+    },
+)
 
 
 def _documents(*manifests: Any) -> list[Any]:
@@ -55,6 +93,14 @@ CASES: dict[str, Callable[[], list[Any]]] = {
     "build-job": lambda: _documents(build_index_job(BASE, LAYOUT, "2026-11-23T12:00:00Z")),
     "cleanup-job": lambda: _documents(build_cleanup_job(BASE)),
     "shard-statefulset": lambda: _documents(build_shard_statefulset(BASE, LAYOUT, 1, 2)),
+    "shard-statefulset-with-pod-template": lambda: _documents(
+        build_shard_statefulset(TEMPLATED, layout_of(TEMPLATED), 1, 2)
+    ),
+    "router-deployment-with-pod-template": lambda: _documents(build_router_deployment(TEMPLATED)),
+    "build-job-with-pod-template-and-build-resources": lambda: _documents(
+        build_index_job(TEMPLATED, layout_of(TEMPLATED), "2026-11-23T12:00:00Z")
+    ),
+    "router-pdb": lambda: _documents(build_router_pdb(BASE)),
     "shard-service": lambda: _documents(build_shard_service(BASE, LAYOUT, 1)),
     "shard-pdb": lambda: _documents(build_shard_pdb(BASE, LAYOUT, 1)),
     "shard-service-account": lambda: _documents(build_shard_service_account(BASE)),

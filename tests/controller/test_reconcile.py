@@ -41,7 +41,10 @@ def test_a_new_cluster_builds_starts_switches_and_reports_ready() -> None:
     lid = target_id(world)
     assert world.active_layout() == lid
     assert sorted(world.api.names(kinds.STATEFUL_SET)) == [names.shard_set(NAME, lid, s) for s in (0, 1)]
-    assert len(world.api.names(kinds.PDB)) == 2
+    assert sorted(world.api.names(kinds.PDB)) == [
+        *(names.shard_set(NAME, lid, s) for s in (0, 1)),
+        names.router(NAME),
+    ], "a PDB per shard and one for the routers"
     assert {"recs-router", names.shard_service_account(NAME)} <= set(world.api.names(kinds.SERVICE_ACCOUNT))
     assert world.api.names(kinds.DEPLOYMENT) == ["recs-router"]
     assert world.api.names(kinds.NETWORK_POLICY) == ["recs-shards"]
@@ -53,6 +56,11 @@ def test_a_new_cluster_builds_starts_switches_and_reports_ready() -> None:
         4,
     )
     assert status["routerEndpoint"] == "http://recs-router.ml.svc:8080"
+    # The scale subresource: replicas per shard now, and the serving layout's shard pods.
+    assert status["replicasPerShard"] == 2
+    assert status["selector"] == (
+        f"app.kubernetes.io/component=shard,shardrec.io/cluster={NAME},shardrec.io/layout={lid}"
+    )
     assert world.condition("Ready")["status"] == "True"
     assert world.condition("Degraded")["status"] == "False"
     topology = world.topology()

@@ -366,3 +366,74 @@ def test_bad_inputs_get_the_right_4xx_from_the_real_process(
         assert seen_items & {i["item_id"] for i in every["items"]}
         unseen = client.post("/v1/recommend", json={"user_id": "user-2", "k": ITEMS}, headers=auth).json()
         assert not seen_items & {i["item_id"] for i in unseen["items"]}
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{key}="{value}"' in line for key, value in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_prestop_drain_takes_a_replica_out_before_it_stops_and_fails_no_request(
+    cluster: Cluster, layouts: dict[str, Path]
+) -> None:
+    """What the shard pod's preStop hook does: GET /prestop fails the replica's readiness, the
+    router's probes eject it while it still answers, the hook returns after --drain-seconds, and
+    only then SIGTERM: the replica had no traffic left to lose."""
+    drain_s = 3.0
+    shards = {
+        s: [cluster.shard(cluster_layout, s, r) for r in range(2)]
+        for s, cluster_layout in ((0, layouts["v1"]), (1, layouts["v1"]))
+    }
+    drained = cluster.start(
+        "v1-s0-drained", "shardrec.serving.shard.main", "--layout-dir", str(layouts["v1"]), "--shard", "0",
+        "--search-threads", "1", "--drain-seconds", str(drain_s),
+    )  # fmt: skip
+    shards[0] = [drained, shards[0][1]]
+    shards[0][0] = drained
+    for procs in shards.values():
+        for process in procs:
+            wait_ready(process.url)
+    topology = cluster.tmp / "topology.json"
+    write_topology(topology, 1, layouts["v1"], shards)
+    router = cluster.router("router", topology, {**ROUTER, "consistency": "strict"})
+    wait_ready(router.url)
+    seen: dict[str, Any] = {}
+
+    def pre_stop_then_sigterm() -> None:
+        hook = httpx.get(f"{drained.url}/prestop", timeout=drain_s + 10)
+        seen["hook"] = hook.status_code
+        metrics = httpx.get(f"{router.url}/metrics").text
+        seen["ejected_before_sigterm"] = _metric(
+            metrics, "shardrec_router_ejections_total", replica=drained.name
+        )
+        seen["retries_before_sigterm"] = _metric(metrics, "shardrec_router_retries_total", shard="0")
+        drained.popen.terminate()
+        seen["exit"] = drained.popen.wait(15)
+
+    stopper = threading.Thread(target=pre_stop_then_sigterm)
+
+    def start_at(done: int) -> None:
+        if done >= 100 and not stopper.is_alive() and "started" not in seen:
+            seen["started"] = True
+            seen["retries_at_start"] = _metric(
+                httpx.get(f"{router.url}/metrics").text, "shardrec_router_retries_total", shard="0"
+            )
+            stopper.start()
+
+    results = asyncio.run(burst(router.url, count=1500, concurrency=8, on_progress=start_at))
+    stopper.join(30)
+    # uvicorn finishes its graceful shutdown, then re-raises the SIGTERM it caught: -SIGTERM.
+    assert not stopper.is_alive() and seen["hook"] == 200 and seen["exit"] == -signal.SIGTERM, seen
+    assert failures(results) == []
+    assert seen["ejected_before_sigterm"] >= 1, "the router stopped choosing the replica while it still ran"
+    assert seen["retries_before_sigterm"] == seen["retries_at_start"], (
+        "no request to it failed while draining"
+    )
+    served_after = _metric(
+        httpx.get(f"{router.url}/metrics").text, "shardrec_router_retries_total", shard="0"
+    )
+    print(f"drain: {seen}; shard 0 retries at the end {served_after}")

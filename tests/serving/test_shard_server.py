@@ -365,3 +365,36 @@ def uvloop_run(coroutine: Any) -> Any:
     import uvloop
 
     return uvloop.run(coroutine)
+
+
+def test_prestop_fails_readiness_keeps_answering_and_returns_after_the_drain(
+    layouts: dict[str, Path],
+) -> None:
+    """The preStop hook's endpoint: routers see /readyz fail at once, requests still in the pipe
+    are answered, and the hook returns (so the kubelet sends SIGTERM) only after --drain-seconds."""
+    shard = Shard("--layout-dir", str(layouts["v1"]), "--shard", "0", "--drain-seconds", "1.5")
+    try:
+        shard.wait_ready()
+        with httpx.Client(timeout=10) as client:
+
+            async def drain_and_probe() -> tuple[httpx.Response, float, list[int], list[int]]:
+                async with httpx.AsyncClient(timeout=10) as hook_client:
+                    started = time.monotonic()
+                    hook = asyncio.create_task(hook_client.get(f"{shard.url}/prestop"))
+                    await asyncio.sleep(0.3)
+                    ready = [(await asyncio.to_thread(client.get, f"{shard.url}/readyz")).status_code]
+                    search = await asyncio.to_thread(
+                        client.post, f"{shard.url}/v1/search/json", json={"queries": [[0.1] * DIM], "k": 3}
+                    )
+                    answered = [search.status_code]
+                    response = await hook
+                    return response, time.monotonic() - started, ready, answered
+
+            response, waited, ready, answered = asyncio.run(drain_and_probe())
+            assert response.status_code == 200 and response.json() == {"status": "drained"}
+            assert waited >= 1.4, f"the hook returned after {waited:.2f}s, before the drain"
+            assert ready == [503] and answered == [200]
+            still = client.get(f"{shard.url}/readyz")
+            assert still.status_code == 503 and _error(still)["code"] == "draining"
+    finally:
+        shard.stop()

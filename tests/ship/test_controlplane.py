@@ -184,6 +184,26 @@ def test_restricted_namespace_admits_the_operator(kube: Kube) -> None:
     assert pods[0]["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
+def test_pod_security_validator_and_admission_agree_on_a_broken_pod(kube: Kube, crd: str) -> None:
+    """A shard pod with a hostPath volume and an unconfined AppArmor annotation: the operator's
+    validator names both controls, and the real admission refuses the pod as well."""
+    from shardrec_operator.desired.pod_security import restricted_violations
+
+    ns = _restricted_namespace(kube)
+    accounts, manifests = _data_plane_manifests(ns, "00000000-0000-4000-8000-000000000000")
+    kube.apply(accounts)
+    pod = _pod_of(manifests[0], ns)
+    pod["spec"]["volumes"].append({"name": "host", "hostPath": {"path": "/var"}})
+    pod["metadata"].setdefault("annotations", {})["container.apparmor.security.beta.kubernetes.io/shard"] = (
+        "unconfined"
+    )
+    violations = restricted_violations(pod)
+    assert any("hostPath" in v for v in violations) and any("AppArmor" in v for v in violations), violations
+    proc = kube.apply([pod], "--dry-run=server", check=False)
+    assert proc.returncode != 0 and "violates PodSecurity" in proc.stderr, proc.stderr
+    assert "hostPath" in proc.stderr and "unconfined" in proc.stderr, proc.stderr
+
+
 def test_restricted_namespace_refuses_a_privileged_pod(kube: Kube) -> None:
     """The control: the namespace label really enforces, so the admissions above mean something."""
     ns = _restricted_namespace(kube)
@@ -197,7 +217,9 @@ def test_restricted_namespace_refuses_a_privileged_pod(kube: Kube) -> None:
     assert proc.returncode != 0 and "violates PodSecurity" in proc.stderr, proc.stderr
 
 
-def _data_plane_manifests(namespace: str, uid: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _data_plane_manifests(
+    namespace: str, uid: str, **spec: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The operator's own builders: (ServiceAccounts, [shard StatefulSet, router Deployment, index Job])."""
     for module in ("shardrec_operator.desired.shard", "shardrec_operator.desired.router"):
         if importlib.util.find_spec(module) is None:
@@ -205,10 +227,12 @@ def _data_plane_manifests(namespace: str, uid: str) -> tuple[list[dict[str, Any]
     from shardrec.api import v1alpha1 as api
     from shardrec.planning import LayoutSpec
     from shardrec_operator.desired import index_build, rbac, router, shard
+    from shardrec_operator.desired.validation import kubernetes_spec_errors
 
-    document = _cluster_document(namespace)
+    document = _cluster_document(namespace, **spec)
     document["metadata"]["uid"] = uid
     cluster = api.RecommenderCluster.model_validate(document)
+    assert kubernetes_spec_errors(cluster) == [], "the operator accepts what the test applies"
     layout = LayoutSpec.from_spec(cluster.spec)
     accounts = [rbac.build_shard_service_account(cluster), rbac.build_router_service_account(cluster)]
     workloads = [
@@ -239,11 +263,36 @@ def _cluster_document(namespace: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def test_restricted_namespace_admits_every_pod_the_operator_creates(kube: Kube, crd: str) -> None:
+POD_TEMPLATE: dict[str, Any] = {
+    "metadata": {"labels": {"team": "recs"}, "annotations": {"example.com/owner": "recs"}},
+    "nodeSelector": {"type": "kwok"},
+    "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+    "imagePullSecrets": [{"name": "registry"}],
+    "env": [{"name": "MALLOC_ARENA_MAX", "value": "2"}],
+    "volumes": [
+        {"name": "extra", "emptyDir": {"sizeLimit": "64Mi"}},
+        {"name": "ca", "projected": {"sources": [{"configMap": {"name": "kube-root-ca.crt"}}]}},
+    ],
+    "volumeMounts": [{"name": "extra", "mountPath": "/extra"}, {"name": "ca", "mountPath": "/etc/ca"}],
+}
+POD_TEMPLATES = {
+    "shard": {**POD_TEMPLATE, "zoneSpread": "Hard"},
+    "router": {**POD_TEMPLATE, "zoneSpread": "Hard"},
+    "build": POD_TEMPLATE,
+}
+
+
+@pytest.mark.parametrize("templates", [None, POD_TEMPLATES], ids=["defaults", "pod-templates"])
+def test_restricted_namespace_admits_every_pod_the_operator_creates(
+    kube: Kube, crd: str, templates: dict[str, Any] | None
+) -> None:
+    """The operator's pods, and with `spec.podTemplates` merged over them (volumes, env, metadata,
+    placement): the real PodSecurity admission agrees with `pod_security.restricted_violations`."""
     ns = _restricted_namespace(kube)
-    created = kube.apply([_cluster_document(ns)], "-o", "json")
+    spec = {"podTemplates": templates} if templates else {}
+    created = kube.apply([_cluster_document(ns, **spec)], "-o", "json")
     uid = json.loads(created.stdout)["metadata"]["uid"]
-    accounts, manifests = _data_plane_manifests(ns, uid)
+    accounts, manifests = _data_plane_manifests(ns, uid, **spec)
     kube.apply(accounts)
     _dry_run(kube, [_pod_of(m, ns) for m in manifests])
     kube.apply(manifests)

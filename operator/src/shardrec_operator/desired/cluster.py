@@ -19,6 +19,7 @@ from shardrec_operator.desired.router import (
     build_router_config,
     build_router_deployment,
     build_router_hpa,
+    build_router_pdb,
     build_router_service,
 )
 
@@ -34,6 +35,7 @@ def build_cluster_objects(cluster: api.RecommenderCluster) -> list[Manifest]:
         build_router_config(cluster),
         build_router_service(cluster),
         build_router_deployment(cluster),
+        build_router_pdb(cluster),
     ]
     optional = (build_router_hpa(cluster), build_service_monitor(cluster))
     return objects + [manifest for manifest in optional if manifest is not None]

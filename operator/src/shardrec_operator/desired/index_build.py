@@ -23,8 +23,11 @@ from shardrec.api.commands import index_build_arguments
 from shardrec.planning import LayoutSpec
 from shardrec_operator.desired import labels, names, pods
 from shardrec_operator.desired.meta import Manifest, manifest
+from shardrec_operator.desired.pod_template import merge_pod_template
 
 BUILD_BACKOFF_LIMIT: Final = 2
+BUILD_CONTAINER: Final = "build"
+CLEANUP_CONTAINER: Final = "cleanup"
 CLEANUP_DEADLINE_SECONDS: Final = 600
 _PVC_SOURCE = re.compile(r"^pvc://(?P<claim>[a-z0-9]([-a-z0-9.]*[a-z0-9])?)/(?P<path>\S+)$")
 
@@ -52,10 +55,17 @@ def resolve_source(source: str) -> Source:
     return Source(path=f"{pods.STORE_MOUNT}/{path.strip('/')}")
 
 
-def build_command(cluster: str, layout: LayoutSpec) -> list[str]:
-    """`recctl index build` for a layout, the same arguments the local runtime uses."""
+def build_command(cluster: str, layout: LayoutSpec, workers: int | None = None) -> list[str]:
+    """`recctl index build` for a layout, the same arguments the local runtime uses; `workers`
+    (build threads) from the build container's CPU, when it has one."""
     embeddings = resolve_source(layout.source).path
-    return ["recctl", *index_build_arguments(layout, embeddings, pods.layout_dir(cluster, layout.id))]
+    out = pods.layout_dir(cluster, layout.id)
+    return ["recctl", *index_build_arguments(layout, embeddings, out, workers=workers)]
+
+
+def build_resources(spec: api.RecommenderClusterSpec) -> api.ResourceRequirements:
+    """`resources.build`, or the shard's resources when it is absent."""
+    return spec.resources.build if spec.resources.build is not None else spec.resources.shard
 
 
 def _job_pod_spec(
@@ -84,7 +94,7 @@ def _job_pod_spec(
             {
                 **container,
                 **pods.image_fields(spec),
-                "resources": pods.resources(spec.resources.shard),
+                "resources": pods.resources(build_resources(spec)),
                 "securityContext": pods.container_security_context(),
                 "volumeMounts": mounts,
             }
@@ -93,12 +103,33 @@ def _job_pod_spec(
     }
 
 
+def _with_template(
+    cluster: api.RecommenderCluster, template: dict[str, Any], container: str, job_labels: dict[str, str]
+) -> dict[str, Any]:
+    return merge_pod_template(
+        template, cluster.spec.pod_templates.build, container=container, selector=job_labels
+    )
+
+
+def build_pod_template(cluster: api.RecommenderCluster, layout: LayoutSpec) -> dict[str, Any]:
+    """The operator's build pod template, before `spec.podTemplates.build` is merged over it."""
+    spec = cluster.spec
+    name = cluster.metadata.name
+    job_labels = labels.layout_labels(name, "index-build", layout)
+    workers = pods.cpu_threads(build_resources(spec))
+    container = {"name": BUILD_CONTAINER, "command": build_command(name, layout, workers)}
+    return {
+        "metadata": {"labels": job_labels},
+        "spec": _job_pod_spec(spec, container, name, resolve_source(layout.source)),
+    }
+
+
 def build_index_job(cluster: api.RecommenderCluster, layout: LayoutSpec, attempt: str) -> Manifest:
     """The Job that builds `layout`, created for build attempt `attempt`."""
     spec = cluster.spec
     name = cluster.metadata.name
     job_labels = labels.layout_labels(name, "index-build", layout)
-    container = {"name": "build", "command": build_command(name, layout)}
+    template = _with_template(cluster, build_pod_template(cluster, layout), BUILD_CONTAINER, job_labels)
     return manifest(
         "batch/v1",
         "Job",
@@ -108,10 +139,7 @@ def build_index_job(cluster: api.RecommenderCluster, layout: LayoutSpec, attempt
         spec={
             "backoffLimit": BUILD_BACKOFF_LIMIT,
             "activeDeadlineSeconds": spec.rollout.timeout_seconds,
-            "template": {
-                "metadata": {"labels": job_labels},
-                "spec": _job_pod_spec(spec, container, name, resolve_source(layout.source)),
-            },
+            "template": template,
         },
         annotations={**labels.layout_annotations(layout), labels.BUILD_ATTEMPT_ANNOTATION: attempt},
     )
@@ -128,9 +156,12 @@ def build_cleanup_job(cluster: api.RecommenderCluster) -> Manifest:
         "shutil.rmtree(root, ignore_errors=True); "
         "print('removed', root)"
     )
-    container = {"name": "cleanup", "command": ["python", "-c", script]}
+    container = {"name": CLEANUP_CONTAINER, "command": ["python", "-c", script]}
     # The cleanup needs only the store, never the embeddings source (it may be gone already).
     pod_spec = _job_pod_spec(spec, container, name, source=None)
+    template = _with_template(
+        cluster, {"metadata": {"labels": job_labels}, "spec": pod_spec}, CLEANUP_CONTAINER, job_labels
+    )
     return manifest(
         "batch/v1",
         "Job",
@@ -140,6 +171,6 @@ def build_cleanup_job(cluster: api.RecommenderCluster) -> Manifest:
         spec={
             "backoffLimit": BUILD_BACKOFF_LIMIT,
             "activeDeadlineSeconds": CLEANUP_DEADLINE_SECONDS,
-            "template": {"metadata": {"labels": job_labels}, "spec": pod_spec},
+            "template": template,
         },
     )

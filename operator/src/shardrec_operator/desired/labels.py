@@ -83,3 +83,12 @@ def component_selector(cluster: str, component: Component) -> dict[str, str]:
 def owned_selector(cluster: str) -> str:
     """Label selector (query syntax) that finds every child of a cluster."""
     return f"{CLUSTER}={cluster},{MANAGED_BY}={MANAGER}"
+
+
+def serving_shard_selector(cluster: str, layout_id: str) -> str:
+    """`status.selector`: the serving layout's shard pods (every shard pod of the cluster while no
+    layout serves), in label-query form, for the scale subresource and HorizontalPodAutoscalers."""
+    selector = component_selector(cluster, "shard")
+    if layout_id:
+        selector[LAYOUT] = layout_id
+    return ",".join(f"{key}={value}" for key, value in sorted(selector.items()))

@@ -11,9 +11,11 @@ single-zone clusters, which is worse than two replicas sharing a zone.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Final
 
 from shardrec.api import v1alpha1 as api
+from shardrec.api.commands import SHARD_PRESTOP_PATH
 
 RUN_AS_USER: Final = 10001
 HTTP_PORT: Final = 8080
@@ -24,6 +26,9 @@ SOURCE_VOLUME: Final = "embeddings-source"
 SOURCE_MOUNT: Final = "/source"
 TMP_VOLUME: Final = "tmp"
 TMP_SIZE_LIMIT: Final = "1Gi"
+SHUTDOWN_SECONDS: Final = 15
+"""After the preStop drain, how long a server may take to finish its requests in flight on SIGTERM
+(the router's graceful shutdown is bounded at 10 s) before the kubelet kills it."""
 ZONE_KEY: Final = "topology.kubernetes.io/zone"
 HOSTNAME_KEY: Final = "kubernetes.io/hostname"
 
@@ -98,6 +103,53 @@ def resources(requirements: api.ResourceRequirements) -> dict[str, Any]:
     if requirements.limits:
         out["limits"] = dict(sorted(requirements.limits.items()))
     return out
+
+
+_CPU_SUFFIXES: Final = {"m": 1e-3, "": 1.0, "k": 1e3}
+
+
+def cpu_cores(quantity: str) -> float | None:
+    """A CPU quantity in cores (`500m` -> 0.5, `2` -> 2.0); None for a form CPUs are not given in."""
+    text = quantity.strip()
+    suffix = text[-1] if text and text[-1].isalpha() else ""
+    try:
+        number = float(text[: len(text) - len(suffix)])
+    except ValueError:
+        return None
+    factor = _CPU_SUFFIXES.get(suffix)
+    return number * factor if factor is not None and number > 0 else None
+
+
+def cpu_threads(requirements: api.ResourceRequirements) -> int | None:
+    """Threads a container's CPU allows: ceil of its CPU limit (what the CFS quota enforces), or
+    of its request without a limit; None when neither is set (the process then counts its own
+    CPUs, quota included). Passed as `--search-threads` and `--workers`, so a pod limited to 2 CPUs
+    on a 64-core node runs 2 search threads, not 64 that the quota throttles."""
+    for quantities in (requirements.limits, requirements.requests):
+        cores = cpu_cores(quantities["cpu"]) if "cpu" in quantities else None
+        if cores is not None:
+            return max(1, math.ceil(cores - 1e-9))
+    return None
+
+
+def termination_grace_seconds(spec: api.RecommenderClusterSpec) -> int:
+    """terminationGracePeriodSeconds: the preStop drain (`rollout.drainSeconds`) plus the shutdown
+    after SIGTERM; the kubelet counts the preStop hook against this period."""
+    return spec.rollout.drain_seconds + SHUTDOWN_SECONDS
+
+
+def shard_pre_stop() -> dict[str, Any]:
+    """The shard's preStop: an httpGet on its drain endpoint (no binary needed in the image), which
+    fails readiness so routers stop choosing the replica, and returns after `drainSeconds`."""
+    return {"preStop": {"httpGet": {"path": SHARD_PRESTOP_PATH, "port": HTTP_PORT_NAME}}}
+
+
+def router_pre_stop(spec: api.RecommenderClusterSpec) -> dict[str, Any] | None:
+    """The router's preStop: the kubelet's own `sleep` action (no binary needed) for `drainSeconds`,
+    while the endpoint controller and kube-proxy take the terminating pod out of the Service; no
+    HTTP drain endpoint, because the router's port faces clients. None for `drainSeconds: 0`."""
+    seconds = spec.rollout.drain_seconds
+    return {"preStop": {"sleep": {"seconds": seconds}}} if seconds > 0 else None
 
 
 def http_probe(path: str, *, period: int, failures: int) -> dict[str, Any]:

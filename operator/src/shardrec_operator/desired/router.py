@@ -18,12 +18,14 @@ from shardrec.api import v1alpha1 as api
 from shardrec.api.commands import ROUTER_PROGRAM, RouterFlags, env_name, router_arguments
 from shardrec_operator.desired import labels, names, pods
 from shardrec_operator.desired.meta import Manifest, manifest
+from shardrec_operator.desired.pod_template import merge_pod_template
 
 ROUTER_CONFIG_KEY: Final = "router.json"
 CONFIG_MOUNT: Final = "/etc/shardrec/router"
 API_KEYS_MOUNT: Final = "/etc/shardrec/api-keys"
 API_KEYS_FILE: Final = "api-keys"
 CONFIG_HASH_ANNOTATION: Final = "shardrec.io/router-config-hash"
+ROUTER_CONTAINER: Final = "router"
 
 
 def router_config_json(spec: api.RecommenderClusterSpec) -> str:
@@ -92,15 +94,16 @@ def _volumes_and_mounts(cluster: api.RecommenderCluster) -> tuple[list[dict[str,
     return volumes, mounts
 
 
-def build_router_deployment(cluster: api.RecommenderCluster) -> Manifest:
+def router_pod_template(cluster: api.RecommenderCluster) -> dict[str, Any]:
+    """The operator's router pod template, before `spec.podTemplates.router` is merged over it."""
     spec = cluster.spec
     name = cluster.metadata.name
     selector = labels.component_selector(name, "router")
     pod_labels = labels.component_labels(name, "router")
     config_hash = hashlib.sha256(router_config_json(spec).encode()).hexdigest()[:16]
     volumes, mounts = _volumes_and_mounts(cluster)
-    container = {
-        "name": "router",
+    container: dict[str, Any] = {
+        "name": ROUTER_CONTAINER,
         **pods.image_fields(spec),
         "command": router_command(cluster),
         # The router reports what it serves in its own pod's annotations (RouterServing): the
@@ -122,31 +125,51 @@ def build_router_deployment(cluster: api.RecommenderCluster) -> Manifest:
         "securityContext": pods.container_security_context(),
         "volumeMounts": mounts,
     }
+    pre_stop = pods.router_pre_stop(spec)
+    if pre_stop is not None:
+        container["lifecycle"] = pre_stop
     pod_spec = {
         "serviceAccountName": names.router(name),
         "automountServiceAccountToken": True,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": spec.rollout.drain_seconds + 10,
+        "terminationGracePeriodSeconds": pods.termination_grace_seconds(spec),
         "securityContext": pods.pod_security_context(),
         **pods.spread_and_anti_affinity(selector),
         "containers": [container],
         "volumes": volumes,
     }
+    return {
+        "metadata": {
+            "labels": pod_labels,
+            "annotations": {CONFIG_HASH_ANNOTATION: config_hash, **pods.scrape_annotations(spec)},
+        },
+        "spec": pod_spec,
+    }
+
+
+def build_router_deployment(cluster: api.RecommenderCluster) -> Manifest:
+    spec = cluster.spec
+    name = cluster.metadata.name
+    selector = labels.component_selector(name, "router")
+    template = merge_pod_template(
+        router_pod_template(cluster), spec.pod_templates.router, container=ROUTER_CONTAINER, selector=selector
+    )
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
         # Never fewer ready routers than asked for while rolling: surge one, then retire one.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-        "template": {
-            "metadata": {
-                "labels": pod_labels,
-                "annotations": {CONFIG_HASH_ANNOTATION: config_hash, **pods.scrape_annotations(spec)},
-            },
-            "spec": pod_spec,
-        },
+        "template": template,
     }
     if spec.router.autoscaling is None:
         deployment_spec = {"replicas": spec.router.replicas, **deployment_spec}
-    return manifest("apps/v1", "Deployment", cluster, names.router(name), pod_labels, spec=deployment_spec)
+    return manifest(
+        "apps/v1",
+        "Deployment",
+        cluster,
+        names.router(name),
+        labels.component_labels(name, "router"),
+        spec=deployment_spec,
+    )
 
 
 def build_router_service(cluster: api.RecommenderCluster) -> Manifest:
@@ -169,6 +192,20 @@ def build_router_service(cluster: api.RecommenderCluster) -> Manifest:
                 }
             ],
         },
+    )
+
+
+def build_router_pdb(cluster: api.RecommenderCluster) -> Manifest:
+    """`maxUnavailable: 1`, as for shards: a drain evicts routers one at a time and never deadlocks,
+    even with a single router (whose eviction is then a brief outage, the price of one replica)."""
+    name = cluster.metadata.name
+    return manifest(
+        "policy/v1",
+        "PodDisruptionBudget",
+        cluster,
+        names.router(name),
+        labels.component_labels(name, "router"),
+        spec={"maxUnavailable": 1, "selector": {"matchLabels": labels.component_selector(name, "router")}},
     )
 
 

@@ -20,8 +20,10 @@ from shardrec.api.commands import SHARD_PROGRAM, shard_arguments
 from shardrec.planning import LayoutSpec
 from shardrec_operator.desired import labels, names, pods
 from shardrec_operator.desired.meta import Manifest, manifest
+from shardrec_operator.desired.pod_template import merge_pod_template
 
 STARTUP_PROBE_BUDGET_SECONDS = 600
+SHARD_CONTAINER = "shard"
 
 
 def shard_command(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int) -> list[str]:
@@ -33,6 +35,8 @@ def shard_command(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: in
             host="0.0.0.0",
             port=pods.HTTP_PORT,
             ef_search=cluster.spec.index.hnsw.ef_search,
+            search_threads=pods.cpu_threads(cluster.spec.resources.shard),
+            drain_seconds=cluster.spec.rollout.drain_seconds,
         ),
     ]
 
@@ -41,7 +45,7 @@ def _shard_container(cluster: api.RecommenderCluster, layout: LayoutSpec, shard:
     spec = cluster.spec
     period = 5
     return {
-        "name": "shard",
+        "name": SHARD_CONTAINER,
         **pods.image_fields(spec),
         "command": shard_command(cluster, layout, shard),
         "ports": [pods.http_port()],
@@ -50,47 +54,60 @@ def _shard_container(cluster: api.RecommenderCluster, layout: LayoutSpec, shard:
         ),
         "readinessProbe": pods.http_probe("/readyz", period=period, failures=2),
         "livenessProbe": pods.http_probe("/healthz", period=10, failures=6),
+        "lifecycle": pods.shard_pre_stop(),
         "resources": pods.resources(spec.resources.shard),
         "securityContext": pods.container_security_context(),
         "volumeMounts": [pods.store_mount(spec, read_only=True), pods.tmp_mount()],
     }
 
 
-def build_shard_statefulset(
-    cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int, replicas: int
-) -> Manifest:
-    """Shard `shard` of `layout`, with `replicas` replicas (the planner's EnsureShards count)."""
+def shard_pod_template(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int) -> dict[str, Any]:
+    """The operator's pod template of a shard, before `spec.podTemplates.shard` is merged over it."""
     spec = cluster.spec
     name = cluster.metadata.name
     selector = labels.shard_selector(name, layout.id, shard)
-    pod_labels = labels.shard_labels(name, layout, shard)
     pod_spec: dict[str, Any] = {
         "serviceAccountName": names.shard_service_account(name),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": spec.rollout.drain_seconds + 10,
+        "terminationGracePeriodSeconds": pods.termination_grace_seconds(spec),
         "securityContext": pods.pod_security_context(),
         **pods.spread_and_anti_affinity(selector),
         "containers": [_shard_container(cluster, layout, shard)],
         "volumes": [pods.store_volume(spec, read_only=True), pods.tmp_volume()],
     }
-    template_meta: dict[str, Any] = {"labels": pod_labels}
+    template_meta: dict[str, Any] = {"labels": labels.shard_labels(name, layout, shard)}
     annotations = pods.scrape_annotations(spec)
     if annotations:
         template_meta["annotations"] = annotations
+    return {"metadata": template_meta, "spec": pod_spec}
+
+
+def build_shard_statefulset(
+    cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int, replicas: int
+) -> Manifest:
+    """Shard `shard` of `layout`, with `replicas` replicas (the planner's EnsureShards count)."""
+    name = cluster.metadata.name
+    selector = labels.shard_selector(name, layout.id, shard)
+    template = merge_pod_template(
+        shard_pod_template(cluster, layout, shard),
+        cluster.spec.pod_templates.shard,
+        container=SHARD_CONTAINER,
+        selector=selector,
+    )
     return manifest(
         "apps/v1",
         "StatefulSet",
         cluster,
         names.shard_set(name, layout.id, shard),
-        pod_labels,
+        labels.shard_labels(name, layout, shard),
         spec={
             "replicas": replicas,
             "serviceName": names.shard_set(name, layout.id, shard),
             "podManagementPolicy": "Parallel",
             "updateStrategy": {"type": "RollingUpdate"},
             "selector": {"matchLabels": selector},
-            "template": {"metadata": template_meta, "spec": pod_spec},
+            "template": template,
         },
         annotations=labels.layout_annotations(layout),
     )

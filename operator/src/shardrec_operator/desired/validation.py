@@ -1,8 +1,10 @@
 """What a spec must satisfy to run on Kubernetes, beyond the CRD schema and its CEL rules.
 
 The schema is shared with the local runtime, so Kubernetes-only requirements (an index store
-claim, names that fit DNS labels) are checked here. Every message names the field to fix. The
-handlers turn a non-empty list into a permanent error plus a `Ready=False/InvalidSpec` condition.
+claim, names that fit DNS labels, pod templates that neither collide with the operator's own
+fields nor break the restricted Pod Security Standard) are checked here. Every message names
+the field to fix. The handlers turn a non-empty list into a permanent error plus a
+`Ready=False/InvalidSpec` condition.
 """
 
 from __future__ import annotations
@@ -10,9 +12,13 @@ from __future__ import annotations
 import re
 
 from shardrec.api import v1alpha1 as api
-from shardrec.planning import LAYOUT_ID_LENGTH
-from shardrec_operator.desired.index_build import resolve_source
+from shardrec.planning import LAYOUT_ID_LENGTH, LayoutSpec
+from shardrec_operator.desired.index_build import BUILD_CONTAINER, build_pod_template, resolve_source
 from shardrec_operator.desired.names import shard_workload_name
+from shardrec_operator.desired.pod_security import restricted_violations
+from shardrec_operator.desired.pod_template import merge_pod_template, template_conflicts
+from shardrec_operator.desired.router import ROUTER_CONTAINER, router_pod_template
+from shardrec_operator.desired.shard import SHARD_CONTAINER, shard_pod_template
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -45,4 +51,28 @@ def kubernetes_spec_errors(cluster: api.RecommenderCluster) -> list[str]:
             "spec.resources.router.requests.cpu is required when spec.router.autoscaling is set: "
             "the autoscaler's CPU target is a share of it"
         )
+    if not errors:
+        errors += pod_template_errors(cluster)
+    return errors
+
+
+def pod_template_errors(cluster: api.RecommenderCluster) -> list[str]:
+    """`spec.podTemplates` entries that collide with the operator's own, and any way the merged
+    shard, router and build pods break the restricted Pod Security Standard (the namespace may
+    enforce it; a rejected pod would only show as an event on its StatefulSet or Job)."""
+    layout = LayoutSpec.from_spec(cluster.spec)
+    templates = cluster.spec.pod_templates
+    errors: list[str] = []
+    for kind, default, override, container in (
+        ("shard", shard_pod_template(cluster, layout, 0), templates.shard, SHARD_CONTAINER),
+        ("router", router_pod_template(cluster), templates.router, ROUTER_CONTAINER),
+        ("build", build_pod_template(cluster, layout), templates.build, BUILD_CONTAINER),
+    ):
+        field = f"spec.podTemplates.{kind}"
+        errors += template_conflicts(default, override, container=container, field=field)
+        merged = merge_pod_template(default, override, container=container, selector={})
+        errors += [
+            f"{field}: the {kind} pod breaks the restricted Pod Security Standard: {violation}"
+            for violation in restricted_violations(merged)
+        ]
     return errors

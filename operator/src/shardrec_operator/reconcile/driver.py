@@ -20,7 +20,7 @@ from typing import Any
 from shardrec.api import v1alpha1 as api
 from shardrec.planning import RecordEvent, plan
 from shardrec.planning.fleet import with_topology_written
-from shardrec_operator.desired import names
+from shardrec_operator.desired import labels, names
 from shardrec_operator.reconcile import resources as kinds
 from shardrec_operator.reconcile.cluster_api import ClusterApi, Obj
 from shardrec_operator.reconcile.execute import apply_cluster_objects, execute_action
@@ -76,6 +76,9 @@ def reconcile_cluster(
     for action in the_plan.actions:
         execute_action(session, action)
     status = the_plan.status
+    status = status.model_copy(
+        update={"selector": labels.serving_shard_selector(cluster.metadata.name, status.active_layout)}
+    )
     if not paused:
         previous = observed.previous_status
         floor = (previous.topology_epoch, previous.topology_revision) if previous.topology_revision else None

@@ -24,6 +24,10 @@ DEFAULT_EF_SEARCH: Final = 64
 MAX_K: Final = 1000
 """Largest k a client may ask the router for (`router.maxK`'s bound)."""
 
+SHARD_PRESTOP_PATH: Final = "/prestop"
+"""The shard server's pre-stop drain endpoint (`GET`; the pod's preStop httpGet hook calls it):
+fail readiness, wait `--drain-seconds`, then return so the kubelet sends SIGTERM."""
+
 SHARD_PROGRAM: Final = "shardrec-shard"
 SHARD_MODULE: Final = "shardrec.serving.shard.main"
 ROUTER_PROGRAM: Final = "shardrec-router"
@@ -45,6 +49,7 @@ class ShardFlags:
     PORT: Final = "--port"
     EF_SEARCH: Final = "--ef-search"
     SEARCH_THREADS: Final = "--search-threads"
+    DRAIN_SECONDS: Final = "--drain-seconds"
     MAX_WAIT_MS: Final = "--max-wait-ms"
     MAX_BATCH_QUERIES: Final = "--max-batch-queries"
     ADMIN_TOKEN: Final = "--admin-token"
@@ -76,6 +81,7 @@ def shard_arguments(
     port: int,
     ef_search: int | None = None,
     search_threads: int | None = None,
+    drain_seconds: int | None = None,
 ) -> list[str]:
     """`shardrec-shard`'s arguments: serve `shard` of the layout in `layout_dir` on host:port."""
     arguments: list[str] = []
@@ -88,6 +94,8 @@ def shard_arguments(
         arguments += [ShardFlags.EF_SEARCH, str(ef_search)]
     if search_threads is not None:
         arguments += [ShardFlags.SEARCH_THREADS, str(search_threads)]
+    if drain_seconds is not None:
+        arguments += [ShardFlags.DRAIN_SECONDS, str(drain_seconds)]
     return arguments
 
 
@@ -135,10 +143,20 @@ class BuildableLayout(Protocol):
     def id(self) -> str: ...
 
 
-def index_build_arguments(layout: BuildableLayout, embeddings_dir: str, out_dir: str) -> list[str]:
+class IndexBuildFlags:
+    """`recctl index build`'s flags that callers other than the layout set."""
+
+    WORKERS: Final = "--workers"
+
+
+def index_build_arguments(
+    layout: BuildableLayout, embeddings_dir: str, out_dir: str, *, workers: int | None = None
+) -> list[str]:
     """The `recctl` arguments that build `layout` (from `index build` on). Everything comes from
     the layout, not the current spec, so a kept layout is rebuilt exactly as first planned; the
-    build refuses embeddings of another dimension and records the layout id."""
+    build refuses embeddings of another dimension and records the layout id. `workers` (build
+    threads) defaults, in the builder, to the CPUs it may use (affinity and CPU quota)."""
+    threads = [IndexBuildFlags.WORKERS, str(workers)] if workers is not None else []
     return [
         "index", "build",
         "--embeddings", embeddings_dir,
@@ -150,4 +168,5 @@ def index_build_arguments(layout: BuildableLayout, embeddings_dir: str, out_dir:
         "--ef-construction", str(layout.hnsw_ef_construction),
         "--dimension", str(layout.dimension),
         "--layout", layout.id,
+        *threads,
     ]  # fmt: skip

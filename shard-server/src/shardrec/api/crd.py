@@ -121,6 +121,15 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
 ]
 
 
+SCALE_SUBRESOURCE: dict[str, str] = {
+    # `kubectl scale recc NAME --replicas=N` and HorizontalPodAutoscalers set replicas per shard;
+    # the current count and the pods to average metrics over are the serving layout's.
+    "specReplicasPath": ".spec.replicasPerShard",
+    "statusReplicasPath": ".status.replicasPerShard",
+    "labelSelectorPath": ".status.selector",
+}
+
+
 def build_crd() -> dict[str, Any]:
     """The CRD as a dict, ready to apply or dump."""
     spec_schema = _model_schema(api.RecommenderClusterSpec)
@@ -148,7 +157,7 @@ def build_crd() -> dict[str, Any]:
                     "name": api.VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {"status": {}, "scale": SCALE_SUBRESOURCE},
                     "additionalPrinterColumns": PRINTER_COLUMNS,
                     "schema": {
                         "openAPIV3Schema": {

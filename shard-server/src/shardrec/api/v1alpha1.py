@@ -13,6 +13,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from shardrec.api import cel as cel_rules
 from shardrec.api.commands import DEFAULT_EF_SEARCH
@@ -56,19 +57,23 @@ class ApiModel(BaseModel):
     def _cel_rules_hold(self) -> ApiModel:
         rules = cel_rules.rules_of(self.model_config.get("json_schema_extra"))
         if rules:
-            failed = cel_rules.failed_messages(rules, self.model_dump(by_alias=True, mode="json"))
+            failed = cel_rules.failed_messages(rules, _as_stored(self))
             if failed:
                 raise ValueError("; ".join(failed))
         return self
+
+
+def _as_stored(model: BaseModel) -> dict[str, Any]:
+    """The wire form CEL sees on the API server: an unset optional field is absent, not null."""
+    document: dict[str, Any] = model.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return document
 
 
 def transition_errors(old: ApiModel, new: ApiModel) -> list[str]:
     """Messages of the transition rules (those using `oldSelf`) that `old -> new` breaks,
     walking nested models the way the API server walks the schema."""
     rules = cel_rules.rules_of(new.model_config.get("json_schema_extra"))
-    errors = cel_rules.failed_messages(
-        rules, new.model_dump(by_alias=True, mode="json"), old.model_dump(by_alias=True, mode="json")
-    )
+    errors = cel_rules.failed_messages(rules, _as_stored(new), _as_stored(old))
     for name in type(new).model_fields:
         old_child, new_child = getattr(old, name), getattr(new, name)
         if isinstance(old_child, ApiModel) and isinstance(new_child, ApiModel):
@@ -337,13 +342,21 @@ class ResourceRequirements(ApiModel):
 
 
 class ResourcesSpec(ApiModel):
-    """Resources of shard-server and router containers."""
+    """Resources of shard-server, router and index-build containers. The CPU limit (or, without
+    one, the request) also sets the threads: shard search threads and index build workers."""
 
     shard: ResourceRequirements = Field(
         default_factory=ResourceRequirements, description="Each shard-server container."
     )
     router: ResourceRequirements = Field(
         default_factory=ResourceRequirements, description="Each router container."
+    )
+    build: ResourceRequirements | None = Field(
+        None,
+        description=(
+            "The index-build Job's container (building is CPU-bound and memory-hungry: size it for "
+            "the build, not for serving); absent means the shard container's resources."
+        ),
     )
 
 
@@ -370,6 +383,306 @@ class FailoverSpec(ApiModel):
             "StatefulSet recreates it elsewhere."
         ),
     )
+
+
+# --- pod templates ---------------------------------------------------------------------------
+
+FREE_FORM: Final[JsonDict] = {"x-kubernetes-preserve-unknown-fields": True}
+"""A Kubernetes object passed through as written (affinity terms, env valueFrom, volume sources):
+the API server checks it when the operator applies the pod, and the pod's own schema applies."""
+
+
+def _list_map(key: str = "name") -> JsonDict:
+    """A list whose items are unique by `key` (the API server rejects duplicates)."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
+
+
+RESERVED_LABELS: Final = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+)
+RESERVED_PREFIX: Final = "shardrec.io/"
+APPARMOR_ANNOTATION_PREFIX: Final = "container.apparmor.security.beta.kubernetes.io/"
+RESTRICTED_VOLUME_SOURCES: Final = (
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+)
+"""The volume types the restricted Pod Security Standard allows (no hostPath, no nfs, ...)."""
+
+LabelValue = Annotated[str, Field(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")]
+
+
+class PodMetadata(ApiModel):
+    """Labels and annotations added to the pods (not to their StatefulSet, Deployment or Job)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!has(self.labels) || self.labels.all(k, !k.startsWith('"
+                + RESERVED_PREFIX
+                + "') && !(k in "
+                + repr(list(RESERVED_LABELS)).replace('"', "'")
+                + "))",
+                "podTemplates: labels under shardrec.io/ and the app.kubernetes.io/ labels the operator "
+                "sets (name, instance, component, part-of, managed-by) are the operator's",
+                ".labels",
+            ),
+            (
+                "!has(self.annotations) || self.annotations.all(k, !k.startsWith('" + RESERVED_PREFIX + "'))",
+                "podTemplates: annotations under shardrec.io/ are the operator's",
+                ".annotations",
+            ),
+            (
+                "!has(self.annotations) || "
+                "self.annotations.all(k, !k.startsWith('" + APPARMOR_ANNOTATION_PREFIX + "'))",
+                "podTemplates: AppArmor annotations are not accepted (deprecated since Kubernetes 1.30, "
+                "and they name containers); the pods run under the runtime's default profile",
+                ".annotations",
+            ),
+        )
+    )
+
+    labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Extra pod labels (the operator's own labels cannot be set).",
+    )
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Extra pod annotations (the operator's own cannot be set).",
+    )
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration: lets the pods schedule onto nodes with a matching taint."""
+
+    key: str | None = Field(None, max_length=317, description="Taint key; empty with Exists matches all.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (default).")
+    value: str | None = Field(None, max_length=63, description="Taint value to match with Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(
+        None, description="With NoExecute: how long the pod stays bound after the taint appears."
+    )
+
+
+class TopologySpreadConstraint(ApiModel):
+    """A Kubernetes topologySpreadConstraint over the pods of one group."""
+
+    max_skew: int = Field(ge=1, description="Most the pod counts of two domains may differ by.")
+    topology_key: str = Field(min_length=1, max_length=317, description="Node label that names a domain.")
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"] = Field(
+        description="DoNotSchedule (hard: pods stay Pending) or ScheduleAnyway (soft)."
+    )
+    label_selector: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "Pods counted (a LabelSelector); absent means this group's pods (one shard's replicas, "
+            "or the routers)."
+        ),
+        json_schema_extra=FREE_FORM,
+    )
+    min_domains: int | None = Field(None, ge=1, description="Fewest eligible domains (DoNotSchedule).")
+    match_label_keys: list[str] | None = Field(
+        None, description="Pod label keys whose values further select the pods counted."
+    )
+    node_affinity_policy: Literal["Honor", "Ignore"] | None = Field(
+        None, description="Whether nodeAffinity/nodeSelector limit the domains counted."
+    )
+    node_taints_policy: Literal["Honor", "Ignore"] | None = Field(
+        None, description="Whether node taints limit the domains counted."
+    )
+
+
+class Affinity(ApiModel):
+    """Kubernetes affinity, by kind; a kind given here replaces the operator's default of that kind
+    (the default podAntiAffinity prefers one replica of a shard per node)."""
+
+    node_affinity: dict[str, Any] | None = Field(
+        None, description="A Kubernetes NodeAffinity.", json_schema_extra=FREE_FORM
+    )
+    pod_affinity: dict[str, Any] | None = Field(
+        None, description="A Kubernetes PodAffinity.", json_schema_extra=FREE_FORM
+    )
+    pod_anti_affinity: dict[str, Any] | None = Field(
+        None,
+        description="A Kubernetes PodAntiAffinity; replaces the operator's preferred one-per-node rule.",
+        json_schema_extra=FREE_FORM,
+    )
+
+
+class LocalObjectReference(ApiModel):
+    """A reference to an object in the cluster's namespace, by name."""
+
+    name: str = Field(min_length=1, max_length=253, description="Object name.")
+
+
+class EnvVar(ApiModel):
+    """An environment variable of the main container (value, or valueFrom a Secret, ConfigMap or
+    field)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!(has(self.value) && has(self.valueFrom))",
+                "podTemplates: an env entry sets value or valueFrom, not both",
+                ".valueFrom",
+            )
+        )
+    )
+
+    name: str = Field(
+        min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name."
+    )
+    value: str | None = Field(None, description="Literal value.")
+    value_from: dict[str, Any] | None = Field(
+        None,
+        description="A Kubernetes EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef).",
+        json_schema_extra=FREE_FORM,
+    )
+
+
+def _exactly_one_of(fields: tuple[str, ...]) -> str:
+    return " + ".join(f"(has(self.{name}) ? 1 : 0)" for name in fields) + " == 1"
+
+
+class Volume(ApiModel):
+    """An extra pod volume, of a type the restricted Pod Security Standard allows."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                _exactly_one_of(RESTRICTED_VOLUME_SOURCES),
+                "podTemplates: a volume sets exactly one source, of those the restricted Pod Security "
+                "Standard allows: " + ", ".join(RESTRICTED_VOLUME_SOURCES),
+                "",
+            )
+        )
+    )
+
+    name: DnsLabel = Field(description="Volume name (not one of the operator's volumes).")
+    config_map: dict[str, Any] | None = Field(
+        None, description="A ConfigMapVolumeSource.", json_schema_extra=FREE_FORM
+    )
+    csi: dict[str, Any] | None = Field(None, description="A CSIVolumeSource.", json_schema_extra=FREE_FORM)
+    downward_api: dict[str, Any] | None = Field(
+        None, alias="downwardAPI", description="A DownwardAPIVolumeSource.", json_schema_extra=FREE_FORM
+    )
+    empty_dir: dict[str, Any] | None = Field(
+        None, description="An EmptyDirVolumeSource.", json_schema_extra=FREE_FORM
+    )
+    ephemeral: dict[str, Any] | None = Field(
+        None, description="An EphemeralVolumeSource.", json_schema_extra=FREE_FORM
+    )
+    persistent_volume_claim: dict[str, Any] | None = Field(
+        None, description="A PersistentVolumeClaimVolumeSource.", json_schema_extra=FREE_FORM
+    )
+    projected: dict[str, Any] | None = Field(
+        None, description="A ProjectedVolumeSource.", json_schema_extra=FREE_FORM
+    )
+    secret: dict[str, Any] | None = Field(
+        None, description="A SecretVolumeSource.", json_schema_extra=FREE_FORM
+    )
+
+
+class VolumeMount(ApiModel):
+    """Where the main container mounts one of the template's volumes."""
+
+    name: DnsLabel = Field(description="A volume of this template's `volumes`.")
+    mount_path: str = Field(
+        min_length=2, max_length=1024, pattern=r"^/[^:]*$", description="Absolute path in the container."
+    )
+    sub_path: str | None = Field(None, max_length=1024, description="Path inside the volume.")
+    read_only: bool | None = Field(None, description="Mount read-only.")
+
+
+class PodTemplate(ApiModel):
+    """Overrides merged over the operator's pod (ECK's `podTemplate`, Strimzi's `template`), for
+    what a real cluster needs: placement, priority, pull secrets, extra env, labels, annotations
+    and volumes. The operator's essentials (containers, command, ports, probes, security context,
+    resources, service account, selector labels, its volumes and env) cannot be overridden: a
+    conflicting entry is rejected, never silently dropped. docs/operator.md has the merge rules."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!has(self.volumeMounts) || "
+                "self.volumeMounts.all(m, has(self.volumes) && self.volumes.exists(v, v.name == m.name))",
+                "podTemplates: every volumeMount names a volume of the same template",
+                ".volumeMounts",
+            )
+        )
+    )
+
+    metadata: PodMetadata = Field(default_factory=PodMetadata, description="Pod labels and annotations.")
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=32, description="Schedule only onto nodes with these labels."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Tolerations, added to the pods'."
+    )
+    affinity: Affinity | None = Field(None, description="Affinity; each kind given replaces the default's.")
+    topology_spread_constraints: list[TopologySpreadConstraint] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Spread constraints; one with the topologyKey of a default one replaces it.",
+    )
+    priority_class_name: str | None = Field(
+        None, max_length=253, description="PriorityClass of the pods (preemption and eviction order)."
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Secrets to pull the data-plane image with.",
+        json_schema_extra=_list_map(),
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=128,
+        description="Extra environment of the main container (the operator's own names are rejected).",
+        json_schema_extra=_list_map(),
+    )
+    volumes: list[Volume] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Extra volumes (restricted Pod Security Standard types only).",
+        json_schema_extra=_list_map(),
+    )
+    volume_mounts: list[VolumeMount] = Field(
+        default_factory=list, max_length=32, description="Where the main container mounts the extra volumes."
+    )
+
+
+class ServingPodTemplate(PodTemplate):
+    """A pod template for serving pods (shards, routers), with the zone spread choice."""
+
+    zone_spread: Literal["Soft", "Hard"] = Field(
+        "Soft",
+        description=(
+            "Spread of one shard's replicas (or of the routers) over topology.kubernetes.io/zone, "
+            "maxSkew 1. Soft (ScheduleAnyway): prefer, never block. Hard (DoNotSchedule): a zone "
+            "outage can never take more than its share; pods stay Pending while zones are short."
+        ),
+    )
+
+
+class PodTemplatesSpec(ApiModel):
+    """Pod template overrides per kind of pod; absent means the operator's defaults."""
+
+    shard: ServingPodTemplate | None = Field(None, description="Shard-server pods.")
+    router: ServingPodTemplate | None = Field(None, description="Router pods.")
+    build: PodTemplate | None = Field(None, description="Index-build (and artifact cleanup) Job pods.")
 
 
 class RecommenderClusterSpec(ApiModel):
@@ -416,6 +729,10 @@ class RecommenderClusterSpec(ApiModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Container resources.")
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Prometheus integration.")
     failover: FailoverSpec = Field(default_factory=FailoverSpec, description="Failover behaviour.")
+    pod_templates: PodTemplatesSpec = Field(
+        default_factory=PodTemplatesSpec,
+        description="Scheduling, metadata, env and volume overrides of shard, router and build pods.",
+    )
     paused: bool = Field(
         False,
         description="Freeze topology changes (builds, switches, deletions); status keeps updating.",
@@ -515,6 +832,22 @@ class RecommenderClusterStatus(ApiModel):
     )
     ready_replicas: int = Field(0, ge=0, description="Ready shard replicas in the serving layout.")
     replicas: int = Field(0, ge=0, description="Shard replicas the serving layout should have.")
+    replicas_per_shard: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Replicas per shard the serving layout runs now (the fewest over its shards): the "
+            "current count of the scale subresource (`kubectl scale`, HorizontalPodAutoscaler)."
+        ),
+    )
+    selector: str = Field(
+        "",
+        max_length=1024,
+        description=(
+            "Label selector of the serving layout's shard pods, in query form: the pods a "
+            "HorizontalPodAutoscaler averages its metrics over (scale subresource labelSelectorPath)."
+        ),
+    )
     router_endpoint: str = Field("", description="URL clients call.")
     topology_revision: int = Field(
         0, ge=0, description="Revision of the last topology written; the next write continues from it."

@@ -218,6 +218,16 @@ def _serving_shards(
     return tuple(shards)
 
 
+def _serving_replicas_per_shard(observed: Observed) -> int:
+    """Replicas per shard the serving layout's workloads run now: the fewest over its shards
+    (0 when nothing serves). The `scale` subresource reports it as the current count."""
+    serving = observed.router.confirmed_layout
+    obs = observed.layout(serving) if serving is not None else None
+    if obs is None or not obs.shards:
+        return 0
+    return min(entry.desired_replicas for entry in obs.shards)
+
+
 def _ordered(records: Records, tid: str, serving: str | None) -> tuple[LayoutStatus, ...]:
     """Serving first, then the target, then the rest, most recently changed first."""
     head = [records.by_id[i] for i in dict.fromkeys((serving, tid)) if i is not None and i in records.by_id]
@@ -256,6 +266,7 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
         serving_layout=serving,
         layouts=_ordered(records, tid, serving),
         serving_shards=_serving_shards(spec, observed, records),
+        serving_replicas_per_shard=_serving_replicas_per_shard(observed),
         router_endpoint=observed.router_endpoint,
         blocked_by=blocked,
         progress=progress,

@@ -53,6 +53,8 @@ class StatusFacts:
     progress: Progress
     routers: RouterFleetStatus = field(default_factory=RouterFleetStatus)
     routers_report: bool = False
+    serving_replicas_per_shard: int = 0
+    """Replicas per shard the serving layout's workloads run now (the fewest over its shards)."""
     """Whether routers acknowledge what they serve (then Ready needs one serving the active layout)."""
 
     def record(self, layout: str | None) -> LayoutStatus | None:
@@ -192,6 +194,7 @@ def compute_status(
         shards=list(facts.serving_shards),
         ready_replicas=sum(entry.ready_replicas for entry in facts.serving_shards),
         replicas=sum(entry.replicas for entry in facts.serving_shards),
+        replicas_per_shard=facts.serving_replicas_per_shard,
         router_endpoint=facts.router_endpoint,
         topology_revision=previous.topology_revision,
         topology_epoch=previous.topology_epoch,

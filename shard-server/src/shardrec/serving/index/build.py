@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from shardrec.serving.cpus import usable_cpus
 from shardrec.serving.index.embeddings import Embeddings, load_embeddings
 from shardrec.serving.index.files import fsync_dir, fsync_file, publish_atomically, sha256_file, write_durably
 from shardrec.serving.index.manifest import (
@@ -184,7 +185,7 @@ def build_layout(
     progress: bool = True,
 ) -> LayoutManifest:
     """Build and atomically publish the layout `out_dir` from an embeddings directory."""
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cpus()
     layout = layout or out_dir.name
     _check_arguments(
         version=version,

@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from shardrec.api.commands import SHARD_PRESTOP_PATH
 from shardrec.api.errors import describe_errors
 from shardrec.serving.shard.engine import EngineError, LoadRejectedError, NotReadyError, SearchEngine
 from shardrec.serving.shard.metrics import ShardMetrics
@@ -45,8 +47,21 @@ MAX_K = 10000
 MAX_BODY_BYTES = 64 << 20
 MAX_VECTOR_IDS = 4096
 _KNOWN_ROUTES = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/v1/info", "/v1/search/json", "/v1/items/vectors", "/v1/admin/load"}
+    {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/info",
+        "/v1/search/json",
+        "/v1/items/vectors",
+        "/v1/admin/load",
+        SHARD_PRESTOP_PATH,
+    }
 )
+PRESTOP_PATH = SHARD_PRESTOP_PATH
+DRAIN_EXPIRES_AFTER_S = 60.0
+"""A drain that no SIGTERM follows ends this long after its wait (a stray call cannot keep a
+replica out of service for good)."""
 _ANSWER_HEADERS_BASE = [(b"content-type", ANSWER_CONTENT_TYPE.encode())]
 
 
@@ -89,17 +104,42 @@ def _status_code(exc: HTTPException) -> str:
     )
 
 
+@dataclass
+class Drain:
+    """The pre-stop drain: the kubelet calls `GET /prestop` before it sends SIGTERM. From then on
+    `/readyz` fails, so routers (which probe every replica twice a second) stop choosing this one,
+    while requests that still arrive are answered; the call returns after `seconds`, and only then
+    does the kubelet send SIGTERM, on which uvicorn finishes the requests in flight."""
+
+    seconds: float = 0.0
+    expires_after_s: float = DRAIN_EXPIRES_AFTER_S
+    _until: float | None = None
+    _wait_until: float | None = None
+
+    def start(self, now: float) -> float:
+        """Begin (or join) the drain at monotonic time `now`; how long the caller waits."""
+        if self._wait_until is None or not self.active(now):
+            self._wait_until = now + self.seconds
+            self._until = self._wait_until + self.expires_after_s
+        return max(self._wait_until - now, 0.0)
+
+    def active(self, now: float) -> bool:
+        return self._until is not None and now < self._until
+
+
 def build_api(
     engine: SearchEngine,
     metrics: ShardMetrics,
     default_shard: int | None,
     admin_token: str | None,
+    *,
     lifespan: Any = None,
+    drain: Drain | None = None,
 ) -> FastAPI:
     """The FastAPI app behind the binary search route: errors, probes, JSON search, admin load."""
     api = FastAPI(title="shardrec shard server", version="1", lifespan=lifespan)
     _add_error_handlers(api)
-    _add_probes(api, engine, metrics)
+    _add_probes(api, engine, metrics, drain or Drain())
     _add_json_routes(api, engine)
     _add_admin_routes(api, engine, default_shard, admin_token)
     return api
@@ -122,15 +162,22 @@ def _add_error_handlers(api: FastAPI) -> None:
         return _error_response(exc.status, exc.code, str(exc), 1 if exc.status == 503 else None)
 
 
-def _add_probes(api: FastAPI, engine: SearchEngine, metrics: ShardMetrics) -> None:
-    """/healthz, /readyz, /metrics and /v1/info."""
+def _add_probes(api: FastAPI, engine: SearchEngine, metrics: ShardMetrics, drain: Drain) -> None:
+    """/healthz, /readyz, /prestop, /metrics and /v1/info."""
 
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @api.get(PRESTOP_PATH)
+    async def prestop() -> dict[str, str]:
+        await asyncio.sleep(drain.start(time.monotonic()))
+        return {"status": "drained"}
+
     @api.get("/readyz")
     async def readyz() -> JSONResponse:
+        if drain.active(time.monotonic()):
+            return _error_response(503, "draining", "draining before shutdown", 1)
         index = engine.current
         if index is None:
             state = engine.load_status

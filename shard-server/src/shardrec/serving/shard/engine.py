@@ -14,7 +14,6 @@ answered from exactly one index and names that index's version.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shardrec.api.commands import DEFAULT_EF_SEARCH
+from shardrec.serving.cpus import usable_cpus
 from shardrec.serving.index.layout import LayoutError
 from shardrec.serving.index.shard_index import NO_LABEL, Expectation, ShardIndex
 from shardrec.serving.shard.metrics import ShardMetrics
@@ -90,7 +90,8 @@ class LoadStatus:
 
 @dataclass
 class EngineSettings:
-    search_threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    search_threads: int = field(default_factory=usable_cpus)
+    """Threads running knn_query: the CPUs this process may use (affinity capped by CPU quota)."""
     max_batch_queries: int = 512
     max_pending_queries: int = 16384
     max_wait_s: float = 0.0

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 
 from shardrec.api.commands import DEFAULT_EF_SEARCH, env_name
 from shardrec.api.commands import ShardFlags as F
-from shardrec.serving.shard.app import ShardServer, build_api
+from shardrec.serving.shard.app import Drain, ShardServer, build_api
 from shardrec.serving.shard.engine import EngineSettings, LoadRejectedError, SearchEngine
 from shardrec.serving.shard.exit_codes import EXIT_LOAD_FAILED, EXIT_PORT_IN_USE
 from shardrec.serving.shard.metrics import ShardMetrics
@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads running knn_query (default: usable CPUs)",
     )
     parser.add_argument(
+        F.DRAIN_SECONDS,
+        type=float,
+        default=float(_env(F.DRAIN_SECONDS, "0") or 0),
+        help="GET /prestop fails /readyz and returns after this long (the pod's preStop hook)",
+    )
+    parser.add_argument(
         F.MAX_WAIT_MS,
         type=float,
         default=float(_env(F.MAX_WAIT_MS, "0") or 0),
@@ -82,6 +88,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--ef-search must be >= 1, got {args.ef_search}")
     if args.search_threads is not None and int(args.search_threads) < 1:
         parser.error(f"--search-threads must be >= 1, got {args.search_threads}")
+    if args.drain_seconds < 0:
+        parser.error(f"--drain-seconds must be >= 0, got {args.drain_seconds}")
     if args.max_wait_ms < 0:
         parser.error(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
 
@@ -125,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if server is not None:
             server.should_exit = True
 
-    api = build_api(engine, metrics, shard, args.admin_token, lifespan=lifespan)
+    drain = Drain(seconds=args.drain_seconds)
+    api = build_api(engine, metrics, shard, args.admin_token, lifespan=lifespan, drain=drain)
     app = ShardServer(engine, metrics, api)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from shardrec.api.commands import IndexBuildFlags
 from shardrec.serving.index.build import BuildError, build_layout
 from shardrec.serving.index.embeddings import EmbeddingsError
 from shardrec.serving.index.layout import LayoutError, verify_layout
@@ -30,7 +31,12 @@ def register(subparsers: Any) -> None:
     build.add_argument("--metric", choices=METRICS, default="cosine", help="similarity (default cosine)")
     build.add_argument("--m", type=int, default=16, help="HNSW graph degree M (default 16)")
     build.add_argument("--ef-construction", type=int, default=200, help="HNSW ef_construction (default 200)")
-    build.add_argument("--workers", type=int, default=None, help="build threads (default: all CPUs)")
+    build.add_argument(
+        IndexBuildFlags.WORKERS,
+        type=int,
+        default=None,
+        help="build threads (default: the CPUs this process may use: affinity and CPU quota)",
+    )
     build.add_argument(
         "--layout", default=None, help="layout id recorded in layout.json (default: --out's name)"
     )
