@@ -19,7 +19,7 @@ from shardrec_operator.desired.router import build_router_deployment
 from shardrec_operator.desired.shard import build_shard_statefulset
 from shardrec_operator.desired.topology_configmap import build_layout_topology
 from shardrec_operator.desired.validation import kubernetes_spec_errors
-from tests.controller.samples import body, cluster, layout_of, spec_document
+from tests.controller.samples import cluster, layout_of, spec_document
 
 STORE_URL = "s3://artifacts/recs-prod"
 CONNECTION = {
@@ -152,27 +152,46 @@ def test_gc_job_on_a_pvc_store_deletes_the_layout_folder_on_the_claim() -> None:
 
 def test_cleanup_job_deletes_every_layout_the_status_knows() -> None:
     stamp = "2026-11-23T12:00:00Z"
-    status = {
-        "layouts": [
-            {
-                "name": "aaaaaaaaaa",
-                "version": "v2",
-                "shards": 2,
-                "state": "Serving",
-                "createdAt": stamp,
-                "stateSince": stamp,
-            }
-        ],
-        "storedLayouts": [
-            {"name": "aaaaaaaaaa", "version": "v2", "builtAt": stamp},
-            {"name": "bbbbbbbbbb", "version": "v1", "builtAt": stamp},
-        ],
-    }
-    sample = api.RecommenderCluster.model_validate(body(status=status, index=INDEX))
-    script = build_cleanup_job(sample)["spec"]["template"]["spec"]["containers"][0]["command"][2]
+    status = api.RecommenderClusterStatus.model_validate(
+        {
+            "layouts": [
+                {
+                    "name": "aaaaaaaaaa",
+                    "version": "v2",
+                    "shards": 2,
+                    "state": "Serving",
+                    "createdAt": stamp,
+                    "stateSince": stamp,
+                }
+            ],
+            "storedLayouts": [
+                {"name": "aaaaaaaaaa", "version": "v2", "builtAt": stamp},
+                {"name": "bbbbbbbbbb", "version": "v1", "builtAt": stamp},
+            ],
+        }
+    )
+    script = build_cleanup_job(SAMPLE, status)["spec"]["template"]["spec"]["containers"][0]["command"][2]
     for layout in ("aaaaaaaaaa", "bbbbbbbbbb"):
-        assert f"'--layout', '{layout}'" in script
+        assert script.count(f"'--layout', '{layout}'") == 1
     assert "subprocess.run(command, check=True)" in script
+    assert "'--s3-path-style'" in script
+
+
+def test_deletion_passes_the_stored_status_to_the_cleanup_job() -> None:
+    from shardrec_operator.reconcile import resources as kinds
+    from shardrec_operator.reconcile.cleanup import clean_artifacts
+    from tests.controller.fake_api import FakeClusterApi
+
+    fake = FakeClusterApi()
+    stamp = "2026-11-23T12:00:00Z"
+    status = api.RecommenderClusterStatus(
+        stored_layouts=[api.StoredLayoutStatus(name="cccccccccc", version="v1", built_at=stamp)]
+    )
+    state, _ = clean_artifacts(fake, SAMPLE, status)
+    assert state == "running"
+    job = fake.get(kinds.JOB, "ml", names.cleanup_job("recs"))
+    assert job is not None
+    assert "'cccccccccc'" in job["spec"]["template"]["spec"]["containers"][0]["command"][2]
 
 
 def test_topology_names_the_layout_in_the_object_store() -> None:
