@@ -122,7 +122,8 @@ def test_build_job_uploads_to_the_layout_prefix_with_build_resources() -> None:
     command = container["command"]
     assert command[command.index("--embeddings") + 1] == "s3://embeddings/movielens/v1"
     assert command[command.index("--out") + 1] == f"{PREFIX}/{LAYOUT.id}"
-    assert command[-len(FLAGS) :] == FLAGS
+    assert command[-len(FLAGS) - 2 :] == [*FLAGS, "--work-dir", "/work"]
+    assert {"name": "build-work", "mountPath": "/work"} in container["volumeMounts"]
     assert container["resources"] == {"requests": {"cpu": "4", "memory": "8Gi"}}
     # Without resources.build the build keeps the shard's resources (as before).
     default = build_index_job(SAMPLE, LAYOUT, "a1")["spec"]["template"]["spec"]["containers"][0]
