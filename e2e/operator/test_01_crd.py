@@ -119,6 +119,13 @@ def test_crd_rejects_invalid_objects_naming_the_field_and_explains_fields(
     assert apply(valid).returncode == 0, "the valid object is accepted"
     metric_change = apply(_set(valid, "index.metric", "ip"))
     assert metric_change.returncode != 0 and "index.metric cannot change in place" in metric_change.stderr
+    to_object_store = _set(
+        _set(valid, "index.store", {"objectStore": {"url": "s3://bucket/x"}}), "index.objectStore", {}
+    )
+    moved = apply(to_object_store)
+    assert moved.returncode != 0 and "cannot be added, removed or moved in place" in moved.stderr, (
+        moved.stderr
+    )
 
     explained = kube.kubectl("explain", "recommenderclusters.spec.replicasPerShard").stdout
     assert "Replicas of every shard" in explained

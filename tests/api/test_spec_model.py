@@ -307,3 +307,20 @@ def test_pod_templates_accept_placement_metadata_env_and_volumes() -> None:
     assert spec.model_dump(by_alias=True, exclude_none=True)["podTemplates"]["build"]["volumes"] == [
         {"name": "ca", "configMap": {"name": "ca"}}
     ]
+
+
+def test_the_object_store_location_cannot_change_in_place_but_retention_can() -> None:
+    from shardrec.api.v1alpha1 import transition_errors
+
+    def spec(store: dict[str, Any]) -> RecommenderClusterSpec:
+        index = {"version": "v1", "source": "/d", "dimension": 8, "objectStore": {}, "store": store}
+        return RecommenderClusterSpec.model_validate(minimal_spec(index=index))
+
+    pvc = spec({"persistentVolumeClaim": {"claimName": "c"}})
+    s3 = spec({"objectStore": {"url": "s3://bucket/a"}})
+    moved = spec({"objectStore": {"url": "s3://bucket/b"}})
+    kept = spec({"objectStore": {"url": "s3://bucket/a"}, "retention": {"keepLayouts": 5}})
+    for old, new in ((pvc, s3), (s3, pvc), (s3, moved)):
+        assert any("cannot be added, removed or moved" in e for e in transition_errors(old, new))
+    assert transition_errors(s3, kept) == []
+    assert transition_errors(pvc, pvc) == []

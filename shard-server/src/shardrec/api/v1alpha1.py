@@ -181,7 +181,14 @@ class IndexStoreSpec(ApiModel):
                 "!has(self.persistentVolumeClaim) || !has(self.objectStore)",
                 "index.store: set persistentVolumeClaim or objectStore, not both",
                 ".objectStore",
-            )
+            ),
+            (
+                "has(self.objectStore) == has(oldSelf.objectStore) && "
+                "(!has(self.objectStore) || self.objectStore.url == oldSelf.objectStore.url)",
+                "index.store.objectStore cannot be added, removed or moved in place (built layouts "
+                "would not be found): create a new RecommenderCluster",
+                ".objectStore",
+            ),
         )
     )
 
