@@ -54,6 +54,9 @@ EXTERNAL_SKIPS = {
     "test_pods_on_a_lost_node_are_force_deleted_and_rescheduled": (
         "loses a node by taking it away from kwok and restarting kwok; an external cluster has no kwok"
     ),
+    "test_rollback_an_hour_later_reuses_a_retained_layout_and_retention_keeps_exactly_what_it_should": (
+        "its pods would fetch from an object store at seaweedfs.storage, which an external cluster lacks"
+    ),
 }
 # Tests that need pods to become Ready for real on an external cluster, beyond those using `scenario`.
 READY_WITHOUT_SCENARIO = {"test_handlers_module_runs_under_kopf_and_reconciles"}

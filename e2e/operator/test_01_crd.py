@@ -35,7 +35,16 @@ INVALID = [
     ("index.version", "V_1", "spec.index.version"),
     ("index.dimension", 0, "spec.index.dimension"),
     ("index.metric", "dot", "spec.index.metric"),
-    ("index.source", "s3://bucket/x", "spec.index.source"),
+    ("index.source", "gs://bucket/x", "spec.index.source"),
+    ("index.source", "s3://bucket/x", "index.objectStore is required when index.source"),
+    (
+        "index.store",
+        {"persistentVolumeClaim": {"claimName": "x"}, "objectStore": {"url": "s3://bucket/x"}},
+        "set persistentVolumeClaim or objectStore, not both",
+    ),
+    ("index.store", {"objectStore": {"url": "s3://Bad_Bucket/x"}}, "spec.index.store.objectStore.url"),
+    ("index.store", {"retention": {"keepLayouts": 0}}, "spec.index.store.retention.keepLayouts"),
+    ("index.objectStore", {"endpoint": "seaweedfs:8333"}, "spec.index.objectStore.endpoint"),
     ("index.hnsw", {"m": 2}, "spec.index.hnsw.m"),
     ("index.hnsw", {"m": 64, "efConstruction": 32}, "hnsw.efConstruction must be at least hnsw.m"),
     ("index.store", {"persistentVolumeClaim": {"claimName": "x", "subPath": "../up"}}, "subPath"),
@@ -110,6 +119,13 @@ def test_crd_rejects_invalid_objects_naming_the_field_and_explains_fields(
     assert apply(valid).returncode == 0, "the valid object is accepted"
     metric_change = apply(_set(valid, "index.metric", "ip"))
     assert metric_change.returncode != 0 and "index.metric cannot change in place" in metric_change.stderr
+    to_object_store = _set(
+        _set(valid, "index.store", {"objectStore": {"url": "s3://bucket/x"}}), "index.objectStore", {}
+    )
+    moved = apply(to_object_store)
+    assert moved.returncode != 0 and "cannot be added, removed or moved in place" in moved.stderr, (
+        moved.stderr
+    )
 
     explained = kube.kubectl("explain", "recommenderclusters.spec.replicasPerShard").stdout
     assert "Replicas of every shard" in explained

@@ -18,7 +18,12 @@ pytestmark = [pytest.mark.controlplane]
 
 def _no_duplicates_or_orphans(scenario: Any, layout: str) -> None:
     assert scenario.names(kinds.STATEFUL_SET) == [f"recs-{layout}-{shard}" for shard in (0, 1)]
-    assert scenario.names(kinds.JOB) == [f"recs-{layout}-build"]
+    assert scenario.names(kinds.JOB, "app.kubernetes.io/component=index-build") == [f"recs-{layout}-build"]
+    # Past keepLayouts (3), the oldest layouts' artifacts are garbage-collected: one Job each, only
+    # for layouts that run nowhere any more.
+    live = {entry["name"] for entry in scenario.status().get("layouts", [])}
+    for name in scenario.names(kinds.JOB, "app.kubernetes.io/component=artifact-gc"):
+        assert name.removeprefix("recs-").removesuffix("-gc") not in live, name
     assert scenario.names(kinds.DEPLOYMENT) == ["recs-router"]
     uid = scenario.body()["metadata"]["uid"]
     for resource in (

@@ -81,5 +81,16 @@ def test_every_store_claim_is_the_one_store_pvc_yaml_creates() -> None:
             if doc["kind"] != "RecommenderCluster":
                 continue
             index = doc["spec"]["index"]
+            if "objectStore" in index["store"]:
+                continue  # object-store.yaml: no claim at all
             assert index["store"]["persistentVolumeClaim"]["claimName"] == claim
             assert index["source"].startswith(f"pvc://{claim}/")
+
+
+def test_the_object_store_example_mounts_nothing_and_keeps_secrets_out() -> None:
+    (doc,) = _docs(EXAMPLES / "object-store.yaml")
+    spec = RecommenderCluster.model_validate(doc).spec
+    assert spec.index.store.persistent_volume_claim is None and spec.index.store.object_store is not None
+    assert spec.index.source.startswith("s3://") and spec.index.object_store is not None
+    assert spec.index.object_store.credentials_secret_ref is not None
+    assert "secret-access-key:" not in (EXAMPLES / "object-store.yaml").read_text(encoding="utf-8")

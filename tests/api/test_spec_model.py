@@ -75,7 +75,11 @@ def test_each_bound_is_enforced_and_names_the_field(override: dict[str, Any], fi
 INDEX_BOUNDS = [
     ({"version": "V1"}, "index.version"),
     ({"version": ""}, "index.version"),
-    ({"source": "s3://bucket"}, "index.source"),
+    ({"source": "gs://bucket/x"}, "index.source"),
+    ({"store": {"objectStore": {"url": "s3://UPPER/x"}}, "objectStore": {}}, "index.store.objectStore.url"),
+    ({"store": {"retention": {"keepLayouts": 0}}}, "index.store.retention.keepLayouts"),
+    ({"store": {"retention": {"maxAgeHours": -1}}}, "index.store.retention.maxAgeHours"),
+    ({"objectStore": {"endpoint": "seaweed:8333"}}, "index.objectStore.endpoint"),
     ({"dimension": 0}, "index.dimension"),
     ({"dimension": 5000}, "index.dimension"),
     ({"metric": "hamming"}, "index.metric"),
@@ -102,7 +106,82 @@ CROSS_FIELD = [
     ({"router": {"timeoutMs": 50, "hedging": {"afterMs": 50}}}, "afterMs must be below router.timeoutMs"),
     ({"router": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}}, "minReplicas must not exceed"),
     ({"shards": 1024, "replicasPerShard": 5}, "must not exceed 4096 pods"),
+    (
+        {"index": {"version": "v1", "source": "s3://bucket/embeddings", "dimension": 8}},
+        "index.objectStore is required when index.source or index.store.objectStore is an s3:// URL",
+    ),
+    (
+        {
+            "index": {
+                "version": "v1",
+                "source": "/d",
+                "dimension": 8,
+                "store": {"objectStore": {"url": "s3://bucket/layouts"}},
+            }
+        },
+        "index.objectStore is required when",
+    ),
+    (
+        {
+            "index": {
+                "version": "v1",
+                "source": "/d",
+                "dimension": 8,
+                "objectStore": {},
+                "store": {
+                    "objectStore": {"url": "s3://bucket/layouts"},
+                    "persistentVolumeClaim": {"claimName": "c"},
+                },
+            }
+        },
+        "set persistentVolumeClaim or objectStore, not both",
+    ),
 ]
+
+
+def test_object_store_source_and_store_with_defaults() -> None:
+    spec = RecommenderClusterSpec.model_validate(
+        minimal_spec(
+            index={
+                "version": "v1",
+                "source": "s3://embeddings/movielens/v1",
+                "dimension": 8,
+                "objectStore": {
+                    "endpoint": "http://seaweedfs.storage:8333",
+                    "pathStyle": True,
+                    "credentialsSecretRef": {"name": "s3-creds"},
+                },
+                "store": {"objectStore": {"url": "s3://artifacts/recs"}},
+            }
+        )
+    )
+    connection = spec.index.object_store
+    assert connection is not None and connection.region == "us-east-1" and connection.path_style
+    ref = connection.credentials_secret_ref
+    assert ref is not None
+    assert (ref.access_key_id_key, ref.secret_access_key_key, ref.session_token_key) == (
+        "access-key-id",
+        "secret-access-key",
+        None,
+    )
+    assert spec.index.store.retention.keep_layouts == 3
+    assert spec.index.store.retention.max_age_hours == 0
+    wire = spec.model_dump(by_alias=True, mode="json", exclude_none=True)
+    assert wire["index"]["store"]["objectStore"] == {"url": "s3://artifacts/recs"}
+
+
+def test_a_pvc_store_needs_no_object_store_settings() -> None:
+    spec = RecommenderClusterSpec.model_validate(
+        minimal_spec(
+            index={
+                "version": "v1",
+                "source": "pvc://data/embeddings",
+                "dimension": 8,
+                "store": {"persistentVolumeClaim": {"claimName": "data"}},
+            }
+        )
+    )
+    assert spec.index.object_store is None and spec.index.store.object_store is None
 
 
 @pytest.mark.parametrize(("override", "message"), CROSS_FIELD)
@@ -228,3 +307,20 @@ def test_pod_templates_accept_placement_metadata_env_and_volumes() -> None:
     assert spec.model_dump(by_alias=True, exclude_none=True)["podTemplates"]["build"]["volumes"] == [
         {"name": "ca", "configMap": {"name": "ca"}}
     ]
+
+
+def test_the_object_store_location_cannot_change_in_place_but_retention_can() -> None:
+    from shardrec.api.v1alpha1 import transition_errors
+
+    def spec(store: dict[str, Any]) -> RecommenderClusterSpec:
+        index = {"version": "v1", "source": "/d", "dimension": 8, "objectStore": {}, "store": store}
+        return RecommenderClusterSpec.model_validate(minimal_spec(index=index))
+
+    pvc = spec({"persistentVolumeClaim": {"claimName": "c"}})
+    s3 = spec({"objectStore": {"url": "s3://bucket/a"}})
+    moved = spec({"objectStore": {"url": "s3://bucket/b"}})
+    kept = spec({"objectStore": {"url": "s3://bucket/a"}, "retention": {"keepLayouts": 5}})
+    for old, new in ((pvc, s3), (s3, pvc), (s3, moved)):
+        assert any("cannot be added, removed or moved" in e for e in transition_errors(old, new))
+    assert transition_errors(s3, kept) == []
+    assert transition_errors(pvc, pvc) == []

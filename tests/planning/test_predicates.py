@@ -79,6 +79,8 @@ def test_table_names_every_rule_once_in_reporting_order() -> None:
         "switch_only_when_every_router_prepared",
         "never_delete_serving_layout",
         "never_delete_last_ready_replica_of_serving_shard",
+        "never_delete_artifacts_of_a_live_layout",
+        "wait_for_artifact_deletion",
     ]
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from shardrec.api.v1alpha1 import RecommenderClusterSpec, RecommenderClusterStatus
 from shardrec.planning import (
     Action,
+    DeleteArtifacts,
     DeleteLayout,
     EnsureBuild,
     EnsureShards,
@@ -99,6 +100,8 @@ class FakeWorld:
     status_json: dict[str, Any] = field(default_factory=dict)
     events: list[RecordEvent] = field(default_factory=list)
     executed: list[Action] = field(default_factory=list)
+    artifacts: set[str] = field(default_factory=set)  # layouts whose artifacts are in the store
+    deletions: dict[str, str] = field(default_factory=dict)  # artifact deletions: layout -> state
 
     # --- what the planner sees ---------------------------------------------------------------
 
@@ -131,6 +134,7 @@ class FakeWorld:
             router=ObservedRouter(written_layout=self.written, confirmed_layout=self.confirmed),
             previous_status=self.stored_status(),
             router_endpoint="http://127.0.0.1:8080",
+            artifact_deletions=dict(self.deletions),  # type: ignore[arg-type]
         )
 
     # --- the hands ---------------------------------------------------------------------------
@@ -143,8 +147,11 @@ class FakeWorld:
             layout = self.layouts.setdefault(action.layout_id, FakeLayout(action.layout))
             failed_elsewhere = layout.build_state == "Failed" and layout.build_attempt != action.attempt
             if layout.build_state == "Absent" or failed_elsewhere:
+                assert self.deletions.get(action.layout_id) != "Running", "built while being deleted"
+                self.deletions.pop(action.layout_id, None)  # the hands drop the finished deletion
                 layout.build_state, layout.build_attempt = "Running", action.attempt
-                layout.build_ticks_left = self.build_ticks
+                # A build that finds verifying artifacts reuses them: one tick instead of many.
+                layout.build_ticks_left = 1 if action.layout_id in self.artifacts else self.build_ticks
         elif isinstance(action, EnsureShards):
             layout = self.layouts[action.layout_id]
             assert layout.build_state == "Succeeded", "shards started before the build succeeded"
@@ -163,6 +170,10 @@ class FakeWorld:
             self.layouts.pop(action.layout_id, None)
         elif isinstance(action, RetireLayout):
             assert action.layout_id != self.confirmed
+        elif isinstance(action, DeleteArtifacts):
+            assert action.layout_id not in self.layouts, "deleted the artifacts of a layout that exists"
+            assert action.layout_id not in (self.written, self.confirmed), "deleted serving artifacts"
+            self.deletions.setdefault(action.layout_id, "Running")
 
     def tick(self) -> None:
         """Time passes: builds progress, replicas become ready, the router catches up."""
@@ -173,10 +184,16 @@ class FakeWorld:
                 if layout.build_ticks_left <= 0:
                     failing = layout.spec.version in self.failing_versions
                     layout.build_state = "Failed" if failing else "Succeeded"
+                    if not failing:
+                        self.artifacts.add(layout.spec.id)
             if layout.spec.version in self.stuck_versions:
                 continue
             for shard in layout.shards.values():
                 shard.ready = shard.desired  # one tick to become ready
+        for layout_id, state in self.deletions.items():
+            if state == "Running":
+                self.deletions[layout_id] = "Succeeded"
+                self.artifacts.discard(layout_id)
         if self.written != self.confirmed:
             self.switch_ticks_left -= 1
             if self.switch_ticks_left <= 0:

@@ -151,7 +151,7 @@ def run_cleanup(
     except InvalidSpecError as error:
         post_event(body, RecordEvent("Warning", "ArtifactCleanupSkipped", f"invalid spec: {error}"))
         return
-    state, message = clean_artifacts(runtime.api, cluster)
+    state, message = clean_artifacts(runtime.api, cluster, previous_status(dict(body.get("status") or {})))
     if state == "running":
         raise kopf.TemporaryError(message, delay=retry_after)
     if state == "done":

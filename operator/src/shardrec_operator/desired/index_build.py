@@ -1,15 +1,23 @@
-"""The index-build Job of a layout, and the artifact cleanup Job.
+"""The index-build Job of a layout, the artifact garbage-collection Job, and the cleanup Job.
 
 Builds run off the serving pods, in a Job that uses the data-plane image and `recctl index build`,
-writing the layout folder onto the index store PVC (mounted read-write here, read-only
-everywhere else). `recctl` publishes `layout.json` last, so a retried or interrupted build never
-leaves a folder that looks complete. The Job's `activeDeadlineSeconds` is the rollout timeout, so
-a build that cannot even start (missing source claim, no node) fails visibly instead of pending
-forever; there is no TTL, because the finished Job is the record that the layout is built.
+writing the layout onto the index store: the PVC (mounted read-write here, read-only everywhere
+else) or the object store (`desired.artifacts`; nothing mounted, credentials from the Secret as
+environment variables). `recctl` publishes `layout.json` last, so a retried or interrupted build
+never leaves a layout that looks complete, and it reuses a complete, verifying layout that is
+already there: rolling back to a retained layout whose Job was deleted re-creates the Job, which
+finishes quickly. The Job's `activeDeadlineSeconds` is the rollout timeout, so a build that
+cannot even start (missing source claim, no node) fails visibly instead of pending forever; there
+is no TTL, because the finished Job is the record that the layout is built.
+
+One Job builds every shard of a layout (`recctl index build` cannot build a single shard yet, so
+there is no Indexed Job per shard); its container has `resources.build` (or, when empty, the
+shard's resources).
 
 Embeddings source (`spec.index.source`) on Kubernetes:
 - `pvc://<claim>/<path>`: that claim is mounted read-only at /source;
-- `/abs/path` or `file:///abs/path`: a path inside the index store volume.
+- `s3://bucket/prefix`: read by `recctl` itself (needs `spec.index.objectStore`);
+- `/abs/path` or `file:///abs/path`: a path inside the index store volume (PVC store only).
 """
 
 from __future__ import annotations
@@ -19,16 +27,23 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from shardrec.api import v1alpha1 as api
-from shardrec.api.commands import index_build_arguments
+from shardrec.api.commands import index_build_arguments, index_delete_arguments
 from shardrec.planning import LayoutSpec
-from shardrec_operator.desired import labels, names, pods
+from shardrec_operator.desired import artifacts, labels, names, pods
 from shardrec_operator.desired.meta import Manifest, manifest
 from shardrec_operator.desired.pod_template import merge_pod_template
 
 BUILD_BACKOFF_LIMIT: Final = 2
 BUILD_CONTAINER: Final = "build"
 CLEANUP_CONTAINER: Final = "cleanup"
+GC_CONTAINER: Final = "delete"
 CLEANUP_DEADLINE_SECONDS: Final = 600
+WORK_VOLUME: Final = "build-work"
+WORK_MOUNT: Final = "/work"
+GC_TTL_SECONDS: Final = 3600
+"""A finished garbage-collection Job is kept this long (far beyond any resync) so the operator sees
+how it ended; if it is gone first the deletion is ordered again, and deleting what is gone is a
+no-op."""
 _PVC_SOURCE = re.compile(r"^pvc://(?P<claim>[a-z0-9]([-a-z0-9.]*[a-z0-9])?)/(?P<path>\S+)$")
 
 
@@ -40,8 +55,11 @@ class Source:
     claim: str | None = None
 
 
-def resolve_source(source: str) -> Source:
-    """`spec.index.source` -> a path inside the build container (+ the claim to mount, if any)."""
+def resolve_source(source: str, *, object_store: bool = False) -> Source:
+    """`spec.index.source` -> a path or URL inside the build container (+ the claim to mount, if
+    any). `object_store`: the artifacts go to an object store, so no store volume is mounted."""
+    if source.startswith("s3://"):
+        return Source(path=source)
     if source.startswith("pvc://"):
         match = _PVC_SOURCE.match(source)
         if match is None:
@@ -51,16 +69,38 @@ def resolve_source(source: str) -> Source:
         return Source(path=f"{pods.SOURCE_MOUNT}/{match['path'].strip('/')}", claim=match["claim"])
     path = source.removeprefix("file://")
     if not path.startswith("/"):
-        raise ValueError(f"spec.index.source: {source!r} must be an absolute path, file:// or pvc://")
+        raise ValueError(f"spec.index.source: {source!r} must be an absolute path, file://, pvc:// or s3://")
+    if object_store:
+        raise ValueError(
+            f"spec.index.source: {source!r} is a path inside the index store volume, but "
+            "spec.index.store.objectStore mounts no volume: use s3:// or pvc://<claim>/<path>"
+        )
     return Source(path=f"{pods.STORE_MOUNT}/{path.strip('/')}")
 
 
-def build_command(cluster: str, layout: LayoutSpec, workers: int | None = None) -> list[str]:
+def _on_object_store(spec: api.RecommenderClusterSpec) -> bool:
+    return artifacts.object_store(spec) is not None
+
+
+def _needs_work_dir(spec: api.RecommenderClusterSpec, layout: LayoutSpec) -> bool:
+    """A remote source is downloaded, and a layout for an object store is built locally before
+    its upload: both need scratch space beyond the 1 GiB /tmp (the root filesystem is read-only)."""
+    return _on_object_store(spec) or layout.source.startswith("s3://")
+
+
+def build_command(
+    cluster: api.RecommenderCluster, layout: LayoutSpec, workers: int | None = None
+) -> list[str]:
     """`recctl index build` for a layout, the same arguments the local runtime uses; `workers`
     (build threads) from the build container's CPU, when it has one."""
-    embeddings = resolve_source(layout.source).path
-    out = pods.layout_dir(cluster, layout.id)
-    return ["recctl", *index_build_arguments(layout, embeddings, out, workers=workers)]
+    spec = cluster.spec
+    embeddings = resolve_source(layout.source, object_store=_on_object_store(spec)).path
+    out = artifacts.layout_location(cluster, layout.id)
+    arguments = index_build_arguments(layout, embeddings, out, artifacts.connection(spec), workers=workers)
+    command = ["recctl", *arguments]
+    if _needs_work_dir(spec, layout):
+        command += ["--work-dir", WORK_MOUNT]
+    return command
 
 
 def build_resources(spec: api.RecommenderClusterSpec) -> api.ResourceRequirements:
@@ -71,10 +111,14 @@ def build_resources(spec: api.RecommenderClusterSpec) -> api.ResourceRequirement
 def _job_pod_spec(
     spec: api.RecommenderClusterSpec, container: dict[str, Any], cluster: str, source: Source | None
 ) -> dict[str, Any]:
-    volumes = [pods.store_volume(spec, read_only=False), pods.tmp_volume()]
-    mounts = [pods.store_mount(spec, read_only=False), pods.tmp_mount()]
+    on_object_store = _on_object_store(spec)
+    volumes = [pods.tmp_volume()]
+    mounts = [pods.tmp_mount()]
+    if not on_object_store:
+        volumes.insert(0, pods.store_volume(spec, read_only=False))
+        mounts.insert(0, pods.store_mount(spec, read_only=False))
     if source is not None and source.claim is not None:
-        if source.claim == pods.store_claim(spec).claim_name:
+        if not on_object_store and source.claim == pods.store_claim(spec).claim_name:
             # The same claim as the store (what the examples do): mount the store volume a second time,
             # read-only, at /source. A second volume naming the same claim with `readOnly: true` is one
             # volume to the kubelet, and it came up read-only on /store too (the build then failed with
@@ -94,6 +138,7 @@ def _job_pod_spec(
             {
                 **container,
                 **pods.image_fields(spec),
+                **({"env": env} if (env := artifacts.credential_env(spec)) else {}),
                 "resources": pods.resources(build_resources(spec)),
                 "securityContext": pods.container_security_context(),
                 "volumeMounts": mounts,
@@ -117,11 +162,15 @@ def build_pod_template(cluster: api.RecommenderCluster, layout: LayoutSpec) -> d
     name = cluster.metadata.name
     job_labels = labels.layout_labels(name, "index-build", layout)
     workers = pods.cpu_threads(build_resources(spec))
-    container = {"name": BUILD_CONTAINER, "command": build_command(name, layout, workers)}
-    return {
-        "metadata": {"labels": job_labels},
-        "spec": _job_pod_spec(spec, container, name, resolve_source(layout.source)),
-    }
+    container = {"name": BUILD_CONTAINER, "command": build_command(cluster, layout, workers)}
+    pod_spec = _job_pod_spec(
+        spec, container, name, resolve_source(layout.source, object_store=_on_object_store(spec))
+    )
+    if _needs_work_dir(spec, layout):
+        # Node-local scratch for the download and the local build; gone with the pod.
+        pod_spec["volumes"].append({"name": WORK_VOLUME, "emptyDir": {}})
+        pod_spec["containers"][0]["volumeMounts"].append({"name": WORK_VOLUME, "mountPath": WORK_MOUNT})
+    return {"metadata": {"labels": job_labels}, "spec": pod_spec}
 
 
 def build_index_job(cluster: api.RecommenderCluster, layout: LayoutSpec, attempt: str) -> Manifest:
@@ -145,18 +194,77 @@ def build_index_job(cluster: api.RecommenderCluster, layout: LayoutSpec, attempt
     )
 
 
-def build_cleanup_job(cluster: api.RecommenderCluster) -> Manifest:
-    """The Job that deletes this cluster's folder (every layout) from the store (finalizer step)."""
+def build_artifact_gc_job(cluster: api.RecommenderCluster, layout_id: str, version: str) -> Manifest:
+    """The Job that deletes one layout's artifacts from the store (`DeleteArtifacts`), for PVC and
+    object stores alike: `recctl index delete` removes the manifest first, then the files."""
+    spec = cluster.spec
+    name = cluster.metadata.name
+    job_labels = labels.artifact_gc_labels(name, layout_id, version)
+    arguments = index_delete_arguments(
+        store=artifacts.store_location(cluster), layout=layout_id, object_store=artifacts.connection(spec)
+    )
+    container = {"name": GC_CONTAINER, "command": ["recctl", *arguments]}
+    return manifest(
+        "batch/v1",
+        "Job",
+        cluster,
+        names.artifact_gc_job(name, layout_id),
+        job_labels,
+        spec={
+            "backoffLimit": BUILD_BACKOFF_LIMIT,
+            "activeDeadlineSeconds": CLEANUP_DEADLINE_SECONDS,
+            "ttlSecondsAfterFinished": GC_TTL_SECONDS,
+            "template": _with_template(
+                cluster,
+                {
+                    "metadata": {"labels": job_labels},
+                    "spec": _job_pod_spec(spec, container, name, source=None),
+                },
+                GC_CONTAINER,
+                job_labels,
+            ),
+        },
+    )
+
+
+def known_layouts(status: api.RecommenderClusterStatus | None) -> list[str]:
+    """Every layout the status knows of (running or only stored), sorted."""
+    if status is None:
+        return []
+    return sorted({entry.name for entry in status.layouts} | {entry.name for entry in status.stored_layouts})
+
+
+def _cleanup_script(cluster: api.RecommenderCluster, status: api.RecommenderClusterStatus | None) -> str:
+    name = cluster.metadata.name
+    if not _on_object_store(cluster.spec):
+        return (
+            "import pathlib, shutil; "
+            f"root = pathlib.Path({pods.cluster_dir(name)!r}); "
+            "shutil.rmtree(root, ignore_errors=True); "
+            "print('removed', root)"
+        )
+    # An object store has no folder to remove: delete every layout the status knows, one by one.
+    store, flags = artifacts.store_location(cluster), artifacts.connection(cluster.spec)
+    commands = [
+        ["recctl", *index_delete_arguments(store=store, layout=layout, object_store=flags)]
+        for layout in known_layouts(status)
+    ]
+    return (
+        "import subprocess; "
+        f"[subprocess.run(command, check=True) for command in {commands!r}]; "
+        f"print('deleted', {len(commands)}, 'layouts')"
+    )
+
+
+def build_cleanup_job(
+    cluster: api.RecommenderCluster, status: api.RecommenderClusterStatus | None = None
+) -> Manifest:
+    """The Job that deletes this cluster's artifacts from the store (finalizer step): its folder on
+    a PVC, or each layout `status` knows of in an object store."""
     spec = cluster.spec
     name = cluster.metadata.name
     job_labels = labels.component_labels(name, "cleanup")
-    script = (
-        "import pathlib, shutil; "
-        f"root = pathlib.Path({pods.cluster_dir(name)!r}); "
-        "shutil.rmtree(root, ignore_errors=True); "
-        "print('removed', root)"
-    )
-    container = {"name": CLEANUP_CONTAINER, "command": ["python", "-c", script]}
+    container = {"name": CLEANUP_CONTAINER, "command": ["python", "-c", _cleanup_script(cluster, status)]}
     # The cleanup needs only the store, never the embeddings source (it may be gone already).
     pod_spec = _job_pod_spec(spec, container, name, source=None)
     template = _with_template(

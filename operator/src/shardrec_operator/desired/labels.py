@@ -30,7 +30,7 @@ BUILD_ATTEMPT_ANNOTATION: Final = "shardrec.io/build-attempt"
 APP: Final = "shardrec"
 MANAGER: Final = "shardrec-operator"
 
-Component = Literal["shard", "router", "index-build", "cleanup"]
+Component = Literal["shard", "router", "index-build", "cleanup", "artifact-gc"]
 
 
 def cluster_labels(cluster: str) -> dict[str, str]:
@@ -55,6 +55,11 @@ def layout_labels(cluster: str, component: Component, layout: LayoutSpec) -> dic
         LAYOUT: layout.id,
         INDEX_VERSION: layout.version,
     }
+
+
+def artifact_gc_labels(cluster: str, layout_id: str, version: str) -> dict[str, str]:
+    """Labels of the Job that deletes one layout's artifacts (found by `layout` when observed)."""
+    return {**component_labels(cluster, "artifact-gc"), LAYOUT: layout_id, INDEX_VERSION: version}
 
 
 def layout_annotations(layout: LayoutSpec) -> dict[str, str]:

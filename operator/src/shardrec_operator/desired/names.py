@@ -70,6 +70,11 @@ def build_job(cluster: str, layout_id: str) -> str:
     return f"{cluster}-{layout_id}-build"
 
 
+def artifact_gc_job(cluster: str, layout_id: str) -> str:
+    """The Job that deletes one layout's artifacts from the store (retention)."""
+    return f"{cluster}-{layout_id}-gc"
+
+
 def cleanup_job(cluster: str) -> str:
     """The Job that removes index artifacts when the cluster is deleted (if the spec asks)."""
     return f"{cluster}-cleanup"

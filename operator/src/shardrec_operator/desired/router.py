@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from shardrec.api import v1alpha1 as api
 from shardrec.api.commands import ROUTER_PROGRAM, RouterFlags, env_name, router_arguments
-from shardrec_operator.desired import labels, names, pods
+from shardrec_operator.desired import artifacts, labels, names, pods
 from shardrec_operator.desired.meta import Manifest, manifest
 from shardrec_operator.desired.pod_template import merge_pod_template
 
@@ -73,15 +73,18 @@ def router_command(cluster: api.RecommenderCluster) -> list[str]:
 def _volumes_and_mounts(cluster: api.RecommenderCluster) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     spec = cluster.spec
     volumes = [
-        pods.store_volume(spec, read_only=True),
         pods.tmp_volume(),
         {"name": "router-config", "configMap": {"name": names.router_config(cluster.metadata.name)}},
     ]
     mounts = [
-        pods.store_mount(spec, read_only=True),
         pods.tmp_mount(),
         {"name": "router-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
     ]
+    if artifacts.object_store(spec) is None:
+        # A PVC store: the router reads each layout's user table from the claim. With an object
+        # store nothing is mounted: the topology names the layout's s3:// location instead.
+        volumes.insert(0, pods.store_volume(spec, read_only=True))
+        mounts.insert(0, pods.store_mount(spec, read_only=True))
     secret = spec.auth.api_keys_secret_ref
     if secret is not None:
         volumes.append(
@@ -92,6 +95,14 @@ def _volumes_and_mounts(cluster: api.RecommenderCluster) -> tuple[list[dict[str,
         )
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
     return volumes, mounts
+
+
+def _object_store_env(spec: api.RecommenderClusterSpec) -> list[dict[str, Any]]:
+    """With an object store, how the router reaches it (it reads each layout's user table from
+    the layout's s3:// location); nothing with a PVC store."""
+    if artifacts.object_store(spec) is None:
+        return []
+    return artifacts.connection_env(spec) + artifacts.credential_env(spec)
 
 
 def router_pod_template(cluster: api.RecommenderCluster) -> dict[str, Any]:
@@ -117,6 +128,7 @@ def router_pod_template(cluster: api.RecommenderCluster) -> dict[str, Any]:
                 "name": env_name(RouterFlags.PROCESS, RouterFlags.POD_NAMESPACE),
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
+            *_object_store_env(spec),
         ],
         "ports": [pods.http_port()],
         "readinessProbe": pods.http_probe("/readyz", period=5, failures=2),

@@ -18,7 +18,7 @@ from typing import Any
 from shardrec.api import v1alpha1 as api
 from shardrec.api.commands import SHARD_PROGRAM, shard_arguments
 from shardrec.planning import LayoutSpec
-from shardrec_operator.desired import labels, names, pods
+from shardrec_operator.desired import artifacts, labels, names, pods
 from shardrec_operator.desired.meta import Manifest, manifest
 from shardrec_operator.desired.pod_template import merge_pod_template
 
@@ -27,10 +27,15 @@ SHARD_CONTAINER = "shard"
 
 
 def shard_command(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int) -> list[str]:
+    on_object_store = artifacts.object_store(cluster.spec) is not None
     return [
         SHARD_PROGRAM,
         *shard_arguments(
-            layout_dir=pods.layout_dir(cluster.metadata.name, layout.id),
+            layout_dir=(
+                artifacts.LAYOUT_MOUNT
+                if on_object_store
+                else pods.layout_dir(cluster.metadata.name, layout.id)
+            ),
             shard=shard,
             host="0.0.0.0",
             port=pods.HTTP_PORT,
@@ -57,8 +62,21 @@ def _shard_container(cluster: api.RecommenderCluster, layout: LayoutSpec, shard:
         "lifecycle": pods.shard_pre_stop(),
         "resources": pods.resources(spec.resources.shard),
         "securityContext": pods.container_security_context(),
-        "volumeMounts": [pods.store_mount(spec, read_only=True), pods.tmp_mount()],
+        "volumeMounts": [_layout_mount(spec), pods.tmp_mount()],
     }
+
+
+def _layout_mount(spec: api.RecommenderClusterSpec) -> dict[str, Any]:
+    """The index store claim, or (object store) the local copy the init container made."""
+    if artifacts.object_store(spec) is None:
+        return pods.store_mount(spec, read_only=True)
+    return {"name": artifacts.LAYOUT_VOLUME, "mountPath": artifacts.LAYOUT_MOUNT, "readOnly": True}
+
+
+def _volumes(spec: api.RecommenderClusterSpec) -> list[dict[str, Any]]:
+    if artifacts.object_store(spec) is None:
+        return [pods.store_volume(spec, read_only=True), pods.tmp_volume()]
+    return [artifacts.layout_volume(spec), pods.tmp_volume()]
 
 
 def shard_pod_template(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int) -> dict[str, Any]:
@@ -74,8 +92,10 @@ def shard_pod_template(cluster: api.RecommenderCluster, layout: LayoutSpec, shar
         "securityContext": pods.pod_security_context(),
         **pods.spread_and_anti_affinity(selector),
         "containers": [_shard_container(cluster, layout, shard)],
-        "volumes": [pods.store_volume(spec, read_only=True), pods.tmp_volume()],
+        "volumes": _volumes(spec),
     }
+    if artifacts.object_store(spec) is not None:
+        pod_spec["initContainers"] = [artifacts.fetch_init_container(cluster, layout.id, shard)]
     template_meta: dict[str, Any] = {"labels": labels.shard_labels(name, layout, shard)}
     annotations = pods.scrape_annotations(spec)
     if annotations:

@@ -20,7 +20,7 @@ from shardrec.api.topology import (
     Topology,
 )
 from shardrec.planning import LayoutSpec
-from shardrec_operator.desired import labels, names, pods
+from shardrec_operator.desired import artifacts, labels, names
 from shardrec_operator.desired.meta import Manifest, manifest
 from shardrec_operator.desired.shard import shard_replica_url
 
@@ -49,7 +49,7 @@ def build_layout_topology(
         shards=layout.shards,
         dimension=layout.dimension,
         metric=layout.metric,
-        artifact_dir=pods.layout_dir(name, layout.id),
+        artifact_dir=artifacts.layout_location(cluster, layout.id),
         endpoints=endpoints,
     )
 

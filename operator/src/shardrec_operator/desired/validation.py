@@ -37,13 +37,16 @@ def kubernetes_spec_errors(cluster: api.RecommenderCluster) -> list[str]:
             shard_workload_name(name, "0" * LAYOUT_ID_LENGTH, spec.shards - 1)
         except ValueError as error:
             errors.append(str(error))
-    if spec.index.store.persistent_volume_claim is None:
+    store = spec.index.store
+    if store.persistent_volume_claim is None and store.object_store is None:
+        # The CRD's CEL rule forbids both; the local runtime needs neither, Kubernetes one of them.
         errors.append(
-            "spec.index.store.persistentVolumeClaim is required on Kubernetes: "
+            "spec.index.store.persistentVolumeClaim or spec.index.store.objectStore is required on "
+            "Kubernetes: "
             "index builds write there and shard pods read from it"
         )
     try:
-        resolve_source(spec.index.source)
+        resolve_source(spec.index.source, object_store=store.object_store is not None)
     except ValueError as error:
         errors.append(str(error))
     if spec.router.autoscaling is not None and "cpu" not in spec.resources.router.requests:

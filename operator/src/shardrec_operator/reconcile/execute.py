@@ -7,7 +7,8 @@ Each action maps onto builders plus the one generic applier:
 - StageRouter, SwitchRouter -> the topology ConfigMap (`reconcile.publish_topology`, after the other actions);
 - RetireLayout -> drop the retired layout's PDBs: it no longer serves, so it must not hold up
                   a node drain; its pods keep running for instant rollback;
-- DeleteLayout -> delete the layout's Job, StatefulSets, Services and PDBs.
+- DeleteLayout -> delete the layout's Job, StatefulSets, Services and PDBs;
+- DeleteArtifacts -> the layout's garbage-collection Job (`recctl index delete`), created once.
 A layout no action names is left exactly as it is.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from shardrec.planning import (
     Action,
+    DeleteArtifacts,
     DeleteLayout,
     EnsureBuild,
     EnsureShards,
@@ -25,7 +27,7 @@ from shardrec.planning import (
 )
 from shardrec_operator.desired import names
 from shardrec_operator.desired.cluster import build_cluster_objects
-from shardrec_operator.desired.index_build import build_index_job
+from shardrec_operator.desired.index_build import build_artifact_gc_job, build_index_job
 from shardrec_operator.desired.shard import build_shard_pdb, build_shard_service, build_shard_statefulset
 from shardrec_operator.reconcile import resources as kinds
 from shardrec_operator.reconcile.cluster_api import NotFoundError
@@ -66,6 +68,13 @@ def ensure_build(session: Session, action: EnsureBuild) -> None:
         if existing.attempt == action.attempt or existing.state != "Failed":
             return  # this attempt's Job exists (Jobs are immutable: never re-applied)
         session.delete(kinds.JOB, job)  # an older attempt failed: make room for this one
+    gc_job = session.children.get(
+        kinds.JOB, names.artifact_gc_job(session.cluster.metadata.name, action.layout_id)
+    )
+    if gc_job is not None and build_of(gc_job).state in ("Succeeded", "Failed"):
+        # The artifacts were deleted earlier (the predicate holds builds while a deletion runs);
+        # forget that Job so it cannot be mistaken for the deletion of the layout built now.
+        session.delete(kinds.JOB, gc_job)
     session.apply(build_index_job(session.cluster, action.layout, action.attempt), observed=None)
 
 
@@ -93,6 +102,15 @@ def delete_layout(session: Session, action: DeleteLayout) -> None:
         session.delete(resource_of(obj), obj)
 
 
+def delete_artifacts(session: Session, action: DeleteArtifacts) -> None:
+    cluster = session.cluster
+    if (
+        session.children.get(kinds.JOB, names.artifact_gc_job(cluster.metadata.name, action.layout_id))
+        is None
+    ):
+        session.apply(build_artifact_gc_job(cluster, action.layout_id, action.version), observed=None)
+
+
 def execute_action(session: Session, action: Action) -> None:
     """One action; StageRouter, SwitchRouter and RecordEvent are handled by the caller."""
     if isinstance(action, EnsureBuild):
@@ -103,5 +121,7 @@ def execute_action(session: Session, action: Action) -> None:
         retire_layout(session, action)
     elif isinstance(action, DeleteLayout):
         delete_layout(session, action)
+    elif isinstance(action, DeleteArtifacts):
+        delete_artifacts(session, action)
     elif not isinstance(action, StageRouter | SwitchRouter | RecordEvent):  # pragma: no cover - exhaustive
         raise TypeError(f"unknown planner action {action!r}")

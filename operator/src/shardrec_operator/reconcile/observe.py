@@ -217,6 +217,18 @@ def observed_layouts(children: Children) -> tuple[ObservedLayout, ...]:
     return tuple(layouts)
 
 
+def artifact_deletions(children: Children) -> dict[str, BuildState]:
+    """The garbage-collection Jobs (one per layout whose artifacts are being deleted), by layout:
+    Running, Succeeded (the artifacts are gone) or Failed."""
+    deletions: dict[str, BuildState] = {}
+    for job in children.of_kind(kinds.JOB):
+        job_labels = _labels(job)
+        layout_id = job_labels.get(labels.LAYOUT)
+        if job_labels.get(labels.COMPONENT) == "artifact-gc" and layout_id:
+            deletions[layout_id] = build_of(job).state
+    return deletions
+
+
 def router_observations(children: Children) -> tuple[RouterObservation, ...]:
     """Every router pod: Ready (in the Service) and what it reports in its annotation. A pod being
     deleted no longer receives clients and is left out."""
@@ -277,4 +289,5 @@ def observe(
         router=ObservedRouter(written_layout=written, confirmed_layout=confirmed, routers=routers),
         previous_status=previous,
         router_endpoint=router_endpoint(cluster) if has_router_service else "",
+        artifact_deletions=artifact_deletions(children),
     )

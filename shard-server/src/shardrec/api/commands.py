@@ -17,6 +17,7 @@ wins. The operator's own settings follow the same rule (`SHARDREC_OPERATOR_TIMER
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 DEFAULT_EF_SEARCH: Final = 64
@@ -150,13 +151,20 @@ class IndexBuildFlags:
 
 
 def index_build_arguments(
-    layout: BuildableLayout, embeddings_dir: str, out_dir: str, *, workers: int | None = None
+    layout: BuildableLayout,
+    embeddings_dir: str,
+    out_dir: str,
+    object_store: ObjectStoreFlags | None = None,
+    *,
+    workers: int | None = None,
 ) -> list[str]:
     """The `recctl` arguments that build `layout` (from `index build` on). Everything comes from
     the layout, not the current spec, so a kept layout is rebuilt exactly as first planned; the
-    build refuses embeddings of another dimension and records the layout id. `workers` (build
+    build refuses embeddings of another dimension and records the layout id. `embeddings_dir` and
+    `out_dir` may be s3:// URLs (then `object_store` says how to reach the API). `workers` (build
     threads) defaults, in the builder, to the CPUs it may use (affinity and CPU quota)."""
     threads = [IndexBuildFlags.WORKERS, str(workers)] if workers is not None else []
+    extra = object_store.arguments() if object_store else []
     return [
         "index", "build",
         "--embeddings", embeddings_dir,
@@ -169,4 +177,63 @@ def index_build_arguments(
         "--dimension", str(layout.dimension),
         "--layout", layout.id,
         *threads,
+        *extra,
     ]  # fmt: skip
+
+
+class ObjectStoreCliFlags:
+    """Flag names of `recctl index build|fetch|delete|list` that say how to reach an S3 API."""
+
+    ENDPOINT: Final = "--s3-endpoint"
+    REGION: Final = "--s3-region"
+    PATH_STYLE: Final = "--s3-path-style"
+
+
+DEFAULT_S3_REGION: Final = "us-east-1"
+S3_CREDENTIAL_VARIABLES: Final = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+"""The ONLY place credentials come from: environment variables (a Secret on Kubernetes), never flags."""
+
+
+@dataclass(frozen=True)
+class ObjectStoreFlags:
+    """How `recctl index ...` reaches an S3 API (endpoint, region, path-style addressing).
+
+    Nothing secret: credentials come from `S3_CREDENTIAL_VARIABLES` in the environment only."""
+
+    endpoint: str | None = None
+    region: str = DEFAULT_S3_REGION
+    path_style: bool = False
+
+    def arguments(self) -> list[str]:
+        """The flags that reproduce these settings (empty for the defaults)."""
+        arguments: list[str] = []
+        if self.endpoint is not None:
+            arguments += [ObjectStoreCliFlags.ENDPOINT, self.endpoint]
+        if self.region != DEFAULT_S3_REGION:
+            arguments += [ObjectStoreCliFlags.REGION, self.region]
+        if self.path_style:
+            arguments.append(ObjectStoreCliFlags.PATH_STYLE)
+        return arguments
+
+
+def index_fetch_arguments(
+    *,
+    store: str,
+    layout: str,
+    dest: str,
+    shard: int | None,
+    object_store: ObjectStoreFlags | None = None,
+) -> list[str]:
+    """`recctl index fetch`: copy shard `shard`'s files (None: the router's part) of `layout` from
+    `store` (a folder or s3://bucket/prefix) into `dest`, verified."""
+    part = ["--router"] if shard is None else ["--shard", str(shard)]
+    extra = object_store.arguments() if object_store else []
+    return ["index", "fetch", "--store", store, "--layout", layout, "--dest", dest, *part, *extra]
+
+
+def index_delete_arguments(
+    *, store: str, layout: str, object_store: ObjectStoreFlags | None = None
+) -> list[str]:
+    """`recctl index delete`: layout.json first, then the layout's other objects."""
+    extra = object_store.arguments() if object_store else []
+    return ["index", "delete", "--store", store, "--layout", layout, *extra]

@@ -130,11 +130,140 @@ class PersistentVolumeClaimStore(ApiModel):
     )
 
 
+S3_URL_PATTERN: Final = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$"
+"""`s3://bucket/prefix`: a DNS-style bucket name, then an optional key prefix."""
+
+
+class ObjectStoreLocation(ApiModel):
+    """A location in an S3-compatible object store (connection: `spec.index.objectStore`)."""
+
+    url: str = Field(
+        min_length=6,
+        max_length=1024,
+        pattern=S3_URL_PATTERN,
+        description=(
+            "s3://bucket/prefix. Each layout goes to <prefix>/<namespace>/<cluster>/layouts/<layout id>/, "
+            "its manifest (layout.json, with checksums) written last."
+        ),
+    )
+
+
+class RetentionSpec(ApiModel):
+    """Which built layouts stay in the store. A layout that serves, is the target, or is kept
+    running for rollback is never deleted, whatever these say."""
+
+    keep_layouts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description=(
+            "The newest this many built layouts are always kept (serving and rollback targets "
+            "included), so a rollback to any of them reuses its artifacts."
+        ),
+    )
+    max_age_hours: int = Field(
+        0,
+        ge=0,
+        le=87600,
+        description=(
+            "Layouts beyond the newest keepLayouts are deleted once built longer ago than this; "
+            "0 deletes them at once."
+        ),
+    )
+
+
 class IndexStoreSpec(ApiModel):
     """Where built index layouts are written and where shard pods read them."""
 
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!has(self.persistentVolumeClaim) || !has(self.objectStore)",
+                "index.store: set persistentVolumeClaim or objectStore, not both",
+                ".objectStore",
+            ),
+            (
+                "has(self.objectStore) == has(oldSelf.objectStore) && "
+                "(!has(self.objectStore) || self.objectStore.url == oldSelf.objectStore.url)",
+                "index.store.objectStore cannot be added, removed or moved in place (built layouts "
+                "would not be found): create a new RecommenderCluster",
+                ".objectStore",
+            ),
+        )
+    )
+
     persistent_volume_claim: PersistentVolumeClaimStore | None = Field(
-        None, description="Store artifacts on this PVC. Required on Kubernetes; ignored locally."
+        None,
+        description=(
+            "Store artifacts on this PVC (mounted by build, shard and router pods). On Kubernetes "
+            "exactly one of persistentVolumeClaim and objectStore is required; ignored locally."
+        ),
+    )
+    object_store: ObjectStoreLocation | None = Field(
+        None,
+        description=(
+            "Store artifacts in an object store: builds upload, shard pods copy only their own "
+            "partition into a local volume. Needs spec.index.objectStore. No PVC is mounted."
+        ),
+    )
+    retention: RetentionSpec = Field(
+        default_factory=RetentionSpec,
+        description="How many built layouts stay in the store, and for how long (garbage collection).",
+    )
+
+
+class ObjectStoreCredentialsRef(ApiModel):
+    """A Secret with S3 credentials; the pods get its keys as AWS_* environment variables."""
+
+    name: str = Field(min_length=1, max_length=253, description="Secret name in the cluster's namespace.")
+    access_key_id_key: str = Field(
+        "access-key-id",
+        min_length=1,
+        max_length=253,
+        description="Key of the access key id (becomes AWS_ACCESS_KEY_ID).",
+    )
+    secret_access_key_key: str = Field(
+        "secret-access-key",
+        min_length=1,
+        max_length=253,
+        description="Key of the secret access key (becomes AWS_SECRET_ACCESS_KEY).",
+    )
+    session_token_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        description="Key of a session token (becomes AWS_SESSION_TOKEN); absent for static keys.",
+    )
+
+
+class ObjectStoreSpec(ApiModel):
+    """How to reach the S3-compatible object store of s3:// sources and stores. Nothing secret
+    here: credentials come from a Secret (Kubernetes) or the environment (local runtime)."""
+
+    endpoint: str | None = Field(
+        None,
+        max_length=1024,
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="S3 API endpoint URL (e.g. http://seaweedfs.storage:8333); absent: AWS S3.",
+    )
+    region: str = Field(
+        "us-east-1",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z0-9-]+$",
+        description="Region of the bucket (signing region).",
+    )
+    path_style: bool = Field(
+        False,
+        description="Path-style addressing (endpoint/bucket/key), which most self-hosted stores need.",
+    )
+    credentials_secret_ref: ObjectStoreCredentialsRef | None = Field(
+        None,
+        description=(
+            "Secret holding the access keys, passed to build, fetch and cleanup containers as "
+            "environment variables. Absent: no credentials are passed (the local runtime uses "
+            "its own environment)."
+        ),
     )
 
 
@@ -153,6 +282,12 @@ class IndexSpec(ApiModel):
                 "index.dimension cannot change in place: create a new RecommenderCluster",
                 ".dimension",
             ),
+            (
+                "has(self.objectStore) || !(self.source.startsWith('s3://') || "
+                "(has(self.store) && has(self.store.objectStore)))",
+                "index.objectStore is required when index.source or index.store.objectStore is an s3:// URL",
+                ".objectStore",
+            ),
         )
     )
 
@@ -165,11 +300,11 @@ class IndexSpec(ApiModel):
     source: str = Field(
         min_length=1,
         max_length=1024,
-        pattern=r"^(file://|pvc://|/)\S+$",
+        pattern=r"^(file://|pvc://|s3://|/)\S+$",
         description=(
             "Embeddings directory to build from: file:///abs/path or /abs/path (local runtime, or a "
-            "path inside the index store volume), pvc://<claim>/<path> on Kubernetes. Format: "
-            "docs/embeddings-format.md."
+            "path inside the index store volume), pvc://<claim>/<path> on Kubernetes, or "
+            "s3://bucket/prefix (needs index.objectStore). Format: docs/embeddings-format.md."
         ),
     )
     dimension: int = Field(ge=1, le=4096, description="Embedding dimension; checked against the data.")
@@ -180,6 +315,10 @@ class IndexSpec(ApiModel):
     hnsw: HnswSpec = Field(default_factory=HnswSpec, description="HNSW parameters.")
     store: IndexStoreSpec = Field(
         default_factory=IndexStoreSpec, description="Where index artifacts are kept."
+    )
+    object_store: ObjectStoreSpec | None = Field(
+        None,
+        description="Connection to the S3-compatible object store; required when an s3:// URL is used.",
     )
 
 
@@ -784,6 +923,16 @@ class LayoutStatus(ApiModel):
     )
 
 
+class StoredLayoutStatus(ApiModel):
+    """A layout whose artifacts this cluster built into the index store (retention's input)."""
+
+    name: str = Field(description="Layout id.")
+    version: str = Field(description="Index version.")
+    built_at: str = Field(description="When its build was first seen complete (RFC 3339).")
+    deleting: bool = Field(False, description="Its artifacts are being deleted (garbage collection).")
+    message: str = Field("", max_length=4096, description="Why it is kept or being deleted.")
+
+
 class BlockedBy(ApiModel):
     """A named safety predicate that holds the rollout back."""
 
@@ -829,6 +978,13 @@ class RecommenderClusterStatus(ApiModel):
     layouts: list[LayoutStatus] = Field(default_factory=list, description="Layouts that exist.")
     shards: list[ShardStatus] = Field(
         default_factory=list, description="Readiness per shard of the serving layout."
+    )
+    stored_layouts: list[StoredLayoutStatus] = Field(
+        default_factory=list,
+        description=(
+            "Layouts whose artifacts this cluster built into the store, newest first: what "
+            "retention (spec.index.store.retention) chooses from."
+        ),
     )
     ready_replicas: int = Field(0, ge=0, description="Ready shard replicas in the serving layout.")
     replicas: int = Field(0, ge=0, description="Shard replicas the serving layout should have.")

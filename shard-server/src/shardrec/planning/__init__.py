@@ -8,11 +8,13 @@ actions with their own means and report back on the next pass.
 
 Modules: `layouts` (what a layout is and its id), `observed` (the planner's input), `actions`
 (its output), `predicates` (named safety rules), `planner` (the state machine), `status`
-(the status and its conditions).
+(the status and its conditions),
+`retention` (which built layouts the store keeps).
 """
 
 from shardrec.planning.actions import (
     Action,
+    DeleteArtifacts,
     DeleteLayout,
     EnsureBuild,
     EnsureShards,
@@ -46,6 +48,7 @@ __all__ = [
     "PREDICATES",
     "Action",
     "BuildState",
+    "DeleteArtifacts",
     "DeleteLayout",
     "EnsureBuild",
     "EnsureShards",

@@ -110,6 +110,18 @@ class DeleteLayout:
 
 
 @dataclass(frozen=True)
+class DeleteArtifacts:
+    """Delete one layout's artifacts from the index store (retention's garbage collection; on
+    Kubernetes a Job running `recctl index delete`). The layout no longer runs anywhere, is not the
+    target and is past its rollback window (`shardrec.planning.retention`). Level-based: repeated
+    while the deletion runs; report it back in `Observed.artifact_deletions`."""
+
+    layout_id: str
+    version: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class RecordEvent:
     """Emit an Event on the RecommenderCluster (locally: a log line). `reason` is CamelCase."""
 
@@ -118,5 +130,16 @@ class RecordEvent:
     message: str
 
 
-Action = EnsureBuild | EnsureShards | StageRouter | SwitchRouter | RetireLayout | DeleteLayout | RecordEvent
-LayoutAction = EnsureBuild | EnsureShards | StageRouter | SwitchRouter | RetireLayout | DeleteLayout
+Action = (
+    EnsureBuild
+    | EnsureShards
+    | StageRouter
+    | SwitchRouter
+    | RetireLayout
+    | DeleteLayout
+    | DeleteArtifacts
+    | RecordEvent
+)
+LayoutAction = (
+    EnsureBuild | EnsureShards | StageRouter | SwitchRouter | RetireLayout | DeleteLayout | DeleteArtifacts
+)

@@ -48,6 +48,26 @@ def _paused(status: RecommenderClusterStatus) -> bool:
     return progressing is not None and progressing.reason == "Paused"
 
 
+def _artifact_events(before: RecommenderClusterStatus, after: RecommenderClusterStatus) -> list[RecordEvent]:
+    """One Event per artifact deletion ordered, done, or failed (from `status.storedLayouts`)."""
+    events: list[RecordEvent] = []
+    previous = {entry.name: entry for entry in before.stored_layouts}
+    current = {entry.name for entry in after.stored_layouts}
+    for entry in after.stored_layouts:
+        old = previous.get(entry.name)
+        what = f"the artifacts of layout {entry.name} (version {entry.version})"
+        if entry.deleting and (old is None or not old.deleting):
+            events.append(RecordEvent("Normal", "DeletingArtifacts", f"deleting {what}: {entry.message}"))
+        elif entry.deleting and old is not None and entry.message != old.message:
+            events.append(RecordEvent("Warning", "ArtifactDeletionFailed", f"{what}: {entry.message}"))
+    for name, old in previous.items():
+        if name not in current and old.deleting:
+            events.append(
+                RecordEvent("Normal", "ArtifactsDeleted", f"deleted the artifacts of layout {name}")
+            )
+    return events
+
+
 def transition_events(
     cluster_name: str,
     before: RecommenderClusterStatus,
@@ -93,6 +113,7 @@ def transition_events(
                         "Normal", "DeletingLayout", f"deleting layout {action.layout_id}: {action.reason}"
                     )
                 )
+    events.extend(_artifact_events(before, after))
     known = {entry.predicate for entry in before.blocked_by}
     for blocked in after.blocked_by:
         if blocked.predicate not in known:

@@ -17,6 +17,7 @@ Conventions for the hands:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -132,6 +133,9 @@ class Observed:
     router: ObservedRouter = field(default_factory=ObservedRouter)
     previous_status: RecommenderClusterStatus = field(default_factory=RecommenderClusterStatus)
     router_endpoint: str = ""
+    artifact_deletions: Mapping[str, BuildState] = field(default_factory=dict)
+    """Artifact deletions (DeleteArtifacts) the hands have started, by layout id: Running,
+    Succeeded (the artifacts are gone) or Failed. Absent: none started or none remembered."""
 
     def __post_init__(self) -> None:
         if self.now.tzinfo is None:

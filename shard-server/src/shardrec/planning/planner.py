@@ -25,6 +25,7 @@ from shardrec.api.v1alpha1 import (
 )
 from shardrec.planning.actions import (
     Action,
+    DeleteArtifacts,
     DeleteLayout,
     EnsureBuild,
     EnsureShards,
@@ -53,6 +54,7 @@ from shardrec.planning.progress import (
     would_change,
 )
 from shardrec.planning.records import Records, decide_records, make_record
+from shardrec.planning.retention import next_expiry, propose_deletions, tracked_layouts, with_deletions
 from shardrec.planning.status import StatusFacts, compute_status
 from shardrec.planning.timestamps import parse_time
 
@@ -129,11 +131,21 @@ def _propose(
     return proposals
 
 
+def _protected(observed: Observed, records: Records, tid: str) -> set[str]:
+    """Layouts whose artifacts retention keeps whatever its numbers say (see `retention`)."""
+    router = observed.router
+    named = {tid, router.written_layout, router.confirmed_layout} - {None}
+    return {str(i) for i in named} | set(records.by_id) | {layout.id for layout in observed.layouts}
+
+
 def _judge(
     spec: RecommenderClusterSpec, observed: Observed, records: Records, target: LayoutSpec
 ) -> list[_Verdict]:
     ctx = PredicateContext(spec, observed, records.by_id, target.id)
-    return [_Verdict(action, first_veto(ctx, action)) for action in _propose(spec, observed, records, target)]
+    proposals: list[LayoutAction] = _propose(spec, observed, records, target)
+    tracked = tracked_layouts(observed)
+    proposals += propose_deletions(spec, observed, tracked, _protected(observed, records, target.id))
+    return [_Verdict(action, first_veto(ctx, action)) for action in proposals]
 
 
 def _blocked_by(verdicts: list[_Verdict], observed: Observed) -> tuple[BlockedBy, ...]:
@@ -280,19 +292,40 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
         routers_report=acknowledging(observed.router.routers),
     )
     status = compute_status(facts, observed.previous_status, observed.now)
+    stored = with_deletions(
+        tracked_layouts(observed), [a for a in accepted if isinstance(a, DeleteArtifacts)], observed
+    )
+    status = status.model_copy(update={"stored_layouts": stored})
     events = transition_events(cluster_name, observed.previous_status, status, accepted)
+    collecting = any(
+        isinstance(a, DeleteArtifacts) and observed.artifact_deletions.get(a.layout_id) != "Failed"
+        for a in accepted
+    )
     requeue = requeue_after(
         spec=spec,
         observed=observed,
         records=records,
         progress=progress,
-        deleting=any(isinstance(a, DeleteLayout) and would_change(a, observed) for a in proposed),
+        deleting=collecting
+        or any(isinstance(a, DeleteLayout) and would_change(a, observed) for a in proposed),
         degraded=bool(facts.unavailable_shards()),
     )
+    expiry = next_expiry(stored, _protected(observed, records, tid), spec.index.store.retention, observed.now)
+    if expiry is not None:
+        due = max((expiry - observed.now).total_seconds(), 1.0)
+        requeue = due if requeue is None else min(requeue, due)
     waiting = f"{progress.reason}: {progress.message}" if progress.progressing or spec.paused else ""
     if not waiting and requeue is not None:
         waiting = housekeeping_reason(records, accepted)
-    order = (EnsureBuild, EnsureShards, StageRouter, SwitchRouter, RetireLayout, DeleteLayout)
+    order = (
+        EnsureBuild,
+        EnsureShards,
+        StageRouter,
+        SwitchRouter,
+        RetireLayout,
+        DeleteLayout,
+        DeleteArtifacts,
+    )
     ordered: list[Action] = [a for kind in order for a in accepted if isinstance(a, kind)]
     return Plan(tuple(ordered) + tuple(events), status, requeue, waiting)
 

@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from shardrec.api.v1alpha1 import LayoutStatus, RecommenderClusterSpec
 from shardrec.planning.actions import (
+    DeleteArtifacts,
     DeleteLayout,
     EnsureBuild,
     EnsureShards,
@@ -214,6 +215,30 @@ def never_delete_last_ready_replica_of_serving_shard(
     return None
 
 
+def wait_for_artifact_deletion(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """A layout whose artifacts are being deleted is not built again until that deletion is seen
+    done: a build started meanwhile could reuse files that are about to vanish."""
+    if isinstance(action, EnsureBuild) and ctx.observed.artifact_deletions.get(action.layout_id) in (
+        "Running",
+        "Failed",
+    ):
+        return f"the artifacts of layout {action.layout_id} are being deleted (garbage collection)"
+    return None
+
+
+def never_delete_artifacts_of_a_live_layout(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """Artifacts are deleted only for layouts that run nowhere: not the target, not named by the
+    router topology, not recorded in status.layouts (which covers the rollback window)."""
+    if not isinstance(action, DeleteArtifacts):
+        return None
+    router = ctx.observed.router
+    if action.layout_id in (ctx.target_layout, router.written_layout, router.confirmed_layout):
+        return f"layout {action.layout_id} is the target or named by the router topology"
+    if action.layout_id in ctx.records or ctx.observed.layout(action.layout_id) is not None:
+        return f"layout {action.layout_id} still exists (it may serve again within its rollback window)"
+    return None
+
+
 PREDICATES: tuple[Predicate, ...] = (
     Predicate("paused", paused),
     Predicate("failed_layout_not_retried", failed_layout_not_retried),
@@ -225,6 +250,8 @@ PREDICATES: tuple[Predicate, ...] = (
     Predicate(
         "never_delete_last_ready_replica_of_serving_shard", never_delete_last_ready_replica_of_serving_shard
     ),
+    Predicate("never_delete_artifacts_of_a_live_layout", never_delete_artifacts_of_a_live_layout),
+    Predicate("wait_for_artifact_deletion", wait_for_artifact_deletion),
 )
 """Every rule, in the order they are asked; the first veto is the one reported."""
 

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from shardrec.api.v1alpha1 import BlockedBy, RecommenderClusterSpec
 from shardrec.planning.actions import (
+    DeleteArtifacts,
     DeleteLayout,
     EnsureBuild,
     EnsureShards,
@@ -52,6 +53,8 @@ def would_change(action: LayoutAction, observed: Observed) -> bool:
         return observed.router.written_layout != action.layout_id
     if isinstance(action, DeleteLayout):
         return layout is not None
+    if isinstance(action, DeleteArtifacts):
+        return action.layout_id not in observed.artifact_deletions
     return False
 
 

@@ -4,6 +4,7 @@ serving path, with its outcome recorded on disk so a restarted supervisor still 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import IO
 
 from shardrec.api.commands import index_build_arguments
 from shardrec.planning.layouts import LayoutSpec
-from shardrec.planning.observed import ObservedBuild
+from shardrec.planning.observed import BuildState, ObservedBuild
 from shardrec.serving.index.layout import LayoutError, read_layout_manifest
 from shardrec.tools.local.state import StateDir, atomic_write_json, atomic_write_text, read_json
 
@@ -41,6 +42,7 @@ class LocalBuilds:
     def __init__(self, state: StateDir) -> None:
         self._state = state
         self._running: dict[str, _RunningBuild] = {}
+        self._deletions: dict[str, BuildState] = {}
 
     def _record_file(self, layout: str) -> Path:
         return self._state.layouts_dir / f"{layout}.build.json"
@@ -62,9 +64,28 @@ class LocalBuilds:
         """Drop a deleted layout's records; its artifact folder stays for a cheap rollback."""
         self._spec_file(layout).unlink(missing_ok=True)
 
+    def delete_artifacts(self, layout_id: str) -> None:
+        """Retention's garbage collection: remove a layout's artifact folder, `layout.json` first
+        so a half-removed folder never looks built. Synchronous; repeating it is harmless."""
+        folder = self._state.layout_dir(layout_id)
+        try:
+            (folder / "layout.json").unlink(missing_ok=True)
+            if folder.exists():
+                shutil.rmtree(folder)
+        except OSError:
+            self._deletions[layout_id] = "Failed"
+            return
+        self._deletions[layout_id] = "Succeeded"
+
+    def deletions(self) -> dict[str, BuildState]:
+        """Artifact deletions done by this process (a restarted one repeats any still recorded)."""
+        return dict(self._deletions)
+
     def ensure(self, layout: LayoutSpec, attempt: str) -> None:
-        """Start the build unless the artifact exists, it runs, or this attempt already ended."""
+        """Start the build unless the artifact exists, it runs, or this attempt already ended.
+        A retained layout's artifact is reused: a rollback to it starts no build."""
         layout_id = layout.id
+        self._deletions.pop(layout_id, None)
         atomic_write_text(self._spec_file(layout_id), layout.canonical_json())
         if self._artifact_ok(layout_id) or layout_id in self._running:
             return

@@ -26,6 +26,7 @@ from shardrec.api.v1alpha1 import RecommenderCluster, RecommenderClusterStatus
 from shardrec.planning import plan
 from shardrec.planning.actions import (
     Action,
+    DeleteArtifacts,
     DeleteLayout,
     EnsureBuild,
     EnsureShards,
@@ -154,6 +155,7 @@ class LocalSupervisor:
             router=ObservedRouter(written_layout=written, confirmed_layout=confirmed, routers=routers),
             previous_status=previous,
             router_endpoint=self.router_url,
+            artifact_deletions=self.builds.deletions(),
         )
 
     def _url_of(self, name: str) -> str:
@@ -180,6 +182,8 @@ class LocalSupervisor:
             self._record_event(action)
         elif isinstance(action, RetireLayout):
             pass  # kept running unchanged for rollback until its DeleteLayout
+        elif isinstance(action, DeleteArtifacts):
+            self.builds.delete_artifacts(action.layout_id)
 
     def _ensure_shards(
         self, layout: LayoutSpec, replicas: int, cluster: RecommenderCluster, now_s: float
