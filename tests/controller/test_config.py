@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shardrec_operator.config import ConfigError, OperatorConfig
+from shardrec_operator.reconcile.failover import FailoverLimits
 from shardrec_operator.runtime import Schedule
 
 
@@ -28,6 +29,20 @@ def test_the_operator_prefix_names_each_setting_and_wins_over_the_older_name() -
     assert (config.resync_seconds, config.conflict_retry_seconds, config.error_backoff_seconds) == (4, 1, 7)
     with pytest.raises(ConfigError, match="SHARDREC_OPERATOR_TIMER_SECONDS='soon'"):
         OperatorConfig.from_env({"SHARDREC_OPERATOR_TIMER_SECONDS": "soon"})
+
+
+def test_failover_brakes_come_from_the_environment_with_defaults() -> None:
+    assert OperatorConfig.from_env({}).failover == FailoverLimits(max_per_minute=6, unhealthy_node_share=0.55)
+    config = OperatorConfig.from_env(
+        {"SHARDREC_OPERATOR_FORCE_DELETES_PER_MINUTE": "2", "SHARDREC_OPERATOR_UNHEALTHY_NODE_SHARE": "0.3"}
+    )
+    assert config.failover == FailoverLimits(max_per_minute=2, unhealthy_node_share=0.3)
+    with pytest.raises(ConfigError, match="FORCE_DELETES_PER_MINUTE='0'"):
+        OperatorConfig.from_env({"SHARDREC_OPERATOR_FORCE_DELETES_PER_MINUTE": "0"})
+    with pytest.raises(ConfigError, match="whole number"):
+        OperatorConfig.from_env({"SHARDREC_OPERATOR_FORCE_DELETES_PER_MINUTE": "1.5"})
+    with pytest.raises(ConfigError, match=r"UNHEALTHY_NODE_SHARE='1\.2'"):
+        OperatorConfig.from_env({"SHARDREC_OPERATOR_UNHEALTHY_NODE_SHARE": "1.2"})
 
 
 def test_schedule_honours_the_planner_requeue_capped_by_the_resync() -> None:

@@ -5,6 +5,8 @@ shardrec_operator_reconciles_total{trigger, outcome}    passes by trigger (creat
                                                         invalid, conflict, error)
 shardrec_operator_reconcile_duration_seconds{trigger}   how long passes take
 shardrec_operator_api_writes_total                      applies + deletes sent to the API
+shardrec_operator_drift_corrections_total               re-applies of children whose owned fields
+                                                        were changed outside the operator
 shardrec_operator_cluster_phase{namespace, cluster, phase}  1 for each cluster's current
                                                         phase, 0 for the others
 Per cluster (labels namespace, cluster), for the alert rules in monitoring/alerts.yaml:
@@ -59,6 +61,11 @@ class OperatorMetrics:
         self.writes = Counter(
             "shardrec_operator_api_writes",
             "Applies and deletes the operator sent to the Kubernetes API.",
+            registry=self.registry,
+        )
+        self.drift_corrections = Counter(
+            "shardrec_operator_drift_corrections",
+            "Re-applies of children whose owned fields were changed outside the operator.",
             registry=self.registry,
         )
         self.status_writes = Counter(

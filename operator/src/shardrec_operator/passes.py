@@ -108,7 +108,14 @@ def _locked_pass(
             _invalid_pass(runtime, body, patch, error, raise_permanent=trigger != "timer", now=now)
             return
         try:
-            result = reconcile_cluster(runtime.api, cluster, raw_status, now, runtime.expectations)
+            result = reconcile_cluster(
+                runtime.api,
+                cluster,
+                raw_status,
+                now,
+                runtime.expectations,
+                failover_limits=runtime.config.failover,
+            )
         except ConflictError as error:
             outcome = "conflict"
             delay = runtime.config.conflict_retry_seconds
@@ -121,6 +128,7 @@ def _locked_pass(
         for event in result.events:
             post_event(body, event)
         runtime.metrics.writes.inc(result.writes)
+        runtime.metrics.drift_corrections.inc(result.drift_corrections)
         runtime.metrics.record_phase(cluster.metadata.namespace, cluster.metadata.name, result.phase)
         runtime.metrics.record_cluster(
             cluster.metadata.namespace,
