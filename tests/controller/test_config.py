@@ -6,7 +6,7 @@ import pytest
 
 from shardrec_operator.config import ConfigError, OperatorConfig
 from shardrec_operator.reconcile.failover import FailoverLimits
-from shardrec_operator.runtime import Schedule
+from shardrec_operator.runtime import Runtime, Schedule
 
 
 def test_defaults_and_overrides() -> None:
@@ -61,3 +61,16 @@ def test_schedule_honours_the_planner_requeue_capped_by_the_resync() -> None:
     schedule.passed("c", 3600)
     clock[0] += 15
     assert schedule.is_due("c"), "never longer than the resync period"
+
+
+def test_a_child_event_makes_its_known_cluster_due_at_once() -> None:
+    clock = [100.0]
+    runtime = Runtime(api=None)  # type: ignore[arg-type]  # waking needs no API
+    runtime.schedule = Schedule(resync_seconds=300, clock=lambda: clock[0])
+    assert not runtime.wake("ns", "recs"), "unknown until its first pass"
+    runtime.clusters.remember("ns", "recs", "uid-1")
+    runtime.schedule.passed("uid-1", None)
+    assert not runtime.schedule.is_due("uid-1")
+    assert runtime.wake("ns", "recs")
+    assert runtime.schedule.is_due("uid-1")
+    assert not runtime.wake("ns", "other")

@@ -187,3 +187,22 @@ def test_failover_condition_is_true_while_something_holds_failover_and_keeps_its
     assert (_condition(cleared)["status"], _condition(cleared)["reason"]) == ("False", "FailoverAvailable")
     assert _condition(cleared)["lastTransitionTime"] != condition["lastTransitionTime"]
     assert [c.type for c in cleared.conditions] == ["FailoverDegraded"], "replaced, not appended"
+
+
+def test_recheck_comes_when_the_first_grace_period_ends_or_a_brake_may_lift() -> None:
+    nodes = [node("fresh", "False", 200), node("fresher", "False", 290), *healthy(3)]
+    pods = [pod("a", "fresh", ready=False), pod("b", "fresher", ready=False)]
+    assert decide(pods, nodes).recheck_after_seconds == 10.0, "300 s grace, 290 s gone"
+    everything_down = [node(f"n{i}", "Unknown", 600) for i in range(2)]
+    assert decide([pod("p", "n0", ready=False)], everything_down).recheck_after_seconds == 30.0
+    assert decide([pod("c", "ok-a-0", ready=False)], healthy(1)).recheck_after_seconds is None
+
+
+def test_rate_limited_pods_are_rechecked_when_the_minute_frees_a_slot() -> None:
+    nodes = [node("lost", "Unknown", 600, zone="z"), *healthy(3)]
+    limits = FailoverLimits(max_per_minute=1, unhealthy_node_share=0.55)
+    decision = decide(
+        [pod("p", "lost", ready=False)], nodes, limits=limits, recent_deletes=[T0 - timedelta(seconds=45)]
+    )
+    assert [b.rule for b in decision.blocked] == ["rate_limit"]
+    assert decision.recheck_after_seconds == 15.0

@@ -3,7 +3,8 @@
     SHARDREC_OPERATOR_TIMER_SECONDS   how often the per-cluster timer ticks (default 2); a tick
                                       costs no API call unless the cluster is due
     SHARDREC_OPERATOR_RESYNC_SECONDS  longest gap between two passes of a settled cluster (default
-                                      15): how soon a deleted pod or a lost node shows in the status
+                                      300): only a safety net, since watch events on the children
+                                      wake a cluster at once and failover asks for its own rechecks
     SHARDREC_OPERATOR_CONFLICT_RETRY_SECONDS  retry delay after an API conflict (HTTP 409; default 2)
     SHARDREC_OPERATOR_ERROR_BACKOFF_SECONDS   retry delay after any other failed pass (default 10)
     SHARDREC_OPERATOR_FORCE_DELETES_PER_MINUTE  failover's rate limit: at most this many pods
@@ -78,7 +79,7 @@ def _failover_limits(env: Mapping[str, str]) -> FailoverLimits:
 @dataclass(frozen=True)
 class OperatorConfig:
     timer_seconds: float = 2.0
-    resync_seconds: float = 15.0
+    resync_seconds: float = 300.0
     conflict_retry_seconds: float = 2.0
     error_backoff_seconds: float = 10.0
     failover: FailoverLimits = field(default_factory=FailoverLimits)

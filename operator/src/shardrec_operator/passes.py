@@ -57,6 +57,7 @@ def run_pass(
     """One reconcile of `body`; the timer's ticks skip clusters that are not due or busy."""
     meta = body.get("metadata") or {}
     uid = str(meta.get("uid", ""))
+    runtime.clusters.remember(str(meta.get("namespace", "")), str(meta.get("name", "")), uid)
     timer = trigger == "timer"
     if timer and not runtime.schedule.is_due(uid):
         return
@@ -168,4 +169,5 @@ def run_cleanup(
         post_event(body, RecordEvent("Warning", "ArtifactCleanupFailed", message))
     runtime.expectations.forget(cluster.metadata.uid)
     runtime.schedule.forget(cluster.metadata.uid)
+    runtime.clusters.forget(cluster.metadata.namespace, cluster.metadata.name)
     runtime.metrics.forget_cluster(cluster.metadata.namespace, cluster.metadata.name)

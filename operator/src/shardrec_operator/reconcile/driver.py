@@ -104,7 +104,7 @@ def reconcile_cluster(
     return ReconcileResult(
         status=changed_status(status, raw_status),
         events=planned_events + tuple(session.events),
-        requeue_after_seconds=the_plan.requeue_after_seconds,
+        requeue_after_seconds=_sooner(the_plan.requeue_after_seconds, failover.recheck_after_seconds),
         waiting_reason=the_plan.waiting_reason,
         writes=session.writes,
         drift_corrections=session.drift_corrections,
@@ -112,6 +112,10 @@ def reconcile_cluster(
         full_status=status,
         router_ready_replicas=router_ready_replicas(children, cluster.metadata.name),
     )
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def router_ready_replicas(children: Children, cluster_name: str) -> int:

@@ -48,6 +48,8 @@ from shardrec_operator.reconcile.cluster_api import Obj
 OUT_OF_SERVICE_TAINT: Final = "node.kubernetes.io/out-of-service"
 ZONE_LABEL: Final = "topology.kubernetes.io/zone"
 RATE_WINDOW: Final = timedelta(minutes=1)
+BRAKE_RECHECK: Final = timedelta(seconds=30)
+"""How soon a braked decision is looked at again: a Node's taint or readiness changes no pod."""
 
 CONDITION: Final = "FailoverDegraded"
 NODE_ACCESS_DENIED: Final = "NodeAccessDenied"
@@ -91,6 +93,9 @@ class Blocked:
 class FailoverDecision:
     delete: tuple[ForceDelete, ...] = ()
     blocked: tuple[Blocked, ...] = ()
+    recheck_after_seconds: float | None = None
+    """When to look again though no watch event may come: a node's grace period ends, or the
+    rate limit's minute frees a slot (None: nothing is waiting on time)."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,7 @@ def decide_failover(
     made = [when for when in recent_deletes if now - when < RATE_WINDOW]
     delete: list[ForceDelete] = []
     blocked: list[Blocked] = []
+    waits: list[timedelta] = []
     for pod in pods:
         node_name = pod.get("spec", {}).get("nodeName")
         if not node_name or pod_is_ready(pod):
@@ -212,9 +218,13 @@ def decide_failover(
             message = f"pod {name} is on node {node_name}, which carries the {OUT_OF_SERVICE_TAINT} taint"
         else:
             since = node_not_ready_since(node)
-            if since is None or now - since < grace:
+            if since is None:
+                continue
+            if now - since < grace:
+                waits.append(grace - (now - since))
                 continue
             if everything_down is not None:
+                waits.append(BRAKE_RECHECK)
                 blocked.append(
                     Blocked(name, node_name, "all_nodes_not_ready", f"pod {name}: {everything_down}")
                 )
@@ -222,6 +232,7 @@ def decide_failover(
             zone = zone_of(node)
             brake = unhealthy_zone(zone, zones[zone], limits)
             if brake is not None:
+                waits.append(BRAKE_RECHECK)
                 blocked.append(Blocked(name, node_name, "unhealthy_zone", f"pod {name}: {brake}"))
                 continue
             rule = "not_ready_past_grace"
@@ -230,6 +241,7 @@ def decide_failover(
                 f"(longer than failover.forceDeleteAfterSeconds={grace_seconds})"
             )
         if _rate_limited(made, now, limits):
+            waits.append(min(made) + RATE_WINDOW - now)
             blocked.append(
                 Blocked(
                     name,
@@ -243,7 +255,8 @@ def decide_failover(
         made.append(now)
         message += f"; rule {rule}: force-deleting it so its StatefulSet recreates it elsewhere"
         delete.append(ForceDelete(pod=name, uid=meta["uid"], node=node_name, rule=rule, message=message))
-    return FailoverDecision(tuple(delete), tuple(blocked))
+    recheck = max(1.0, min(waits).total_seconds()) if waits else None
+    return FailoverDecision(tuple(delete), tuple(blocked), recheck)
 
 
 def needs_nodes(pods: Sequence[Obj]) -> bool:
@@ -282,6 +295,7 @@ class FailoverReport:
 
     state: FailoverState
     message: str = ""
+    recheck_after_seconds: float | None = None
 
 
 PAUSED_REPORT: Final = FailoverReport(
@@ -324,8 +338,9 @@ def with_failover_condition(
 
 def report_of(decision: FailoverDecision) -> FailoverReport:
     """The condition's view of a decision: the first brake that held something, with its messages."""
+    recheck = decision.recheck_after_seconds
     for rule, state in REPORTED_BRAKES:
         held = [entry.message for entry in decision.blocked if entry.rule == rule]
         if held:
-            return FailoverReport(state, "; ".join(held))
-    return FailoverReport("ok")
+            return FailoverReport(state, "; ".join(held), recheck)
+    return FailoverReport("ok", "", recheck)
