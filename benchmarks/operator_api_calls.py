@@ -8,7 +8,8 @@ default settings (timer 2 s, resync as configured), waits until it is Ready and 
 reads the API server's `apiserver_request_total` (by verb and resource) twice, `--window`
 seconds apart, with the operator running; then stops the operator and does the same again. The
 operator's own requests are the first difference minus the second (what the controllers, the
-scheduler and kwok make anyway), per minute. Open watches (`apiserver_longrunning_requests`,
+scheduler and kwok make anyway), per minute; differences under NOISE_FLOOR requests per window
+are dropped. Open watches (`apiserver_longrunning_requests`,
 verb WATCH) are reported apart: a watch is one long-lived request, counted in the total only
 when it ends.
 
@@ -42,6 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "recommenderclusters.shardrec.io.yaml"
 NAMESPACE = "bench"
 SETTLE_SECONDS = 30.0
+NOISE_FLOOR = 2
+"""A (verb, resource) whose difference over a window is smaller than this is noise (a
+controller's watch ending in one window and not the other, a lease renewal), not the operator."""
 _SAMPLE = re.compile(r"^(apiserver_request_total|apiserver_longrunning_requests)\{(.*)\} (\S+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
@@ -151,7 +155,7 @@ def measure(
     mine = {
         f"{verb} {resource}": round((running[(verb, resource)] - stopped[(verb, resource)]) * per_minute, 1)
         for verb, resource in sorted(set(running) | set(stopped))
-        if abs(running[(verb, resource)] - stopped[(verb, resource)]) >= 1
+        if abs(running[(verb, resource)] - stopped[(verb, resource)]) >= NOISE_FLOOR
     }
     open_watches = {
         resource: watches_running[(verb, resource)] - watches_stopped[(verb, resource)]
@@ -178,6 +182,8 @@ def main() -> int:
     args = parser.parse_args()
     if not 10 <= args.window <= 600:
         parser.error("--window must be from 10 to 600 seconds")
+    # SIGTERM unwinds like Ctrl-C, so the control plane's context manager stops what it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cluster = _load("shardrec_bench_cluster", ROOT / "e2e" / "controlplane" / "cluster.py")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with cluster.LocalControlPlane(zones=("zone-a", "zone-b"), nodes_per_zone=2) as plane:
