@@ -78,7 +78,11 @@ def test_node_deleted_loses_its_pods_at_once() -> None:
 
 
 def test_ready_pods_are_never_chosen_even_if_their_node_is_unknown() -> None:
-    assert decide([pod("a-0", "x", ready=True)], []) == FailoverDecision()
+    assert decide([pod("a-0", "x", ready=True)], healthy(1)) == FailoverDecision()
+
+
+def test_an_empty_node_list_is_no_information_not_every_node_deleted() -> None:
+    assert decide([pod("a-0", "x", ready=False)], []) == FailoverDecision()
 
 
 def test_out_of_service_taint_fails_over_at_once_without_grace() -> None:

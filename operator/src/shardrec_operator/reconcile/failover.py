@@ -193,8 +193,11 @@ def decide_failover(
 
     `nodes` is every Node of the cluster (the zone brake needs the healthy ones too); a pod's
     node missing from it no longer exists. `recent_deletes` are the times of this cluster's
-    earlier force deletes (the rate limit's memory).
+    earlier force deletes (the rate limit's memory). No Node at all is no information (not
+    "every node deleted"): nothing is decided.
     """
+    if not nodes:
+        return FailoverDecision()
     by_name = {str(node["metadata"]["name"]): node for node in nodes}
     zones = zone_health(nodes)
     everything_down = all_nodes_not_ready(zones)
