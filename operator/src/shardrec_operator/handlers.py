@@ -5,7 +5,9 @@
   (the planner's requeue, a child's change, or the resync period, now a safety net);
 - watches on the children that matter (`resources.WATCHED`, selected by the managed-by label):
   an event only marks its cluster due (`Runtime.wake`), so a pod dying, a build finishing or a
-  `kubectl scale` is acted on at the next tick, and a burst of events costs one pass;
+  `kubectl scale` is acted on at the next tick, and a burst of events costs one pass. The label
+  selector is also given to the API server (`settings.watching.label_selectors`), so the
+  operator is not sent every pod of the cluster;
 - delete (only when `spec.deleteArtifactsOnDelete` is true): the artifact cleanup Job.
 
 kopf settings: progress and diff-base live in annotations, so the status holds only our schema;
@@ -43,6 +45,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.WARNING
+    for group, version, plural in WATCHED_CHILDREN:  # only our children, filtered by the API server
+        settings.watching.label_selectors[group, version, plural] = CHILD_SELECTOR
     if "runtime" not in memo:  # `main()` (or a test) may have provided one already
         memo["runtime"] = Runtime(api=KubernetesClusterApi(load_api_client()), config=CONFIG)
 
@@ -68,13 +72,17 @@ def wake_on_child_change(memo: kopf.Memo, namespace: str | None, labels: kopf.La
 
 
 CLUSTER_LABEL = child_labels.CLUSTER
-for _child in kinds.WATCHED:
-    _group, _, _version = _child.api_version.rpartition("/")
+CHILD_SELECTOR = f"{child_labels.MANAGED_BY}={child_labels.MANAGER},{child_labels.CLUSTER}"
+WATCHED_CHILDREN = tuple(
+    (child.api_version.rpartition("/")[0], child.api_version.rpartition("/")[2], child.plural)
+    for child in kinds.WATCHED
+)
+for _group, _version, _plural in WATCHED_CHILDREN:
     kopf.on.event(
         group=_group,
         version=_version,
-        plural=_child.plural,
-        id=f"wake-on-{_child.plural}",
+        plural=_plural,
+        id=f"wake-on-{_plural}",
         labels={child_labels.MANAGED_BY: child_labels.MANAGER, child_labels.CLUSTER: kopf.PRESENT},
     )(wake_on_child_change)
 
