@@ -8,8 +8,9 @@ default settings (timer 2 s, resync as configured), waits until it is Ready and 
 reads the API server's `apiserver_request_total` (by verb and resource) twice, `--window`
 seconds apart, with the operator running; then stops the operator and does the same again. The
 operator's own requests are the first difference minus the second (what the controllers, the
-scheduler and kwok make anyway), per minute; differences under NOISE_FLOOR requests per window
-are dropped. Open watches (`apiserver_longrunning_requests`,
+scheduler and kwok make anyway), per minute, counting only the verbs the operator uses on the
+resources it touches (no node heartbeats, no lease renewals); differences under NOISE_FLOOR
+requests per window are dropped. Open watches (`apiserver_longrunning_requests`,
 verb WATCH) are reported apart: a watch is one long-lived request, counted in the total only
 when it ends.
 
@@ -39,13 +40,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from shardrec_operator.reconcile import resources as kinds
+
 ROOT = Path(__file__).resolve().parents[1]
+OPERATOR_RESOURCES = frozenset({kind.plural for kind in kinds.ALL} | {"events"})
 CRD = ROOT / "crds" / "recommenderclusters.shardrec.io.yaml"
 NAMESPACE = "bench"
 SETTLE_SECONDS = 30.0
 NOISE_FLOOR = 2
-"""A (verb, resource) whose difference over a window is smaller than this is noise (a
-controller's watch ending in one window and not the other, a lease renewal), not the operator."""
+"""A (verb, resource) whose difference over a window is smaller than this is noise, not the operator."""
+OPERATOR_VERBS = frozenset({"GET", "LIST", "POST", "PATCH", "APPLY", "DELETE"})
+"""What the operator's passes and kopf send besides watches; a WATCH is counted only when it ends,
+so controllers' watches ending in one window and not the other would be noise: open watches are
+reported apart instead."""
 _SAMPLE = re.compile(r"^(apiserver_request_total|apiserver_longrunning_requests)\{(.*)\} (\S+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
@@ -76,7 +83,8 @@ def scrape(plane: Any) -> tuple[Counter[Key], Counter[Key]]:
         key = (labels.get("verb", ""), labels.get("resource", ""))
         value = float(match.group(3))
         if match.group(1) == "apiserver_request_total":
-            totals[key] += int(value)
+            if key[0] in OPERATOR_VERBS and key[1] in OPERATOR_RESOURCES:
+                totals[key] += int(value)
         elif labels.get("verb") == "WATCH":
             watches[key] += int(value)
     return totals, watches

@@ -31,10 +31,13 @@ def test_scaled_and_edited_children_are_restored(scenario: Any, harness: Any) ->
             sts = scenario.kube.get(kinds.STATEFUL_SET.path(scenario.namespace, seen["sts"]))
             return bool(sts and sts["spec"]["replicas"] == 2)
 
+        def drift_event() -> bool:  # kopf posts Events in the background: wait, not assert
+            messages = [event["message"] for event in scenario.events("DriftCorrected")]
+            return any(seen["sts"] in m and "spec.replicas" in m for m in messages)
+
         harness.wait_for("the StatefulSet to be scaled back to 2", restored, timeout=60)
+        harness.wait_for("a DriftCorrected Event naming spec.replicas", drift_event, timeout=30)
         scenario.wait_ready("v1")
-        messages = [event["message"] for event in scenario.events("DriftCorrected")]
-        assert any(seen["sts"] in m and "spec.replicas" in m for m in messages), messages
 
     def edit_an_owned_label_and_env() -> None:
         scenario.kube.kubectl(
@@ -72,11 +75,16 @@ def test_scaled_and_edited_children_are_restored(scenario: Any, harness: Any) ->
             env = (router or {})["spec"]["template"]["spec"]["containers"][0].get("env", [])
             return any(e["name"] == "SHARDREC_ROUTER_POD_NAMESPACE" for e in env)
 
+        def events_name_both() -> bool:
+            messages = [event["message"] for event in scenario.events("DriftCorrected")]
+            label = any(seen["sts"] in m and "metadata.labels" in m for m in messages)
+            return label and any("router" in m and "env" in m for m in messages)
+
         harness.wait_for("the StatefulSet's label to be restored", label_back, timeout=60)
         harness.wait_for("the router's env entry to be restored", env_back, timeout=60)
-        messages = [event["message"] for event in scenario.events("DriftCorrected")]
-        assert any(seen["sts"] in m and "metadata.labels" in m for m in messages), messages
-        assert any("router" in m and "env" in m for m in messages), messages
+        harness.wait_for(
+            "DriftCorrected Events naming the label and the env entry", events_name_both, timeout=30
+        )
 
     scenario.create()
     scenario.run(
