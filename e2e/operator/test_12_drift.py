@@ -1,4 +1,4 @@
-"""Scenario 11: hand edits of fields the operator owns are put back (drift correction).
+"""Scenario 12: hand edits of fields the operator owns are put back (drift correction).
 
 `kubectl scale sts --replicas=0` on a shard StatefulSet and a `kubectl patch` (what `kubectl
 edit` sends) of an owned label or env entry leave the `shardrec.io/applied-hash` annotation as it
