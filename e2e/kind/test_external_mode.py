@@ -193,7 +193,8 @@ def test_the_suite_skips_kwok_only_and_real_pod_tests_with_their_reasons(tmp_pat
     env = {external.KUBECONFIG_ENV: str(config), external.CONTEXT_ENV: "kind-e2e"}
     result = _pytest(["e2e/operator/test_04_rebalance.py", "e2e/operator/test_05_failover.py"], env)
     output = result.stdout + result.stderr
-    assert result.returncode == 0 and "3 skipped" in output, output
+    assert result.returncode == 0 and "4 skipped" in output, output
     assert "external cluster: cordons the nodes labelled type=kwok" in output
     assert "external cluster: loses a node by taking it away from kwok" in output
+    assert "external cluster: makes every node NotReady by taking them away from kwok" in output
     assert "external cluster: needs real pods on the external cluster: set SHARDREC_E2E_IMAGE" in output

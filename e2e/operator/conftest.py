@@ -57,6 +57,9 @@ EXTERNAL_SKIPS = {
     "test_rollback_an_hour_later_reuses_a_retained_layout_and_retention_keeps_exactly_what_it_should": (
         "its pods would fetch from an object store at seaweedfs.storage, which an external cluster lacks"
     ),
+    "test_with_every_node_not_ready_nothing_is_force_deleted_but_an_out_of_service_node_is": (
+        "makes every node NotReady by taking them away from kwok; an external cluster has no kwok"
+    ),
 }
 # Tests that need pods to become Ready for real on an external cluster, beyond those using `scenario`.
 READY_WITHOUT_SCENARIO = {"test_handlers_module_runs_under_kopf_and_reconciles"}

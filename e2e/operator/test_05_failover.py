@@ -21,6 +21,7 @@ from shardrec_operator.reconcile import resources as kinds
 pytestmark = [pytest.mark.controlplane]
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
 
 
 def _ready(pod: dict[str, Any]) -> bool:
@@ -119,3 +120,120 @@ def test_pods_on_a_lost_node_are_force_deleted_and_rescheduled(scenario: Any, ha
             scenario.kube.kubectl(
                 "annotate", "node", lost["node"], f"{KWOK_ANNOTATION}=fake", "--overwrite", check=False
             )
+
+
+def _every_node_not_ready(scenario: Any, nodes: list[str]) -> bool:
+    for node in nodes:
+        found = scenario.kube.get(f"/api/v1/nodes/{node}") or {}
+        ready = [c for c in found.get("status", {}).get("conditions", []) if c["type"] == "Ready"]
+        if not ready or ready[0]["status"] == "True":
+            return False
+    return True
+
+
+def _shard_pod_uids(scenario: Any) -> dict[str, str]:
+    pods = scenario.children(kinds.POD, "app.kubernetes.io/component=shard")
+    return {pod["metadata"]["name"]: pod["metadata"]["uid"] for pod in pods}
+
+
+def _failover_condition(reason: str) -> Any:
+    return lambda s: any(
+        c["type"] == "FailoverDegraded" and c["reason"] == reason for c in s.get("conditions", [])
+    )
+
+
+def _give_nodes_back(scenario: Any, nodes: list[str], tainted: dict[str, str], *, check: bool) -> None:
+    if tainted.pop("node", None) is not None:
+        scenario.kube.kubectl("taint", "node", tainted["was"], f"{OUT_OF_SERVICE}-", check=check)
+    for node in nodes:
+        scenario.kube.kubectl("annotate", "node", node, f"{KWOK_ANNOTATION}=fake", "--overwrite", check=check)
+    nodes.clear()
+    scenario.kube.cp.restart_kwok()
+
+
+def test_with_every_node_not_ready_nothing_is_force_deleted_but_an_out_of_service_node_is(
+    scenario: Any, harness: Any
+) -> None:
+    """The brake: when every node stops heartbeating at once (what a control-plane-side outage
+    looks like), nothing is force-deleted past the grace period; FailoverBlocked names the rule and
+    the FailoverDegraded condition says why. A node an administrator taints out-of-service is
+    failed over at once all the same (rule out_of_service)."""
+    plane = scenario.kube.cp
+    assert plane.kwok_selects_nodes, "kwok must manage annotated nodes only (see conftest.py)"
+    taken: list[str] = []
+    pods: dict[str, str] = {}
+    tainted: dict[str, str] = {}
+
+    def take_every_node_away_from_kwok() -> None:
+        scenario.wait_ready("v1")
+        pods.update(_shard_pod_uids(scenario))
+        taken.extend(_nodes(scenario))
+        for node in taken:
+            scenario.kube.kubectl("annotate", "node", node, f"{KWOK_ANNOTATION}-")
+        plane.restart_kwok()
+
+    def blocked_past_the_grace_period() -> None:
+        harness.wait_for(
+            "every node to go NotReady", lambda: _every_node_not_ready(scenario, taken), timeout=120
+        )
+        status = scenario.wait_status(
+            "FailoverDegraded=True, reason AllNodesNotReady",
+            _failover_condition("AllNodesNotReady"),
+            timeout=120,
+        )
+        assert status["phase"] == "Degraded", status["phase"]
+        messages = [event["message"] for event in scenario.events("FailoverBlocked")]
+        assert messages and all("all_nodes_not_ready" in m for m in messages), messages
+        assert scenario.events("ForceDeletedPod") == []
+        assert _shard_pod_uids(scenario) == pods, "no shard pod was force-deleted"
+
+    def an_out_of_service_node_is_failed_over_at_once() -> None:
+        victim = sorted(pods)[0]
+        pod = scenario.kube.get(kinds.POD.path(scenario.namespace, victim))
+        assert pod is not None
+        tainted["node"] = tainted["was"] = pod["spec"]["nodeName"]
+        scenario.kube.kubectl("taint", "node", tainted["node"], f"{OUT_OF_SERVICE}=nodeshutdown:NoExecute")
+
+        def force_deleted() -> list[str]:
+            return [e["message"] for e in scenario.events("ForceDeletedPod") if victim in e["message"]]
+
+        messages = harness.wait_for("the tainted node's pod to be force-deleted", force_deleted, timeout=60)
+        assert all("rule out_of_service" in m for m in messages), messages
+        deleted = [e["message"] for e in scenario.events("ForceDeletedPod")]
+        assert all(tainted["was"] in m for m in deleted), "only pods of the tainted node"
+
+    def nodes_back_the_replacement_runs_and_failover_is_available() -> None:
+        # kwok does not turn the pods that stayed back to Ready (a kubelet would), so the cluster
+        # stays Degraded here; the replacement of the force-deleted pod starts on a returned node.
+        _give_nodes_back(scenario, taken, tainted, check=True)
+        victim = sorted(pods)[0]
+
+        def replaced() -> bool:
+            pod = scenario.kube.get(kinds.POD.path(scenario.namespace, victim))
+            return bool(pod and pod["metadata"]["uid"] != pods[victim] and _ready(pod))
+
+        harness.wait_for("the force-deleted pod's replacement to be Ready", replaced, timeout=150)
+        scenario.wait_status("FailoverDegraded=False", _failover_condition("FailoverAvailable"))
+
+    scenario.create(replicasPerShard=2)
+    try:
+        scenario.run(
+            [
+                ("take every node away from kwok", take_every_node_away_from_kwok),
+                (
+                    "all NotReady past the grace period: blocked, nothing deleted",
+                    blocked_past_the_grace_period,
+                ),
+                (
+                    "an out-of-service node's pods are force-deleted at once",
+                    an_out_of_service_node_is_failed_over_at_once,
+                ),
+                (
+                    "nodes back: the replacement runs, failover is available",
+                    nodes_back_the_replacement_runs_and_failover_is_available,
+                ),
+            ]
+        )
+    finally:
+        if taken:
+            _give_nodes_back(scenario, taken, tainted, check=False)

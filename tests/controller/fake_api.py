@@ -40,6 +40,7 @@ class FakeClusterApi:
         self.unschedulable = False
         self.conflict_on_apply: set[str] = set()
         self.reads = 0
+        self.read_kinds: list[str] = []
         self._counter = itertools.count(1)
 
     # -- ClusterApi -----------------------------------------------------------------------------
@@ -49,6 +50,7 @@ class FakeClusterApi:
 
     def get(self, resource: Resource, namespace: str | None, name: str) -> Obj | None:
         self.reads += 1
+        self.read_kinds.append(resource.kind)
         if resource.kind in self.forbidden_kinds:
             raise ApiError(403, f"{resource.plural} is forbidden: cannot get resource {resource.plural!r}")
         obj = self.objects.get(self._key(resource, namespace, name))
@@ -56,6 +58,9 @@ class FakeClusterApi:
 
     def list(self, resource: Resource, namespace: str | None, label_selector: str = "") -> list[Obj]:
         self.reads += 1
+        self.read_kinds.append(resource.kind)
+        if resource.kind in self.forbidden_kinds:
+            raise ApiError(403, f"{resource.plural} is forbidden: cannot list resource {resource.plural!r}")
         if resource.kind in self.missing_kinds:
             raise NotFoundError(404, f"the server could not find the requested resource ({resource.plural})")
         return [

@@ -77,3 +77,20 @@ def test_settled_cluster_has_no_rollout_and_a_version_change_drops_the_old_serie
     metrics.forget_cluster("ns", "c")
     assert _value(registry, "shardrec_operator_cluster_shard_replicas", shard="0") is None
     assert _value(registry, "shardrec_operator_cluster_target_version_info", version="v3") is None
+
+
+def test_failover_degraded_is_one_series_by_reason_while_the_condition_is_true() -> None:
+    metrics = OperatorMetrics(CollectorRegistry())
+    held = api.Condition(
+        type="FailoverDegraded", status="True", reason="AllNodesNotReady", last_transition_time=NOW
+    )
+    status = _status(rolling=False).model_copy(update={"conditions": [held]})
+    metrics.record_cluster("ns", "c", _spec(), status, router_ready_replicas=2)
+    name = "shardrec_operator_cluster_failover_degraded"
+    assert _value(metrics.registry, name, reason="AllNodesNotReady") == 1
+    cleared = held.model_copy(update={"status": "False", "reason": "FailoverAvailable"})
+    metrics.record_cluster(
+        "ns", "c", _spec(), status.model_copy(update={"conditions": [cleared]}), router_ready_replicas=2
+    )
+    assert _value(metrics.registry, name, reason="AllNodesNotReady") is None
+    assert _value(metrics.registry, name, reason="FailoverAvailable") is None

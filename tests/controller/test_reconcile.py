@@ -235,6 +235,79 @@ def test_without_node_access_unready_pods_never_freeze_the_status() -> None:
     assert world.status["readyReplicas"] == 3, "the status follows the unready pod"
     assert world.event_reasons().count("FailoverWithoutNodeAccess") == 1, "said once, not every pass"
     assert pod["metadata"]["name"] in {p["metadata"]["name"] for p in world.api.of_kind(kinds.POD)}
+    failover = world.condition("FailoverDegraded")
+    assert (failover["status"], failover["reason"]) == ("True", "NodeAccessDenied")
+    assert "rbac.nodeAccess" in failover["message"]
+
+
+def test_node_access_denied_stands_while_pods_are_ready_and_clears_when_rbac_allows() -> None:
+    world = ready_world()
+    assert world.condition("FailoverDegraded")["status"] == "False"
+    world.api.forbidden_kinds.add(kinds.NODE.kind)
+    pod = next(p for p in world.api.of_kind(kinds.POD) if p["metadata"]["labels"].get("shardrec.io/shard"))
+    world.api.set_pod_ready(pod["metadata"]["name"], NAMESPACE, False)
+    world.reconcile(controllers=False)
+    world.api.set_pod_ready(pod["metadata"]["name"], NAMESPACE, True)
+    world.reconcile(controllers=False)
+    assert world.condition("FailoverDegraded")["reason"] == "NodeAccessDenied", (
+        "all pods ready: still unproven"
+    )
+    world.api.forbidden_kinds.clear()
+    world.reconcile(controllers=False)
+    failover = world.condition("FailoverDegraded")
+    assert (failover["status"], failover["reason"]) == ("False", "FailoverAvailable")
+    world.api.read_kinds.clear()
+    world.reconcile(controllers=False)
+    assert "Node" not in world.api.read_kinds, "every pod ready and access proven: Nodes are not read"
+
+
+def _lose_node_a(world: World) -> list[str]:
+    world.api.add_node("node-a", "zone-a", ready=False, since="2026-11-23T11:00:00Z")
+    lost = [p["metadata"]["name"] for p in world.api.of_kind(kinds.POD) if p["spec"]["nodeName"] == "node-a"]
+    for name in lost:
+        world.api.set_pod_ready(name, NAMESPACE, False)
+    return lost
+
+
+def test_paused_keeps_failing_over_by_default() -> None:
+    world = ready_world()
+    world.change(paused=True)
+    world.settle()
+    lost = _lose_node_a(world)
+    world.reconcile(controllers=False)
+    assert not set(lost) & set(world.api.names(kinds.POD)), "failover goes on while paused"
+    assert world.event_reasons().count("ForceDeletedPod") == len(lost)
+    assert world.status["phase"] == "Paused"
+
+
+def test_paused_with_failover_while_paused_false_stops_force_deletes_with_a_condition() -> None:
+    world = ready_world()
+    world.change(paused=True, failover={"whilePaused": False})
+    world.settle()
+    lost = _lose_node_a(world)
+    world.reconcile(controllers=False)
+    assert set(lost) <= set(world.api.names(kinds.POD))
+    assert "ForceDeletedPod" not in world.event_reasons()
+    failover = world.condition("FailoverDegraded")
+    assert (failover["status"], failover["reason"]) == ("True", "Paused")
+
+
+def test_a_hand_scaled_statefulset_and_an_edited_label_are_restored_with_an_event() -> None:
+    world = ready_world()
+    statefulset = world.api.of_kind(kinds.STATEFUL_SET)[0]
+    name = statefulset["metadata"]["name"]
+    statefulset["spec"]["replicas"] = 0  # `kubectl scale --replicas=0`: the hash annotation stays
+    statefulset["metadata"]["labels"]["shardrec.io/index-version"] = "tampered"
+    world.api.put(statefulset)
+    result = world.reconcile(controllers=False)
+    restored = world.api.get(kinds.STATEFUL_SET, NAMESPACE, name)
+    assert restored is not None and restored["spec"]["replicas"] == 2
+    assert restored["metadata"]["labels"]["shardrec.io/index-version"] == "v1"
+    assert result.drift_corrections == 1
+    (message,) = [m for _, reason, m in world.events if reason == "DriftCorrected"]
+    assert name in message and "spec.replicas" in message
+    assert "metadata.labels.shardrec.io/index-version" in message
+    assert world.settle().drift_corrections == 0, "corrected once, then quiet"
 
 
 def test_pods_on_a_recently_lost_node_are_left_alone() -> None:

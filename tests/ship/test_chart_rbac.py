@@ -66,9 +66,11 @@ def _required_by_the_operator() -> Matrix:
             verbs = {"get", "list"}
         elif resource is resources.POD:
             # patch: granted on to the router's Role (it reports what it serves on its own pod).
-            verbs = {"get", "list", "delete", "patch"}
+            verbs = {"get", "list", "watch", "delete", "patch"}
         elif resource is resources.CONFIG_MAP:
-            verbs = WRITE | {"watch"}  # granted on to the router's Role, so held by the operator
+            verbs = WRITE | {"watch"}  # watched, and granted on to the router's Role
+        elif resource in resources.WATCHED:
+            verbs = WRITE | {"watch"}  # a change wakes the cluster's pass
         elif resource is resources.RECOMMENDER_CLUSTER:
             verbs = {"get", "list", "watch", "patch"}
             required[(group, f"{resource.plural}/status")] = {"get", "patch"}

@@ -2,8 +2,12 @@
 
 - create / update / resume: a pass right away when the spec changes or the operator starts;
 - a timer per cluster: ticks every SHARDREC_OPERATOR_TIMER_SECONDS and runs a pass when the cluster is due
-  (the planner's requeue, or the resync period), which is what moves a rollout along and keeps
-  the status honest when pods die or nodes go;
+  (the planner's requeue, a child's change, or the resync period, now a safety net);
+- watches on the children that matter (`resources.WATCHED`, selected by the managed-by label):
+  an event only marks its cluster due (`Runtime.wake`), so a pod dying, a build finishing or a
+  `kubectl scale` is acted on at the next tick, and a burst of events costs one pass. The label
+  selector is also given to the API server (`settings.watching.label_selectors`), so the
+  operator is not sent every pod of the cluster;
 - delete (only when `spec.deleteArtifactsOnDelete` is true): the artifact cleanup Job.
 
 kopf settings: progress and diff-base live in annotations, so the status holds only our schema;
@@ -20,7 +24,9 @@ import kopf
 
 from shardrec.api import v1alpha1 as api
 from shardrec_operator.config import OperatorConfig
+from shardrec_operator.desired import labels as child_labels
 from shardrec_operator.passes import run_cleanup, run_pass
+from shardrec_operator.reconcile import resources as kinds
 from shardrec_operator.reconcile.kubernetes_api import KubernetesClusterApi, load_api_client
 from shardrec_operator.runtime import Runtime
 
@@ -39,6 +45,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.WARNING
+    for group, version, plural in WATCHED_CHILDREN:  # only our children, filtered by the API server
+        settings.watching.label_selectors[group, version, plural] = CHILD_SELECTOR
     if "runtime" not in memo:  # `main()` (or a test) may have provided one already
         memo["runtime"] = Runtime(api=KubernetesClusterApi(load_api_client()), config=CONFIG)
 
@@ -54,6 +62,29 @@ def reconcile_on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, rea
 @kopf.timer(*RESOURCE, interval=CONFIG.timer_seconds, backoff=CONFIG.error_backoff_seconds)
 def reconcile_on_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     run_pass(memo["runtime"], body, patch, trigger="timer")
+
+
+def wake_on_child_change(memo: kopf.Memo, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    runtime = memo.get("runtime")
+    cluster = labels.get(CLUSTER_LABEL)
+    if runtime is not None and namespace and cluster:
+        runtime.wake(namespace, cluster)
+
+
+CLUSTER_LABEL = child_labels.CLUSTER
+CHILD_SELECTOR = f"{child_labels.MANAGED_BY}={child_labels.MANAGER},{child_labels.CLUSTER}"
+WATCHED_CHILDREN = tuple(
+    (child.api_version.rpartition("/")[0], child.api_version.rpartition("/")[2], child.plural)
+    for child in kinds.WATCHED
+)
+for _group, _version, _plural in WATCHED_CHILDREN:
+    kopf.on.event(
+        group=_group,
+        version=_version,
+        plural=_plural,
+        id=f"wake-on-{_plural}",
+        labels={child_labels.MANAGED_BY: child_labels.MANAGER, child_labels.CLUSTER: kopf.PRESENT},
+    )(wake_on_child_change)
 
 
 def _deletes_artifacts(spec: kopf.Spec, **_: Any) -> bool:

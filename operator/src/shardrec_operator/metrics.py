@@ -5,6 +5,8 @@ shardrec_operator_reconciles_total{trigger, outcome}    passes by trigger (creat
                                                         invalid, conflict, error)
 shardrec_operator_reconcile_duration_seconds{trigger}   how long passes take
 shardrec_operator_api_writes_total                      applies + deletes sent to the API
+shardrec_operator_drift_corrections_total               re-applies of children whose owned fields
+                                                        were changed outside the operator
 shardrec_operator_cluster_phase{namespace, cluster, phase}  1 for each cluster's current
                                                         phase, 0 for the others
 Per cluster (labels namespace, cluster), for the alert rules in monitoring/alerts.yaml:
@@ -18,6 +20,10 @@ shardrec_operator_cluster_rollout_start_time_seconds    when the layout being ro
 shardrec_operator_cluster_rollout_timeout_seconds       spec.rollout.timeoutSeconds
 shardrec_operator_cluster_layouts{state}                layouts per state
 shardrec_operator_cluster_target_version_info{version}  1 for spec.index.version
+shardrec_operator_cluster_failover_degraded{reason}     1 while the FailoverDegraded condition is
+                                                        True (reason NodeAccessDenied,
+                                                        AllNodesNotReady, UnhealthyZone,
+                                                        RateLimited, Paused); no series otherwise
 """
 
 from __future__ import annotations
@@ -59,6 +65,11 @@ class OperatorMetrics:
         self.writes = Counter(
             "shardrec_operator_api_writes",
             "Applies and deletes the operator sent to the Kubernetes API.",
+            registry=self.registry,
+        )
+        self.drift_corrections = Counter(
+            "shardrec_operator_drift_corrections",
+            "Re-applies of children whose owned fields were changed outside the operator.",
             registry=self.registry,
         )
         self.status_writes = Counter(
@@ -122,7 +133,14 @@ class OperatorMetrics:
             [*cluster, "version"],
             registry=self.registry,
         )
+        self.failover_degraded = Gauge(
+            "shardrec_operator_cluster_failover_degraded",
+            "1 while something keeps failover from acting (the FailoverDegraded condition), by reason.",
+            [*cluster, "reason"],
+            registry=self.registry,
+        )
         self._per_cluster = (
+            self.failover_degraded,
             self.shard_ready,
             self.shard_desired,
             self.router_ready,
@@ -157,6 +175,9 @@ class OperatorMetrics:
             count = sum(1 for layout in status.layouts if layout.state == state)
             self.layouts.labels(namespace, cluster, state).set(count)
         self.target_version.labels(namespace, cluster, spec.index.version).set(1)
+        for condition in status.conditions:
+            if condition.type == "FailoverDegraded" and condition.status == "True":
+                self.failover_degraded.labels(namespace, cluster, condition.reason).set(1)
 
     def _drop_cluster_series(self, namespace: str, cluster: str) -> None:
         """Remove a cluster's series, so a gone shard or an old version leaves no stale value."""

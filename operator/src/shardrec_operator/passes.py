@@ -57,6 +57,7 @@ def run_pass(
     """One reconcile of `body`; the timer's ticks skip clusters that are not due or busy."""
     meta = body.get("metadata") or {}
     uid = str(meta.get("uid", ""))
+    runtime.clusters.remember(str(meta.get("namespace", "")), str(meta.get("name", "")), uid)
     timer = trigger == "timer"
     if timer and not runtime.schedule.is_due(uid):
         return
@@ -108,7 +109,14 @@ def _locked_pass(
             _invalid_pass(runtime, body, patch, error, raise_permanent=trigger != "timer", now=now)
             return
         try:
-            result = reconcile_cluster(runtime.api, cluster, raw_status, now, runtime.expectations)
+            result = reconcile_cluster(
+                runtime.api,
+                cluster,
+                raw_status,
+                now,
+                runtime.expectations,
+                failover_limits=runtime.config.failover,
+            )
         except ConflictError as error:
             outcome = "conflict"
             delay = runtime.config.conflict_retry_seconds
@@ -121,6 +129,7 @@ def _locked_pass(
         for event in result.events:
             post_event(body, event)
         runtime.metrics.writes.inc(result.writes)
+        runtime.metrics.drift_corrections.inc(result.drift_corrections)
         runtime.metrics.record_phase(cluster.metadata.namespace, cluster.metadata.name, result.phase)
         runtime.metrics.record_cluster(
             cluster.metadata.namespace,
@@ -160,4 +169,5 @@ def run_cleanup(
         post_event(body, RecordEvent("Warning", "ArtifactCleanupFailed", message))
     runtime.expectations.forget(cluster.metadata.uid)
     runtime.schedule.forget(cluster.metadata.uid)
+    runtime.clusters.forget(cluster.metadata.namespace, cluster.metadata.name)
     runtime.metrics.forget_cluster(cluster.metadata.namespace, cluster.metadata.name)

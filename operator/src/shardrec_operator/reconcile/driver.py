@@ -2,10 +2,13 @@
 
     1. observe   list the children, read the stored topology -> planner's `Observed`
     2. plan      `shardrec.planning.plan` (pure): actions, new status, requeue
-    3. execute   cluster-wide objects, then the actions in order, then the topology, then
-                 failover (all skipped while paused, except what the planner still allows)
-    4. report    the new status (None when unchanged, so nothing is written), the Events,
-                 when to come back, and how many writes the pass made
+    3. execute   cluster-wide objects, then the actions in order (each apply also corrects
+                 drift of an unchanged manifest), then the topology, then failover. Paused:
+                 no cluster-wide objects, no topology, only the actions the planner still
+                 allows; failover goes on unless `spec.failover.whilePaused` is false
+    4. report    the new status (None when unchanged, so nothing is written) with the
+                 FailoverDegraded condition, the Events, when to come back, and how many
+                 writes the pass made
 
 Nothing is remembered between passes except the expectations (see `expectations`): the
 state machine lives in `.status`, so a restarted operator resumes where the last one stopped.
@@ -25,6 +28,7 @@ from shardrec_operator.reconcile import resources as kinds
 from shardrec_operator.reconcile.cluster_api import ClusterApi, Obj
 from shardrec_operator.reconcile.execute import apply_cluster_objects, execute_action
 from shardrec_operator.reconcile.expectations import Expectations
+from shardrec_operator.reconcile.failover import PAUSED_REPORT, FailoverLimits, with_failover_condition
 from shardrec_operator.reconcile.lost_pods import force_delete_lost_pods
 from shardrec_operator.reconcile.observe import Children, list_children, observe, previous_status
 from shardrec_operator.reconcile.publish_topology import sync_topology
@@ -42,6 +46,8 @@ class ReconcileResult:
     waiting_reason: str
     writes: int
     """Applies and deletes sent to the API (0 for a pass with nothing to change)."""
+    drift_corrections: int
+    """Applies of an unchanged manifest whose object had drifted (fields changed by hand)."""
     phase: str
     full_status: api.RecommenderClusterStatus
     """The status this pass computed, whether or not it had to be written (for metrics)."""
@@ -65,6 +71,8 @@ def reconcile_cluster(
     raw_status: Obj | None,
     now: datetime,
     expectations: Expectations,
+    *,
+    failover_limits: FailoverLimits | None = None,
 ) -> ReconcileResult:
     children = list_children(api_client, cluster)
     observed = observe(cluster, children, raw_status, now, expectations)
@@ -85,18 +93,29 @@ def reconcile_cluster(
         written = sync_topology(session, the_plan, floor)
         if written is not None:
             status = with_topology_written(status, written)
-        force_delete_lost_pods(session)
+    if paused and not cluster.spec.failover.while_paused:
+        failover = PAUSED_REPORT
+    else:
+        failover = force_delete_lost_pods(
+            session, failover_limits or FailoverLimits(), observed.previous_status
+        )
+    status = with_failover_condition(status, failover, observed.previous_status, now)
     planned_events = tuple(action for action in the_plan.actions if isinstance(action, RecordEvent))
     return ReconcileResult(
         status=changed_status(status, raw_status),
         events=planned_events + tuple(session.events),
-        requeue_after_seconds=the_plan.requeue_after_seconds,
+        requeue_after_seconds=_sooner(the_plan.requeue_after_seconds, failover.recheck_after_seconds),
         waiting_reason=the_plan.waiting_reason,
         writes=session.writes,
+        drift_corrections=session.drift_corrections,
         phase=the_plan.status.phase,
         full_status=status,
         router_ready_replicas=router_ready_replicas(children, cluster.metadata.name),
     )
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def router_ready_replicas(children: Children, cluster_name: str) -> int:

@@ -15,12 +15,16 @@ FAQ (after ECK's `expectations.go`):
   confirmed, which is the truth the new process can see. Nothing else is needed: children are
   never read from a cache, so there is no stale view of our own writes to wait out.
 - Anything else? `warn_once` keeps a persistent problem (a missing ServiceMonitor CRD) from
-  becoming an Event on every pass.
+  becoming an Event on every pass; the times of the last minute's force deletes feed failover's
+  rate limit (a restarted process starts a fresh minute: at most one extra burst).
 """
 
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timedelta
+
+FORCE_DELETE_MEMORY = timedelta(minutes=1)
 
 
 class Expectations:
@@ -30,6 +34,7 @@ class Expectations:
         self._lock = threading.Lock()
         self._topology: dict[str, str | None] = {}
         self._warned: dict[str, set[str]] = {}
+        self._force_deletes: dict[str, list[datetime]] = {}
 
     def record_topology_write(self, cluster_uid: str, layout_id: str | None) -> None:
         with self._lock:
@@ -49,8 +54,19 @@ class Expectations:
             seen.add(key)
             return True
 
+    def record_force_delete(self, cluster_uid: str, when: datetime) -> None:
+        with self._lock:
+            recent = [t for t in self._force_deletes.get(cluster_uid, []) if when - t < FORCE_DELETE_MEMORY]
+            self._force_deletes[cluster_uid] = [*recent, when]
+
+    def force_deletes(self, cluster_uid: str) -> tuple[datetime, ...]:
+        """When this process force-deleted pods of this cluster (the last minute or so)."""
+        with self._lock:
+            return tuple(self._force_deletes.get(cluster_uid, ()))
+
     def forget(self, cluster_uid: str) -> None:
         """Drop everything about a deleted cluster."""
         with self._lock:
             self._topology.pop(cluster_uid, None)
             self._warned.pop(cluster_uid, None)
+            self._force_deletes.pop(cluster_uid, None)

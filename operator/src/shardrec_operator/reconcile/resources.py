@@ -63,6 +63,11 @@ ALL = (
     SERVICE_MONITOR,
     RECOMMENDER_CLUSTER,
 )
+WATCHED = (STATEFUL_SET, POD, JOB, CONFIG_MAP, DEPLOYMENT, SERVICE, PDB)
+"""Children whose changes wake their cluster's pass at once (`handlers.wake_on_child_change`):
+the ones that move a rollout (pods, Jobs, router acknowledgements) or that a hand edit
+(`kubectl scale`, `kubectl edit`) is likely to hit. The rest (RBAC, NetworkPolicy, HPA,
+ServiceMonitor) are corrected by the periodic safety-net pass."""
 _BY_KIND = {(r.api_version, r.kind): r for r in ALL}
 
 

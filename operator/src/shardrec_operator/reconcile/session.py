@@ -2,7 +2,8 @@
 
 Every write of the pass goes through `Session.apply` / `Session.delete`, so the pass can report
 how many writes it made (zero for a reconcile with nothing to change) and collect the Events
-its side effects produce next to the planner's.
+its side effects produce next to the planner's: a re-apply that corrected drift (an owned field
+changed by hand) posts a DriftCorrected Warning naming the object and the fields.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from shardrec.api.v1alpha1 import RecommenderCluster
 from shardrec.planning import EventType, RecordEvent
 from shardrec_operator.reconcile.apply import apply_child
 from shardrec_operator.reconcile.cluster_api import ClusterApi, Obj
+from shardrec_operator.reconcile.drift import describe
 from shardrec_operator.reconcile.expectations import Expectations
 from shardrec_operator.reconcile.observe import Children
 from shardrec_operator.reconcile.resources import Resource
@@ -31,14 +33,25 @@ class Session:
     now: datetime
     events: list[RecordEvent] = field(default_factory=list)
     writes: int = 0
+    drift_corrections: int = 0
 
     def apply(self, manifest: Obj, *, observed: Obj | None, create_only: bool = False) -> None:
         result = apply_child(
             self.api, manifest, observed, owner_uid=self.cluster.metadata.uid, create_only=create_only
         )
-        if result is not None:
-            self.writes += 1
-            log.info("Applied %s %s", manifest["kind"], manifest["metadata"]["name"])
+        if result is None:
+            return
+        self.writes += 1
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        log.info("Applied %s %s", kind, name)
+        if result.drifted:
+            self.drift_corrections += 1
+            self.event(
+                "Warning",
+                "DriftCorrected",
+                f"{kind} {name} no longer held fields the operator sets ({describe(list(result.drifted))}); "
+                "re-applied them",
+            )
 
     def delete(
         self, kind: Resource, obj: Obj, *, grace_period_seconds: int | None = None, guard_uid: bool = True

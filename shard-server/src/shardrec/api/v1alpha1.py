@@ -519,7 +519,15 @@ class FailoverSpec(ApiModel):
         le=86400,
         description=(
             "A shard pod on a NotReady or unreachable node this long is force-deleted so its "
-            "StatefulSet recreates it elsewhere."
+            "StatefulSet recreates it elsewhere (unless the operator's brakes hold: most nodes of "
+            "the zone NotReady, or the force-delete rate limit)."
+        ),
+    )
+    while_paused: bool = Field(
+        True,
+        description=(
+            "Keep failing over pods on lost nodes while spec.paused is true (pausing freezes "
+            "topology changes, not recovery); false stops force deletes too."
         ),
     )
 
@@ -874,7 +882,10 @@ class RecommenderClusterSpec(ApiModel):
     )
     paused: bool = Field(
         False,
-        description="Freeze topology changes (builds, switches, deletions); status keeps updating.",
+        description=(
+            "Freeze topology changes (builds, scaling, switches, deletions, drift correction); status "
+            "keeps updating and failover goes on unless spec.failover.whilePaused is false."
+        ),
     )
     delete_artifacts_on_delete: bool = Field(
         False, description="Remove the index artifacts from the store when this object is deleted."
@@ -883,7 +894,7 @@ class RecommenderClusterSpec(ApiModel):
 
 # --- status ----------------------------------------------------------------------------------
 
-ConditionType = Literal["Ready", "Progressing", "Degraded"]
+ConditionType = Literal["Ready", "Progressing", "Degraded", "FailoverDegraded"]
 Phase = Literal["Pending", "Building", "Rolling", "Ready", "Degraded", "Failed", "Paused"]
 LayoutState = Literal["Building", "Starting", "Ready", "Serving", "Retiring", "Failed"]
 
@@ -891,7 +902,7 @@ LayoutState = Literal["Building", "Starting", "Ready", "Serving", "Retiring", "F
 class Condition(ApiModel):
     """A Kubernetes-style condition."""
 
-    type: ConditionType = Field(description="Ready, Progressing or Degraded.")
+    type: ConditionType = Field(description="Ready, Progressing, Degraded or FailoverDegraded.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(max_length=128, description="CamelCase reason for the last transition.")
     message: str = Field("", max_length=4096, description="Human-readable detail.")
@@ -1015,7 +1026,9 @@ class RecommenderClusterStatus(ApiModel):
     blocked_by: list[BlockedBy] = Field(
         default_factory=list, description="Safety predicates currently holding the rollout."
     )
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Progressing, Degraded, FailoverDegraded."
+    )
 
 
 class ObjectMeta(BaseModel):
