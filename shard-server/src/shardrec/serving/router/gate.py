@@ -1,6 +1,6 @@
 """The gate every client request passes, as plain ASGI: API key (401/403), per-key rate limit
-(429), admission (503 + Retry-After), body size (413); then the request binds to the active
-snapshot and keeps it until it has answered. Also owns the router's shared state and lifecycle.
+(429), body size (413), admission (503 + Retry-After) once the body is in; then the request binds
+to the active snapshot and keeps it until it has answered. Also owns the router's shared state and lifecycle.
 
 No request/response objects and no middleware stack on this path: the hot routes are served here
 directly (see `RouterApp`). `make bench-ab` measures it against the same router with plain FastAPI
@@ -114,6 +114,9 @@ class RouterState:
                         f"API key {key!r} is over its limit of {self.limiter.rate:g} requests/s",
                         {"Retry-After": retry_after_header(wait)},
                     )
+            # The body first, then admission: a client trickling its body holds a connection
+            # (for at most the body read timeout, serving/http_limits.py), never an admission slot.
+            body = await self._read_body(length, receive)
             if not self.admission.try_enter():
                 self.metrics.shed.inc()
                 raise ApiError(
@@ -124,7 +127,6 @@ class RouterState:
                     {"Retry-After": "1"},
                 )
             try:
-                body = await self._read_body(length, receive)
                 snapshot = self.manager.current
                 if snapshot is None:
                     raise ApiError(
