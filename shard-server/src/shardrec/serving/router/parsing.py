@@ -153,6 +153,8 @@ def _message(error: ErrorDetails, limits: Limits) -> str:
         if kind == "too_short":
             return "queries: must not be empty"
         return f"queries: required, must be a list of query objects, got {_kind(value)}"
+    if kind == "string_pattern_mismatch":
+        return f"{field}: must not contain control characters (TAB, CR, LF, NUL, ...)"
     if name == "exclude" and in_list:
         return f"{field}: must be a non-empty string of at most {limits.max_id_length}"
     if name == "exclude":

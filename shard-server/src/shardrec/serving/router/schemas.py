@@ -33,8 +33,16 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+"""User and item ids: 1..Limits.max_id_length characters of any Unicode text but the C0 control
+characters and DEL (so no TAB, CR, LF or NUL: docs/embeddings-format.md keeps those out of stored
+ids, so an id holding one can never match)."""
+
+
 def _identifier(limits: Limits) -> Any:
-    return Annotated[str, StringConstraints(min_length=1, max_length=limits.max_id_length)]
+    return Annotated[
+        str, StringConstraints(min_length=1, max_length=limits.max_id_length, pattern=ID_PATTERN)
+    ]
 
 
 _NUMBER = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
