@@ -138,8 +138,9 @@ def choose_replica(
     """Power of two choices among live replicas not in `avoid`, by `load_cost`.
 
     Falls back to ejected replicas not in `avoid` and not known dead (panic routing), and returns
-    None when no replica is left: every one tried already or known dead. Two random candidates instead of the global minimum keep many
-    routers from stampeding onto the same momentarily idle replica.
+    None when no replica is left: every one tried already or known dead. Two random candidates
+    instead of the global minimum keep many routers from stampeding onto the same momentarily
+    idle replica.
     """
     live = [r for r in replicas if r.health == "healthy" and r not in avoid]
     if not live:
