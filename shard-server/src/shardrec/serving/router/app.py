@@ -176,7 +176,10 @@ def _add_gate_routes(app: RouterApp, state: RouterState) -> None:
 def _through_gate(state: RouterState, route: str, work: Work) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         # Reached only when the fast path did not match (e.g. a mounted root path).
-        status, extra, payload = await state.process(request.scope["headers"], request.receive, route, work)
+        peer = request.client.host if request.client else ""
+        status, extra, payload = await state.process(
+            request.scope["headers"], request.receive, route, work, peer
+        )
         headers = {name.decode(): value.decode() for name, value in extra}
         return Response(payload, status_code=status, headers=headers, media_type=JSON)
 

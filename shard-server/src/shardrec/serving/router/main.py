@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="API keys, one a line: name:key or key.",
     )
     parser.add_argument(
+        RouterFlags.SHARD_TOKEN,
+        default=_env(RouterFlags.SHARD_TOKEN),
+        help="The shards' admin token, sent as 'Authorization: Bearer' (set it through the "
+        "environment, SHARDREC_ROUTER_SHARD_TOKEN, not the command line).",
+    )
+    parser.add_argument(
         RouterFlags.BATCHES_IN_FLIGHT_PER_REPLICA,
         type=int,
         default=int(
@@ -154,7 +160,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RouterSettings, Topolo
             f"--batches-in-flight-per-replica: must be at least 1, got {args.batches_in_flight_per_replica}"
         )
     tuning = Tuning(max_batches_in_flight_per_replica=args.batches_in_flight_per_replica)
-    return RouterSettings(config=config, api_keys=keys, tuning=tuning), source, port
+    settings = RouterSettings(
+        config=config, api_keys=keys, tuning=tuning, shard_token=args.shard_token or None
+    )
+    return settings, source, port
 
 
 def _loop(choice: str) -> str:

@@ -9,7 +9,8 @@ checks them against the published OpenAPI schema over generated bodies.
 
 Errors keep the router's one-line messages that name the field (`queries[3].vector[2]: must be a
 number, got a string`): unparseable JSON (NaN and Infinity included) -> 400 `invalid_json`; wrong
-fields -> 422 `invalid_request`; more queries than router.maxBatchSize -> 413 `batch_too_large`.
+fields -> 422 `invalid_request`; more queries than router.maxBatchSize, or more results in all
+(the sum of k) than Limits.max_batch_results -> 413 `batch_too_large`.
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ class RequestParser:
         """A `VectorBatch` when every query is a plain vector query of one length (the common
         shape), otherwise one `RecommendQuery` per query."""
         queries = self._validate(self.models.batch, body).queries
+        results = sum(query.k for query in queries)
+        if results > self.limits.max_batch_results:
+            raise ApiError(
+                413,
+                "batch_too_large",
+                f"queries: {len(queries)} queries asking for {results} results in all (the sum of "
+                f"their k), at most {self.limits.max_batch_results} per batch",
+            )
         vectors = [query.vector for query in queries if query.vector is not None and not query.exclude]
         if len(vectors) == len(queries) and len(set(map(len, vectors))) == 1:
             return VectorBatch(np.array(vectors, dtype=np.float32), [query.k for query in queries])
