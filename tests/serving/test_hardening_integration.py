@@ -237,3 +237,44 @@ def test_poison_ids_fail_only_their_own_request(cluster: Cluster, layouts: dict[
     for response in bad:
         assert isinstance(response, httpx.Response) and response.status_code == 422, response
         assert "exclude[0]" in response.json()["error"]["message"]
+
+
+def test_shard_admin_surfaces_need_the_cluster_token_which_the_router_sends(
+    cluster: Cluster, layouts: dict[str, Path]
+) -> None:
+    token = "cluster-token-" + "7" * 32
+    shards = {
+        s: [
+            cluster.start(
+                f"tok-s{s}",
+                "shardrec.serving.shard.main",
+                "--layout-dir",
+                str(layouts["v1"]),
+                "--shard",
+                str(s),
+                "--search-threads",
+                "1",
+                "--admin-token",
+                token,
+            )
+        ]
+        for s in range(2)
+    }
+    for procs in shards.values():
+        wait_ready(procs[0].url)
+    topology = cluster.tmp / "topology.json"
+    write_topology(topology, 1, layouts["v1"], shards)
+    with_token = cluster.router("with-token", topology, ROUTER, extra=("--shard-token", token))
+    without = cluster.router("without", topology, ROUTER)
+    wait_ready(with_token.url)
+    wait_ready(without.url)
+    shard_url = shards[0][0].url
+    assert httpx.post(f"{shard_url}/v1/items/vectors", json={"item_ids": ["v1-item-1"]}).status_code == 401
+    load = httpx.post(f"{shard_url}/v1/admin/load", json={"layout_dir": str(layouts["v2"])})
+    assert load.status_code == 401
+    assert httpx.get(f"{shard_url}/readyz").json()["version"] == "v1"
+    # Only the router given the token can serve /v1/similar (it reads the item's vector).
+    similar = {"item_id": "v1-item-5", "k": 3}
+    assert httpx.post(f"{without.url}/v1/similar", json=similar, timeout=10).status_code >= 400
+    answer = httpx.post(f"{with_token.url}/v1/similar", json=similar, timeout=10)
+    assert answer.status_code == 200 and len(answer.json()["items"]) == 3
