@@ -365,6 +365,12 @@ def test_api_keys_401_without_403_wrong_and_both_header_forms_accepted() -> None
         assert bearer.status_code == 200
         for open_path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
             assert (await client.get(open_path)).status_code == 200, open_path
+        # /docs needs no internet: every asset it names is served by the router itself.
+        page = (await client.get("/docs")).text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', page) + re.findall(r"url: '([^']+)'", page)
+        assert assets and all(asset.startswith("/") for asset in assets), assets
+        for asset in assets:
+            assert (await client.get(asset)).status_code == 200, asset
 
     run(world, config, scenario)
 
