@@ -9,6 +9,7 @@ Everything else (docs, probes, metrics, 404/405 errors) is plain FastAPI.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,7 +21,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -147,7 +148,7 @@ def create_app(
     _add_gate_routes(app, state)
     _add_probes(app, state)
     _add_docs(app)
-    _document_bodies(app)
+    _document_bodies(app, state)
     _add_error_handlers(app)
     return app
 
@@ -207,7 +208,11 @@ def _add_probes(app: FastAPI, state: RouterState) -> None:
     async def healthz() -> Response:
         return Response(b'{"status":"ok"}', media_type=JSON)
 
-    @app.get("/readyz", summary="An index layout and its user table are active")
+    @app.get(
+        "/readyz",
+        summary="An index layout and its user table are active",
+        responses={503: {"model": schemas.ErrorResponse, "description": "Not ready (`not_ready`)."}},
+    )
     async def readyz() -> Response:
         snapshot = state.manager.current
         if snapshot is None:
@@ -228,7 +233,12 @@ def _add_probes(app: FastAPI, state: RouterState) -> None:
             media_type=JSON,
         )
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics() -> Response:
         state.metrics.in_flight.set(state.admission.in_flight)
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -258,12 +268,14 @@ def _add_docs(app: FastAPI) -> None:
         )
 
 
-def _document_bodies(app: FastAPI) -> None:
+def _document_bodies(app: FastAPI, state: RouterState) -> None:
     """The documented bodies are referenced by $ref from the gate routes; register them with the
-    OpenAPI document."""
+    OpenAPI document. Vectors are documented with the active layout's dimension, so a client (or
+    a fuzzer) generating bodies from the document sends ones the router accepts."""
     original_openapi = app.openapi
+    by_dimension: dict[int | None, dict[str, Any]] = {}
 
-    def openapi() -> dict[str, Any]:
+    def base() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = original_openapi()
             components = schema.setdefault("components", {}).setdefault("schemas", {})
@@ -274,6 +286,23 @@ def _document_bodies(app: FastAPI) -> None:
                 components[model.__name__] = model_schema
             app.openapi_schema = schema
         return app.openapi_schema
+
+    def openapi() -> dict[str, Any]:
+        snapshot = state.manager.current
+        dimension = None if snapshot is None else snapshot.dimension
+        schema = by_dimension.get(dimension)
+        if schema is None:
+            schema = base()
+            if dimension is not None:
+                schema = copy.deepcopy(schema)
+                vector = schema["components"]["schemas"]["RecommendRequest"]["properties"]["vector"]
+                for option in vector.get("anyOf", []):
+                    if option.get("type") == "array":
+                        option["minItems"] = option["maxItems"] = dimension
+                vector["description"] = f"Or: a query vector of the active index's dimension, {dimension}."
+            by_dimension.clear()  # one layout at a time: keep only the current document
+            by_dimension[dimension] = schema
+        return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 

@@ -172,7 +172,7 @@ def _message(error: ErrorDetails, limits: Limits) -> str:
         return f"{field}: must be a list of item ids, got {_kind(value)}"
     if name == "vector" and in_list:
         if kind in {"greater_than_equal", "less_than_equal"}:
-            return f"{_path(loc[:-1])}: every number must be finite and within float32 range"
+            return f"{_path(loc[:-1])}: every number must be finite and within +-1e15"
         return f"{field}: must be a number, got {_kind(value)}"
     if name == "vector":
         if kind == "too_short":

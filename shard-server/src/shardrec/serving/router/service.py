@@ -17,7 +17,12 @@ from shardrec.serving.router.errors import ApiError
 from shardrec.serving.router.gather import Gather
 from shardrec.serving.router.merge import Scores, merge_block
 from shardrec.serving.router.metrics import RouterMetrics
-from shardrec.serving.router.parsing import RecommendQuery, RequestParser, VectorBatch, check_dimension
+from shardrec.serving.router.parsing import (
+    RecommendQuery,
+    RequestParser,
+    VectorBatch,
+    check_dimension,
+)
 from shardrec.serving.router.response import encode_batch, encode_one
 from shardrec.serving.router.snapshot import Snapshot
 
