@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         F.ADMIN_TOKEN,
         default=_env(F.ADMIN_TOKEN),
-        help="require 'Authorization: Bearer TOKEN' on /v1/admin/load",
+        help="require 'Authorization: Bearer TOKEN' on /v1/admin/load and /v1/items/vectors",
     )
     parser.add_argument(F.LOG_LEVEL, default=_env(F.LOG_LEVEL, "warning"))
     return parser
