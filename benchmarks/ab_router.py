@@ -73,6 +73,7 @@ def create_library_app(  # noqa: PLR0915 - the three routes, as FastAPI declares
             name = state._authenticate(
                 None if key is None else key.encode("latin-1"),
                 None if authorization is None else authorization.encode("latin-1"),
+                "",
             )
             if state.limiter.enabled:
                 wait = state.limiter.acquire(name)

@@ -116,14 +116,21 @@ class Cluster:
             "1",
         )
 
-    def router(self, name: str, topology: Path, router: dict[str, Any], keys: str | None = None) -> Process:
+    def router(
+        self,
+        name: str,
+        topology: Path,
+        router: dict[str, Any],
+        keys: str | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> Process:
         config = self.tmp / f"{name}-config.json"
         config.write_text(json.dumps({"router": router}))
         args = ["--topology-file", str(topology), "--router-config", str(config)]
         if keys is not None:
             (self.tmp / f"{name}-keys").write_text(keys)
             args += ["--api-keys-file", str(self.tmp / f"{name}-keys")]
-        return self.start(name, "shardrec.serving.router.main", *args)
+        return self.start(name, "shardrec.serving.router.main", *args, *extra)
 
     def stop(self) -> None:
         for process in self.processes:

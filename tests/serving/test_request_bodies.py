@@ -71,7 +71,9 @@ number = (
     st.floats(width=32, allow_nan=False, allow_infinity=False)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.integers(-(10**6), 10**6)
-    | st.sampled_from([_FLOAT32_MAX, -_FLOAT32_MAX, 3.5e38, -1e39, 2**130, 0, -0.0])
+    | st.sampled_from(
+        [_FLOAT32_MAX, -_FLOAT32_MAX, 3.5e38, -1e39, 2**130, 1e15, -1e15, 1.0000001e15, 0, -0.0]
+    )
 )
 vector = rarely(
     st.lists(number, max_size=5),

@@ -25,6 +25,7 @@ from shardrec.serving.router.app import create_app
 from shardrec.serving.router.auth import parse_api_keys
 from shardrec.serving.router.config import Limits, RouterConfig, RouterSettings
 from shardrec.serving.router.manager import ManagerDeps
+from shardrec.serving.router.ratelimit import FailedAuthThrottle
 from tests.serving.test_router_dispatch import ERRORS, FakeShard
 
 DIM = 4
@@ -280,6 +281,20 @@ BAD_BODIES: list[tuple[str, bytes, int, str]] = [
         422,
         "queries[1].vector[1]",
     ),
+    (
+        "/v1/recommend",
+        b'{"user_id": "u0", "exclude": ["item-1", "a\\nb"]}',
+        422,
+        "exclude[1]: must not contain",
+    ),
+    ("/v1/recommend", b'{"user_id": "u\\u0000"}', 422, "user_id: must not contain control"),
+    (
+        "/v1/recommend/batch",
+        b'{"queries": [{"user_id": "u0"}, {"vector": [1, 2, 3, 4], "exclude": ["\\r"]}]}',
+        422,
+        "queries[1].exclude[0]: must not contain",
+    ),
+    ("/v1/similar", b'{"item_id": "item-1\\t"}', 422, "item_id: must not contain"),
     ("/v1/similar", b'{"k": 3}', 422, "item_id: required"),
     ("/v1/similar", b'{"item_id": ["a"]}', 422, "item_id: must be a string"),
     ("/v1/similar", b'{"item_id": "item-1", "user_id": "u0"}', 422, "unknown field"),
@@ -315,12 +330,22 @@ def test_size_limits_body_batch_and_unknown_routes() -> None:
         batch = {"queries": [{"user_id": "u0"}] * 5}
         too_many = await client.post("/v1/recommend/batch", json=batch)
         assert too_many.status_code == 413 and "at most 4" in error_of(too_many)["message"]
+        costly = {"queries": [{"user_id": "u0", "k": 1000}] * 4}  # 4 <= maxBatchSize, 4000 results
+        too_costly = await client.post("/v1/recommend/batch", json=costly)
+        assert too_costly.status_code == 413 and error_of(too_costly)["code"] == "batch_too_large"
+        assert "4000 results" in error_of(too_costly)["message"]
+        within = await client.post(
+            "/v1/recommend/batch", json={"queries": [{"user_id": "u0", "k": 1000}] * 3}
+        )
+        assert within.status_code == 200
         assert (await client.post("/v1/nope", json={})).status_code == 404
         assert error_of(await client.post("/v1/nope", json={}))["code"] == "not_found"
         wrong_method = await client.get("/v1/recommend")
         assert wrong_method.status_code == 405 and error_of(wrong_method)["code"] == "method_not_allowed"
 
-    run(world, settings(max_batch_size=4), scenario)
+    base = settings(max_batch_size=4)
+    config = replace(base, limits=replace(base.limits, max_batch_results=3000))
+    run(world, config, scenario)
 
 
 def test_api_keys_401_without_403_wrong_and_both_header_forms_accepted() -> None:
@@ -340,8 +365,48 @@ def test_api_keys_401_without_403_wrong_and_both_header_forms_accepted() -> None
         assert bearer.status_code == 200
         for open_path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
             assert (await client.get(open_path)).status_code == 200, open_path
+        # /docs needs no internet: every asset it names is served by the router itself.
+        page = (await client.get("/docs")).text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', page) + re.findall(r"url: '([^']+)'", page)
+        assert assets and all(asset.startswith("/") for asset in assets), assets
+        for asset in assets:
+            assert (await client.get(asset)).status_code == 200, asset
 
     run(world, config, scenario)
+
+
+def test_wrong_api_keys_are_throttled_per_client_address() -> None:
+    world = World()
+    config = replace(settings(), api_keys=parse_api_keys("alice:k-alice\n", "keys"))
+
+    async def scenario(client: httpx.AsyncClient, _: Any) -> None:
+        body = {"user_id": "u1", "k": 2}
+        statuses = [
+            (await client.post("/v1/recommend", json=body, headers={"x-api-key": f"guess-{i}"})).status_code
+            for i in range(25)
+        ]
+        assert statuses[:20] == [403] * 20 and set(statuses[20:]) == {429}
+        # Past the throttle even a valid key waits: guessing gains nothing from it.
+        blocked = await client.post("/v1/recommend", json=body, headers={"x-api-key": "k-alice"})
+        assert blocked.status_code == 429 and error_of(blocked)["code"] == "auth_throttled"
+        assert int(blocked.headers["retry-after"]) >= 1
+
+    run(world, config, scenario)
+
+
+def test_failed_auth_throttle_refills_and_forgets_the_oldest_addresses() -> None:
+    now = [0.0]
+    throttle = FailedAuthThrottle(rate_per_second=1.0, burst=2.0, max_clients=3, clock=lambda: now[0])
+    throttle.failed("a")
+    assert throttle.wait("a") == 0.0
+    throttle.failed("a")
+    assert throttle.wait("a") == 1.0
+    now[0] = 1.0
+    assert throttle.wait("a") == 0.0
+    for address in ("b", "c", "d"):
+        throttle.failed(address)
+        throttle.failed(address)
+    assert throttle.wait("d") > 0 and throttle.wait("a") == 0.0  # "a" was forgotten (oldest)
 
 
 def test_rate_limit_per_key_answers_429_with_retry_after() -> None:

@@ -62,6 +62,20 @@ def test_panic_routing_uses_ejected_replicas_when_no_live_one_is_left() -> None:
     assert choose_replica(pool, 0.0, random.Random(0), avoid=pool) is None
 
 
+def test_replicas_known_dead_are_never_chosen_so_their_shard_fails_at_once() -> None:
+    pool = replicas(2)
+    rng = random.Random(0)
+    for replica in pool:
+        assert replica.probed(False, 0.0)  # a failed probe ejects and marks it known dead
+    assert choose_replica(pool, 0.5, rng) is None  # no panic routing onto known-dead replicas
+    pool[1].probed(True, 0.6)  # answers its probe again, still within its ejection time
+    assert pool[1].health == "ejected"
+    assert choose_replica(pool, 0.6, rng) is pool[1]  # panic routing may try it again
+    pool[0].probed(False, 0.7)
+    pool[1].succeeded(0.01, 0.7)
+    assert choose_replica(pool, 0.7, rng) is pool[1] and pool[1].health == "healthy"
+
+
 def test_consecutive_failures_eject_and_a_success_resets_the_count() -> None:
     (replica,) = replicas(1)
     replica.started()

@@ -365,3 +365,48 @@ def test_channel_drains_before_its_clients_close(mode: str) -> None:
         assert gather.future.done()
 
     asyncio.run(scenario())
+
+
+def test_a_shard_whose_replicas_are_known_dead_fails_without_waiting() -> None:
+    ids, vectors = data()
+    fakes = [FakeShard(0, ids, vectors, mode="hang"), FakeShard(0, ids, vectors, mode="hang")]
+    ch = channel(fakes)
+    for replica in ch.replicas:
+        replica.probed(False, 0.0)
+
+    async def scenario() -> tuple[Gather, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        gather = await ask(ch, vectors[:2], timeout_s=30.0)
+        return gather, loop.time() - started
+
+    gather, waited = asyncio.run(scenario())
+    assert gather.failures == {0: "no_replica"}
+    assert fakes[0].calls == [] and fakes[1].calls == []
+    assert waited < 15.0  # far below the 30 s deadline: nothing waited for it
+
+
+def test_each_request_stops_waiting_at_its_own_deadline_inside_a_shared_batch() -> None:
+    """Two requests coalesced into one batch on a hung replica: the one with the earlier deadline
+    is failed ("deadline") at it, though the batch runs on for the other."""
+    ids, vectors = data()
+    fake = FakeShard(0, ids, vectors, mode="hang")
+    ch = channel([fake], DispatchPolicy(0, False, 0.02, max_batches_in_flight=1, max_queries_per_batch=256))
+
+    async def scenario() -> tuple[Gather, Gather, int]:
+        loop = asyncio.get_running_loop()
+        short = Gather(1, 1, loop.create_future())
+        long = Gather(1, 1, loop.create_future())
+        ch.submit(Block(short, 0, vectors[:1], 3, None, loop.time() + 0.2))
+        ch.submit(Block(long, 0, vectors[1:2], 3, None, loop.time() + 30))
+        loop.call_at(loop.time() + 0.2, short.expire)  # what the service arms per request
+        await asyncio.wait_for(short.future, 10)
+        pending = int(not long.future.done())
+        long.expire()
+        return short, long, pending
+
+    short, long, still_waiting = asyncio.run(scenario())
+    assert fake.calls == [2]  # one shared batch
+    assert short.failures == {0: "deadline"}
+    assert still_waiting == 1  # the later deadline was not cut short either
+    assert long.failures == {0: "deadline"}

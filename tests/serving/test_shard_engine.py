@@ -117,3 +117,46 @@ def test_bounded_wait_collects_a_batch_until_it_is_full(layouts: dict[str, Path]
         metrics = run(scenario())
         assert _count(metrics, "shardrec_shard_batch_requests_count") == 1
         assert _count(metrics, "shardrec_shard_batch_requests_sum") == 4
+
+
+def test_a_request_that_fails_its_batch_fails_alone(
+    layouts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search error caused by one request (here: an index that fails on an id) costs only that
+    request; the requests coalesced with it are answered as if alone."""
+    reference = ShardIndex.load(layouts["v1"], 0)
+    queries = np.asarray(reference.index.get_items(list(range(8))), dtype=np.float32)
+    original = ShardIndex.search
+
+    def fragile(
+        self: ShardIndex, q: np.ndarray, k: int, exclude: object = None, *, threads: int = 1
+    ) -> object:
+        if exclude is not None and any(ids and "BAD" in ids for ids in exclude):  # type: ignore[attr-defined]
+            raise ValueError("cannot search for BAD")
+        return original(self, q, k, exclude, threads=threads)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ShardIndex, "search", fragile)
+
+    async def scenario() -> list[object]:
+        engine = SearchEngine(ShardMetrics(), EngineSettings(search_threads=1))
+        await engine.load(layouts["v1"], 0)
+        try:
+            return await asyncio.gather(
+                *(
+                    engine.search(
+                        queries[i : i + 1], 3, [["BAD"] if i == 4 else [reference.ids[i]]], 0, binary=False
+                    )
+                    for i in range(8)
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            engine.close()
+
+    answers = asyncio.run(scenario())
+    assert isinstance(answers[4], ValueError)
+    for i, answer in enumerate(answers):
+        if i != 4:
+            assert isinstance(answer, dict), answer
+            ids = [item["item_id"] for item in answer["results"][0]]
+            assert len(ids) == 3 and reference.ids[i] not in ids

@@ -398,3 +398,62 @@ def test_prestop_fails_readiness_keeps_answering_and_returns_after_the_drain(
             assert still.status_code == 503 and _error(still)["code"] == "draining"
     finally:
         shard.stop()
+
+
+def test_admin_and_vector_routes_need_the_token_and_every_route_has_a_body_limit(
+    layouts: dict[str, Path],
+) -> None:
+    token = "t0k3n-" + "x" * 20
+    shard = Shard("--layout-dir", str(layouts["v1"]), "--shard", "0", "--admin-token", token)
+    try:
+        shard.wait_ready()
+        url = shard.url
+        good = {"authorization": f"Bearer {token}"}
+        for wrong in ({}, {"authorization": "Bearer nope"}, {"authorization": f"Bearer {token}x"}):
+            assert httpx.get(f"{url}/v1/admin/load", headers=wrong).status_code == 401
+            load = httpx.post(f"{url}/v1/admin/load", json={"layout_dir": str(layouts["v2"])}, headers=wrong)
+            assert load.status_code == 401 and _error(load)["code"] == "unauthorized"
+            vectors = httpx.post(f"{url}/v1/items/vectors", json={"item_ids": ["a1"]}, headers=wrong)
+            assert vectors.status_code == 401
+        assert httpx.get(f"{url}/v1/admin/load", headers=good).status_code == 200
+        vectors = httpx.post(f"{url}/v1/items/vectors", json={"item_ids": ["a1", "a2"]}, headers=good)
+        assert vectors.status_code == 200
+
+        async def through_client() -> None:
+            client = ShardClient(url, token=token)
+            try:
+                found = await client.item_vectors(["a1", "a2"])
+                assert set(found.vectors) | set(found.missing) == {"a1", "a2"}
+            finally:
+                await client.close()
+
+        asyncio.run(through_client())
+        # Body limits: declared and streamed; and the cost of one search (queries x k).
+        huge = b'{"queries": [[' + b"1.0, " * (4 << 20) + b"1.0]]}"
+        assert httpx.post(f"{url}/v1/search/json", content=huge).status_code == 413
+
+        def chunks() -> Iterator[bytes]:
+            yield b'{"queries": [['
+            for _ in range(300):
+                yield b"1.0, " * 15_000
+            yield b"1.0]]}"
+
+        streamed = httpx.post(f"{url}/v1/search/json", content=chunks())
+        assert streamed.status_code == 413 and _error(streamed)["code"] == "body_too_large"
+        costly = {"queries": [[0.5] * DIM] * 300, "k": 1000}
+        refused = httpx.post(f"{url}/v1/search/json", json=costly)
+        assert refused.status_code == 413 and _error(refused)["code"] == "batch_too_large"
+
+        async def costly_binary() -> None:
+            client = ShardClient(url)
+            try:
+                with pytest.raises(ShardRejected) as caught:
+                    await client.search(np.ones((300, DIM), np.float32), 1000)
+                assert caught.value.status == 413 and caught.value.code == "batch_too_large"
+            finally:
+                await client.close()
+
+        asyncio.run(costly_binary())
+        assert httpx.get(f"{url}/readyz").json()["version"] == "v1"
+    finally:
+        shard.stop()

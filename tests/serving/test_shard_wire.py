@@ -37,7 +37,7 @@ def test_request_round_trip_with_and_without_exclusions() -> None:
     [
         (lambda b: b[:10], "shorter than the 28-byte header"),
         (lambda b: b"XXXX" + b[4:], "bad magic"),
-        (lambda b: b[:-4], "header announces"),
+        (lambda b: b[:-4], "shorter than its 3 x 4 queries"),
         (lambda b: b + b"\0", "header announces"),
     ],
 )
@@ -70,8 +70,34 @@ def test_exclusion_block_problems() -> None:
     body = bytearray(encode_request(_queries(), 10, [["a"], ["b"], ["c"]], 0))
     counts_at = 28 + 3 * 4 * 4
     struct.pack_into("<I", body, counts_at, 2)
-    with pytest.raises(WireError, match="exclude counts add up to 4, but 3 ids"):
+    with pytest.raises(WireError, match="exclude counts announce"):
         decode_request(bytes(body), **LIMITS)
+    body = bytearray(encode_request(_queries(), 10, [["a"], ["b"], ["c"]], 0))
+    struct.pack_into("<I", body, counts_at + 3 * 4, 2)  # first id's length
+    with pytest.raises(WireError, match="id lengths add up to 4, not 3 bytes"):
+        decode_request(bytes(body), **LIMITS)
+
+
+@pytest.mark.parametrize(
+    "exclude",
+    [
+        [["a\nb", "c"], ["\n"], ["x\r\n\x00\t"]],
+        [["\n\n\n"], [], ["é\nü", "東\n京", "\\n"]],
+        [[], [], ["only"]],
+    ],
+)
+def test_no_excluded_id_can_shift_its_neighbours(exclude: list[list[str]]) -> None:
+    decoded = decode_request(encode_request(_queries(), 10, exclude, 0), **LIMITS)
+    assert decoded.exclude == exclude
+
+
+def test_newline_joined_bodies_of_earlier_routers_are_still_read() -> None:
+    queries = _queries()
+    blob = b"a\nb\nc"
+    header = struct.pack("<4sHHIIIII", b"SRQ1", 0, 0, 3, 4, 10, 0, len(blob))
+    counts = np.array([2, 0, 1], dtype="<u4").tobytes()
+    decoded = decode_request(header + queries.astype("<f4").tobytes() + counts + blob, **LIMITS)
+    assert decoded.exclude == [["a", "b"], [], ["c"]]
 
 
 @pytest.mark.parametrize("ids", [["a", "bb", "ccc", "", "x", "y"], ["ü", "東京", "a", "b", "c", ""]])

@@ -72,6 +72,7 @@ class RouterFlags:
     LOG_LEVEL: Final = "--log-level"
     POD_NAME: Final = "--pod-name"
     POD_NAMESPACE: Final = "--pod-namespace"
+    SHARD_TOKEN: Final = "--shard-token"
 
 
 def shard_arguments(

@@ -9,18 +9,23 @@ Everything else (docs, probes, metrics, 404/405 errors) is plain FastAPI.
 from __future__ import annotations
 
 import contextlib
+import copy
+import importlib.util
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from shardrec import __version__
@@ -36,6 +41,7 @@ from shardrec.serving.router.topology_source import TopologySource
 log = logging.getLogger("shardrec.router")
 
 JSON = "application/json"
+DOCS_ASSETS = "/docs/assets"
 
 
 class RouterApp(FastAPI):
@@ -57,14 +63,20 @@ class RouterApp(FastAPI):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": schemas.ErrorResponse, "description": description}
     for status, description in {
-        400: "Body is not JSON.",
-        401: "No API key.",
-        403: "Wrong API key.",
-        404: "Unknown user or item in the active index version.",
-        413: "Body or batch too large.",
-        422: "A field is invalid; the message names it.",
-        429: "Rate limit of the API key; see Retry-After.",
-        503: "Overloaded, not ready, or (strict) a shard without a live replica; see Retry-After.",
+        400: "Body is not JSON (`invalid_json`), or a shard refused this request's queries "
+        "(`query_rejected`).",
+        401: "No API key (`unauthenticated`).",
+        403: "Wrong API key (`forbidden`).",
+        404: "Unknown user or item in the active index version (`unknown_user`, `unknown_item`).",
+        408: "Headers or body not received in time (`request_timeout`); the connection is closed.",
+        413: "Body too large (`body_too_large`), or a batch with too many queries or too many results "
+        "in all, the sum of its k (`batch_too_large`).",
+        422: "A field is invalid (`invalid_request`); the message names it.",
+        429: "Rate limit of the API key (`rate_limited`), or too many wrong keys from this address "
+        "(`auth_throttled`); see Retry-After.",
+        431: "Too many or too large header fields (`headers_too_large`); the connection is closed.",
+        503: "Overloaded (`overloaded`), not ready (`not_ready`), or (strict) a shard without a live "
+        "replica (`shard_unavailable`); see Retry-After.",
     }.items()
 }
 
@@ -128,12 +140,15 @@ def create_app(
         version=__version__,
         description="Recommendations scatter-gathered over the shards of the active index version.",
         lifespan=_lifespan(state),
+        docs_url=None,  # served from local assets below: no CDN
+        redoc_url=None,
     )
     app.state.router = state
     app.gate = state
     _add_gate_routes(app, state)
     _add_probes(app, state)
-    _document_bodies(app)
+    _add_docs(app)
+    _document_bodies(app, state)
     _add_error_handlers(app)
     return app
 
@@ -176,7 +191,10 @@ def _add_gate_routes(app: RouterApp, state: RouterState) -> None:
 def _through_gate(state: RouterState, route: str, work: Work) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         # Reached only when the fast path did not match (e.g. a mounted root path).
-        status, extra, payload = await state.process(request.scope["headers"], request.receive, route, work)
+        peer = request.client.host if request.client else ""
+        status, extra, payload = await state.process(
+            request.scope["headers"], request.receive, route, work, peer
+        )
         headers = {name.decode(): value.decode() for name, value in extra}
         return Response(payload, status_code=status, headers=headers, media_type=JSON)
 
@@ -190,7 +208,11 @@ def _add_probes(app: FastAPI, state: RouterState) -> None:
     async def healthz() -> Response:
         return Response(b'{"status":"ok"}', media_type=JSON)
 
-    @app.get("/readyz", summary="An index layout and its user table are active")
+    @app.get(
+        "/readyz",
+        summary="An index layout and its user table are active",
+        responses={503: {"model": schemas.ErrorResponse, "description": "Not ready (`not_ready`)."}},
+    )
     async def readyz() -> Response:
         snapshot = state.manager.current
         if snapshot is None:
@@ -211,18 +233,49 @@ def _add_probes(app: FastAPI, state: RouterState) -> None:
             media_type=JSON,
         )
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics() -> Response:
         state.metrics.in_flight.set(state.admission.in_flight)
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _document_bodies(app: FastAPI) -> None:
-    """The documented bodies are referenced by $ref from the gate routes; register them with the
-    OpenAPI document."""
-    original_openapi = app.openapi
+def swagger_assets() -> Path:
+    """Swagger UI's files, from the swagger-ui-py package (located without importing it)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("swagger-ui-py is not installed (a dependency of shardrec[serving])")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
 
-    def openapi() -> dict[str, Any]:
+
+def _add_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI from files the router serves itself, so it works without internet access."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_assets()), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - docs",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+
+def _document_bodies(app: FastAPI, state: RouterState) -> None:
+    """The documented bodies are referenced by $ref from the gate routes; register them with the
+    OpenAPI document. Vectors are documented with the active layout's dimension, so a client (or
+    a fuzzer) generating bodies from the document sends ones the router accepts."""
+    original_openapi = app.openapi
+    by_dimension: dict[int | None, dict[str, Any]] = {}
+
+    def base() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = original_openapi()
             components = schema.setdefault("components", {}).setdefault("schemas", {})
@@ -233,6 +286,23 @@ def _document_bodies(app: FastAPI) -> None:
                 components[model.__name__] = model_schema
             app.openapi_schema = schema
         return app.openapi_schema
+
+    def openapi() -> dict[str, Any]:
+        snapshot = state.manager.current
+        dimension = None if snapshot is None else snapshot.dimension
+        schema = by_dimension.get(dimension)
+        if schema is None:
+            schema = base()
+            if dimension is not None:
+                schema = copy.deepcopy(schema)
+                vector = schema["components"]["schemas"]["RecommendRequest"]["properties"]["vector"]
+                for option in vector.get("anyOf", []):
+                    if option.get("type") == "array":
+                        option["minItems"] = option["maxItems"] = dimension
+                vector["description"] = f"Or: a query vector of the active index's dimension, {dimension}."
+            by_dimension.clear()  # one layout at a time: keep only the current document
+            by_dimension[dimension] = schema
+        return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 

@@ -50,6 +50,9 @@ class Limits:
     max_dimension: int = 4096
     max_exclude: int = 10_000
     max_id_length: int = 512
+    # Sum of k over a batch's queries (what the shards search and the router merges for it):
+    # 256 queries at k=128, or 32 at the largest k. Past it: 413 batch_too_large.
+    max_batch_results: int = 32_768
 
 
 @dataclass(frozen=True)
@@ -73,3 +76,4 @@ class RouterSettings:
     api_keys: ApiKeys = OPEN
     limits: Limits = field(default_factory=Limits)
     tuning: Tuning = field(default_factory=Tuning)
+    shard_token: str | None = None  # the shards' admin token (for /v1/items/vectors)

@@ -7,7 +7,9 @@ everything that is ready (`call_soon`), so a lone request waits for nothing. Whi
 under load batches grow by themselves and the per-query cost (HTTP, framing, the shard's own
 per-request work) is amortised, which is where a Python router and shard spend their time.
 
-Every batch finishes (answered or failed) by its deadline: the latest deadline among its queries.
+Every batch finishes (answered or failed) by the latest deadline among its queries; each request
+stops waiting at its own deadline (`Gather.expire`). A batch the shard refuses (4xx) is retried
+block by block, so only the blocks the shard refuses on their own fail ("rejected").
 """
 
 from __future__ import annotations
@@ -158,19 +160,18 @@ class ShardChannel:
                     for item in items:
                         exclude.extend(item.exclude if item.exclude is not None else [()] * len(item.vectors))
             self._m_batch.observe(len(queries))
+            # The batch may run until its latest member's deadline; each request gives up at its
+            # own deadline anyway (`Gather.expire`, armed by the service).
             deadline = max(item.deadline for item in items)
             try:
                 answer = await self._search(_Batch(queries, k, exclude), deadline)
             except Exception as exc:
-                # Whatever went wrong, every waiting request must hear about it, or it would hang.
-                if isinstance(exc, ShardFailedError):
-                    reason = exc.reason
-                else:
-                    reason = "error"
-                    log.error("shard %d: batch failed unexpectedly", self.shard, exc_info=exc)
-                self.metrics.shard_failures.labels(str(self.shard), reason).inc()
-                for item in items:
-                    item.gather.fail(item.index, self.shard, reason)
+                if isinstance(exc, ShardFailedError) and exc.reason == "rejected" and len(items) > 1:
+                    # The shard refused the batch for something in it: find whose, so one client's
+                    # bad query never fails the others coalesced with it.
+                    await asyncio.gather(*(self._run_alone(item, k) for item in items))
+                    return
+                self._fail(items, exc)
                 return
             ids, scores, counts = answer.ids, answer.scores, answer.counts
             if len(items) == 1:
@@ -185,6 +186,26 @@ class ShardChannel:
                 start = end
         finally:
             self._batch_done()
+
+    async def _run_alone(self, item: Block, k: int) -> None:
+        """One block of a refused batch on its own, by its own deadline."""
+        try:
+            answer = await self._search(_Batch(item.vectors, k, item.exclude), item.deadline)
+        except Exception as exc:
+            self._fail([item], exc)
+            return
+        item.gather.deliver(item.index, self.shard, (answer.ids, answer.scores, answer.counts))
+
+    def _fail(self, items: list[Block], exc: Exception) -> None:
+        # Whatever went wrong, every waiting request must hear about it, or it would hang.
+        if isinstance(exc, ShardFailedError):
+            reason = exc.reason
+        else:
+            reason = "error"
+            log.error("shard %d: batch failed unexpectedly", self.shard, exc_info=exc)
+        self.metrics.shard_failures.labels(str(self.shard), reason).inc()
+        for item in items:
+            item.gather.fail(item.index, self.shard, reason)
 
     # --- one batch: replica choice, hedging, retries ------------------------------------------
 

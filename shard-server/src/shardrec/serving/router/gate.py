@@ -1,6 +1,6 @@
 """The gate every client request passes, as plain ASGI: API key (401/403), per-key rate limit
-(429), admission (503 + Retry-After), body size (413); then the request binds to the active
-snapshot and keeps it until it has answered. Also owns the router's shared state and lifecycle.
+(429), body size (413), admission (503 + Retry-After) once the body is in; then the request binds
+to the active snapshot and keeps it until it has answered. Also owns the router's shared state and lifecycle.
 
 No request/response objects and no middleware stack on this path: the hot routes are served here
 directly (see `RouterApp`). `make bench-ab` measures it against the same router with plain FastAPI
@@ -25,7 +25,7 @@ from shardrec.serving.router.config import RouterSettings
 from shardrec.serving.router.errors import ApiError, error_body
 from shardrec.serving.router.manager import ManagerDeps, TopologyManager
 from shardrec.serving.router.metrics import RouterMetrics
-from shardrec.serving.router.ratelimit import RateLimiter, retry_after_header
+from shardrec.serving.router.ratelimit import FailedAuthThrottle, RateLimiter, retry_after_header
 from shardrec.serving.router.service import RouterService
 from shardrec.serving.router.serving_report import PodAnnotationReporter
 from shardrec.serving.router.snapshot import Snapshot
@@ -56,11 +56,12 @@ class RouterState:
         self.source = source
         self.reporter = reporter
         self.metrics = RouterMetrics()
-        self.manager = TopologyManager(settings, self.metrics, deps or default_deps())
+        self.manager = TopologyManager(settings, self.metrics, deps or default_deps(settings.shard_token))
         self.service = RouterService(settings, self.metrics)
         self.admission = Admission(settings.config.router.max_in_flight)
         auth = settings.config.auth
         self.limiter = RateLimiter(auth.rate_limit_per_second, auth.rate_limit_burst)
+        self.auth_throttle = FailedAuthThrottle()
         self.keys = settings.api_keys
         self.max_body = settings.limits.max_body_bytes
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
@@ -95,15 +96,16 @@ class RouterState:
     # --- the gate every client request passes ---------------------------------------------------
 
     async def process(
-        self, headers: Headers, receive: Receive, route: str, work: Work
+        self, headers: Headers, receive: Receive, route: str, work: Work, client: str = ""
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """One client request through the gate: (status, extra headers, JSON body)."""
+        """One client request through the gate: (status, extra headers, JSON body). `client`: the
+        peer's address (wrong API keys are throttled per address)."""
         started = time.perf_counter()
         extra: list[tuple[bytes, bytes]] = []
         status = 200
         try:
             length, key_header, authorization, pin = _scan(headers)
-            key = self._authenticate(key_header, authorization)
+            key = self._authenticate(key_header, authorization, client)
             if self.limiter.enabled:
                 wait = self.limiter.acquire(key)
                 if wait > 0:
@@ -114,6 +116,9 @@ class RouterState:
                         f"API key {key!r} is over its limit of {self.limiter.rate:g} requests/s",
                         {"Retry-After": retry_after_header(wait)},
                     )
+            # The body first, then admission: a client trickling its body holds a connection
+            # (for at most the body read timeout, serving/http_limits.py), never an admission slot.
+            body = await self._read_body(length, receive)
             if not self.admission.try_enter():
                 self.metrics.shed.inc()
                 raise ApiError(
@@ -124,7 +129,6 @@ class RouterState:
                     {"Retry-After": "1"},
                 )
             try:
-                body = await self._read_body(length, receive)
                 snapshot = self.manager.current
                 if snapshot is None:
                     raise ApiError(
@@ -157,16 +161,28 @@ class RouterState:
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, route: str, work: Work) -> None:
         """The hot path as plain ASGI: no request/response objects, no middleware stack."""
-        status, extra, payload = await self.process(scope["headers"], receive, route, work)
+        peer = scope.get("client")
+        status, extra, payload = await self.process(
+            scope["headers"], receive, route, work, peer[0] if peer else ""
+        )
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
         if extra:
             headers.extend(extra)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
-    def _authenticate(self, key_header: bytes | None, authorization: bytes | None) -> str:
+    def _authenticate(self, key_header: bytes | None, authorization: bytes | None, client: str) -> str:
         if not self.keys.required:
             return _ANONYMOUS
+        wait = self.auth_throttle.wait(client)
+        if wait > 0:
+            self.metrics.rate_limited.inc()
+            raise ApiError(
+                429,
+                "auth_throttled",
+                f"too many wrong API keys from {client or 'this client'}; retry later",
+                {"Retry-After": retry_after_header(wait)},
+            )
         presented = key_header
         if presented is None and authorization is not None:
             scheme, _, token = authorization.partition(b" ")
@@ -181,6 +197,7 @@ class RouterState:
             )
         name = self.keys.identify(presented.decode("latin-1"))
         if name is None:
+            self.auth_throttle.failed(client)
             raise ApiError(403, "forbidden", "the API key is not valid")
         return name
 
@@ -246,7 +263,7 @@ def _behind(order: tuple[int, int], pin: bytes) -> bool:
         return False
 
 
-def default_deps() -> ManagerDeps:
+def default_deps(shard_token: str | None = None) -> ManagerDeps:
     from shardrec.serving.router.shard_link import shard_client_deps
 
-    return shard_client_deps()
+    return shard_client_deps(shard_token)

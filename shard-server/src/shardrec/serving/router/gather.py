@@ -32,6 +32,8 @@ class Gather:
         self.future = future
 
     def deliver(self, block: int, shard: int, answer: BlockAnswer) -> None:
+        if self.future.done():
+            return  # expired: the request has been answered without it
         self.parts[block][shard] = answer
         self._one_done()
 
@@ -43,6 +45,16 @@ class Gather:
         self.remaining -= 1
         if self.remaining == 0 and not self.future.done():
             self.future.set_result(None)
+
+    def expire(self) -> None:
+        """The request's deadline passed: every shard still owing a block has failed it
+        ("deadline"), and the request stops waiting. Answers arriving later are ignored."""
+        if self.future.done():
+            return
+        for shard in range(self.shards):
+            if shard not in self.failures and any(parts[shard] is None for parts in self.parts):
+                self.failures[shard] = "deadline"
+        self.future.set_result(None)
 
     def answered_shards(self) -> int:
         """Shards that answered every block of the request."""

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from shardrec import __version__
 from shardrec.api.commands import RouterFlags, env_name
+from shardrec.serving.http_limits import HttpLimits, guarded_protocol
 from shardrec.serving.router.auth import OPEN, ApiKeysError, load_api_keys
 from shardrec.serving.router.config import (
     RouterConfig,
@@ -40,6 +41,8 @@ from shardrec.serving.router.topology_source import (
 PROG = "shardrec-router"
 
 LISTEN_BACKLOG = 4096
+# Clients' bodies are at most Limits.max_body_bytes (4 MiB): 10 s is 400 KB/s.
+HTTP_LIMITS = HttpLimits(header_timeout_s=10.0, body_timeout_s=10.0, keep_alive_s=75.0)
 
 
 class UsageError(Exception):
@@ -85,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         RouterFlags.API_KEYS_FILE,
         default=_env(RouterFlags.API_KEYS_FILE),
         help="API keys, one a line: name:key or key.",
+    )
+    parser.add_argument(
+        RouterFlags.SHARD_TOKEN,
+        default=_env(RouterFlags.SHARD_TOKEN),
+        help="The shards' admin token, sent as 'Authorization: Bearer' (set it through the "
+        "environment, SHARDREC_ROUTER_SHARD_TOKEN, not the command line).",
     )
     parser.add_argument(
         RouterFlags.BATCHES_IN_FLIGHT_PER_REPLICA,
@@ -151,7 +160,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RouterSettings, Topolo
             f"--batches-in-flight-per-replica: must be at least 1, got {args.batches_in_flight_per_replica}"
         )
     tuning = Tuning(max_batches_in_flight_per_replica=args.batches_in_flight_per_replica)
-    return RouterSettings(config=config, api_keys=keys, tuning=tuning), source, port
+    settings = RouterSettings(
+        config=config, api_keys=keys, tuning=tuning, shard_token=args.shard_token or None
+    )
+    return settings, source, port
 
 
 def _loop(choice: str) -> str:
@@ -194,14 +206,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = uvicorn.Config(
         app,
         loop=_loop(args.loop),
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        # Header size/count, header and body read timeouts, idle timeout (serving/http_limits.py).
+        http=guarded_protocol(HTTP_LIMITS),
         access_log=False,
         proxy_headers=False,
         server_header=False,
         date_header=False,
         log_level=args.log_level,
         backlog=LISTEN_BACKLOG,
-        timeout_keep_alive=75,
+        timeout_keep_alive=int(HTTP_LIMITS.keep_alive_s),
         timeout_graceful_shutdown=10,
     )
     uvicorn.Server(config).run(sockets=[sock])

@@ -9,7 +9,8 @@ checks them against the published OpenAPI schema over generated bodies.
 
 Errors keep the router's one-line messages that name the field (`queries[3].vector[2]: must be a
 number, got a string`): unparseable JSON (NaN and Infinity included) -> 400 `invalid_json`; wrong
-fields -> 422 `invalid_request`; more queries than router.maxBatchSize -> 413 `batch_too_large`.
+fields -> 422 `invalid_request`; more queries than router.maxBatchSize, or more results in all
+(the sum of k) than Limits.max_batch_results -> 413 `batch_too_large`.
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ class RequestParser:
         """A `VectorBatch` when every query is a plain vector query of one length (the common
         shape), otherwise one `RecommendQuery` per query."""
         queries = self._validate(self.models.batch, body).queries
+        results = sum(query.k for query in queries)
+        if results > self.limits.max_batch_results:
+            raise ApiError(
+                413,
+                "batch_too_large",
+                f"queries: {len(queries)} queries asking for {results} results in all (the sum of "
+                f"their k), at most {self.limits.max_batch_results} per batch",
+            )
         vectors = [query.vector for query in queries if query.vector is not None and not query.exclude]
         if len(vectors) == len(queries) and len(set(map(len, vectors))) == 1:
             return VectorBatch(np.array(vectors, dtype=np.float32), [query.k for query in queries])
@@ -153,6 +162,8 @@ def _message(error: ErrorDetails, limits: Limits) -> str:
         if kind == "too_short":
             return "queries: must not be empty"
         return f"queries: required, must be a list of query objects, got {_kind(value)}"
+    if kind == "string_pattern_mismatch":
+        return f"{field}: must not contain control characters (TAB, CR, LF, NUL, ...)"
     if name == "exclude" and in_list:
         return f"{field}: must be a non-empty string of at most {limits.max_id_length}"
     if name == "exclude":
@@ -161,7 +172,7 @@ def _message(error: ErrorDetails, limits: Limits) -> str:
         return f"{field}: must be a list of item ids, got {_kind(value)}"
     if name == "vector" and in_list:
         if kind in {"greater_than_equal", "less_than_equal"}:
-            return f"{_path(loc[:-1])}: every number must be finite and within float32 range"
+            return f"{_path(loc[:-1])}: every number must be finite and within +-1e15"
         return f"{field}: must be a number, got {_kind(value)}"
     if name == "vector":
         if kind == "too_short":

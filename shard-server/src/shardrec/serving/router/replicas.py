@@ -12,6 +12,12 @@ The ejection time doubles with every ejection that follows shortly after the pre
 flapping replica stays out longer) and is capped. When every replica of a shard is ejected the
 router still tries them ("panic routing", as Envoy does): a request that might succeed beats a
 certain 503, and the first answer brings the replica back.
+
+Except a replica known dead: one whose last health probe failed (refused, not ready, or no answer
+within the probe timeout) and that has not answered since. It is never chosen, so a shard whose
+replicas are all known dead fails at once ("no_replica": 503 naming it under strict, a flagged
+partial answer under available) instead of every request waiting for its deadline: the shard's
+circuit is open until a probe succeeds again (within one probe interval of the replica's return).
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ class Replica(Generic[ClientT]):
     ejected_until: float = 0.0
     returned_at: float = float("-inf")
     repeat_ejections: int = 0
+    known_dead: bool = False  # the last probe failed and nothing answered since
 
     def __post_init__(self) -> None:
         if self.latency_ewma_s < 0:
@@ -71,6 +78,7 @@ class Replica(Generic[ClientT]):
         self.outstanding = max(0, self.outstanding - 1)
         self.latency_ewma_s += self.policy.ewma_alpha * (latency_s - self.latency_ewma_s)
         self.consecutive_failures = 0
+        self.known_dead = False
         if self.health == "ejected":
             self._return(now)
 
@@ -91,6 +99,7 @@ class Replica(Generic[ClientT]):
 
     def probed(self, ready: bool, now: float) -> bool:
         """Record a health probe; True if this ejected the replica."""
+        self.known_dead = not ready
         if ready:
             if self.health == "ejected" and now >= self.ejected_until:
                 self._return(now)
@@ -128,13 +137,14 @@ def choose_replica(
 ) -> Replica[ClientT] | None:
     """Power of two choices among live replicas not in `avoid`, by `load_cost`.
 
-    Falls back to ejected replicas not in `avoid` (panic routing) and returns None only when every
-    replica has been tried already. Two random candidates instead of the global minimum keep many
-    routers from stampeding onto the same momentarily idle replica.
+    Falls back to ejected replicas not in `avoid` and not known dead (panic routing), and returns
+    None when no replica is left: every one tried already or known dead. Two random candidates
+    instead of the global minimum keep many routers from stampeding onto the same momentarily
+    idle replica.
     """
     live = [r for r in replicas if r.health == "healthy" and r not in avoid]
     if not live:
-        live = [r for r in replicas if r not in avoid]
+        live = [r for r in replicas if r not in avoid and not r.known_dead]
         if not live:
             return None
     if len(live) == 1:

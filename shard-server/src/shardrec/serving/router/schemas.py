@@ -4,7 +4,8 @@ the validation of every client body (`shardrec.serving.router.parsing`).
 Request models are strict (no "10" for 10, no true for 1) and bounded by the router's `Limits`;
 `request_models(limits, max_batch_size)` builds them for other bounds, `RecommendRequest` and
 friends below are the ones for the default `Limits()` that /docs shows. Numbers in a vector are
-finite and within float32 range, so the float32 conversion after validation cannot overflow.
+finite and within +-MAX_COMPONENT (1e15), so neither the float32 conversion after validation nor
+the scores overflow.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from functools import lru_cache
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    create_model,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from shardrec.serving.router.config import Limits
@@ -33,11 +41,23 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+"""User and item ids: 1..Limits.max_id_length characters of any Unicode text but the C0 control
+characters and DEL (so no TAB, CR, LF or NUL: docs/embeddings-format.md keeps those out of stored
+ids, so an id holding one can never match)."""
+
+
 def _identifier(limits: Limits) -> Any:
-    return Annotated[str, StringConstraints(min_length=1, max_length=limits.max_id_length)]
+    return Annotated[
+        str, StringConstraints(min_length=1, max_length=limits.max_id_length, pattern=ID_PATTERN)
+    ]
 
 
-_NUMBER = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+MAX_COMPONENT = 1e15
+"""Bound on each number of a query vector: a vector of 4096 such numbers still has a squared length
+well inside float32 (so its scores are finite numbers, never inf or NaN)."""
+_NUMBER = Annotated[float, Field(ge=-MAX_COMPONENT, le=MAX_COMPONENT)]
+
 _ID = _identifier(DEFAULT_LIMITS)
 
 
@@ -56,7 +76,7 @@ class RecommendRequest(_Request):
         None, description="Recommend for this user (embedding from the active index version)."
     )
     vector: Annotated[list[_NUMBER], Field(min_length=1, max_length=DEFAULT_LIMITS.max_dimension)] | None = (
-        Field(None, description="Or: a query vector of the index dimension (finite float32 numbers).")
+        Field(None, description="Or: a query vector of the index dimension (numbers within +-1e15).")
     )
     k: int = Field(DEFAULT_K, ge=1, le=DEFAULT_LIMITS.max_k, description="How many items.")
     exclude: Annotated[list[_ID], Field(max_length=DEFAULT_LIMITS.max_exclude)] | None = Field(  # type: ignore[valid-type]

@@ -17,7 +17,12 @@ from shardrec.serving.router.errors import ApiError
 from shardrec.serving.router.gather import Gather
 from shardrec.serving.router.merge import Scores, merge_block
 from shardrec.serving.router.metrics import RouterMetrics
-from shardrec.serving.router.parsing import RecommendQuery, RequestParser, VectorBatch, check_dimension
+from shardrec.serving.router.parsing import (
+    RecommendQuery,
+    RequestParser,
+    VectorBatch,
+    check_dimension,
+)
 from shardrec.serving.router.response import encode_batch, encode_one
 from shardrec.serving.router.snapshot import Snapshot
 
@@ -141,7 +146,12 @@ class RouterService:
             for shard, channel in enumerate(channels):
                 exclude = block.exclude_by_shard[shard]
                 channel.submit(Block(gather, index, block.vectors, block.k, exclude, deadline))
-        await future
+        # This request's own deadline, whatever batches its blocks joined.
+        timer = loop.call_at(deadline, gather.expire)
+        try:
+            await future
+        finally:
+            timer.cancel()
         partial, answered = self._coverage(gather, snapshot)
         if len(blocks) == 1 and blocks[0].members == list(range(count)):
             block = blocks[0]
@@ -159,6 +169,16 @@ class RouterService:
         """(partial, shards answered); raises 503 when the policy does not allow a partial answer."""
         if not gather.failures:
             return False, snapshot.shards
+        refused = sorted(shard for shard, reason in gather.failures.items() if reason == "rejected")
+        if refused:
+            # Only this request's own queries were refused (dispatch retries refused batches
+            # block by block): a problem with the request, whatever the consistency policy.
+            raise ApiError(
+                400,
+                "query_rejected",
+                f"shard {refused[0]} of layout {snapshot.layout} refused this request's queries; "
+                "see the router's documented limits",
+            )
         answered = gather.answered_shards()
         if self.strict or answered == 0:
             raise self._unavailable(snapshot, gather.failures)

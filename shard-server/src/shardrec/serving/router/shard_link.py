@@ -11,11 +11,10 @@ from shardrec.serving.router.shard_protocol import ErrorKinds, ShardClientLike
 from shardrec.serving.shard.client import ShardClient, ShardRejected, ShardUnavailable
 
 
-def make_client(base_url: str) -> ShardClientLike:
-    return ShardClient(base_url)
+def shard_client_deps(token: str | None = None) -> ManagerDeps:
+    def make_client(base_url: str) -> ShardClientLike:
+        return ShardClient(base_url, token=token)
 
-
-def shard_client_deps() -> ManagerDeps:
     return ManagerDeps(
         client_factory=make_client,
         errors=ErrorKinds(unavailable=ShardUnavailable, rejected=ShardRejected),

@@ -10,6 +10,7 @@ ordinary FastAPI. Every error is JSON `{"error": {"code", "message"}}`; bad inpu
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -45,6 +46,12 @@ SEARCH_PATH = "/v1/search"
 MAX_QUERIES = 4096
 MAX_K = 10000
 MAX_BODY_BYTES = 64 << 20
+"""Largest binary search body (4096 queries of dimension 4096 in float32, plus exclusions)."""
+MAX_JSON_BODY_BYTES = 16 << 20
+"""Largest body of every other route (JSON search, item vectors, admin load)."""
+MAX_RESULTS = 1 << 18
+"""Largest queries x k of one search request (binary or JSON): 256 queries at the largest k the
+router asks (1000) fit; n=4096 x k=10000 (12 s of CPU and a 410 MB answer) does not."""
 MAX_VECTOR_IDS = 4096
 _KNOWN_ROUTES = frozenset(
     {
@@ -140,7 +147,7 @@ def build_api(
     api = FastAPI(title="shardrec shard server", version="1", lifespan=lifespan)
     _add_error_handlers(api)
     _add_probes(api, engine, metrics, drain or Drain())
-    _add_json_routes(api, engine)
+    _add_json_routes(api, engine, admin_token)
     _add_admin_routes(api, engine, default_shard, admin_token)
     return api
 
@@ -200,22 +207,48 @@ def _add_probes(api: FastAPI, engine: SearchEngine, metrics: ShardMetrics, drain
         }
 
 
-def _add_json_routes(api: FastAPI, engine: SearchEngine) -> None:
-    """The JSON routes for humans and tools: search, and item vectors by id."""
+def _add_json_routes(api: FastAPI, engine: SearchEngine, admin_token: str | None) -> None:
+    """The JSON routes: search (for humans and tools), and item vectors by id (for the router's
+    /v1/similar only: it exports raw embeddings, so it takes the admin token)."""
 
     @api.post("/v1/search/json")
     async def search_json(body: SearchJson) -> Any:
         return await _search_json(engine, body)
 
     @api.post("/v1/items/vectors")
-    async def item_vectors(body: VectorsJson) -> Any:
+    async def item_vectors(body: VectorsJson, request: Request) -> Any:
+        if not _authorized(admin_token, request):
+            return _unauthorized()
         return _item_vectors(engine, body)
+
+
+def _authorized(admin_token: str | None, request: Request) -> bool:
+    """The admin token, compared in constant time; open when the server has none (--admin-token
+    unset: both runtimes always set it)."""
+    if admin_token is None:
+        return True
+    presented = request.headers.get("authorization", "")
+    return hmac.compare_digest(presented.encode(), f"Bearer {admin_token}".encode())
+
+
+def _unauthorized() -> JSONResponse:
+    return _error_response(401, "unauthorized", "this endpoint needs 'Authorization: Bearer <admin token>'")
+
+
+def too_costly(n: int, k: int) -> str | None:
+    """Why a search of n queries at k is refused (None: it is not)."""
+    if n * k > MAX_RESULTS:
+        return f"{n} queries x k={k} is {n * k} results, more than {MAX_RESULTS} per request"
+    return None
 
 
 async def _search_json(engine: SearchEngine, body: SearchJson) -> Any:
     index = engine.current
     if index is None:
         raise NotReadyError("no index loaded yet")
+    problem = too_costly(len(body.queries), body.k)
+    if problem is not None:
+        return _error_response(413, "batch_too_large", problem)
     queries = np.asarray(body.queries, dtype=np.float32)
     if queries.ndim != 2 or queries.shape[1] != index.dimension:
         lengths = sorted({len(q) for q in body.queries})
@@ -253,15 +286,15 @@ def _add_admin_routes(
     """GET /v1/admin/load (where a load is) and POST /v1/admin/load (swap in another index)."""
 
     @api.get("/v1/admin/load")
-    async def load_status() -> dict[str, object]:
+    async def load_status(request: Request) -> Any:
+        if not _authorized(admin_token, request):
+            return _unauthorized()
         return engine.load_status.as_dict()
 
     @api.post("/v1/admin/load")
     async def load(body: LoadJson, request: Request) -> Any:
-        if admin_token is not None and request.headers.get("authorization") != f"Bearer {admin_token}":
-            return _error_response(
-                401, "unauthorized", "admin endpoints need 'Authorization: Bearer <token>'"
-            )
+        if not _authorized(admin_token, request):
+            return _unauthorized()
         return await _load(engine, body, default_shard)
 
 
@@ -324,7 +357,17 @@ class ShardServer:
             await send(message)
 
         try:
-            await self.api(scope, receive, send_and_note)
+            declared = _content_length(scope)
+            if declared is not None and declared > MAX_JSON_BODY_BYTES:
+                await self._error(
+                    send_and_note,
+                    413,
+                    "body_too_large",
+                    f"body exceeds {MAX_JSON_BODY_BYTES} bytes",
+                    route=route,
+                )
+                return
+            await self.api(scope, _bounded(receive, MAX_JSON_BODY_BYTES), send_and_note)
         finally:
             self.metrics.requests.labels(route, str(status)).inc()
             if route != "other":
@@ -357,6 +400,10 @@ class ShardServer:
             return
         try:
             request = decode_request(body, max_queries=MAX_QUERIES, max_k=MAX_K, dimension=index.dimension)
+            problem = too_costly(len(request.queries), request.k)
+            if problem is not None:
+                await self._error(send, 413, "batch_too_large", problem)
+                return
             answer = await self.engine.search(
                 request.queries, request.k, request.exclude, request.timeout_ms, binary=True
             )
@@ -378,7 +425,14 @@ class ShardServer:
         self._search_latency.observe(time.perf_counter() - started)
 
     async def _error(
-        self, send: Send, status: int, code: str, message: str, *, retry_after: bool = False
+        self,
+        send: Send,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after: bool = False,
+        route: str = "search",
     ) -> None:
         body = json.dumps(error_body(code, message)).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -386,7 +440,8 @@ class ShardServer:
             headers.append((b"retry-after", b"1"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        self.metrics.requests.labels("search", str(status)).inc()
+        if route == "search":
+            self.metrics.requests.labels("search", str(status)).inc()
 
 
 def _has_content_type(scope: Scope, wanted: str) -> bool:
@@ -395,3 +450,26 @@ def _has_content_type(scope: Scope, wanted: str) -> bool:
         if name == b"content-type":
             return bool(value.split(b";", 1)[0].strip() == expected)
     return False
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def _bounded(receive: Receive, limit: int) -> Receive:
+    """`receive` that refuses (413) a body growing past `limit` bytes, Content-Length or not."""
+    size = 0
+
+    async def bounded() -> Message:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise HTTPException(413, f"body exceeds {limit} bytes")
+        return message
+
+    return bounded

@@ -84,10 +84,21 @@ def _error_of(status: int, body: bytes) -> tuple[str, str]:
 class ShardClient:
     """Async client of one shard replica; create it on the event loop that uses it."""
 
-    def __init__(self, base_url: str, *, max_connections: int = 64, connect_timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        max_connections: int = 64,
+        connect_timeout_s: float = 1.0,
+        token: str | None = None,
+    ) -> None:
+        """`token`: the shard's admin token, sent on every request (needed by /v1/items/vectors)."""
         self.base_url = base_url.rstrip("/")
         self._pool = ConnectionPool(
-            self.base_url, max_connections=max_connections, connect_timeout_s=connect_timeout_s
+            self.base_url,
+            max_connections=max_connections,
+            connect_timeout_s=connect_timeout_s,
+            extra_headers={"Authorization": f"Bearer {token}"} if token else None,
         )
         self.outstanding = 0  # requests in flight: the router's replica choice can read it
 

@@ -70,6 +70,13 @@ class _Pending:
     future: asyncio.Future[Any]
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """The answer of a request whose search failed alone (its batch neighbours were answered)."""
+
+    error: Exception
+
+
 @dataclass
 class LoadStatus:
     state: str = "idle"  # idle | loading | failed | done
@@ -213,12 +220,30 @@ class SearchEngine:
                 continue
             if error is not None:
                 pending.future.set_exception(error)
+            elif isinstance(answer, _Failed):
+                pending.future.set_exception(answer.error)
             else:
                 pending.future.set_result(answer)
         self._kick()
 
     def _run_batch(self, index: ShardIndex, batch: list[_Pending]) -> list[Any]:
-        """In a search thread: one knn_query for the whole batch, then one answer per request."""
+        """In a search thread: one knn_query for the whole batch, then one answer per request. If
+        the batch fails, each request is run on its own, so one request's failure (a `_Failed`
+        answer) never fails the others coalesced with it."""
+        try:
+            return self._search_batch(index, batch)
+        except Exception:
+            if len(batch) == 1:
+                raise
+            answers: list[Any] = []
+            for pending in batch:
+                try:
+                    answers.extend(self._search_batch(index, [pending]))
+                except Exception as alone:
+                    answers.append(_Failed(alone))
+            return answers
+
+    def _search_batch(self, index: ShardIndex, batch: list[_Pending]) -> list[Any]:
         started = time.perf_counter()
         if len(batch) == 1:
             queries = batch[0].queries

@@ -113,7 +113,14 @@ class ConnectionPool:
     deadline is one timer on the request's future rather than a timeout context per call.
     """
 
-    def __init__(self, base_url: str, *, max_connections: int = 64, connect_timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        max_connections: int = 64,
+        connect_timeout_s: float = 1.0,
+        extra_headers: dict[str, str] | None = None,
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"shard URL must look like http://host:port, got {base_url!r}")
@@ -123,6 +130,7 @@ class ConnectionPool:
         self.port = parts.port or 80
         self.prefix = parts.path.rstrip("/").encode()
         self._host_header = f"{self.host}:{self.port}".encode()
+        self._extra = [f"{name}: {value}".encode() for name, value in (extra_headers or {}).items()]
         self._idle: list[_Protocol] = []
         self._waiting: deque[asyncio.Future[_Protocol | None]] = deque()
         self._open = 0
@@ -132,6 +140,7 @@ class ConnectionPool:
 
     def _head(self, method: bytes, path: str, content_type: str | None, length: int) -> bytes:
         lines = [b"%s %s%s HTTP/1.1" % (method, self.prefix, path.encode()), b"Host: " + self._host_header]
+        lines += self._extra
         if content_type is not None:
             lines.append(b"Content-Type: " + content_type.encode())
         if method == b"POST" or length:

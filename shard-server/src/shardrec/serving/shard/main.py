@@ -25,12 +25,16 @@ from fastapi import FastAPI
 
 from shardrec.api.commands import DEFAULT_EF_SEARCH, env_name
 from shardrec.api.commands import ShardFlags as F
+from shardrec.serving.http_limits import HttpLimits, guarded_protocol
 from shardrec.serving.shard.app import Drain, ShardServer, build_api
 from shardrec.serving.shard.engine import EngineSettings, LoadRejectedError, SearchEngine
 from shardrec.serving.shard.exit_codes import EXIT_LOAD_FAILED, EXIT_PORT_IN_USE
 from shardrec.serving.shard.metrics import ShardMetrics
 
 LISTEN_BACKLOG = 4096
+# Router -> shard bodies are at most app.MAX_BODY_BYTES (64 MiB) over a local network; the idle
+# timeout is longer than the router's pool keeps connections idle.
+HTTP_LIMITS = HttpLimits(header_timeout_s=10.0, body_timeout_s=30.0, keep_alive_s=120.0)
 
 
 def _env(flag: str, default: str | None = None) -> str | None:
@@ -71,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         F.ADMIN_TOKEN,
         default=_env(F.ADMIN_TOKEN),
-        help="require 'Authorization: Bearer TOKEN' on /v1/admin/load",
+        help="require 'Authorization: Bearer TOKEN' on /v1/admin/load and /v1/items/vectors",
     )
     parser.add_argument(F.LOG_LEVEL, default=_env(F.LOG_LEVEL, "warning"))
     return parser
@@ -152,12 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = uvicorn.Config(
         app,
         loop=_fastest("uvloop", "uvloop", "asyncio"),
-        http=_fastest("httptools", "httptools", "h11"),
+        # Header size/count, header and body read timeouts, idle timeout (serving/http_limits.py).
+        http=guarded_protocol(HTTP_LIMITS),
         log_level=args.log_level,
         access_log=False,
         lifespan="on",
         backlog=LISTEN_BACKLOG,
-        timeout_keep_alive=120,
+        timeout_keep_alive=int(HTTP_LIMITS.keep_alive_s),
         proxy_headers=False,  # shards are called by routers directly, never through a proxy
         server_header=False,
         date_header=False,

@@ -4,10 +4,13 @@ Designed so neither side parses per number: vectors and scores travel as raw lit
 float32, ids as one fixed-width bytes block that numpy gathers and splits in C.
 
 Request body (`POST /v1/search`, content type `application/x-shardrec-search`):
-    header  <4s H H I I I I I  magic "SRQ1", flags, reserved, n, dim, k, timeout_ms, exclude_bytes
+    header  <4s H H I I I I I  magic "SRQ2", flags, reserved, n, dim, k, timeout_ms, exclude_bytes
     float32[n*dim]             queries, row-major
     uint32[n]                  per-query count of excluded ids   (only when exclude_bytes > 0)
-    bytes[exclude_bytes]       the excluded ids, UTF-8, '\n'-joined, query after query
+    uint32[sum of counts]      byte length of each excluded id   (only when exclude_bytes > 0)
+    bytes[exclude_bytes]       the excluded ids, UTF-8, concatenated, query after query
+Ids are length-prefixed, so no id (whatever characters it holds) can shift its neighbours'. The
+decoder still reads "SRQ1" bodies (ids '\n'-joined, no lengths), which routers before SRQ2 send.
 Response body (200, `application/x-shardrec-answer`):
     header  <4s H H I I I H H  magic "SRS1", flags (1 = ids are ASCII), shard, n, k, id_width,
                                version_len, layout_len
@@ -29,7 +32,8 @@ import numpy.typing as npt
 
 REQUEST_CONTENT_TYPE = "application/x-shardrec-search"
 ANSWER_CONTENT_TYPE = "application/x-shardrec-answer"
-REQUEST_MAGIC = b"SRQ1"
+REQUEST_MAGIC = b"SRQ2"
+REQUEST_MAGIC_JOINED = b"SRQ1"  # '\n'-joined ids: read for compatibility, never written
 ANSWER_MAGIC = b"SRS1"
 _REQUEST = struct.Struct("<4sHHIIIII")
 _ANSWER = struct.Struct("<4sHHIIIHH")
@@ -60,8 +64,11 @@ def encode_request(
         if len(exclude) != n:
             raise ValueError(f"exclude has {len(exclude)} lists for {n} queries")
         counts = np.fromiter((len(ids) for ids in exclude), dtype="<u4", count=n)
-        blob = "\n".join(item for ids in exclude for item in ids).encode("utf-8")
-        parts = [counts.tobytes(), blob]
+        encoded = [item.encode("utf-8") for ids in exclude for item in ids]
+        lengths = np.fromiter(map(len, encoded), dtype="<u4", count=len(encoded))
+        blob = b"".join(encoded)
+        # Only empty ids (which exclude nothing: no item has one) leave nothing to send.
+        parts = [counts.tobytes(), lengths.tobytes(), blob] if blob else []
     header = _REQUEST.pack(REQUEST_MAGIC, 0, 0, n, dim, k, timeout_ms, len(blob))
     return b"".join((header, np.ascontiguousarray(queries, dtype="<f4").tobytes(), *parts))
 
@@ -71,7 +78,7 @@ def decode_request(body: bytes, *, max_queries: int, max_k: int, dimension: int)
     if len(body) < _REQUEST.size:
         raise WireError(f"body of {len(body)} bytes is shorter than the {_REQUEST.size}-byte header")
     magic, _flags, _reserved, n, dim, k, timeout_ms, exclude_bytes = _REQUEST.unpack_from(body)
-    if magic != REQUEST_MAGIC:
+    if magic not in (REQUEST_MAGIC, REQUEST_MAGIC_JOINED):
         raise WireError(f"bad magic {magic!r}: not a shardrec search body")
     if not 1 <= n <= max_queries:
         raise WireError(f"query count {n} must be in 1..{max_queries}")
@@ -80,27 +87,66 @@ def decode_request(body: bytes, *, max_queries: int, max_k: int, dimension: int)
     if not 1 <= k <= max_k:
         raise WireError(f"k {k} must be in 1..{max_k}")
     vectors_end = _REQUEST.size + 4 * n * dim
-    expected = vectors_end + (4 * n + exclude_bytes if exclude_bytes else 0)
-    if len(body) != expected:
-        raise WireError(f"body is {len(body)} bytes, the header announces {expected}")
+    if len(body) < vectors_end:
+        raise WireError(f"body is {len(body)} bytes, shorter than its {n} x {dim} queries")
     queries = np.frombuffer(body, dtype="<f4", count=n * dim, offset=_REQUEST.size).reshape(n, dim)
     if not np.isfinite(queries).all():
         raise WireError("queries contain NaN or inf")
     exclude: list[list[str]] | None = None
     if exclude_bytes:
-        counts = np.frombuffer(body, dtype="<u4", count=n, offset=vectors_end)
-        try:
-            flat = body[vectors_end + 4 * n :].decode("utf-8").split("\n")
-        except UnicodeDecodeError as exc:
-            raise WireError("excluded ids are not valid UTF-8") from exc
-        if int(counts.sum()) != len(flat):
-            raise WireError(f"exclude counts add up to {int(counts.sum())}, but {len(flat)} ids were sent")
-        exclude = []
-        start = 0
-        for count in counts.tolist():
-            exclude.append(flat[start : start + count])
-            start += count
+        if magic == REQUEST_MAGIC_JOINED:
+            exclude = _joined_exclude(body, vectors_end, n, exclude_bytes)
+        else:
+            exclude = _prefixed_exclude(body, vectors_end, n, exclude_bytes)
+    elif len(body) != vectors_end:
+        raise WireError(f"body is {len(body)} bytes, the header announces {vectors_end}")
     return SearchRequest(queries, k, timeout_ms, exclude)
+
+
+def _prefixed_exclude(body: bytes, start: int, n: int, exclude_bytes: int) -> list[list[str]]:
+    if len(body) < start + 4 * n:
+        raise WireError("body ends inside the exclude counts")
+    counts = np.frombuffer(body, dtype="<u4", count=n, offset=start)
+    total = int(counts.sum(dtype=np.uint64))
+    blob_start = start + 4 * n + 4 * total
+    if len(body) != blob_start + exclude_bytes:
+        raise WireError(
+            f"body is {len(body)} bytes, the header and exclude counts announce {blob_start + exclude_bytes}"
+        )
+    lengths = np.frombuffer(body, dtype="<u4", count=total, offset=start + 4 * n)
+    ends = np.cumsum(lengths, dtype=np.uint64)
+    if total and int(ends[-1]) != exclude_bytes:
+        raise WireError(f"excluded id lengths add up to {int(ends[-1])}, not {exclude_bytes} bytes")
+    try:
+        flat = [
+            body[blob_start + a : blob_start + b].decode("utf-8")
+            for a, b in zip([0, *ends[:-1].tolist()], ends.tolist(), strict=True)
+        ]
+    except UnicodeDecodeError as exc:
+        raise WireError("excluded ids are not valid UTF-8") from exc
+    return _per_query(flat, counts)
+
+
+def _joined_exclude(body: bytes, start: int, n: int, exclude_bytes: int) -> list[list[str]]:
+    if len(body) != start + 4 * n + exclude_bytes:
+        raise WireError(f"body is {len(body)} bytes, the header announces {start + 4 * n + exclude_bytes}")
+    counts = np.frombuffer(body, dtype="<u4", count=n, offset=start)
+    try:
+        flat = body[start + 4 * n :].decode("utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise WireError("excluded ids are not valid UTF-8") from exc
+    if int(counts.sum()) != len(flat):
+        raise WireError(f"exclude counts add up to {int(counts.sum())}, but {len(flat)} ids were sent")
+    return _per_query(flat, counts)
+
+
+def _per_query(flat: list[str], counts: npt.NDArray[np.uint32]) -> list[list[str]]:
+    exclude = []
+    start = 0
+    for count in counts.tolist():
+        exclude.append(flat[start : start + count])
+        start += count
+    return exclude
 
 
 def encode_answer(  # noqa: PLR0917 - one positional per block of the format

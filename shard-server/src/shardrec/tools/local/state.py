@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -41,6 +42,26 @@ class StateDir:
     @property
     def router_config_file(self) -> Path:
         return self.root / "router-config.json"
+
+    @property
+    def shard_token_file(self) -> Path:
+        """The cluster's shard admin token (mode 0600): shards require it on their admin and
+        item-vector routes, the router sends it."""
+        return self.root / "shard-token"
+
+    def shard_token(self) -> str:
+        """The cluster's shard admin token, generated on first use."""
+        path = self.shard_token_file
+        if not path.exists():
+            token = secrets.token_hex(32)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(token + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(path)
+        return path.read_text(encoding="ascii").strip()
 
     @property
     def lock_file(self) -> Path:

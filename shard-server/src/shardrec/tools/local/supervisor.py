@@ -20,7 +20,15 @@ from types import FrameType
 
 import yaml
 
-from shardrec.api.commands import ROUTER_MODULE, SHARD_MODULE, router_arguments, shard_arguments
+from shardrec.api.commands import (
+    ROUTER_MODULE,
+    SHARD_MODULE,
+    RouterFlags,
+    ShardFlags,
+    env_name,
+    router_arguments,
+    shard_arguments,
+)
 from shardrec.api.topology import LayoutTopology, ReplicaEndpoint, ShardEndpoints, Topology
 from shardrec.api.v1alpha1 import RecommenderCluster, RecommenderClusterStatus
 from shardrec.planning import plan
@@ -212,7 +220,8 @@ class LocalSupervisor:
                 ef_search=cluster.spec.index.hnsw.ef_search,
             ),
         )  # fmt: skip
-        return ProcessSpec(name, argv, self.state.logs_dir / f"{name}.log", port=entry.port)
+        env = ((env_name(ShardFlags.PROCESS, ShardFlags.ADMIN_TOKEN), self.state.shard_token()),)
+        return ProcessSpec(name, argv, self.state.logs_dir / f"{name}.log", env=env, port=entry.port)
 
     def _remove_replica(self, name: str) -> None:
         self.processes.remove(name)
@@ -361,8 +370,10 @@ class LocalSupervisor:
                 port=self.router_port,
             ),
         )  # fmt: skip
+        env = ((env_name(RouterFlags.PROCESS, RouterFlags.SHARD_TOKEN), self.state.shard_token()),)
         self.processes.ensure(
-            ProcessSpec("router", argv, self.state.logs_dir / "router.log", port=self.router_port), now_s
+            ProcessSpec("router", argv, self.state.logs_dir / "router.log", env=env, port=self.router_port),
+            now_s,
         )
 
     def reconcile_once(self) -> RecommenderClusterStatus:
