@@ -94,7 +94,7 @@ def test_refuses_to_reuse_a_built_layout_that_does_not_verify(embeddings: Path, 
     out = tmp_path / "layout"
     _build(embeddings, out)
     (out / "shard-0001" / "ids.txt").write_text("tampered\n")
-    with pytest.raises(BuildError, match="does not verify.*ids.txt"):
+    with pytest.raises(BuildError, match=r"does not verify.*ids\.txt"):
         _build(embeddings, out)
 
 

@@ -119,7 +119,7 @@ def test_fetch_refuses_a_tampered_object_and_leaves_no_partial_file(built: Path,
 
 def test_fetch_of_a_missing_layout_or_shard(built: Path, tmp_path: Path) -> None:
     store = FileStore(tmp_path / "store")
-    with pytest.raises(ObjectMissingError, match="lay-1/layout.json: file missing"):
+    with pytest.raises(ObjectMissingError, match=r"lay-1/layout\.json: file missing"):
         fetch_shard(store, "lay-1", 0, tmp_path / "pod")
     publish_layout(built, store, "lay-1", log=lambda _: None)
     with pytest.raises(StoreError, match=r"shard 7 does not exist: the layout has shards 0\.\.2"):
