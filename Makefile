@@ -133,6 +133,10 @@ capacity: $(STAMP) ## Capacity plan for the sizing in docs/design.md
 cluster-build: ## Build etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok (cached outside the repo)
 	bash e2e/controlplane/build.sh
 
+.PHONY: objectstore-build
+objectstore-build: ## Build SeaweedFS (the S3 object store of the tests) from the Go module proxy (cached outside the repo)
+	bash e2e/objectstore/build.sh
+
 .PHONY: cluster-up
 cluster-up: $(STAMP) cluster-build $(if $(filter 1,$(NODE)),node-build) ## Start a local control plane with kwok nodes (NODE=1: plus a real node); prints KUBECONFIG
 	$(BIN)/python e2e/controlplane/cluster.py up --state-dir $(CLUSTER_STATE)
