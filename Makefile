@@ -110,6 +110,10 @@ bench: $(STAMP) ## Benchmarks -> docs/benchmarks.md (minutes; BENCH_ARGS="--size
 bench-ab: $(STAMP) ## A/B of each hand-written hot-path part against its library -> docs/benchmarks.md (~2 min)
 	$(BIN)/python benchmarks/ab.py $(BENCH_ARGS)
 
+.PHONY: bench-objectstore
+bench-objectstore: $(STAMP) objectstore-build ## boto3 vs obstore vs s3fs: one 1 GiB partition from SeaweedFS -> docs/benchmarks.md (~3 min)
+	$(BIN)/python benchmarks/objectstore_bench.py $(BENCH_ARGS)
+
 .PHONY: plots
 plots: $(STAMP) ## Tail-latency simulation plots -> docs/img/ (from benchmarks/coefficients.json)
 	$(BIN)/python benchmarks/tail_plots.py
