@@ -51,6 +51,8 @@ def with_retries(
             if not exc.retryable or retry + 1 >= policy.attempts:
                 raise
             pause = policy.delay(retry, draw)
-            log.warning("%s: %s; retry %d/%d in %.2fs", what, exc, retry + 1, policy.attempts - 1, pause)
+            # The error names the object already; `what` only when it does not.
+            subject = str(exc) if what in str(exc) else f"{what}: {exc}"
+            log.warning("%s; retry %d/%d in %.2fs", subject, retry + 1, policy.attempts - 1, pause)
             sleep(pause)
     raise AssertionError("unreachable: the loop returns or raises")
