@@ -242,3 +242,14 @@ def test_store_errors_never_carry_credentials(monkeypatch: pytest.MonkeyPatch) -
     assert "AKIDEXAMPLE123" not in str(error) and "s3cr3t" not in str(error)
     assert "\n" not in str(error)
     assert redact("a AKIDEXAMPLE123 b") == "a *** b"
+
+
+def test_publish_clears_an_unfinished_upload_and_never_overwrites_a_complete_one(
+    built: Path, tmp_path: Path
+) -> None:
+    store = FileStore(tmp_path / "store")
+    store.write_bytes("lay-1/shard-0007/index.bin", b"left by a build with more shards that died")
+    publish_layout(built, store, "lay-1", log=lambda _: None)
+    assert not (tmp_path / "store" / "lay-1" / "shard-0007").exists()
+    with pytest.raises(StoreError, match="already holds a complete layout"):
+        publish_layout(built, store, "lay-1", log=lambda _: None)

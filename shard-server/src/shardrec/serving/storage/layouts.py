@@ -83,8 +83,19 @@ def _sha(data: bytes) -> str:
 def publish_layout(
     local_dir: Path, store: ObjectStore, layout_id: str, *, log: Callable[[str], None] = print
 ) -> None:
-    """Upload a built layout folder: each shard's files, the users part, then layout.json LAST."""
+    """Upload a built layout folder: each shard's files, the users part, then layout.json LAST.
+
+    Objects left by an upload that never finished (no layout.json) are deleted first, so a retry
+    with other parameters leaves no stray shard behind; a complete layout is never overwritten."""
     manifest = verify_layout(local_dir)
+    leftovers = store.list_keys(layout_id + "/")
+    if join_key(layout_id, LAYOUT_FILE) in leftovers:
+        raise StoreError(
+            f"{store.describe(layout_id)}: already holds a complete layout; it is not overwritten"
+        )
+    if leftovers:
+        store.delete(leftovers)
+        log(f"deleted {len(leftovers)} objects of an unfinished upload under {store.describe(layout_id)}")
     for shard in range(manifest.shards):
         entry = manifest.shard_entries[shard]
         shard_manifest = _parse_shard_manifest(
