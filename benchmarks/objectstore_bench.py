@@ -10,12 +10,13 @@ container would, in its own fresh process (imports excluded from the numbers):
 - obstore: `obstore.get(...).stream()` written to the file (Rust object_store, one GET)
 - s3fs: `S3FileSystem.get` (aiobotocore)
 
-Rounds are interleaved (A, B, C, C, B, A, ...) so noise from the shared machine hits all; each
-row is the median over rounds of wall MB/s and process CPU seconds (all threads, user + system)
-per GiB, plus the SeaweedFS server's CPU per GiB alongside. The downloaded file's sha256 is checked
-every time. boto3 and s3fs pin python-dateutil<3 (botocore), which the kubernetes client of the
-project's venv refuses, so the workers run in a separate venv (`.state/bench-s3-venv`, made on
-first use with pip) holding only the three libraries.
+After one untimed warm-up download, rounds are interleaved (A, B, C, C, B, A, ...) so noise from
+the shared machine hits all; each row is the median over rounds of wall MiB/s and process CPU
+seconds (all threads, user + system) per GiB, plus the SeaweedFS server's CPU per GiB alongside.
+The downloaded file's sha256 is checked every time. boto3 and s3fs pin python-dateutil<3
+(botocore), which the kubernetes client of the project's venv refuses, so the workers run in a
+separate venv (`.state/bench-s3-venv`, made on first use with pip) holding only the three
+libraries.
 """
 
 from __future__ import annotations
@@ -165,6 +166,14 @@ def measure(args: argparse.Namespace, python: Path) -> Samples:
         subprocess.run([str(python), "-c", UPLOAD, s3.endpoint, str(source)], env=env, check=True)
         source.unlink()
         assert s3.process is not None
+        # One untimed download first: the first read of a fresh object also warms SeaweedFS (its
+        # volume file into the page cache), which would otherwise count against whoever goes first.
+        warm = args.work / "warm.bin"
+        subprocess.run(
+            [str(python), "-c", WORKER, "obstore", s3.endpoint, "bench", "partition.bin", str(warm)],
+            env=env, capture_output=True, check=True,
+        )  # fmt: skip
+        warm.unlink()
         for round_number in range(args.rounds):
             for library in LIBRARIES if round_number % 2 == 0 else LIBRARIES[::-1]:
                 dest = args.work / f"download-{library}.bin"
@@ -232,7 +241,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--mb", type=int, default=1024, help="object size in MiB (default 1024)")
-    parser.add_argument("--rounds", type=int, default=3, help="downloads per library (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="downloads per library (default 5)")
     parser.add_argument("--work", type=Path, default=REPO / ".state" / "bench-objectstore")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args()
