@@ -253,3 +253,48 @@ def test_publish_clears_an_unfinished_upload_and_never_overwrites_a_complete_one
     assert not (tmp_path / "store" / "lay-1" / "shard-0007").exists()
     with pytest.raises(StoreError, match="already holds a complete layout"):
         publish_layout(built, store, "lay-1", log=lambda _: None)
+
+
+FORBIDDEN = (
+    "Generic S3 error: Error performing GET http://127.0.0.1:1/b?list-type=2 in 2ms - Server returned "
+    'non-2xx status code: 403 Forbidden: <?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>'
+    "SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "message"),
+    [
+        (FORBIDDEN, AccessDeniedError,
+         "s3://b/k: access denied (HTTP 403 Forbidden, SignatureDoesNotMatch); check"),
+        ("... status code: 503 Service Unavailable: <Error><Code>SlowDown</Code>", StoreBusyError,
+         "s3://b/k: store busy or failing (HTTP 503 Service Unavailable, SlowDown)"),
+        ("... status code: 404 Not Found: <Error><Code>NoSuchBucket</Code>", ObjectMissingError,
+         "s3://b/k: bucket missing (HTTP 404 Not Found, NoSuchBucket)"),
+        ("Error performing GET http://127.0.0.1:1/b/k - HTTP error: error sending request",
+         StoreUnreachableError, "s3://b/k: store unreachable (Error performing GET"),
+        ("something else entirely\nsecond line", StoreError, "s3://b/k: something else entirely"),
+    ],
+)  # fmt: skip
+def test_s3_errors_are_classified_into_one_short_line(
+    text: str, kind: type[StoreError], message: str
+) -> None:
+    from shardrec.serving.storage.stores import classify_s3_error
+
+    error = classify_s3_error(RuntimeError(text), "s3://b/k")
+    assert type(error) is kind
+    assert str(error).startswith(message) and "<" not in str(error)
+
+
+def test_python_m_recctl_prints_one_line_errors(tmp_path: Path) -> None:
+    """The local runtime runs `python -m shardrec.tools.cli.main`: errors must not be tracebacks."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "shardrec.tools.cli.main", "index", "fetch", "--store", str(tmp_path),
+         "--layout", "none", "--router", "--dest", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"recctl: error: {tmp_path}/none/layout.json: file missing"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -180,28 +181,45 @@ def _credentials() -> dict[str, str]:
     return {key: os.environ[variable] for key, variable in names.items() if os.environ.get(variable)}
 
 
+_S3_CODE = re.compile(r"<Code>([^<]{1,64})</Code>")
+_HTTP_STATUS = re.compile(r"status code: (\d{3}[A-Za-z ]*)")
+
+
+def describe_s3_failure(text: str) -> str:
+    """One short line for an obstore error: the HTTP status and S3 error code when present (the
+    XML body is dropped), else the error's first line. Pure."""
+    code = _S3_CODE.search(text)
+    status = _HTTP_STATUS.search(text)
+    if code or status:
+        parts = [f"HTTP {status.group(1).strip()}" if status else "", code.group(1) if code else ""]
+        return ", ".join(part for part in parts if part)
+    line = text.strip().splitlines()[0] if text.strip() else "(no message)"
+    return line[:300]
+
+
 def classify_s3_error(exc: BaseException, where: str) -> StoreError:
     """A StoreError for an obstore (or connection) exception. Pure: exception in, exception out."""
     from obstore import exceptions as obx
 
     text = str(exc)
     lowered = text.lower()
-    if isinstance(exc, FileNotFoundError | obx.NotFoundError):
+    detail = describe_s3_failure(text)
+    if "nosuchbucket" in lowered:
+        return ObjectMissingError(f"{where}: bucket missing ({detail})")
+    if isinstance(exc, FileNotFoundError | obx.NotFoundError) or "nosuchkey" in lowered:
         return ObjectMissingError(f"{where}: object missing")
     if isinstance(exc, obx.PermissionDeniedError | obx.UnauthenticatedError) or any(
         marker in lowered
         for marker in ("403", "401", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "expired")
     ):
         return AccessDeniedError(
-            f"{where}: access denied (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN "
-            f"and their expiry): {_first_line(text)}"
+            f"{where}: access denied ({detail}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
+            "AWS_SESSION_TOKEN and their expiry"
         )
-    if "404" in lowered or "nosuchkey" in lowered:
+    if "404" in lowered:
         return ObjectMissingError(f"{where}: object missing")
-    if "nosuchbucket" in lowered:
-        return ObjectMissingError(f"{where}: bucket missing")
     if any(marker in lowered for marker in ("503", "slowdown", "500 ", "502", "504", "internalerror")):
-        return StoreBusyError(f"{where}: store busy or failing (5xx): {_first_line(text)}")
+        return StoreBusyError(f"{where}: store busy or failing ({detail})")
     if any(
         marker in lowered
         for marker in (
@@ -213,13 +231,8 @@ def classify_s3_error(exc: BaseException, where: str) -> StoreError:
             "broken pipe",
         )
     ):
-        return StoreUnreachableError(f"{where}: store unreachable: {_first_line(text)}")
-    return StoreError(f"{where}: {_first_line(text)}")
-
-
-def _first_line(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else "(no message)"
-    return line[:300]
+        return StoreUnreachableError(f"{where}: store unreachable ({detail})")
+    return StoreError(f"{where}: {detail}")
 
 
 class S3Store:
