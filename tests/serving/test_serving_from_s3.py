@@ -1,8 +1,9 @@
 """Serving from SeaweedFS end to end.
 
 1. A layout built from an s3:// source into an s3:// store; each shard server gets its own folder
-   holding only its partition (`recctl index fetch --shard N`), the router only its user table
-   (`--router`); real processes on 127.0.0.1 answer /v1/recommend from every shard.
+   holding only its partition (`recctl index fetch --shard N`); the router, whose topology names
+   the layout by its s3:// URL, fetches only the user table itself (as `--router` does); real
+   processes on 127.0.0.1 answer /v1/recommend from every shard.
 2. `recctl up` with `spec.index.source: s3://...` (connection from `spec.index.objectStore`,
    credentials from AWS_* in the environment it passes to the build) becomes ready and serves.
 """
@@ -87,6 +88,7 @@ def test_shards_and_router_serve_from_their_fetched_parts(
     s3_source: tuple[str, str, dict[str, str]],
     cluster: Cluster,  # noqa: F811 - fixture
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     source, bucket, env = s3_source
     store = f"s3://{bucket}/layouts"
@@ -124,7 +126,8 @@ def test_shards_and_router_serve_from_their_fetched_parts(
             "shards": SHARDS,
             "dimension": DIM,
             "metric": "ip",
-            "artifact_dir": str(router_dir),
+            # The router fetches the user table itself (staged layouts come after its start).
+            "artifact_dir": f"{store}/lay-s3",
             "endpoints": [
                 {"shard": n, "replicas": [{"name": p.name, "url": p.url}]} for n, p in enumerate(shards)
             ],
@@ -132,8 +135,18 @@ def test_shards_and_router_serve_from_their_fetched_parts(
     }
     topology_path = tmp_path / "topology.json"
     topology_path.write_text(json.dumps(topology))
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "SHARDREC_S3_ENDPOINT",
+        "SHARDREC_S3_PATH_STYLE",
+    ):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.setenv("SHARDREC_ROUTER_CACHE_DIR", str(tmp_path / "router-cache"))
     router = cluster.router("router", topology_path, {"consistency": "strict", "timeoutMs": 2000})
     wait_ready(router.url, version="v1")
+    cached = tmp_path / "router-cache" / "lay-s3"
+    assert sorted(p.name for p in cached.iterdir()) == ["layout.json", "users"]
     for user in ("user-1", "user-2", "user-29"):
         body = httpx.post(f"{router.url}/v1/recommend", json={"user_id": user, "k": 10}, timeout=5).json()
         assert body["shards"] == {"answered": SHARDS, "total": SHARDS}

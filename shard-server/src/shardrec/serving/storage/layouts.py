@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,10 @@ from shardrec.serving.index.manifest import (
     LayoutManifest,
     ShardManifest,
 )
+from shardrec.serving.index.users import UserTable, load_user_table
 from shardrec.serving.storage.errors import ChecksumMismatchError, ObjectMissingError, StoreError
-from shardrec.serving.storage.stores import ObjectStore
-from shardrec.serving.storage.urls import join_key
+from shardrec.serving.storage.stores import ObjectStore, S3Settings, open_store, settings_from_env
+from shardrec.serving.storage.urls import S3Location, join_key, parse_location
 
 
 @dataclass(frozen=True)
@@ -292,3 +294,22 @@ def list_layouts(store: ObjectStore) -> list[StoredLayout]:
             StoredLayout(layout_id, True, manifest.built_at, manifest.version, by_layout[layout_id])
         )
     return result
+
+
+def load_artifact_users(
+    artifact_dir: str, *, cache_root: Path | None = None, settings: S3Settings | None = None
+) -> UserTable:
+    """The user table of a layout named by the router's topology: a local folder, or an s3:// layout
+    URL whose router part is first fetched (verified) into `cache_root/<layout-id>` (default
+    $SHARDREC_ROUTER_CACHE_DIR, else <tmp>/shardrec-router-layouts), connection from SHARDREC_S3_*.
+    The router calls it for every staged layout, so it follows layouts built after it started."""
+    location = parse_location(artifact_dir)
+    if not isinstance(location, S3Location):
+        return load_user_table(location)
+    store_location, layout_id = location.parent_and_name()
+    root = cache_root or Path(
+        os.environ.get("SHARDREC_ROUTER_CACHE_DIR") or Path(tempfile.gettempdir()) / "shardrec-router-layouts"
+    )
+    dest = root / layout_id
+    fetch_router(open_store(store_location, settings or settings_from_env()), layout_id, dest)
+    return load_user_table(dest)

@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -71,6 +71,21 @@ class S3Settings:
     endpoint: str | None = None
     region: str = "us-east-1"
     path_style: bool = False
+
+
+ENV_ENDPOINT = "SHARDREC_S3_ENDPOINT"
+ENV_REGION = "SHARDREC_S3_REGION"
+ENV_PATH_STYLE = "SHARDREC_S3_PATH_STYLE"
+
+
+def settings_from_env(env: Mapping[str, str] | None = None) -> S3Settings:
+    """S3Settings from SHARDREC_S3_ENDPOINT / _REGION / _PATH_STYLE (for processes without --s3-* flags)."""
+    env = os.environ if env is None else env
+    return S3Settings(
+        endpoint=env.get(ENV_ENDPOINT) or None,
+        region=env.get(ENV_REGION) or "us-east-1",
+        path_style=env.get(ENV_PATH_STYLE, "") in {"1", "true", "yes"},
+    )
 
 
 def _hash_into(

@@ -34,13 +34,16 @@ from shardrec.serving.storage.layouts import (
     publish_layout,
     reusable_stored_layout,
 )
-from shardrec.serving.storage.stores import ObjectStore, S3Settings, open_store
+from shardrec.serving.storage.stores import (
+    ENV_ENDPOINT,
+    ENV_PATH_STYLE,
+    ENV_REGION,
+    ObjectStore,
+    S3Settings,
+    open_store,
+)
 from shardrec.serving.storage.urls import LocationError, S3Location, parse_location
 from shardrec.tools.cli.main import CliError
-
-ENV_ENDPOINT = "SHARDREC_S3_ENDPOINT"
-ENV_REGION = "SHARDREC_S3_REGION"
-ENV_PATH_STYLE = "SHARDREC_S3_PATH_STYLE"
 
 
 def _add_object_store_flags(parser: argparse.ArgumentParser) -> None:
