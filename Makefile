@@ -110,6 +110,10 @@ bench: $(STAMP) ## Benchmarks -> docs/benchmarks.md (minutes; BENCH_ARGS="--size
 bench-ab: $(STAMP) ## A/B of each hand-written hot-path part against its library -> docs/benchmarks.md (~2 min)
 	$(BIN)/python benchmarks/ab.py $(BENCH_ARGS)
 
+.PHONY: bench-objectstore
+bench-objectstore: $(STAMP) objectstore-build ## boto3 vs obstore vs s3fs: one 1 GiB partition from SeaweedFS -> docs/benchmarks.md (~3 min)
+	$(BIN)/python benchmarks/objectstore_bench.py $(BENCH_ARGS)
+
 .PHONY: plots
 plots: $(STAMP) ## Tail-latency simulation plots -> docs/img/ (from benchmarks/coefficients.json)
 	$(BIN)/python benchmarks/tail_plots.py
@@ -132,6 +136,10 @@ capacity: $(STAMP) ## Capacity plan for the sizing in docs/design.md
 .PHONY: cluster-build
 cluster-build: ## Build etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok (cached outside the repo)
 	bash e2e/controlplane/build.sh
+
+.PHONY: objectstore-build
+objectstore-build: ## Build SeaweedFS (the S3 object store of the tests) from the Go module proxy (cached outside the repo)
+	bash e2e/objectstore/build.sh
 
 .PHONY: cluster-up
 cluster-up: $(STAMP) cluster-build $(if $(filter 1,$(NODE)),node-build) ## Start a local control plane with kwok nodes (NODE=1: plus a real node); prints KUBECONFIG

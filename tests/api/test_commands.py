@@ -8,9 +8,12 @@ from shardrec.api import v1alpha1 as api
 from shardrec.api.commands import (
     DEFAULT_EF_SEARCH,
     MAX_K,
+    ObjectStoreFlags,
     ShardFlags,
     env_name,
     index_build_arguments,
+    index_delete_arguments,
+    index_fetch_arguments,
     router_arguments,
     shard_arguments,
 )
@@ -87,3 +90,32 @@ def test_every_flag_of_a_server_reads_shardrec_process_flag(monkeypatch: pytest.
 def test_shared_defaults_have_one_home() -> None:
     assert api.HnswSpec().ef_search == DEFAULT_EF_SEARCH
     assert Limits().max_k == MAX_K
+
+
+def test_object_store_commands_are_accepted_by_recctl(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's init containers, build Jobs and GC run these; no credential is ever a flag."""
+    for name in ("SHARDREC_S3_ENDPOINT", "SHARDREC_S3_REGION", "SHARDREC_S3_PATH_STYLE"):
+        monkeypatch.delenv(name, raising=False)
+    flags = ObjectStoreFlags(endpoint="http://seaweed:8333", region="eu-west-1", path_style=True)
+    assert ObjectStoreFlags().arguments() == []
+    layout = LayoutSpec(
+        version="v7", source="s3://b/emb", shards=3, partitioning="jump-hash-item-id",
+        dimension=32, metric="l2", hnsw_m=12, hnsw_ef_construction=100,
+    )  # fmt: skip
+    parser = build_parser()
+    build = parser.parse_args(index_build_arguments(layout, "s3://b/emb", "s3://b/store/l1", flags))
+    assert (build.embeddings, build.out) == ("s3://b/emb", "s3://b/store/l1")
+    fetch = parser.parse_args(index_fetch_arguments(store="s3://b/store", layout="l1", dest="/d", shard=2,
+                                                    object_store=flags))  # fmt: skip
+    assert (fetch.store, fetch.layout, fetch.shard, fetch.router) == ("s3://b/store", "l1", 2, False)
+    router = parser.parse_args(index_fetch_arguments(store="/store", layout="l1", dest="/d", shard=None))
+    assert router.router and router.shard is None and router.s3_endpoint is None
+    delete = parser.parse_args(index_delete_arguments(store="s3://b/store", layout="l1", object_store=flags))
+    for parsed in (build, fetch, delete):
+        assert (parsed.s3_endpoint, parsed.s3_region, parsed.s3_path_style) == (
+            "http://seaweed:8333",
+            "eu-west-1",
+            True,
+        )
+    rendered = " ".join(index_fetch_arguments(store="s", layout="l", dest="d", shard=0, object_store=flags))
+    assert "AWS_" not in rendered and "secret" not in rendered.lower()

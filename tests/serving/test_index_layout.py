@@ -73,10 +73,28 @@ def test_user_table(embeddings: Path, tmp_path: Path) -> None:
     assert read_layout_manifest(out).users.seen_unknown_items == 1  # type: ignore[union-attr]
 
 
-def test_refuses_to_overwrite_a_built_layout(embeddings: Path, tmp_path: Path) -> None:
+def test_reuses_a_built_layout_with_the_same_parameters(embeddings: Path, tmp_path: Path) -> None:
+    """A rollback to a layout whose artifact is still there must not fail (issue 14)."""
+    out = tmp_path / "layout"
+    first = _build(embeddings, out)
+    mtime = (out / "layout.json").stat().st_mtime_ns
+    again = _build(embeddings, out)
+    assert again == first
+    assert (out / "layout.json").stat().st_mtime_ns == mtime  # nothing rebuilt or rewritten
+
+
+def test_refuses_a_built_layout_with_other_parameters(embeddings: Path, tmp_path: Path) -> None:
     out = tmp_path / "layout"
     _build(embeddings, out)
-    with pytest.raises(BuildError, match="already holds a built layout"):
+    with pytest.raises(BuildError, match=r"already holds a different layout.*shards 3 \(wanted 2\)"):
+        _build(embeddings, out, shards=2)
+
+
+def test_refuses_to_reuse_a_built_layout_that_does_not_verify(embeddings: Path, tmp_path: Path) -> None:
+    out = tmp_path / "layout"
+    _build(embeddings, out)
+    (out / "shard-0001" / "ids.txt").write_text("tampered\n")
+    with pytest.raises(BuildError, match=r"does not verify.*ids\.txt"):
         _build(embeddings, out)
 
 

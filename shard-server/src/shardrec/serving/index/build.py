@@ -27,6 +27,7 @@ from tqdm import tqdm
 from shardrec.serving.cpus import usable_cpus
 from shardrec.serving.index.embeddings import Embeddings, load_embeddings
 from shardrec.serving.index.files import fsync_dir, fsync_file, publish_atomically, sha256_file, write_durably
+from shardrec.serving.index.layout import LayoutError, WantedLayout, parameter_mismatches, verify_layout
 from shardrec.serving.index.manifest import (
     INDEX_FILE,
     LAYOUT_FILE,
@@ -196,8 +197,10 @@ def build_layout(
         ef_construction=ef_construction,
         workers=workers,
     )
-    if (out_dir / LAYOUT_FILE).exists():
-        raise BuildError(f"{out_dir}: already holds a built layout; versions are immutable, pick a new --out")
+    wanted = WantedLayout(layout, version, shards, metric, m, ef_construction, expected_dimension)
+    existing = reusable_layout(out_dir, wanted)
+    if existing is not None:
+        return existing
     started = time.monotonic()
     embeddings = _load_checked(embeddings_dir, expected_dimension)
     assignment = _assign_items(embeddings, shards)
@@ -226,6 +229,27 @@ def build_layout(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return manifest
+
+
+def reusable_layout(out_dir: Path, wanted: WantedLayout) -> LayoutManifest | None:
+    """The layout already built in `out_dir` when it verifies (every sha256) and has the wanted
+    parameters, so a rollback to a kept layout reuses it; None when `out_dir` holds no layout.
+    Layouts are immutable: one that differs or does not verify is an error, never overwritten."""
+    if not (out_dir / LAYOUT_FILE).exists():
+        return None
+    try:
+        manifest = verify_layout(out_dir)
+    except LayoutError as exc:
+        raise BuildError(
+            f"{out_dir}: holds a layout that does not verify ({exc}); delete it to rebuild"
+        ) from exc
+    mismatches = parameter_mismatches(manifest, wanted)
+    if mismatches:
+        raise BuildError(
+            f"{out_dir}: already holds a different layout ({'; '.join(mismatches)}); "
+            "versions are immutable, pick a new --out"
+        )
     return manifest
 
 

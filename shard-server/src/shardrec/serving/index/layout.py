@@ -9,6 +9,7 @@ the sha256 and size of every data file. Errors name the file and what differs.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -141,3 +142,31 @@ def read_layout_manifest(
 def verify_layout(layout_dir: Path) -> LayoutManifest:
     """Everything: manifests, numbering, and the sha256 of every file."""
     return read_layout_manifest(layout_dir, verify_shards=True, verify_files=True)
+
+
+@dataclass(frozen=True)
+class WantedLayout:
+    """What a build asks for; an existing layout is reused only when it says the same."""
+
+    layout: str
+    version: str
+    shards: int
+    metric: str
+    m: int
+    ef_construction: int
+    dimension: int | None = None
+
+
+def parameter_mismatches(manifest: LayoutManifest, wanted: WantedLayout) -> list[str]:
+    """The fields of `manifest` that differ from `wanted`, described (empty: it can be reused)."""
+    pairs: dict[str, tuple[object, object]] = {
+        "layout": (manifest.layout, wanted.layout),
+        "version": (manifest.version, wanted.version),
+        "shards": (manifest.shards, wanted.shards),
+        "metric": (manifest.metric, wanted.metric),
+        "m": (manifest.hnsw.m, wanted.m),
+        "ef_construction": (manifest.hnsw.ef_construction, wanted.ef_construction),
+    }
+    if wanted.dimension is not None:
+        pairs["dimension"] = (manifest.dimension, wanted.dimension)
+    return [f"{name} {have!r} (wanted {want!r})" for name, (have, want) in pairs.items() if have != want]

@@ -20,10 +20,9 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from shardrec.api.topology import LayoutTopology, RouterServing, Topology
-from shardrec.serving.index.users import UserTable, load_user_table
+from shardrec.serving.index.users import UserTable
 from shardrec.serving.router.config import RouterSettings
 from shardrec.serving.router.dispatch import DispatchPolicy, ShardChannel
 from shardrec.serving.router.hedging import HedgeBudget
@@ -31,12 +30,14 @@ from shardrec.serving.router.metrics import RouterMetrics
 from shardrec.serving.router.replicas import EjectionPolicy, Replica
 from shardrec.serving.router.shard_protocol import ErrorKinds, ShardClientLike
 from shardrec.serving.router.snapshot import Snapshot
+from shardrec.serving.storage.layouts import load_artifact_users
 
 log = logging.getLogger("shardrec.router")
 
 
 ClientFactory = Callable[[str], ShardClientLike]
-UserTableLoader = Callable[[Path], UserTable]
+UserTableLoader = Callable[[str], UserTable]
+"""Loads the user table of a topology's `artifact_dir`: a folder or an s3:// layout URL."""
 ServingListener = Callable[[RouterServing], Awaitable[None]]
 
 
@@ -48,7 +49,7 @@ class TopologyRejectedError(ValueError):
 class ManagerDeps:
     client_factory: ClientFactory
     errors: ErrorKinds
-    load_users: UserTableLoader = load_user_table
+    load_users: UserTableLoader = load_artifact_users
 
 
 class TopologyManager:
@@ -170,7 +171,7 @@ class TopologyManager:
         """A snapshot of `active`: its user table loaded and checked, its shard channels built."""
         started = time.perf_counter()
         try:
-            users = await asyncio.to_thread(self.deps.load_users, Path(active.artifact_dir))
+            users = await asyncio.to_thread(self.deps.load_users, active.artifact_dir)
         except Exception as exc:  # any load failure keeps the old layout serving
             raise TopologyRejectedError(
                 f"layout {active.layout}: cannot load the user table from {active.artifact_dir}: {exc}"

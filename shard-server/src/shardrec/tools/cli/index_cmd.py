@@ -1,30 +1,109 @@
-"""`recctl index build` and `recctl index verify`."""
+"""`recctl index build|verify|fetch|delete|list`: layouts in a folder or an S3 store.
+
+See docs/object-storage.md.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from shardrec.api.commands import IndexBuildFlags
-from shardrec.serving.index.build import BuildError, build_layout
+from shardrec.api.commands import (
+    DEFAULT_S3_REGION,
+    IndexBuildFlags,
+    ObjectStoreCliFlags,
+    ObjectStoreFlags,
+)
+from shardrec.serving.index.build import BuildError, build_layout, reusable_layout
 from shardrec.serving.index.embeddings import EmbeddingsError
-from shardrec.serving.index.layout import LayoutError, verify_layout
+from shardrec.serving.index.layout import LayoutError, WantedLayout, verify_layout
 from shardrec.serving.index.scoring import METRICS
+from shardrec.serving.storage.errors import StoreError
+from shardrec.serving.storage.layouts import (
+    delete_layout,
+    fetch_router,
+    fetch_shard,
+    list_layouts,
+    publish_layout,
+    reusable_stored_layout,
+)
+from shardrec.serving.storage.stores import (
+    ENV_ENDPOINT,
+    ENV_PATH_STYLE,
+    ENV_REGION,
+    ObjectStore,
+    S3Settings,
+    open_store,
+)
+from shardrec.serving.storage.urls import LocationError, S3Location, parse_location
 from shardrec.tools.cli.main import CliError
 
 
+def _add_object_store_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "object store (s3:// URLs; credentials only from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_SESSION_TOKEN)"
+    )
+    group.add_argument(
+        ObjectStoreCliFlags.ENDPOINT,
+        dest="s3_endpoint",
+        default=os.environ.get(ENV_ENDPOINT) or None,
+        help=f"S3 API endpoint URL, e.g. http://127.0.0.1:8333 (default: AWS; env {ENV_ENDPOINT})",
+    )
+    group.add_argument(
+        ObjectStoreCliFlags.REGION,
+        dest="s3_region",
+        default=os.environ.get(ENV_REGION) or DEFAULT_S3_REGION,
+        help=f"region (default {DEFAULT_S3_REGION}; env {ENV_REGION})",
+    )
+    group.add_argument(
+        ObjectStoreCliFlags.PATH_STYLE,
+        dest="s3_path_style",
+        action="store_true",
+        default=os.environ.get(ENV_PATH_STYLE, "") in {"1", "true", "yes"},
+        help="path-style addressing (endpoint/bucket/key), as most self-hosted stores need "
+        f"(env {ENV_PATH_STYLE}=1)",
+    )
+
+
+def object_store_flags(args: argparse.Namespace) -> ObjectStoreFlags:
+    return ObjectStoreFlags(endpoint=args.s3_endpoint, region=args.s3_region, path_style=args.s3_path_style)
+
+
+def _settings(args: argparse.Namespace) -> S3Settings:
+    flags = object_store_flags(args)
+    return S3Settings(endpoint=flags.endpoint, region=flags.region, path_style=flags.path_style)
+
+
+def _store(url: str, args: argparse.Namespace) -> ObjectStore:
+    try:
+        return open_store(url, _settings(args))
+    except LocationError as exc:
+        raise CliError(str(exc)) from exc
+
+
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("index", help="build and verify sharded HNSW index layouts")
+    parser = subparsers.add_parser("index", help="build, verify, fetch, delete and list index layouts")
     commands = parser.add_subparsers(dest="index_command", metavar="ACTION", required=True)
 
     build = commands.add_parser("build", help="build a layout from an embeddings directory")
     build.add_argument(
-        "--embeddings", type=Path, required=True, help="embeddings directory (docs/embeddings-format.md)"
+        "--embeddings",
+        required=True,
+        help="embeddings directory (docs/embeddings-format.md): a path or s3://bucket/prefix",
     )
     build.add_argument(
-        "--out", type=Path, required=True, help="layout folder to create (must not hold a layout)"
+        "--out",
+        required=True,
+        help="layout to create: a folder, or s3://bucket/store-prefix/<layout-id>; an existing layout "
+        "with the same parameters that verifies is reused",
     )
     build.add_argument("--version", required=True, help="index version label, e.g. v3 or 2026-11-23")
     build.add_argument("--shards", type=int, required=True, help="number of shards (partitions)")
@@ -43,38 +122,135 @@ def register(subparsers: Any) -> None:
     build.add_argument(
         "--dimension", type=int, default=None, help="fail unless the embeddings have this dimension"
     )
+    build.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="local scratch for a remote source or --out (default: a temporary folder, removed after)",
+    )
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_object_store_flags(build)
     build.set_defaults(func=run_build)
 
     verify = commands.add_parser("verify", help="check manifests, shard numbering and every sha256")
     verify.add_argument("layout_dir", type=Path, metavar="DIR", help="layout folder")
     verify.set_defaults(func=run_verify)
 
+    fetch = commands.add_parser(
+        "fetch", help="copy one shard's files (or the router's) of a stored layout, verified"
+    )
+    fetch.add_argument("--store", required=True, help="store: a folder or s3://bucket/prefix")
+    fetch.add_argument("--layout", required=True, help="layout id (its folder under the store)")
+    fetch.add_argument("--dest", type=Path, required=True, help="local layout folder to fill")
+    part = fetch.add_mutually_exclusive_group(required=True)
+    part.add_argument("--shard", type=int, help="this shard's files")
+    part.add_argument("--router", action="store_true", help="what the router loads (the user table)")
+    _add_object_store_flags(fetch)
+    fetch.set_defaults(func=run_fetch)
+
+    delete = commands.add_parser("delete", help="delete a stored layout (layout.json first)")
+    delete.add_argument("--store", required=True, help="store: a folder or s3://bucket/prefix")
+    delete.add_argument("--layout", required=True, help="layout id")
+    _add_object_store_flags(delete)
+    delete.set_defaults(func=run_delete)
+
+    listing = commands.add_parser("list", help="layouts in a store: complete or not, created when")
+    listing.add_argument("--store", required=True, help="store: a folder or s3://bucket/prefix")
+    listing.add_argument("--json", action="store_true", help="one JSON array")
+    _add_object_store_flags(listing)
+    listing.set_defaults(func=run_list)
+
+
+@contextmanager
+def _scratch(work_dir: Path | None) -> Iterator[Path]:
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        yield work_dir
+        return
+    folder = Path(tempfile.mkdtemp(prefix="shardrec-build-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def download_source(store: ObjectStore, dest: Path) -> Path:
+    """Copy every object under an s3:// embeddings prefix into `dest` (same relative names)."""
+    keys = store.list_keys("")
+    if not keys:
+        raise CliError(f"{store.describe()}: no objects: not an embeddings directory")
+    for key in keys:
+        target = dest / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        store.download(key, target)
+    return dest
+
+
+def _summary(manifest: Any, where: str, verb: str) -> str:
+    counts = [entry.count for entry in manifest.shard_entries]
+    return (
+        f"{verb} layout {manifest.layout} (version {manifest.version}) in {where}: {manifest.item_count} "
+        f"items in {manifest.shards} shards {counts}, dimension {manifest.dimension}, "
+        f"metric {manifest.metric}, {manifest.users.count if manifest.users else 0} users, "
+        f"{manifest.build_seconds:.1f}s"
+    )
+
 
 def run_build(args: argparse.Namespace) -> int:
     try:
+        return _run_build(args)
+    except (BuildError, EmbeddingsError, LayoutError, StoreError, LocationError) as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    out = parse_location(args.out)
+    source = parse_location(args.embeddings)
+    out_name = out.parent_and_name()[1] if isinstance(out, S3Location) else out.name
+    wanted = WantedLayout(
+        args.layout or out_name,
+        args.version,
+        args.shards,
+        args.metric,
+        args.m,
+        args.ef_construction,
+        args.dimension,
+    )
+    store: ObjectStore | None = None
+    if isinstance(out, S3Location):
+        store_location, out_name = out.parent_and_name()
+        store = open_store(store_location, _settings(args))
+        existing = reusable_stored_layout(store, out_name, wanted)
+    else:
+        existing = reusable_layout(out, wanted)
+    if existing is not None:
+        print(_summary(existing, args.out, "reused existing"))
+        return 0
+    with _scratch(args.work_dir) as scratch:
+        if isinstance(source, S3Location):
+            embeddings_dir = download_source(open_store(source, _settings(args)), scratch / "embeddings")
+            print(f"downloaded {args.embeddings} to {embeddings_dir}")
+        else:
+            embeddings_dir = source
+        local_out = out if isinstance(out, Path) else scratch / "layout" / out_name
+        if store is not None and local_out.exists():
+            shutil.rmtree(local_out)
         manifest = build_layout(
-            args.embeddings,
-            args.out,
+            embeddings_dir,
+            local_out,
             version=args.version,
             shards=args.shards,
             metric=args.metric,
             m=args.m,
             ef_construction=args.ef_construction,
             workers=args.workers,
-            layout=args.layout,
+            layout=wanted.layout,
             expected_dimension=args.dimension,
             progress=not args.no_progress,
         )
-    except (BuildError, EmbeddingsError, LayoutError) as exc:
-        raise CliError(str(exc)) from exc
-    counts = [entry.count for entry in manifest.shard_entries]
-    print(
-        f"built layout {manifest.layout} (version {manifest.version}) in {args.out}: {manifest.item_count} "
-        f"items in {manifest.shards} shards {counts}, dimension {manifest.dimension}, "
-        f"metric {manifest.metric}, {manifest.users.count if manifest.users else 0} users, "
-        f"{manifest.build_seconds:.1f}s"
-    )
+        if store is not None:
+            publish_layout(local_out, store, out_name)
+    print(_summary(manifest, args.out, "built"))
     return 0
 
 
@@ -93,4 +269,49 @@ def run_verify(args: argparse.Namespace) -> int:
         "users": manifest.users.count if manifest.users else 0,
     }
     print(f"ok: {json.dumps(summary)}")
+    return 0
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    store = _store(args.store, args)
+    try:
+        if args.router:
+            manifest = fetch_router(store, args.layout, args.dest)
+            what = "the router's part"
+        else:
+            manifest = fetch_shard(store, args.layout, args.shard, args.dest)
+            what = f"shard {args.shard}"
+    except (StoreError, LayoutError) as exc:
+        raise CliError(str(exc)) from exc
+    print(
+        f"fetched {what} of layout {manifest.layout} (version {manifest.version}) into {args.dest}, verified"
+    )
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    store = _store(args.store, args)
+    try:
+        count = delete_layout(store, args.layout)
+    except StoreError as exc:
+        raise CliError(str(exc)) from exc
+    print(f"deleted layout {args.layout} from {store.describe()}: {count} objects")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    store = _store(args.store, args)
+    try:
+        layouts = list_layouts(store)
+    except StoreError as exc:
+        raise CliError(str(exc)) from exc
+    if args.json:
+        print(json.dumps([layout.as_json() for layout in layouts]))
+        return 0
+    print(f"{'LAYOUT':<40} {'COMPLETE':<9} {'VERSION':<20} {'CREATED':<21} OBJECTS")
+    for layout in layouts:
+        print(
+            f"{layout.layout:<40} {'yes' if layout.complete else 'no':<9} {layout.version or '-':<20} "
+            f"{layout.created or '-':<21} {layout.objects}"
+        )
     return 0

@@ -55,4 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m shardrec.tools.cli.main` (the local runtime's builds) this module runs as
+    # __main__, a second copy whose CliError is not the one the subcommands raise: call the
+    # package's own main so their errors end as one line, not a traceback.
+    from shardrec.tools.cli.main import main as package_main
+
+    sys.exit(package_main())

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from shardrec.api.commands import index_build_arguments
+from shardrec.api.commands import ObjectStoreFlags, index_build_arguments
 from shardrec.planning.layouts import LayoutSpec
 from shardrec.planning.observed import BuildState, ObservedBuild
 from shardrec.serving.index.layout import LayoutError, read_layout_manifest
@@ -27,6 +27,13 @@ def source_path(source: str) -> Path:
     if source.startswith("pvc://"):
         raise ValueError(f"index.source {source!r}: pvc:// sources exist only on Kubernetes")
     return Path(source)
+
+
+def build_source(source: str) -> str:
+    """What `recctl index build --embeddings` gets for `spec.index.source`: an s3:// URL as is (the
+    build downloads it, with `spec.index.objectStore` as --s3-* flags and the AWS_* credentials of
+    the environment the runtime passes on), else the local folder."""
+    return source if source.startswith("s3://") else str(source_path(source))
 
 
 @dataclass
@@ -81,7 +88,7 @@ class LocalBuilds:
         """Artifact deletions done by this process (a restarted one repeats any still recorded)."""
         return dict(self._deletions)
 
-    def ensure(self, layout: LayoutSpec, attempt: str) -> None:
+    def ensure(self, layout: LayoutSpec, attempt: str, object_store: ObjectStoreFlags | None = None) -> None:
         """Start the build unless the artifact exists, it runs, or this attempt already ended.
         A retained layout's artifact is reused: a rollback to it starts no build."""
         layout_id = layout.id
@@ -92,12 +99,12 @@ class LocalBuilds:
         record = self._read_record(layout_id)
         if record.get("attempt") == attempt and record.get("state") in {"Failed", "Succeeded"}:
             return
-        self._start(layout, attempt)
+        self._start(layout, attempt, object_store)
 
-    def _start(self, layout: LayoutSpec, attempt: str) -> None:
+    def _start(self, layout: LayoutSpec, attempt: str, object_store: ObjectStoreFlags | None) -> None:
         layout_id = layout.id
         out = str(self._state.layout_dir(layout_id))
-        arguments = index_build_arguments(layout, str(source_path(layout.source)), out)
+        arguments = index_build_arguments(layout, build_source(layout.source), out, object_store)
         argv = [sys.executable, "-m", "shardrec.tools.cli.main", *arguments, "--no-progress"]
         log = self._log_file(layout_id).open("ab")
         popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -23,6 +23,7 @@ import yaml
 from shardrec.api.commands import (
     ROUTER_MODULE,
     SHARD_MODULE,
+    ObjectStoreFlags,
     RouterFlags,
     ShardFlags,
     env_name,
@@ -173,7 +174,7 @@ class LocalSupervisor:
 
     def _execute(self, action: Action, cluster: RecommenderCluster, now_s: float) -> None:
         if isinstance(action, EnsureBuild):
-            self.builds.ensure(action.layout, action.attempt)
+            self.builds.ensure(action.layout, action.attempt, _object_store_flags(cluster))
         elif isinstance(action, EnsureShards):
             self._ensure_shards(action.layout, action.replicas, cluster, now_s)
         elif isinstance(action, StageRouter):
@@ -427,3 +428,14 @@ class LocalSupervisor:
         self.processes.stop_all()
         self._prober.close()
         self._write_runtime()
+
+
+def _object_store_flags(cluster: RecommenderCluster) -> ObjectStoreFlags | None:
+    """`--s3-*` flags from `spec.index.objectStore` for a build with an s3:// source (credentials:
+    the AWS_* variables of this process's environment, which the build inherits)."""
+    settings = cluster.spec.index.object_store
+    if settings is None:
+        return None
+    return ObjectStoreFlags(
+        endpoint=settings.endpoint, region=settings.region, path_style=settings.path_style
+    )
