@@ -5,6 +5,9 @@ large index time to load before liveness counts. `podManagementPolicy: Parallel`
 replica at once: replicas are interchangeable readers of one immutable artifact, so ordered
 start-up would only slow a rollout down.
 
+`updateStrategy: OnDelete`: a template change (image, resources, drain, annotations) replaces no
+pod by itself; the planner rolls it one shard and one pod at a time (`shardrec.planning.rolls`).
+
 The PodDisruptionBudget is `maxUnavailable: 1`, never `minAvailable: replicas`: a drain can always
 evict one pod of a shard, including the only pod of a single-replica shard. That keeps node drains
 and cluster upgrades from deadlocking (the Strimzi and ClickHouse bug); the price, a brief outage of
@@ -125,7 +128,7 @@ def build_shard_statefulset(
             "replicas": replicas,
             "serviceName": names.shard_set(name, layout.id, shard),
             "podManagementPolicy": "Parallel",
-            "updateStrategy": {"type": "RollingUpdate"},
+            "updateStrategy": {"type": "OnDelete"},
             "selector": {"matchLabels": selector},
             "template": template,
         },
