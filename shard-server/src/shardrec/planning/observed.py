@@ -93,6 +93,16 @@ class ObservedShard:
             return self.ready_replicas
         return sum(1 for pod in self.live_pods() if pod.ready)
 
+    def at_rest(self, replicas: int) -> bool:
+        """Asked for `replicas`, running exactly that many pods, all Ready, none being deleted."""
+        if self.pods is None:
+            return self.desired_replicas == replicas and self.ready_replicas >= replicas
+        return (
+            self.desired_replicas == replicas
+            and len(self.pods) == replicas
+            and all(pod.ready and not pod.terminating for pod in self.pods)
+        )
+
     def outdated_pods(self) -> tuple[ObservedPod, ...]:
         """Live pods that run an older template, highest ordinal first (the StatefulSet order)."""
         old = [pod for pod in self.live_pods() if not pod.updated]

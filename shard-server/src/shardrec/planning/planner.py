@@ -194,9 +194,7 @@ def _template_roll(
     obs = observed.layout(serving)
     if roll is None or obs is None:
         return None
-    waiting = ""
-    if roll.shard is not None and not roll.replace:
-        waiting = f"shard {roll.shard}: waiting for its workload to run the new template on Ready replicas"
+    waiting = roll.waiting
     for verdict in verdicts:
         if (
             isinstance(verdict.action, ReplaceShardPod)

@@ -254,8 +254,8 @@ def _replaced_pod(ctx: PredicateContext, action: ReplaceShardPod) -> tuple[Obser
 
 
 def replace_one_shard_at_a_time(ctx: PredicateContext, action: LayoutAction) -> str | None:
-    """A Ready pod of the serving layout is replaced only while every other shard has all its
-    replicas Ready and none surged: at most one shard is ever below its replica count."""
+    """A Ready pod of the serving layout is replaced only while every other shard is at rest (its
+    replica count, all Ready, none starting or terminating): one shard is in motion at a time."""
     if not isinstance(action, ReplaceShardPod):
         return None
     found = _replaced_pod(ctx, action)
@@ -275,6 +275,8 @@ def replace_one_shard_at_a_time(ctx: PredicateContext, action: LayoutAction) -> 
         ready = other.serving_replicas()
         if ready < replicas:
             return f"shard {number} has {ready} of {replicas} replicas Ready"
+        if not other.at_rest(replicas):
+            return f"shard {number} still has a pod starting or terminating"
     return None
 
 

@@ -70,6 +70,8 @@ class RollProposal:
     """Pods proposed for replacement, in order."""
     shard: int | None
     """The shard being rolled (None: nothing to roll, or the layout does not serve)."""
+    waiting: str = ""
+    """What the roll itself waits for when it proposes no replacement (predicates say the rest)."""
 
 
 NO_ROLL = RollProposal(frozenset(), (), None)
@@ -128,10 +130,18 @@ def propose_roll(
         return RollProposal(frozenset(surge), (), None)
     outdated = rolling.outdated_pods()
     unready = [pod for pod in outdated if not pod.ready]
+    others_settled = all(shard.at_rest(replicas) for shard in shards if shard is not rolling)
     if replicas == 1 and outdated and not unready:
+        if rolling.shard not in surge and not others_settled:
+            waiting = "surge waits until every other shard is at rest"
+            return RollProposal(frozenset(surge), (), rolling.shard, f"shard {rolling.shard}: {waiting}")
         surge.add(rolling.shard)
     if not rolling.template_settled:
-        return RollProposal(frozenset(surge), (), rolling.shard)
+        waiting = f"shard {rolling.shard}: its StatefulSet has not observed its latest spec yet"
+        return RollProposal(frozenset(surge), (), rolling.shard, waiting)
+    if not outdated:
+        waiting = f"shard {rolling.shard}: waiting for its replicas to be Ready on the new template"
+        return RollProposal(frozenset(surge), (), rolling.shard, waiting)
     first = unready[:1] or list(outdated[:1])
     proposals = tuple(
         ReplaceShardPod(
