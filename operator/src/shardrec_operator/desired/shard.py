@@ -42,7 +42,6 @@ def shard_command(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: in
             shard=shard,
             host="0.0.0.0",
             port=pods.HTTP_PORT,
-            ef_search=cluster.spec.index.hnsw.ef_search,
             search_threads=pods.cpu_threads(cluster.spec.resources.shard),
             drain_seconds=cluster.spec.rollout.drain_seconds,
         ),

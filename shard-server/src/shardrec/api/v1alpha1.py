@@ -112,7 +112,10 @@ class HnswSpec(ApiModel):
         DEFAULT_EF_SEARCH,
         ge=10,
         le=4096,
-        description="Candidate list size while searching; raised to k when k is larger.",
+        description=(
+            "Candidate list size while searching; raised to k when k is larger. Applied live: the "
+            "routers send it with every shard query, so a change restarts nothing."
+        ),
     )
 
 
