@@ -102,9 +102,9 @@ def _rolling_shard(shards: list[ObservedShard], replicas: int) -> ObservedShard 
     return candidates[0] if candidates else None
 
 
-def _replace(layout: LayoutSpec, shard: ObservedShard, why: str) -> tuple[ReplaceShardPod, ...]:
+def _replace_all(layout: LayoutSpec, shard: ObservedShard) -> tuple[ReplaceShardPod, ...]:
     return tuple(
-        ReplaceShardPod(layout, shard.shard, pod.name, f"{pod.name} runs an older pod template{why}")
+        ReplaceShardPod(layout, shard.shard, pod.name, f"{pod.name} runs an older pod template")
         for pod in shard.outdated_pods()
     )
 
@@ -121,7 +121,7 @@ def propose_roll(
     if not serving:
         settled = [shard for shard in shards if shard.template_settled]
         return RollProposal(
-            frozenset(), tuple(a for shard in settled for a in _replace(layout, shard, "")), None
+            frozenset(), tuple(a for shard in settled for a in _replace_all(layout, shard)), None
         )
     # A surge already under way is kept whatever else happens, until that shard has finished.
     surge = {shard.shard for shard in shards if _surging(shard, replicas)}
