@@ -1,4 +1,4 @@
-"""Scenario 12: two operator replicas with leader election; the leader is killed mid-rollout.
+"""Scenario 13: two operator replicas with leader election; the leader is killed mid-rollout.
 
 Both processes run `--leader-election` against the real API server (short timings: 6 s lease,
 4 s renew deadline, 1 s retry). Only the Lease holder reconciles; the other waits and answers its

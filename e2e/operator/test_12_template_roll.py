@@ -1,4 +1,4 @@
-"""Scenario 11: an image change rolls the serving layout shard by shard, never a shard at 0 Ready.
+"""Scenario 12: an image change rolls the serving layout shard by shard, never a shard at 0 Ready.
 
 The StatefulSets are `OnDelete`; the operator replaces one pod at a time and the real StatefulSet
 controller (kube-controller-manager) recreates it from the new template. A watch on the shard
