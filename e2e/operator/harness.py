@@ -126,10 +126,13 @@ class Kube:
 class OperatorProcess:
     """`python -m shardrec_operator` watching one namespace; started, killed and restarted by PID."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path) -> None:
+    def __init__(
+        self, kubeconfig: Path, namespace: str, log_path: Path, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.log_path = log_path
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.liveness_port = 0
@@ -154,6 +157,7 @@ class OperatorProcess:
             f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
             "--metrics-address=127.0.0.1",
             f"--metrics-port={self.metrics_port}",
+            *self.extra_args,
         ]
         with self.log_path.open("ab") as log:
             log.write(f"\n===== operator start #{self.starts + 1} =====\n".encode())

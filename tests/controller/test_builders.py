@@ -176,7 +176,7 @@ def test_shard_probes_placement_and_command() -> None:
     command = container["command"]
     assert command[command.index("--layout-dir") + 1] == f"/store/recs/layouts/{LAYOUT.id}"
     assert command[command.index("--shard") + 1] == "1"
-    assert command[command.index("--ef-search") + 1] == "64"
+    assert "--ef-search" not in command  # efSearch travels in the topology: changing it restarts no pod
     assert statefulset["spec"]["replicas"] == 3
 
 
@@ -371,3 +371,13 @@ def test_layout_labels_track_the_layout_not_the_spec() -> None:
     statefulset = build_shard_statefulset(SAMPLE, older, 0, 2)
     assert statefulset["metadata"]["labels"][labels.INDEX_VERSION] == "v0"
     assert statefulset["metadata"]["name"] == names.shard_set("recs", older.id, 0)
+
+
+def test_ef_search_lives_in_the_topology_not_in_the_pod_template() -> None:
+    """Changing efSearch rewrites the topology the routers watch and changes no pod template."""
+    tuned = cluster(index={**SAMPLE.spec.index.model_dump(by_alias=True), "hnsw": {"efSearch": 300}})
+    assert build_layout_topology(SAMPLE, LAYOUT, {0: 1, 1: 1}).ef_search == 64
+    assert build_layout_topology(tuned, LAYOUT, {0: 1, 1: 1}).ef_search == 300
+    assert layout_of(tuned) == LAYOUT
+    before = build_shard_statefulset(SAMPLE, LAYOUT, 0, 2)["spec"]["template"]
+    assert build_shard_statefulset(tuned, LAYOUT, 0, 2)["spec"]["template"] == before

@@ -173,6 +173,56 @@ def test_kill_roll_and_rebalance_under_traffic_fail_no_request(cluster: tuple[Pa
     assert traffic.sent > 100
 
 
+def _shard_processes(state: Path) -> dict[str, tuple[int, int, int]]:
+    """name -> (pid, restarts, port) of every shard replica."""
+    runtime = json.loads((state / "runtime.json").read_text())
+    return {
+        p["name"]: (p["pid"], p["restarts"], p["port"])
+        for p in runtime["processes"]
+        if p["name"].startswith("shard-")
+    }
+
+
+def _ef_in_use(port: int) -> int:
+    info = httpx.get(f"http://127.0.0.1:{port}/v1/info", timeout=5).json()
+    return int(info["index"]["hnsw"]["ef_search"])
+
+
+def test_ef_search_change_applies_live_without_a_restart(cluster: tuple[Path, Path, str]) -> None:
+    """efSearch travels in the topology and the router sends it with every shard query: a change
+    rewrites the topology, restarts no process, and the shards search with the new ef."""
+    manifest, state, url = cluster
+    before = _shard_processes(state)
+    router_pid = next(
+        p["pid"]
+        for p in json.loads((state / "runtime.json").read_text())["processes"]
+        if p["name"] == "router"
+    )
+
+    def query_all(count: int) -> None:
+        with httpx.Client(base_url=url, timeout=5) as client:
+            for i in range(count):
+                response = client.post("/v1/recommend", json={"user_id": f"user-{i % USERS}", "k": 5})
+                assert response.status_code == 200, response.text
+
+    query_all(100)
+    assert {_ef_in_use(port) for _, _, port in before.values()} == {64}  # the spec's default
+    changed = yaml.safe_load(manifest.read_text())
+    changed["spec"]["index"]["hnsw"] = {"efSearch": 300}
+    manifest.write_text(yaml.safe_dump(changed))
+    _recctl("apply", "-f", str(manifest), "--state-dir", str(state), "--wait", "90")
+    _wait_for(
+        lambda: json.loads((state / "topology.json").read_text())["active"].get("ef_search") == 300,
+        "the topology to carry efSearch 300",
+    )
+    time.sleep(1.0)  # the router's file watch picks the document up
+    query_all(200)  # every replica gets queries (the router spreads them)
+    assert {name: _ef_in_use(port) for name, (_, _, port) in before.items()} == dict.fromkeys(before, 300)
+    after = _shard_processes(state)
+    assert after == before, "a shard process restarted or moved"
+    assert router_pid in [p["pid"] for p in json.loads((state / "runtime.json").read_text())["processes"]]
+
+
 def test_up_twice_says_it_is_already_running(cluster: tuple[Path, Path, str]) -> None:
     manifest, state, _ = cluster
     again = _recctl(

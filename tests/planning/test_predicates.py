@@ -81,6 +81,8 @@ def test_table_names_every_rule_once_in_reporting_order() -> None:
         "never_delete_last_ready_replica_of_serving_shard",
         "never_delete_artifacts_of_a_live_layout",
         "wait_for_artifact_deletion",
+        "replace_one_shard_at_a_time",
+        "keep_ready_replicas_while_replacing",
     ]
 
 

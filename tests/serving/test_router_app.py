@@ -565,6 +565,28 @@ def test_endpoint_changes_apply_in_place_and_keep_replica_state() -> None:
     run(world, settings(), scenario)
 
 
+def test_an_ef_search_change_applies_to_later_queries_in_place() -> None:
+    """efSearch in the topology is sent with every shard query; changing it keeps the snapshot."""
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, state: Any) -> None:
+        manager = state.manager
+        snapshot = manager.current
+        assert (await client.post("/v1/recommend", json={"user_id": "u0"})).status_code == 200
+        fakes = [fake for shard in range(2) for fake in world.replicas_of("v1", shard)]
+        assert {ef for fake in fakes for ef in fake.efs} == {0}  # none set: each shard's default
+        for fake in fakes:
+            fake.efs.clear()
+        active = snapshot.topology.model_copy(update={"ef_search": 300})
+        await manager.apply(Topology(revision=2, active=active))
+        assert manager.current is snapshot  # nothing reloaded
+        for _ in range(4):
+            assert (await client.post("/v1/recommend", json={"user_id": "u0"})).status_code == 200
+        assert {ef for fake in fakes for ef in fake.efs} == {300}
+
+    run(world, settings(), scenario)
+
+
 def test_not_ready_until_a_topology_is_applied() -> None:
     world = World()
 

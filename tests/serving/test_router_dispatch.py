@@ -63,12 +63,20 @@ class FakeShard:
     gate: asyncio.Event | None = None  # when set, searches wait for it (deterministic "in flight")
     entered: asyncio.Event | None = None  # set when a search arrives
     calls: list[int] = field(default_factory=list)  # batch sizes received
+    efs: list[int] = field(default_factory=list)  # ef_search of each batch
     closed: bool = False
 
     async def search(
-        self, queries: Floats, k: int, exclude: Sequence[Sequence[str]] | None, timeout_s: float
+        self,
+        queries: Floats,
+        k: int,
+        exclude: Sequence[Sequence[str]] | None,
+        timeout_s: float,
+        *,
+        ef_search: int = 0,
     ) -> FakeAnswer:
         self.calls.append(len(queries))
+        self.efs.append(ef_search)
         if self.entered is not None:
             self.entered.set()
         if self.mode == "refuse":

@@ -312,6 +312,30 @@ def test_unreachable_or_silent_shard_is_unavailable() -> None:
         silent.close()
 
 
+def test_each_request_searches_with_the_ef_it_names(serving: Shard, layouts: dict[str, Path]) -> None:
+    """ef 0 means the shard's default (--ef-search, 64 here); any other value is used as sent, and
+    the answers equal an in-process search with that ef."""
+    queries = clustered(8, DIM, clusters=4, seed=11)[:8] + np.float32(0.01)
+
+    def ef_now() -> int:
+        return int(httpx.get(f"{serving.url}/v1/info").json()["index"]["hnsw"]["ef_search"])
+
+    async def remote(ef: int) -> list[list[str]]:
+        client = ShardClient(serving.url)
+        try:
+            return (await client.search(queries, 5, None, ef_search=ef)).ids.tolist()  # type: ignore[no-any-return]
+        finally:
+            await client.close()
+
+    for ef in (7, 0, 400):
+        got = asyncio.run(remote(ef))
+        assert ef_now() == (ef or 64)
+        local = ShardIndex.load(layouts["v1"], 0, ef_search=ef or 64)
+        assert got == [
+            [local.ids[label] for label in row] for row in local.search(queries, 5).labels.tolist()
+        ]
+
+
 def test_info_and_item_vectors(serving: Shard) -> None:
     async def scenario() -> None:
         client = ShardClient(serving.url)

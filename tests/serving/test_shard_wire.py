@@ -112,3 +112,10 @@ def test_answer_round_trip(ids: list[str]) -> None:
     assert answer.ids.tolist() == [ids[:3], ids[3:]]
     with pytest.raises(WireError, match="header announces"):
         decode_answer(body[:-1])
+
+
+def test_ef_search_travels_in_the_request_header() -> None:
+    assert decode_request(encode_request(_queries(), 10, None, 0), **LIMITS).ef_search == 0
+    assert decode_request(encode_request(_queries(), 10, None, 0, 300), **LIMITS).ef_search == 300
+    with pytest.raises(ValueError, match="ef_search"):
+        encode_request(_queries(), 10, None, 0, 70000)

@@ -44,11 +44,33 @@ def test_crd_in_the_chart_is_the_generated_one() -> None:
     )
 
 
-def test_operator_deployment_is_single_recreate_live_and_restricted() -> None:
+def test_operator_runs_two_replicas_with_leader_election_by_default() -> None:
     (deployment,) = of_kind(helm_template(), "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    rolling = {"maxUnavailable": 0, "maxSurge": 1}
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": rolling}
+    (container,) = spec["template"]["spec"]["containers"]
+    assert "--leader-election" in container["args"]
+    assert "--leader-election-id=rel-shardrec-operator" in container["args"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+
+
+def test_without_leader_election_one_replica_and_more_is_refused() -> None:
+    proc = run(
+        [find_tool("helm"), "template", "rel", CHART, "--set", "leaderElection.enabled=false"], check=False
+    )
+    assert proc.returncode != 0 and "needs leaderElection.enabled" in proc.stderr
+
+
+def test_operator_deployment_is_single_recreate_live_and_restricted() -> None:
+    docs = helm_template("--set", "leaderElection.enabled=false", "--set", "replicaCount=1")
+    (deployment,) = of_kind(docs, "Deployment")
     spec = deployment["spec"]
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}
+    assert not of_kind(docs, "Role")  # no Lease permissions without an election
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}

@@ -46,7 +46,10 @@ def test_no_wildcards_no_secrets_no_escalation(mode: str) -> None:
 def test_namespaced_mode_has_no_cluster_wide_write_access() -> None:
     docs = helm_template(*NAMESPACED)
     roles = of_kind(docs, "Role")
-    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    # the watched namespaces, and the release's own for the leader-election Lease (leases only)
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["shardrec-system", "team-a", "team-b"]
+    (election,) = [r for r in roles if r["metadata"]["namespace"] == "shardrec-system"]
+    assert matrix_of(election["rules"]) == {("coordination.k8s.io", "leases"): {"get", "create", "patch"}}
     for cluster_role in of_kind(docs, "ClusterRole"):
         assert matrix_of(cluster_role["rules"]) == {("", "nodes"): {"get", "list"}}
     for binding in of_kind(docs, "RoleBinding"):
@@ -78,6 +81,8 @@ def _required_by_the_operator() -> Matrix:
             verbs = WRITE
         required[(group, resource.plural)] = verbs
     required[("", "events")] = {"create", "patch"}
+    # Leader election (shardrec_operator.leader): read, create and merge-patch one Lease.
+    required[("coordination.k8s.io", "leases")] = {"get", "create", "patch"}
     return required
 
 

@@ -354,10 +354,16 @@ def test_permission_matrix_on_the_api_server(kube: Kube, mode: str) -> None:
         own = {k: v - baseline.get(k, set()) for k, v in granted.items() if v - baseline.get(k, set())}
         print(format_matrix(own, f"{SA_USER} in team-a ({mode}), beyond every authenticated user:"))
         assert not [k for k, v in own.items() if "*" in v or "*" in k[1]], own
-        chart_rules = [
-            r for role in of_kind(docs, "ClusterRole") + of_kind(docs, "Role") for r in role["rules"]
+        # The leader-election Role lives in the release namespace, not in the watched one.
+        roles = of_kind(docs, "ClusterRole") + [
+            role for role in of_kind(docs, "Role") if role["metadata"]["namespace"] != RELEASE_NS
         ]
+        chart_rules = [r for role in roles for r in role["rules"]]
         assert own == matrix_of(chart_rules), "the API server grants something other than the chart's rules"
+        lease = f"leases.coordination.k8s.io/{SA}"
+        for namespace, allowed in ((RELEASE_NS, "yes"), ("team-a", "no")):
+            answer = kube("auth", "can-i", "patch", lease, f"--as={SA_USER}", "-n", namespace, check=False)
+            assert answer.stdout.strip() == allowed, f"patch {lease} in {namespace}"
         assert (
             kube(
                 "auth", "can-i", "get", "secrets", f"--as={SA_USER}", "-n", "team-a", check=False

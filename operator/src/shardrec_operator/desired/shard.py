@@ -5,6 +5,9 @@ large index time to load before liveness counts. `podManagementPolicy: Parallel`
 replica at once: replicas are interchangeable readers of one immutable artifact, so ordered
 start-up would only slow a rollout down.
 
+`updateStrategy: OnDelete`: a template change (image, resources, drain, annotations) replaces no
+pod by itself; the planner rolls it one shard and one pod at a time (`shardrec.planning.rolls`).
+
 The PodDisruptionBudget is `maxUnavailable: 1`, never `minAvailable: replicas`: a drain can always
 evict one pod of a shard, including the only pod of a single-replica shard. That keeps node drains
 and cluster upgrades from deadlocking (the Strimzi and ClickHouse bug); the price, a brief outage of
@@ -39,7 +42,6 @@ def shard_command(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: in
             shard=shard,
             host="0.0.0.0",
             port=pods.HTTP_PORT,
-            ef_search=cluster.spec.index.hnsw.ef_search,
             search_threads=pods.cpu_threads(cluster.spec.resources.shard),
             drain_seconds=cluster.spec.rollout.drain_seconds,
         ),
@@ -125,7 +127,7 @@ def build_shard_statefulset(
             "replicas": replicas,
             "serviceName": names.shard_set(name, layout.id, shard),
             "podManagementPolicy": "Parallel",
-            "updateStrategy": {"type": "RollingUpdate"},
+            "updateStrategy": {"type": "OnDelete"},
             "selector": {"matchLabels": selector},
             "template": template,
         },

@@ -51,6 +51,7 @@ def build_layout_topology(
         metric=layout.metric,
         artifact_dir=artifacts.layout_location(cluster, layout.id),
         endpoints=endpoints,
+        ef_search=cluster.spec.index.hnsw.ef_search,
     )
 
 

@@ -3,7 +3,10 @@
 Each action maps onto builders plus the one generic applier:
 - EnsureBuild  -> the layout's build Job (created once; a Job failed under an older attempt is
                   deleted so the new attempt can start);
-- EnsureShards -> per shard: headless Service, StatefulSet (the action's replica count), PDB;
+- EnsureShards -> per shard: headless Service, StatefulSet (the action's replica count for that
+                  shard, OnDelete), PDB;
+- ReplaceShardPod -> delete that pod (by the uid observed), so its StatefulSet recreates it
+                  from the current template: one step of a template roll;
 - StageRouter, SwitchRouter -> the topology ConfigMap (`reconcile.publish_topology`, after the other actions);
 - RetireLayout -> drop the retired layout's PDBs: it no longer serves, so it must not hold up
                   a node drain; its pods keep running for instant rollback;
@@ -21,6 +24,7 @@ from shardrec.planning import (
     EnsureBuild,
     EnsureShards,
     RecordEvent,
+    ReplaceShardPod,
     RetireLayout,
     StageRouter,
     SwitchRouter,
@@ -84,11 +88,22 @@ def ensure_shards(session: Session, action: EnsureShards) -> None:
         name = names.shard_set(cluster.metadata.name, action.layout_id, shard)
         builds = (
             (kinds.SERVICE, build_shard_service(cluster, action.layout, shard)),
-            (kinds.STATEFUL_SET, build_shard_statefulset(cluster, action.layout, shard, action.replicas)),
+            (
+                kinds.STATEFUL_SET,
+                build_shard_statefulset(cluster, action.layout, shard, action.replicas_of(shard)),
+            ),
             (kinds.PDB, build_shard_pdb(cluster, action.layout, shard)),
         )
         for kind, manifest in builds:
             session.apply(manifest, observed=session.children.get(kind, name))
+
+
+def replace_shard_pod(session: Session, action: ReplaceShardPod) -> None:
+    pod = session.children.get(kinds.POD, action.pod)
+    if pod is None or pod["metadata"].get("deletionTimestamp"):
+        return  # gone or going already: nothing to repeat
+    session.delete(kinds.POD, pod)  # guarded by the observed uid: never a pod recreated meanwhile
+    session.event("Normal", "ReplacingPod", f"shard {action.shard}: {action.reason}")
 
 
 def retire_layout(session: Session, action: RetireLayout) -> None:
@@ -117,6 +132,8 @@ def execute_action(session: Session, action: Action) -> None:
         ensure_build(session, action)
     elif isinstance(action, EnsureShards):
         ensure_shards(session, action)
+    elif isinstance(action, ReplaceShardPod):
+        replace_shard_pod(session, action)
     elif isinstance(action, RetireLayout):
         retire_layout(session, action)
     elif isinstance(action, DeleteLayout):

@@ -24,6 +24,7 @@ from shardrec.planning import (
     Observed,
     ObservedBuild,
     ObservedLayout,
+    ObservedPod,
     ObservedRouter,
     ObservedShard,
     RouterObservation,
@@ -181,6 +182,46 @@ def _ready_ordinals(children: Children) -> dict[tuple[str, int], set[int]]:
     return ready
 
 
+REVISION_LABEL = "controller-revision-hash"
+"""The label the StatefulSet controller puts on each pod: the revision of the template it runs."""
+
+
+def _shard_pods(children: Children) -> dict[tuple[str, int], list[Obj]]:
+    pods: dict[tuple[str, int], list[Obj]] = defaultdict(list)
+    for pod in children.shard_pods():
+        pod_labels = _labels(pod)
+        shard = pod_labels.get(labels.SHARD, "")
+        if pod_ordinal(pod) is not None and shard.isdigit():
+            pods[(pod_labels.get(labels.LAYOUT, ""), int(shard))].append(pod)
+    return pods
+
+
+def template_settled(statefulset: Obj) -> bool:
+    """Whether the StatefulSet controller has observed the latest spec (so its updateRevision is current)."""
+    status = statefulset.get("status") or {}
+    generation = int(statefulset.get("metadata", {}).get("generation") or 0)
+    return bool(status.get("updateRevision")) and int(status.get("observedGeneration") or 0) >= generation
+
+
+def observed_pods(statefulset: Obj, pods: list[Obj]) -> tuple[ObservedPod, ...]:
+    """The shard's pods with their template revision against the StatefulSet's updateRevision."""
+    update = (statefulset.get("status") or {}).get("updateRevision")
+    found = []
+    for pod in pods:
+        ordinal = pod_ordinal(pod)
+        assert ordinal is not None  # _shard_pods keeps only ordinal-named pods
+        found.append(
+            ObservedPod(
+                name=pod["metadata"]["name"],
+                ordinal=ordinal,
+                ready=pod_is_ready(pod),
+                updated=update is not None and _labels(pod).get(REVISION_LABEL) == update,
+                terminating=bool(pod["metadata"].get("deletionTimestamp")),
+            )
+        )
+    return tuple(sorted(found, key=lambda pod: pod.ordinal))
+
+
 def observed_layouts(children: Children) -> tuple[ObservedLayout, ...]:
     specs: dict[str, LayoutSpec] = {}
     jobs: dict[str, Obj] = {}
@@ -196,6 +237,7 @@ def observed_layouts(children: Children) -> tuple[ObservedLayout, ...]:
             specs.setdefault(spec.id, spec)
             sets[spec.id].append(statefulset)
     ready = _ready_ordinals(children)
+    pods = _shard_pods(children)
     layouts = []
     for layout_id, spec in sorted(specs.items()):
         shards = []
@@ -210,6 +252,8 @@ def observed_layouts(children: Children) -> tuple[ObservedLayout, ...]:
                     desired_replicas=int(statefulset.get("spec", {}).get("replicas", 0)),
                     ready_replicas=len(ordinals),
                     ready_ordinals=frozenset(ordinals),
+                    pods=observed_pods(statefulset, pods.get((layout_id, int(shard)), [])),
+                    template_settled=template_settled(statefulset),
                 )
             )
         shards.sort(key=lambda entry: entry.shard)

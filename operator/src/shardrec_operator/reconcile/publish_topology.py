@@ -35,7 +35,7 @@ def _replicas_by_shard(session: Session, layout: LayoutSpec, plan: Plan) -> dict
     """Replica counts the layout is being given this pass, else what its StatefulSets ask for."""
     for action in plan.of_type(EnsureShards):
         if action.layout_id == layout.id:
-            return dict.fromkeys(range(layout.shards), action.replicas)
+            return {shard: action.replicas_of(shard) for shard in range(layout.shards)}
     counts = dict.fromkeys(range(layout.shards), session.cluster.spec.replicas_per_shard)
     for statefulset in session.children.of_layout(layout.id):
         shard = (statefulset["metadata"].get("labels") or {}).get(labels.SHARD, "")

@@ -44,6 +44,15 @@ class LayoutTopology(_Model):
         description="Layout artifact folder; the router reads user embeddings and seen items from it."
     )
     endpoints: list[ShardEndpoints]
+    ef_search: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description=(
+            "HNSW ef the router asks every shard to search with (spec.index.hnsw.efSearch), applied "
+            "live to later queries; None: each shard's own default (its --ef-search)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _every_shard_listed_once(self) -> LayoutTopology:

@@ -112,7 +112,10 @@ class HnswSpec(ApiModel):
         DEFAULT_EF_SEARCH,
         ge=10,
         le=4096,
-        description="Candidate list size while searching; raised to k when k is larger.",
+        description=(
+            "Candidate list size while searching; raised to k when k is larger. Applied live: the "
+            "routers send it with every shard query, so a change restarts nothing."
+        ),
     )
 
 
@@ -951,6 +954,18 @@ class BlockedBy(ApiModel):
     reason: str = Field(description="Why it blocks.")
 
 
+class TemplateRollStatus(ApiModel):
+    """A pod-template change (image, resources, drain, annotations) rolling through the serving
+    layout shard by shard, replica by replica."""
+
+    layout: str = Field(description="Layout whose pods are being replaced.")
+    shard: int = Field(ge=0, description="The one shard being rolled now.")
+    updated_replicas: int = Field(0, ge=0, description="Ready replicas already on the new template.")
+    replicas: int = Field(0, ge=0, description="Replicas the layout runs (shards x replicasPerShard).")
+    surge: bool = Field(False, description="The shard runs one extra replica while its only one is replaced.")
+    waiting_for: str = Field("", max_length=4096, description="The roll predicate holding the next step.")
+
+
 class RouterReplicaStatus(ApiModel):
     """What one router reports serving."""
 
@@ -1025,6 +1040,9 @@ class RecommenderClusterStatus(ApiModel):
     )
     blocked_by: list[BlockedBy] = Field(
         default_factory=list, description="Safety predicates currently holding the rollout."
+    )
+    template_roll: TemplateRollStatus | None = Field(
+        None, description="A pod-template roll under way; absent when every pod runs the current template."
     )
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready, Progressing, Degraded, FailoverDegraded."

@@ -7,8 +7,8 @@ decision is a plain function call in tests. The hands (kopf handlers, `recctl up
 actions with their own means and report back on the next pass.
 
 Modules: `layouts` (what a layout is and its id), `observed` (the planner's input), `actions`
-(its output), `predicates` (named safety rules), `planner` (the state machine), `status`
-(the status and its conditions),
+(its output), `predicates` (named safety rules), `planner` (the state machine), `rolls`
+(template rolls, shard by shard), `status` (the status and its conditions),
 `retention` (which built layouts the store keeps).
 """
 
@@ -20,6 +20,7 @@ from shardrec.planning.actions import (
     EnsureShards,
     EventType,
     RecordEvent,
+    ReplaceShardPod,
     RetireLayout,
     StageRouter,
     SwitchRouter,
@@ -36,6 +37,7 @@ from shardrec.planning.observed import (
     Observed,
     ObservedBuild,
     ObservedLayout,
+    ObservedPod,
     ObservedRouter,
     ObservedShard,
 )
@@ -57,11 +59,13 @@ __all__ = [
     "Observed",
     "ObservedBuild",
     "ObservedLayout",
+    "ObservedPod",
     "ObservedRouter",
     "ObservedShard",
     "Plan",
     "Predicate",
     "RecordEvent",
+    "ReplaceShardPod",
     "RetireLayout",
     "RouterObservation",
     "StageRouter",

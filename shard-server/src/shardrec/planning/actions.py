@@ -5,6 +5,8 @@ Semantics every hand must honour:
   executing one whose effect is already in place must change nothing.
 - The hands never remove or scale anything on their own: a layout not named by an action is
   left exactly as it is (that is how `paused` freezes the world).
+- ReplaceShardPod deletes one named pod so its workload recreates it from the current template
+  (a template roll step); the hands never replace pods on their own.
 - StageRouter is level-based too: it asks every router to load a layout ahead of a switch.
 - SwitchRouter and DeleteLayout are the disruptive steps; the planner emits them only after
   its safety predicates pass. Repeating one that already took effect is harmless.
@@ -42,10 +44,37 @@ class EnsureBuild:
 
 @dataclass(frozen=True)
 class EnsureShards:
-    """Make sure every shard `0..layout.shards-1` of the layout runs `replicas` replicas."""
+    """Make sure every shard `0..layout.shards-1` of the layout runs `replicas` replicas, from the
+    current pod template, and that its workload never replaces a pod on its own (StatefulSet
+    `updateStrategy: OnDelete`: template rolls are `ReplaceShardPod` steps).
+
+    Shards in `surge` run one replica more (`replicas_of`): a single-replica shard gets its new
+    pod before its old one goes (`shardrec.planning.rolls`)."""
 
     layout: LayoutSpec
     replicas: int
+    reason: str
+    surge: frozenset[int] = frozenset()
+
+    @property
+    def layout_id(self) -> str:
+        return self.layout.id
+
+    def replicas_of(self, shard: int) -> int:
+        """The replica count shard `shard` is given."""
+        return self.replicas + 1 if shard in self.surge else self.replicas
+
+
+@dataclass(frozen=True)
+class ReplaceShardPod:
+    """Delete pod `pod` of shard `shard`: it runs an older template, and its workload recreates it
+    from the current one (same name and ordinal). The planner emits it only when the roll's
+    predicates pass; repeating it for a pod already gone (or already replaced) changes nothing,
+    so the hands must delete by name and uid of the pod they observed."""
+
+    layout: LayoutSpec
+    shard: int
+    pod: str
     reason: str
 
     @property
@@ -133,6 +162,7 @@ class RecordEvent:
 Action = (
     EnsureBuild
     | EnsureShards
+    | ReplaceShardPod
     | StageRouter
     | SwitchRouter
     | RetireLayout
@@ -141,5 +171,12 @@ Action = (
     | RecordEvent
 )
 LayoutAction = (
-    EnsureBuild | EnsureShards | StageRouter | SwitchRouter | RetireLayout | DeleteLayout | DeleteArtifacts
+    EnsureBuild
+    | EnsureShards
+    | ReplaceShardPod
+    | StageRouter
+    | SwitchRouter
+    | RetireLayout
+    | DeleteLayout
+    | DeleteArtifacts
 )

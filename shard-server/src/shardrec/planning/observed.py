@@ -45,6 +45,22 @@ class ObservedBuild:
 
 
 @dataclass(frozen=True)
+class ObservedPod:
+    """One replica of a shard workload, for template rolls (`shardrec.planning.rolls`).
+
+    `updated`: it runs the workload's current template (on Kubernetes its
+    `controller-revision-hash` label equals the StatefulSet's `status.updateRevision`).
+    `terminating`: its deletion has begun (it no longer counts as a replica to keep).
+    """
+
+    name: str
+    ordinal: int
+    ready: bool
+    updated: bool
+    terminating: bool = False
+
+
+@dataclass(frozen=True)
 class ObservedShard:
     """One shard workload of a layout.
 
@@ -52,12 +68,45 @@ class ObservedShard:
     processes the local supervisor keeps), `ready_replicas` how many pass readiness (index loaded
     and warm). `ready_ordinals` names the ready replicas by ordinal when known; it lets a
     scale-down prove a ready replica survives (ordinals >= the new count are removed first).
+
+    `pods` lists the replicas with their template revision when the hands can tell (None: they
+    do not roll templates, e.g. the local runtime restarts processes itself). `template_settled`
+    is False while the workload's controller has not yet observed its latest spec (StatefulSet
+    `status.observedGeneration` behind `metadata.generation`): `ObservedPod.updated` is then stale
+    and no pod is replaced.
     """
 
     shard: int
     desired_replicas: int
     ready_replicas: int
     ready_ordinals: frozenset[int] | None = None
+    pods: tuple[ObservedPod, ...] | None = None
+    template_settled: bool = True
+
+    def live_pods(self) -> tuple[ObservedPod, ...]:
+        """The pods not being deleted (empty when pods are not reported)."""
+        return tuple(pod for pod in self.pods or () if not pod.terminating)
+
+    def serving_replicas(self) -> int:
+        """Ready replicas that are not being deleted (`ready_replicas` when pods are not reported)."""
+        if self.pods is None:
+            return self.ready_replicas
+        return sum(1 for pod in self.live_pods() if pod.ready)
+
+    def at_rest(self, replicas: int) -> bool:
+        """Asked for `replicas`, running exactly that many pods, all Ready, none being deleted."""
+        if self.pods is None:
+            return self.desired_replicas == replicas and self.ready_replicas >= replicas
+        return (
+            self.desired_replicas == replicas
+            and len(self.pods) == replicas
+            and all(pod.ready and not pod.terminating for pod in self.pods)
+        )
+
+    def outdated_pods(self) -> tuple[ObservedPod, ...]:
+        """Live pods that run an older template, highest ordinal first (the StatefulSet order)."""
+        old = [pod for pod in self.live_pods() if not pod.updated]
+        return tuple(sorted(old, key=lambda pod: pod.ordinal, reverse=True))
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 Rolling an index version and rebalancing to a new shard count are the same motion: build the
 target layout off the serving path, start its shards, wait until every shard has its ready
 replicas, switch the router in one step, keep the old layout for the rollback window, then
-delete it. Changing replicasPerShard only scales the layouts that run.
+delete it. Changing replicasPerShard only scales the layouts that run. A change of the pod
+template alone (image, resources, ...) keeps the layout and is rolled through its pods, one shard
+at a time (`rolls`).
 
 A pass: decide each layout's record (`records`), propose the actions the spec implies, let the
 named safety predicates veto (`predicates`), apply the rollout timeout, derive Events from the
@@ -22,6 +24,7 @@ from shardrec.api.v1alpha1 import (
     RecommenderClusterSpec,
     RecommenderClusterStatus,
     ShardStatus,
+    TemplateRollStatus,
 )
 from shardrec.planning.actions import (
     Action,
@@ -30,6 +33,7 @@ from shardrec.planning.actions import (
     EnsureBuild,
     EnsureShards,
     LayoutAction,
+    ReplaceShardPod,
     RetireLayout,
     StageRouter,
     SwitchRouter,
@@ -55,6 +59,7 @@ from shardrec.planning.progress import (
 )
 from shardrec.planning.records import Records, decide_records, make_record
 from shardrec.planning.retention import next_expiry, propose_deletions, tracked_layouts, with_deletions
+from shardrec.planning.rolls import NO_ROLL, RollProposal, propose_roll, roll_status
 from shardrec.planning.status import StatusFacts, compute_status
 from shardrec.planning.timestamps import parse_time
 
@@ -87,8 +92,35 @@ class _Verdict:
     veto: tuple[str, str] | None
 
 
+def _rolls(spec: RecommenderClusterSpec, observed: Observed, target: LayoutSpec) -> dict[str, RollProposal]:
+    """The template roll of each layout that runs shards for the spec: the target, and the
+    serving layout while it still serves."""
+    serving = observed.router.confirmed_layout
+    rolls: dict[str, RollProposal] = {}
+    for layout_id in dict.fromkeys((target.id, serving)):
+        obs = observed.layout(layout_id)
+        if layout_id is None or obs is None or obs.build.state != "Succeeded":
+            continue
+        rolls[layout_id] = propose_roll(obs.spec, obs, spec.replicas_per_shard, serving=layout_id == serving)
+    return rolls
+
+
+def _shards(layout: LayoutSpec, replicas: int, reason: str, roll: RollProposal) -> list[LayoutAction]:
+    """EnsureShards (with the roll's surge) followed by the roll's pod replacements."""
+    surge = (
+        f"; shards {sorted(roll.surge)} surge by one while their only replica is replaced"
+        if roll.surge
+        else ""
+    )
+    return [EnsureShards(layout, replicas, reason + surge, roll.surge), *roll.replace]
+
+
 def _propose(
-    spec: RecommenderClusterSpec, observed: Observed, records: Records, target: LayoutSpec
+    spec: RecommenderClusterSpec,
+    observed: Observed,
+    records: Records,
+    target: LayoutSpec,
+    rolls: dict[str, RollProposal],
 ) -> list[LayoutAction]:
     """What the spec implies for every layout, before any safety rule is asked."""
     tid = target.id
@@ -101,7 +133,8 @@ def _propose(
         reason = f"layout {tid} (version {target.version}, {target.shards} shards) is the spec's target"
         proposals.append(EnsureBuild(target, record.created_at, reason))
     else:
-        proposals.append(EnsureShards(target, replicas, f"spec asks for {replicas} replicas per shard"))
+        reason = f"spec asks for {replicas} replicas per shard"
+        proposals.extend(_shards(target, replicas, reason, rolls.get(tid, NO_ROLL)))
     if record.state == "Ready" and observed.router.written_layout != tid:
         reason = f"every shard of layout {tid} has {replicas} ready replicas"
         proposals.append(StageRouter(target, f"{reason}: routers load it before the switch"))
@@ -112,7 +145,7 @@ def _propose(
         serving_obs = observed.layout(serving)
         if serving_obs is not None and serving_obs.build.state == "Succeeded":
             reason = f"serving layout keeps {replicas} replicas per shard"
-            proposals.append(EnsureShards(records.specs[serving], replicas, reason))
+            proposals.extend(_shards(records.specs[serving], replicas, reason, rolls.get(serving, NO_ROLL)))
     for layout_id, entry in records.by_id.items():
         if layout_id in (tid, serving):
             continue
@@ -139,13 +172,38 @@ def _protected(observed: Observed, records: Records, tid: str) -> set[str]:
 
 
 def _judge(
-    spec: RecommenderClusterSpec, observed: Observed, records: Records, target: LayoutSpec
+    spec: RecommenderClusterSpec,
+    observed: Observed,
+    records: Records,
+    target: LayoutSpec,
+    rolls: dict[str, RollProposal],
 ) -> list[_Verdict]:
     ctx = PredicateContext(spec, observed, records.by_id, target.id)
-    proposals: list[LayoutAction] = _propose(spec, observed, records, target)
+    proposals: list[LayoutAction] = _propose(spec, observed, records, target, rolls)
     tracked = tracked_layouts(observed)
     proposals += propose_deletions(spec, observed, tracked, _protected(observed, records, target.id))
     return [_Verdict(action, first_veto(ctx, action)) for action in proposals]
+
+
+def _template_roll(
+    spec: RecommenderClusterSpec, observed: Observed, rolls: dict[str, RollProposal], verdicts: list[_Verdict]
+) -> TemplateRollStatus | None:
+    """`status.templateRoll` of the serving layout, naming the roll predicate that holds its next step."""
+    serving = observed.router.confirmed_layout
+    roll = rolls.get(serving) if serving is not None else None
+    obs = observed.layout(serving)
+    if roll is None or obs is None:
+        return None
+    waiting = roll.waiting
+    for verdict in verdicts:
+        if (
+            isinstance(verdict.action, ReplaceShardPod)
+            and verdict.action.layout_id == serving
+            and verdict.veto
+        ):
+            waiting = f"{verdict.veto[0]}: {verdict.veto[1]}"
+            break
+    return roll_status(obs.spec, obs, spec.replicas_per_shard, roll, waiting)
 
 
 def _blocked_by(verdicts: list[_Verdict], observed: Observed) -> tuple[BlockedBy, ...]:
@@ -255,20 +313,28 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
     target = LayoutSpec.from_spec(spec)
     tid = target.id
     records = decide_records(spec, observed)
-    verdicts = _judge(spec, observed, records, target)
+    rolls = _rolls(spec, observed, target)
+    verdicts = _judge(spec, observed, records, target, rolls)
     timed_out = _apply_timeout(
         spec=spec, observed=observed, records=records, target=target, verdicts=verdicts
     )
     if timed_out is not None:
         records = timed_out
-        verdicts = _judge(spec, observed, records, target)
+        verdicts = _judge(spec, observed, records, target, rolls)
     accepted = [v.action for v in verdicts if v.veto is None]
     proposed = [v.action for v in verdicts]
     records = _mark_deleting(records, accepted)
     blocked = _blocked_by(verdicts, observed)
     serving = observed.router.confirmed_layout
+    template_roll = _template_roll(spec, observed, rolls, verdicts)
     progress = progress_of(
-        spec=spec, observed=observed, records=records, tid=tid, accepted=accepted, blocked=blocked
+        spec=spec,
+        observed=observed,
+        records=records,
+        tid=tid,
+        accepted=accepted,
+        blocked=blocked,
+        template_roll=template_roll,
     )
     facts = StatusFacts(
         generation=observed.generation,
@@ -290,6 +356,7 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
             now=observed.now,
         ),
         routers_report=acknowledging(observed.router.routers),
+        template_roll=template_roll,
     )
     status = compute_status(facts, observed.previous_status, observed.now)
     stored = with_deletions(
@@ -320,6 +387,7 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
     order = (
         EnsureBuild,
         EnsureShards,
+        ReplaceShardPod,
         StageRouter,
         SwitchRouter,
         RetireLayout,

@@ -21,6 +21,7 @@ from shardrec.planning.actions import (
     EnsureBuild,
     EnsureShards,
     LayoutAction,
+    ReplaceShardPod,
     RetireLayout,
     StageRouter,
     SwitchRouter,
@@ -204,8 +205,8 @@ def never_delete_last_ready_replica_of_serving_shard(
         shard.shard
         for shard in layout.shards
         if shard.ready_replicas > 0
-        and action.replicas < shard.desired_replicas
-        and not _survivor_is_ready(shard, action.replicas)
+        and action.replicas_of(shard.shard) < shard.desired_replicas
+        and not _survivor_is_ready(shard, action.replicas_of(shard.shard))
     ]
     if at_risk:
         return (
@@ -239,6 +240,67 @@ def never_delete_artifacts_of_a_live_layout(ctx: PredicateContext, action: Layou
     return None
 
 
+def _replaced_pod(ctx: PredicateContext, action: ReplaceShardPod) -> tuple[ObservedShard, bool] | None:
+    """The shard of a pod replacement on the serving layout, and whether the pod is Ready now;
+    None when the rule does not apply (another layout, or the pod is gone already)."""
+    if action.layout_id != ctx.serving_layout:
+        return None
+    layout = ctx.observed.layout(action.layout_id)
+    shard = layout.shard(action.shard) if layout is not None else None
+    if shard is None:
+        return None
+    pod = next((pod for pod in shard.live_pods() if pod.name == action.pod), None)
+    return (shard, pod.ready) if pod is not None else None
+
+
+def replace_one_shard_at_a_time(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """A Ready pod of the serving layout is replaced only while every other shard is at rest (its
+    replica count, all Ready, none starting or terminating): one shard is in motion at a time."""
+    if not isinstance(action, ReplaceShardPod):
+        return None
+    found = _replaced_pod(ctx, action)
+    if found is None or not found[1]:
+        return None
+    replicas = ctx.spec.replicas_per_shard
+    layout = ctx.observed.layout(action.layout_id)
+    assert layout is not None  # _replaced_pod found it
+    for number in range(layout.spec.shards):
+        if number == action.shard:
+            continue
+        other = layout.shard(number)
+        if other is None:
+            return f"shard {number} of layout {action.layout_id} has no workload"
+        if other.desired_replicas != replicas:
+            return f"shard {number} runs {other.desired_replicas} replicas, not {replicas} (resizing)"
+        ready = other.serving_replicas()
+        if ready < replicas:
+            return f"shard {number} has {ready} of {replicas} replicas Ready"
+        if not other.at_rest(replicas):
+            return f"shard {number} still has a pod starting or terminating"
+    return None
+
+
+def keep_ready_replicas_while_replacing(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """Replacing a Ready pod of the serving layout leaves its shard `max(replicasPerShard - 1, 1)`
+    other Ready replicas: never 0 (a single-replica shard waits for its surge replica)."""
+    if not isinstance(action, ReplaceShardPod):
+        return None
+    found = _replaced_pod(ctx, action)
+    if found is None or not found[1]:
+        return None
+    shard, _ = found
+    floor = max(ctx.spec.replicas_per_shard - 1, 1)
+    others = sum(1 for pod in shard.live_pods() if pod.ready and pod.name != action.pod)
+    if others >= floor:
+        return None
+    waiting = [pod.name for pod in shard.live_pods() if not pod.ready]
+    for_whom = f"; waiting for {', '.join(waiting)} to be Ready" if waiting else ""
+    return (
+        f"replacing {action.pod} would leave shard {action.shard} {others} other Ready replicas, "
+        f"{floor} needed{for_whom}"
+    )
+
+
 PREDICATES: tuple[Predicate, ...] = (
     Predicate("paused", paused),
     Predicate("failed_layout_not_retried", failed_layout_not_retried),
@@ -252,6 +314,8 @@ PREDICATES: tuple[Predicate, ...] = (
     ),
     Predicate("never_delete_artifacts_of_a_live_layout", never_delete_artifacts_of_a_live_layout),
     Predicate("wait_for_artifact_deletion", wait_for_artifact_deletion),
+    Predicate("replace_one_shard_at_a_time", replace_one_shard_at_a_time),
+    Predicate("keep_ready_replicas_while_replacing", keep_ready_replicas_while_replacing),
 )
 """Every rule, in the order they are asked; the first veto is the one reported."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from shardrec.api.v1alpha1 import BlockedBy, RecommenderClusterSpec
+from shardrec.api.v1alpha1 import BlockedBy, RecommenderClusterSpec, TemplateRollStatus
 from shardrec.planning.actions import (
     DeleteArtifacts,
     DeleteLayout,
@@ -46,7 +46,7 @@ def would_change(action: LayoutAction, observed: Observed) -> bool:
             return True
         for number in range(action.layout.shards):
             shard = layout.shard(number)
-            if shard is None or shard.desired_replicas != action.replicas:
+            if shard is None or shard.desired_replicas != action.replicas_of(number):
                 return True
         return False
     if isinstance(action, SwitchRouter | StageRouter):
@@ -66,6 +66,7 @@ def progress_of(
     tid: str,
     accepted: list[LayoutAction],
     blocked: tuple[BlockedBy, ...],
+    template_roll: TemplateRollStatus | None = None,
 ) -> Progress:
     """The Progressing condition: whether the spec's layout is still on its way, and what the
     rollout waits for (its reason names it, its message says which shards or layouts)."""
@@ -84,6 +85,15 @@ def progress_of(
             True,
             "WaitingForRouter",
             f"router topology names layout {router.written_layout}; waiting for {who} to serve it",
+        )
+    if tid == router.confirmed_layout and template_roll is not None:
+        roll = template_roll
+        return Progress(
+            True,
+            "RollingPodTemplate",
+            f"layout {roll.layout}: {roll.updated_replicas} of {roll.replicas} replicas run the new pod "
+            f"template; rolling shard {roll.shard}{' (surge)' if roll.surge else ''}"
+            + (f"; {roll.waiting_for}" if roll.waiting_for else ""),
         )
     if tid == router.confirmed_layout:
         obs = observed.layout(tid)

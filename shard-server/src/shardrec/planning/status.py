@@ -22,6 +22,7 @@ from shardrec.api.v1alpha1 import (
     RecommenderClusterStatus,
     RouterFleetStatus,
     ShardStatus,
+    TemplateRollStatus,
 )
 from shardrec.planning.timestamps import format_time
 
@@ -56,6 +57,7 @@ class StatusFacts:
     serving_replicas_per_shard: int = 0
     """Replicas per shard the serving layout's workloads run now (the fewest over its shards)."""
     """Whether routers acknowledge what they serve (then Ready needs one serving the active layout)."""
+    template_roll: TemplateRollStatus | None = None
 
     def record(self, layout: str | None) -> LayoutStatus | None:
         """The layout record with this id, or None."""
@@ -200,5 +202,6 @@ def compute_status(
         topology_epoch=previous.topology_epoch,
         routers=facts.routers,
         blocked_by=list(facts.blocked_by),
+        template_roll=facts.template_roll,
         conditions=conditions,
     )

@@ -74,6 +74,7 @@ class ShardIndex:
         self.index = index
         self.ids = ids
         self.ef_search = ef_search
+        self.default_ef_search = ef_search
         self.load_seconds = load_seconds
         self.count = manifest.count
         self.dimension = manifest.dimension
@@ -137,6 +138,14 @@ class ShardIndex:
         labels = np.linspace(0, self.count - 1, num=min(_WARMUP_QUERIES, self.count)).astype(np.int64)
         vectors = np.asarray(self.index.get_items(labels), dtype=np.float32)
         self.search(vectors, min(10, self.count))
+
+    def use_ef(self, ef_search: int) -> None:
+        """Search with HNSW ef `ef_search` from now on (0: the ef it was loaded with). hnswlib keeps
+        one ef per index, read when a query starts: call this only while no search runs."""
+        wanted = ef_search or self.default_ef_search
+        if wanted != self.ef_search:
+            self.index.set_ef(max(1, wanted))
+            self.ef_search = wanted
 
     def labels_of(self, item_ids: Sequence[str]) -> Labels:
         """Labels of the ids held by this shard (others are ignored)."""
@@ -214,7 +223,11 @@ class ShardIndex:
             "count": self.count,
             "dimension": self.dimension,
             "metric": self.metric,
-            "hnsw": {**self.layout.hnsw.model_dump(), "ef_search": self.ef_search},
+            "hnsw": {
+                **self.layout.hnsw.model_dump(),
+                "ef_search": self.ef_search,
+                "default_ef_search": self.default_ef_search,
+            },
             "index_bytes": self.index_bytes,
             "layout_dir": str(self.layout_dir),
             "built_at": self.manifest.built_at,

@@ -92,6 +92,9 @@ class ShardChannel:
         self.errors = errors
         self.metrics = metrics
         self.rng = rng or random.Random()
+        self.ef_search = 0
+        """HNSW ef sent with every shard request (the topology's efSearch; 0: the shard's default).
+        The manager assigns it when a topology changes it: later batches use the new value."""
         self._pending: dict[int, list[Block]] = {}
         self._flush_scheduled = False
         self._in_flight = 0
@@ -291,7 +294,9 @@ class ShardChannel:
         replica.started()
         started = time.monotonic()
         try:
-            answer = await replica.client.search(batch.queries, batch.k, batch.exclude, timeout_s)
+            answer = await replica.client.search(
+                batch.queries, batch.k, batch.exclude, timeout_s, ef_search=self.ef_search
+            )
         except asyncio.CancelledError:
             replica.cancelled()
             raise

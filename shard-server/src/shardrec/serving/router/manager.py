@@ -203,6 +203,7 @@ class TopologyManager:
                     rng=self._rng,
                 )
             )
+            channels[-1].ef_search = active.ef_search or 0
         return Snapshot(topology=active, users=users, channels=channels)
 
     def _replica(self, name: str, url: str) -> Replica[ShardClientLike]:
@@ -220,6 +221,7 @@ class TopologyManager:
                 for e in entry.replicas
             ]
             channel.replicas = wanted  # one assignment: a retry sees the old list or the new one
+            channel.ef_search = active.ef_search or 0  # efSearch applies live, to later batches
             removed.extend(existing.values())
         snapshot.topology = active
         if removed:

@@ -55,6 +55,8 @@ class ShardClientLike(Protocol):
         k: int,
         exclude: Sequence[Sequence[str]] | None,
         timeout_s: float,
+        *,
+        ef_search: int = 0,
     ) -> ShardAnswerLike: ...
 
     async def item_vectors(self, item_ids: Sequence[str], timeout_s: float) -> ItemVectorsLike: ...

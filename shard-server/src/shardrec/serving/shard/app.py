@@ -88,6 +88,7 @@ class SearchJson(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K)
     exclude: list[list[str]] | None = None
     timeout_ms: int = Field(0, ge=0, le=600000)
+    ef_search: int = Field(0, ge=0, le=65535, description="HNSW ef; 0: the shard's default.")
 
 
 class VectorsJson(BaseModel):
@@ -261,7 +262,9 @@ async def _search_json(engine: SearchEngine, body: SearchJson) -> Any:
         return _error_response(
             400, "bad_exclude", f"exclude has {len(body.exclude)} lists for {len(body.queries)} queries"
         )
-    return await engine.search(queries, body.k, body.exclude, body.timeout_ms, binary=False)
+    return await engine.search(
+        queries, body.k, body.exclude, body.timeout_ms, binary=False, ef_search=body.ef_search
+    )
 
 
 def _item_vectors(engine: SearchEngine, body: VectorsJson) -> Any:
@@ -405,7 +408,12 @@ class ShardServer:
                 await self._error(send, 413, "batch_too_large", problem)
                 return
             answer = await self.engine.search(
-                request.queries, request.k, request.exclude, request.timeout_ms, binary=True
+                request.queries,
+                request.k,
+                request.exclude,
+                request.timeout_ms,
+                binary=True,
+                ef_search=request.ef_search,
             )
         except WireError as exc:
             await self._error(send, 400, "bad_request", str(exc))

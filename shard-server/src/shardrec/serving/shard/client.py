@@ -128,12 +128,15 @@ class ShardClient:
         k: int,
         exclude: Sequence[Sequence[str]] | None = None,
         timeout_s: float = 1.0,
+        *,
+        ef_search: int = 0,
     ) -> ShardAnswer:
         """Top-k per query (float32 (n, d)); `exclude[i]` are ids query i must not return. The
-        remaining deadline is sent along so a shard drops work nobody waits for."""
+        remaining deadline is sent along so a shard drops work nobody waits for. `ef_search`: the
+        HNSW ef to search with (0: the shard's default)."""
         if queries.ndim != 2:
             raise ValueError(f"queries must be 2-dimensional (n, d), got shape {queries.shape}")
-        body = encode_request(queries, k, exclude, max(1, int(timeout_s * 1000)))
+        body = encode_request(queries, k, exclude, max(1, int(timeout_s * 1000)), ef_search)
         answer = await self._call("POST", "/v1/search", body, REQUEST_CONTENT_TYPE, timeout_s)
         try:
             decoded = decode_answer(answer)

@@ -68,6 +68,7 @@ class _Pending:
     binary: bool
     enqueued: float
     future: asyncio.Future[Any]
+    ef_search: int = 0
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,13 @@ class SearchEngine:
         timeout_ms: int,
         *,
         binary: bool,
+        ef_search: int = 0,
     ) -> Any:
-        """Bytes of a binary answer, or a JSON-able dict; raises an EngineError subclass."""
+        """Bytes of a binary answer, or a JSON-able dict; raises an EngineError subclass.
+
+        `ef_search`: the HNSW ef to search with (0: the index's default). The router sends the value
+        of its topology, so changing efSearch restarts nothing. hnswlib keeps one ef per index, so
+        a batch only holds requests of one ef, and the ef changes only while no search runs."""
         if self.current is None:
             raise NotReadyError("no index loaded yet")
         n = len(queries)
@@ -143,7 +149,7 @@ class SearchEngine:
         now = time.monotonic()
         deadline = now + timeout_ms / 1000.0 if timeout_ms else float("inf")
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Pending(queries, k, exclude, deadline, binary, now, future))
+        self._pending.append(_Pending(queries, k, exclude, deadline, binary, now, future, ef_search))
         self._pending_queries += n
         self._kick()
         return await future
@@ -165,7 +171,7 @@ class SearchEngine:
             # One loop tick: requests whose bytes arrived in the same poll join this batch.
             self._scheduled, self._timed = loop.call_soon(self._dispatch), False
 
-    def _take_batch(self) -> list[_Pending]:
+    def _take_batch(self, ef_search: int) -> list[_Pending]:
         batch: list[_Pending] = []
         size = 0
         now = time.monotonic()
@@ -173,6 +179,8 @@ class SearchEngine:
             head = self._pending[0]
             if batch and size + len(head.queries) > self.settings.max_batch_queries:
                 break
+            if head.ef_search != ef_search:
+                break  # one ef per batch, first come first served
             self._pending.popleft()
             self._pending_queries -= len(head.queries)
             if head.future.done():
@@ -191,10 +199,15 @@ class SearchEngine:
         loop = self._loop
         assert loop is not None
         while self._idle and self._pending:
-            batch = self._take_batch()
+            index = self.current
+            ef_search = self._pending[0].ef_search
+            if index is not None and (ef_search or index.default_ef_search) != index.ef_search:
+                if self._idle < self.settings.search_threads:
+                    break  # searches with the old ef still run: _finish kicks again
+                index.use_ef(ef_search)
+            batch = self._take_batch(ef_search)
             if not batch:
                 continue
-            index = self.current
             if index is None:
                 for pending in batch:
                     pending.future.set_exception(NotReadyError("no index loaded"))

@@ -4,7 +4,8 @@ Designed so neither side parses per number: vectors and scores travel as raw lit
 float32, ids as one fixed-width bytes block that numpy gathers and splits in C.
 
 Request body (`POST /v1/search`, content type `application/x-shardrec-search`):
-    header  <4s H H I I I I I  magic "SRQ2", flags, reserved, n, dim, k, timeout_ms, exclude_bytes
+    header  <4s H H I I I I I  magic "SRQ2", flags, ef_search (0: the shard's default), n, dim, k,
+                               timeout_ms, exclude_bytes
     float32[n*dim]             queries, row-major
     uint32[n]                  per-query count of excluded ids   (only when exclude_bytes > 0)
     uint32[sum of counts]      byte length of each excluded id   (only when exclude_bytes > 0)
@@ -52,11 +53,20 @@ class SearchRequest:
     k: int
     timeout_ms: int
     exclude: list[list[str]] | None
+    ef_search: int = 0
+    """HNSW ef to search with; 0: the shard's own default."""
 
 
 def encode_request(
-    queries: Floats, k: int, exclude: Sequence[Sequence[str]] | None, timeout_ms: int
+    queries: Floats,
+    k: int,
+    exclude: Sequence[Sequence[str]] | None,
+    timeout_ms: int,
+    ef_search: int = 0,
 ) -> bytes:
+    """`ef_search`: the HNSW ef the shard should search with (0: its default; at most 65535)."""
+    if not 0 <= ef_search <= 0xFFFF:
+        raise ValueError(f"ef_search {ef_search} must be in 0..65535")
     n, dim = queries.shape
     parts: list[bytes] = []
     blob = b""
@@ -69,7 +79,7 @@ def encode_request(
         blob = b"".join(encoded)
         # Only empty ids (which exclude nothing: no item has one) leave nothing to send.
         parts = [counts.tobytes(), lengths.tobytes(), blob] if blob else []
-    header = _REQUEST.pack(REQUEST_MAGIC, 0, 0, n, dim, k, timeout_ms, len(blob))
+    header = _REQUEST.pack(REQUEST_MAGIC, 0, ef_search, n, dim, k, timeout_ms, len(blob))
     return b"".join((header, np.ascontiguousarray(queries, dtype="<f4").tobytes(), *parts))
 
 
@@ -77,7 +87,7 @@ def decode_request(body: bytes, *, max_queries: int, max_k: int, dimension: int)
     """Parse and bound-check a request; raises WireError naming the bad part."""
     if len(body) < _REQUEST.size:
         raise WireError(f"body of {len(body)} bytes is shorter than the {_REQUEST.size}-byte header")
-    magic, _flags, _reserved, n, dim, k, timeout_ms, exclude_bytes = _REQUEST.unpack_from(body)
+    magic, _flags, ef_search, n, dim, k, timeout_ms, exclude_bytes = _REQUEST.unpack_from(body)
     if magic not in (REQUEST_MAGIC, REQUEST_MAGIC_JOINED):
         raise WireError(f"bad magic {magic!r}: not a shardrec search body")
     if not 1 <= n <= max_queries:
@@ -100,7 +110,7 @@ def decode_request(body: bytes, *, max_queries: int, max_k: int, dimension: int)
             exclude = _prefixed_exclude(body, vectors_end, n, exclude_bytes)
     elif len(body) != vectors_end:
         raise WireError(f"body is {len(body)} bytes, the header announces {vectors_end}")
-    return SearchRequest(queries, k, timeout_ms, exclude)
+    return SearchRequest(queries, k, timeout_ms, exclude, ef_search)
 
 
 def _prefixed_exclude(body: bytes, start: int, n: int, exclude_bytes: int) -> list[list[str]]:

@@ -117,6 +117,9 @@ class LocalSupervisor:
     _prober: ReadinessProber = field(default_factory=ReadinessProber)
     _stopping: bool = False
     _written: Topology | None = None
+    # spec.index.hnsw.efSearch, published in the topology (routers send it with every query): a
+    # change rewrites the topology in the next pass and restarts no process.
+    _ef_search: int | None = None
 
     @property
     def builds(self) -> LocalBuilds:
@@ -218,7 +221,6 @@ class LocalSupervisor:
                 shard=entry.shard,
                 host="127.0.0.1",
                 port=entry.port,
-                ef_search=cluster.spec.index.hnsw.ef_search,
             ),
         )  # fmt: skip
         env = ((env_name(ShardFlags.PROCESS, ShardFlags.ADMIN_TOKEN), self.state.shard_token()),)
@@ -266,6 +268,7 @@ class LocalSupervisor:
             metric=layout.metric,
             artifact_dir=str(self.state.layout_dir(layout.id)),
             endpoints=endpoints,
+            ef_search=self._ef_search,
         )
 
     def _known(self, layout_id: str | None) -> LayoutSpec | None:
@@ -381,6 +384,7 @@ class LocalSupervisor:
         now_s = time.monotonic()
         self._written = None
         cluster = load_cluster_file(self.state.spec_file)
+        self._ef_search = cluster.spec.index.hnsw.ef_search
         self.builds.reap()
         died = self.processes.tick(now_s)
         for name in died:
