@@ -60,12 +60,20 @@ class WireReplica:
         self.batches: list[int] = []
 
     async def search(
-        self, queries: Floats, k: int, exclude: Sequence[Sequence[str]] | None, timeout_s: float
+        self,
+        queries: Floats,
+        k: int,
+        exclude: Sequence[Sequence[str]] | None,
+        timeout_s: float,
+        ef_search: int = 0,
     ) -> Answer:
         self.batches.append(len(queries))
         try:
             request = decode_request(
-                encode_request(queries, k, exclude, 1000), max_queries=4096, max_k=100, dimension=DIM
+                encode_request(queries, k, exclude, 1000, ef_search),
+                max_queries=4096,
+                max_k=100,
+                dimension=DIM,
             )
         except WireError as exc:
             raise ShardRejected(f"400 bad_request: {exc}", status=400) from exc
