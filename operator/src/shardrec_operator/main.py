@@ -72,6 +72,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         liveness_endpoint=args.liveness,
         standalone=args.peering is None,
         peering_name=args.peering,
-        memo=kopf.Memo(runtime=runtime),
+        memo=kopf.Memo(runtime=runtime, namespaced=bool(args.namespace)),
     )
     return 0
