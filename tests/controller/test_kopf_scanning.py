@@ -32,7 +32,9 @@ def test_a_cluster_wide_operator_scans() -> None:
     assert configured({}).scanning.disabled is False  # a memo from elsewhere (tests) keeps kopf's default
 
 
-@pytest.mark.parametrize(("argv", "namespaced"), [(["--namespace", "a", "--namespace", "b"], True), ([], False)])
+@pytest.mark.parametrize(
+    ("argv", "namespaced"), [(["--namespace", "a", "--namespace", "b"], True), ([], False)]
+)
 def test_main_tells_the_startup_handler_whether_it_is_namespaced(
     monkeypatch: pytest.MonkeyPatch, argv: list[str], namespaced: bool
 ) -> None:
