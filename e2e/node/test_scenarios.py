@@ -431,11 +431,11 @@ class Outage:
 
     def names_the_shard(self, answer: Any) -> bool:
         message = str(answer.body.get("error", {}).get("message", ""))
-        header = answer.headers.get("X-Shardrec-Unavailable-Shards")
-        return header == str(self.shard) and f"shard {self.shard} (" in message
+        header = answer.header("X-Shardrec-Unavailable-Shards")
+        return bool(header == str(self.shard) and f"shard {self.shard} (" in message)
 
     def partial_without_the_shard(self, answer: Any) -> bool:
-        return answer.body.get("shards") == {"answered": self.shards - 1, "total": self.shards}
+        return bool(answer.body.get("shards") == {"answered": self.shards - 1, "total": self.shards})
 
 
 def answers_after_recovery(traffic: Any) -> Any:

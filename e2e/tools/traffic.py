@@ -36,8 +36,11 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never 
 class Answer:
     status: int  # 0: no HTTP answer (connection refused, reset, timeout)
     body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # names lowercased
     seconds: float = 0.0
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
 
     @property
     def version(self) -> str | None:
@@ -62,9 +65,10 @@ def post(
     try:
         with _OPENER.open(request, timeout=timeout) as response:
             raw = response.read()
-            status, got_headers = int(response.status), dict(response.headers.items())
+            status, got_headers = int(response.status), {k.lower(): v for k, v in response.headers.items()}
     except urllib.error.HTTPError as error:
-        raw, status, got_headers = error.read(), int(error.code), dict(error.headers.items())
+        raw, status = error.read(), int(error.code)
+        got_headers = {k.lower(): v for k, v in error.headers.items()}
     except (OSError, ValueError) as error:
         return Answer(0, {"error": f"{type(error).__name__}: {error}"}, seconds=time.monotonic() - started)
     try:
