@@ -62,7 +62,7 @@ def whole(version: str) -> tuple[int, dict[str, Any], dict[str, str]]:
 def test_every_answer_is_counted_once(traffic_module: ModuleType, server: Any) -> None:
     t = traffic_module
     unavailable = (503, {"error": {"message": "shard 1 (deadline)"}}, {"X-Shardrec-Unavailable-Shards": "1"})
-    partial = (200, {"items": [], "index_version": "v1", "partial": True}, {})
+    partial: tuple[int, dict[str, Any], dict[str, str]] = (200, {"index_version": "v1", "partial": True}, {})
     url = server([whole("v1"), partial, unavailable, (500, {}, {}), whole("v2")])
     counts, problems = t.burst(
         url,
