@@ -164,8 +164,9 @@ node-down: $(STAMP) ## Stop the real node (pods first), undo its network changes
 	$(BIN)/python e2e/node/node.py down --state-dir $(NODE_STATE)
 
 .PHONY: e2e-node
-e2e-node: $(STAMP) node-build ## Real-node suite: real pods, logs/exec, a ClusterIP Service (root)
-	SHARDREC_REQUIRE_NODE=1 $(BIN)/pytest -m node e2e/node
+e2e-node: $(STAMP) node-build ## Real-node suite + every scenario under traffic (root; needs `make images`)
+	bash e2e/tools/build-prometheus.sh
+	SHARDREC_REQUIRE_NODE=1 SHARDREC_REQUIRE_IMAGES=1 SHARDREC_NODE_SCENARIOS=1 $(BIN)/pytest -m node e2e/node
 
 .PHONY: e2e
 e2e: $(STAMP) cluster-build ## Operator suite against a real API server built from source

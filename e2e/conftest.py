@@ -10,6 +10,8 @@
   LocalControlPlane with its kwok nodes plus one LocalNode (containerd + kubelet + kube-proxy + CoreDNS).
   Skips with the reason without root or binaries, or when another session's node holds this machine;
   with SHARDREC_REQUIRE_NODE=1 (CI) those fail instead.
+- `traffic_module`: e2e/tools/traffic.py, the bounded load generator and request counting that the
+  real-node scenarios and e2e/kind share; `product_module`: e2e/node/product.py (the product's deploy steps).
 - Each test item keeps its phase reports (`item.rep_setup`, `item.rep_call`), so fixtures can
   dump diagnostics only when the test failed.
 """
@@ -30,6 +32,8 @@ E2E = Path(__file__).resolve().parent
 MODULE_NAME = "shardrec_e2e_controlplane_cluster"  # the name e2e/controlplane's own tests use
 EXTERNAL_MODULE_NAME = "shardrec_e2e_external_cluster"
 NODE_MODULE_NAME = "shardrec_e2e_node"
+TRAFFIC_MODULE_NAME = "shardrec_e2e_traffic"
+PRODUCT_MODULE_NAME = "shardrec_e2e_node_product"
 
 
 def load_module(name: str, path: Path) -> ModuleType:
@@ -84,6 +88,16 @@ def external_cluster(
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture(scope="session")
+def traffic_module() -> ModuleType:
+    return load_module(TRAFFIC_MODULE_NAME, E2E / "tools" / "traffic.py")
+
+
+@pytest.fixture(scope="session")
+def product_module() -> ModuleType:
+    return load_module(PRODUCT_MODULE_NAME, E2E / "node" / "product.py")
 
 
 def _node_unavailable(reason: str) -> None:

@@ -21,11 +21,8 @@ import selectors
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -147,44 +144,13 @@ def _cluster(image: str, *, with_keys: bool = True) -> dict[str, Any]:
     }
 
 
-@dataclass
-class Answer:
-    status: int
-    body: dict[str, Any]
-
-
-def _post(port: int, body: dict[str, Any], key: str | None) -> Answer:
-    headers = {"Content-Type": "application/json", **({"X-API-Key": key} if key else {})}
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/recommend",
-        data=json.dumps(body).encode(),
-        headers=headers,
-        method="POST",
-    )
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
-    try:
-        with opener.open(request, timeout=REQUEST_TIMEOUT) as response:
-            return Answer(int(response.status), json.loads(response.read()))
-    except urllib.error.HTTPError as error:
-        raw = error.read()
-        try:
-            return Answer(int(error.code), json.loads(raw))
-        except ValueError:
-            return Answer(int(error.code), {"raw": raw.decode(errors="replace")[:300]})
-    except (OSError, ValueError) as error:
-        return Answer(0, {"error": f"{type(error).__name__}: {error}"})
-
-
-def _problem(answer: Answer) -> str | None:
-    """Why an answer to a keyed user query is not a full, correct one (None: it is)."""
-    body = answer.body
-    if answer.status != 200:
-        return f"HTTP {answer.status}: {json.dumps(body)[:200]}"
-    shards = body.get("shards", {})
-    if body.get("partial") or shards.get("answered") != shards.get("total") or shards.get("total") != 2:
+def _problem(answer: Any) -> str | None:
+    """Why a 200 answer to a keyed user query is not a full, correct one (None: it is)."""
+    shards = answer.body.get("shards", {})
+    if answer.partial or shards.get("answered") != shards.get("total") or shards.get("total") != 2:
         return f"partial answer: {shards}"
-    if body.get("index_version") != "v1" or len(body.get("items", [])) != K:
-        return f"wrong answer: version {body.get('index_version')!r}, {len(body.get('items', []))} items"
+    if answer.version != "v1" or len(answer.body.get("items", [])) != K:
+        return f"wrong answer: version {answer.version!r}, {len(answer.body.get('items', []))} items"
     return None
 
 
@@ -247,7 +213,7 @@ def _ready(pod: dict[str, Any]) -> bool:
 
 
 def test_router_serves_a_burst_of_real_requests_without_a_failure(
-    real_cluster: Any, harness: Any, port_forward: Any
+    real_cluster: Any, harness: Any, port_forward: Any, traffic_module: ModuleType
 ) -> None:
     kube = harness.Kube(real_cluster)
     image = os.environ["SHARDREC_E2E_IMAGE"]
@@ -317,17 +283,26 @@ def test_router_serves_a_burst_of_real_requests_without_a_failure(
 
     def a_burst_through_the_router_has_no_failure() -> None:
         port = port_forward(f"{NAME}-router", int(status()["routerEndpoint"].rsplit(":", 1)[1]))
-        user = {"user_id": "user-0", "k": K}
-        harness.wait_for(
-            "the router to answer through the port-forward", lambda: _post(port, user, key).status == 200, 60
+        url, user, keyed = (
+            f"http://127.0.0.1:{port}/v1/recommend",
+            {"user_id": "user-0", "k": K},
+            {"X-API-Key": key},
         )
-        assert _post(port, user, None).status == 401, "no key: unauthenticated"
-        assert _post(port, user, key + "x").status == 403, "a wrong key: forbidden"
+        harness.wait_for(
+            "the router to answer through the port-forward",
+            lambda: traffic_module.post(url, user, keyed).status == 200,
+            60,
+        )
+        assert traffic_module.post(url, user).status == 401, "no key: unauthenticated"
+        assert traffic_module.post(url, user, {"X-API-Key": key + "x"}).status == 403, (
+            "a wrong key: forbidden"
+        )
         bodies = [{"user_id": f"user-{i % USERS}", "k": K} for i in range(REQUESTS)]
-        with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
-            answers = list(pool.map(lambda body: _post(port, body, key), bodies))
-        problems = [p for p in map(_problem, answers) if p is not None]
-        assert not problems, f"{len(problems)} of {REQUESTS} requests failed; first: {problems[:5]}"
+        counts, problems = traffic_module.burst(
+            url, bodies, concurrency=CONCURRENCY, check=_problem, headers=keyed, timeout=REQUEST_TIMEOUT
+        )
+        print(f"[kind traffic] {counts}")
+        assert counts.ok == REQUESTS and counts.wrong == 0, f"{counts}; first problems: {problems[:5]}"
 
     scenario = [
         ("leftovers of an earlier run are gone", leftovers_of_an_earlier_run_are_gone),

@@ -11,7 +11,11 @@
 - delete (only when `spec.deleteArtifactsOnDelete` is true): the artifact cleanup Job.
 
 kopf settings: progress and diff-base live in annotations, so the status holds only our schema;
-handler log lines become Events only from WARNING up (our Events are posted explicitly).
+handler log lines become Events only from WARNING up (our Events are posted explicitly). When the
+operator watches given namespaces (`memo["namespaced"]`, set by `main`), kopf's cluster scanning is
+off: the chart's least-privilege RBAC forbids listing Namespaces and CustomResourceDefinitions
+cluster-wide, and kopf retried each forbidden list through its whole error backoff (1+1+2+3+5+8+13+21
+= 54 s) before falling back to exactly these namespaces, so the first reconcile came a minute late.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.posting.level = logging.WARNING
     for group, version, plural in WATCHED_CHILDREN:  # only our children, filtered by the API server
         settings.watching.label_selectors[group, version, plural] = CHILD_SELECTOR
+    # Namespaced: serve exactly the given namespaces and the resources found at startup (kopf's
+    # fallback anyway), without first listing what the RBAC forbids.
+    settings.scanning.disabled = bool(memo.get("namespaced", False))
     if "runtime" not in memo:  # `main()` (or a test) may have provided one already
         memo["runtime"] = Runtime(api=KubernetesClusterApi(load_api_client()), config=CONFIG)
 

@@ -152,5 +152,5 @@ def _run_kopf(args: argparse.Namespace, runtime: Runtime) -> None:
         liveness_endpoint=args.liveness,
         standalone=args.peering is None,
         peering_name=args.peering,
-        memo=kopf.Memo(runtime=runtime),
+        memo=kopf.Memo(runtime=runtime, namespaced=bool(args.namespace)),
     )

@@ -1,0 +1,560 @@
+"""Scenarios with real traffic on the real node (issue 13, item 4), on the session's product deployment
+(2 shards x 2 replicas, 2 routers, consistency strict; e2e/node/conftest.py).
+
+While each scenario runs, four clients on this machine send steady, bounded `/v1/recommend` traffic to the
+router Service's ClusterIP (e2e/tools/traffic.py: each client at most RATE requests/s, MAX_REQUESTS and
+MAX_SECONDS), and every request is counted: sent / ok / partial / unavailable (503) / failed / wrong. An
+answer is `wrong` when its items are not all items of the version it is labelled with, or its shard total
+is not that version's shard count: the check that no answer mixes versions. Each client's versions are
+kept in order, so a client that sees v1 again after v2 is caught.
+
+Order matters (one deployment): a dead replica (CI's cheap scenario, marker `node` only), then the rollout
+v1 (2 shards) -> v2 (3 shards) with the operator pod deleted mid-rollout, then one shard without any pod
+(strict, available, and the shipped alert through a real Prometheus). Counts and times are printed and
+recorded as test properties; only correctness is asserted, never a duration.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.node, pytest.mark.integration, pytest.mark.timeout(1200)]
+
+CLIENTS, RATE, MAX_REQUESTS, MAX_SECONDS = 4, 20.0, 20_000, 900.0
+SHARDS_OF = {"v1": 2, "v2": 3}
+ROOT = Path(__file__).resolve().parents[2]
+ALERTS = ROOT / "monitoring" / "alerts.yaml"
+ALERT = "ShardrecShardNoReadyReplica"
+ALERT_FOR = "10s"  # the shipped rule says 1m; the derived copy waits 10 s (nothing else changes)
+
+
+def bodies(client: int, number: int) -> dict[str, Any]:
+    return {"user_id": f"user-{(client * 53 + number) % 200}", "k": 10}
+
+
+def version_check(product: Any) -> Callable[[Any], str | None]:
+    """Why a 200 answer is wrong: unknown version, items of another version, or the wrong shard total."""
+    ids = {version: set(data.item_ids) for version, data in product.data.items()}
+
+    def check(answer: Any) -> str | None:
+        version = answer.version
+        if version not in ids:
+            return f"unknown index_version {version!r}"
+        items = [entry["item_id"] for entry in answer.body.get("items", [])]
+        foreign = [item for item in items if item not in ids[version]]
+        if foreign or len(items) != 10:
+            return f"answer labelled {version} has {len(items)} items, not of {version}: {foreign[:3]}"
+        total = answer.body.get("shards", {}).get("total")
+        if total != SHARDS_OF[version]:
+            return f"answer labelled {version} covers {total} shards, {version} has {SHARDS_OF[version]}"
+        return None
+
+    return check
+
+
+@pytest.fixture
+def traffic(product_diagnostics: Any, traffic_module: ModuleType) -> Iterator[Any]:
+    """Steady traffic through the router Service for the test; stopped (and its counts printed) after it."""
+    load = traffic_module.Traffic(
+        product_diagnostics.url,
+        bodies,
+        check=version_check(product_diagnostics),
+        clients=CLIENTS,
+        rate=RATE,
+        max_requests=MAX_REQUESTS,
+        max_seconds=MAX_SECONDS,
+    )
+    load.start()
+    try:
+        load.wait_for("the first 40 whole answers", lambda c: c.ok >= 40, timeout=60)
+        yield load
+    finally:
+        counts = load.stop()
+        print(f"\n[traffic] {counts} in {load.seconds:.0f}s; versions per client: {load.versions()}")
+        for problem in load.problems()[:10]:
+            print(f"[traffic] {problem}")
+
+
+def record(record_property: Any, name: str, counts: Any, seconds: float) -> None:
+    for key, value in counts.as_dict().items():
+        record_property(f"{name}_{key}", value)
+    record_property(f"{name}_seconds", round(seconds, 1))
+    print(f"\n[scenario {name}] {counts} over {seconds:.0f}s")
+
+
+def assert_clean(load: Any, counts: Any) -> None:
+    """No failed, no 503, no partial, no wrong answer: every request answered whole and right."""
+    assert counts.sent > 0
+    assert (counts.failed, counts.unavailable, counts.partial, counts.wrong) == (0, 0, 0, 0), (
+        f"{counts}; first problems: {load.problems()[:10]}"
+    )
+
+
+def wait_ready(pm: ModuleType, product: Any, timeout: float = 300) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        status = pm.status(product.cp, product.ns)
+        conds = {c["type"]: c["status"] for c in status.get("conditions", [])}
+        layout, version = status.get("activeLayout", ""), status.get("activeVersion", "")
+        if conds.get("Ready") != "True" or not layout:
+            return None
+        return status if pm.all_ready(product.cp, product.ns, SHARDS_OF[version], layout) else None
+
+    result: dict[str, Any] = pm.wait_for("every pod of the cluster Ready", ready, timeout=timeout)
+    return result
+
+
+def test_a_dead_shard_replica_costs_no_request(
+    product_diagnostics: Any, product_module: ModuleType, traffic: Any, record_property: Any
+) -> None:
+    """Delete one shard pod, then SIGKILL another shard container's main process (its host PID from the
+    node's containerd): the router retries on the live replica; 0 failed requests."""
+    pm, product = product_module, product_diagnostics
+    cp, ns = product.cp, product.ns
+    t0 = time.monotonic()
+    status = wait_ready(pm, product)
+    layout = status["activeLayout"]
+
+    victim = pm.pods(cp, ns, pm.shard_selector(layout, 0))[0]
+    pm.kubectl(cp, "delete", "pod", victim["metadata"]["name"], "-n", ns, "--wait=true", timeout=120)
+    pm.wait_for(
+        "the deleted replica replaced and Ready",
+        lambda: pm.all_ready(cp, ns, SHARDS_OF["v1"], layout),
+        timeout=180,
+    )
+    deleted_s = time.monotonic() - t0
+
+    target = pm.pods(cp, ns, pm.shard_selector(layout, 1))[0]
+    name = target["metadata"]["name"]
+    restarts = target["status"]["containerStatuses"][0]["restartCount"]
+    pid = pm.container_pid(product.node, target)
+    os.kill(pid, signal.SIGKILL)  # the host sees every pod's processes; this is the container's PID 1
+
+    def restarted() -> bool:
+        pod = pm.kubectl_json(cp, "get", "pod", name, "-n", ns)
+        return bool(
+            pod["status"]["containerStatuses"][0]["restartCount"] > restarts
+            and pm.all_ready(cp, ns, SHARDS_OF["v1"], layout)
+        )
+
+    pm.wait_for(f"{name} restarted after SIGKILL of PID {pid} and Ready", restarted, timeout=180)
+    seen = traffic.counts().sent
+    traffic.wait_for("40 more answers after the recovery", lambda c: c.sent >= seen + 40, timeout=60)
+    counts = traffic.stop()
+    record(record_property, "dead_replica", counts, time.monotonic() - t0)
+    print(
+        f"[scenario dead_replica] pod deleted and replaced after {deleted_s:.0f}s; killed PID {pid} of {name}"
+    )
+    assert_clean(traffic, counts)
+
+
+@pytest.mark.node_scenarios
+def test_roll_v1_to_v2_and_two_to_three_shards_with_the_operator_pod_deleted_mid_rollout(
+    product_diagnostics: Any, product_module: ModuleType, traffic: Any, record_property: Any
+) -> None:
+    pm, product = product_module, product_diagnostics
+    cp, ns = product.cp, product.ns
+    before = wait_ready(pm, product)
+    assert before["activeVersion"] == "v1", before
+    old_layout = before["activeLayout"]
+    t0 = time.monotonic()
+    print(f"\n[scenario rollout] patched to v2 x 3 shards at traffic time {traffic.elapsed():.1f}s")
+    pm.patch_spec(cp, ns, {"shards": SHARDS_OF["v2"], "index": pm.index_spec("v2")})
+
+    # Mid-rollout: the new layout exists (its build Job or its shards), the router still serves v1.
+    pm.wait_for(
+        "the v2 layout under way",
+        lambda: (
+            (s := pm.status(cp, ns)).get("targetLayout") not in ("", old_layout)
+            and s.get("activeLayout") == old_layout
+            and pm.kubectl_json(cp, "get", "jobs", "-n", ns)["items"]
+        ),
+        timeout=120,
+    )
+    operator = next(p for p in pm.pods(cp, ns, pm.operator_selector()) if pm.pod_ready(p))
+    pm.kubectl(cp, "delete", "pod", operator["metadata"]["name"], "-n", ns, "--wait=false")
+    deleted_at = time.monotonic() - t0
+    new_operator = pm.wait_for(
+        "a new operator pod Ready",
+        lambda: next(
+            (
+                p
+                for p in pm.pods(cp, ns, pm.operator_selector())
+                if pm.pod_ready(p) and p["metadata"]["name"] != operator["metadata"]["name"]
+            ),
+            None,
+        ),
+        timeout=180,
+    )
+    operator_back = time.monotonic() - t0
+
+    after = pm.wait_for(
+        "v2 active and Ready",
+        lambda: (
+            (s := pm.status(cp, ns)).get("activeVersion") == "v2"
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in s.get("conditions", []))
+            and s
+        ),
+        timeout=600,
+    )
+    switched = time.monotonic() - t0
+    traffic.wait_for(
+        "every client answered by v2", lambda c: all(v[-1:] == ["v2"] for v in traffic.versions()), timeout=60
+    )
+    pm.wait_for(
+        f"the old layout {old_layout} retired (its pods gone)",
+        lambda: not pm.pods(cp, ns, pm.shard_selector(old_layout)),
+        timeout=pm.ROLLBACK_WINDOW_S + 300,
+    )
+    retired = time.monotonic() - t0
+    seen = traffic.counts().sent
+    traffic.wait_for("40 more answers after v1 is gone", lambda c: c.sent >= seen + 40, timeout=60)
+    counts = traffic.stop()
+    record(record_property, "rollout", counts, time.monotonic() - t0)
+    print(
+        f"[scenario rollout] operator pod deleted {deleted_at:.0f}s after the patch, new one "
+        f"({new_operator['metadata']['name']}) Ready at {operator_back:.0f}s; v2 active at {switched:.0f}s; "
+        f"{old_layout} gone at {retired:.0f}s; layout {after['activeLayout']}"
+    )
+    assert_clean(traffic, counts)
+    versions = traffic.versions()
+    assert all(v == ["v1", "v2"] for v in versions), f"a client saw v1 after v2, or never v2: {versions}"
+    assert len(pm.pods(cp, ns, pm.shard_selector(after["activeLayout"]))) == 3 * pm.REPLICAS
+
+
+# --- one shard without any pod; Prometheus --------------------------------------------------------------
+
+
+def derived_rules(directory: Path) -> Path:
+    """The shipped rules file with one change, made by code: the no-ready-replica alert's `for:`."""
+    doc = yaml.safe_load(ALERTS.read_text())
+    derived = copy.deepcopy(doc)
+    changed = 0
+    for group in derived["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == ALERT:
+                rule["for"] = ALERT_FOR
+                changed += 1
+    assert changed == 1, f"{ALERT} appears {changed} times in {ALERTS}"
+    path = directory / "alerts-derived.yaml"
+    path.write_text(yaml.safe_dump(derived, sort_keys=False))
+    return path
+
+
+def prometheus_config(kubeconfig: Path, ns: str, rules: Path) -> dict[str, Any]:
+    """Pods discovered through this API server (kubernetes_sd_configs, the admin kubeconfig of the control
+    plane's state dir: its CA and client certificate); scraped where the pods' annotations say, at their pod
+    IPs (routed from the host into the node's netns); `namespace` and `cluster` as the shipped ServiceMonitor
+    sets them (the alert groups by both)."""
+    return {
+        "global": {"scrape_interval": "2s", "scrape_timeout": "1s", "evaluation_interval": "2s"},
+        "rule_files": [str(rules)],
+        "scrape_configs": [
+            {
+                "job_name": "shardrec-pods",
+                "kubernetes_sd_configs": [
+                    {"role": "pod", "kubeconfig_file": str(kubeconfig), "namespaces": {"names": [ns]}}
+                ],
+                "relabel_configs": [
+                    {
+                        "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
+                        "regex": "true",
+                        "action": "keep",
+                    },
+                    {
+                        "source_labels": [
+                            "__address__",
+                            "__meta_kubernetes_pod_annotation_prometheus_io_port",
+                        ],
+                        "regex": r"([^:]+)(?::\d+)?;(\d+)",
+                        "replacement": "$1:$2",
+                        "target_label": "__address__",
+                    },
+                    {
+                        "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"],
+                        "regex": "(.+)",
+                        "target_label": "__metrics_path__",
+                    },
+                    {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+                    {
+                        "source_labels": ["__meta_kubernetes_pod_label_shardrec_io_cluster"],
+                        "target_label": "cluster",
+                    },
+                    {
+                        "source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"],
+                        "target_label": "component",
+                    },
+                    {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+                ],
+            }
+        ],
+    }
+
+
+class Prometheus:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def get(self, path: str) -> Any:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"{self.url}{path}", timeout=5) as response:
+            return json.load(response)["data"]
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.get(f"/api/v1/query?query={urllib.parse.quote(promql)}")["result"]
+        return result
+
+    def alert_state(self, name: str, **labels: str) -> str:
+        for alert in self.get("/api/v1/alerts")["alerts"]:
+            if alert["labels"].get("alertname") == name and labels.items() <= alert["labels"].items():
+                return str(alert["state"])
+        return "inactive"
+
+
+@pytest.fixture
+def prometheus(product_diagnostics: Any, product_module: ModuleType, tmp_path: Path) -> Iterator[Prometheus]:
+    """Prometheus (e2e/tools/build-prometheus.sh: Debian's has no Kubernetes discovery) on 127.0.0.1 (a free
+    port), stopped by its PID afterwards."""
+    from shardrec.tools.local.ports import free_port
+
+    binary = product_module.find_prometheus()
+    config = prometheus_config(
+        product_diagnostics.cp.kubeconfig, product_diagnostics.ns, derived_rules(tmp_path)
+    )
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = int(free_port())
+    log_path = tmp_path / "prometheus.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                str(binary),
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--storage.tsdb.retention.time=1h",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    prom = Prometheus(f"http://127.0.0.1:{port}")
+    try:
+
+        def ready() -> bool:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            try:
+                prom.get("/api/v1/status/buildinfo")
+                return True
+            except OSError:
+                return False
+
+        product_module.wait_for("Prometheus ready", ready, timeout=60)
+        yield prom
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        print(f"[prometheus] log tail:\n{log_path.read_text()[-1500:]}")
+
+
+class Outage:
+    """One shard of the serving layout taken to zero pods and back, under fresh traffic."""
+
+    def __init__(self, pm: ModuleType, product: Any, traffic_module: ModuleType, shard: int) -> None:
+        self.pm, self.product, self.traffic_module, self.shard = pm, product, traffic_module, shard
+        status = wait_ready(pm, product)
+        self.layout, self.shards = status["activeLayout"], SHARDS_OF[status["activeVersion"]]
+        self.statefulset = f"{pm.CLUSTER}-{self.layout}-{shard}"
+
+    def load(self) -> Any:
+        """Fresh traffic; a partial answer must cover exactly the other shards."""
+        cp, ns = self.product.cp, self.product.ns
+        versions = version_check(self.product)
+
+        def check(answer: Any) -> str | None:
+            if answer.partial and not self.partial_without_the_shard(answer):
+                return f"a partial answer covers {answer.body.get('shards')}, not all shards but {self.shard}"
+            return versions(answer)
+
+        traffic = self.traffic_module.Traffic(
+            self.pm.router_url(cp, ns),
+            bodies,
+            check=check,
+            clients=CLIENTS,
+            rate=RATE,
+            max_requests=MAX_REQUESTS,
+            max_seconds=MAX_SECONDS,
+        )
+        traffic.start()
+        traffic.wait_for("the first 40 whole answers", lambda c: c.ok >= 40, timeout=60)
+        return traffic
+
+    def take_down(self) -> None:
+        """Every pod of the shard gone, honestly: the operator paused (it would scale the StatefulSet
+        back), then the shard's StatefulSet scaled to 0 by hand, as an admin's mistake would leave it."""
+        pm, cp, ns = self.pm, self.product.cp, self.product.ns
+        pm.patch_spec(cp, ns, {"paused": True})
+
+        def paused() -> bool:
+            conditions = pm.status(cp, ns).get("conditions", [])
+            return any(c["type"] == "Progressing" and c.get("reason") == "Paused" for c in conditions)
+
+        pm.wait_for("the operator to report the pause", paused, timeout=60)
+        pm.kubectl(cp, "scale", "statefulset", self.statefulset, "-n", ns, "--replicas=0")
+        selector = pm.shard_selector(self.layout, self.shard)
+        pm.wait_for(f"no pod of {self.statefulset}", lambda: not pm.pods(cp, ns, selector), 120)
+
+    def bring_back(self) -> None:
+        """Unpause: the operator applies its StatefulSet again (replicasPerShard), the shard comes back."""
+        pm, cp, ns = self.pm, self.product.cp, self.product.ns
+        pm.patch_spec(cp, ns, {"paused": False})
+        pm.wait_for(
+            "the shard back (the operator restored its replicas)",
+            lambda: pm.all_ready(cp, ns, self.shards, self.layout),
+            timeout=240,
+        )
+
+    def names_the_shard(self, answer: Any) -> bool:
+        message = str(answer.body.get("error", {}).get("message", ""))
+        header = answer.header("X-Shardrec-Unavailable-Shards")
+        return bool(header == str(self.shard) and f"shard {self.shard} (" in message)
+
+    def partial_without_the_shard(self, answer: Any) -> bool:
+        return bool(answer.body.get("shards") == {"answered": self.shards - 1, "total": self.shards})
+
+
+def answers_after_recovery(traffic: Any, timeout: float = 60.0) -> tuple[Any, float, Any]:
+    """Once the shard's pods are Ready again: windows of 100 requests until one is all whole (bounded).
+    Returns (that window's counts, seconds from Ready to its start, counts of the requests before it).
+    The routers need a moment: they probe replicas on an interval and re-resolve the pods' DNS names."""
+    began, before = time.monotonic(), traffic.counts()
+    while True:
+        start = traffic.counts()
+        goal = start.sent + 100
+        traffic.wait_for("100 answers after the shard came back", lambda c, goal=goal: c.sent >= goal, 60)
+        window = traffic.counts() - start
+        if window.ok == window.sent or time.monotonic() - began > timeout:
+            return window, time.monotonic() - began, start - before
+
+
+@pytest.mark.node_scenarios
+def test_a_shard_without_pods_strict_503_and_the_alert_fires(
+    product_diagnostics: Any,
+    product_module: ModuleType,
+    traffic_module: ModuleType,
+    prometheus: Prometheus,
+    record_property: Any,
+) -> None:
+    """strict (the deployment's mode): every request 503 naming the shard while it has no pod; the shipped
+    ShardrecShardNoReadyReplica goes pending then fires (Prometheus found the pods through the API server);
+    whole answers once the shard is back; the alert resolves."""
+    pm, product = product_module, product_diagnostics
+    ns = product.ns
+    outage = Outage(pm, product, traffic_module, shard=1)
+    labels = {"namespace": ns, "cluster": pm.CLUSTER, "shard": str(outage.shard)}
+    live = f'shardrec_router_live_replicas{{namespace="{ns}",shard="{outage.shard}"}} > 0'
+    pm.wait_for(
+        "Prometheus to discover and scrape both routers",
+        lambda: len(prometheus.query(live)) == pm.ROUTERS,
+        timeout=120,
+    )
+    targets = prometheus.get("/api/v1/targets")["activeTargets"]
+    up = sorted(t["labels"].get("pod", "") for t in targets if t["health"] == "up")
+    print(f"\n[prometheus] {len(up)} pod targets up, discovered through the API server: {up}")
+    assert prometheus.alert_state(ALERT, **labels) == "inactive"
+
+    t0 = time.monotonic()
+    traffic = outage.load()
+    try:
+        outage.take_down()
+        gone = time.monotonic() - t0
+        traffic.wait_for("100 answers 503", lambda c: c.unavailable >= 100, timeout=60)
+        pm.wait_for("the alert pending", lambda: prometheus.alert_state(ALERT, **labels) != "inactive", 120)
+        pending = time.monotonic() - t0
+        pm.wait_for("the alert firing", lambda: prometheus.alert_state(ALERT, **labels) == "firing", 120)
+        firing = time.monotonic() - t0
+        outage.bring_back()
+        back = time.monotonic() - t0
+        after, to_whole, between = answers_after_recovery(traffic)
+    finally:
+        counts = traffic.stop()
+    record(record_property, "outage_strict", counts, time.monotonic() - t0)
+    print(
+        f"[scenario outage_strict] {outage.statefulset} at 0 pods {gone:.0f}s in; alert pending at "
+        f"{pending:.0f}s, firing at {firing:.0f}s (for: {ALERT_FOR}); shard back at {back:.0f}s; "
+        f"whole again {to_whole:.1f}s later ({between} in between); then: {after}"
+    )
+    unavailable = traffic.unavailable()
+    assert unavailable and all(map(outage.names_the_shard, unavailable)), [a.body for a in unavailable[:3]]
+    assert (counts.failed, counts.partial, counts.wrong) == (0, 0, 0), traffic.problems()[:10]
+    assert after.unavailable == 0 and after.ok == after.sent, (
+        f"not whole again after the shard came back: {after}"
+    )
+    _, resolved = pm.wait_for(
+        "the alert resolved",
+        lambda: prometheus.alert_state(ALERT, **labels) == "inactive" and (True, time.monotonic() - t0),
+        120,
+    )
+    print(f"[scenario outage_strict] alert resolved at {resolved:.0f}s")
+
+
+@pytest.mark.node_scenarios
+def test_a_shard_without_pods_under_available_gives_flagged_partial_answers(
+    product_diagnostics: Any, product_module: ModuleType, traffic_module: ModuleType, record_property: Any
+) -> None:
+    """consistency: available (the routers roll to the new config under traffic): while the shard has no
+    pod, answers are 200, flagged partial, from the other shards; whole again once it is back."""
+    pm, product = product_module, product_diagnostics
+    cp, ns = product.cp, product.ns
+    router = f"deployment/{pm.CLUSTER}-router"
+
+    def template_hash() -> str:
+        deployment = pm.kubectl_json(cp, "get", router, "-n", ns)
+        return str(
+            deployment["spec"]["template"]["metadata"]["annotations"].get("shardrec.io/router-config-hash")
+        )
+
+    before = template_hash()
+    pm.patch_spec(cp, ns, {"router": {"consistency": "available"}})
+    # The operator rewrites the router's config and its pod template (a new config hash) a moment after the
+    # patch; `rollout status` before that would see the old, finished rollout.
+    pm.wait_for(
+        "the router Deployment to carry the new config", lambda: template_hash() != before, timeout=60
+    )
+    pm.kubectl(cp, "rollout", "status", router, "-n", ns, "--timeout=180s", timeout=200)
+    outage = Outage(pm, product, traffic_module, shard=1)
+    t0 = time.monotonic()
+    traffic = outage.load()
+    try:
+        outage.take_down()
+        traffic.wait_for("100 partial answers", lambda c: c.partial >= 100, timeout=60)
+        during = traffic.counts()
+        outage.bring_back()
+        after, to_whole, between = answers_after_recovery(traffic)
+    finally:
+        counts = traffic.stop()
+    record(record_property, "outage_available", counts, time.monotonic() - t0)
+    print(
+        f"[scenario outage_available] shard back; whole again {to_whole:.1f}s later ({between} in between); "
+        f"then: {after}"
+    )
+    assert (counts.failed, counts.unavailable, counts.wrong) == (0, 0, 0), traffic.problems()[:10]
+    assert during.partial >= 100
+    assert after.partial == 0 and after.ok == after.sent, (
+        f"not whole again after the shard came back: {after}"
+    )
