@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from shardrec.tools.pipeline.movielens import load_titles, resolve_movielens_dir
     from shardrec.tools.pipeline.sources import DataSource
     from shardrec.tools.pipeline.train_job import train_embeddings
-    from shardrec.tools.pipeline.training import AlsParams
+    from shardrec.tools.pipeline.training import TrainParams
 
     movielens = resolve_movielens_dir(args.movielens)
     workdir: Path = args.workdir
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if not (embeddings / "metadata.json").exists():
         print(f"== training ALS embeddings on {movielens}")
         summary = train_embeddings(
-            DataSource("movielens", movielens), embeddings, AlsParams(factors=64), holdout=1
+            DataSource("movielens", movielens), embeddings, TrainParams(factors=64), holdout=1
         )
         print(f"   {summary.users} users x {summary.items} items in {summary.training_seconds:.1f}s")
     manifest = workdir / "data" / "cluster.yaml"
