@@ -38,6 +38,7 @@ from shardrec.planning.observed import (
     ObservedLayout,
     ObservedRouter,
     ObservedShard,
+    OfflineQuality,
 )
 from shardrec.planning.planner import Plan, plan
 from shardrec.planning.predicates import PREDICATES, Predicate
@@ -59,6 +60,7 @@ __all__ = [
     "ObservedLayout",
     "ObservedRouter",
     "ObservedShard",
+    "OfflineQuality",
     "Plan",
     "Predicate",
     "RecordEvent",
