@@ -273,7 +273,8 @@ class QualityGateSpec(ApiModel):
     The build copies the model's offline metrics (the `quality` block of the embeddings'
     metadata.json, written by `recctl train --holdout N` or `--tune`) into the layout manifest;
     a layout below a minimum, or with no metrics, is refused (status.blockedBy names
-    `meets_quality_gate`, with a Warning Event) and the active layout keeps serving.
+    `meets_quality_gate`, with a Warning Event) and the active layout keeps serving. Local runtime
+    only for now: the operator refuses a spec that sets it (it cannot read layout.json yet).
     """
 
     min_ndcg_at10: float | None = Field(
@@ -344,7 +345,11 @@ class IndexSpec(ApiModel):
         description="Connection to the S3-compatible object store; required when an s3:// URL is used.",
     )
     quality_gate: QualityGateSpec | None = Field(
-        None, description="Offline-quality minimums a new version must meet before its shards start."
+        None,
+        description=(
+            "Offline-quality minimums a new version must meet before its shards start (local "
+            "runtime only for now; the operator refuses it)."
+        ),
     )
 
 
