@@ -118,6 +118,10 @@ bench-objectstore: $(STAMP) objectstore-build ## boto3 vs obstore vs s3fs: one 1
 plots: $(STAMP) ## Tail-latency simulation plots -> docs/img/ (from benchmarks/coefficients.json)
 	$(BIN)/python benchmarks/tail_plots.py
 
+.PHONY: evaluation-doc
+evaluation-doc: $(STAMP) ## Tune, train and evaluate on MovieLens -> docs/evaluation.md (~10 min, niced; EVAL_ARGS=--quick)
+	nice -n 10 $(BIN)/python benchmarks/evaluation_doc.py $(EVAL_ARGS)
+
 .PHONY: design-tables
 design-tables: $(STAMP) ## Rewrite the capacity tables of docs/design.md from recctl capacity (make bench does it too)
 	$(BIN)/python benchmarks/design_tables.py

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from shardrec.api import v1alpha1 as api
 from shardrec.api.topology import LayoutTopology
 from shardrec.serving.router.config import RouterConfig
 from shardrec_operator.desired import labels, names, pods
@@ -342,6 +343,23 @@ def test_kubernetes_only_requirements_name_the_field(change: dict[str, Any], fie
         sample = sample.model_copy(update={"metadata": replace_name(sample, "r" * 40)})
     errors = kubernetes_spec_errors(sample)
     assert errors and any(field in error for error in errors), errors
+
+
+def test_quality_gate_is_refused_on_kubernetes_until_the_operator_reads_layout_metrics() -> None:
+    sample = SAMPLE.model_copy(
+        update={
+            "spec": SAMPLE.spec.model_copy(
+                update={
+                    "index": SAMPLE.spec.index.model_copy(
+                        update={"quality_gate": api.QualityGateSpec(min_ndcg_at10=0.03)}
+                    )
+                }
+            )
+        }
+    )
+    assert any(
+        "spec.index.qualityGate is not supported on Kubernetes" in e for e in kubernetes_spec_errors(sample)
+    )
 
 
 def test_cluster_names_that_are_not_dns_labels_are_rejected() -> None:

@@ -371,3 +371,56 @@ def test_rollback_within_and_after_the_window_rebuilds_nothing_and_fails_no_requ
         _recctl("down", "--state-dir", str(state), check=False)
     assert traffic.failures == [], traffic.failures[:5]
     assert set(traffic.versions) == {"v1", "v2"} and traffic.sent > 50
+
+
+def test_a_low_quality_version_is_refused_before_its_shards_start_and_v1_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    """spec.index.qualityGate in the local runtime: v2's embeddings record a lower NDCG@10 than the
+    gate allows, so its layout builds (that reads the metrics) but no shard of it starts, the status
+    and events.log name the predicate, and every answer keeps coming from v1."""
+    for version, seed, ndcg in (("v1", 1, 0.040), ("v2", 2, 0.020)):
+        folder = tmp_path / f"emb-{version}"
+        _write_embeddings(folder, seed)
+        quality = {"split": "test", "per_user": 1, "k": 10, "users": USERS, "ndcg_at_10": ndcg}
+        (folder / "metadata.json").write_text(json.dumps({"metric": "cosine", "quality": quality}))
+    body = _manifest(tmp_path / "emb-v1", "v1", 2)
+    body["spec"]["index"]["qualityGate"] = {"minNdcgAt10": 0.03, "minRelativeToActive": 0.9}
+    manifest = tmp_path / "cluster.yaml"
+    manifest.write_text(yaml.safe_dump(body))
+    state = tmp_path / "state"
+    port = free_port()
+    _recctl(
+        "up", "-f", str(manifest), "--state-dir", str(state), "--port", str(port), "--detach", "--wait", "90"
+    )
+    try:
+        assert _status(state)["activeVersion"] == "v1", "v1 meets the gate and serves"
+        v1_layout = _status(state)["activeLayout"]
+        body["spec"]["index"]["version"] = "v2"
+        body["spec"]["index"]["source"] = str(tmp_path / "emb-v2")
+        manifest.write_text(yaml.safe_dump(body))
+        _recctl("apply", "-f", str(manifest), "--state-dir", str(state))
+
+        def refused() -> bool:
+            status = _status(state)
+            return any(entry["predicate"] == "meets_quality_gate" for entry in status.get("blockedBy", []))
+
+        _wait_for(refused, "the quality gate to refuse v2")
+        status = _status(state)
+        v2_layout = status["targetLayout"]
+        reason = next(e["reason"] for e in status["blockedBy"] if e["predicate"] == "meets_quality_gate")
+        assert "NDCG@10 0.0200 (test split) is below spec.index.qualityGate.minNdcgAt10 0.0300" in reason
+        progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+        assert progressing["reason"] == "QualityGateFailed" and progressing["status"] == "False"
+        assert status["activeVersion"] == "v1" and status["activeLayout"] == v1_layout
+        assert (state / "layouts" / v2_layout / "layout.json").is_file(), "v2 was built"
+        logs = [path.name for path in (state / "logs").iterdir() if v2_layout in path.name]
+        assert logs == [f"build-{v2_layout}.log"], f"no shard process of v2 ever started: {logs}"
+        events = (state / "events.log").read_text()
+        assert "MeetsQualityGate" in events and v2_layout in events, "a Warning Event names the refusal"
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            for user in range(5):
+                answer = client.post("/v1/recommend", json={"user_id": f"user-{user}", "k": 5})
+                assert answer.status_code == 200 and answer.json()["index_version"] == "v1"
+    finally:
+        _recctl("down", "--state-dir", str(state), check=False)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -29,10 +30,33 @@ def test_train_then_evaluate_from_a_csv(tmp_path: Path, capsys: pytest.CaptureFi
     assert "| popularity baseline | 8 |" in written and "Leave-last-1-out: 8 held-out" in written
 
 
+def test_train_tune_searches_within_its_budget_and_records_the_choice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_csv(tmp_path / "i.csv", ROWS)
+    out = tmp_path / "emb"
+    argv = ["train", "--interactions", str(data), "--out", str(out), "--holdout", "1", "--factors", "4"]
+    argv += ["--iterations", "2", "--tune", "--tune-trials", "3", "--validation-holdout", "1"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    progress = [line for line in captured.err.splitlines() if line.startswith("trial ")]
+    assert len(progress) == 3 and progress[-1].startswith("trial 3/3 [")
+    assert re.search(r"tuned: 3 trials in .* s \(stopped by trials\); best trial \d", captured.out)
+    metadata = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
+    tuning = metadata["tuning"]
+    assert tuning["validation"]["per_user"] == 1 and tuning["search"]["seed"] == 42
+    assert len(tuning["trials"]) == 3 and tuning["trials"][0]["params"]["factors"] == 4
+    assert tuning["best"]["params"] == {
+        name: value for name, value in metadata["trainer"]["params"].items() if name != "threads"
+    }
+    assert f"parameters: {tuning['best']['params']['model']} " in captured.out
+    assert metadata["quality"]["split"] == "test" and 0 <= metadata["quality"]["ndcg_at_10"] <= 1
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--factors", "0"], "invalid ALS parameter(s): factors"),
+        (["--factors", "0"], "invalid training parameter(s): factors"),
         (["--holdout", "-1"], "--holdout must be >= 0"),
     ],
 )
@@ -80,6 +104,7 @@ def test_evaluate_trains_and_serves_movielens_through_shards(
     sharded = next(name for name in rows if name.startswith("sharded HNSW in process (3 shards"))
     exact = next(name for name in rows if name.startswith("exact"))
     assert rows[sharded][0] == rows[exact][0] == "610"
-    assert float(rows[sharded][3]) >= 0.95, "ANN recall@10 against exact"
-    assert abs(float(rows[sharded][2]) - float(rows[exact][2])) < 0.01
-    assert float(rows[exact][2]) > 1.25 * float(rows["popularity baseline"][2])
+    assert float(rows[sharded][7]) >= 0.95, "ANN recall@10 against exact"
+    assert abs(float(rows[sharded][3]) - float(rows[exact][3])) < 0.01, "NDCG@10"
+    assert float(rows[exact][3]) > 1.25 * float(rows["popularity baseline"][3])
+    assert float(rows["random baseline"][1]) < float(rows["popularity baseline"][1]), "hit-rate@10"

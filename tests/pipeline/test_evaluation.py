@@ -10,7 +10,7 @@ from shardrec.tools.pipeline.evaluation import Candidate, evaluate
 from shardrec.tools.pipeline.holdout import leave_last_n_out
 from shardrec.tools.pipeline.sources import DataSource
 from shardrec.tools.pipeline.train_job import train_embeddings
-from shardrec.tools.pipeline.training import AlsParams
+from shardrec.tools.pipeline.training import TrainParams
 
 from .conftest import write_csv
 
@@ -35,14 +35,17 @@ def test_evaluate_averages_over_users_and_measures_recall_against_the_first() ->
     assert ann.hit_rate == 0.5 and ann.ndcg == 0.5 and ann.recall_vs_exact == 0.5
     assert ref.recall_vs_exact is None and ref.is_reference
     table = report.markdown()
-    assert "| fixed | 2 | 1.0000 |" in table and "| approx | 2 | 0.5000 | 0.5000 | 0.5000 |" in table
+    assert "| fixed | 2 | 1.0000 | [1.0000, 1.0000] | " in table
+    assert (
+        "| approx | 2 | 0.5000 | [0.0000, 1.0000] | 0.5000 | [0.0000, 1.0000] | n/a | n/a | 0.5000 |" in table
+    )
     assert "Leave-last-1-out: 2 held-out interactions of 2 users" in table
 
 
 @pytest.fixture(scope="module")
 def holdout5_embeddings(movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("emb") / "holdout5"
-    params = AlsParams(factors=16, iterations=8, seed=42)
+    params = TrainParams(factors=16, iterations=8, seed=42)
     train_embeddings(DataSource("movielens", movielens_dir), out, params, holdout=5, progress=False)
     return out
 
@@ -61,7 +64,7 @@ def test_als_beats_popularity_on_movielens(holdout5_embeddings: Path) -> None:
 def test_embeddings_trained_on_everything_are_refused(movielens_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "all"
     train_embeddings(
-        DataSource("movielens", movielens_dir), out, AlsParams(factors=4, iterations=1), progress=False
+        DataSource("movielens", movielens_dir), out, TrainParams(factors=4, iterations=1), progress=False
     )
     with pytest.raises(
         EvaluationSetupError, match=r"trained on every interaction, so held-out items would leak"
@@ -79,7 +82,7 @@ def test_changed_data_and_leaked_items_are_refused(tmp_path: Path) -> None:
     data = write_csv(tmp_path / "i.csv", rows)
     out = tmp_path / "emb"
     train_embeddings(
-        DataSource("csv", data), out, AlsParams(factors=4, iterations=2), holdout=1, progress=False
+        DataSource("csv", data), out, TrainParams(factors=4, iterations=2), holdout=1, progress=False
     )
     report = evaluate_embeddings(out, ann=None, progress=False)
     assert report.users == 6

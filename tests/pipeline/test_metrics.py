@@ -2,9 +2,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
-from shardrec.tools.pipeline.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
+from shardrec.tools.pipeline.metrics import (
+    bootstrap_indices,
+    bootstrap_interval,
+    bootstrap_ratio_interval,
+    coverage,
+    hit_rate_at_k,
+    ndcg_at_k,
+    novelty,
+    recall_at_k,
+)
 
 
 def test_hit_rate_counts_a_hit_only_within_k() -> None:
@@ -42,3 +52,36 @@ def test_invalid_arguments() -> None:
         ndcg_at_k(["a"], set(), 10)
     with pytest.raises(ValueError, match="k must be >= 1"):
         hit_rate_at_k(["a"], {"a"}, 0)
+
+
+def test_bootstrap_interval_is_seeded_brackets_the_mean_and_narrows_with_users() -> None:
+    rng = np.random.default_rng(0)
+    few = (rng.random(50) < 0.3).astype(float)
+    many = (rng.random(5000) < 0.3).astype(float)
+    low, high = bootstrap_interval(few, bootstrap_indices(50, 1000, seed=1))
+    assert low < few.mean() < high
+    assert (low, high) == bootstrap_interval(few, bootstrap_indices(50, 1000, seed=1))
+    wide = high - low
+    low, high = bootstrap_interval(many, bootstrap_indices(5000, 1000, seed=1))
+    assert low < many.mean() < high and high - low < wide / 5
+    constant = np.ones(20)
+    assert bootstrap_interval(constant, bootstrap_indices(20, 100, seed=2)) == (1.0, 1.0)
+    with pytest.raises(ValueError):
+        bootstrap_indices(0, 10, seed=0)
+
+
+def test_bootstrap_ratio_is_paired() -> None:
+    a = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    worlds = bootstrap_indices(len(a), 500, seed=3)
+    # A ratio of a series to itself is exactly 1 in every paired world.
+    assert bootstrap_ratio_interval(a, a, worlds) == (1.0, 1.0)
+    low, high = bootstrap_ratio_interval(2 * a, a, worlds)
+    assert low == pytest.approx(2.0) and high == pytest.approx(2.0)
+
+
+def test_coverage_and_novelty_hand_checked() -> None:
+    answers = [["a", "b"], ["a", "c"]]
+    assert coverage(answers, 10) == pytest.approx(0.3)
+    # 8 users: a had 8 (-log2 1 = 0), b had 2 (2 bits), c had 1 (3 bits); mean over 4 answers.
+    assert novelty(answers, {"a": 8, "b": 2, "c": 1}, 8) == pytest.approx((0 + 2 + 0 + 3) / 4)
+    assert novelty([], {}, 8) == 0.0

@@ -6,7 +6,9 @@ import pytest
 from shardrec.serving.index.embeddings import Embeddings
 from shardrec.tools.pipeline.recommenders import (
     ExactRecommender,
+    ItemCosineRecommender,
     PopularityRecommender,
+    RandomRecommender,
     UnknownUserError,
     score_items,
     top_k_indices,
@@ -53,3 +55,25 @@ def test_popularity_ranks_by_count_then_id_and_excludes() -> None:
     assert popularity("anyone", 3, set()) == ["b", "c", "a"]
     assert popularity("anyone", 3, {"b"}) == ["c", "a", "d"]
     assert popularity("anyone", 10, {"a", "b", "c", "d"}) == []
+
+
+def test_random_baseline_is_seeded_and_never_recommends_seen_items() -> None:
+    catalogue = [f"i{n}" for n in range(30)]
+    first = RandomRecommender(catalogue, seed=4)
+    answers = [first("u", 5, {"i1", "i2", "i3"}) for _ in range(20)]
+    assert all(len(a) == len(set(a)) == 5 and not {"i1", "i2", "i3"} & set(a) for a in answers)
+    assert len({tuple(a) for a in answers}) > 1, "draws differ between users"
+    again = RandomRecommender(catalogue, seed=4)
+    assert [again("u", 5, {"i1", "i2", "i3"}) for _ in range(20)] == answers
+    assert RandomRecommender(["a", "b"], seed=0)("u", 5, {"a"}) == ["b"]
+
+
+def test_item_cosine_recommends_what_similar_users_had_minus_their_own() -> None:
+    # u1 and u2 share a and b; u2 also had c, so c is u1's best unseen neighbour item.
+    users = ["u1", "u1", "u2", "u2", "u2", "u3", "u3"]
+    items = ["a", "b", "a", "b", "c", "d", "e"]
+    cosine = ItemCosineRecommender(users, items)
+    assert cosine("u1", 1, {"a", "b"}) == ["c"]
+    assert "a" not in cosine("u2", 3, {"a"}) and "c" not in cosine("u2", 3, {"a", "b", "c"})
+    with pytest.raises(UnknownUserError):
+        cosine("nobody", 3, set())

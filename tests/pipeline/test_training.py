@@ -11,9 +11,9 @@ from shardrec.tools.pipeline.holdout import leave_last_n_out
 from shardrec.tools.pipeline.interactions import Interactions
 from shardrec.tools.pipeline.sources import DataSource
 from shardrec.tools.pipeline.train_job import train_embeddings
-from shardrec.tools.pipeline.training import AlsParams, train_als
+from shardrec.tools.pipeline.training import TrainParams, train_model
 
-SMALL = AlsParams(factors=8, iterations=3, seed=7)
+SMALL = TrainParams(factors=8, iterations=3, seed=7)
 
 
 def test_training_writes_a_valid_embeddings_directory(
@@ -66,16 +66,18 @@ def test_training_writes_a_valid_embeddings_directory(
 
 def test_training_is_deterministic_for_a_seed(movielens_table: Interactions) -> None:
     table = movielens_table
-    first = train_als(table, SMALL, progress=False).embeddings
-    again = train_als(table, AlsParams(factors=8, iterations=3, seed=7, threads=1), progress=False).embeddings
-    other = train_als(table, AlsParams(factors=8, iterations=3, seed=8), progress=False).embeddings
+    first = train_model(table, SMALL, progress=False).embeddings
+    again = train_model(
+        table, TrainParams(factors=8, iterations=3, seed=7, threads=1), progress=False
+    ).embeddings
+    other = train_model(table, TrainParams(factors=8, iterations=3, seed=8), progress=False).embeddings
     assert np.array_equal(first.items, again.items) and np.array_equal(first.users, again.users)
     assert not np.array_equal(first.items, other.items)
 
 
 def test_invalid_parameters_are_named() -> None:
     with pytest.raises(ValueError, match=r"factors, regularization"):
-        AlsParams(factors=0, regularization=-1)
+        TrainParams(factors=0, regularization=-1)
 
 
 def test_rewrite_replaces_an_embeddings_dir_but_not_a_foreign_folder(tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ from shardrec.planning import (
     ObservedLayout,
     ObservedRouter,
     ObservedShard,
+    OfflineQuality,
     RetireLayout,
+    StageRouter,
     SwitchRouter,
     format_time,
     layout_id,
@@ -25,6 +27,7 @@ from shardrec.planning.actions import LayoutAction
 from shardrec.planning.predicates import (
     PredicateContext,
     first_veto,
+    meets_quality_gate,
     never_delete_last_ready_replica_of_serving_shard,
     never_delete_serving_layout,
     never_switch_to_layout_with_missing_shard,
@@ -73,6 +76,7 @@ def test_table_names_every_rule_once_in_reporting_order() -> None:
     assert names == [
         "paused",
         "failed_layout_not_retried",
+        "meets_quality_gate",
         "rollout_within_timeout",
         "wait_for_router_to_confirm_switch",
         "never_switch_to_layout_with_missing_shard",
@@ -183,3 +187,52 @@ def test_first_veto_reports_the_most_fundamental_rule() -> None:
         f"layout {L1.id} is named by the router topology",
     )
     assert first_veto(ctx(ready_layout(V2)), SwitchRouter(L2, "r")) is None
+
+
+def _built(layout: LayoutSpec, ndcg: float | None, *, serving: bool = False) -> ObservedLayout:
+    quality = OfflineQuality(ndcg, split="test") if ndcg is not None else None
+    shards = tuple(ObservedShard(i, 2, 2) for i in range(layout.shards)) if serving else ()
+    return ObservedLayout(spec=layout, build=ObservedBuild("Succeeded", quality=quality), shards=shards)
+
+
+def _gated(**gate: float) -> RecommenderClusterSpec:
+    return make_spec(index={**V2.index.model_dump(by_alias=True), "qualityGate": gate})
+
+
+def test_quality_gate_refuses_a_layout_below_the_absolute_minimum_before_its_shards_start() -> None:
+    spec = _gated(minNdcgAt10=0.03)
+    low = ctx(_built(L1, 0.04, serving=True), _built(L2, 0.02), spec=spec, written=L1.id, confirmed=L1.id)
+    for action in (EnsureShards(L2, 2, "r"), StageRouter(L2, "r"), SwitchRouter(L2, "r")):
+        reason = meets_quality_gate(low, action)
+        assert reason is not None and "NDCG@10 0.0200 (test split) is below" in reason
+        assert "minNdcgAt10 0.0300" in reason
+        assert first_veto(low, action) == ("meets_quality_gate", reason)
+    # The build runs (it is what reads the metrics); the serving layout is never held back.
+    assert meets_quality_gate(low, EnsureBuild(L2, "a", "r")) is None
+    assert meets_quality_gate(low, EnsureShards(L1, 2, "r")) is None
+    good = ctx(_built(L1, 0.04, serving=True), _built(L2, 0.035), spec=spec, written=L1.id, confirmed=L1.id)
+    assert meets_quality_gate(good, EnsureShards(L2, 2, "r")) is None
+
+
+def test_quality_gate_relative_to_the_serving_layout() -> None:
+    spec = _gated(minRelativeToActive=0.98)
+    worse = ctx(_built(L1, 0.040, serving=True), _built(L2, 0.039), spec=spec, written=L1.id, confirmed=L1.id)
+    reason = meets_quality_gate(worse, EnsureShards(L2, 2, "r"))
+    assert reason is not None and f"serving layout {L1.id}'s NDCG@10 0.0400" in reason and "0.0392" in reason
+    close = ctx(
+        _built(L1, 0.040, serving=True), _built(L2, 0.0393), spec=spec, written=L1.id, confirmed=L1.id
+    )
+    assert meets_quality_gate(close, EnsureShards(L2, 2, "r")) is None
+    # Nothing serving (first rollout) or a serving layout without metrics: nothing to compare with.
+    assert meets_quality_gate(ctx(_built(L2, 0.001), spec=spec), EnsureShards(L2, 2, "r")) is None
+    unmeasured = ctx(_built(L1, None, serving=True), _built(L2, 0.001), spec=spec, confirmed=L1.id)
+    assert meets_quality_gate(unmeasured, EnsureShards(L2, 2, "r")) is None
+
+
+def test_quality_gate_refuses_a_layout_without_metrics_and_is_off_without_a_gate() -> None:
+    reason = meets_quality_gate(
+        ctx(_built(L2, None), spec=_gated(minNdcgAt10=0.01)), EnsureShards(L2, 2, "r")
+    )
+    assert reason is not None and "records no offline metrics" in reason
+    assert meets_quality_gate(ctx(_built(L2, None)), EnsureShards(L2, 2, "r")) is None
+    assert meets_quality_gate(ctx(_built(L2, 0.0)), SwitchRouter(L2, "r")) is None

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from shardrec.api.v1alpha1 import RecommenderClusterSpec
-from shardrec.planning import EnsureBuild, ObservedRouter, Plan, SwitchRouter, layout_id, plan
+from shardrec.planning import (
+    EnsureBuild,
+    ObservedRouter,
+    Plan,
+    RecordEvent,
+    SwitchRouter,
+    layout_id,
+    plan,
+)
 from tests.planning.world import (
     CLUSTER,
     FakeWorld,
@@ -304,3 +312,28 @@ def test_random_schedules_keep_the_invariants_and_converge(seed: int) -> None:
     assert world.serving_version() == "final"
     assert final.status.phase == "Ready" and final.status.blocked_by == []
     assert set(world.layouts) == {layout_id(spec)}
+
+
+def test_quality_gate_refuses_a_worse_version_before_its_shards_start_and_the_old_one_keeps_serving() -> None:
+    gate = {"qualityGate": {"minNdcgAt10": 0.03, "minRelativeToActive": 0.98}}
+    v1 = make_spec(index={"version": "v1", "source": "/data/emb", "dimension": 8, **gate})
+    world = FakeWorld(ndcg_by_version={"v1": 0.040, "v2": 0.020, "v3": 0.039, "v4": 0.041})
+    run_until_settled(world, v1)
+    assert world.serving_version() == "v1"
+
+    for low in ("v2", "v3"):  # v2 under the absolute minimum, v3 under 98% of v1's 0.040
+        plans = run_until_settled(world, with_version(v1, low))
+        low_id = layout_id(with_version(v1, low))
+        assert world.serving_version() == "v1", "the serving layout keeps serving"
+        assert world.layouts[low_id].build_state == "Succeeded", "the build ran and recorded the metrics"
+        assert world.layouts[low_id].shards == {}, "no shard of the refused layout was started"
+        status = plans[-1].status
+        assert [entry.predicate for entry in status.blocked_by] == ["meets_quality_gate"]
+        progressing = next(c for c in status.conditions if c.type == "Progressing")
+        assert progressing.status == "False" and progressing.reason == "QualityGateFailed"
+        warnings = [e for p in plans for e in p.actions if isinstance(e, RecordEvent) and e.type == "Warning"]
+        assert any(low_id in e.message and "qualityGate" in e.message for e in warnings)
+
+    v4 = with_version(v1, "v4")
+    run_until_settled(world, v4)
+    assert world.serving_version() == "v4", "a version that meets the gate rolls out"

@@ -26,6 +26,7 @@ from shardrec.planning import (
     ObservedLayout,
     ObservedRouter,
     ObservedShard,
+    OfflineQuality,
     Plan,
     RecordEvent,
     RetireLayout,
@@ -90,6 +91,7 @@ class FakeWorld:
     tick_seconds: float = 10.0
     failing_versions: set[str] = field(default_factory=set)
     stuck_versions: set[str] = field(default_factory=set)  # replicas never become ready
+    ndcg_by_version: dict[str, float] = field(default_factory=dict)  # offline metrics a build records
     router_lag_ticks: int = 1
     now: datetime = T0
     generation: int = 1
@@ -121,10 +123,14 @@ class FakeWorld:
                 )
                 for number, shard in sorted(layout.shards.items())
             )
+            ndcg = self.ndcg_by_version.get(layout.spec.version)
             build = ObservedBuild(
                 layout.build_state,  # type: ignore[arg-type]
                 "exit code 1" if layout.build_state == "Failed" else "",
                 layout.build_attempt,
+                OfflineQuality(ndcg, split="test")
+                if ndcg is not None and layout.build_state == "Succeeded"
+                else None,
             )
             layouts.append(ObservedLayout(spec=layout.spec, build=build, shards=shards))
         return Observed(

@@ -270,6 +270,30 @@ class ObjectStoreSpec(ApiModel):
     )
 
 
+class QualityGateSpec(ApiModel):
+    """Offline-quality minimums a new index version must meet before any of its shards starts.
+
+    The build copies the model's offline metrics (the `quality` block of the embeddings'
+    metadata.json, written by `recctl train --holdout N` or `--tune`) into the layout manifest;
+    a layout below a minimum, or with no metrics, is refused (status.blockedBy names
+    `meets_quality_gate`, with a Warning Event) and the active layout keeps serving. Local runtime
+    only for now: the operator refuses a spec that sets it (it cannot read layout.json yet).
+    """
+
+    min_ndcg_at10: float | None = Field(
+        None, ge=0, le=1, description="Refuse a layout whose recorded NDCG@10 is below this."
+    )
+    min_relative_to_active: float | None = Field(
+        None,
+        ge=0,
+        le=10,
+        description=(
+            "Refuse a layout whose NDCG@10 is below this multiple of the serving layout's (e.g. 0.98 "
+            "allows a 2% drop); not applied while the serving layout records no metrics."
+        ),
+    )
+
+
 class IndexSpec(ApiModel):
     """The item index to serve: which embeddings, which version, how it is searched."""
 
@@ -322,6 +346,13 @@ class IndexSpec(ApiModel):
     object_store: ObjectStoreSpec | None = Field(
         None,
         description="Connection to the S3-compatible object store; required when an s3:// URL is used.",
+    )
+    quality_gate: QualityGateSpec | None = Field(
+        None,
+        description=(
+            "Offline-quality minimums a new version must meet before its shards start (local "
+            "runtime only for now; the operator refuses it)."
+        ),
     )
 
 

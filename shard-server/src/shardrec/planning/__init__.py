@@ -40,6 +40,7 @@ from shardrec.planning.observed import (
     ObservedPod,
     ObservedRouter,
     ObservedShard,
+    OfflineQuality,
 )
 from shardrec.planning.planner import Plan, plan
 from shardrec.planning.predicates import PREDICATES, Predicate
@@ -62,6 +63,7 @@ __all__ = [
     "ObservedPod",
     "ObservedRouter",
     "ObservedShard",
+    "OfflineQuality",
     "Plan",
     "Predicate",
     "RecordEvent",

@@ -20,13 +20,39 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from shardrec.api.v1alpha1 import RecommenderClusterStatus
 from shardrec.planning.fleet import RouterObservation
 from shardrec.planning.layouts import LayoutSpec
 
 BuildState = Literal["Absent", "Running", "Succeeded", "Failed"]
+
+
+@dataclass(frozen=True)
+class OfflineQuality:
+    """The model's offline metrics as the built layout records them (layout.json `quality`)."""
+
+    ndcg_at_10: float
+    hit_rate_at_10: float | None = None
+    split: str = ""  # "test" (leave-last-n-out) or "validation" (the tuning's)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any] | None) -> OfflineQuality | None:
+        """From a layout manifest's `quality` block; None when absent or without NDCG@10."""
+        if not record or not isinstance(record.get("ndcg_at_10"), int | float):
+            return None
+        hit = record.get("hit_rate_at_10")
+        return cls(
+            ndcg_at_10=float(record["ndcg_at_10"]),
+            hit_rate_at_10=float(hit) if isinstance(hit, int | float) else None,
+            split=str(record.get("split", "")),
+        )
+
+    def describe(self) -> str:
+        """e.g. `NDCG@10 0.0363 (test split)`."""
+        where = f" ({self.split} split)" if self.split else ""
+        return f"NDCG@10 {self.ndcg_at_10:.4f}{where}"
 
 
 @dataclass(frozen=True)
@@ -37,11 +63,15 @@ class ObservedBuild:
     Job or process). A failure counts against the current attempt only when the tokens match,
     so a stale failure seen right after a retry is not mistaken for a new one. `None` means
     the hands do not track attempts: every failure counts.
+
+    `quality`: the offline metrics the built artifact records, None when it records none (or the
+    hands cannot read them); `spec.index.qualityGate` judges a layout by them.
     """
 
     state: BuildState = "Absent"
     message: str = ""
     attempt: str | None = None
+    quality: OfflineQuality | None = None
 
 
 @dataclass(frozen=True)

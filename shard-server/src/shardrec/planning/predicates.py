@@ -32,7 +32,7 @@ from shardrec.planning.fleet import (
     layouts_in_use,
     unprepared_routers,
 )
-from shardrec.planning.observed import Observed, ObservedShard
+from shardrec.planning.observed import Observed, ObservedShard, OfflineQuality
 from shardrec.planning.timestamps import parse_time
 
 
@@ -158,6 +158,47 @@ def never_switch_to_layout_with_missing_shard(ctx: PredicateContext, action: Lay
     missing = layout.missing_shards()
     if missing:
         return f"layout {action.layout_id}: shards {missing} have no ready replica"
+    return None
+
+
+def _quality(ctx: PredicateContext, layout_id: str | None) -> OfflineQuality | None:
+    layout = ctx.observed.layout(layout_id)
+    return layout.build.quality if layout is not None else None
+
+
+def meets_quality_gate(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """With `spec.index.qualityGate`, a built layout whose recorded offline metrics are missing
+    or below a minimum (absolute, or relative to the serving layout's) starts no shard and is
+    never staged or switched to; the serving layout keeps serving. The build itself runs: it is
+    what reads the metrics."""
+    gate = ctx.spec.index.quality_gate
+    if gate is None or not isinstance(action, EnsureShards | StageRouter | SwitchRouter):
+        return None
+    if action.layout_id == ctx.serving_layout:
+        return None  # already serving: the gate judges new versions, it never stops a serving one
+    layout = ctx.observed.layout(action.layout_id)
+    if layout is None or layout.build.state != "Succeeded":
+        return None
+    quality = layout.build.quality
+    if quality is None:
+        return (
+            f"layout {action.layout_id} (version {action.layout.version}) records no offline metrics "
+            "(train with `recctl train --holdout N` or `--tune`) and spec.index.qualityGate requires them"
+        )
+    if gate.min_ndcg_at10 is not None and quality.ndcg_at_10 < gate.min_ndcg_at10:
+        return (
+            f"layout {action.layout_id} (version {action.layout.version}): {quality.describe()} is below "
+            f"spec.index.qualityGate.minNdcgAt10 {gate.min_ndcg_at10:.4f}"
+        )
+    active = _quality(ctx, ctx.serving_layout)
+    if gate.min_relative_to_active is not None and active is not None:
+        floor = gate.min_relative_to_active * active.ndcg_at_10
+        if quality.ndcg_at_10 < floor:
+            return (
+                f"layout {action.layout_id} (version {action.layout.version}): {quality.describe()} is below "
+                f"spec.index.qualityGate.minRelativeToActive {gate.min_relative_to_active:g} x the serving "
+                f"layout {ctx.serving_layout}'s {active.describe()} = {floor:.4f}"
+            )
     return None
 
 
@@ -304,6 +345,7 @@ def keep_ready_replicas_while_replacing(ctx: PredicateContext, action: LayoutAct
 PREDICATES: tuple[Predicate, ...] = (
     Predicate("paused", paused),
     Predicate("failed_layout_not_retried", failed_layout_not_retried),
+    Predicate("meets_quality_gate", meets_quality_gate),
     Predicate("rollout_within_timeout", rollout_within_timeout),
     Predicate("wait_for_router_to_confirm_switch", wait_for_router_to_confirm_switch),
     Predicate("never_switch_to_layout_with_missing_shard", never_switch_to_layout_with_missing_shard),

@@ -78,6 +78,10 @@ def progress_of(
         return Progress(False, "Paused", f"spec.paused is true{pending}")
     if record.state == "Failed":
         return Progress(False, "RolloutFailed", record.message)
+    refused = [entry.reason for entry in blocked if entry.predicate == "meets_quality_gate"]
+    if refused and tid != router.confirmed_layout:
+        # Waiting cannot help: the model's metrics are what they are. A new spec is needed.
+        return Progress(False, "QualityGateFailed", f"{refused[0]}; the serving layout keeps serving")
     if router.switch_in_flight:
         lagging = lagging_routers(router.routers, router.written_layout)
         who = f"routers {', '.join(lagging)}" if lagging else "the router"
@@ -140,7 +144,8 @@ def requeue_after(
         if records.by_id[layout_id].state == "Retiring" and at > now:
             waits.append((at - now).total_seconds())
     target = records.by_id[LayoutSpec.from_spec(spec).id]
-    if target.state in ("Building", "Starting") and not spec.paused:
+    refused = progress.reason == "QualityGateFailed"  # no deadline: only a new spec moves it
+    if target.state in ("Building", "Starting") and not spec.paused and not refused:
         deadline = parse_time(target.created_at) + timedelta(seconds=spec.rollout.timeout_seconds)
         waits.append((deadline - now).total_seconds())
     return max(min(waits), 1.0) if waits else None

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import hnswlib
 import numpy as np
@@ -223,6 +224,7 @@ def build_layout(
             built_at=_now(),
             build_seconds=round(time.monotonic() - started, 3),
             source={"embeddings_dir": str(embeddings_dir.resolve()), "metadata": embeddings.metadata},
+            quality=_quality_of(embeddings.metadata),
         )
         _seal(staging, manifest)
         _publish(staging, out_dir)
@@ -251,6 +253,12 @@ def reusable_layout(out_dir: Path, wanted: WantedLayout) -> LayoutManifest | Non
             "versions are immutable, pick a new --out"
         )
     return manifest
+
+
+def _quality_of(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The trainer's offline metrics (metadata.json `quality`), when it recorded any."""
+    quality = metadata.get("quality")
+    return dict(quality) if isinstance(quality, dict) else None
 
 
 def _load_checked(embeddings_dir: Path, expected_dimension: int | None) -> Embeddings:

@@ -114,3 +114,10 @@ class LayoutManifest(_Model):
     built_at: str
     build_seconds: float = Field(ge=0)
     source: dict[str, Any] = Field(default_factory=dict, description="Embeddings dir and its metadata.json.")
+    quality: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "The model's offline metrics (metadata.json `quality`: split, hit_rate_at_10, ndcg_at_10, ...), "
+            "judged by spec.index.qualityGate; None when the embeddings record none."
+        ),
+    )

@@ -43,7 +43,9 @@ def _recctl(*args: str) -> None:
         raise CliError(f"`recctl {' '.join(args)}` failed (exit {completed.returncode})")
 
 
-def cluster_manifest(embeddings: Path, version: str, shards: int, replicas: int) -> dict[str, Any]:
+def cluster_manifest(
+    embeddings: Path, version: str, shards: int, replicas: int, dimension: int = 64
+) -> dict[str, Any]:
     return {
         "apiVersion": "shardrec.io/v1alpha1",
         "kind": "RecommenderCluster",
@@ -54,7 +56,7 @@ def cluster_manifest(embeddings: Path, version: str, shards: int, replicas: int)
             "index": {
                 "version": version,
                 "source": str(embeddings.resolve()),
-                "dimension": 64,
+                "dimension": dimension,
                 "metric": "ip",
                 "hnsw": {"m": 16, "efConstruction": 200, "efSearch": 100},
             },
@@ -62,6 +64,14 @@ def cluster_manifest(embeddings: Path, version: str, shards: int, replicas: int)
             "rollout": {"keepPreviousLayouts": 1, "rollbackWindowSeconds": 60, "drainSeconds": 2},
         },
     }
+
+
+def _dimension(embeddings: Path) -> int:
+    """The embedding dimension the trainer recorded in metadata.json."""
+    from shardrec.serving.index.embeddings import read_metadata
+
+    counts = read_metadata(embeddings / "metadata.json").get("counts") or {}
+    return int(counts.get("dimension", 64))
 
 
 def _print_recommendations(router: str, titles: dict[str, str]) -> None:
@@ -83,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from shardrec.tools.pipeline.movielens import load_titles, resolve_movielens_dir
     from shardrec.tools.pipeline.sources import DataSource
     from shardrec.tools.pipeline.train_job import train_embeddings
-    from shardrec.tools.pipeline.training import AlsParams
+    from shardrec.tools.pipeline.training import TrainParams
 
     movielens = resolve_movielens_dir(args.movielens)
     workdir: Path = args.workdir
@@ -95,14 +105,16 @@ def run(args: argparse.Namespace) -> int:
             f"`recctl down --name {CLUSTER_NAME}` first"
         )
     if not (embeddings / "metadata.json").exists():
-        print(f"== training ALS embeddings on {movielens}")
-        summary = train_embeddings(
-            DataSource("movielens", movielens), embeddings, AlsParams(factors=64), holdout=1
-        )
+        params = TrainParams()  # the tuned defaults (docs/evaluation.md, `recctl train --tune`)
+        print(f"== training embeddings on {movielens}: {params.describe()}")
+        summary = train_embeddings(DataSource("movielens", movielens), embeddings, params, holdout=1)
         print(f"   {summary.users} users x {summary.items} items in {summary.training_seconds:.1f}s")
     manifest = workdir / "data" / "cluster.yaml"
     manifest.write_text(
-        yaml.safe_dump(cluster_manifest(embeddings, "v1", args.shards, args.replicas), sort_keys=False),
+        yaml.safe_dump(
+            cluster_manifest(embeddings, "v1", args.shards, args.replicas, _dimension(embeddings)),
+            sort_keys=False,
+        ),
         encoding="utf-8",
     )
     print(f"== starting {args.shards} shards x {args.replicas} replicas and the router")

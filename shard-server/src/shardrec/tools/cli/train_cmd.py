@@ -1,8 +1,10 @@
-"""`recctl train`: implicit-feedback ALS embeddings from MovieLens or a CSV of interactions."""
+"""`recctl train`: implicit-feedback embeddings (ALS or BPR, optionally tuned) from MovieLens or a
+CSV of interactions."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +12,11 @@ from shardrec.serving.index.embeddings import EmbeddingsError
 from shardrec.tools.pipeline.movielens import ENV_VAR, resolve_movielens_dir
 from shardrec.tools.pipeline.sources import DataSource, SourceError
 from shardrec.tools.pipeline.train_job import TrainSummary, train_embeddings
-from shardrec.tools.pipeline.training import AlsParams
+from shardrec.tools.pipeline.training import MODELS, WEIGHTINGS, TrainParams
+from shardrec.tools.pipeline.tuning import SPACE, SearchBudget
 
-_DEFAULTS = AlsParams()
+_DEFAULTS = TrainParams()
+_BUDGET = SearchBudget()
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,14 +39,42 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", choices=MODELS, default=_DEFAULTS.model, help="als or bpr")
     parser.add_argument("--factors", type=int, default=_DEFAULTS.factors, help="embedding dimension")
-    parser.add_argument("--iterations", type=int, default=_DEFAULTS.iterations, help="ALS sweeps")
+    parser.add_argument(
+        "--iterations", type=int, default=_DEFAULTS.iterations, help="ALS sweeps / BPR epochs"
+    )
     parser.add_argument("--regularization", type=float, default=_DEFAULTS.regularization)
-    parser.add_argument("--alpha", type=float, default=_DEFAULTS.alpha, help="confidence scale")
+    parser.add_argument("--alpha", type=float, default=_DEFAULTS.alpha, help="confidence scale (ALS)")
+    parser.add_argument(
+        "--weighting", choices=WEIGHTINGS, default=_DEFAULTS.weighting, help="rating weighting (ALS)"
+    )
     parser.add_argument("--bm25-k1", type=float, default=_DEFAULTS.bm25_k1)
     parser.add_argument("--bm25-b", type=float, default=_DEFAULTS.bm25_b)
+    parser.add_argument("--learning-rate", type=float, default=_DEFAULTS.learning_rate, help="BPR only")
     parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     parser.add_argument("--threads", type=int, default=_DEFAULTS.threads, help="0 = every core")
+    tune = parser.add_argument_group("tuning (random search on a validation split of the training data)")
+    tune.add_argument(
+        "--tune",
+        action="store_true",
+        help="search the parameters first, judged by validation NDCG@10; the flags above are its first trial",
+    )
+    tune.add_argument("--tune-trials", type=int, default=_BUDGET.trials, help="at most this many trials")
+    tune.add_argument("--tune-seconds", type=float, default=_BUDGET.seconds, help="at most this long")
+    tune.add_argument(
+        "--tune-families",
+        default=",".join(_BUDGET.families),
+        help=f"comma-separated model families to search (of {', '.join(SPACE)})",
+    )
+    tune.add_argument(
+        "--validation-holdout",
+        type=int,
+        default=_BUDGET.per_user,
+        metavar="N",
+        help="validation interactions per user, carved from the training ones",
+    )
+    tune.add_argument("--tune-seed", type=int, default=_BUDGET.seed, help="seed of the random search")
 
 
 def source_from_args(args: argparse.Namespace) -> DataSource:
@@ -51,15 +83,18 @@ def source_from_args(args: argparse.Namespace) -> DataSource:
     return DataSource("movielens", resolve_movielens_dir(args.movielens))
 
 
-def params_from_args(args: argparse.Namespace) -> AlsParams:
+def params_from_args(args: argparse.Namespace) -> TrainParams:
     try:
-        return AlsParams(
+        return TrainParams(
+            model=args.model,
             factors=args.factors,
             iterations=args.iterations,
             regularization=args.regularization,
             alpha=args.alpha,
+            weighting=args.weighting,
             bm25_k1=args.bm25_k1,
             bm25_b=args.bm25_b,
+            learning_rate=args.learning_rate,
             seed=args.seed,
             threads=args.threads,
         )
@@ -67,6 +102,27 @@ def params_from_args(args: argparse.Namespace) -> AlsParams:
         from shardrec.tools.cli.main import CliError
 
         raise CliError(str(exc).replace("_", "-")) from exc
+
+
+def budget_from_args(args: argparse.Namespace) -> SearchBudget | None:
+    if not args.tune:
+        return None
+    try:
+        return SearchBudget(
+            trials=args.tune_trials,
+            seconds=args.tune_seconds,
+            families=tuple(f.strip() for f in args.tune_families.split(",") if f.strip()),
+            per_user=args.validation_holdout,
+            seed=args.tune_seed,
+        )
+    except ValueError as exc:
+        from shardrec.tools.cli.main import CliError
+
+        raise CliError(f"--tune: {exc}") from exc
+
+
+def _report(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def run_training(args: argparse.Namespace, out: Path, holdout: int) -> TrainSummary:
@@ -82,6 +138,8 @@ def run_training(args: argparse.Namespace, out: Path, holdout: int) -> TrainSumm
             holdout=holdout,
             download=not args.no_download,
             progress=not args.quiet,
+            tune=budget_from_args(args),
+            report=None if args.quiet else _report,
         )
     except (SourceError, EmbeddingsError) as exc:
         raise CliError(str(exc)) from exc
@@ -89,7 +147,7 @@ def run_training(args: argparse.Namespace, out: Path, holdout: int) -> TrainSumm
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "train", help="train item and user embeddings (implicit ALS) into an embeddings directory"
+        "train", help="train item and user embeddings (implicit ALS or BPR) into an embeddings directory"
     )
     add_source_arguments(parser)
     parser.add_argument(
@@ -109,10 +167,31 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     summary = run_training(args, args.out, args.holdout)
+    print(describe_summary(summary))
+    return 0
+
+
+def describe_summary(summary: TrainSummary) -> str:
+    """What `recctl train` prints: the tuning's outcome, the model, its offline quality."""
+    lines = []
+    if summary.tuning is not None:
+        tuning = summary.tuning
+        lines.append(
+            f"tuned: {len(tuning.trials)} trials in {tuning.seconds:.1f} s (stopped by {tuning.stopped_by}); "
+            f"best trial {tuning.best.number}: validation NDCG@10 {tuning.best.ndcg:.4f}, "
+            f"hit-rate@10 {tuning.best.hit_rate:.4f}"
+        )
+    lines.append(f"parameters: {summary.params.describe()}")
     held = f", {summary.held_out} held out" if summary.held_out else ""
-    print(
+    lines.append(
         f"trained {summary.users} users x {summary.items} items, dimension {summary.dimension}, "
         f"on {summary.training_interactions} interactions{held} in {summary.training_seconds:.2f} s "
         f"-> {summary.out} (metric ip)"
     )
-    return 0
+    quality = summary.metadata.get("quality")
+    if quality:
+        lines.append(
+            f"quality ({quality['split']} split): hit-rate@10 {quality['hit_rate_at_10']:.4f}, "
+            f"NDCG@10 {quality['ndcg_at_10']:.4f}"
+        )
+    return "\n".join(lines)

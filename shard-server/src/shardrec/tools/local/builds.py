@@ -13,8 +13,9 @@ from typing import IO
 
 from shardrec.api.commands import ObjectStoreFlags, index_build_arguments
 from shardrec.planning.layouts import LayoutSpec
-from shardrec.planning.observed import BuildState, ObservedBuild
+from shardrec.planning.observed import BuildState, ObservedBuild, OfflineQuality
 from shardrec.serving.index.layout import LayoutError, read_layout_manifest
+from shardrec.serving.index.manifest import LayoutManifest
 from shardrec.tools.local.state import StateDir, atomic_write_json, atomic_write_text, read_json
 
 LOG_TAIL_LINES = 5
@@ -130,8 +131,13 @@ class LocalBuilds:
             atomic_write_json(self._record_file(layout_id), record)
 
     def observe(self, layout_id: str) -> ObservedBuild:
-        if self._artifact_ok(layout_id):
-            return ObservedBuild(state="Succeeded", attempt=self._read_record(layout_id).get("attempt"))
+        manifest = self._artifact(layout_id)
+        if manifest is not None:
+            return ObservedBuild(
+                state="Succeeded",
+                attempt=self._read_record(layout_id).get("attempt"),
+                quality=OfflineQuality.from_record(manifest.quality),
+            )
         if layout_id in self._running:
             return ObservedBuild(state="Running", attempt=self._running[layout_id].attempt)
         record = self._read_record(layout_id)
@@ -152,14 +158,17 @@ class LocalBuilds:
         self._running.clear()
 
     def _artifact_ok(self, layout_id: str) -> bool:
+        return self._artifact(layout_id) is not None
+
+    def _artifact(self, layout_id: str) -> LayoutManifest | None:
+        """The verified manifest of the layout's artifact, or None when there is none."""
         folder = self._state.layout_dir(layout_id)
         if not (folder / "layout.json").exists():
-            return False
+            return None
         try:
-            read_layout_manifest(folder)
+            return read_layout_manifest(folder)
         except LayoutError:
-            return False
-        return True
+            return None
 
     def _read_record(self, layout_id: str) -> dict[str, str]:
         path = self._record_file(layout_id)

@@ -17,15 +17,23 @@ from shardrec.serving.index.embeddings import (
     read_metadata,
     read_seen_pairs,
 )
-from shardrec.tools.pipeline.evaluation import Candidate, EvaluationReport, evaluate
+from shardrec.tools.pipeline.evaluation import Candidate, Catalogue, EvaluationReport, evaluate
 from shardrec.tools.pipeline.holdout import HoldoutSplit, leave_last_n_out
-from shardrec.tools.pipeline.recommenders import ExactRecommender, PopularityRecommender
+from shardrec.tools.pipeline.recommenders import (
+    ExactRecommender,
+    ItemCosineRecommender,
+    PopularityRecommender,
+    RandomRecommender,
+)
 from shardrec.tools.pipeline.router_client import RouterRecommender
 from shardrec.tools.pipeline.sources import DataSource
 from shardrec.tools.pipeline.training import metric_of
 
 EXACT = "exact top-k (brute force)"
 POPULARITY = "popularity baseline"
+RANDOM = "random baseline"
+ITEM_COSINE = "item-item cosine (implicit, K=50; not servable from embeddings)"
+RANDOM_SEED = 7
 
 
 class EvaluationSetupError(ValueError):
@@ -74,6 +82,38 @@ def _check_no_leak(split: HoldoutSplit, seen: dict[str, list[str]], embeddings_d
             )
 
 
+def _comparisons(split: HoldoutSplit, item_ids: list[str], *, item_cosine: bool) -> list[Candidate]:
+    """The rows every model is read against: item-item cosine, popularity, random."""
+    rows = []
+    if item_cosine:
+        neighbours = ItemCosineRecommender(split.train.users.tolist(), split.train.items.tolist())
+        rows.append(Candidate(ITEM_COSINE, neighbours))
+    rows.append(Candidate(POPULARITY, PopularityRecommender(split.train.items.tolist())))
+    rows.append(Candidate(RANDOM, RandomRecommender(item_ids, seed=RANDOM_SEED)))
+    return rows
+
+
+def _add_ratio_notes(report: EvaluationReport, exact_name: str, k: int) -> None:
+    for metric, label in (("hit_rate", f"hit-rate@{k}"), ("ndcg", f"NDCG@{k}")):
+        mean, low, high = report.ratio(exact_name, POPULARITY, metric)
+        report.notes.append(
+            f"Exact model / popularity, {label}: {mean:.2f}x "
+            f"(95% CI [{low:.2f}, {high:.2f}]x, paired bootstrap)."
+        )
+
+
+def _catalogue(split: HoldoutSplit, item_ids: list[str]) -> Catalogue:
+    pairs = set(zip(split.train.users.tolist(), split.train.items.tolist(), strict=True))
+    users_with_item: dict[str, int] = {}
+    for _, item in pairs:
+        users_with_item[item] = users_with_item.get(item, 0) + 1
+    return Catalogue(
+        items=len(item_ids),
+        users_with_item=users_with_item,
+        users=len({user for user, _ in pairs}),
+    )
+
+
 def evaluate_embeddings(
     embeddings_dir: Path,
     *,
@@ -84,6 +124,7 @@ def evaluate_embeddings(
     router_url: str | None = None,
     api_key: str | None = None,
     progress: bool = True,
+    item_cosine: bool = True,
 ) -> EvaluationReport:
     import threadpoolctl  # type: ignore[import-untyped]
 
@@ -142,16 +183,24 @@ def evaluate_embeddings(
         if router_url:
             router = RouterRecommender(router_url, api_key=api_key)
             candidates.append(Candidate(f"router {router_url}", router, approximate=True))
-        candidates.append(Candidate(POPULARITY, PopularityRecommender(split.train.items.tolist())))
+        candidates.extend(_comparisons(split, embeddings.item_ids, item_cosine=item_cosine))
         try:
             # One query at a time: a multi-threaded BLAS only adds contention to these small products.
             with threadpoolctl.threadpool_limits(1, "blas"):
                 report = evaluate(
-                    candidates, relevant, exclude, k=k, holdout=holdout, notes=notes, progress=progress
+                    candidates,
+                    relevant,
+                    exclude,
+                    k=k,
+                    holdout=holdout,
+                    notes=notes,
+                    progress=progress,
+                    catalogue=_catalogue(split, embeddings.item_ids),
                 )
         finally:
             if router is not None:
                 router.close()
+    _add_ratio_notes(report, candidates[0].name, k)
     if router is not None:
         versions = ", ".join(f"{version} x{count}" for version, count in sorted(router.versions.items()))
         report.notes.append(

@@ -1,4 +1,5 @@
-"""The `Recommender` protocol the evaluation calls, with the exact and popularity baselines.
+"""The `Recommender` protocol the evaluation calls: exact top-k over embeddings, the popularity and
+random baselines, and item-item cosine neighbours as a comparison.
 
 A recommender answers (user_id, k, exclude) with at most k item ids, best first, never one in
 `exclude`. Scores follow the project contract: higher is better for every metric.
@@ -6,8 +7,9 @@ A recommender answers (user_id, k, exclude) with at most k item ids, best first,
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -96,3 +98,60 @@ class PopularityRecommender:
             if item not in exclude:
                 answer.append(item)
         return answer
+
+
+class RandomRecommender:
+    """k catalogue items drawn uniformly without replacement, minus what the user has seen
+    (seeded: the same run gives the same answers). The floor every model must clear."""
+
+    def __init__(self, catalogue: Iterable[str], seed: int = 0) -> None:
+        self._items = sorted(set(catalogue))
+        self._rng = np.random.default_rng(seed)
+
+    def __call__(self, user_id: str, k: int, exclude: Collection[str]) -> list[str]:
+        # Enough draws that k survive the exclusions; at most the whole catalogue.
+        size = min(len(self._items), k + len(exclude))
+        draw = self._rng.choice(len(self._items), size=size, replace=False)
+        return [self._items[i] for i in draw.tolist() if self._items[i] not in exclude][:k]
+
+
+class ItemCosineRecommender:
+    """Item-item cosine neighbours (`implicit.nearest_neighbours.CosineRecommender`): a user's
+    score for an item sums its similarity to the items the user had. Not servable from the
+    sharded embedding index (no low-dimensional vectors); evaluated as a comparison only."""
+
+    def __init__(self, users: Sequence[str], items: Sequence[str], neighbours: int = 50) -> None:
+        import scipy.sparse
+        import threadpoolctl  # type: ignore[import-untyped]
+        from implicit.nearest_neighbours import CosineRecommender
+        from implicit.utils import ParameterWarning
+
+        self._user_ids = sorted(set(users))
+        self._item_ids = sorted(set(items))
+        user_row = {user: row for row, user in enumerate(self._user_ids)}
+        item_col = {item: col for col, item in enumerate(self._item_ids)}
+        rows = [user_row[user] for user in users]
+        cols = [item_col[item] for item in items]
+        self._matrix = scipy.sparse.csr_matrix(
+            (np.ones(len(rows), dtype=np.float32), (rows, cols)),
+            shape=(len(self._user_ids), len(self._item_ids)),
+        )
+        self._matrix.sum_duplicates()
+        self._matrix.data[:] = 1.0
+        self._user_row = user_row
+        self._item_col = item_col
+        self._model = CosineRecommender(K=neighbours, num_threads=1)
+        with threadpoolctl.threadpool_limits(1, "blas"), warnings.catch_warnings():
+            # implicit 0.7 normalises into a COO matrix itself, then warns about its own conversion.
+            warnings.filterwarnings("ignore", message="Method expects CSR input", category=ParameterWarning)
+            self._model.fit(self._matrix, show_progress=False)
+
+    def __call__(self, user_id: str, k: int, exclude: Collection[str]) -> list[str]:
+        row = self._user_row.get(user_id)
+        if row is None:
+            raise UnknownUserError(user_id)
+        history = self._matrix[row]
+        extra = [self._item_col[item] for item in exclude if item in self._item_col]
+        ids, _ = self._model.recommend(row, history, N=k + len(extra), filter_already_liked_items=True)
+        blocked = set(extra)
+        return [self._item_ids[int(col)] for col in ids.tolist() if int(col) not in blocked][:k]
