@@ -146,7 +146,17 @@ def _install_crd(plane: Any) -> None:
     installed = plane.kubectl("apply", "--server-side", "-f", str(CRD), check=False)
     if installed.returncode != 0:
         pytest.fail(f"the API server rejects the CRD {CRD}:\n{installed.stderr}")
-    plane.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    established = plane.kubectl(
+        "wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=120s", check=False
+    )
+    if established.returncode != 0:
+        # Say why: kubectl's own message, the CRD's conditions and the components' log tails.
+        conditions = plane.kubectl("get", "crd", CRD_NAME, "-o", "jsonpath={.status.conditions}", check=False)
+        tails = plane.log_tails() if hasattr(plane, "log_tails") else ""
+        pytest.fail(
+            f"the CRD {CRD_NAME} did not become Established: {established.stderr.strip()}\n"
+            f"conditions: {conditions.stdout.strip() or conditions.stderr.strip()}\n{tails}"
+        )
 
 
 @pytest.fixture(scope="session")
