@@ -267,11 +267,18 @@ class RollWatch:
         self.rolling: dict[int, list[float]] = {}  # shard -> [first, last] time seen mid-roll
         self.violations: list[str] = []
         self.roll_statuses: list[dict[str, Any]] = []  # distinct status.templateRoll values, in order
+        self.states: dict[str, str] = {}  # pod -> its last sampled `image state`
+        self.transitions: list[str] = []  # "<at>s <pod> <image> <state>" whenever a pod's changed
 
     def sample(self, at: float) -> list[dict[str, Any]]:
         pm, cp, ns = self.pm, self.product.cp, self.product.ns
         pods: list[dict[str, Any]] = pm.pods(cp, ns, pm.shard_selector(self.layout))
         self.samples += 1
+        for pod, line in zip(pods, summary(pm, pods), strict=True):
+            name, state = pod["metadata"]["name"], line.split(" ", 1)[1]
+            if self.states.get(name) != state:
+                self.states[name] = state
+                self.transitions.append(f"{at:.1f}s {line}")
         mid_roll = []
         for shard in range(self.shards):
             group = [p for p in pods if p["metadata"]["labels"].get("shardrec.io/shard") == str(shard)]
@@ -310,6 +317,30 @@ def summary(pm: ModuleType, pods: list[dict[str, Any]]) -> list[str]:
     return [f"{p['metadata']['name']} {','.join(sorted(pod_images(p)))} {state(p)}" for p in pods]
 
 
+def roll_shards(watch: RollWatch, traffic: Any, new: str, t0: float, timeout: float = 600) -> float:
+    """Sample until every shard pod of the layout runs `new`, Ready, and status.templateRoll is gone
+    (bounded); new 503 answers go into the timeline. Returns the seconds since t0 it took."""
+    pm, cp, ns = watch.pm, watch.product.cp, watch.product.ns
+    deadline = t0 + timeout
+    unavailable = traffic.counts().unavailable
+    while time.monotonic() < deadline:
+        at = time.monotonic() - t0
+        pods = watch.sample(at)
+        if (now_unavailable := traffic.counts().unavailable) > unavailable:
+            watch.transitions.append(f"{at:.1f}s 503 answers so far: {now_unavailable}")
+            unavailable = now_unavailable
+        status = pm.status(cp, ns)
+        watch.note_status(status)
+        on_new = [p for p in pods if pod_images(p) == {new} and pm.pod_ready(p)]
+        if len(pods) == len(on_new) == watch.shards * pm.REPLICAS and not status.get("templateRoll"):
+            return time.monotonic() - t0
+        time.sleep(0.5)
+    raise AssertionError(
+        f"the roll did not finish in {timeout:.0f} s: {summary(pm, pods)}; "
+        f"templateRoll {status.get('templateRoll')}"
+    )
+
+
 @pytest.mark.node_scenarios
 def test_a_new_image_rolls_shard_by_shard_under_traffic(
     product_diagnostics: Any, product_module: ModuleType, traffic: Any, record_property: Any
@@ -336,20 +367,7 @@ def test_a_new_image_rolls_shard_by_shard_under_traffic(
     pm.patch_spec(cp, ns, {"image": new})
     print(f"\n[scenario image_roll] {old} -> {new} at traffic time {traffic.elapsed():.1f}s ({layout})")
 
-    deadline = t0 + 600
-    done = None
-    while time.monotonic() < deadline:
-        pods = watch.sample(time.monotonic() - t0)
-        status = pm.status(cp, ns)
-        watch.note_status(status)
-        on_new = [p for p in pods if pod_images(p) == {new} and pm.pod_ready(p)]
-        if len(pods) == len(on_new) == shards * pm.REPLICAS and not status.get("templateRoll"):
-            done = time.monotonic() - t0
-            break
-        time.sleep(0.5)
-    assert done is not None, (
-        f"the roll did not finish in 600 s: {summary(pm, pods)}; templateRoll {status.get('templateRoll')}"
-    )
+    done = roll_shards(watch, traffic, new, t0)
 
     router = f"deployment/{pm.CLUSTER}-router"
     pm.wait_for(
@@ -375,6 +393,7 @@ def test_a_new_image_rolls_shard_by_shard_under_traffic(
         f"at once, mid-roll spans {spans}, fewest Ready pods per shard {watch.fewest_ready}; "
         f"templateRoll (shard, updatedReplicas, waitingFor) seen: {reported}"
     )
+    print("[scenario image_roll] timeline (seconds after the patch):\n  " + "\n  ".join(watch.transitions))
     record_property("image_roll_shard_pods_done_seconds", round(done, 1))
     record_property("image_roll_samples", watch.samples)
     assert not watch.violations, watch.violations[:5]
