@@ -9,8 +9,9 @@ is not that version's shard count: the check that no answer mixes versions. Each
 kept in order, so a client that sees v1 again after v2 is caught.
 
 Order matters (one deployment): a dead replica (CI's cheap scenario, marker `node` only), then the rollout
-v1 (2 shards) -> v2 (3 shards) with the operator pod deleted mid-rollout, then one shard without any pod
-(strict, available, and the shipped alert through a real Prometheus). Counts and times are printed and
+v1 (2 shards) -> v2 (3 shards) with the operator pod deleted mid-rollout, then a new data-plane image rolled
+shard by shard (still strict, before the outages touch the consistency mode), then one shard without any
+pod (strict, available, and the shipped alert through a real Prometheus). Counts and times are printed and
 recorded as test properties; only correctness is asserted, never a duration.
 """
 
@@ -233,6 +234,174 @@ def test_roll_v1_to_v2_and_two_to_three_shards_with_the_operator_pod_deleted_mid
     versions = traffic.versions()
     assert all(v == ["v1", "v2"] for v in versions), f"a client saw v1 after v2, or never v2: {versions}"
     assert len(pm.pods(cp, ns, pm.shard_selector(after["activeLayout"]))) == 3 * pm.REPLICAS
+
+
+# --- a pod-template change (the data-plane image) rolled shard by shard ----------------------------------
+
+ROLL_TAG = "-roll"  # the second tag of the same serving image
+
+
+def retagged(image: str) -> str:
+    """`repo:tag` -> `repo:tag-roll` (`repo` -> `repo:latest-roll`): another name, the same image."""
+    name, _, tag = image.rpartition(":")
+    if not name or "/" in tag:
+        return f"{image}:latest{ROLL_TAG}"
+    return f"{name}:{tag}{ROLL_TAG}"
+
+
+def pod_images(pod: dict[str, Any]) -> set[str]:
+    spec = pod["spec"]
+    return {c["image"] for c in [*spec.get("initContainers", []), *spec["containers"]]}
+
+
+class RollWatch:
+    """Samples of the serving layout's shard pods while a template roll runs: per shard, the pods that
+    are not terminating and Ready, and whether the shard is mid-roll, i.e. not at rest, where at rest is
+    exactly `replicasPerShard` pods, none terminating, all Ready, all on one image (all old or all new)."""
+
+    def __init__(self, pm: ModuleType, product: Any, layout: str, shards: int) -> None:
+        self.pm, self.product, self.layout, self.shards = pm, product, layout, shards
+        self.samples = 0
+        self.most_mid_roll = 0
+        self.fewest_ready = dict.fromkeys(range(shards), pm.REPLICAS)
+        self.rolling: dict[int, list[float]] = {}  # shard -> [first, last] time seen mid-roll
+        self.violations: list[str] = []
+        self.roll_statuses: list[dict[str, Any]] = []  # distinct status.templateRoll values, in order
+        self.states: dict[str, str] = {}  # pod -> its last sampled `image state`
+        self.transitions: list[str] = []  # "<at>s <pod> <image> <state>" whenever a pod's changed
+
+    def sample(self, at: float) -> list[dict[str, Any]]:
+        pm, cp, ns = self.pm, self.product.cp, self.product.ns
+        pods: list[dict[str, Any]] = pm.pods(cp, ns, pm.shard_selector(self.layout))
+        self.samples += 1
+        for pod, line in zip(pods, summary(pm, pods), strict=True):
+            name, state = pod["metadata"]["name"], line.split(" ", 1)[1]
+            if self.states.get(name) != state:
+                self.states[name] = state
+                self.transitions.append(f"{at:.1f}s {line}")
+        mid_roll = []
+        for shard in range(self.shards):
+            group = [p for p in pods if p["metadata"]["labels"].get("shardrec.io/shard") == str(shard)]
+            live = [p for p in group if not p["metadata"].get("deletionTimestamp")]
+            ready = [p for p in live if pm.pod_ready(p)]
+            images = set().union(*map(pod_images, group)) if group else set()
+            self.fewest_ready[shard] = min(self.fewest_ready[shard], len(ready))
+            if not ready:
+                self.violations.append(f"{at:.1f}s: shard {shard} had no Ready pod: {summary(pm, group)}")
+            if not (len(group) == len(ready) == pm.REPLICAS and len(images) == 1):
+                mid_roll.append(shard)
+                seen = self.rolling.setdefault(shard, [at, at])
+                seen[1] = at
+        self.most_mid_roll = max(self.most_mid_roll, len(mid_roll))
+        if len(mid_roll) > 1:
+            self.violations.append(f"{at:.1f}s: shards {mid_roll} mid-roll at once: {summary(pm, pods)}")
+        return pods
+
+    def note_status(self, status: dict[str, Any]) -> None:
+        roll = status.get("templateRoll")
+        if roll and (not self.roll_statuses or self.roll_statuses[-1] != roll):
+            self.roll_statuses.append(roll)
+
+    def order(self) -> list[int]:
+        return sorted(self.rolling, key=lambda shard: self.rolling[shard][0])
+
+
+def summary(pm: ModuleType, pods: list[dict[str, Any]]) -> list[str]:
+    """`name image state` per pod, state one of terminating, ready, unready (for failure messages)."""
+
+    def state(pod: dict[str, Any]) -> str:
+        if pod["metadata"].get("deletionTimestamp"):
+            return "terminating"
+        return "ready" if pm.pod_ready(pod) else "unready"
+
+    return [f"{p['metadata']['name']} {','.join(sorted(pod_images(p)))} {state(p)}" for p in pods]
+
+
+def roll_shards(watch: RollWatch, traffic: Any, new: str, t0: float, timeout: float = 600) -> float:
+    """Sample until every shard pod of the layout runs `new`, Ready, and status.templateRoll is gone
+    (bounded); new 503 answers go into the timeline. Returns the seconds since t0 it took."""
+    pm, cp, ns = watch.pm, watch.product.cp, watch.product.ns
+    deadline = t0 + timeout
+    unavailable = traffic.counts().unavailable
+    while time.monotonic() < deadline:
+        at = time.monotonic() - t0
+        pods = watch.sample(at)
+        if (now_unavailable := traffic.counts().unavailable) > unavailable:
+            watch.transitions.append(f"{at:.1f}s 503 answers so far: {now_unavailable}")
+            unavailable = now_unavailable
+        status = pm.status(cp, ns)
+        watch.note_status(status)
+        on_new = [p for p in pods if pod_images(p) == {new} and pm.pod_ready(p)]
+        if len(pods) == len(on_new) == watch.shards * pm.REPLICAS and not status.get("templateRoll"):
+            return time.monotonic() - t0
+        time.sleep(0.5)
+    raise AssertionError(
+        f"the roll did not finish in {timeout:.0f} s: {summary(pm, pods)}; "
+        f"templateRoll {status.get('templateRoll')}"
+    )
+
+
+@pytest.mark.node_scenarios
+def test_a_new_image_rolls_shard_by_shard_under_traffic(
+    product_diagnostics: Any, product_module: ModuleType, traffic: Any, record_property: Any
+) -> None:
+    """`spec.image` changed to a second tag of the same serving image (tagged in the node's containerd):
+    the operator rolls the shard pods one shard at a time (StatefulSets OnDelete, ReplaceShardPod), the
+    routers roll as a Deployment. Polled throughout (bounded): never two shards mid-roll, never a shard
+    without a Ready pod; every shard pod ends on the new image, status.templateRoll gone; 0 failed, 0 503,
+    0 partial, 0 wrong."""
+    pm, product = product_module, product_diagnostics
+    cp, ns = product.cp, product.ns
+    status = wait_ready(pm, product)
+    layout, shards = status["activeLayout"], SHARDS_OF[status["activeVersion"]]
+    assert not status.get("templateRoll"), status["templateRoll"]
+    first = pm.pods(cp, ns, pm.shard_selector(layout))[0]
+    old = first["spec"]["containers"][0]["image"]
+    new = retagged(old)
+    product.node.ctr("images", "tag", "--force", old, new)
+    assert new in product.node.image_names(), f"{new} not in the node's containerd after `ctr images tag`"
+
+    watch = RollWatch(pm, product, layout, shards)
+    t0 = time.monotonic()
+    watch.sample(0.0)
+    pm.patch_spec(cp, ns, {"image": new})
+    print(f"\n[scenario image_roll] {old} -> {new} at traffic time {traffic.elapsed():.1f}s ({layout})")
+
+    done = roll_shards(watch, traffic, new, t0)
+
+    router = f"deployment/{pm.CLUSTER}-router"
+    pm.wait_for(
+        "the router Deployment on the new image",
+        lambda: (
+            pm.kubectl_json(cp, "get", router, "-n", ns)["spec"]["template"]["spec"]["containers"][0]["image"]
+            == new
+        ),
+        timeout=60,
+    )
+    pm.kubectl(cp, "rollout", "status", router, "-n", ns, "--timeout=300s", timeout=320)
+    routers_done = time.monotonic() - t0
+    seen = traffic.counts().sent
+    traffic.wait_for("40 more answers after the roll", lambda c: c.sent >= seen + 40, timeout=60)
+    counts = traffic.stop()
+    seconds = time.monotonic() - t0
+    record(record_property, "image_roll", counts, seconds)
+    spans = {shard: f"{a:.0f}-{b:.0f}s" for shard, (a, b) in sorted(watch.rolling.items())}
+    reported = [(r.get("shard"), r.get("updatedReplicas"), r.get("waitingFor")) for r in watch.roll_statuses]
+    print(
+        f"[scenario image_roll] shard pods all on {new}, templateRoll gone at {done:.0f}s; routers rolled "
+        f"at {routers_done:.0f}s; {watch.samples} samples: at most {watch.most_mid_roll} shard(s) mid-roll "
+        f"at once, mid-roll spans {spans}, fewest Ready pods per shard {watch.fewest_ready}; "
+        f"templateRoll (shard, updatedReplicas, waitingFor) seen: {reported}"
+    )
+    print("[scenario image_roll] timeline (seconds after the patch):\n  " + "\n  ".join(watch.transitions))
+    record_property("image_roll_shard_pods_done_seconds", round(done, 1))
+    record_property("image_roll_samples", watch.samples)
+    assert not watch.violations, watch.violations[:5]
+    assert sorted(watch.rolling) == list(range(shards)), f"not every shard was seen rolling: {spans}"
+    assert watch.roll_statuses, "status.templateRoll never reported the roll"
+    assert_clean(traffic, counts)
+    final = pm.status(cp, ns)
+    assert final["activeLayout"] == layout and not final.get("templateRoll"), final
 
 
 # --- one shard without any pod; Prometheus --------------------------------------------------------------
