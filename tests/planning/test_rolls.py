@@ -10,7 +10,7 @@ which the hands crash half way through a pass (some actions executed, the status
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -290,3 +290,37 @@ def test_pods_not_reported_means_no_roll() -> None:
     observed = ObservedLayout(layout, ObservedBuild("Succeeded"), (shard, replace(shard, shard=1)))
     proposal = propose_roll(layout, observed, 2, serving=True)
     assert proposal.replace == () and proposal.shard is None
+
+
+def test_a_replacement_must_have_been_ready_for_the_settle_time_before_the_last_old_pod_goes() -> None:
+    """Kubernetes calls a pod Ready before routers reach it (DNS, probe interval): deleting the
+    last old pod at once gave 503s on the real node. Ready for less than the settle time holds."""
+    from shardrec.planning.predicates import REPLACEMENT_SETTLE_SECONDS
+
+    world = RollWorld(make_spec(shards=1, replicasPerShard=2))
+    world.change_template("r2")
+    world.tick()
+    first = plan(CLUSTER, world.spec, world.observed())
+    assert [a.pod for a in first.of_type(ReplaceShardPod)] == [world.pod_name(0, 1)]
+    world.execute(first)
+    world.tick()  # ordinal 1 recreated on r2
+    world.tick()  # and Ready
+    observed = world.observed()
+    fresh = observed.now - timedelta(seconds=REPLACEMENT_SETTLE_SECONDS / 5)
+    settled = observed.now - timedelta(seconds=REPLACEMENT_SETTLE_SECONDS)
+
+    def with_ready_since(moment: datetime) -> Observed:
+        (layout,) = observed.layouts
+        (shard,) = layout.shards
+        assert shard.pods is not None
+        pods = tuple(replace(pod, ready_since=moment) if pod.ordinal == 1 else pod for pod in shard.pods)
+        assert pods[1].ready and pods[1].updated
+        return replace(observed, layouts=(replace(layout, shards=(replace(shard, pods=pods),)),))
+
+    held = plan(CLUSTER, world.spec, with_ready_since(fresh))
+    assert held.of_type(ReplaceShardPod) == ()
+    assert held.status.template_roll is not None
+    assert "Ready for less than" in held.status.template_roll.waiting_for
+    assert held.requeue_after_seconds is not None  # it looks again without an event
+    moved = plan(CLUSTER, world.spec, with_ready_since(settled))
+    assert [a.pod for a in moved.of_type(ReplaceShardPod)] == [world.pod_name(0, 0)]

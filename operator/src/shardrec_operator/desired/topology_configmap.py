@@ -2,9 +2,10 @@
 
 Replicas are listed by their stable StatefulSet DNS names through the headless Service, not by
 pod IP, so the topology changes only when the serving layout or its replica count changes, never
-when a pod restarts. An unready replica is not published in DNS and fails fast, and the router
-skips it (retry on another replica, readiness probing), which is how the router stops sending to
-unready endpoints without the operator rewriting the topology on every readiness flap.
+when a pod restarts. The router probes every replica's `/readyz` and skips an unready one (retry
+on another replica, readiness probing), which is how it stops sending to unready endpoints
+without the operator rewriting the topology on every readiness flap. Names resolve from a pod's
+first address on (`publishNotReadyAddresses`), so a starting pod is never cached as unknown.
 """
 
 from __future__ import annotations

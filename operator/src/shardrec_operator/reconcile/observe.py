@@ -30,6 +30,7 @@ from shardrec.planning import (
     RouterObservation,
 )
 from shardrec.planning.fleet import confirmed_layout
+from shardrec.planning.timestamps import parse_time
 from shardrec_operator.desired import labels, names
 from shardrec_operator.desired.router import router_endpoint
 from shardrec_operator.reconcile import resources as kinds
@@ -217,9 +218,24 @@ def observed_pods(statefulset: Obj, pods: list[Obj]) -> tuple[ObservedPod, ...]:
                 ready=pod_is_ready(pod),
                 updated=update is not None and _labels(pod).get(REVISION_LABEL) == update,
                 terminating=bool(pod["metadata"].get("deletionTimestamp")),
+                ready_since=ready_since(pod),
             )
         )
     return tuple(sorted(found, key=lambda pod: pod.ordinal))
+
+
+def ready_since(pod: Obj) -> datetime | None:
+    """When the pod's Ready condition last turned True (None when it is not Ready or the time is
+    missing or malformed: then the planner does not wait on it)."""
+    if not pod_is_ready(pod):
+        return None
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready" and condition.get("lastTransitionTime"):
+            try:
+                return parse_time(str(condition["lastTransitionTime"]))
+            except ValueError:
+                return None
+    return None
 
 
 def observed_layouts(children: Children) -> tuple[ObservedLayout, ...]:

@@ -81,6 +81,8 @@ class ObservedPod:
     `updated`: it runs the workload's current template (on Kubernetes its
     `controller-revision-hash` label equals the StatefulSet's `status.updateRevision`).
     `terminating`: its deletion has begun (it no longer counts as a replica to keep).
+    `ready_since`: when its Ready condition last turned True (None where the hands do not know:
+    the local runtime's routers reach a replica as soon as it is ready).
     """
 
     name: str
@@ -88,6 +90,13 @@ class ObservedPod:
     ready: bool
     updated: bool
     terminating: bool = False
+    ready_since: datetime | None = None
+
+    def settled(self, now: datetime, settle_seconds: float) -> bool:
+        """Ready for at least `settle_seconds`, or ready with no known transition time."""
+        if not self.ready:
+            return False
+        return self.ready_since is None or (now - self.ready_since).total_seconds() >= settle_seconds
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,10 @@ from shardrec.planning.fleet import (
 from shardrec.planning.observed import Observed, ObservedShard, OfflineQuality
 from shardrec.planning.timestamps import parse_time
 
+# How long a replacement pod must have been Ready before the pod it replaces may go: covers
+# the routers' 0.5 s probe, a probe backoff and a DNS negative-cache entry (CoreDNS: 5 s).
+REPLACEMENT_SETTLE_SECONDS = 5.0
+
 
 @dataclass(frozen=True)
 class PredicateContext:
@@ -323,7 +327,14 @@ def replace_one_shard_at_a_time(ctx: PredicateContext, action: LayoutAction) -> 
 
 def keep_ready_replicas_while_replacing(ctx: PredicateContext, action: LayoutAction) -> str | None:
     """Replacing a Ready pod of the serving layout leaves its shard `max(replicasPerShard - 1, 1)`
-    other Ready replicas: never 0 (a single-replica shard waits for its surge replica)."""
+    other replicas that have been Ready for `REPLACEMENT_SETTLE_SECONDS`: never 0 (a
+    single-replica shard waits for its surge replica).
+
+    Why the settle time: Kubernetes calls a pod Ready before the routers can use it. Routers
+    reach replicas by DNS name and probe them every 0.5 s; a replica that was just (re)created
+    may still be cached as unresolvable or dead by them for a few seconds. Measured on the real
+    node: without it, deleting a shard's last old pod the moment its new pod turned Ready gave
+    one ~3 s window of 503s per shard (e2e/node image roll scenario)."""
     if not isinstance(action, ReplaceShardPod):
         return None
     found = _replaced_pod(ctx, action)
@@ -331,14 +342,22 @@ def keep_ready_replicas_while_replacing(ctx: PredicateContext, action: LayoutAct
         return None
     shard, _ = found
     floor = max(ctx.spec.replicas_per_shard - 1, 1)
-    others = sum(1 for pod in shard.live_pods() if pod.ready and pod.name != action.pod)
-    if others >= floor:
+    now = ctx.observed.now
+    others = [pod for pod in shard.live_pods() if pod.ready and pod.name != action.pod]
+    settled = sum(1 for pod in others if pod.settled(now, REPLACEMENT_SETTLE_SECONDS))
+    if settled >= floor:
         return None
     waiting = [pod.name for pod in shard.live_pods() if not pod.ready]
+    settling = [pod.name for pod in others if not pod.settled(now, REPLACEMENT_SETTLE_SECONDS)]
     for_whom = f"; waiting for {', '.join(waiting)} to be Ready" if waiting else ""
+    if settling:
+        for_whom += (
+            f"; {', '.join(settling)} Ready for less than {REPLACEMENT_SETTLE_SECONDS:g} s "
+            "(routers may not reach it yet)"
+        )
     return (
-        f"replacing {action.pod} would leave shard {action.shard} {others} other Ready replicas, "
-        f"{floor} needed{for_whom}"
+        f"replacing {action.pod} would leave shard {action.shard} {settled} other settled Ready "
+        f"replicas, {floor} needed{for_whom}"
     )
 
 
