@@ -131,6 +131,11 @@ def test_a_shed_request_gets_a_cached_fallback_and_others_still_503() -> None:
         answered = await client.post("/v1/recommend", json=known)
         assert answered.status_code == 200
         assert answered.json()["fallback"] == "cached"
+        assert answered.headers["x-shardrec-layout-order"] == "0.1"
+        pinned = await client.post(
+            "/v1/recommend", json=known, headers={"x-shardrec-min-layout-order": "0.2"}
+        )
+        assert pinned.status_code == 503  # never an answer from a layout older than the client's pin
         refused = await client.post("/v1/recommend", json={"user_id": "u0", "k": 3})
         assert refused.status_code == 503 and error_of(refused)["code"] == "overloaded"
         batch = await client.post("/v1/recommend/batch", json={"queries": [known]})
@@ -139,6 +144,6 @@ def test_a_shed_request_gets_a_cached_fallback_and_others_still_503() -> None:
         assert [(await t).status_code for t in held] == [200, 200]
         text = (await client.get("/metrics")).text
         assert 'shardrec_router_fallback_answers_total{reason="shed",source="cached"} 1.0' in text
-        assert metric(text, "shardrec_router_shed_requests_total ") == 3
+        assert metric(text, "shardrec_router_shed_requests_total ") == 4
 
     run(world, cached(fallback=True, max_in_flight=2), scenario)

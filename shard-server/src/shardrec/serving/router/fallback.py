@@ -32,9 +32,10 @@ SHARD_UNAVAILABLE: Final = "shard_unavailable"
 class FallbackAnswer(Exception):  # noqa: N818 - an answer, not an error
     """Raised by the gate's shed path to answer (200) with `payload` instead of the 503."""
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, order_header: bytes) -> None:
         super().__init__("fallback answer")
         self.payload = payload
+        self.order_header = order_header
 
 
 def mark(payload: bytes, suffix: bytes) -> bytes:

@@ -122,7 +122,7 @@ class RouterState:
             body = await self._read_body(length, receive)
             if not self.admission.try_enter():
                 self.metrics.shed.inc()
-                await self._shed_fallback(route, length, receive)
+                self._shed_fallback(route, body, pin)
                 raise ApiError(
                     503,
                     "overloaded",
@@ -154,6 +154,7 @@ class RouterState:
                 self.admission.leave()
         except FallbackAnswer as answer:
             payload = answer.payload
+            extra.append((LAYOUT_ORDER_HEADER, answer.order_header))
         except ApiError as exc:
             status, payload = exc.status, exc.body()
             extra += [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
@@ -226,16 +227,19 @@ class RouterState:
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _shed_fallback(self, route: str, length: bytes | None, receive: Receive) -> None:
+    def _shed_fallback(self, route: str, body: bytes, pin: bytes | None) -> None:
         """Raises `FallbackAnswer` when a shed /v1/recommend request can be answered from the
-        cache (router.fallback.cached); returns when it cannot (then the 503 stands)."""
+        cache (router.fallback.cached); returns when it cannot (then the 503 stands). Never for a
+        client pinned to a newer layout than this router serves."""
         answers = self.service.answers
         snapshot = self.manager.current
         if route != RECOMMEND_ROUTE or not answers.fallback_cached or snapshot is None:
             return
-        payload = answers.fallback_body(snapshot.layout, await self._read_body(length, receive), SHED)
+        if pin is not None and _behind(snapshot.order, pin):
+            return
+        payload = answers.fallback_body(snapshot.layout, body, SHED)
         if payload is not None:
-            raise FallbackAnswer(payload)
+            raise FallbackAnswer(payload, snapshot.order_header)
 
     def _too_large(self) -> ApiError:
         return ApiError(413, "body_too_large", f"request body is larger than {self.max_body} bytes")
