@@ -106,6 +106,10 @@ bench: $(STAMP) ## Benchmarks -> docs/benchmarks.md (minutes; BENCH_ARGS="--size
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/design_tables.py
 
+.PHONY: bench-cache
+bench-cache: $(STAMP) ## Result cache on vs off (Zipf users) and a 10x spike with fallback answers -> docs/benchmarks.md (~2 min)
+	$(BIN)/python benchmarks/result_cache.py --write-doc $(BENCH_ARGS)
+
 .PHONY: bench-ab
 bench-ab: $(STAMP) ## A/B of each hand-written hot-path part against its library -> docs/benchmarks.md (~2 min)
 	$(BIN)/python benchmarks/ab.py $(BENCH_ARGS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,6 +20,7 @@ def _load(name: str, path: Path) -> object:
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up
         spec.loader.exec_module(module)
         return module
     finally:
@@ -40,3 +42,19 @@ def test_cutover_window_table_matches_its_command() -> None:
     for line in lines[2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert int(cells[1]) >= 20 and float(cells[2]) <= float(cells[3]), line
+
+
+def test_result_cache_tables_match_their_command() -> None:
+    bench: Any = _load("result_cache", ROOT / "benchmarks" / "result_cache.py")
+    doc = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    assert bench.BEGIN in doc and bench.END in doc, "run: python benchmarks/result_cache.py --write-doc"
+    block = doc.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
+    assert "`python benchmarks/result_cache.py" in block
+    lines = [line for line in block.splitlines() if line.startswith("|")]
+    zipf = bench.zipf_table([], 100_000, 16).splitlines()
+    spike = bench.spike_table([], 160, 16).splitlines()
+    assert lines[0:2] == zipf, "the Zipf table's header changed: regenerate it"
+    assert [line.split("|")[1].strip() for line in lines[2:4]] == ["cache off", "cache on"]
+    assert lines[4:6] == spike, "the spike table's header changed: regenerate it"
+    names = [line.split("|")[1].strip() for line in lines[6:8]]
+    assert names == ["spike: cache and fallback off", "spike: cache + fallback on"]

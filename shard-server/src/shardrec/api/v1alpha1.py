@@ -385,6 +385,42 @@ class HedgingSpec(ApiModel):
     )
 
 
+class RouterCacheSpec(ApiModel):
+    """The router's result cache of /v1/recommend answers, per router replica. Answers are
+    deterministic per (layout, query), so a hit returns the answer the shards would give (flagged
+    `cached: true`); the layout is part of the key, so a layout switch never serves an old answer."""
+
+    enabled: bool = Field(False, description="Cache /v1/recommend answers in the router.")
+    max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024 * 1024,
+        description="Memory bound of the cache per router replica, in bytes (least recently used go first).",
+    )
+    ttl_seconds: int = Field(
+        300, ge=1, le=86400, description="A cached answer is served as a hit for at most this long."
+    )
+
+
+class RouterFallbackSpec(ApiModel):
+    """Answers instead of a 503 when the router sheds load or (strict) a shard is down. Off by
+    default: then those requests fail with 503 as before."""
+
+    cached: bool = Field(
+        False,
+        description=(
+            "Answer from the result cache (router.cache must be enabled), flagged fallback: cached, even "
+            "past the TTL by at most maxStaleSeconds."
+        ),
+    )
+    max_stale_seconds: int = Field(
+        3600,
+        ge=0,
+        le=86400,
+        description="How far past router.cache.ttlSeconds a fallback answer from the cache may be.",
+    )
+
+
 class AutoscalingSpec(ApiModel):
     """HorizontalPodAutoscaler for the router."""
 
@@ -414,7 +450,12 @@ class RouterSpec(ApiModel):
                 "!self.hedging.enabled || self.hedging.afterMs < self.timeoutMs",
                 "router.hedging.afterMs must be below router.timeoutMs",
                 ".hedging.afterMs",
-            )
+            ),
+            (
+                "!self.fallback.cached || self.cache.enabled",
+                "router.fallback.cached needs router.cache.enabled",
+                ".fallback.cached",
+            ),
         )
     )
 
@@ -449,6 +490,13 @@ class RouterSpec(ApiModel):
     )
     autoscaling: AutoscalingSpec | None = Field(
         None, description="Scale router replicas with load; absent means a fixed replica count."
+    )
+    cache: RouterCacheSpec = Field(
+        default_factory=RouterCacheSpec, description="Result cache of /v1/recommend answers."
+    )
+    fallback: RouterFallbackSpec = Field(
+        default_factory=RouterFallbackSpec,
+        description="Fallback answers instead of 503 when shedding or (strict) a shard is down.",
     )
 
 

@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 from shardrec.serving.router.admission import Admission
 from shardrec.serving.router.config import RouterSettings
 from shardrec.serving.router.errors import ApiError, error_body
+from shardrec.serving.router.fallback import RECOMMEND_ROUTE, SHED, FallbackAnswer
 from shardrec.serving.router.manager import ManagerDeps, TopologyManager
 from shardrec.serving.router.metrics import RouterMetrics
 from shardrec.serving.router.ratelimit import FailedAuthThrottle, RateLimiter, retry_after_header
@@ -121,6 +122,7 @@ class RouterState:
             body = await self._read_body(length, receive)
             if not self.admission.try_enter():
                 self.metrics.shed.inc()
+                self._shed_fallback(route, body, pin)
                 raise ApiError(
                     503,
                     "overloaded",
@@ -150,6 +152,9 @@ class RouterState:
                     snapshot.leave()
             finally:
                 self.admission.leave()
+        except FallbackAnswer as answer:
+            payload = answer.payload
+            extra.append((LAYOUT_ORDER_HEADER, answer.order_header))
         except ApiError as exc:
             status, payload = exc.status, exc.body()
             extra += [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
@@ -221,6 +226,20 @@ class RouterState:
             if not message.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _shed_fallback(self, route: str, body: bytes, pin: bytes | None) -> None:
+        """Raises `FallbackAnswer` when a shed /v1/recommend request can be answered from the
+        cache (router.fallback.cached); returns when it cannot (then the 503 stands). Never for a
+        client pinned to a newer layout than this router serves."""
+        answers = self.service.answers
+        snapshot = self.manager.current
+        if route != RECOMMEND_ROUTE or not answers.fallback_cached or snapshot is None:
+            return
+        if pin is not None and _behind(snapshot.order, pin):
+            return
+        payload = answers.fallback_body(snapshot.layout, body, SHED)
+        if payload is not None:
+            raise FallbackAnswer(payload, snapshot.order_header)
 
     def _too_large(self) -> ApiError:
         return ApiError(413, "body_too_large", f"request body is larger than {self.max_body} bytes")

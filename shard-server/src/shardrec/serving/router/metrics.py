@@ -142,3 +142,35 @@ class RouterMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=registry,
         )
+        self.cache_hits = Counter(
+            "shardrec_router_cache_hits_total",
+            "/v1/recommend answers served from the result cache (hit ratio: hits / (hits + misses)).",
+            registry=registry,
+        )
+        self.cache_misses = Counter(
+            "shardrec_router_cache_misses_total",
+            "/v1/recommend queries the result cache did not hold (fresh) when the cache is enabled.",
+            registry=registry,
+        )
+        self.cache_bytes = Gauge(
+            "shardrec_router_cache_bytes",
+            "Bytes the result cache holds (payloads, keys and per-entry overhead).",
+            registry=registry,
+        )
+        self.cache_entries = Gauge(
+            "shardrec_router_cache_entries",
+            "Answers the result cache holds (fresh or kept for stale fallback answers).",
+            registry=registry,
+        )
+        self.cache_evictions = Counter(
+            "shardrec_router_cache_evictions_total",
+            "Cached answers evicted to stay within router.cache.maxBytes.",
+            registry=registry,
+        )
+        self.fallback_answers = Counter(
+            "shardrec_router_fallback_answers_total",
+            "Requests answered with a fallback answer (200, flagged fallback) instead of a 503, by "
+            "reason (shed: admission full; shard_unavailable: strict and a shard down) and source.",
+            ["reason", "source"],
+            registry=registry,
+        )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
@@ -154,6 +154,20 @@ class RecommendResponse(_Doc):
     index_version: str = Field(description="The one index version every item came from.")
     partial: bool = Field(description="True when a shard did not answer (consistency: available).")
     shards: Coverage
+    cached: bool = Field(
+        False,
+        description=(
+            "Present and true when the answer came from the router's result cache (router.cache): the "
+            "answer the shards gave for the same query on the same layout. Absent otherwise."
+        ),
+    )
+    fallback: Literal["cached"] | None = Field(
+        None,
+        description=(
+            "Present when the router answered instead of a 503 (router.fallback): cached = from the "
+            "result cache, possibly older than its TTL. Absent for regular answers."
+        ),
+    )
 
 
 class BatchResult(_Doc):

@@ -14,6 +14,7 @@ from shardrec.serving.index.partitioning import shard_of
 from shardrec.serving.router.config import RouterSettings
 from shardrec.serving.router.dispatch import Block, ShardFailedError, Vector
 from shardrec.serving.router.errors import ApiError
+from shardrec.serving.router.fallback import SHARD_UNAVAILABLE, Answers, key_of
 from shardrec.serving.router.gather import Gather
 from shardrec.serving.router.merge import Scores, merge_block
 from shardrec.serving.router.metrics import RouterMetrics
@@ -65,13 +66,34 @@ class RouterService:
         self.max_batch_size = spec.max_batch_size
         self.limits = settings.limits
         self.parser = RequestParser(settings.limits, spec.max_batch_size)
+        self.answers = Answers(spec, metrics, self.parser.recommend)
 
     # --- routes ----------------------------------------------------------------------------------
 
     async def recommend(self, body: bytes, snapshot: Snapshot) -> bytes:
-        query = self._resolve(self.parser.recommend(body), snapshot, "")
-        results, partial, answered = await self._answer(snapshot, [query])
-        return self._encode_one(results[0], snapshot, partial, answered)
+        request = self.parser.recommend(body)
+        if not self.answers.enabled:
+            query = self._resolve(request, snapshot, "")
+            results, partial, answered = await self._answer(snapshot, [query])
+            return self._encode_one(results[0], snapshot, partial, answered)
+        key = key_of(snapshot.layout, request)
+        hit = self.answers.lookup(key)
+        if hit is not None:
+            return hit
+        query = self._resolve(request, snapshot, "")
+        try:
+            results, partial, answered = await self._answer(snapshot, [query])
+        except ApiError as error:
+            fallback = (
+                self.answers.fallback(key, SHARD_UNAVAILABLE) if error.code == SHARD_UNAVAILABLE else None
+            )
+            if fallback is None:
+                raise
+            return fallback
+        payload = self._encode_one(results[0], snapshot, partial, answered)
+        if not partial:
+            self.answers.store(key, payload)
+        return payload
 
     async def recommend_batch(self, body: bytes, snapshot: Snapshot) -> bytes:
         parsed = self.parser.batch(body)
