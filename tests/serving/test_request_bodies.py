@@ -13,6 +13,7 @@ which writes integers without a fraction) does not, so wrong values never includ
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError, validators
 
 from shardrec.serving.router.app import create_app
 from shardrec.serving.router.config import Limits, RouterSettings
@@ -40,8 +41,22 @@ EXAMPLES = settings(
 )
 
 
-def _validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": OPENAPI["components"]})
+def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    """JSON Schema patterns are ECMA-262 regular expressions, where `$` (no multiline flag) matches
+    only at the end of the text; Python's `re`, which `jsonschema` uses, also matches it before a
+    final newline, so "0\\n" would pass `^[^\\x00-\\x1f]+$` here and nowhere else."""
+    if not validator.is_type(instance, "string"):
+        return
+    ecma = pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith(r"\$") else pattern
+    if not re.search(ecma, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+EcmaValidator = validators.extend(Draft202012Validator, {"pattern": _ecma_pattern})
+
+
+def _validator(name: str) -> Any:
+    return EcmaValidator({"$ref": f"#/components/schemas/{name}", "components": OPENAPI["components"]})
 
 
 SCHEMAS = {name: _validator(name) for name in ("RecommendRequest", "BatchRequest", "SimilarRequest")}
@@ -197,6 +212,14 @@ def test_similar_bodies(value: Any) -> None:
             value.get("k", 10),
             value.get("exclude") or [],
         )
+
+
+@pytest.mark.parametrize(
+    "value", [{"item_id": "0\n"}, {"item_id": "i", "exclude": ["a\n"]}, {"item_id": "\n0"}]
+)
+def test_an_id_ending_in_a_newline_is_refused_by_both_schema_and_router(value: Any) -> None:
+    """Hypothesis found it: Python's `$` matches before a final newline, ECMA-262's does not."""
+    assert _check("SimilarRequest", PARSER.similar, value) == (False, None)
 
 
 @pytest.mark.parametrize(
