@@ -149,6 +149,7 @@ class IndexBuildFlags:
     """`recctl index build`'s flags that callers other than the layout set."""
 
     WORKERS: Final = "--workers"
+    ONLY_SHARD: Final = "--only-shard"
 
 
 def index_build_arguments(
