@@ -155,3 +155,22 @@ def test_shard_part_mismatches_name_each_field(embeddings: Path, tmp_path: Path)
     (tmp_path / "store" / "lay-p" / shard_dir_name(0) / "manifest.json").unlink()
     assert check_shard_part(store, "lay-p", plan.expected_header(0), plan.count(0)) == "not built"
     assert json.loads((folder / "manifest.json").read_text())["shard"] == 0
+
+
+def test_the_last_part_to_finish_publishes(
+    embeddings: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What each pod of the operator's Indexed Job runs: in any order, the last part publishes."""
+    out = tmp_path / "store" / "lay-p"
+    flags = [*_layout_flags(embeddings, out), "--publish-when-complete", "--only-shard"]
+    for shard in (2, 0):
+        assert recctl(["index", "build", *flags, str(shard)]) == 0
+        assert not (out / "layout.json").exists()
+    assert "not built yet: the last part to finish publishes" in capsys.readouterr().out
+    assert recctl(["index", "build", *flags, "1"]) == 0
+    assert "published layout lay-p" in capsys.readouterr().out
+    assert verify_layout(out).shards == SHARDS
+    assert (
+        recctl(["index", "build", *_layout_flags(embeddings, tmp_path / "x"), "--publish-when-complete"]) == 1
+    )
+    assert "--publish-when-complete needs --only-shard" in capsys.readouterr().err

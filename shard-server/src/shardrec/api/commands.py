@@ -150,6 +150,7 @@ class IndexBuildFlags:
 
     WORKERS: Final = "--workers"
     ONLY_SHARD: Final = "--only-shard"
+    PUBLISH_WHEN_COMPLETE: Final = "--publish-when-complete"
 
 
 def index_build_arguments(

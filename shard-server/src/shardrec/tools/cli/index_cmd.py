@@ -25,6 +25,7 @@ from shardrec.api.commands import (
 from shardrec.serving.cpus import usable_cpus
 from shardrec.serving.index.build import (
     BuildError,
+    PartPlan,
     build_layout,
     build_shard_part,
     manifest_from_parts,
@@ -34,7 +35,7 @@ from shardrec.serving.index.build import (
 )
 from shardrec.serving.index.embeddings import EmbeddingsError
 from shardrec.serving.index.layout import LayoutError, WantedLayout, verify_layout
-from shardrec.serving.index.manifest import SHARD_MANIFEST_FILE, ShardEntry
+from shardrec.serving.index.manifest import SHARD_MANIFEST_FILE, LayoutManifest, ShardEntry, shard_dir_name
 from shardrec.serving.index.scoring import METRICS
 from shardrec.serving.storage.errors import StoreError
 from shardrec.serving.storage.layouts import (
@@ -157,6 +158,12 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="build and store only shard N's files (shard-NNNN/, manifest.json last); "
         "`recctl index publish` then writes layout.json. A part that already verifies is reused",
+    )
+    build.add_argument(
+        IndexBuildFlags.PUBLISH_WHEN_COMPLETE,
+        action="store_true",
+        help="with --only-shard: after this part, publish if every shard's part is there (the "
+        "last part to finish publishes: one pod per shard of an Indexed Job, no extra step)",
     )
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_object_store_flags(build)
@@ -292,15 +299,23 @@ def _run_build_part(args: argparse.Namespace) -> int:
         found = check_shard_part(store, out_name, plan.expected_header(shard), plan.count(shard))
         if isinstance(found, ShardEntry):
             print(f"reused existing shard {shard} of layout {wanted.layout} in {args.out}")
+        else:
+            folder = build_shard_part(
+                plan, shard, scratch / "parts", workers=workers, progress=not args.no_progress
+            )
+            upload_shard_part(folder, store, out_name)
+            print(
+                f"built shard {shard} of layout {wanted.layout} in {args.out}: {plan.count(shard)} items "
+                f"(previous part: {found})"
+            )
+        if not args.publish_when_complete:
             return 0
-        folder = build_shard_part(
-            plan, shard, scratch / "parts", workers=workers, progress=not args.no_progress
-        )
-        upload_shard_part(folder, store, out_name)
-    print(
-        f"built shard {shard} of layout {wanted.layout} in {args.out}: {plan.count(shard)} items "
-        f"(previous part: {found}); run `recctl index publish` once every shard is built"
-    )
+        missing = _missing_parts(store, out_name, wanted.shards)
+        if missing:
+            print(f"shards {missing} not built yet: the last part to finish publishes the layout")
+            return 0
+        manifest = _publish_parts(store, out_name, plan, embeddings_dir, scratch, started=time.monotonic())
+    print(_summary(manifest, args.out, "published"))
     return 0
 
 
@@ -322,32 +337,50 @@ def _run_publish(args: argparse.Namespace) -> int:
         return 0
     with _scratch(args.work_dir) as scratch, _local_embeddings(args, scratch) as embeddings_dir:
         plan = plan_parts(embeddings_dir, wanted)
-        entries: list[ShardEntry] = []
-        problems: list[str] = []
-        for shard in range(wanted.shards):
-            found = check_shard_part(store, out_name, plan.expected_header(shard), plan.count(shard))
-            if isinstance(found, ShardEntry):
-                entries.append(found)
-            else:
-                problems.append(f"shard {shard}: {found}")
-        if problems:
-            raise BuildError(
-                f"{args.out}: not every shard part verifies, layout.json not written: "
-                + "; ".join(problems)
-                + " (run `recctl index build --only-shard N` for each)"
-            )
-        users = write_users_for_parts(plan, scratch / "publish")
-        shard_seconds = sum(_part_seconds(store, out_name, entry) for entry in entries)
-        manifest = manifest_from_parts(
-            plan,
-            entries,
-            users,
-            embeddings_dir=embeddings_dir,
-            build_seconds=shard_seconds + time.monotonic() - started,
-        )
-        publish_parts(store, out_name, manifest, scratch / "publish")
+        manifest = _publish_parts(store, out_name, plan, embeddings_dir, scratch, started=started)
     print(_summary(manifest, args.out, "published"))
     return 0
+
+
+def _publish_parts(
+    store: ObjectStore, out_name: str, plan: PartPlan, embeddings_dir: Path, scratch: Path, *, started: float
+) -> LayoutManifest:
+    """Check every shard part, then write the users part and layout.json last."""
+    entries: list[ShardEntry] = []
+    problems: list[str] = []
+    for shard in range(plan.header.shards):
+        found = check_shard_part(store, out_name, plan.expected_header(shard), plan.count(shard))
+        if isinstance(found, ShardEntry):
+            entries.append(found)
+        else:
+            problems.append(f"shard {shard}: {found}")
+    if problems:
+        raise BuildError(
+            f"{store.describe(out_name)}: not every shard part verifies, layout.json not written: "
+            + "; ".join(problems)
+            + " (run `recctl index build --only-shard N` for each)"
+        )
+    users = write_users_for_parts(plan, scratch / "publish")
+    shard_seconds = sum(_part_seconds(store, out_name, entry) for entry in entries)
+    manifest = manifest_from_parts(
+        plan,
+        entries,
+        users,
+        embeddings_dir=embeddings_dir,
+        build_seconds=shard_seconds + time.monotonic() - started,
+    )
+    publish_parts(store, out_name, manifest, scratch / "publish")
+    return manifest
+
+
+def _missing_parts(store: ObjectStore, out_name: str, shards: int) -> list[int]:
+    """Shards whose part is not complete yet (no manifest.json, which is uploaded last)."""
+    keys = set(store.list_keys(out_name + "/"))
+    return [
+        shard
+        for shard in range(shards)
+        if f"{out_name}/{shard_dir_name(shard)}/{SHARD_MANIFEST_FILE}" not in keys
+    ]
 
 
 def _part_seconds(store: ObjectStore, layout_id: str, entry: ShardEntry) -> float:
@@ -359,6 +392,8 @@ def _part_seconds(store: ObjectStore, layout_id: str, entry: ShardEntry) -> floa
 def _run_build(args: argparse.Namespace) -> int:
     if args.only_shard is not None:
         return _run_build_part(args)
+    if args.publish_when_complete:
+        raise BuildError(f"{IndexBuildFlags.PUBLISH_WHEN_COMPLETE} needs {IndexBuildFlags.ONLY_SHARD}")
     out = parse_location(args.out)
     source = parse_location(args.embeddings)
     out_name = out.parent_and_name()[1] if isinstance(out, S3Location) else out.name
