@@ -38,6 +38,12 @@ def test_index_build_arguments_are_accepted_by_recctl_and_pin_the_whole_layout()
     assert args.workers is None, "without a CPU the builder counts its own (affinity and quota)"
     threads = build_parser().parse_args(index_build_arguments(layout, "/data/emb", "/store/l", workers=3))
     assert threads.workers == 3
+    assert (threads.only_shard, threads.publish_when_complete) == (None, False)
+    # The Indexed Job's pod: the kubelet expands $(JOB_COMPLETION_INDEX) to the shard number.
+    part = index_build_arguments(layout, "/data/emb", "/store/l", only_shard="$(JOB_COMPLETION_INDEX)")
+    expanded = [a.replace("$(JOB_COMPLETION_INDEX)", "2") for a in part]
+    one = build_parser().parse_args(expanded)
+    assert (one.only_shard, one.publish_when_complete) == (2, True)
 
 
 def test_shard_arguments_are_what_the_shard_server_parses() -> None:

@@ -142,6 +142,42 @@ def test_build_job_uploads_to_the_layout_prefix_with_build_resources() -> None:
     assert default["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
 
 
+def test_a_layout_of_several_shards_is_built_by_an_indexed_job_one_pod_per_shard() -> None:
+    sample = cluster(
+        index=INDEX,
+        resources={**spec_document()["resources"], "build": {"requests": {"cpu": "2", "memory": "3Gi"}}},
+    )
+    job = build_index_job(sample, LAYOUT, "a1")
+    assert LAYOUT.shards == 2
+    assert {k: job["spec"][k] for k in ("completionMode", "completions", "parallelism", "backoffLimit")} == {
+        "completionMode": "Indexed",
+        "completions": 2,
+        "parallelism": 2,
+        "backoffLimit": 4,
+    }
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
+    at = command.index("--only-shard")
+    assert command[at : at + 3] == ["--only-shard", "$(JOB_COMPLETION_INDEX)", "--publish-when-complete"]
+    assert container["env"][0] == {
+        "name": "JOB_COMPLETION_INDEX",
+        "valueFrom": {
+            "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+        },
+    }
+    # Each shard's pod has resources.build, not resources.shard.
+    assert container["resources"] == {"requests": {"cpu": "2", "memory": "3Gi"}}
+    assert kubernetes_spec_errors(sample) == []
+
+
+def test_one_shard_and_a_pvc_store_keep_one_job_that_builds_every_shard() -> None:
+    for sample in (cluster(index=INDEX, shards=1), cluster()):
+        job = build_index_job(sample, layout_of(sample), "a1")
+        assert "completionMode" not in job["spec"] and job["spec"]["backoffLimit"] == 2
+        command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert "--only-shard" not in command and "--publish-when-complete" not in command
+
+
 def test_gc_job_deletes_one_layout_and_goes_away_after_an_hour() -> None:
     job = build_artifact_gc_job(SAMPLE, "0123456789", "v0")
     assert job["metadata"]["name"] == names.artifact_gc_job("recs", "0123456789")

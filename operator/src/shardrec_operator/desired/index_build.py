@@ -10,9 +10,15 @@ finishes quickly. The Job's `activeDeadlineSeconds` is the rollout timeout, so a
 cannot even start (missing source claim, no node) fails visibly instead of pending forever; there
 is no TTL, because the finished Job is the record that the layout is built.
 
-One Job builds every shard of a layout (`recctl index build` cannot build a single shard yet, so
-there is no Indexed Job per shard); its container has `resources.build` (or, when empty, the
-shard's resources).
+On an object store a layout of several shards is built per shard (`per_shard_build`): an Indexed
+Job, one completion per shard, each pod running `recctl index build --only-shard
+$(JOB_COMPLETION_INDEX) --publish-when-complete` with `resources.build` (or, when empty, the
+shard's resources). Each pod uploads its shard's part (manifest.json last); the pod that sees every
+part complete after its own upload verifies them all and writes the users part and layout.json
+last. The last part to finish always sees every part, so the Job is Complete only once the layout
+is published, and the planner observes it exactly like the one-shot Job. A one-shard layout, and a
+PVC store (whose ReadWriteOnce claim pods on other nodes could not mount at once), keep one Job
+that builds every shard.
 
 Embeddings source (`spec.index.source`) on Kubernetes:
 - `pvc://<claim>/<path>`: that claim is mounted read-only at /source;
@@ -88,15 +94,28 @@ def _needs_work_dir(spec: api.RecommenderClusterSpec, layout: LayoutSpec) -> boo
     return _on_object_store(spec) or layout.source.startswith("s3://")
 
 
+COMPLETION_INDEX_ENV: Final = "JOB_COMPLETION_INDEX"
+_COMPLETION_INDEX_ANNOTATION: Final = "batch.kubernetes.io/job-completion-index"
+
+
+def per_shard_build(spec: api.RecommenderClusterSpec, layout: LayoutSpec) -> bool:
+    """One pod per shard (an Indexed Job): object store and more than one shard."""
+    return _on_object_store(spec) and layout.shards > 1
+
+
 def build_command(
     cluster: api.RecommenderCluster, layout: LayoutSpec, workers: int | None = None
 ) -> list[str]:
     """`recctl index build` for a layout, the same arguments the local runtime uses; `workers`
-    (build threads) from the build container's CPU, when it has one."""
+    (build threads) from the build container's CPU, when it has one. Per shard, the pod's
+    completion index (expanded by the kubelet) picks the shard."""
     spec = cluster.spec
     embeddings = resolve_source(layout.source, object_store=_on_object_store(spec)).path
     out = artifacts.layout_location(cluster, layout.id)
-    arguments = index_build_arguments(layout, embeddings, out, artifacts.connection(spec), workers=workers)
+    only_shard = f"$({COMPLETION_INDEX_ENV})" if per_shard_build(spec, layout) else None
+    arguments = index_build_arguments(
+        layout, embeddings, out, artifacts.connection(spec), workers=workers, only_shard=only_shard
+    )
     command = ["recctl", *arguments]
     if _needs_work_dir(spec, layout):
         command += ["--work-dir", WORK_MOUNT]
@@ -170,7 +189,25 @@ def build_pod_template(cluster: api.RecommenderCluster, layout: LayoutSpec) -> d
         # Node-local scratch for the download and the local build; gone with the pod.
         pod_spec["volumes"].append({"name": WORK_VOLUME, "emptyDir": {}})
         pod_spec["containers"][0]["volumeMounts"].append({"name": WORK_VOLUME, "mountPath": WORK_MOUNT})
+    if per_shard_build(spec, layout):
+        # The Job controller injects this too; declared here so `$(JOB_COMPLETION_INDEX)` in the
+        # command expands on any kubelet and the template says what the pod reads.
+        index = {"fieldRef": {"fieldPath": f"metadata.annotations['{_COMPLETION_INDEX_ANNOTATION}']"}}
+        container = pod_spec["containers"][0]
+        container["env"] = [{"name": COMPLETION_INDEX_ENV, "valueFrom": index}, *container.get("env", [])]
     return {"metadata": {"labels": job_labels}, "spec": pod_spec}
+
+
+def _per_shard_fields(spec: api.RecommenderClusterSpec, layout: LayoutSpec) -> dict[str, Any]:
+    """The Indexed Job's fields: every shard at once, each with the one-shot Job's retries."""
+    if not per_shard_build(spec, layout):
+        return {"backoffLimit": BUILD_BACKOFF_LIMIT}
+    return {
+        "completionMode": "Indexed",
+        "completions": layout.shards,
+        "parallelism": layout.shards,
+        "backoffLimit": BUILD_BACKOFF_LIMIT * layout.shards,
+    }
 
 
 def build_index_job(cluster: api.RecommenderCluster, layout: LayoutSpec, attempt: str) -> Manifest:
@@ -186,7 +223,7 @@ def build_index_job(cluster: api.RecommenderCluster, layout: LayoutSpec, attempt
         names.build_job(name, layout.id),
         job_labels,
         spec={
-            "backoffLimit": BUILD_BACKOFF_LIMIT,
+            **_per_shard_fields(spec, layout),
             "activeDeadlineSeconds": spec.rollout.timeout_seconds,
             "template": template,
         },

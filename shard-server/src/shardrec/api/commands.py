@@ -149,6 +149,8 @@ class IndexBuildFlags:
     """`recctl index build`'s flags that callers other than the layout set."""
 
     WORKERS: Final = "--workers"
+    ONLY_SHARD: Final = "--only-shard"
+    PUBLISH_WHEN_COMPLETE: Final = "--publish-when-complete"
 
 
 def index_build_arguments(
@@ -158,13 +160,18 @@ def index_build_arguments(
     object_store: ObjectStoreFlags | None = None,
     *,
     workers: int | None = None,
+    only_shard: str | None = None,
 ) -> list[str]:
     """The `recctl` arguments that build `layout` (from `index build` on). Everything comes from
     the layout, not the current spec, so a kept layout is rebuilt exactly as first planned; the
     build refuses embeddings of another dimension and records the layout id. `embeddings_dir` and
     `out_dir` may be s3:// URLs (then `object_store` says how to reach the API). `workers` (build
-    threads) defaults, in the builder, to the CPUs it may use (affinity and CPU quota)."""
+    threads) defaults, in the builder, to the CPUs it may use (affinity and CPU quota). `only_shard`
+    (a number, or `$(JOB_COMPLETION_INDEX)` in an Indexed Job) builds that shard's part alone, and
+    the last part to finish publishes layout.json."""
     threads = [IndexBuildFlags.WORKERS, str(workers)] if workers is not None else []
+    if only_shard is not None:
+        threads += [IndexBuildFlags.ONLY_SHARD, only_shard, IndexBuildFlags.PUBLISH_WHEN_COMPLETE]
     extra = object_store.arguments() if object_store else []
     return [
         "index", "build",

@@ -353,3 +353,105 @@ def _seal(staging: Path, manifest: LayoutManifest) -> None:
         if folder.is_dir():
             fsync_dir(folder)
     publish_atomically(staging / LAYOUT_FILE, manifest.model_dump_json(indent=2).encode())
+
+
+# --- a build per shard (an Indexed Job), then a publish step -------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    """What a one-shard build and the publish step both derive from the embeddings: the
+    deterministic assignment (partitioning.py), so every pod agrees on each shard's items."""
+
+    embeddings: Embeddings
+    assignment: npt.NDArray[np.int64]
+    header: _Header
+
+    def positions(self, shard: int) -> npt.NDArray[np.int64]:
+        return np.flatnonzero(self.assignment == shard).astype(np.int64)
+
+    def count(self, shard: int) -> int:
+        return int(np.count_nonzero(self.assignment == shard))
+
+    def expected_header(self, shard: int) -> dict[str, object]:
+        """The fields a shard part's manifest.json must carry to belong to this layout."""
+        return self.header.of_shard(shard)
+
+
+def plan_parts(embeddings_dir: Path, wanted: WantedLayout, *, workers: int = 1) -> PartPlan:
+    """Load the embeddings and assign items to shards, after checking the arguments."""
+    _check_arguments(
+        version=wanted.version,
+        layout=wanted.layout,
+        shards=wanted.shards,
+        metric=wanted.metric,
+        m=wanted.m,
+        ef_construction=wanted.ef_construction,
+        workers=workers,
+    )
+    embeddings = _load_checked(embeddings_dir, wanted.dimension)
+    assignment = _assign_items(embeddings, wanted.shards)
+    metric: Metric = wanted.metric  # type: ignore[assignment]
+    hnsw = HnswParams(m=wanted.m, ef_construction=wanted.ef_construction)
+    header = _Header(wanted.layout, wanted.version, wanted.shards, embeddings.dimension, metric, hnsw)
+    return PartPlan(embeddings, assignment, header)
+
+
+def build_shard_part(plan: PartPlan, shard: int, work_dir: Path, *, workers: int, progress: bool) -> Path:
+    """Build shard `shard` alone into a fresh `work_dir/shard-NNNN` (index, ids, manifest.json with
+    sha256s) and return that folder. Same seed and item order as build_layout, so with one thread the
+    files are byte-identical to a one-shot build's."""
+    if not 0 <= shard < plan.header.shards:
+        raise BuildError(f"--only-shard {shard}: the layout has shards 0..{plan.header.shards - 1}")
+    if workers < 1:
+        raise BuildError(f"--workers must be at least 1, got {workers}")
+    folder = work_dir / shard_dir_name(shard)
+    if folder.exists():
+        shutil.rmtree(folder)
+    positions = plan.positions(shard)
+    with tqdm(total=len(positions), unit="item", desc=f"shard {shard}", disable=not progress) as bar:
+
+        def advance(done: int) -> None:
+            bar.update(done)
+
+        _build_shard(
+            folder, plan.embeddings, positions, plan.header.of_shard(shard), threads=workers, advance=advance
+        )
+    fsync_dir(folder)
+    return folder
+
+
+def write_users_for_parts(plan: PartPlan, work_dir: Path) -> UsersPart | None:
+    """The router's part, written by the publish step into a fresh `work_dir/users`."""
+    target = work_dir / USERS_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return _write_users(work_dir, plan.embeddings)
+
+
+def manifest_from_parts(
+    plan: PartPlan,
+    entries: list[ShardEntry],
+    users: UsersPart | None,
+    *,
+    embeddings_dir: Path,
+    build_seconds: float,
+) -> LayoutManifest:
+    """layout.json of a layout assembled from verified shard parts. Pure."""
+    header = plan.header
+    return LayoutManifest(
+        layout=header.layout,
+        version=header.version,
+        shards=header.shards,
+        dimension=header.dimension,
+        metric=header.metric,
+        hnsw=header.hnsw,
+        item_count=len(plan.embeddings.item_ids),
+        shard_entries=entries,
+        users=users,
+        built_at=_now(),
+        build_seconds=round(build_seconds, 3),
+        source={"embeddings_dir": str(embeddings_dir.resolve()), "metadata": plan.embeddings.metadata},
+        quality=_quality_of(plan.embeddings.metadata),
+    )

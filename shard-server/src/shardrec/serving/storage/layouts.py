@@ -29,7 +29,9 @@ from shardrec.serving.index.manifest import (
     LAYOUT_FILE,
     SHARD_MANIFEST_FILE,
     LayoutManifest,
+    ShardEntry,
     ShardManifest,
+    shard_dir_name,
 )
 from shardrec.serving.index.users import UserTable, load_user_table
 from shardrec.serving.storage.errors import ChecksumMismatchError, ObjectMissingError, StoreError
@@ -313,3 +315,70 @@ def load_artifact_users(
     dest = root / layout_id
     fetch_router(open_store(store_location, settings or settings_from_env()), layout_id, dest)
     return load_user_table(dest)
+
+
+# --- a build per shard, then publish -------------------------------------------------------------------
+
+
+def shard_part_mismatches(part: ShardManifest, expected: dict[str, object], count: int) -> list[str]:
+    """How a stored shard manifest differs from what this layout's shard must be (empty: it belongs).
+    `expected` is PartPlan.expected_header; `count` the shard's item count. Pure."""
+    pairs = {name: (getattr(part, name), want) for name, want in expected.items()}
+    pairs["count"] = (part.count, count)
+    return [f"{name} {have!r} (wanted {want!r})" for name, (have, want) in pairs.items() if have != want]
+
+
+def check_shard_part(
+    store: ObjectStore, layout_id: str, expected: dict[str, object], count: int
+) -> ShardEntry | str:
+    """The layout.json entry of a stored shard part that is complete (its manifest.json, written
+    last, exists), belongs to this layout and whose every object verifies (size and sha256);
+    otherwise why not, in a few words."""
+    shard = int(str(expected["shard"]))
+    directory = shard_dir_name(shard)
+    key = join_key(layout_id, directory, SHARD_MANIFEST_FILE)
+    try:
+        data = store.read_bytes(key)
+        part = _parse_shard_manifest(data, store.describe(key))
+    except ObjectMissingError:
+        return "not built"
+    except StoreError as exc:
+        return str(exc)
+    mismatches = shard_part_mismatches(part, expected, count)
+    if mismatches:
+        return f"built for another layout ({'; '.join(mismatches)})"
+    for entry in part.files:
+        file_key = join_key(layout_id, directory, entry.name)
+        try:
+            size, digest = store.sha256(file_key)
+            _check(store.describe(file_key), Transfer(entry.name, entry.sha256, entry.bytes), size, digest)
+        except (ObjectMissingError, ChecksumMismatchError) as exc:
+            return str(exc)
+    return ShardEntry(shard=shard, directory=directory, count=count, manifest_sha256=_sha(data))
+
+
+def upload_shard_part(shard_dir: Path, store: ObjectStore, layout_id: str) -> None:
+    """Upload one shard folder (build_shard_part): stale objects of that shard first, then its data
+    files, its manifest.json LAST, so a part whose manifest exists is complete. Refuses a complete
+    layout (layout.json present): layouts are immutable."""
+    if join_key(layout_id, LAYOUT_FILE) in store.list_keys(layout_id + "/"):
+        raise StoreError(
+            f"{store.describe(layout_id)}: already holds a complete layout; its shards are not replaced"
+        )
+    prefix = join_key(layout_id, shard_dir.name)
+    stale = store.list_keys(prefix + "/")
+    manifest_key = join_key(prefix, SHARD_MANIFEST_FILE)
+    if stale:
+        store.delete(sorted(stale, key=lambda key: key != manifest_key))
+    for path in sorted(shard_dir.iterdir()):
+        if path.is_file() and path.name != SHARD_MANIFEST_FILE:
+            store.upload(join_key(prefix, path.name), path)
+    store.upload(manifest_key, shard_dir / SHARD_MANIFEST_FILE)
+
+
+def publish_parts(store: ObjectStore, layout_id: str, manifest: LayoutManifest, work_dir: Path) -> None:
+    """The publish step: upload the users part from `work_dir/users`, then layout.json LAST. The
+    caller has checked every shard part (check_shard_part) into `manifest.shard_entries`."""
+    for transfer in router_transfers(manifest):
+        store.upload(join_key(layout_id, transfer.path), work_dir / transfer.path)
+    store.write_bytes(join_key(layout_id, LAYOUT_FILE), manifest.model_dump_json(indent=2).encode())

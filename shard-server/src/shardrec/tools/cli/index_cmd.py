@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,23 +22,38 @@ from shardrec.api.commands import (
     ObjectStoreCliFlags,
     ObjectStoreFlags,
 )
-from shardrec.serving.index.build import BuildError, build_layout, reusable_layout
+from shardrec.serving.cpus import usable_cpus
+from shardrec.serving.index.build import (
+    BuildError,
+    PartPlan,
+    build_layout,
+    build_shard_part,
+    manifest_from_parts,
+    plan_parts,
+    reusable_layout,
+    write_users_for_parts,
+)
 from shardrec.serving.index.embeddings import EmbeddingsError
 from shardrec.serving.index.layout import LayoutError, WantedLayout, verify_layout
+from shardrec.serving.index.manifest import SHARD_MANIFEST_FILE, LayoutManifest, ShardEntry, shard_dir_name
 from shardrec.serving.index.scoring import METRICS
 from shardrec.serving.storage.errors import StoreError
 from shardrec.serving.storage.layouts import (
+    check_shard_part,
     delete_layout,
     fetch_router,
     fetch_shard,
     list_layouts,
     publish_layout,
+    publish_parts,
     reusable_stored_layout,
+    upload_shard_part,
 )
 from shardrec.serving.storage.stores import (
     ENV_ENDPOINT,
     ENV_PATH_STYLE,
     ENV_REGION,
+    FileStore,
     ObjectStore,
     S3Settings,
     open_store,
@@ -89,27 +105,46 @@ def _store(url: str, args: argparse.Namespace) -> ObjectStore:
         raise CliError(str(exc)) from exc
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("index", help="build, verify, fetch, delete and list index layouts")
-    commands = parser.add_subparsers(dest="index_command", metavar="ACTION", required=True)
-
-    build = commands.add_parser("build", help="build a layout from an embeddings directory")
-    build.add_argument(
+def _add_layout_flags(parser: argparse.ArgumentParser) -> None:
+    """What names a layout: the flags `index build` and `index publish` share."""
+    parser.add_argument(
         "--embeddings",
         required=True,
         help="embeddings directory (docs/embeddings-format.md): a path or s3://bucket/prefix",
     )
-    build.add_argument(
+    parser.add_argument(
         "--out",
         required=True,
         help="layout to create: a folder, or s3://bucket/store-prefix/<layout-id>; an existing layout "
         "with the same parameters that verifies is reused",
     )
-    build.add_argument("--version", required=True, help="index version label, e.g. v3 or 2026-11-23")
-    build.add_argument("--shards", type=int, required=True, help="number of shards (partitions)")
-    build.add_argument("--metric", choices=METRICS, default="cosine", help="similarity (default cosine)")
-    build.add_argument("--m", type=int, default=16, help="HNSW graph degree M (default 16)")
-    build.add_argument("--ef-construction", type=int, default=200, help="HNSW ef_construction (default 200)")
+    parser.add_argument("--version", required=True, help="index version label, e.g. v3 or 2026-11-23")
+    parser.add_argument("--shards", type=int, required=True, help="number of shards (partitions)")
+    parser.add_argument("--metric", choices=METRICS, default="cosine", help="similarity (default cosine)")
+    parser.add_argument("--m", type=int, default=16, help="HNSW graph degree M (default 16)")
+    parser.add_argument("--ef-construction", type=int, default=200, help="HNSW ef_construction (default 200)")
+    parser.add_argument(
+        "--layout", default=None, help="layout id recorded in layout.json (default: --out's name)"
+    )
+    parser.add_argument(
+        "--dimension", type=int, default=None, help="fail unless the embeddings have this dimension"
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="local scratch for a remote source or --out (default: a temporary folder, removed after)",
+    )
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("index", help="build, verify, fetch, delete and list index layouts")
+    commands = parser.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+
+    build = commands.add_parser(
+        "build", help="build a layout (or one shard of it) from an embeddings directory"
+    )
+    _add_layout_flags(build)
     build.add_argument(
         IndexBuildFlags.WORKERS,
         type=int,
@@ -117,20 +152,32 @@ def register(subparsers: Any) -> None:
         help="build threads (default: the CPUs this process may use: affinity and CPU quota)",
     )
     build.add_argument(
-        "--layout", default=None, help="layout id recorded in layout.json (default: --out's name)"
-    )
-    build.add_argument(
-        "--dimension", type=int, default=None, help="fail unless the embeddings have this dimension"
-    )
-    build.add_argument(
-        "--work-dir",
-        type=Path,
+        IndexBuildFlags.ONLY_SHARD,
+        type=int,
         default=None,
-        help="local scratch for a remote source or --out (default: a temporary folder, removed after)",
+        metavar="N",
+        help="build and store only shard N's files (shard-NNNN/, manifest.json last); "
+        "`recctl index publish` then writes layout.json. A part that already verifies is reused",
+    )
+    build.add_argument(
+        IndexBuildFlags.PUBLISH_WHEN_COMPLETE,
+        action="store_true",
+        help="with --only-shard: after this part, publish if every shard's part is there (the "
+        "last part to finish publishes: one pod per shard of an Indexed Job, no extra step)",
     )
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_object_store_flags(build)
     build.set_defaults(func=run_build)
+
+    publish = commands.add_parser(
+        "publish",
+        help="after one `build --only-shard N` per shard: verify every shard part, write the users "
+        "part and layout.json last",
+    )
+    _add_layout_flags(publish)
+    publish.add_argument("--no-progress", action="store_true", help="accepted for symmetry; no bar")
+    _add_object_store_flags(publish)
+    publish.set_defaults(func=run_publish)
 
     verify = commands.add_parser("verify", help="check manifests, shard numbering and every sha256")
     verify.add_argument("layout_dir", type=Path, metavar="DIR", help="layout folder")
@@ -203,7 +250,150 @@ def run_build(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
 
 
+def _wanted(args: argparse.Namespace, out_name: str) -> WantedLayout:
+    return WantedLayout(
+        args.layout or out_name,
+        args.version,
+        args.shards,
+        args.metric,
+        args.m,
+        args.ef_construction,
+        args.dimension,
+    )
+
+
+def _out_store(args: argparse.Namespace) -> tuple[ObjectStore, str]:
+    """--out as a store and the layout's key in it (a folder: its parent is a FileStore)."""
+    out = parse_location(args.out)
+    if isinstance(out, S3Location):
+        store_location, out_name = out.parent_and_name()
+        return open_store(store_location, _settings(args)), out_name
+    return FileStore(out.parent), out.name
+
+
+@contextmanager
+def _local_embeddings(args: argparse.Namespace, scratch: Path) -> Iterator[Path]:
+    source = parse_location(args.embeddings)
+    if isinstance(source, S3Location):
+        embeddings_dir = download_source(open_store(source, _settings(args)), scratch / "embeddings")
+        print(f"downloaded {args.embeddings} to {embeddings_dir}")
+        yield embeddings_dir
+    else:
+        yield source
+
+
+def _run_build_part(args: argparse.Namespace) -> int:
+    """`index build --only-shard N`: one shard part into the store, reused when it verifies."""
+    store, out_name = _out_store(args)
+    wanted = _wanted(args, out_name)
+    shard = args.only_shard
+    existing = reusable_stored_layout(store, out_name, wanted)
+    if existing is not None:
+        print(_summary(existing, args.out, "reused existing"))
+        return 0
+    with _scratch(args.work_dir) as scratch, _local_embeddings(args, scratch) as embeddings_dir:
+        workers = args.workers or usable_cpus()
+        plan = plan_parts(embeddings_dir, wanted, workers=workers)
+        if not 0 <= shard < wanted.shards:
+            raise BuildError(f"--only-shard {shard}: the layout has shards 0..{wanted.shards - 1}")
+        found = check_shard_part(store, out_name, plan.expected_header(shard), plan.count(shard))
+        if isinstance(found, ShardEntry):
+            print(f"reused existing shard {shard} of layout {wanted.layout} in {args.out}")
+        else:
+            folder = build_shard_part(
+                plan, shard, scratch / "parts", workers=workers, progress=not args.no_progress
+            )
+            upload_shard_part(folder, store, out_name)
+            print(
+                f"built shard {shard} of layout {wanted.layout} in {args.out}: {plan.count(shard)} items "
+                f"(previous part: {found})"
+            )
+        if not args.publish_when_complete:
+            return 0
+        missing = _missing_parts(store, out_name, wanted.shards)
+        if missing:
+            print(f"shards {missing} not built yet: the last part to finish publishes the layout")
+            return 0
+        manifest = _publish_parts(store, out_name, plan, embeddings_dir, scratch, started=time.monotonic())
+    print(_summary(manifest, args.out, "published"))
+    return 0
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    try:
+        return _run_publish(args)
+    except (BuildError, EmbeddingsError, LayoutError, StoreError, LocationError) as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _run_publish(args: argparse.Namespace) -> int:
+    """Verify every shard part, write the users part, then layout.json last."""
+    started = time.monotonic()
+    store, out_name = _out_store(args)
+    wanted = _wanted(args, out_name)
+    existing = reusable_stored_layout(store, out_name, wanted)
+    if existing is not None:
+        print(_summary(existing, args.out, "reused existing"))
+        return 0
+    with _scratch(args.work_dir) as scratch, _local_embeddings(args, scratch) as embeddings_dir:
+        plan = plan_parts(embeddings_dir, wanted)
+        manifest = _publish_parts(store, out_name, plan, embeddings_dir, scratch, started=started)
+    print(_summary(manifest, args.out, "published"))
+    return 0
+
+
+def _publish_parts(
+    store: ObjectStore, out_name: str, plan: PartPlan, embeddings_dir: Path, scratch: Path, *, started: float
+) -> LayoutManifest:
+    """Check every shard part, then write the users part and layout.json last."""
+    entries: list[ShardEntry] = []
+    problems: list[str] = []
+    for shard in range(plan.header.shards):
+        found = check_shard_part(store, out_name, plan.expected_header(shard), plan.count(shard))
+        if isinstance(found, ShardEntry):
+            entries.append(found)
+        else:
+            problems.append(f"shard {shard}: {found}")
+    if problems:
+        raise BuildError(
+            f"{store.describe(out_name)}: not every shard part verifies, layout.json not written: "
+            + "; ".join(problems)
+            + " (run `recctl index build --only-shard N` for each)"
+        )
+    users = write_users_for_parts(plan, scratch / "publish")
+    shard_seconds = sum(_part_seconds(store, out_name, entry) for entry in entries)
+    manifest = manifest_from_parts(
+        plan,
+        entries,
+        users,
+        embeddings_dir=embeddings_dir,
+        build_seconds=shard_seconds + time.monotonic() - started,
+    )
+    publish_parts(store, out_name, manifest, scratch / "publish")
+    return manifest
+
+
+def _missing_parts(store: ObjectStore, out_name: str, shards: int) -> list[int]:
+    """Shards whose part is not complete yet (no manifest.json, which is uploaded last)."""
+    keys = set(store.list_keys(out_name + "/"))
+    return [
+        shard
+        for shard in range(shards)
+        if f"{out_name}/{shard_dir_name(shard)}/{SHARD_MANIFEST_FILE}" not in keys
+    ]
+
+
+def _part_seconds(store: ObjectStore, layout_id: str, entry: ShardEntry) -> float:
+    """A shard part's build_seconds (its manifest was verified just before)."""
+    data = store.read_bytes(f"{layout_id}/{entry.directory}/{SHARD_MANIFEST_FILE}")
+    return float(json.loads(data)["build_seconds"])
+
+
 def _run_build(args: argparse.Namespace) -> int:
+    if args.only_shard is not None:
+        return _run_build_part(args)
+    if args.publish_when_complete:
+        raise BuildError(f"{IndexBuildFlags.PUBLISH_WHEN_COMPLETE} needs {IndexBuildFlags.ONLY_SHARD}")
     out = parse_location(args.out)
     source = parse_location(args.embeddings)
     out_name = out.parent_and_name()[1] if isinstance(out, S3Location) else out.name
