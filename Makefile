@@ -118,6 +118,10 @@ bench-ab: $(STAMP) ## A/B of each hand-written hot-path part against its library
 bench-objectstore: $(STAMP) objectstore-build ## boto3 vs obstore vs s3fs: one 1 GiB partition from SeaweedFS -> docs/benchmarks.md (~3 min)
 	$(BIN)/python benchmarks/objectstore_bench.py $(BENCH_ARGS)
 
+.PHONY: bench-coldstart
+bench-coldstart: $(STAMP) objectstore-build ## Shard cold start (download, verify, load, /readyz) at 100k/300k/1M items from SeaweedFS -> docs/benchmarks.md (~15 min, niced)
+	nice -n 10 $(BIN)/python benchmarks/coldstart_bench.py $(BENCH_ARGS)
+
 .PHONY: plots
 plots: $(STAMP) ## Tail-latency simulation plots -> docs/img/ (from benchmarks/coefficients.json)
 	$(BIN)/python benchmarks/tail_plots.py

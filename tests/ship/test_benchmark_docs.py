@@ -7,6 +7,7 @@ the command that is said to have made it."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,3 +59,28 @@ def test_result_cache_tables_match_their_command() -> None:
     assert lines[4:6] == spike, "the spike table's header changed: regenerate it"
     names = [line.split("|")[1].strip() for line in lines[6:8]]
     assert names == ["spike: cache and fallback off", "spike: cache + fallback on"]
+
+
+def test_coldstart_table_matches_its_command() -> None:
+    bench = _load("coldstart_bench", ROOT / "benchmarks" / "coldstart_bench.py")
+    doc = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    begin, end = bench.BEGIN, bench.END  # type: ignore[attr-defined]
+    assert begin in doc and end in doc, "run: make bench-coldstart"
+    block = doc.split(begin, 1)[1].split(end, 1)[0]
+    assert "`python benchmarks/coldstart_bench.py" in block
+    lines = [line for line in block.splitlines() if line.startswith("|")]
+    assert lines[:2] == [bench.HEADER, bench.ALIGN], "the table's header changed: regenerate it"  # type: ignore[attr-defined]
+    labels = [bench.size_label(items) for items in bench.SIZES]  # type: ignore[attr-defined]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    assert rows, "the table has no rows"
+    assert [cells[0] for cells in rows] == labels[: len(rows)], "sizes differ from the script's SIZES"
+    # Each cell has the form the script writes ("12.3 (4.5)", "67", ...): digits aside, identical.
+    step = bench.Step(1.0, 1.0)  # type: ignore[attr-defined]
+    sample = bench.Result(100_000, 1 << 20, step, step, step, step, 1.0, 1.0)  # type: ignore[attr-defined]
+    expected = [_form(cell) for cell in bench.row(sample).strip("|").split("|")[1:]]  # type: ignore[attr-defined]
+    for cells in rows:
+        assert [_form(cell) for cell in cells[1:]] == expected, cells
+
+
+def _form(cell: str) -> str:
+    return re.sub(r"\d+", "9", cell.strip())
