@@ -215,9 +215,14 @@ def test_ef_search_change_applies_live_without_a_restart(cluster: tuple[Path, Pa
         lambda: json.loads((state / "topology.json").read_text())["active"].get("ef_search") == 300,
         "the topology to carry efSearch 300",
     )
-    time.sleep(1.0)  # the router's file watch picks the document up
-    query_all(200)  # every replica gets queries (the router spreads them)
-    assert {name: _ef_in_use(port) for name, (_, _, port) in before.items()} == dict.fromkeys(before, 300)
+
+    def every_shard_searched_with_300() -> bool:
+        # The router's file watch picks the document up on its own schedule (slower on a loaded
+        # machine): query until every replica has searched with the new ef (bounded by _wait_for).
+        query_all(50)  # every replica gets queries (the router spreads them)
+        return {_ef_in_use(port) for _, _, port in before.values()} == {300}
+
+    _wait_for(every_shard_searched_with_300, "every shard replica to search with efSearch 300")
     after = _shard_processes(state)
     assert after == before, "a shard process restarted or moved"
     assert router_pid in [p["pid"] for p in json.loads((state / "runtime.json").read_text())["processes"]]

@@ -147,3 +147,21 @@ def test_a_shed_request_gets_a_cached_fallback_and_others_still_503() -> None:
         assert metric(text, "shardrec_router_shed_requests_total ") == 4
 
     run(world, cached(fallback=True, max_in_flight=2), scenario)
+
+
+def test_a_live_ef_search_change_misses_so_a_hit_is_what_the_shards_would_answer_now() -> None:
+    """efSearch changes without a new layout (it travels per query), and answers depend on it:
+    the cache keys on the layout and the ef the shards are sent."""
+    world = World()
+
+    async def scenario(client: httpx.AsyncClient, state: Any) -> None:
+        body = {"user_id": "u0", "k": 5}
+        await client.post("/v1/recommend", json=body)
+        assert (await client.post("/v1/recommend", json=body)).json()["cached"] is True
+        active = world.build("v1", seed=1)
+        await state.manager.apply(Topology(revision=2, active=active.model_copy(update={"ef_search": 300})))
+        after = (await client.post("/v1/recommend", json=body)).json()
+        assert after["index_version"] == "v1" and "cached" not in after
+        assert (await client.post("/v1/recommend", json=body)).json()["cached"] is True
+
+    run(world, cached(), scenario)

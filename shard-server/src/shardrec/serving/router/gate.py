@@ -237,7 +237,7 @@ class RouterState:
             return
         if pin is not None and _behind(snapshot.order, pin):
             return
-        payload = answers.fallback_body(snapshot.layout, body, SHED)
+        payload = answers.fallback_body(snapshot.answer_scope, body, SHED)
         if payload is not None:
             raise FallbackAnswer(payload, snapshot.order_header)
 

@@ -76,7 +76,7 @@ class RouterService:
             query = self._resolve(request, snapshot, "")
             results, partial, answered = await self._answer(snapshot, [query])
             return self._encode_one(results[0], snapshot, partial, answered)
-        key = key_of(snapshot.layout, request)
+        key = key_of(snapshot.answer_scope, request)
         hit = self.answers.lookup(key)
         if hit is not None:
             return hit

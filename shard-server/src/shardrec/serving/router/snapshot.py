@@ -57,6 +57,14 @@ class Snapshot:
         return self.topology.layout
 
     @property
+    def answer_scope(self) -> str:
+        """What answers depend on besides the query: the layout and the efSearch the shards are
+        sent (it changes live, without a new layout). The result cache keys on it, so a cached
+        answer is always one these shards would give now."""
+        ef = self.channels[0].ef_search if self.channels else 0
+        return f"{self.layout}#ef{ef}"
+
+    @property
     def version(self) -> str:
         return self.topology.version
 
