@@ -212,29 +212,56 @@ def describe_s3_failure(text: str) -> str:
     return line[:300]
 
 
+_STATUS_NUMBER = re.compile(r"status code: (\d{3})\b")
+_DENIED_CODES = frozenset(
+    {"accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "expiredtoken", "tokenrefreshrequired"}
+)
+_BUSY_CODES = frozenset({"slowdown", "internalerror", "serviceunavailable", "requesttimeout"})
+
+
 def classify_s3_error(exc: BaseException, where: str) -> StoreError:
-    """A StoreError for an obstore (or connection) exception. Pure: exception in, exception out."""
+    """A StoreError for an obstore (or connection) exception. Pure: exception in, exception out.
+
+    The HTTP status and the S3 error code, where the text states them, decide; digits elsewhere in
+    the text (request ids, ports, paths) never do. Substring markers only classify texts that
+    carry neither (connection errors, other libraries' messages)."""
     from obstore import exceptions as obx
 
     text = str(exc)
     lowered = text.lower()
     detail = describe_s3_failure(text)
-    if "nosuchbucket" in lowered:
+    code_match = _S3_CODE.search(text)
+    code = code_match.group(1).lower() if code_match else ""
+    status_match = _STATUS_NUMBER.search(text)
+    status = int(status_match.group(1)) if status_match else None
+    stated = bool(code) or status is not None
+    missing = ObjectMissingError(f"{where}: object missing")
+    denied = AccessDeniedError(
+        f"{where}: access denied ({detail}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
+        "AWS_SESSION_TOKEN and their expiry"
+    )
+    busy = StoreBusyError(f"{where}: store busy or failing ({detail})")
+    if code == "nosuchbucket":
         return ObjectMissingError(f"{where}: bucket missing ({detail})")
-    if isinstance(exc, FileNotFoundError | obx.NotFoundError) or "nosuchkey" in lowered:
-        return ObjectMissingError(f"{where}: object missing")
-    if isinstance(exc, obx.PermissionDeniedError | obx.UnauthenticatedError) or any(
-        marker in lowered
-        for marker in ("403", "401", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "expired")
-    ):
-        return AccessDeniedError(
-            f"{where}: access denied ({detail}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
-            "AWS_SESSION_TOKEN and their expiry"
-        )
-    if "404" in lowered:
-        return ObjectMissingError(f"{where}: object missing")
-    if any(marker in lowered for marker in ("503", "slowdown", "500 ", "502", "504", "internalerror")):
-        return StoreBusyError(f"{where}: store busy or failing ({detail})")
+    if isinstance(exc, FileNotFoundError | obx.NotFoundError) or code == "nosuchkey" or status == 404:
+        return missing
+    if isinstance(exc, obx.PermissionDeniedError | obx.UnauthenticatedError) or code in _DENIED_CODES:
+        return denied
+    if status in (401, 403):
+        return denied
+    if code in _BUSY_CODES or (status is not None and status >= 500):
+        return busy
+    if not stated:
+        if "nosuchbucket" in lowered:
+            return ObjectMissingError(f"{where}: bucket missing ({detail})")
+        if "nosuchkey" in lowered or re.search(r"\b404\b", lowered):
+            return missing
+        if re.search(r"\b40[13]\b", lowered) or any(
+            m in lowered for m in ("accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "expired")
+        ):
+            return denied
+        if re.search(r"\b50[0234]\b", lowered) or "slowdown" in lowered or "internalerror" in lowered:
+            return busy
     if any(
         marker in lowered
         for marker in (
