@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, write_marked_section
+
 BEGIN = (
     "<!-- coldstart:begin (written by `python benchmarks/coldstart_bench.py`; edit the script, not this) -->"
 )
@@ -152,13 +153,7 @@ def render(results: Sequence[Result], command: str, stamp: str) -> str:
 
 def write(section: str) -> None:
     doc = REPO / "docs" / "benchmarks.md"
-    text = doc.read_text(encoding="utf-8")
-    marker = BEGIN.split(" (", maxsplit=1)[0]
-    if marker in text:
-        text = text[: text.index(marker)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.write_text(text, encoding="utf-8")
+    write_marked_section(doc, section)
     print(f"wrote {doc}")
 
 

@@ -36,6 +36,22 @@ def marked_sections(text: str) -> str:
     return "\n\n".join(match.group(0) for match in MARKED_SECTION.finditer(text))
 
 
+def write_marked_section(doc: Path, section: str) -> None:
+    """Replace `section`'s namesake in `doc`, or append it: `section` runs from its
+    `<!-- NAME:begin ... -->` to its `<!-- NAME:end -->`; the rest of the document is kept."""
+    found = MARKED_SECTION.fullmatch(section.strip())
+    if found is None:
+        raise ValueError("a marked section runs from <!-- NAME:begin --> to <!-- NAME:end -->")
+    name = found.group(1)
+    text = doc.read_text(encoding="utf-8")
+    existing = re.search(rf"<!-- {name}:begin.*?-->.*?<!-- {name}:end -->", text, re.S)
+    if existing:
+        text = text[: existing.start()] + section.strip() + text[existing.end() :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section.strip() + "\n"
+    doc.write_text(text, encoding="utf-8")
+
+
 Floats = npt.NDArray[np.float32]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

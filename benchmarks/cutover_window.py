@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, Server, running, start_server
+from common import REPO, Server, running, start_server, write_marked_section
 
 from shardrec.api.topology import LayoutTopology, ReplicaEndpoint, RouterServing, ShardEndpoints, Topology
 from shardrec.serving.index.build import build_layout
@@ -158,15 +158,8 @@ back pin the layout order instead (docs/router.md)."""
 def write_doc(text: str, command: str) -> None:
     """Replace (or append) this command's marked section of docs/benchmarks.md; `make bench`
     keeps every marked section when it rewrites the rest."""
-    doc = DOC.read_text(encoding="utf-8")
     block = f"{BEGIN}\n{INTRO}\n\n`{command}` on this machine ({time.strftime('%Y-%m-%d')}):\n\n{text}\n{END}"
-    if BEGIN in doc:
-        head, _, rest = doc.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        doc = head + block + tail
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(doc, encoding="utf-8")
+    write_marked_section(DOC, block)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,7 +36,8 @@ from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, write_marked_section
+
 BEGIN = (
     "<!-- objectstore:begin (written by `python benchmarks/objectstore_bench.py`; "
     "edit the script, not this) -->"
@@ -226,13 +227,7 @@ def render(args: argparse.Namespace, libs: dict[str, str], samples: Samples) -> 
 
 def write(section: str) -> None:
     doc = REPO / "docs" / "benchmarks.md"
-    text = doc.read_text(encoding="utf-8")
-    marker = BEGIN.split(" (", maxsplit=1)[0]
-    if marker in text:
-        text = text[: text.index(marker)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.write_text(text, encoding="utf-8")
+    write_marked_section(doc, section)
     print(f"wrote {doc}")
 
 

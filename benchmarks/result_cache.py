@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, Server, run_wrk, running, start_server, write_bodies
+from common import REPO, Server, run_wrk, running, start_server, write_bodies, write_marked_section
 
 from shardrec.api.topology import LayoutTopology, ReplicaEndpoint, ShardEndpoints, Topology
 from shardrec.serving.index.build import build_layout
@@ -206,15 +206,8 @@ Retry-After would offer less); "answered share" is the 200s over all answers."""
 def write_doc(text: str, command: str) -> None:
     """Replace (or append) this command's marked section of docs/benchmarks.md; `make bench`
     keeps every marked section when it rewrites the rest."""
-    doc = DOC.read_text(encoding="utf-8")
     block = f"{BEGIN}\n{INTRO}\n\n`{command}` on this machine ({time.strftime('%Y-%m-%d')}):\n\n{text}\n{END}"
-    if BEGIN in doc:
-        head, _, rest = doc.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        doc = head + block + tail
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(doc, encoding="utf-8")
+    write_marked_section(DOC, block)
 
 
 def start_router(work: Path, name: str, topology_file: Path, router: dict[str, object]) -> Server:
