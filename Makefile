@@ -26,6 +26,10 @@ help: ## Show this help
 demo: $(STAMP) ## Train on MovieLens and run a local 4-shard x 2-replica cluster on 127.0.0.1:8080
 	$(BIN)/recctl demo
 
+.PHONY: demo-canary
+demo-canary: $(STAMP) ## Like demo, then a canary of a v2 trained with other parameters: its analysis table, promoted or rolled back
+	$(BIN)/recctl demo --canary
+
 .PHONY: demo-down
 demo-down: $(STAMP) ## Stop the demo cluster
 	$(BIN)/recctl down --state-dir .shardrec/movielens
@@ -96,6 +100,14 @@ images: $(STAMP) ## Both images (Dockerfile targets serving, operator) without D
 ship: $(STAMP) ## Packaging checks (promtool, helm, hadolint, RBAC, dashboard, real Prometheus)
 	SHARDREC_REQUIRE_TOOLS=1 $(BIN)/pytest tests/ship
 
+.PHONY: chaos
+chaos: $(STAMP) ## Fault suite at full scale (slow bodies, poison ids, SIGSTOP, kills, corrupt artifact, full disk, heavy batches) -> docs/reliability.md (~5 min)
+	@mkdir -p .state
+	rm -f .state/chaos-rows.json
+	SHARDREC_CHAOS_SCALE=full SHARDREC_CHAOS_ROWS=.state/chaos-rows.json \
+	  nice -n 10 $(BIN)/pytest -p no:cacheprovider -m chaos tests/chaos
+	$(BIN)/python benchmarks/chaos_table.py .state/chaos-rows.json
+
 ##@ Benchmarks
 
 .PHONY: bench
@@ -114,6 +126,10 @@ bench-cache: $(STAMP) ## Result cache on vs off (Zipf users) and a 10x spike wit
 bench-ab: $(STAMP) ## A/B of each hand-written hot-path part against its library -> docs/benchmarks.md (~2 min)
 	$(BIN)/python benchmarks/ab.py $(BENCH_ARGS)
 
+.PHONY: bench-tls
+bench-tls: $(STAMP) ## Router -> shard with and without TLS, side by side in one run -> docs/benchmarks.md (~2 min, niced)
+	nice -n 10 $(BIN)/python benchmarks/tls_bench.py $(BENCH_ARGS)
+
 .PHONY: bench-objectstore
 bench-objectstore: $(STAMP) objectstore-build ## boto3 vs obstore vs s3fs: one 1 GiB partition from SeaweedFS -> docs/benchmarks.md (~3 min)
 	$(BIN)/python benchmarks/objectstore_bench.py $(BENCH_ARGS)
@@ -122,6 +138,13 @@ bench-objectstore: $(STAMP) objectstore-build ## boto3 vs obstore vs s3fs: one 1
 bench-coldstart: $(STAMP) objectstore-build ## Shard cold start (download, verify, load, /readyz) at 100k/300k/1M items from SeaweedFS -> docs/benchmarks.md (~15 min, niced)
 	nice -n 10 $(BIN)/python benchmarks/coldstart_bench.py $(BENCH_ARGS)
 
+# Each (sizes, dims) run writes its own section of docs/benchmarks.md, named by both.
+SCALE_ARGS ?= --sizes 100k --dims 64
+
+.PHONY: bench-scale
+bench-scale: $(STAMP) ## ef and CPU per query for recall@10 0.90/0.95/0.98, one shard and 4 merged, 100k x 64 (SCALE_ARGS="--sizes 1m --dims 64" for the long ones) -> docs/benchmarks.md (niced)
+	nice -n 10 $(BIN)/python benchmarks/scale_bench.py --write-doc $(SCALE_ARGS)
+
 .PHONY: plots
 plots: $(STAMP) ## Tail-latency simulation plots -> docs/img/ (from benchmarks/coefficients.json)
 	$(BIN)/python benchmarks/tail_plots.py
@@ -129,6 +152,10 @@ plots: $(STAMP) ## Tail-latency simulation plots -> docs/img/ (from benchmarks/c
 .PHONY: evaluation-doc
 evaluation-doc: $(STAMP) ## Tune, train and evaluate on MovieLens -> docs/evaluation.md (~10 min, niced; EVAL_ARGS=--quick)
 	nice -n 10 $(BIN)/python benchmarks/evaluation_doc.py $(EVAL_ARGS)
+
+.PHONY: evaluation-foldin
+evaluation-foldin: $(STAMP) ## User fold-in quality on MovieLens (5 folds, ALS retrained per fold, niced) -> docs/evaluation.md
+	nice -n 10 $(BIN)/python benchmarks/foldin_eval.py
 
 .PHONY: design-tables
 design-tables: $(STAMP) ## Rewrite the capacity tables of docs/design.md from recctl capacity (make bench does it too)

@@ -45,6 +45,8 @@ VARIANTS = (
     Variant("as planned (16 GiB / 2-core shard pods)", ""),
     Variant("small shard pods (4 GiB)", "--shard-pod-memory-gib 4"),
     Variant("256 dimensions", "--dimension 256"),
+    Variant("100 seen items excluded per request", "--exclude 100"),
+    Variant("recall@10 0.90", "--recall 0.90"),
 )
 
 
@@ -73,15 +75,16 @@ def plan_table() -> str:
 
 def variants_table() -> str:
     lines = [
-        "| variant | flags | shards | replicas/shard | shard CPU/request | router CPU/request "
-        "| pods | cores | after a zone loss |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | flags | shards | items/shard | efSearch | replicas/shard | shard CPU/request "
+        "| router CPU/request | pods | cores | after a zone loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in VARIANTS:
         plan = json.loads(run_recctl(f"{_variant_arguments(variant)} --json"))
         flags = f"`{variant.extra}`" if variant.extra else "(the sizing above)"
         lines.append(
-            f"| {variant.name} | {flags} | {plan['shards']} | {plan['replicas']} "
+            f"| {variant.name} | {flags} | {plan['shards']} | {plan['items_per_shard']:,.0f} "
+            f"| {plan['ef_search']} | {plan['replicas']} "
             f"| {plan['shards']} x {plan['shard_cpu_ms']:.3f} ms | {plan['router_cpu_ms']:.3f} ms "
             f"| {plan['pods']} | {plan['cores']:g} "
             f"| {plan['zone_loss_capacity_qps']:,.0f} req/s |"

@@ -49,6 +49,7 @@ class Counts:
     shed: float
     other: float
     fallback: float
+    popular: float
     hits: float
     misses: float
     cache_bytes: float
@@ -78,14 +79,22 @@ def user_id(number: int) -> str:
     return f"user-{number:07d}"
 
 
+SEEN_PER_USER = 5
+
+
 def build(work: Path, users: int, items: int, dimension: int) -> Path:
+    """The layout; each user has seen SEEN_PER_USER items drawn Zipf-like over the items, so the
+    build stores a popular list (the popular fallback's answers)."""
     rng = np.random.default_rng(7)
+    weights = 1.0 / np.arange(1, items + 1, dtype=np.float64) ** ZIPF_S
+    seen_items = rng.choice(items, size=(users, SEEN_PER_USER), p=weights / weights.sum())
     source = write_embeddings_dir(
         work / "embeddings",
         rng.normal(size=(items, dimension)).astype(np.float32),
         [f"item-{i}" for i in range(items)],
         users=rng.normal(size=(users, dimension)).astype(np.float32),
         user_ids=[user_id(u) for u in range(users)],
+        seen=((user_id(u), f"item-{i}") for u in range(users) for i in seen_items[u]),
     )
     out = work / "layout"
     build_layout(source, out, version="v1", shards=SHARDS, metric="ip", progress=False)
@@ -126,6 +135,7 @@ def counts(url: str) -> Counts:
         shed=shed,
         other=total(requests) - ok - shed,
         fallback=total("shardrec_router_fallback_answers_total"),
+        popular=total("shardrec_router_fallback_answers_total", 'source="popular"'),
         hits=total("shardrec_router_cache_hits_total"),
         misses=total("shardrec_router_cache_misses_total"),
         cache_bytes=total("shardrec_router_cache_bytes"),
@@ -145,6 +155,7 @@ def load(work: Path, router: Server, bodies: tuple[Path, int], seconds: float, c
         shed=after.shed - before.shed,
         other=after.other - before.other,
         fallback=after.fallback - before.fallback,
+        popular=after.popular - before.popular,
         hits=after.hits - before.hits,
         misses=after.misses - before.misses,
         cache_bytes=after.cache_bytes,
@@ -175,8 +186,8 @@ def zipf_table(rows: Sequence[Measured], users: int, connections: int) -> str:
 def spike_table(rows: Sequence[Measured], connections: int, max_in_flight: int) -> str:
     lines = [
         f"| router (spike: wrk -c{connections}, maxInFlight {max_in_flight}) | served/s | fallback/s "
-        "| shed (503)/s | other/s | answered share | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| of which popular/s | shed (503)/s | other/s | answered share | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         d, s = row.delta, row.seconds
@@ -184,8 +195,8 @@ def spike_table(rows: Sequence[Measured], connections: int, max_in_flight: int) 
         total = d.ok + d.shed + d.other
         share = f"{d.ok / total:.3f}" if total else "-"
         lines.append(
-            f"| {row.name} | {served / s:,.0f} | {d.fallback / s:,.0f} | {d.shed / s:,.0f} "
-            f"| {d.other / s:,.0f} | {share} | {row.p99_ms:.2f} |"
+            f"| {row.name} | {served / s:,.0f} | {d.fallback / s:,.0f} | {d.popular / s:,.0f} "
+            f"| {d.shed / s:,.0f} | {d.other / s:,.0f} | {share} | {row.p99_ms:.2f} |"
         )
     return "\n".join(lines)
 
@@ -197,8 +208,10 @@ per router replica, LRU by bytes with a TTL) and, when `spec.router.fallback.cac
 answer a shed request (or, under strict, one with a shard down) from that cache instead of a 503
 (docs/router.md). Two shard servers and four routers on this machine's 2 cores (shared with the
 load generator); user queries follow Zipf s = 1.1 over every user; each router is warmed with the
-same load first. Served = 200 from the shards or a fresh cache hit; fallback = 200 flagged
-`fallback: "cached"`; shed = 503. wrk is a closed loop: a refused connection asks again at once,
+same load first (one worker process each). Served = 200 from the shards or a fresh cache hit;
+fallback = 200 flagged `fallback: "cached"` or `"popular"` (`spec.router.fallback.popular`: the
+layout's most-seen items, stored at index build; each user here has seen 5 items drawn Zipf-like);
+shed = 503. wrk is a closed loop: a refused connection asks again at once,
 so the spike rows offer far more than 10x the capacity while shedding (a client that honours
 Retry-After would offer less); "answered share" is the 200s over all answers."""
 
@@ -214,7 +227,9 @@ def start_router(work: Path, name: str, topology_file: Path, router: dict[str, o
     config = work / f"{name}.json"
     config.write_text(json.dumps({"router": router}))
     argv = [sys.executable, "-m", "shardrec.serving.router.main", "--topology-file", str(topology_file),
-            "--router-config", str(config), "--host", "127.0.0.1", "--port", "0"]  # fmt: skip
+            "--router-config", str(config), "--host", "127.0.0.1", "--port", "0",
+            # One worker: maxInFlight bounds each worker, and these rows compare with earlier runs.
+            "--workers", "1"]  # fmt: skip
     return start_server(name, argv)
 
 
@@ -266,6 +281,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "cache on": {"cache": CACHE},
                 "spike: cache and fallback off": small,
                 "spike: cache + fallback on": {**small, "cache": CACHE, "fallback": {"cached": True}},
+                "spike: popular fallback only": {**small, "fallback": {"popular": True}},
+                "spike: cache + cached and popular fallback": {
+                    **small,
+                    "cache": CACHE,
+                    "fallback": {"cached": True, "popular": True},
+                },
             }
             started = {}
             for name, config in routers.items():

@@ -12,6 +12,7 @@
   with SHARDREC_REQUIRE_NODE=1 (CI) those fail instead.
 - `traffic_module`: e2e/tools/traffic.py, the bounded load generator and request counting that the
   real-node scenarios and e2e/kind share; `product_module`: e2e/node/product.py (the product's deploy steps).
+- `seaweed_module`: e2e/objectstore/seaweed.py (SeaweedFS, the S3 store the object-store tests start).
 - Each test item keeps its phase reports (`item.rep_setup`, `item.rep_call`), so fixtures can
   dump diagnostics only when the test failed.
 """
@@ -34,6 +35,7 @@ EXTERNAL_MODULE_NAME = "shardrec_e2e_external_cluster"
 NODE_MODULE_NAME = "shardrec_e2e_node"
 TRAFFIC_MODULE_NAME = "shardrec_e2e_traffic"
 PRODUCT_MODULE_NAME = "shardrec_e2e_node_product"
+SEAWEED_MODULE_NAME = "shardrec_e2e_seaweed"  # the name tests/conftest.py uses
 
 
 def load_module(name: str, path: Path) -> ModuleType:
@@ -98,6 +100,11 @@ def traffic_module() -> ModuleType:
 @pytest.fixture(scope="session")
 def product_module() -> ModuleType:
     return load_module(PRODUCT_MODULE_NAME, E2E / "node" / "product.py")
+
+
+@pytest.fixture(scope="session")
+def seaweed_module() -> ModuleType:
+    return load_module(SEAWEED_MODULE_NAME, E2E / "objectstore" / "seaweed.py")
 
 
 def _node_unavailable(reason: str) -> None:

@@ -454,6 +454,35 @@ def container_pid(node: Any, pod: dict[str, Any]) -> int:
     raise AssertionError(f"no RUNNING task for container {container_id} of {pod['metadata']['name']}")
 
 
+def pod_netns_argv(node: Any, pod: dict[str, Any], *argv: str) -> list[str]:
+    """argv run inside the pod's network namespace (the one its eth0 lives in), entered through its first
+    container's host PID; nsenter execs, so a started process's PID is the command's own."""
+    return ["nsenter", f"--net=/proc/{container_pid(node, pod)}/ns/net", "--", *argv]
+
+
+def router_metrics(cp: Any, ns: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Each metric in `names` summed over every label set and every router pod, scraped at the pods' IPs
+    where their prometheus.io annotations say (plain HTTP only: the product's routers serve no TLS)."""
+    totals = dict.fromkeys(names, 0.0)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for pod in pods(cp, ns, f"shardrec.io/cluster={CLUSTER},app.kubernetes.io/component=router"):
+        notes = pod["metadata"].get("annotations", {})
+        port, path = notes.get("prometheus.io/port"), notes.get("prometheus.io/path", "/metrics")
+        if not port or notes.get("prometheus.io/scheme", "http") != "http" or not pod["status"].get("podIP"):
+            continue
+        try:
+            with opener.open(f"http://{pod['status']['podIP']}:{port}{path}", timeout=5) as response:
+                text = response.read().decode()
+        except OSError as error:  # counted as nothing: these numbers are printed, never asserted
+            print(f"[metrics] {pod['metadata']['name']}: {error}")
+            continue
+        for line in text.splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in totals:
+                totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
 def all_ready(cp: Any, ns: str, shards: int, layout: str) -> bool:
     """Every replica of every shard of `layout`, and every router, Ready."""
     shard_pods = [p for p in pods(cp, ns, shard_selector(layout)) if pod_ready(p)]

@@ -8,7 +8,10 @@ answer is `wrong` when its items are not all items of the version it is labelled
 is not that version's shard count: the check that no answer mixes versions. Each client's versions are
 kept in order, so a client that sees v1 again after v2 is caught.
 
-Order matters (one deployment): a dead replica (CI's cheap scenario, marker `node` only), then the rollout
+Order matters (one deployment): a dead replica (CI's cheap scenario, marker `node` only), then a slow,
+lossy link into one replica (delay and loss made with netfilter: this kernel has no netem), then a second
+RecommenderCluster on an object store (SeaweedFS in the node's netns; marker `node` only, CI runs it;
+it is deleted at its end), then the rollout
 v1 (2 shards) -> v2 (3 shards) with the operator pod deleted mid-rollout, then a new data-plane image rolled
 shard by shard (still strict, before the outages touch the consistency mode), then one shard without any
 pod (strict, available, and the shipped alert through a real Prometheus). Counts and times are printed and
@@ -18,20 +21,30 @@ recorded as test properties; only correctness is asserted, never a duration.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
+import select
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
+
+from shardrec.serving.index.manifest import shard_dir_name
 
 pytestmark = [pytest.mark.node, pytest.mark.integration, pytest.mark.timeout(1200)]
 
@@ -160,6 +173,496 @@ def test_a_dead_shard_replica_costs_no_request(
         f"[scenario dead_replica] pod deleted and replaced after {deleted_s:.0f}s; killed PID {pid} of {name}"
     )
     assert_clean(traffic, counts)
+
+
+# --- a slow, lossy link into one shard replica ------------------------------------------------------------
+
+LINK_DELAY_MS, LINK_JITTER_MS, LINK_LOSS = 100, 20, 0.10  # as `netem delay 100ms 20ms loss 10%`
+LINK_QUEUE = 7
+LINK_TAG = "shardrec-e2e-slow-link"
+BASELINE_S, FAULT_S, AFTER_S = 20.0, 30.0, 15.0
+NETDELAY = ROOT / "e2e" / "tools" / "netdelay.py"
+ROUTER_COUNTERS = (
+    "shardrec_router_hedges_total",
+    "shardrec_router_hedge_wins_total",
+    "shardrec_router_retries_total",
+    "shardrec_router_ejections_total",
+)
+
+
+class SlowLossyLink:
+    """Every packet into one pod treated as `tc qdisc add dev <its host-side veth> root netem delay 100ms
+    20ms loss 10%` would treat it (that qdisc's egress is the pod's ingress). This machine's kernel has no
+    netem (CONFIG_NET_SCH_NETEM unset, no modules: tc says "Specified qdisc kind is unknown"), so the same
+    fault is made from what it has, inside the pod's network namespace: an iptables rule drops 10% of what
+    comes in on eth0 (`statistic --mode random`), the next one queues the rest to NFQUEUE, where
+    e2e/tools/netdelay.py holds each packet 100 ms +- 20 ms (uniform, as netem's jitter) before accepting it.
+    `--queue-bypass`: if the delayer dies, packets pass undelayed. Removed on exit, always: both rules
+    (checked gone), then the delayer (by its PID; it releases what it holds first)."""
+
+    def __init__(self, pm: ModuleType, node: Any, pod: dict[str, Any]) -> None:
+        self.pm, self.node, self.pod = pm, node, pod
+        tag = ["-m", "comment", "--comment", LINK_TAG]
+        loss = ["-m", "statistic", "--mode", "random", "--probability", str(LINK_LOSS)]
+        self.rules = [
+            ["-i", "eth0", *loss, *tag, "-j", "DROP"],
+            ["-i", "eth0", *tag, "-j", "NFQUEUE", "--queue-num", str(LINK_QUEUE), "--queue-bypass"],
+        ]
+        self.delayer: subprocess.Popen[str] | None = None
+        self.packets: dict[str, int] = {}  # rule target -> packets it matched
+        self.delayer_said = ""
+
+    def in_pod(self, *argv: str) -> list[str]:
+        return list(self.pm.pod_netns_argv(self.node, self.pod, *argv))
+
+    def iptables(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = self.in_pod("iptables", "-w", "5", *args)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=check)
+
+    def __enter__(self) -> SlowLossyLink:
+        try:
+            argv = [sys.executable, str(NETDELAY), "--queue", str(LINK_QUEUE)]
+            argv += ["--delay-ms", str(LINK_DELAY_MS), "--jitter-ms", str(LINK_JITTER_MS)]
+            argv += ["--max-seconds", str(FAULT_S + 120)]
+            self.delayer = subprocess.Popen(
+                self.in_pod(*argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+            assert self.delayer.stdout is not None
+            ready, _, _ = select.select([self.delayer.stdout], [], [], 30)
+            first = self.delayer.stdout.readline() if ready else ""
+            assert "bound" in first, f"netdelay did not bind its queue: {first!r}"
+            for rule in self.rules:
+                self.iptables("-A", "INPUT", *rule)
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.remove()
+
+    def counters(self) -> dict[str, int]:
+        listing = self.iptables("-L", "INPUT", "-n", "-v", "-x", check=False).stdout
+        rows = [line.split() for line in listing.splitlines() if LINK_TAG in line]
+        return {row[2]: int(row[0]) for row in rows if len(row) > 2 and row[0].isdigit()}
+
+    def remove(self) -> None:
+        """The rules first (no new packet is queued), then the delayer; raises if a rule is left."""
+        left: list[str] = []
+        try:
+            self.packets = self.counters()
+            for rule in self.rules:
+                for _ in range(5):  # bounded: a rule added twice is deleted twice
+                    if self.iptables("-D", "INPUT", *rule, check=False).returncode != 0:
+                        break
+            listing = self.iptables("-S", "INPUT", check=False).stdout
+            left = [line for line in listing.splitlines() if LINK_TAG in line]
+        finally:
+            if self.delayer is not None:
+                self.delayer.terminate()  # its own PID (nsenter execs)
+                try:
+                    out, _ = self.delayer.communicate(timeout=15)
+                except subprocess.TimeoutExpired:
+                    self.delayer.kill()
+                    out, _ = self.delayer.communicate(timeout=10)
+                self.delayer_said = (out or "").strip()
+                self.delayer = None
+        assert not left, f"slow-link rules left in {self.pod['metadata']['name']}: {left}"
+
+
+LINK_TEST_ADDR = "192.168.251.2"  # a scratch /30 inside two scratch namespaces: never routed anywhere
+ECHO_SERVER = f"""
+import socket, threading, time
+server = socket.create_server(("{LINK_TEST_ADDR}", 7777))
+server.settimeout(1)
+def echo(conn):
+    conn.settimeout(30)
+    while data := conn.recv(1):
+        conn.sendall(data)
+end = time.monotonic() + 120
+while time.monotonic() < end:
+    try:
+        conn, _ = server.accept()
+    except TimeoutError:
+        continue
+    threading.Thread(target=echo, args=(conn,), daemon=True).start()
+"""
+ROUND_TRIPS = f"""
+import socket, sys, time
+for _ in range(50):
+    try:
+        conn = socket.create_connection(("{LINK_TEST_ADDR}", 7777), timeout=2)
+        break
+    except OSError:
+        time.sleep(0.1)
+conn.settimeout(10)
+took = []
+for _ in range(int(sys.argv[1])):
+    began = time.monotonic()
+    conn.sendall(b"x")
+    conn.recv(1)
+    took.append(time.monotonic() - began)
+    time.sleep(0.05)
+print(1000 * sorted(took)[len(took) // 2])
+"""
+
+
+@pytest.mark.node_scenarios
+def test_the_slow_link_fault_delays_drops_and_leaves_nothing() -> None:
+    """SlowLossyLink between two scratch network namespaces joined by a veth whose far end is named eth0
+    (as in a pod); no node needed. The median TCP round trip goes from under a millisecond to about
+    LINK_DELAY_MS, packets are dropped and delayed, and once removed no rule is left and round trips are
+    fast again."""
+    tag = f"{os.getpid() % 100000}"
+    client, far = f"shr-link-a{tag}", f"shr-link-b{tag}"
+
+    def sh(*argv: str) -> str:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
+
+    def median_round_trip_ms(count: int) -> float:
+        return float(sh("ip", "netns", "exec", client, sys.executable, "-c", ROUND_TRIPS, str(count)))
+
+    def in_far(_node: Any, _pod: Any, *argv: str) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{far}", "--", *argv]
+
+    fake_pm = ModuleType("fake_product")
+    fake_pm.pod_netns_argv = in_far  # type: ignore[attr-defined]
+    server: subprocess.Popen[str] | None = None
+    try:
+        sh("ip", "netns", "add", client)
+        sh("ip", "netns", "add", far)
+        sh("ip", "-n", client, "link", "add", "shr-a0", "type", "veth", "peer", "name", "eth0", "netns", far)
+        sh("ip", "-n", client, "addr", "add", "192.168.251.1/30", "dev", "shr-a0")
+        sh("ip", "-n", far, "addr", "add", f"{LINK_TEST_ADDR}/30", "dev", "eth0")
+        for ns, dev in ((client, "shr-a0"), (far, "eth0")):
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        server = subprocess.Popen(["ip", "netns", "exec", far, sys.executable, "-c", ECHO_SERVER], text=True)
+        before = median_round_trip_ms(20)
+        link = SlowLossyLink(fake_pm, None, {"metadata": {"name": far}})
+        with link:
+            during = median_round_trip_ms(60)
+        after = median_round_trip_ms(20)
+        left = sh(*in_far(None, None, "iptables", "-S", "INPUT"))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+        for ns in (client, far):
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30, check=False)
+    print(f"\n[slow link] median round trip {before:.1f} -> {during:.1f} -> {after:.1f} ms; {link.packets}")
+    print(f"[slow link] {link.delayer_said}")
+    assert before < 20 and after < 20, (before, after)
+    assert LINK_DELAY_MS * 0.7 < during < LINK_DELAY_MS * 3, during
+    assert link.packets.get("DROP", 0) > 0 and link.packets.get("NFQUEUE", 0) > 0, link.packets
+    assert LINK_TAG not in left, left
+
+
+def window_line(traffic: Any, counts: Any, since: float, until: float) -> tuple[str, float]:
+    """A window's counts and its answered requests' p50 / p99 / max (ms); (the line, p99 ms)."""
+    seconds = sorted(traffic.latencies(since, until))
+    if not seconds:
+        return f"{counts}; no answer", 0.0
+    p99 = 1000 * seconds[min(len(seconds) - 1, int(len(seconds) * 0.99))]
+    p50 = 1000 * seconds[len(seconds) // 2]
+    return f"{counts}; p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {1000 * seconds[-1]:.0f} ms", p99
+
+
+@pytest.mark.node_scenarios
+def test_a_slow_lossy_link_to_one_replica_costs_no_request(
+    product_diagnostics: Any, product_module: ModuleType, traffic: Any, record_property: Any
+) -> None:
+    """One replica of shard 0 behind a link that delays every packet into it 100 ms +- 20 ms and loses 10%
+    (SlowLossyLink: netem's fault, made with netfilter on this kernel), for 30 s of traffic, between 20 s
+    before and 15 s after: its peer answers, the router hedges a shard request still unanswered after
+    `hedging.afterMs` (20 ms) and routes by latency; 0 failed, 0 503, 0 partial, 0 wrong. The p99 of
+    each window is printed and recorded, never asserted."""
+    pm, product = product_module, product_diagnostics
+    cp, ns = product.cp, product.ns
+    t0 = time.monotonic()
+    status = wait_ready(pm, product)
+    target = pm.pods(cp, ns, pm.shard_selector(status["activeLayout"], 0))[0]
+    name = target["metadata"]["name"]
+    windows: list[tuple[str, float, float, Any]] = []
+    metrics = [pm.router_metrics(cp, ns, ROUTER_COUNTERS)]
+
+    def window(label: str, seconds: float) -> None:
+        since, before = traffic.elapsed(), traffic.counts()
+        time.sleep(seconds)
+        windows.append((label, since, traffic.elapsed(), traffic.counts() - before))
+
+    window("before", BASELINE_S)
+    metrics.append(pm.router_metrics(cp, ns, ROUTER_COUNTERS))
+    link = SlowLossyLink(pm, product.node, target)
+    with link:
+        window("during", FAULT_S)
+    metrics.append(pm.router_metrics(cp, ns, ROUTER_COUNTERS))
+    window("after", AFTER_S)
+    metrics.append(pm.router_metrics(cp, ns, ROUTER_COUNTERS))
+    counts = traffic.stop()
+    record(record_property, "slow_link", counts, time.monotonic() - t0)
+    print(f"[scenario slow_link] {name}: {link.packets} packets matched (DROP: lost, NFQUEUE: delayed)")
+    print(f"[scenario slow_link] {link.delayer_said}")
+    for (label, since, until, got), (m0, m1) in zip(windows, itertools.pairwise(metrics), strict=True):
+        line, p99 = window_line(traffic, got, since, until)
+        deltas = ", ".join(f"{k.removeprefix('shardrec_router_')} +{m1[k] - m0[k]:.0f}" for k in m1)
+        print(f"[scenario slow_link] {label} ({until - since:.0f}s): {line}; routers: {deltas}")
+        record_property(f"slow_link_{label}_p99_ms", round(p99))
+        for key, value in got.as_dict().items():
+            record_property(f"slow_link_{label}_{key}", value)
+    assert link.packets.get("DROP", 0) > 0 and link.packets.get("NFQUEUE", 0) > 0, (
+        f"the fault never touched {name}'s traffic: {link.packets}"
+    )
+    assert_clean(traffic, counts)
+
+
+# --- the object store: s3:// source and artifacts in SeaweedFS, shard pods copying their partition ----------
+
+S3_CLUSTER = "objstore"
+S3_SHARDS = 2
+S3_SOURCE = ("embeddings", "node/v1")  # bucket, prefix of the embeddings the build reads
+S3_ARTIFACTS = ("artifacts", "shardrec")  # bucket, prefix of the store (layouts under <ns>/<cluster>/)
+S3_SECRET = "s3-creds"
+
+
+@contextmanager
+def s3_credentials(server: Any) -> Iterator[None]:
+    """AWS_* set while a store client is made (S3Store reads credentials from the environment only)."""
+    saved = {name: os.environ.get(name) for name in server.client_env()}
+    os.environ.update(server.client_env())
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def s3_store(server: Any, bucket: str, prefix: str) -> Any:
+    from shardrec.serving.storage.stores import S3Settings, S3Store
+    from shardrec.serving.storage.urls import S3Location
+
+    with s3_credentials(server):
+        return S3Store(S3Location(bucket, prefix), S3Settings(endpoint=server.endpoint, path_style=True))
+
+
+def s3_cluster_manifest(ns: str, endpoint: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "shardrec.io/v1alpha1",
+        "kind": "RecommenderCluster",
+        "metadata": {
+            "name": S3_CLUSTER,
+            "namespace": ns,
+            "annotations": {"shardrec.io/allow-unauthenticated": "true"},
+        },
+        "spec": {
+            "shards": S3_SHARDS,
+            "replicasPerShard": 1,
+            "imagePullPolicy": "Never",
+            "router": {"replicas": 1, "consistency": "strict", "timeoutMs": 3000},
+            "deleteArtifactsOnDelete": True,
+            "index": {
+                "version": "v1",
+                "source": f"s3://{S3_SOURCE[0]}/{S3_SOURCE[1]}",
+                "dimension": 32,
+                "metric": "ip",
+                "objectStore": {
+                    "endpoint": endpoint,
+                    "pathStyle": True,
+                    "credentialsSecretRef": {"name": S3_SECRET},
+                },
+                "store": {"objectStore": {"url": f"s3://{S3_ARTIFACTS[0]}/{S3_ARTIFACTS[1]}"}},
+            },
+        },
+    }
+
+
+def s3_secret(ns: str, server: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": S3_SECRET, "namespace": ns},
+        "stringData": {"access-key-id": server.access_key, "secret-access-key": server.secret_key},
+    }
+
+
+def layout_files(pm: ModuleType, cp: Any, ns: str, pod: str) -> list[str]:
+    """The files under /layout in the shard container (the emptyDir the init container filled)."""
+    script = "import os; print('\\n'.join(sorted(os.path.relpath(os.path.join(d, f), '/layout') "
+    script += "for d, _, fs in os.walk('/layout') for f in fs)))"
+    out: str = pm.kubectl(cp, "exec", pod, "-n", ns, "-c", "shard", "--", "python", "-c", script)
+    return out.split()
+
+
+def test_an_object_store_cluster_builds_per_shard_fetches_partitions_and_serves(
+    product_diagnostics: Any, product_module: ModuleType, seaweed_on_node: Any, record_property: Any
+) -> None:
+    """A RecommenderCluster with an s3:// source and an object-store location (SeaweedFS on the pod
+    bridge's gateway, credentials from a Secret) beside the PVC one, same operator: the Indexed build Job
+    really builds each shard on the node and publishes layout.json last; each shard pod's init container
+    copies only its own partition into an emptyDir (no PersistentVolumeClaim anywhere); the router fetches
+    the user table itself; the router Service's ClusterIP answers with recall@10 >= 0.95; the secret
+    appears in no status, Event or log; deleting the cluster deletes its layout from the bucket."""
+    case = S3Case(product_module, product_diagnostics, seaweed_on_node)
+    pm, cp, ns, s3 = case.pm, case.cp, case.ns, case.s3
+    t0 = time.monotonic()
+    for bucket in (S3_SOURCE[0], S3_ARTIFACTS[0]):
+        s3.create_bucket(bucket)
+    source = s3_store(s3, *S3_SOURCE)
+    work = Path(tempfile.mkdtemp(prefix="shardrec-s3-emb-"))
+    try:
+        data = pm.write_test_data(work / "v1", seed=21, item_prefix="s3-")
+        for path in sorted((work / "v1").iterdir()):
+            source.upload(path.name, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    pm.kubectl(cp, "apply", "-f", "-", input=json.dumps(s3_secret(ns, s3)))
+    applied = time.monotonic()
+    pm.kubectl(cp, "apply", "-f", "-", input=json.dumps(s3_cluster_manifest(ns, s3.endpoint)))
+    try:
+        layout = case.wait_ready()
+        ready_s = time.monotonic() - applied
+        keys, build_pods = case.check_build(layout)
+        shard_pods = case.check_shard_pods(layout)
+        recall, queries = case.recall(data)
+        leaks = case.secret_leaks([*build_pods, *shard_pods])
+    except BaseException:
+        print(pm.diagnostics(cp, ns))
+        raise
+    finally:
+        deleted = time.monotonic()
+        cp.kubectl(
+            "delete", "recommendercluster", S3_CLUSTER, "-n", ns, "--ignore-not-found", "--wait=true",
+            "--timeout=120s", check=False, timeout=150,
+        )  # fmt: skip
+        delete_s = time.monotonic() - deleted
+        cp.kubectl("delete", "secret", S3_SECRET, "-n", ns, "--ignore-not-found", check=False)
+    left = s3_store(s3, S3_ARTIFACTS[0], f"{S3_ARTIFACTS[1]}/{ns}/{S3_CLUSTER}").list_keys("")
+    total = time.monotonic() - t0
+    for name, value in (("apply_to_ready_s", ready_s), ("delete_s", delete_s), ("total_s", total)):
+        record_property(f"objstore_{name}", round(value, 1))
+    record_property("objstore_recall", recall)
+    print(
+        f"\n[scenario objstore] s3 endpoint {s3.endpoint}; CR apply to Ready {ready_s:.0f}s; "
+        f"layout {layout}: {len(keys)} objects; recall@10 {recall:.3f} over {queries} queries; "
+        f"cluster deleted in {delete_s:.0f}s, {len(left)} objects left; {total:.0f}s in all"
+    )
+    assert recall >= 0.95, recall
+    assert not leaks, f"the S3 secret key appears in: {leaks}"
+    assert left == [], f"deleteArtifactsOnDelete left objects in the bucket: {left[:10]}"
+
+
+@dataclass
+class S3Case:
+    """The object-store cluster's checks (one deployment's operator, another RecommenderCluster)."""
+
+    pm: ModuleType
+    product: Any
+    s3: Any
+
+    @property
+    def cp(self) -> Any:
+        return self.product.cp
+
+    @property
+    def ns(self) -> str:
+        return str(self.product.ns)
+
+    def wait_ready(self) -> str:
+        """The active layout once the cluster is Ready (a Failed phase fails at once)."""
+
+        def ready() -> str | None:
+            got = self.pm.kubectl_json(self.cp, "get", "recommendercluster", S3_CLUSTER, "-n", self.ns)
+            status = got.get("status", {})
+            if status.get("phase") == "Failed":
+                raise AssertionError(f"cluster {S3_CLUSTER} Failed: {status}")
+            conds = {c["type"]: c["status"] for c in status.get("conditions", [])}
+            return status.get("activeLayout") if conds.get("Ready") == "True" else None
+
+        return str(self.pm.wait_for(f"RecommenderCluster {S3_CLUSTER} Ready", ready, timeout=420))
+
+    def check_build(self, layout: str) -> tuple[list[str], list[dict[str, Any]]]:
+        """An Indexed Job, one pod per shard, all done on the real node; the layout in the bucket: every
+        shard's folder and layout.json. Returns (the layout's keys, the build pods)."""
+        pm, cp, ns = self.pm, self.cp, self.ns
+        job = pm.kubectl_json(cp, "get", "job", f"{S3_CLUSTER}-{layout}-build", "-n", ns)
+        spec = job["spec"]
+        assert (spec.get("completionMode"), spec["completions"]) == ("Indexed", S3_SHARDS), spec
+        assert job["status"].get("succeeded") == S3_SHARDS, job["status"]
+        build_pods: list[dict[str, Any]] = pm.pods(cp, ns, f"job-name={job['metadata']['name']}")
+        assert {p["spec"]["nodeName"] for p in build_pods} == {self.product.node.name}
+        prefix = f"{S3_ARTIFACTS[1]}/{ns}/{S3_CLUSTER}/layouts/{layout}"
+        keys: list[str] = s3_store(self.s3, S3_ARTIFACTS[0], prefix).list_keys("")
+        assert "layout.json" in keys, keys
+        for shard in range(S3_SHARDS):
+            assert any(k.startswith(f"{shard_dir_name(shard)}/") for k in keys), (shard, keys)
+        return keys, build_pods
+
+    def check_shard_pods(self, layout: str) -> list[dict[str, Any]]:
+        """Each shard pod: on the node, no claim, its init container (the fetch) exited 0, its containers
+        RUNNING in containerd, and /layout holds its own shard's folder and no other."""
+        pm, cp, ns, node = self.pm, self.cp, self.ns, self.product.node
+        selector = ",".join(
+            [
+                f"shardrec.io/cluster={S3_CLUSTER}",
+                "app.kubernetes.io/component=shard",
+                f"shardrec.io/layout={layout}",
+            ]
+        )
+        shard_pods = [p for p in pm.pods(cp, ns, selector) if pm.pod_ready(p)]
+        assert len(shard_pods) == S3_SHARDS, [p["metadata"]["name"] for p in shard_pods]
+        tasks = node.running_tasks()
+        for pod in shard_pods:
+            name, shard = pod["metadata"]["name"], int(pod["metadata"]["labels"]["shardrec.io/shard"])
+            assert pod["spec"]["nodeName"] == node.name
+            volumes = pod["spec"].get("volumes", [])
+            assert not [v for v in volumes if "persistentVolumeClaim" in v], volumes
+            (init,) = pod["status"]["initContainerStatuses"]
+            assert init["state"].get("terminated", {}).get("exitCode") == 0, init
+            for container in pod["status"]["containerStatuses"]:
+                assert tasks.get(container["containerID"].split("://", 1)[1]) == "RUNNING", name
+            files = layout_files(pm, cp, ns, name)
+            own = f"{shard_dir_name(shard)}/"
+            others = [f for f in files if f.startswith("shard-") and not f.startswith(own)]
+            assert not others, f"{name} (shard {shard}) holds other shards' files: {others}"
+            assert any(f.startswith(own) for f in files), f"{name}: {files}"
+        return shard_pods
+
+    def recall(self, data: Any) -> tuple[float, int]:
+        """recall@10 against exact search of 10 user and 10 vector queries through the router's ClusterIP."""
+        pm = self.pm
+        service = pm.kubectl_json(self.cp, "get", "service", f"{S3_CLUSTER}-router", "-n", self.ns)
+        url = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}/v1/recommend"
+        rng = np.random.default_rng(37)
+        queries: list[tuple[dict[str, Any], Any]] = [
+            ({"user_id": data.user_ids[u], "k": pm.K}, data.users[u]) for u in range(0, pm.USERS, 20)
+        ]
+        for _ in range(10):
+            vector = rng.standard_normal(pm.DIM).astype(np.float32)
+            queries.append(({"vector": [float(x) for x in vector], "k": pm.K}, vector))
+        hits = 0
+        for body, vector in queries:
+            answer = pm.post(url, body)
+            assert not answer["partial"], answer
+            assert answer["shards"] == {"answered": S3_SHARDS, "total": S3_SHARDS}, answer
+            got = {entry["item_id"] for entry in answer["items"]}
+            hits += len(got & set(pm.exact_top(data.items, data.item_ids, vector)))
+        return hits / (pm.K * len(queries)), len(queries)
+
+    def secret_leaks(self, pods: list[dict[str, Any]]) -> list[str]:
+        """Where the secret key shows: the cluster object (status), the namespace's Events, pod logs."""
+        sources = [
+            ("get", "recommendercluster", S3_CLUSTER, "-n", self.ns, "-o", "json"),
+            ("get", "events", "-n", self.ns, "-o", "json"),
+            *(("logs", p["metadata"]["name"], "-n", self.ns, "--all-containers") for p in pods),
+        ]
+        return [
+            " ".join(args[:3])
+            for args in sources
+            if self.s3.secret_key in self.cp.kubectl(*args, check=False, timeout=60).stdout
+        ]
 
 
 @pytest.mark.node_scenarios

@@ -9,8 +9,12 @@ Standard library only (the benchmark runs it from a venv with just the S3 client
         s3.stop(); s3.restart()         # an unreachable store, then the same store again
 
 Every listener (master, volume, filer, S3 and their gRPC ports) gets a free port on 127.0.0.1 and the
-data, sockets and log live in `workdir`, so sessions run in parallel. The process is stopped by its
-PID (SIGTERM, then SIGKILL). The binary comes from e2e/objectstore/build.sh (cached per version).
+data, sockets and log live in `workdir`, so sessions run in parallel. `ip` and `argv_prefix` put it
+elsewhere: the real node's e2e (e2e/node) runs it inside the node's network namespace
+(`argv_prefix=nsenter --net=...`, nsenter execs so the PID stays the server's) bound to the pod bridge's
+gateway address, which pods reach and nothing off this machine does; never 0.0.0.0. The process is
+stopped by its PID (SIGTERM, then SIGKILL). The binary comes from e2e/objectstore/build.sh (cached per
+version).
 """
 
 from __future__ import annotations
@@ -138,10 +142,12 @@ class SeaweedS3:
     access_key: str = field(default_factory=lambda: "AKSHARDREC" + secrets.token_hex(5).upper())
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     process: subprocess.Popen[bytes] | None = None
+    ip: str = "127.0.0.1"
+    argv_prefix: tuple[str, ...] = ()
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.ports['s3']}"
+        return f"http://{self.ip}:{self.ports['s3']}"
 
     @property
     def log_path(self) -> Path:
@@ -149,8 +155,20 @@ class SeaweedS3:
 
     @classmethod
     @contextmanager
-    def start(cls, binary: Path, workdir: Path, *, timeout: float = 90.0) -> Iterator[SeaweedS3]:
-        server = cls(binary, workdir)
+    def start(
+        cls,
+        binary: Path,
+        workdir: Path,
+        *,
+        timeout: float = 90.0,
+        ip: str = "127.0.0.1",
+        argv_prefix: tuple[str, ...] = (),
+    ) -> Iterator[SeaweedS3]:
+        """Start, yield, stop. `ip`: the one address every listener binds (never 0.0.0.0); `argv_prefix`:
+        a wrapper that must exec the binary (e.g. nsenter into a network namespace)."""
+        if ip in {"0.0.0.0", "::", ""}:
+            raise ValueError("SeaweedFS binds one address, never every interface")
+        server = cls(binary, workdir, ip=ip, argv_prefix=tuple(argv_prefix))
         try:
             server._launch(timeout)
             yield server
@@ -181,10 +199,11 @@ class SeaweedS3:
             self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         p = self.ports
         argv = [
+            *self.argv_prefix,
             str(self.binary),
             "server",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            f"-ip={self.ip}",
+            f"-ip.bind={self.ip}",
             f"-dir={data}",
             "-master.telemetry=false",
             f"-master.port={p['master']}",

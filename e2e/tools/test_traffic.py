@@ -103,3 +103,16 @@ def test_steady_traffic_stops_at_its_request_bound(traffic_module: ModuleType, s
     counts = load.stop()
     assert counts.sent == counts.ok == 10 and not load.running
     assert load.versions() == [["v1"], ["v1"]]
+    assert len(load.latencies()) == 10 and all(s > 0 for s in load.latencies())
+    assert load.latencies(since=load.elapsed() + 1) == []
+
+
+def test_latencies_count_answered_requests_by_when_they_were_sent(traffic_module: ModuleType) -> None:
+    client = traffic_module.Client()
+    for at, status, seconds in ((0.5, 200, 0.01), (1.5, 200, 0.3), (2.5, 503, 0.9), (3.5, 0, 5.0)):
+        body = {"index_version": "v1", "partial": at > 1} if status == 200 else {}
+        client.record(traffic_module.Answer(status, body, seconds=seconds), None, at)
+    assert client.answered == [(0.5, 0.01), (1.5, 0.3)]  # 200s only, whole or partial
+    assert traffic_module.p99([]) == 0.0
+    assert traffic_module.p99([0.001 * i for i in range(1, 101)]) == pytest.approx(0.1)  # nearest rank
+    assert traffic_module.p99([0.001 * i for i in range(1, 1001)]) == pytest.approx(0.991)

@@ -8,7 +8,9 @@
 
 Every answer is classified into exactly one of: ok (HTTP 200, whole), partial (HTTP 200 flagged
 partial), unavailable (HTTP 503), failed (anything else: other codes, transport errors), and, in
-addition, `wrong` when a caller's check rejects its content (e.g. items of another version).
+addition, `wrong` when a caller's check rejects its content (e.g. items of another version). The
+client-measured seconds of every 200 answer are kept with the time it was sent, so a scenario can take
+the p99 of a window (`Traffic.latencies(since, until)`, `p99`).
 
 Bounds: each `Traffic` stops at `max_requests` per client or `max_seconds`, whichever comes first, and
 paces each client to `rate` requests per second; `burst` sends exactly its bodies. Targets are whatever
@@ -127,6 +129,7 @@ class Client:
     versions: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     unavailable: list[Answer] = field(default_factory=list)  # the first 503s, for the caller to read
+    answered: list[tuple[float, float]] = field(default_factory=list)  # (sent at, seconds) of each 200
 
     def record(self, answer: Answer, problem: str | None, at: float, keep: int = 20) -> None:
         kind = kind_of(answer)
@@ -134,6 +137,8 @@ class Client:
         version = answer.version if answer.status == 200 else None
         if version is not None and (not self.versions or self.versions[-1] != version):
             self.versions.append(version)
+        if answer.status == 200:
+            self.answered.append((at, answer.seconds))
         if kind == "unavailable" and len(self.unavailable) < keep:
             self.unavailable.append(answer)
         if (kind in ("failed", "unavailable") or problem) and len(self.problems) < keep:
@@ -221,6 +226,12 @@ class Traffic:
         with self._lock:
             return [a for c in self.clients for a in c.unavailable]
 
+    def latencies(self, since: float = 0.0, until: float = float("inf")) -> list[float]:
+        """Seconds of each request answered 200 (whole or partial) that was sent in [since, until), on the
+        clock of elapsed()."""
+        with self._lock:
+            return [s for c in self.clients for at, s in c.answered if since <= at < until]
+
     def wait_for(self, what: str, condition: Callable[[Counts], bool], timeout: float) -> Counts:
         """Block until condition(counts()) holds; bounded."""
         deadline = time.monotonic() + timeout
@@ -245,6 +256,12 @@ class Traffic:
             with self._lock:
                 client.record(answer, problem, began - self._started)
             self._stop.wait(max(0.0, period - (time.monotonic() - began)))
+
+
+def p99(seconds: Iterable[float]) -> float:
+    """The 99th percentile (nearest rank) of `seconds`; 0.0 for none."""
+    ordered = sorted(seconds)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
 
 
 def burst(

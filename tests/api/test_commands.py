@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from shardrec.api import commands
 from shardrec.api import v1alpha1 as api
 from shardrec.api.commands import (
     DEFAULT_EF_SEARCH,
@@ -125,3 +126,14 @@ def test_object_store_commands_are_accepted_by_recctl(monkeypatch: pytest.Monkey
         )
     rendered = " ".join(index_fetch_arguments(store="s", layout="l", dest="d", shard=0, object_store=flags))
     assert "AWS_" not in rendered and "secret" not in rendered.lower()
+
+
+def test_a_build_report_carries_only_what_the_quality_gate_reads_and_stays_under_the_kubelet_limit() -> None:
+    quality = {"split": "test", "ndcg_at_10": 0.03, "hit_rate_at_10": 0.07, "per_user": list(range(5000))}
+    report = commands.build_report("lay-1", "v1", quality)
+    assert len(report.encode()) < commands.BUILD_REPORT_LIMIT
+    kept = {"split": "test", "ndcg_at_10": 0.03, "hit_rate_at_10": 0.07}
+    assert commands.reported_quality(report, "lay-1") == kept
+    assert commands.reported_quality(report, "lay-2") is None
+    assert commands.reported_quality(commands.build_report("lay-1", "v1", None), "lay-1") is None
+    assert commands.reported_quality("Error: out of memory", "lay-1") is None

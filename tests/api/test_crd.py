@@ -59,6 +59,19 @@ def test_schema_is_structural_every_node_typed_no_refs_or_any_of() -> None:
         assert "$ref" not in node and "anyOf" not in node and "title" not in node, path
 
 
+def test_exclusive_bounds_are_openapi_v3_booleans_beside_their_bound() -> None:
+    """OpenAPI v3.0 (what apiextensions.k8s.io/v1 reads) has `exclusiveMinimum: true` beside
+    `minimum`; pydantic writes JSON Schema 2020's `exclusiveMinimum: 0`, which the API server
+    refuses when it installs the CRD ("cannot unmarshal number ... of type bool")."""
+    for path, node in _walk(_schema()):
+        for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+            if exclusive in node:
+                assert node[exclusive] is True and bound in node, (path, node)
+    rate = _schema()["properties"]["spec"]["properties"]["rollout"]["properties"]["canary"]
+    shadow = rate["properties"]["steps"]["items"]["properties"]["shadow"]["properties"]["sampleRate"]
+    assert (shadow["minimum"], shadow["exclusiveMinimum"], shadow["maximum"]) == (0, True, 1)
+
+
 def test_every_spec_and_status_field_has_a_description() -> None:
     schema = _schema()
     for root in ("spec", "status"):

@@ -66,6 +66,15 @@ def test_the_issue_sizing_runs_on_the_measured_coefficients(capsys: pytest.Captu
     assert plan["zone_loss_capacity_qps"] >= 36000
     assert plan["bytes_per_item"] > 4 * 64  # more than the raw vector: the graph and the ids
     assert measured.provenance[0].command
+    # 10M items in one shard is 10x the largest measured shard (1M): the plan says so.
+    assert any("10.0x the largest measured" in warning for warning in plan["warnings"])
+
+
+def test_the_text_names_the_scale_points_and_warns(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*SIZING, "--coefficients", str(MEASURED)]) == 0
+    out = capsys.readouterr().out
+    assert "scale points" in out and "python benchmarks/scale_bench.py --sizes 1m --dims 64" in out
+    assert "\nwarnings " in out and "WARNING: 10,000,000 items/shard" in out
 
 
 def test_bad_flags_name_the_flag(fixture_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,7 +88,7 @@ def test_bad_flags_name_the_flag(fixture_file: Path, capsys: pytest.CaptureFixtu
     assert main([*SIZING, "--zones", "0", "--coefficients", str(fixture_file)]) == 1
     assert "--zones must be greater than 0" in capsys.readouterr().err
     assert main([*SIZING, "--recall", "0.999", "--coefficients", str(fixture_file)]) == 1
-    assert "--recall 0.999: no measured efSearch reaches it" in capsys.readouterr().err
+    assert "--recall 0.999: the ef fit is measured at 0.9-0.98" in capsys.readouterr().err
 
 
 def test_missing_or_invalid_coefficients_name_the_file(

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
-from shardrec.tools.capacity.coefficients import CoefficientsError
 from shardrec.tools.capacity.planner import (
     GIB,
     PlanError,
@@ -18,8 +15,10 @@ from shardrec.tools.capacity.planner import (
     replicas_for_zone_loss,
     shards_for_memory,
     survives_zone_loss,
+    threads_for_quota,
 )
-from tests.capacity.fixtures import coefficients
+from shardrec.tools.capacity.scale import MODEL
+from tests.capacity.fixtures import coefficients, scale_model
 
 # The worked example: 10M items of 64 dims in 8 GiB pods of which 56.25% (4.5 GiB) may hold data,
 # i.e. 4 GiB after the 0.5 GiB process baseline.
@@ -69,6 +68,15 @@ def test_zone_loss_leaves_the_needed_replicas() -> None:
     assert survives_zone_loss(3, 1) == 0
 
 
+def test_threads_and_workers_follow_the_cpu_limit_not_the_node() -> None:
+    assert threads_for_quota(2.0) == 2
+    assert threads_for_quota(1.5) == 2  # ceil: the quota keeps two threads busy part of the time
+    assert threads_for_quota(0.5) == 1
+    plan = make_plan(_with(EXAMPLE, shard_pod_cores=4, router_pod_cores=1), coefficients(), scale_model())
+    assert (plan.shard_search_threads, plan.router_workers) == (4, 1)
+    assert plan.router_memory_bytes == pytest.approx(GIB / 4 + 356e6)
+
+
 def test_availability_needs_every_shard_under_strict() -> None:
     # One shard at 99.95% with 99% pods: 1 replica gives 99%, 2 give 99.99%.
     assert replicas_for_availability(0.9995, 1, 0.99) == 2
@@ -79,16 +87,18 @@ def test_availability_needs_every_shard_under_strict() -> None:
 
 
 def test_the_worked_example_by_hand() -> None:
-    plan = make_plan(EXAMPLE, coefficients())
+    plan = make_plan(EXAMPLE, coefficients(), scale_model())
     # Memory: 4*64 + 8*16 + 16 = 400 B in the file, + 100 B resident extras = 500 B per item.
     assert plan.index_file_bytes_per_item == pytest.approx(400)
     assert plan.bytes_per_item == pytest.approx(500)
     assert plan.shards == 2
     assert plan.items_per_shard == 5_000_000
     assert plan.shard_memory_bytes == pytest.approx(5_000_000 * 500 + GIB / 2)
-    # CPU: efSearch 64 (recall 0.96) at 0.2 ms + 0.3 ms overhead = 0.5 ms per shard request;
+    # CPU: efSearch 64 at 0.2 ms + 0.3 ms overhead = 0.5 ms per shard request (no exclusions);
     # 12k req/s x 0.5 ms = 6 cores per shard = 6 pods of 2 cores at 50%; 9 survive a zone loss.
-    assert (plan.ef_search, plan.measured_recall) == (64, 0.96)
+    assert (plan.ef_search, plan.ef_searched) == (64, 64)
+    assert plan.shard_search_cpu_ms == pytest.approx(0.2)
+    assert plan.shard_exclusion_cpu_ms == 0
     assert plan.shard_cpu_ms == pytest.approx(0.5)
     assert (plan.replicas_cpu, plan.replicas_zone, plan.replicas_availability) == (6, 9, 2)
     assert plan.replicas == 9
@@ -99,7 +109,10 @@ def test_the_worked_example_by_hand() -> None:
     # Users: 4*64 + 100 extra = 356 B each; 356 MB fits the router.
     assert plan.user_bytes_per_user == pytest.approx(356)
     assert plan.user_table_in_router
-    assert plan.router_memory_bytes == pytest.approx(GIB / 4 + 356e6)
+    # Two worker processes per 2-core router pod, each with its 0.25 GiB baseline; the user table
+    # is memory-mapped, so held once.
+    assert (plan.router_workers, plan.shard_search_threads) == (2, 2)
+    assert plan.router_memory_bytes == pytest.approx(2 * GIB / 4 + 356e6)
     # Totals.
     assert (plan.shard_pods, plan.pods, plan.cores) == (18, 30, 60)
     assert plan.memory_requested_bytes == pytest.approx(30 * 8 * GIB)
@@ -110,10 +123,14 @@ def test_the_worked_example_by_hand() -> None:
     # After a zone loss 6 replicas (24k/s) and 8 routers (26.7k/s) remain.
     assert plan.zone_loss_capacity_qps == pytest.approx(24_000)
     # Versions: 10M / (10k items/s/core x 16 cores) = 62.5 s; each replica loads 2 GB at 1 GB/s.
+    assert plan.build_items_per_core_second == pytest.approx(10_000)
     assert plan.build_seconds == pytest.approx(62.5)
     assert plan.load_seconds == pytest.approx(2.0)
     assert plan.roll_seconds == pytest.approx(64.5)
     assert plan.blue_green_extra_bytes == pytest.approx(18 * plan.shard_memory_bytes)
+    # The scheduler places the second layout's 18 shard pods at their requests: 36 cores, 144 GiB.
+    assert (plan.blue_green_extra_pods, plan.blue_green_extra_cores) == (18, 36)
+    assert plan.blue_green_requested_bytes == pytest.approx(18 * 8 * GIB)
     assert plan.blue_green_extra_seconds == pytest.approx(64.5 + 300)
     assert plan.in_place_extra_bytes == pytest.approx(18 * 5_000_000 * 500)
     # Storage: index 4e9 + ids 13e7 + users 1M x (256 + 13) per layout; 3 layouts + embeddings.
@@ -123,13 +140,14 @@ def test_the_worked_example_by_hand() -> None:
     assert plan.fanout_bytes == pytest.approx(1332)
     assert (plan.client_in_bytes, plan.client_out_bytes) == (200, 650)
     assert plan.peak_fanout_bytes_per_s == pytest.approx(12_000 * 1332)
+    assert plan.warnings == ()
 
 
 def test_more_items_need_more_shards_and_more_load_needs_more_replicas() -> None:
     c = coefficients()
-    base = make_plan(EXAMPLE, c)
-    bigger = make_plan(_with(EXAMPLE, items=40_000_000), c)
-    busier = make_plan(_with(EXAMPLE, peak_qps=48_000), c)
+    base = make_plan(EXAMPLE, c, scale_model())
+    bigger = make_plan(_with(EXAMPLE, items=40_000_000), c, scale_model())
+    busier = make_plan(_with(EXAMPLE, peak_qps=48_000), c, scale_model())
     assert bigger.shards > base.shards
     assert busier.shards == base.shards
     assert busier.replicas > base.replicas
@@ -138,31 +156,60 @@ def test_more_items_need_more_shards_and_more_load_needs_more_replicas() -> None
 
 def test_zone_loss_keeps_peak_capacity_at_full_cpu() -> None:
     for zones in (2, 3, 4):
-        plan = make_plan(_with(EXAMPLE, zones=zones), coefficients())
+        plan = make_plan(_with(EXAMPLE, zones=zones), coefficients(), scale_model())
         assert survives_zone_loss(plan.replicas, zones) >= plan.replicas_cpu
         assert plan.zone_loss_capacity_qps >= EXAMPLE.peak_qps
 
 
 def test_a_user_table_too_big_for_the_router_goes_to_a_store() -> None:
-    plan = make_plan(_with(EXAMPLE, users=100_000_000), coefficients())
+    plan = make_plan(_with(EXAMPLE, users=100_000_000), coefficients(), scale_model())
     assert not plan.user_table_in_router
     assert plan.user_table_bytes == pytest.approx(3.56e10)
     assert plan.user_store_bytes == pytest.approx(100_000_000 * (256 + 12))
-    assert plan.router_memory_bytes == pytest.approx(GIB / 4)
+    assert plan.router_memory_bytes == pytest.approx(2 * GIB / 4)
 
 
-def test_recall_beyond_the_measurements_is_refused_naming_the_flag() -> None:
-    with pytest.raises(CoefficientsError, match=r"--recall 0\.99: no measured efSearch"):
-        make_plan(_with(EXAMPLE, recall=0.99), coefficients())
+def test_exclusions_widen_the_search_and_cost_per_item_held_by_the_shard() -> None:
+    # 200 excluded over 2 shards: each shard holds 100, fetches k + 100 = 110 > ef 64, so hnswlib
+    # searches at 110 (200/64 x 110 = 343.75 µs) and pays 1 µs per excluded item (100 µs).
+    plan = make_plan(_with(EXAMPLE, exclude=200), coefficients(), scale_model())
+    assert (plan.ef_search, plan.ef_searched) == (64, 110)
+    assert plan.shard_search_cpu_ms == pytest.approx(0.34375)
+    assert plan.shard_exclusion_cpu_ms == pytest.approx(0.1)
+    assert plan.shard_cpu_ms == pytest.approx(0.34375 + 0.1 + 0.3)
+    # 40 excluded (20 per shard): k + 20 = 30 < ef 64, only the per-item cost is added.
+    light = make_plan(_with(EXAMPLE, exclude=40), coefficients(), scale_model())
+    assert light.ef_searched == 64
+    assert light.shard_cpu_ms == pytest.approx(0.2 + 0.02 + 0.3)
 
 
-def test_larger_shards_cost_log_n_more_per_search() -> None:
-    c = coefficients()
-    # One shard of 10M instead of 5M: search 0.2 x log(1e7)/log(5e6) + 0.3.
-    expected = 0.2 * math.log(1e7) / math.log(5e6) + 0.3
-    assert c.shard_cpu_ms_per_query(0.95, 10, 1e7) == pytest.approx(expected)
-    # k above efSearch widens the search: ef 64 -> 128.
-    assert c.shard_cpu_ms_per_query(0.95, 128, 5e6) == pytest.approx(0.2 * 2 + 0.3)
+def test_a_plan_beyond_the_measured_shard_size_says_so() -> None:
+    # The fixture measured up to 1M items per shard: 5M per shard is 5x beyond.
+    plan = make_plan(EXAMPLE, coefficients(), scale_model(largest_items=1_000_000))
+    assert len(plan.warnings) == 1
+    assert "5.0x the largest measured" in plan.warnings[0]
+    assert "beyond 10x" not in plan.warnings[0]
+    far = make_plan(
+        _with(EXAMPLE, items=40_000_000, shard_pod_memory_gib=32), coefficients(), scale_model(1_000_000)
+    )
+    assert "beyond 10x: a guess" in far.warnings[0]
+
+
+def test_the_seed_sizing_on_the_measured_scale_points_warns_at_10m_items() -> None:
+    seed = Target(peak_qps=36_000, items=10_000_000, dimension=64, users=100_000_000)
+    plan = make_plan(seed, coefficients(), MODEL)
+    assert plan.shards == 1
+    assert any("10.0x the largest measured (1,000,000)" in warning for warning in plan.warnings)
+    # The fit, not ef 24: 10x the items of the measured 1M (ef 96 for 0.95) needs more.
+    assert plan.ef_search > 96
+    assert plan.shard_search_cpu_ms > 0.203  # the measured 1M search at ef 96
+
+
+def test_recall_beyond_what_the_fit_can_promise_is_refused_naming_the_flag() -> None:
+    with pytest.raises(PlanError, match=r"--recall 0\.999"):
+        make_plan(_with(EXAMPLE, recall=0.999), coefficients(), scale_model())
+    plan = make_plan(_with(EXAMPLE, recall=0.99), coefficients(), scale_model())
+    assert any("recall 0.99 is outside the measured 0.9-0.98" in warning for warning in plan.warnings)
 
 
 @pytest.mark.parametrize(
@@ -178,11 +225,12 @@ def test_larger_shards_cost_log_n_more_per_search() -> None:
         ({"shard_pod_memory_gib": 0.25}, "--shard-pod-memory-gib"),
         ({"items": 10_000_000_000, "max_shards": 64}, "--max-shards 64"),
         ({"m": 1}, "--m must be at least 2"),
+        ({"exclude": -1}, "--exclude must be 0 or more"),
     ],
 )
 def test_bad_targets_name_the_flag(changes: dict[str, float], message: str) -> None:
     with pytest.raises(PlanError, match=message):
-        make_plan(_with(EXAMPLE, **changes), coefficients())
+        make_plan(_with(EXAMPLE, **changes), coefficients(), scale_model())
 
 
 def _with(target: Target, **changes: float) -> Target:

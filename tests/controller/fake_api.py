@@ -36,6 +36,7 @@ class FakeClusterApi:
         self.missing_kinds: set[str] = {kinds.SERVICE_MONITOR.kind}
         self.forbidden_kinds: set[str] = set()  # 403 on every read (RBAC without that access)
         self.failing_jobs: set[str] = set()
+        self.job_reports: dict[str, str] = {}  # Job name -> its pod's termination message
         self.stuck_jobs: set[str] = set()
         self.unschedulable = False
         self.conflict_on_apply: set[str] = set()
@@ -176,6 +177,8 @@ class FakeClusterApi:
             conditions.append(
                 {"type": verdict, "status": "True", "reason": "Simulated", "message": "by the test"}
             )
+            if verdict == "Complete" and name in self.job_reports:
+                self._finished_job_pod(job, self.job_reports[name])
         sets = {s["metadata"]["name"]: s for s in self.of_kind(kinds.STATEFUL_SET)}
         for pod in self.of_kind(kinds.POD):
             reference = pod["metadata"].get("ownerReferences", [{}])[0]
@@ -189,6 +192,36 @@ class FakeClusterApi:
         for statefulset in sets.values():
             for ordinal in range(statefulset["spec"]["replicas"]):
                 self._ensure_pod(statefulset, ordinal, nodes[ordinal % len(nodes)])
+
+    def _finished_job_pod(self, job: Obj, message: str) -> None:
+        """The pod a Job ran, as the kubelet leaves it: Succeeded, its container terminated with
+        exit code 0 and the termination message the container wrote."""
+        template = job["spec"]["template"]
+        container = template["spec"]["containers"][0]["name"]
+        self.put(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{job['metadata']['name']}-0-abcde",
+                    "namespace": job["metadata"]["namespace"],
+                    "labels": dict(template["metadata"]["labels"]),
+                    "ownerReferences": [{"kind": "Job", "name": job["metadata"]["name"], "controller": True}],
+                },
+                "spec": {"nodeName": "node-a"},
+                "status": {
+                    "phase": "Succeeded",
+                    "containerStatuses": [
+                        {
+                            "name": container,
+                            "state": {
+                                "terminated": {"exitCode": 0, "reason": "Completed", "message": message}
+                            },
+                        }
+                    ],
+                },
+            }
+        )
 
     def _ensure_pod(self, statefulset: Obj, ordinal: int, node: str) -> None:
         meta = statefulset["metadata"]

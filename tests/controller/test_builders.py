@@ -126,12 +126,17 @@ def test_pre_stop_drains_fit_in_the_grace_period(drain: int) -> None:
 def test_thread_counts_follow_the_cpu_limit_or_request(
     resources: dict[str, Any], threads: str | None
 ) -> None:
-    sample = cluster(resources={"shard": resources, "build": resources})
+    sample = cluster(resources={"shard": resources, "build": resources, "router": resources})
     shard = build_shard_statefulset(sample, layout_of(sample), 0, 2)["spec"]["template"]["spec"][
         "containers"
     ][0]
     build = build_index_job(sample, layout_of(sample), "a")["spec"]["template"]["spec"]["containers"][0]
-    for command, flag in ((shard["command"], "--search-threads"), (build["command"], "--workers")):
+    router = build_router_deployment(sample)["spec"]["template"]["spec"]["containers"][0]
+    for command, flag in (
+        (shard["command"], "--search-threads"),
+        (build["command"], "--workers"),
+        (router["command"], "--workers"),  # router worker processes (router/workers.py)
+    ):
         assert (command[command.index(flag) + 1] if flag in command else None) == threads
 
 
@@ -283,6 +288,8 @@ def test_router_pods_know_their_own_name_to_report_on() -> None:
     assert env == {
         "SHARDREC_ROUTER_POD_NAME": "metadata.name",
         "SHARDREC_ROUTER_POD_NAMESPACE": "metadata.namespace",
+        # its zone, to prefer shard replicas there (empty where Kubernetes sets no such label)
+        "SHARDREC_ROUTER_ZONE": "metadata.labels['topology.kubernetes.io/zone']",
     }
 
 
@@ -345,7 +352,7 @@ def test_kubernetes_only_requirements_name_the_field(change: dict[str, Any], fie
     assert errors and any(field in error for error in errors), errors
 
 
-def test_quality_gate_is_refused_on_kubernetes_until_the_operator_reads_layout_metrics() -> None:
+def test_quality_gate_is_accepted_on_kubernetes_now_that_build_pods_report_layout_metrics() -> None:
     sample = SAMPLE.model_copy(
         update={
             "spec": SAMPLE.spec.model_copy(
@@ -357,9 +364,7 @@ def test_quality_gate_is_refused_on_kubernetes_until_the_operator_reads_layout_m
             )
         }
     )
-    assert any(
-        "spec.index.qualityGate is not supported on Kubernetes" in e for e in kubernetes_spec_errors(sample)
-    )
+    assert kubernetes_spec_errors(sample) == []
 
 
 def test_cluster_names_that_are_not_dns_labels_are_rejected() -> None:

@@ -36,7 +36,7 @@ def _live(desired: dict[str, Any]) -> dict[str, Any]:
     container["resources"]["requests"]["cpu"] = "0.5"  # normalised quantity (500m)
     for mount in container["volumeMounts"]:
         mount.pop("readOnly", None)  # false is omitted by the server; true is kept
-        mount.setdefault("readOnly", True) if mount["name"] == "index-store" else None
+        mount.setdefault("readOnly", True) if mount["name"] in ("index-store", "shard-token") else None
     template["spec"]["dnsPolicy"] = "ClusterFirst"
     live["status"] = {"replicas": 2, "readyReplicas": 2}
     return live

@@ -92,7 +92,9 @@ def _documents(*manifests: Any) -> list[Any]:
 CASES: dict[str, Callable[[], list[Any]]] = {
     "build-job": lambda: _documents(build_index_job(BASE, LAYOUT, "2026-11-23T12:00:00Z")),
     "cleanup-job": lambda: _documents(build_cleanup_job(BASE)),
-    "shard-statefulset": lambda: _documents(build_shard_statefulset(BASE, LAYOUT, 1, 2)),
+    "shard-statefulset": lambda: _documents(build_shard_statefulset(BASE, LAYOUT, 1, 2, tls=True)),
+    # A StatefulSet created before TLS existed keeps serving plain HTTP (desired/shard_tls.py).
+    "shard-statefulset-plain": lambda: _documents(build_shard_statefulset(BASE, LAYOUT, 1, 2)),
     "shard-statefulset-with-pod-template": lambda: _documents(
         build_shard_statefulset(TEMPLATED, layout_of(TEMPLATED), 1, 2)
     ),
@@ -101,7 +103,7 @@ CASES: dict[str, Callable[[], list[Any]]] = {
         build_index_job(TEMPLATED, layout_of(TEMPLATED), "2026-11-23T12:00:00Z")
     ),
     "router-pdb": lambda: _documents(build_router_pdb(BASE)),
-    "shard-service": lambda: _documents(build_shard_service(BASE, LAYOUT, 1)),
+    "shard-service": lambda: _documents(build_shard_service(BASE, LAYOUT, 1, tls=True)),
     "shard-pdb": lambda: _documents(build_shard_pdb(BASE, LAYOUT, 1)),
     "shard-service-account": lambda: _documents(build_shard_service_account(BASE)),
     "router-deployment": lambda: _documents(build_router_deployment(BASE)),

@@ -94,3 +94,30 @@ def test_failover_degraded_is_one_series_by_reason_while_the_condition_is_true()
     )
     assert _value(metrics.registry, name, reason="AllNodesNotReady") is None
     assert _value(metrics.registry, name, reason="FailoverAvailable") is None
+
+
+def test_canary_gauges_follow_status_canary_and_its_condition() -> None:
+    metrics = OperatorMetrics(CollectorRegistry())
+    canary = api.CanaryStatus(
+        layout="bbb",
+        phase="RolledBack",
+        step=1,
+        steps=3,
+        step_started_at=NOW,
+        analysis=api.CanaryAnalysisStatus(requests=400, compared=400, overlap_at10=0.01),
+    )
+    condition = api.Condition(
+        type="CanaryRolledBack", status="True", reason="AnalysisFailed", last_transition_time=NOW
+    )
+    status = _status(rolling=True).model_copy(update={"canary": canary, "conditions": [condition]})
+    metrics.record_cluster("ns", "c", _spec(), status, router_ready_replicas=2)
+    registry = metrics.registry
+    assert _value(registry, "shardrec_operator_cluster_canary_step", layout="bbb", phase="RolledBack") == 1
+    analysis = "shardrec_operator_cluster_canary_analysis"
+    assert _value(registry, analysis, layout="bbb", measure="overlap_at10") == 0.01
+    assert _value(registry, analysis, layout="bbb", measure="requests") == 400
+    assert _value(registry, analysis, layout="bbb", measure="candidate_p99_ms") is None  # not measured
+    assert _value(registry, "shardrec_operator_cluster_canary_rolled_back", reason="AnalysisFailed") == 1
+    metrics.record_cluster("ns", "c", _spec(), _status(rolling=False), router_ready_replicas=2)
+    assert _value(registry, "shardrec_operator_cluster_canary_rolled_back", reason="AnalysisFailed") is None
+    assert _value(registry, "shardrec_operator_cluster_canary_step", layout="bbb", phase="RolledBack") is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shardrec.api.commands import build_report
 from shardrec.api.topology import TOPOLOGY_CONFIGMAP_KEY, Topology
 from shardrec_operator.desired.index_build import build_index_job
 from shardrec_operator.desired.shard import build_shard_statefulset
@@ -13,6 +14,7 @@ from shardrec_operator.reconcile.expectations import Expectations
 from shardrec_operator.reconcile.observe import (
     Children,
     build_of,
+    build_quality,
     list_children,
     observe,
     observed_layouts,
@@ -41,6 +43,32 @@ def test_build_state_follows_the_job_conditions_and_keeps_the_attempt() -> None:
     )
     assert failed.state == "Failed" and "DeadlineExceeded" in failed.message and "too slow" in failed.message
     assert build_of(_job({"type": "Failed", "status": "False"})).state == "Running"
+
+
+def _build_pod(message: str, exit_code: int = 0, layout: str = LAYOUT.id) -> dict[str, Any]:
+    labels = {**_job()["spec"]["template"]["metadata"]["labels"], "shardrec.io/layout": layout}
+    terminated = {"exitCode": exit_code, "message": message}
+    return {
+        "metadata": {"name": "build-0-x", "namespace": NAMESPACE, "labels": labels},
+        "status": {"containerStatuses": [{"name": "build", "state": {"terminated": terminated}}]},
+    }
+
+
+def test_a_completed_build_carries_the_metrics_its_pod_reported() -> None:
+    quality = {"split": "test", "ndcg_at_10": 0.0321, "hit_rate_at_10": 0.0721, "coverage": 0.4}
+    report = build_report(LAYOUT.id, LAYOUT.version, quality)
+    complete = _job({"type": "Complete", "status": "True"})
+    found = build_of(complete, [_build_pod("not json"), _build_pod(report)]).quality
+    assert found is not None
+    assert (found.ndcg_at_10, found.hit_rate_at_10, found.split) == (0.0321, 0.0721, "test")
+    # Only a successful container of this layout counts; a running Job reports nothing yet.
+    assert build_quality([_build_pod(report, exit_code=1)], LAYOUT.id) is None
+    assert build_quality([_build_pod(report, layout="other")], LAYOUT.id) is None
+    assert build_quality([_build_pod(build_report("other", "v1", quality))], LAYOUT.id) is None
+    assert build_of(_job(), [_build_pod(report)]).quality is None
+    # A report without metrics (the embeddings record none) or a pod's own garbage: no metrics.
+    assert build_quality([_build_pod(build_report(LAYOUT.id, "v1", None))], LAYOUT.id) is None
+    assert build_quality([_build_pod('{"layout": 3}'), _build_pod("[]")], LAYOUT.id) is None
 
 
 def _pod(name: str, ready: bool, **extra_meta: Any) -> dict[str, Any]:

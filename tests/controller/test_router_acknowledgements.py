@@ -50,7 +50,9 @@ def ack(world: World, *routers: str, prepare: bool = True, switch: bool = True) 
         annotations = pod["metadata"].setdefault("annotations", {})
         before = RouterServing.model_validate_json(annotations.get(ROUTER_SERVING_ANNOTATION, "{}"))
         layout = topology.active.layout if switch and topology.active else before.layout
-        prepared = topology.staged.layout if prepare and topology.staged else before.prepared
+        # A router that applies the document loads what is staged, and drops it when nothing is.
+        staged = topology.staged.layout if topology.staged else None
+        prepared = staged if prepare else before.prepared
         report = RouterServing(
             layout=layout, prepared=None if prepared == layout else prepared, revision=topology.revision
         )

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
+from shardrec.serving.tls import client_context
 from shardrec.tools.local.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -183,8 +184,10 @@ def _shard_processes(state: Path) -> dict[str, tuple[int, int, int]]:
     }
 
 
-def _ef_in_use(port: int) -> int:
-    info = httpx.get(f"http://127.0.0.1:{port}/v1/info", timeout=5).json()
+def _ef_in_use(state: Path, port: int) -> int:
+    # Shards serve HTTPS with the cluster's own CA by default (docs/operator.md, TLS).
+    verify = client_context(state / "tls" / "ca.pem")
+    info = httpx.get(f"https://127.0.0.1:{port}/v1/info", timeout=5, verify=verify).json()
     return int(info["index"]["hnsw"]["ef_search"])
 
 
@@ -206,7 +209,7 @@ def test_ef_search_change_applies_live_without_a_restart(cluster: tuple[Path, Pa
                 assert response.status_code == 200, response.text
 
     query_all(100)
-    assert {_ef_in_use(port) for _, _, port in before.values()} == {64}  # the spec's default
+    assert {_ef_in_use(state, port) for _, _, port in before.values()} == {64}  # the spec's default
     changed = yaml.safe_load(manifest.read_text())
     changed["spec"]["index"]["hnsw"] = {"efSearch": 300}
     manifest.write_text(yaml.safe_dump(changed))
@@ -220,7 +223,7 @@ def test_ef_search_change_applies_live_without_a_restart(cluster: tuple[Path, Pa
         # The router's file watch picks the document up on its own schedule (slower on a loaded
         # machine): query until every replica has searched with the new ef (bounded by _wait_for).
         query_all(50)  # every replica gets queries (the router spreads them)
-        return {_ef_in_use(port) for _, _, port in before.values()} == {300}
+        return {_ef_in_use(state, port) for _, _, port in before.values()} == {300}
 
     _wait_for(every_shard_searched_with_300, "every shard replica to search with efSearch 300")
     after = _shard_processes(state)
@@ -305,7 +308,7 @@ def test_a_replica_whose_port_is_taken_moves_to_another_port(tmp_path: Path) -> 
             assert proc.spec.port != taken
             topology = json.loads(state.topology_file.read_text())
             urls = [r["url"] for s in topology["active"]["endpoints"] for r in s["replicas"]]
-            assert urls == [f"http://127.0.0.1:{proc.spec.port}"]
+            assert urls == [f"https://127.0.0.1:{proc.spec.port}"]
             log_text = (state.logs_dir / f"{proc.spec.name}.log").read_text()
             assert f"cannot listen on 127.0.0.1:{taken}" in log_text
         finally:
@@ -429,3 +432,34 @@ def test_a_low_quality_version_is_refused_before_its_shards_start_and_v1_keeps_s
                 assert answer.status_code == 200 and answer.json()["index_version"] == "v1"
     finally:
         _recctl("down", "--state-dir", str(state), check=False)
+
+
+def test_plan_then_a_paused_apply_previews_the_change_and_unpausing_rolls_it(
+    cluster: tuple[Path, Path, str],
+) -> None:
+    """`recctl plan` against the running state folder, then the same change applied paused: the
+    supervisor writes status.planPreview with the same summary and builds nothing; unpaused, it rolls."""
+    manifest, state, _ = cluster
+    changed = yaml.safe_load(manifest.read_text())
+    changed["spec"]["index"].update(version="v2", source=str(manifest.parent / "emb-v2"))
+    new = manifest.parent / "v2.yaml"
+    new.write_text(yaml.safe_dump(changed))
+    document = json.loads(_recctl("plan", "-f", str(new), "--state-dir", str(state), "--json").stdout)
+    assert document["kind"] == "rebuild"
+    assert document["items"] == ITEMS and document["builds"][0]["items_per_shard"] == ITEMS // 2
+    assert document["duration_seconds"] > 0
+    layouts_before = sorted(p.name for p in (state / "layouts").iterdir())
+    changed["spec"]["paused"] = True
+    new.write_text(yaml.safe_dump(changed))
+    _recctl("apply", "-f", str(new), "--state-dir", str(state))
+    _wait_for(lambda: bool(_status(state).get("planPreview")), "status.planPreview while paused")
+    preview = _status(state)["planPreview"]
+    assert preview["kind"] == "rebuild" and preview["summary"] == document["summary"]
+    assert "Note: spec.paused is true" in preview["text"]
+    assert _status(state)["activeVersion"] == "v1"
+    assert sorted(p.name for p in (state / "layouts").iterdir()) == layouts_before, "no build while paused"
+    changed["spec"]["paused"] = False
+    new.write_text(yaml.safe_dump(changed))
+    _recctl("apply", "-f", str(new), "--state-dir", str(state), "--wait", "90")
+    _wait_for(lambda: _status(state)["activeVersion"] == "v2", "v2 serving after unpausing")
+    assert not _status(state).get("planPreview")

@@ -37,15 +37,22 @@ def test_train_tune_searches_within_its_budget_and_records_the_choice(
     out = tmp_path / "emb"
     argv = ["train", "--interactions", str(data), "--out", str(out), "--holdout", "1", "--factors", "4"]
     argv += ["--iterations", "2", "--tune", "--tune-trials", "3", "--validation-holdout", "1"]
+    argv += ["--tune-recent", "2"]
     assert main(argv) == 0
     captured = capsys.readouterr()
     progress = [line for line in captured.err.splitlines() if line.startswith("trial ")]
-    assert len(progress) == 3 and progress[-1].startswith("trial 3/3 [")
-    assert re.search(r"tuned: 3 trials in .* s \(stopped by trials\); best trial \d", captured.out)
+    assert re.match(r"trial \d+ \(fit 3/3\) \[", progress[-1])
+    assert re.search(
+        r"tuned: \d+ trials \(3 fits\) in .* s \(stopped by trials\); best trial \d", captured.out
+    )
     metadata = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
     tuning = metadata["tuning"]
     assert tuning["validation"]["per_user"] == 1 and tuning["search"]["seed"] == 42
-    assert len(tuning["trials"]) == 3 and tuning["trials"][0]["params"]["factors"] == 4
+    assert len(tuning["trials"]) == len(progress) and tuning["search"]["fits"] == 3
+    assert tuning["trials"][0]["params"]["factors"] == 4
+    # The first fit (ALS) is scored with its trained user vectors and folded in from the last 2.
+    assert [t["params"].get("recent_n") for t in tuning["trials"][:2]] == [None, 2]
+    assert tuning["trials"][1]["params"]["user_vectors"] == "recent"
     assert tuning["best"]["params"] == {
         name: value for name, value in metadata["trainer"]["params"].items() if name != "threads"
     }

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from shardrec.serving.index.embeddings import EmbeddingsError, load_embeddings, write_embeddings_dir
+from shardrec.serving.index.foldin import FoldInModel, FoldInSpec, fold_in, item_gram
 from shardrec.tools.pipeline.holdout import leave_last_n_out
 from shardrec.tools.pipeline.interactions import Interactions
 from shardrec.tools.pipeline.sources import DataSource
@@ -118,3 +120,70 @@ def test_reading_rejects_broken_files_naming_them(tmp_path: Path) -> None:
     np.save(out / "items.npy", np.array([[1, np.nan, 0], [0, 0, 0]], dtype=np.float32))
     with pytest.raises(EmbeddingsError, match=r"items\.npy: 1 rows contain NaN or inf: rows 0"):
         load_embeddings(out)
+
+
+def test_recent_user_vectors_are_the_routers_fold_in_of_each_users_last_n_interactions() -> None:
+    # u0's interactions out of time order in the file; u1 has a tie (file order breaks it).
+    rows = [
+        ("u0", "a", 5.0, 30),
+        ("u0", "b", 1.0, 10),
+        ("u0", "c", 4.0, 20),
+        ("u0", "d", 2.0, 40),
+        ("u1", "a", 3.0, 5),
+        ("u1", "b", 2.0, 7),
+        ("u1", "c", 4.0, 7),
+        ("u2", "d", 1.0, 1),
+        ("u2", "b", 5.0, 2),
+    ]
+    table = Interactions(
+        users=np.array([r[0] for r in rows]),
+        items=np.array([r[1] for r in rows]),
+        ratings=np.array([r[2] for r in rows], dtype=np.float32),
+        timestamps=np.array([r[3] for r in rows], dtype=np.int64),
+    )
+    trained_params = TrainParams(
+        factors=3, iterations=4, regularization=0.1, alpha=2.0, weighting="none", user_vectors="trained"
+    )
+    recent_params = replace(trained_params, user_vectors="recent", recent_n=2)
+    trained = train_model(table, trained_params, progress=False).embeddings
+    recent = train_model(table, recent_params, progress=False).embeddings
+    assert np.array_equal(trained.items, recent.items), "the item factors do not change"
+    assert trained.seen == recent.seen
+    assert trained.users is not None and recent.users is not None and recent.user_ids == ["u0", "u1", "u2"]
+    model = FoldInModel(FoldInSpec("als", "als", 0.1, 2.0), item_gram(trained.items, "ip"))
+    row = {item: index for index, item in enumerate(trained.item_ids)}
+    last_two = {
+        "u0": [("a", 5.0), ("d", 2.0)],
+        "u1": [("b", 2.0), ("c", 4.0)],
+        "u2": [("d", 1.0), ("b", 5.0)],
+    }
+    for index, user in enumerate(recent.user_ids):
+        picked = last_two[user]
+        expected = fold_in(
+            model, trained.items[[row[item] for item, _ in picked]], np.array([w for _, w in picked])
+        )
+        assert np.allclose(recent.users[index], expected, atol=1e-6)
+        assert not np.allclose(recent.users[index], trained.users[index])
+
+    # BPR ignores the choice (as it ignores alpha): its trained vectors are stored.
+    bpr = train_model(table, replace(recent_params, model="bpr", iterations=2, threads=1), progress=False)
+    same = train_model(table, replace(trained_params, model="bpr", iterations=2, threads=1), progress=False)
+    assert np.array_equal(bpr.embeddings.users, same.embeddings.users)
+
+
+def test_user_vector_choice_is_named_and_recorded(movielens_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="user_vectors"):
+        TrainParams(user_vectors="latest")  # type: ignore[arg-type]
+    # BPR ignores it (as it ignores alpha): `recctl train --model bpr` works with the defaults.
+    assert "user_vectors" not in TrainParams(model="bpr", user_vectors="recent").relevant()
+    with pytest.raises(ValueError, match="recent_n"):
+        TrainParams(recent_n=0)
+    assert "recent_n" not in TrainParams(user_vectors="trained").relevant()
+    assert "user_vectors" not in TrainParams(model="bpr").relevant()
+    params = TrainParams(factors=4, iterations=2, user_vectors="recent", recent_n=5)
+    assert params.relevant()["user_vectors"] == "recent" and params.relevant()["recent_n"] == 5
+    out = tmp_path / "emb"
+    train_embeddings(DataSource("movielens", movielens_dir), out, params, holdout=1, progress=False)
+    trainer = json.loads((out / "metadata.json").read_text(encoding="utf-8"))["trainer"]
+    assert trainer["params"]["user_vectors"] == "recent" and trainer["params"]["recent_n"] == 5
+    assert trainer["user_vectors"].startswith("folded in from each user's 5 most recent training")

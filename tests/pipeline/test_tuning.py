@@ -14,7 +14,7 @@ from shardrec.tools.pipeline.holdout import leave_last_n_out
 from shardrec.tools.pipeline.interactions import Interactions
 from shardrec.tools.pipeline.recommenders import ExactRecommender
 from shardrec.tools.pipeline.sources import DataSource
-from shardrec.tools.pipeline.training import TrainParams
+from shardrec.tools.pipeline.training import Histories, TrainParams, fit_factors, recent_user_vectors, weight
 from shardrec.tools.pipeline.tuning import SearchBudget, ValidationSet, search, top_k_rows, validation_split
 
 from .conftest import write_csv
@@ -73,8 +73,8 @@ def test_vectorised_metrics_agree_with_the_per_user_evaluation(tmp_path: Path) -
 
 def test_search_is_bounded_repeatable_and_tries_the_given_parameters_first(tmp_path: Path) -> None:
     table = leave_last_n_out(_table(tmp_path), 1).train
-    first = TrainParams(factors=4, iterations=2)
-    budget = SearchBudget(trials=4, seconds=120, families=("als",), per_user=1, seed=5)
+    first = TrainParams(factors=4, iterations=2, user_vectors="trained")
+    budget = SearchBudget(trials=4, seconds=120, families=("als",), per_user=1, seed=5, recent=())
     lines: list[str] = []
     result = search(table, budget, first=[first], report=lines.append)
     again = search(table, budget, first=[first])
@@ -90,7 +90,45 @@ def test_search_is_bounded_repeatable_and_tries_the_given_parameters_first(tmp_p
     assert record["validation"]["per_user"] == 1 and len(record["trials"]) == 4
 
     timed = search(table, SearchBudget(trials=1000, seconds=0.001, families=("bpr",)), first=[first])
-    assert timed.stopped_by == "seconds" and len(timed.trials) == 1
+    assert timed.stopped_by == "seconds" and timed.fits == 1
+    assert len(timed.trials) == 4, "the first fit (ALS) is scored with trained and 3 recent user vectors"
+
+
+def test_every_als_fit_is_scored_with_trained_and_recent_user_vectors_from_the_fit_data_only(
+    tmp_path: Path,
+) -> None:
+    table = leave_last_n_out(_table(tmp_path), 1).train
+    first = TrainParams(factors=4, iterations=2, user_vectors="recent", recent_n=3)
+    budget = SearchBudget(trials=2, seconds=120, families=("als", "bpr"), per_user=2, seed=1, recent=(2, 4))
+    result = search(table, budget, first=[first])
+    assert result.fits == 2
+    by_fit: dict[int, list[TrainParams]] = {}
+    for trial in result.trials:
+        by_fit.setdefault(trial.fit, []).append(trial.params)
+    # The first fit: trained, the budget's Ns and the given recipe's own N (so the search never
+    # returns worse on validation than the recipe it was given).
+    assert [(p.user_vectors, p.recent_n) for p in by_fit[1]] == [
+        ("trained", 3),
+        ("recent", 2),
+        ("recent", 3),
+        ("recent", 4),
+    ]
+    assert len({p.describe() for p in by_fit[1]}) == 4
+    assert all(p.model == "bpr" for p in by_fit[2]) == (len(by_fit[2]) == 1)
+    assert result.record()["search"]["user_vectors"] == ["trained", "recent 2", "recent 4"]
+
+    # A recent trial's score is the fold-in from the last N *fit* interactions: recomputed here
+    # from the fit part alone (the validation items never enter it), it gives the same NDCG.
+    fit, held_out = validation_split(table, 2)
+    validation = ValidationSet(fit, held_out)
+    params = by_fit[1][2]
+    users, items = fit_factors(weight(validation.raw, params), params)
+    histories = Histories.of(fit, validation.user_ids, validation.item_ids)
+    folded = recent_user_vectors(histories, items, params, users, 3)
+    _, ndcg = validation.metrics(folded, items, 10)
+    assert result.trials[2].params == params and result.trials[2].ndcg == pytest.approx(float(ndcg.mean()))
+    _, trained_ndcg = validation.metrics(users, items, 10)
+    assert result.trials[0].ndcg == pytest.approx(float(trained_ndcg.mean()))
 
 
 def test_budget_and_parameters_are_checked() -> None:
@@ -100,3 +138,5 @@ def test_budget_and_parameters_are_checked() -> None:
         SearchBudget(trials=0)
     with pytest.raises(ValueError, match="model, factors"):
         TrainParams(model="svd", factors=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="invalid search budget"):
+        SearchBudget(recent=(0,))

@@ -130,7 +130,9 @@ class Cluster:
         if keys is not None:
             (self.tmp / f"{name}-keys").write_text(keys)
             args += ["--api-keys-file", str(self.tmp / f"{name}-keys")]
-        return self.start(name, "shardrec.serving.router.main", *args, *extra)
+        # One worker process unless a test asks for more (`extra` comes last and wins): the result
+        # cache and the canary's windows are per worker, so tests of them need one.
+        return self.start(name, "shardrec.serving.router.main", *args, "--workers", "1", *extra)
 
     def stop(self) -> None:
         for process in self.processes:

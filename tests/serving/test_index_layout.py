@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import hnswlib
 import numpy as np
 import pytest
 
@@ -269,3 +270,22 @@ def test_cli_build_and_verify(embeddings: Path, tmp_path: Path, capsys: pytest.C
     (out / "shard-0001" / "ids.txt").write_text("tampered\n")
     assert recctl(["index", "verify", str(out)]) == 1
     assert "shard-0001/ids.txt" in capsys.readouterr().err
+
+
+def test_an_index_file_cut_short_fails_the_build(
+    embeddings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hnswlib's save_index does not check its writes: on a full disk (or past a file-size limit)
+    it returned normally with index.bin cut short, the manifest took the short file's checksum,
+    and the layout verified (found by the fault suite's full-disk scenario)."""
+    save = hnswlib.Index.save_index
+
+    def save_short(index: hnswlib.Index, path: str) -> None:
+        save(index, path)
+        with Path(path).open("r+b") as handle:
+            handle.truncate(4096)
+
+    monkeypatch.setattr(hnswlib.Index, "save_index", save_short)
+    with pytest.raises(BuildError, match=r"index.bin: wrote 4096 of \d+ bytes"):
+        build_layout(embeddings, tmp_path / "out", version="v1", shards=1, progress=False)
+    assert not (tmp_path / "out" / "layout.json").exists()

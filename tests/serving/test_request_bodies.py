@@ -99,6 +99,14 @@ exclude = rarely(
     st.none() | st.lists(identifier, max_size=3),
     st.sampled_from([["i"] * LIMITS.max_exclude, ["i"] * (LIMITS.max_exclude + 1)]),
 )
+weight = number | st.none() | st.sampled_from([1e-300, 1e6, 1.0000001e6])
+recent_item = st.fixed_dictionaries({"item_id": identifier}, optional={"weight": weight})
+recent_items = rarely(
+    st.none() | st.lists(recent_item | any_json, max_size=3),
+    st.sampled_from(
+        [[{"item_id": "i"}] * LIMITS.max_recent_items, [{"item_id": "i"}] * (LIMITS.max_recent_items + 1)]
+    ),
+)
 recommend = st.fixed_dictionaries(
     {},
     optional={
@@ -107,8 +115,10 @@ recommend = st.fixed_dictionaries(
         "k": k,
         "exclude": exclude,
         "exclude_seen": st.booleans(),
+        "recent_items": recent_items,
     },
 )
+RECOMMEND_FIELDS = ["user_id", "vector", "k", "exclude", "exclude_seen", "recent_items"]
 similar = st.fixed_dictionaries({"item_id": identifier}, optional={"k": k, "exclude": exclude})
 
 
@@ -129,7 +139,7 @@ vector_queries = st.fixed_dictionaries(
     {"vector": st.lists(number, min_size=3, max_size=3)}, optional={"k": k, "exclude_seen": st.booleans()}
 )
 query_lists = rarely(
-    st.lists(mutated(recommend, ["user_id", "vector", "k", "exclude", "exclude_seen"]), max_size=4)
+    st.lists(mutated(recommend, RECOMMEND_FIELDS), max_size=4)
     | st.lists(vector_queries, min_size=1, max_size=5),  # the plain shape, often all valid
     st.sampled_from([[{"user_id": "u"}] * MAX_BATCH, [{"user_id": "u"}] * (MAX_BATCH + 1)]),
 )
@@ -144,13 +154,26 @@ def _float32(values: list[Any]) -> list[float]:
 
 def _stated(query: dict[str, Any]) -> tuple[Any, ...]:
     """What a valid query object says, defaults filled in."""
-    user_id, values = query.get("user_id"), query.get("vector")
+    user_id, values, recent = query.get("user_id"), query.get("vector"), query.get("recent_items")
     return (
         user_id,
         None if values is None else _float32(values),
         query.get("k", 10),
         query.get("exclude") or [],
         query.get("exclude_seen", True) if user_id is not None else None,
+        None if recent is None else [(item["item_id"], item.get("weight")) for item in recent],
+    )
+
+
+def _got(query: Any) -> tuple[Any, ...]:
+    """The same of a parsed `RecommendQuery`."""
+    return (
+        query.user_id,
+        None if query.vector is None else query.vector.tolist(),
+        query.k,
+        query.exclude,
+        query.exclude_seen if query.user_id is not None else None,
+        query.recent,
     )
 
 
@@ -169,13 +192,11 @@ def _check(schema: str, parse: Callable[[bytes], Any], value: Any) -> tuple[bool
 
 
 @EXAMPLES
-@given(mutated(recommend, ["user_id", "vector", "k", "exclude", "exclude_seen"]))
+@given(mutated(recommend, RECOMMEND_FIELDS))
 def test_recommend_bodies(value: Any) -> None:
     accepted, query = _check("RecommendRequest", PARSER.recommend, value)
     if accepted:
-        vector = None if query.vector is None else query.vector.tolist()
-        seen = query.exclude_seen if query.user_id is not None else None
-        assert (query.user_id, vector, query.k, query.exclude, seen) == _stated(value)
+        assert _got(query) == _stated(value)
         assert query.vector is None or query.vector.dtype == np.float32
 
 
@@ -187,18 +208,11 @@ def test_batch_bodies(value: Any) -> None:
         return
     if isinstance(parsed, VectorBatch):
         assert parsed.vectors.dtype == np.float32
-        got = [(None, row, k, [], None) for row, k in zip(parsed.vectors.tolist(), parsed.ks, strict=True)]
-    else:
         got = [
-            (
-                q.user_id,
-                None if q.vector is None else q.vector.tolist(),
-                q.k,
-                q.exclude,
-                q.exclude_seen if q.user_id is not None else None,
-            )
-            for q in parsed
+            (None, row, k, [], None, None) for row, k in zip(parsed.vectors.tolist(), parsed.ks, strict=True)
         ]
+    else:
+        got = [_got(q) for q in parsed]
     assert got == [_stated(query) for query in value["queries"]]
 
 

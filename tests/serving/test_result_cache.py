@@ -128,3 +128,21 @@ def test_the_spec_defaults_keep_todays_semantics_and_fallback_needs_the_cache() 
         {"cache": {"enabled": True, "maxBytes": 4096, "ttlSeconds": 5}, "fallback": {"cached": True}}
     )
     assert wire.cache.max_bytes == 4096 and wire.fallback.max_stale_seconds == 3600
+
+
+def test_recent_items_are_part_of_the_key() -> None:
+    """A fold-in query's answer depends on its recent items (and their weights): two users sending
+    different clicks, or one user before and after a click, never share an entry."""
+
+    def of(user: str | None, recent: list[tuple[str, float | None]] | None) -> object:
+        return cache_key("L", user_id=user, vector=None, k=5, exclude_seen=True, exclude=[], recent=recent)
+
+    assert of("u", None) == key("u", layout="L", k=5)
+    assert of("u", [("a", None)]) != of("u", None)
+    assert of("u", [("a", None)]) != of("u", [("b", None)])
+    assert of("u", [("a", None)]) != of("u", [("a", 2.0)])
+    assert of("u", [("a", None)]) != of("u", [("a", None), ("b", None)])
+    assert of("u", [("a", None), ("a", None)]) != of("u", [("a", None)])  # each click counts
+    assert of("u", [("a", 1.0), ("b", None)]) == of("u", [("b", None), ("a", 1.0)])  # order-free
+    assert of(None, [("a", None)]) != of("u", [("a", None)])
+    assert of(None, [("a", None)]) != of("r:a", None)  # a user id cannot pose as clicks

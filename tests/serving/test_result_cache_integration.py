@@ -77,7 +77,7 @@ def test_a_dead_shard_under_strict_gets_a_cached_fallback_only_where_allowed(
     refused = httpx.post(f"{plain.url}/v1/recommend", json=body, timeout=10)
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "shard_unavailable"
     served = httpx.post(f"{fallback.url}/v1/recommend", json=body, timeout=10)
-    assert served.status_code == 200
+    assert served.status_code == 200, served.text
     answer = served.json()
     assert answer.pop("fallback") == "cached" and answer.pop("cached") is True
     assert answer == answers["fallback"]

@@ -19,6 +19,7 @@ import pytest
 
 from shardrec.api.topology import LayoutTopology, ReplicaEndpoint, ShardEndpoints, Topology
 from shardrec.api.v1alpha1 import AuthSpec, HedgingSpec, RouterSpec
+from shardrec.serving.index.foldin import FoldInModel, FoldInSpec, item_gram
 from shardrec.serving.index.partitioning import assign_shards
 from shardrec.serving.index.users import UserTable
 from shardrec.serving.router.app import create_app
@@ -40,6 +41,7 @@ class World:
     ids: list[str] = field(default_factory=list)
     fakes: dict[str, FakeShard] = field(default_factory=dict)  # url -> replica
     tables: dict[str, UserTable] = field(default_factory=dict)  # artifact dir -> user table
+    fold_in: FoldInSpec | None = None  # the layouts' fold-in of recent items (None: built without)
 
     def build(self, version: str, seed: int) -> LayoutTopology:
         rng = np.random.default_rng(seed)
@@ -72,6 +74,7 @@ class World:
             {"u0": 0, "u1": 1, "u2": 2},
             indptr,
             [item for items in seen for item in items],
+            None if self.fold_in is None else FoldInModel(self.fold_in, item_gram(vectors, "ip")),
         )
         return LayoutTopology(
             layout=layout,
@@ -624,7 +627,17 @@ def test_openapi_documents_the_bodies_the_parser_accepts(tmp_path: Path) -> None
     async def scenario(client: httpx.AsyncClient, _: Any) -> None:
         schema = (await client.get("/openapi.json")).json()
         recommend = schema["components"]["schemas"]["RecommendRequest"]
-        assert set(recommend["properties"]) == {"user_id", "vector", "k", "exclude", "exclude_seen"}
+        assert set(recommend["properties"]) == {
+            "user_id",
+            "vector",
+            "k",
+            "exclude",
+            "exclude_seen",
+            "recent_items",
+        }
+        responses = schema["paths"]["/v1/recommend"]["post"]["responses"]
+        assert "unknown_items" in responses["404"]["description"]
+        assert "fold_in_unavailable" in responses["409"]["description"]
         body = schema["paths"]["/v1/recommend"]["post"]["requestBody"]["content"]["application/json"]
         assert body["schema"]["$ref"].endswith("/RecommendRequest")
         assert "422" in schema["paths"]["/v1/recommend"]["post"]["responses"]
@@ -769,3 +782,58 @@ def test_a_client_that_echoes_the_layout_order_never_gets_an_older_layout() -> N
             assert junk.status_code == 200, "a malformed pin never fails a request"
 
     asyncio.run(main())
+
+
+def test_cached_user_tables_of_layouts_neither_serving_nor_staged_are_forgotten() -> None:
+    """A router fetches the user table of every layout it loads (s3:// layouts: into its cache folder);
+    once a layout is neither active nor staged its copy is removed, so daily versions do not fill the
+    pod's volume. A layout that failed to load is forgotten too; the serving one never is."""
+    world = World()
+    forgotten: list[str] = []
+    original = world.deps
+
+    def recording_deps() -> ManagerDeps:
+        return replace(original(), forget_users=forgotten.append)
+
+    world.deps = recording_deps  # type: ignore[method-assign]
+
+    async def scenario(client: httpx.AsyncClient, state: Any) -> None:
+        manager = state.manager
+        v1 = manager.current.topology
+        v2, v3 = world.build("v2", seed=2), world.build("v3", seed=3)
+        await manager.apply(Topology(revision=2, active=v1, staged=v2))
+        assert forgotten == []
+        await manager.apply(Topology(revision=3, active=v2))
+        assert forgotten == ["/layouts/L-v1"], "v1 neither serves nor is staged"
+        await manager.apply(Topology(revision=4, active=v2, staged=v3))
+        await manager.apply(Topology(revision=5, active=v2))
+        assert forgotten == ["/layouts/L-v1", "/layouts/L-v3"], "v3 no longer staged"
+        broken = world.build("v4", seed=4).model_copy(update={"artifact_dir": "/layouts/missing"})
+        with pytest.raises(ValueError, match="cannot load the user table"):
+            await manager.apply(Topology(revision=6, active=broken))
+        await manager.apply(Topology(revision=7, active=v2))
+        assert forgotten[2:] == ["/layouts/missing"]
+        await manager.apply(Topology(revision=8, active=v1))  # a rollback loads v1 again
+        assert forgotten[3:] == ["/layouts/L-v2"]
+        assert (await client.post("/v1/recommend", json={"user_id": "u0"})).json()["index_version"] == "v1"
+
+    run(world, settings(), scenario)
+
+
+def test_a_failure_to_forget_a_cached_table_is_logged_and_serving_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = World()
+    original = world.deps
+
+    def failing(_: str) -> None:
+        raise OSError("read-only file system")
+
+    world.deps = lambda: replace(original(), forget_users=failing)  # type: ignore[method-assign]
+
+    async def scenario(client: httpx.AsyncClient, state: Any) -> None:
+        await state.manager.apply(Topology(revision=2, active=world.build("v2", seed=2)))
+        assert state.manager.current.version == "v2"
+        assert "cannot remove the cached user table of /layouts/L-v1" in caplog.text
+
+    run(world, settings(), scenario)

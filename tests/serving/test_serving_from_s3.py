@@ -23,6 +23,13 @@ import numpy as np
 import pytest
 import yaml
 
+from shardrec.serving.index.users import load_user_table
+from shardrec.serving.storage.layouts import (
+    fetch_router,
+    fetch_shard,
+    forget_artifact_users,
+    load_artifact_users,
+)
 from shardrec.serving.storage.stores import S3Settings, S3Store
 from shardrec.serving.storage.urls import S3Location
 from shardrec.tools.local.ports import free_port
@@ -194,3 +201,96 @@ def test_recctl_up_builds_from_an_s3_source(
             [sys.executable, "-m", "shardrec.tools.cli.main", "down", "--state-dir", str(state)],
             capture_output=True, timeout=60, env=env, check=False,
         )  # fmt: skip
+
+
+def test_a_router_cache_copy_is_fetched_verified_then_forgotten(
+    s3_source: tuple[str, str, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_artifact_users copies an s3:// layout's user table into the cache; forget_artifact_users
+    removes that copy (what the router does once the layout neither serves nor is staged); a later
+    load fetches it again."""
+    source, bucket, env = s3_source
+    store = f"s3://{bucket}/layouts"
+    _recctl("index", "build", "--embeddings", source, "--out", f"{store}/lay-c", "--version", "v1",
+            "--shards", "1", "--metric", "ip", "--dimension", str(DIM), "--no-progress", env=env)  # fmt: skip
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "SHARDREC_S3_ENDPOINT",
+        "SHARDREC_S3_PATH_STYLE",
+    ):
+        monkeypatch.setenv(name, env[name])
+    cache = tmp_path / "router-cache"
+    table = load_artifact_users(f"{store}/lay-c", cache_root=cache)
+    assert len(table) == USERS and sorted(p.name for p in (cache / "lay-c").iterdir()) == [
+        "layout.json",
+        "users",
+    ]
+    assert forget_artifact_users(f"{store}/lay-c", cache_root=cache) is True
+    assert not (cache / "lay-c").exists()
+    assert len(load_artifact_users(f"{store}/lay-c", cache_root=cache)) == USERS
+    assert (cache / "lay-c" / "layout.json").is_file()
+
+
+def _part_flags(source: str, out: str) -> list[str]:
+    return ["index", "build", "--embeddings", source, "--out", out, "--version", "v1",
+            "--shards", str(SHARDS), "--metric", "ip", "--dimension", str(DIM), "--workers", "1",
+            "--no-progress", "--publish-when-complete", "--only-shard"]  # fmt: skip
+
+
+def _fetched_counts(store: S3Store, layout: str, tmp_path: Path) -> list[int]:
+    """Every shard and the router part fetched (each object's sha256 checked); items per shard."""
+    counts = []
+    for shard in range(SHARDS):
+        manifest = fetch_shard(store, layout, shard, tmp_path / f"{layout}-shard-{shard}")
+        counts.append(manifest.shard_entries[shard].count)
+    assert len(load_user_table(_router_copy(store, layout, tmp_path))) == USERS
+    return counts
+
+
+def _router_copy(store: S3Store, layout: str, tmp_path: Path) -> Path:
+    fetch_router(store, layout, tmp_path / f"{layout}-router")
+    return tmp_path / f"{layout}-router"
+
+
+def test_a_build_per_shard_into_s3_publishes_when_the_last_part_is_done(
+    s3_source: tuple[str, str, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What each pod of the operator's Indexed Job runs, as processes against SeaweedFS: the first part
+    to finish leaves layout.json unwritten, the last one publishes it, a retried part reuses the
+    layout; then both parts at once (two pods finishing together): both exit 0 and the layout verifies."""
+    source, bucket, env = s3_source
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, env[name])
+    store = S3Store(
+        S3Location(bucket, "parts"), S3Settings(endpoint=env["SHARDREC_S3_ENDPOINT"], path_style=True)
+    )
+    flags = _part_flags(source, f"s3://{bucket}/parts/lay-p")
+    first = _recctl(*flags, "1", env=env)
+    assert "not built yet: the last part to finish publishes" in first.stdout, first.stdout
+    keys = store.list_keys("lay-p/")
+    assert "lay-p/layout.json" not in keys and "lay-p/shard-0001/manifest.json" in keys, keys
+    last = _recctl(*flags, "0", env=env)
+    assert "published layout lay-p" in last.stdout, last.stdout
+    assert "lay-p/layout.json" in store.list_keys("lay-p/")
+    assert "reused existing layout lay-p" in _recctl(*flags, "1", env=env).stdout
+    assert sum(_fetched_counts(store, "lay-p", tmp_path)) == ITEMS
+
+    together = _part_flags(source, f"s3://{bucket}/parts/lay-q")
+    argv = [sys.executable, "-m", "shardrec.tools.cli.main"]
+    procs = [
+        subprocess.Popen(
+            [*argv, *together, str(shard)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for shard in range(SHARDS)
+    ]
+    outputs = [proc.communicate(timeout=180)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * SHARDS, outputs
+    assert any("published layout lay-q" in out for out in outputs), outputs
+    assert sum(_fetched_counts(store, "lay-q", tmp_path)) == ITEMS
+    names = {key.removeprefix("lay-q/") for key in store.list_keys("lay-q/")}
+    assert names == {key.removeprefix("lay-p/") for key in store.list_keys("lay-p/")}, names

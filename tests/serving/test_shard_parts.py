@@ -80,7 +80,7 @@ def test_per_shard_builds_then_publish_equal_a_one_shot_build(embeddings: Path, 
         assert not (parts / "layout.json").exists()
     assert recctl(["index", "publish", *_layout_flags(embeddings, parts)]) == 0
     assert _file_digests(parts) == _file_digests(one_shot)
-    assert len(_file_digests(parts)) == 2 * SHARDS + 4
+    assert len(_file_digests(parts)) == 2 * SHARDS + 5  # users part: 4 files and the popular list
     assert _without_times(verify_layout(parts)) == _without_times(verify_layout(one_shot))
     # A shard pod loads a part-built layout like any other.
     assert recctl(["index", "verify", str(parts)]) == 0

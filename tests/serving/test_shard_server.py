@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -198,7 +199,12 @@ def test_bad_requests_get_json_4xx(serving: Shard, layouts: dict[str, Path]) -> 
         ("POST", "/v1/items/vectors", {"json": {"item_ids": []}}, 422),
         ("GET", "/no/such/path", {}, 404),
         ("DELETE", "/healthz", {}, 405),
-        ("POST", "/v1/admin/load", {"json": {"layout_dir": "/nonexistent", "wait": True}}, 409),
+        (
+            "POST",
+            "/v1/admin/load",
+            {"json": {"layout_dir": str(layouts["v1"].parent / "missing"), "wait": True}},
+            409,
+        ),
         ("POST", "/v1/admin/load", {"json": {"layout_dir": str(layouts["d16"]), "wait": True}}, 409),
         (
             "POST",
@@ -481,3 +487,47 @@ def test_admin_and_vector_routes_need_the_token_and_every_route_has_a_body_limit
         assert httpx.get(f"{url}/readyz").json()["version"] == "v1"
     finally:
         shard.stop()
+
+
+def test_admin_load_takes_only_layouts_under_the_shards_layout_root(
+    layouts: dict[str, Path], tmp_path: Path
+) -> None:
+    """Even with the token, a shard loads only layouts of its own store: by default the folder
+    holding the layout it started with, else --layout-root. A layout built elsewhere (an
+    attacker's, or a path escaping with '..' or through a symlink) is refused with 403."""
+    token = "t0k3n-" + "y" * 20
+    good = {"authorization": f"Bearer {token}"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copytree(layouts["v2"], elsewhere / "v2")  # a valid layout, but not of this store
+    (elsewhere / "link").symlink_to(elsewhere / "v2")
+    (layouts["v1"].parent / "link-out").symlink_to(elsewhere / "v2")
+    outside = [str(elsewhere / "v2"), str(elsewhere / "link"), str(layouts["v1"].parent / "link-out")]
+    escaping = str(layouts["v1"] / ".." / ".." / elsewhere.name / "v2")
+    shard = Shard("--layout-dir", str(layouts["v1"]), "--shard", "0", "--admin-token", token)
+    try:
+        shard.wait_ready()
+        for path in [*outside, escaping, str(elsewhere / "v2" / ".." / ".." / "x")]:
+            refused = httpx.post(f"{shard.url}/v1/admin/load", json={"layout_dir": path}, headers=good)
+            assert refused.status_code == 403, (path, refused.text)
+            assert _error(refused)["code"] == "layout_outside_store"
+        inside = httpx.post(
+            f"{shard.url}/v1/admin/load",
+            json={"layout_dir": str(layouts["v2"]), "wait": True},
+            headers=good,
+        )
+        assert inside.status_code == 200, inside.text
+        assert httpx.get(f"{shard.url}/readyz").json()["version"] == "v2"
+    finally:
+        shard.stop()
+        (layouts["v1"].parent / "link-out").unlink()
+    rooted = Shard("--shard", "0", "--admin-token", token, "--layout-root", str(elsewhere))
+    try:
+        under_root = httpx.post(
+            f"{rooted.url}/v1/admin/load",
+            json={"layout_dir": str(layouts["v1"]), "wait": True},
+            headers=good,
+        )
+        assert under_root.status_code == 403 and _error(under_root)["code"] == "layout_outside_store"
+    finally:
+        rooted.stop()

@@ -27,6 +27,7 @@ from shardrec.serving.storage.layouts import (
     delete_layout,
     fetch_router,
     fetch_shard,
+    forget_artifact_users,
     list_layouts,
     publish_layout,
 )
@@ -131,7 +132,7 @@ def test_delete_removes_layout_json_first_then_everything(built: Path, tmp_path:
     publish_layout(built, store, "lay-1", log=lambda _: None)
     publish_layout(built, store, "lay-2", log=lambda _: None)
     store.events.clear()
-    assert delete_layout(store, "lay-1") == 1 + 3 * 3 + 4  # layout.json, 3 shards, users
+    assert delete_layout(store, "lay-1") == 1 + 3 * 3 + 5  # layout.json, 3 shards, users (4 + popular list)
     assert store.events[0] == "delete lay-1/layout.json"
     assert not (tmp_path / "store" / "lay-1").exists()
     assert [layout.layout for layout in list_layouts(store)] == ["lay-2"]
@@ -152,10 +153,16 @@ def test_cli_build_into_a_folder_store_then_fetch_list_delete(
     store = tmp_path / "store"
     build = ["index", "build", "--embeddings", str(embeddings), "--out", str(store / "lay-9")]
     build += ["--version", "v9", "--shards", "2", "--no-progress"]
-    assert recctl(build) == 0
+    report = tmp_path / "report.json"
+    assert recctl([*build, "--report-file", str(report)]) == 0
     assert "built layout lay-9" in capsys.readouterr().out
-    assert recctl(build) == 0
+    assert json.loads(report.read_text())["layout"] == "lay-9", "a build reports the layout it left behind"
+    report.unlink()
+    assert recctl([*build, "--report-file", str(report)]) == 0
     assert "reused existing layout lay-9" in capsys.readouterr().out
+    assert json.loads(report.read_text())["version"] == "v9", "so does a build that found it built"
+    assert recctl([*build, "--report-file", str(tmp_path / "no" / "such" / "dir")]) == 1
+    assert "--report-file" in capsys.readouterr().err
     fetch = [
         "index",
         "fetch",
@@ -305,3 +312,20 @@ def test_python_m_recctl_prints_one_line_errors(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.strip() == f"recctl: error: {tmp_path}/none/layout.json: file missing"
+
+
+def test_forgetting_a_cached_user_table_removes_only_that_s3_layouts_copy(tmp_path: Path) -> None:
+    """The router's cache of s3:// layouts (`load_artifact_users`) is one folder per layout id; a
+    local layout folder is the store itself and is never removed."""
+    cache = tmp_path / "cache"
+    for layout in ("lay-1", "lay-2"):
+        (cache / layout / "users").mkdir(parents=True)
+        (cache / layout / "layout.json").write_text("{}")
+    assert forget_artifact_users("s3://bucket/layouts/lay-1", cache_root=cache) is True
+    assert sorted(p.name for p in cache.iterdir()) == ["lay-2"]
+    assert forget_artifact_users("s3://bucket/layouts/lay-1", cache_root=cache) is False
+    local = tmp_path / "store" / "lay-3"
+    (local / "users").mkdir(parents=True)
+    assert forget_artifact_users(str(local), cache_root=cache) is False
+    assert forget_artifact_users(f"file://{local}", cache_root=cache) is False
+    assert (local / "users").is_dir()

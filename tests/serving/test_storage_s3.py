@@ -293,3 +293,12 @@ def test_expired_credentials_fail_at_once(
 def test_missing_object_error_class(seaweed: Any, bucket: str) -> None:
     with pytest.raises(ObjectMissingError):
         store_at(seaweed.endpoint, bucket, "layouts").read_bytes("no/such/key")
+
+
+@pytest.mark.parametrize("ip", ["0.0.0.0", "::", ""])
+def test_the_harness_never_binds_every_interface(seaweed_module: Any, tmp_path: Path, ip: str) -> None:
+    """e2e/node binds SeaweedFS to the pod bridge's gateway; every interface is refused before a start."""
+    server = seaweed_module.SeaweedS3.start(Path("/nonexistent/weed"), tmp_path, ip=ip)
+    with pytest.raises(ValueError, match="never every interface"):
+        server.__enter__()
+    assert not (tmp_path / "weed.log").exists()

@@ -84,3 +84,83 @@ def test_coldstart_table_matches_its_command() -> None:
 
 def _form(cell: str) -> str:
     return re.sub(r"\d+", "9", cell.strip())
+
+
+SCALE_SECTION = re.compile(r"<!-- (bench-scale-[a-z0-9-]+):begin.*?-->.*?<!-- \1:end -->", re.S)
+
+
+def test_scale_tables_match_their_command() -> None:
+    bench = _load("scale_bench", ROOT / "benchmarks" / "scale_bench.py")
+    doc = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    sections = [match.group(0) for match in SCALE_SECTION.finditer(doc)]
+    assert sections, "run: make bench-scale"
+    for section in sections:
+        _check_scale_section(bench, section)
+
+
+def test_a_scale_table_that_drifted_from_its_command_is_refused() -> None:
+    bench: Any = _load("scale_bench", ROOT / "benchmarks" / "scale_bench.py")
+    result = bench.ScaleResult(
+        100_000,
+        64,
+        4,
+        300,
+        31.0,
+        2500.0,
+        400.0,
+        {16: 0.96, 24: 0.97, 64: 0.99},
+        {24: 0.96},
+        60.0,
+        42.0,
+        645.0,
+        16,
+    )
+    good = bench.render(
+        [result], "python benchmarks/scale_bench.py --sizes 100k", "2026-12-05", bench.machine_line(1.0, 2.0)
+    )
+    _check_scale_section(bench, good)
+    drifted = [
+        good.replace("| at ef@0.95, 100 excluded |", "|"),  # a column gone from the header
+        good.replace("| 645 |", "| 645 | 1 |"),  # a cell more than the header
+        good.replace("| 0.970 |", "| 97% |"),  # a cell in another form
+        good.replace("| 100k x 64 |", "| 1M x 64 |"),  # rows that the section's name does not say
+        good.replace("one query at a time", "a batch of queries"),  # the method changed
+        good.replace("`python benchmarks/scale_bench.py --sizes 100k`", "`make bench`"),
+    ]
+    for text in drifted:
+        assert text != good
+        try:
+            _check_scale_section(bench, text)
+        except AssertionError:
+            continue
+        raise AssertionError(f"accepted a drifted section:\n{text}")
+
+
+def _check_scale_section(bench: Any, section: str) -> None:
+    """`section` is what `render` writes for the sizes and dimensions its rows name, digits aside."""
+    lines = section.strip().splitlines()
+    rows = [line for line in lines if line.startswith("|")]
+    assert rows[:2] == [bench.HEADER, bench.ALIGN], "the table's header changed: regenerate it"
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in rows[2:]]
+    assert cells, "the table has no rows"
+    shapes = [label.split(" x ") for label, *_ in cells]
+    samples = [
+        bench.ScaleResult(
+            bench.parse_size(size), int(dim), 4, 300, 1.0, 1.0, 1.0, {24: 1.0}, {24: 1.0}, 1.0, 1.0, 1.0, 24
+        )
+        for size, dim in shapes
+    ]
+    expected = bench.render(samples, "python benchmarks/scale_bench.py", "2026-01-01", "machine").splitlines()
+    assert lines[0] == expected[0] and lines[-1] == expected[-1], "the section's name differs from its rows"
+    assert lines[1] == expected[1], "the title differs from what render writes for these rows"
+    prose = lines[3]
+    assert prose.startswith("`python benchmarks/scale_bench.py ") and " on 20" in prose, "command and date"
+    assert " cores (" in prose and "load average" in prose, "the machine is not stated"
+    method = expected[3].split("machine. Seeded ", 1)[1]
+    assert _form(prose.split(". Seeded ", 1)[-1]) == _form(method), "the method text changed: regenerate it"
+    wanted = [line for line in expected if line.startswith("|")][2:]
+    for row, want in zip(cells, wanted, strict=True):
+        assert row[0] == want.strip("|").split("|")[0].strip(), row  # "100k x 64", as size_label writes
+        # Digits aside, each cell as `row` writes it; an ef beyond the grid is written "> 1024".
+        form = [_form(cell).removeprefix("> ") for cell in row[1:]]
+        assert form == [_form(cell) for cell in want.strip("|").split("|")[1:]], row

@@ -52,8 +52,35 @@ def test_tuning_block_matches_the_command() -> None:
     block = gen.block_of((ROOT / "docs" / "evaluation.md").read_text(encoding="utf-8"), "evaluation-tuning")
     assert f"`recctl train --holdout 1 {gen.TUNE_FLAGS} --quiet --out build/evaluation/" in block
     assert re.search(
-        r"^tuned: \d+ trials in [\d.]+ s \(stopped by (trials|seconds)\); best trial \d+", block, re.M
+        r"^tuned: \d+ trials \(\d+ fits\) in [\d.]+ s \(stopped by (trials|seconds)\); best trial \d+",
+        block,
+        re.M,
     )
     assert re.search(r"^parameters: (als|bpr) factors=\d+", block, re.M)
     assert re.search(r"^quality \(test split\): hit-rate@10 [\d.]+, NDCG@10 [\d.]+$", block, re.M)
-    assert "| trial | parameters | validation NDCG@10 | validation hit-rate@10 | seconds |" in block
+    assert "| trial | fit | parameters | validation NDCG@10 | validation hit-rate@10 | seconds |" in block
+    assert "| trial | user vectors | validation NDCG@10 | validation hit-rate@10 |" in block
+
+
+def test_fold_in_block_matches_its_command() -> None:
+    """docs/evaluation.md's fold-in section is what `make evaluation-foldin` writes: its command,
+    its table header and its rows in the order the evaluation makes them."""
+    from shardrec.tools.pipeline.foldin_eval import _variants
+
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.search(
+        r"^evaluation-foldin: .*\n\tnice -n 10 \$\(BIN\)/python benchmarks/foldin_eval\.py", makefile, re.M
+    )
+    doc = (ROOT / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    found = re.search(r"<!-- evaluation-foldin:begin.*?-->(.*?)<!-- evaluation-foldin:end -->", doc, re.S)
+    assert found, "run make evaluation-foldin"
+    block = found.group(1)
+    assert "`python benchmarks/foldin_eval.py --folds 5 --recent 5 10`" in block
+    rows = [line.split(" | ")[0].lstrip("| ") for line in block.splitlines() if line.startswith("| ")]
+    assert rows[0] == "user vector"
+    names = [variant.name for variant in _variants((5, 10))]
+    assert rows[1:] == [
+        "the user's own vector (trained with the user: full model)",
+        *names,
+        "popularity baseline",
+    ]

@@ -15,9 +15,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def _common() -> ModuleType:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
+        if "common" in sys.modules:  # another test (or a bench) loaded it already
+            return sys.modules["common"]
         spec = importlib.util.spec_from_file_location("common", ROOT / "benchmarks" / "common.py")
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
+        # Registered before it runs: its dataclasses look their module up in sys.modules (the
+        # tests failed when this file ran alone, passed after another test had imported it).
+        sys.modules["common"] = module
         spec.loader.exec_module(module)
         return module
     finally:

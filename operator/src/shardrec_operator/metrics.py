@@ -46,6 +46,19 @@ LAYOUT_STATES: Final = get_args(LayoutState)
 _IN_ROLLOUT: Final = frozenset({"Building", "Starting", "Ready"})
 
 
+CANARY_MEASURES = (
+    "overlap_at10",
+    "rank_correlation",
+    "score_shift",
+    "candidate_p99_ms",
+    "active_p99_ms",
+    "candidate_error_rate",
+    "active_error_rate",
+    "unknown_user_share",
+    "requests",
+)
+
+
 class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -139,7 +152,32 @@ class OperatorMetrics:
             [*cluster, "reason"],
             registry=self.registry,
         )
+        self.canary_step = Gauge(
+            "shardrec_operator_cluster_canary_step",
+            "Step (0-based) of the cluster's canary (rollout.strategy Canary), by candidate layout and "
+            "phase (Running, Promoted, RolledBack, Aborted); absent without a canary.",
+            [*cluster, "layout", "phase"],
+            registry=self.registry,
+        )
+        self.canary_analysis = Gauge(
+            "shardrec_operator_cluster_canary_analysis",
+            "The canary step's measurements summed over the routers (status.canary.analysis), by measure: "
+            "overlap_at10, rank_correlation, score_shift, candidate_p99_ms, active_p99_ms, "
+            "candidate_error_rate, active_error_rate, unknown_user_share, requests.",
+            [*cluster, "layout", "measure"],
+            registry=self.registry,
+        )
+        self.canary_rolled_back = Gauge(
+            "shardrec_operator_cluster_canary_rolled_back",
+            "1 while the target layout's canary was rolled back by its analysis or aborted (the "
+            "CanaryRolledBack condition), by reason (AnalysisFailed, Aborted).",
+            [*cluster, "reason"],
+            registry=self.registry,
+        )
         self._per_cluster = (
+            self.canary_step,
+            self.canary_analysis,
+            self.canary_rolled_back,
             self.failover_degraded,
             self.shard_ready,
             self.shard_desired,
@@ -178,6 +216,16 @@ class OperatorMetrics:
         for condition in status.conditions:
             if condition.type == "FailoverDegraded" and condition.status == "True":
                 self.failover_degraded.labels(namespace, cluster, condition.reason).set(1)
+            if condition.type == "CanaryRolledBack" and condition.status == "True":
+                self.canary_rolled_back.labels(namespace, cluster, condition.reason).set(1)
+        canary = status.canary
+        if canary is not None:
+            self.canary_step.labels(namespace, cluster, canary.layout, canary.phase).set(canary.step)
+            analysis = canary.analysis.model_dump() if canary.analysis is not None else {}
+            for measure in CANARY_MEASURES:
+                value = analysis.get(measure)
+                if isinstance(value, int | float):
+                    self.canary_analysis.labels(namespace, cluster, canary.layout, measure).set(value)
 
     def _drop_cluster_series(self, namespace: str, cluster: str) -> None:
         """Remove a cluster's series, so a gone shard or an old version leaves no stale value."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from shardrec.api import v1alpha1 as api
-from shardrec.api.commands import index_build_arguments, index_delete_arguments
+from shardrec.api.commands import BUILD_REPORT_PATH, index_build_arguments, index_delete_arguments
 from shardrec.planning import LayoutSpec
 from shardrec_operator.desired import artifacts, labels, names, pods
 from shardrec_operator.desired.meta import Manifest, manifest
@@ -108,13 +108,21 @@ def build_command(
 ) -> list[str]:
     """`recctl index build` for a layout, the same arguments the local runtime uses; `workers`
     (build threads) from the build container's CPU, when it has one. Per shard, the pod's
-    completion index (expanded by the kubelet) picks the shard."""
+    completion index (expanded by the kubelet) picks the shard. The pod that leaves a verified
+    layout behind reports its offline metrics in its termination message (`BUILD_REPORT_PATH`):
+    the operator cannot read layout.json on the store, but it reads pods."""
     spec = cluster.spec
     embeddings = resolve_source(layout.source, object_store=_on_object_store(spec)).path
     out = artifacts.layout_location(cluster, layout.id)
     only_shard = f"$({COMPLETION_INDEX_ENV})" if per_shard_build(spec, layout) else None
     arguments = index_build_arguments(
-        layout, embeddings, out, artifacts.connection(spec), workers=workers, only_shard=only_shard
+        layout,
+        embeddings,
+        out,
+        artifacts.connection(spec),
+        workers=workers,
+        only_shard=only_shard,
+        report_file=BUILD_REPORT_PATH,
     )
     command = ["recctl", *arguments]
     if _needs_work_dir(spec, layout):

@@ -48,6 +48,21 @@ def shard_service_account(cluster: str) -> str:
     return f"{cluster}-shard"
 
 
+def shard_token_secret(cluster: str) -> str:
+    """Secret with the shards' admin token (`desired.shard_token`)."""
+    return f"{cluster}-shard-token"
+
+
+def shard_tls_secret(cluster: str) -> str:
+    """Secret with the cluster's CA and the shards' certificate (`desired.shard_tls`)."""
+    return f"{cluster}-shard-tls"
+
+
+def shard_tls_server(cluster: str) -> str:
+    """The first label of the one DNS name shard certificates hold (`<it>.<namespace>.svc`)."""
+    return f"{cluster}-shard"
+
+
 def shard_network_policy(cluster: str) -> str:
     return f"{cluster}-shards"
 

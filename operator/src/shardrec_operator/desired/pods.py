@@ -11,15 +11,18 @@ single-zone clusters, which is worse than two replicas sharing a zone.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Final
 
+from shardrec.api import cpu as api_cpu
 from shardrec.api import v1alpha1 as api
 from shardrec.api.commands import SHARD_PRESTOP_PATH
 
 RUN_AS_USER: Final = 10001
 HTTP_PORT: Final = 8080
 HTTP_PORT_NAME: Final = "http"
+HTTPS_PORT_NAME: Final = "https"
+"""The same port number when a shard serves TLS (`desired.shard_tls`): the name says the scheme,
+so the ServiceMonitor scrapes each Service with the right one."""
 STORE_VOLUME: Final = "index-store"
 STORE_MOUNT: Final = "/store"
 SOURCE_VOLUME: Final = "embeddings-source"
@@ -105,31 +108,9 @@ def resources(requirements: api.ResourceRequirements) -> dict[str, Any]:
     return out
 
 
-_CPU_SUFFIXES: Final = {"m": 1e-3, "": 1.0, "k": 1e3}
-
-
-def cpu_cores(quantity: str) -> float | None:
-    """A CPU quantity in cores (`500m` -> 0.5, `2` -> 2.0); None for a form CPUs are not given in."""
-    text = quantity.strip()
-    suffix = text[-1] if text and text[-1].isalpha() else ""
-    try:
-        number = float(text[: len(text) - len(suffix)])
-    except ValueError:
-        return None
-    factor = _CPU_SUFFIXES.get(suffix)
-    return number * factor if factor is not None and number > 0 else None
-
-
-def cpu_threads(requirements: api.ResourceRequirements) -> int | None:
-    """Threads a container's CPU allows: ceil of its CPU limit (what the CFS quota enforces), or
-    of its request without a limit; None when neither is set (the process then counts its own
-    CPUs, quota included). Passed as `--search-threads` and `--workers`, so a pod limited to 2 CPUs
-    on a 64-core node runs 2 search threads, not 64 that the quota throttles."""
-    for quantities in (requirements.limits, requirements.requests):
-        cores = cpu_cores(quantities["cpu"]) if "cpu" in quantities else None
-        if cores is not None:
-            return max(1, math.ceil(cores - 1e-9))
-    return None
+# The parsers live in shardrec.api.cpu, so the local runtime counts CPUs the same way.
+cpu_cores = api_cpu.cpu_cores
+cpu_threads = api_cpu.cpu_threads
 
 
 def termination_grace_seconds(spec: api.RecommenderClusterSpec) -> int:
@@ -138,10 +119,23 @@ def termination_grace_seconds(spec: api.RecommenderClusterSpec) -> int:
     return spec.rollout.drain_seconds + SHUTDOWN_SECONDS
 
 
-def shard_pre_stop() -> dict[str, Any]:
+def port_name(tls: bool) -> str:
+    return HTTPS_PORT_NAME if tls else HTTP_PORT_NAME
+
+
+def _get(path: str, tls: bool) -> dict[str, Any]:
+    """An httpGet action; with TLS the kubelet speaks HTTPS (and, as for every probe, does not
+    verify the certificate)."""
+    action: dict[str, Any] = {"path": path, "port": port_name(tls)}
+    if tls:
+        action["scheme"] = "HTTPS"
+    return action
+
+
+def shard_pre_stop(*, tls: bool = False) -> dict[str, Any]:
     """The shard's preStop: an httpGet on its drain endpoint (no binary needed in the image), which
     fails readiness so routers stop choosing the replica, and returns after `drainSeconds`."""
-    return {"preStop": {"httpGet": {"path": SHARD_PRESTOP_PATH, "port": HTTP_PORT_NAME}}}
+    return {"preStop": {"httpGet": _get(SHARD_PRESTOP_PATH, tls)}}
 
 
 def router_pre_stop(spec: api.RecommenderClusterSpec) -> dict[str, Any] | None:
@@ -152,17 +146,17 @@ def router_pre_stop(spec: api.RecommenderClusterSpec) -> dict[str, Any] | None:
     return {"preStop": {"sleep": {"seconds": seconds}}} if seconds > 0 else None
 
 
-def http_probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
+def http_probe(path: str, *, period: int, failures: int, tls: bool = False) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": HTTP_PORT_NAME},
+        "httpGet": _get(path, tls),
         "periodSeconds": period,
         "failureThreshold": failures,
         "timeoutSeconds": 2,
     }
 
 
-def http_port() -> dict[str, Any]:
-    return {"name": HTTP_PORT_NAME, "containerPort": HTTP_PORT, "protocol": "TCP"}
+def http_port(*, tls: bool = False) -> dict[str, Any]:
+    return {"name": port_name(tls), "containerPort": HTTP_PORT, "protocol": "TCP"}
 
 
 def spread_and_anti_affinity(selector: dict[str, str]) -> dict[str, Any]:
@@ -192,14 +186,17 @@ def spread_and_anti_affinity(selector: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def scrape_annotations(spec: api.RecommenderClusterSpec) -> dict[str, str]:
+def scrape_annotations(spec: api.RecommenderClusterSpec, *, tls: bool = False) -> dict[str, str]:
     if not spec.monitoring.scrape_annotations:
         return {}
-    return {
+    annotations = {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(HTTP_PORT),
         "prometheus.io/path": "/metrics",
     }
+    if tls:
+        annotations["prometheus.io/scheme"] = "https"
+    return annotations
 
 
 def image_fields(spec: api.RecommenderClusterSpec) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from typing import Any, Final
 
 from shardrec.api import v1alpha1 as api
 from shardrec.api.commands import ROUTER_PROGRAM, RouterFlags, env_name, router_arguments
-from shardrec_operator.desired import artifacts, labels, names, pods
+from shardrec.api.credentials import SEND_KEY
+from shardrec_operator.desired import artifacts, labels, names, pods, shard_tls, shard_token
 from shardrec_operator.desired.meta import Manifest, manifest
 from shardrec_operator.desired.pod_template import merge_pod_template
 
@@ -32,7 +33,8 @@ def router_config_json(spec: api.RecommenderClusterSpec) -> str:
     """`{"router": ..., "auth": ...}` in wire form: what `shardrec-router --router-config` reads."""
     document = {
         "router": spec.router.model_dump(by_alias=True, mode="json"),
-        "auth": spec.auth.model_dump(by_alias=True, mode="json"),
+        # apiKeysFile is the local runtime's: in Kubernetes the keys come from the mounted Secret.
+        "auth": spec.auth.model_dump(by_alias=True, mode="json", exclude={"api_keys_file"}),
     }
     return json.dumps(document, sort_keys=True, indent=2) + "\n"
 
@@ -66,6 +68,12 @@ def router_command(cluster: api.RecommenderCluster) -> list[str]:
             host="0.0.0.0",
             port=pods.HTTP_PORT,
             api_keys_file=f"{API_KEYS_MOUNT}/{API_KEYS_FILE}" if keys else None,
+            shard_token_file=shard_token.token_file(SEND_KEY),
+            shard_ca=shard_tls.tls_file(shard_tls.CA_CERT),
+            shard_tls_name=shard_tls.server_name(cluster),
+            # One worker process per CPU of resources.router (limit, else request); without
+            # either, the router counts the CPUs its cgroup quota allows itself.
+            workers=pods.cpu_threads(cluster.spec.resources.router),
         ),
     ]
 
@@ -80,6 +88,10 @@ def _volumes_and_mounts(cluster: api.RecommenderCluster) -> tuple[list[dict[str,
         pods.tmp_mount(),
         {"name": "router-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
     ]
+    volumes.append(shard_token.token_volume(cluster.metadata.name, SEND_KEY))
+    mounts.append(shard_token.token_mount())
+    volumes.append(shard_tls.tls_volume(cluster.metadata.name, (shard_tls.CA_CERT,)))
+    mounts.append(shard_tls.tls_mount())
     if artifacts.object_store(spec) is None:
         # A PVC store: the router reads each layout's user table from the claim. With an object
         # store nothing is mounted: the topology names the layout's s3:// location instead.
@@ -127,6 +139,12 @@ def router_pod_template(cluster: api.RecommenderCluster) -> dict[str, Any]:
             {
                 "name": env_name(RouterFlags.PROCESS, RouterFlags.POD_NAMESPACE),
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+            # The router prefers shard replicas in its own zone: the label Kubernetes (1.33+) copies
+            # from the node onto the pod; empty (no preference) where it does not.
+            {
+                "name": env_name(RouterFlags.PROCESS, RouterFlags.ZONE),
+                "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{pods.ZONE_KEY}']"}},
             },
             *_object_store_env(spec),
         ],

@@ -20,8 +20,9 @@ from typing import Any
 
 from shardrec.api import v1alpha1 as api
 from shardrec.api.commands import SHARD_PROGRAM, shard_arguments
+from shardrec.api.credentials import ACCEPTED_KEY
 from shardrec.planning import LayoutSpec
-from shardrec_operator.desired import artifacts, labels, names, pods
+from shardrec_operator.desired import artifacts, labels, names, pods, shard_tls, shard_token
 from shardrec_operator.desired.meta import Manifest, manifest
 from shardrec_operator.desired.pod_template import merge_pod_template
 
@@ -29,7 +30,9 @@ STARTUP_PROBE_BUDGET_SECONDS = 600
 SHARD_CONTAINER = "shard"
 
 
-def shard_command(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int) -> list[str]:
+def shard_command(
+    cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int, *, tls: bool = False
+) -> list[str]:
     on_object_store = artifacts.object_store(cluster.spec) is not None
     return [
         SHARD_PROGRAM,
@@ -44,27 +47,35 @@ def shard_command(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: in
             port=pods.HTTP_PORT,
             search_threads=pods.cpu_threads(cluster.spec.resources.shard),
             drain_seconds=cluster.spec.rollout.drain_seconds,
+            admin_token_file=shard_token.token_file(ACCEPTED_KEY),
+            tls_cert=shard_tls.tls_file(shard_tls.CERT) if tls else None,
+            tls_key=shard_tls.tls_file(shard_tls.KEY) if tls else None,
         ),
     ]
 
 
-def _shard_container(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int) -> dict[str, Any]:
+def _shard_container(
+    cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int, tls: bool
+) -> dict[str, Any]:
     spec = cluster.spec
     period = 5
+    mounts = [_layout_mount(spec), pods.tmp_mount(), shard_token.token_mount()]
+    if tls:
+        mounts.append(shard_tls.tls_mount())
     return {
         "name": SHARD_CONTAINER,
         **pods.image_fields(spec),
-        "command": shard_command(cluster, layout, shard),
-        "ports": [pods.http_port()],
+        "command": shard_command(cluster, layout, shard, tls=tls),
+        "ports": [pods.http_port(tls=tls)],
         "startupProbe": pods.http_probe(
-            "/healthz", period=period, failures=STARTUP_PROBE_BUDGET_SECONDS // period
+            "/healthz", period=period, failures=STARTUP_PROBE_BUDGET_SECONDS // period, tls=tls
         ),
-        "readinessProbe": pods.http_probe("/readyz", period=period, failures=2),
-        "livenessProbe": pods.http_probe("/healthz", period=10, failures=6),
-        "lifecycle": pods.shard_pre_stop(),
+        "readinessProbe": pods.http_probe("/readyz", period=period, failures=2, tls=tls),
+        "livenessProbe": pods.http_probe("/healthz", period=10, failures=6, tls=tls),
+        "lifecycle": pods.shard_pre_stop(tls=tls),
         "resources": pods.resources(spec.resources.shard),
         "securityContext": pods.container_security_context(),
-        "volumeMounts": [_layout_mount(spec), pods.tmp_mount()],
+        "volumeMounts": mounts,
     }
 
 
@@ -81,11 +92,16 @@ def _volumes(spec: api.RecommenderClusterSpec) -> list[dict[str, Any]]:
     return [artifacts.layout_volume(spec), pods.tmp_volume()]
 
 
-def shard_pod_template(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int) -> dict[str, Any]:
+def shard_pod_template(
+    cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int, *, tls: bool = False
+) -> dict[str, Any]:
     """The operator's pod template of a shard, before `spec.podTemplates.shard` is merged over it."""
     spec = cluster.spec
     name = cluster.metadata.name
     selector = labels.shard_selector(name, layout.id, shard)
+    volumes = [*_volumes(spec), shard_token.token_volume(name, ACCEPTED_KEY)]
+    if tls:
+        volumes.append(shard_tls.tls_volume(name, (shard_tls.CERT, shard_tls.KEY)))
     pod_spec: dict[str, Any] = {
         "serviceAccountName": names.shard_service_account(name),
         "automountServiceAccountToken": False,
@@ -93,26 +109,27 @@ def shard_pod_template(cluster: api.RecommenderCluster, layout: LayoutSpec, shar
         "terminationGracePeriodSeconds": pods.termination_grace_seconds(spec),
         "securityContext": pods.pod_security_context(),
         **pods.spread_and_anti_affinity(selector),
-        "containers": [_shard_container(cluster, layout, shard)],
-        "volumes": _volumes(spec),
+        "containers": [_shard_container(cluster, layout, shard, tls)],
+        "volumes": volumes,
     }
     if artifacts.object_store(spec) is not None:
         pod_spec["initContainers"] = [artifacts.fetch_init_container(cluster, layout.id, shard)]
     template_meta: dict[str, Any] = {"labels": labels.shard_labels(name, layout, shard)}
-    annotations = pods.scrape_annotations(spec)
+    annotations = pods.scrape_annotations(spec, tls=tls)
     if annotations:
         template_meta["annotations"] = annotations
     return {"metadata": template_meta, "spec": pod_spec}
 
 
 def build_shard_statefulset(
-    cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int, replicas: int
+    cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int, replicas: int, *, tls: bool = False
 ) -> Manifest:
-    """Shard `shard` of `layout`, with `replicas` replicas (the planner's EnsureShards count)."""
+    """Shard `shard` of `layout`, with `replicas` replicas (the planner's EnsureShards count);
+    `tls`: its pods serve HTTPS (`shard_tls.statefulset_serves_tls`, recorded on it)."""
     name = cluster.metadata.name
     selector = labels.shard_selector(name, layout.id, shard)
     template = merge_pod_template(
-        shard_pod_template(cluster, layout, shard),
+        shard_pod_template(cluster, layout, shard, tls=tls),
         cluster.spec.pod_templates.shard,
         container=SHARD_CONTAINER,
         selector=selector,
@@ -131,11 +148,16 @@ def build_shard_statefulset(
             "selector": {"matchLabels": selector},
             "template": template,
         },
-        annotations=labels.layout_annotations(layout),
+        annotations={
+            **labels.layout_annotations(layout),
+            shard_tls.TLS_ANNOTATION: "true" if tls else "false",
+        },
     )
 
 
-def build_shard_service(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int) -> Manifest:
+def build_shard_service(
+    cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int, *, tls: bool = False
+) -> Manifest:
     """Headless: gives each replica a stable DNS name, published as soon as the pod has an address.
 
     Unready pods are published on purpose (`publishNotReadyAddresses`): routers probe `/readyz`
@@ -155,9 +177,9 @@ def build_shard_service(cluster: api.RecommenderCluster, layout: LayoutSpec, sha
             "selector": labels.shard_selector(name, layout.id, shard),
             "ports": [
                 {
-                    "name": pods.HTTP_PORT_NAME,
+                    "name": pods.port_name(tls),
                     "port": pods.HTTP_PORT,
-                    "targetPort": pods.HTTP_PORT_NAME,
+                    "targetPort": pods.port_name(tls),
                     "protocol": "TCP",
                 }
             ],
@@ -180,9 +202,12 @@ def build_shard_pdb(cluster: api.RecommenderCluster, layout: LayoutSpec, shard: 
     )
 
 
-def shard_replica_url(cluster: api.RecommenderCluster, layout_id: str, shard: int, ordinal: int) -> str:
+def shard_replica_url(
+    cluster: api.RecommenderCluster, layout_id: str, shard: int, ordinal: int, *, tls: bool = False
+) -> str:
     """Stable per-replica URL through the headless Service (resolves once the pod has an address)."""
     name = cluster.metadata.name
     service = names.shard_set(name, layout_id, shard)
     pod = names.shard_pod(name, layout_id, shard, ordinal)
-    return f"http://{pod}.{service}.{cluster.metadata.namespace}.svc:{pods.HTTP_PORT}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://{pod}.{service}.{cluster.metadata.namespace}.svc:{pods.HTTP_PORT}"

@@ -49,12 +49,6 @@ def kubernetes_spec_errors(cluster: api.RecommenderCluster) -> list[str]:
         resolve_source(spec.index.source, object_store=store.object_store is not None)
     except ValueError as error:
         errors.append(str(error))
-    if spec.index.quality_gate is not None:
-        errors.append(
-            "spec.index.qualityGate is not supported on Kubernetes yet: the operator does not read a "
-            "layout's offline metrics (layout.json on the index store), so every new version would be "
-            "refused; it works with the local runtime (recctl up)"
-        )
     if spec.router.autoscaling is not None and "cpu" not in spec.resources.router.requests:
         errors.append(
             "spec.resources.router.requests.cpu is required when spec.router.autoscaling is set: "

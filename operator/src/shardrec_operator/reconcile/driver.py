@@ -5,7 +5,8 @@
     3. execute   cluster-wide objects, then the actions in order (each apply also corrects
                  drift of an unchanged manifest), then the topology, then failover. Paused:
                  no cluster-wide objects, no topology, only the actions the planner still
-                 allows; failover goes on unless `spec.failover.whilePaused` is false
+                 allows; failover goes on unless `spec.failover.whilePaused` is false; the
+                 status carries `planPreview`, what the spec would do once unpaused
     4. report    the new status (None when unchanged, so nothing is written) with the
                  FailoverDegraded condition, the Events, when to come back, and how many
                  writes the pass made
@@ -24,13 +25,25 @@ from shardrec.api import v1alpha1 as api
 from shardrec.planning import RecordEvent, plan
 from shardrec.planning.fleet import with_topology_written
 from shardrec_operator.desired import labels, names
+from shardrec_operator.desired.plan_preview import plan_preview_status
 from shardrec_operator.reconcile import resources as kinds
 from shardrec_operator.reconcile.cluster_api import ClusterApi, Obj
-from shardrec_operator.reconcile.execute import apply_cluster_objects, execute_action
+from shardrec_operator.reconcile.execute import (
+    apply_cluster_objects,
+    ensure_shard_tls,
+    ensure_shard_token,
+    execute_action,
+)
 from shardrec_operator.reconcile.expectations import Expectations
 from shardrec_operator.reconcile.failover import PAUSED_REPORT, FailoverLimits, with_failover_condition
 from shardrec_operator.reconcile.lost_pods import force_delete_lost_pods
-from shardrec_operator.reconcile.observe import Children, list_children, observe, previous_status
+from shardrec_operator.reconcile.observe import (
+    Children,
+    list_children,
+    observe,
+    previous_status,
+    stored_topology,
+)
 from shardrec_operator.reconcile.publish_topology import sync_topology
 from shardrec_operator.reconcile.session import Session
 
@@ -79,6 +92,9 @@ def reconcile_cluster(
     the_plan = plan(cluster.metadata.name, cluster.spec, observed)
     session = Session(api_client, cluster, children, expectations, now)
     paused = cluster.spec.paused
+    # The token first, even paused: pods that exist or start mount it (a paused rotation still
+    # completes, which only ever narrows what is accepted).
+    token_recheck = _sooner(ensure_shard_token(session), ensure_shard_tls(session))
     if not paused:
         apply_cluster_objects(session)
     for action in the_plan.actions:
@@ -93,6 +109,17 @@ def reconcile_cluster(
         written = sync_topology(session, the_plan, floor)
         if written is not None:
             status = with_topology_written(status, written)
+    if paused:
+        status = status.model_copy(
+            update={
+                "plan_preview": plan_preview_status(
+                    cluster,
+                    observed.previous_status,
+                    live_ef_search=live_ef_search(children, cluster),
+                    router_replicas=router_replicas(children, cluster.metadata.name),
+                )
+            }
+        )
     if paused and not cluster.spec.failover.while_paused:
         failover = PAUSED_REPORT
     else:
@@ -104,7 +131,9 @@ def reconcile_cluster(
     return ReconcileResult(
         status=changed_status(status, raw_status),
         events=planned_events + tuple(session.events),
-        requeue_after_seconds=_sooner(the_plan.requeue_after_seconds, failover.recheck_after_seconds),
+        requeue_after_seconds=_sooner(
+            _sooner(the_plan.requeue_after_seconds, failover.recheck_after_seconds), token_recheck
+        ),
         waiting_reason=the_plan.waiting_reason,
         writes=session.writes,
         drift_corrections=session.drift_corrections,
@@ -116,6 +145,24 @@ def reconcile_cluster(
 
 def _sooner(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
+
+
+def live_ef_search(children: Children, cluster: api.RecommenderCluster) -> int | None:
+    """The efSearch the routers send now: the active layout's in the stored topology."""
+    stored = stored_topology(children, cluster.metadata.name)
+    return stored.active.ef_search if stored is not None and stored.active is not None else None
+
+
+def router_replicas(children: Children, cluster_name: str) -> int | None:
+    """Replicas the router Deployment asks for (its controller's count under an autoscaler);
+    None without a Deployment."""
+    deployment = children.get(kinds.DEPLOYMENT, names.router(cluster_name))
+    if deployment is None:
+        return None
+    spec_replicas = (deployment.get("spec") or {}).get("replicas")
+    return int(
+        spec_replicas if spec_replicas is not None else (deployment.get("status") or {}).get("replicas") or 0
+    )
 
 
 def router_ready_replicas(children: Children, cluster_name: str) -> int:

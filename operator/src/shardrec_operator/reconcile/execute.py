@@ -7,7 +7,8 @@ Each action maps onto builders plus the one generic applier:
                   shard, OnDelete), PDB;
 - ReplaceShardPod -> delete that pod (by the uid observed), so its StatefulSet recreates it
                   from the current template: one step of a template roll;
-- StageRouter, SwitchRouter -> the topology ConfigMap (`reconcile.publish_topology`, after the other actions);
+- StageRouter, SwitchRouter, RouteCanary -> the topology ConfigMap (`reconcile.publish_topology`,
+                  after the other actions);
 - RetireLayout -> drop the retired layout's PDBs: it no longer serves, so it must not hold up
                   a node drain; its pods keep running for instant rollback;
 - DeleteLayout -> delete the layout's Job, StatefulSets, Services and PDBs;
@@ -16,6 +17,8 @@ A layout no action names is left exactly as it is.
 """
 
 from __future__ import annotations
+
+import secrets
 
 from shardrec.planning import (
     Action,
@@ -26,10 +29,11 @@ from shardrec.planning import (
     RecordEvent,
     ReplaceShardPod,
     RetireLayout,
+    RouteCanary,
     StageRouter,
     SwitchRouter,
 )
-from shardrec_operator.desired import names
+from shardrec_operator.desired import names, shard_tls, shard_token
 from shardrec_operator.desired.cluster import build_cluster_objects
 from shardrec_operator.desired.index_build import build_artifact_gc_job, build_index_job
 from shardrec_operator.desired.shard import build_shard_pdb, build_shard_service, build_shard_statefulset
@@ -40,6 +44,43 @@ from shardrec_operator.reconcile.resources import resource_of
 from shardrec_operator.reconcile.session import Session
 
 _OPTIONAL_KINDS = {(kinds.SERVICE_MONITOR.api_version, kinds.SERVICE_MONITOR.kind)}
+
+
+def ensure_shard_token(session: Session) -> float | None:
+    """The cluster's shard-token Secret, one rotation step at a time; returns when the next step
+    is due. Read by name with GET (the operator may not list Secrets), written by the one apply."""
+    cluster = session.cluster
+    name = names.shard_token_secret(cluster.metadata.name)
+    observed = session.api.get(kinds.SECRET, cluster.metadata.namespace, name)
+    decision = shard_token.next_token_state(
+        shard_token.token_state_of(observed),
+        shard_token.rotation_request(cluster),
+        session.now,
+        new_token,
+    )
+    session.apply(shard_token.build_shard_token_secret(cluster, decision.state), observed=observed)
+    return decision.recheck_after_seconds
+
+
+def ensure_shard_tls(session: Session) -> float:
+    """The cluster's CA and shard certificate, issued or renewed as `renewal_needed` says; returns
+    the seconds until the next renewal is due."""
+    cluster = session.cluster
+    observed = session.api.get(
+        kinds.SECRET, cluster.metadata.namespace, names.shard_tls_secret(cluster.metadata.name)
+    )
+    material = shard_tls.tls_material_of(observed)
+    name = shard_tls.server_name(cluster)
+    renewal = shard_tls.renewal_needed(material, name, session.now)
+    material = shard_tls.renewed(material, renewal, name, session.now)
+    if renewal != "none":
+        session.event("Normal", "CertificateIssued", f"shard certificate for {name} ({renewal})")
+    session.apply(shard_tls.build_shard_tls_secret(cluster, material), observed=observed)
+    return shard_tls.recheck_after_seconds(material, session.now)
+
+
+def new_token() -> str:
+    return secrets.token_hex(32)
 
 
 def apply_cluster_objects(session: Session) -> None:
@@ -86,11 +127,13 @@ def ensure_shards(session: Session, action: EnsureShards) -> None:
     cluster = session.cluster
     for shard in range(action.layout.shards):
         name = names.shard_set(cluster.metadata.name, action.layout_id, shard)
+        # TLS as the StatefulSet was created with (new ones: on), so no upgrade flips a running shard.
+        tls = shard_tls.statefulset_serves_tls(session.children.get(kinds.STATEFUL_SET, name))
         builds = (
-            (kinds.SERVICE, build_shard_service(cluster, action.layout, shard)),
+            (kinds.SERVICE, build_shard_service(cluster, action.layout, shard, tls=tls)),
             (
                 kinds.STATEFUL_SET,
-                build_shard_statefulset(cluster, action.layout, shard, action.replicas_of(shard)),
+                build_shard_statefulset(cluster, action.layout, shard, action.replicas_of(shard), tls=tls),
             ),
             (kinds.PDB, build_shard_pdb(cluster, action.layout, shard)),
         )
@@ -127,7 +170,7 @@ def delete_artifacts(session: Session, action: DeleteArtifacts) -> None:
 
 
 def execute_action(session: Session, action: Action) -> None:
-    """One action; StageRouter, SwitchRouter and RecordEvent are handled by the caller."""
+    """One action; StageRouter, SwitchRouter, RouteCanary and RecordEvent are handled by the caller."""
     if isinstance(action, EnsureBuild):
         ensure_build(session, action)
     elif isinstance(action, EnsureShards):
@@ -140,5 +183,5 @@ def execute_action(session: Session, action: Action) -> None:
         delete_layout(session, action)
     elif isinstance(action, DeleteArtifacts):
         delete_artifacts(session, action)
-    elif not isinstance(action, StageRouter | SwitchRouter | RecordEvent):  # pragma: no cover - exhaustive
+    elif not isinstance(action, StageRouter | SwitchRouter | RouteCanary | RecordEvent):  # pragma: no cover
         raise TypeError(f"unknown planner action {action!r}")

@@ -17,12 +17,15 @@ from pydantic import ValidationError
 from shardrec.api import v1alpha1 as api
 from shardrec.api.errors import error_lines
 from shardrec.planning.status import merge_condition
+from shardrec_operator.desired.plan_preview import PLAN_PREVIEW_ANNOTATION
 from shardrec_operator.desired.validation import kubernetes_spec_errors
 
 INVALID_SPEC_REASON = "InvalidSpec"
 PAUSE_ANNOTATION = "shardrec.io/paused"
 """`kubectl annotate recc NAME shardrec.io/paused=true`: the same freeze as `spec.paused`, without
-a spec change (ECK's maintenance switch), e.g. for an operator upgrade or a cluster maintenance."""
+a spec change (ECK's maintenance switch), e.g. for an operator upgrade or a cluster maintenance.
+`shardrec.io/plan-preview: "true"` freezes the same way, for a dry run: while frozen, the status
+carries `planPreview` (`desired.plan_preview`), what the spec would do once unfrozen."""
 
 
 class InvalidSpecError(Exception):
@@ -53,7 +56,8 @@ def load_cluster(body: Mapping[str, Any]) -> api.RecommenderCluster:
     if errors:
         raise InvalidSpecError(errors)
     annotations = document["metadata"].get("annotations") or {}
-    if annotations.get(PAUSE_ANNOTATION) == "true" and not cluster.spec.paused:
+    frozen = any(annotations.get(name) == "true" for name in (PAUSE_ANNOTATION, PLAN_PREVIEW_ANNOTATION))
+    if frozen and not cluster.spec.paused:
         cluster = cluster.model_copy(update={"spec": cluster.spec.model_copy(update={"paused": True})})
     return cluster
 

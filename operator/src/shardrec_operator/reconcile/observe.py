@@ -17,6 +17,7 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from shardrec.api import v1alpha1 as api
+from shardrec.api.commands import reported_quality
 from shardrec.api.topology import ROUTER_SERVING_ANNOTATION, TOPOLOGY_CONFIGMAP_KEY, RouterServing, Topology
 from shardrec.planning import (
     BuildState,
@@ -27,8 +28,10 @@ from shardrec.planning import (
     ObservedPod,
     ObservedRouter,
     ObservedShard,
+    OfflineQuality,
     RouterObservation,
 )
+from shardrec.planning.canary import CanaryStats
 from shardrec.planning.fleet import confirmed_layout
 from shardrec.planning.timestamps import parse_time
 from shardrec_operator.desired import labels, names
@@ -81,6 +84,9 @@ class Children:
 
     def shard_pods(self) -> list[Obj]:
         return [pod for pod in self.of_kind(kinds.POD) if _labels(pod).get(labels.COMPONENT) == "shard"]
+
+    def build_pods(self) -> list[Obj]:
+        return [pod for pod in self.of_kind(kinds.POD) if _labels(pod).get(labels.COMPONENT) == "index-build"]
 
     def router_pods(self) -> list[Obj]:
         return [pod for pod in self.of_kind(kinds.POD) if _labels(pod).get(labels.COMPONENT) == "router"]
@@ -148,22 +154,43 @@ def true_condition(obj: Obj, type_: str) -> Obj | None:
     return None
 
 
-def build_of(job: Obj | None) -> ObservedBuild:
-    """A build Job as the planner sees it; Complete means `recctl` published a verified layout."""
+def build_quality(pods: list[Obj], layout_id: str) -> OfflineQuality | None:
+    """The offline metrics a build pod of `layout_id` reported in its termination message
+    (`recctl index build --report-file`): the first successful build container that reported
+    any. Of an Indexed Job only the pod that published (or found the layout built) reports."""
+    for pod in pods:
+        if _labels(pod).get(labels.LAYOUT) != layout_id:
+            continue
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if terminated.get("exitCode") != 0 or not terminated.get("message"):
+                continue
+            quality = OfflineQuality.from_record(reported_quality(str(terminated["message"]), layout_id))
+            if quality is not None:
+                return quality
+    return None
+
+
+def build_of(job: Obj | None, pods: list[Obj] | None = None) -> ObservedBuild:
+    """A build Job as the planner sees it; Complete means `recctl` published a verified layout
+    (whose offline metrics, if any, its pods reported: `build_quality`)."""
     if job is None:
         return ObservedBuild()
     attempt = _annotations(job).get(labels.BUILD_ATTEMPT_ANNOTATION)
     state: BuildState = "Running"
     message = ""
+    quality = None
     if true_condition(job, "Complete") is not None:
         state = "Succeeded"
+        layout_id = _labels(job).get(labels.LAYOUT, "")
+        quality = build_quality(pods or [], layout_id) if layout_id else None
     else:
         failed = true_condition(job, "Failed")
         if failed is not None:
             state = "Failed"
             message = f"index build Job {job['metadata']['name']} failed: {failed.get('reason', '')}: "
             message += str(failed.get("message", ""))
-    return ObservedBuild(state=state, message=message, attempt=attempt)
+    return ObservedBuild(state=state, message=message, attempt=attempt, quality=quality)
 
 
 def pod_ordinal(pod: Obj) -> int | None:
@@ -273,7 +300,8 @@ def observed_layouts(children: Children) -> tuple[ObservedLayout, ...]:
                 )
             )
         shards.sort(key=lambda entry: entry.shard)
-        layouts.append(ObservedLayout(spec=spec, build=build_of(jobs.get(layout_id)), shards=tuple(shards)))
+        build = build_of(jobs.get(layout_id), children.build_pods())
+        layouts.append(ObservedLayout(spec=spec, build=build, shards=tuple(shards)))
     return tuple(layouts)
 
 
@@ -350,4 +378,22 @@ def observe(
         previous_status=previous,
         router_endpoint=router_endpoint(cluster) if has_router_service else "",
         artifact_deletions=artifact_deletions(children),
+        canary_reports=canary_reports(routers),
+        canary_command=canary_command(cluster),
+    )
+
+
+def canary_command(cluster: api.RecommenderCluster) -> str | None:
+    """The `shardrec.io/canary-command` annotation of the RecommenderCluster (None when unset)."""
+    annotations = (cluster.metadata.model_extra or {}).get("annotations")
+    value = annotations.get(api.CANARY_COMMAND_ANNOTATION) if isinstance(annotations, dict) else None
+    return str(value) if value is not None else None
+
+
+def canary_reports(routers: tuple[RouterObservation, ...]) -> tuple[CanaryStats, ...]:
+    """The canary measurements the ready routers report in their pod annotations."""
+    return tuple(
+        CanaryStats.from_report(router.serving.canary)
+        for router in routers
+        if router.ready and router.serving is not None and router.serving.canary is not None
     )

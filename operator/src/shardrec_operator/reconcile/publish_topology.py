@@ -3,7 +3,10 @@
 What the topology names as active: the layout of this pass's SwitchRouter if the planner issued
 one; otherwise our own last write (expectations), re-asserted if someone else changed it;
 otherwise what is stored. As staged: the layout of this pass's StageRouter (routers load it ahead
-of the switch), else nothing. Endpoints list each shard's replicas, so scaling refreshes them.
+of the switch), else nothing. As canary: this pass's RouteCanary naming that staged layout (the
+routers split traffic to it and report measurements on their pods), else nothing; a rolled-back
+candidate is no longer staged, so the routers drop it. Endpoints list each shard's replicas, so
+scaling refreshes them.
 The document's `(epoch, revision)` continues from the stored one or from the status
 (`fleet.topology_document`), so a deleted or corrupted ConfigMap never resets what routers accept.
 """
@@ -13,11 +16,16 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-from shardrec.api.topology import LayoutTopology, Topology
-from shardrec.planning import EnsureShards, LayoutSpec, Plan, StageRouter, SwitchRouter
+from shardrec.api.topology import CanaryRoute, LayoutTopology, Topology
+from shardrec.planning import EnsureShards, LayoutSpec, Plan, RouteCanary, StageRouter, SwitchRouter
 from shardrec.planning.fleet import topology_document
 from shardrec_operator.desired import labels, names
-from shardrec_operator.desired.topology_configmap import build_layout_topology, build_topology_configmap
+from shardrec_operator.desired.shard_tls import statefulset_serves_tls
+from shardrec_operator.desired.topology_configmap import (
+    build_layout_topology,
+    build_topology_configmap,
+    replica_zones,
+)
 from shardrec_operator.reconcile import resources as kinds
 from shardrec_operator.reconcile.observe import layout_spec_of, stored_topology
 from shardrec_operator.reconcile.session import Session
@@ -44,6 +52,18 @@ def _replicas_by_shard(session: Session, layout: LayoutSpec, plan: Plan) -> dict
     return counts
 
 
+def _tls_shards(session: Session, layout: LayoutSpec) -> set[int]:
+    """The shards of `layout` whose StatefulSet serves HTTPS (`shard_tls.statefulset_serves_tls`)."""
+    name = session.cluster.metadata.name
+    return {
+        shard
+        for shard in range(layout.shards)
+        if statefulset_serves_tls(
+            session.children.get(kinds.STATEFUL_SET, names.shard_set(name, layout.id, shard))
+        )
+    }
+
+
 def desired_active(
     session: Session, plan: Plan, stored: Topology | None
 ) -> LayoutTopology | Literal["keep"] | None:
@@ -60,7 +80,13 @@ def desired_active(
         if known is None:
             return "keep"  # a layout we cannot describe any more: never guess its endpoints
         layout = known
-    return build_layout_topology(session.cluster, layout, _replicas_by_shard(session, layout, plan))
+    return build_layout_topology(
+        session.cluster,
+        layout,
+        _replicas_by_shard(session, layout, plan),
+        tls_shards=_tls_shards(session, layout),
+        zones=replica_zones(session.children.shard_pods()),
+    )
 
 
 def desired_staged(session: Session, plan: Plan) -> LayoutTopology | None:
@@ -69,7 +95,26 @@ def desired_staged(session: Session, plan: Plan) -> LayoutTopology | None:
     for action in plan.of_type(StageRouter):
         if action.layout_id not in switching:
             return build_layout_topology(
-                session.cluster, action.layout, _replicas_by_shard(session, action.layout, plan)
+                session.cluster,
+                action.layout,
+                _replicas_by_shard(session, action.layout, plan),
+                tls_shards=_tls_shards(session, action.layout),
+                zones=replica_zones(session.children.shard_pods()),
+            )
+    return None
+
+
+def desired_canary(plan: Plan) -> CanaryRoute | None:
+    """The canary section: this pass's RouteCanary with a layout (`fleet.topology_document` drops
+    it unless that layout is the staged one), else none."""
+    for action in plan.of_type(RouteCanary):
+        if action.layout is not None:
+            return CanaryRoute(
+                layout=action.layout.id,
+                step=action.step,
+                weight=action.weight,
+                sample_rate=action.sample_rate,
+                max_inflight=action.max_inflight,
             )
     return None
 
@@ -90,6 +135,7 @@ def sync_topology(session: Session, plan: Plan, floor: tuple[int, int] | None) -
         staged=desired_staged(session, plan),
         floor=floor,
         now_ms=int(time.time() * 1000),
+        canary=desired_canary(plan),
     )
     if document is not None:
         configmap = build_topology_configmap(session.cluster, document)

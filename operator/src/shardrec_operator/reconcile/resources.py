@@ -33,6 +33,8 @@ class Resource:
 CONFIG_MAP = Resource("v1", "ConfigMap", "configmaps")
 SERVICE = Resource("v1", "Service", "services")
 SERVICE_ACCOUNT = Resource("v1", "ServiceAccount", "serviceaccounts")
+SECRET = Resource("v1", "Secret", "secrets")
+"""Only the cluster's shard token, read by name (never listed or watched: `desired.shard_token`)."""
 POD = Resource("v1", "Pod", "pods")
 NODE = Resource("v1", "Node", "nodes", namespaced=False)
 JOB = Resource("batch/v1", "Job", "jobs")
@@ -50,6 +52,7 @@ ALL = (
     CONFIG_MAP,
     SERVICE,
     SERVICE_ACCOUNT,
+    SECRET,
     POD,
     NODE,
     JOB,

@@ -17,8 +17,10 @@ wins. The operator's own settings follow the same rule (`SHARDREC_OPERATOR_TIMER
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 DEFAULT_EF_SEARCH: Final = 64
 """HNSW efSearch when nothing sets it: `spec.index.hnsw.efSearch`'s default and the shard's."""
@@ -54,6 +56,11 @@ class ShardFlags:
     MAX_WAIT_MS: Final = "--max-wait-ms"
     MAX_BATCH_QUERIES: Final = "--max-batch-queries"
     ADMIN_TOKEN: Final = "--admin-token"
+    WRITE_LOG_DIR: Final = "--write-log-dir"
+    ADMIN_TOKEN_FILE: Final = "--admin-token-file"
+    LAYOUT_ROOT: Final = "--layout-root"
+    TLS_CERT: Final = "--tls-cert"
+    TLS_KEY: Final = "--tls-key"
     LOG_LEVEL: Final = "--log-level"
 
 
@@ -73,6 +80,12 @@ class RouterFlags:
     POD_NAME: Final = "--pod-name"
     POD_NAMESPACE: Final = "--pod-namespace"
     SHARD_TOKEN: Final = "--shard-token"
+    SHARD_TOKEN_FILE: Final = "--shard-token-file"
+    SHARD_CA: Final = "--shard-ca"
+    SHARD_TLS_NAME: Final = "--shard-tls-name"
+    WORKERS: Final = "--workers"
+    WORKER_SOCKETS: Final = "--worker-sockets"
+    ZONE: Final = "--zone"
 
 
 def shard_arguments(
@@ -84,6 +97,10 @@ def shard_arguments(
     ef_search: int | None = None,
     search_threads: int | None = None,
     drain_seconds: int | None = None,
+    write_log_dir: str | None = None,
+    admin_token_file: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> list[str]:
     """`shardrec-shard`'s arguments: serve `shard` of the layout in `layout_dir` on host:port."""
     arguments: list[str] = []
@@ -98,6 +115,12 @@ def shard_arguments(
         arguments += [ShardFlags.SEARCH_THREADS, str(search_threads)]
     if drain_seconds is not None:
         arguments += [ShardFlags.DRAIN_SECONDS, str(drain_seconds)]
+    if write_log_dir is not None:
+        arguments += [ShardFlags.WRITE_LOG_DIR, write_log_dir]
+    if admin_token_file is not None:
+        arguments += [ShardFlags.ADMIN_TOKEN_FILE, admin_token_file]
+    if tls_cert is not None and tls_key is not None:
+        arguments += [ShardFlags.TLS_CERT, tls_cert, ShardFlags.TLS_KEY, tls_key]
     return arguments
 
 
@@ -109,8 +132,13 @@ def router_arguments(
     topology_configmap: str | None = None,
     router_config: str | None = None,
     api_keys_file: str | None = None,
+    shard_token_file: str | None = None,
+    shard_ca: str | None = None,
+    shard_tls_name: str | None = None,
+    workers: int | None = None,
 ) -> list[str]:
-    """`shardrec-router`'s arguments (exactly one of the topology sources)."""
+    """`shardrec-router`'s arguments (exactly one of the topology sources). `workers`: processes
+    serving the port (None: the router counts the CPUs its affinity and CPU quota allow)."""
     if (topology_file is None) == (topology_configmap is None):
         raise ValueError("give exactly one of topology_file and topology_configmap")
     arguments: list[str] = []
@@ -123,6 +151,14 @@ def router_arguments(
     arguments += [RouterFlags.HOST, host, RouterFlags.PORT, str(port)]
     if api_keys_file is not None:
         arguments += [RouterFlags.API_KEYS_FILE, api_keys_file]
+    if shard_token_file is not None:
+        arguments += [RouterFlags.SHARD_TOKEN_FILE, shard_token_file]
+    if shard_ca is not None:
+        arguments += [RouterFlags.SHARD_CA, shard_ca]
+    if shard_tls_name is not None:
+        arguments += [RouterFlags.SHARD_TLS_NAME, shard_tls_name]
+    if workers is not None:
+        arguments += [RouterFlags.WORKERS, str(workers)]
     return arguments
 
 
@@ -151,6 +187,38 @@ class IndexBuildFlags:
     WORKERS: Final = "--workers"
     ONLY_SHARD: Final = "--only-shard"
     PUBLISH_WHEN_COMPLETE: Final = "--publish-when-complete"
+    REPORT_FILE: Final = "--report-file"
+    CARRY_DIR: Final = "--carry-dir"
+
+
+BUILD_REPORT_PATH: Final = "/dev/termination-log"
+"""Where a build pod writes its report: the kubelet copies this file into the container's
+terminated state (`terminationMessagePath`'s default), which the operator reads from the pod."""
+BUILD_REPORT_LIMIT: Final = 4096
+"""The kubelet keeps at most 4096 bytes of a termination message; a report is far smaller."""
+_REPORTED_QUALITY_KEYS: Final = ("split", "ndcg_at_10", "hit_rate_at_10")
+
+
+def build_report(layout_id: str, version: str, quality: Mapping[str, Any] | None) -> str:
+    """What `recctl index build --report-file` writes once a verified layout exists: its id,
+    version and the model's offline metrics (only the keys the quality gate reads, so it stays
+    well inside the termination message's limit)."""
+    kept = {key: quality[key] for key in _REPORTED_QUALITY_KEYS if quality and key in quality}
+    return json.dumps({"layout": layout_id, "version": version, "quality": kept or None}, sort_keys=True)
+
+
+def reported_quality(text: str, layout_id: str) -> Mapping[str, Any] | None:
+    """The `quality` block of a build report for `layout_id`; None when the text is not a report,
+    names another layout or records no metrics (a build pod's message is the pod's to write, so
+    anything unreadable counts as no metrics, never as an error)."""
+    try:
+        report = json.loads(text[:BUILD_REPORT_LIMIT])
+    except ValueError:
+        return None
+    if not isinstance(report, dict) or report.get("layout") != layout_id:
+        return None
+    quality = report.get("quality")
+    return quality if isinstance(quality, dict) else None
 
 
 def index_build_arguments(
@@ -161,6 +229,8 @@ def index_build_arguments(
     *,
     workers: int | None = None,
     only_shard: str | None = None,
+    report_file: str | None = None,
+    carry_dir: str | None = None,
 ) -> list[str]:
     """The `recctl` arguments that build `layout` (from `index build` on). Everything comes from
     the layout, not the current spec, so a kept layout is rebuilt exactly as first planned; the
@@ -168,10 +238,16 @@ def index_build_arguments(
     `out_dir` may be s3:// URLs (then `object_store` says how to reach the API). `workers` (build
     threads) defaults, in the builder, to the CPUs it may use (affinity and CPU quota). `only_shard`
     (a number, or `$(JOB_COMPLETION_INDEX)` in an Indexed Job) builds that shard's part alone, and
-    the last part to finish publishes layout.json."""
+    the last part to finish publishes layout.json. `report_file` receives the build report
+    (`build_report`) once the layout exists (a part that does not publish writes none).
+    `carry_dir`: the carry folder of an earlier layout's write logs to fold in (serving/index/carry.py)."""
     threads = [IndexBuildFlags.WORKERS, str(workers)] if workers is not None else []
+    if report_file is not None:
+        threads += [IndexBuildFlags.REPORT_FILE, report_file]
     if only_shard is not None:
         threads += [IndexBuildFlags.ONLY_SHARD, only_shard, IndexBuildFlags.PUBLISH_WHEN_COMPLETE]
+    if carry_dir is not None:
+        threads += [IndexBuildFlags.CARRY_DIR, carry_dir]
     extra = object_store.arguments() if object_store else []
     return [
         "index", "build",

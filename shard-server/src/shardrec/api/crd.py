@@ -46,6 +46,9 @@ def _strip_optional(node: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+_EXCLUSIVE_BOUNDS = {"exclusiveMinimum": "minimum", "exclusiveMaximum": "maximum"}
+
+
 def _structural(node: dict[str, Any]) -> dict[str, Any]:
     node = _strip_optional(node)
     out: dict[str, Any] = {}
@@ -54,6 +57,11 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
             continue
         if key == "const":
             out["enum"] = [value]
+            continue
+        if key in _EXCLUSIVE_BOUNDS and not isinstance(value, bool):
+            # JSON Schema 2020 (pydantic's gt/lt) -> OpenAPI v3.0, which the API server reads.
+            out[_EXCLUSIVE_BOUNDS[key]] = value
+            out[key] = True
             continue
         out[key] = value
     if "enum" in out and "type" not in out:

@@ -7,9 +7,16 @@ A router swaps to a new `active` layout in one step: every request is answered f
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 TOPOLOGY_CONFIGMAP_KEY = "topology.json"
 
@@ -18,11 +25,29 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _without_unset_canary(handler: SerializerFunctionWrapHandler, model: BaseModel) -> dict[str, Any]:
+    """The model's dict without `canary` when it is None: readers older than the canary (routers
+    and operators, extra fields forbidden) keep accepting every document written without one."""
+    data: dict[str, Any] = handler(model)
+    if data.get("canary", 0) is None:
+        del data["canary"]
+    return data
+
+
 class ReplicaEndpoint(_Model):
     """One shard-server replica."""
 
     name: str = Field(min_length=1, description="Stable replica name (pod name locally or in-cluster).")
     url: str = Field(pattern=r"^https?://\S+$", description="Base URL, e.g. http://127.0.0.1:9101.")
+    zone: str | None = Field(
+        None,
+        max_length=253,
+        # Left out of the document when unknown: routers from before zones (extra="forbid") still
+        # read every topology that names none.
+        exclude_if=lambda zone: zone is None,
+        description="Zone of the replica's node (topology.kubernetes.io/zone), when known: a router "
+        "prefers replicas in its own zone.",
+    )
 
 
 class ShardEndpoints(_Model):
@@ -65,6 +90,23 @@ class LayoutTopology(_Model):
         return self
 
 
+class CanaryRoute(_Model):
+    """The canary section (`rollout.strategy: Canary`): how the routers treat the staged layout.
+
+    `weight` percent of users are answered by it, chosen by a hash of (user id, layout) so the same
+    user gets the same version on every router for the whole step (and stays on the candidate as
+    the weight grows); `sample_rate` of queries are also asked of the other layout off the request's
+    path and the two answers compared; measurements are reported under `step` (`GET /canary`)."""
+
+    layout: str = Field(min_length=1, description="The candidate: must be the staged layout.")
+    step: int = Field(ge=0, description="Canary step the measurements belong to.")
+    weight: int = Field(0, ge=0, le=100, description="Percent of users answered by the candidate.")
+    sample_rate: float = Field(0.0, ge=0, le=1, description="Share of queries mirrored and compared.")
+    max_inflight: int = Field(
+        8, ge=1, le=1024, description="Mirrored requests in flight at most (per router)."
+    )
+
+
 class Topology(_Model):
     """What a router reads.
 
@@ -89,6 +131,21 @@ class Topology(_Model):
         None, description="A layout to load ahead of a switch; it answers no request until it is active."
     )
 
+    canary: CanaryRoute | None = Field(
+        None, description="Canary traffic to the staged layout; None: every request goes to `active`."
+    )
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_unset_canary(handler, self)
+
+    @model_validator(mode="after")
+    def _canary_is_the_staged_layout(self) -> Topology:
+        if self.canary is not None and (self.staged is None or self.staged.layout != self.canary.layout):
+            staged = self.staged.layout if self.staged is not None else None
+            raise ValueError(f"canary layout {self.canary.layout} is not the staged layout ({staged})")
+        return self
+
     @property
     def order(self) -> tuple[int, int]:
         """Sort key of documents: a router applies a document whose order is not below its own."""
@@ -110,3 +167,14 @@ class RouterServing(_Model):
     prepared: str | None = Field(None, description="Staged layout loaded and ready to switch to.")
     error: str = Field("", max_length=1024, description="Why the last document was rejected, if it was.")
     switched_at: float = Field(0.0, description="Wall-clock time (Unix seconds) `layout` began to answer.")
+    canary: dict[str, str | int | float | None] | None = Field(
+        None,
+        description=(
+            "Canary measurements of the current step (as `GET /canary`: sums over this router, read "
+            "by `shardrec.planning.canary.CanaryStats.from_report`); None without a canary."
+        ),
+    )
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_unset_canary(handler, self)

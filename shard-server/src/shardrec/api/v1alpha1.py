@@ -28,6 +28,9 @@ SHORT_NAMES = ["recc"]
 
 DEFAULT_IMAGE = "ghcr.io/shardrec/shardrec:0.1.0"
 
+CANARY_COMMAND_ANNOTATION: Final = "shardrec.io/canary-command"
+"""Annotation a human sets to `promote` or `abort` the running canary (see `planning.canary`)."""
+
 CEL_RULES_KEY = cel_rules.CEL_RULES_KEY
 
 DnsLabel = Annotated[
@@ -276,8 +279,10 @@ class QualityGateSpec(ApiModel):
     The build copies the model's offline metrics (the `quality` block of the embeddings'
     metadata.json, written by `recctl train --holdout N` or `--tune`) into the layout manifest;
     a layout below a minimum, or with no metrics, is refused (status.blockedBy names
-    `meets_quality_gate`, with a Warning Event) and the active layout keeps serving. Local runtime
-    only for now: the operator refuses a spec that sets it (it cannot read layout.json yet).
+    `meets_quality_gate`, with a Warning Event) and the active layout keeps serving. On
+    Kubernetes the build pod reports the metrics in its termination message and the operator
+    keeps them in `status.layouts[].quality`, so the serving layout's metrics outlive its build
+    Job (the relative minimum needs them).
     """
 
     min_ndcg_at10: float | None = Field(
@@ -419,6 +424,14 @@ class RouterFallbackSpec(ApiModel):
         le=86400,
         description="How far past router.cache.ttlSeconds a fallback answer from the cache may be.",
     )
+    popular: bool = Field(
+        False,
+        description=(
+            "When the cache holds nothing for the request (or fallback.cached is off), answer with the "
+            "layout's most-seen items (computed at index build from the interactions), flagged "
+            "fallback: popular; layouts built without interactions have none, and then the 503 stands."
+        ),
+    )
 
 
 class AutoscalingSpec(ApiModel):
@@ -500,15 +513,161 @@ class RouterSpec(ApiModel):
     )
 
 
+class CanaryShadow(ApiModel):
+    """A shadow step: the routers mirror a sample of live queries to the candidate layout, off the
+    request's path, and compare its answers with the active layout's; clients see only the active."""
+
+    sample_rate: float = Field(
+        0.1, gt=0, le=1, description="Share of live queries mirrored to the candidate (0 < rate <= 1)."
+    )
+
+
+class CanaryStep(ApiModel):
+    """One step of a canary: a shadow (mirroring) or a traffic weight, held until its analysis
+    passes after both its minimum duration and its minimum request count."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "has(self.shadow) != has(self.weight)",
+                "a canary step sets exactly one of shadow and weight",
+                "",
+            )
+        )
+    )
+
+    shadow: CanaryShadow | None = Field(None, description="Mirror a sample of queries to the candidate.")
+    weight: int | None = Field(
+        None,
+        ge=1,
+        le=99,
+        description=(
+            "Percent of users (sticky: hashed user id) answered by the candidate; promotion after "
+            "the last step gives it 100%."
+        ),
+    )
+    min_duration_seconds: int = Field(
+        60, ge=0, le=86400, description="The step lasts at least this long before it may pass."
+    )
+    min_requests: int = Field(
+        200,
+        ge=1,
+        le=100_000_000,
+        description=(
+            "Candidate answers (shadow: compared answers) the step needs before its analysis decides; "
+            "a failing analysis rolls back as soon as this many are measured."
+        ),
+    )
+
+
+def _default_canary_steps() -> list[CanaryStep]:
+    return [
+        CanaryStep(shadow=CanaryShadow(sample_rate=0.1)),
+        CanaryStep(weight=5),
+        CanaryStep(weight=25),
+        CanaryStep(weight=50),
+    ]
+
+
+class CanaryAnalysisSpec(ApiModel):
+    """Thresholds every canary step is judged by; any one failed rolls the candidate back."""
+
+    min_overlap_at10: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description=(
+            "Least mean top-10 overlap between the candidate's and the active layout's answers to the "
+            "same query (1: the same items). A wrong item-id mapping scores near 0."
+        ),
+    )
+    max_p99_ratio: float = Field(
+        1.5,
+        ge=1,
+        le=100,
+        description="Candidate p99 latency may be at most this multiple of the active's (plus the slack).",
+    )
+    p99_slack_milliseconds: float = Field(
+        5.0,
+        ge=0,
+        le=10000,
+        description=(
+            "Added to the allowed candidate p99, so a sub-millisecond p99's jitter does not fail a step."
+        ),
+    )
+    max_error_rate_increase: float = Field(
+        0.001,
+        ge=0,
+        le=1,
+        description="Candidate error rate may exceed the active's by at most this (0.001 = 0.1 points).",
+    )
+    max_unknown_user_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description=(
+            "Largest share of user queries the candidate answers 'unknown user' to while the active "
+            "knows the user."
+        ),
+    )
+    compare_sample_rate: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description=(
+            "In weight steps, the share of candidate answers also asked of the active layout (off the "
+            "request's path) to measure overlap."
+        ),
+    )
+
+
+class CanarySpec(ApiModel):
+    """Steps and analysis of `rollout.strategy: Canary`."""
+
+    steps: list[CanaryStep] = Field(
+        default_factory=_default_canary_steps,
+        min_length=1,
+        max_length=16,
+        description="Steps in order (default: shadow 10%, then 5%, 25%, 50% of users).",
+    )
+    analysis: CanaryAnalysisSpec = Field(
+        default_factory=CanaryAnalysisSpec, description="Thresholds each step is judged by."
+    )
+    max_inflight_shadow_requests: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Per router: mirrored requests in flight at most; a sample over it is dropped (counted).",
+    )
+
+
 class RolloutSpec(ApiModel):
     """How a new layout (index version or shard count) replaces the serving one."""
 
-    strategy: Literal["BlueGreen"] = Field(
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "self.strategy == 'Canary' || !has(self.canary)",
+                "rollout.canary is only allowed with rollout.strategy Canary",
+                ".canary",
+            )
+        )
+    )
+
+    strategy: Literal["BlueGreen", "Canary"] = Field(
         "BlueGreen",
         description=(
             "BlueGreen: build and start the new layout beside the old one, switch the router in one "
-            "step once every shard is ready, so no answer mixes versions."
+            "step once every shard is ready, so no answer mixes versions. Canary: once ready, the "
+            "new layout goes through rollout.canary's steps (shadow, then sticky traffic shares), each "
+            "judged by its analysis; it is switched to only after the last step passes (or "
+            "on `shardrec.io/canary-command: promote`), and rolled back when a step fails (or on "
+            "`abort`). The first layout of a cluster has nothing to compare with and switches at once."
         ),
+    )
+    canary: CanarySpec | None = Field(
+        None,
+        description="Canary steps and analysis (defaults apply when strategy is Canary and this is unset).",
     )
     timeout_seconds: int = Field(
         1800,
@@ -529,6 +688,12 @@ class RolloutSpec(ApiModel):
         5, ge=0, le=600, description="Grace for in-flight requests before an old layout is stopped."
     )
 
+    def canary_spec(self) -> CanarySpec | None:
+        """The canary settings in force: None for BlueGreen, the defaults when Canary sets none."""
+        if self.strategy != "Canary":
+            return None
+        return self.canary if self.canary is not None else CanarySpec()
+
 
 class ApiKeysSecretRef(ApiModel):
     """A Secret holding API keys, one per line (`name:key` or bare key)."""
@@ -542,6 +707,16 @@ class AuthSpec(ApiModel):
 
     api_keys_secret_ref: ApiKeysSecretRef | None = Field(
         None, description="Require an API key (X-API-Key or Bearer) from this Secret; absent means open."
+    )
+    api_keys_file: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description=(
+            "Local runtime only (recctl up): a file of API keys in the Secret's format, read by the "
+            "local router in place of apiKeysSecretRef (a relative path is taken from the YAML's "
+            "folder). The operator ignores it and reads apiKeysSecretRef."
+        ),
     )
     rate_limit_per_second: int = Field(
         0, ge=0, le=1000000, description="Requests per second per API key; 0 turns the limit off."
@@ -976,7 +1151,7 @@ class RecommenderClusterSpec(ApiModel):
 
 # --- status ----------------------------------------------------------------------------------
 
-ConditionType = Literal["Ready", "Progressing", "Degraded", "FailoverDegraded"]
+ConditionType = Literal["Ready", "Progressing", "Degraded", "FailoverDegraded", "CanaryRolledBack"]
 Phase = Literal["Pending", "Building", "Rolling", "Ready", "Degraded", "Failed", "Paused"]
 LayoutState = Literal["Building", "Starting", "Ready", "Serving", "Retiring", "Failed"]
 
@@ -984,7 +1159,9 @@ LayoutState = Literal["Building", "Starting", "Ready", "Serving", "Retiring", "F
 class Condition(ApiModel):
     """A Kubernetes-style condition."""
 
-    type: ConditionType = Field(description="Ready, Progressing, Degraded or FailoverDegraded.")
+    type: ConditionType = Field(
+        description="Ready, Progressing, Degraded, FailoverDegraded or CanaryRolledBack."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(max_length=128, description="CamelCase reason for the last transition.")
     message: str = Field("", max_length=4096, description="Human-readable detail.")
@@ -1014,6 +1191,21 @@ class LayoutStatus(ApiModel):
     deleting: bool = Field(
         False, description="Its deletion has been ordered; it goes once its objects are gone."
     )
+    quality: LayoutQualityStatus | None = Field(
+        None,
+        description=(
+            "Offline metrics its build recorded (kept here once seen, so they outlive the build "
+            "Job); absent when the embeddings record none or the build has not finished."
+        ),
+    )
+
+
+class LayoutQualityStatus(ApiModel):
+    """A layout's offline metrics as its build recorded them (what `spec.index.qualityGate` judges)."""
+
+    ndcg_at10: float = Field(ge=0, le=1, description="NDCG@10 of the model behind this layout.")
+    hit_rate_at10: float | None = Field(None, ge=0, le=1, description="Hit rate@10, when recorded.")
+    split: str = Field("", max_length=64, description="Where it was measured: test or validation.")
 
 
 class StoredLayoutStatus(ApiModel):
@@ -1069,6 +1261,84 @@ class RouterFleetStatus(ApiModel):
     replicas: list[RouterReplicaStatus] = Field(default_factory=list, description="Each router's report.")
 
 
+PlanChangeKind = Literal["create", "rebuild", "switch", "scale", "roll", "live", "none"]
+
+
+class PlanPreviewStatus(ApiModel):
+    """What applying the spec would do (`recctl plan`'s text), written while `spec.paused` is true
+    or the `shardrec.io/plan-preview: "true"` annotation is set; nothing disruptive runs then."""
+
+    generation: int = Field(0, ge=0, description="Spec generation this preview describes.")
+    kind: PlanChangeKind = Field(
+        "none",
+        description=(
+            "The kind of change: create, rebuild (a new layout), switch (to a layout kept running), "
+            "scale, roll (pods replaced one at a time), live (efSearch) or none."
+        ),
+    )
+    summary: str = Field("", max_length=1024, description="One line: what the change does.")
+    disruptive: bool = Field(False, description="It builds a layout, or adds, removes or replaces pods.")
+    breaks_availability: bool = Field(
+        False, description="Some risk of the change can make requests fail (see text)."
+    )
+    text: str = Field("", max_length=16384, description="The whole preview, as `recctl plan` prints it.")
+
+
+CanaryPhase = Literal["Running", "Promoted", "RolledBack", "Aborted"]
+
+
+class CanaryAnalysisStatus(ApiModel):
+    """What the routers measured for one canary step (summed over routers)."""
+
+    requests: int = Field(0, ge=0, description="Candidate answers counted (shadow: mirrored answers).")
+    compared: int = Field(0, ge=0, description="Answers compared with the active layout's.")
+    overlap_at10: float | None = Field(None, description="Mean top-10 overlap with the active layout.")
+    rank_correlation: float | None = Field(
+        None, description="Mean Spearman correlation of the shared items' ranks."
+    )
+    score_shift: float | None = Field(
+        None, description="Mean absolute difference of the top scores (candidate - active)."
+    )
+    candidate_p99_ms: float | None = Field(None, description="Candidate p99 latency (ms).")
+    active_p99_ms: float | None = Field(None, description="Active layout p99 latency (ms).")
+    candidate_error_rate: float | None = Field(None, description="Candidate error rate.")
+    active_error_rate: float | None = Field(None, description="Active layout error rate.")
+    unknown_user_share: float | None = Field(
+        None, description="Share of user queries the candidate did not know the user of."
+    )
+    shadow_dropped: int = Field(0, ge=0, description="Mirrored requests dropped over the in-flight budget.")
+
+
+class CanaryStatus(ApiModel):
+    """Where the canary of the target layout stands; the state machine's memory (restart-safe)."""
+
+    layout: str = Field(description="Candidate layout.")
+    version: str = Field("", description="Candidate index version.")
+    active_layout: str = Field("", description="Layout it is compared with.")
+    phase: CanaryPhase = Field(description="Running, Promoted, RolledBack or Aborted.")
+    step: int = Field(0, ge=0, description="Current step, 0-based (the last when finished).")
+    steps: int = Field(1, ge=1, description="Number of steps.")
+    step_started_at: str = Field(description="When the current step began (RFC 3339).")
+    weight: int = Field(0, ge=0, le=100, description="Percent of users the candidate answers now.")
+    shadow_sample_rate: float = Field(0.0, ge=0, le=1, description="Share of queries mirrored now.")
+    analysis: CanaryAnalysisStatus | None = Field(None, description="The current step's measurements.")
+    passed_steps: list[CanaryAnalysisStatus] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "The measurements each passed step passed with, in step order (the current step's are in "
+            "analysis)."
+        ),
+    )
+    message: str = Field("", max_length=4096, description="Why it is where it is.")
+    ignored_command: str = Field(
+        "",
+        max_length=64,
+        description="A canary-command annotation already present when this canary started (not applied).",
+    )
+    finished_at: str = Field("", description="When it was promoted, rolled back or aborted (RFC 3339).")
+
+
 class RecommenderClusterStatus(ApiModel):
     """Observed state, computed by a pure function and written once per reconcile."""
 
@@ -1122,6 +1392,16 @@ class RecommenderClusterStatus(ApiModel):
     )
     template_roll: TemplateRollStatus | None = Field(
         None, description="A pod-template roll under way; absent when every pod runs the current template."
+    )
+    plan_preview: PlanPreviewStatus | None = Field(
+        None,
+        description=(
+            "What applying the spec would do, while spec.paused is true or the shardrec.io/plan-preview "
+            'annotation is "true"; absent otherwise.'
+        ),
+    )
+    canary: CanaryStatus | None = Field(
+        None, description="The canary of the target layout (rollout.strategy Canary); absent otherwise."
     )
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready, Progressing, Degraded, FailoverDegraded."

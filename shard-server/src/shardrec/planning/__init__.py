@@ -9,7 +9,8 @@ actions with their own means and report back on the next pass.
 Modules: `layouts` (what a layout is and its id), `observed` (the planner's input), `actions`
 (its output), `predicates` (named safety rules), `planner` (the state machine), `rolls`
 (template rolls, shard by shard), `status` (the status and its conditions),
-`retention` (which built layouts the store keeps).
+`retention` (which built layouts the store keeps), `canary` (the canary state machine of
+`rollout.strategy: Canary`) and `canary_pass` (where it sits in a pass).
 """
 
 from shardrec.planning.actions import (
@@ -22,6 +23,7 @@ from shardrec.planning.actions import (
     RecordEvent,
     ReplaceShardPod,
     RetireLayout,
+    RouteCanary,
     StageRouter,
     SwitchRouter,
 )
@@ -69,6 +71,7 @@ __all__ = [
     "RecordEvent",
     "ReplaceShardPod",
     "RetireLayout",
+    "RouteCanary",
     "RouterObservation",
     "StageRouter",
     "SwitchRouter",

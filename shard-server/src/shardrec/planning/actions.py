@@ -151,6 +151,26 @@ class DeleteArtifacts:
 
 
 @dataclass(frozen=True)
+class RouteCanary:
+    """Write the canary section of the router topology (`rollout.strategy: Canary`), level-based.
+
+    With a `layout` (staged beside the active one by StageRouter): answer `weight` percent of
+    users from it (sticky by hashed user id), mirror `sample_rate` of the active's queries to it in
+    a shadow step (or compare that share of its answers with the active's in a weight step), at
+    most `max_inflight` mirrored requests in flight per router, and report measurements under
+    `step`. With `layout` None: no canary traffic; and when `unstage` names the staged layout (a
+    rolled-back or aborted candidate), the routers drop it so it can be deleted."""
+
+    layout: LayoutSpec | None
+    step: int
+    weight: int
+    sample_rate: float
+    max_inflight: int
+    reason: str
+    unstage: str | None = None
+
+
+@dataclass(frozen=True)
 class RecordEvent:
     """Emit an Event on the RecommenderCluster (locally: a log line). `reason` is CamelCase."""
 
@@ -168,6 +188,7 @@ Action = (
     | RetireLayout
     | DeleteLayout
     | DeleteArtifacts
+    | RouteCanary
     | RecordEvent
 )
 LayoutAction = (

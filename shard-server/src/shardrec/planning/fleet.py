@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from shardrec.api.topology import LayoutTopology, RouterServing, Topology
+from shardrec.api.topology import CanaryRoute, LayoutTopology, RouterServing, Topology
 from shardrec.api.v1alpha1 import RecommenderClusterStatus, RouterFleetStatus, RouterReplicaStatus
 from shardrec.planning.timestamps import format_time, parse_time
 
@@ -124,23 +124,27 @@ def topology_document(
     staged: LayoutTopology | None,
     floor: tuple[int, int] | None,
     now_ms: int,
+    canary: CanaryRoute | None = None,
 ) -> Topology | None:
-    """The document to write so routers serve `active` and prepare `staged`, or None when `stored`
-    already says exactly that.
+    """The document to write so routers serve `active` and prepare `staged` (with `canary` traffic
+    to it), or None when `stored` already says exactly that.
 
     The revision continues from the higher of the stored document and `floor` (the hands' durable
     record of their last write: the cluster's status). When neither exists the sequence restarts
-    in a new epoch, `now_ms`, which routers take as newer than anything they hold.
+    in a new epoch, `now_ms`, which routers take as newer than anything they hold. A canary whose
+    layout is not the staged one is dropped (routers split only to a layout they hold).
     """
     if staged is not None and active is not None and staged.layout == active.layout:
         staged = None
-    if stored is not None and stored.active == active and stored.staged == staged:
+    if canary is not None and (staged is None or staged.layout != canary.layout):
+        canary = None
+    if stored is not None and stored.active == active and stored.staged == staged and stored.canary == canary:
         return None
     known = [order for order in (stored.order if stored is not None else None, floor) if order is not None]
     if known:
         epoch, revision = max(known)
-        return Topology(epoch=epoch, revision=revision + 1, active=active, staged=staged)
-    return Topology(epoch=now_ms, revision=0, active=active, staged=staged)
+        return Topology(epoch=epoch, revision=revision + 1, active=active, staged=staged, canary=canary)
+    return Topology(epoch=now_ms, revision=0, active=active, staged=staged, canary=canary)
 
 
 MAX_REPORTED_ROUTERS = 100

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from shardrec.api.v1alpha1 import RecommenderClusterStatus
+from shardrec.api.v1alpha1 import LayoutQualityStatus, RecommenderClusterStatus
+from shardrec.planning.canary import CanaryStats
 from shardrec.planning.fleet import RouterObservation
 from shardrec.planning.layouts import LayoutSpec
 
@@ -47,6 +48,21 @@ class OfflineQuality:
             ndcg_at_10=float(record["ndcg_at_10"]),
             hit_rate_at_10=float(hit) if isinstance(hit, int | float) else None,
             split=str(record.get("split", "")),
+        )
+
+    @classmethod
+    def from_status(cls, record: LayoutQualityStatus | None) -> OfflineQuality | None:
+        """From a layout's `status.layouts[].quality` (what an earlier pass saw)."""
+        if record is None:
+            return None
+        return cls(ndcg_at_10=record.ndcg_at10, hit_rate_at_10=record.hit_rate_at10, split=record.split)
+
+    def to_status(self) -> LayoutQualityStatus:
+        """As `status.layouts[].quality`."""
+        return LayoutQualityStatus(
+            ndcg_at10=min(max(self.ndcg_at_10, 0.0), 1.0),
+            hit_rate_at10=None if self.hit_rate_at_10 is None else min(max(self.hit_rate_at_10, 0.0), 1.0),
+            split=self.split[:64],
         )
 
     def describe(self) -> str:
@@ -224,6 +240,11 @@ class Observed:
     artifact_deletions: Mapping[str, BuildState] = field(default_factory=dict)
     """Artifact deletions (DeleteArtifacts) the hands have started, by layout id: Running,
     Succeeded (the artifacts are gone) or Failed. Absent: none started or none remembered."""
+    canary_reports: tuple[CanaryStats, ...] = ()
+    """Each router's canary measurements (`GET /canary`), as reported; the planner sums those
+    about the running candidate and step (`planning.canary.merged`)."""
+    canary_command: str | None = None
+    """The `shardrec.io/canary-command` annotation's value (None when unset)."""
 
     def __post_init__(self) -> None:
         if self.now.tzinfo is None:
@@ -237,4 +258,16 @@ class Observed:
         for entry in self.layouts:
             if entry.id == layout_id:
                 return entry
+        return None
+
+    def quality(self, layout_id: str | None) -> OfflineQuality | None:
+        """A layout's offline metrics: as its build reports them now, else as an earlier pass
+        recorded them in the status (on Kubernetes the build pod that reported them may be gone;
+        the serving layout's metrics must outlive it for a relative quality gate)."""
+        observed = self.layout(layout_id)
+        if observed is not None and observed.build.quality is not None:
+            return observed.build.quality
+        for entry in self.previous_status.layouts:
+            if entry.name == layout_id:
+                return OfflineQuality.from_status(entry.quality)
         return None

@@ -26,6 +26,7 @@ from shardrec.api.v1alpha1 import (
     ShardStatus,
     TemplateRollStatus,
 )
+from shardrec.planning import canary_pass
 from shardrec.planning.actions import (
     Action,
     DeleteArtifacts,
@@ -257,6 +258,22 @@ def _apply_timeout(
     return replace(records, by_id={**records.by_id, tid: failed})
 
 
+def _fail_target(records: Records, target: LayoutSpec, observed: Observed, message: str) -> Records:
+    """Records with the target marked Failed (a rolled-back or aborted canary): it is not retried
+    until the spec changes, and its layout is deleted like any abandoned one."""
+    before = records.by_id[target.id]
+    failed = make_record(
+        target.id,
+        "Failed",
+        message,
+        spec=target,
+        previous=before,
+        observed_layout=observed.layout(target.id),
+        now=observed.now,
+    )
+    return replace(records, by_id={**records.by_id, target.id: failed})
+
+
 def _mark_deleting(records: Records, accepted: list[LayoutAction]) -> Records:
     """Records with every layout whose deletion was accepted marked `deleting`, saying why; a
     layout already marked keeps its first reason."""
@@ -321,6 +338,14 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
     if timed_out is not None:
         records = timed_out
         verdicts = _judge(spec, observed, records, target, rolls)
+    canary = canary_pass.canary_pass(spec, observed, records, target)
+    if canary.verdict in ("hold", "advance"):
+        verdicts = [
+            v for v in verdicts if not (isinstance(v.action, SwitchRouter) and v.action.layout_id == tid)
+        ]
+    elif canary.verdict in ("rollback", "abort") and canary.status is not None:
+        records = _fail_target(records, target, observed, canary_pass.failure_message(canary.status))
+        verdicts = _judge(spec, observed, records, target, rolls)
     accepted = [v.action for v in verdicts if v.veto is None]
     proposed = [v.action for v in verdicts]
     records = _mark_deleting(records, accepted)
@@ -336,6 +361,7 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
         blocked=blocked,
         template_roll=template_roll,
     )
+    progress = canary_pass.progress(canary.status, tid) or progress
     facts = StatusFacts(
         generation=observed.generation,
         paused=spec.paused,
@@ -362,8 +388,10 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
     stored = with_deletions(
         tracked_layouts(observed), [a for a in accepted if isinstance(a, DeleteArtifacts)], observed
     )
-    status = status.model_copy(update={"stored_layouts": stored})
+    status = status.model_copy(update={"stored_layouts": stored, "canary": canary.status})
+    status = canary_pass.with_condition(status, observed.previous_status, observed.now)
     events = transition_events(cluster_name, observed.previous_status, status, accepted)
+    events += canary_pass.events(observed.previous_status.canary, canary.status)
     collecting = any(
         isinstance(a, DeleteArtifacts) and observed.artifact_deletions.get(a.layout_id) != "Failed"
         for a in accepted
@@ -395,6 +423,18 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
         DeleteArtifacts,
     )
     ordered: list[Action] = [a for kind in order for a in accepted if isinstance(a, kind)]
+    if canary.route is not None:
+        # After the switch (promotion: the candidate is active, its canary section goes) and before
+        # deletions (a rolled-back candidate is unstaged first).
+        at = next(
+            (
+                i
+                for i, a in enumerate(ordered)
+                if isinstance(a, RetireLayout | DeleteLayout | DeleteArtifacts)
+            ),
+            len(ordered),
+        )
+        ordered.insert(at, canary.route)
     return Plan(tuple(ordered) + tuple(events), status, requeue, waiting)
 
 

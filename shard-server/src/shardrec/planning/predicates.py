@@ -32,7 +32,7 @@ from shardrec.planning.fleet import (
     layouts_in_use,
     unprepared_routers,
 )
-from shardrec.planning.observed import Observed, ObservedShard, OfflineQuality
+from shardrec.planning.observed import Observed, ObservedShard
 from shardrec.planning.timestamps import parse_time
 
 # How long a replacement pod must have been Ready before the pod it replaces may go: covers
@@ -165,11 +165,6 @@ def never_switch_to_layout_with_missing_shard(ctx: PredicateContext, action: Lay
     return None
 
 
-def _quality(ctx: PredicateContext, layout_id: str | None) -> OfflineQuality | None:
-    layout = ctx.observed.layout(layout_id)
-    return layout.build.quality if layout is not None else None
-
-
 def meets_quality_gate(ctx: PredicateContext, action: LayoutAction) -> str | None:
     """With `spec.index.qualityGate`, a built layout whose recorded offline metrics are missing
     or below a minimum (absolute, or relative to the serving layout's) starts no shard and is
@@ -183,7 +178,7 @@ def meets_quality_gate(ctx: PredicateContext, action: LayoutAction) -> str | Non
     layout = ctx.observed.layout(action.layout_id)
     if layout is None or layout.build.state != "Succeeded":
         return None
-    quality = layout.build.quality
+    quality = ctx.observed.quality(action.layout_id)
     if quality is None:
         return (
             f"layout {action.layout_id} (version {action.layout.version}) records no offline metrics "
@@ -194,7 +189,7 @@ def meets_quality_gate(ctx: PredicateContext, action: LayoutAction) -> str | Non
             f"layout {action.layout_id} (version {action.layout.version}): {quality.describe()} is below "
             f"spec.index.qualityGate.minNdcgAt10 {gate.min_ndcg_at10:.4f}"
         )
-    active = _quality(ctx, ctx.serving_layout)
+    active = ctx.observed.quality(ctx.serving_layout)
     if gate.min_relative_to_active is not None and active is not None:
         floor = gate.min_relative_to_active * active.ndcg_at_10
         if quality.ndcg_at_10 < floor:

@@ -68,6 +68,9 @@ def make_record(
     ready_shards = (
         sum(1 for entry in observed_layout.shards if entry.ready_replicas > 0) if observed_layout else 0
     )
+    reported = observed_layout.build.quality if observed_layout is not None else None
+    # Kept once seen: the build pod that reported the metrics goes away, the record stays.
+    quality = reported.to_status() if reported is not None else (previous.quality if previous else None)
     return LayoutStatus(
         name=layout_id,
         version=version,
@@ -78,6 +81,7 @@ def make_record(
         state_since=since,
         message=message[:4096],
         deleting=deleting,
+        quality=quality,
     )
 
 

@@ -26,8 +26,10 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from shardrec.serving.cpus import usable_cpus
+from shardrec.serving.index.carry import apply_to_embeddings, carried_state
 from shardrec.serving.index.embeddings import Embeddings, load_embeddings
 from shardrec.serving.index.files import fsync_dir, fsync_file, publish_atomically, sha256_file, write_durably
+from shardrec.serving.index.foldin import fold_in_spec, item_gram
 from shardrec.serving.index.layout import LayoutError, WantedLayout, parameter_mismatches, verify_layout
 from shardrec.serving.index.manifest import (
     INDEX_FILE,
@@ -35,6 +37,7 @@ from shardrec.serving.index.manifest import (
     SHARD_IDS_FILE,
     SHARD_MANIFEST_FILE,
     USERS_DIR,
+    CarriedPart,
     FileEntry,
     HnswParams,
     LayoutManifest,
@@ -107,6 +110,11 @@ def _build_shard(
         index.add_items(embeddings.items[chosen], np.arange(start, start + len(chosen)), num_threads=threads)
         advance(len(chosen))
     index.save_index(str(folder / INDEX_FILE))
+    # hnswlib writes with an unchecked ofstream: on a full disk (or past a file-size limit) it
+    # returns normally with the file cut short, which would then be checksummed as if whole.
+    expected, written = index.index_file_size(), (folder / INDEX_FILE).stat().st_size
+    if written != expected:
+        raise BuildError(f"{folder / INDEX_FILE}: wrote {written} of {expected} bytes (is the disk full?)")
     del index
     write_durably(
         folder / SHARD_IDS_FILE, "".join(f"{embeddings.item_ids[p]}\n" for p in positions.tolist()).encode()
@@ -185,8 +193,10 @@ def build_layout(
     layout: str | None = None,
     expected_dimension: int | None = None,
     progress: bool = True,
+    carry_dir: Path | None = None,
 ) -> LayoutManifest:
-    """Build and atomically publish the layout `out_dir` from an embeddings directory."""
+    """Build and atomically publish the layout `out_dir` from an embeddings directory, plus the
+    write logs of an earlier layout up to its cut when `carry_dir` names a carry folder (carry.py)."""
     workers = workers or usable_cpus()
     layout = layout or out_dir.name
     _check_arguments(
@@ -203,14 +213,14 @@ def build_layout(
     if existing is not None:
         return existing
     started = time.monotonic()
-    embeddings = _load_checked(embeddings_dir, expected_dimension)
+    embeddings, carried = _load_checked(embeddings_dir, expected_dimension, carry_dir)
     assignment = _assign_items(embeddings, shards)
     staging = _fresh_staging(out_dir)
     hnsw = HnswParams(m=m, ef_construction=ef_construction)
     header = _Header(layout, version, shards, embeddings.dimension, metric, hnsw)
     try:
         entries = _build_shards(staging, embeddings, assignment, header, workers=workers, progress=progress)
-        users = _write_users(staging, embeddings)
+        users = _write_users(staging, embeddings, metric)
         manifest = LayoutManifest(
             layout=layout,
             version=version,
@@ -225,6 +235,7 @@ def build_layout(
             build_seconds=round(time.monotonic() - started, 3),
             source={"embeddings_dir": str(embeddings_dir.resolve()), "metadata": embeddings.metadata},
             quality=_quality_of(embeddings.metadata),
+            carried=carried,
         )
         _seal(staging, manifest)
         _publish(staging, out_dir)
@@ -261,14 +272,32 @@ def _quality_of(metadata: dict[str, Any]) -> dict[str, Any] | None:
     return dict(quality) if isinstance(quality, dict) else None
 
 
-def _load_checked(embeddings_dir: Path, expected_dimension: int | None) -> Embeddings:
-    """The embeddings, with the dimension the caller expects (None: any)."""
+def _load_checked(
+    embeddings_dir: Path, expected_dimension: int | None, carry_dir: Path | None = None
+) -> tuple[Embeddings, CarriedPart | None]:
+    """The embeddings, with the dimension the caller expects (None: any), and the carried writes
+    of `carry_dir` applied (deterministic, so every per-shard build agrees on the items)."""
     embeddings = load_embeddings(embeddings_dir)
     if expected_dimension is not None and embeddings.dimension != expected_dimension:
         raise BuildError(
             f"{embeddings_dir / 'items.npy'}: dimension {embeddings.dimension}, expected {expected_dimension}"
         )
-    return embeddings
+    if carry_dir is None:
+        return embeddings, None
+    try:
+        cut, state = carried_state(carry_dir)
+        embeddings = apply_to_embeddings(embeddings, state)
+    except ValueError as exc:
+        raise BuildError(f"--carry-dir {carry_dir}: {exc}") from exc
+    deletes = sum(1 for vector in state.values() if vector is None)
+    carried = CarriedPart(
+        layout=cut.from_layout,
+        shards=cut.from_shards,
+        upto=list(cut.upto),
+        upserts=len(state) - deletes,
+        deletes=deletes,
+    )
+    return embeddings, carried
 
 
 def _assign_items(embeddings: Embeddings, shards: int) -> npt.NDArray[np.int64]:
@@ -334,16 +363,20 @@ def _build_shards(
             return list(pool.map(one, range(shards)))
 
 
-def _write_users(staging: Path, embeddings: Embeddings) -> UsersPart | None:
-    """The user table, when the embeddings have users."""
+def _write_users(staging: Path, embeddings: Embeddings, metric: Metric) -> UsersPart | None:
+    """The user table, when the embeddings have users, with the fold-in of recent items the
+    embeddings' model family allows (and, for ALS, the Gram matrix of the stored item vectors)."""
     if embeddings.users is None or embeddings.user_ids is None:
         return None
+    spec = fold_in_spec(embeddings.metadata)
+    gram = item_gram(embeddings.items, metric) if spec.method == "als" else None
     return write_users_part(
         staging / USERS_DIR,
         embeddings.users,
         embeddings.user_ids,
         embeddings.seen,
         embeddings.seen_unknown_items,
+        fold_in=(spec, gram),
     )
 
 
@@ -366,6 +399,7 @@ class PartPlan:
     embeddings: Embeddings
     assignment: npt.NDArray[np.int64]
     header: _Header
+    carried: CarriedPart | None = None
 
     def positions(self, shard: int) -> npt.NDArray[np.int64]:
         return np.flatnonzero(self.assignment == shard).astype(np.int64)
@@ -378,7 +412,9 @@ class PartPlan:
         return self.header.of_shard(shard)
 
 
-def plan_parts(embeddings_dir: Path, wanted: WantedLayout, *, workers: int = 1) -> PartPlan:
+def plan_parts(
+    embeddings_dir: Path, wanted: WantedLayout, *, workers: int = 1, carry_dir: Path | None = None
+) -> PartPlan:
     """Load the embeddings and assign items to shards, after checking the arguments."""
     _check_arguments(
         version=wanted.version,
@@ -389,12 +425,12 @@ def plan_parts(embeddings_dir: Path, wanted: WantedLayout, *, workers: int = 1) 
         ef_construction=wanted.ef_construction,
         workers=workers,
     )
-    embeddings = _load_checked(embeddings_dir, wanted.dimension)
+    embeddings, carried = _load_checked(embeddings_dir, wanted.dimension, carry_dir)
     assignment = _assign_items(embeddings, wanted.shards)
     metric: Metric = wanted.metric  # type: ignore[assignment]
     hnsw = HnswParams(m=wanted.m, ef_construction=wanted.ef_construction)
     header = _Header(wanted.layout, wanted.version, wanted.shards, embeddings.dimension, metric, hnsw)
-    return PartPlan(embeddings, assignment, header)
+    return PartPlan(embeddings, assignment, header, carried)
 
 
 def build_shard_part(plan: PartPlan, shard: int, work_dir: Path, *, workers: int, progress: bool) -> Path:
@@ -427,7 +463,7 @@ def write_users_for_parts(plan: PartPlan, work_dir: Path) -> UsersPart | None:
     if target.exists():
         shutil.rmtree(target)
     work_dir.mkdir(parents=True, exist_ok=True)
-    return _write_users(work_dir, plan.embeddings)
+    return _write_users(work_dir, plan.embeddings, plan.header.metric)
 
 
 def manifest_from_parts(
@@ -454,4 +490,5 @@ def manifest_from_parts(
         build_seconds=round(build_seconds, 3),
         source={"embeddings_dir": str(embeddings_dir.resolve()), "metadata": plan.embeddings.metadata},
         quality=_quality_of(plan.embeddings.metadata),
+        carried=plan.carried,
     )

@@ -20,9 +20,13 @@ INDEX_FILE = "index.bin"
 SHARD_IDS_FILE = "ids.txt"
 USERS_DIR = "users"
 USER_VECTORS_FILE = "users.npy"
+# Most-seen items of the layout (item id TAB count, most first): the router's popular fallback
+# answers. Optional: layouts built before it, or without interactions, have none.
+POPULAR_FILE = "popular.tsv"
 USER_IDS_FILE = "user_ids.txt"
 SEEN_INDPTR_FILE = "seen_indptr.npy"
 SEEN_ITEMS_FILE = "seen_items.txt"
+ITEM_GRAM_FILE = "item_gram.npy"
 PARTITIONING = "jump-hash-item-id"
 
 Metric = Literal["ip", "cosine", "l2"]
@@ -67,6 +71,12 @@ class ShardManifest(_Model):
     files: list[FileEntry]
     built_at: str
     build_seconds: float = Field(ge=0)
+    base_sequence: int = Field(
+        0,
+        ge=0,
+        description="The last write-log sequence of this shard folded into the index (0: built from the "
+        "source alone); a replica replays the log records after it when it loads the shard.",
+    )
 
     def file(self, name: str) -> FileEntry:
         for entry in self.files:
@@ -84,6 +94,20 @@ class ShardEntry(_Model):
     manifest_sha256: Sha256 = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class FoldInPart(_Model):
+    """How the router folds in a user from recent items (serving/index/foldin.py): the model family
+    metadata.json names, the method it allows, and the ALS parameters. For `als` the Gram matrix of
+    the stored item vectors (float64, d x d) is `item_gram.npy` among the users part's files."""
+
+    family: Literal["als", "bpr", "unknown"]
+    method: Literal["als", "mean"]
+    regularization: float = Field(0.0, ge=0)
+    alpha: float = Field(1.0, gt=0)
+    default_weight: float = Field(1.0, gt=0, description="Weight of a recent item sent without one.")
+    bias_last: bool = False
+    gram_file: str | None = Field(None, description="The Gram matrix's file in the users part (als).")
+
+
 class UsersPart(_Model):
     """The router's part: user embeddings, ids and seen items (CSR: indptr over seen_items.txt)."""
 
@@ -94,6 +118,21 @@ class UsersPart(_Model):
         0, ge=0, description="Pairs of seen.tsv naming items absent from the catalogue (dropped)."
     )
     files: list[FileEntry]
+    fold_in: FoldInPart | None = Field(
+        None, description="Fold-in of recent items (absent in layouts built before it: no fold-in)."
+    )
+
+
+class CarriedPart(_Model):
+    """The write logs folded into this layout's build (serving/index/carry.py): the layout they
+    came from, its shard count, and per old shard the last sequence folded in (the cut). Records
+    after the cut are forwarded to this layout's shards, re-partitioned, before it takes traffic."""
+
+    layout: str = Field(min_length=1)
+    shards: int = Field(ge=1)
+    upto: list[int]
+    upserts: int = Field(0, ge=0, description="Items whose last carried record is an upsert.")
+    deletes: int = Field(0, ge=0, description="Items whose last carried record is a delete.")
 
 
 class LayoutManifest(_Model):
@@ -120,4 +159,7 @@ class LayoutManifest(_Model):
             "The model's offline metrics (metadata.json `quality`: split, hit_rate_at_10, ndcg_at_10, ...), "
             "judged by spec.index.qualityGate; None when the embeddings record none."
         ),
+    )
+    carried: CarriedPart | None = Field(
+        None, description="Write logs of an earlier layout folded into this build (None: the source alone)."
     )

@@ -20,6 +20,7 @@ from shardrec.api.commands import DEFAULT_EF_SEARCH
 from shardrec.serving.index.layout import LayoutError, read_layout_manifest, read_shard_manifest
 from shardrec.serving.index.manifest import INDEX_FILE, SHARD_IDS_FILE, LayoutManifest, ShardManifest
 from shardrec.serving.index.scoring import Metric, hnsw_space, scores_from_distances
+from shardrec.serving.index.write_log import SequenceGapError, WriteRecord
 
 Floats = npt.NDArray[np.float32]
 Labels = npt.NDArray[np.int64]
@@ -84,6 +85,13 @@ class ShardIndex:
         self.id_width = max(len(raw) for raw in encoded)
         self.ids_wire = np.array(encoded, dtype=f"S{self.id_width}")
         self.label_of = {item_id: label for label, item_id in enumerate(ids)}
+        self.base_sequence = manifest.base_sequence
+        self.applied_sequence = manifest.base_sequence
+        """The last write-log sequence applied (the layout's base sequence until a write arrives)."""
+        self.next_label = len(ids)
+        self.vacant = 0
+        """Deleted slots hnswlib will reuse for new items before it needs to grow."""
+        self.writes_applied = 0
 
     @property
     def version(self) -> str:
@@ -119,7 +127,9 @@ class ShardIndex:
         ids = _read_ids(folder / SHARD_IDS_FILE, manifest.count)
         index = hnswlib.Index(space=hnsw_space(manifest.metric), dim=manifest.dimension)
         try:
-            index.load_index(str(folder / INDEX_FILE), max_elements=manifest.count)
+            index.load_index(
+                str(folder / INDEX_FILE), max_elements=manifest.count, allow_replace_deleted=True
+            )
         except RuntimeError as exc:
             raise LayoutError(f"{folder / INDEX_FILE}: hnswlib cannot load it ({exc})") from exc
         if index.get_current_count() != manifest.count:
@@ -138,6 +148,78 @@ class ShardIndex:
         labels = np.linspace(0, self.count - 1, num=min(_WARMUP_QUERIES, self.count)).astype(np.int64)
         vectors = np.asarray(self.index.get_items(labels), dtype=np.float32)
         self.search(vectors, min(10, self.count))
+
+    def apply_writes(self, records: Sequence[WriteRecord]) -> int:
+        """Apply write-log records in order (skipping those at or below `applied_sequence`; a gap
+        raises SequenceGapError before anything is applied). How many were applied.
+
+        Not safe beside running searches (hnswlib's resize_index is not, and the id arrays a
+        search reads change): the engine calls it while no search runs.
+
+        Labels: a live item keeps its label (its vector is updated in place); a new id, or one
+        deleted earlier, gets a fresh label, and hnswlib reuses a deleted slot for it
+        (replace_deleted). A delete marks the label deleted and forgets the id, so it is neither
+        returned nor excluded nor exported from then on."""
+        fresh = [r for r in records if r.seq > self.applied_sequence]
+        expected = self.applied_sequence + 1
+        for record in fresh:
+            if record.seq != expected:
+                raise SequenceGapError(expected - 1, record.seq)
+            if record.vector is not None and len(record.vector) != self.dimension:
+                raise ValueError(
+                    f"record {record.seq}: vector has {len(record.vector)} numbers, "
+                    f"the index {self.dimension}"
+                )
+            expected += 1
+        for record in fresh:
+            if record.op == "upsert":
+                assert record.vector is not None
+                self._upsert(record.item_id, np.asarray(record.vector, dtype=np.float32))
+            else:
+                self._delete(record.item_id)
+            self.applied_sequence = record.seq
+        self.writes_applied += len(fresh)
+        return len(fresh)
+
+    def _upsert(self, item_id: str, vector: Floats) -> None:
+        label = self.label_of.get(item_id)
+        if label is not None:
+            self.index.add_items(vector[None, :], np.array([label]), replace_deleted=False)
+            return
+        label = self.next_label
+        self.next_label += 1
+        if self.vacant:
+            self.vacant -= 1  # hnswlib puts it in a deleted slot (replace_deleted)
+        elif self.index.get_current_count() >= self.index.get_max_elements():
+            self.index.resize_index(max(16, self.index.get_max_elements() * 2))
+        self._set_id(label, item_id)
+        self.index.add_items(vector[None, :], np.array([label]), replace_deleted=True)
+        self.label_of[item_id] = label
+        self.count += 1
+
+    def _delete(self, item_id: str) -> None:
+        label = self.label_of.pop(item_id, None)
+        if label is None:
+            return  # deleting an unknown item is a no-op (idempotent)
+        self.index.mark_deleted(label)
+        self.vacant += 1
+        self.count -= 1
+
+    def _set_id(self, label: int, item_id: str) -> None:
+        """Record `item_id` at `label` in the id list and the fixed-width wire array (grown by
+        doubling, widened for a longer id)."""
+        raw = item_id.encode("utf-8")
+        if label == len(self.ids):
+            self.ids.append(item_id)
+        else:
+            self.ids[label] = item_id
+        width = max(self.id_width, len(raw))
+        if width != self.id_width or label >= len(self.ids_wire):
+            grown = np.zeros(max(len(self.ids_wire) * 2, label + 1), dtype=f"S{width}")
+            grown[: len(self.ids_wire)] = self.ids_wire
+            self.ids_wire, self.id_width = grown, width
+        self.ids_wire[label] = raw
+        self.ids_ascii = self.ids_ascii and len(raw) == len(item_id)
 
     def use_ef(self, ef_search: int) -> None:
         """Search with HNSW ef `ef_search` from now on (0: the ef it was loaded with). hnswlib keeps
@@ -193,7 +275,7 @@ class ShardIndex:
                     if len(labels):
                         excluded[row] = labels
                         extra = max(extra, len(labels))
-        fetch = min(self.count, k + extra)
+        fetch = max(1, min(self.count, k + extra))
         labels, distances = self._knn(queries, fetch, threads)
         scores = scores_from_distances(self.metric, distances)
         scores[labels == NO_LABEL] = -np.inf
@@ -232,6 +314,8 @@ class ShardIndex:
             "layout_dir": str(self.layout_dir),
             "built_at": self.manifest.built_at,
             "load_seconds": round(self.load_seconds, 3),
+            "base_sequence": self.base_sequence,
+            "applied_sequence": self.applied_sequence,
         }
 
 

@@ -16,13 +16,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
@@ -35,12 +36,15 @@ from shardrec.serving.router.config import RouterSettings
 from shardrec.serving.router.errors import error_body
 from shardrec.serving.router.gate import RouterState, Work
 from shardrec.serving.router.manager import ManagerDeps
-from shardrec.serving.router.serving_report import PodAnnotationReporter
+from shardrec.serving.router.serving_report import ServingReporter
+from shardrec.serving.router.snapshot import Snapshot
 from shardrec.serving.router.topology_source import TopologySource
 
 log = logging.getLogger("shardrec.router")
 
 JSON = "application/json"
+ITEMS_PREFIX = "/v1/items/"
+ITEMS_ROUTE = "/v1/items/{id}"
 DOCS_ASSETS = "/docs/assets"
 
 
@@ -57,7 +61,27 @@ class RouterApp(FastAPI):
             if entry is not None:
                 await self.gate.serve(scope, receive, send, *entry)
                 return
+        if (
+            scope["type"] == "http"
+            and scope["method"] in ("PUT", "DELETE")
+            and scope["path"].startswith(ITEMS_PREFIX)
+        ):
+            await self._item_write(scope, receive, send)
+            return
         await super().__call__(scope, receive, send)
+
+    async def _item_write(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`PUT`/`DELETE /v1/items/{id}` through the gate, needing the write permission. The id
+        is the rest of the path, percent-decoded (so ids with '/' can be written as %2F)."""
+        raw = scope.get("raw_path") or scope["path"].encode()
+        item_id = unquote(raw.decode("latin-1").split("?", 1)[0][len(ITEMS_PREFIX) :])
+        service = self.gate.service
+        method = service.put_item if scope["method"] == "PUT" else service.delete_item
+
+        async def work(body: bytes, snapshot: Snapshot) -> bytes:
+            return await method(item_id, body, snapshot)
+
+        await self.gate.serve(scope, receive, send, ITEMS_ROUTE, work, permission="write")
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -67,7 +91,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "(`query_rejected`).",
         401: "No API key (`unauthenticated`).",
         403: "Wrong API key (`forbidden`).",
-        404: "Unknown user or item in the active index version (`unknown_user`, `unknown_item`).",
+        404: "Unknown user or item in the active index version (`unknown_user`, `unknown_item`), or "
+        "none of recent_items is in it and no known user_id (`unknown_items`).",
+        409: "recent_items, but the active layout was built without fold-in (`fold_in_unavailable`).",
         408: "Headers or body not received in time (`request_timeout`); the connection is closed.",
         413: "Body too large (`body_too_large`), or a batch with too many queries or too many results "
         "in all, the sum of its k (`batch_too_large`).",
@@ -130,7 +156,7 @@ def create_app(
     settings: RouterSettings,
     source: TopologySource | None = None,
     deps: ManagerDeps | None = None,
-    reporter: PodAnnotationReporter | None = None,
+    reporter: ServingReporter | None = None,
 ) -> FastAPI:
     """The router app. `source` feeds it topologies; `deps` supplies the shard client (defaults to
     `shardrec.serving.shard.client.ShardClient`); `reporter` publishes what it serves (Kubernetes)."""
@@ -202,7 +228,7 @@ def _through_gate(state: RouterState, route: str, work: Work) -> Callable[[Reque
 
 
 def _add_probes(app: FastAPI, state: RouterState) -> None:
-    """/healthz, /readyz and /metrics."""
+    """/healthz, /readyz, /canary and /metrics."""
 
     @app.get("/healthz", summary="The process is alive")
     async def healthz() -> Response:
@@ -218,6 +244,7 @@ def _add_probes(app: FastAPI, state: RouterState) -> None:
         if snapshot is None:
             detail = state.manager.last_error or "no topology with an active layout applied yet"
             return Response(error_body("not_ready", detail), status_code=503, media_type=JSON)
+        serving = state.pod_serving()
         return Response(
             orjson.dumps(
                 {
@@ -227,11 +254,20 @@ def _add_probes(app: FastAPI, state: RouterState) -> None:
                     "shards": snapshot.shards,
                     "topology_revision": state.manager.revision,
                     # What the local runtime confirms switches from (RouterServing).
-                    "serving": state.manager.serving().model_dump(mode="json"),
+                    # With several workers, what every worker of this pod serves (router/workers.py).
+                    "serving": serving.model_dump(mode="json"),
+                    # Canary measurements (as GET /canary), so one probe carries both.
+                    "canary": serving.canary,
                 }
             ),
             media_type=JSON,
         )
+
+    @app.get("/canary", summary="Canary measurements of the current step (null without a canary)")
+    async def canary() -> Response:
+        # Sums over this router's workers (serving/router/workers.py: combine_canary); the local
+        # runtime and the operator add the routers' reports up (shardrec.planning.canary.merged).
+        return Response(orjson.dumps({"canary": state.pod_serving().canary}), media_type=JSON)
 
     @app.get(
         "/metrics",
@@ -241,7 +277,7 @@ def _add_probes(app: FastAPI, state: RouterState) -> None:
     )
     async def metrics() -> Response:
         state.metrics.in_flight.set(state.admission.in_flight)
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 def swagger_assets() -> Path:

@@ -7,14 +7,17 @@ The router config file (`--router-config`) is JSON `{"router": {...}, "auth": {.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shardrec.api.commands import MAX_K
 from shardrec.api.errors import describe_errors
 from shardrec.api.v1alpha1 import AuthSpec, RouterSpec
+from shardrec.serving.credentials import TokenFile
 from shardrec.serving.router.auth import OPEN, ApiKeys
 
 
@@ -22,11 +25,25 @@ class RouterConfigError(ValueError):
     """The router config file is unreadable or invalid; the message names the file and field."""
 
 
+class WritesConfig(BaseModel):
+    """Item writes (`PUT`/`DELETE /v1/items/{id}`): when a write is acknowledged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    ack: Literal["all", "majority"] = Field(
+        "all",
+        description="all: every ready replica of the shard holds the write; majority: more than half "
+        "of them (the leader included).",
+    )
+    timeout_ms: int = Field(5000, ge=100, le=60000, alias="timeoutMs")
+
+
 class RouterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     router: RouterSpec = Field(default_factory=RouterSpec)
     auth: AuthSpec = Field(default_factory=AuthSpec)
+    writes: WritesConfig = Field(default_factory=WritesConfig)
 
 
 def load_router_config(path: Path) -> RouterConfig:
@@ -50,6 +67,9 @@ class Limits:
     max_dimension: int = 4096
     max_exclude: int = 10_000
     max_id_length: int = 512
+    # recent_items of one /v1/recommend query (user fold-in): the router fetches their vectors
+    # from the owning shards on every such request, so this stays small.
+    max_recent_items: int = 100
     # Sum of k over a batch's queries (what the shards search and the router merges for it):
     # 256 queries at k=128, or 32 at the largest k. Past it: 413 batch_too_large.
     max_batch_results: int = 32_768
@@ -76,4 +96,7 @@ class RouterSettings:
     api_keys: ApiKeys = OPEN
     limits: Limits = field(default_factory=Limits)
     tuning: Tuning = field(default_factory=Tuning)
-    shard_token: str | None = None  # the shards' admin token (for /v1/items/vectors)
+    shard_token: str | TokenFile | None = None  # the shards' admin token (for /v1/items/vectors)
+    shard_tls: ssl.SSLContext | None = None  # verifies shards' certificates (https:// shard URLs)
+    shard_tls_name: str | None = None  # the name shard certificates hold (None: the URL's host)
+    zone: str | None = None  # the router's zone (--zone): replicas in it are preferred

@@ -54,6 +54,7 @@ class Block:
     k: int
     exclude: Sequence[Sequence[str]] | None  # per row, ids held by this shard; None: nothing
     deadline: float
+    min_sequence: int = 0  # read-your-writes: only replicas that applied this write-log sequence
 
 
 @dataclass(slots=True)
@@ -61,6 +62,7 @@ class _Batch:
     queries: Vector
     k: int
     exclude: Sequence[Sequence[str]] | None
+    min_sequence: int = 0
 
 
 class ShardFailedError(Exception):
@@ -92,6 +94,10 @@ class ShardChannel:
         self.errors = errors
         self.metrics = metrics
         self.rng = rng or random.Random()
+        self.acked_sequence = 0
+        """The newest write to this shard that this router acknowledged: no read goes to a replica
+        behind it (a deleted item stays deleted for every later read through this router)."""
+        self.zone: str | None = None  # the router's zone: replicas there are preferred
         self.ef_search = 0
         """HNSW ef sent with every shard request (the topology's efSearch; 0: the shard's default).
         The manager assigns it when a topology changes it: later batches use the new value."""
@@ -106,6 +112,21 @@ class ShardChannel:
         self._m_hedges = metrics.hedges.labels(label)
         self._m_hedges_won = metrics.hedges_won.labels(label)
         self._m_batch = metrics.shard_batch_queries
+        self._m_zone = {
+            locality: metrics.shard_requests_by_zone.labels(label, locality)
+            for locality in ("same", "other", "unknown")
+        }
+
+    def _choose(self, tried: list[Replica[ShardClientLike]]) -> Replica[ShardClientLike] | None:
+        """The replica for the next attempt (`choose_replica`, preferring the router's zone),
+        counted by zone locality: same, other, or unknown (either zone not known)."""
+        replica = choose_replica(self.replicas, time.monotonic(), self.rng, tried, self.zone)
+        if replica is not None:
+            if self.zone is None or replica.zone is None:
+                self._m_zone["unknown"].inc()
+            else:
+                self._m_zone["same" if replica.zone == self.zone else "other"].inc()
+        return replica
 
     # --- coalescing ----------------------------------------------------------------------------
 
@@ -166,8 +187,9 @@ class ShardChannel:
             # The batch may run until its latest member's deadline; each request gives up at its
             # own deadline anyway (`Gather.expire`, armed by the service).
             deadline = max(item.deadline for item in items)
+            min_sequence = max(item.min_sequence for item in items)
             try:
-                answer = await self._search(_Batch(queries, k, exclude), deadline)
+                answer = await self._search(_Batch(queries, k, exclude, min_sequence), deadline)
             except Exception as exc:
                 if isinstance(exc, ShardFailedError) and exc.reason == "rejected" and len(items) > 1:
                     # The shard refused the batch for something in it: find whose, so one client's
@@ -193,7 +215,9 @@ class ShardChannel:
     async def _run_alone(self, item: Block, k: int) -> None:
         """One block of a refused batch on its own, by its own deadline."""
         try:
-            answer = await self._search(_Batch(item.vectors, k, item.exclude), item.deadline)
+            answer = await self._search(
+                _Batch(item.vectors, k, item.exclude, item.min_sequence), item.deadline
+            )
         except Exception as exc:
             self._fail([item], exc)
             return
@@ -214,13 +238,16 @@ class ShardChannel:
 
     async def _search(self, batch: _Batch, deadline: float) -> ShardAnswerLike:
         loop = asyncio.get_running_loop()
-        tried: list[Replica[ShardClientLike]] = []
+        # Replicas behind the write the client asked to see (read-your-writes), or behind the
+        # newest write this router acknowledged for the shard, are never tried.
+        floor = max(batch.min_sequence, self.acked_sequence)
+        tried: list[Replica[ShardClientLike]] = [r for r in self.replicas if r.applied_sequence < floor]
         attempts = 1 + self.policy.max_retries
-        last_reason = "no_replica"
+        last_reason = "behind" if len(tried) == len(self.replicas) else "no_replica"
         try:
             async with asyncio.timeout_at(deadline):
                 for attempt in range(attempts):
-                    replica = choose_replica(self.replicas, time.monotonic(), self.rng, tried)
+                    replica = self._choose(tried)
                     if replica is None:
                         break
                     if attempt:
@@ -258,7 +285,7 @@ class ShardChannel:
             done, pending = await asyncio.wait(pending, timeout=policy.hedge_after_s)
             if done:
                 return first.result()
-            second_replica = choose_replica(self.replicas, time.monotonic(), self.rng, tried)
+            second_replica = self._choose(tried)
             if second_replica is None or not self.budget.try_spend():
                 pending = set()
                 return await first
@@ -329,25 +356,30 @@ class ShardChannel:
         if replica.failed(now, now - started):
             self.metrics.ejections.labels(str(self.shard), replica.name).inc()
 
-    # --- item vectors (for /v1/similar) ----------------------------------------------------------
+    # --- item vectors (for /v1/similar and the fold-in of recent_items) -------------------------
 
     async def fetch_vector(self, item_id: str, deadline: float) -> Vector | None:
         """The stored vector of `item_id` from a replica of this (its owning) shard; None if the
-        shard does not hold it. Same replica choice and retries as searches, no hedging."""
+        shard does not hold it."""
+        return (await self.fetch_vectors([item_id], deadline)).get(item_id)
+
+    async def fetch_vectors(self, item_ids: Sequence[str], deadline: float) -> dict[str, Vector]:
+        """The stored vectors of those of `item_ids` this (their owning) shard holds, from one of
+        its replicas. Same replica choice and retries as searches, no hedging."""
         loop = asyncio.get_running_loop()
         tried: list[Replica[ShardClientLike]] = []
         reason = "no_replica"
         try:
             async with asyncio.timeout_at(deadline):
                 for _ in range(1 + self.policy.max_retries):
-                    replica = choose_replica(self.replicas, time.monotonic(), self.rng, tried)
+                    replica = self._choose(tried)
                     if replica is None:
                         break
                     tried.append(replica)
                     replica.started()
                     started = time.monotonic()
                     try:
-                        found = await replica.client.item_vectors([item_id], deadline - loop.time())
+                        found = await replica.client.item_vectors(item_ids, deadline - loop.time())
                     except asyncio.CancelledError:
                         replica.cancelled()
                         raise
@@ -364,8 +396,10 @@ class ShardChannel:
                         continue
                     now = time.monotonic()
                     replica.succeeded(now - started, now)
-                    vector = found.vectors.get(item_id)
-                    return None if vector is None else np.ascontiguousarray(vector, dtype=np.float32)
+                    return {
+                        item: np.ascontiguousarray(vector, dtype=np.float32)
+                        for item, vector in found.vectors.items()
+                    }
         except TimeoutError:
             raise ShardFailedError("deadline") from None
         raise ShardFailedError(reason)

@@ -2,8 +2,10 @@
 
 `Answers` owns the cache of one router (its `ResultCache`, its metrics) and decides, when the
 router sheds a request (admission full) or a shard is down under `strict`, whether the request can
-be answered from the cache instead of a 503 (`router.fallback`). The JSON surgery on encoded
-answers (`mark`) is pure.
+be answered from the cache instead of a 503 (`router.fallback.cached`), or else from the layout's
+popular list (`router.fallback.popular`: the most-seen items stored in the layout at build time,
+minus what the query excludes). The JSON surgery on encoded answers (`mark`) and the popular
+answer (`popular_answer`) are pure.
 
 Only /v1/recommend is cached: its answers are deterministic per (layout, query). Partial answers
 (`consistency: available`) are never stored.
@@ -15,7 +17,10 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+import orjson
+
 from shardrec.api.v1alpha1 import RouterSpec
+from shardrec.serving.index.users import UserTable
 from shardrec.serving.router.errors import ApiError
 from shardrec.serving.router.metrics import RouterMetrics
 from shardrec.serving.router.parsing import RecommendQuery
@@ -45,6 +50,37 @@ def mark(payload: bytes, suffix: bytes) -> bytes:
     return payload[:-1] + suffix
 
 
+def popular_answer(users: UserTable, query: RecommendQuery, version: str, shards: int) -> bytes | None:
+    """The layout's most-seen items not excluded for `query` (its explicit ids, and the user's seen
+    items when asked), at most k, scored by how many users saw each; flagged `fallback: "popular"`.
+    None when the layout has no popular list or the user is unknown to it (the 503 stands). Pure."""
+    if not users.popular:
+        return None
+    if query.vector is not None and len(query.vector) != users.dimension:
+        return None  # the 422 it would get is for the answered path to say
+    skip = set(query.exclude)
+    if query.user_id is not None:
+        if query.user_id not in users:
+            return None
+        if query.exclude_seen:
+            skip.update(users.seen(query.user_id))
+    chosen = []
+    for item, count in users.popular:
+        if item not in skip:
+            chosen.append({"item_id": item, "score": float(count)})
+            if len(chosen) == query.k:
+                break
+    return orjson.dumps(
+        {
+            "items": chosen,
+            "index_version": version,
+            "partial": False,
+            "shards": {"answered": 0, "total": shards},
+            "fallback": "popular",
+        }
+    )
+
+
 def key_of(layout: str, query: RecommendQuery) -> CacheKey:
     return cache_key(
         layout,
@@ -53,6 +89,7 @@ def key_of(layout: str, query: RecommendQuery) -> CacheKey:
         k=query.k,
         exclude_seen=query.exclude_seen,
         exclude=query.exclude,
+        recent=query.recent,
     )
 
 
@@ -73,11 +110,27 @@ class Answers:
             stale = fallback.max_stale_seconds if fallback.cached else 0
             self.cache = ResultCache(cache.max_bytes, cache.ttl_seconds, clock, stale)
         self.fallback_cached = fallback.cached and self.cache is not None
+        self.fallback_popular = fallback.popular
         self._evictions = 0
 
     @property
     def enabled(self) -> bool:
         return self.cache is not None
+
+    @property
+    def any_fallback(self) -> bool:
+        return self.fallback_cached or self.fallback_popular
+
+    def popular(
+        self, users: UserTable, query: RecommendQuery, version: str, shards: int, reason: str
+    ) -> bytes | None:
+        """`popular_answer` when router.fallback.popular allows it (counted by reason), else None."""
+        if not self.fallback_popular:
+            return None
+        payload = popular_answer(users, query, version, shards)
+        if payload is not None:
+            self.metrics.fallback_answers.labels(reason, "popular").inc()
+        return payload
 
     def lookup(self, key: CacheKey) -> bytes | None:
         """A fresh cached answer, flagged `cached: true`, or None (counted as a miss)."""
@@ -108,16 +161,19 @@ class Answers:
         self.metrics.fallback_answers.labels(reason, "cached").inc()
         return mark(found.payload, FALLBACK_CACHED)
 
-    def fallback_body(self, layout: str, body: bytes, reason: str) -> bytes | None:
-        """`fallback` for a raw /v1/recommend body (the shed path: the body is read but was not
-        parsed). A body that does not parse gets no fallback (its 503 stands)."""
-        if not self.fallback_cached:
+    def fallback_body(
+        self, layout: str, body: bytes, reason: str, *, users: UserTable, version: str, shards: int
+    ) -> bytes | None:
+        """`fallback`, then `popular`, for a raw /v1/recommend body (the shed path: the body is
+        read but was not parsed). A body that does not parse gets no fallback (its 503 stands)."""
+        if not self.any_fallback:
             return None
         try:
             query = self.parse(body)
         except ApiError:
             return None
-        return self.fallback(key_of(layout, query), reason)
+        cached = self.fallback(key_of(layout, query), reason)
+        return cached if cached is not None else self.popular(users, query, version, shards, reason)
 
     def _publish(self, cache: ResultCache) -> None:
         metrics = self.metrics

@@ -14,23 +14,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
+from shardrec.api.topology import RouterServing
+from shardrec.serving.credentials import TokenFile
 from shardrec.serving.router.admission import Admission
+from shardrec.serving.router.auth import Permission
 from shardrec.serving.router.config import RouterSettings
 from shardrec.serving.router.errors import ApiError, error_body
 from shardrec.serving.router.fallback import RECOMMEND_ROUTE, SHED, FallbackAnswer
 from shardrec.serving.router.manager import ManagerDeps, TopologyManager
-from shardrec.serving.router.metrics import RouterMetrics
+from shardrec.serving.router.metrics import MULTIPROCESS_ENV, RouterMetrics
 from shardrec.serving.router.ratelimit import FailedAuthThrottle, RateLimiter, retry_after_header
 from shardrec.serving.router.service import RouterService
-from shardrec.serving.router.serving_report import PodAnnotationReporter
+from shardrec.serving.router.serving_report import ServingReporter
 from shardrec.serving.router.snapshot import Snapshot
 from shardrec.serving.router.topology_source import TopologySource
+from shardrec.serving.router.writes import MIN_SEQUENCE_HEADER, ItemWriter, WritePolicy, min_sequence_header
 
 log = logging.getLogger("shardrec.router")
 
@@ -39,6 +45,8 @@ Headers = Iterable[tuple[bytes, bytes]]
 _ANONYMOUS = "anonymous"
 LAYOUT_ORDER_HEADER = b"x-shardrec-layout-order"
 """On every answer: `<epoch>.<revision>` of the document that made its layout active here."""
+CANARY_REPORT_S = 2.0
+"""How often a router re-reports its canary measurements on its pod while a canary runs."""
 MIN_LAYOUT_ORDER_HEADER = b"x-shardrec-min-layout-order"
 """A client that must never see an older layout echoes the last X-Shardrec-Layout-Order here."""
 
@@ -51,14 +59,24 @@ class RouterState:
         settings: RouterSettings,
         source: TopologySource | None,
         deps: ManagerDeps | None,
-        reporter: PodAnnotationReporter | None = None,
+        reporter: ServingReporter | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
         self.reporter = reporter
         self.metrics = RouterMetrics()
-        self.manager = TopologyManager(settings, self.metrics, deps or default_deps(settings.shard_token))
+        self.manager = TopologyManager(
+            settings,
+            self.metrics,
+            deps or default_deps(settings.shard_token, settings.shard_tls, settings.shard_tls_name),
+        )
         self.service = RouterService(settings, self.metrics)
+        writes = settings.config.writes
+        self.writer = ItemWriter(
+            WritePolicy(writes.ack, writes.timeout_ms / 1000.0), self.manager.deps.errors, self.metrics
+        )
+        self.service.writer = self.writer
+        self.manager.after_probe = self.writer.catch_up
         self.admission = Admission(settings.config.router.max_in_flight)
         auth = settings.config.auth
         self.limiter = RateLimiter(auth.rate_limit_per_second, auth.rate_limit_burst)
@@ -78,6 +96,26 @@ class RouterState:
         if self.source is not None:
             self._tasks.append(loop.create_task(self.source.watch(self.manager.apply, self._topology_error)))
         self._tasks.append(loop.create_task(self.manager.probe_forever()))
+        if self.reporter is not None:
+            self._tasks.append(loop.create_task(self._report_canary(self.reporter)))
+        if os.environ.get(MULTIPROCESS_ENV):
+            self._tasks.append(loop.create_task(self._publish_in_flight()))
+
+    async def _report_canary(self, reporter: ServingReporter) -> None:
+        """While a canary runs, re-send the report (with its measurements) every few seconds: the
+        operator reads them from the pod annotation like the rest of the report (with several
+        workers, each writes its own to the workers' board and the pod's report sums them)."""
+        while True:
+            await asyncio.sleep(CANARY_REPORT_S)
+            if self.manager.canary.route is not None:
+                await reporter.report(self.manager.serving())
+
+    async def _publish_in_flight(self) -> None:
+        """With several workers, /metrics is answered by one of them and sums every worker's
+        in-flight gauge: each worker refreshes its own twice a second, not only when it answers."""
+        while True:
+            self.metrics.in_flight.set(self.admission.in_flight)
+            await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -85,7 +123,14 @@ class RouterState:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.writer.drain()
         await self.manager.close()
+
+    def pod_serving(self) -> RouterServing:
+        """What this router pod serves: this process's report, or with several workers the one
+        every worker agrees on (`router/workers.py`)."""
+        own = self.manager.serving()
+        return own if self.reporter is None else self.reporter.pod_serving(own)
 
     def _topology_error(self, message: str) -> None:
         self.manager.last_error = message
@@ -97,16 +142,25 @@ class RouterState:
     # --- the gate every client request passes ---------------------------------------------------
 
     async def process(
-        self, headers: Headers, receive: Receive, route: str, work: Work, client: str = ""
+        self,
+        headers: Headers,
+        receive: Receive,
+        route: str,
+        work: Work,
+        client: str = "",
+        *,
+        permission: Permission = "read",
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """One client request through the gate: (status, extra headers, JSON body). `client`: the
-        peer's address (wrong API keys are throttled per address)."""
+        peer's address (wrong API keys are throttled per address); `permission`: what the route
+        needs of the API key (writes need `write`, which a router without API keys never grants)."""
         started = time.perf_counter()
         extra: list[tuple[bytes, bytes]] = []
         status = 200
         try:
-            length, key_header, authorization, pin = _scan(headers)
+            length, key_header, authorization, pin, min_sequence = _scan(headers)
             key = self._authenticate(key_header, authorization, client)
+            self._authorize(key, permission)
             if self.limiter.enabled:
                 wait = self.limiter.acquire(key)
                 if wait > 0:
@@ -146,9 +200,16 @@ class RouterState:
                         {"Retry-After": "0"},
                     )
                 snapshot.enter()
+                token = min_sequence_header.set(min_sequence)
                 try:
-                    payload = await work(body, snapshot)
+                    if self.manager.canary.route is None:
+                        payload = await work(body, snapshot)
+                    else:
+                        payload, _ = await self.manager.canary.serve(
+                            route, body, snapshot, self.manager.prepared, work
+                        )
                 finally:
+                    min_sequence_header.reset(token)
                     snapshot.leave()
             finally:
                 self.admission.leave()
@@ -164,11 +225,20 @@ class RouterState:
         self._observe(route, status, time.perf_counter() - started)
         return status, extra, payload
 
-    async def serve(self, scope: Scope, receive: Receive, send: Send, route: str, work: Work) -> None:
+    async def serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: str,
+        work: Work,
+        *,
+        permission: Permission = "read",
+    ) -> None:
         """The hot path as plain ASGI: no request/response objects, no middleware stack."""
         peer = scope.get("client")
         status, extra, payload = await self.process(
-            scope["headers"], receive, route, work, peer[0] if peer else ""
+            scope["headers"], receive, route, work, peer[0] if peer else "", permission=permission
         )
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
         if extra:
@@ -206,6 +276,18 @@ class RouterState:
             raise ApiError(403, "forbidden", "the API key is not valid")
         return name
 
+    def _authorize(self, key: str, permission: Permission) -> None:
+        if permission == "read" and not self.keys.required:
+            return
+        if not self.keys.required:
+            raise ApiError(
+                403,
+                "forbidden",
+                "item writes need an API key with the write permission; this router has no API keys",
+            )
+        if not self.keys.allows(key, permission):
+            raise ApiError(403, "forbidden", f"the API key {key!r} has no {permission} permission")
+
     async def _read_body(self, declared: bytes | None, receive: Receive) -> bytes:
         if declared is not None:
             if not declared.isdigit():
@@ -229,15 +311,23 @@ class RouterState:
 
     def _shed_fallback(self, route: str, body: bytes, pin: bytes | None) -> None:
         """Raises `FallbackAnswer` when a shed /v1/recommend request can be answered from the
-        cache (router.fallback.cached); returns when it cannot (then the 503 stands). Never for a
-        client pinned to a newer layout than this router serves."""
+        cache (router.fallback.cached) or the popular list (router.fallback.popular); returns when
+        it cannot (then the 503 stands). Never for a client pinned to a newer layout than this
+        router serves."""
         answers = self.service.answers
         snapshot = self.manager.current
-        if route != RECOMMEND_ROUTE or not answers.fallback_cached or snapshot is None:
+        if route != RECOMMEND_ROUTE or not answers.any_fallback or snapshot is None:
             return
         if pin is not None and _behind(snapshot.order, pin):
             return
-        payload = answers.fallback_body(snapshot.answer_scope, body, SHED)
+        payload = answers.fallback_body(
+            snapshot.answer_scope,
+            body,
+            SHED,
+            users=snapshot.users,
+            version=snapshot.version,
+            shards=snapshot.shards,
+        )
         if payload is not None:
             raise FallbackAnswer(payload, snapshot.order_header)
 
@@ -256,10 +346,12 @@ class RouterState:
         children[1].observe(seconds)
 
 
-def _scan(headers: Headers) -> tuple[bytes | None, bytes | None, bytes | None, bytes | None]:
-    """Content-Length, X-API-Key, Authorization and the layout pin in one pass (ASGI names are
-    lowercase)."""
-    length = key = authorization = pin = None
+def _scan(
+    headers: Headers,
+) -> tuple[bytes | None, bytes | None, bytes | None, bytes | None, bytes | None]:
+    """Content-Length, X-API-Key, Authorization, the layout pin and the write-sequence pin in one
+    pass (ASGI names are lowercase)."""
+    length = key = authorization = pin = min_sequence = None
     for name, value in headers:
         if name == b"content-length":
             length = value
@@ -269,7 +361,9 @@ def _scan(headers: Headers) -> tuple[bytes | None, bytes | None, bytes | None, b
             authorization = value
         elif name == MIN_LAYOUT_ORDER_HEADER:
             pin = value
-    return length, key, authorization, pin
+        elif name == MIN_SEQUENCE_HEADER:
+            min_sequence = value
+    return length, key, authorization, pin, min_sequence
 
 
 def _behind(order: tuple[int, int], pin: bytes) -> bool:
@@ -282,7 +376,11 @@ def _behind(order: tuple[int, int], pin: bytes) -> bool:
         return False
 
 
-def default_deps(shard_token: str | None = None) -> ManagerDeps:
+def default_deps(
+    shard_token: str | TokenFile | None = None,
+    shard_tls: ssl.SSLContext | None = None,
+    shard_tls_name: str | None = None,
+) -> ManagerDeps:
     from shardrec.serving.router.shard_link import shard_client_deps
 
-    return shard_client_deps(shard_token)
+    return shard_client_deps(shard_token, shard_tls, shard_tls_name)

@@ -16,12 +16,15 @@ import importlib.util
 import logging
 import os
 import socket
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from shardrec import __version__
 from shardrec.api.commands import RouterFlags, env_name
+from shardrec.serving.cpus import usable_cpus
+from shardrec.serving.credentials import TokenFile, TokenFileError
 from shardrec.serving.http_limits import HttpLimits, guarded_protocol
 from shardrec.serving.router.auth import OPEN, ApiKeysError, load_api_keys
 from shardrec.serving.router.config import (
@@ -31,12 +34,23 @@ from shardrec.serving.router.config import (
     Tuning,
     load_router_config,
 )
-from shardrec.serving.router.serving_report import PodAnnotationReporter
+from shardrec.serving.router.serving_report import PodAnnotationReporter, ServingReporter
 from shardrec.serving.router.topology_source import (
     ConfigMapTopologySource,
     FileTopologySource,
     TopologySource,
 )
+from shardrec.serving.router.workers import (
+    WORKER_SOCKETS,
+    ServingBoard,
+    Supervisor,
+    WorkerEnv,
+    WorkerReporter,
+    die_with_parent,
+    worker_count,
+    worker_socket,
+)
+from shardrec.serving.tls import client_context
 
 PROG = "shardrec-router"
 
@@ -96,6 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
         "environment, SHARDREC_ROUTER_SHARD_TOKEN, not the command line).",
     )
     parser.add_argument(
+        RouterFlags.SHARD_TOKEN_FILE,
+        default=_env(RouterFlags.SHARD_TOKEN_FILE),
+        help="File whose first line is the token to send to shards, re-read when it changes (a "
+        "mounted Secret, rotated by the operator); instead of --shard-token.",
+    )
+    parser.add_argument(
+        RouterFlags.SHARD_CA,
+        default=_env(RouterFlags.SHARD_CA),
+        help="PEM CA that shard certificates must chain to; needed for https:// shard URLs.",
+    )
+    parser.add_argument(
+        RouterFlags.SHARD_TLS_NAME,
+        default=_env(RouterFlags.SHARD_TLS_NAME),
+        help="Name shard certificates must hold (default: each shard URL's host). The operator "
+        "sets one name per cluster, since the CA is the cluster's own.",
+    )
+    parser.add_argument(
         RouterFlags.BATCHES_IN_FLIGHT_PER_REPLICA,
         type=int,
         default=int(
@@ -108,6 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env(RouterFlags.LOOP) or "auto",
         choices=["auto", "uvloop", "asyncio"],
         help="Event loop (auto: uvloop when installed).",
+    )
+    parser.add_argument(
+        RouterFlags.WORKERS,
+        type=int,
+        default=int(_env(RouterFlags.WORKERS) or 0) or None,
+        help="Worker processes serving the port (default: the CPUs this process may use, its "
+        "cgroup CPU quota included); docs/router.md#workers.",
+    )
+    parser.add_argument(
+        RouterFlags.WORKER_SOCKETS,
+        default=_env(RouterFlags.WORKER_SOCKETS) or "reuseport",
+        choices=list(WORKER_SOCKETS),
+        help="How workers share the port: a SO_REUSEPORT socket each (default), or one shared socket.",
+    )
+    parser.add_argument(
+        RouterFlags.ZONE,
+        default=_env(RouterFlags.ZONE) or None,
+        help="This router's zone (on Kubernetes from the pod's topology.kubernetes.io/zone label): "
+        "replicas the topology places in it are preferred.",
     )
     parser.add_argument(
         RouterFlags.LOG_LEVEL,
@@ -161,15 +211,56 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RouterSettings, Topolo
         )
     tuning = Tuning(max_batches_in_flight_per_replica=args.batches_in_flight_per_replica)
     settings = RouterSettings(
-        config=config, api_keys=keys, tuning=tuning, shard_token=args.shard_token or None
+        config=config,
+        api_keys=keys,
+        tuning=tuning,
+        shard_token=_shard_token(args),
+        shard_tls=_shard_tls(args),
+        shard_tls_name=args.shard_tls_name or None,
+        zone=args.zone or None,
     )
     return settings, source, port
+
+
+def _shard_token(args: argparse.Namespace) -> str | TokenFile | None:
+    if args.shard_token and args.shard_token_file:
+        raise UsageError("--shard-token and --shard-token-file are exclusive")
+    if args.shard_token_file:
+        try:
+            return TokenFile(Path(args.shard_token_file))
+        except TokenFileError as exc:
+            raise UsageError(f"--shard-token-file: {exc}") from None
+    return str(args.shard_token) if args.shard_token else None
+
+
+def _shard_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not args.shard_ca:
+        return None
+    try:
+        return client_context(Path(args.shard_ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"--shard-ca: cannot load {args.shard_ca}: {exc}") from None
 
 
 def _loop(choice: str) -> str:
     if choice != "auto":
         return choice
     return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> str:
+    return f"{PROG}: error: --host/--port: cannot listen on {host}:{port}: {exc}"
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted sockets inherit it: a response written as headers + body must not wait for the
+    # client's delayed ACK (40 ms per keep-alive request otherwise, seen with the asyncio loop).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    return sock
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,21 +271,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    if args.workers is not None and args.workers < 1:
+        print(f"{PROG}: error: --workers: must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    worker = WorkerEnv.from_environ()
+    workers = worker_count(args.workers, usable_cpus())
+    if worker is None and workers > 1:
+        try:
+            supervisor = Supervisor(
+                sys.argv[1:] if argv is None else list(argv),
+                host=args.host,
+                port=port,
+                count=workers,
+                sockets=args.worker_sockets,
+                backlog=LISTEN_BACKLOG,
+                prog=PROG,
+            )
+        except OSError as exc:
+            print(
+                f"{PROG}: error: --host/--port: cannot listen on {args.host}:{port}: {exc}", file=sys.stderr
+            )
+            return 1
+        return supervisor.run()
+    served: ServingReporter | None = reporter
+    if worker is not None:
+        die_with_parent(worker.parent)
+        served = WorkerReporter(ServingBoard(worker.run_dir, worker.index, worker.count), inner=reporter)
     import uvicorn
 
     from shardrec.serving.router.app import create_app
 
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted sockets inherit it: a response written as headers + body must not wait for the
-    # client's delayed ACK (40 ms per keep-alive request otherwise, seen with the asyncio loop).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        sock.bind((args.host, port))
+        sock = (
+            _listening_socket(args.host, port) if worker is None else worker_socket(worker, args.host, port)
+        )
     except OSError as exc:
         print(f"{PROG}: error: --host/--port: cannot listen on {args.host}:{port}: {exc}", file=sys.stderr)
         return 1
@@ -202,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sock.listen(LISTEN_BACKLOG)
     # `--port 0` picks a free port; this first stdout line says which (tests and the local runtime).
     print(f"{PROG} listening on http://{args.host}:{sock.getsockname()[1]}", flush=True)
-    app = create_app(settings, source, reporter=reporter)
+    app = create_app(settings, source, reporter=served)
     config = uvicorn.Config(
         app,
         loop=_loop(args.loop),

@@ -16,21 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from shardrec.api.topology import LayoutTopology, RouterServing, Topology
 from shardrec.serving.index.users import UserTable
+from shardrec.serving.router.canary import CanaryRouter
 from shardrec.serving.router.config import RouterSettings
 from shardrec.serving.router.dispatch import DispatchPolicy, ShardChannel
 from shardrec.serving.router.hedging import HedgeBudget
-from shardrec.serving.router.metrics import RouterMetrics
+from shardrec.serving.router.metrics import MULTIPROCESS_ENV, RouterMetrics
 from shardrec.serving.router.replicas import EjectionPolicy, Replica
 from shardrec.serving.router.shard_protocol import ErrorKinds, ShardClientLike
 from shardrec.serving.router.snapshot import Snapshot
-from shardrec.serving.storage.layouts import load_artifact_users
+from shardrec.serving.storage.layouts import forget_artifact_users, load_artifact_users
 
 log = logging.getLogger("shardrec.router")
 
@@ -38,6 +41,8 @@ log = logging.getLogger("shardrec.router")
 ClientFactory = Callable[[str], ShardClientLike]
 UserTableLoader = Callable[[str], UserTable]
 """Loads the user table of a topology's `artifact_dir`: a folder or an s3:// layout URL."""
+UserTableForgetter = Callable[[str], object]
+"""Removes what loading an `artifact_dir` left on this router's disk (its cached s3:// copy)."""
 ServingListener = Callable[[RouterServing], Awaitable[None]]
 
 
@@ -50,6 +55,7 @@ class ManagerDeps:
     client_factory: ClientFactory
     errors: ErrorKinds
     load_users: UserTableLoader = load_artifact_users
+    forget_users: UserTableForgetter = forget_artifact_users
 
 
 class TopologyManager:
@@ -67,6 +73,7 @@ class TopologyManager:
         self._listeners: list[ServingListener] = []
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        self._loaded: list[str] = []  # artifact dirs this router loaded (or tried to), oldest first
         spec = settings.config.router
         self._policy = DispatchPolicy(
             max_retries=spec.max_retries,
@@ -78,6 +85,10 @@ class TopologyManager:
         self._budget_percent = spec.hedging.budget_percent
         self._ejection = EjectionPolicy()
         self._rng = random.Random()
+        self.after_probe: Callable[[ShardChannel], Coroutine[Any, Any, None]] | None = None
+        """Called per shard after each probe round (the item writer's catch-up), in the background."""
+        self._catching_up: set[asyncio.Task[None]] = set()
+        self.canary = CanaryRouter(metrics)
 
     # --- applying topologies ---------------------------------------------------------------------
 
@@ -96,6 +107,7 @@ class TopologyManager:
             prepared=prepared.layout if prepared is not None else None,
             error=self.last_error[:1024],
             switched_at=self.switched_at,
+            canary=self.canary.report(),
         )
 
     async def apply(self, topology: Topology) -> None:
@@ -114,8 +126,28 @@ class TopologyManager:
                 raise
             self.revision, self.epoch = topology.revision, topology.epoch
             self.last_error = staging_error
+            # Canary traffic only to a candidate this router holds prepared.
+            prepared = self.prepared
+            route = topology.canary
+            held = route is not None and prepared is not None and prepared.layout == route.layout
+            self.canary.apply(route if held else None)
             self.metrics.topology_updates.labels("applied").inc()
+            await self._forget_unused()
         await self._notify()
+
+    async def _forget_unused(self) -> None:
+        """Remove the on-disk copies of user tables this router loaded for layouts that are neither
+        active nor staged now (a router fetches every s3:// layout's table into its cache folder;
+        without this, every daily version stays on the pod's volume). Under the apply lock, so no load
+        runs meanwhile; a failure is logged and retried after the next applied document."""
+        keep = {snapshot.topology.artifact_dir for snapshot in (self.current, self.prepared) if snapshot}
+        for artifact_dir in [a for a in self._loaded if a not in keep]:
+            try:
+                await asyncio.to_thread(self.deps.forget_users, artifact_dir)
+            except Exception:
+                log.warning("cannot remove the cached user table of %s", artifact_dir, exc_info=True)
+                continue
+            self._loaded.remove(artifact_dir)
 
     async def _notify(self) -> None:
         report = self.serving()
@@ -170,6 +202,8 @@ class TopologyManager:
     async def _load(self, active: LayoutTopology) -> Snapshot:
         """A snapshot of `active`: its user table loaded and checked, its shard channels built."""
         started = time.perf_counter()
+        if active.artifact_dir not in self._loaded:
+            self._loaded.append(active.artifact_dir)
         try:
             users = await asyncio.to_thread(self.deps.load_users, active.artifact_dir)
         except Exception as exc:  # any load failure keeps the old layout serving
@@ -189,7 +223,7 @@ class TopologyManager:
     def _build(self, active: LayoutTopology, users: UserTable) -> Snapshot:
         channels = []
         for entry in sorted(active.endpoints, key=lambda e: e.shard):
-            replicas = [self._replica(endpoint.name, endpoint.url) for endpoint in entry.replicas]
+            replicas = [self._replica(e.name, e.url, e.zone) for e in entry.replicas]
             channels.append(
                 ShardChannel(
                     shard=entry.shard,
@@ -204,10 +238,12 @@ class TopologyManager:
                 )
             )
             channels[-1].ef_search = active.ef_search or 0
+            channels[-1].zone = self.settings.zone
         return Snapshot(topology=active, users=users, channels=channels)
 
-    def _replica(self, name: str, url: str) -> Replica[ShardClientLike]:
-        return Replica(name=name, url=url, client=self.deps.client_factory(url), policy=self._ejection)
+    def _replica(self, name: str, url: str, zone: str | None) -> Replica[ShardClientLike]:
+        client = self.deps.client_factory(url)
+        return Replica(name=name, url=url, client=client, policy=self._ejection, zone=zone)
 
     def _update_endpoints(self, snapshot: Snapshot, active: LayoutTopology, *, publish: bool = True) -> None:
         removed: list[Replica[ShardClientLike]] = []
@@ -216,10 +252,12 @@ class TopologyManager:
             existing: dict[tuple[str, str], Replica[ShardClientLike]] = {
                 (r.name, r.url): r for r in channel.replicas
             }
-            wanted = [
-                existing.pop((e.name, e.url)) if (e.name, e.url) in existing else self._replica(e.name, e.url)
-                for e in entry.replicas
-            ]
+            wanted = []
+            for e in entry.replicas:
+                kept = existing.pop((e.name, e.url), None)
+                if kept is not None:
+                    kept.zone = e.zone  # a rescheduled pod keeps its name and may change zone
+                wanted.append(kept if kept is not None else self._replica(e.name, e.url, e.zone))
             channel.replicas = wanted  # one assignment: a retry sees the old list or the new one
             channel.ef_search = active.ef_search or 0  # efSearch applies live, to later batches
             removed.extend(existing.values())
@@ -235,7 +273,11 @@ class TopologyManager:
             new.order_header = f"{new.order[0]}.{new.order[1]}".encode()
         old, self.current = self.current, new
         self.switched_at = time.time()
-        self.metrics.active_version.clear()
+        if old is not None:
+            # Zero first: with several workers the value lives in a file clear() does not reach.
+            self.metrics.active_version.labels(old.layout, old.version).set(0)
+        if not os.environ.get(MULTIPROCESS_ENV):  # (prometheus_client cannot clear files)
+            self.metrics.active_version.clear()
         if new is not None:
             self.metrics.active_version.labels(new.layout, new.version).set(1)
             self._publish_live(new)
@@ -286,9 +328,25 @@ class TopologyManager:
         for (channel, replica), ready in zip(replicas, results, strict=True):
             if replica.probed(ready, now):
                 self.metrics.ejections.labels(str(channel.shard), replica.name).inc()
+            if ready:
+                _note_applied(replica)
         self._publish_live(snapshot)
+        self._publish_write_lag(snapshot)
+        if self.after_probe is not None and not self._catching_up:
+            for channel in snapshot.channels:
+                task = asyncio.get_running_loop().create_task(self.after_probe(channel))
+                self._catching_up.add(task)
+                task.add_done_callback(self._catching_up.discard)
+
+    def _publish_write_lag(self, snapshot: Snapshot) -> None:
+        for channel in snapshot.channels:
+            newest = max((r.applied_sequence for r in channel.replicas), default=0)
+            for replica in channel.replicas:
+                lag = newest - replica.applied_sequence
+                self.metrics.write_lag.labels(str(channel.shard), replica.name).set(lag)
 
     async def close(self) -> None:
+        await self.canary.close()
         prepared, self.prepared = self.prepared, None
         if prepared is not None:
             for client in prepared.clients():
@@ -301,6 +359,23 @@ class TopologyManager:
                 await client.close()
         for task in list(self._retiring):
             await task
+        for catching_up in list(self._catching_up):
+            catching_up.cancel()
+
+
+def _note_applied(replica: Replica[ShardClientLike]) -> None:
+    """Take the applied write sequence the replica's /readyz reported. A probe answered before a
+    write but read after it must not lower what the write's acknowledgement taught (the highest
+    wins), unless the process restarted (a new instance): then its report is the truth, lower or not."""
+    applied = getattr(replica.client, "applied_sequence", None)
+    if not isinstance(applied, int):
+        return
+    instance = getattr(replica.client, "instance", None)
+    if instance != replica.instance:
+        replica.instance = instance
+        replica.applied_sequence = applied
+    else:
+        replica.applied_sequence = max(replica.applied_sequence, applied)
 
 
 async def _ready(client: ShardClientLike, timeout_s: float) -> bool:

@@ -2,11 +2,25 @@
 
 Labels stay low-cardinality: route, status code, shard number, replica name, version. Never user or
 item ids.
+
+With several worker processes (`router/workers.py`) prometheus_client runs in multiprocess mode
+(PROMETHEUS_MULTIPROC_DIR, set by the supervisor before the worker imports it): each worker writes
+its values to its own mmap file and `render()` sums them, so /metrics answered by any worker gives
+the pod's totals. Counters and histograms add up; each gauge says how workers combine
+(`multiprocess_mode`, ignored in a single process): in-flight requests and cache bytes/entries are
+the live workers' sum, per-shard live replicas, the active version and the canary step and weight
+each worker's maximum, the canary overlap the lowest worker's (so its alert fires if any worker's
+share of the traffic looks wrong).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -63,6 +77,13 @@ class RouterMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
             registry=registry,
         )
+        self.shard_requests_by_zone = Counter(
+            "shardrec_router_shard_requests_by_zone_total",
+            "Shard requests (attempts, hedges included) by shard and zone locality: same (the "
+            "replica is in the router's zone), other (cross-zone), unknown (a zone not known).",
+            ["shard", "locality"],
+            registry=registry,
+        )
         self.retries = Counter(
             "shardrec_router_retries_total",
             "Shard requests retried on another replica.",
@@ -93,11 +114,25 @@ class RouterMetrics:
             ["shard", "reason"],
             registry=registry,
         )
+        self.write_lag = Gauge(
+            "shardrec_router_replica_write_lag",
+            "Write-log records a replica of the active layout has not applied yet: the shard's "
+            "highest applied sequence (its leader's) minus the replica's, as last probed.",
+            ["shard", "replica"],
+            registry=registry,
+        )
+        self.writes = Counter(
+            "shardrec_router_writes_total",
+            "Item writes by operation and result (acknowledged, rejected, unavailable, not_acknowledged).",
+            ["op", "result"],
+            registry=registry,
+        )
         self.live_replicas = Gauge(
             "shardrec_router_live_replicas",
             "Replicas in rotation per shard of the active layout.",
             ["shard"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.partial_answers = Counter(
             "shardrec_router_partial_answers_total",
@@ -118,12 +153,14 @@ class RouterMetrics:
             "shardrec_router_in_flight_requests",
             "Requests being served now.",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.active_version = Gauge(
             "shardrec_router_active_version_info",
             "1 for the layout and index version the router serves.",
             ["layout", "version"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.topology_switches = Counter(
             "shardrec_router_topology_switches_total",
@@ -156,11 +193,13 @@ class RouterMetrics:
             "shardrec_router_cache_bytes",
             "Bytes the result cache holds (payloads, keys and per-entry overhead).",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.cache_entries = Gauge(
             "shardrec_router_cache_entries",
             "Answers the result cache holds (fresh or kept for stale fallback answers).",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.cache_evictions = Counter(
             "shardrec_router_cache_evictions_total",
@@ -174,3 +213,62 @@ class RouterMetrics:
             ["reason", "source"],
             registry=registry,
         )
+        self.canary_step = Gauge(
+            "shardrec_router_canary_step",
+            "Canary step (0-based) the router applies to the candidate layout; absent without a canary.",
+            ["layout"],
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.canary_weight = Gauge(
+            "shardrec_router_canary_weight_percent",
+            "Percent of users the candidate layout answers (0 in a shadow step).",
+            ["layout"],
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.canary_requests = Counter(
+            "shardrec_router_canary_requests_total",
+            "/v1/recommend requests measured during a canary, by the layout that answered (candidate, "
+            "including mirrored ones, or active).",
+            ["target"],
+            registry=registry,
+        )
+        self.canary_errors = Counter(
+            "shardrec_router_canary_errors_total",
+            "Canary-measured requests that failed (5xx), by target; a failed candidate answer is "
+            "answered again by the active layout.",
+            ["target"],
+            registry=registry,
+        )
+        self.canary_compared = Counter(
+            "shardrec_router_canary_compared_total",
+            "Candidate and active answers to the same query compared.",
+            registry=registry,
+        )
+        self.canary_overlap = Gauge(
+            "shardrec_router_canary_overlap_at10",
+            "Mean top-10 overlap of the candidate's answers with the active's in the current step.",
+            ["layout"],
+            multiprocess_mode="livemin",
+            registry=registry,
+        )
+        self.canary_unknown_users = Counter(
+            "shardrec_router_canary_unknown_users_total",
+            "Canary user queries the candidate had no embedding for (answered by the active layout).",
+            registry=registry,
+        )
+        self.canary_shadow_dropped = Counter(
+            "shardrec_router_canary_shadow_dropped_total",
+            "Mirrored canary requests dropped because max in-flight mirrored requests were running.",
+            registry=registry,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition: this process's registry, or every worker's summed (multiprocess)."""
+        directory = os.environ.get(MULTIPROCESS_ENV)
+        if not directory:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)

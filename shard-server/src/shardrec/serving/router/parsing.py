@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +41,8 @@ class RecommendQuery:
     k: int
     exclude: list[str]
     exclude_seen: bool
+    # User fold-in: (item id, weight or None for the layout's default), with or without user_id.
+    recent: list[tuple[str, float | None]] | None = None
 
 
 @dataclass(slots=True)
@@ -133,7 +135,14 @@ def check_dimension(vector: Vector, dimension: int, where: str = "vector") -> No
 
 def _query(request: RecommendRequest) -> RecommendQuery:
     vector = None if request.vector is None else np.array(request.vector, dtype=np.float32)
-    return RecommendQuery(request.user_id, vector, request.k, request.exclude or [], request.exclude_seen)
+    recent = (
+        None
+        if request.recent_items is None
+        else [(item.item_id, item.weight) for item in request.recent_items]
+    )
+    return RecommendQuery(
+        request.user_id, vector, request.k, request.exclude or [], request.exclude_seen, recent
+    )
 
 
 # --- errors: pydantic's error list -> one message naming the field ----------------------------------
@@ -147,7 +156,10 @@ def _message(error: ErrorDetails, limits: Limits) -> str:
     in_list = bool(loc) and isinstance(loc[-1], int)
     if kind == "exactly_one":
         where = f"{field}." if field else ""
-        return f"{where}user_id / {where}vector: give exactly one of them"
+        return (
+            f"{where}user_id / {where}vector: give exactly one of them "
+            f"({where}recent_items may come alone or with user_id, never with vector)"
+        )
     if kind in {"model_type", "model_attributes_type", "dict_type"}:
         return (
             f"{field}: must be a JSON object, got {_kind(value)}"
@@ -184,6 +196,16 @@ def _message(error: ErrorDetails, limits: Limits) -> str:
         if kind in {"greater_than_equal", "less_than_equal"}:
             return f"{field}: must be within 1..{limits.max_k}, got {value}"
         return f"{field}: must be an integer, got {_kind(value)}"
+    if name == "recent_items" and not in_list:
+        if kind == "too_short":
+            return f"{field}: must not be empty (null or absent: no fold-in)"
+        if kind == "too_long":
+            return f"{field}: {ctx.get('actual_length', 'too many')} items, at most {limits.max_recent_items}"
+        return f"{field}: must be a list of {{item_id, weight}} objects, got {_kind(value)}"
+    if name == "weight":
+        if kind in {"greater_than", "less_than_equal"}:
+            return f"{field}: must be greater than 0 and at most 1e6, got {value}"
+        return f"{field}: must be a number or null, got {_kind(value)}"
     if name in {"user_id", "item_id"}:
         if kind in {"string_too_short", "string_too_long"}:
             return f"{field}: must be 1..{limits.max_id_length} characters long"
@@ -206,9 +228,19 @@ def _fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
     current: Any = model
     for part in loc:
         if isinstance(part, str):
-            annotation = current.model_fields[part].annotation
-            current = getattr(annotation, "__args__", (annotation,))[0]
+            current = _model_in(current.model_fields[part].annotation)
     return sorted(current.model_fields)
+
+
+def _model_in(annotation: Any) -> Any:
+    """The model class inside a field's annotation (`list[M]`, `Annotated[list[M], ...] | None`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _non_finite(value: object) -> bool:

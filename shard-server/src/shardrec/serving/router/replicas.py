@@ -61,6 +61,11 @@ class Replica(Generic[ClientT]):
     returned_at: float = float("-inf")
     repeat_ejections: int = 0
     known_dead: bool = False  # the last probe failed and nothing answered since
+    applied_sequence: int = 0
+    """The last write-log sequence this replica is known to have applied (its /readyz, or an
+    acknowledged write); reads that must see a later write avoid it."""
+    instance: str | None = None  # the process identity its last /readyz reported
+    zone: str | None = None  # the zone of the replica's node, when the topology says it
 
     def __post_init__(self) -> None:
         if self.latency_ewma_s < 0:
@@ -134,19 +139,26 @@ def choose_replica(
     now: float,
     rng: random.Random,
     avoid: Sequence[Replica[ClientT]] = (),
+    zone: str | None = None,
 ) -> Replica[ClientT] | None:
     """Power of two choices among live replicas not in `avoid`, by `load_cost`.
 
     Falls back to ejected replicas not in `avoid` and not known dead (panic routing), and returns
     None when no replica is left: every one tried already or known dead. Two random candidates
     instead of the global minimum keep many routers from stampeding onto the same momentarily
-    idle replica.
+    idle replica. With the router's `zone` known, the candidates are first narrowed to replicas in
+    that zone when there is one among them (a fan-out to every shard stays in the zone); with none
+    there (none in the zone, or all tried, ejected or dead) the choice crosses zones.
     """
     live = [r for r in replicas if r.health == "healthy" and r not in avoid]
     if not live:
         live = [r for r in replicas if r not in avoid and not r.known_dead]
         if not live:
             return None
+    if zone is not None:
+        local = [r for r in live if r.zone == zone]
+        if local:
+            live = local
     if len(live) == 1:
         return live[0]
     first, second = rng.sample(live, 2)  # random order also breaks ties between equal costs

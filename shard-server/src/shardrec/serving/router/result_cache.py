@@ -21,7 +21,8 @@ import numpy.typing as npt
 
 CacheKey = tuple[str, str, int, bool, tuple[str, ...]]
 """(layout, subject, k, exclude_seen, sorted explicit exclusions); subject is `u:<user id>` or
-`v:<hash of the query vector>`."""
+`v:<hash of the query vector>`, followed by `|r:<hash of the recent items>` for a fold-in query
+(`recent_items`, with or without a user id: `r:<hash>` alone for an anonymous one)."""
 
 ENTRY_OVERHEAD_BYTES = 160
 """What an entry costs besides its key strings and payload (tuple, OrderedDict node, floats)."""
@@ -35,15 +36,24 @@ def cache_key(
     k: int,
     exclude_seen: bool,
     exclude: Sequence[str],
+    recent: Sequence[tuple[str, float | None]] | None = None,
 ) -> CacheKey:
     """The key of one query. A vector query is keyed by a hash of its float32 bytes (the parsed
-    vector, so `1` and `1.0` are the same query); the exclusions are order-free."""
+    vector, so `1` and `1.0` are the same query); the exclusions are order-free. The recent items
+    of a fold-in query are keyed as a multiset of (id, weight): their order does not change the
+    fold-in, a repeated click does."""
     if user_id is not None:
         subject = "u:" + user_id
-    else:
-        assert vector is not None
+    elif vector is not None:
         data = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
         subject = "v:" + hashlib.blake2b(data, digest_size=16).hexdigest()
+    else:
+        assert recent is not None
+        subject = ""
+    if recent is not None:
+        pairs = sorted((item, -1.0 if weight is None else float(weight)) for item, weight in recent)
+        digest = hashlib.blake2b(repr(pairs).encode(), digest_size=16).hexdigest()
+        subject = f"{subject}|r:{digest}" if subject else f"r:{digest}"
     return (layout, subject, k, exclude_seen, tuple(sorted(set(exclude))))
 
 

@@ -61,13 +61,55 @@ _NUMBER = Annotated[float, Field(ge=-MAX_COMPONENT, le=MAX_COMPONENT)]
 _ID = _identifier(DEFAULT_LIMITS)
 
 
+MAX_WEIGHT = 1e6
+"""Bound on the weight of a recent item (a rating, a dwell time, a count: anything positive)."""
+
+
+class RecentItem(_Request):
+    item_id: _ID = Field(description="An item the user interacted with lately.")  # type: ignore[valid-type]
+    weight: Annotated[float, Field(gt=0, le=MAX_WEIGHT)] | None = Field(
+        None,
+        description=(
+            "How strong the interaction was, on the scale of the training ratings (0 < weight <= 1e6); "
+            "null or absent: the layout's default weight (the mean training rating)."
+        ),
+    )
+
+
+def _recent_items(limits: Limits) -> Any:
+    item = RecentItem if limits == DEFAULT_LIMITS else _recent_item_model(limits)
+    return Annotated[list[item], Field(min_length=1, max_length=limits.max_recent_items)] | None  # type: ignore[valid-type]
+
+
+@lru_cache(maxsize=16)
+def _recent_item_model(limits: Limits) -> type[RecentItem]:
+    return create_model("RecentItem", __base__=RecentItem, item_id=(_identifier(limits), ...))
+
+
+RECENT_ITEMS_DOC = (
+    "User fold-in: the user's latest interactions, newest or not (order does not matter). The router "
+    "computes the user's vector from these items' vectors alone (implicit ALS: the closed-form fold-in; "
+    "other models: the weighted mean) and never returns them. Without user_id it serves users the "
+    "layout does not know (cold start); with a known user_id it replaces that user's stored vector "
+    "(the router has the user's seen items but not their ratings, so it cannot re-solve over the whole "
+    "history: send as much of it as matters), and exclude_seen still applies. Ids the layout does not "
+    "hold are skipped; 404 unknown_items when none of them is held and there is no known user_id to "
+    "fall back on; 409 fold_in_unavailable when the layout was built without fold-in."
+)
+
+
 class RecommendRequest(_Request):
-    # Exactly one of user_id and vector, stated in the schema too (null counts as not given).
+    # A vector, or a user_id and/or recent_items; stated in the schema too (null counts as not given).
     model_config = ConfigDict(
         json_schema_extra={
             "oneOf": [
-                {"required": ["user_id"], "properties": {"user_id": {"type": "string"}}},
                 {"required": ["vector"], "properties": {"vector": {"type": "array"}}},
+                {
+                    "anyOf": [
+                        {"required": ["user_id"], "properties": {"user_id": {"type": "string"}}},
+                        {"required": ["recent_items"], "properties": {"recent_items": {"type": "array"}}},
+                    ]
+                },
             ]
         }
     )
@@ -85,11 +127,16 @@ class RecommendRequest(_Request):
     exclude_seen: bool = Field(
         True, description="With user_id: leave out the items the user has already seen."
     )
+    recent_items: _recent_items(DEFAULT_LIMITS) = Field(  # type: ignore[valid-type]
+        None, description=RECENT_ITEMS_DOC
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RecommendRequest:
-        if (self.user_id is None) == (self.vector is None):
-            raise PydanticCustomError("exactly_one", "give exactly one of user_id and vector")
+        if (self.user_id is None and self.recent_items is None) == (self.vector is None):
+            raise PydanticCustomError(
+                "exactly_one", "give exactly one of user_id and vector (or recent_items, not with vector)"
+            )
         return self
 
 
@@ -129,6 +176,7 @@ def request_models(limits: Limits, max_batch_size: int) -> RequestModels:
         vector=(Annotated[list[_NUMBER], Field(min_length=1, max_length=limits.max_dimension)] | None, None),
         k=k,
         exclude=ids,
+        recent_items=(_recent_items(limits), Field(None, description=RECENT_ITEMS_DOC)),
     )
     batch = create_model(
         "BatchRequest",

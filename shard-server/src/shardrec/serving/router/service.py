@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from shardrec.serving.index.foldin import fold_in
 from shardrec.serving.index.partitioning import shard_of
 from shardrec.serving.router.config import RouterSettings
 from shardrec.serving.router.dispatch import Block, ShardFailedError, Vector
@@ -26,6 +27,13 @@ from shardrec.serving.router.parsing import (
 )
 from shardrec.serving.router.response import encode_batch, encode_one
 from shardrec.serving.router.snapshot import Snapshot
+from shardrec.serving.router.writes import (
+    ItemWriter,
+    check_item_id,
+    min_sequence_header,
+    parse_min_sequence,
+    parse_upsert,
+)
 
 
 @dataclass(slots=True)
@@ -67,26 +75,44 @@ class RouterService:
         self.limits = settings.limits
         self.parser = RequestParser(settings.limits, spec.max_batch_size)
         self.answers = Answers(spec, metrics, self.parser.recommend)
+        self.writer: ItemWriter | None = None  # set by the router state
 
     # --- routes ----------------------------------------------------------------------------------
 
     async def recommend(self, body: bytes, snapshot: Snapshot) -> bytes:
         request = self.parser.recommend(body)
-        if not self.answers.enabled:
-            query = self._resolve(request, snapshot, "")
-            results, partial, answered = await self._answer(snapshot, [query])
+        answers = self.answers
+        if not answers.enabled or min_sequence_header.get() is not None:
+            query = await self._resolve_folding(request, snapshot, "")
+            try:
+                results, partial, answered = await self._answer(snapshot, [query])
+            except ApiError as error:
+                popular = (
+                    answers.popular(
+                        snapshot.users, request, snapshot.version, snapshot.shards, SHARD_UNAVAILABLE
+                    )
+                    if error.code == SHARD_UNAVAILABLE
+                    else None
+                )
+                if popular is None:
+                    raise
+                return popular
             return self._encode_one(results[0], snapshot, partial, answered)
         key = key_of(snapshot.answer_scope, request)
-        hit = self.answers.lookup(key)
+        hit = answers.lookup(key)
         if hit is not None:
             return hit
-        query = self._resolve(request, snapshot, "")
+        query = await self._resolve_folding(request, snapshot, "")
         try:
             results, partial, answered = await self._answer(snapshot, [query])
         except ApiError as error:
-            fallback = (
-                self.answers.fallback(key, SHARD_UNAVAILABLE) if error.code == SHARD_UNAVAILABLE else None
-            )
+            if error.code != SHARD_UNAVAILABLE:
+                raise
+            fallback = answers.fallback(key, SHARD_UNAVAILABLE)
+            if fallback is None:
+                fallback = answers.popular(
+                    snapshot.users, request, snapshot.version, snapshot.shards, SHARD_UNAVAILABLE
+                )
             if fallback is None:
                 raise
             return fallback
@@ -102,6 +128,10 @@ class RouterService:
             check_dimension(parsed.vectors[0], snapshot.dimension, "queries[0].vector")
             count = len(parsed.ks)
             blocks = _plain_blocks(parsed, snapshot.shards)
+        elif any(q.recent is not None for q in parsed):
+            queries = await self._resolve_all(parsed, snapshot)
+            count = len(queries)
+            blocks = _prepare(queries, snapshot.shards)
         else:
             queries = [self._resolve(q, snapshot, f"queries[{i}].") for i, q in enumerate(parsed)]
             count = len(queries)
@@ -131,7 +161,105 @@ class RouterService:
         results, partial, answered = await self._answer(snapshot, [query])
         return self._encode_one(results[0], snapshot, partial, answered)
 
+    async def put_item(self, item_id: str, body: bytes, snapshot: Snapshot) -> bytes:
+        """`PUT /v1/items/{id}`: upsert the item's vector (and metadata) in its shard."""
+        check_item_id(item_id, self.limits.max_id_length)
+        op = parse_upsert(body, snapshot.dimension)
+        return await self._writer().write(snapshot, item_id, op)
+
+    async def delete_item(self, item_id: str, body: bytes, snapshot: Snapshot) -> bytes:
+        """`DELETE /v1/items/{id}`: never returned again once acknowledged (a no-op if unknown)."""
+        check_item_id(item_id, self.limits.max_id_length)
+        if body.strip():
+            raise ApiError(400, "unexpected_body", "DELETE /v1/items/{id} takes no body")
+        return await self._writer().write(snapshot, item_id, {"op": "delete"})
+
+    def _writer(self) -> ItemWriter:
+        if self.writer is None:
+            raise ApiError(501, "writes_unsupported", "this router does not take item writes")
+        return self.writer
+
     # --- steps -------------------------------------------------------------------------------------
+
+    async def _resolve_all(self, queries: list[RecommendQuery], snapshot: Snapshot) -> list[_Query]:
+        """A batch with fold-in queries: their vectors are fetched concurrently; the first failing
+        query in request order decides the error."""
+        resolved = await asyncio.gather(
+            *(self._resolve_folding(q, snapshot, f"queries[{i}].") for i, q in enumerate(queries)),
+            return_exceptions=True,
+        )
+        for outcome in resolved:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return resolved  # type: ignore[return-value]
+
+    async def _resolve_folding(self, query: RecommendQuery, snapshot: Snapshot, where: str) -> _Query:
+        """`_resolve`, after folding in `query.recent` (recent_items) when it has some: the user's
+        vector from those items' vectors (fetched from their owning shards), which are then
+        excluded from the answer. With a known user_id it replaces the stored vector, unless none
+        of the items is in the layout (then the stored vector stands); seen items are excluded as
+        for any user_id query."""
+        if query.recent is None:
+            return self._resolve(query, snapshot, where)
+        recent_ids = list(dict.fromkeys(item for item, _ in query.recent))
+        vector = await self._fold_in(query, recent_ids, snapshot, where)
+        exclude = list(dict.fromkeys([*query.exclude, *recent_ids]))
+        if vector is None:
+            return self._resolve(replace(query, exclude=exclude), snapshot, where)
+        exclusions = snapshot.exclusions(query.user_id, query.exclude_seen, exclude)
+        return _Query(vector, query.k, exclusions, exclude)
+
+    async def _fold_in(
+        self, query: RecommendQuery, recent_ids: list[str], snapshot: Snapshot, where: str
+    ) -> Vector | None:
+        assert query.recent is not None
+        model = snapshot.users.fold_in
+        if model is None:
+            raise ApiError(
+                409,
+                "fold_in_unavailable",
+                f"{where}recent_items: layout {snapshot.layout} (version {snapshot.version}) was built "
+                "without fold-in (rebuild it from embeddings with users to fold in recent items)",
+            )
+        found = await self._item_vectors(snapshot, recent_ids)
+        rows = [(found[item], weight) for item, weight in query.recent if item in found]
+        if not rows:
+            if query.user_id is not None and query.user_id in snapshot.users:
+                return None
+            raise ApiError(
+                404,
+                "unknown_items",
+                f"{where}recent_items: none of the {len(recent_ids)} items is in index version "
+                f"{snapshot.version}",
+            )
+        default = model.spec.default_weight
+        vectors = np.stack([vector for vector, _ in rows])
+        weights = np.array([default if weight is None else weight for _, weight in rows], dtype=np.float64)
+        return fold_in(model, vectors, weights)
+
+    async def _item_vectors(self, snapshot: Snapshot, item_ids: list[str]) -> dict[str, Vector]:
+        """The stored vectors of `item_ids` held by the layout, each from its owning shard (all
+        shards at once); 503 when an owning shard has no live replica, whatever the consistency
+        policy (a fold-in from some of the items would silently be another user)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        groups = [(shard, ids) for shard, ids in enumerate(snapshot.split_by_shard(item_ids)) if ids]
+        outcomes = await asyncio.gather(
+            *(snapshot.channels[shard].fetch_vectors(ids, deadline) for shard, ids in groups),
+            return_exceptions=True,
+        )
+        found: dict[str, Vector] = {}
+        failures: dict[int, str] = {}
+        for (shard, _), outcome in zip(groups, outcomes, strict=True):
+            if isinstance(outcome, ShardFailedError):
+                failures[shard] = outcome.reason
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                found.update(outcome)
+        if failures:
+            raise self._unavailable(snapshot, failures)
+        return found
 
     def _resolve(self, query: RecommendQuery, snapshot: Snapshot, where: str) -> _Query:
         if query.user_id is not None:
@@ -164,10 +292,13 @@ class RouterService:
         channels = snapshot.channels
         gather = Gather(len(blocks), len(channels), future)
         deadline = loop.time() + self.timeout_s
+        wanted = parse_min_sequence(min_sequence_header.get(), snapshot.shards)
         for index, block in enumerate(blocks):
             for shard, channel in enumerate(channels):
                 exclude = block.exclude_by_shard[shard]
-                channel.submit(Block(gather, index, block.vectors, block.k, exclude, deadline))
+                channel.submit(
+                    Block(gather, index, block.vectors, block.k, exclude, deadline, wanted.get(shard, 0))
+                )
         # This request's own deadline, whatever batches its blocks joined.
         timer = loop.call_at(deadline, gather.expire)
         try:
@@ -202,6 +333,16 @@ class RouterService:
                 "see the router's documented limits",
             )
         answered = gather.answered_shards()
+        behind = sorted(shard for shard, reason in gather.failures.items() if reason == "behind")
+        if behind:
+            # Read-your-writes asked for: a partial answer would silently drop the client's write.
+            raise ApiError(
+                503,
+                "replicas_behind",
+                f"no live replica of shard {behind[0]} has applied the writes this request must see "
+                "(its X-Shardrec-Min-Sequence, or the newest write acknowledged here) yet; retry shortly",
+                {"Retry-After": "1"},
+            )
         if self.strict or answered == 0:
             raise self._unavailable(snapshot, gather.failures)
         self.metrics.partial_answers.inc()

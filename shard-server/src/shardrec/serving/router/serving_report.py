@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 from shardrec.api.topology import ROUTER_SERVING_ANNOTATION, RouterServing
 
@@ -24,6 +24,19 @@ log = logging.getLogger("shardrec.router.report")
 
 HEARTBEAT_S = 30.0
 MAX_BACKOFF_S = 10.0
+
+
+class ServingReporter(Protocol):
+    """Where a router's `RouterServing` goes: the pod annotation, or (several workers per pod,
+    `router/workers.py`) the workers' board, whose combined report reaches the annotation."""
+
+    async def report(self, serving: RouterServing) -> None: ...
+
+    async def run(self) -> None: ...
+
+    def pod_serving(self, own: RouterServing) -> RouterServing:
+        """What the pod serves, given what this process serves (/readyz shows it)."""
+        ...
 
 
 class PodAnnotationReporter:
@@ -43,6 +56,9 @@ class PodAnnotationReporter:
         """Record the newest report; `run` delivers it (never blocks the caller on the API)."""
         self._latest = serving
         self._wake.set()
+
+    def pod_serving(self, own: RouterServing) -> RouterServing:
+        return own
 
     async def run(self) -> None:
         backoff = 0.5

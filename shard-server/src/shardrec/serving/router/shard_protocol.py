@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -66,6 +66,21 @@ class ShardClientLike(Protocol):
     async def close(self) -> None: ...
 
 
+class WriterClientLike(Protocol):
+    """The write-log calls the router makes on a replica (`ShardClient`'s lead_writes, replicate,
+    read_log, and the applied sequence its last /readyz reported)."""
+
+    applied_sequence: int | None
+
+    async def lead_writes(self, ops: Sequence[dict[str, Any]], timeout_s: float = ...) -> list[int]: ...
+
+    async def replicate(self, records: Sequence[dict[str, Any]], timeout_s: float = ...) -> int: ...
+
+    async def read_log(
+        self, after: int, limit: int = ..., timeout_s: float = ...
+    ) -> list[dict[str, Any]]: ...
+
+
 @dataclass(frozen=True)
 class ErrorKinds:
     """The shard client's exception classes (`ShardUnavailable`, `ShardRejected`), injected so this
@@ -73,3 +88,5 @@ class ErrorKinds:
 
     unavailable: type[BaseException]
     rejected: type[BaseException]
+    gap: type[BaseException] | None = None
+    """A follower's refusal of records that do not follow its applied sequence (`.applied`)."""

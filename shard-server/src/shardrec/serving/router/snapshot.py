@@ -62,7 +62,18 @@ class Snapshot:
         sent (it changes live, without a new layout). The result cache keys on it, so a cached
         answer is always one these shards would give now."""
         ef = self.channels[0].ef_search if self.channels else 0
-        return f"{self.layout}#ef{ef}"
+        return f"{self.layout}#ef{ef}#w{self.write_epoch}"
+
+    @property
+    def write_epoch(self) -> int:
+        """The sum over shards of the newest write-log sequence known applied (probes and this
+        router's own writes): it grows with every write this router learns of, so a cached answer
+        never outlives an upsert or a delete by more than a probe interval (none through this
+        router)."""
+        return sum(
+            max((replica.applied_sequence for replica in channel.replicas), default=0)
+            for channel in self.channels
+        )
 
     @property
     def version(self) -> str:

@@ -10,13 +10,13 @@ ordinary FastAPI. Every error is JSON `{"error": {"code", "message"}}`; bad inpu
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -28,7 +28,15 @@ from starlette.exceptions import HTTPException
 
 from shardrec.api.commands import SHARD_PRESTOP_PATH
 from shardrec.api.errors import describe_errors
-from shardrec.serving.shard.engine import EngineError, LoadRejectedError, NotReadyError, SearchEngine
+from shardrec.serving.credentials import StaticTokens, TokenSource, accepts
+from shardrec.serving.index.write_log import WriteLogError, WriteRecord
+from shardrec.serving.shard.engine import (
+    EngineError,
+    LoadRejectedError,
+    NotReadyError,
+    SearchEngine,
+    SequenceGapRefusedError,
+)
 from shardrec.serving.shard.metrics import ShardMetrics
 from shardrec.serving.shard.wire import (
     ANSWER_CONTENT_TYPE,
@@ -53,6 +61,10 @@ MAX_RESULTS = 1 << 18
 """Largest queries x k of one search request (binary or JSON): 256 queries at the largest k the
 router asks (1000) fit; n=4096 x k=10000 (12 s of CPU and a 410 MB answer) does not."""
 MAX_VECTOR_IDS = 4096
+WRITES_PATH = "/v1/admin/writes"
+REPLICATE_PATH = "/v1/admin/writes/replicate"
+FENCE_PATH = "/v1/admin/writes/fence"
+MAX_WRITE_OPS = 1024
 _KNOWN_ROUTES = frozenset(
     {
         "/healthz",
@@ -62,6 +74,9 @@ _KNOWN_ROUTES = frozenset(
         "/v1/search/json",
         "/v1/items/vectors",
         "/v1/admin/load",
+        WRITES_PATH,
+        REPLICATE_PATH,
+        FENCE_PATH,
         SHARD_PRESTOP_PATH,
     }
 )
@@ -69,6 +84,9 @@ PRESTOP_PATH = SHARD_PRESTOP_PATH
 DRAIN_EXPIRES_AFTER_S = 60.0
 """A drain that no SIGTERM follows ends this long after its wait (a stray call cannot keep a
 replica out of service for good)."""
+INSTANCE = uuid.uuid4().hex
+"""This process's identity in /readyz: a router that sees it change knows the replica restarted
+(and takes its applied sequence as it is, not as the highest it has seen)."""
 _ANSWER_HEADERS_BASE = [(b"content-type", ANSWER_CONTENT_TYPE.encode())]
 
 
@@ -97,6 +115,14 @@ class VectorsJson(BaseModel):
     item_ids: list[str] = Field(min_length=1, max_length=MAX_VECTOR_IDS)
 
 
+class FenceJson(BaseModel):
+    """Stop (true) or resume (false) leading new writes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fenced: bool
+
+
 class LoadJson(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -104,6 +130,48 @@ class LoadJson(BaseModel):
     shard: int | None = Field(None, ge=0, description="Shard to load; default: the one being served.")
     ef_search: int | None = Field(None, ge=1, le=100000)
     wait: bool = Field(False, description="Answer when the swap is done instead of at once (202).")
+
+
+class WriteOpJson(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    op: Literal["upsert", "delete"]
+    id: str = Field(min_length=1)
+    vector: list[float] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class LeadJson(BaseModel):
+    """Writes for this replica to number (it is the shard's sequence authority)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ops: list[WriteOpJson] = Field(min_length=1, max_length=MAX_WRITE_OPS)
+
+
+class RecordJson(WriteOpJson):
+    seq: int = Field(ge=1)
+
+
+class ReplicateJson(BaseModel):
+    """Records the leader numbered, for a follower to append and apply in order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    records: list[RecordJson] = Field(min_length=1, max_length=MAX_WRITE_OPS)
+
+
+def _records(ops: list[WriteOpJson] | list[RecordJson]) -> list[WriteRecord]:
+    return [
+        WriteRecord(
+            getattr(op, "seq", 1),
+            op.op,
+            op.id,
+            None if op.vector is None else tuple(op.vector),
+            op.metadata,
+        )
+        for op in ops
+    ]
 
 
 def _status_code(exc: HTTPException) -> str:
@@ -139,17 +207,21 @@ def build_api(
     engine: SearchEngine,
     metrics: ShardMetrics,
     default_shard: int | None,
-    admin_token: str | None,
+    admin_token: str | TokenSource | None,
     *,
     lifespan: Any = None,
     drain: Drain | None = None,
+    layout_root: Path | None = None,
 ) -> FastAPI:
-    """The FastAPI app behind the binary search route: errors, probes, JSON search, admin load."""
+    """The FastAPI app behind the binary search route: errors, probes, JSON search, admin load.
+    `layout_root`: admin loads take only layouts under it (None: any path the token holder names)."""
     api = FastAPI(title="shardrec shard server", version="1", lifespan=lifespan)
     _add_error_handlers(api)
     _add_probes(api, engine, metrics, drain or Drain())
-    _add_json_routes(api, engine, admin_token)
-    _add_admin_routes(api, engine, default_shard, admin_token)
+    tokens = StaticTokens(admin_token) if isinstance(admin_token, str) else admin_token
+    _add_json_routes(api, engine, tokens)
+    _add_admin_routes(api, engine, default_shard, tokens, layout_root)
+    _add_write_routes(api, engine, tokens)
     return api
 
 
@@ -191,7 +263,15 @@ def _add_probes(api: FastAPI, engine: SearchEngine, metrics: ShardMetrics, drain
             state = engine.load_status
             message = f"no index loaded ({state.state}{': ' + state.message if state.message else ''})"
             return _error_response(503, "not_ready", message, 1)
-        return JSONResponse({"status": "ready", "version": index.version, "layout": index.layout_name})
+        return JSONResponse(
+            {
+                "status": "ready",
+                "version": index.version,
+                "layout": index.layout_name,
+                "applied_sequence": index.applied_sequence,
+                "instance": INSTANCE,
+            }
+        )
 
     @api.get("/metrics")
     async def prometheus() -> Response:
@@ -208,7 +288,7 @@ def _add_probes(api: FastAPI, engine: SearchEngine, metrics: ShardMetrics, drain
         }
 
 
-def _add_json_routes(api: FastAPI, engine: SearchEngine, admin_token: str | None) -> None:
+def _add_json_routes(api: FastAPI, engine: SearchEngine, admin_token: TokenSource | None) -> None:
     """The JSON routes: search (for humans and tools), and item vectors by id (for the router's
     /v1/similar only: it exports raw embeddings, so it takes the admin token)."""
 
@@ -223,13 +303,13 @@ def _add_json_routes(api: FastAPI, engine: SearchEngine, admin_token: str | None
         return _item_vectors(engine, body)
 
 
-def _authorized(admin_token: str | None, request: Request) -> bool:
-    """The admin token, compared in constant time; open when the server has none (--admin-token
-    unset: both runtimes always set it)."""
+def _authorized(admin_token: TokenSource | None, request: Request) -> bool:
+    """The admin token(s), compared in constant time; open when the server has none
+    (--admin-token and --admin-token-file unset: both runtimes always set one). Two tokens are
+    accepted during a rotation (`shardrec.api.credentials`)."""
     if admin_token is None:
         return True
-    presented = request.headers.get("authorization", "")
-    return hmac.compare_digest(presented.encode(), f"Bearer {admin_token}".encode())
+    return accepts(admin_token.tokens(), request.headers.get("authorization", ""))
 
 
 def _unauthorized() -> JSONResponse:
@@ -284,7 +364,11 @@ def _item_vectors(engine: SearchEngine, body: VectorsJson) -> Any:
 
 
 def _add_admin_routes(
-    api: FastAPI, engine: SearchEngine, default_shard: int | None, admin_token: str | None
+    api: FastAPI,
+    engine: SearchEngine,
+    default_shard: int | None,
+    admin_token: TokenSource | None,
+    layout_root: Path | None,
 ) -> None:
     """GET /v1/admin/load (where a load is) and POST /v1/admin/load (swap in another index)."""
 
@@ -298,7 +382,74 @@ def _add_admin_routes(
     async def load(body: LoadJson, request: Request) -> Any:
         if not _authorized(admin_token, request):
             return _unauthorized()
+        if layout_root is not None and not _is_under(Path(body.layout_dir), layout_root):
+            return _error_response(
+                403,
+                "layout_outside_store",
+                f"{body.layout_dir} is not under this shard's layout root {layout_root}: a shard loads "
+                "only layouts of its cluster's store",
+            )
         return await _load(engine, body, default_shard)
+
+
+def _add_write_routes(api: FastAPI, engine: SearchEngine, admin_token: TokenSource | None) -> None:
+    """The write log, behind the admin token: lead (number, append, apply), replicate (append and
+    apply numbered records) and read (records after a sequence, for a lagging replica)."""
+
+    @api.post(WRITES_PATH)
+    async def lead(body: LeadJson, request: Request) -> Any:
+        if not _authorized(admin_token, request):
+            return _unauthorized()
+        try:
+            ops = _records(body.ops)
+        except WriteLogError as exc:
+            return _error_response(400, "bad_write", str(exc))
+        sequences = await engine.lead_writes(ops)
+        return {"sequences": sequences, "applied_sequence": engine.applied_sequence()}
+
+    @api.post(REPLICATE_PATH)
+    async def replicate(body: ReplicateJson, request: Request) -> Any:
+        if not _authorized(admin_token, request):
+            return _unauthorized()
+        try:
+            records = _records(body.records)
+        except WriteLogError as exc:
+            return _error_response(400, "bad_write", str(exc))
+        try:
+            applied = await engine.replicate_writes(records)
+        except SequenceGapRefusedError as exc:
+            answer = error_body(exc.code, str(exc))
+            return JSONResponse({**answer, "applied_sequence": exc.applied}, status_code=409)
+        return {"applied": applied, "applied_sequence": engine.applied_sequence()}
+
+    @api.post(FENCE_PATH)
+    async def fence(body: FenceJson, request: Request) -> Any:
+        """Before a newer layout takes over: no new writes, and the last sequence logged, so the
+        runtime can carry everything up to it over before the switch (tools/local/carry.py)."""
+        if not _authorized(admin_token, request):
+            return _unauthorized()
+        last = await engine.fence_writes(body.fenced)
+        return {"fenced": engine.writes_fenced, "last_sequence": last}
+
+    @api.get(WRITES_PATH)
+    async def read_log(request: Request, after: int = 0, limit: int = MAX_WRITE_OPS) -> Any:
+        if not _authorized(admin_token, request):
+            return _unauthorized()
+        index = engine.current
+        if index is None:
+            raise NotReadyError("no index loaded yet")
+        log = engine.write_log(index.layout.shards, index.shard)
+        records = log.since(max(after, 0), limit=min(max(limit, 1), MAX_WRITE_OPS))
+        return {
+            "shard": index.shard,
+            "last_sequence": log.last_sequence,
+            "records": [record.as_dict() for record in records],
+        }
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    """Whether `path`, with '..' and symlinks resolved, lies under `root` (resolved too)."""
+    return path.resolve().is_relative_to(root.resolve())
 
 
 async def _load(engine: SearchEngine, body: LoadJson, default_shard: int | None) -> Any:

@@ -7,6 +7,7 @@ fixed-width ids and float32 scores out, over pooled keep-alive HTTP/1.1 connecti
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,10 +15,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from shardrec.serving.credentials import TokenFile
 from shardrec.serving.shard.http1 import ConnectionPool, HttpError
 from shardrec.serving.shard.wire import REQUEST_CONTENT_TYPE, WireError, decode_answer, encode_request
 
 Floats = npt.NDArray[np.float32]
+REPLICATE_PATH = "/v1/admin/writes/replicate"
 
 
 class ShardError(Exception):
@@ -31,6 +34,14 @@ class ShardError(Exception):
 
 class ShardUnavailable(ShardError):  # noqa: N818 - the router names these kinds (router/shard_protocol.py)
     """Connection refused/reset, timeout, 5xx (not ready, overloaded, deadline): try another replica."""
+
+
+class SequenceGap(ShardError):  # noqa: N818 - the router names these kinds (router/shard_protocol.py)
+    """A follower refused records that do not follow its last applied one."""
+
+    def __init__(self, applied: int) -> None:
+        super().__init__(f"replica has applied up to {applied}", status=409, code="sequence_gap")
+        self.applied = applied
 
 
 class ShardRejected(ShardError):  # noqa: N818 - the router names these kinds (router/shard_protocol.py)
@@ -90,17 +101,28 @@ class ShardClient:
         *,
         max_connections: int = 64,
         connect_timeout_s: float = 1.0,
-        token: str | None = None,
+        token: str | TokenFile | None = None,
+        tls: ssl.SSLContext | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
-        """`token`: the shard's admin token, sent on every request (needed by /v1/items/vectors)."""
+        """`token`: the shard's admin token, sent on every request (needed by /v1/items/vectors);
+        a `TokenFile` is re-read when it changes (a rotated Secret). `tls`: the context that
+        verifies the shard's certificate (`https://` URLs; `serving.tls.client_context`)."""
         self.base_url = base_url.rstrip("/")
+        bearer = (lambda: token) if isinstance(token, str) else token.first if token is not None else None
         self._pool = ConnectionPool(
             self.base_url,
             max_connections=max_connections,
             connect_timeout_s=connect_timeout_s,
-            extra_headers={"Authorization": f"Bearer {token}"} if token else None,
+            bearer=bearer,
+            tls=tls,
+            tls_server_name=tls_server_name,
         )
         self.outstanding = 0  # requests in flight: the router's replica choice can read it
+        self.applied_sequence: int | None = None
+        """The write-log sequence the replica's last /readyz said it applied (None: not known)."""
+        self.instance: str | None = None
+        """The process identity of the replica's last /readyz (changes when it restarts)."""
 
     async def _call(
         self, method: str, path: str, body: bytes, content_type: str | None, timeout_s: float
@@ -162,12 +184,63 @@ class ShardClient:
         return result
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
-        """True when the replica answers /readyz with 200 (index loaded and warmed)."""
+        """True when the replica answers /readyz with 200 (index loaded and warmed); notes the
+        write-log sequence it says it applied in `applied_sequence`."""
         try:
-            await self._call("GET", "/readyz", b"", None, timeout_s)
+            body = await self._call("GET", "/readyz", b"", None, timeout_s)
         except ShardError:
             return False
+        try:
+            data = json.loads(body)
+            applied, instance = data.get("applied_sequence"), data.get("instance")
+        except (ValueError, AttributeError):
+            applied = instance = None
+        self.applied_sequence = applied if isinstance(applied, int) else None
+        self.instance = instance if isinstance(instance, str) else None
         return True
+
+    # --- the write log (admin token) ------------------------------------------------------------
+
+    async def lead_writes(self, ops: Sequence[dict[str, Any]], timeout_s: float = 5.0) -> list[int]:
+        """Have this replica number, log and apply `ops` (it is the shard's sequence authority)."""
+        body = json.dumps({"ops": list(ops)}).encode()
+        data = json.loads(await self._call("POST", "/v1/admin/writes", body, "application/json", timeout_s))
+        return [int(seq) for seq in data["sequences"]]
+
+    async def replicate(self, records: Sequence[dict[str, Any]], timeout_s: float = 5.0) -> int:
+        """Append and apply numbered records; the sequence the replica applied after them.
+        A replica missing earlier records answers 409 `sequence_gap` (ShardRejected) with its
+        applied sequence in `SequenceGap.applied`."""
+        body = json.dumps({"records": list(records)}).encode()
+        self.outstanding += 1
+        try:
+            status, answer = await self._pool.request(
+                "POST", REPLICATE_PATH, body, timeout_s=timeout_s, content_type="application/json"
+            )
+        except TimeoutError as exc:
+            raise ShardUnavailable(f"{self.base_url}: replicate: no answer within {timeout_s:.3f}s") from exc
+        except (HttpError, OSError) as exc:
+            raise ShardUnavailable(f"{self.base_url}: replicate: {exc}") from exc
+        finally:
+            self.outstanding -= 1
+        if status == 409:
+            try:
+                applied = int(json.loads(answer)["applied_sequence"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ShardUnavailable(f"{self.base_url}: replicate: malformed 409") from exc
+            raise SequenceGap(applied)
+        if status != 200:
+            code, message = _error_of(status, answer)
+            kind = ShardRejected if 400 <= status < 500 else ShardUnavailable
+            raise kind(f"{self.base_url}: replicate: {status} {code}: {message}", status=status, code=code)
+        return int(json.loads(answer)["applied_sequence"])
+
+    async def read_log(self, after: int, limit: int = 1024, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        """The replica's log records after sequence `after` (at most `limit`)."""
+        path = f"/v1/admin/writes?after={int(after)}&limit={int(limit)}"
+        data = json.loads(await self._call("GET", path, b"", None, timeout_s))
+        records: list[dict[str, Any]] = data["records"]
+        return records
 
     async def close(self) -> None:
         self._pool.close()

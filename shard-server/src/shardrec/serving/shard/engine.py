@@ -28,7 +28,15 @@ import numpy.typing as npt
 from shardrec.api.commands import DEFAULT_EF_SEARCH
 from shardrec.serving.cpus import usable_cpus
 from shardrec.serving.index.layout import LayoutError
+from shardrec.serving.index.partitioning import shard_of
 from shardrec.serving.index.shard_index import NO_LABEL, Expectation, ShardIndex
+from shardrec.serving.index.write_log import (
+    SequenceGapError,
+    WriteLog,
+    WriteLogError,
+    WriteRecord,
+    log_path,
+)
 from shardrec.serving.shard.metrics import ShardMetrics
 from shardrec.serving.shard.wire import encode_answer
 
@@ -50,6 +58,31 @@ class OverloadedError(EngineError):
 
 class DeadlineExceededError(EngineError):
     code = "deadline_exceeded"
+
+
+class WriteRejectedError(EngineError):
+    """A write that does not fit this shard (dimension, owner, sequence)."""
+
+    code = "write_rejected"
+    status = 400
+
+
+class SequenceGapRefusedError(EngineError):
+    """A replicated record does not follow the last applied one: the sender must send the gap."""
+
+    code = "sequence_gap"
+    status = 409
+
+    def __init__(self, applied: int, got: int) -> None:
+        super().__init__(f"sequence {got} does not follow the applied {applied}")
+        self.applied = applied
+
+
+class WritesFencedError(EngineError):
+    """This replica was told to take no new writes (its layout is being replaced): retry, the
+    router will send the write to the new layout once it switched."""
+
+    code = "writes_fenced"
 
 
 class LoadRejectedError(EngineError):
@@ -104,6 +137,8 @@ class EngineSettings:
     max_pending_queries: int = 16384
     max_wait_s: float = 0.0
     ef_search: int = DEFAULT_EF_SEARCH
+    write_log_dir: Path | None = None
+    """Where this replica keeps its write logs (one per shard count and shard); None: no writes."""
 
 
 class SearchEngine:
@@ -119,7 +154,13 @@ class SearchEngine:
         self._timed = False  # uvloop's timer handles are not asyncio.TimerHandle: track it here
         self._searchers = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="search")
         self._load_lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused = 0
+        self._quiet = asyncio.Event()
+        self._logs: dict[tuple[int, int], WriteLog] = {}
+        self.writes_fenced = False
+        """Refuse to lead new writes (in memory: a restart takes writes again)."""
 
     # --- searching --------------------------------------------------------------------------
 
@@ -198,7 +239,7 @@ class SearchEngine:
         self._scheduled = None
         loop = self._loop
         assert loop is not None
-        while self._idle and self._pending:
+        while self._idle and self._pending and not self._paused:
             index = self.current
             ef_search = self._pending[0].ef_search
             if index is not None and (ef_search or index.default_ef_search) != index.ef_search:
@@ -224,6 +265,8 @@ class SearchEngine:
 
     def _finish(self, batch: list[_Pending], job: Future[list[Any]]) -> None:
         self._idle += 1
+        if self._idle == self.settings.search_threads:
+            self._quiet.set()
         error: BaseException | None = (
             NotReadyError("the server is shutting down") if job.cancelled() else job.exception()
         )
@@ -297,6 +340,120 @@ class SearchEngine:
         metrics.items_returned.inc(returned)
         return answers
 
+    # --- writes -------------------------------------------------------------------------------
+
+    def write_log(self, shards: int, shard: int) -> WriteLog:
+        """This replica's log of `shard` of a `shards`-shard partitioning (opened once; a torn tail
+        is cut on open). The log outlives layouts: a new version with the same shard count replays
+        it from its base sequence."""
+        if self.settings.write_log_dir is None:
+            raise WriteRejectedError("this shard server keeps no write log (--write-log-dir unset)")
+        key = (shards, shard)
+        log = self._logs.get(key)
+        if log is None:
+            path = log_path(self.settings.write_log_dir, shards, shard)
+            try:
+                log = WriteLog(path)
+            except WriteLogError as exc:
+                raise EngineError(f"write log unusable: {exc}") from exc
+            self._logs[key] = log
+        return log
+
+    async def _exclusive(self) -> None:
+        """Stop dispatching searches and wait until none runs (hnswlib writes and resizes must not
+        run beside knn_query). The caller resumes with `_resume`."""
+        self._paused += 1
+        while self._idle < self.settings.search_threads:
+            self._quiet.clear()
+            await self._quiet.wait()
+
+    def _resume(self) -> None:
+        self._paused -= 1
+        if self._loop is not None:
+            self._kick()
+
+    def _apply(self, index: ShardIndex, log: WriteLog) -> int:
+        """Bring `index` up to the end of `log` (on the loop thread, no search running)."""
+        records = log.since(index.applied_sequence)
+        applied = index.apply_writes(records)
+        for record in records[-applied:] if applied else []:
+            self.metrics.writes.labels(record.op).inc()
+        self.metrics.write_sequence.set(index.applied_sequence)
+        self.metrics.log_sequence.set(log.last_sequence)
+        self.metrics.items.set(index.count)
+        return applied
+
+    def _serving_for_writes(self) -> tuple[ShardIndex, WriteLog]:
+        index = self.current
+        if index is None:
+            raise NotReadyError("no index loaded yet")
+        return index, self.write_log(index.layout.shards, index.shard)
+
+    def _check_ops(self, index: ShardIndex, ops: list[WriteRecord]) -> None:
+        for op in ops:
+            owner = shard_of(op.item_id, index.layout.shards)
+            if owner != index.shard:
+                raise WriteRejectedError(f"item {op.item_id!r} belongs to shard {owner}, not {index.shard}")
+            if op.vector is not None and len(op.vector) != index.dimension:
+                raise WriteRejectedError(
+                    f"item {op.item_id!r}: vector has {len(op.vector)} numbers, the index {index.dimension}"
+                )
+
+    async def lead_writes(self, ops: list[WriteRecord]) -> list[int]:
+        """As the shard's sequence authority: number `ops` after the log's last sequence (their own
+        `seq` is ignored), append them durably, apply them; their sequences."""
+        async with self._write_lock:
+            if self.writes_fenced:
+                raise WritesFencedError("this replica's layout is being replaced: it takes no new writes")
+            index, log = self._serving_for_writes()
+            self._check_ops(index, ops)
+            if index.applied_sequence < log.last_sequence:
+                raise NotReadyError("the index has not replayed the log yet")
+            first = log.last_sequence + 1
+            numbered = [
+                WriteRecord(first + n, op.op, op.item_id, op.vector, op.metadata) for n, op in enumerate(ops)
+            ]
+            await self._durably(index, log, numbered)
+            return [record.seq for record in numbered]
+
+    async def fence_writes(self, fenced: bool) -> int:
+        """Stop (or resume) leading new writes; the log's last sequence once no write is being
+        appended any more (the write lock is taken), so everything up to it is durable."""
+        async with self._write_lock:
+            self.writes_fenced = fenced
+            _, log = self._serving_for_writes()
+            return log.last_sequence
+
+    async def replicate_writes(self, records: list[WriteRecord]) -> int:
+        """As a follower: append and apply records the leader numbered. Records at or below the
+        log's last sequence are skipped (a retry); a gap raises SequenceGapRefusedError."""
+        async with self._write_lock:
+            index, log = self._serving_for_writes()
+            self._check_ops(index, records)
+            fresh = [record for record in records if record.seq > log.last_sequence]
+            if fresh and fresh[0].seq != log.last_sequence + 1:
+                raise SequenceGapRefusedError(log.last_sequence, fresh[0].seq)
+            try:
+                await self._durably(index, log, fresh)
+            except SequenceGapError as exc:
+                raise SequenceGapRefusedError(exc.applied, exc.got) from exc
+            return len(fresh)
+
+    async def _durably(self, index: ShardIndex, log: WriteLog, records: list[WriteRecord]) -> None:
+        """Append + fsync (off the loop), then apply with no search running. The caller holds the
+        write lock, so `index` stays the serving one (a swap takes the lock too)."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, log.append, records)
+        await self._exclusive()
+        try:
+            self._apply(index, log)
+        finally:
+            self._resume()
+
+    def applied_sequence(self) -> int | None:
+        index = self.current
+        return None if index is None else index.applied_sequence
+
     # --- loading and swapping ---------------------------------------------------------------
 
     async def load(self, layout_dir: Path, shard: int, ef_search: int | None = None) -> ShardIndex:
@@ -317,13 +474,20 @@ class SearchEngine:
                         layout_dir, shard, ef_search=ef_search or self.settings.ef_search, expect=expect
                     ),
                 )
-            except (LayoutError, OSError, ValueError) as exc:
+                if self.settings.write_log_dir is not None:
+                    log = self.write_log(loaded.layout.shards, loaded.shard)
+                    # Replay off the loop first (the bulk), then the rest under the write lock.
+                    await loop.run_in_executor(None, loaded.apply_writes, log.since(loaded.applied_sequence))
+            except (LayoutError, OSError, ValueError, EngineError) as exc:
                 self.metrics.loads.labels("failed").inc()
                 self.load_status.state, self.load_status.message = "failed", str(exc)
                 self.load_status.finished_at = time.time()
                 raise LoadRejectedError(str(exc)) from exc
-            previous = self.current
-            self.current = loaded  # the swap: one reference assignment on the loop thread
+            async with self._write_lock:
+                if self.settings.write_log_dir is not None:
+                    self._apply(loaded, self.write_log(loaded.layout.shards, loaded.shard))
+                previous = self.current
+                self.current = loaded  # the swap: one reference assignment on the loop thread
             self._publish_metrics(previous, loaded)
             self.metrics.load_seconds.observe(loaded.load_seconds)
             self.metrics.swap_seconds.observe(time.monotonic() - started)
@@ -342,6 +506,8 @@ class SearchEngine:
 
     def close(self) -> None:
         self._searchers.shutdown(wait=False, cancel_futures=True)
+        for log in self._logs.values():
+            log.close()
 
 
 def _json_answer(

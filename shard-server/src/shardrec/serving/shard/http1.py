@@ -6,13 +6,18 @@ request, no stream reader, no header objects) is measured by `make bench-ab` aga
 httpx.AsyncClient doing the same binary searches on a real shard server: httpx used 27x this
 client's CPU per request (geometric mean; 15x for batches of 64 at k=100, 40x for single queries
 at k=100; docs/benchmarks.md), and client CPU is what limits a Python router. Not a general HTTP
-client: no TLS, no redirects, no chunked bodies (shard servers always send Content-Length).
+client: no redirects, no chunked bodies (shard servers always send Content-Length). TLS
+(`https://` with an `ssl.SSLContext`) is asyncio's own: the handshake happens once per pooled
+connection, so its cost is per connection, and the per-request cost is the record encryption
+(measured by `make bench-tls`, docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -120,14 +125,32 @@ class ConnectionPool:
         max_connections: int = 64,
         connect_timeout_s: float = 1.0,
         extra_headers: dict[str, str] | None = None,
+        bearer: Callable[[], str | None] | None = None,
+        tls: ssl.SSLContext | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
+        """`bearer`: called per request for the token to send (`Authorization: Bearer`), so a
+        rotated token is picked up without new connections. `tls`: connect with TLS (an
+        `https://` URL requires it); `tls_server_name`: the name the certificate must hold, when
+        it is not the URL's host."""
         parts = urlsplit(base_url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"shard URL must look like http://host:port, got {base_url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"shard URL must look like http(s)://host:port, got {base_url!r}")
+        # A scheme the client is not set up for fails every request (the replica is unavailable)
+        # rather than the construction: a topology naming https:// shards reaches a router started
+        # without --shard-ca, and that must cost the replica, not the router.
+        self._misconfigured = (
+            None
+            if (parts.scheme == "https") == (tls is not None)
+            else f"{base_url}: an https:// shard needs a CA (--shard-ca), and only https:// takes one"
+        )
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.port = parts.port or (443 if tls is not None else 80)
+        self._tls = tls
+        self._tls_server_name = tls_server_name or self.host if tls is not None else None
+        self._bearer = bearer
         self.prefix = parts.path.rstrip("/").encode()
         self._host_header = f"{self.host}:{self.port}".encode()
         self._extra = [f"{name}: {value}".encode() for name, value in (extra_headers or {}).items()]
@@ -141,6 +164,8 @@ class ConnectionPool:
     def _head(self, method: bytes, path: str, content_type: str | None, length: int) -> bytes:
         lines = [b"%s %s%s HTTP/1.1" % (method, self.prefix, path.encode()), b"Host: " + self._host_header]
         lines += self._extra
+        if self._bearer is not None and (token := self._bearer()):
+            lines.append(b"Authorization: Bearer " + token.encode())
         if content_type is not None:
             lines.append(b"Content-Type: " + content_type.encode())
         if method == b"POST" or length:
@@ -178,7 +203,9 @@ class ConnectionPool:
             self._open += 1
         try:
             async with asyncio.timeout_at(min(deadline, loop.time() + self._connect_timeout_s)):
-                _, protocol = await loop.create_connection(_Protocol, self.host, self.port)
+                _, protocol = await loop.create_connection(
+                    _Protocol, self.host, self.port, ssl=self._tls, server_hostname=self._tls_server_name
+                )
         except BaseException:
             self._release_slot()
             raise
@@ -219,6 +246,8 @@ class ConnectionPool:
         an idle keep-alive connection meanwhile (search is idempotent)."""
         if self._closed:
             raise HttpError("client is closed")
+        if self._misconfigured is not None:
+            raise HttpError(self._misconfigured)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         data = self._head(method.encode(), path, content_type, len(body)) + body

@@ -74,4 +74,15 @@ class ShardMetrics:
             buckets=_LOAD_BUCKETS,
             registry=r,
         )
+        self.write_sequence = Gauge(
+            "shardrec_shard_write_sequence",
+            "Last write-log sequence applied to the serving index (0 before any write).",
+            registry=r,
+        )
+        self.log_sequence = Gauge(
+            "shardrec_shard_write_log_sequence", "Last sequence held in this replica's write log.", registry=r
+        )
+        self.writes = Counter(
+            "shardrec_shard_writes", "Write-log records applied, by operation.", ["op"], registry=r
+        )
         self.loads = Counter("shardrec_shard_loads", "Index loads by result.", ["result"], registry=r)

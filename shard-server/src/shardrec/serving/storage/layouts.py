@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -309,12 +310,31 @@ def load_artifact_users(
     if not isinstance(location, S3Location):
         return load_user_table(location)
     store_location, layout_id = location.parent_and_name()
-    root = cache_root or Path(
-        os.environ.get("SHARDREC_ROUTER_CACHE_DIR") or Path(tempfile.gettempdir()) / "shardrec-router-layouts"
-    )
-    dest = root / layout_id
+    dest = _router_cache_root(cache_root) / layout_id
     fetch_router(open_store(store_location, settings or settings_from_env()), layout_id, dest)
     return load_user_table(dest)
+
+
+def _router_cache_root(cache_root: Path | None) -> Path:
+    return cache_root or Path(
+        os.environ.get("SHARDREC_ROUTER_CACHE_DIR") or Path(tempfile.gettempdir()) / "shardrec-router-layouts"
+    )
+
+
+def forget_artifact_users(artifact_dir: str, *, cache_root: Path | None = None) -> bool:
+    """Remove the router's cached copy of an s3:// layout's user table (what `load_artifact_users`
+    fetched into `cache_root/<layout-id>`). A local layout folder is the store itself: never touched.
+    Returns whether a copy was removed. The router calls it for layouts it loaded that neither serve
+    nor are staged any more; the table it loaded is in memory, so a retiring snapshot is unaffected."""
+    location = parse_location(artifact_dir)
+    if not isinstance(location, S3Location):
+        return False
+    _, layout_id = location.parent_and_name()
+    folder = _router_cache_root(cache_root) / layout_id
+    if not folder.is_dir():
+        return False
+    shutil.rmtree(folder)
+    return True
 
 
 # --- a build per shard, then publish -------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 - `coefficients`: the model of `benchmarks/coefficients.json` (what `make bench` measured) and the
   cost functions derived from it (bytes per item, CPU per query, bytes on the wire).
+- `scale`: the search and build cost by size that `make bench-scale` measured (ef for a recall
+  target, CPU per search, exclusions, build rate) and the fits that extrapolate it.
 - `planner`: pure arithmetic from a target (peak QPS, items, users, recall, ...) to a plan.
 - `report`: the plan as a table.
 - `tailsim`: a seeded numpy simulation of p50/p99 against shards, replicas, hedging and load.

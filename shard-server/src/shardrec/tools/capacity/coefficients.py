@@ -5,14 +5,15 @@ They live in `benchmarks/coefficients.json`, written by the benchmark (`make ben
 measured field must be claimed by a `provenance` entry naming the command that produced it: a
 number without a command is refused when the file is read.
 
-The cost functions below are the only place where measurements are extrapolated to other sizes;
-each says which model it assumes.
+The cost functions below extrapolate these measurements to other sizes, each saying which model it
+assumes. Search cost (efSearch for a recall, CPU per search, exclusions) and the build rate by size
+are not taken from here but from the scale points of `scale.py` (`make bench-scale`); the `search`
+and `build_items_per_core_second` fields stay in the file as measured at its workload.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from shardrec.api.errors import describe_errors
 
 SCHEMA_VERSION = 1
+COEFFICIENTS_RELATIVE = Path("benchmarks") / "coefficients.json"
+_REPO_ROOT = Path(__file__).resolve().parents[5]
 FLOAT32_BYTES = 4
 HNSW_LEVEL0_BYTES_PER_M = 8.0
 """hnswlib keeps 2*M neighbour links of 4 bytes per item on level 0 (maxM0_ = 2*M); used for the
@@ -207,26 +210,6 @@ class Coefficients(_Model):
         extra = self.user_resident_bytes_per_user - FLOAT32_BYTES * self.workload.dimension
         return FLOAT32_BYTES * dimension + max(extra, 0.0)
 
-    def search_point_for(self, recall: float) -> SearchPoint:
-        """The cheapest measured efSearch that reaches `recall`."""
-        for point in self.search:
-            if point.recall_at_k >= recall:
-                return point
-        best = max(self.search, key=lambda p: p.recall_at_k)
-        raise CoefficientsError(
-            f"--recall {recall}: no measured efSearch reaches it (best: recall {best.recall_at_k:.4f} at "
-            f"efSearch {best.ef_search}); measure higher efSearch with make bench"
-        )
-
-    def shard_cpu_ms_per_query(self, recall: float, k: int, items_per_shard: float) -> float:
-        """Shard CPU per query: search at the efSearch reaching `recall`, scaled by log(n) (HNSW
-        visits O(log n) nodes) and by max(ef, k)/ef (hnswlib searches with ef >= k), plus the
-        measured per-query server overhead."""
-        point = self.search_point_for(recall)
-        size = math.log(max(items_per_shard, 2.0)) / math.log(self.workload.items_per_shard)
-        breadth = max(point.ef_search, k) / point.ef_search
-        return point.search_ms * size * breadth + self.shard_overhead_cpu_ms
-
     def router_cpu_ms_per_request(self, shards: int) -> float:
         """Router CPU per request: `base + per_shard * shards` fitted over the measured shard
         counts; with a single shard count measured, that figure is used as it is."""
@@ -258,6 +241,12 @@ def parse_coefficients(text: str, source: str) -> Coefficients:
     except ValidationError as exc:
         problems = describe_errors(exc.errors())
         raise CoefficientsError(f"{source}: invalid coefficients: {problems}") from None
+
+
+def default_coefficients_path() -> Path:
+    """./benchmarks/coefficients.json when it exists, else the repository's copy."""
+    local = Path.cwd() / COEFFICIENTS_RELATIVE
+    return local if local.exists() else _REPO_ROOT / COEFFICIENTS_RELATIVE
 
 
 def load_coefficients(path: Path) -> Coefficients:

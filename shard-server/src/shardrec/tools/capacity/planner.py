@@ -3,13 +3,22 @@
 The rules, in the order they are applied:
 - Shards are driven by memory: a shard pod holds `items/shards` items at the measured resident
   bytes per item, plus the process baseline, within `memory_fill` of its memory budget.
+- Shard CPU per request comes from the scale model (`scale.py`, fitted to `make bench-scale`): the
+  efSearch the recall target needs at this shard size and shard count, hnswlib searching at
+  max(ef, k + the request's exclusions held by the shard), the CPU of that search at this size and
+  dimension, the measured cost per excluded item, plus the shard's measured per-request overhead.
 - Replicas per shard are driven by CPU (every request searches every shard once) at
   `cpu_utilisation` of the pod's cores at peak, then raised until losing the largest zone share
   (`ceil(R/zones)` replicas, topology spread keeps skew at 1) still leaves that CPU, and until the
   availability target holds under the strict policy with independent pod failures.
 - Router replicas: the same CPU and zone rules on the router's measured CPU per request.
+- Threads and processes as the code starts them: a shard pod runs one search thread and a router
+  pod one worker process (one event loop, at most one core each) per CPU its quota allows
+  (`serving/cpus.py`: ceil of the CPU limit), so a pod's cores are all usable; each router worker
+  holds its own process baseline, and the user table (memory-mapped) is held once per pod.
 
-Nothing here measures or reads anything; every figure comes from `Target` or `Coefficients`.
+Nothing here measures or reads anything; every figure comes from `Target`, `Coefficients` or the
+`ScaleModel`.
 """
 
 from __future__ import annotations
@@ -18,10 +27,14 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from shardrec.planning.preview import Rates
 from shardrec.tools.capacity.coefficients import FLOAT32_BYTES, Coefficients
+from shardrec.tools.capacity.scale import MODEL, ScaleModel
 
 GIB = 1024**3
 SECONDS_PER_30_DAYS = 30 * 24 * 3600
+MAX_RECALL = 0.995
+"""Above this the scale fit (measured up to recall 0.98) is not asked: the plan is refused."""
 
 
 class PlanError(ValueError):
@@ -38,6 +51,7 @@ class Target:
     users: int
     k: int = 10
     recall: float = 0.95
+    exclude: int = 0
     availability: float = 99.95
     zones: int = 3
     m: int = 16
@@ -66,6 +80,8 @@ class Target:
                 raise PlanError(f"{flag(name)} must be greater than 0, got {value}")
         if self.users < 0:
             raise PlanError(f"--users must be 0 or more, got {self.users}")
+        if self.exclude < 0:
+            raise PlanError(f"--exclude must be 0 or more, got {self.exclude}")
         if self.m < 2:
             raise PlanError(f"--m must be at least 2, got {self.m}")
         for name in ("recall", "cpu_utilisation", "memory_fill"):
@@ -134,6 +150,12 @@ def replicas_for_availability(target: float, shards: int, pod_availability: floa
     return replicas
 
 
+def threads_for_quota(cores: float) -> int:
+    """Threads (or worker processes) a pod with a CPU limit of `cores` starts: the CPUs its quota
+    allows, rounded up, at least one (as `serving.cpus.cpus_within` does with a large affinity)."""
+    return max(1, math.ceil(cores - 1e-9))
+
+
 def error_budget_minutes(availability_percent: float, seconds: float = SECONDS_PER_30_DAYS) -> float:
     return (1.0 - availability_percent / 100.0) * seconds / 60.0
 
@@ -153,8 +175,12 @@ class Plan:
     items_per_shard: float
     shard_memory_bytes: float
     # cpu and replicas
+    shard_search_threads: int
+    router_workers: int
     ef_search: int
-    measured_recall: float
+    ef_searched: int
+    shard_search_cpu_ms: float
+    shard_exclusion_cpu_ms: float
     shard_cpu_ms: float
     replicas_cpu: int
     replicas_zone: int
@@ -183,10 +209,14 @@ class Plan:
     spike_routers: int
     spike_extra_pods: int
     # versions
+    build_items_per_core_second: float
     build_seconds: float
     load_seconds: float
     roll_seconds: float
     blue_green_extra_bytes: float
+    blue_green_extra_pods: int
+    blue_green_extra_cores: float
+    blue_green_requested_bytes: float
     blue_green_extra_seconds: float
     in_place_extra_bytes: float
     # storage and bandwidth
@@ -203,16 +233,20 @@ class Plan:
     error_budget_minutes: float
     per_shard_availability: float
     zone_loss_capacity_qps: float
+    # where the plan extrapolates beyond the measurements
+    warnings: tuple[str, ...]
 
 
-def make_plan(target: Target, c: Coefficients) -> Plan:
-    """The plan for `target`; raises PlanError (naming a flag) or CoefficientsError."""
+def make_plan(target: Target, c: Coefficients, scale: ScaleModel = MODEL) -> Plan:
+    """The plan for `target`; raises PlanError (naming a flag) or CoefficientsError. `scale` is the
+    search and build cost by size (default: fitted to the committed `make bench-scale` points)."""
     target.check()
     sizing = _memory(target, c)
-    sizing.update(_replicas(target, c, sizing["shards"], sizing["items_per_shard"]))
+    sizing.update(_replicas(target, c, scale, sizing["shards"], sizing["items_per_shard"]))
     sizing.update(_users_and_totals(target, c, sizing))
     sizing.update(_spike(target, sizing))
-    sizing.update(_versions_storage_bandwidth(target, c, sizing))
+    sizing.update(_versions_storage_bandwidth(target, c, scale, sizing))
+    sizing["warnings"] = tuple(scale.warnings(target.recall, sizing["items_per_shard"], target.dimension))
     return Plan(target=target, **sizing)
 
 
@@ -239,18 +273,29 @@ def _memory(t: Target, c: Coefficients) -> dict[str, Any]:
     }
 
 
-def _replicas(t: Target, c: Coefficients, shards: int, per_shard: float) -> dict[str, Any]:
+def _replicas(t: Target, c: Coefficients, scale: ScaleModel, shards: int, per_shard: float) -> dict[str, Any]:
     """Replicas per shard (CPU, zone loss, availability) and routers (CPU, zone loss, >= 2)."""
-    point = c.search_point_for(t.recall)
-    shard_ms = c.shard_cpu_ms_per_query(t.recall, t.k, per_shard)
+    if t.recall > MAX_RECALL:
+        raise PlanError(
+            f"--recall {t.recall:g}: the ef fit is measured at {scale.recalls[0]:g}-{scale.recalls[1]:g} and "
+            f"cannot promise more than {MAX_RECALL:g}; measure it with make bench-scale"
+        )
+    search = scale.shard_search(
+        t.recall, t.k, items_per_shard=per_shard, shards=shards, dimension=t.dimension, excluded=t.exclude
+    )
+    shard_ms = search.cpu_us / 1000.0 + c.shard_overhead_cpu_ms
     replicas_cpu = replicas_for_cpu(t.peak_qps * shard_ms / 1000.0, t.shard_pod_cores, t.cpu_utilisation)
     replicas_zone = replicas_for_zone_loss(replicas_cpu, t.zones)
     replicas_avail = replicas_for_availability(t.availability / 100.0, shards, t.pod_availability / 100.0)
     router_ms = c.router_cpu_ms_per_request(shards)
     routers_cpu = replicas_for_cpu(t.peak_qps * router_ms / 1000.0, t.router_pod_cores, t.cpu_utilisation)
     return {
-        "ef_search": point.ef_search,
-        "measured_recall": point.recall_at_k,
+        "shard_search_threads": threads_for_quota(t.shard_pod_cores),
+        "router_workers": threads_for_quota(t.router_pod_cores),
+        "ef_search": search.ef,
+        "ef_searched": search.ef_searched,
+        "shard_search_cpu_ms": search.search_us / 1000.0,
+        "shard_exclusion_cpu_ms": search.exclusion_us / 1000.0,
         "shard_cpu_ms": shard_ms,
         "replicas_cpu": replicas_cpu,
         "replicas_zone": replicas_zone,
@@ -267,9 +312,10 @@ def _users_and_totals(t: Target, c: Coefficients, s: dict[str, Any]) -> dict[str
     its raw payload); then the fleet's totals."""
     user_bpu = c.user_bytes_per_user(t.dimension)
     user_table = t.users * user_bpu
-    router_room = t.router_pod_memory_gib * GIB * t.memory_fill - c.router_process_baseline_bytes
+    baselines = s["router_workers"] * c.router_process_baseline_bytes
+    router_room = t.router_pod_memory_gib * GIB * t.memory_fill - baselines
     in_router = user_table <= router_room
-    router_memory = c.router_process_baseline_bytes + (user_table if in_router else 0.0)
+    router_memory = baselines + (user_table if in_router else 0.0)
     shard_pods = s["shards"] * s["replicas"]
     routers = s["routers"]
     return {
@@ -323,9 +369,13 @@ def _spike(t: Target, s: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _versions_storage_bandwidth(t: Target, c: Coefficients, s: dict[str, Any]) -> dict[str, Any]:
-    """A new version is built off the serving pods and loaded by every replica in parallel."""
-    build_s = t.items / (c.build_items_per_core_second * t.build_cores)
+def _versions_storage_bandwidth(
+    t: Target, c: Coefficients, scale: ScaleModel, s: dict[str, Any]
+) -> dict[str, Any]:
+    """A new version is built off the serving pods (at the measured rate for its shard size, which
+    falls as shards grow) and loaded by every replica in parallel."""
+    build_rate = scale.build_items_per_core_second(s["items_per_shard"], t.dimension)
+    build_s = t.items / (build_rate * t.build_cores)
     shard_file = s["items_per_shard"] * s["index_file_bytes_per_item"]
     load_s = shard_file / c.load_bytes_per_second
     roll_s = build_s + load_s
@@ -337,10 +387,16 @@ def _versions_storage_bandwidth(t: Target, c: Coefficients, s: dict[str, Any]) -
     fanout = s["shards"] * (c.shard_request_bytes(t.dimension) + c.shard_response_bytes(t.k))
     client_in, client_out = c.wire.client_request, c.client_response_bytes(t.k)
     return {
+        "build_items_per_core_second": build_rate,
         "build_seconds": build_s,
         "load_seconds": load_s,
         "roll_seconds": roll_s,
         "blue_green_extra_bytes": s["shard_pods"] * s["shard_memory_bytes"],
+        # The new layout starts every shard at replicasPerShard beside the old one: the scheduler
+        # must place those pods at their requests, whatever they hold.
+        "blue_green_extra_pods": s["shard_pods"],
+        "blue_green_extra_cores": s["shard_pods"] * t.shard_pod_cores,
+        "blue_green_requested_bytes": s["shard_pods"] * t.shard_pod_memory_gib * GIB,
         "blue_green_extra_seconds": roll_s + (t.rollback_window_seconds if t.keep_previous_layouts else 0.0),
         "in_place_extra_bytes": s["shard_pods"] * s["items_per_shard"] * s["bytes_per_item"],
         "artifact_bytes": artifact,
@@ -355,3 +411,21 @@ def _versions_storage_bandwidth(t: Target, c: Coefficients, s: dict[str, Any]) -
         "error_budget_minutes": error_budget_minutes(t.availability),
         "per_shard_availability": (t.availability / 100.0) ** (1.0 / s["shards"]),
     }
+
+
+# --- rates for the plan preview (shardrec.planning.preview) --------------------------------------
+
+
+def preview_rates(c: Coefficients, dimension: int, m: int, source: str) -> Rates:
+    """The measured rates `recctl plan` needs, at one dimension and HNSW M: the same cost
+    functions the capacity plan uses, so both read one set of numbers."""
+    measured = c.source_of("build_items_per_core_second")
+    return Rates(
+        resident_bytes_per_item=c.shard_resident_bytes_per_item(dimension, m),
+        index_file_bytes_per_item=c.index_file_bytes_per_item(dimension, m),
+        shard_baseline_bytes=float(c.shard_process_baseline_bytes),
+        build_items_per_core_second=c.build_items_per_core_second,
+        load_bytes_per_second=c.load_bytes_per_second,
+        source=f"{source} (measured {measured.date[:10]} on {measured.host})",
+        search_ms_by_ef=tuple((point.ef_search, point.search_ms) for point in c.search),
+    )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from shardrec.tools.capacity.coefficients import Coefficients
 from shardrec.tools.capacity.planner import Plan, flag
+from shardrec.tools.capacity.scale import MEASURED
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ def rate(bytes_per_s: float) -> str:
 def plan_rows(p: Plan) -> list[Row]:
     rows: list[Row] = []
     for section, entries in (
+        ("warnings", _warnings(p)),
         ("memory", _memory(p)),
         ("cpu", _cpu(p)),
         ("users", _users(p)),
@@ -62,6 +64,10 @@ def plan_rows(p: Plan) -> list[Row]:
 
 
 Entries = list[tuple[str, str, str]]
+
+
+def _warnings(p: Plan) -> Entries:
+    return [("extrapolated", warning, "scale fit (make bench-scale)") for warning in p.warnings]
 
 
 def _memory(p: Plan) -> Entries:
@@ -86,15 +92,41 @@ def _cpu(p: Plan) -> Entries:
     return [
         (
             "efSearch for the recall",
-            f"{p.ef_search} (recall {p.measured_recall:.3f})",
-            f"search: cheapest ef with recall >= {flag('recall')} {t.recall:g}",
+            str(p.ef_search),
+            f"fit of ef for {flag('recall')} {t.recall:g} by items/shard, shards merged, dimension",
+        ),
+        (
+            "efSearch searched",
+            str(p.ef_searched),
+            f"max(ef, {flag('k')} {t.k} + {flag('exclude')} {t.exclude} / shards)",
+        ),
+        (
+            "shard search CPU",
+            f"{p.shard_search_cpu_ms:.3f} ms",
+            "fit of measured CPU by ef, items/shard, dimension (one thread)",
+        ),
+        (
+            "shard exclusion CPU",
+            f"{p.shard_exclusion_cpu_ms:.3f} ms",
+            "excluded per shard x measured cost per excluded item",
         ),
         (
             "shard CPU per request",
             f"{p.shard_cpu_ms:.3f} ms",
-            "search_ms x log(n)/log(n0) x max(ef,k)/ef + shard_overhead_cpu_ms",
+            "search + exclusions + shard_overhead_cpu_ms",
         ),
         ("replicas per shard", str(p.replicas), replicas),
+        (
+            "search threads per shard pod",
+            str(p.shard_search_threads),
+            f"the CPUs the quota allows: ceil({flag('shard_pod_cores')} {t.shard_pod_cores:g}) as CPU limit",
+        ),
+        (
+            "router workers per pod",
+            str(p.router_workers),
+            f"one process (event loop, <= 1 core) per CPU of {flag('router_pod_cores')} "
+            f"{t.router_pod_cores:g}",
+        ),
         ("router CPU per request", f"{p.router_cpu_ms:.3f} ms", "router_cpu fit over shard count"),
         (
             "router replicas",
@@ -116,7 +148,13 @@ def _users(p: Plan) -> Entries:
     else:
         entries.append(("where", "feature store beside the router", f"exceeds {budget}"))
         entries.append(("user store payload", size(p.user_store_bytes), "users x (4*D + id bytes), per copy"))
-    entries.append(("memory per router pod", size(p.router_memory_bytes), "baseline + user table if inside"))
+    entries.append(
+        (
+            "memory per router pod",
+            size(p.router_memory_bytes),
+            f"{p.router_workers} workers x baseline + user table once if inside (memory-mapped)",
+        )
+    )
     return entries
 
 
@@ -156,13 +194,20 @@ def _versions(p: Plan) -> Entries:
         (
             "build a version",
             duration(p.build_seconds),
-            f"items / (build_items_per_core_second x {flag('build_cores')} {t.build_cores:g})",
+            f"items / ({p.build_items_per_core_second:.0f} items/s/core at this shard size "
+            f"x {flag('build_cores')} {t.build_cores:g})",
         ),
         ("roll it out", duration(p.roll_seconds), "build + load (replicas load in parallel)"),
         (
+            "blue/green: pods to place",
+            f"+{p.blue_green_extra_pods} pods (+{p.blue_green_extra_cores:g} cores, "
+            f"+{size(p.blue_green_requested_bytes)} requested) for {duration(p.blue_green_extra_seconds)}",
+            "the new layout's shard pods at their requests, beside the old, during roll + rollback window",
+        ),
+        (
             "blue/green cost",
-            f"+{size(p.blue_green_extra_bytes)} for {duration(p.blue_green_extra_seconds)}",
-            "the second layout's memory, during roll + rollback window",
+            f"+{size(p.blue_green_extra_bytes)} resident",
+            "the second layout's memory in use (what the pods above hold)",
         ),
         (
             "in-place alternative",
@@ -247,3 +292,10 @@ def provenance_lines(c: Coefficients, path: str) -> list[str]:
     for entry in c.provenance:
         lines.append(f"  {entry.date}  {entry.command}  [{', '.join(entry.fields)}]")
     return lines
+
+
+def scale_lines() -> list[str]:
+    """Where the search and build cost by size comes from: the scale points and their commands."""
+    return ["scale points (search and build cost by size, shardrec/tools/capacity/scale.py):"] + [
+        f"  {point.items:,} x {point.dimension}: {point.command}" for point in MEASURED
+    ]

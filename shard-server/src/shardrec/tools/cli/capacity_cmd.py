@@ -16,13 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shardrec.tools.capacity.coefficients import CoefficientsError, load_coefficients
+from shardrec.tools.capacity.coefficients import (
+    COEFFICIENTS_RELATIVE,
+    CoefficientsError,
+    default_coefficients_path,
+    load_coefficients,
+)
 from shardrec.tools.capacity.planner import TARGET_FIELDS, PlanError, Target, flag, make_plan
-from shardrec.tools.capacity.report import markdown, plan_rows, provenance_lines, render
+from shardrec.tools.capacity.report import markdown, plan_rows, provenance_lines, render, scale_lines
 from shardrec.tools.cli.main import CliError
-
-COEFFICIENTS_RELATIVE = Path("benchmarks") / "coefficients.json"
-_REPO_ROOT = Path(__file__).resolve().parents[5]
 
 _HELP: dict[str, str] = {
     "peak_qps": "peak client requests per second",
@@ -30,7 +32,8 @@ _HELP: dict[str, str] = {
     "dimension": "embedding dimension",
     "users": "users with an embedding",
     "k": "results per request",
-    "recall": "recall@k target, 0..1",
+    "recall": "recall@k target, 0..1 (measured 0.90-0.98)",
+    "exclude": "seen items excluded per request (shards fetch k + the ones they hold)",
     "availability": "availability target, percent",
     "zones": "availability zones the pods spread over",
     "m": "HNSW M (graph degree)",
@@ -102,11 +105,6 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def default_coefficients_path() -> Path:
-    local = Path.cwd() / COEFFICIENTS_RELATIVE
-    return local if local.exists() else _REPO_ROOT / COEFFICIENTS_RELATIVE
-
-
 def run(args: argparse.Namespace) -> int:
     path: Path = args.coefficients or default_coefficients_path()
     target = Target(**{name: getattr(args, name) for name in TARGET_FIELDS})
@@ -129,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             f"dims, {target.users:,} users, k={target.k}, recall>={target.recall:g}, "
             f"{target.availability:g}% over {target.zones} zones",
             *provenance_lines(coefficients, str(path)),
+            *scale_lines(),
         ]
     )
     print(render(plan_rows(plan), header), end="")

@@ -2,8 +2,11 @@
 
 Trains implicit-ALS embeddings on MovieLens latest-small (holding out each user's latest rating,
 so the evaluation is honest), starts a local 4-shard x 2-replica cluster with its router on
-127.0.0.1:8080, prints recommendations with titles, an item-to-item example and the evaluation
-table, then tells the user how to drive it.
+127.0.0.1:8080, prints recommendations with titles, an item-to-item example, a user's three new
+clicks changing their recommendations at once (recent_items: fold-in at the router) and the
+evaluation table, then tells the user how to drive it. With `--canary` it then trains a v2 with
+other ALS parameters and rolls it out as a canary under bounded demo traffic, printing the
+canary's analysis table and whether v2 was promoted or rolled back (`demo_canary`).
 """
 
 from __future__ import annotations
@@ -13,16 +16,23 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
 
+if TYPE_CHECKING:
+    from shardrec.tools.pipeline.training import TrainParams
+
+from shardrec.planning.canary import describe_step
+from shardrec.tools.cli import demo_canary
 from shardrec.tools.cli.main import CliError
 from shardrec.tools.local.state import StateDir, is_supervisor_running
 
 DEMO_USERS = ("1", "42", "414")
 DEMO_ITEM = "1"  # Toy Story (1995)
+FOLD_IN_USER = "42"
+FOLD_IN_CLICKS = ("6377", "4886", "2355")  # Finding Nemo, Monsters, Inc., A Bug's Life
 CLUSTER_NAME = "movielens"
 
 
@@ -34,6 +44,35 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--skip-eval", action="store_true", help="do not print the evaluation table")
+    canary = parser.add_argument_group(
+        "canary (rollout.strategy: Canary of a v2 trained with other parameters)"
+    )
+    canary.add_argument(
+        "--canary",
+        action="store_true",
+        help="then train a v2 with other ALS parameters, roll it out as a canary (shadow, then 25%% of "
+        "users) under bounded demo traffic, and print its analysis table and outcome",
+    )
+    canary.add_argument(
+        "--canary-regularization",
+        type=float,
+        metavar="X",
+        help=f"v2's ALS regularization (default {demo_canary.DEFAULT_REGULARIZATION:g}; "
+        "e.g. 100 gives a v2 the analysis rolls back)",
+    )
+    canary.add_argument(
+        "--canary-alpha",
+        type=float,
+        metavar="X",
+        help=f"v2's ALS alpha (default {demo_canary.DEFAULT_ALPHA:g})",
+    )
+    canary.add_argument(
+        "--canary-timeout",
+        type=float,
+        metavar="SECONDS",
+        help=f"stop the demo traffic after this long (default {demo_canary.DEFAULT_TIMEOUT_S:g}; "
+        f"it also stops after {demo_canary.MAX_REQUESTS} requests or once the canary is decided)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -88,6 +127,32 @@ def _print_recommendations(router: str, titles: dict[str, str]) -> None:
             print(f"  {item['score']:7.3f}  {titles.get(item['item_id'], item['item_id'])}")
 
 
+def fold_in_lines(client: httpx.Client, titles: dict[str, str]) -> list[str]:
+    """User FOLD_IN_USER's top 5, then the top 5 right after three new clicks (`recent_items`:
+    the router folds the user in from them, no retraining, no new index version)."""
+    before = client.post("/v1/recommend", json={"user_id": FOLD_IN_USER, "k": 5})
+    body = {
+        "user_id": FOLD_IN_USER,
+        "k": 5,
+        "recent_items": [{"item_id": item} for item in FOLD_IN_CLICKS],
+    }
+    after = client.post("/v1/recommend", json=body)
+    clicked = ", ".join(titles.get(item, item) for item in FOLD_IN_CLICKS)
+    lines = [f"\nUser {FOLD_IN_USER} clicks {clicked}: recommendations at once (POST /v1/recommend "
+             "with recent_items, same index version)"]  # fmt: skip
+    if after.status_code != 200:
+        error = after.json().get("error", {})
+        return [*lines, f"  not available: {after.status_code} {error.get('code')}: {error.get('message')}"]
+    old = [item["item_id"] for item in before.json()["items"]]
+    new = [item["item_id"] for item in after.json()["items"]]
+    lines.append(f"  {'before':<44} after")
+    for previous, current in zip(old, new, strict=False):
+        mark = " " if current in old else "*"
+        lines.append(f"  {titles.get(previous, previous)[:42]:<44}{mark}{titles.get(current, current)}")
+    lines.append(f"  (* new in the top 5: {sum(item not in old for item in new)} of {len(new)})")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from shardrec.tools.pipeline.evaluate_job import evaluate_embeddings
     from shardrec.tools.pipeline.movielens import load_titles, resolve_movielens_dir
@@ -95,6 +160,10 @@ def run(args: argparse.Namespace) -> int:
     from shardrec.tools.pipeline.train_job import train_embeddings
     from shardrec.tools.pipeline.training import TrainParams
 
+    v2_params = _canary_params(args)
+    timeout_s = demo_canary.check_timeout(
+        args.canary_timeout if args.canary_timeout is not None else demo_canary.DEFAULT_TIMEOUT_S
+    )
     movielens = resolve_movielens_dir(args.movielens)
     workdir: Path = args.workdir
     embeddings = workdir / "data" / "movielens-v1"
@@ -110,37 +179,154 @@ def run(args: argparse.Namespace) -> int:
         summary = train_embeddings(DataSource("movielens", movielens), embeddings, params, holdout=1)
         print(f"   {summary.users} users x {summary.items} items in {summary.training_seconds:.1f}s")
     manifest = workdir / "data" / "cluster.yaml"
-    manifest.write_text(
-        yaml.safe_dump(
-            cluster_manifest(embeddings, "v1", args.shards, args.replicas, _dimension(embeddings)),
-            sort_keys=False,
-        ),
-        encoding="utf-8",
-    )
+    v1 = cluster_manifest(embeddings, "v1", args.shards, args.replicas, _dimension(embeddings))
+    manifest.write_text(yaml.safe_dump(v1, sort_keys=False), encoding="utf-8")
     print(f"== starting {args.shards} shards x {args.replicas} replicas and the router")
     _recctl("up", "-f", str(manifest), "--state-dir", str(state.root), "--port", str(args.port),
             "--detach", "--wait", "240")  # fmt: skip
     router = f"http://127.0.0.1:{args.port}"
-    _print_recommendations(router, load_titles(movielens))
+    titles = load_titles(movielens)
+    _print_recommendations(router, titles)
+    with httpx.Client(base_url=router, timeout=10) as client:
+        print("\n".join(fold_in_lines(client, titles)))
     if not args.skip_eval:
         print("\n== offline evaluation (each user's latest rating held out)")
         report = evaluate_embeddings(embeddings, router_url=router, progress=True)
         print(report.markdown())
-    print(_next_steps(router, manifest, state.root))
+    canary_manifest = None
+    if v2_params is not None:
+        canary_manifest = _run_canary(
+            args,
+            movielens=movielens,
+            v1_embeddings=embeddings,
+            v1=v1,
+            params=v2_params,
+            state=state,
+            router=router,
+            timeout_s=timeout_s,
+        )
+    print(_next_steps(router, manifest, state.root, canary_manifest))
     return 0
 
 
-def _next_steps(router: str, manifest: Path, state: Path) -> str:
+def _canary_params(args: argparse.Namespace) -> TrainParams | None:
+    """v2's recipe with --canary (None without); a --canary-* flag without --canary is an error."""
+    given = [
+        flag
+        for flag, value in (
+            ("--canary-regularization", args.canary_regularization),
+            ("--canary-alpha", args.canary_alpha),
+            ("--canary-timeout", args.canary_timeout),
+        )
+        if value is not None
+    ]
+    if not args.canary:
+        if given:
+            raise CliError(f"{given[0]} needs --canary")
+        return None
+    regularization = args.canary_regularization
+    alpha = args.canary_alpha
+    return demo_canary.canary_params(
+        demo_canary.DEFAULT_REGULARIZATION if regularization is None else regularization,
+        demo_canary.DEFAULT_ALPHA if alpha is None else alpha,
+    )
+
+
+def _run_canary(
+    args: argparse.Namespace,
+    *,
+    movielens: Path,
+    v1_embeddings: Path,
+    v1: dict[str, Any],
+    params: TrainParams,
+    state: StateDir,
+    router: str,
+    timeout_s: float,
+) -> Path:
+    """Train v2, apply it with rollout.strategy Canary, drive demo traffic until the canary is
+    decided (bounded), print the analysis table and the outcome. Returns v2's manifest."""
+    from shardrec.serving.index.embeddings import USER_IDS_FILE, read_ids, read_metadata
+    from shardrec.tools.local.status_table import render_canary_analysis
+    from shardrec.tools.pipeline.sources import DataSource
+    from shardrec.tools.pipeline.train_job import train_embeddings
+
+    data: Path = args.workdir / "data"
+    embeddings = demo_canary.embeddings_dir(data, params)
+    if not (embeddings / "metadata.json").exists():
+        print(f"\n== training {demo_canary.VERSION} with other parameters: {params.describe()}")
+        summary = train_embeddings(DataSource("movielens", movielens), embeddings, params, holdout=1)
+        print(f"   {summary.users} users x {summary.items} items in {summary.training_seconds:.1f}s")
+    print(f"\n== canary of {demo_canary.VERSION}: the two recipes")
+    print(demo_canary.quality_line("v1", read_metadata(v1_embeddings / "metadata.json")))
+    print(demo_canary.quality_line(demo_canary.VERSION, read_metadata(embeddings / "metadata.json")))
+    manifest = data / f"cluster-{demo_canary.VERSION}-canary.yaml"
+    manifest.write_text(
+        yaml.safe_dump(demo_canary.canary_manifest(v1, embeddings), sort_keys=False), encoding="utf-8"
+    )
+    steps = ", then ".join(describe_step(demo_canary.CANARY, i) for i in range(len(demo_canary.CANARY.steps)))
+    print(f"   rollout.strategy: Canary: {steps} ({manifest})")
+    _recctl("apply", "-f", str(manifest), "--state-dir", str(state.root))
+    print(f"   building and starting {demo_canary.VERSION} beside v1 (v1 keeps serving)")
+    started = demo_canary.wait_for_start(state)
+    users = demo_canary.demo_users(read_ids(v1_embeddings / USER_IDS_FILE))
+    print(
+        f"   canary started; demo traffic: /v1/recommend for {len(users)} users on {router}, "
+        f"at most {demo_canary.MAX_REQUESTS} requests and {timeout_s:g}s"
+    )
+    watch = demo_canary.drive(router, state, users, started, timeout_s=timeout_s)
+    answered = ", ".join(f"{version} {count}" for version, count in sorted(watch.versions.items()))
+    print(f"   sent {watch.sent} requests, {len(watch.failed)} failed; answers by version: {answered}")
+    for failure in watch.failed[:3]:
+        print(f"     {failure}")
+    print("\n== canary analysis (status.canary of the local runtime)")
+    print(render_canary_analysis(watch.canary, demo_canary.CANARY))
+    phase = watch.canary.phase
+    if phase == "Promoted":
+        switched = demo_canary.wait_for_switch(state)
+        where = "the router now answers every user from it" if switched else "the switch is still under way"
+        print(f"\n{demo_canary.VERSION} promoted: {where}.")
+    elif phase == "RolledBack":
+        served = watch.versions[demo_canary.VERSION]
+        where = (
+            f"v1 answers every user again ({demo_canary.VERSION} answered {served} of the demo's requests)"
+            if served
+            else "v1 answered every request throughout"
+        )
+        print(f"\n{demo_canary.VERSION} rolled back by its analysis: {where}.")
+    elif phase == "Aborted":
+        print(f"\n{demo_canary.VERSION} aborted by command: v1 keeps serving.")
+    else:
+        raise CliError(
+            f"the canary is still running after the demo traffic ({watch.sent} requests, "
+            f"--canary-timeout {timeout_s:g}s): it needs requests to be decided; "
+            f"`recctl status --state-dir {state.root}` shows it"
+        )
+    return manifest
+
+
+def _next_steps(router: str, manifest: Path, state: Path, canary: Path | None = None) -> str:
+    if canary is not None:
+        rollout = f"""\
+        The canary's manifest is {canary}; `recctl status` shows its analysis.
+        Put v1's manifest back (after a promotion: back to v1, instant while v1 is kept):
+          .venv/bin/recctl apply -f {manifest} --state-dir {state} --wait 240"""
+    else:
+        rollout = f"""\
+        Roll a new index version (blue/green, no failed requests):
+          sed -i 's/version: v1/version: v2/' {manifest}
+          .venv/bin/recctl apply -f {manifest} --state-dir {state} --wait 240
+        Or a canary of a v2 trained with other parameters, with its analysis table:
+          .venv/bin/recctl down --state-dir {state} && .venv/bin/recctl demo --canary"""
     return textwrap.dedent(
         f"""
         The cluster keeps running in the background. Try:
           curl -s {router}/v1/recommend -H 'content-type: application/json' -d '{{"user_id": "42", "k": 10}}'
+          curl -s {router}/v1/recommend -H 'content-type: application/json' \\
+            -d '{{"recent_items": [{{"item_id": "6377"}}, {{"item_id": "4886", "weight": 5}}], "k": 10}}'
           open {router}/docs            # OpenAPI
           curl -s {router}/metrics      # Prometheus metrics
           .venv/bin/recctl status --state-dir {state}
-        Roll a new index version (blue/green, no failed requests):
-          sed -i 's/version: v1/version: v2/' {manifest}
-          .venv/bin/recctl apply -f {manifest} --state-dir {state} --wait 240
+{rollout}
         Rebalance to 3 shards the same way (edit `shards:`), then stop everything:
           .venv/bin/recctl down --state-dir {state}
         """

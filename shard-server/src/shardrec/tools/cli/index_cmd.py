@@ -21,6 +21,7 @@ from shardrec.api.commands import (
     IndexBuildFlags,
     ObjectStoreCliFlags,
     ObjectStoreFlags,
+    build_report,
 )
 from shardrec.serving.cpus import usable_cpus
 from shardrec.serving.index.build import (
@@ -135,6 +136,14 @@ def _add_layout_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="local scratch for a remote source or --out (default: a temporary folder, removed after)",
     )
+    parser.add_argument(
+        IndexBuildFlags.CARRY_DIR,
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a carry folder (carry.json and the old shards' write logs up to the cut): fold those "
+        "writes into the build, upserts in and deletes out (fold-in at the next version)",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -164,6 +173,15 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="with --only-shard: after this part, publish if every shard's part is there (the "
         "last part to finish publishes: one pod per shard of an Indexed Job, no extra step)",
+    )
+    build.add_argument(
+        IndexBuildFlags.REPORT_FILE,
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="once the layout exists (built, published or reused), write its id, version and the "
+        "model's offline metrics there as JSON (a build pod: /dev/termination-log, which the "
+        "operator reads for spec.index.qualityGate)",
     )
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_object_store_flags(build)
@@ -243,11 +261,24 @@ def _summary(manifest: Any, where: str, verb: str) -> str:
     )
 
 
+def _report(args: argparse.Namespace, manifest: Any) -> None:
+    """Write the build report (--report-file) for a layout that now exists."""
+    if args.report_file is None:
+        return
+    try:
+        args.report_file.write_text(build_report(manifest.layout, manifest.version, manifest.quality))
+    except OSError as exc:
+        raise CliError(f"{IndexBuildFlags.REPORT_FILE} {args.report_file}: {exc.strerror or exc}") from exc
+
+
 def run_build(args: argparse.Namespace) -> int:
     try:
         return _run_build(args)
     except (BuildError, EmbeddingsError, LayoutError, StoreError, LocationError) as exc:
         raise CliError(str(exc)) from exc
+    except OSError as exc:  # a full disk, a file-size limit, a read-only folder: one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise CliError(f"{where}{exc.strerror or exc}") from exc
 
 
 def _wanted(args: argparse.Namespace, out_name: str) -> WantedLayout:
@@ -290,10 +321,11 @@ def _run_build_part(args: argparse.Namespace) -> int:
     existing = reusable_stored_layout(store, out_name, wanted)
     if existing is not None:
         print(_summary(existing, args.out, "reused existing"))
+        _report(args, existing)
         return 0
     with _scratch(args.work_dir) as scratch, _local_embeddings(args, scratch) as embeddings_dir:
         workers = args.workers or usable_cpus()
-        plan = plan_parts(embeddings_dir, wanted, workers=workers)
+        plan = plan_parts(embeddings_dir, wanted, workers=workers, carry_dir=args.carry_dir)
         if not 0 <= shard < wanted.shards:
             raise BuildError(f"--only-shard {shard}: the layout has shards 0..{wanted.shards - 1}")
         found = check_shard_part(store, out_name, plan.expected_header(shard), plan.count(shard))
@@ -316,6 +348,7 @@ def _run_build_part(args: argparse.Namespace) -> int:
             return 0
         manifest = _publish_parts(store, out_name, plan, embeddings_dir, scratch, started=time.monotonic())
     print(_summary(manifest, args.out, "published"))
+    _report(args, manifest)
     return 0
 
 
@@ -336,7 +369,7 @@ def _run_publish(args: argparse.Namespace) -> int:
         print(_summary(existing, args.out, "reused existing"))
         return 0
     with _scratch(args.work_dir) as scratch, _local_embeddings(args, scratch) as embeddings_dir:
-        plan = plan_parts(embeddings_dir, wanted)
+        plan = plan_parts(embeddings_dir, wanted, carry_dir=args.carry_dir)
         manifest = _publish_parts(store, out_name, plan, embeddings_dir, scratch, started=started)
     print(_summary(manifest, args.out, "published"))
     return 0
@@ -415,6 +448,7 @@ def _run_build(args: argparse.Namespace) -> int:
         existing = reusable_layout(out, wanted)
     if existing is not None:
         print(_summary(existing, args.out, "reused existing"))
+        _report(args, existing)
         return 0
     with _scratch(args.work_dir) as scratch:
         if isinstance(source, S3Location):
@@ -437,10 +471,12 @@ def _run_build(args: argparse.Namespace) -> int:
             layout=wanted.layout,
             expected_dimension=args.dimension,
             progress=not args.no_progress,
+            carry_dir=args.carry_dir,
         )
         if store is not None:
             publish_layout(local_out, store, out_name)
     print(_summary(manifest, args.out, "built"))
+    _report(args, manifest)
     return 0
 
 

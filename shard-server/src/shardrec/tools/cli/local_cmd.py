@@ -26,6 +26,7 @@ from shardrec.api.topology import Topology
 from shardrec.api.v1alpha1 import RecommenderCluster, transition_errors
 from shardrec.tools.cli.main import CliError
 from shardrec.tools.local.ports import port_is_free
+from shardrec.tools.local.processes import is_alive
 from shardrec.tools.local.readiness import Verdict, WaitFacts, judge
 from shardrec.tools.local.state import (
     StateDir,
@@ -36,7 +37,7 @@ from shardrec.tools.local.state import (
     supervisor_pid,
 )
 from shardrec.tools.local.status_table import render_status
-from shardrec.tools.local.supervisor import kill_recorded_children
+from shardrec.tools.local.supervisor import kill_recorded_children, recorded_processes
 
 DEFAULT_STATE_ROOT = Path(".shardrec")
 DEFAULT_ROUTER_PORT = 8080
@@ -86,6 +87,27 @@ def _add_state(parser: argparse.ArgumentParser, *, name_flag: bool = False) -> N
         parser.add_argument("--name", help="cluster name (default: the only one under .shardrec/)")
 
 
+def for_local_runtime(cluster: RecommenderCluster, folder: Path) -> RecommenderCluster:
+    """The spec as the local runtime runs it: `auth.apiKeysFile` made absolute (from the YAML's
+    folder), and refused with one line where it needs what only Kubernetes has."""
+    auth = cluster.spec.auth
+    if auth.api_keys_file is None:
+        if auth.api_keys_secret_ref is not None:
+            raise CliError(
+                "spec.auth.apiKeysSecretRef names a Kubernetes Secret, which the local runtime cannot "
+                "read: give the keys file as spec.auth.apiKeysFile (one key per line, `name:key` or a "
+                "bare key)"
+            )
+        return cluster
+    keys = Path(auth.api_keys_file).expanduser()
+    if not keys.is_absolute():
+        keys = (folder / keys).resolve()
+    if not keys.is_file():
+        raise CliError(f"spec.auth.apiKeysFile: no such file: {keys}")
+    spec = cluster.spec.model_copy(update={"auth": auth.model_copy(update={"api_keys_file": str(keys)})})
+    return cluster.model_copy(update={"spec": spec})
+
+
 def read_cluster(path: Path) -> RecommenderCluster:
     """Load and validate a YAML file; errors name the file and the field."""
     try:
@@ -125,15 +147,23 @@ def _write_spec(state: StateDir, cluster: RecommenderCluster, generation: int) -
     atomic_write_text(state.spec_file, yaml.safe_dump(data, sort_keys=False))
 
 
+def _router_left_running(state: StateDir, port: int) -> bool:
+    """A router a dead supervisor of this state folder left on `port` (the new one adopts it)."""
+    return any(
+        row.name == "router" and row.port == port and is_alive(row.identity)
+        for row in recorded_processes(state)
+    )
+
+
 def run_up(args: argparse.Namespace) -> int:
-    cluster = read_cluster(args.filename)
+    cluster = for_local_runtime(read_cluster(args.filename), args.filename.resolve().parent)
     state = _state_for(args, cluster)
     if is_supervisor_running(state):
         raise CliError(
             f"cluster {cluster.metadata.name!r} is already running (state {state.root}); "
             "use `recctl apply` to change it or `recctl down` to stop it"
         )
-    if not port_is_free(args.port):
+    if not port_is_free(args.port) and not _router_left_running(state, args.port):
         raise CliError(f"--port {args.port}: already in use on 127.0.0.1")
     state.ensure()
     generation = 1
@@ -239,7 +269,7 @@ def _wait_ready(state: StateDir, timeout_s: float, run_id: str) -> int:
 
 
 def run_apply(args: argparse.Namespace) -> int:
-    cluster = read_cluster(args.filename)
+    cluster = for_local_runtime(read_cluster(args.filename), args.filename.resolve().parent)
     state = _state_for(args, cluster)
     if not state.spec_file.exists():
         raise CliError(

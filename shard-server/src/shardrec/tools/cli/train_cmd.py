@@ -12,7 +12,7 @@ from shardrec.serving.index.embeddings import EmbeddingsError
 from shardrec.tools.pipeline.movielens import ENV_VAR, resolve_movielens_dir
 from shardrec.tools.pipeline.sources import DataSource, SourceError
 from shardrec.tools.pipeline.train_job import TrainSummary, train_embeddings
-from shardrec.tools.pipeline.training import MODELS, WEIGHTINGS, TrainParams
+from shardrec.tools.pipeline.training import MODELS, USER_VECTORS, WEIGHTINGS, TrainParams
 from shardrec.tools.pipeline.tuning import SPACE, SearchBudget
 
 _DEFAULTS = TrainParams()
@@ -52,6 +52,20 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bm25-k1", type=float, default=_DEFAULTS.bm25_k1)
     parser.add_argument("--bm25-b", type=float, default=_DEFAULTS.bm25_b)
     parser.add_argument("--learning-rate", type=float, default=_DEFAULTS.learning_rate, help="BPR only")
+    parser.add_argument(
+        "--user-vectors",
+        choices=USER_VECTORS,
+        default=_DEFAULTS.user_vectors,
+        help="stored user vectors (ALS): the trained ones, or each user folded in from its --recent-n "
+        "most recent training interactions",
+    )
+    parser.add_argument(
+        "--recent-n",
+        type=int,
+        default=_DEFAULTS.recent_n,
+        metavar="N",
+        help="interactions a recent user vector is folded in from",
+    )
     parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     parser.add_argument("--threads", type=int, default=_DEFAULTS.threads, help="0 = every core")
     tune = parser.add_argument_group("tuning (random search on a validation split of the training data)")
@@ -75,6 +89,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="validation interactions per user, carved from the training ones",
     )
     tune.add_argument("--tune-seed", type=int, default=_BUDGET.seed, help="seed of the random search")
+    tune.add_argument(
+        "--tune-recent",
+        default=",".join(str(n) for n in _BUDGET.recent),
+        metavar="N,N",
+        help="ALS user vectors folded in from the last N fit interactions, scored beside the trained "
+        "ones for every ALS fit ('' = trained only)",
+    )
 
 
 def source_from_args(args: argparse.Namespace) -> DataSource:
@@ -95,6 +116,8 @@ def params_from_args(args: argparse.Namespace) -> TrainParams:
             bm25_k1=args.bm25_k1,
             bm25_b=args.bm25_b,
             learning_rate=args.learning_rate,
+            user_vectors=args.user_vectors,
+            recent_n=args.recent_n,
             seed=args.seed,
             threads=args.threads,
         )
@@ -114,6 +137,7 @@ def budget_from_args(args: argparse.Namespace) -> SearchBudget | None:
             families=tuple(f.strip() for f in args.tune_families.split(",") if f.strip()),
             per_user=args.validation_holdout,
             seed=args.tune_seed,
+            recent=tuple(int(n) for n in args.tune_recent.split(",") if n.strip()),
         )
     except ValueError as exc:
         from shardrec.tools.cli.main import CliError
@@ -177,7 +201,8 @@ def describe_summary(summary: TrainSummary) -> str:
     if summary.tuning is not None:
         tuning = summary.tuning
         lines.append(
-            f"tuned: {len(tuning.trials)} trials in {tuning.seconds:.1f} s (stopped by {tuning.stopped_by}); "
+            f"tuned: {len(tuning.trials)} trials ({tuning.fits} fits) in {tuning.seconds:.1f} s "
+            f"(stopped by {tuning.stopped_by}); "
             f"best trial {tuning.best.number}: validation NDCG@10 {tuning.best.ndcg:.4f}, "
             f"hit-rate@10 {tuning.best.hit_rate:.4f}"
         )

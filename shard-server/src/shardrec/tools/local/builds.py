@@ -1,21 +1,31 @@
-"""Index builds of the local runtime: one `recctl index build` subprocess per layout, off the
-serving path, with its outcome recorded on disk so a restarted supervisor still knows it.
+"""Index builds of the local runtime: `recctl index build` subprocesses, off the serving path, with
+the outcome recorded on disk so a restarted supervisor still knows it.
+
+A layout of several shards is built per shard, as the operator's Indexed Job builds it: one
+`recctl index build --only-shard N --publish-when-complete` process per shard, one after another
+(each may use every CPU and holds one copy of the embeddings, as the one-shot build did: running them
+at once would multiply the memory), the last one publishing layout.json. A part that already
+verifies is reused, so a build interrupted by a restart resumes at the first missing shard. One
+shard keeps one plain build.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from shardrec.api.commands import ObjectStoreFlags, index_build_arguments
+from shardrec.api.commands import IndexBuildFlags, ObjectStoreFlags, index_build_arguments
 from shardrec.planning.layouts import LayoutSpec
 from shardrec.planning.observed import BuildState, ObservedBuild, OfflineQuality
 from shardrec.serving.index.layout import LayoutError, read_layout_manifest
 from shardrec.serving.index.manifest import LayoutManifest
+from shardrec.tools.local.processes import STATE_DIR_ENV
 from shardrec.tools.local.state import StateDir, atomic_write_json, atomic_write_text, read_json
 
 LOG_TAIL_LINES = 5
@@ -37,11 +47,33 @@ def build_source(source: str) -> str:
     return source if source.startswith("s3://") else str(source_path(source))
 
 
+def build_commands(
+    layout: LayoutSpec, out: str, object_store: ObjectStoreFlags | None = None, carry_dir: str | None = None
+) -> list[list[str]]:
+    """The processes that build `layout` into `out`, in order: one per shard (the last to finish
+    publishes), or one for a layout of one shard; with `carry_dir`, each folds in the same carried
+    writes (serving/index/carry.py)."""
+    source = build_source(layout.source)
+    parts: list[str | None] = [str(n) for n in range(layout.shards)] if layout.shards > 1 else [None]
+    return [
+        [
+            sys.executable,
+            "-m",
+            "shardrec.tools.cli.main",
+            *index_build_arguments(layout, source, out, object_store, only_shard=part, carry_dir=carry_dir),
+            "--no-progress",
+        ]
+        for part in parts
+    ]
+
+
 @dataclass
 class _RunningBuild:
     attempt: str
     popen: subprocess.Popen[bytes]
     log: IO[bytes]
+    commands: list[list[str]]  # every part, in order
+    part: int = 0  # the index in `commands` of the one running
 
 
 class LocalBuilds:
@@ -89,9 +121,16 @@ class LocalBuilds:
         """Artifact deletions done by this process (a restarted one repeats any still recorded)."""
         return dict(self._deletions)
 
-    def ensure(self, layout: LayoutSpec, attempt: str, object_store: ObjectStoreFlags | None = None) -> None:
+    def ensure(
+        self,
+        layout: LayoutSpec,
+        attempt: str,
+        object_store: ObjectStoreFlags | None = None,
+        carry: Callable[[], Path | None] | None = None,
+    ) -> None:
         """Start the build unless the artifact exists, it runs, or this attempt already ended.
-        A retained layout's artifact is reused: a rollback to it starts no build."""
+        A retained layout's artifact is reused: a rollback to it starts no build. `carry`, called
+        only when a build starts: the carry folder to fold in (None: the source alone)."""
         layout_id = layout.id
         self._deletions.pop(layout_id, None)
         atomic_write_text(self._spec_file(layout_id), layout.canonical_json())
@@ -100,33 +139,59 @@ class LocalBuilds:
         record = self._read_record(layout_id)
         if record.get("attempt") == attempt and record.get("state") in {"Failed", "Succeeded"}:
             return
-        self._start(layout, attempt, object_store)
+        carry_dir = carry() if carry is not None else None
+        self._start(layout, attempt, object_store, carry_dir)
 
-    def _start(self, layout: LayoutSpec, attempt: str, object_store: ObjectStoreFlags | None) -> None:
+    def _start(
+        self,
+        layout: LayoutSpec,
+        attempt: str,
+        object_store: ObjectStoreFlags | None,
+        carry_dir: Path | None = None,
+    ) -> None:
         layout_id = layout.id
-        out = str(self._state.layout_dir(layout_id))
-        arguments = index_build_arguments(layout, build_source(layout.source), out, object_store)
-        argv = [sys.executable, "-m", "shardrec.tools.cli.main", *arguments, "--no-progress"]
+        commands = build_commands(
+            layout,
+            str(self._state.layout_dir(layout_id)),
+            object_store,
+            str(carry_dir) if carry_dir is not None else None,
+        )
         log = self._log_file(layout_id).open("ab")
-        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self._running[layout_id] = _RunningBuild(attempt, popen, log)
+        build = _RunningBuild(attempt, self._launch(commands, 0, log), log, commands)
+        self._running[layout_id] = build
         atomic_write_json(self._record_file(layout_id), {"attempt": attempt, "state": "Running"})
 
+    def _launch(self, commands: list[list[str]], part: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        if len(commands) > 1:
+            log.write(f"== index build of {_part_name(commands, part)}\n".encode())
+            log.flush()
+        # Marked with the state folder, so a supervisor that replaces a killed one stops a build
+        # the killed one left running before it starts its own (`processes_of_state_dir`).
+        env = {**os.environ, STATE_DIR_ENV: str(self._state.root)}
+        return subprocess.Popen(
+            commands[part], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+
     def reap(self) -> None:
-        """Record the outcome of builds that ended."""
+        """Start the next part of builds whose part ended well; record the outcome of builds that ended."""
         for layout_id, build in list(self._running.items()):
             code = build.popen.poll()
             if code is None:
+                continue
+            if code == 0 and build.part + 1 < len(build.commands):
+                build.part += 1
+                build.popen = self._launch(build.commands, build.part, build.log)
                 continue
             build.log.close()
             del self._running[layout_id]
             if code == 0 and self._artifact_ok(layout_id):
                 record = {"attempt": build.attempt, "state": "Succeeded"}
             else:
+                what = f" of {_part_name(build.commands, build.part)}" if len(build.commands) > 1 else ""
                 record = {
                     "attempt": build.attempt,
                     "state": "Failed",
-                    "message": f"index build exited {code}: {self._log_tail(layout_id)}",
+                    "message": f"index build{what} exited {code}: {self._log_tail(layout_id)}",
                 }
             atomic_write_json(self._record_file(layout_id), record)
 
@@ -184,3 +249,10 @@ class LocalBuilds:
             return "(no log)"
         meaningful = [line for line in lines if line.strip() and "it/s" not in line]
         return " | ".join(meaningful[-LOG_TAIL_LINES:]) or "(empty log)"
+
+
+def _part_name(commands: list[list[str]], part: int) -> str:
+    """`shard N (part i of n)`, N read from the part's own --only-shard argument."""
+    argv = commands[part]
+    shard = argv[argv.index(IndexBuildFlags.ONLY_SHARD) + 1]
+    return f"shard {shard} (part {part + 1} of {len(commands)})"

@@ -92,6 +92,10 @@ class PortAllocator:
                 return port
         raise RuntimeError(f"no free local port found in {max_tries} tries")
 
+    def claim(self, port: int) -> None:
+        """`port` is in use by a process this allocator's owner adopted: never hand it out."""
+        self._given.add(port)
+
     def release(self, port: int) -> None:
         """`port` is no longer used by this allocator's owner: it may be handed out again."""
         self._given.discard(port)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 from pydantic import ValidationError
 
 from shardrec.api.topology import RouterServing
+from shardrec.planning.canary import CanaryStats
+from shardrec.serving.tls import client_context
 
 PROBE_TIMEOUT_S = 0.5
 
@@ -20,6 +23,12 @@ class ReadinessProber:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self._ready: dict[str, bool] = {}
         self._router: dict[str, tuple[bool, RouterServing | None]] = {}
+        self._canary: dict[str, CanaryStats | None] = {}
+
+    def trust(self, ca_file: Path) -> None:
+        """Verify https:// children against the cluster's CA from now on."""
+        self._client.close()
+        self._client = httpx.Client(timeout=PROBE_TIMEOUT_S, verify=client_context(ca_file))
 
     def _ready_once(self, base_url: str) -> bool:
         try:
@@ -36,8 +45,11 @@ class ReadinessProber:
         if response.status_code != 200:
             return False, None
         try:
-            return True, RouterServing.model_validate(response.json().get("serving"))
-        except (ValueError, ValidationError):
+            body = response.json()
+            canary = body.get("canary")
+            self._canary[base_url] = CanaryStats.from_report(canary) if isinstance(canary, dict) else None
+            return True, RouterServing.model_validate(body.get("serving"))
+        except (ValueError, ValidationError, AttributeError):
             return True, None
 
     def probe(self, shard_urls: list[str], router_url: str) -> None:
@@ -52,6 +64,10 @@ class ReadinessProber:
     def router(self, router_url: str) -> tuple[bool, RouterServing | None]:
         """Whether the router is ready, and what it reports serving (None if it reports nothing)."""
         return self._router.get(router_url, (False, None))
+
+    def canary(self, router_url: str) -> CanaryStats | None:
+        """The router's canary measurements from its last `/readyz` (None without a canary)."""
+        return self._canary.get(router_url)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

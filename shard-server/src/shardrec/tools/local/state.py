@@ -11,8 +11,31 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
+
+from shardrec.api import pki
+
+
+@dataclass(frozen=True)
+class ShardTls:
+    """PEM files: the CA routers trust, and the certificate and key shards serve."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Atomically, mode 0600 from the start (keys never readable by others, not even briefly)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
 
 
 @dataclass(frozen=True)
@@ -64,6 +87,36 @@ class StateDir:
         return path.read_text(encoding="ascii").strip()
 
     @property
+    def tls_dir(self) -> Path:
+        """The cluster's CA (`ca.pem`) and the shards' certificate and key (`shard.crt`,
+        `shard.key`, mode 0600); `shard_tls` issues them."""
+        return self.root / "tls"
+
+    def shard_tls(self, now: datetime) -> ShardTls:
+        """The cluster's shard TLS files: a CA of its own and a certificate for 127.0.0.1 and
+        localhost, issued on first use and re-issued (with the same CA) once `pki.needs_renewal`
+        says so. Running shards read their certificate at start, so a renewed one is served from
+        each shard's next start (a local certificate lives 90 days and is renewed at 60)."""
+        files = ShardTls(self.tls_dir / "ca.pem", self.tls_dir / "shard.crt", self.tls_dir / "shard.key")
+        self.tls_dir.mkdir(parents=True, exist_ok=True)
+        if not files.ca.exists() or not (self.tls_dir / "ca.key").exists():
+            ca = pki.new_ca(f"shardrec local {self.root.name}", now)
+            _write_private(self.tls_dir / "ca.key", ca.key_pem)
+            _write_private(files.ca, ca.cert_pem)
+            files.cert.unlink(missing_ok=True)
+        ca = pki.KeyPair(files.ca.read_bytes(), (self.tls_dir / "ca.key").read_bytes())
+        current = files.cert.read_bytes() if files.cert.exists() and files.key.exists() else None
+        if (
+            current is None
+            or pki.needs_renewal(pki.validity(current), now)
+            or not pki.signed_by(current, ca.cert_pem)
+        ):
+            server = pki.new_server_cert(ca, ["localhost"], now, ip_addresses=["127.0.0.1"])
+            _write_private(files.key, server.key_pem)
+            _write_private(files.cert, server.cert_pem)
+        return files
+
+    @property
     def lock_file(self) -> Path:
         return self.root / "supervisor.lock"
 
@@ -77,6 +130,13 @@ class StateDir:
 
     def layout_dir(self, layout: str) -> Path:
         return self.layouts_dir / layout
+
+    def write_log_dir(self, layout: str, replica: int) -> Path:
+        """The write logs of replica `replica` of every shard of `layout`: it outlives the process,
+        so a restarted replica replays what it acknowledged. Per layout, because the replicas of
+        two layouts run side by side during a rollout; a new layout gets the old one's writes by
+        its build's cut and the forwarding after it (tools/local/carry.py)."""
+        return self.root / "writes" / layout / f"replica-{replica}"
 
     def ensure(self) -> None:
         for folder in (self.root, self.layouts_dir, self.logs_dir):

@@ -7,17 +7,20 @@ One pass (`reconcile_once`) is: reap builds and dead children -> probe readiness
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import Literal
 
+import httpx
 import yaml
 
 from shardrec.api.commands import (
@@ -30,8 +33,9 @@ from shardrec.api.commands import (
     router_arguments,
     shard_arguments,
 )
-from shardrec.api.topology import LayoutTopology, ReplicaEndpoint, ShardEndpoints, Topology
-from shardrec.api.v1alpha1 import RecommenderCluster, RecommenderClusterStatus
+from shardrec.api.cpu import cpu_threads
+from shardrec.api.topology import CanaryRoute, LayoutTopology, ReplicaEndpoint, ShardEndpoints, Topology
+from shardrec.api.v1alpha1 import CANARY_COMMAND_ANNOTATION, RecommenderCluster, RecommenderClusterStatus
 from shardrec.planning import plan
 from shardrec.planning.actions import (
     Action,
@@ -41,6 +45,7 @@ from shardrec.planning.actions import (
     EnsureShards,
     RecordEvent,
     RetireLayout,
+    RouteCanary,
     StageRouter,
     SwitchRouter,
 )
@@ -52,12 +57,28 @@ from shardrec.planning.fleet import (
 )
 from shardrec.planning.layouts import LayoutSpec
 from shardrec.planning.observed import Observed, ObservedLayout, ObservedRouter, ObservedShard
+from shardrec.planning.timestamps import format_time
+from shardrec.serving.index.write_log import WriteLogError
 from shardrec.serving.shard.exit_codes import EXIT_PORT_IN_USE
+from shardrec.serving.tls import client_context
 from shardrec.tools.local.builds import LocalBuilds
+from shardrec.tools.local.carry import CutError, LocalCarry
+from shardrec.tools.local.plan_preview import paused_preview
 from shardrec.tools.local.ports import PortAllocator
 from shardrec.tools.local.probes import ReadinessProber
-from shardrec.tools.local.processes import ProcessSpec, ProcessTable
-from shardrec.tools.local.state import StateDir, atomic_write_json, atomic_write_text, read_json
+from shardrec.tools.local.processes import (
+    STATE_DIR_ENV,
+    Adoption,
+    ProcessIdentity,
+    ProcessSpec,
+    ProcessTable,
+    adoption_decision,
+    processes_of_state_dir,
+    read_stat,
+    spec_digest,
+    stop_verified,
+)
+from shardrec.tools.local.state import ShardTls, StateDir, atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger("shardrec.local")
 
@@ -70,22 +91,74 @@ def load_cluster_file(path: Path) -> RecommenderCluster:
     return RecommenderCluster.model_validate(data)
 
 
-def kill_recorded_children(state: StateDir) -> None:
-    """Stop children a killed supervisor left behind, from its last process table. A pid is
-    signalled only while its command line still names shardrec, so a reused pid is left alone."""
-    if not state.runtime_file.exists():
-        return
-    for entry in read_json(state.runtime_file).get("processes", []):
-        pid = entry.get("pid")
-        if not isinstance(pid, int):
+@dataclass(frozen=True)
+class RecordedProcess:
+    """One row of the process table a supervisor left in runtime.json."""
+
+    name: str
+    identity: ProcessIdentity
+    digest: str | None
+    restarts: int
+    port: int | None
+    replica: tuple[str, int, int] | None  # (layout, shard, replica) of a shard replica
+
+
+def recorded_processes(state: StateDir) -> list[RecordedProcess]:
+    """The process table of the last supervisor, without rows that do not name a process by pid
+    and start time (tables written before start times were recorded, a damaged file)."""
+    try:
+        table = read_json(state.runtime_file).get("processes", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    rows = []
+    for entry in table if isinstance(table, list) else []:
+        pid, start = entry.get("pid"), entry.get("start_time")
+        if not isinstance(pid, int) or not isinstance(start, int):
             continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"shardrec" in cmdline:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+        layout, shard, replica = entry.get("layout"), entry.get("shard"), entry.get("replica")
+        where = (
+            (layout, shard, replica)
+            if isinstance(layout, str) and isinstance(shard, int) and isinstance(replica, int)
+            else None
+        )
+        port = entry.get("port")
+        rows.append(
+            RecordedProcess(
+                name=str(entry.get("name", "")),
+                identity=ProcessIdentity(pid, start),
+                digest=entry.get("digest") if isinstance(entry.get("digest"), str) else None,
+                restarts=int(entry.get("restarts", 0) or 0),
+                port=port if isinstance(port, int) else None,
+                replica=where,
+            )
+        )
+    return rows
+
+
+def kill_recorded_children(state: StateDir, keep: frozenset[int] = frozenset()) -> int:
+    """Stop what a killed supervisor left running: the processes of its last table, each only if
+    its pid still has the recorded start time, and every process marked with this state folder
+    (which finds children the table missed, a full disk having kept it from being rewritten).
+    Processes in the sessions of `keep` (adopted children) are left alone. Returns how many."""
+    stopped = 0
+    for row in recorded_processes(state):
+        if (
+            row.identity.pid not in keep
+            and adoption_decision(row.identity, read_stat(row.identity.pid), row.digest, None)
+            is not Adoption.GONE
+        ):
+            stop_verified(row.identity)
+            stopped += 1
+    for identity, session in list(processes_of_state_dir(state.root)):
+        if identity.pid != os.getpid() and session not in keep:
+            stop_verified(identity)
+            stopped += 1
+    return stopped
+
+
+def unsupervised_processes(state: StateDir) -> int:
+    """How many processes of this state folder run (for `status` while no supervisor does)."""
+    return sum(1 for _ in processes_of_state_dir(state.root))
 
 
 def replica_name(layout: str, shard: int, replica: int) -> str:
@@ -120,6 +193,26 @@ class LocalSupervisor:
     # spec.index.hnsw.efSearch, published in the topology (routers send it with every query): a
     # change rewrites the topology in the next pass and restarts no process.
     _ef_search: int | None = None
+    shard_tls: bool = True
+    """Router -> shard over TLS with the cluster's own CA (`StateDir.shard_tls`); the default."""
+    _tls: ShardTls | None = None
+    _carry: LocalCarry | None = None
+
+    def __post_init__(self) -> None:
+        if self.shard_tls:
+            self._tls = self.state.shard_tls(datetime.now(UTC))
+            self._prober.trust(self._tls.ca)
+
+    def _shard_url(self, port: int) -> str:
+        return f"{'https' if self._tls else 'http'}://127.0.0.1:{port}"
+
+    @property
+    def carry(self) -> LocalCarry:
+        """Fold-in at the next version (tools/local/carry.py): cuts, forwarding, the gate."""
+        if self._carry is None:
+            verify: ssl.SSLContext | bool = client_context(self._tls.ca) if self._tls is not None else True
+            self._carry = LocalCarry(self.state, httpx.Client(verify=verify), self.state.shard_token())
+        return self._carry
 
     @property
     def builds(self) -> LocalBuilds:
@@ -145,6 +238,8 @@ class LocalSupervisor:
                 ready = frozenset(
                     self._replicas[n].replica for n in names if self._prober.is_ready(self._url_of(n))
                 )
+                if self.carry.holds_back(spec.id):
+                    ready = frozenset()  # its old layout's writes are not all forwarded yet
                 shards.append(ObservedShard(number, len(names), len(ready), ready))
             layouts.append(
                 ObservedLayout(spec=spec, build=self.builds.observe(spec.id), shards=tuple(shards))
@@ -168,16 +263,24 @@ class LocalSupervisor:
             previous_status=previous,
             router_endpoint=self.router_url,
             artifact_deletions=self.builds.deletions(),
+            canary_reports=tuple(r for r in (self._prober.canary(self.router_url),) if r is not None),
+            canary_command=_annotation(cluster, CANARY_COMMAND_ANNOTATION),
         )
 
     def _url_of(self, name: str) -> str:
-        return f"http://127.0.0.1:{self._replicas[name].port}"
+        return self._shard_url(self._replicas[name].port)
 
     # --- act -----------------------------------------------------------------------------
 
     def _execute(self, action: Action, cluster: RecommenderCluster, now_s: float) -> None:
         if isinstance(action, EnsureBuild):
-            self.builds.ensure(action.layout, action.attempt, _object_store_flags(cluster))
+            layout = action.layout
+            try:
+                self.builds.ensure(
+                    layout, action.attempt, _object_store_flags(cluster), carry=lambda: self._take_cut(layout)
+                )
+            except CutError as exc:  # no build starts; the next pass tries again
+                log.error("build of %s not started: %s", layout.id, exc)
         elif isinstance(action, EnsureShards):
             self._ensure_shards(action.layout, action.replicas, cluster, now_s)
         elif isinstance(action, StageRouter):
@@ -185,7 +288,8 @@ class LocalSupervisor:
             active = topology.active.layout if topology and topology.active else None
             self._write_topology(self._known(active), action.layout)
         elif isinstance(action, SwitchRouter):
-            self._write_topology(action.layout, None)
+            if self._hand_over(action.layout):
+                self._write_topology(action.layout, None)
         elif isinstance(action, DeleteLayout):
             for name in [n for n, r in self._replicas.items() if r.layout == action.layout_id]:
                 self._remove_replica(name)
@@ -196,6 +300,96 @@ class LocalSupervisor:
             pass  # kept running unchanged for rollback until its DeleteLayout
         elif isinstance(action, DeleteArtifacts):
             self.builds.delete_artifacts(action.layout_id)
+        elif isinstance(action, RouteCanary):
+            self._route_canary(action)
+
+    def _take_cut(self, layout: LayoutSpec) -> Path | None:
+        """The carry folder of a layout whose build starts: the active layout's writes up to now
+        (None while no other layout serves)."""
+        topology = self._read_topology()
+        active = self._known(topology.active.layout if topology and topology.active else None)
+        if active is None or active.id == layout.id:
+            return None
+        try:
+            return self.carry.take_cut(layout, active)
+        except (OSError, WriteLogError) as exc:
+            raise CutError(f"cannot carry the writes of {active.id}: {exc}") from exc
+
+    def _layout_urls(self, layout_id: str) -> dict[tuple[int, int], str]:
+        """(shard, replica) -> base URL of every replica process of the layout."""
+        return {
+            (r.shard, r.replica): self._url_of(name)
+            for name, r in self._replicas.items()
+            if r.layout == layout_id
+        }
+
+    def _hand_over(self, layout: LayoutSpec) -> bool:
+        """Before the router switches to `layout`: open its own leaders (fenced if it served before
+        and is rolled back to), and, when it carries writes from another layout, fence that one's
+        leaders and forward the rest (tools/local/carry.py). False: do not switch this pass."""
+        urls = self._layout_urls(layout.id)
+        if layout.id in self.carry.fenced_layouts() and all(
+            self.carry.fence(url, False) for (_, replica), url in urls.items() if replica == 0
+        ):
+            self.carry.mark_fenced(layout.id, False)
+        source = self.carry.source(layout.id)
+        if source is None:
+            return True
+        old = {shard: url for (shard, replica), url in self._layout_urls(source).items() if replica == 0}
+        live = {spec.id for spec in self.builds.known_layouts()}
+        self.carry.mark_fenced(source, True)
+        if not self.carry.hand_over(layout, old, urls, live):
+            log.warning(
+                "not switching to %s yet: the writes of %s are not all carried over", layout.id, source
+            )
+            return False
+        return True
+
+    def _open_active_leaders(self) -> None:
+        """The serving layout's leaders must take writes: a hand-over that fenced them and then
+        did not switch (it failed, the supervisor died in between, the rollout was abandoned) is
+        undone here, at the end of every pass."""
+        topology = self._read_topology()
+        active = topology.active.layout if topology and topology.active else None
+        if active is None or active not in self.carry.fenced_layouts():
+            return
+        leaders = [url for (_, replica), url in self._layout_urls(active).items() if replica == 0]
+        if all(self.carry.fence(url, False) for url in leaders):
+            self.carry.mark_fenced(active, False)
+
+    def _forward_carried_writes(self) -> None:
+        """Forward the writes their old layout logged after the cut to layouts whose every replica
+        is ready (before the gate opens, and after it until the old layout is deleted)."""
+        known = self.builds.known_layouts()
+        live = {spec.id for spec in known}
+        for spec in known:
+            names = [n for n, r in self._replicas.items() if r.layout == spec.id]
+            urls = {(self._replicas[n].shard, self._replicas[n].replica): self._url_of(n) for n in names}
+            if len({shard for shard, _ in urls}) < spec.shards or not all(
+                self._prober.is_ready(url) for url in urls.values()
+            ):
+                continue
+            self.carry.forward(spec, urls, live)
+        self.carry.collect(live)
+
+    def _route_canary(self, action: RouteCanary) -> None:
+        """The topology's canary section (kept by every other write until the next RouteCanary)."""
+        topology = self._read_topology()
+        active = self._known(topology.active.layout if topology and topology.active else None)
+        staged = self._known(topology.staged.layout if topology and topology.staged else None)
+        if action.layout is None:
+            if staged is not None and staged.id == action.unstage:
+                staged = None
+            self._write_topology(active, staged, canary=None)
+            return
+        route = CanaryRoute(
+            layout=action.layout.id,
+            step=action.step,
+            weight=action.weight,
+            sample_rate=action.sample_rate,
+            max_inflight=action.max_inflight,
+        )
+        self._write_topology(active, action.layout, canary=route)
 
     def _ensure_shards(
         self, layout: LayoutSpec, replicas: int, cluster: RecommenderCluster, now_s: float
@@ -221,9 +415,18 @@ class LocalSupervisor:
                 shard=entry.shard,
                 host="127.0.0.1",
                 port=entry.port,
+                write_log_dir=str(self.state.write_log_dir(entry.layout, entry.replica)),
             ),
         )  # fmt: skip
-        env = ((env_name(ShardFlags.PROCESS, ShardFlags.ADMIN_TOKEN), self.state.shard_token()),)
+        env: tuple[tuple[str, str], ...] = (
+            (env_name(ShardFlags.PROCESS, ShardFlags.ADMIN_TOKEN), self.state.shard_token()),
+            (STATE_DIR_ENV, str(self.state.root)),
+        )
+        if self._tls is not None:
+            env += (
+                (env_name(ShardFlags.PROCESS, ShardFlags.TLS_CERT), str(self._tls.cert)),
+                (env_name(ShardFlags.PROCESS, ShardFlags.TLS_KEY), str(self._tls.key)),
+            )
         return ProcessSpec(name, argv, self.state.logs_dir / f"{name}.log", env=env, port=entry.port)
 
     def _remove_replica(self, name: str) -> None:
@@ -274,10 +477,18 @@ class LocalSupervisor:
     def _known(self, layout_id: str | None) -> LayoutSpec | None:
         return next((spec for spec in self.builds.known_layouts() if spec.id == layout_id), None)
 
-    def _write_topology(self, active: LayoutSpec | None, staged: LayoutSpec | None) -> None:
+    def _write_topology(
+        self,
+        active: LayoutSpec | None,
+        staged: LayoutSpec | None,
+        canary: CanaryRoute | Literal["keep"] | None = "keep",
+    ) -> None:
         """Write the document that serves `active` and prepares `staged`, continuing the revision
-        from the file or, if the file was lost, from the status (`fleet.topology_document`)."""
+        from the file or, if the file was lost, from the status (`fleet.topology_document`). The
+        canary section is kept unless given (it goes with its staged layout)."""
         current = self._read_topology()
+        if canary == "keep":
+            canary = current.canary if current is not None else None
         status = self._read_status()
         floor = (status.topology_epoch, status.topology_revision) if status.topology_revision else None
         topology = topology_document(
@@ -286,6 +497,7 @@ class LocalSupervisor:
             staged=self._layout_topology(staged) if staged is not None else None,
             floor=floor,
             now_ms=int(time.time() * 1000),
+            canary=canary,
         )
         if topology is None:
             return
@@ -330,16 +542,22 @@ class LocalSupervisor:
         return RecommenderClusterStatus.model_validate(read_json(self.state.status_file))
 
     def _write_runtime(self) -> None:
-        table = [
-            {
+        table = []
+        for name, proc in self.processes.items():
+            row: dict[str, object] = {
                 "name": name,
                 "pid": proc.pid,
+                # pid and start time name the process: a new supervisor adopts it only if both match
+                "start_time": proc.identity.start_time if proc.identity is not None else None,
+                "digest": spec_digest(proc.spec),
                 "port": proc.spec.port,
                 "restarts": proc.restarts,
                 "ready": self._is_process_ready(name, proc.spec.port),
             }
-            for name, proc in self.processes.items()
-        ]
+            replica = self._replicas.get(name)
+            if replica is not None:
+                row.update(layout=replica.layout, shard=replica.shard, replica=replica.replica)
+            table.append(row)
         atomic_write_json(
             self.state.runtime_file,
             {
@@ -353,18 +571,26 @@ class LocalSupervisor:
     def _is_process_ready(self, name: str, port: int | None) -> bool:
         if name == "router":
             return self._prober.router(self.router_url)[0]
-        return port is not None and self._prober.is_ready(f"http://127.0.0.1:{port}")
+        return port is not None and self._prober.is_ready(self._shard_url(port))
 
     # --- loop ----------------------------------------------------------------------------
 
-    def _ensure_router(self, cluster: RecommenderCluster, now_s: float) -> None:
+    def _router_spec(self, cluster: RecommenderCluster) -> ProcessSpec:
+        """The router process, and its config file written. The router reads the config and the
+        API keys once at start, so the spec's revision digests both: `recctl apply` of router or
+        auth settings (or a new keys file) restarts the router, which then serves with them."""
         config = {
             "router": cluster.spec.router.model_dump(by_alias=True, mode="json"),
             "auth": cluster.spec.auth.model_dump(by_alias=True, mode="json"),
         }
         atomic_write_json(self.state.router_config_file, config)
-        if not self.state.topology_file.exists():
-            self._write_topology(None, None)
+        keys_file = cluster.spec.auth.api_keys_file
+        revision = hashlib.sha256(self.state.router_config_file.read_bytes())
+        if keys_file is not None:
+            try:
+                revision.update(Path(keys_file).read_bytes())
+            except OSError as exc:
+                revision.update(repr(exc).encode())  # the router reports it and exits
         argv = (
             sys.executable, "-m", ROUTER_MODULE,
             *router_arguments(
@@ -372,13 +598,71 @@ class LocalSupervisor:
                 router_config=str(self.state.router_config_file),
                 host=self.router_host,
                 port=self.router_port,
+                api_keys_file=keys_file,
+                # resources.router's CPU (limit, else request), as the operator passes it; one
+                # worker without it: locally the router shares the machine with every shard.
+                workers=cpu_threads(cluster.spec.resources.router) or 1,
             ),
         )  # fmt: skip
-        env = ((env_name(RouterFlags.PROCESS, RouterFlags.SHARD_TOKEN), self.state.shard_token()),)
-        self.processes.ensure(
-            ProcessSpec("router", argv, self.state.logs_dir / "router.log", env=env, port=self.router_port),
-            now_s,
+        env: tuple[tuple[str, str], ...] = (
+            (env_name(RouterFlags.PROCESS, RouterFlags.SHARD_TOKEN), self.state.shard_token()),
+            (STATE_DIR_ENV, str(self.state.root)),
         )
+        if self._tls is not None:
+            env += ((env_name(RouterFlags.PROCESS, RouterFlags.SHARD_CA), str(self._tls.ca)),)
+        return ProcessSpec(
+            "router",
+            argv,
+            self.state.logs_dir / "router.log",
+            env=env,
+            port=self.router_port,
+            revision=revision.hexdigest(),
+        )
+
+    def _ensure_router(self, cluster: RecommenderCluster, now_s: float) -> None:
+        spec = self._router_spec(cluster)
+        if not self.state.topology_file.exists():
+            self._write_topology(None, None)
+        self.processes.ensure(spec, now_s)
+
+    def adopt_or_clean_up(self, cluster: RecommenderCluster) -> list[str]:
+        """Take over what a dead supervisor of this state folder left running. A recorded process
+        whose pid still has its recorded start time and that runs what this supervisor would run
+        is adopted (supervised, restarted if it dies); one that runs something else is stopped; a
+        pid that now names another process is left alone. Every other process marked with this
+        state folder (an orphaned build, a child the stale table missed) is stopped. Returns the
+        names adopted."""
+        now_s = time.monotonic()
+        adopted: list[str] = []
+        for row in recorded_processes(self.state):
+            wanted: ProcessSpec | None = None
+            replica: _Replica | None = None
+            if row.name == "router":
+                wanted = self._router_spec(cluster)
+            elif row.replica is not None and row.port is not None:
+                layout, shard, number = row.replica
+                replica = _Replica(layout, shard, number, row.port)
+                wanted = self._replica_spec(row.name, replica, cluster)
+            decision = adoption_decision(
+                row.identity,
+                read_stat(row.identity.pid),
+                row.digest,
+                spec_digest(wanted) if wanted is not None else None,
+            )
+            if decision is Adoption.ADOPT and wanted is not None:
+                self.processes.adopt(wanted, row.identity, row.restarts, now_s)
+                if replica is not None:
+                    self._replicas[row.name] = replica
+                    self.ports.claim(replica.port)
+                adopted.append(row.name)
+            elif decision is Adoption.REPLACE:
+                log.info("stopping %s (pid %d): it does not run the current spec", row.name, row.identity.pid)
+                stop_verified(row.identity)
+        keep = frozenset(proc.pid for _, proc in self.processes.items() if proc.pid is not None)
+        stray = kill_recorded_children(self.state, keep)
+        if adopted or stray:
+            log.info("adopted %s; stopped %d stray processes", ", ".join(adopted) or "nothing", stray)
+        return adopted
 
     def reconcile_once(self) -> RecommenderClusterStatus:
         now_s = time.monotonic()
@@ -391,7 +675,8 @@ class LocalSupervisor:
             log.warning("process %s died; restarting with backoff", name)
         self._move_replicas_off_taken_ports(died, cluster, now_s)
         self._ensure_router(cluster, now_s)
-        self._prober.probe([f"http://127.0.0.1:{r.port}" for r in self._replicas.values()], self.router_url)
+        self._prober.probe([self._shard_url(r.port) for r in self._replicas.values()], self.router_url)
+        self._forward_carried_writes()
         observed = self._observe(cluster, datetime.now(UTC))
         decision = plan(cluster.metadata.name, cluster.spec, observed)
         switching = {action.layout_id for action in decision.of_type(SwitchRouter)}
@@ -400,9 +685,14 @@ class LocalSupervisor:
                 continue  # staged and switched in one pass: one write does both
             self._execute(action, cluster, now_s)
         self._refresh_serving_endpoints()
+        self._open_active_leaders()
         status = decision.status
         if self._written is not None:
             status = with_topology_written(status, self._written)
+        if cluster.spec.paused:
+            status = status.model_copy(
+                update={"plan_preview": paused_preview(cluster, observed.previous_status)}
+            )
         if status != observed.previous_status:
             atomic_write_json(self.state.status_file, status.model_dump(by_alias=True, mode="json"))
         self._write_runtime()
@@ -416,7 +706,9 @@ class LocalSupervisor:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        kill_recorded_children(self.state)
+        cluster = load_cluster_file(self.state.spec_file)
+        self.adopt_or_clean_up(cluster)
+        self._restart_rollout_clocks()
         try:
             while not self._stopping:
                 try:
@@ -427,11 +719,41 @@ class LocalSupervisor:
         finally:
             self.shutdown()
 
+    def _restart_rollout_clocks(self) -> None:
+        status = self._read_status()
+        restarted = restart_rollout_clocks(status, datetime.now(UTC))
+        if restarted != status:
+            atomic_write_json(self.state.status_file, restarted.model_dump(by_alias=True, mode="json"))
+
     def shutdown(self) -> None:
         self.builds.stop_all()
         self.processes.stop_all()
         self._prober.close()
+        if self._carry is not None:
+            self._carry.close()
         self._write_runtime()
+
+
+def _annotation(cluster: RecommenderCluster, name: str) -> str | None:
+    """One of the cluster file's metadata.annotations, or None."""
+    annotations = (cluster.metadata.model_extra or {}).get("annotations")
+    value = annotations.get(name) if isinstance(annotations, dict) else None
+    return str(value) if value is not None else None
+
+
+def restart_rollout_clocks(status: RecommenderClusterStatus, now: datetime) -> RecommenderClusterStatus:
+    """A layout still on its way (Building, Starting) when a supervisor starts gets its rollout
+    clock (`createdAt`, which `rollout.timeoutSeconds` counts from) set to now: nothing worked on
+    it while no supervisor ran, so a stop, a long pause and an `up` must not fail it as timed out.
+    Layouts in any other state keep their records."""
+    stamp = format_time(now)
+    layouts = [
+        entry.model_copy(update={"created_at": stamp}) if entry.state in ("Building", "Starting") else entry
+        for entry in status.layouts
+    ]
+    if layouts == status.layouts:
+        return status
+    return status.model_copy(update={"layouts": layouts})
 
 
 def _object_store_flags(cluster: RecommenderCluster) -> ObjectStoreFlags | None:

@@ -89,6 +89,16 @@ def _quality(
     }
 
 
+def _user_vectors(params: TrainParams) -> str:
+    if params.model == "als" and params.user_vectors == "recent":
+        return (
+            f"folded in from each user's {params.recent_n} most recent training interactions "
+            "(closed-form ALS user step with the item factors fixed, ratings as weights; "
+            "serving/index/foldin.py)"
+        )
+    return "as trained"
+
+
 def build_metadata(
     result: TrainingResult,
     params: TrainParams,
@@ -99,6 +109,7 @@ def build_metadata(
     held_out: int,
     tuning: SearchResult | None = None,
     quality: dict[str, Any] | None = None,
+    mean_rating: float | None = None,
 ) -> dict[str, Any]:
     import implicit
 
@@ -114,8 +125,12 @@ def build_metadata(
             if params.model == "bpr"
             else WEIGHTINGS[params.weighting],
             "params": params.relevant() | {"threads": params.threads},
+            "user_vectors": _user_vectors(params),
         },
         "source": source,
+        # The fold-in of recent items (serving/index/foldin.py) weighs an item sent without a
+        # weight like an average training interaction.
+        "interactions": {"mean_rating": round(mean_rating, 6)} if mean_rating is not None else None,
         "holdout": {"per_user": holdout, "held_out_interactions": held_out, "rule": HOLDOUT_RULE}
         if holdout
         else None,
@@ -180,6 +195,7 @@ def train_embeddings(
         held_out=held_out,
         tuning=tuning,
         quality=quality,
+        mean_rating=float(interactions.ratings.mean()),
     )
     trained = result.embeddings
     write_embeddings_dir(

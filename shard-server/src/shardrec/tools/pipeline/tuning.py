@@ -5,8 +5,13 @@ interactions (the test split already removed); this module carves a validation s
 them (each user's `per_user` most recent training interactions, `leave_last_n_out` again), fits
 every trial on what is left, and ranks trials by validation NDCG@k. The winner is then refitted
 by the caller on all training interactions. Trials are drawn from `SPACE` with a seeded RNG, so
-a search is repeatable; it stops after `trials` trials or `seconds` seconds, whichever is first
-(the first trial always runs).
+a search is repeatable; it stops after `trials` fits or `seconds` seconds, whichever is first
+(the first fit always runs).
+
+The stored user vectors are one more axis, scored without refitting: every ALS fit is judged
+with its trained user vectors and with each user folded in from its last N fit interactions
+(`training.recent_user_vectors`, N in `SearchBudget.recent`), each a trial of its own. The
+fold-in reads only the fit interactions, so the validation items stay unseen.
 
 Scoring is vectorised: one user-block x items matrix product, seen items masked, top-k by
 argpartition, with the same tie-break as the serving path (higher score, then lower item row).
@@ -24,7 +29,15 @@ import numpy.typing as npt
 
 from shardrec.tools.pipeline.holdout import leave_last_n_out
 from shardrec.tools.pipeline.interactions import Interactions
-from shardrec.tools.pipeline.training import Model, TrainParams, fit_factors, rating_matrix, weight
+from shardrec.tools.pipeline.training import (
+    Histories,
+    Model,
+    TrainParams,
+    fit_factors,
+    rating_matrix,
+    recent_user_vectors,
+    weight,
+)
 
 if TYPE_CHECKING:
     import scipy.sparse
@@ -62,12 +75,15 @@ class SearchBudget:
     families: tuple[str, ...] = ("als", "bpr")
     per_user: int = 3  # validation interactions per user (more than one: a steadier ranking)
     seed: int = 42  # of the search's RNG (each trial's model seed is TrainParams.seed)
+    # ALS user vectors folded in from the last N fit interactions, scored beside the trained ones
+    # for every ALS fit (no refit: a second or so per N on MovieLens). Empty: trained only.
+    recent: tuple[int, ...] = (5, 10, 20)
 
     def __post_init__(self) -> None:
         bad = [f for f in self.families if f not in SPACE]
         if bad or not self.families:
             raise ValueError(f"unknown model families {bad} (expected some of {sorted(SPACE)})")
-        if self.trials < 1 or self.seconds <= 0 or self.per_user < 1:
+        if self.trials < 1 or self.seconds <= 0 or self.per_user < 1 or any(n < 1 for n in self.recent):
             raise ValueError(f"invalid search budget {asdict(self)}")
 
 
@@ -78,10 +94,12 @@ class Trial:
     ndcg: float
     hit_rate: float
     seconds: float
+    fit: int = 0  # the fit it scores (the user-vector variants of one fit share it)
 
     def record(self) -> dict[str, Any]:
         return {
             "trial": self.number,
+            "fit": self.fit,
             "params": self.params.relevant(),
             "ndcg": round(self.ndcg, 6),
             "hit_rate": round(self.hit_rate, 6),
@@ -93,6 +111,7 @@ class Trial:
 class SearchResult:
     best: Trial
     trials: list[Trial]
+    fits: int
     budget: SearchBudget
     validation_users: int
     validation_interactions: int
@@ -115,7 +134,9 @@ class SearchResult:
                 "method": "random",
                 "seed": self.budget.seed,
                 "families": list(self.budget.families),
+                "user_vectors": ["trained"] + [f"recent {n}" for n in self.budget.recent],
                 "budget_trials": self.budget.trials,
+                "fits": self.fits,
                 "budget_seconds": self.budget.seconds,
                 "stopped_by": self.stopped_by,
                 "seconds": round(self.seconds, 3),
@@ -204,9 +225,51 @@ def validation_split(training: Interactions, per_user: int) -> tuple[Interaction
 
 
 def draw(family: str, rng: np.random.Generator, base: TrainParams) -> TrainParams:
-    """One random point of `SPACE[family]`, other parameters from `base`."""
+    """One random point of `SPACE[family]`, other parameters from `base` (trained user vectors:
+    the fold-in variants are scored from the same fit)."""
     values = {name: choices[int(rng.integers(len(choices)))] for name, choices in SPACE[family].items()}
-    return replace(base, model=cast("Model", family), **values)
+    return replace(base, model=cast("Model", family), user_vectors="trained", **values)
+
+
+def user_vector_variants(params: TrainParams, recent: Sequence[int]) -> list[TrainParams]:
+    """`params` with each user-vector choice the search scores from one fit (ALS: trained and
+    every N of `recent`, and `params`' own N when it asks for recent vectors; BPR: trained)."""
+    trained = replace(params, user_vectors="trained")
+    if params.model != "als":
+        return [trained]
+    sizes = sorted(set(recent) | ({params.recent_n} if params.user_vectors == "recent" else set()))
+    return [trained] + [replace(params, user_vectors="recent", recent_n=n) for n in sizes]
+
+
+def _score_fit(
+    params: TrainParams,
+    users: npt.NDArray[np.float32],
+    items: npt.NDArray[np.float32],
+    validation: ValidationSet,
+    histories: Histories,
+    *,
+    recent: Sequence[int],
+    fit: int,
+    before: int,
+    started: float,
+) -> list[Trial]:
+    """One trial per user-vector variant of one fit (numbered after `before` trials); a fit with
+    non-finite factors scores 0. `started`: when the fit began (each trial's seconds include it)."""
+    fit_seconds = time.perf_counter() - started
+    finite = bool(np.isfinite(users).all() and np.isfinite(items).all())
+    trials: list[Trial] = []
+    for variant in user_vector_variants(params, recent):
+        variant_started = time.perf_counter()
+        ndcg = hit = 0.0
+        if finite:
+            vectors = users
+            if variant.user_vectors == "recent":
+                vectors = recent_user_vectors(histories, items, variant, users, variant.recent_n)
+            hits, ndcgs = validation.metrics(vectors, items, K)
+            ndcg, hit = float(ndcgs.mean()), float(hits.mean())
+        seconds = fit_seconds + time.perf_counter() - variant_started
+        trials.append(Trial(before + len(trials) + 1, variant, ndcg, hit, seconds, fit=fit))
+    return trials
 
 
 def search(
@@ -232,7 +295,9 @@ def search(
     stopped_by = "trials"
     queue = list(first)
     attempts = 0
-    while len(trials) < budget.trials:
+    fits = 0
+    histories: Histories | None = None
+    while fits < budget.trials:
         if trials and time.perf_counter() - started >= budget.seconds:
             stopped_by = "seconds"
             break
@@ -242,7 +307,7 @@ def search(
             family = budget.families[int(rng.integers(len(budget.families)))]
             params = draw(family, rng, base)
         attempts += 1
-        key = params.describe()
+        key = replace(params, user_vectors="trained").describe()  # one fit serves every variant
         if key in seen:
             if attempts > 20 * budget.trials:
                 break  # the space is exhausted
@@ -260,24 +325,34 @@ def search(
         if cache_key not in weighted:
             weighted[cache_key] = weight(validation.raw, params)
         users, items = fit_factors(weighted[cache_key], params)
-        if not (np.isfinite(users).all() and np.isfinite(items).all()):
-            ndcg = hit = 0.0
-        else:
-            hits, ndcgs = validation.metrics(users, items, K)
-            ndcg, hit = float(ndcgs.mean()), float(hits.mean())
-        trial = Trial(len(trials) + 1, params, ndcg, hit, time.perf_counter() - trial_started)
-        trials.append(trial)
-        if report is not None:
-            best = max(trials, key=lambda t: t.ndcg)
-            report(
-                f"trial {trial.number}/{budget.trials} [{time.perf_counter() - started:5.1f}s] "
-                f"{params.describe()}: NDCG@{K} {ndcg:.4f} hit@{K} {hit:.4f} "
-                f"(best {best.ndcg:.4f}, trial {best.number})"
-            )
+        fits += 1
+        histories = histories or Histories.of(fit, validation.user_ids, validation.item_ids)
+        scored = _score_fit(
+            params,
+            users,
+            items,
+            validation,
+            histories,
+            recent=budget.recent,
+            fit=fits,
+            before=len(trials),
+            started=trial_started,
+        )
+        for trial in scored:
+            trials.append(trial)
+            if report is not None:
+                best = max(trials, key=lambda t: t.ndcg)
+                report(
+                    f"trial {trial.number} (fit {fits}/{budget.trials}) "
+                    f"[{time.perf_counter() - started:5.1f}s] {trial.params.describe()}: "
+                    f"NDCG@{K} {trial.ndcg:.4f} hit@{K} {trial.hit_rate:.4f} "
+                    f"(best {best.ndcg:.4f}, trial {best.number})"
+                )
     best = max(trials, key=lambda t: (t.ndcg, -t.number))
     return SearchResult(
         best=best,
         trials=trials,
+        fits=fits,
         budget=budget,
         validation_users=len(validation.rows),
         validation_interactions=validation.held_out_interactions,

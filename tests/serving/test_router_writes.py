@@ -1,0 +1,414 @@
+"""Item writes through the router app in one process: the write permission of API keys, routing to
+the owning shard, the leader numbering, replication and catch-up, the acknowledgement policy,
+4xx answers, read-your-writes and the lag metric. Replicas are in-process fakes that keep a log
+and apply it to the items they search (exact inner product)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+import pytest
+
+from shardrec.api.topology import Topology
+from shardrec.serving.index.partitioning import shard_of
+from shardrec.serving.router.auth import ApiKeysError, parse_api_keys
+from shardrec.serving.router.config import RouterConfig, RouterSettings, WritesConfig
+from shardrec.serving.router.manager import ManagerDeps, _note_applied
+from shardrec.serving.router.replicas import Replica
+from shardrec.serving.router.shard_protocol import ErrorKinds
+from shardrec.serving.router.writes import acks_needed, parse_min_sequence
+from shardrec.serving.shard.client import SequenceGap, ShardRejected, ShardUnavailable
+from tests.serving.test_router_app import DIM, SHARDS, World, running, settings
+from tests.serving.test_router_dispatch import FakeShard
+
+KEYS = "reader:k-read\nwriter:k-write write\nboth:k-both read,write\n"
+WRITE = {"x-api-key": "k-write"}
+READ = {"x-api-key": "k-read"}
+BOTH = {"x-api-key": "k-both"}
+
+
+@dataclass
+class WritingShard(FakeShard):
+    """A fake replica with a write log: lead numbers, replicate refuses gaps, read_log serves."""
+
+    log: list[dict[str, Any]] = field(default_factory=list)
+    applied_sequence: int | None = None
+    replicated: list[int] = field(default_factory=list)  # sequences received by replicate
+    refuse_writes: bool = False  # searches answered, replication refused (stays behind)
+    lead_batches: list[int] = field(default_factory=list)  # ops per lead_writes call
+
+    @property
+    def applied(self) -> int:
+        return len(self.log)
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        self.log.append(record)
+        item = record["id"]
+        if item in self.ids:
+            index = self.ids.index(item)
+            self.ids.pop(index)
+            self.vectors = np.delete(self.vectors, index, axis=0)
+        if record["op"] == "upsert":
+            self.ids.append(item)
+            self.vectors = np.vstack([self.vectors, np.asarray([record["vector"]], dtype=np.float32)])
+
+    async def lead_writes(self, ops: list[dict[str, Any]], timeout_s: float = 5.0) -> list[int]:
+        if self.mode == "refuse":
+            raise ShardUnavailable("connection refused")
+        self.lead_batches.append(len(ops))
+        await asyncio.sleep(0.01)  # the leader's fsync: later writes queue meanwhile
+        sequences = []
+        if any(op["id"].startswith("bad") for op in ops):
+            raise ShardRejected("400 write_rejected: refused", status=400)
+        for op in ops:
+            if shard_of(op["id"], SHARDS) != self.shard:
+                raise ShardRejected("400 write_rejected: wrong shard", status=400)
+            self._apply({**op, "seq": self.applied + 1})
+            sequences.append(self.applied)
+        return sequences
+
+    async def replicate(self, records: list[dict[str, Any]], timeout_s: float = 5.0) -> int:
+        if self.mode == "refuse" or self.refuse_writes:
+            raise ShardUnavailable("connection refused")
+        fresh = [r for r in records if r["seq"] > self.applied]
+        if fresh and fresh[0]["seq"] != self.applied + 1:
+            raise SequenceGap(self.applied)
+        for record in fresh:
+            self.replicated.append(record["seq"])
+            self._apply(record)
+        return self.applied
+
+    async def read_log(self, after: int, limit: int = 1024, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        return self.log[after : after + limit]
+
+    async def ready(self, timeout_s: float) -> bool:
+        self.applied_sequence = self.applied
+        return self.ready_answer and self.mode != "refuse"
+
+
+def _world() -> tuple[World, Topology]:
+    world = World()
+    layout = world.build("v1", seed=1)
+    for url, fake in list(world.fakes.items()):
+        world.fakes[url] = WritingShard(
+            fake.shard, list(fake.ids), fake.vectors.copy(), version=fake.version, layout=fake.layout
+        )
+    return world, Topology(revision=1, active=layout)
+
+
+def _deps(world: World) -> ManagerDeps:
+    errors = ErrorKinds(unavailable=ShardUnavailable, rejected=ShardRejected, gap=SequenceGap)
+    return replace(world.deps(), errors=errors)
+
+
+def _settings(ack: Literal["all", "majority"] = "all") -> RouterSettings:
+    base = settings()
+    config = RouterConfig(router=base.config.router, writes=WritesConfig(ack=ack))
+    return replace(base, config=config, api_keys=parse_api_keys(KEYS, "keys"))
+
+
+def _replicas(world: World, shard: int) -> list[WritingShard]:
+    found = world.replicas_of("v1", shard)
+    return [f for f in found if isinstance(f, WritingShard)]
+
+
+def _new_id(shard: int, prefix: str = "new-") -> str:
+    n = 0
+    while shard_of(f"{prefix}{n}", SHARDS) != shard:
+        n += 1
+    return f"{prefix}{n}"
+
+
+def _sync(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+def _Running(  # noqa: N802 - used like the context manager class it wraps
+    world: World, config: RouterSettings, topology: Topology
+) -> AbstractAsyncContextManager[tuple[httpx.AsyncClient, Any]]:
+    """`running` from test_router_app with this module's deps (a gap-aware ErrorKinds)."""
+    world_deps = _deps(world)
+    world.deps = lambda: world_deps  # type: ignore[method-assign]
+    return running(world, config, topology)
+
+
+@_sync
+async def test_write_permission_is_separate_from_read() -> None:
+    world, topology = _world()
+    item = _new_id(0)
+    body = {"vector": [1.0] * DIM}
+    async with _Running(world, _settings(), topology) as (client, _):
+        anonymous = await client.put(f"/v1/items/{item}", json=body)
+        assert anonymous.status_code == 401
+        reader = await client.put(f"/v1/items/{item}", json=body, headers=READ)
+        assert reader.status_code == 403 and "no write permission" in reader.json()["error"]["message"]
+        writer = await client.put(f"/v1/items/{item}", json=body, headers=WRITE)
+        assert writer.status_code == 200, writer.text
+        query = {"vector": [1.0] * DIM, "k": 3}
+        assert (await client.post("/v1/recommend", json=query, headers=WRITE)).status_code == 403
+        assert (await client.post("/v1/recommend", json=query, headers=READ)).status_code == 200
+        assert (await client.delete(f"/v1/items/{item}", headers=BOTH)).status_code == 200
+
+
+@_sync
+async def test_a_router_without_api_keys_refuses_writes() -> None:
+    world, topology = _world()
+    async with _Running(world, settings(), topology) as (client, _):
+        refused = await client.put(f"/v1/items/{_new_id(1)}", json={"vector": [1.0] * DIM})
+        assert refused.status_code == 403 and "no API keys" in refused.json()["error"]["message"]
+
+
+@_sync
+async def test_upsert_goes_to_the_owner_leader_then_every_replica_and_is_searchable() -> None:
+    world, topology = _world()
+    item = _new_id(1)
+    vector = [5.0, 5.0, 5.0, 5.0]
+    async with _Running(world, _settings(), topology) as (client, _):
+        answer = await client.put(
+            f"/v1/items/{item}", json={"vector": vector, "metadata": {"t": 1}}, headers=BOTH
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json() | {"layout": None} == {
+            "item_id": item,
+            "op": "upsert",
+            "shard": 1,
+            "sequence": 1,
+            "token": "1:1",
+            "acknowledged_by": 2,
+            "ready_replicas": 2,
+            "layout": None,
+        }
+        for replica in _replicas(world, 1):
+            assert [r["id"] for r in replica.log] == [item]
+            assert replica.log[0]["metadata"] == {"t": 1}
+        assert all(not r.log for r in _replicas(world, 0))
+        found = await client.post("/v1/recommend", json={"vector": vector, "k": 1}, headers=BOTH)
+        assert found.json()["items"][0]["item_id"] == item
+        gone = await client.delete(f"/v1/items/{item}", headers=BOTH)
+        assert gone.json()["sequence"] == 2
+        found = await client.post("/v1/recommend", json={"vector": vector, "k": 5}, headers=BOTH)
+        assert item not in [hit["item_id"] for hit in found.json()["items"]]
+
+
+@_sync
+async def test_a_follower_that_missed_records_is_caught_up_from_the_leader() -> None:
+    world, topology = _world()
+    leader, follower = _replicas(world, 0)  # r0, r1
+    items = [_new_id(0, f"gap{n}-") for n in range(3)]
+    async with _Running(world, _settings("majority"), topology) as (client, state):
+        follower.mode = "refuse"
+        await state.manager.probe(state.manager.current)
+        for item in items[:2]:
+            answer = await client.put(f"/v1/items/{item}", json={"vector": [1.0] * DIM}, headers=BOTH)
+            assert answer.json()["acknowledged_by"] == 1 and answer.json()["ready_replicas"] == 1
+        assert follower.log == []
+        follower.mode = "ok"
+        await state.manager.probe(state.manager.current)
+        await client.put(f"/v1/items/{items[2]}", json={"vector": [1.0] * DIM}, headers=BOTH)
+        assert [r["seq"] for r in follower.log] == [1, 2, 3]
+        assert follower.log == leader.log
+
+
+@_sync
+async def test_the_probe_loop_catches_up_a_replica_that_came_back_without_a_new_write() -> None:
+    world, topology = _world()
+    leader, follower = _replicas(world, 0)
+    item = _new_id(0)
+    async with _Running(world, _settings("majority"), topology) as (client, state):
+        follower.mode = "refuse"
+        await state.manager.probe(state.manager.current)
+        await client.put(f"/v1/items/{item}", json={"vector": [1.0] * DIM}, headers=BOTH)
+        follower.mode = "ok"
+        await state.manager.probe(state.manager.current)
+        metrics = state.metrics.registry
+        lag = metrics.get_sample_value(
+            "shardrec_router_replica_write_lag", {"shard": "0", "replica": "v1-s0-r1"}
+        )
+        assert lag == 1.0
+        for task in list(state.manager._catching_up):
+            await task
+        assert follower.log == leader.log
+        await state.manager.probe(state.manager.current)
+        assert (
+            metrics.get_sample_value(
+                "shardrec_router_replica_write_lag", {"shard": "0", "replica": "v1-s0-r1"}
+            )
+            == 0.0
+        )
+
+
+@_sync
+async def test_ack_all_fails_when_a_ready_follower_cannot_take_the_write() -> None:
+    world, topology = _world()
+    _, follower = _replicas(world, 0)
+    async with _Running(world, _settings("all"), topology) as (client, _):
+        follower.mode = "refuse"  # still believed ready: no probe since
+        answer = await client.put(f"/v1/items/{_new_id(0)}", json={"vector": [1.0] * DIM}, headers=BOTH)
+        assert answer.status_code == 503
+        error = answer.json()["error"]
+        assert error["code"] == "write_unavailable" and "retrying the same write is safe" in error["message"]
+
+
+@_sync
+async def test_leader_down_means_no_writes_for_its_shard_only() -> None:
+    world, topology = _world()
+    leader, _ = _replicas(world, 0)
+    async with _Running(world, _settings("majority"), topology) as (client, state):
+        leader.mode = "refuse"
+        await state.manager.probe(state.manager.current)
+        down = await client.put(f"/v1/items/{_new_id(0)}", json={"vector": [1.0] * DIM}, headers=BOTH)
+        assert down.status_code == 503 and "leader of shard 0" in down.json()["error"]["message"]
+        other = await client.put(f"/v1/items/{_new_id(1)}", json={"vector": [1.0] * DIM}, headers=BOTH)
+        assert other.status_code == 200
+
+
+@_sync
+async def test_concurrent_writes_leave_in_batches_and_a_refused_one_fails_alone() -> None:
+    world, topology = _world()
+    leader, follower = _replicas(world, 0)
+    good = [_new_id(0, f"b{n}-") for n in range(30)]
+    bad = _new_id(0, "bad-")
+    async with _Running(world, _settings(), topology) as (client, _):
+        answers = await asyncio.gather(
+            *(
+                client.put(f"/v1/items/{item}", json={"vector": [1.0] * DIM}, headers=BOTH)
+                for item in [*good, bad]
+            )
+        )
+    assert [a.status_code for a in answers] == [200] * 30 + [400]
+    assert sorted(a.json()["sequence"] for a in answers[:30]) == list(range(1, 31))
+    assert answers[30].json()["error"]["code"] == "write_rejected"
+    assert max(leader.lead_batches) > 1  # concurrent writes shared a leader request
+    assert follower.log == leader.log and len(leader.log) == 30
+    calls = len(leader.lead_batches)
+    async with _Running(world, _settings(), topology) as (client, _):
+        more = [_new_id(0, f"c{n}-") for n in range(20)]
+        answers = await asyncio.gather(
+            *(client.put(f"/v1/items/{item}", json={"vector": [1.0] * DIM}, headers=BOTH) for item in more)
+        )
+    assert all(a.status_code == 200 for a in answers)
+    assert len(leader.lead_batches) - calls < 20  # fewer leader requests than writes
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        ("/v1/items/x", {"vector": [1.0, 2.0]}, 400, "bad_dimension"),
+        ("/v1/items/x", {"vector": [1.0, 2.0, 3.0, float("nan")]}, 400, "invalid_json"),
+        ("/v1/items/x", {"vector": "no"}, 422, "invalid_request"),
+        ("/v1/items/x", {"vector": [1.0] * DIM, "colour": 1}, 422, "invalid_request"),
+        ("/v1/items/x", {"vector": [1.0] * DIM, "metadata": "m"}, 422, "invalid_request"),
+        ("/v1/items/a%0Ab", {"vector": [1.0] * DIM}, 400, "bad_item_id"),
+        ("/v1/items/", {"vector": [1.0] * DIM}, 400, "bad_item_id"),
+        (f"/v1/items/{'x' * 600}", {"vector": [1.0] * DIM}, 400, "bad_item_id"),
+    ],
+)
+@_sync
+async def test_bad_writes_are_4xx_with_a_message(path: str, body: Any, status: int, code: str) -> None:
+    world, topology = _world()
+    async with _Running(world, _settings(), topology) as (client, _):
+        raw = json.dumps(body).encode()  # NaN is written as the non-JSON token NaN
+        answer = await client.put(path, content=raw, headers=BOTH)
+        assert answer.status_code == status, answer.text
+        assert answer.json()["error"]["code"] == code and answer.json()["error"]["message"]
+
+
+@_sync
+async def test_delete_with_a_body_is_refused() -> None:
+    world, topology = _world()
+    async with _Running(world, _settings(), topology) as (client, _):
+        answer = await client.request("DELETE", "/v1/items/x", content=b'{"a":1}', headers=BOTH)
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "unexpected_body"
+
+
+@_sync
+async def test_read_your_writes_avoids_replicas_behind_the_token() -> None:
+    world, topology = _world()
+    leader, follower = _replicas(world, 1)
+    item = _new_id(1)
+    async with _Running(world, _settings("majority"), topology) as (client, state):
+        follower.mode = "refuse"
+        await state.manager.probe(state.manager.current)
+        written = await client.put(f"/v1/items/{item}", json={"vector": [9.0] * DIM}, headers=BOTH)
+        assert written.json()["acknowledged_by"] == 1, written.text
+        token = written.json()["token"]
+        follower.mode, follower.refuse_writes = "ok", True  # back, answers searches, stays behind
+        await state.manager.probe(state.manager.current)
+        follower_calls = len(follower.calls)
+        for _ in range(20):
+            answer = await client.post(
+                "/v1/recommend",
+                json={"vector": [9.0] * DIM, "k": 1},
+                headers={**BOTH, "x-shardrec-min-sequence": token},
+            )
+            assert answer.json()["items"][0]["item_id"] == item
+        assert len(follower.calls) == follower_calls  # never asked
+        assert follower.log == []
+        plain = await client.post("/v1/recommend", json={"vector": [9.0] * DIM, "k": 1}, headers=BOTH)
+        assert plain.status_code == 200
+        # Without the token too: this router acknowledged the write, so no read of it goes to a
+        # replica behind it (a deleted item stays deleted).
+        assert len(follower.calls) == follower_calls
+        leader.mode = "refuse"
+        behind = await client.post(
+            "/v1/recommend",
+            json={"vector": [9.0] * DIM, "k": 1},
+            headers={**BOTH, "x-shardrec-min-sequence": token},
+        )
+        assert behind.status_code == 503, behind.text
+        assert behind.json()["error"]["code"] in ("replicas_behind", "shard_unavailable")
+        bad = await client.post(
+            "/v1/recommend",
+            json={"vector": [9.0] * DIM, "k": 1},
+            headers={**BOTH, "x-shardrec-min-sequence": "x"},
+        )
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_min_sequence"
+
+
+def test_acks_needed_and_min_sequence_parsing() -> None:
+    assert [acks_needed("all", n) for n in (1, 2, 3)] == [1, 2, 3]
+    assert [acks_needed("majority", n) for n in (1, 2, 3, 4)] == [1, 2, 2, 3]
+    assert parse_min_sequence(b"0:3, 1:7,0:5", 2) == {0: 5, 1: 7}
+    assert parse_min_sequence(None, 2) == {}
+
+
+def test_key_permissions_parse() -> None:
+    keys = parse_api_keys(KEYS + "plain\n", "keys")
+    assert keys.allows("reader", "read") and not keys.allows("reader", "write")
+    assert keys.allows("writer", "write") and not keys.allows("writer", "read")
+    assert keys.allows("both", "read") and keys.allows("both", "write")
+    assert keys.allows("key-4", "read") and not keys.allows("key-4", "write")
+    for bad in ("a:k admin\n", "a:k read, write\n"):
+        with pytest.raises(ApiKeysError):
+            parse_api_keys(bad, "keys")
+
+
+def test_a_stale_probe_never_lowers_the_applied_sequence_but_a_restart_does() -> None:
+    @dataclass
+    class Client:
+        applied_sequence: int | None = None
+        instance: str | None = None
+
+    client = Client(5, "a")
+    replica: Replica[Any] = Replica("s0-r1", "http://x", client)
+    _note_applied(replica)
+    assert replica.applied_sequence == 5
+    replica.applied_sequence = 9  # a write's acknowledgement
+    client.applied_sequence = 7  # a probe answered before that write
+    _note_applied(replica)
+    assert replica.applied_sequence == 9
+    client.applied_sequence, client.instance = 4, "b"  # restarted and replayed its log up to 4
+    _note_applied(replica)
+    assert replica.applied_sequence == 4
