@@ -126,9 +126,9 @@ def measure(
     harness = _load("shardrec_bench_harness", ROOT / "e2e" / "operator" / "harness.py")
     conftest = _load("shardrec_bench_conftest", ROOT / "e2e" / "operator" / "conftest.py")
     plane.kubectl("apply", "--server-side", "-f", str(crd))
-    plane.kubectl(
-        "wait", "--for=condition=Established", "crd/recommenderclusters.shardrec.io", "--timeout=60s"
-    )
+    # The e2e fixture's poll, not `kubectl wait`, which exits at once if no condition is written yet.
+    if not conftest._established(plane, timeout_s=120.0):
+        raise TimeoutError("the CRD recommenderclusters.shardrec.io did not become Established in 120 s")
     _kubectl_apply(plane, conftest._namespace_objects(NAMESPACE, f"/tmp/shardrec-bench-{os.getpid()}"))
     liveness = f"--liveness=http://127.0.0.1:{harness.free_port()}/healthz"
     argv = [

@@ -108,8 +108,17 @@ def kube() -> Iterator[Kube]:
 def crd(kube: Kube) -> str:
     """The chart's CRD, installed for real (what `helm install` does with crds/)."""
     kube("apply", "--server-side", "-f", str(CHART / "crds"))
-    kube("wait", "--for=condition=Established", "crd/recommenderclusters.shardrec.io", "--timeout=60s")
-    return "recommenderclusters.shardrec.io"
+    name = "recommenderclusters.shardrec.io"
+    # Polled, not `kubectl wait --for=condition=Established`: that exits 1 at once ("accessor
+    # error: <nil> is of the type <nil>") when it reads the CRD before the API server wrote any
+    # condition, which a loaded CI machine showed (the same race as e2e/operator/conftest.py).
+    path = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+    wait_until(
+        f"the CRD {name} to be Established",
+        lambda: kube("get", "crd", name, "-o", path, check=False).stdout.strip() == "True",
+        timeout=120,
+    )
+    return name
 
 
 def test_chart_crd_installs(crd: str) -> None:
