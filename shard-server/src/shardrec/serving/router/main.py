@@ -15,7 +15,6 @@ import argparse
 import importlib.util
 import logging
 import os
-import socket
 import ssl
 import sys
 from collections.abc import Sequence
@@ -50,6 +49,7 @@ from shardrec.serving.router.workers import (
     worker_count,
     worker_socket,
 )
+from shardrec.serving.sockets import bound_tcp_socket
 from shardrec.serving.tls import client_context
 
 PROG = "shardrec-router"
@@ -252,17 +252,6 @@ def _cannot_listen(host: str, port: int, exc: OSError) -> str:
     return f"{PROG}: error: --host/--port: cannot listen on {host}:{port}: {exc}"
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted sockets inherit it: a response written as headers + body must not wait for the
-    # client's delayed ACK (40 ms per keep-alive request otherwise, seen with the asyncio loop).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    return sock
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -306,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         sock = (
-            _listening_socket(args.host, port) if worker is None else worker_socket(worker, args.host, port)
+            bound_tcp_socket(args.host, port, no_delay=True)
+            if worker is None
+            else worker_socket(worker, args.host, port)
         )
     except OSError as exc:
         print(f"{PROG}: error: --host/--port: cannot listen on {args.host}:{port}: {exc}", file=sys.stderr)

@@ -50,6 +50,7 @@ from typing import Final, Literal
 
 from shardrec.api.topology import RouterServing
 from shardrec.serving.router.serving_report import ServingReporter
+from shardrec.serving.sockets import bound_tcp_socket
 
 log = logging.getLogger("shardrec.router.workers")
 
@@ -252,13 +253,7 @@ def worker_socket(env: WorkerEnv, host: str, port: int) -> socket.socket:
     """The worker's listening socket: inherited (`shared`), or its own in the SO_REUSEPORT group."""
     if env.listen_fd is not None:
         return socket.socket(fileno=env.listen_fd)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    return sock
+    return bound_tcp_socket(host, port, reuse_port=True, no_delay=True)
 
 
 # --- the supervisor -----------------------------------------------------------------------------
@@ -290,13 +285,7 @@ class Supervisor:
         self.count = count
         self.sockets = sockets
         self.prog = prog
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if sockets == "reuseport":
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.bind((host, port))
+        self.sock = bound_tcp_socket(host, port, reuse_port=sockets == "reuseport", no_delay=True)
         if sockets == "shared":
             self.sock.listen(backlog)
         self.port: int = self.sock.getsockname()[1]

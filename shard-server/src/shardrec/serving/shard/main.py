@@ -33,6 +33,7 @@ from shardrec.serving.shard.app import Drain, ShardServer, build_api
 from shardrec.serving.shard.engine import EngineSettings, LoadRejectedError, SearchEngine
 from shardrec.serving.shard.exit_codes import EXIT_LOAD_FAILED, EXIT_PORT_IN_USE
 from shardrec.serving.shard.metrics import ShardMetrics
+from shardrec.serving.sockets import bound_tcp_socket
 from shardrec.serving.tls import CertificateReloader, server_context
 
 LISTEN_BACKLOG = 4096
@@ -242,13 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _bound_socket(host: str, port: int) -> socket.socket | int:
     """The server's socket, bound (not listening yet), or the exit code when the port is taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        sock = bound_tcp_socket(host, port)
     except OSError as exc:
-        sock.close()
         print(f"shardrec-shard: error: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return EXIT_PORT_IN_USE if exc.errno == errno.EADDRINUSE else 1
     return sock
