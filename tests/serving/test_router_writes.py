@@ -21,10 +21,11 @@ from shardrec.api.topology import Topology
 from shardrec.serving.index.partitioning import shard_of
 from shardrec.serving.router.auth import ApiKeysError, parse_api_keys
 from shardrec.serving.router.config import RouterConfig, RouterSettings, WritesConfig
+from shardrec.serving.router.errors import ApiError
 from shardrec.serving.router.manager import ManagerDeps, _note_applied
 from shardrec.serving.router.replicas import Replica
 from shardrec.serving.router.shard_protocol import ErrorKinds
-from shardrec.serving.router.writes import acks_needed, parse_min_sequence
+from shardrec.serving.router.writes import ReadFloor, acks_needed, parse_min_sequence
 from shardrec.serving.shard.client import SequenceGap, ShardRejected, ShardUnavailable
 from tests.serving.test_router_app import DIM, SHARDS, World, running, settings
 from tests.serving.test_router_dispatch import FakeShard
@@ -185,7 +186,7 @@ async def test_upsert_goes_to_the_owner_leader_then_every_replica_and_is_searcha
             "op": "upsert",
             "shard": 1,
             "sequence": 1,
-            "token": "1:1",
+            "token": "L-v1/1:1",
             "acknowledged_by": 2,
             "ready_replicas": 2,
             "layout": None,
@@ -377,11 +378,76 @@ async def test_read_your_writes_avoids_replicas_behind_the_token() -> None:
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_min_sequence"
 
 
+@_sync
+async def test_a_token_from_an_older_layout_is_read_from_the_new_layouts_leaders() -> None:
+    """A layout numbers its writes in its own logs: the writes carried into a new layout get new
+    sequences there (the ones up to the cut are folded into its build and not logged at all). A
+    token naming the old layout says nothing about the new one's numbers, but the hand-over
+    forwarded every write the old one acknowledged to the new leaders before the switch, so the
+    read goes to each shard's leader, never to a follower that may lack a forwarded record, and is
+    neither refused as malformed nor left waiting for a sequence the new layout never reaches."""
+    world, topology = _world()
+    items = [_new_id(1, prefix=f"w{n}-") for n in range(3)]
+    async with _Running(world, _settings(), topology) as (client, state):
+        for n, item in enumerate(items):
+            written = await client.put(f"/v1/items/{item}", json={"vector": [9.0 + n] * DIM}, headers=BOTH)
+            assert written.status_code == 200, written.text
+        token = written.json()["token"]
+        assert token == "L-v1/1:3"
+        v2 = world.build("v2", seed=2)
+        for url, fake in list(world.fakes.items()):
+            if "/v2/" in url:
+                world.fakes[url] = WritingShard(
+                    fake.shard, list(fake.ids), fake.vectors.copy(), version=fake.version, layout=fake.layout
+                )
+        leader, follower = (f for f in world.replicas_of("v2", 1) if isinstance(f, WritingShard))
+        # The cut folded the first two writes into v2's build; the third was forwarded after it,
+        # numbered 1 by v2's leader. Its follower has not received it yet (and takes nothing).
+        leader._apply({"seq": 1, "op": "upsert", "id": items[2], "vector": [11.0] * DIM})
+        follower.refuse_writes = True
+        await state.manager.apply(Topology(revision=2, active=v2))
+        await state.manager.probe(state.manager.current)
+        follower_calls = len(follower.calls)
+        for _ in range(10):
+            answer = await client.post(
+                "/v1/recommend",
+                json={"vector": [11.0] * DIM, "k": 1},
+                headers={**BOTH, "x-shardrec-min-sequence": token},
+            )
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["items"][0]["item_id"] == items[2]
+        assert len(follower.calls) == follower_calls, "a follower answered a read of a carried write"
+        # A token naming a layout with more shards than this one is not malformed either.
+        other = await client.post(
+            "/v1/recommend",
+            json={"vector": [11.0] * DIM, "k": 1},
+            headers={**BOTH, "x-shardrec-min-sequence": "L-v0/7:40"},
+        )
+        assert other.status_code == 200, other.text
+        # The leader gone: that read cannot be served safely, and says so (retryable).
+        leader.mode = "refuse"
+        await state.manager.probe(state.manager.current)
+        behind = await client.post(
+            "/v1/recommend",
+            json={"vector": [11.0] * DIM, "k": 1},
+            headers={**BOTH, "x-shardrec-min-sequence": token},
+        )
+        assert behind.status_code == 503, behind.text
+        assert behind.json()["error"]["code"] in ("replicas_behind", "shard_unavailable")
+        assert len(follower.calls) == follower_calls
+
+
 def test_acks_needed_and_min_sequence_parsing() -> None:
     assert [acks_needed("all", n) for n in (1, 2, 3)] == [1, 2, 3]
     assert [acks_needed("majority", n) for n in (1, 2, 3, 4)] == [1, 2, 2, 3]
-    assert parse_min_sequence(b"0:3, 1:7,0:5", 2) == {0: 5, 1: 7}
-    assert parse_min_sequence(None, 2) == {}
+    assert parse_min_sequence(b"0:3, 1:7,0:5", 2, "L") == ReadFloor({0: 5, 1: 7})
+    assert parse_min_sequence(b"L/0:3,L/1:7", 2, "L") == ReadFloor({0: 3, 1: 7})
+    assert parse_min_sequence(b"L/0:3,old/9:70", 2, "L") == ReadFloor({0: 3}, leaders_only=True)
+    assert parse_min_sequence(None, 2, "L") == ReadFloor()
+    for bad in (b"x", b"/0:3", b"L/0", b"L/a:1", b"9:1", b"L/9:1", b"L\x01/0:1"):
+        with pytest.raises(ApiError) as refused:
+            parse_min_sequence(bad, 2, "L")
+        assert refused.value.status == 400 and refused.value.code == "bad_min_sequence", bad
 
 
 def test_key_permissions_parse() -> None:

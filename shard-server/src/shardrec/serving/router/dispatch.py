@@ -27,7 +27,7 @@ import numpy.typing as npt
 from shardrec.serving.router.gather import Gather
 from shardrec.serving.router.hedging import HedgeBudget
 from shardrec.serving.router.metrics import RouterMetrics
-from shardrec.serving.router.replicas import Replica, choose_replica
+from shardrec.serving.router.replicas import Replica, choose_replica, leader
 from shardrec.serving.router.shard_protocol import ErrorKinds, ShardAnswerLike, ShardClientLike
 
 Vector = npt.NDArray[np.float32]
@@ -55,6 +55,7 @@ class Block:
     exclude: Sequence[Sequence[str]] | None  # per row, ids held by this shard; None: nothing
     deadline: float
     min_sequence: int = 0  # read-your-writes: only replicas that applied this write-log sequence
+    leader_only: bool = False  # read-your-writes of a write carried from an older layout
 
 
 @dataclass(slots=True)
@@ -63,6 +64,7 @@ class _Batch:
     k: int
     exclude: Sequence[Sequence[str]] | None
     min_sequence: int = 0
+    leader_only: bool = False
 
 
 class ShardFailedError(Exception):
@@ -188,8 +190,9 @@ class ShardChannel:
             # own deadline anyway (`Gather.expire`, armed by the service).
             deadline = max(item.deadline for item in items)
             min_sequence = max(item.min_sequence for item in items)
+            leader_only = any(item.leader_only for item in items)
             try:
-                answer = await self._search(_Batch(queries, k, exclude, min_sequence), deadline)
+                answer = await self._search(_Batch(queries, k, exclude, min_sequence, leader_only), deadline)
             except Exception as exc:
                 if isinstance(exc, ShardFailedError) and exc.reason == "rejected" and len(items) > 1:
                     # The shard refused the batch for something in it: find whose, so one client's
@@ -216,7 +219,7 @@ class ShardChannel:
         """One block of a refused batch on its own, by its own deadline."""
         try:
             answer = await self._search(
-                _Batch(item.vectors, k, item.exclude, item.min_sequence), item.deadline
+                _Batch(item.vectors, k, item.exclude, item.min_sequence, item.leader_only), item.deadline
             )
         except Exception as exc:
             self._fail([item], exc)
@@ -239,9 +242,13 @@ class ShardChannel:
     async def _search(self, batch: _Batch, deadline: float) -> ShardAnswerLike:
         loop = asyncio.get_running_loop()
         # Replicas behind the write the client asked to see (read-your-writes), or behind the
-        # newest write this router acknowledged for the shard, are never tried.
+        # newest write this router acknowledged for the shard, are never tried; nor, for a write
+        # carried from an older layout, any replica but the leader.
         floor = max(batch.min_sequence, self.acked_sequence)
-        tried: list[Replica[ShardClientLike]] = [r for r in self.replicas if r.applied_sequence < floor]
+        first = leader(self.replicas) if batch.leader_only and self.replicas else None
+        tried: list[Replica[ShardClientLike]] = [
+            r for r in self.replicas if r.applied_sequence < floor or (first is not None and r is not first)
+        ]
         attempts = 1 + self.policy.max_retries
         last_reason = "behind" if len(tried) == len(self.replicas) else "no_replica"
         try:

@@ -23,6 +23,7 @@ circuit is open until a probe succeeds again (within one probe interval of the r
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
@@ -165,3 +166,19 @@ def choose_replica(
     if second.load_cost < first.load_cost:
         return second
     return first
+
+
+_ORDINAL = re.compile(r"(\d+)$")
+
+
+def ordinal(replica: Replica[ClientT]) -> tuple[int, str]:
+    """Sort key: the trailing number of the replica's name (its ordinal), then the name."""
+    found = _ORDINAL.search(replica.name)
+    return (int(found.group(1)) if found else 1 << 30, replica.name)
+
+
+def leader(replicas: Sequence[Replica[ClientT]]) -> Replica[ClientT]:
+    """A shard's write-sequence authority: its replica of lowest ordinal, ready or not (a static
+    choice every router makes alike from the topology alone, so two routers never number the same
+    shard; docs/design.md, "Item writes")."""
+    return min(replicas, key=ordinal)

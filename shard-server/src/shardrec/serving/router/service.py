@@ -292,12 +292,21 @@ class RouterService:
         channels = snapshot.channels
         gather = Gather(len(blocks), len(channels), future)
         deadline = loop.time() + self.timeout_s
-        wanted = parse_min_sequence(min_sequence_header.get(), snapshot.shards)
+        wanted = parse_min_sequence(min_sequence_header.get(), snapshot.shards, snapshot.layout)
         for index, block in enumerate(blocks):
             for shard, channel in enumerate(channels):
                 exclude = block.exclude_by_shard[shard]
                 channel.submit(
-                    Block(gather, index, block.vectors, block.k, exclude, deadline, wanted.get(shard, 0))
+                    Block(
+                        gather,
+                        index,
+                        block.vectors,
+                        block.k,
+                        exclude,
+                        deadline,
+                        wanted.sequences.get(shard, 0),
+                        wanted.leaders_only,
+                    )
                 )
         # This request's own deadline, whatever batches its blocks joined.
         timer = loop.call_at(deadline, gather.expire)

@@ -9,8 +9,9 @@ missed records answers 409 with the sequence it applied; the router then reads t
 records from the leader's log and sends them first (the same catch-up the probe loop runs for a
 replica that came back).
 
-Read-your-writes: the answer carries the sequence and a token `<shard>:<sequence>`; a read that
-sends it back (header X-Shardrec-Min-Sequence) is answered only by replicas that applied it.
+Read-your-writes: the answer carries the sequence and a token `<layout>/<shard>:<sequence>`; a read
+that sends it back (header X-Shardrec-Min-Sequence) is answered only by replicas that applied it,
+or, when the token names an older layout, only by the shards' leaders (`ReadFloor`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ import asyncio
 import contextvars
 import logging
 import math
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import orjson
@@ -31,7 +31,7 @@ from shardrec.serving.index.write_log import id_problem
 from shardrec.serving.router.dispatch import ShardChannel
 from shardrec.serving.router.errors import ApiError
 from shardrec.serving.router.metrics import RouterMetrics
-from shardrec.serving.router.replicas import Replica
+from shardrec.serving.router.replicas import Replica, leader
 from shardrec.serving.router.shard_protocol import ErrorKinds, ShardClientLike, WriterClientLike
 from shardrec.serving.router.snapshot import Snapshot
 
@@ -39,7 +39,7 @@ log = logging.getLogger("shardrec.router")
 
 Ack = Literal["all", "majority"]
 MIN_SEQUENCE_HEADER = b"x-shardrec-min-sequence"
-"""Read-your-writes: a client echoes the token of its write (`<shard>:<sequence>[,...]`) here."""
+"""Read-your-writes: a client echoes the token of its write (`<layout>/<shard>:<sequence>[,...]`) here."""
 min_sequence_header: contextvars.ContextVar[bytes | None] = contextvars.ContextVar(
     "min_sequence_header", default=None
 )
@@ -49,7 +49,6 @@ CATCH_UP_BATCH = 512
 MAX_WRITE_BATCH = 256
 """Writes of one shard sent to its leader in one request (the shard takes up to 1024)."""
 CATCH_UP_ROUNDS = 64
-_ORDINAL = re.compile(r"(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -58,16 +57,9 @@ class WritePolicy:
     timeout_s: float = 5.0
 
 
-def ordinal(replica: Replica[ShardClientLike]) -> tuple[int, str]:
-    """Sort key: the trailing number of the replica's name (its ordinal), then the name."""
-    found = _ORDINAL.search(replica.name)
-    return (int(found.group(1)) if found else 1 << 30, replica.name)
-
-
 def leader_of(channel: ShardChannel) -> Replica[ShardClientLike]:
-    """The shard's sequence authority: the replica of lowest ordinal, ready or not (a static
-    choice every router makes alike, so two routers never number the same shard)."""
-    return min(channel.replicas, key=ordinal)
+    """The shard's sequence authority (`replicas.leader`)."""
+    return leader(channel.replicas)
 
 
 def acks_needed(ack: Ack, ready: int) -> int:
@@ -75,24 +67,56 @@ def acks_needed(ack: Ack, ready: int) -> int:
     return ready if ack == "all" else ready // 2 + 1
 
 
-def parse_min_sequence(value: bytes | None, shards: int) -> dict[int, int]:
-    """`X-Shardrec-Min-Sequence: 0:12,3:40` as {shard: sequence}; malformed parts are a 400."""
+def write_token(layout: str, shard: int, sequence: int) -> str:
+    """What a write's answer gives the client to read it back: `<layout>/<shard>:<sequence>`.
+    Sequences are per layout (each layout's shards number their own logs), so the token names it."""
+    return f"{layout}/{shard}:{sequence}"
+
+
+@dataclass(frozen=True)
+class ReadFloor:
+    """What a read must see. `sequences`: per shard of the serving layout, the write-log sequence a
+    replica must have applied. `leaders_only`: a token named another layout, whose sequences mean
+    nothing here; the hand-over before a switch forwarded every write an older layout acknowledged
+    to this layout's leaders (docs/design.md, "Fold-in at the next version"), so only a shard's
+    leader is sure to hold it."""
+
+    sequences: dict[int, int] = field(default_factory=dict)
+    leaders_only: bool = False
+
+
+NO_FLOOR = ReadFloor()
+
+
+def parse_min_sequence(value: bytes | None, shards: int, layout: str) -> ReadFloor:
+    """`X-Shardrec-Min-Sequence: L-v7/0:12,L-v7/3:40` (the tokens of writes, `<layout>/` optional
+    for the serving layout) as a `ReadFloor` for the serving `layout`; malformed parts are a 400."""
     if not value:
-        return {}
+        return NO_FLOOR
     wanted: dict[int, int] = {}
+    leaders_only = False
     for part in value.decode("latin-1").split(","):
-        shard_text, sep, seq_text = part.strip().partition(":")
-        if not sep or not shard_text.isdigit() or not seq_text.isdigit():
+        named, slash, token = part.strip().rpartition("/")
+        shard_text, sep, seq_text = token.partition(":")
+        if (
+            not sep
+            or not shard_text.isdigit()
+            or not seq_text.isdigit()
+            or (slash and (not named or id_problem(named) is not None))
+        ):
             raise ApiError(
                 400,
                 "bad_min_sequence",
-                "X-Shardrec-Min-Sequence must be '<shard>:<sequence>[,...]', as a write's token",
+                "X-Shardrec-Min-Sequence must be '<layout>/<shard>:<sequence>[,...]', as a write's token",
             )
         shard, seq = int(shard_text), int(seq_text)
+        if slash and named != layout:
+            leaders_only = True
+            continue
         if shard >= shards:
             raise ApiError(400, "bad_min_sequence", f"shard {shard} does not exist (the layout has {shards})")
         wanted[shard] = max(wanted.get(shard, 0), seq)
-    return wanted
+    return ReadFloor(wanted, leaders_only)
 
 
 def check_item_id(item_id: str, max_length: int) -> None:
@@ -187,7 +211,7 @@ class ItemWriter:
         except ApiError as error:
             self.metrics.writes.labels(kind, "rejected" if error.status < 500 else "unavailable").inc()
             raise
-        token = f"{shard}:{outcome.seq}"
+        token = write_token(snapshot.layout, shard, outcome.seq)
         if outcome.acked < outcome.needed:
             self.metrics.writes.labels(kind, "not_acknowledged").inc()
             raise _unavailable(
