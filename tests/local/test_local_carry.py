@@ -246,12 +246,17 @@ def _progress(path: Path) -> dict[str, Any]:
     return data
 
 
-def _merge(first: Writes, second: Writes) -> Writes:
-    """The two writers' records as one (their item ids do not overlap, except originals deleted
-    by both, which stay deleted)."""
-    merged = Writes(present={**first.present, **second.present}, deleted=first.deleted | second.deleted)
-    merged.unknown = first.unknown | second.unknown
-    merged.vectors = {**first.vectors, **second.vectors}
+def _merge(first: Writes, *others: Writes) -> Writes:
+    """The writers' records as one (their item ids do not overlap, except originals deleted by
+    several, which stay deleted)."""
+    merged = Writes(present=dict(first.present), deleted=set(first.deleted))
+    merged.unknown = set(first.unknown)
+    merged.vectors = dict(first.vectors)
+    for other in others:
+        merged.present.update(other.present)
+        merged.deleted |= other.deleted
+        merged.unknown |= other.unknown
+        merged.vectors.update(other.vectors)
     for item in merged.unknown:
         merged.present.pop(item, None)
         merged.deleted.discard(item)
