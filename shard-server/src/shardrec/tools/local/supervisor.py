@@ -265,6 +265,7 @@ class LocalSupervisor:
             artifact_deletions=self.builds.deletions(),
             canary_reports=tuple(r for r in (self._prober.canary(self.router_url),) if r is not None),
             canary_command=_annotation(cluster, CANARY_COMMAND_ANNOTATION),
+            carries_writes=True,  # cut, fold-in, forwarding and hand-over: tools/local/carry.py
         )
 
     def _url_of(self, name: str) -> str:
