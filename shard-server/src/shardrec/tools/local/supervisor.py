@@ -583,6 +583,9 @@ class LocalSupervisor:
         config = {
             "router": cluster.spec.router.model_dump(by_alias=True, mode="json"),
             "auth": cluster.spec.auth.model_dump(by_alias=True, mode="json"),
+            # Local shards always keep write logs (and the supervisor carries them), so the
+            # ack policy applies whatever spec.writes.enabled says.
+            "writes": {"ack": cluster.spec.writes.ack},
         }
         atomic_write_json(self.state.router_config_file, config)
         keys_file = cluster.spec.auth.api_keys_file
