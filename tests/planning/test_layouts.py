@@ -128,3 +128,6 @@ def test_a_write_log_layout_round_trips_through_json() -> None:
     data["write_log_size"] = ""
     with pytest.raises(ValueError, match="write_log_size must be a non-empty string"):
         LayoutSpec.from_json(json.dumps(data))
+    del data["write_log_size"]
+    with pytest.raises(ValueError, match="write_log_storage_class needs write_log_size"):
+        LayoutSpec.from_json(json.dumps(data))

@@ -106,6 +106,8 @@ class LayoutSpec:
         for name in _OPTIONAL & set(data):
             if not isinstance(data[name], str) or not data[name]:
                 raise ValueError(f"layout spec field {name} must be a non-empty string when present")
+        if "write_log_storage_class" in data and "write_log_size" not in data:
+            raise ValueError("layout spec field write_log_storage_class needs write_log_size")
         for name in ("shards", "dimension", "hnsw_m", "hnsw_ef_construction"):
             if not isinstance(data[name], int) or data[name] < 1:
                 raise ValueError(f"layout spec field {name} must be a positive integer")

@@ -677,15 +677,20 @@ def _layout_changes(
             ("partitioning.scheme", applied.partitioning.scheme, spec.partitioning.scheme),
             # Part of the layout: a StatefulSet's claim templates cannot change (planning.layouts).
             ("writes.enabled", applied.writes.enabled, spec.writes.enabled),
-            ("writes.logVolume.size", applied.writes.log_volume.size, spec.writes.log_volume.size),
-            (
-                "writes.logVolume.storageClassName",
-                applied.writes.log_volume.storage_class_name,
-                spec.writes.log_volume.storage_class_name,
-            ),
         ):
             if old != new:
                 lines.append(f"{label} {old} -> {new}")
+        if applied.writes.enabled and spec.writes.enabled:  # the log volume counts only while on
+            for label, old_volume, new_volume in (
+                ("writes.logVolume.size", applied.writes.log_volume.size, spec.writes.log_volume.size),
+                (
+                    "writes.logVolume.storageClassName",
+                    applied.writes.log_volume.storage_class_name,
+                    spec.writes.log_volume.storage_class_name,
+                ),
+            ):
+                if old_volume != new_volume:
+                    lines.append(f"{label} {old_volume} -> {new_volume}")
     if not lines:
         lines.append("the layout's definition changed")
     return [*lines, f"=> new layout {tid}: built, then switched to blue/green"]
