@@ -236,7 +236,8 @@ def writes_carried_to_new_layout(ctx: PredicateContext, action: LayoutAction) ->
         f"item writes that this operator cannot carry into layout {action.layout_id} "
         f"(version {action.layout.version}, {action.layout.shards} shards) yet: switching would lose them. "
         "Revert the change to keep taking writes on the serving layout, or set spec.writes.enabled "
-        "false to change the layout without them (put the writes into the embeddings source first)"
+        "false to change the layout without them (fold them into the embeddings source first: "
+        "recctl writes export, then recctl writes fold)"
     )
 
 
