@@ -73,6 +73,10 @@ INVALID = [
     ("podTemplates.build", {"volumeMounts": [{"name": "x", "mountPath": "/x"}]}, "names a volume"),
     ("podTemplates.shard", {"env": [{"name": "A", "value": "1", "valueFrom": {}}]}, "not both"),
     ("podTemplates.shard", {"zoneSpread": "Maybe"}, "spec.podTemplates.shard.zoneSpread"),
+    ("writes.ack", "quorum", "spec.writes.ack"),
+    ("writes.logVolume", {"size": "0"}, "spec.writes.logVolume.size"),
+    ("writes.logVolume", {"size": "1.5Gi"}, "spec.writes.logVolume.size"),
+    ("writes.logVolume", {"storageClassName": ""}, "spec.writes.logVolume.storageClassName"),
     ("unknownField", True, "unknownField"),
     ("index", _DELETE, "spec.index"),
 ]
@@ -126,6 +130,13 @@ def test_crd_rejects_invalid_objects_naming_the_field_and_explains_fields(
     assert moved.returncode != 0 and "cannot be added, removed or moved in place" in moved.stderr, (
         moved.stderr
     )
+
+    with_writes = _set(valid, "writes", {"enabled": True, "logVolume": {"size": "1Gi"}})
+    assert apply(with_writes).returncode == 0, "writes can be turned on"
+    resized = apply(_set(valid, "writes", {"enabled": True, "logVolume": {"size": "2Gi"}}))
+    assert resized.returncode != 0 and "writes.logVolume cannot change" in resized.stderr, resized.stderr
+    assert apply(_set(valid, "writes", {"enabled": False, "logVolume": {"size": "2Gi"}})).returncode == 0
+    assert apply(valid).returncode == 0
 
     explained = kube.kubectl("explain", "recommenderclusters.spec.replicasPerShard").stdout
     assert "Replicas of every shard" in explained

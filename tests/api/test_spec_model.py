@@ -324,3 +324,55 @@ def test_the_object_store_location_cannot_change_in_place_but_retention_can() ->
         assert any("cannot be added, removed or moved" in e for e in transition_errors(old, new))
     assert transition_errors(s3, kept) == []
     assert transition_errors(pvc, pvc) == []
+
+
+def test_writes_are_off_by_default_with_all_acks_and_a_1gi_log() -> None:
+    writes = RecommenderClusterSpec.model_validate(minimal_spec()).writes
+    assert (writes.enabled, writes.ack, writes.log_volume.size) == (False, "all", "1Gi")
+    assert writes.log_volume.storage_class_name is None
+
+
+@pytest.mark.parametrize(
+    ("writes", "field"),
+    [
+        ({"ack": "quorum"}, "writes.ack"),
+        ({"ack": "ALL"}, "writes.ack"),
+        ({"logVolume": {"size": "0"}}, "writes.logVolume.size"),
+        ({"logVolume": {"size": "-1Gi"}}, "writes.logVolume.size"),
+        ({"logVolume": {"size": "1.5Gi"}}, "writes.logVolume.size"),
+        ({"logVolume": {"size": "1GB"}}, "writes.logVolume.size"),
+        ({"logVolume": {"size": ""}}, "writes.logVolume.size"),
+        ({"logVolume": {"storageClassName": ""}}, "writes.logVolume.storageClassName"),
+        ({"logVolume": {"storageClassName": "Fast_SSD"}}, "writes.logVolume.storageClassName"),
+        ({"enabled": "sometimes"}, "writes.enabled"),
+        ({"acks": "all"}, "writes.acks"),
+    ],
+)
+def test_bad_writes_settings_are_rejected_naming_the_field(writes: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        RecommenderClusterSpec.model_validate(minimal_spec(writes=writes))
+    assert any(loc.startswith(field) for loc in _error_locations(caught.value)), caught.value
+
+
+@pytest.mark.parametrize("size", ["1Gi", "500Mi", "10G", "1048576", "2Ti"])
+def test_whole_sizes_with_a_suffix_are_accepted(size: str) -> None:
+    spec = RecommenderClusterSpec.model_validate(minimal_spec(writes={"logVolume": {"size": size}}))
+    assert spec.writes.log_volume.size == size
+
+
+def test_the_log_volume_cannot_change_while_writes_stay_enabled() -> None:
+    def spec(enabled: bool, size: str, storage_class: str | None = None) -> RecommenderClusterSpec:
+        volume: dict[str, Any] = {"size": size}
+        if storage_class is not None:
+            volume["storageClassName"] = storage_class
+        return RecommenderClusterSpec.model_validate(
+            minimal_spec(writes={"enabled": enabled, "logVolume": volume})
+        )
+
+    on = spec(True, "1Gi")
+    for changed in (spec(True, "2Gi"), spec(True, "1Gi", "fast")):
+        assert any("writes.logVolume cannot change" in e for e in transition_errors(on, changed))
+    # Off on either side: the claims of the new layout are new claims, nothing is resized.
+    assert transition_errors(on, spec(False, "2Gi")) == []
+    assert transition_errors(spec(False, "1Gi"), spec(True, "2Gi", "fast")) == []
+    assert transition_errors(on, spec(True, "1Gi")) == []

@@ -179,3 +179,21 @@ def test_the_example_in_the_operations_doc_is_the_commands_output(
     assert found.group(2) == block or os.environ.get("SHARDREC_UPDATE_DOCS") == "1", (
         "docs/operations.md's plan example drifted: SHARDREC_UPDATE_DOCS=1 pytest " + __file__
     )
+
+
+def test_a_layout_change_with_writes_on_is_flagged_for_the_operator_not_for_the_local_runtime(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    writes = {"writes": {"enabled": True}}
+    current = cluster_document(**writes)
+    status = write(tmp_path / "status.yaml", status_of(current))
+    cr = write(tmp_path / "cr.yaml", cluster_document(version="v2", **writes))
+    assert main(["plan", "-f", str(cr), "--status", str(status)]) == 0
+    # A status says nothing of the serving layout's logs: the risk is stated as a condition.
+    assert "[info] WritesNotCarried: if the serving layout logs item writes" in capsys.readouterr().out
+    state = tmp_path / ".shardrec" / "movies"
+    state.mkdir(parents=True)
+    write(state / "cluster.yaml", current)
+    (state / "status.json").write_text(json.dumps(status_of(current)))
+    assert main(["plan", "-f", str(cr)]) == 0
+    assert "WritesNotCarried" not in capsys.readouterr().out  # the local supervisor carries them

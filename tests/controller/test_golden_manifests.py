@@ -45,6 +45,9 @@ AUTOSCALED = cluster(
     router={"autoscaling": {"minReplicas": 2, "maxReplicas": 8, "targetCpuUtilizationPercent": 60}},
     auth={"apiKeysSecretRef": {"name": "router-keys"}, "rateLimitPerSecond": 50},
 )
+WRITES = cluster(
+    writes={"enabled": True, "ack": "majority", "logVolume": {"size": "2Gi", "storageClassName": "fast-ssd"}}
+)
 MONITORED = cluster(monitoring={"serviceMonitor": True, "scrapeAnnotations": False})
 PLACEMENT: dict[str, Any] = {
     "metadata": {"labels": {"team": "recs"}, "annotations": {"example.com/cost-center": "ml"}},
@@ -98,6 +101,11 @@ CASES: dict[str, Callable[[], list[Any]]] = {
     "shard-statefulset-with-pod-template": lambda: _documents(
         build_shard_statefulset(TEMPLATED, layout_of(TEMPLATED), 1, 2)
     ),
+    # Item writes: a ReadWriteOnce write-log claim per replica, --write-log-dir, the ack policy.
+    "shard-statefulset-with-writes": lambda: _documents(
+        build_shard_statefulset(WRITES, layout_of(WRITES), 1, 2, tls=True)
+    ),
+    "router-config-with-writes": lambda: _documents(build_router_config(WRITES)),
     "router-deployment-with-pod-template": lambda: _documents(build_router_deployment(TEMPLATED)),
     "build-job-with-pod-template-and-build-resources": lambda: _documents(
         build_index_job(TEMPLATED, layout_of(TEMPLATED), "2026-11-23T12:00:00Z")

@@ -228,3 +228,22 @@ def test_status_says_unsupervised_while_processes_serve_without_a_supervisor(tmp
     finally:
         child.kill()
         child.wait(timeout=10)
+
+
+def test_the_local_router_gets_the_ack_policy_and_a_change_restarts_it(tmp_path: Path) -> None:
+    from shardrec.serving.router.config import load_router_config
+
+    supervisor = LocalSupervisor(state=StateDir(tmp_path / "state"), router_port=1)
+    supervisor.state.ensure()
+    base = _cluster({})
+    first = supervisor._router_spec(base)
+    assert load_router_config(supervisor.state.router_config_file).writes.ack == "all"
+    majority = base.model_copy(
+        update={
+            "spec": base.spec.model_copy(
+                update={"writes": base.spec.writes.model_copy(update={"ack": "majority"})}
+            )
+        }
+    )
+    assert supervisor._router_spec(majority) != first
+    assert load_router_config(supervisor.state.router_config_file).writes.ack == "majority"

@@ -92,3 +92,42 @@ def test_json_round_trip_and_errors_name_the_field() -> None:
         LayoutSpec.from_json(layout.canonical_json().replace('"shards":2', '"shards":0'))
     with pytest.raises(ValueError, match="metric"):
         LayoutSpec.from_json(layout.canonical_json().replace('"cosine"', '"hamming"'))
+
+
+def test_writes_off_leave_the_id_and_the_canonical_json_as_before() -> None:
+    off = make_spec(writes={"enabled": False, "logVolume": {"size": "5Gi", "storageClassName": "fast"}})
+    assert layout_id(off) == "92d51f2809"
+    assert "write_log" not in layout_spec_of(off).canonical_json()
+    assert not layout_spec_of(off).write_log
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({"enabled": False}, {"enabled": True}),
+        ({"enabled": True}, {"enabled": True, "logVolume": {"size": "2Gi"}}),
+        ({"enabled": True}, {"enabled": True, "logVolume": {"storageClassName": "fast"}}),
+    ],
+)
+def test_the_write_log_shape_makes_a_new_layout(before: dict[str, object], after: dict[str, object]) -> None:
+    # A StatefulSet's volumeClaimTemplates cannot change: a layout's claims are fixed at its creation.
+    assert layout_id(make_spec(writes=before)) != layout_id(make_spec(writes=after))
+
+
+def test_the_ack_policy_is_not_part_of_the_layout() -> None:
+    assert layout_id(make_spec(writes={"enabled": True, "ack": "majority"})) == layout_id(
+        make_spec(writes={"enabled": True})
+    )
+
+
+def test_a_write_log_layout_round_trips_through_json() -> None:
+    layout = layout_spec_of(make_spec(writes={"enabled": True, "logVolume": {"storageClassName": "ssd"}}))
+    assert (layout.write_log, layout.write_log_size, layout.write_log_storage_class) == (True, "1Gi", "ssd")
+    assert LayoutSpec.from_json(layout.canonical_json()) == layout
+    data = json.loads(layout.canonical_json())
+    data["write_log_size"] = ""
+    with pytest.raises(ValueError, match="write_log_size must be a non-empty string"):
+        LayoutSpec.from_json(json.dumps(data))
+    del data["write_log_size"]
+    with pytest.raises(ValueError, match="write_log_storage_class needs write_log_size"):
+        LayoutSpec.from_json(json.dumps(data))

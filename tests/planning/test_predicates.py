@@ -77,6 +77,7 @@ def test_table_names_every_rule_once_in_reporting_order() -> None:
         "paused",
         "failed_layout_not_retried",
         "meets_quality_gate",
+        "writes_carried_to_new_layout",
         "rollout_within_timeout",
         "wait_for_router_to_confirm_switch",
         "never_switch_to_layout_with_missing_shard",

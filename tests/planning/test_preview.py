@@ -452,3 +452,42 @@ def test_the_last_rollouts_observed_durations_are_noted() -> None:
         update={"layouts": [status.layouts[0].model_copy(update={"created_at": "yesterday"})]}
     )
     assert deployed_from_status(unparsable, old).last_rollout_seconds is None
+
+
+def test_turning_writes_on_is_a_rebuild_that_names_the_write_settings() -> None:
+    old = make_spec()
+    new = make_spec(**{"writes.enabled": True, "writes.logVolume.size": "2Gi"})
+    plan = plan_of(new, running(old))
+    assert plan.kind == "rebuild"
+    assert (
+        plan.changes[0] == "writes.enabled False -> True"
+    )  # the volume of a log that did not exist: no line
+    assert not any("logVolume" in line for line in plan.changes)
+    resized = make_spec(**{"writes.enabled": True, "writes.logVolume.size": "4Gi", "index.version": "v2"})
+    assert "writes.logVolume.size 2Gi -> 4Gi" in plan_of(resized, running(new)).changes
+    # The serving layout logs nothing: nothing would be lost, nothing is refused.
+    plan = preview("demo", new, running(old), serving_logs_writes=False)
+    assert "WritesNotCarried" not in {risk.code for risk in plan.risks}
+
+
+def test_a_layout_change_with_writes_on_says_the_operator_refuses_it() -> None:
+    on = make_spec(**{"writes.enabled": True})
+    v2 = make_spec(**{"writes.enabled": True, "index.version": "v2"})
+    refused = preview("demo", v2, running(on), serving_logs_writes=True)
+    (risk,) = [r for r in refused.risks if r.code == "WritesNotCarried"]
+    assert risk.severity == "info" and risk.message.startswith("the operator does not carry")
+    assert "spec.writes.enabled false" in risk.message
+    unknown = preview("demo", v2, running(on))
+    assert any(r.message.startswith("if the serving layout logs") for r in unknown.risks)
+    # The local runtime carries; writes off: nothing to refuse; an in-place change: no layout change.
+    assert "WritesNotCarried" not in {
+        r.code for r in preview("demo", v2, running(on), carries_writes=True).risks
+    }
+    off = make_spec(**{"index.version": "v2"})
+    assert "WritesNotCarried" not in {
+        r.code for r in preview("demo", off, running(on), serving_logs_writes=True).risks
+    }
+    scaled = make_spec(**{"writes.enabled": True, "replicasPerShard": 3})
+    assert "WritesNotCarried" not in {
+        r.code for r in preview("demo", scaled, running(on), serving_logs_writes=True).risks
+    }

@@ -104,6 +104,7 @@ class FakeWorld:
     executed: list[Action] = field(default_factory=list)
     artifacts: set[str] = field(default_factory=set)  # layouts whose artifacts are in the store
     deletions: dict[str, str] = field(default_factory=dict)  # artifact deletions: layout -> state
+    carries_writes: bool = False  # the hands carry logged item writes at a cutover (local runtime)
 
     # --- what the planner sees ---------------------------------------------------------------
 
@@ -141,6 +142,7 @@ class FakeWorld:
             previous_status=self.stored_status(),
             router_endpoint="http://127.0.0.1:8080",
             artifact_deletions=dict(self.deletions),  # type: ignore[arg-type]
+            carries_writes=self.carries_writes,
         )
 
     # --- the hands ---------------------------------------------------------------------------

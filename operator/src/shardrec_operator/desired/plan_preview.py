@@ -46,10 +46,13 @@ def plan_preview_status(
     *,
     live_ef_search: int | None,
     router_replicas: int | None,
+    serving_logs_writes: bool | None = None,
 ) -> api.PlanPreviewStatus:
-    """The preview of `cluster.spec` over what `previous` (the stored status) says runs."""
+    """The preview of `cluster.spec` over what `previous` (the stored status) says runs;
+    `serving_logs_writes`: whether the serving layout keeps write logs (its observed LayoutSpec),
+    which the operator cannot carry into a new layout."""
     spec = cluster.spec.model_copy(update={"paused": False})
     deployed = deployed_from_status(previous, None, live_ef_search, router_replicas)
-    plan = preview(cluster.metadata.name, spec, deployed)
+    plan = preview(cluster.metadata.name, spec, deployed, serving_logs_writes=serving_logs_writes)
     plan = replace(plan, notes=(*plan.notes, frozen_by(cluster)))
     return to_status(plan, cluster.metadata.generation)

@@ -30,12 +30,17 @@ ROUTER_CONTAINER: Final = "router"
 
 
 def router_config_json(spec: api.RecommenderClusterSpec) -> str:
-    """`{"router": ..., "auth": ...}` in wire form: what `shardrec-router --router-config` reads."""
-    document = {
+    """`{"router": ..., "auth": ..., "writes": ...}` in wire form: what `shardrec-router
+    --router-config` reads. `writes` (the ack policy) only while `spec.writes.enabled`: with writes
+    off no shard keeps a log, so the policy is moot, and leaving it out keeps the config (and its
+    hash in the router pods, which restarts them) exactly as before writes existed."""
+    document: dict[str, Any] = {
         "router": spec.router.model_dump(by_alias=True, mode="json"),
         # apiKeysFile is the local runtime's: in Kubernetes the keys come from the mounted Secret.
         "auth": spec.auth.model_dump(by_alias=True, mode="json", exclude={"api_keys_file"}),
     }
+    if spec.writes.enabled:
+        document["writes"] = {"ack": spec.writes.ack}
     return json.dumps(document, sort_keys=True, indent=2) + "\n"
 
 

@@ -8,6 +8,28 @@ start-up would only slow a rollout down.
 `updateStrategy: OnDelete`: a template change (image, resources, drain, annotations) replaces no
 pod by itself; the planner rolls it one shard and one pod at a time (`shardrec.planning.rolls`).
 
+With item writes (`spec.writes.enabled`, recorded in the layout: `LayoutSpec.write_log`) every
+replica also gets its own ReadWriteOnce claim for its write log, from `volumeClaimTemplates`
+(`write-log-<statefulset>-<ordinal>`), mounted at `WRITE_LOG_MOUNT` and passed as
+`--write-log-dir`. A claim per ordinal is what the log needs: the log of replica N belongs to
+replica N, and a pod deleted and recreated (template roll, failover, eviction) gets the same
+claim back and replays it; no ReadWriteMany storage is needed. The claim's life:
+
+    replica pod deleted/recreated -> same claim, log replayed        (ordinal kept)
+    StatefulSet scaled down       -> claims of the removed ordinals deleted (`whenScaled: Delete`:
+                                     a follower's log holds nothing its leader's does not, and
+                                     ordinal 0, the leader, is never scaled away)
+    layout deleted (DeleteLayout) -> claims deleted with the StatefulSet (`whenDeleted: Delete`)
+
+`whenDeleted: Delete` is deliberate: a layout's logs go exactly when the planner deletes the
+layout, and the planner deletes a layout that logged writes only after writes were turned off
+(the `writes_carried_to_new_layout` predicate refuses every other layout change while writes
+are on, because nothing on Kubernetes carries the logs into the next layout yet) and its
+rollback window passed. A carry on Kubernetes must add a rule that keeps the layout it carries
+from until its forwarding is done, or these claims go with it. volumeClaimTemplates cannot
+change on a StatefulSet: that is why the write-log shape is part of the layout (a new layout, so
+new StatefulSets, whenever it changes) and never read from the current spec here.
+
 The PodDisruptionBudget is `maxUnavailable: 1`, never `minAvailable: replicas`: a drain can always
 evict one pod of a shard, including the only pod of a single-replica shard. That keeps node drains
 and cluster upgrades from deadlocking (the Strimzi and ClickHouse bug); the price, a brief outage of
@@ -28,6 +50,11 @@ from shardrec_operator.desired.pod_template import merge_pod_template
 
 STARTUP_PROBE_BUDGET_SECONDS = 600
 SHARD_CONTAINER = "shard"
+WRITE_LOG_VOLUME = "write-log"
+"""The claim template's name (claims are `write-log-<statefulset>-<ordinal>`) and the volume's."""
+WRITE_LOG_MOUNT = "/var/lib/shardrec/write-log"
+WRITE_LOG_RETENTION = {"whenDeleted": "Delete", "whenScaled": "Delete"}
+"""persistentVolumeClaimRetentionPolicy of a write-log layout (why: the module docstring)."""
 
 
 def shard_command(
@@ -48,6 +75,7 @@ def shard_command(
             search_threads=pods.cpu_threads(cluster.spec.resources.shard),
             drain_seconds=cluster.spec.rollout.drain_seconds,
             admin_token_file=shard_token.token_file(ACCEPTED_KEY),
+            write_log_dir=WRITE_LOG_MOUNT if layout.write_log else None,
             tls_cert=shard_tls.tls_file(shard_tls.CERT) if tls else None,
             tls_key=shard_tls.tls_file(shard_tls.KEY) if tls else None,
         ),
@@ -60,6 +88,8 @@ def _shard_container(
     spec = cluster.spec
     period = 5
     mounts = [_layout_mount(spec), pods.tmp_mount(), shard_token.token_mount()]
+    if layout.write_log:
+        mounts.append({"name": WRITE_LOG_VOLUME, "mountPath": WRITE_LOG_MOUNT})
     if tls:
         mounts.append(shard_tls.tls_mount())
     return {
@@ -121,6 +151,25 @@ def shard_pod_template(
     return {"metadata": template_meta, "spec": pod_spec}
 
 
+def write_log_claim_template(
+    cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int
+) -> dict[str, Any]:
+    """The per-replica ReadWriteOnce claim of a write-log layout, sized as the layout recorded it."""
+    claim: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": layout.write_log_size}},
+    }
+    if layout.write_log_storage_class:
+        claim["storageClassName"] = layout.write_log_storage_class
+    return {
+        "metadata": {
+            "name": WRITE_LOG_VOLUME,
+            "labels": labels.shard_labels(cluster.metadata.name, layout, shard),
+        },
+        "spec": claim,
+    }
+
+
 def build_shard_statefulset(
     cluster: api.RecommenderCluster, layout: LayoutSpec, shard: int, replicas: int, *, tls: bool = False
 ) -> Manifest:
@@ -128,6 +177,12 @@ def build_shard_statefulset(
     `tls`: its pods serve HTTPS (`shard_tls.statefulset_serves_tls`, recorded on it)."""
     name = cluster.metadata.name
     selector = labels.shard_selector(name, layout.id, shard)
+    claims: dict[str, Any] = {}
+    if layout.write_log:
+        claims = {
+            "volumeClaimTemplates": [write_log_claim_template(cluster, layout, shard)],
+            "persistentVolumeClaimRetentionPolicy": WRITE_LOG_RETENTION,
+        }
     template = merge_pod_template(
         shard_pod_template(cluster, layout, shard, tls=tls),
         cluster.spec.pod_templates.shard,
@@ -147,6 +202,7 @@ def build_shard_statefulset(
             "updateStrategy": {"type": "OnDelete"},
             "selector": {"matchLabels": selector},
             "template": template,
+            **claims,
         },
         annotations={
             **labels.layout_annotations(layout),

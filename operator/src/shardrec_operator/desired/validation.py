@@ -18,7 +18,7 @@ from shardrec_operator.desired.names import shard_workload_name
 from shardrec_operator.desired.pod_security import restricted_violations
 from shardrec_operator.desired.pod_template import merge_pod_template, template_conflicts
 from shardrec_operator.desired.router import ROUTER_CONTAINER, router_pod_template
-from shardrec_operator.desired.shard import SHARD_CONTAINER, shard_pod_template
+from shardrec_operator.desired.shard import SHARD_CONTAINER, WRITE_LOG_VOLUME, shard_pod_template
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -78,4 +78,12 @@ def pod_template_errors(cluster: api.RecommenderCluster) -> list[str]:
             f"{field}: the {kind} pod breaks the restricted Pod Security Standard: {violation}"
             for violation in restricted_violations(merged)
         ]
+    # The claim's volume is added by the StatefulSet controller, not in the pod template, so
+    # template_conflicts cannot see it; a volume of the same name would shadow the log.
+    shard_volumes = {volume.name for volume in templates.shard.volumes} if templates.shard else set()
+    if layout.write_log and WRITE_LOG_VOLUME in shard_volumes:
+        errors.append(
+            f"spec.podTemplates.shard.volumes[{WRITE_LOG_VOLUME}]: the operator's write-log claim "
+            "(spec.writes.enabled); pick another name"
+        )
     return errors

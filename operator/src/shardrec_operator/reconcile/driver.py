@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from shardrec.api import v1alpha1 as api
-from shardrec.planning import RecordEvent, plan
+from shardrec.planning import Observed, RecordEvent, plan
 from shardrec.planning.fleet import with_topology_written
 from shardrec_operator.desired import labels, names
 from shardrec_operator.desired.plan_preview import plan_preview_status
@@ -117,6 +117,7 @@ def reconcile_cluster(
                     observed.previous_status,
                     live_ef_search=live_ef_search(children, cluster),
                     router_replicas=router_replicas(children, cluster.metadata.name),
+                    serving_logs_writes=_serving_logs_writes(observed),
                 )
             }
         )
@@ -171,3 +172,10 @@ def router_ready_replicas(children: Children, cluster_name: str) -> int:
     if deployment is None:
         return 0
     return int((deployment.get("status") or {}).get("readyReplicas") or 0)
+
+
+def _serving_logs_writes(observed: Observed) -> bool | None:
+    """Whether the layout the routers serve keeps write logs (its StatefulSets' LayoutSpec); None
+    while nothing serves or its workloads are not seen."""
+    serving = observed.layout(observed.router.confirmed_layout)
+    return serving.spec.write_log if serving is not None else None

@@ -756,6 +756,76 @@ class ResourcesSpec(ApiModel):
     )
 
 
+STORAGE_SIZE_PATTERN: Final = r"^[1-9][0-9]{0,15}(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+"""A positive whole quantity of bytes with an optional binary or decimal suffix (1Gi, 500M):
+stricter than Kubernetes' quantity (no 0, no fractions, no exponents), so a typo is caught by
+the schema instead of by the StatefulSet controller after the layout was built."""
+
+
+class WriteLogVolumeSpec(ApiModel):
+    """The per-replica ReadWriteOnce volume that holds a shard replica's write log."""
+
+    size: str = Field(
+        "1Gi",
+        min_length=1,
+        max_length=20,
+        pattern=STORAGE_SIZE_PATTERN,
+        description=(
+            "Storage request of each replica's claim: a positive whole number of bytes with an "
+            "optional suffix (Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P, E), e.g. 1Gi. A log grows until "
+            "its layout is deleted (no compaction): about 60 bytes plus 4 per dimension per write."
+        ),
+    )
+    storage_class_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="StorageClass of the claims; absent: the cluster's default StorageClass.",
+    )
+
+
+class WritesSpec(ApiModel):
+    """Item writes (`PUT`/`DELETE /v1/items/{id}` at the router) between index versions.
+
+    On: every shard replica keeps a durable write log on its own ReadWriteOnce claim
+    (StatefulSet volumeClaimTemplates), replica 0 of each shard numbers the writes, the routers
+    acknowledge by `ack`. Turning writes on or off, or changing the log volume, makes a new
+    layout (a claim template cannot change on a StatefulSet). While writes are on, the operator
+    refuses any other layout change (new version, shard count, rollback): it does not carry the
+    logged writes into a new layout yet (docs/operator.md, "Item writes")."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!self.enabled || !oldSelf.enabled || self.logVolume == oldSelf.logVolume",
+                "writes.logVolume cannot change while writes stay enabled (the claims of a running "
+                "layout cannot be resized or moved in place): turn writes off, then on again with the "
+                "new volume",
+                ".logVolume",
+            ),
+        )
+    )
+
+    enabled: bool = Field(
+        False,
+        description=(
+            "Accept item writes: shard pods get a write-log claim and --write-log-dir. Off: no "
+            "claim, and a shard refuses writes."
+        ),
+    )
+    ack: Literal["all", "majority"] = Field(
+        "all",
+        description=(
+            "When the router acknowledges a write: all (every ready replica of the shard logged it) "
+            "or majority (more than half of them, the leader included)."
+        ),
+    )
+    log_volume: WriteLogVolumeSpec = Field(
+        default_factory=WriteLogVolumeSpec, description="The per-replica write-log claim."
+    )
+
+
 class MonitoringSpec(ApiModel):
     """Prometheus integration."""
 
@@ -1132,6 +1202,9 @@ class RecommenderClusterSpec(ApiModel):
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Container resources.")
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Prometheus integration.")
+    writes: WritesSpec = Field(
+        default_factory=WritesSpec, description="Item writes between index versions (off by default)."
+    )
     failover: FailoverSpec = Field(default_factory=FailoverSpec, description="Failover behaviour.")
     pod_templates: PodTemplatesSpec = Field(
         default_factory=PodTemplatesSpec,

@@ -9,6 +9,14 @@ blue/green rollout); anything that can change on running processes does not: rep
 The id names child objects (`<cluster>-<layoutid>-<shard>`), artifact folders and router
 topologies, so it must be stable across processes and releases: it hashes a canonical JSON
 document whose keys never change meaning.
+
+The write log (`spec.writes`) is part of a layout although it changes no index byte: on
+Kubernetes each shard of a layout is a StatefulSet, and a StatefulSet's volumeClaimTemplates
+cannot change, so whether its replicas keep a write-log claim (and its size and class) is fixed
+when the layout is created. Turning writes on or off, or changing the log volume, therefore makes
+a new layout, rolled out blue/green like any other (the build runs again). The write-log fields
+are left out of the canonical JSON while writes are off, so the id of every layout planned
+without writes (every layout before they existed) is unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ cluster, and short enough that `<cluster>-<layoutid>-<shard>` fits a 63-characte
 
 Metric = Literal["ip", "cosine", "l2"]
 
+_OPTIONAL = frozenset({"write_log_size", "write_log_storage_class"})
+"""Fields absent from the canonical JSON while empty."""
+
 
 @dataclass(frozen=True)
 class LayoutSpec:
@@ -39,6 +50,15 @@ class LayoutSpec:
     metric: Metric
     hnsw_m: int
     hnsw_ef_construction: int
+    write_log_size: str = ""
+    """Each replica's write-log claim (spec.writes.logVolume.size); "" while writes are off."""
+    write_log_storage_class: str = ""
+    """Its StorageClass; "" for the cluster's default (and while writes are off)."""
+
+    @property
+    def write_log(self) -> bool:
+        """Whether this layout's replicas keep a durable write log (spec.writes.enabled)."""
+        return self.write_log_size != ""
 
     @classmethod
     def from_spec(cls, spec: RecommenderClusterSpec) -> LayoutSpec:
@@ -52,6 +72,10 @@ class LayoutSpec:
             metric=spec.index.metric,
             hnsw_m=spec.index.hnsw.m,
             hnsw_ef_construction=spec.index.hnsw.ef_construction,
+            write_log_size=spec.writes.log_volume.size if spec.writes.enabled else "",
+            write_log_storage_class=(
+                (spec.writes.log_volume.storage_class_name or "") if spec.writes.enabled else ""
+            ),
         )
 
     @property
@@ -61,8 +85,10 @@ class LayoutSpec:
 
     def canonical_json(self) -> str:
         """Sorted-key compact JSON: the hashed form, also fit to store in an annotation or a
-        state file so the hands can report the LayoutSpec of what they find (`from_json`)."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        state file so the hands can report the LayoutSpec of what they find (`from_json`). The
+        write-log fields appear only when set (see the module docstring: ids stay pinned)."""
+        document = {k: v for k, v in asdict(self).items() if k not in _OPTIONAL or v != ""}
+        return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> LayoutSpec:
@@ -73,10 +99,15 @@ class LayoutSpec:
             raise ValueError(f"layout spec is not JSON: {error}") from error
         if not isinstance(data, dict):
             raise ValueError("layout spec must be a JSON object")
-        expected = set(cls.__dataclass_fields__)
-        if set(data) != expected:
-            missing, unknown = sorted(expected - set(data)), sorted(set(data) - expected)
+        known = set(cls.__dataclass_fields__)
+        missing, unknown = sorted(known - _OPTIONAL - set(data)), sorted(set(data) - known)
+        if missing or unknown:
             raise ValueError(f"layout spec fields: missing {missing}, unknown {unknown}")
+        for name in _OPTIONAL & set(data):
+            if not isinstance(data[name], str) or not data[name]:
+                raise ValueError(f"layout spec field {name} must be a non-empty string when present")
+        if "write_log_storage_class" in data and "write_log_size" not in data:
+            raise ValueError("layout spec field write_log_storage_class needs write_log_size")
         for name in ("shards", "dimension", "hnsw_m", "hnsw_ef_construction"):
             if not isinstance(data[name], int) or data[name] < 1:
                 raise ValueError(f"layout spec field {name} must be a positive integer")

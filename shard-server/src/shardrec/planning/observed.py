@@ -245,6 +245,11 @@ class Observed:
     about the running candidate and step (`planning.canary.merged`)."""
     canary_command: str | None = None
     """The `shardrec.io/canary-command` annotation's value (None when unset)."""
+    carries_writes: bool = False
+    """The hands carry a layout's logged item writes into the next layout at a cutover (cut,
+    fold-in at the build, forwarding, fence and hand-over: the local runtime does,
+    tools/local/carry.py). False (the operator, for now): the planner refuses to move off a layout
+    that logs writes while writes are on (`predicates.writes_carried_to_new_layout`)."""
 
     def __post_init__(self) -> None:
         if self.now.tzinfo is None:

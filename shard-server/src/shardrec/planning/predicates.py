@@ -201,6 +201,46 @@ def meets_quality_gate(ctx: PredicateContext, action: LayoutAction) -> str | Non
     return None
 
 
+def writes_carried_to_new_layout(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """While `spec.writes.enabled`, no layout other than the serving one is built, started,
+    staged or switched to when the serving layout logs item writes and the hands cannot carry
+    them (`Observed.carries_writes`).
+
+    Why: the writes acknowledged since the serving layout was built live only in its replicas'
+    write logs. A new layout (a version, a shard count, a rollback to a kept layout) is built from
+    its source alone unless the hands cut those logs, fold them into the build and forward the
+    rest until the switch; without that, the switch would silently undo every acknowledged upsert
+    and delete. The local runtime carries them; the operator does not yet, so on Kubernetes the
+    serving layout stays. Turning writes off (`spec.writes.enabled: false`) lifts the rule: that
+    is the user saying the source now holds what matters (the new layout has no log either).
+
+        serving logs writes? --no--> pass (nothing to carry: e.g. writes just turned on)
+              | yes
+        spec.writes.enabled? --no--> pass (writes turned off: the user's choice)
+              | yes
+        hands carry writes?  --yes-> pass (local runtime)
+              | no
+        veto every advance of a layout other than the serving one
+    """
+    if not isinstance(action, EnsureBuild | EnsureShards | StageRouter | SwitchRouter):
+        return None  # retirements, deletions and pod replacements carry nothing over
+    if action.layout_id == ctx.serving_layout:
+        return None
+    serving = ctx.observed.layout(ctx.serving_layout)
+    if serving is None or not serving.spec.write_log:
+        return None
+    if not ctx.spec.writes.enabled or ctx.observed.carries_writes:
+        return None
+    return (
+        f"layout {serving.id} serves with spec.writes.enabled and its write logs hold acknowledged "
+        f"item writes that this operator cannot carry into layout {action.layout_id} "
+        f"(version {action.layout.version}, {action.layout.shards} shards) yet: switching would lose them. "
+        "Revert the change to keep taking writes on the serving layout, or set spec.writes.enabled "
+        "false to change the layout without them (fold them into the embeddings source first: "
+        "recctl writes export, then recctl writes fold)"
+    )
+
+
 def never_delete_serving_layout(ctx: PredicateContext, action: LayoutAction) -> str | None:
     """A layout the router topology names (written or confirmed) is never deleted, nor is a
     layout that served while nothing serves (so the cluster never drops to zero servable
@@ -360,6 +400,7 @@ PREDICATES: tuple[Predicate, ...] = (
     Predicate("paused", paused),
     Predicate("failed_layout_not_retried", failed_layout_not_retried),
     Predicate("meets_quality_gate", meets_quality_gate),
+    Predicate("writes_carried_to_new_layout", writes_carried_to_new_layout),
     Predicate("rollout_within_timeout", rollout_within_timeout),
     Predicate("wait_for_router_to_confirm_switch", wait_for_router_to_confirm_switch),
     Predicate("never_switch_to_layout_with_missing_shard", never_switch_to_layout_with_missing_shard),

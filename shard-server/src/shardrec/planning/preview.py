@@ -383,8 +383,14 @@ def preview(
     deployed: Deployed,
     rates: Rates | None = None,
     items: int | None = None,
+    *,
+    carries_writes: bool = False,
+    serving_logs_writes: bool | None = None,
 ) -> PlanPreview:
-    """The plan of `spec` over `deployed` (see the module docstring)."""
+    """The plan of `spec` over `deployed` (see the module docstring). `carries_writes`: the hands
+    carry logged item writes into a new layout (the local runtime); `serving_logs_writes`: whether
+    the serving layout keeps write logs (None: not known to the caller). Together they say whether
+    the planner would refuse a layout change (`predicates.writes_carried_to_new_layout`)."""
     target = LayoutSpec.from_spec(spec)
     applied = deployed.applied
     refused = tuple(transition_errors(applied, spec)) if applied is not None else ()
@@ -423,7 +429,8 @@ def preview(
         holds_extra_seconds=draft.hold,
         disruptive=any(p.added or p.removed or p.replaced for p in draft.pods) or bool(draft.builds),
         refused=refused,
-        risks=_risks(spec, deployed, draft.kind, refused),
+        risks=_risks(spec, deployed, draft.kind, refused)
+        + _writes_risks(spec, draft.kind, carries_writes, serving_logs_writes),
         notes=tuple(draft.notes),
         rates_source=rates.source if rates is not None else "",
         items=items,
@@ -668,9 +675,22 @@ def _layout_changes(
                 spec.index.hnsw.ef_construction,
             ),
             ("partitioning.scheme", applied.partitioning.scheme, spec.partitioning.scheme),
+            # Part of the layout: a StatefulSet's claim templates cannot change (planning.layouts).
+            ("writes.enabled", applied.writes.enabled, spec.writes.enabled),
         ):
             if old != new:
                 lines.append(f"{label} {old} -> {new}")
+        if applied.writes.enabled and spec.writes.enabled:  # the log volume counts only while on
+            for label, old_volume, new_volume in (
+                ("writes.logVolume.size", applied.writes.log_volume.size, spec.writes.log_volume.size),
+                (
+                    "writes.logVolume.storageClassName",
+                    applied.writes.log_volume.storage_class_name,
+                    spec.writes.log_volume.storage_class_name,
+                ),
+            ):
+                if old_volume != new_volume:
+                    lines.append(f"{label} {old_volume} -> {new_volume}")
     if not lines:
         lines.append("the layout's definition changed")
     return [*lines, f"=> new layout {tid}: built, then switched to blue/green"]
@@ -735,6 +755,24 @@ def _risks(
             )
         )
     return tuple(risks)
+
+
+def _writes_risks(
+    spec: RecommenderClusterSpec, kind: ChangeKind, carries_writes: bool, serving_logs_writes: bool | None
+) -> tuple[Risk, ...]:
+    """A layout change the planner refuses while writes are on and nothing carries them."""
+    if kind not in ("rebuild", "switch") or not spec.writes.enabled or carries_writes:
+        return ()
+    if serving_logs_writes is False:
+        return ()
+    refusal = (
+        "the operator does not carry logged item writes into a new layout, so it refuses this change "
+        "(blockedBy writes_carried_to_new_layout) and the serving layout keeps serving; set "
+        "spec.writes.enabled false with it to go ahead without them"
+    )
+    if serving_logs_writes is None:
+        refusal = "if the serving layout logs item writes (spec.writes was on when it was built), " + refusal
+    return (Risk("info", "WritesNotCarried", refusal),)
 
 
 def _current(deployed: Deployed) -> str:

@@ -82,6 +82,10 @@ def progress_of(
     if refused and tid != router.confirmed_layout:
         # Waiting cannot help: the model's metrics are what they are. A new spec is needed.
         return Progress(False, "QualityGateFailed", f"{refused[0]}; the serving layout keeps serving")
+    uncarried = [entry.reason for entry in blocked if entry.predicate == "writes_carried_to_new_layout"]
+    if uncarried and tid != router.confirmed_layout:
+        # Waiting cannot help either: only a spec change (revert, or writes off) moves it.
+        return Progress(False, "WritesNotCarried", f"{uncarried[0]}; the serving layout keeps serving")
     if router.switch_in_flight:
         lagging = lagging_routers(router.routers, router.written_layout)
         who = f"routers {', '.join(lagging)}" if lagging else "the router"
@@ -144,7 +148,8 @@ def requeue_after(
         if records.by_id[layout_id].state == "Retiring" and at > now:
             waits.append((at - now).total_seconds())
     target = records.by_id[LayoutSpec.from_spec(spec).id]
-    refused = progress.reason == "QualityGateFailed"  # no deadline: only a new spec moves it
+    # No deadline: only a new spec moves a refused layout.
+    refused = progress.reason in ("QualityGateFailed", "WritesNotCarried")
     if target.state in ("Building", "Starting") and not spec.paused and not refused:
         deadline = parse_time(target.created_at) + timedelta(seconds=spec.rollout.timeout_seconds)
         waits.append((deadline - now).total_seconds())

@@ -86,6 +86,8 @@ def compute_phase(facts: StatusFacts) -> Phase:
         return "Failed"
     if facts.serving_layout is not None and facts.serving_layout == facts.target_layout:
         return "Ready"
+    if facts.progress.reason == "WritesNotCarried":
+        return "Ready"  # the serving layout serves on; the refused target is not being built
     if target is not None and target.state == "Building":
         return "Building"
     if target is not None and target.state in ("Starting", "Ready"):

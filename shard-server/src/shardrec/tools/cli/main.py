@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "demo": "shardrec.tools.cli.demo_cmd",
     "capacity": "shardrec.tools.cli.capacity_cmd",
     "plan": "shardrec.tools.cli.plan_cmd",
+    "writes": "shardrec.tools.cli.writes_cmd",
 }
 
 # Each module exposes `register(subparsers) -> None` and sets `func` on its parsers; one module

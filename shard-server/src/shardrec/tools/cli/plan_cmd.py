@@ -138,7 +138,10 @@ def run(args: argparse.Namespace) -> int:
         deployed = read_local_state(StateDir((DEFAULT_STATE_ROOT / cluster.metadata.name).resolve()), "")
     items = args.items if args.items is not None else item_count(cluster.spec.index.source)
     rates = load_rates(args.coefficients, cluster.spec)
-    the_plan = preview(cluster.metadata.name, cluster.spec, deployed, rates, items)
+    # A status file (--status) describes a cluster the operator runs, which does not carry logged
+    # writes into a new layout; a local state folder's supervisor does.
+    carries = args.status is None and not args.nothing_deployed
+    the_plan = preview(cluster.metadata.name, cluster.spec, deployed, rates, items, carries_writes=carries)
     if args.json:
         print(json.dumps(to_json(the_plan), indent=2))
     else:

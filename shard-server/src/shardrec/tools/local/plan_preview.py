@@ -69,6 +69,11 @@ def paused_preview(cluster: RecommenderCluster, previous: RecommenderClusterStat
     spec = cluster.spec.model_copy(update={"paused": False})
     rates = _default_rates(spec.index.dimension, spec.index.hnsw.m)
     plan = preview(
-        cluster.metadata.name, spec, deployed_from_status(previous), rates, item_count(spec.index.source)
+        cluster.metadata.name,
+        spec,
+        deployed_from_status(previous),
+        rates,
+        item_count(spec.index.source),
+        carries_writes=True,  # the supervisor carries logged writes into a new layout
     )
     return to_status(replace(plan, notes=(*plan.notes, PAUSED_NOTE)), cluster.metadata.generation)

@@ -265,6 +265,7 @@ class LocalSupervisor:
             artifact_deletions=self.builds.deletions(),
             canary_reports=tuple(r for r in (self._prober.canary(self.router_url),) if r is not None),
             canary_command=_annotation(cluster, CANARY_COMMAND_ANNOTATION),
+            carries_writes=True,  # cut, fold-in, forwarding and hand-over: tools/local/carry.py
         )
 
     def _url_of(self, name: str) -> str:
@@ -582,6 +583,9 @@ class LocalSupervisor:
         config = {
             "router": cluster.spec.router.model_dump(by_alias=True, mode="json"),
             "auth": cluster.spec.auth.model_dump(by_alias=True, mode="json"),
+            # Local shards always keep write logs (and the supervisor carries them), so the
+            # ack policy applies whatever spec.writes.enabled says.
+            "writes": {"ack": cluster.spec.writes.ack},
         }
         atomic_write_json(self.state.router_config_file, config)
         keys_file = cluster.spec.auth.api_keys_file
