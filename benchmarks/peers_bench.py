@@ -491,10 +491,16 @@ def render(
     quick: bool,
     rounds: int = 1,
     seconds: float = 1.0,
+    levels: Sequence[int] = (1,),
     when: datetime | None = None,
     commit: str = "",
 ) -> str:
     when = when or datetime.now(UTC)
+    levels_text = (
+        ", ".join(str(conns) for conns in levels[:-1]) + f" and {levels[-1]}"
+        if len(levels) > 1
+        else str(levels[0])
+    )
     notes = [f"- {line}" for line in ratios(rows)]
     notes += [f"- Not run: {name}." for name in missing]
     quick_note = (
@@ -514,10 +520,13 @@ Command: `{command}` (also `make bench-peers`), run on {when:%Y-%m-%d %H:%M} UTC
 - Every engine: HNSW M={M}, ef_construction={EF_CONSTRUCTION}; its search parameter is the smallest
   reaching our recall@10 {target:.3f} (within 0.002). Tried: {"; ".join(curves)}.
 - Servers (127.0.0.1) get JSON single-query requests from wrk (one thread, bodies cycling through
-  512 queries) at 1 connection and at saturation; CPU ms/request is every serving process's CPU
-  (router + {shards} shards, or Chroma's server) / requests. In-process rows call the engine in a
-  closed loop on one thread; their CPU is this process's. Qdrant Edge has no server, so it stands
-  beside our in-process path, not the router.
+  512 queries) at {levels_text} connections; "saturating" marks each server's best rate. CPU
+  ms/request is every serving process's CPU (router + {shards} shards, or Chroma's server) /
+  requests. In-process rows call the engine in a closed loop on one thread; their CPU is this
+  process's. Qdrant Edge has no server, so it stands beside our in-process path, not the router;
+  it is set up like that path: {shards} segments asked for (its optimizer keeps the count the
+  table shows), one search thread, full-scan and indexing thresholds at 1 KB so every segment is
+  searched through its HNSW graph.
 - Side by side: the engines take turns, in alternating order, over {rounds} round(s) of {seconds:.0f} s
   runs (servers: at each concurrency, both up throughout; in-process: one loop each); each row is
   that engine's best round, so a burst of the machine's other load hurts no side alone.
@@ -668,6 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quick=args.quick,
         rounds=args.rounds,
         seconds=args.seconds,
+        levels=_levels(args.connections),
         commit=_commit(),
     )
     print(section)
