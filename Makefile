@@ -130,6 +130,15 @@ bench-ab: $(STAMP) ## A/B of each hand-written hot-path part against its library
 bench-tls: $(STAMP) ## Router -> shard with and without TLS, side by side in one run -> docs/benchmarks.md (~2 min, niced)
 	nice -n 10 $(BIN)/python benchmarks/tls_bench.py $(BENCH_ARGS)
 
+.PHONY: bench-peers
+bench-peers: $(STAMP) ## Ours (router over HTTP, in-process) vs Chroma's HTTP server and Qdrant Edge at equal recall, 100k x 64 -> docs/benchmarks.md (~10 min, niced; BENCH_ARGS=--quick for a smoke run)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && apt-get install -y -qq wrk; } \
+	  || { echo "make bench-peers needs wrk (Debian/Ubuntu: apt-get install -y wrk)"; exit 2; }
+	$(BIN)/python -c 'import qdrant_edge' 2>/dev/null \
+	  || $(BIN)/pip install --quiet "$$(grep -o '"qdrant-edge-py[^"]*' pyproject.toml | tr -d '"')"
+	nice -n 10 $(BIN)/python benchmarks/peers_bench.py $(BENCH_ARGS)
+
 .PHONY: bench-objectstore
 bench-objectstore: $(STAMP) objectstore-build ## boto3 vs obstore vs s3fs: one 1 GiB partition from SeaweedFS -> docs/benchmarks.md (~3 min)
 	$(BIN)/python benchmarks/objectstore_bench.py $(BENCH_ARGS)

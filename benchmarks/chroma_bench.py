@@ -2,6 +2,7 @@
 
     python benchmarks/chroma_bench.py [--size 200k] [--seconds 10] [--chroma-venv DIR]
     python benchmarks/run.py --with-chroma          (adds these rows to docs/benchmarks.md)
+    python benchmarks/peers_bench.py                (Chroma beside ours and Qdrant Edge, in turns)
 
 Chroma's HTTP server (`chroma run`, chromadb from PyPI, hnswlib inside) on the same vectors as the
 harness (`common.make_dataset`), bound to 127.0.0.1 with telemetry off. Its `ef_search` is tuned
@@ -279,12 +280,20 @@ def measure_recall(url: str, collection: str, data: Dataset, k: int, chunk: int 
 
 
 def tune_ef(
-    handle: Chroma, collection: str, current_ef: int, *, data: Dataset, k: int, target: float
+    handle: Chroma,
+    collection: str,
+    current_ef: int,
+    *,
+    data: Dataset,
+    k: int,
+    target: float,
+    candidates: Sequence[int] = EF_CANDIDATES,
 ) -> tuple[int, float, list[tuple[int, float]]]:
-    """Smallest ef_search whose recall is `target` (within RECALL_TOLERANCE). Chroma keeps a
-    loaded index with the ef_search it was loaded with, so each change is followed by a restart."""
+    """Smallest ef_search of `candidates` whose recall is `target` (within RECALL_TOLERANCE).
+    Chroma keeps a loaded index with the ef_search it was loaded with, so each change is followed
+    by a restart."""
     curve: list[tuple[int, float]] = []
-    for ef in EF_CANDIDATES:
+    for ef in candidates:
         if ef != current_ef:
             assert handle.server is not None
             set_ef_search(handle.server.url, collection, ef)
