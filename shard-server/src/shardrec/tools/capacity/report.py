@@ -54,6 +54,7 @@ def plan_rows(p: Plan) -> list[Row]:
         ("users", _users(p)),
         ("total", _total(p)),
         ("spike", _spike(p)),
+        ("n+1", _n_plus_one(p)),
         ("versions", _versions(p)),
         ("storage", _storage(p)),
         ("bandwidth", _bandwidth(p)),
@@ -148,6 +149,16 @@ def _users(p: Plan) -> Entries:
     else:
         entries.append(("where", "feature store beside the router", f"exceeds {budget}"))
         entries.append(("user store payload", size(p.user_store_bytes), "users x (4*D + id bytes), per copy"))
+        copies = flag("user_store_copies")
+        entries.append(
+            (
+                "user store copies",
+                str(p.user_store_copies),
+                f"{copies} {p.target.user_store_copies}"
+                if p.target.user_store_copies
+                else f"{copies} 0: one per zone",
+            )
+        )
     entries.append(
         (
             "memory per router pod",
@@ -162,7 +173,14 @@ def _total(p: Plan) -> Entries:
     return [
         ("pods", f"{p.pods} ({p.shard_pods} shard + {p.routers} router)", "shards x replicas + routers"),
         ("cores", f"{p.cores:g}", f"{flag('shard_pod_cores')} / {flag('router_pod_cores')} per pod"),
-        ("memory needed", size(p.memory_needed_bytes), "sum of pod memory above"),
+        ("memory needed", size(p.memory_needed_bytes), "sum of pod memory above + the user store's copies"),
+        (
+            "of which users",
+            size(p.user_memory_bytes),
+            "user table in every router"
+            if p.user_table_in_router
+            else "user store payload x copies (raw payload; the store's own overhead not included)",
+        ),
         ("memory requested", size(p.memory_requested_bytes), "pods x pod memory budget"),
     ]
 
@@ -184,7 +202,40 @@ def _spike(p: Plan) -> Entries:
             "admission sheds past capacity; admitted requests keep their latency",
         ),
         ("to absorb the spike", absorb, f"{flag('cpu_utilisation')} {t.cpu_utilisation:g} at spike load"),
+        (
+            "a pod asked for at the spike serves after",
+            duration(p.spike_ready_after_seconds),
+            f"{flag('node_provision_seconds')} {t.node_provision_seconds:g} (a new node) + shard load",
+        ),
+        (
+            "spike pods to run before the spike",
+            f"+{p.spike_prewarm_extra_pods} of the +{p.spike_extra_pods} "
+            f"({p.spike_prewarm_replicas} replicas/shard, {p.spike_prewarm_routers} routers)",
+            f"the load {duration(p.spike_ready_after_seconds)} into a linear ramp to the spike over "
+            f"{flag('spike_ramp_seconds')} {t.spike_ramp_seconds:g}: "
+            f"{p.spike_load_when_ready_qps:,.0f} req/s (a step spike, ramp 0: all of them)",
+        ),
         ("a new shard replica serves after", duration(p.load_seconds), "shard file / load_bytes_per_second"),
+    ]
+
+
+def _n_plus_one(p: Plan) -> Entries:
+    t = p.target
+    drained = p.zone_loss_drain_capacity_qps
+    verdict = (
+        "serves peak at 100% CPU"
+        if p.zone_loss_drain_shortfall_qps <= 0
+        else f"short of peak by {p.zone_loss_drain_shortfall_qps:,.0f} req/s "
+        f"({p.zone_loss_drain_shortfall_qps / t.peak_qps:.0%})"
+    )
+    return [
+        (
+            "capacity after a zone loss and a drain",
+            f"{drained:,.0f} req/s",
+            f"{drained / t.peak_qps:.2f}x peak: the largest zone share and one more replica per shard "
+            "and router lost (PDB maxUnavailable 1)",
+        ),
+        ("zone loss + drain at peak", verdict, f"against {flag('peak_qps')} {t.peak_qps:g}"),
     ]
 
 

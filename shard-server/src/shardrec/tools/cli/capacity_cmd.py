@@ -49,6 +49,9 @@ _HELP: dict[str, str] = {
     "keep_previous_layouts": "old layouts kept for rollback (rollout.keepPreviousLayouts)",
     "rollback_window_seconds": "how long a kept layout runs (rollout.rollbackWindowSeconds)",
     "max_shards": "refuse plans with more shards than this (p99 of the fan-out: docs/design.md)",
+    "node_provision_seconds": "ASSUMED seconds until a new node takes pods (spike pods that must run before)",
+    "spike_ramp_seconds": "ASSUMED seconds a spike climbs from peak to its height, linearly (0: a step)",
+    "user_store_copies": "copies of the user store when users leave the router (0: one per zone)",
 }
 _REQUIRED = ("peak_qps", "items", "dimension", "users")
 
