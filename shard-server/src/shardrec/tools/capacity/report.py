@@ -538,7 +538,8 @@ def _ranking(q: Pipeline) -> Entries:
             "retrieval for ranking",
             f"k={pt.ranking_candidates}: efSearch searched {q.ranking_ef_searched}, "
             f"+{q.ranking_retrieval_extra_cores:g} cores",
-            "the same plan at --k = the candidates (bigger answers, same graph walk while ef >= k)",
+            "the same plan at --k = the candidates: shards search at max(ef, k); the router's CPU "
+            "was measured at k=10 only, its growth with k is not counted",
         ),
         (
             "ranking CPU per request",
