@@ -11,11 +11,15 @@ import pytest
 
 from shardrec.tools.capacity.pipeline import (
     MEASURED_ALS,
+    AlsCalibration,
+    AlsCheck,
     AlsMeasurement,
     AlsPoint,
     Pipeline,
     PipelineError,
     PipelineTarget,
+    als_calibration,
+    als_iteration_estimate,
     fit_als_cost,
     make_pipeline,
 )
@@ -43,11 +47,26 @@ EXACT = AlsMeasurement(
 )
 
 
+# Two larger checks at 64 factors: 1M nonzeros over 100k rows (10 per row) measured 1.5x the fit's
+# 0.4328 s, and over 10k rows (100 per row) 2x its 0.128 + 0.02048 + 0.01 = 0.15848 s.
+CHECKED = replace(
+    EXACT,
+    checks=(
+        AlsCheck(90_000, 10_000, 1_000_000, 64, 1.5 * 0.4328),
+        AlsCheck(9_000, 1_000, 1_000_000, 64, 2 * 0.15848),
+    ),
+)
+
+
 def _pipeline(**changes: Any) -> Pipeline:
+    return _pipeline_on(EXACT, **changes)
+
+
+def _pipeline_on(als: AlsMeasurement, **changes: Any) -> Pipeline:
     pt = replace(PipelineTarget(), **changes)
     plan = make_plan(EXAMPLE, coefficients(), scale_model())
     ranking = make_plan(replace(EXAMPLE, k=pt.ranking_candidates), coefficients(), scale_model())
-    return make_pipeline(pt, plan, ranking, EXACT)
+    return make_pipeline(pt, plan, ranking, als)
 
 
 def test_the_als_fit_recovers_the_cost_model_it_was_measured_on() -> None:
@@ -69,6 +88,41 @@ def test_the_als_fit_never_goes_negative_and_needs_three_points() -> None:
     assert min(fit.a_ns, fit.b_ns, fit.c_s) >= 0
     with pytest.raises(PipelineError, match="three factor counts"):
         fit_als_cost(replace(EXACT, points=EXACT.points[:2]))
+
+
+def test_the_estimate_scales_the_overhead_by_rows_and_the_range_brackets_it() -> None:
+    # 100x the nonzeros, 10x the rows, 64 factors: 1.28 s + 0.2048 s, c x1 / x10 / x100.
+    low, estimate, high = als_iteration_estimate(EXACT, nnz=1e7, rows=1e5, factors=64)
+    assert (low, estimate, high) == pytest.approx((1.4948, 1.5848, 2.4848))
+    # The spread of the runs widens the range: the fastest 10% faster, the slowest 10% slower.
+    spread = replace(
+        EXACT,
+        points=tuple(
+            AlsPoint(p.factors, p.cpu_s_median, 0.9 * p.cpu_s_min, 1.1 * p.cpu_s_max) for p in EXACT.points
+        ),
+    )
+    wide = als_iteration_estimate(spread, nnz=1e7, rows=1e5, factors=64)
+    assert wide[0] == pytest.approx(0.9 * low) and wide[2] == pytest.approx(1.1 * high)
+    assert wide[1] == pytest.approx(estimate)
+
+
+def test_the_checks_calibrate_the_fit_by_the_nearest_density_and_widen_the_range() -> None:
+    assert als_calibration(EXACT, nnz=1e8, rows=1e6) == AlsCalibration(1.0, 1.0, None)
+    # 9 nonzeros per row is nearest the first check (10), 90 the second (100).
+    sparse = als_calibration(CHECKED, nnz=9e7, rows=1e7)
+    assert (sparse.ratio, sparse.largest_ratio) == pytest.approx((1.5, 2.0))
+    assert sparse.check == CHECKED.checks[0]
+    dense = als_calibration(CHECKED, nnz=9e8, rows=1e7)
+    assert dense.ratio == pytest.approx(2.0)
+    assert dense.check == CHECKED.checks[1]
+    # The example's training (9.1 nonzeros per row): the fit's 46.328 s x 1.5; the high end x 2.
+    q = _pipeline_on(CHECKED)
+    assert q.als_iteration_cpu_s == pytest.approx(1.5 * 46.328)
+    assert q.als_iteration_cpu_s_high == pytest.approx(2 * 46.328)
+    assert q.als_iteration_cpu_s_low == pytest.approx(12.8 + 22.528 + 0.01)
+    assert (q.als_calibration, q.als_calibration_largest) == pytest.approx((1.5, 2.0))
+    assert q.als_calibration_check_nnz == 1_000_000
+    assert q.extrapolation_checked_nnz == pytest.approx(100)  # 1e8 over the largest check's 1e6
 
 
 def test_the_committed_training_points_fit_within_their_spread() -> None:

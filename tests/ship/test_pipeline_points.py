@@ -38,6 +38,11 @@ def test_the_training_points_are_the_train_rate_table() -> None:
         for p in MEASURED_ALS.points
     ]
     assert rows == expected
+    checks = re.findall(r"^\| ([\d,]+) x ([\d,]+) \| ([\d,]+) \| \d+x \| (\d+) \| ([\d.]+) \|", body, re.M)
+    assert checks == [
+        (f"{c.users:,}", f"{c.items:,}", f"{c.nnz:,}", str(c.factors), f"{c.cpu_s:.3f}")
+        for c in MEASURED_ALS.checks
+    ]
 
 
 def test_the_write_foldin_and_cache_figures_are_the_documents() -> None:

@@ -9,7 +9,8 @@ What is measured, and where it is written down:
   tests/ship/test_pipeline_points.py fails when the two differ). It is extrapolated to the seed by
   the cost of one conjugate-gradient ALS iteration (`fit_als_cost`):
   `t = a x nnz x f + b x (users + items) x f^2 + c`, where the f-independent `c` is scaled with
-  (users + items) for the estimate, not at all for the low end and with nnz for the high end.
+  (users + items) for the estimate, and then multiplied by how far that fit fell below the same
+  bench's larger seeded checks (`als_calibration`): the measured CPU grows faster than the fit.
 - Item writes acknowledged per second (`MEASURED_WRITES`, docs/design.md, item writes), the user
   fold-in CPU (`MEASURED_FOLDIN_MS`, docs/evaluation.md) and the result cache's hit ratio under
   Zipf (`MEASURED_CACHE_HIT`, docs/benchmarks.md): copied here with their commands.
@@ -51,8 +52,21 @@ class AlsPoint:
 
 
 @dataclass(frozen=True)
+class AlsCheck:
+    """One row of the train-rate check table: CPU seconds per iteration measured on a larger seeded
+    matrix, against which the fit's extrapolation is held (and calibrated)."""
+
+    users: int
+    items: int
+    nnz: int
+    factors: int
+    cpu_s: float
+
+
+@dataclass(frozen=True)
 class AlsMeasurement:
-    """The train-rate table: the data set's shape, its points and the command that measured them."""
+    """The train-rate table: the data set's shape, its points, the larger checks and the command
+    that measured them."""
 
     command: str
     date: str
@@ -60,6 +74,7 @@ class AlsMeasurement:
     items: int
     nnz: int
     points: tuple[AlsPoint, ...]
+    checks: tuple[AlsCheck, ...] = ()
 
 
 MEASURED_ALS = AlsMeasurement(
@@ -69,11 +84,16 @@ MEASURED_ALS = AlsMeasurement(
     items=9_724,
     nnz=100_836,
     points=(
-        AlsPoint(16, 0.0279, 0.0261, 0.0283),
-        AlsPoint(32, 0.0279, 0.0277, 0.0282),
-        AlsPoint(64, 0.0469, 0.0464, 0.0478),
-        AlsPoint(128, 0.0927, 0.0916, 0.0937),
-        AlsPoint(256, 0.2300, 0.2250, 0.2307),
+        AlsPoint(16, 0.0283, 0.0279, 0.0289),
+        AlsPoint(32, 0.0287, 0.0276, 0.0294),
+        AlsPoint(64, 0.0475, 0.0470, 0.0500),
+        AlsPoint(128, 0.0988, 0.0955, 0.1015),
+        AlsPoint(256, 0.2331, 0.2289, 0.2396),
+    ),
+    checks=(
+        AlsCheck(200_000, 20_000, 1_978_722, 64, 1.356),
+        AlsCheck(1_000_000, 50_000, 9_928_938, 64, 7.208),
+        AlsCheck(200_000, 20_000, 18_592_787, 64, 5.759),
     ),
 )
 
@@ -135,6 +155,48 @@ def fit_als_cost(measured: AlsMeasurement, which: str = "median") -> AlsFit:
     assert best is not None  # the intercept alone is never negative for positive times
     a, b, c = (float(value) for value in best[1])
     return AlsFit(a_ns=a, b_ns=b, c_s=c, nnz=measured.nnz, rows=rows)
+
+
+def als_iteration_estimate(
+    als: AlsMeasurement, *, nnz: float, rows: float, factors: int
+) -> tuple[float, float, float]:
+    """(low, estimate, high) CPU seconds of one ALS iteration on `nnz` nonzeros and `rows` users +
+    items: the estimate is the medians' fit with the factor-independent part scaled by rows; the
+    range runs from the fastest runs' fit with that part scaled least (kept constant, by rows or by
+    nonzeros) to the slowest runs' fit with it scaled most."""
+    overheads: tuple[Overhead, ...] = ("constant", "rows", "nnz")
+    fit, fastest, slowest = fit_als_cost(als), fit_als_cost(als, "min"), fit_als_cost(als, "max")
+    low = min(fastest.cpu_seconds(nnz=nnz, rows=rows, factors=factors, overhead=o) for o in overheads)
+    high = max(slowest.cpu_seconds(nnz=nnz, rows=rows, factors=factors, overhead=o) for o in overheads)
+    return low, fit.cpu_seconds(nnz=nnz, rows=rows, factors=factors), high
+
+
+@dataclass(frozen=True)
+class AlsCalibration:
+    """Measured / fitted CPU on the checks: `ratio` at the check whose nonzeros per row are nearest
+    the target's (of those, the largest), `largest_ratio` the highest of any check."""
+
+    ratio: float
+    largest_ratio: float
+    check: AlsCheck | None
+
+
+def als_calibration(als: AlsMeasurement, *, nnz: float, rows: float) -> AlsCalibration:
+    """How far the fit's estimate fell below the larger measurements: 1 without checks."""
+    if not als.checks:
+        return AlsCalibration(1.0, 1.0, None)
+
+    def ratio(check: AlsCheck) -> float:
+        estimate = als_iteration_estimate(
+            als, nnz=check.nnz, rows=check.users + check.items, factors=check.factors
+        )[1]
+        return check.cpu_s / estimate
+
+    density = math.log(nnz / rows)
+    nearest = min(
+        als.checks, key=lambda c: (round(abs(math.log(c.nnz / (c.users + c.items)) - density), 1), -c.nnz)
+    )
+    return AlsCalibration(ratio(nearest), max(ratio(c) for c in als.checks), nearest)
 
 
 # --- the assumptions -----------------------------------------------------------------------------
@@ -223,6 +285,10 @@ class Pipeline:
     als_iteration_cpu_s_low: float
     als_iteration_cpu_s_high: float
     extrapolation_nnz: float
+    als_calibration: float
+    als_calibration_largest: float
+    als_calibration_check_nnz: int
+    extrapolation_checked_nnz: float
     training_core_hours: float
     training_core_hours_low: float
     training_core_hours_high: float
@@ -289,16 +355,18 @@ def make_pipeline(
 
     # Training: ALS over (users with an embedding) x items at the plan's dimension.
     fit = fit_als_cost(als)
-    fit_low, fit_high = fit_als_cost(als, "min"), fit_als_cost(als, "max")
     nnz = t.users * pt.training_interactions_per_user
     rows = t.users + t.items
     f = t.dimension
-    iteration = fit.cpu_seconds(nnz=nnz, rows=rows, factors=f)
-    # The range: the fastest runs' fit with the factor-independent part scaled the least, the
-    # slowest runs' fit with it scaled the most (by rows or by nonzeros, whichever grew more).
-    overheads: tuple[Overhead, ...] = ("constant", "rows", "nnz")
-    iteration_low = min(fit_low.cpu_seconds(nnz=nnz, rows=rows, factors=f, overhead=o) for o in overheads)
-    iteration_high = max(fit_high.cpu_seconds(nnz=nnz, rows=rows, factors=f, overhead=o) for o in overheads)
+    # The fit on the small data set, scaled by how far it fell below the larger checks: the check
+    # nearest the target's nonzeros per row for the estimate, the largest for the high end; the low
+    # end is the small data set's own.
+    iteration_low, fitted, fitted_high = als_iteration_estimate(als, nnz=nnz, rows=rows, factors=f)
+    calibration = als_calibration(als, nnz=nnz, rows=rows)
+    iteration = fitted * calibration.ratio
+    iteration_high = max(fitted_high * calibration.largest_ratio, iteration)
+    iteration_low = min(iteration_low, iteration)
+    largest_check = max((c.nnz for c in als.checks), default=als.nnz)
     core_hours = iteration * pt.training_iterations / 3600.0
     trainings = hours / pt.train_every_hours
     # Factors of both sides (float32) + the matrix in both orientations (CSR: int32 index +
@@ -367,6 +435,10 @@ def make_pipeline(
         als_iteration_cpu_s_low=iteration_low,
         als_iteration_cpu_s_high=iteration_high,
         extrapolation_nnz=nnz / als.nnz,
+        als_calibration=calibration.ratio,
+        als_calibration_largest=calibration.largest_ratio,
+        als_calibration_check_nnz=calibration.check.nnz if calibration.check else 0,
+        extrapolation_checked_nnz=nnz / largest_check,
         training_core_hours=core_hours,
         training_core_hours_low=iteration_low * pt.training_iterations / 3600.0,
         training_core_hours_high=iteration_high * pt.training_iterations / 3600.0,

@@ -444,11 +444,21 @@ def _training(q: Pipeline) -> Entries:
             "CPU = a x nnz x f + b x rows x f^2 + c (c: factor-independent, per iteration)",
         ),
         (
+            "checked on larger matrices",
+            f"measured / fit {q.als_calibration:.2f} at {q.als_calibration_check_nnz:,} nonzeros "
+            f"(up to {q.als_calibration_largest:.2f})"
+            if q.als_calibration_check_nnz
+            else "no check",
+            "the same bench on seeded matrices up to ~200x the nonzeros: the check nearest the target's "
+            "nonzeros per row, and the largest ratio of any",
+        ),
+        (
             "CPU per iteration",
             f"{q.als_iteration_cpu_s / 3600:.2f} core-h (range {q.als_iteration_cpu_s_low / 3600:.2f}-"
             f"{q.als_iteration_cpu_s_high / 3600:.2f})",
-            f"EXTRAPOLATED {q.extrapolation_nnz:,.0f}x the measured nonzeros, c scaled by rows; range: "
-            "the fastest runs' fit with c scaled least (constant, rows or nonzeros) - the slowest's, most",
+            f"EXTRAPOLATED {q.extrapolation_checked_nnz:,.0f}x the largest check: fit (c scaled by rows) "
+            "x the check's ratio; range: the fastest runs' fit with c scaled least - the slowest's with "
+            "c scaled most x the largest ratio",
         ),
         (
             "CPU per training",
