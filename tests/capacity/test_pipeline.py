@@ -181,8 +181,11 @@ def test_freshness_caching_ranking_and_ab_by_hand() -> None:
     assert q.ranking_cores == pytest.approx(24)
     assert q.ranking_ef_searched == 200
     assert q.ranking_retrieval_extra_cores == pytest.approx(36)
-    # B arm: 5% of 12k = 600 req/s x 0.5 ms = 0.3 cores -> 1 pod -> 2 for a zone loss, per shard.
+    # B arm sized for its share: 5% of 12k = 600 req/s x 0.5 ms = 0.3 cores -> 1 pod -> 2 for a
+    # zone loss, per shard. As the canary runs it: the plan's 18 shard pods again (blue/green).
     assert (q.ab_arm_replicas, q.ab_extra_pods, q.ab_extra_cores) == (2, 4, 8)
+    assert (q.ab_candidate_pods, q.ab_candidate_cores) == (18, 36)
+    assert _pipeline(ab_share=0.0).ab_candidate_pods == 0
 
 
 def test_cost_per_1k_requests_by_hand() -> None:
@@ -191,13 +194,14 @@ def test_cost_per_1k_requests_by_hand() -> None:
     assert q.requests_per_day == 1e9
     assert q.serving_usd_per_day == pytest.approx(69.12)
     assert q.serving_usd_per_1k == pytest.approx(69.12e-6)
-    # Extras: (6.72 + 36 + 24 + 8) cores x $0.03 + 32 GiB x $0.0045, 24 h; one training a day.
+    # Extras: (6.72 fold-in + 36 retrieval + 24 ranking + 36 candidate) cores x $0.03 + the
+    # candidate's 18 x 8 GiB x $0.0045, 24 h; one training a day.
     training = 463.28 / 3600 * 0.03 + q.training_memory_bytes / GIB * 2 * 0.0045
-    extras = 24 * (74.72 * 0.03 + 32 * 0.0045)
+    extras = 24 * (102.72 * 0.03 + 144 * 0.0045)
     assert q.pipeline_usd_per_day == pytest.approx(69.12 + extras + training)
     # Two regions: each runs the serving and its extras, training runs once.
     assert q.all_regions_usd_per_day == pytest.approx(2 * (69.12 + extras) + training)
-    assert q.cores_all_regions == pytest.approx(2 * (60 + 74.72))
+    assert q.cores_all_regions == pytest.approx(2 * (60 + 102.72))
 
 
 @pytest.mark.parametrize(

@@ -314,6 +314,8 @@ class Pipeline:
     ab_arm_replicas: int
     ab_extra_pods: int
     ab_extra_cores: float
+    ab_candidate_pods: int
+    ab_candidate_cores: float
     # regions
     regions: int
     cores_all_regions: float
@@ -384,8 +386,10 @@ def make_pipeline(
     ranking_ms = pt.ranking_candidates * pt.ranking_us_per_candidate / 1000.0
     ranking_cores = t.peak_qps * ranking_ms / 1000.0 / t.cpu_utilisation
 
-    # A/B by user across layouts: the B arm is a second layout serving `ab_share` of the users,
-    # sized like any layout (CPU at the target utilisation, zone loss); the A arm keeps its size.
+    # A/B by user across layouts: the B arm is a second layout serving `ab_share` of the users.
+    # As the product runs it (a canary held at a weight step) the candidate starts every shard at
+    # replicasPerShard, the plan's full size (what blue/green places), and that is what is costed;
+    # sized for its share alone (CPU at the target utilisation, zone loss) it would need less.
     arm_load = t.peak_qps * pt.ab_share
     arm_replicas = (
         replicas_for_zone_loss(
@@ -403,8 +407,9 @@ def make_pipeline(
     )
     serving_day = hours * (serving_cores * pt.core_hour_usd + serving_gib * pt.gib_hour_usd)
     retrieval_extra = max(ranking_plan.cores - plan.cores, 0.0)
-    extra_cores = foldin_cores + retrieval_extra + ranking_cores + ab_pods * t.shard_pod_cores
-    extra_gib = ab_pods * t.shard_pod_memory_gib
+    candidate_pods = plan.blue_green_extra_pods if pt.ab_share > 0 else 0
+    extra_cores = foldin_cores + retrieval_extra + ranking_cores + candidate_pods * t.shard_pod_cores
+    extra_gib = candidate_pods * t.shard_pod_memory_gib
     training_day = trainings * (
         core_hours * pt.core_hour_usd + training_memory / GIB * pt.training_deadline_hours * pt.gib_hour_usd
     )
@@ -460,6 +465,8 @@ def make_pipeline(
         ab_arm_replicas=arm_replicas,
         ab_extra_pods=ab_pods,
         ab_extra_cores=ab_pods * t.shard_pod_cores,
+        ab_candidate_pods=candidate_pods,
+        ab_candidate_cores=candidate_pods * t.shard_pod_cores,
         regions=pt.regions,
         cores_all_regions=pt.regions * (serving_cores + extra_cores),
         cross_region_bytes_per_s=(pt.regions - 1) * bytes_day / SECONDS_PER_DAY,

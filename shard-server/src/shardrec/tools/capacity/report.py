@@ -575,9 +575,15 @@ def _ab(q: Pipeline) -> Entries:
             f"{pipeline_flag('ab_share')}: the canary's sticky split, blake2b(layout, user id) < weight",
         ),
         (
-            "B arm layout",
+            "B arm as the canary runs it",
+            f"+{q.ab_candidate_pods} pods, +{q.ab_candidate_cores:g} cores (costed)",
+            "the candidate layout starts every shard at replicasPerShard: the blue/green pods of the plan",
+        ),
+        (
+            "B arm sized for its share",
             f"+{q.ab_extra_pods} pods ({q.ab_arm_replicas} replicas/shard), +{q.ab_extra_cores:g} cores",
-            "sized for its share at --cpu-utilisation and a zone loss; the A arm keeps its size",
+            "its share at --cpu-utilisation and a zone loss: NOT built (a candidate scaled down, then "
+            "up before a switch)",
         ),
     ]
 
@@ -593,7 +599,7 @@ def _regions(q: Pipeline) -> Entries:
         (
             "cores, all regions",
             f"{q.cores_all_regions:,.0f}",
-            "regions x (plan + fold-in + retrieval for ranking + ranking + B arm)",
+            "regions x (plan + fold-in + retrieval for ranking + ranking + B arm as run)",
         ),
         (
             "events copied across regions",
@@ -624,7 +630,7 @@ def _cost(q: Pipeline) -> Entries:
         (
             "with the pipeline, one region",
             f"{_usd(q.pipeline_usd_per_day)}/day, {_usd(q.pipeline_usd_per_1k)} per 1k requests",
-            "+ fold-in, retrieval for ranking, ranking, B arm, training; NOT the log's brokers nor "
+            "+ fold-in, retrieval for ranking, ranking, B arm as run, training; NOT the log's brokers nor "
             "the feature store's CPU",
         ),
         (
