@@ -154,6 +154,10 @@ SCALE_ARGS ?= --sizes 100k --dims 64
 bench-scale: $(STAMP) ## ef and CPU per query for recall@10 0.90/0.95/0.98, one shard and 4 merged, 100k x 64 (SCALE_ARGS="--sizes 1m --dims 64" for the long ones) -> docs/benchmarks.md (niced)
 	nice -n 10 $(BIN)/python benchmarks/scale_bench.py --write-doc $(SCALE_ARGS)
 
+.PHONY: bench-train
+bench-train: $(STAMP) ## ALS CPU per iteration of recctl train's trainer on MovieLens at 16-256 factors -> docs/benchmarks.md (niced; copy the rows into tools/capacity/pipeline.py)
+	nice -n 10 $(BIN)/python benchmarks/train_rate.py
+
 .PHONY: plots
 plots: $(STAMP) ## Tail-latency simulation plots -> docs/img/ (from benchmarks/coefficients.json)
 	$(BIN)/python benchmarks/tail_plots.py

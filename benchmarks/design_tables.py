@@ -93,7 +93,17 @@ def variants_table() -> str:
     return f"`{command}`, one row per variant:\n\n" + "\n".join(lines) + "\n"
 
 
-TABLES = {"capacity-plan": plan_table, "capacity-variants": variants_table}
+def pipeline_table() -> str:
+    """The pipeline around the seed's plan, every assumption at its default (printed in the table)."""
+    command = f"recctl capacity {SIZING} --pipeline --markdown"
+    return f"`{command}`:\n\n{run_recctl(f'{SIZING} --pipeline --markdown')}"
+
+
+TABLES = {
+    "capacity-plan": plan_table,
+    "capacity-variants": variants_table,
+    "capacity-pipeline": pipeline_table,
+}
 
 
 def _block(name: str, body: str) -> str:

@@ -104,3 +104,28 @@ def test_missing_or_invalid_coefficients_name_the_file(
     assert main([*SIZING, "--coefficients", str(broken)]) == 1
     err = capsys.readouterr().err
     assert str(broken) in err and "no provenance entry names the command that measured ['search']" in err
+
+
+def test_the_pipeline_of_the_seed_on_the_measured_coefficients(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*SIZING, "--coefficients", str(MEASURED), "--pipeline", "--json"]) == 0
+    pipeline = json.loads(capsys.readouterr().out)
+    # ~1B events a day at 100M daily users; 1B requests; the training extrapolated, with a range.
+    assert pipeline["events_per_day"] == pytest.approx(1e9)
+    assert pipeline["requests_per_day"] == pytest.approx(1e9)
+    assert pipeline["training_nnz"] == pytest.approx(1e10)
+    low, mid, high = (pipeline[f"als_iteration_cpu_s{s}"] for s in ("_low", "", "_high"))
+    assert 0 < low <= mid <= high
+    assert (
+        pipeline["all_regions_usd_per_1k"] > pipeline["pipeline_usd_per_1k"] > pipeline["serving_usd_per_1k"]
+    )
+    assert "plan" not in pipeline
+
+
+def test_pipeline_flags_change_the_pipeline_and_bad_ones_name_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main([*SIZING, "--coefficients", str(MEASURED), "--pipeline", "--regions", "3", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "| all 3 regions |" in out and "| events |" in out
+    assert main([*SIZING, "--coefficients", str(MEASURED), "--pipeline", "--ab-share", "2"]) != 0
+    assert "--ab-share must be within [0, 1]" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from shardrec.tools.capacity.planner import (
@@ -9,12 +11,14 @@ from shardrec.tools.capacity.planner import (
     PlanError,
     Target,
     error_budget_minutes,
+    load_during_ramp,
     make_plan,
     replicas_for_availability,
     replicas_for_cpu,
     replicas_for_zone_loss,
     shards_for_memory,
     survives_zone_loss,
+    survives_zone_loss_and_drain,
     threads_for_quota,
 )
 from shardrec.tools.capacity.scale import MODEL
@@ -212,6 +216,95 @@ def test_recall_beyond_what_the_fit_can_promise_is_refused_naming_the_flag() -> 
     assert any("recall 0.99 is outside the measured 0.9-0.98" in warning for warning in plan.warnings)
 
 
+def test_the_load_climbs_the_ramp_linearly_and_a_step_is_the_whole_spike() -> None:
+    assert load_during_ramp(100, 1000, 300, 0) == 100
+    assert load_during_ramp(100, 1000, 300, 100) == pytest.approx(400)
+    assert load_during_ramp(100, 1000, 300, 300) == 1000
+    assert load_during_ramp(100, 1000, 300, 900) == 1000
+    assert load_during_ramp(100, 1000, 0, 0) == 1000  # a step
+
+
+def test_spike_pods_that_must_run_before_the_spike_by_hand() -> None:
+    # A pod asked for at the spike's start serves after the 90 s node + the 2 s shard load = 92 s,
+    # when a 300 s ramp from 12k to 120k is at 12k x (1 + 9 x 92/300) = 45,120 req/s.
+    plan = make_plan(EXAMPLE, coefficients(), scale_model())
+    assert plan.spike_ready_after_seconds == pytest.approx(92)
+    assert plan.spike_load_when_ready_qps == pytest.approx(45_120)
+    # Shards: 45,120 x 0.5 ms = 22.56 cores -> 23 pods at 50% of 2 cores -> 35 to survive a zone
+    # (35 - 12 = 23). Routers: 45,120 x 0.6 ms = 27.07 cores -> 28 -> 42 (42 - 14 = 28).
+    assert (plan.spike_prewarm_replicas, plan.spike_prewarm_routers) == (35, 42)
+    # Beyond the plan's 9 replicas x 2 shards and 12 routers: 2 x 26 + 30.
+    assert plan.spike_prewarm_extra_pods == 82
+    # A step spike (no ramp) needs every spike pod before it.
+    step = make_plan(_with(EXAMPLE, spike_ramp_seconds=0), coefficients(), scale_model())
+    assert step.spike_prewarm_extra_pods == step.spike_extra_pods
+    assert (step.spike_prewarm_replicas, step.spike_prewarm_routers) == (
+        step.spike_replicas,
+        step.spike_routers,
+    )
+
+
+@pytest.mark.parametrize("field", ["node_provision_seconds", "spike_ramp_seconds"])
+def test_prewarmed_spike_pods_are_monotone_in_the_delay_and_the_ramp(field: str) -> None:
+    counts = [
+        make_plan(_with(EXAMPLE, **{field: seconds}), coefficients(), scale_model()).spike_prewarm_extra_pods
+        for seconds in (0, 30, 90, 180, 300, 600, 1200)
+    ]
+    # A slower node needs more pods running beforehand; a slower ramp fewer.
+    expected = sorted(counts) if field == "node_provision_seconds" else sorted(counts, reverse=True)
+    assert counts == expected
+    spike_pods = make_plan(EXAMPLE, coefficients(), scale_model()).spike_extra_pods
+    assert all(0 <= count <= spike_pods for count in counts)
+
+
+def test_a_drain_during_a_zone_loss_takes_one_more_replica() -> None:
+    assert survives_zone_loss_and_drain(9, 3) == 5
+    assert survives_zone_loss_and_drain(2, 3) == 0
+    assert survives_zone_loss_and_drain(1, 1) == 0
+    for replicas in range(1, 40):
+        for zones in (1, 2, 3, 4):
+            assert survives_zone_loss_and_drain(replicas, zones) <= survives_zone_loss(replicas, zones)
+
+
+def test_zone_loss_and_drain_capacity_by_hand() -> None:
+    # The example: 9 replicas -> 6 after a zone -> 5 after a drain: 5 x 2 cores / 0.5 ms = 20k/s;
+    # 12 routers -> 8 -> 7: 23.3k/s. 20k >= the 12k peak: no shortfall.
+    plan = make_plan(EXAMPLE, coefficients(), scale_model())
+    assert plan.zone_loss_drain_capacity_qps == pytest.approx(20_000)
+    assert plan.zone_loss_drain_shortfall_qps == 0
+    # Planned at 100% CPU: 3 replicas for CPU, 5 for a zone loss (5 - 2 = 3); after a zone and a
+    # drain 2 are left: 8k/s (routers 6 -> 3: 10k/s), 4k short of the 12k peak.
+    tight = make_plan(_with(EXAMPLE, cpu_utilisation=1.0), coefficients(), scale_model())
+    assert (tight.replicas, tight.routers) == (5, 6)
+    assert tight.zone_loss_drain_capacity_qps == pytest.approx(8_000)
+    assert tight.zone_loss_drain_shortfall_qps == pytest.approx(4_000)
+
+
+def test_n_plus_one_capacity_never_exceeds_zone_loss_and_grows_with_replicas() -> None:
+    previous = 0.0
+    for peak in (3_000, 6_000, 12_000, 24_000, 48_000):
+        plan = make_plan(_with(EXAMPLE, peak_qps=peak), coefficients(), scale_model())
+        assert plan.zone_loss_drain_capacity_qps <= plan.zone_loss_capacity_qps <= plan.capacity_qps
+        assert plan.zone_loss_drain_capacity_qps >= previous
+        previous = plan.zone_loss_drain_capacity_qps
+
+
+def test_the_user_store_is_its_own_memory_line_in_the_totals() -> None:
+    # 100M users leave the router: 100M x (256 + 12) B = 26.8 GB per copy, one copy per zone (3).
+    plan = make_plan(_with(EXAMPLE, users=100_000_000), coefficients(), scale_model())
+    assert plan.user_store_copies == 3
+    assert plan.user_memory_bytes == pytest.approx(3 * 26.8e9)
+    pods_only = plan.shard_pods * plan.shard_memory_bytes + plan.routers * plan.router_memory_bytes
+    assert plan.memory_needed_bytes == pytest.approx(pods_only + 3 * 26.8e9)
+    two = make_plan(_with(EXAMPLE, users=100_000_000, user_store_copies=2), coefficients(), scale_model())
+    assert two.user_memory_bytes == pytest.approx(2 * 26.8e9)
+    assert two.memory_needed_bytes < plan.memory_needed_bytes
+    # 1M users fit each of the 12 routers: the line is 12 copies of the 356 MB table.
+    small = make_plan(EXAMPLE, coefficients(), scale_model())
+    assert small.user_store_copies == 0
+    assert small.user_memory_bytes == pytest.approx(12 * 356e6)
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -226,6 +319,9 @@ def test_recall_beyond_what_the_fit_can_promise_is_refused_naming_the_flag() -> 
         ({"items": 10_000_000_000, "max_shards": 64}, "--max-shards 64"),
         ({"m": 1}, "--m must be at least 2"),
         ({"exclude": -1}, "--exclude must be 0 or more"),
+        ({"node_provision_seconds": -1}, "--node-provision-seconds"),
+        ({"spike_ramp_seconds": -5}, "--spike-ramp-seconds"),
+        ({"user_store_copies": -1}, "--user-store-copies"),
     ],
 )
 def test_bad_targets_name_the_flag(changes: dict[str, float], message: str) -> None:
@@ -233,7 +329,7 @@ def test_bad_targets_name_the_flag(changes: dict[str, float], message: str) -> N
         make_plan(_with(EXAMPLE, **changes), coefficients(), scale_model())
 
 
-def _with(target: Target, **changes: float) -> Target:
+def _with(target: Target, **changes: Any) -> Target:
     from dataclasses import replace
 
     return replace(target, **changes)

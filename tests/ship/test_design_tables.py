@@ -6,6 +6,7 @@ benchmarks/coefficients.json without `python benchmarks/design_tables.py` fails 
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -53,3 +54,24 @@ def test_missing_markers_are_an_error_not_a_silent_pass() -> None:
     tables = _design_tables()
     with pytest.raises(SystemExit, match="capacity-plan"):
         tables.rendered("no markers here")
+
+
+def test_the_pipeline_table_is_the_tool_and_a_changed_number_is_drift() -> None:
+    tables = _design_tables()
+    doc = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    pipeline = tables.pipeline_table()
+    assert "--pipeline --markdown" in pipeline
+    for section in ("events", "training", "freshness", "caching", "ranking", "a/b test", "regions", "cost"):
+        assert f"| {section} |" in pipeline
+    row = next(line for line in pipeline.splitlines() if "| log partitions |" in line)
+    tampered = doc.replace(row, row.replace("| log partitions | ", "| log partitions | 9", 1), 1)
+    assert tampered != doc
+    assert tables.drifted(tampered) == ["capacity-pipeline"]
+
+
+def test_a_missing_pipeline_section_is_an_error() -> None:
+    tables = _design_tables()
+    doc = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    without = re.sub(r"<!-- capacity-pipeline:begin.*?<!-- capacity-pipeline:end -->", "", doc, flags=re.S)
+    with pytest.raises(SystemExit, match="capacity-pipeline"):
+        tables.rendered(without)

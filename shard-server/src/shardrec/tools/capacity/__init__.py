@@ -5,7 +5,10 @@
 - `scale`: the search and build cost by size that `make bench-scale` measured (ef for a recall
   target, CPU per search, exclusions, build rate) and the fits that extrapolate it.
 - `planner`: pure arithmetic from a target (peak QPS, items, users, recall, ...) to a plan.
-- `report`: the plan as a table.
+- `pipeline`: pure arithmetic from the plan and stated assumptions to the stages around it (events,
+  training cost from the measured train-rate points, freshness, caching, ranking, A/B, regions,
+  cost per 1k requests).
+- `report`: the plan and the pipeline as tables.
 - `tailsim`: a seeded numpy simulation of p50/p99 against shards, replicas, hedging and load.
 
 No module here performs I/O except `coefficients.load_coefficients`.

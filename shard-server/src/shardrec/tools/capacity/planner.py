@@ -12,6 +12,13 @@ The rules, in the order they are applied:
   (`ceil(R/zones)` replicas, topology spread keeps skew at 1) still leaves that CPU, and until the
   availability target holds under the strict policy with independent pod failures.
 - Router replicas: the same CPU and zone rules on the router's measured CPU per request.
+- Users: in every router while the table fits its budget, else in a store beside the routers,
+  `user_store_copies` copies (one per zone by default) of its raw payload, counted in the totals.
+- Spike: the pods a `spike_factor` spike needs, and how many of them must run before it: a pod
+  asked for when the spike starts serves after `node_provision_seconds` (a new node) plus its
+  shard's load, by which time the load has climbed a linear ramp of `spike_ramp_seconds`.
+- N+1: the capacity after losing the largest zone share AND one more node drained (one more
+  replica of every shard and one more router at worst), and by how much it falls short of peak.
 - Threads and processes as the code starts them: a shard pod runs one search thread and a router
   pod one worker process (one event loop, at most one core each) per CPU its quota allows
   (`serving/cpus.py`: ceil of the CPU limit), so a pod's cores are all usable; each router worker
@@ -67,6 +74,9 @@ class Target:
     keep_previous_layouts: int = 1
     rollback_window_seconds: float = 300.0
     max_shards: int = 64
+    node_provision_seconds: float = 90.0
+    spike_ramp_seconds: float = 300.0
+    user_store_copies: int = 0
 
     def check(self) -> None:
         """Raise PlanError naming the first flag out of range."""
@@ -94,6 +104,12 @@ class Target:
                 raise PlanError(f"{flag(name)} must be a percentage within (0, 100), got {value}")
         if self.keep_previous_layouts < 0 or self.rollback_window_seconds < 0:
             raise PlanError("--keep-previous-layouts and --rollback-window-seconds must be 0 or more")
+        if self.node_provision_seconds < 0 or self.spike_ramp_seconds < 0:
+            raise PlanError("--node-provision-seconds and --spike-ramp-seconds must be 0 or more")
+        if self.user_store_copies < 0:
+            raise PlanError(
+                f"--user-store-copies must be 0 (one per zone) or more, got {self.user_store_copies}"
+            )
         if self.spike_factor < 1:
             raise PlanError(f"--spike-factor must be at least 1, got {self.spike_factor}")
 
@@ -150,6 +166,21 @@ def replicas_for_availability(target: float, shards: int, pod_availability: floa
     return replicas
 
 
+def load_during_ramp(peak: float, spike: float, ramp_seconds: float, seconds: float) -> float:
+    """Requests/s `seconds` after a spike starts rising from `peak` to `spike`, linearly over
+    `ramp_seconds` (0: a step, the whole spike at once)."""
+    if ramp_seconds <= 0 or seconds >= ramp_seconds:
+        return spike
+    return peak + (spike - peak) * max(seconds, 0.0) / ramp_seconds
+
+
+def survives_zone_loss_and_drain(replicas: int, zones: int) -> int:
+    """Replicas left after losing the zone holding the most of them and then draining one more node:
+    a drain evicts at most one replica of a shard (PodDisruptionBudget maxUnavailable 1, and a
+    node that holds several shards' pods holds one replica of each at worst)."""
+    return max(survives_zone_loss(replicas, zones) - 1, 0)
+
+
 def threads_for_quota(cores: float) -> int:
     """Threads (or worker processes) a pod with a CPU limit of `cores` starts: the CPUs its quota
     allows, rounded up, at least one (as `serving.cpus.cpus_within` does with a large affinity)."""
@@ -194,6 +225,8 @@ class Plan:
     user_table_bytes: float
     user_table_in_router: bool
     user_store_bytes: float
+    user_store_copies: int
+    user_memory_bytes: float
     router_memory_bytes: float
     # totals
     shard_pods: int
@@ -208,6 +241,11 @@ class Plan:
     spike_replicas: int
     spike_routers: int
     spike_extra_pods: int
+    spike_ready_after_seconds: float
+    spike_load_when_ready_qps: float
+    spike_prewarm_replicas: int
+    spike_prewarm_routers: int
+    spike_prewarm_extra_pods: int
     # versions
     build_items_per_core_second: float
     build_seconds: float
@@ -233,6 +271,8 @@ class Plan:
     error_budget_minutes: float
     per_shard_availability: float
     zone_loss_capacity_qps: float
+    zone_loss_drain_capacity_qps: float
+    zone_loss_drain_shortfall_qps: float
     # where the plan extrapolates beyond the measurements
     warnings: tuple[str, ...]
 
@@ -244,7 +284,7 @@ def make_plan(target: Target, c: Coefficients, scale: ScaleModel = MODEL) -> Pla
     sizing = _memory(target, c)
     sizing.update(_replicas(target, c, scale, sizing["shards"], sizing["items_per_shard"]))
     sizing.update(_users_and_totals(target, c, sizing))
-    sizing.update(_spike(target, sizing))
+    sizing.update(_spike(target, sizing, c))
     sizing.update(_versions_storage_bandwidth(target, c, scale, sizing))
     sizing["warnings"] = tuple(scale.warnings(target.recall, sizing["items_per_shard"], target.dimension))
     return Plan(target=target, **sizing)
@@ -318,25 +358,33 @@ def _users_and_totals(t: Target, c: Coefficients, s: dict[str, Any]) -> dict[str
     router_memory = baselines + (user_table if in_router else 0.0)
     shard_pods = s["shards"] * s["replicas"]
     routers = s["routers"]
+    copies = 0 if in_router else (t.user_store_copies or t.zones)
+    store = 0.0 if in_router else t.users * (FLOAT32_BYTES * t.dimension + c.workload.user_id_bytes)
     return {
         "user_bytes_per_user": user_bpu,
         "user_table_bytes": user_table,
         "user_table_in_router": in_router,
-        "user_store_bytes": 0.0
-        if in_router
-        else t.users * (FLOAT32_BYTES * t.dimension + c.workload.user_id_bytes),
+        "user_store_bytes": store,
+        "user_store_copies": copies,
+        # The user table's share of the fleet's memory: held by every router, or the store's copies.
+        "user_memory_bytes": routers * user_table if in_router else store * copies,
         "router_memory_bytes": router_memory,
         "shard_pods": shard_pods,
         "pods": shard_pods + routers,
         "cores": shard_pods * t.shard_pod_cores + routers * t.router_pod_cores,
-        "memory_needed_bytes": shard_pods * s["shard_memory_bytes"] + routers * router_memory,
+        "memory_needed_bytes": shard_pods * s["shard_memory_bytes"]
+        + routers * router_memory
+        + store * copies,
         "memory_requested_bytes": (shard_pods * t.shard_pod_memory_gib + routers * t.router_pod_memory_gib)
         * GIB,
     }
 
 
-def _spike(t: Target, s: dict[str, Any]) -> dict[str, Any]:
-    """What the fleet serves at 100% CPU (also after a zone loss), and what a spike would need."""
+def _spike(t: Target, s: dict[str, Any], c: Coefficients) -> dict[str, Any]:
+    """What the fleet serves at 100% CPU (also after a zone loss, and after a zone loss with one
+    more node drained), what a spike would need, and how much of it must run before the spike: a
+    pod asked for when the spike starts serves after a new node (`node_provision_seconds`) and,
+    for a shard, its load; by then the load has climbed the ramp."""
     shard_ms: float = s["shard_cpu_ms"]
     router_ms: float = s["router_cpu_ms"]
     replicas: int = s["replicas"]
@@ -348,25 +396,53 @@ def _spike(t: Target, s: dict[str, Any]) -> dict[str, Any]:
             router_pods * t.router_pod_cores * 1000.0 / router_ms,
         )
 
+    def pods_for(load: float) -> tuple[int, int]:
+        return (
+            replicas_for_zone_loss(
+                replicas_for_cpu(load * shard_ms / 1000.0, t.shard_pod_cores, t.cpu_utilisation), t.zones
+            ),
+            replicas_for_zone_loss(
+                replicas_for_cpu(load * router_ms / 1000.0, t.router_pod_cores, t.cpu_utilisation), t.zones
+            ),
+        )
+
+    def extra(pods: tuple[int, int]) -> int:
+        return int(s["shards"]) * max(pods[0] - replicas, 0) + max(pods[1] - routers, 0)
+
     spike = t.peak_qps * t.spike_factor
-    spike_replicas = replicas_for_zone_loss(
-        replicas_for_cpu(spike * shard_ms / 1000.0, t.shard_pod_cores, t.cpu_utilisation), t.zones
-    )
-    spike_routers = replicas_for_zone_loss(
-        replicas_for_cpu(spike * router_ms / 1000.0, t.router_pod_cores, t.cpu_utilisation), t.zones
-    )
+    spike_replicas, spike_routers = pods_for(spike)
+    ready_after = t.node_provision_seconds + _load_seconds(t, c, s)
+    load_when_ready = load_during_ramp(t.peak_qps, spike, t.spike_ramp_seconds, ready_after)
+    prewarm = pods_for(load_when_ready)
     full = capacity(replicas, routers)
+    drained = capacity(
+        survives_zone_loss_and_drain(replicas, t.zones), survives_zone_loss_and_drain(routers, t.zones)
+    )
     return {
         "capacity_qps": full,
         "spike_qps": spike,
         "spike_served_fraction": min(1.0, full / spike),
         "spike_replicas": spike_replicas,
         "spike_routers": spike_routers,
-        "spike_extra_pods": s["shards"] * max(spike_replicas - replicas, 0) + max(spike_routers - routers, 0),
+        "spike_extra_pods": extra((spike_replicas, spike_routers)),
+        "spike_ready_after_seconds": ready_after,
+        "spike_load_when_ready_qps": load_when_ready,
+        "spike_prewarm_replicas": max(prewarm[0], replicas),
+        "spike_prewarm_routers": max(prewarm[1], routers),
+        "spike_prewarm_extra_pods": extra(prewarm),
         "zone_loss_capacity_qps": capacity(
             survives_zone_loss(replicas, t.zones), survives_zone_loss(routers, t.zones)
         ),
+        "zone_loss_drain_capacity_qps": drained,
+        "zone_loss_drain_shortfall_qps": max(t.peak_qps - drained, 0.0),
     }
+
+
+def _load_seconds(t: Target, c: Coefficients, s: dict[str, Any]) -> float:
+    """Seconds a new shard replica takes to load its shard file (at the measured load rate)."""
+    return float(
+        s["items_per_shard"] * c.index_file_bytes_per_item(t.dimension, t.m) / c.load_bytes_per_second
+    )
 
 
 def _versions_storage_bandwidth(
@@ -377,7 +453,7 @@ def _versions_storage_bandwidth(
     build_rate = scale.build_items_per_core_second(s["items_per_shard"], t.dimension)
     build_s = t.items / (build_rate * t.build_cores)
     shard_file = s["items_per_shard"] * s["index_file_bytes_per_item"]
-    load_s = shard_file / c.load_bytes_per_second
+    load_s = _load_seconds(t, c, s)
     roll_s = build_s + load_s
     index_bytes = t.items * s["index_file_bytes_per_item"]
     ids_bytes = t.items * (c.workload.item_id_bytes + 1)

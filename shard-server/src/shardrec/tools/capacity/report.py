@@ -6,9 +6,11 @@ The basis column says where each figure comes from: a flag of the target, a meas
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from shardrec.tools.capacity.coefficients import Coefficients
+from shardrec.tools.capacity.pipeline import MEASURED_ALS, Pipeline, pipeline_flag
 from shardrec.tools.capacity.planner import Plan, flag
 from shardrec.tools.capacity.scale import MEASURED
 
@@ -54,6 +56,7 @@ def plan_rows(p: Plan) -> list[Row]:
         ("users", _users(p)),
         ("total", _total(p)),
         ("spike", _spike(p)),
+        ("n+1", _n_plus_one(p)),
         ("versions", _versions(p)),
         ("storage", _storage(p)),
         ("bandwidth", _bandwidth(p)),
@@ -148,6 +151,16 @@ def _users(p: Plan) -> Entries:
     else:
         entries.append(("where", "feature store beside the router", f"exceeds {budget}"))
         entries.append(("user store payload", size(p.user_store_bytes), "users x (4*D + id bytes), per copy"))
+        copies = flag("user_store_copies")
+        entries.append(
+            (
+                "user store copies",
+                str(p.user_store_copies),
+                f"{copies} {p.target.user_store_copies}"
+                if p.target.user_store_copies
+                else f"{copies} 0: one per zone",
+            )
+        )
     entries.append(
         (
             "memory per router pod",
@@ -162,7 +175,14 @@ def _total(p: Plan) -> Entries:
     return [
         ("pods", f"{p.pods} ({p.shard_pods} shard + {p.routers} router)", "shards x replicas + routers"),
         ("cores", f"{p.cores:g}", f"{flag('shard_pod_cores')} / {flag('router_pod_cores')} per pod"),
-        ("memory needed", size(p.memory_needed_bytes), "sum of pod memory above"),
+        ("memory needed", size(p.memory_needed_bytes), "sum of pod memory above + the user store's copies"),
+        (
+            "of which users",
+            size(p.user_memory_bytes),
+            "user table in every router"
+            if p.user_table_in_router
+            else "user store payload x copies (raw payload; the store's own overhead not included)",
+        ),
         ("memory requested", size(p.memory_requested_bytes), "pods x pod memory budget"),
     ]
 
@@ -184,7 +204,40 @@ def _spike(p: Plan) -> Entries:
             "admission sheds past capacity; admitted requests keep their latency",
         ),
         ("to absorb the spike", absorb, f"{flag('cpu_utilisation')} {t.cpu_utilisation:g} at spike load"),
+        (
+            "a pod asked for at the spike serves after",
+            duration(p.spike_ready_after_seconds),
+            f"{flag('node_provision_seconds')} {t.node_provision_seconds:g} (a new node) + shard load",
+        ),
+        (
+            "spike pods to run before the spike",
+            f"+{p.spike_prewarm_extra_pods} of the +{p.spike_extra_pods} "
+            f"({p.spike_prewarm_replicas} replicas/shard, {p.spike_prewarm_routers} routers)",
+            f"the load {duration(p.spike_ready_after_seconds)} into a linear ramp to the spike over "
+            f"{flag('spike_ramp_seconds')} {t.spike_ramp_seconds:g}: "
+            f"{p.spike_load_when_ready_qps:,.0f} req/s (a step spike, ramp 0: all of them)",
+        ),
         ("a new shard replica serves after", duration(p.load_seconds), "shard file / load_bytes_per_second"),
+    ]
+
+
+def _n_plus_one(p: Plan) -> Entries:
+    t = p.target
+    drained = p.zone_loss_drain_capacity_qps
+    verdict = (
+        "serves peak at 100% CPU"
+        if p.zone_loss_drain_shortfall_qps <= 0
+        else f"short of peak by {p.zone_loss_drain_shortfall_qps:,.0f} req/s "
+        f"({p.zone_loss_drain_shortfall_qps / t.peak_qps:.0%})"
+    )
+    return [
+        (
+            "capacity after a zone loss and a drain",
+            f"{drained:,.0f} req/s",
+            f"{drained / t.peak_qps:.2f}x peak: the largest zone share and one more replica per shard "
+            "and router lost (PDB maxUnavailable 1)",
+        ),
+        ("zone loss + drain at peak", verdict, f"against {flag('peak_qps')} {t.peak_qps:g}"),
     ]
 
 
@@ -298,4 +351,291 @@ def scale_lines() -> list[str]:
     """Where the search and build cost by size comes from: the scale points and their commands."""
     return ["scale points (search and build cost by size, shardrec/tools/capacity/scale.py):"] + [
         f"  {point.items:,} x {point.dimension}: {point.command}" for point in MEASURED
+    ]
+
+
+# --- the pipeline around the fleet (`recctl capacity --pipeline`) ---------------------------------
+
+
+def _usd(value: float) -> str:
+    if value >= 100:
+        return f"${value:,.0f}"
+    if value >= 0.01:
+        return f"${value:.2f}"
+    return f"${value:.5f}"
+
+
+def pipeline_rows(q: Pipeline) -> list[Row]:
+    rows: list[Row] = []
+    for section, entries in (
+        ("events", _events(q)),
+        ("training", _training(q)),
+        ("freshness", _freshness(q)),
+        ("caching", _caching(q)),
+        ("ranking", _ranking(q)),
+        ("a/b test", _ab(q)),
+        ("regions", _regions(q)),
+        ("cost", _cost(q)),
+    ):
+        rows.extend(Row(section, quantity, value, basis) for quantity, value, basis in entries)
+    return rows
+
+
+def _events(q: Pipeline) -> Entries:
+    pt = q.target
+    f = pipeline_flag
+    return [
+        (
+            "events per day",
+            f"{q.events_per_day:,.0f}",
+            f"{f('daily_active_users')} {pt.daily_active_users:,} x {f('events_per_user_day')} "
+            f"{pt.events_per_user_day:g} (assumed)",
+        ),
+        (
+            "events/s mean / peak",
+            f"{q.events_mean_per_s:,.0f} / {q.events_peak_per_s:,.0f}",
+            f"per day / 86,400; peak x {f('event_peak_factor')} {pt.event_peak_factor:g} (assumed)",
+        ),
+        (
+            "bytes per day",
+            size(q.event_bytes_per_day),
+            f"events x {f('event_bytes')} {pt.event_bytes:g} (assumed, uncompressed)",
+        ),
+        ("log write rate at peak", rate(q.log_peak_bytes_per_s), "peak events/s x event bytes"),
+        (
+            "log partitions",
+            str(q.log_partitions),
+            f"max(peak bytes / {f('partition_mib_per_second')} {pt.partition_mib_per_second:g} MiB/s, "
+            f"peak events / {f('partition_events_per_second')} {pt.partition_events_per_second:g} per "
+            "consumer) (assumed); keyed by user",
+        ),
+        (
+            "log stored",
+            size(q.log_stored_bytes),
+            f"bytes/day x {f('log_retention_days')} {pt.log_retention_days:g} x "
+            f"{f('log_replication')} {pt.log_replication}",
+        ),
+    ]
+
+
+def _training(q: Pipeline) -> Entries:
+    pt = q.target
+    f = pipeline_flag
+    fit = q.als_fit
+    measured = MEASURED_ALS if q.als_fit.nnz == MEASURED_ALS.nnz else None
+    return [
+        (
+            "ALS input",
+            f"{q.training_nnz:,.0f} nonzeros, {q.training_rows:,} rows, {q.training_factors} factors",
+            f"users x {f('training_interactions_per_user')} {pt.training_interactions_per_user:g} (assumed); "
+            "users + items; the plan's dimension",
+        ),
+        (
+            "measured",
+            f"{fit.nnz:,} nonzeros, {fit.rows:,} rows"
+            + (f", {measured.points[0].factors}-{measured.points[-1].factors} factors" if measured else ""),
+            f"`{measured.command}` ({measured.date}; docs/benchmarks.md train-rate), one thread"
+            if measured
+            else "given points",
+        ),
+        (
+            "cost of one iteration (fitted)",
+            f"a {fit.a_ns:.2f} ns, b {fit.b_ns:.3f} ns, c {fit.c_s:.4f} s",
+            "CPU = a x nnz x f + b x rows x f^2 + c (c: factor-independent, per iteration)",
+        ),
+        (
+            "checked on larger matrices",
+            f"measured / fit {q.als_calibration:.2f} at {q.als_calibration_check_nnz:,} nonzeros "
+            f"(up to {q.als_calibration_largest:.2f})"
+            if q.als_calibration_check_nnz
+            else "no check",
+            "the same bench on seeded matrices up to ~200x the nonzeros: the check nearest the target's "
+            "nonzeros per row, and the largest ratio of any",
+        ),
+        (
+            "CPU per iteration",
+            f"{q.als_iteration_cpu_s / 3600:.2f} core-h (range {q.als_iteration_cpu_s_low / 3600:.2f}-"
+            f"{q.als_iteration_cpu_s_high / 3600:.2f})",
+            f"EXTRAPOLATED {q.extrapolation_checked_nnz:,.0f}x the largest check: fit (c scaled by rows) "
+            "x the check's ratio; range: the fastest runs' fit with c scaled least - the slowest's with "
+            "c scaled most x the largest ratio",
+        ),
+        (
+            "CPU per training",
+            f"{q.training_core_hours:,.1f} core-h (range {q.training_core_hours_low:,.1f}-"
+            f"{q.training_core_hours_high:,.1f})",
+            f"x {f('training_iterations')} {pt.training_iterations}",
+        ),
+        (
+            "training cores",
+            str(q.training_cores),
+            f"to finish within {f('training_deadline_hours')} {pt.training_deadline_hours:g} h, "
+            "assuming ALS scales linearly over cores (not measured)",
+        ),
+        (
+            "training memory",
+            size(q.training_memory_bytes),
+            "factors (4 B x rows x f) + the matrix in both orientations (8 B per nonzero each)",
+        ),
+        (
+            "cadence",
+            f"{q.trainings_per_day:g} per day",
+            f"{f('train_every_hours')} {pt.train_every_hours:g}; each new version rolls out as in the plan",
+        ),
+    ]
+
+
+def _freshness(q: Pipeline) -> Entries:
+    pt = q.target
+    f = pipeline_flag
+    headroom = (
+        q.measured_writes_per_leader / q.writes_per_leader_peak if q.writes_per_leader_peak else math.inf
+    )
+    return [
+        (
+            "item writes/s mean / peak",
+            f"{q.item_writes_mean_per_s:.2f} / {q.item_writes_peak_per_s:.2f}",
+            f"{f('item_writes_per_day')} {pt.item_writes_per_day:,.0f} (assumed) / 86,400; peak x "
+            f"{f('event_peak_factor')}",
+        ),
+        (
+            "per shard leader at peak",
+            f"{q.writes_per_leader_peak:.2f} writes/s",
+            f"one leader per shard, {q.plan.shards} shard(s)",
+        ),
+        (
+            "measured per leader",
+            f"{q.measured_writes_per_leader:.0f} writes/s ({headroom:,.0f}x the need)",
+            "the low end of 62-78 acknowledged writes/s over 2 leaders on a loaded 2-core machine "
+            "(docs/design.md, item writes)",
+        ),
+        (
+            "user fold-in CPU",
+            f"{q.foldin_cpu_ms:.2f} ms per request",
+            "measured at 128 factors, one BLAS thread (docs/evaluation.md, user fold-in); "
+            "an upper bound at fewer factors",
+        ),
+        (
+            "fold-in cores at peak",
+            f"{q.foldin_cores:.1f}",
+            f"peak x {f('foldin_share')} {pt.foldin_share:g} x fold-in CPU / --cpu-utilisation "
+            f"{q.plan.target.cpu_utilisation:g}",
+        ),
+    ]
+
+
+def _caching(q: Pipeline) -> Entries:
+    return [
+        (
+            "result cache hit ratio",
+            f"{q.cache_hit_ratio:.3f}",
+            "measured: a warmed router, Zipf s=1.1 over 100,000 users (docs/benchmarks.md, result cache)",
+        ),
+        (
+            "shard cores it would save at peak",
+            f"{q.shard_cores_saved_by_cache:.0f} of {q.plan.shard_pods * q.plan.target.shard_pod_cores:g}",
+            "hit ratio x shard cores; NOT taken: the cache keys on the layout, so every new version "
+            "starts cold, and 100M users are not 100k",
+        ),
+    ]
+
+
+def _ranking(q: Pipeline) -> Entries:
+    pt = q.target
+    f = pipeline_flag
+    return [
+        (
+            "retrieval for ranking",
+            f"k={pt.ranking_candidates}: efSearch searched {q.ranking_ef_searched}, "
+            f"+{q.ranking_retrieval_extra_cores:g} cores",
+            "the same plan at --k = the candidates: shards search at max(ef, k); the router's CPU "
+            "was measured at k=10 only, its growth with k is not counted",
+        ),
+        (
+            "ranking CPU per request",
+            f"{q.ranking_cpu_ms:.2f} ms",
+            f"{f('ranking_candidates')} {pt.ranking_candidates} x {f('ranking_us_per_candidate')} "
+            f"{pt.ranking_us_per_candidate:g} µs (ASSUMED: a GBDT or small MLP, features at hand)",
+        ),
+        (
+            "ranking cores at peak",
+            f"{q.ranking_cores:.1f}",
+            f"peak x ranking CPU / --cpu-utilisation {q.plan.target.cpu_utilisation:g}; feature "
+            "fetches not included",
+        ),
+    ]
+
+
+def _ab(q: Pipeline) -> Entries:
+    pt = q.target
+    return [
+        (
+            "B arm",
+            f"{pt.ab_share:.0%} of users",
+            f"{pipeline_flag('ab_share')}: the canary's sticky split, blake2b(layout, user id) < weight",
+        ),
+        (
+            "B arm as the canary runs it",
+            f"+{q.ab_candidate_pods} pods, +{q.ab_candidate_cores:g} cores (costed)",
+            "the candidate layout starts every shard at replicasPerShard: the blue/green pods of the plan",
+        ),
+        (
+            "B arm sized for its share",
+            f"+{q.ab_extra_pods} pods ({q.ab_arm_replicas} replicas/shard), +{q.ab_extra_cores:g} cores",
+            "its share at --cpu-utilisation and a zone loss: NOT built (a candidate scaled down, then "
+            "up before a switch)",
+        ),
+    ]
+
+
+def _regions(q: Pipeline) -> Entries:
+    return [
+        (
+            "regions",
+            str(q.regions),
+            f"{pipeline_flag('regions')}: each runs the whole plan (takes every user when the others "
+            "are down); training once, its artifacts copied",
+        ),
+        (
+            "cores, all regions",
+            f"{q.cores_all_regions:,.0f}",
+            "regions x (plan + fold-in + retrieval for ranking + ranking + B arm as run)",
+        ),
+        (
+            "events copied across regions",
+            rate(q.cross_region_bytes_per_s),
+            "(regions - 1) x mean event bytes/s",
+        ),
+    ]
+
+
+def _cost(q: Pipeline) -> Entries:
+    pt = q.target
+    f = pipeline_flag
+    prices = (
+        f"{f('core_hour_usd')} {pt.core_hour_usd:g}, {f('gib_hour_usd')} {pt.gib_hour_usd:g} "
+        "(ASSUMED on-demand prices)"
+    )
+    return [
+        (
+            "requests per day",
+            f"{q.requests_per_day:,.0f}",
+            f"{f('daily_active_users')} x {f('requests_per_user_day')} {pt.requests_per_user_day:g}",
+        ),
+        (
+            "serving, one region",
+            f"{_usd(q.serving_usd_per_day)}/day, {_usd(q.serving_usd_per_1k)} per 1k requests",
+            f"plan cores and requested memory + the user store, 24 h; {prices}",
+        ),
+        (
+            "with the pipeline, one region",
+            f"{_usd(q.pipeline_usd_per_day)}/day, {_usd(q.pipeline_usd_per_1k)} per 1k requests",
+            "+ fold-in, retrieval for ranking, ranking, B arm as run, training; NOT the log's brokers nor "
+            "the feature store's CPU",
+        ),
+        (
+            f"all {q.regions} regions",
+            f"{_usd(q.all_regions_usd_per_day)}/day, {_usd(q.all_regions_usd_per_1k)} per 1k requests",
+            "regions x serving and its extras + one training",
+        ),
     ]

@@ -2,6 +2,10 @@
 
     recctl capacity --peak-qps 36000 --items 10000000 --dimension 64 --users 100000000 \
         --k 10 --recall 0.95 --availability 99.95 --zones 3 [--coefficients FILE] [--json | --markdown]
+    recctl capacity ... --pipeline [--events-per-user-day 10 ...] [--json | --markdown]
+
+With `--pipeline` it prints the pipeline around that plan instead (events, training, freshness,
+caching, ranking, A/B, regions, cost per 1k requests; shardrec/tools/capacity/pipeline.py).
 
 The coefficients default to `benchmarks/coefficients.json` (written by `make bench`).
 """
@@ -22,8 +26,22 @@ from shardrec.tools.capacity.coefficients import (
     default_coefficients_path,
     load_coefficients,
 )
+from shardrec.tools.capacity.pipeline import (
+    PIPELINE_FIELDS,
+    PipelineError,
+    PipelineTarget,
+    make_pipeline,
+    pipeline_flag,
+)
 from shardrec.tools.capacity.planner import TARGET_FIELDS, PlanError, Target, flag, make_plan
-from shardrec.tools.capacity.report import markdown, plan_rows, provenance_lines, render, scale_lines
+from shardrec.tools.capacity.report import (
+    markdown,
+    pipeline_rows,
+    plan_rows,
+    provenance_lines,
+    render,
+    scale_lines,
+)
 from shardrec.tools.cli.main import CliError
 
 _HELP: dict[str, str] = {
@@ -49,6 +67,32 @@ _HELP: dict[str, str] = {
     "keep_previous_layouts": "old layouts kept for rollback (rollout.keepPreviousLayouts)",
     "rollback_window_seconds": "how long a kept layout runs (rollout.rollbackWindowSeconds)",
     "max_shards": "refuse plans with more shards than this (p99 of the fan-out: docs/design.md)",
+    "node_provision_seconds": "ASSUMED seconds until a new node takes pods (spike pods that must run before)",
+    "spike_ramp_seconds": "ASSUMED seconds a spike climbs from peak to its height, linearly (0: a step)",
+    "user_store_copies": "copies of the user store when users leave the router (0: one per zone)",
+}
+_PIPELINE_HELP: dict[str, str] = {
+    "daily_active_users": "daily active users",
+    "requests_per_user_day": "recommendation requests per active user a day",
+    "events_per_user_day": "ASSUMED interaction events per active user a day",
+    "event_bytes": "ASSUMED bytes of one event in the log (uncompressed)",
+    "event_peak_factor": "ASSUMED peak / mean of events and item writes",
+    "partition_mib_per_second": "ASSUMED write rate one log partition is planned for, MiB/s",
+    "partition_events_per_second": "ASSUMED events/s one consumer of a log partition processes",
+    "log_replication": "copies of the log (its replication factor)",
+    "log_retention_days": "days the log keeps events",
+    "training_interactions_per_user": "ASSUMED distinct items per user in the training window (ALS nonzeros)",
+    "training_iterations": "ALS iterations per training (recctl train's default)",
+    "train_every_hours": "hours between trainings (item freshness)",
+    "training_deadline_hours": "hours a training may take",
+    "item_writes_per_day": "ASSUMED item upserts and deletes a day (catalogue churn)",
+    "foldin_share": "share of requests folding a user in from recent clicks, 0..1",
+    "ranking_candidates": "candidates a ranking stage scores (retrieval k)",
+    "ranking_us_per_candidate": "ASSUMED ranking CPU per candidate, microseconds",
+    "ab_share": "share of users in the B arm of an A/B test, 0..1",
+    "regions": "regions, each running the whole plan",
+    "core_hour_usd": "ASSUMED price of a core-hour, USD",
+    "gib_hour_usd": "ASSUMED price of a GiB-hour of memory, USD",
 }
 _REQUIRED = ("peak_qps", "items", "dimension", "users")
 
@@ -93,6 +137,24 @@ def register(subparsers: Any) -> None:
             default=None if required else default,
             help=_HELP[name] + ("" if required else f" (default {default:g})"),
         )
+    pipeline_defaults = PipelineTarget()
+    group = parser.add_argument_group("pipeline (with --pipeline)")
+    for field in dataclasses.fields(PipelineTarget):
+        default = getattr(pipeline_defaults, field.name)
+        kind = int if field.type in (int, "int") else float
+        group.add_argument(
+            pipeline_flag(field.name),
+            dest=field.name,
+            type=_number(field.name, kind),
+            default=default,
+            help=f"{_PIPELINE_HELP[field.name]} (default {default:g})",
+        )
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="print the pipeline around the plan: events, training, freshness, caching, ranking, A/B, "
+        "regions, cost per 1k requests",
+    )
     parser.add_argument(
         "--coefficients",
         type=Path,
@@ -113,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
         plan = make_plan(target, coefficients)
     except (PlanError, CoefficientsError) as exc:
         raise CliError(str(exc)) from None
+    if args.pipeline:
+        return _print_pipeline(args, target, coefficients, plan, str(path))
     if args.json:
         document = dataclasses.asdict(plan)
         document["coefficients"] = str(path)
@@ -131,4 +195,28 @@ def run(args: argparse.Namespace) -> int:
         ]
     )
     print(render(plan_rows(plan), header), end="")
+    return 0
+
+
+def _print_pipeline(args: argparse.Namespace, target: Target, coefficients: Any, plan: Any, path: str) -> int:
+    assumptions = PipelineTarget(**{name: getattr(args, name) for name in PIPELINE_FIELDS})
+    try:
+        ranking_plan = make_plan(dataclasses.replace(target, k=assumptions.ranking_candidates), coefficients)
+        pipeline = make_pipeline(assumptions, plan, ranking_plan)
+    except (PlanError, PipelineError) as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        document = dataclasses.asdict(pipeline)
+        document.pop("plan")
+        document["coefficients"] = path
+        print(json.dumps(document, indent=2))
+        return 0
+    if args.markdown:
+        print(markdown(pipeline_rows(pipeline)), end="")
+        return 0
+    header = (
+        f"pipeline around the plan: {assumptions.daily_active_users:,} daily users, {target.peak_qps:g} "
+        f"req/s peak, {target.items:,} items x {target.dimension} dims ({path})"
+    )
+    print(render(pipeline_rows(pipeline), header), end="")
     return 0
