@@ -62,6 +62,15 @@ from shardrec.tools.local.state import atomic_write_text
 
 DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- writes-bench:begin -->", "<!-- writes-bench:end -->"
+DEFAULT_REPLICAS = 2
+
+
+def markers(replicas: int) -> tuple[str, str]:
+    """The section a run writes: one per replica count (2, the default, is the main one)."""
+    name = "writes-bench" if replicas == DEFAULT_REPLICAS else f"writes-bench-r{replicas}"
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
 SHARDS = 2
 KEY = "k-writer"
 HEADERS = {"x-api-key": KEY}
@@ -380,20 +389,23 @@ def reading(rows: Sequence[Phase], replicas: int) -> str:
         with_reads = [m.writes.per_s for m in _pick(rows, ack, "B") if m.writes]
         alone = [c.writes.per_s for c in _pick(rows, ack, "C") if c.writes]
         if pairs and with_reads and alone:
+            p99 = _span([b.p99_ms / a.p99_ms for a, b in pairs])
+            throughput = _span([b.requests_per_s / a.requests_per_s for a, b in pairs])
             parts.append(
-                f"ack={ack}: the writes raised the read p99 "
-                f"{_span([b.p99_ms / a.p99_ms for a, b in pairs])}x and took read throughput to "
-                f"{_span([b.requests_per_s / a.requests_per_s for a, b in pairs])}x of reads alone; "
+                f"ack={ack}: with the writes the read p99 was x{p99} and read throughput x{throughput} "
+                "of the same round's reads alone (median of the rounds, range); "
                 f"{statistics.median(with_reads):,.0f} acknowledged writes/s beside the reads, "
-                f"{statistics.median(alone):,.0f} alone (medians of the rounds)."
+                f"{statistics.median(alone):,.0f} alone (medians)."
             )
-    errors = sum((r.reads.errors if r.reads else 0) + (r.writes.errors if r.writes else 0) for r in rows)
+    read_errors = sum(r.reads.errors if r.reads else 0 for r in rows)
+    write_errors = sum(r.writes.errors if r.writes else 0 for r in rows)
     refused: Counter[int] = Counter()
     for row in rows:
         refused.update(dict(row.writes.refused) if row.writes else {})
     kinds = ", ".join(f"{count} x {status or 'transport error'}" for status, count in sorted(refused.items()))
     parts.append(
-        f"Errors (non-2xx or transport) over every phase: {errors}{f' (writes: {kinds})' if kinds else ''}."
+        f"Errors over every phase: {read_errors} reads (wrk: non-2xx, timeouts, socket errors), "
+        f"{write_errors} writes{f' ({kinds})' if kinds else ''}."
     )
     if replicas == 2:
         parts.append(
@@ -466,9 +478,17 @@ as soon as the previous one is acknowledged); every 10th operation is a delete."
 
 
 def write_doc(text: str, command: str, reading: str, replicas: int) -> None:
+    begin, end = markers(replicas)
+    intro = INTRO.replace("{replicas}", str(replicas))
+    if replicas != DEFAULT_REPLICAS:
+        intro = (
+            f"### Item writes with {replicas} replicas per shard\n\nAs above, with {replicas} replicas "
+            f"per shard: a majority is {replicas // 2 + 1} of {replicas}, so `majority` acknowledges "
+            "before the slowest follower has the write."
+        )
     block = (
-        f"{BEGIN}\n{INTRO.replace('{replicas}', str(replicas))}\n\n`{command}` on this machine "
-        f"({time.strftime('%Y-%m-%d')}):\n\n{text}\n\n{reading}\n{END}"
+        f"{begin}\n{intro}\n\n`{command}` on this machine "
+        f"({time.strftime('%Y-%m-%d')}):\n\n{text}\n\n{reading}\n{end}"
     )
     write_marked_section(DOC, block)
 
