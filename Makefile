@@ -139,6 +139,11 @@ bench-peers: $(STAMP) ## Ours (router over HTTP, in-process) vs Chroma's HTTP se
 	  || $(BIN)/pip install --quiet "$$(grep -o '"qdrant-edge-py[^"]*' pyproject.toml | tr -d '"')"
 	nice -n 10 $(BIN)/python benchmarks/peers_bench.py $(BENCH_ARGS)
 
+.PHONY: bench-writes
+bench-writes: $(STAMP) ## Item writes: acked writes/s, write p50/p99, read p99 with vs without writes, ack all/majority, interleaved rounds -> docs/benchmarks.md (~5 min, niced)
+	@command -v wrk >/dev/null || { echo "make bench-writes needs wrk (Debian/Ubuntu: apt-get install -y wrk)"; exit 2; }
+	nice -n 10 $(BIN)/python benchmarks/writes_bench.py --write-doc $(BENCH_ARGS)
+
 .PHONY: bench-objectstore
 bench-objectstore: $(STAMP) objectstore-build ## boto3 vs obstore vs s3fs: one 1 GiB partition from SeaweedFS -> docs/benchmarks.md (~3 min)
 	$(BIN)/python benchmarks/objectstore_bench.py $(BENCH_ARGS)

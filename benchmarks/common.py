@@ -237,6 +237,9 @@ local size = tonumber(os.getenv("BODY_SIZE"))
 local path = os.getenv("BODY_FILE")
 local route = os.getenv("BODY_PATH")
 local content_type = os.getenv("BODY_TYPE")
+local api_key = os.getenv("BODY_API_KEY")
+local headers = {["Content-Type"] = content_type}
+if api_key and #api_key > 0 then headers["x-api-key"] = api_key end
 local bodies = {}
 local counter = 0
 init = function(args)
@@ -248,7 +251,7 @@ init = function(args)
 end
 request = function()
   counter = counter + 1
-  return wrk.format("POST", route, {["Content-Type"] = content_type}, bodies[(counter % #bodies) + 1])
+  return wrk.format("POST", route, headers, bodies[(counter % #bodies) + 1])
 end
 done = function(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write
@@ -297,8 +300,10 @@ def run_wrk(  # noqa: PLR0917 - mirrors wrk's own arguments
     threads: int = 1,
     watch: Sequence[int] = (),
     on_done: Callable[[], None] | None = None,
+    api_key: str | None = None,
 ) -> tuple[WrkResult, dict[int, float]]:
-    """Run wrk; return its result and the CPU seconds each watched pid used meanwhile."""
+    """Run wrk; return its result and the CPU seconds each watched pid used meanwhile. `api_key`:
+    sent as X-API-Key on every request (a router started with --api-keys-file)."""
     script = work / "bodies.lua"
     script.write_text(WRK_SCRIPT)
     env = {
@@ -307,6 +312,7 @@ def run_wrk(  # noqa: PLR0917 - mirrors wrk's own arguments
         "BODY_SIZE": str(body_size),
         "BODY_PATH": route,
         "BODY_TYPE": content_type,
+        "BODY_API_KEY": api_key or "",
     }
     before = {pid: cpu_seconds(pid) for pid in watch}
     process = subprocess.Popen(

@@ -164,3 +164,65 @@ def _check_scale_section(bench: Any, section: str) -> None:
         # Digits aside, each cell as `row` writes it; an ef beyond the grid is written "> 1024".
         form = [_form(cell).removeprefix("> ") for cell in row[1:]]
         assert form == [_form(cell) for cell in want.strip("|").split("|")[1:]], row
+
+
+def _writes_rows(bench: Any) -> list[Any]:
+    """One round of phases per ack policy, in the script's own types (made-up numbers)."""
+    reads = bench.WrkResult(1000, 2.0, 0, 3.0, 20.0, 0.1)
+    writes = bench.Writes(120, 0, 2.0, 50.0, 200.0)
+    cpu = bench.Cpu(0.5, 1.0, 0.2, 0.1, 2.0)
+    phases = {"A": (reads, None), "B": (reads, writes), "C": (None, writes)}
+    return [bench.Phase(ack, 1, phase, *phases[phase], cpu) for ack in bench.ACKS for phase in bench.PHASES]
+
+
+WRITES_SECTION = re.compile(r"<!-- (writes-bench(?:-r\d+)?):begin -->(.*?)<!-- \1:end -->", re.S)
+
+
+def test_writes_bench_section_matches_its_command() -> None:
+    bench: Any = _load("writes_bench", ROOT / "benchmarks" / "writes_bench.py")
+    doc = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    assert bench.BEGIN in doc and bench.END in doc, "run: make bench-writes"
+    sections = {match.group(1): match.group(2) for match in WRITES_SECTION.finditer(doc)}
+    for name, block in sections.items():
+        replicas = int(name.rsplit("-r", 1)[1]) if "-r" in name else bench.DEFAULT_REPLICAS
+        assert bench.markers(replicas)[0] == f"<!-- {name}:begin -->"
+        _check_writes_section(bench, block, replicas)
+
+
+def _check_writes_section(bench: Any, block: str, replicas: int) -> None:
+    assert "`python benchmarks/writes_bench.py" in block
+    if replicas != bench.DEFAULT_REPLICAS:
+        assert f"--replicas {replicas}" in block
+    assert "load average" in block and "fsync" in block
+    assert f"2 shards x {replicas} replicas" in block
+    tables = [t.splitlines() for t in re.split(r"\n\s*\n", block) if t.startswith("|")]
+    assert len(tables) == 2, "a phases table and a summary table"
+    phases, summary = tables
+    header = phases[0].split("|")
+    header[3] = re.sub(r"-c\d+", "-c8", re.sub(r"\d+ writers", "8 writers", header[3]))
+    assert ["|".join(header), phases[1]] == bench.phases_table([], 8, 8).splitlines(), "regenerate it"
+    assert summary[:2] == bench.summary_table([]).splitlines(), "the summary's header changed"
+    # Rows: for each round, each ack policy's phases A, B, C in order; cells in the script's form.
+    expected = bench.phases_table(_writes_rows(bench), 8, 8).splitlines()[2:]
+    labels = [[c.strip() for c in line.split("|")[1:4:2]] for line in expected]
+    rows = [[c.strip() for c in line.split("|")[1:4:2]] for line in phases[2:]]
+    assert rows and len(rows) % len(labels) == 0
+    assert rows == labels * (len(rows) // len(labels)), (
+        "phases not interleaved per round as the script runs them"
+    )
+    for line in phases[2:]:
+        assert len(line.split("|")) == len(expected[0].split("|")), line
+    assert [line.split("|")[1].strip() for line in summary[2:]] == list(bench.ACKS)
+
+
+def test_writes_bench_tables_have_their_shape() -> None:
+    """The tables from rows in the script's types: one row per phase, one summary row per ack."""
+    bench: Any = _load("writes_bench", ROOT / "benchmarks" / "writes_bench.py")
+    rows = _writes_rows(bench)
+    phases = bench.phases_table(rows, 8, 8).splitlines()
+    assert len(phases) == 2 + len(rows)
+    assert all(len(line.split("|")) == len(phases[0].split("|")) for line in phases)
+    summary = bench.summary_table(rows).splitlines()
+    assert [line.split("|")[1].strip() for line in summary[2:]] == list(bench.ACKS)
+    assert "| 1.00 | 1.00 |" in summary[2], "B/A ratios of identical reads"
+    assert "Errors over every phase: 0 reads" in bench.reading(rows, 2)
