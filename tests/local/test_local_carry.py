@@ -113,7 +113,9 @@ def _vector(rng: np.random.Generator) -> list[float]:
     return [float(x) for x in rng.normal(size=DIM)]
 
 
-def test_acknowledged_writes_survive_a_new_version_on_more_shards(tmp_path: Path) -> None:
+def up_v1(tmp_path: Path) -> tuple[Path, Path, Path, str]:
+    """Embeddings of v1 and v2, a writer key, and v1 on 2 shards x 2 replicas served by `recctl up`:
+    (manifest, keys, state folder, router URL)."""
     for version, seed in (("v1", 1), ("v2", 2)):
         _write_embeddings(tmp_path / f"emb-{version}", seed)
     keys = tmp_path / "keys.txt"
@@ -122,10 +124,14 @@ def test_acknowledged_writes_survive_a_new_version_on_more_shards(tmp_path: Path
     manifest.write_text(yaml.safe_dump(_manifest(tmp_path / "emb-v1", "v1", 2, keys)))
     state = tmp_path / "state"
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     _recctl(
         "up", "-f", str(manifest), "--state-dir", str(state), "--port", str(port), "--detach", "--wait", "90"
     )
+    return manifest, keys, state, f"http://127.0.0.1:{port}"
+
+
+def test_acknowledged_writes_survive_a_new_version_on_more_shards(tmp_path: Path) -> None:
+    manifest, keys, state, url = up_v1(tmp_path)
     writes = Writes()
     rng = np.random.default_rng(5)
     try:

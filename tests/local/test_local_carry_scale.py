@@ -26,7 +26,6 @@ import numpy as np
 import pytest
 import yaml
 
-from shardrec.tools.local.ports import free_port
 from tests.local.test_local_carry import (
     ITEMS,
     KEY,
@@ -36,7 +35,7 @@ from tests.local.test_local_carry import (
     _merge,
     _query,
     _vector,
-    _write_embeddings,
+    up_v1,
 )
 from tests.local.test_local_cluster import _recctl, _status, _wait_for
 
@@ -110,18 +109,7 @@ def _run_writers(url: str, phase: str, per_writer: int, results: list[Writes]) -
 
 
 def test_ten_thousand_writes_survive_a_rollout_with_killed_replicas(tmp_path: Path) -> None:
-    for version, seed in (("v1", 1), ("v2", 2)):
-        _write_embeddings(tmp_path / f"emb-{version}", seed)
-    keys = tmp_path / "keys.txt"
-    keys.write_text("writer:k-writer read,write\n")
-    manifest = tmp_path / "cluster.yaml"
-    manifest.write_text(yaml.safe_dump(_manifest(tmp_path / "emb-v1", "v1", 2, keys)))
-    state = tmp_path / "state"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    _recctl(
-        "up", "-f", str(manifest), "--state-dir", str(state), "--port", str(port), "--detach", "--wait", "90"
-    )
+    manifest, keys, state, url = up_v1(tmp_path)
     per_writer = UPSERTS // WRITERS
     before = int(per_writer * BEFORE_SHARE)
     results: list[Writes] = []
