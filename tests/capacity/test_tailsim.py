@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -125,7 +126,7 @@ def test_load_raises_the_tail_and_deadlines_count_late_answers() -> None:
         ({"threads": 0}, "threads must be at least 1"),
     ],
 )
-def test_bad_scenarios_name_the_parameter(changes: dict[str, float], message: str) -> None:
+def test_bad_scenarios_name_the_parameter(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(SimulationError, match=message):
         simulate(STALLY, replace(BASE, **changes))
 
