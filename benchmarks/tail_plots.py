@@ -47,7 +47,7 @@ from shardrec.tools.capacity.tailsim import (
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SHARDS = (1, 2, 4, 8, 16, 32, 64, 128)
-LOADS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+LOADS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9)
 HEDGE_QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 SLOW_FACTORS = (2.0, 3.0, 4.0, 6.0)  # at 30% CPU load: the slow replica at 60, 90, 120, 180%
 SLOW_BUDGETS = (0.1, 0.5)

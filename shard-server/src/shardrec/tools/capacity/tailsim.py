@@ -86,6 +86,8 @@ class ServiceTime:
         return cls((0.0, 1.0), (ms, ms))
 
     def sample(self, rng: np.random.Generator, size: int) -> Floats:
+        if self.ms[0] == self.ms[-1]:  # a constant: no draws
+            return np.full(size, self.ms[0])
         return np.interp(rng.random(size), self.quantiles, self.ms)
 
     @property
@@ -227,7 +229,8 @@ def _queue_latencies(
 ) -> Floats:
     """Response time of every job, each replica `threads` FIFO servers over its jobs in arrival order."""
     out = np.empty_like(arrivals)
-    order = np.lexsort((arrivals, replica))
+    by_time = np.argsort(arrivals, kind="stable")
+    order = by_time[np.argsort(replica[by_time], kind="stable")]
     bounds = np.searchsorted(replica[order], np.arange(replicas + 1))
     for r in range(replicas):
         jobs = order[bounds[r] : bounds[r + 1]]
@@ -270,9 +273,15 @@ def _one_shard(
     primary_replica = rng.integers(0, replicas, size=n)
     primary_cpu = costs.shard_cpu.sample(rng, n)
     primary_rest = costs.shard_rest.sample(rng, n)
-    other = (primary_replica + rng.integers(1, max(replicas, 2), size=n)) % replicas
-    hedge_cpu = costs.shard_cpu.sample(rng, n)
-    hedge_rest = costs.shard_rest.sample(rng, n)
+    h = scenario.hedge_after_ms
+    hedging = h is not None and replicas > 1
+    other = (
+        (primary_replica + rng.integers(1, max(replicas, 2), size=n)) % replicas
+        if hedging
+        else primary_replica
+    )
+    hedge_cpu = costs.shard_cpu.sample(rng, n) if hedging else primary_cpu
+    hedge_rest = costs.shard_rest.sample(rng, n) if hedging else primary_rest
     if slow and scenario.slow is not None:
         window = np.zeros(n, dtype=bool)
         window[_window(scenario)] = True
@@ -283,8 +292,7 @@ def _one_shard(
     else:
         primary_occupancy, hedge_occupancy = primary_cpu, hedge_cpu
     latency = _queue_latencies(primary_replica, arrivals, primary_occupancy, replicas, threads) + primary_rest
-    h = scenario.hedge_after_ms
-    if h is None or replicas < 2:
+    if h is None or not hedging:
         return latency, 0, 0.0, float(primary_cpu.sum())
     hedged = np.zeros(n, dtype=bool)
     answered = latency
