@@ -164,8 +164,12 @@ bench-train: $(STAMP) ## ALS CPU per iteration of recctl train's trainer on Movi
 	nice -n 10 $(BIN)/python benchmarks/train_rate.py
 
 .PHONY: plots
-plots: $(STAMP) ## Tail-latency simulation plots -> docs/img/ (from benchmarks/coefficients.json)
-	$(BIN)/python benchmarks/tail_plots.py
+plots: $(STAMP) ## Tail-latency simulation: plots -> docs/img/, tables -> docs/design.md (10 seeds; ~20 min on 2 cores, niced)
+	nice -n 10 $(BIN)/python benchmarks/tail_plots.py --write-doc docs/design.md
+
+.PHONY: tail-check
+tail-check: $(STAMP) ## Measure closed- and open-loop latency of a local 4-shard cluster -> benchmarks/tail_check.json (~4 min, niced; then make plots)
+	nice -n 10 $(BIN)/python benchmarks/tail_check.py
 
 .PHONY: evaluation-doc
 evaluation-doc: $(STAMP) ## Tune, train and evaluate on MovieLens -> docs/evaluation.md (~10 min, niced; EVAL_ARGS=--quick)

@@ -1,19 +1,25 @@
-"""Plots of the tail-latency simulation (`shardrec.tools.capacity.tailsim`), on the measured per-shard
-latency distribution of `benchmarks/coefficients.json`.
+"""Plots and tables of the tail-latency simulation (`shardrec.tools.capacity.tailsim`) on the
+costs of `benchmarks/coefficients.json`, and its check against `benchmarks/tail_check.json`.
 
-    python benchmarks/tail_plots.py [--coefficients FILE] [--out docs/img] [--requests 20000]
+    python benchmarks/tail_plots.py [--coefficients FILE] [--check FILE] [--out docs/img]
+        [--requests 110000] [--seeds 10] [--write-doc docs/design.md]
+    python benchmarks/tail_plots.py --tables-only --write-doc docs/design.md   # tables from tailsim.json
 
-Writes docs/img/tail-vs-shards.png, tail-vs-hedging.png, tail-vs-load.png, tail-vs-replicas.png
-and docs/img/tailsim.json (every number behind the plots, the derived defaults, and the check of
-the model against the real router measured by `benchmarks/coefficients.py measure`).
-Seeded: the same coefficients give the same figures.
+Writes docs/img/tail-vs-shards.png, tail-vs-hedging.png, tail-vs-load.png, tail-vs-replicas.png,
+tail-slow-replica.png and docs/img/tailsim.json (every number behind them: mean and 95% interval
+over the seeds, the sample counts, the derived defaults, the slow-replica scenario, and the
+simulated-vs-measured check). With --write-doc it rewrites the marked tables `tail-summary` and
+`tail-check` of that document (tests/capacity/test_tail_plots.py fails when they drift).
+Seeded: the same inputs give the same numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -23,65 +29,136 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from common import write_marked_section
 
-from shardrec.tools.capacity.coefficients import load_coefficients
-from shardrec.tools.capacity.tailsim import Outcome, Scenario, ServiceTime, simulate
+from shardrec.tools.capacity.coefficients import Coefficients, load_coefficients
+from shardrec.tools.capacity.tailsim import (
+    Costs,
+    Interval,
+    Scenario,
+    ServiceTime,
+    SlowReplica,
+    Summary,
+    arrival_rate_per_ms,
+    simulate_seeds,
+    utilisation_at,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SHARDS = (1, 2, 4, 8, 16, 32, 64, 128)
-LOADS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+LOADS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9)
 HEDGE_QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+SLOW_FACTORS = (2.0, 3.0, 4.0, 6.0)  # at 30% CPU load: the slow replica at 60, 90, 120, 180%
+SLOW_BUDGETS = (0.1, 0.5)
 P99_GOAL_MS = 10.0  # issue 3: single-query p99 <= 10 ms at half the saturating load
 BUDGET = 0.1  # router.hedging.budgetPercent default
 SPEC_HEDGE_AFTER_MS = 20.0  # router.hedging.afterMs default
 SPEC_TIMEOUT_MS = 1000.0  # router.timeoutMs default
+ROUTER_TARGET = 0.5  # the router tier is sized to run at most at this CPU load
+RECALL = 0.95
+BASE_SHARDS, BASE_REPLICAS, BASE_LOAD = 16, 2, 0.3
 
 
-def row(outcome: Outcome, **extra: Any) -> dict[str, Any]:
-    return {
+def costs_from(c: Coefficients, shards: int) -> Costs:
+    """Shard CPU = hnswlib search at the cheapest efSearch with recall >= RECALL + per-query
+    overhead; the rest of the measured unloaded shard latency occupies nothing."""
+    point = next((p for p in c.search if p.recall_at_k >= RECALL), c.search[-1])
+    wall = ServiceTime(tuple(c.shard_latency_ms.quantiles), tuple(c.shard_latency_ms.ms))
+    return Costs.split(wall, point.search_ms + c.shard_overhead_cpu_ms, c.router_cpu_ms_per_request(shards))
+
+
+def sized_router(costs: Costs, scenario: Scenario) -> Costs:
+    """Enough router workers that the router tier runs at most at ROUTER_TARGET CPU load."""
+    load = arrival_rate_per_ms(costs, scenario) * costs.router_cpu_ms
+    return replace(costs, router_workers=max(1, math.ceil(load / ROUTER_TARGET)))
+
+
+def interval(i: Interval) -> list[float]:
+    return [round(i.low, 3), round(i.high, 3)]
+
+
+def row(summary: Summary, **extra: Any) -> dict[str, Any]:
+    out = {
         **extra,
-        "p50_ms": round(outcome.p50_ms, 3),
-        "p99_ms": round(outcome.p99_ms, 3),
-        "p999_ms": round(outcome.p999_ms, 3),
-        "hedge_rate": round(outcome.hedge_rate, 4),
-        "extra_load": round(outcome.extra_load, 4),
+        "p50_ms": round(summary.p50_ms.mean, 3),
+        "p50_ci": interval(summary.p50_ms),
+        "p99_ms": round(summary.p99_ms.mean, 3),
+        "p99_ci": interval(summary.p99_ms),
+        "p999_ms": round(summary.p999_ms.mean, 3),
+        "p999_ci": interval(summary.p999_ms),
+        "hedge_rate": round(summary.hedge_rate, 4),
+        "extra_load": round(summary.extra_load, 4),
+        "seeds": summary.seeds,
+        "counted_per_seed": summary.counted_per_seed,
+        "p999_tail_samples_per_seed": summary.p999_tail_samples,
     }
+    if summary.window_p99_ms is not None and summary.window_p50_ms is not None:
+        out["window_p50_ms"] = round(summary.window_p50_ms.mean, 3)
+        out["window_p99_ms"] = round(summary.window_p99_ms.mean, 3)
+        out["window_p99_ci"] = interval(summary.window_p99_ms)
+    return out
 
 
-def sweeps(service: ServiceTime, requests: int, seed: int) -> dict[str, Any]:
-    base = Scenario(shards=16, replicas=2, utilisation=0.3, requests=requests, seed=seed)
-    hedge_best = _best_hedge(service, base)
+class Runner:
+    """Simulates a scenario over the seeds, on costs for its shard count and a sized router tier."""
+
+    def __init__(self, c: Coefficients, requests: int, seeds: int, seed: int) -> None:
+        self.c, self.requests, self.seeds, self.seed = c, requests, seeds, seed
+
+    def base(self) -> Scenario:
+        return Scenario(
+            shards=BASE_SHARDS,
+            replicas=BASE_REPLICAS,
+            utilisation=BASE_LOAD,
+            requests=self.requests,
+            seed=self.seed,
+        )
+
+    def costs(self, scenario: Scenario) -> Costs:
+        return sized_router(costs_from(self.c, scenario.shards), scenario)
+
+    def __call__(self, scenario: Scenario) -> Summary:
+        return simulate_seeds(self.costs(scenario), scenario, self.seeds)
+
+
+def sweeps(run: Runner) -> dict[str, Any]:
+    base = run.base()
+    costs = run.costs(base)
+    hedge_best = _best_hedge(run, base, costs)
     hedge_ms = hedge_best["hedge_after_ms"]
-    out: dict[str, Any] = {"service_p50_ms": service.quantile_ms(0.5), "service_mean_ms": service.mean_ms}
-    out["service_p95_ms"] = service.quantile_ms(0.95)
-    out["service_p99_ms"] = service.quantile_ms(0.99)
+    out: dict[str, Any] = {
+        "shard_cpu_ms": round(costs.shard_cpu.mean_ms, 4),
+        "shard_rest_p50_ms": round(costs.shard_rest.quantile_ms(0.5), 4),
+        "service_p50_ms": round(costs.unloaded_ms(0.5), 4),
+        "service_p99_ms": round(costs.unloaded_ms(0.99), 4),
+        "router_cpu_ms_at_16_shards": round(costs.router_cpu_ms, 4),
+        "base_rate_per_replica_qps": round(arrival_rate_per_ms(costs, base) * 1000.0 / base.replicas, 1),
+        "base_router_workers": costs.router_workers,
+    }
     out["hedging"] = hedge_best["sweep"]
     out["recommended_hedge_after_ms"] = hedge_ms
     out["shards"] = [
-        row(simulate(service, replace(base, shards=s, hedge_after_ms=h)), shards=s, hedged=h is not None)
+        row(run(replace(base, shards=s, hedge_after_ms=h)), shards=s, hedged=h is not None)
         for s in SHARDS
         for h in (None, hedge_ms)
     ]
     out["load"] = [
-        row(
-            simulate(service, replace(base, utilisation=u, hedge_after_ms=h)),
-            utilisation=u,
-            hedged=h is not None,
-        )
+        row(run(replace(base, utilisation=u, hedge_after_ms=h)), utilisation=u, hedged=h is not None)
         for u in LOADS
         for h in (None, hedge_ms)
     ]
-    # Replicas at a FIXED request rate: one replica at 60% load, spread over more replicas.
+    # Replicas at a FIXED request rate: one replica at 60% CPU load, spread over more replicas.
     out["replicas"] = [
         row(
-            simulate(service, replace(base, replicas=r, utilisation=0.6 / r, hedge_after_ms=h)),
+            run(replace(base, replicas=r, utilisation=0.6 / r, hedge_after_ms=h)),
             replicas=r,
             hedged=h is not None,
         )
         for r in (1, 2, 3, 4)
         for h in (None, hedge_ms)
     ]
+    out["slow_replica"] = slow_replica(run, base, hedge_ms)
     unhedged = {r["shards"]: r["p99_ms"] for r in out["shards"] if not r["hedged"]}
     hedged = {r["shards"]: r["p99_ms"] for r in out["shards"] if r["hedged"]}
     out["max_shards_within_p99_goal"] = {
@@ -90,62 +167,216 @@ def sweeps(service: ServiceTime, requests: int, seed: int) -> dict[str, Any]:
         "unhedged": max((s for s, p in unhedged.items() if p <= P99_GOAL_MS), default=0),
         "hedged": max((s for s, p in hedged.items() if p <= P99_GOAL_MS), default=0),
     }
-    worst = simulate(
-        service, replace(base, shards=SHARDS[-1], utilisation=LOADS[-1], hedge_after_ms=hedge_ms)
-    )
+    worst = run(replace(base, shards=SHARDS[-1], utilisation=LOADS[-1], hedge_after_ms=hedge_ms))
     out["deadline"] = {
         "router_timeout_ms": SPEC_TIMEOUT_MS,
-        "p999_ms_at_128_shards_80pct_load": round(worst.p999_ms, 3),
-        "headroom": round(SPEC_TIMEOUT_MS / worst.p999_ms, 1),
+        "p999_ms_at_128_shards_90pct_load": round(worst.p999_ms.mean, 3),
+        "headroom": round(SPEC_TIMEOUT_MS / worst.p999_ms.mean, 1),
     }
-    spec = simulate(service, replace(base, hedge_after_ms=SPEC_HEDGE_AFTER_MS, hedge_budget=BUDGET))
+    spec = run(replace(base, hedge_after_ms=SPEC_HEDGE_AFTER_MS, hedge_budget=BUDGET))
     out["spec_default_hedging"] = row(spec, hedge_after_ms=SPEC_HEDGE_AFTER_MS)
-    out["no_hedging"] = row(simulate(service, base))
+    out["no_hedging"] = row(run(base))
     return out
 
 
-def _best_hedge(service: ServiceTime, base: Scenario) -> dict[str, Any]:
-    """Sweep the hedging delay over quantiles of the per-shard latency; pick the lowest p99."""
+def slow_replica(run: Runner, base: Scenario, hedge_ms: float) -> list[dict[str, Any]]:
+    """Replica 0 of shard 0 runs `factor` x slower for 20% of the run: unhedged, and hedged with
+    the default 10% budget and with 50%."""
+    rows = []
+    for factor in SLOW_FACTORS:
+        scenario = replace(base, slow=SlowReplica(factor))
+        rows.append(row(run(scenario), factor=factor, hedge_after_ms=None, hedge_budget=0.0))
+        for budget in SLOW_BUDGETS:
+            hedged = replace(scenario, hedge_after_ms=hedge_ms, hedge_budget=budget)
+            rows.append(row(run(hedged), factor=factor, hedge_after_ms=hedge_ms, hedge_budget=budget))
+    return rows
+
+
+def _best_hedge(run: Runner, base: Scenario, costs: Costs) -> dict[str, Any]:
+    """Sweep the hedging delay over quantiles of the unloaded shard latency; pick the lowest p99."""
     sweep = []
     for q in HEDGE_QUANTILES:
-        delay = round(service.quantile_ms(q), 3)
-        outcome = simulate(service, replace(base, hedge_after_ms=delay, hedge_budget=BUDGET))
-        sweep.append(row(outcome, quantile=q, hedge_after_ms=delay))
+        delay = round(costs.unloaded_ms(q), 3)
+        summary = run(replace(base, hedge_after_ms=delay, hedge_budget=BUDGET))
+        sweep.append(row(summary, quantile=q, hedge_after_ms=delay))
     best = min(sweep, key=lambda r: (r["p99_ms"], r["extra_load"]))
     return {"sweep": sweep, "hedge_after_ms": best["hedge_after_ms"]}
 
 
 def check_against_measurement(
-    service: ServiceTime, checks: list[dict[str, Any]], seed: int
-) -> list[dict[str, Any]]:
-    """The model at the sizes this machine ran for real (shards x 1 replica, measured rates)."""
-    compared = []
-    for check in checks:
-        utilisation = min(max(check["utilisation"], 0.001), 0.95)
-        outcome = simulate(
-            service,
-            Scenario(
-                shards=check["shards"],
-                replicas=check["replicas"],
-                utilisation=utilisation,
-                requests=max(check["requests"], 1000),
-                seed=seed,
-                router_ms=check["router_cpu_ms"],
-            ),
+    measured: dict[str, Any], requests: int, seeds: int, seed: int
+) -> dict[str, Any]:
+    """Each measured run, simulated at its own rate with the CPU per request measured in it.
+
+    Occupancy: the shard and router CPU per request of that run (from /proc). What occupies
+    nothing: the unloaded shard latency (measured sequentially) minus the CPU measured with it.
+    Closed loop of one client: `sequential`; of more clients: Poisson at the achieved rate (the
+    model has no closed loop); open loop: Poisson at the offered rate."""
+    wall = ServiceTime(
+        tuple(measured["unloaded_shard_ms"]["quantiles"]), tuple(measured["unloaded_shard_ms"]["ms"])
+    )
+    rest = Costs.split(wall, measured["unloaded_shard_cpu_ms"]).shard_rest
+    rows = []
+    for run in measured["runs"]:
+        costs = Costs(
+            ServiceTime.constant(run["shard_cpu_ms"]),
+            rest,
+            router_cpu_ms=run["router_cpu_ms"],
+            router_workers=measured["router_workers"],
         )
-        compared.append(
+        scenario = Scenario(
+            shards=measured["shards"],
+            replicas=measured["replicas"],
+            threads=measured["search_threads"],
+            utilisation=0.5,
+            requests=requests,
+            seed=seed,
+            sequential=run["loop"] == "closed" and run["clients"] == 1,
+        )
+        rate = run["offered_qps"] if run["loop"] == "open" else run["achieved_qps"]
+        scenario = replace(scenario, utilisation=min(max(utilisation_at(costs, scenario, rate), 1e-6), 0.99))
+        summary = simulate_seeds(costs, scenario, seeds)
+        rows.append(
             {
-                **check,
-                "simulated_p50_ms": round(outcome.p50_ms, 3),
-                "simulated_p99_ms": round(outcome.p99_ms, 3),
+                **run,
+                "simulated": row(summary, utilisation=round(scenario.utilisation, 4)),
+                "router_utilisation": round(summary.router_utilisation, 4),
+                "p50_ratio": round(run["p50_ms"] / summary.p50_ms.mean, 2),
+                "p99_ratio": round(run["p99_ms"] / summary.p99_ms.mean, 2),
             }
         )
-    return compared
+    return {
+        "measured_by": measured["command"],
+        "date": measured["date"],
+        "host": measured["host"],
+        "unloaded_shard_p50_ms": wall.quantile_ms(0.5),
+        "unloaded_shard_p99_ms": wall.quantile_ms(0.99),
+        "unloaded_shard_cpu_ms": measured["unloaded_shard_cpu_ms"],
+        "rows": rows,
+    }
+
+
+def _ci(r: dict[str, Any], key: str) -> str:
+    low, high = r[f"{key}_ci"]
+    return f"{r[f'{key}_ms']:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """The simulation's headline rows: mean [95% interval] over the seeds."""
+    inputs = results["inputs"]
+    lines = [
+        f"<!-- tail-summary:begin (generated by `{inputs['command']}`; do not edit) -->",
+        f"{inputs['seeds']} seeds x {inputs['requests']:,} requests each; percentiles over the "
+        f"{results['no_hedging']['counted_per_seed']:,} requests after the warm-up, so p99.9 rests on "
+        f"{results['no_hedging']['p999_tail_samples_per_seed']} tail samples per seed. "
+        f"Mean [95% interval] in ms; {BASE_REPLICAS} replicas per shard, {BASE_LOAD:.0%} CPU load, "
+        f"hedged after {results['recommended_hedge_after_ms']:g} ms with a {BUDGET:.0%} budget.",
+        "",
+        "| scenario | p50 | p99 | p99.9 | hedges | extra CPU |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def add(name: str, r: dict[str, Any]) -> None:
+        lines.append(
+            f"| {name} | {_ci(r, 'p50')} | {_ci(r, 'p99')} | {_ci(r, 'p999')} | "
+            f"{r['hedge_rate']:.1%} | {r['extra_load']:.1%} |"
+        )
+
+    for r in results["shards"]:
+        if r["shards"] in (1, 16, 128):
+            add(f"{r['shards']} shard{'s' if r['shards'] > 1 else ''}{', hedged' if r['hedged'] else ''}", r)
+    for r in results["load"]:
+        if r["utilisation"] in (0.5, 0.9):
+            add(f"16 shards, {r['utilisation']:.0%} load{', hedged' if r['hedged'] else ''}", r)
+    add(f"16 shards, spec default hedging ({SPEC_HEDGE_AFTER_MS:g} ms)", results["spec_default_hedging"])
+    lines += [
+        "",
+        "One replica of one shard slow (CPU time x factor) for 20% of the run; p50 and p99 of the "
+        "requests inside that window, and p99 over the whole run:",
+        "",
+        "| slow factor | hedging | window p50 | window p99 | whole-run p99 | hedges |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["slow_replica"]:
+        hedging = (
+            "none"
+            if r["hedge_after_ms"] is None
+            else f"after {r['hedge_after_ms']:g} ms, budget {r['hedge_budget']:.0%}"
+        )
+        low, high = r["window_p99_ci"]
+        lines.append(
+            f"| {r['factor']:g}x | {hedging} | {r['window_p50_ms']:.2f} | {r['window_p99_ms']:.2f} "
+            f"[{low:.2f}, {high:.2f}] | {_ci(r, 'p99')} | {r['hedge_rate']:.1%} |"
+        )
+    lines.append("<!-- tail-summary:end -->")
+    return "\n".join(lines)
+
+
+def check_table(results: dict[str, Any]) -> str:
+    """Simulated against measured, one row per measured run."""
+    inputs, check = results["inputs"], results["check"]
+    measured_n = min(r["requests"] for r in check["rows"])
+    lines = [
+        f"<!-- tail-check:begin (generated by `{inputs['command']}` from `{check['measured_by']}`, "
+        f"measured {check['date']}; do not edit) -->",
+        f"4 shards x 1 replica (one search thread each), a router with its workers and the load generator "
+        f"on one machine ({check['host']}); measured: {measured_n:,} requests per run, so p99 rests on "
+        f"{measured_n // 100} samples. Simulated: mean [95% interval] over {inputs['check_seeds']} seeds "
+        f"x {inputs['check_requests']:,} requests, at the run's rate and with the CPU per request "
+        "measured in that run. Ratio = measured / simulated.",
+        "",
+        "| run | req/s | CPU ms/req router, shard | measured p50 / p99 | simulated p50 | simulated p99 "
+        "| ratio p50, p99 | send lag p99 | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in check["rows"]:
+        s = r["simulated"]
+        name = (
+            f"closed, {r['clients']} client{'s' if r['clients'] > 1 else ''}"
+            if r["loop"] == "closed"
+            else (f"open, {r['offered_qps']:g} req/s")
+        )
+        failed = sum(r.get("failed_by_status", {}).values())
+        if failed:
+            name += f" ({failed} non-200)"
+        lag = f"{r['send_lag_p99_ms']:.1f} ms" if "send_lag_p99_ms" in r else "-"
+        lines.append(
+            f"| {name} | {r['achieved_qps']:g} | {r['router_cpu_ms']:.2f}, {r['shard_cpu_ms']:.2f} | "
+            f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} | {_ci(s, 'p50')} | {_ci(s, 'p99')} | "
+            f"{r['p50_ratio']:g}x, {r['p99_ratio']:g}x | {lag} | {r['load_average_1m']:g} |"
+        )
+    lines.append("<!-- tail-check:end -->")
+    return "\n".join(lines)
+
+
+def tables(results: dict[str, Any]) -> list[str]:
+    return [summary_table(results), *([check_table(results)] if "check" in results else [])]
+
+
+def drifted(doc: str, results: dict[str, Any]) -> list[str]:
+    """Names of the marked tables whose text in `doc` differs from what `results` renders."""
+    out = []
+    for table in tables(results):
+        name = table.split(":begin", 1)[0].removeprefix("<!-- ")
+        found = re.search(rf"<!-- {name}:begin.*?<!-- {name}:end -->", doc, re.S)
+        if found is None or found.group(0) != table:
+            out.append(name)
+    return out
 
 
 def _series(rows: list[dict[str, Any]], key: str, hedged: bool, value: str) -> tuple[list[Any], list[Any]]:
     chosen = [r for r in rows if r["hedged"] == hedged]
     return [r[key] for r in chosen], [r[value] for r in chosen]
+
+
+def _errors(rows: list[dict[str, Any]], hedged: bool, value: str) -> list[list[float]]:
+    """Error bars (below, above the mean) from the 95% intervals."""
+    chosen = [r for r in rows if r["hedged"] == hedged]
+    key = value.removesuffix("_ms")
+    return [
+        [max(r[value] - r[f"{key}_ci"][0], 0.0) for r in chosen],
+        [max(r[f"{key}_ci"][1] - r[value], 0.0) for r in chosen],
+    ]
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -162,10 +393,11 @@ def plot_shards(results: dict[str, Any], path: Path) -> Path:
         label = f"hedged after {h:g} ms" if hedged else "no hedging"
         for value, marker in (("p50_ms", "o"), ("p99_ms", "s")):
             xs, ys = _series(results["shards"], "shards", hedged, value)
-            ax.plot(xs, ys, style, marker=marker, label=f"{value[:3]}, {label}")
+            yerr = _errors(results["shards"], hedged, value)
+            ax.errorbar(xs, ys, yerr=yerr, fmt=style, marker=marker, capsize=2, label=f"{value[:3]}, {label}")
     ax.axhline(P99_GOAL_MS, color="grey", linewidth=0.8, linestyle=":", label=f"{P99_GOAL_MS:g} ms goal")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("shards (fan-out), 2 replicas each, 30% load")
+    ax.set_xlabel("shards (fan-out), 2 replicas each, 30% CPU load")
     ax.set_ylabel("request latency (ms)")
     ax.set_title("Scatter-gather tail grows with fan-out")
     ax.legend(fontsize=8)
@@ -176,18 +408,25 @@ def plot_hedging(results: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     sweep = results["hedging"]
     xs = [r["hedge_after_ms"] for r in sweep]
-    ax.plot(xs, [r["p99_ms"] for r in sweep], marker="s", label="p99 with hedging")
+    ax.errorbar(
+        xs,
+        [r["p99_ms"] for r in sweep],
+        yerr=[[r["p99_ms"] - r["p99_ci"][0] for r in sweep], [r["p99_ci"][1] - r["p99_ms"] for r in sweep]],
+        marker="s",
+        capsize=2,
+        label="p99 with hedging",
+    )
     ax.axhline(results["no_hedging"]["p99_ms"], color="grey", linestyle=":", label="p99 without hedging")
     ax.set_xscale("log")
     ax.minorticks_off()
     ticks = [f"p{100 * r['quantile']:g}\n{r['hedge_after_ms']:.2g}" for r in sweep]
     ax.set_xticks(xs, ticks, fontsize=7)
-    ax.set_xlabel("hedge after: per-shard latency quantile and ms")
+    ax.set_xlabel("hedge after: unloaded per-shard latency quantile and ms")
     ax.set_ylabel("p99 (ms)")
     twin = ax.twinx()
     twin.plot(xs, [100 * r["extra_load"] for r in sweep], color="tab:red", marker="o", label="extra load (%)")
     twin.set_ylabel("extra shard load from hedges (%)")
-    ax.set_title(f"Hedging: 16 shards x 2 replicas, 30% load, budget {BUDGET:.0%}")
+    ax.set_title(f"Hedging: 16 shards x 2 replicas, 30% CPU load, budget {BUDGET:.0%}")
     lines, labels = ax.get_legend_handles_labels()
     more_lines, more_labels = twin.get_legend_handles_labels()
     ax.legend(lines + more_lines, labels + more_labels, fontsize=8)
@@ -199,12 +438,47 @@ def plot_p99(rows: list[dict[str, Any]], field: str, path: Path, *, xlabel: str,
     scale = 100 if field == "utilisation" else 1
     for hedged, style in ((False, "-"), (True, "--")):
         xs, ys = _series(rows, field, hedged, "p99_ms")
-        ax.plot([scale * x for x in xs], ys, style, marker="s", label="hedged" if hedged else "no hedging")
+        ax.errorbar(
+            [scale * x for x in xs],
+            ys,
+            yerr=_errors(rows, hedged, "p99_ms"),
+            fmt=style,
+            marker="s",
+            capsize=2,
+            label="hedged" if hedged else "no hedging",
+        )
     if field == "replicas":
         ax.set_xticks(sorted({r["replicas"] for r in rows}))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("p99 (ms)")
     ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_slow(results: dict[str, Any], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    rows = results["slow_replica"]
+    factors = sorted({r["factor"] for r in rows})
+    variants = [(None, 0.0), *((results["recommended_hedge_after_ms"], b) for b in SLOW_BUDGETS)]
+    width = 0.8 / len(variants)
+    for i, (after, budget) in enumerate(variants):
+        chosen = [next(r for r in rows if r["factor"] == f and r["hedge_budget"] == budget) for f in factors]
+        label = "no hedging" if after is None else f"hedged after {after:g} ms, budget {budget:.0%}"
+        ax.bar(
+            [j + i * width for j in range(len(factors))],
+            [r["window_p99_ms"] for r in chosen],
+            width,
+            yerr=[[r["window_p99_ms"] - r["window_p99_ci"][0] for r in chosen],
+                  [r["window_p99_ci"][1] - r["window_p99_ms"] for r in chosen]],
+            capsize=2,
+            label=label,
+        )  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xticks([j + width for j in range(len(factors))], [f"{f:g}x" for f in factors])
+    ax.set_xlabel("one replica of one shard slower by (CPU time x factor), for 20% of the run")
+    ax.set_ylabel("p99 inside the slow window (ms)")
+    ax.set_title("Correlated slowness: 16 shards x 2 replicas, 30% CPU load")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -217,44 +491,68 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
             results["load"],
             "utilisation",
             out / "tail-vs-load.png",
-            xlabel="load per replica (%)",
+            xlabel="CPU load of each replica's search thread (%)",
             title="p99 against load: 16 shards x 2 replicas",
         ),
         plot_p99(
             results["replicas"],
             "replicas",
             out / "tail-vs-replicas.png",
-            xlabel="replicas per shard (same request rate: 60% of one replica)",
+            xlabel="replicas per shard (same request rate: 60% CPU load of one replica)",
             title="Replicas buy tail latency: 16 shards",
         ),
+        plot_slow(results, out / "tail-slow-replica.png"),
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/tail_plots.py", description=__doc__.split("\n")[0])
     parser.add_argument("--coefficients", type=Path, default=HERE / "coefficients.json")
-    parser.add_argument("--check", type=Path, default=HERE / "tailsim_check.json")
+    parser.add_argument("--check", type=Path, default=HERE / "tail_check.json")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "img")
-    parser.add_argument("--requests", type=int, default=20_000)
+    # 110,000 requests: 104,500 counted after the warm-up, 104 samples beyond the p99.9.
+    parser.add_argument("--requests", type=int, default=110_000)
+    parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--write-doc", type=Path, default=None)
+    parser.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="no simulation: rewrite the --write-doc tables from the tailsim.json already in --out",
+    )
     args = parser.parse_args(argv)
+    if args.tables_only:
+        if args.write_doc is None:
+            parser.error("--tables-only needs --write-doc")
+        for table in tables(json.loads((args.out / "tailsim.json").read_text())):
+            write_marked_section(args.write_doc, table)
+        print(f"wrote the tail-summary and tail-check tables of {args.write_doc}")
+        return 0
     c = load_coefficients(args.coefficients)
-    service = ServiceTime(tuple(c.shard_latency_ms.quantiles), tuple(c.shard_latency_ms.ms))
-    results = sweeps(service, args.requests, args.seed)
-    if args.check.exists():
-        results["check"] = check_against_measurement(service, json.loads(args.check.read_text()), args.seed)
+    results = sweeps(Runner(c, args.requests, args.seeds, args.seed))
     results["inputs"] = {
         "coefficients": os.path.relpath(args.coefficients.resolve(), REPO),
         "shard_latency_from": c.source_of("shard_latency_ms").command,
         "requests": args.requests,
+        "seeds": args.seeds,
         "seed": args.seed,
+        "check_requests": args.requests,
+        "check_seeds": args.seeds,
         "command": " ".join(["python benchmarks/tail_plots.py", *(sys.argv[1:] if argv is None else argv)]),
     }
+    if args.check.exists():
+        results["check"] = check_against_measurement(
+            json.loads(args.check.read_text()), args.requests, args.seeds, args.seed
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tailsim.json").write_text(json.dumps(results, indent=2) + "\n")
     for path in plot(results, args.out):
         print(f"wrote {path}")
     print(f"wrote {args.out / 'tailsim.json'}")
+    if args.write_doc is not None:
+        for table in tables(results):
+            write_marked_section(args.write_doc, table)
+        print(f"wrote the tail-summary and tail-check tables of {args.write_doc}")
     return 0
 
 

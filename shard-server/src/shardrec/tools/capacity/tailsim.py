@@ -1,27 +1,47 @@
-"""The tail at scale, simulated: scatter-gather latency against shards, replicas, hedging and load.
+"""The tail at scale, simulated: scatter-gather latency against shards, replicas, hedging and CPU load.
 
-Model (seeded, plain numpy):
-- Client requests arrive as a Poisson process. Every request goes to every shard (fan-out), and
-  the router answers when the slowest shard has answered: latency = max over shards.
-- Each shard has `replicas` replicas; the primary copy of a shard request goes to one replica
-  chosen uniformly at random (the real router's power-of-two-choices does better, so the model
-  is pessimistic there). Each replica is one FIFO server whose service times are drawn from the
-  MEASURED per-shard latency distribution (`Coefficients.shard_latency_ms`, inverse CDF).
-- `utilisation` is the primary load of one replica: arrival rate / replicas x mean service.
+State and model (seeded, plain numpy):
+- Client requests arrive as a Poisson process (or `sequential`: each after the last has left, so
+  every queue is empty when it arrives, like a closed loop of one client).
+- Router: `Costs.router_workers` FIFO servers (the router's worker processes). A request occupies
+  one for its router CPU time (`Costs.router_cpu_ms`), then fans out to every shard; the router
+  answers when the slowest shard has answered.
+- Shards: each has `replicas` replicas; the primary copy of a shard request goes to one replica
+  chosen uniformly at random (the real router's power-of-two-choices does better, so the model is
+  pessimistic there). A replica is `threads` FIFO servers (its search threads). A shard request
+  OCCUPIES a search thread for its CPU time (`Costs.shard_cpu`: search plus per-query overhead),
+  and then takes `Costs.shard_rest` more wall time that occupies nothing (network, HTTP, event-loop
+  wake-ups). `Costs.split` derives the rest from a measured unloaded wall-latency distribution
+  minus the CPU, so an idle system answers exactly as measured.
+  Shard latency = wait for a thread + CPU + rest; request latency = router wait + router CPU +
+  the slowest shard.
+- Load: `utilisation` is the CPU load of the search threads, arrival rate x mean shard CPU /
+  (replicas x threads) (hedge copies come on top, reported as `extra_load`). It is not a wall-time
+  load: a replica whose searches take 0.07 ms of CPU and 0.5 ms of wall time is at 7% per 1000 req/s.
+  The router's own CPU load is reported as `router_utilisation`.
 - Hedging: a shard request unanswered after `hedge_after_ms` is sent to another replica; the
   first answer wins. Both copies are served in full (the loser's cancellation does not stop a
   search that started), which is what hedging costs. A token bucket allows at most
   `hedge_budget` hedges per primary request, banking at most 10 (as `router.hedging`).
   The hedged copies load the queues, which changes who is slow: a short fixed-point iteration
   (hedges of pass i are the queue load of pass i+1) settles it.
+- Correlated slowness (`slow`): replica 0 of shard 0 takes `factor` x the CPU time per search for
+  the requests that arrive within a window (a CPU-starved or throttled pod); the outcome reports the
+  latency of the requests inside the window separately.
 
-Waiting times use the Lindley recursion in closed form, W_n = P_n - min_{k<=n} P_k with
-P_n = sum_{j<n} (S_j - (a_{j+1} - a_j)), so every queue is a handful of vectorised numpy calls.
+Not modelled: CPU contention between processes (every server has its own core), garbage
+collection, the client's own HTTP exchange with the router, and the load generator.
+
+Single-server waiting times use the Lindley recursion in closed form, W_n = P_n - min_{k<=n} P_k
+with P_n = sum_{j<n} (S_j - (a_{j+1} - a_j)); several servers use a heap of free times.
+Percentiles over several seeds (`simulate_seeds`) come as the mean and a 95% t-interval of the mean.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import heapq
+import math
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +51,15 @@ Ints = npt.NDArray[np.int64]
 
 MAX_BANKED_HEDGES = 10
 HEDGE_PASSES = 3
+WARM_UP = 0.05
+SEQUENTIAL_GAP_MS = 1e6
+# Two-sided 95% Student t quantiles by degrees of freedom (beyond 30: the normal 1.96).
+T975 = {
+    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+    10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
+    18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060,
+    26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042,
+}  # fmt: skip
 
 
 class SimulationError(ValueError):
@@ -39,7 +68,7 @@ class SimulationError(ValueError):
 
 @dataclass(frozen=True)
 class ServiceTime:
-    """A latency distribution given by quantiles (piecewise-linear inverse CDF)."""
+    """A time distribution given by quantiles (piecewise-linear inverse CDF)."""
 
     quantiles: tuple[float, ...]
     ms: tuple[float, ...]
@@ -52,7 +81,13 @@ class ServiceTime:
         if np.any(np.diff(self.quantiles) <= 0) or np.any(np.diff(self.ms) < 0) or self.ms[0] < 0:
             raise SimulationError("service time: quantiles must increase and ms must not decrease")
 
+    @classmethod
+    def constant(cls, ms: float) -> ServiceTime:
+        return cls((0.0, 1.0), (ms, ms))
+
     def sample(self, rng: np.random.Generator, size: int) -> Floats:
+        if self.ms[0] == self.ms[-1]:  # a constant: no draws
+            return np.full(size, self.ms[0])
         return np.interp(rng.random(size), self.quantiles, self.ms)
 
     @property
@@ -65,22 +100,68 @@ class ServiceTime:
 
 
 @dataclass(frozen=True)
+class Costs:
+    """What a request costs: CPU that occupies a server, and wall time that occupies nothing."""
+
+    shard_cpu: ServiceTime
+    """CPU ms of one shard request (search + per-query overhead): a search thread's occupancy."""
+    shard_rest: ServiceTime
+    """Wall ms of one shard request beyond its CPU and its wait (network, HTTP, wake-ups)."""
+    router_cpu_ms: float = 0.0
+    router_workers: int = 1
+
+    @classmethod
+    def split(
+        cls, unloaded_wall: ServiceTime, cpu_ms: float, router_cpu_ms: float = 0.0, router_workers: int = 1
+    ) -> Costs:
+        """CPU `cpu_ms` (fixed: only its mean is measured) and the rest of a measured unloaded wall
+        latency (its quantiles minus the CPU, at least 0)."""
+        if cpu_ms <= 0:
+            raise SimulationError(f"shard CPU must be positive, got {cpu_ms}")
+        rest = tuple(max(ms - cpu_ms, 0.0) for ms in unloaded_wall.ms)
+        return cls(
+            ServiceTime.constant(cpu_ms),
+            ServiceTime(unloaded_wall.quantiles, rest),
+            router_cpu_ms,
+            router_workers,
+        )
+
+    def unloaded_ms(self, q: float) -> float:
+        """Approximate quantile of one idle shard's latency (CPU + rest)."""
+        return self.shard_cpu.mean_ms + self.shard_rest.quantile_ms(q)
+
+
+@dataclass(frozen=True)
+class SlowReplica:
+    """Replica 0 of shard 0 runs `factor` x slower for the requests with index in the window
+    [start, start + length) (fractions of the run)."""
+
+    factor: float
+    start: float = 0.4
+    length: float = 0.2
+
+
+@dataclass(frozen=True)
 class Scenario:
     shards: int
     replicas: int
     utilisation: float
+    threads: int = 1
     hedge_after_ms: float | None = None
     hedge_budget: float = 0.1
     requests: int = 20_000
     seed: int = 0
-    router_ms: float = 0.0
+    sequential: bool = False
     deadline_ms: float | None = None
+    slow: SlowReplica | None = None
 
     def check(self) -> None:
         if self.shards < 1:
             raise SimulationError(f"shards must be at least 1, got {self.shards}")
         if self.replicas < 1:
             raise SimulationError(f"replicas must be at least 1, got {self.replicas}")
+        if self.threads < 1:
+            raise SimulationError(f"threads must be at least 1, got {self.threads}")
         if not 0 < self.utilisation < 1:
             raise SimulationError(f"utilisation must be within (0, 1), got {self.utilisation}")
         if self.hedge_after_ms is not None and self.hedge_after_ms < 0:
@@ -89,6 +170,12 @@ class Scenario:
             raise SimulationError(f"hedge_budget must be within [0, 1], got {self.hedge_budget}")
         if self.requests < 100:
             raise SimulationError(f"requests must be at least 100, got {self.requests}")
+        if self.slow is not None and (
+            self.slow.factor < 1
+            or not 0 <= self.slow.start < 1
+            or not 0 < self.slow.length <= 1 - self.slow.start
+        ):
+            raise SimulationError(f"slow: factor >= 1 and a window within the run, got {self.slow}")
 
 
 @dataclass(frozen=True)
@@ -101,10 +188,17 @@ class Outcome:
     hedge_rate: float
     """Hedged shard requests per primary shard request."""
     extra_load: float
-    """Service time of hedge copies / service time of primaries: the extra CPU hedging costs."""
+    """CPU of hedge copies / CPU of primaries: the extra CPU hedging costs."""
     late_fraction: float
     """Requests slower than `deadline_ms` (0 without a deadline)."""
-    latencies_ms: Floats = field(repr=False, compare=False)
+    router_utilisation: float
+    """CPU load of the router's workers."""
+    counted: int
+    """Requests the percentiles are taken over (after the warm-up)."""
+    window_p50_ms: float | None = None
+    window_p99_ms: float | None = None
+    """Percentiles of the requests that arrived while a replica was slow (`Scenario.slow`)."""
+    latencies_ms: Floats = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
 
 
 def fifo_latencies(arrivals: Floats, services: Floats) -> Floats:
@@ -117,14 +211,30 @@ def fifo_latencies(arrivals: Floats, services: Floats) -> Floats:
     return waits + services
 
 
-def _queue_latencies(replica: Ints, arrivals: Floats, services: Floats, replicas: int) -> Floats:
-    """Response time of every job, each replica a FIFO server over its jobs in arrival order."""
+def fifo_servers_latencies(arrivals: Floats, services: Floats, servers: int) -> Floats:
+    """Response times of `servers` FIFO servers sharing one queue, for arrivals sorted by time."""
+    if servers == 1:
+        return fifo_latencies(arrivals, services)
+    free = [0.0] * servers
+    out = np.empty(len(arrivals))
+    for i, (a, s) in enumerate(zip(arrivals.tolist(), services.tolist(), strict=True)):
+        start = max(a, heapq.heappop(free))
+        heapq.heappush(free, start + s)
+        out[i] = start + s - a
+    return out
+
+
+def _queue_latencies(
+    replica: Ints, arrivals: Floats, services: Floats, replicas: int, threads: int
+) -> Floats:
+    """Response time of every job, each replica `threads` FIFO servers over its jobs in arrival order."""
     out = np.empty_like(arrivals)
-    order = np.lexsort((arrivals, replica))
+    by_time = np.argsort(arrivals, kind="stable")
+    order = by_time[np.argsort(replica[by_time], kind="stable")]
     bounds = np.searchsorted(replica[order], np.arange(replicas + 1))
     for r in range(replicas):
         jobs = order[bounds[r] : bounds[r + 1]]
-        out[jobs] = fifo_latencies(arrivals[jobs], services[jobs])
+        out[jobs] = fifo_servers_latencies(arrivals[jobs], services[jobs], threads)
     return out
 
 
@@ -147,50 +257,96 @@ def _budgeted(eligible: npt.NDArray[np.bool_], budget: float) -> npt.NDArray[np.
     return chosen
 
 
+def _window(scenario: Scenario) -> slice:
+    if scenario.slow is None:
+        return slice(0, 0)
+    n = scenario.requests
+    first = int(scenario.slow.start * n)
+    return slice(first, first + max(1, int(scenario.slow.length * n)))
+
+
 def _one_shard(
-    arrivals: Floats, service: ServiceTime, scenario: Scenario, rng: np.random.Generator
+    arrivals: Floats, costs: Costs, scenario: Scenario, rng: np.random.Generator, slow: bool
 ) -> tuple[Floats, int, float, float]:
-    """(per-request latency, hedges, hedge service ms, primary service ms) of one shard."""
-    n, replicas = len(arrivals), scenario.replicas
+    """(per-request latency, hedges, hedge CPU ms, primary CPU ms) of one shard."""
+    n, replicas, threads = len(arrivals), scenario.replicas, scenario.threads
     primary_replica = rng.integers(0, replicas, size=n)
-    primary_service = service.sample(rng, n)
-    other = (primary_replica + rng.integers(1, max(replicas, 2), size=n)) % replicas
-    hedge_service = service.sample(rng, n)
-    latency = _queue_latencies(primary_replica, arrivals, primary_service, replicas)
+    primary_cpu = costs.shard_cpu.sample(rng, n)
+    primary_rest = costs.shard_rest.sample(rng, n)
     h = scenario.hedge_after_ms
-    if h is None or replicas < 2:
-        return latency, 0, 0.0, float(primary_service.sum())
+    hedging = h is not None and replicas > 1
+    other = (
+        (primary_replica + rng.integers(1, max(replicas, 2), size=n)) % replicas
+        if hedging
+        else primary_replica
+    )
+    hedge_cpu = costs.shard_cpu.sample(rng, n) if hedging else primary_cpu
+    hedge_rest = costs.shard_rest.sample(rng, n) if hedging else primary_rest
+    if slow and scenario.slow is not None:
+        window = np.zeros(n, dtype=bool)
+        window[_window(scenario)] = True
+        primary_occupancy = np.where(
+            window & (primary_replica == 0), primary_cpu * scenario.slow.factor, primary_cpu
+        )
+        hedge_occupancy = np.where(window & (other == 0), hedge_cpu * scenario.slow.factor, hedge_cpu)
+    else:
+        primary_occupancy, hedge_occupancy = primary_cpu, hedge_cpu
+    latency = _queue_latencies(primary_replica, arrivals, primary_occupancy, replicas, threads) + primary_rest
+    if h is None or not hedging:
+        return latency, 0, 0.0, float(primary_cpu.sum())
     hedged = np.zeros(n, dtype=bool)
+    answered = latency
     for _ in range(HEDGE_PASSES):
         hedged = _budgeted(latency > h, scenario.hedge_budget)
         idx = np.flatnonzero(hedged)
         jobs_replica = np.concatenate((primary_replica, other[idx]))
         jobs_arrival = np.concatenate((arrivals, arrivals[idx] + h))
-        jobs_service = np.concatenate((primary_service, hedge_service[idx]))
-        all_latency = _queue_latencies(jobs_replica, jobs_arrival, jobs_service, replicas)
-        latency = all_latency[:n].copy()
-        copy_latency = h + all_latency[n:]
+        jobs_service = np.concatenate((primary_occupancy, hedge_occupancy[idx]))
+        all_latency = _queue_latencies(jobs_replica, jobs_arrival, jobs_service, replicas, threads)
+        latency = all_latency[:n] + primary_rest
+        copy_latency = h + all_latency[n:] + hedge_rest[idx]
         answered = latency.copy()
         answered[idx] = np.minimum(latency[idx], copy_latency)
-    return answered, int(hedged.sum()), float(hedge_service[hedged].sum()), float(primary_service.sum())
+    return answered, int(hedged.sum()), float(hedge_cpu[hedged].sum()), float(primary_cpu.sum())
 
 
-def simulate(service: ServiceTime, scenario: Scenario) -> Outcome:
+def arrival_rate_per_ms(costs: Costs, scenario: Scenario) -> float:
+    """The request rate at which the search threads run at `scenario.utilisation` CPU load."""
+    return scenario.utilisation * scenario.replicas * scenario.threads / costs.shard_cpu.mean_ms
+
+
+def utilisation_at(costs: Costs, scenario: Scenario, rate_per_s: float) -> float:
+    """The search threads' CPU load at `rate_per_s` requests per second (inverse of the above)."""
+    return rate_per_s / 1000.0 * costs.shard_cpu.mean_ms / (scenario.replicas * scenario.threads)
+
+
+def simulate(costs: Costs, scenario: Scenario) -> Outcome:
     scenario.check()
     rng = np.random.default_rng(scenario.seed)
-    rate_per_ms = scenario.utilisation * scenario.replicas / service.mean_ms
-    arrivals = np.cumsum(rng.exponential(1.0 / rate_per_ms, size=scenario.requests))
-    slowest = np.zeros(scenario.requests)
+    n = scenario.requests
+    rate_per_ms = arrival_rate_per_ms(costs, scenario)
+    if scenario.sequential:
+        arrivals = np.arange(n, dtype=np.float64) * SEQUENTIAL_GAP_MS
+        rate_per_ms = 0.0
+    else:
+        arrivals = np.cumsum(rng.exponential(1.0 / rate_per_ms, size=n))
+    router = fifo_servers_latencies(arrivals, np.full(n, costs.router_cpu_ms), costs.router_workers)
+    fanned_out = arrivals + router
+    slowest = np.zeros(n)
     hedges, hedge_ms, primary_ms = 0, 0.0, 0.0
-    for _ in range(scenario.shards):
-        latency, n_hedges, h_ms, p_ms = _one_shard(arrivals, service, scenario, rng)
+    for shard in range(scenario.shards):
+        latency, n_hedges, h_ms, p_ms = _one_shard(fanned_out, costs, scenario, rng, slow=shard == 0)
         np.maximum(slowest, latency, out=slowest)
         hedges += n_hedges
         hedge_ms += h_ms
         primary_ms += p_ms
-    latencies = slowest + scenario.router_ms
+    latencies = router + slowest
+    window = _window(scenario)
+    window_p50 = window_p99 = None
+    if scenario.slow is not None:
+        window_p50, window_p99 = (float(v) for v in np.percentile(latencies[window], [50, 99]))
     # The first 5% warm the queues up from empty; they are not counted.
-    settled = latencies[scenario.requests // 20 :]
+    settled = latencies[int(n * WARM_UP) :]
     p50, p99, p999 = np.percentile(settled, [50, 99, 99.9])
     late = 0.0 if scenario.deadline_ms is None else float(np.mean(settled > scenario.deadline_ms))
     return Outcome(
@@ -199,8 +355,71 @@ def simulate(service: ServiceTime, scenario: Scenario) -> Outcome:
         p99_ms=float(p99),
         p999_ms=float(p999),
         mean_ms=float(settled.mean()),
-        hedge_rate=hedges / (scenario.requests * scenario.shards),
+        hedge_rate=hedges / (n * scenario.shards),
         extra_load=hedge_ms / primary_ms if primary_ms else 0.0,
         late_fraction=late,
+        router_utilisation=rate_per_ms * costs.router_cpu_ms / costs.router_workers,
+        counted=len(settled),
+        window_p50_ms=window_p50,
+        window_p99_ms=window_p99,
         latencies_ms=settled,
+    )
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean over seeds and its 95% t-interval."""
+
+    mean: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Interval:
+        mean = float(np.mean(values))
+        if len(values) < 2:
+            return cls(mean, mean, mean)
+        half = T975.get(len(values) - 1, 1.96) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+        return cls(mean, mean - half, mean + half)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One scenario over `seeds` seeds (scenario.seed, scenario.seed + 1, ...)."""
+
+    scenario: Scenario
+    seeds: int
+    counted_per_seed: int
+    """Requests counted per seed; p99.9 rests on counted_per_seed / 1000 tail samples."""
+    p50_ms: Interval
+    p99_ms: Interval
+    p999_ms: Interval
+    hedge_rate: float
+    extra_load: float
+    router_utilisation: float
+    window_p50_ms: Interval | None
+    window_p99_ms: Interval | None
+
+    @property
+    def p999_tail_samples(self) -> int:
+        return int(self.counted_per_seed * 0.001)
+
+
+def simulate_seeds(costs: Costs, scenario: Scenario, seeds: int) -> Summary:
+    if seeds < 1:
+        raise SimulationError(f"seeds must be at least 1, got {seeds}")
+    runs = [simulate(costs, replace(scenario, seed=scenario.seed + i)) for i in range(seeds)]
+    windowed = scenario.slow is not None
+    return Summary(
+        scenario=scenario,
+        seeds=seeds,
+        counted_per_seed=runs[0].counted,
+        p50_ms=Interval.of([r.p50_ms for r in runs]),
+        p99_ms=Interval.of([r.p99_ms for r in runs]),
+        p999_ms=Interval.of([r.p999_ms for r in runs]),
+        hedge_rate=float(np.mean([r.hedge_rate for r in runs])),
+        extra_load=float(np.mean([r.extra_load for r in runs])),
+        router_utilisation=runs[0].router_utilisation,
+        window_p50_ms=Interval.of([r.window_p50_ms or 0.0 for r in runs]) if windowed else None,
+        window_p99_ms=Interval.of([r.window_p99_ms or 0.0 for r in runs]) if windowed else None,
     )
