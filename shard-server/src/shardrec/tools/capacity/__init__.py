@@ -9,7 +9,8 @@
   training cost from the measured train-rate points, freshness, caching, ranking, A/B, regions,
   cost per 1k requests).
 - `report`: the plan and the pipeline as tables.
-- `tailsim`: a seeded numpy simulation of p50/p99 against shards, replicas, hedging and load.
+- `tailsim`: a seeded numpy simulation of p50/p99/p99.9 against shards, replicas, hedging, CPU load
+  and a slow replica (replicas are occupied by the CPU of a search; several seeds with intervals).
 
 No module here performs I/O except `coefficients.load_coefficients`.
 """
