@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from raw_http import RawHttp, http_request, raw_exchange
@@ -198,32 +199,56 @@ async def closed_loop(url: str, count: int, concurrency: int, users: int) -> lis
     return latencies
 
 
-async def open_loop(url: str, rate: float, count: int, users: int) -> list[float]:
-    """Poisson arrivals at `rate` per second (bounded: `count` requests)."""
+async def open_loop_run(url: str, rate: float, count: int, users: int, seed: int) -> dict[str, Any]:
+    """Poisson arrivals at `rate` per second (bounded: `count` requests): latencies of the answered
+    ones from their send and from their due time, due times, how late each was sent, and failures by
+    status. One generator for the coefficient check and benchmarks/tail_check.py."""
     client = RawHttp(url, 256)
-    rng = np.random.default_rng(12)
-    gaps = rng.exponential(1.0 / rate, size=count)
+    rng = np.random.default_rng(seed)
+    due = np.cumsum(rng.exponential(1.0 / rate, size=count))
     requests = [client.recommend(u) for u in rng.integers(0, users, size=count).tolist()]
-    latencies: list[float] = []
+    from_send: list[float] = []
+    from_due: list[float] = []
+    due_at: list[float] = []
+    lag: list[float] = []
+    failures: dict[int, int] = {}
+    start = time.perf_counter()
 
     async def one(i: int) -> None:
-        started = time.perf_counter()
-        if await client.send(requests[i]) == 200:
-            latencies.append(time.perf_counter() - started)
+        sent = time.perf_counter()
+        status = await client.send(requests[i])
+        done = time.perf_counter()
+        if status != 200:
+            failures[status] = failures.get(status, 0) + 1
+            return
+        from_send.append(done - sent)
+        from_due.append(done - (start + due[i]))
+        due_at.append(float(due[i]))
+        lag.append(sent - (start + due[i]))
 
     tasks = []
-    start = time.perf_counter()
-    due = 0.0
     try:
         for i in range(count):
-            due += gaps[i]
-            delay = start + due - time.perf_counter()
+            delay = start + due[i] - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(i)))
         await asyncio.gather(*tasks)
     finally:
         client.close()
+    return {
+        "from_send": from_send,
+        "from_due": from_due,
+        "due_at": due_at,
+        "send_lag": lag,
+        "failed": failures,
+    }
+
+
+async def open_loop(url: str, rate: float, count: int, users: int) -> list[float]:
+    """Latencies (from the send) of the answered requests of `open_loop_run` with seed 12."""
+    run = await open_loop_run(url, rate, count, users, seed=12)
+    latencies: list[float] = run["from_send"]
     return latencies
 
 

@@ -31,9 +31,16 @@ from typing import Any
 
 import numpy as np
 from coefficient_derivation import quantiles_ms
-from coefficient_harness import closed_loop, cpu_seconds, log, processes, shard_latencies, start_cluster
+from coefficient_harness import (
+    closed_loop,
+    cpu_seconds,
+    log,
+    open_loop_run,
+    processes,
+    shard_latencies,
+    start_cluster,
+)
 from coefficient_measure import build, make_embeddings
-from raw_http import RawHttp
 
 HERE = Path(__file__).resolve().parent
 STALL_S = 0.05
@@ -51,50 +58,6 @@ def tree_cpu_seconds(pid: int) -> float:
 def self_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-async def open_loop(url: str, rate: float, count: int, users: int, seed: int) -> dict[str, Any]:
-    """Poisson arrivals at `rate` per second, `count` requests: latencies from send and from due time."""
-    client = RawHttp(url, 256)
-    rng = np.random.default_rng(seed)
-    due = np.cumsum(rng.exponential(1.0 / rate, size=count))
-    requests = [client.recommend(u) for u in rng.integers(0, users, size=count).tolist()]
-    from_send: list[float] = []
-    from_due: list[float] = []
-    due_at: list[float] = []
-    lag: list[float] = []
-    failures: dict[int, int] = {}
-    start = time.perf_counter()
-
-    async def one(i: int) -> None:
-        sent = time.perf_counter()
-        status = await client.send(requests[i])
-        done = time.perf_counter()
-        if status != 200:
-            failures[status] = failures.get(status, 0) + 1
-            return
-        from_send.append(done - sent)
-        from_due.append(done - (start + due[i]))
-        due_at.append(float(due[i]))
-        lag.append(sent - (start + due[i]))
-
-    tasks = []
-    try:
-        for i in range(count):
-            delay = start + due[i] - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
-        await asyncio.gather(*tasks)
-    finally:
-        client.close()
-    return {
-        "from_send": from_send,
-        "from_due": from_due,
-        "due_at": due_at,
-        "send_lag": lag,
-        "failed": failures,
-    }
 
 
 def stalls(due_at: list[float], from_due: list[float], slow_s: float = STALL_S) -> dict[str, Any]:
@@ -133,7 +96,7 @@ def one_run(
         latencies = asyncio.run(closed_loop(url, args.requests, int(level), args.users))
         row["clients"] = int(level)
     else:
-        observed = asyncio.run(open_loop(url, level, args.requests, args.users, seed=12))
+        observed = asyncio.run(open_loop_run(url, level, args.requests, args.users, seed=12))
         latencies = observed["from_send"]
         row["offered_qps"] = level
         row["failed_by_status"] = {str(k): v for k, v in sorted(observed["failed"].items())}

@@ -158,6 +158,7 @@ def drive(
     *,
     timeout_s: float,
     max_requests: int = MAX_REQUESTS,
+    api_key: str | None = None,
 ) -> CanaryWatch:
     """Sequential `/v1/recommend` calls for `users` (cycled) until the canary finishes, or
     `max_requests` are sent, or `timeout_s` passes; the status is read every POLL_S seconds, and
@@ -167,7 +168,8 @@ def drive(
     watch = CanaryWatch(started)
     deadline = time.monotonic() + timeout_s
     next_poll = 0.0
-    with httpx.Client(base_url=router, timeout=5) as client:
+    headers = {"x-api-key": api_key} if api_key else {}
+    with httpx.Client(base_url=router, timeout=5, headers=headers) as client:
         while watch.sent < max_requests and time.monotonic() < deadline:
             if time.monotonic() >= next_poll:
                 watch.see(canary_of(read_status(state)))

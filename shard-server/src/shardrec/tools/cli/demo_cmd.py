@@ -3,8 +3,9 @@
 Trains implicit-ALS embeddings on MovieLens latest-small (holding out each user's latest rating,
 so the evaluation is honest), starts a local 4-shard x 2-replica cluster with its router on
 127.0.0.1:8080, prints recommendations with titles, an item-to-item example, a user's three new
-clicks changing their recommendations at once (recent_items: fold-in at the router) and the
-evaluation table, then tells the user how to drive it. With `--canary` it then trains a v2 with
+clicks changing their recommendations at once (recent_items: fold-in at the router), a new movie
+written while serving (PUT /v1/items, then DELETE) changing them at once too, and the evaluation
+table, then tells the user how to drive it. With `--canary` it then trains a v2 with
 other ALS parameters and rolls it out as a canary under bounded demo traffic, printing the
 canary's analysis table and whether v2 was promoted or rolled back (`demo_canary`).
 """
@@ -12,6 +13,8 @@ canary's analysis table and whether v2 was promoted or rolled back (`demo_canary
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import subprocess
 import sys
 import textwrap
@@ -34,6 +37,9 @@ DEMO_ITEM = "1"  # Toy Story (1995)
 FOLD_IN_USER = "42"
 FOLD_IN_CLICKS = ("6377", "4886", "2355")  # Finding Nemo, Monsters, Inc., A Bug's Life
 CLUSTER_NAME = "movielens"
+NEW_MOVIE = "shardrec-new-1"
+NEW_MOVIE_TITLE = "A new movie (written while serving)"
+API_KEYS_FILE = "api-keys.txt"
 
 
 def register(subparsers: Any) -> None:
@@ -82,10 +88,34 @@ def _recctl(*args: str) -> None:
         raise CliError(f"`recctl {' '.join(args)}` failed (exit {completed.returncode})")
 
 
+def demo_api_key(data: Path) -> tuple[Path, str]:
+    """The demo's API key: item writes need a key with the `write` permission, and a router with keys
+    asks one of every request. `<data>/api-keys.txt` holds `demo:<key> read,write` (mode 0600),
+    made once and reused, so the printed curl lines keep working across demo runs."""
+    path = data / API_KEYS_FILE
+    if path.exists():
+        name, _, rest = path.read_text(encoding="utf-8").strip().partition(":")
+        fields = rest.split()
+        if name == "demo" and fields:
+            return path, fields[0]
+    key = secrets.token_urlsafe(18)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as keys:
+        keys.write(f"demo:{key} read,write\n")
+    return path, key
+
+
 def cluster_manifest(
-    embeddings: Path, version: str, shards: int, replicas: int, dimension: int = 64
+    embeddings: Path,
+    version: str,
+    shards: int,
+    replicas: int,
+    dimension: int = 64,
+    *,
+    api_keys_file: Path | None = None,
 ) -> dict[str, Any]:
-    return {
+    manifest: dict[str, Any] = {
         "apiVersion": "shardrec.io/v1alpha1",
         "kind": "RecommenderCluster",
         "metadata": {"name": CLUSTER_NAME},
@@ -103,6 +133,9 @@ def cluster_manifest(
             "rollout": {"keepPreviousLayouts": 1, "rollbackWindowSeconds": 60, "drainSeconds": 2},
         },
     }
+    if api_keys_file is not None:
+        manifest["spec"]["auth"] = {"apiKeysFile": str(api_keys_file.resolve())}
+    return manifest
 
 
 def _dimension(embeddings: Path) -> int:
@@ -113,8 +146,8 @@ def _dimension(embeddings: Path) -> int:
     return int(counts.get("dimension", 64))
 
 
-def _print_recommendations(router: str, titles: dict[str, str]) -> None:
-    with httpx.Client(base_url=router, timeout=10) as client:
+def _print_recommendations(router: str, titles: dict[str, str], key: str) -> None:
+    with httpx.Client(base_url=router, timeout=10, headers={"x-api-key": key}) as client:
         for user in DEMO_USERS:
             answer = client.post("/v1/recommend", json={"user_id": user, "k": 5}).json()
             print(f"\nTop 5 for user {user} (index {answer['index_version']}, "
@@ -153,6 +186,64 @@ def fold_in_lines(client: httpx.Client, titles: dict[str, str]) -> list[str]:
     return lines
 
 
+def _top(client: httpx.Client, k: int = 5) -> list[str]:
+    answer = client.post("/v1/recommend", json={"user_id": FOLD_IN_USER, "k": k})
+    answer.raise_for_status()
+    return [item["item_id"] for item in answer.json()["items"]]
+
+
+def new_movie_vector(embeddings: Path) -> list[float] | None:
+    """A vector for a cold item close to FOLD_IN_USER's taste, as a content model would give one:
+    the user's own direction, scaled to the longest item vector (so, by inner product, it ranks
+    first for that user). None when the embeddings have no such user."""
+    import numpy as np
+
+    from shardrec.serving.index.embeddings import load_embeddings
+
+    loaded = load_embeddings(embeddings)
+    if loaded.users is None or FOLD_IN_USER not in (loaded.user_ids or []):
+        return None
+    user = np.asarray(loaded.users[(loaded.user_ids or []).index(FOLD_IN_USER)], dtype=np.float64)
+    longest = float(np.linalg.norm(np.asarray(loaded.items, dtype=np.float64), axis=1).max())
+    return [float(x) for x in user * (longest / float(np.linalg.norm(user)))]
+
+
+def new_movie_lines(client: httpx.Client, titles: dict[str, str], vector: list[float] | None) -> list[str]:
+    """A new movie written while serving (`PUT /v1/items/{id}`: the router sends it to its shard's
+    leader and replicas, no rebuild, no new index version), FOLD_IN_USER's top 5 before and right
+    after it, then its `DELETE` and the top 5 again."""
+    lines = [f"\nA new movie, {NEW_MOVIE!r}, written while serving (PUT /v1/items/{NEW_MOVIE}: "
+             "a vector near user 42's taste), then deleted (DELETE)"]  # fmt: skip
+    if vector is None:
+        return [*lines, f"  skipped: user {FOLD_IN_USER} is not in these embeddings"]
+    named = {**titles, NEW_MOVIE: NEW_MOVIE_TITLE}
+    before = _top(client)
+    body = {"vector": vector, "metadata": {"title": NEW_MOVIE_TITLE}}
+    written = client.put(f"/v1/items/{NEW_MOVIE}", json=body)
+    if written.status_code != 200:
+        error = written.json().get("error", {})
+        return [*lines, f"  not available: {written.status_code} {error.get('code')}: {error.get('message')}"]
+    ack = written.json()
+    after = _top(client)
+    deleted = client.delete(f"/v1/items/{NEW_MOVIE}")
+    deleted.raise_for_status()
+    gone = _top(client)
+    lines.append(
+        f"  acknowledged by {ack['acknowledged_by']} of {ack['ready_replicas']} replicas of shard "
+        f"{ack['shard']} (token {ack['token']}); the delete as {deleted.json()['token']}"
+    )
+    lines.append(f"  {'before':<34} {'after the PUT':<36} after the DELETE")
+    for row in zip(before, after, gone, strict=False):
+        cells = [named.get(item, item)[:32] for item in row]
+        mark = "*" if row[1] == NEW_MOVIE else " "
+        lines.append(f"  {cells[0]:<34}{mark}{cells[1]:<36}{cells[2]}")
+    lines.append(
+        f"  (* the new movie: in the top 5 at once: {NEW_MOVIE in after}; "
+        f"after its delete: {NEW_MOVIE in gone})"
+    )
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from shardrec.tools.pipeline.evaluate_job import evaluate_embeddings
     from shardrec.tools.pipeline.movielens import load_titles, resolve_movielens_dir
@@ -179,19 +270,23 @@ def run(args: argparse.Namespace) -> int:
         summary = train_embeddings(DataSource("movielens", movielens), embeddings, params, holdout=1)
         print(f"   {summary.users} users x {summary.items} items in {summary.training_seconds:.1f}s")
     manifest = workdir / "data" / "cluster.yaml"
-    v1 = cluster_manifest(embeddings, "v1", args.shards, args.replicas, _dimension(embeddings))
+    keys_file, key = demo_api_key(workdir / "data")
+    v1 = cluster_manifest(
+        embeddings, "v1", args.shards, args.replicas, _dimension(embeddings), api_keys_file=keys_file
+    )
     manifest.write_text(yaml.safe_dump(v1, sort_keys=False), encoding="utf-8")
     print(f"== starting {args.shards} shards x {args.replicas} replicas and the router")
     _recctl("up", "-f", str(manifest), "--state-dir", str(state.root), "--port", str(args.port),
             "--detach", "--wait", "240")  # fmt: skip
     router = f"http://127.0.0.1:{args.port}"
     titles = load_titles(movielens)
-    _print_recommendations(router, titles)
-    with httpx.Client(base_url=router, timeout=10) as client:
+    _print_recommendations(router, titles, key)
+    with httpx.Client(base_url=router, timeout=10, headers={"x-api-key": key}) as client:
         print("\n".join(fold_in_lines(client, titles)))
+        print("\n".join(new_movie_lines(client, titles, new_movie_vector(embeddings))))
     if not args.skip_eval:
         print("\n== offline evaluation (each user's latest rating held out)")
-        report = evaluate_embeddings(embeddings, router_url=router, progress=True)
+        report = evaluate_embeddings(embeddings, router_url=router, api_key=key, progress=True)
         print(report.markdown())
     canary_manifest = None
     if v2_params is not None:
@@ -203,9 +298,10 @@ def run(args: argparse.Namespace) -> int:
             params=v2_params,
             state=state,
             router=router,
+            key=key,
             timeout_s=timeout_s,
         )
-    print(_next_steps(router, manifest, state.root, canary_manifest))
+    print(_next_steps(router, manifest, state.root, key, canary_manifest))
     return 0
 
 
@@ -241,6 +337,7 @@ def _run_canary(
     params: TrainParams,
     state: StateDir,
     router: str,
+    key: str,
     timeout_s: float,
 ) -> Path:
     """Train v2, apply it with rollout.strategy Canary, drive demo traffic until the canary is
@@ -273,7 +370,7 @@ def _run_canary(
         f"   canary started; demo traffic: /v1/recommend for {len(users)} users on {router}, "
         f"at most {demo_canary.MAX_REQUESTS} requests and {timeout_s:g}s"
     )
-    watch = demo_canary.drive(router, state, users, started, timeout_s=timeout_s)
+    watch = demo_canary.drive(router, state, users, started, timeout_s=timeout_s, api_key=key)
     answered = ", ".join(f"{version} {count}" for version, count in sorted(watch.versions.items()))
     print(f"   sent {watch.sent} requests, {len(watch.failed)} failed; answers by version: {answered}")
     for failure in watch.failed[:3]:
@@ -304,7 +401,7 @@ def _run_canary(
     return manifest
 
 
-def _next_steps(router: str, manifest: Path, state: Path, canary: Path | None = None) -> str:
+def _next_steps(router: str, manifest: Path, state: Path, key: str, canary: Path | None = None) -> str:
     if canary is not None:
         rollout = f"""\
         The canary's manifest is {canary}; `recctl status` shows its analysis.
@@ -319,10 +416,14 @@ def _next_steps(router: str, manifest: Path, state: Path, canary: Path | None = 
           .venv/bin/recctl down --state-dir {state} && .venv/bin/recctl demo --canary"""
     return textwrap.dedent(
         f"""
-        The cluster keeps running in the background. Try:
-          curl -s {router}/v1/recommend -H 'content-type: application/json' -d '{{"user_id": "42", "k": 10}}'
-          curl -s {router}/v1/recommend -H 'content-type: application/json' \\
+        The cluster keeps running in the background. Its API key (every request needs one, writes
+        need its write permission) is in the keys file beside the manifest. Try:
+          KEY='{key}'
+          curl -s {router}/v1/recommend -H "x-api-key: $KEY" -H 'content-type: application/json' \\
+            -d '{{"user_id": "42", "k": 10}}'
+          curl -s {router}/v1/recommend -H "x-api-key: $KEY" -H 'content-type: application/json' \\
             -d '{{"recent_items": [{{"item_id": "6377"}}, {{"item_id": "4886", "weight": 5}}], "k": 10}}'
+          curl -s -X DELETE {router}/v1/items/1 -H "x-api-key: $KEY"   # Toy Story gone, at once
           open {router}/docs            # OpenAPI
           curl -s {router}/metrics      # Prometheus metrics
           .venv/bin/recctl status --state-dir {state}
