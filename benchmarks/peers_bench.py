@@ -501,6 +501,17 @@ def render(
         if len(levels) > 1
         else str(levels[0])
     )
+    shard_servers = "1 shard server" if shards == 1 else f"{shards} shard servers"
+    segments = "1 segment" if shards == 1 else f"{shards} segments"
+    shards_text = (
+        "one, what `recctl capacity` plans for this many items (one shard fits a pod; shards are "
+        "for catalogues that do not). `--shards 4` measures the fan-out cost instead: every request "
+        "then reaches 4 shard servers, which on 2 cores shared with the router and Chroma gave "
+        "3.1-3.6x in runs of 2026-12-05/06 (each shard searches 25k items, recall 0.982)."
+        if shards == 1
+        else f"{shards}, each searched by every request (the fan-out's cost on these cores is "
+        "part of the rate; `--shards 1`, the default, is what `recctl capacity` plans for 100k items)."
+    )
     notes = [f"- {line}" for line in ratios(rows)]
     notes += [f"- Not run: {name}." for name in missing]
     quick_note = (
@@ -517,14 +528,15 @@ Command: `{command}` (also `make bench-peers`), run on {when:%Y-%m-%d %H:%M} UTC
 - Machine: {machine}.
 - Data: {data.name}: {len(data.items):,} items x {data.items.shape[1]} dims, seeded clustered vectors,
   {len(data.queries):,} held-out queries, metric {data.metric}, recall@10 against exact brute force.
+- Shards: {shards_text}
 - Every engine: HNSW M={M}, ef_construction={EF_CONSTRUCTION}; its search parameter is the smallest
   reaching our recall@10 {target:.3f} (within 0.002). Tried: {"; ".join(curves)}.
 - Servers (127.0.0.1) get JSON single-query requests from wrk (one thread, bodies cycling through
   512 queries) at {levels_text} connections; "saturating" marks each server's best rate. CPU
-  ms/request is every serving process's CPU (router + {shards} shards, or Chroma's server) /
+  ms/request is every serving process's CPU (router + {shard_servers}, or Chroma's server) /
   requests. In-process rows call the engine in a closed loop on one thread; their CPU is this
   process's. Qdrant Edge has no server, so it stands beside our in-process path, not the router;
-  it is set up like that path: {shards} segments asked for (its optimizer keeps the count the
+  it is set up like that path: {segments} asked for (its optimizer keeps the count the
   table shows), one search thread, full-scan and indexing thresholds at 1 KB so every segment is
   searched through its HNSW graph.
 - Side by side: the engines take turns, in alternating order, over {rounds} round(s) of {seconds:.0f} s
@@ -563,7 +575,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", choices=sorted(SIZES), default="100k")
-    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="our shard servers behind the router (default 1: what recctl capacity plans for 100k items)",
+    )
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--target-recall", type=float, default=0.95, help="our efSearch is tuned to this")
     parser.add_argument("--seconds", type=float, default=6.0, help="duration of each measured run")
