@@ -247,3 +247,25 @@ def test_the_local_router_gets_the_ack_policy_and_a_change_restarts_it(tmp_path:
     )
     assert supervisor._router_spec(majority) != first
     assert load_router_config(supervisor.state.router_config_file).writes.ack == "majority"
+
+
+def test_the_local_router_takes_writes_only_while_the_spec_enables_them(tmp_path: Path) -> None:
+    """Local shards keep a log whatever the spec says (a cluster that had writes keeps replaying
+    them), so the switch is the router's: `writes.enabled` follows `spec.writes.enabled`, and
+    turning it on restarts the router (a new spec)."""
+    from shardrec.serving.router.config import load_router_config
+
+    supervisor = LocalSupervisor(state=StateDir(tmp_path / "state"), router_port=1)
+    supervisor.state.ensure()
+    off = _cluster({})
+    first = supervisor._router_spec(off)
+    assert load_router_config(supervisor.state.router_config_file).writes.enabled is False
+    on = off.model_copy(
+        update={
+            "spec": off.spec.model_copy(
+                update={"writes": off.spec.writes.model_copy(update={"enabled": True})}
+            )
+        }
+    )
+    assert supervisor._router_spec(on) != first
+    assert load_router_config(supervisor.state.router_config_file).writes.enabled is True

@@ -57,6 +57,7 @@ def _manifest(source: Path, version: str, shards: int, keys: Path) -> dict[str, 
             "index": {"version": version, "source": str(source), "dimension": DIM, "metric": "cosine"},
             "router": {"timeoutMs": 2000},
             "auth": {"apiKeysFile": str(keys)},
+            "writes": {"enabled": True},
             "rollout": {"keepPreviousLayouts": 1, "rollbackWindowSeconds": 2, "drainSeconds": 1},
         },
     }

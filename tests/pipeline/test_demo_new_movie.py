@@ -91,3 +91,6 @@ def test_the_api_key_file_is_private_reused_and_named_in_the_manifest(tmp_path: 
     manifest = cluster_manifest(tmp_path / "emb", "v1", 2, 2, 8, api_keys_file=path)
     assert manifest["spec"]["auth"] == {"apiKeysFile": str(path.resolve())}
     assert "auth" not in cluster_manifest(tmp_path / "emb", "v1", 2, 2, 8)["spec"]
+    assert "writes" not in manifest["spec"]  # off unless asked: the demo asks (below)
+    with_writes = cluster_manifest(tmp_path / "emb", "v1", 2, 2, 8, api_keys_file=path, writes=True)
+    assert with_writes["spec"]["writes"] == {"enabled": True}

@@ -26,7 +26,7 @@ from shardrec.serving.router.manager import ManagerDeps, _note_applied
 from shardrec.serving.router.replicas import Replica
 from shardrec.serving.router.shard_protocol import ErrorKinds
 from shardrec.serving.router.writes import ReadFloor, acks_needed, parse_min_sequence
-from shardrec.serving.shard.client import SequenceGap, ShardRejected, ShardUnavailable
+from shardrec.serving.shard.client import NO_WRITE_LOG, SequenceGap, ShardRejected, ShardUnavailable
 from tests.serving.test_router_app import DIM, SHARDS, World, running, settings
 from tests.serving.test_router_dispatch import FakeShard
 
@@ -45,6 +45,7 @@ class WritingShard(FakeShard):
     replicated: list[int] = field(default_factory=list)  # sequences received by replicate
     refuse_writes: bool = False  # searches answered, replication refused (stays behind)
     lead_batches: list[int] = field(default_factory=list)  # ops per lead_writes call
+    no_write_log: bool = False  # a shard server started without --write-log-dir
 
     @property
     def applied(self) -> int:
@@ -65,6 +66,8 @@ class WritingShard(FakeShard):
         if self.mode == "refuse":
             raise ShardUnavailable("connection refused")
         self.lead_batches.append(len(ops))
+        if self.no_write_log:
+            raise ShardRejected("409 no_write_log: no write log here", status=409, code=NO_WRITE_LOG)
         await asyncio.sleep(0.01)  # the leader's fsync: later writes queue meanwhile
         sequences = []
         if any(op["id"].startswith("bad") for op in ops):
@@ -110,9 +113,9 @@ def _deps(world: World) -> ManagerDeps:
     return replace(world.deps(), errors=errors)
 
 
-def _settings(ack: Literal["all", "majority"] = "all") -> RouterSettings:
+def _settings(ack: Literal["all", "majority"] = "all", *, enabled: bool = True) -> RouterSettings:
     base = settings()
-    config = RouterConfig(router=base.config.router, writes=WritesConfig(ack=ack))
+    config = RouterConfig(router=base.config.router, writes=WritesConfig(ack=ack, enabled=enabled))
     return replace(base, config=config, api_keys=parse_api_keys(KEYS, "keys"))
 
 
@@ -324,6 +327,40 @@ async def test_bad_writes_are_4xx_with_a_message(path: str, body: Any, status: i
         answer = await client.put(path, content=raw, headers=BOTH)
         assert answer.status_code == status, answer.text
         assert answer.json()["error"]["code"] == code and answer.json()["error"]["message"]
+
+
+@_sync
+async def test_writes_turned_off_in_the_spec_are_refused_with_a_403_that_names_it() -> None:
+    """`spec.writes.enabled: false` reaches the router as `writes.enabled: false` (the local
+    runtime's config): a PUT or DELETE is refused before any shard is asked, reads go on."""
+    world, topology = _world()
+    item = _new_id(0)
+    async with _Running(world, _settings(enabled=False), topology) as (client, _):
+        put = await client.put(f"/v1/items/{item}", json={"vector": [1.0] * DIM}, headers=BOTH)
+        delete = await client.delete(f"/v1/items/{item}", headers=BOTH)
+        query = {"vector": [1.0] * DIM, "k": 3}
+        read = await client.post("/v1/recommend", json=query, headers=BOTH)
+    for refused in (put, delete):
+        assert refused.status_code == 403, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "writes_disabled" and "spec.writes.enabled" in error["message"]
+    assert read.status_code == 200
+    assert all(not shard.log for shard in _replicas(world, 0))
+
+
+@_sync
+async def test_a_shard_without_a_write_log_is_reported_as_writes_turned_off() -> None:
+    """On Kubernetes a writes-off layout's shards keep no log (no --write-log-dir) and its router
+    config has no `writes` key; the shard's refusal reaches the client as the same 403."""
+    world, topology = _world()
+    item = _new_id(1)
+    for shard in _replicas(world, 1):
+        shard.no_write_log = True
+    async with _Running(world, _settings(), topology) as (client, _):
+        put = await client.put(f"/v1/items/{item}", json={"vector": [1.0] * DIM}, headers=BOTH)
+    assert put.status_code == 403, put.text
+    assert put.json()["error"]["code"] == "writes_disabled"
+    assert "spec.writes.enabled" in put.json()["error"]["message"]
 
 
 @_sync

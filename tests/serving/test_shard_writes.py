@@ -19,8 +19,10 @@ from shardrec.serving.index.shard_index import ShardIndex
 from shardrec.serving.index.synthetic import clustered
 from shardrec.serving.index.write_log import SequenceGapError, WriteLog, WriteRecord
 from shardrec.serving.shard.app import build_api
+from shardrec.serving.shard.client import NO_WRITE_LOG
 from shardrec.serving.shard.engine import (
     EngineSettings,
+    NoWriteLogError,
     SearchEngine,
     SequenceGapRefusedError,
     WriteRejectedError,
@@ -256,8 +258,10 @@ def test_no_log_dir_refuses_writes(layout: Path) -> None:
     async def scenario() -> None:
         engine = SearchEngine(ShardMetrics(), EngineSettings(search_threads=1))
         await engine.load(layout, 0)
-        with pytest.raises(WriteRejectedError, match="no write log"):
+        with pytest.raises(NoWriteLogError, match="no write log") as refused:
             await engine.lead_writes([WriteRecord(1, "delete", "x")])
+        # The code the router maps to 403 writes_disabled (the client's constant).
+        assert (refused.value.code, refused.value.status) == (NO_WRITE_LOG, 409)
         engine.close()
 
     asyncio.run(scenario())

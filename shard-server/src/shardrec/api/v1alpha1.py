@@ -811,7 +811,7 @@ class WritesSpec(ApiModel):
         False,
         description=(
             "Accept item writes: shard pods get a write-log claim and --write-log-dir. Off: no "
-            "claim, and a shard refuses writes."
+            "claim, and the router answers PUT/DELETE /v1/items with 403 writes_disabled."
         ),
     )
     ack: Literal["all", "majority"] = Field(

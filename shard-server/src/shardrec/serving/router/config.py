@@ -36,6 +36,12 @@ class WritesConfig(BaseModel):
         "of them (the leader included).",
     )
     timeout_ms: int = Field(5000, ge=100, le=60000, alias="timeoutMs")
+    enabled: bool = Field(
+        True,
+        description="false: PUT/DELETE /v1/items are refused with 403 writes_disabled before any shard "
+        "is asked (the local runtime writes spec.writes.enabled here; the operator leaves the key out "
+        "while writes are off, and those layouts' shards keep no log, which the router reports alike).",
+    )
 
 
 class RouterConfig(BaseModel):

@@ -36,7 +36,13 @@ from shardrec.serving.router.service import RouterService
 from shardrec.serving.router.serving_report import ServingReporter
 from shardrec.serving.router.snapshot import Snapshot
 from shardrec.serving.router.topology_source import TopologySource
-from shardrec.serving.router.writes import MIN_SEQUENCE_HEADER, ItemWriter, WritePolicy, min_sequence_header
+from shardrec.serving.router.writes import (
+    MIN_SEQUENCE_HEADER,
+    ItemWriter,
+    WritePolicy,
+    min_sequence_header,
+    writes_disabled,
+)
 
 log = logging.getLogger("shardrec.router")
 
@@ -73,7 +79,9 @@ class RouterState:
         self.service = RouterService(settings, self.metrics)
         writes = settings.config.writes
         self.writer = ItemWriter(
-            WritePolicy(writes.ack, writes.timeout_ms / 1000.0), self.manager.deps.errors, self.metrics
+            WritePolicy(writes.ack, writes.timeout_ms / 1000.0, writes.enabled),
+            self.manager.deps.errors,
+            self.metrics,
         )
         self.service.writer = self.writer
         self.manager.after_probe = self.writer.catch_up
@@ -279,7 +287,10 @@ class RouterState:
     def _authorize(self, key: str, permission: Permission) -> None:
         if permission == "read" and not self.keys.required:
             return
+        writes_off = permission == "write" and not self.writer.policy.enabled
         if not self.keys.required:
+            if writes_off:
+                raise writes_disabled()
             raise ApiError(
                 403,
                 "forbidden",
@@ -287,6 +298,8 @@ class RouterState:
             )
         if not self.keys.allows(key, permission):
             raise ApiError(403, "forbidden", f"the API key {key!r} has no {permission} permission")
+        if writes_off:
+            raise writes_disabled()  # after the key check: an unknown key learns nothing of the spec
 
     async def _read_body(self, declared: bytes | None, receive: Receive) -> bytes:
         if declared is not None:

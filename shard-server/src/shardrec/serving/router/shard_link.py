@@ -11,7 +11,13 @@ import ssl
 from shardrec.serving.credentials import TokenFile
 from shardrec.serving.router.manager import ManagerDeps
 from shardrec.serving.router.shard_protocol import ErrorKinds, ShardClientLike
-from shardrec.serving.shard.client import SequenceGap, ShardClient, ShardRejected, ShardUnavailable
+from shardrec.serving.shard.client import (
+    NO_WRITE_LOG,
+    SequenceGap,
+    ShardClient,
+    ShardRejected,
+    ShardUnavailable,
+)
 
 
 def shard_client_deps(
@@ -31,5 +37,7 @@ def shard_client_deps(
 
     return ManagerDeps(
         client_factory=make_client,
-        errors=ErrorKinds(unavailable=ShardUnavailable, rejected=ShardRejected, gap=SequenceGap),
+        errors=ErrorKinds(
+            unavailable=ShardUnavailable, rejected=ShardRejected, gap=SequenceGap, no_write_log=NO_WRITE_LOG
+        ),
     )

@@ -90,3 +90,6 @@ class ErrorKinds:
     rejected: type[BaseException]
     gap: type[BaseException] | None = None
     """A follower's refusal of records that do not follow its applied sequence (`.applied`)."""
+    no_write_log: str = "no_write_log"
+    """The `.code` of a `rejected` write whose shard keeps no write log: item writes are off for
+    its layout (the shard client's `NO_WRITE_LOG`)."""

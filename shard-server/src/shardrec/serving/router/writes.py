@@ -55,6 +55,8 @@ CATCH_UP_ROUNDS = 64
 class WritePolicy:
     ack: Ack = "all"
     timeout_s: float = 5.0
+    enabled: bool = True
+    """False: every write is refused (`writes_disabled`) before a shard is asked."""
 
 
 def leader_of(channel: ShardChannel) -> Replica[ShardClientLike]:
@@ -256,6 +258,9 @@ class ItemWriter:
         try:
             sequences = await _writer(leader).lead_writes([p.op for p in batch], self.policy.timeout_s)
         except self.errors.rejected as exc:
+            if getattr(exc, "code", "") == self.errors.no_write_log:
+                _fail(batch, writes_disabled())
+                return
             if len(batch) > 1:  # find whose: one client's bad write never fails the others
                 for pending in batch:
                     await self._send(channel, [pending])
@@ -366,6 +371,17 @@ def _writer(replica: Replica[ShardClientLike]) -> WriterClientLike:
     if not hasattr(client, "lead_writes"):
         raise ApiError(501, "writes_unsupported", "this router's shard client cannot write")
     return cast(WriterClientLike, client)
+
+
+def writes_disabled() -> ApiError:
+    """A write to a cluster whose item writes are off (`spec.writes.enabled: false`): known from
+    the router config (`writes.enabled`, the local runtime) or from a shard that keeps no log (on
+    Kubernetes a writes-off layout's shards have no log volume)."""
+    return ApiError(
+        403,
+        "writes_disabled",
+        "item writes are off for this cluster: set spec.writes.enabled: true to PUT or DELETE items",
+    )
 
 
 def _unavailable(message: str) -> ApiError:

@@ -44,6 +44,11 @@ class SequenceGap(ShardError):  # noqa: N818 - the router names these kinds (rou
         self.applied = applied
 
 
+NO_WRITE_LOG = "no_write_log"
+"""The error code of a shard server that keeps no write log (engine.NoWriteLogError): item writes
+are off for its layout."""
+
+
 class ShardRejected(ShardError):  # noqa: N818 - the router names these kinds (router/shard_protocol.py)
     """4xx: the request itself is wrong; another replica would refuse it too."""
 

@@ -67,6 +67,14 @@ class WriteRejectedError(EngineError):
     status = 400
 
 
+class NoWriteLogError(EngineError):
+    """This shard server keeps no write log (started without --write-log-dir: its cluster has
+    item writes off), so it takes no write. The router answers the client 403 `writes_disabled`."""
+
+    code = "no_write_log"  # client.NO_WRITE_LOG
+    status = 409
+
+
 class SequenceGapRefusedError(EngineError):
     """A replicated record does not follow the last applied one: the sender must send the gap."""
 
@@ -347,7 +355,7 @@ class SearchEngine:
         is cut on open). The log outlives layouts: a new version with the same shard count replays
         it from its base sequence."""
         if self.settings.write_log_dir is None:
-            raise WriteRejectedError("this shard server keeps no write log (--write-log-dir unset)")
+            raise NoWriteLogError("this shard server keeps no write log (--write-log-dir unset)")
         key = (shards, shard)
         log = self._logs.get(key)
         if log is None:

@@ -114,6 +114,7 @@ def cluster_manifest(
     dimension: int = 64,
     *,
     api_keys_file: Path | None = None,
+    writes: bool = False,
 ) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "apiVersion": "shardrec.io/v1alpha1",
@@ -135,6 +136,8 @@ def cluster_manifest(
     }
     if api_keys_file is not None:
         manifest["spec"]["auth"] = {"apiKeysFile": str(api_keys_file.resolve())}
+    if writes:  # the demo writes a new movie while serving
+        manifest["spec"]["writes"] = {"enabled": True}
     return manifest
 
 
@@ -272,7 +275,13 @@ def run(args: argparse.Namespace) -> int:
     manifest = workdir / "data" / "cluster.yaml"
     keys_file, key = demo_api_key(workdir / "data")
     v1 = cluster_manifest(
-        embeddings, "v1", args.shards, args.replicas, _dimension(embeddings), api_keys_file=keys_file
+        embeddings,
+        "v1",
+        args.shards,
+        args.replicas,
+        _dimension(embeddings),
+        api_keys_file=keys_file,
+        writes=True,
     )
     manifest.write_text(yaml.safe_dump(v1, sort_keys=False), encoding="utf-8")
     print(f"== starting {args.shards} shards x {args.replicas} replicas and the router")

@@ -583,9 +583,11 @@ class LocalSupervisor:
         config = {
             "router": cluster.spec.router.model_dump(by_alias=True, mode="json"),
             "auth": cluster.spec.auth.model_dump(by_alias=True, mode="json"),
-            # Local shards always keep write logs (and the supervisor carries them), so the
-            # ack policy applies whatever spec.writes.enabled says.
-            "writes": {"ack": cluster.spec.writes.ack},
+            # Local shards always keep a write log (so a cluster that had writes on keeps replaying
+            # and carrying them after they are turned off), but the router takes new writes only
+            # while spec.writes.enabled says so: off, a PUT/DELETE is 403 writes_disabled, as on
+            # Kubernetes (where a writes-off layout's shards keep no log).
+            "writes": {"ack": cluster.spec.writes.ack, "enabled": cluster.spec.writes.enabled},
         }
         atomic_write_json(self.state.router_config_file, config)
         keys_file = cluster.spec.auth.api_keys_file
