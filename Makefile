@@ -68,7 +68,7 @@ unit: $(STAMP) ## Fast tests only (no processes, no control plane)
 
 .PHONY: test
 test: lint typecheck crds-check ## Lint, type-check, and run every test (control-plane tests skip without binaries)
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=40 --durations-min=10
 
 .PHONY: crds
 crds: $(STAMP) ## Regenerate crds/ (and the chart's copy) from the API models
