@@ -172,6 +172,14 @@ def _roll(manifest: Path, state: Path, source: Path, steps: list[dict[str, Any]]
     _recctl("apply", "-f", str(manifest), "--state-dir", str(state))
 
 
+def _every_user_asked_again(traffic: Traffic) -> None:
+    """Two more rounds of every user (the stream asks them in turn) after the change: each user's
+    last answer is then from after it, however slow this machine runs the stream (a fixed sleep
+    left users unasked on a loaded machine)."""
+    after = traffic.sent
+    _wait_for(lambda: traffic.sent >= after + 2 * USERS, "every user to be asked twice more", timeout_s=120)
+
+
 def _under_traffic(url: str) -> tuple[Traffic, threading.Thread]:
     traffic = Traffic(url)
     worker = threading.Thread(target=traffic.run, daemon=True)
@@ -193,7 +201,7 @@ def test_shuffled_item_ids_are_rolled_back_with_no_failed_request(cluster: tuple
         )
         _wait_for(lambda: _canary_phase(state) == "RolledBack", "the canary to be rolled back")
         _wait_for(lambda: len(_shard_processes(state)) == 1, "the rolled-back layout's shard to be stopped")
-        time.sleep(1.0)  # answers after the rollback
+        _every_user_asked_again(traffic)  # answers after the rollback
     finally:
         traffic.stop()
         worker.join(timeout=10)
@@ -229,7 +237,7 @@ def test_a_good_v2_goes_through_shadow_and_traffic_steps_and_is_promoted(
     try:
         _roll(manifest, state, manifest.parent / "emb-v2", steps)
         _wait_for(lambda: _status(state)["activeVersion"] == "v2", "v2 to be promoted", timeout_s=120)
-        time.sleep(1.0)
+        _every_user_asked_again(traffic)
     finally:
         traffic.stop()
         worker.join(timeout=10)
