@@ -10,15 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from shardrec.api.canary import CanaryStats, merged
 from shardrec.api.v1alpha1 import CanarySpec, CanaryStatus, RolloutSpec
 from shardrec.planning.canary import (
     CanaryDecision,
     CanaryInput,
-    CanaryStats,
     advance,
     analysis_failures,
     command_of,
-    merged,
 )
 from tests.planning.world import T0
 

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shardrec.api.canary import CanaryStats
 from shardrec.api.v1alpha1 import RecommenderClusterSpec
 from shardrec.planning import LayoutSpec, Observed, Plan, RecordEvent, SwitchRouter, plan
 from shardrec.planning.actions import DeleteLayout, RouteCanary, StageRouter
-from shardrec.planning.canary import CanaryStats
 from tests.planning.world import (
     CLUSTER,
     FakeWorld,

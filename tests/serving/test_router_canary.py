@@ -15,8 +15,8 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from shardrec.api.canary import CanaryStats
 from shardrec.api.topology import CanaryRoute, LayoutTopology, RouterServing, ShardEndpoints, Topology
-from shardrec.planning.canary import CanaryStats
 from shardrec.planning.fleet import topology_document
 from shardrec.serving.router.canary import CanaryRouter, bucket, compare, in_canary
 from shardrec.serving.router.errors import ApiError

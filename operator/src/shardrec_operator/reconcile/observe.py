@@ -17,6 +17,7 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from shardrec.api import v1alpha1 as api
+from shardrec.api.canary import CanaryStats
 from shardrec.api.commands import reported_quality
 from shardrec.api.topology import ROUTER_SERVING_ANNOTATION, TOPOLOGY_CONFIGMAP_KEY, RouterServing, Topology
 from shardrec.planning import (
@@ -31,7 +32,6 @@ from shardrec.planning import (
     OfflineQuality,
     RouterObservation,
 )
-from shardrec.planning.canary import CanaryStats
 from shardrec.planning.fleet import confirmed_layout
 from shardrec.planning.timestamps import parse_time
 from shardrec_operator.desired import labels, names

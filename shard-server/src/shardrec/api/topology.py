@@ -171,7 +171,7 @@ class RouterServing(_Model):
         None,
         description=(
             "Canary measurements of the current step (as `GET /canary`: sums over this router, read "
-            "by `shardrec.planning.canary.CanaryStats.from_report`); None without a canary."
+            "by `shardrec.api.canary.CanaryStats.from_report`); None without a canary."
         ),
     )
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from shardrec.api.canary import merged
 from shardrec.api.v1alpha1 import (
     CanaryStatus,
     Condition,
@@ -22,7 +23,7 @@ from shardrec.api.v1alpha1 import (
     RecommenderClusterStatus,
 )
 from shardrec.planning.actions import RecordEvent, RouteCanary
-from shardrec.planning.canary import CanaryDecision, CanaryInput, Verdict, advance, describe_step, merged
+from shardrec.planning.canary import CanaryDecision, CanaryInput, Verdict, advance, describe_step
 from shardrec.planning.fleet import unprepared_routers
 from shardrec.planning.layouts import LayoutSpec
 from shardrec.planning.observed import Observed

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from shardrec.api.canary import CanaryStats
 from shardrec.api.v1alpha1 import LayoutQualityStatus, RecommenderClusterStatus
-from shardrec.planning.canary import CanaryStats
 from shardrec.planning.fleet import RouterObservation
 from shardrec.planning.layouts import LayoutSpec
 
@@ -242,7 +242,7 @@ class Observed:
     Succeeded (the artifacts are gone) or Failed. Absent: none started or none remembered."""
     canary_reports: tuple[CanaryStats, ...] = ()
     """Each router's canary measurements (`GET /canary`), as reported; the planner sums those
-    about the running candidate and step (`planning.canary.merged`)."""
+    about the running candidate and step (`api.canary.merged`)."""
     canary_command: str | None = None
     """The `shardrec.io/canary-command` annotation's value (None when unset)."""
     carries_writes: bool = False

@@ -266,7 +266,7 @@ def _add_probes(app: FastAPI, state: RouterState) -> None:
     @app.get("/canary", summary="Canary measurements of the current step (null without a canary)")
     async def canary() -> Response:
         # Sums over this router's workers (serving/router/workers.py: combine_canary); the local
-        # runtime and the operator add the routers' reports up (shardrec.planning.canary.merged).
+        # runtime and the operator add the routers' reports up (shardrec.api.canary.merged).
         return Response(orjson.dumps({"canary": state.pod_serving().canary}), media_type=JSON)
 
     @app.get(

@@ -22,8 +22,8 @@ counted. The two answers are compared (`compare`): top-10 overlap, Spearman corr
 shared items' ranks, and the shift of the mean top score.
 
 Measurements (`CanaryWindow`) belong to one (candidate, step): a new step starts a new window.
-`GET /canary` reports it as sums (`report`), which `shardrec.planning.canary.CanaryStats` reads
-and adds up over routers.
+`GET /canary` reports it as sums (`report`): a `shardrec.api.canary.CanaryStats`, which the
+planner reads and adds up over routers.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from shardrec.api.canary import CanaryStats
 from shardrec.api.topology import CanaryRoute
 from shardrec.serving.router.errors import ApiError
 from shardrec.serving.router.metrics import RouterMetrics
@@ -142,24 +143,24 @@ class CanaryWindow:
     active_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
     def report(self) -> dict[str, Any]:
-        """The JSON `GET /canary` answers (keys as `CanaryStats.from_report` reads them)."""
-        return {
-            "layout": self.layout,
-            "step": self.step,
-            "requests": self.requests,
-            "errors": self.errors,
-            "activeRequests": self.active_requests,
-            "activeErrors": self.active_errors,
-            "compared": self.compared,
-            "overlapSum": self.overlap_sum,
-            "rankCorrelationSum": self.rank_correlation_sum,
-            "scoreShiftSum": self.score_shift_sum,
-            "userQueries": self.user_queries,
-            "unknownUsers": self.unknown_users,
-            "shadowDropped": self.shadow_dropped,
-            "candidateP99Ms": _p99(self.candidate_seconds),
-            "activeP99Ms": _p99(self.active_seconds),
-        }
+        """The JSON `GET /canary` answers: this window as `CanaryStats` (one home for the keys)."""
+        return CanaryStats(
+            layout=self.layout,
+            step=self.step,
+            requests=self.requests,
+            errors=self.errors,
+            active_requests=self.active_requests,
+            active_errors=self.active_errors,
+            compared=self.compared,
+            overlap_sum=self.overlap_sum,
+            rank_correlation_sum=self.rank_correlation_sum,
+            score_shift_sum=self.score_shift_sum,
+            user_queries=self.user_queries,
+            unknown_users=self.unknown_users,
+            shadow_dropped=self.shadow_dropped,
+            candidate_p99_ms=_p99(self.candidate_seconds),
+            active_p99_ms=_p99(self.active_seconds),
+        ).to_report()
 
 
 class CanaryRouter:

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
+from shardrec.api.canary import CanaryStats, merged
 from shardrec.api.topology import RouterServing
 from shardrec.serving.router.serving_report import ServingReporter
 from shardrec.serving.sockets import bound_tcp_socket
@@ -118,37 +119,15 @@ CanaryReport = dict[str, str | int | float | None]
 
 
 def combine_canary(reports: Sequence[CanaryReport | None]) -> CanaryReport | None:
-    """The pod's canary measurements from its workers' (`GET /canary` of each, see
-    serving/router/canary.py): counts and sums add up, p99s keep the worst, as
-    `shardrec.planning.canary.merged` does across routers. Only reports of the newest step count
-    (a worker that has not applied it yet still reports the previous one); None without any."""
-    known = [report for report in reports if report is not None]
+    """The pod's canary measurements from its workers' (`GET /canary` of each): added up by
+    `shardrec.api.canary.merged`, as the planner adds up routers. Only reports of the newest step
+    count (a worker that has not applied it yet still reports the previous one); None without any."""
+    known = [CanaryStats.from_report(report) for report in reports if report is not None]
     if not known:
         return None
-    newest = max(known, key=lambda report: _number(report.get("step")))
-    current = [
-        report
-        for report in known
-        if report.get("layout") == newest.get("layout") and report.get("step") == newest.get("step")
-    ]
-    combined: CanaryReport = {"layout": newest.get("layout"), "step": newest.get("step")}
-    for report in current:
-        for key, value in report.items():
-            if key in combined and key in ("layout", "step"):
-                continue
-            if key.endswith("P99Ms"):
-                seen = combined.get(key)
-                if not isinstance(value, int | float):
-                    combined.setdefault(key, None)
-                elif not isinstance(seen, int | float) or value > seen:
-                    combined[key] = value
-            elif isinstance(value, int | float):
-                combined[key] = _number(combined.get(key)) + value
-    return combined
-
-
-def _number(value: object) -> float:
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
+    newest = max(known, key=lambda stats: stats.step)
+    total = merged(known, newest.layout, newest.step)
+    return None if total is None else total.to_report()
 
 
 @dataclass

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 from pydantic import ValidationError
 
+from shardrec.api.canary import CanaryStats
 from shardrec.api.topology import RouterServing
-from shardrec.planning.canary import CanaryStats
 from shardrec.serving.tls import client_context
 
 PROBE_TIMEOUT_S = 0.5
