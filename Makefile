@@ -164,7 +164,7 @@ bench-train: $(STAMP) ## ALS CPU per iteration of recctl train's trainer on Movi
 	nice -n 10 $(BIN)/python benchmarks/train_rate.py
 
 .PHONY: plots
-plots: $(STAMP) ## Tail-latency simulation: plots -> docs/img/, tables -> docs/design.md (10 seeds; ~20 min on 2 cores, niced)
+plots: $(STAMP) ## Tail-latency simulation: plots -> docs/img/, tables -> docs/design.md (10 seeds; ~25 min on 2 cores, niced; the shared-core check alone: tail_plots.py --contention-only)
 	nice -n 10 $(BIN)/python benchmarks/tail_plots.py --write-doc docs/design.md
 
 .PHONY: tail-check

@@ -2,14 +2,18 @@
 costs of `benchmarks/coefficients.json`, and its check against `benchmarks/tail_check.json`.
 
     python benchmarks/tail_plots.py [--coefficients FILE] [--check FILE] [--out docs/img]
-        [--requests 110000] [--seeds 10] [--write-doc docs/design.md]
+        [--requests 110000] [--seeds 10] [--contention-requests 20000] [--contention-seeds 10]
+        [--write-doc docs/design.md]
     python benchmarks/tail_plots.py --tables-only --write-doc docs/design.md   # tables from tailsim.json
+    python benchmarks/tail_plots.py --contention-only --write-doc docs/design.md  # only the shared-core check
 
 Writes docs/img/tail-vs-shards.png, tail-vs-hedging.png, tail-vs-load.png, tail-vs-replicas.png,
 tail-slow-replica.png and docs/img/tailsim.json (every number behind them: mean and 95% interval
 over the seeds, the sample counts, the derived defaults, the slow-replica scenario, and the
-simulated-vs-measured check). With --write-doc it rewrites the marked tables `tail-summary` and
-`tail-check` of that document (tests/capacity/test_tail_plots.py fails when they drift).
+simulated-vs-measured check, per-process cores and shared cores). With --write-doc it rewrites the
+marked tables `tail-summary`, `tail-check` and `tail-contention` of that document
+(tests/capacity/test_tail_plots.py fails when they drift). --contention-only redoes only the
+shared-core check (a minute, not the sweeps' 20) and keeps the rest of tailsim.json.
 Seeded: the same inputs give the same numbers.
 """
 
@@ -37,6 +41,7 @@ from shardrec.tools.capacity.tailsim import (
     Interval,
     Scenario,
     ServiceTime,
+    SharedCores,
     SlowReplica,
     Summary,
     arrival_rate_per_ms,
@@ -58,6 +63,10 @@ SPEC_TIMEOUT_MS = 1000.0  # router.timeoutMs default
 ROUTER_TARGET = 0.5  # the router tier is sized to run at most at this CPU load
 RECALL = 0.95
 BASE_SHARDS, BASE_REPLICAS, BASE_LOAD = 16, 2, 0.3
+# The shared-core check is an event simulation (about 1 s per 20,000 requests): 20,000 requests a
+# seed is still 6x each measured run's 3,000.
+CONTENTION_REQUESTS = 20_000
+CONTENTION_SEEDS = 10
 
 
 def costs_from(c: Coefficients, shards: int) -> Costs:
@@ -256,6 +265,127 @@ def check_against_measurement(
     }
 
 
+def _measured_rest(measured: dict[str, Any]) -> ServiceTime:
+    """The unloaded shard latency (measured sequentially) minus the CPU measured with it."""
+    wall = ServiceTime(
+        tuple(measured["unloaded_shard_ms"]["quantiles"]), tuple(measured["unloaded_shard_ms"]["ms"])
+    )
+    return Costs.split(wall, measured["unloaded_shard_cpu_ms"]).shard_rest
+
+
+def host_cores(measured: dict[str, Any]) -> int:
+    """The measuring machine's cores, from tail_check.json's `host` ("2 cores, load average ...")."""
+    found = re.match(r"(\d+) cores", measured["host"])
+    if found is None:
+        raise ValueError(f"tail_check.json: no core count in host {measured['host']!r}")
+    return int(found.group(1))
+
+
+def fleet_cpu_ms(run: dict[str, Any], shards: int) -> float:
+    """CPU per request of every process on the machine: router, each shard, load generator."""
+    return float(run["router_cpu_ms"] + shards * run["shard_cpu_ms"] + run["loadgen_cpu_ms"])
+
+
+def background_estimate(measured: dict[str, Any]) -> dict[str, Any]:
+    """Cores other work took, estimated from the closed loop with the most clients: it always has
+    requests in flight, so it ran on whatever cores it got; the rest of the machine was taken."""
+    closed = max((r for r in measured["runs"] if r["loop"] == "closed"), key=lambda r: r["clients"])
+    used = closed["achieved_qps"] * fleet_cpu_ms(closed, measured["shards"]) / 1000.0
+    return {
+        "from_clients": closed["clients"],
+        "fleet_cores_used": round(used, 3),
+        "background_cores": round(max(0.0, host_cores(measured) - used), 2),
+    }
+
+
+def contention_check(
+    measured: dict[str, Any],
+    requests: int,
+    seeds: int,
+    seed: int,
+    *,
+    runs: slice = slice(None),
+    with_background: bool = True,
+) -> dict[str, Any]:
+    """Each measured run on the machine's shared cores (`tailsim.simulate_shared_cores`).
+
+    Occupancy is the CPU per request measured in that run (router, each shard, load generator),
+    not the batched coefficient: at 50-400 req/s a shard spends 0.27-0.62 ms per query, 4-10x the
+    0.065 ms measured at 16 concurrent clients, and it is this run's CPU that took the cores.
+    Closed loops run as closed loops of their clients; open loops as Poisson at the offered rate.
+    Two variants: the fleet alone on the cores, and with background work of `background_estimate`."""
+    rest = _measured_rest(measured)
+    cores = host_cores(measured)
+    background = background_estimate(measured)
+    rows = []
+    for run in measured["runs"][runs]:
+        costs = Costs(
+            ServiceTime.constant(run["shard_cpu_ms"]),
+            rest,
+            router_cpu_ms=run["router_cpu_ms"],
+            router_workers=measured["router_workers"],
+        )
+        scenario = Scenario(
+            shards=measured["shards"],
+            replicas=measured["replicas"],
+            threads=measured["search_threads"],
+            utilisation=0.5,  # a closed loop has no rate to set; an open loop's is set below
+            requests=requests,
+            seed=seed,
+        )
+        if run["loop"] == "closed":
+            scenario = replace(scenario, clients=run["clients"])
+        else:
+            load = utilisation_at(costs, scenario, run["offered_qps"])
+            scenario = replace(scenario, utilisation=min(max(load, 1e-6), 0.99))
+        out: dict[str, Any] = {
+            key: run[key]
+            for key in (
+                "loop",
+                "clients",
+                "offered_qps",
+                "achieved_qps",
+                "p50_ms",
+                "p99_ms",
+                "load_average_1m",
+            )
+            if key in run
+        }
+        out["fleet_cpu_ms"] = round(fleet_cpu_ms(run, measured["shards"]), 4)
+        variants = [("alone", 0.0)] + (
+            [("background", background["background_cores"])] if with_background else []
+        )
+        for name, background_cores in variants:
+            shared = SharedCores(
+                cores, loadgen_cpu_ms=run["loadgen_cpu_ms"], background_cores=background_cores
+            )
+            summary = simulate_seeds(costs, replace(scenario, cores=shared), seeds)
+            assert summary.achieved_per_s is not None and summary.core_utilisation is not None
+            out[name] = {
+                **row(summary),
+                "achieved_qps": round(summary.achieved_per_s.mean, 1),
+                "core_utilisation": round(summary.core_utilisation, 3),
+                "p50_ratio": round(run["p50_ms"] / summary.p50_ms.mean, 2),
+                "p99_ratio": round(run["p99_ms"] / summary.p99_ms.mean, 2),
+            }
+        rows.append(out)
+    model = SharedCores(cores)
+    return {
+        "measured_by": measured["command"],
+        "date": measured["date"],
+        "host": measured["host"],
+        "shards": measured["shards"],
+        "cores": cores,
+        "quantum_ms": model.quantum_ms,
+        "router_before_fanout": model.router_before_fanout,
+        "background": background,
+        "requests": requests,
+        "seeds": seeds,
+        "seed": seed,
+        "rows": rows,
+    }
+
+
 def _ci(r: dict[str, Any], key: str) -> str:
     low, high = r[f"{key}_ci"]
     return f"{r[f'{key}_ms']:.2f} [{low:.2f}, {high:.2f}]"
@@ -349,8 +479,64 @@ def check_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def contention_table(results: dict[str, Any]) -> str:
+    """Measured against per-process cores (the tail-check table) and against shared cores."""
+    inputs, check = results["inputs"], results["contention"]
+    before = {_run_name(r): r["simulated"] for r in results.get("check", {}).get("rows", [])}
+    background = check["background"]
+    lines = [
+        f"<!-- tail-contention:begin (generated by `{inputs['contention_command']}` from "
+        f"`{check['measured_by']}`, measured {check['date']}; do not edit) -->",
+        f"The runs of the table above on {check['cores']} shared cores: router workers, shards and "
+        f"the load generator in one FIFO run queue, a job holding a core for at most "
+        f"{check['quantum_ms']:g} ms, {check['router_before_fanout']:.0%} of the router's CPU before "
+        f"the fan-out; each run's own CPU per request (router + {check['shards']} shards + generator "
+        "in the second column). Simulated: mean [95% interval] over "
+        f'{check["seeds"]} seeds x {check["requests"]:,} requests. "alone": nothing else on the '
+        f'cores; "+ background": {background["background_cores"]:g} cores of other work '
+        f"({check['cores']} minus the {background['fleet_cores_used']:g} cores the closed loop of "
+        f"{background['from_clients']} clients used).",
+        "",
+        "| run | CPU ms/req | measured req/s, p50 / p99 | own cores p50 / p99 | alone: p50 | alone: p99 "
+        "| alone: req/s, cores busy | + background: p50 | + background: p99 | + background: req/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in check["rows"]:
+        name = _run_name(r)
+        old = before.get(name)
+        own = f"{old['p50_ms']:.2f} / {old['p99_ms']:.2f}" if old else "-"
+        alone = r["alone"]
+        cells = [
+            name,
+            f"{r['fleet_cpu_ms']:.2f}",
+            f"{r['achieved_qps']:g}, {r['p50_ms']:.2f} / {r['p99_ms']:.2f}",
+            own,
+            _ci(alone, "p50"),
+            _ci(alone, "p99"),
+            f"{alone['achieved_qps']:g}, {alone['core_utilisation']:.0%}",
+        ]
+        if "background" in r:
+            b = r["background"]
+            cells += [_ci(b, "p50"), _ci(b, "p99"), f"{b['achieved_qps']:g}"]
+        else:
+            cells += ["-", "-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("<!-- tail-contention:end -->")
+    return "\n".join(lines)
+
+
+def _run_name(r: dict[str, Any]) -> str:
+    if r["loop"] == "closed":
+        return f"closed, {r['clients']} client{'s' if r['clients'] > 1 else ''}"
+    return f"open, {r['offered_qps']:g} req/s"
+
+
 def tables(results: dict[str, Any]) -> list[str]:
-    return [summary_table(results), *([check_table(results)] if "check" in results else [])]
+    return [
+        summary_table(results),
+        *([check_table(results)] if "check" in results else []),
+        *([contention_table(results)] if "contention" in results else []),
+    ]
 
 
 def drifted(doc: str, results: dict[str, Any]) -> list[str]:
@@ -505,6 +691,16 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     ]
 
 
+def _add_contention(results: dict[str, Any], args: argparse.Namespace, command: str) -> None:
+    if not args.check.exists():
+        return
+    measured = json.loads(args.check.read_text())
+    results["contention"] = contention_check(
+        measured, args.contention_requests, args.contention_seeds, args.seed
+    )
+    results["inputs"]["contention_command"] = command
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/tail_plots.py", description=__doc__.split("\n")[0])
     parser.add_argument("--coefficients", type=Path, default=HERE / "coefficients.json")
@@ -515,6 +711,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--write-doc", type=Path, default=None)
+    parser.add_argument("--contention-requests", type=int, default=CONTENTION_REQUESTS)
+    parser.add_argument("--contention-seeds", type=int, default=CONTENTION_SEEDS)
+    parser.add_argument(
+        "--contention-only",
+        action="store_true",
+        help="only the shared-core check: rewrite its part of the tailsim.json in --out (and the tables)",
+    )
     parser.add_argument(
         "--tables-only",
         action="store_true",
@@ -528,6 +731,17 @@ def main(argv: list[str] | None = None) -> int:
             write_marked_section(args.write_doc, table)
         print(f"wrote the tail-summary and tail-check tables of {args.write_doc}")
         return 0
+    command = " ".join(["python benchmarks/tail_plots.py", *(sys.argv[1:] if argv is None else argv)])
+    if args.contention_only:
+        results = json.loads((args.out / "tailsim.json").read_text())
+        _add_contention(results, args, command)
+        (args.out / "tailsim.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote the shared-core check into {args.out / 'tailsim.json'}")
+        if args.write_doc is not None:
+            for table in tables(results):
+                write_marked_section(args.write_doc, table)
+            print(f"wrote the tail tables of {args.write_doc}")
+        return 0
     c = load_coefficients(args.coefficients)
     results = sweeps(Runner(c, args.requests, args.seeds, args.seed))
     results["inputs"] = {
@@ -538,12 +752,13 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "check_requests": args.requests,
         "check_seeds": args.seeds,
-        "command": " ".join(["python benchmarks/tail_plots.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": command,
     }
     if args.check.exists():
         results["check"] = check_against_measurement(
             json.loads(args.check.read_text()), args.requests, args.seeds, args.seed
         )
+        _add_contention(results, args, command)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tailsim.json").write_text(json.dumps(results, indent=2) + "\n")
     for path in plot(results, args.out):
@@ -552,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_doc is not None:
         for table in tables(results):
             write_marked_section(args.write_doc, table)
-        print(f"wrote the tail-summary and tail-check tables of {args.write_doc}")
+        print(f"wrote the tail tables of {args.write_doc}")
     return 0
 
 

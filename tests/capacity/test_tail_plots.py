@@ -34,6 +34,7 @@ def test_plots_summary_and_tables_are_written(tmp_path: Path) -> None:
     doc = tmp_path / "design.md"
     doc.write_text("# A design\n\n<!-- tail-summary:begin -->\n<!-- tail-summary:end -->\n\nprose\n")
     argv = ["--out", str(tmp_path), "--requests", "1000", "--seeds", "2", "--write-doc", str(doc)]
+    argv += ["--contention-requests", "300", "--contention-seeds", "2"]
     assert module.main(argv) == 0
     for name in (
         "tail-vs-shards",
@@ -56,6 +57,10 @@ def test_plots_summary_and_tables_are_written(tmp_path: Path) -> None:
     assert text.startswith("# A design\n") and "prose" in text
     assert module.drifted(text, summary) == []
     assert "2 seeds x 1,000 requests" in text
+    contention = summary["contention"]
+    assert contention["cores"] == 2 and contention["seeds"] == 2 and contention["requests"] == 300
+    assert [r["loop"] for r in contention["rows"]] == [r["loop"] for r in summary["check"]["rows"]]
+    assert "<!-- tail-contention:begin" in text and "2 seeds x 300 requests" in text
     # Without simulating: the tables again from the tailsim.json just written.
     again = tmp_path / "again.md"
     again.write_text("<!-- tail-summary:begin -->\n<!-- tail-summary:end -->\n")
@@ -78,7 +83,12 @@ def test_a_changed_number_is_reported_as_drift() -> None:
     tampered = doc.replace(row, row.replace("| open", "| opened", 1), 1)
     assert tampered != doc
     assert module.drifted(tampered, results) == ["tail-check"]
-    assert module.drifted("no markers", results) == ["tail-summary", "tail-check"]
+    shared = module.contention_table(results)
+    row = next(line for line in shared.splitlines() if line.startswith("| closed"))
+    tampered = doc.replace(row, row.replace("| closed", "| closing", 1), 1)
+    assert tampered != doc
+    assert module.drifted(tampered, results) == ["tail-contention"]
+    assert module.drifted("no markers", results) == ["tail-summary", "tail-check", "tail-contention"]
 
 
 def test_the_committed_check_is_what_the_simulation_gives_on_the_committed_measurement() -> None:
@@ -91,6 +101,26 @@ def test_the_committed_check_is_what_the_simulation_gives_on_the_committed_measu
         measured, inputs["check_requests"], inputs["check_seeds"], inputs["seed"]
     )
     assert json.loads(json.dumps(again)) == results["check"], "run: make plots"
+
+
+def test_the_committed_shared_core_check_is_what_the_simulation_gives() -> None:
+    # One row, one variant (the event simulation takes about a second a seed): the closed loop of
+    # one client with nothing else on the cores.
+    module = _tail_plots()
+    committed = _committed()["contention"]
+    assert isinstance(committed, dict)
+    measured = json.loads((REPO / "benchmarks" / "tail_check.json").read_text())
+    again = module.contention_check(
+        measured,
+        committed["requests"],
+        committed["seeds"],
+        committed["seed"],
+        runs=slice(0, 1),
+        with_background=False,
+    )
+    first = committed["rows"][0]
+    assert json.loads(json.dumps(again["rows"][0]["alone"])) == first["alone"], "run: make plots"
+    assert again["background"] == committed["background"]
 
 
 def test_one_committed_sweep_point_is_what_the_simulation_gives() -> None:

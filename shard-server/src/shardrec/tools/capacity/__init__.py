@@ -10,7 +10,8 @@
   cost per 1k requests).
 - `report`: the plan and the pipeline as tables.
 - `tailsim`: a seeded numpy simulation of p50/p99/p99.9 against shards, replicas, hedging, CPU load
-  and a slow replica (replicas are occupied by the CPU of a search; several seeds with intervals).
+  and a slow replica (replicas are occupied by the CPU of a search; several seeds with intervals),
+  and optionally every process of the fleet on one pool of shared cores (an event simulation).
 
 No module here performs I/O except `coefficients.load_coefficients`.
 """

@@ -29,8 +29,13 @@ State and model (seeded, plain numpy):
   the requests that arrive within a window (a CPU-starved or throttled pod); the outcome reports the
   latency of the requests inside the window separately.
 
-Not modelled: CPU contention between processes (every server has its own core), garbage
-collection, the client's own HTTP exchange with the router, and the load generator.
+- Shared cores (`Scenario.cores`, optional): without it every server has its own core. With it
+  every process of the fleet (router workers, shard replicas and, if it has a CPU cost, the load
+  generator) runs on one pool of `SharedCores.count` cores, and `simulate_shared_cores` replaces the
+  closed forms with an event simulation (its docstring states that model).
+
+Not modelled: garbage collection and the client's own HTTP exchange with the router; without
+`Scenario.cores`, CPU contention between processes and the load generator.
 
 Single-server waiting times use the Lindley recursion in closed form, W_n = P_n - min_{k<=n} P_k
 with P_n = sum_{j<n} (S_j - (a_{j+1} - a_j)); several servers use a heap of free times.
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -50,6 +56,11 @@ Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
 
 MAX_BANKED_HEDGES = 10
+# Linux (EEVDF, kernel 6.6+) gives a runnable task a slice of base_slice_ns = 0.75 ms x
+# (1 + log2 of the CPU count, at most 8): 1.5 ms on the 2-core machine of `make tail-check`.
+LINUX_SLICE_MS_ON_2_CORES = 1.5
+# The event simulation of shared cores stops (SimulationError) past this many events.
+MAX_SHARED_CORE_EVENTS = 5_000_000
 HEDGE_PASSES = 3
 WARM_UP = 0.05
 SEQUENTIAL_GAP_MS = 1e6
@@ -142,6 +153,48 @@ class SlowReplica:
 
 
 @dataclass(frozen=True)
+class SharedCores:
+    """A pool of `count` cores that every process of the fleet runs on (`simulate_shared_cores`).
+
+    On a machine of its own (the local check) `count` is its cores; a fleet of pods on dedicated
+    cores is approximated by `count` = the sum of the pods' CPU requests (`pooled_cores`), which is
+    optimistic: a pool lets a busy shard borrow an idle router's core, pods cannot."""
+
+    count: int
+    quantum_ms: float = LINUX_SLICE_MS_ON_2_CORES
+    """A job holds a core for at most this long before it goes to the back of the run queue."""
+    router_before_fanout: float = 0.5
+    """The share of the router's CPU per request spent before the fan-out (parse, send to the
+    shards); the rest comes after the last shard answered (read, merge, answer)."""
+    loadgen_cpu_ms: float = 0.0
+    """The load generator's CPU per request (0: it does not run on the pool); half to send
+    (before the latency clock starts), half to read the answer (before it stops)."""
+    background_cores: float = 0.0
+    """Other work on the same cores, in cores: CPU-bound bursts of one quantum, Poisson."""
+
+    def check(self) -> None:
+        if self.count < 1:
+            raise SimulationError(f"cores: count must be at least 1, got {self.count}")
+        if self.quantum_ms <= 0:
+            raise SimulationError(f"cores: quantum_ms must be positive, got {self.quantum_ms}")
+        if not 0 <= self.router_before_fanout <= 1:
+            raise SimulationError(
+                f"cores: router_before_fanout must be within [0, 1], got {self.router_before_fanout}"
+            )
+        if self.loadgen_cpu_ms < 0:
+            raise SimulationError(f"cores: loadgen_cpu_ms must be 0 or more, got {self.loadgen_cpu_ms}")
+        if not 0 <= self.background_cores < self.count:
+            raise SimulationError(
+                f"cores: background_cores must be within [0, count), got {self.background_cores}"
+            )
+
+
+def pooled_cores(shard_pods: int, shard_pod_cores: float, router_pods: int, router_pod_cores: float) -> int:
+    """The planner's fleet (every pod with its CPU request) as one pool: the sum of the requests."""
+    return max(1, math.floor(shard_pods * shard_pod_cores + router_pods * router_pod_cores))
+
+
+@dataclass(frozen=True)
 class Scenario:
     shards: int
     replicas: int
@@ -154,6 +207,11 @@ class Scenario:
     sequential: bool = False
     deadline_ms: float | None = None
     slow: SlowReplica | None = None
+    cores: SharedCores | None = None
+    """Every process on one pool of cores (None: each server has its own core)."""
+    clients: int | None = None
+    """A closed loop of this many clients (each sends when its last request answered) instead of
+    Poisson arrivals; more than one needs `cores` (the closed forms have no closed loop)."""
 
     def check(self) -> None:
         if self.shards < 1:
@@ -176,6 +234,15 @@ class Scenario:
             or not 0 < self.slow.length <= 1 - self.slow.start
         ):
             raise SimulationError(f"slow: factor >= 1 and a window within the run, got {self.slow}")
+        if self.clients is not None and self.clients < 1:
+            raise SimulationError(f"clients must be at least 1, got {self.clients}")
+        if self.cores is None:
+            if self.clients is not None and self.clients > 1:
+                raise SimulationError("clients: a closed loop of several clients needs cores")
+            return
+        self.cores.check()
+        if self.hedge_after_ms is not None:
+            raise SimulationError("hedge_after_ms: hedging is not simulated on shared cores")
 
 
 @dataclass(frozen=True)
@@ -198,6 +265,10 @@ class Outcome:
     window_p50_ms: float | None = None
     window_p99_ms: float | None = None
     """Percentiles of the requests that arrived while a replica was slow (`Scenario.slow`)."""
+    achieved_per_s: float | None = None
+    """Shared cores: answered requests per second (what a closed loop reaches)."""
+    core_utilisation: float | None = None
+    """Shared cores: CPU used (the fleet, the generator and the background) / cores, over the run."""
     latencies_ms: Floats = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
 
 
@@ -322,6 +393,8 @@ def utilisation_at(costs: Costs, scenario: Scenario, rate_per_s: float) -> float
 
 def simulate(costs: Costs, scenario: Scenario) -> Outcome:
     scenario.check()
+    if scenario.cores is not None:
+        return simulate_shared_cores(costs, scenario)
     rng = np.random.default_rng(scenario.seed)
     n = scenario.requests
     rate_per_ms = arrival_rate_per_ms(costs, scenario)
@@ -366,6 +439,276 @@ def simulate(costs: Costs, scenario: Scenario) -> Outcome:
     )
 
 
+# What a CPU job of the shared-core simulation is, and so what follows when it is done.
+_SEND, _ROUTER_IN, _SHARD, _ROUTER_OUT, _READ, _BACKGROUND = range(6)
+# Events: a request is due (open loop), a job's time on a core ends, a shard's answer reaches the
+# router (after its rest), a background burst arrives.
+_DUE, _SLICE_END, _ANSWER, _BURST = range(4)
+
+
+class _Process:
+    """A process of the fleet: `slots` threads, each running one job at a time, jobs in FIFO order."""
+
+    __slots__ = ("active", "slots", "waiting")
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.active = 0
+        self.waiting: deque[_Job] = deque()
+
+
+class _Job:
+    """CPU work of one request on one process (or a background burst, which has no process)."""
+
+    __slots__ = ("kind", "process", "remaining", "request", "shard")
+
+    def __init__(
+        self, kind: int, remaining: float, process: _Process | None, request: int, shard: int
+    ) -> None:
+        self.kind = kind
+        self.remaining = remaining
+        self.process = process
+        self.request = request
+        self.shard = shard
+
+
+class _SharedCoreRun:
+    """The event loop of `simulate_shared_cores`: state and handlers."""
+
+    def __init__(self, costs: Costs, scenario: Scenario, cores: SharedCores) -> None:
+        self.costs, self.scenario, self.cores = costs, scenario, cores
+        n, shards = scenario.requests, scenario.shards
+        rng = np.random.default_rng(scenario.seed)
+        clients = scenario.clients if scenario.clients is not None else (1 if scenario.sequential else None)
+        self.closed_loop = clients
+        self.rate_per_ms = arrival_rate_per_ms(costs, scenario)
+        # The same draws in the same order as `simulate` (arrivals, then per shard: replica, CPU,
+        # rest), so that on enough cores both give the same latencies.
+        self.arrivals = (
+            np.cumsum(rng.exponential(1.0 / self.rate_per_ms, size=n)) if clients is None else np.zeros(n)
+        )
+        replica = np.empty((shards, n), dtype=np.int64)
+        cpu = np.empty((shards, n))
+        rest = np.empty((shards, n))
+        for shard in range(shards):
+            replica[shard] = rng.integers(0, scenario.replicas, size=n)
+            cpu[shard] = costs.shard_cpu.sample(rng, n)
+            rest[shard] = costs.shard_rest.sample(rng, n)
+        if scenario.slow is not None:
+            window = np.zeros(n, dtype=bool)
+            window[_window(scenario)] = True
+            cpu[0] = np.where(window & (replica[0] == 0), cpu[0] * scenario.slow.factor, cpu[0])
+        # Draws the closed forms do not make come from a second stream, so the first stays aligned.
+        self.extra = np.random.default_rng([scenario.seed, 1])
+        # Python lists: the event loop reads them one element at a time, where numpy is slow.
+        self.worker: list[int] = self.extra.integers(0, costs.router_workers, size=n).tolist()
+        self.replica: list[list[int]] = replica.tolist()
+        self.cpu: list[list[float]] = cpu.tolist()
+        self.rest: list[list[float]] = rest.tolist()
+        self.routers = [_Process(1) for _ in range(costs.router_workers)]
+        self.shards = [[_Process(scenario.threads) for _ in range(scenario.replicas)] for _ in range(shards)]
+        self.loadgen = _Process(1)
+        self.router_in_ms = costs.router_cpu_ms * cores.router_before_fanout
+        self.router_out_ms = costs.router_cpu_ms - self.router_in_ms
+        self.loadgen_half_ms = cores.loadgen_cpu_ms / 2.0
+        self.sent = [0.0] * n
+        self.done = [0.0] * n
+        self.unanswered = [shards] * n
+        self.heap: list[tuple[float, int, int, _Job | None, int]] = []
+        self.sequence = 0
+        self.free_cores = cores.count
+        self.run_queue: deque[_Job] = deque()
+        self.busy_ms = 0.0
+        self.issued = 0
+        self.completed = 0
+        self.events = 0
+
+    def push(self, time: float, event: int, job: _Job | None, request: int) -> None:
+        self.sequence += 1
+        heapq.heappush(self.heap, (time, self.sequence, event, job, request))
+
+    def run(self) -> None:
+        if self.closed_loop is None:
+            self.push(float(self.arrivals[0]), _DUE, None, 0)
+        else:
+            for _ in range(min(self.closed_loop, self.scenario.requests)):
+                self.issue(0.0)
+            self.dispatch(0.0)
+        if self.cores.background_cores > 0:
+            self.push(self.next_burst(0.0), _BURST, None, 0)
+        n = self.scenario.requests
+        while self.completed < n:
+            self.events += 1
+            if self.events > MAX_SHARED_CORE_EVENTS:
+                raise SimulationError(
+                    f"requests: more than {MAX_SHARED_CORE_EVENTS:,} events for {n:,} requests; "
+                    "simulate fewer requests or a longer quantum_ms"
+                )
+            time, _, event, job, request = heapq.heappop(self.heap)
+            if event == _SLICE_END:
+                assert job is not None
+                self.slice_ended(job, time)
+            elif event == _ANSWER:
+                self.unanswered[request] -= 1
+                if self.unanswered[request] == 0:
+                    worker = self.routers[self.worker[request]]
+                    self.job(_Job(_ROUTER_OUT, self.router_out_ms, worker, request, 0), time)
+            elif event == _DUE:
+                self.issue(time)
+                if request + 1 < n:
+                    self.push(float(self.arrivals[request + 1]), _DUE, None, request + 1)
+            else:  # a background burst of one quantum, on no process of the fleet
+                self.run_queue.append(_Job(_BACKGROUND, self.cores.quantum_ms, None, -1, 0))
+                self.push(self.next_burst(time), _BURST, None, 0)
+            self.dispatch(time)
+
+    def next_burst(self, time: float) -> float:
+        per_ms = self.cores.background_cores / self.cores.quantum_ms
+        return time + float(self.extra.exponential(1.0 / per_ms))
+
+    def issue(self, time: float) -> None:
+        request = self.issued
+        self.issued += 1
+        self.job(_Job(_SEND, self.loadgen_half_ms, self.loadgen, request, 0), time)
+
+    def job(self, work: _Job, time: float) -> None:
+        """Queue CPU work on its process; work of no CPU is done at once."""
+        process = work.process
+        if work.remaining <= 0.0 or process is None:
+            self.after(work.kind, work.request, work.shard, time)
+            return
+        if process.active < process.slots:
+            process.active += 1
+            self.run_queue.append(work)
+        else:
+            process.waiting.append(work)
+
+    def dispatch(self, time: float) -> None:
+        """Free cores take jobs from the head of the run queue, each for at most a quantum."""
+        quantum = self.cores.quantum_ms
+        while self.free_cores and self.run_queue:
+            work = self.run_queue.popleft()
+            piece = min(work.remaining, quantum)
+            work.remaining -= piece
+            self.busy_ms += piece
+            self.free_cores -= 1
+            self.push(time + piece, _SLICE_END, work, work.request)
+
+    def slice_ended(self, work: _Job, time: float) -> None:
+        self.free_cores += 1
+        if work.remaining > 1e-12:  # preempted: to the back of the run queue, its thread still held
+            self.run_queue.append(work)
+            return
+        process = work.process
+        if process is not None:
+            if process.waiting:
+                self.run_queue.append(process.waiting.popleft())
+            else:
+                process.active -= 1
+        self.after(work.kind, work.request, work.shard, time)
+
+    def after(self, kind: int, request: int, shard: int, time: float) -> None:
+        """What follows a request's CPU work."""
+        if kind == _SEND:
+            self.sent[request] = time
+            worker = self.routers[self.worker[request]]
+            self.job(_Job(_ROUTER_IN, self.router_in_ms, worker, request, 0), time)
+        elif kind == _ROUTER_IN:
+            for s in range(self.scenario.shards):
+                replica = self.shards[s][self.replica[s][request]]
+                self.job(_Job(_SHARD, self.cpu[s][request], replica, request, s), time)
+        elif kind == _SHARD:
+            self.push(time + self.rest[shard][request], _ANSWER, None, request)
+        elif kind == _ROUTER_OUT:
+            self.job(_Job(_READ, self.loadgen_half_ms, self.loadgen, request, 0), time)
+        elif kind == _READ:
+            self.done[request] = time
+            self.completed += 1
+            if self.closed_loop is not None and self.issued < self.scenario.requests:
+                self.issue(time)
+
+
+def _least_events_per_request(costs: Costs, scenario: Scenario, cores: SharedCores) -> int:
+    """Slice ends of a request's jobs at their mean CPU, its shards' answers and its arrival."""
+
+    def slices(cpu_ms: float) -> int:
+        return math.ceil(cpu_ms / cores.quantum_ms) if cpu_ms > 0 else 0
+
+    router_in = costs.router_cpu_ms * cores.router_before_fanout
+    return (
+        scenario.shards * (slices(costs.shard_cpu.mean_ms) + 1)
+        + slices(router_in)
+        + slices(costs.router_cpu_ms - router_in)
+        + 2 * slices(cores.loadgen_cpu_ms / 2.0)
+        + 1
+    )
+
+
+def simulate_shared_cores(costs: Costs, scenario: Scenario) -> Outcome:
+    """The fleet on `scenario.cores`: an event simulation of processes on a pool of cores.
+
+    - Processes: each router worker (1 thread: its event loop), each shard replica (`threads`
+      threads) and the load generator (1 thread, if `loadgen_cpu_ms` > 0). A process runs its jobs
+      in FIFO order, at most one per thread; a job is CPU work of one request.
+    - Cores: a job whose thread is free is runnable and waits in ONE FIFO run queue for any of the
+      `count` cores; it then holds the core for at most `quantum_ms` and, unfinished, goes to the
+      back of the queue (round robin). A quantum longer than every job is FIFO run-to-completion
+      on `count` cores; a quantum towards 0 approaches processor sharing.
+      Why a run queue and not processor sharing: the measured jobs (0.27-1.3 ms of CPU per request
+      and process, benchmarks/tail_check.json) are shorter than Linux's 1.5 ms slice, so once a job
+      has a core it runs to the end: it waits, it is not slowed down. Processor sharing would
+      stretch every job while more are runnable than cores, and could not give a CPU-bound
+      neighbour (the background) the whole slice it takes from a waiting job.
+    - A request: the generator's send (half its CPU; the clock starts when it is done, as the
+      bench measures latency from the send), the router's CPU before the fan-out on one worker
+      chosen at random, one search on one replica of every shard, each answer reaching the router
+      `Costs.shard_rest` after its CPU (wall time that occupies no core), the router's CPU after
+      the last answer, the generator's read (the other half). Hedging is not simulated here.
+    - Arrivals: Poisson at the scenario's rate, or a closed loop of `clients` (`sequential`: one).
+    - Background: Poisson bursts of one quantum each, `background_cores` cores on average.
+
+    Deterministic per seed; at most MAX_SHARED_CORE_EVENTS events."""
+    scenario.check()
+    cores = scenario.cores
+    if cores is None:
+        raise SimulationError("cores: simulate_shared_cores needs Scenario.cores")
+    least_events = scenario.requests * _least_events_per_request(costs, scenario, cores)
+    if least_events > MAX_SHARED_CORE_EVENTS:
+        raise SimulationError(
+            f"requests: at least {least_events:,} events, more than {MAX_SHARED_CORE_EVENTS:,}; "
+            "simulate fewer requests or a longer quantum_ms"
+        )
+    run = _SharedCoreRun(costs, scenario, cores)
+    run.run()
+    n = scenario.requests
+    latencies = np.asarray(run.done) - np.asarray(run.sent)
+    window_p50 = window_p99 = None
+    if scenario.slow is not None:
+        window_p50, window_p99 = (float(v) for v in np.percentile(latencies[_window(scenario)], [50, 99]))
+    settled = latencies[int(n * WARM_UP) :]
+    p50, p99, p999 = np.percentile(settled, [50, 99, 99.9])
+    late = 0.0 if scenario.deadline_ms is None else float(np.mean(settled > scenario.deadline_ms))
+    duration_ms = max(run.done)
+    achieved_per_ms = n / duration_ms
+    return Outcome(
+        scenario=scenario,
+        p50_ms=float(p50),
+        p99_ms=float(p99),
+        p999_ms=float(p999),
+        mean_ms=float(settled.mean()),
+        hedge_rate=0.0,
+        extra_load=0.0,
+        late_fraction=late,
+        router_utilisation=achieved_per_ms * costs.router_cpu_ms / costs.router_workers,
+        counted=len(settled),
+        window_p50_ms=window_p50,
+        window_p99_ms=window_p99,
+        achieved_per_s=achieved_per_ms * 1000.0,
+        core_utilisation=run.busy_ms / (cores.count * duration_ms),
+        latencies_ms=settled,
+    )
+
+
 @dataclass(frozen=True)
 class Interval:
     """Mean over seeds and its 95% t-interval."""
@@ -399,6 +742,8 @@ class Summary:
     router_utilisation: float
     window_p50_ms: Interval | None
     window_p99_ms: Interval | None
+    achieved_per_s: Interval | None = None
+    core_utilisation: float | None = None
 
     @property
     def p999_tail_samples(self) -> int:
@@ -422,4 +767,10 @@ def simulate_seeds(costs: Costs, scenario: Scenario, seeds: int) -> Summary:
         router_utilisation=runs[0].router_utilisation,
         window_p50_ms=Interval.of([r.window_p50_ms or 0.0 for r in runs]) if windowed else None,
         window_p99_ms=Interval.of([r.window_p99_ms or 0.0 for r in runs]) if windowed else None,
+        achieved_per_s=(
+            Interval.of([r.achieved_per_s or 0.0 for r in runs]) if scenario.cores is not None else None
+        ),
+        core_utilisation=(
+            float(np.mean([r.core_utilisation or 0.0 for r in runs])) if scenario.cores is not None else None
+        ),
     )
