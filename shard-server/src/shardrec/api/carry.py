@@ -72,7 +72,9 @@ class CarrierConfig(_Model):
         "first, so a chain v1 -> v2 -> v3 keeps v1's writes; None when the old layout carried nothing.",
     )
     token_file: str = Field(min_length=1, description="The shard token the carrier sends (`send` key).")
-    ca_file: str | None = Field(None, description="CA bundle that signs the shards' certificates; None: plain HTTP.")
+    ca_file: str | None = Field(
+        None, description="CA bundle that signs the shards' certificates; None: plain HTTP."
+    )
     tls_name: str | None = Field(
         None, description="Name to verify shard certificates against (they name one DNS name per cluster)."
     )
