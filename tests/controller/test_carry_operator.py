@@ -30,6 +30,7 @@ from shardrec_operator.desired.index_build import build_index_job
 from shardrec_operator.desired.network import build_shard_network_policy
 from shardrec_operator.desired.pod_security import restricted_violations
 from shardrec_operator.reconcile import resources as kinds
+from shardrec_operator.reconcile.expectations import Expectations
 from shardrec_operator.reconcile.observe import Children, carrier_observations
 from tests.controller.samples import NAME, NAMESPACE, cluster, layout_of
 from tests.controller.test_reconcile import ready_world
@@ -219,6 +220,11 @@ def test_a_version_change_with_writes_on_is_carried_step_by_step() -> None:
     assert request is not None and world.status["activeLayout"] == old
     assert [b["predicate"] for b in world.status["blockedBy"]] == ["switch_after_hand_over"]
 
+    world.expectations = Expectations()  # a restarted operator: only what it observes
+    world.settle()
+    assert _deployment_annotations(world, new)[HAND_OVER_REQUESTED_ANNOTATION] == request
+    assert world.status["activeLayout"] == old
+
     _report(world, new, phase="forwarding", cut=[5, 7], after=[9, 8], caught_up=True, handed_over=request)
     world.settle()
     assert world.status["activeLayout"] == new and world.active_layout() == new
@@ -240,6 +246,12 @@ def test_a_version_change_with_writes_on_is_carried_step_by_step() -> None:
     assert world.layouts_with_statefulsets() == {new}
     assert world.status["blockedBy"] == []
     assert [(c["layout"], c["fromLayout"], c["done"]) for c in world.status["carries"]] == [(new, old, True)]
+    reasons = world.event_reasons()
+    assert [r for r in reasons if r in ("CarrierCreated", "HandOverRequested", "WritesCarried")] == [
+        "CarrierCreated",
+        "HandOverRequested",
+        "WritesCarried",
+    ]
 
 
 def test_the_preview_says_a_new_version_is_carried() -> None:
