@@ -388,3 +388,14 @@ def test_a_target_revived_after_its_leaders_were_opened_is_handed_over_anew() ->
     assert ensure.open is None and ensure.hand_over is not None and ensure.hand_over != first
     run_until_settled(world, V2)
     assert world.confirmed == ON2.id
+
+
+def test_a_carrier_that_never_cuts_times_the_rollout_out_and_goes() -> None:
+    world = serving_v1()
+    world.stalled = {"cut"}
+    for _ in range(70):  # past rollout.timeoutSeconds (600 s at 10 s a tick)
+        result = world.step(V2)
+    record = next(entry for entry in result.status.layouts if entry.name == ON2.id)
+    assert record.state == "Failed" and "not built and ready within 600s" in record.message
+    assert not world.carriers, "the abandoned carrier goes by itself (its layout has no Job)"
+    assert world.confirmed == ON1.id
