@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 import yaml
 
+from shardrec.api import v1alpha1 as api
 from shardrec.api.topology import Topology
+from shardrec_operator.desired.carry import (
+    CarrierRequests,
+    build_carrier_configmap,
+    build_carrier_deployment,
+    build_carrier_identity,
+    carrier_config,
+)
 from shardrec_operator.desired.index_build import build_cleanup_job, build_index_job
 from shardrec_operator.desired.monitoring import build_service_monitor
 from shardrec_operator.desired.network import build_shard_network_policy
@@ -34,7 +42,7 @@ from shardrec_operator.desired.router import (
 )
 from shardrec_operator.desired.shard import build_shard_pdb, build_shard_service, build_shard_statefulset
 from shardrec_operator.desired.topology_configmap import build_layout_topology, build_topology_configmap
-from tests.controller.samples import cluster, layout_of
+from tests.controller.samples import cluster, layout_of, spec_document
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("SHARDREC_UPDATE_GOLDEN") == "1"
@@ -49,6 +57,45 @@ WRITES = cluster(
     writes={"enabled": True, "ack": "majority", "logVolume": {"size": "2Gi", "storageClassName": "fast-ssd"}}
 )
 MONITORED = cluster(monitoring={"serviceMonitor": True, "scrapeAnnotations": False})
+WRITES_V2 = cluster(
+    writes={"enabled": True, "ack": "majority", "logVolume": {"size": "2Gi", "storageClassName": "fast-ssd"}},
+    shards=3,
+    index={**spec_document()["index"], "version": "v2"},
+)
+OBJECT_STORE_INDEX: dict[str, Any] = {
+    "version": "v1",
+    "source": "s3://embeddings/movielens/v1",
+    "dimension": 32,
+    "objectStore": {
+        "endpoint": "http://seaweedfs.storage:8333",
+        "pathStyle": True,
+        "credentialsSecretRef": {"name": "s3-creds"},
+    },
+    "store": {"objectStore": {"url": "s3://artifacts/shardrec"}},
+}
+OBJECT_STORE_WRITES = cluster(writes={"enabled": True}, index=OBJECT_STORE_INDEX)
+OBJECT_STORE_WRITES_V2 = cluster(
+    writes={"enabled": True},
+    index={**OBJECT_STORE_INDEX, "version": "v2"},
+)
+
+
+def _carrier(
+    sample: api.RecommenderCluster,
+    source_sample: api.RecommenderCluster,
+    requests: CarrierRequests,
+    *,
+    prior: bool,
+) -> list[Any]:
+    """The carrier of `sample`'s layout carrying the writes `source_sample`'s layout logged."""
+    layout, source = layout_of(sample), layout_of(source_sample)
+    config = carrier_config(sample, layout, source, replicas=2, source_tls=True, layout_tls=True, prior=prior)
+    return [
+        build_carrier_configmap(sample, layout, config),
+        build_carrier_deployment(sample, layout, source, config, requests),
+    ]
+
+
 PLACEMENT: dict[str, Any] = {
     "metadata": {"labels": {"team": "recs"}, "annotations": {"example.com/cost-center": "ml"}},
     "nodeSelector": {"node.example.com/pool": "search"},
@@ -123,6 +170,25 @@ CASES: dict[str, Callable[[], list[Any]]] = {
         build_router_service_account(BASE), build_router_role(BASE), build_router_role_binding(BASE)
     ),
     "network-policy": lambda: _documents(build_shard_network_policy(BASE)),
+    # The carry of item writes into a new layout (desired/carry.py): the carrier and what admits it.
+    "network-policy-with-carriers": lambda: _documents(build_shard_network_policy(WRITES, carriers=True)),
+    "carrier-rbac": lambda: _documents(*build_carrier_identity(WRITES)),
+    "carrier": lambda: _carrier(WRITES_V2, WRITES, CarrierRequests(), prior=False),
+    "carrier-handing-over-object-store": lambda: _carrier(
+        OBJECT_STORE_WRITES_V2,
+        OBJECT_STORE_WRITES,
+        CarrierRequests(hand_over="hand-over-7-1764000000"),
+        prior=True,
+    ),
+    "build-job-carried": lambda: _documents(
+        build_index_job(WRITES_V2, layout_of(WRITES_V2), "2026-11-23T12:00:00Z", carried=True)
+    ),
+    # An Indexed Job (object store, two shards): every part folds in the same carry folder.
+    "build-job-carried-per-shard": lambda: _documents(
+        build_index_job(
+            OBJECT_STORE_WRITES_V2, layout_of(OBJECT_STORE_WRITES_V2), "2026-11-23T12:00:00Z", carried=True
+        )
+    ),
     "network-policy-with-monitoring": lambda: _documents(build_shard_network_policy(MONITORED)),
     "service-monitor": lambda: _documents(build_service_monitor(MONITORED)),
     "topology-configmap": lambda: _documents(

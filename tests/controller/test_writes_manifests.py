@@ -27,9 +27,7 @@ from shardrec_operator.desired.shard import (
     build_shard_statefulset,
 )
 from shardrec_operator.desired.validation import kubernetes_spec_errors
-from shardrec_operator.reconcile import resources as kinds
 from tests.controller.samples import cluster, layout_of
-from tests.controller.test_reconcile import ready_world
 
 WRITES = {"enabled": True, "ack": "majority", "logVolume": {"size": "2Gi", "storageClassName": "fast-ssd"}}
 
@@ -142,24 +140,3 @@ def test_a_pod_template_mount_over_the_log_directory_is_refused() -> None:
         },
     )
     assert any("overlaps" in e and WRITE_LOG_MOUNT in e for e in kubernetes_spec_errors(sample))
-
-
-def test_the_operator_refuses_a_version_change_with_writes_on_and_its_preview_says_so() -> None:
-    world = ready_world(writes={"enabled": True})
-    serving = world.status["activeLayout"]
-    claimed = world.api.of_kind(kinds.STATEFUL_SET)
-    assert claimed and all("volumeClaimTemplates" in s["spec"] for s in claimed)
-    jobs, sets = world.api.names(kinds.JOB), world.api.names(kinds.STATEFUL_SET)
-    world.change(paused=True, index={"version": "v2"})
-    world.settle()
-    text = world.status["planPreview"]["text"]
-    assert "[info] WritesNotCarried: the operator does not carry logged item writes" in text, text
-    world.change(paused=False)
-    world.settle()
-    assert [b["predicate"] for b in world.status["blockedBy"]] == ["writes_carried_to_new_layout"]
-    assert world.status["activeLayout"] == serving and world.status["phase"] == "Ready"
-    assert (world.api.names(kinds.JOB), world.api.names(kinds.STATEFUL_SET)) == (jobs, sets)
-    world.change(writes={"enabled": False})
-    world.settle()
-    assert world.status["activeVersion"] == "v2" and world.status["activeLayout"] != serving
-    assert world.status["blockedBy"] == []

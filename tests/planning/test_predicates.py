@@ -79,15 +79,20 @@ def test_table_names_every_rule_once_in_reporting_order() -> None:
         "meets_quality_gate",
         "writes_carried_to_new_layout",
         "rollout_within_timeout",
+        "build_after_carry_cut",
+        "traffic_after_carry_caught_up",
         "wait_for_router_to_confirm_switch",
         "never_switch_to_layout_with_missing_shard",
         "switch_only_when_every_router_prepared",
         "never_delete_serving_layout",
+        "keep_carry_source_until_done",
+        "open_fenced_source_before_deleting",
         "never_delete_last_ready_replica_of_serving_shard",
         "never_delete_artifacts_of_a_live_layout",
         "wait_for_artifact_deletion",
         "replace_one_shard_at_a_time",
         "keep_ready_replicas_while_replacing",
+        "switch_after_hand_over",
     ]
 
 

@@ -475,7 +475,7 @@ def test_a_layout_change_with_writes_on_says_the_operator_refuses_it() -> None:
     v2 = make_spec(**{"writes.enabled": True, "index.version": "v2"})
     refused = preview("demo", v2, running(on), serving_logs_writes=True)
     (risk,) = [r for r in refused.risks if r.code == "WritesNotCarried"]
-    assert risk.severity == "info" and risk.message.startswith("the operator does not carry")
+    assert risk.severity == "info" and risk.message.startswith("nothing carries logged item writes")
     assert "spec.writes.enabled false" in risk.message
     unknown = preview("demo", v2, running(on))
     assert any(r.message.startswith("if the serving layout logs") for r in unknown.risks)
@@ -491,3 +491,18 @@ def test_a_layout_change_with_writes_on_says_the_operator_refuses_it() -> None:
     assert "WritesNotCarried" not in {
         r.code for r in preview("demo", scaled, running(on), serving_logs_writes=True).risks
     }
+
+
+def test_the_operator_carries_a_new_layout_and_refuses_a_rollback_to_a_kept_one() -> None:
+    on = make_spec(**{"writes.enabled": True})
+    v2 = make_spec(**{"writes.enabled": True, "index.version": "v2"})
+    carried = preview("demo", v2, running(on), runs_carriers=True, serving_logs_writes=True)
+    (risk,) = [r for r in carried.risks if r.code == "WritesCarried"]
+    assert risk.message.startswith("the operator carries the logged item writes into the new layout")
+    assert "WritesNotCarried" not in {r.code for r in carried.risks}
+    kept = running(v2)
+    back = Deployed(**{**kept.__dict__, "other_running_layouts": (layout_id(on),)})
+    refused = preview("demo", on, back, runs_carriers=True, serving_logs_writes=True)
+    assert refused.kind == "switch"
+    (refusal,) = [r for r in refused.risks if r.code == "WritesNotCarried"]
+    assert "into a kept layout" in refusal.message

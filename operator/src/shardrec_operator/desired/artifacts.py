@@ -54,6 +54,17 @@ def layout_location(cluster: api.RecommenderCluster, layout_id: str) -> str:
     return f"{store_location(cluster)}/{layout_id}"
 
 
+def carry_location(cluster: api.RecommenderCluster, layout_id: str) -> str:
+    """The carry folder of a carrying layout: the writes its carrier cut from the old layout's logs,
+    which its build folds in (`--carry-dir`). Next to the layouts, not inside one: the layout's
+    folder is published by its build, the carry folder by the carrier before that build starts."""
+    location = object_store(cluster.spec)
+    meta = cluster.metadata
+    if location is None:
+        return f"{pods.cluster_dir(meta.name)}/carry/{layout_id}"
+    return f"{location.url.rstrip('/')}/{meta.namespace}/{meta.name}/carry/{layout_id}"
+
+
 def connection(spec: api.RecommenderClusterSpec) -> ObjectStoreFlags | None:
     """`--s3-*` flags for `recctl`, when any s3:// URL is in play (source or store)."""
     settings = spec.index.object_store

@@ -6,6 +6,7 @@ The topology ConfigMap is not here: what it says is a rollout decision (`reconci
 from __future__ import annotations
 
 from shardrec.api import v1alpha1 as api
+from shardrec_operator.desired.carry import build_carrier_identity
 from shardrec_operator.desired.meta import Manifest
 from shardrec_operator.desired.monitoring import build_service_monitor
 from shardrec_operator.desired.network import build_shard_network_policy
@@ -24,14 +25,17 @@ from shardrec_operator.desired.router import (
 )
 
 
-def build_cluster_objects(cluster: api.RecommenderCluster) -> list[Manifest]:
-    """In apply order: identities and permissions before the pods that use them."""
+def build_cluster_objects(cluster: api.RecommenderCluster, *, carriers: bool = False) -> list[Manifest]:
+    """In apply order: identities and permissions before the pods that use them. `carriers`: the
+    cluster may run carriers (writes on, or one still runs): their identity, and the policy admits
+    them to the shards. Off, every object is exactly as before carriers existed."""
     objects = [
         build_shard_service_account(cluster),
         build_router_service_account(cluster),
         build_router_role(cluster),
         build_router_role_binding(cluster),
-        build_shard_network_policy(cluster),
+        *(build_carrier_identity(cluster) if carriers else []),
+        build_shard_network_policy(cluster, carriers=carriers),
         build_router_config(cluster),
         build_router_service(cluster),
         build_router_deployment(cluster),

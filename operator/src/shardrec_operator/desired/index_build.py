@@ -104,13 +104,15 @@ def per_shard_build(spec: api.RecommenderClusterSpec, layout: LayoutSpec) -> boo
 
 
 def build_command(
-    cluster: api.RecommenderCluster, layout: LayoutSpec, workers: int | None = None
+    cluster: api.RecommenderCluster, layout: LayoutSpec, workers: int | None = None, *, carried: bool = False
 ) -> list[str]:
     """`recctl index build` for a layout, the same arguments the local runtime uses; `workers`
     (build threads) from the build container's CPU, when it has one. Per shard, the pod's
     completion index (expanded by the kubelet) picks the shard. The pod that leaves a verified
     layout behind reports its offline metrics in its termination message (`BUILD_REPORT_PATH`):
-    the operator cannot read layout.json on the store, but it reads pods."""
+    the operator cannot read layout.json on the store, but it reads pods. `carried`: fold in the
+    layout's carry folder (`--carry-dir`, the writes its carrier cut from the old layout's logs);
+    every part of an Indexed Job folds in the same folder, so all parts agree on the items."""
     spec = cluster.spec
     embeddings = resolve_source(layout.source, object_store=_on_object_store(spec)).path
     out = artifacts.layout_location(cluster, layout.id)
@@ -123,6 +125,7 @@ def build_command(
         workers=workers,
         only_shard=only_shard,
         report_file=BUILD_REPORT_PATH,
+        carry_dir=artifacts.carry_location(cluster, layout.id) if carried else None,
     )
     command = ["recctl", *arguments]
     if _needs_work_dir(spec, layout):
@@ -183,13 +186,15 @@ def _with_template(
     )
 
 
-def build_pod_template(cluster: api.RecommenderCluster, layout: LayoutSpec) -> dict[str, Any]:
+def build_pod_template(
+    cluster: api.RecommenderCluster, layout: LayoutSpec, *, carried: bool = False
+) -> dict[str, Any]:
     """The operator's build pod template, before `spec.podTemplates.build` is merged over it."""
     spec = cluster.spec
     name = cluster.metadata.name
     job_labels = labels.layout_labels(name, "index-build", layout)
     workers = pods.cpu_threads(build_resources(spec))
-    container = {"name": BUILD_CONTAINER, "command": build_command(cluster, layout, workers)}
+    container = {"name": BUILD_CONTAINER, "command": build_command(cluster, layout, workers, carried=carried)}
     pod_spec = _job_pod_spec(
         spec, container, name, resolve_source(layout.source, object_store=_on_object_store(spec))
     )
@@ -218,12 +223,17 @@ def _per_shard_fields(spec: api.RecommenderClusterSpec, layout: LayoutSpec) -> d
     }
 
 
-def build_index_job(cluster: api.RecommenderCluster, layout: LayoutSpec, attempt: str) -> Manifest:
-    """The Job that builds `layout`, created for build attempt `attempt`."""
+def build_index_job(
+    cluster: api.RecommenderCluster, layout: LayoutSpec, attempt: str, *, carried: bool = False
+) -> Manifest:
+    """The Job that builds `layout`, created for build attempt `attempt`; `carried`: it folds in
+    the layout's carry folder (`build_command`)."""
     spec = cluster.spec
     name = cluster.metadata.name
     job_labels = labels.layout_labels(name, "index-build", layout)
-    template = _with_template(cluster, build_pod_template(cluster, layout), BUILD_CONTAINER, job_labels)
+    template = _with_template(
+        cluster, build_pod_template(cluster, layout, carried=carried), BUILD_CONTAINER, job_labels
+    )
     return manifest(
         "batch/v1",
         "Job",

@@ -26,11 +26,13 @@ LAYOUT_SPEC_ANNOTATION: Final = "shardrec.io/layout-spec"
 """`LayoutSpec.canonical_json()` of the layout an object belongs to: the observer reads it back."""
 BUILD_ATTEMPT_ANNOTATION: Final = "shardrec.io/build-attempt"
 """The `EnsureBuild.attempt` token a build Job was created for."""
+CARRY_FROM_ANNOTATION: Final = "shardrec.io/carry-from-layout"
+"""On a carrier Deployment: the layout whose logged writes it carries (the observer reads it back)."""
 
 APP: Final = "shardrec"
 MANAGER: Final = "shardrec-operator"
 
-Component = Literal["shard", "router", "index-build", "cleanup", "artifact-gc"]
+Component = Literal["shard", "router", "index-build", "cleanup", "artifact-gc", "carrier"]
 
 
 def cluster_labels(cluster: str) -> dict[str, str]:

@@ -71,6 +71,18 @@ def service_monitor(cluster: str) -> str:
     return cluster
 
 
+def carrier(cluster: str, layout_id: str) -> str:
+    """The carrier Deployment and its ConfigMap of a carrying layout (`desired.carry`). Both may be
+    DNS subdomains (253 characters; the kubelet cuts a pod's hostname to 63), so the bound on
+    shard workload names is the only one that matters."""
+    return f"{cluster}-carry-{layout_id}"
+
+
+def carrier_service_account(cluster: str) -> str:
+    """ServiceAccount, Role and RoleBinding of every carrier of the cluster."""
+    return f"{cluster}-carrier"
+
+
 def shard_set(cluster: str, layout_id: str, shard: int) -> str:
     """StatefulSet, headless Service and PodDisruptionBudget of one shard of one layout."""
     return shard_workload_name(cluster, layout_id, shard)

@@ -49,10 +49,12 @@ def plan_preview_status(
     serving_logs_writes: bool | None = None,
 ) -> api.PlanPreviewStatus:
     """The preview of `cluster.spec` over what `previous` (the stored status) says runs;
-    `serving_logs_writes`: whether the serving layout keeps write logs (its observed LayoutSpec),
-    which the operator cannot carry into a new layout."""
+    `serving_logs_writes`: whether the serving layout keeps write logs (its observed LayoutSpec):
+    the operator carries them into a new layout through a carrier, never into a kept one."""
     spec = cluster.spec.model_copy(update={"paused": False})
     deployed = deployed_from_status(previous, None, live_ef_search, router_replicas)
-    plan = preview(cluster.metadata.name, spec, deployed, serving_logs_writes=serving_logs_writes)
+    plan = preview(
+        cluster.metadata.name, spec, deployed, runs_carriers=True, serving_logs_writes=serving_logs_writes
+    )
     plan = replace(plan, notes=(*plan.notes, frozen_by(cluster)))
     return to_status(plan, cluster.metadata.generation)

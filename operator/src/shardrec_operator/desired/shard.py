@@ -22,11 +22,10 @@ claim back and replays it; no ReadWriteMany storage is needed. The claim's life:
     layout deleted (DeleteLayout) -> claims deleted with the StatefulSet (`whenDeleted: Delete`)
 
 `whenDeleted: Delete` is deliberate: a layout's logs go exactly when the planner deletes the
-layout, and the planner deletes a layout that logged writes only after writes were turned off
-(the `writes_carried_to_new_layout` predicate refuses every other layout change while writes
-are on, because nothing on Kubernetes carries the logs into the next layout yet) and its
-rollback window passed. A carry on Kubernetes must add a rule that keeps the layout it carries
-from until its forwarding is done, or these claims go with it. volumeClaimTemplates cannot
+layout, and the planner deletes a layout that logged writes only once nothing needs them: after
+writes were turned off, or after a carrier carried them into the next layout and reported done
+(`keep_carry_source_until_done`: the claims must not go while the carrier still forwards what
+the old leaders logged), and its rollback window passed. volumeClaimTemplates cannot
 change on a StatefulSet: that is why the write-log shape is part of the layout (a new layout, so
 new StatefulSets, whenever it changes) and never read from the current spec here.
 

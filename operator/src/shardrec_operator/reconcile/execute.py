@@ -12,7 +12,10 @@ Each action maps onto builders plus the one generic applier:
 - RetireLayout -> drop the retired layout's PDBs: it no longer serves, so it must not hold up
                   a node drain; its pods keep running for instant rollback;
 - DeleteLayout -> delete the layout's Job, StatefulSets, Services and PDBs;
-- DeleteArtifacts -> the layout's garbage-collection Job (`recctl index delete`), created once.
+- DeleteArtifacts -> the layout's garbage-collection Job (`recctl index delete`), created once;
+- EnsureCarrier -> the carrier's ConfigMap and Deployment (`desired.carry`), its requests as
+                  annotations on the Deployment, applied as everything else;
+- DeleteCarrier -> delete the carrier's Deployment and ConfigMap.
 A layout no action names is left exactly as it is.
 """
 
@@ -23,8 +26,10 @@ import secrets
 from shardrec.planning import (
     Action,
     DeleteArtifacts,
+    DeleteCarrier,
     DeleteLayout,
     EnsureBuild,
+    EnsureCarrier,
     EnsureShards,
     RecordEvent,
     ReplaceShardPod,
@@ -34,6 +39,12 @@ from shardrec.planning import (
     SwitchRouter,
 )
 from shardrec_operator.desired import names, shard_tls, shard_token
+from shardrec_operator.desired.carry import (
+    CarrierRequests,
+    build_carrier_configmap,
+    build_carrier_deployment,
+    carrier_config,
+)
 from shardrec_operator.desired.cluster import build_cluster_objects
 from shardrec_operator.desired.index_build import build_artifact_gc_job, build_index_job
 from shardrec_operator.desired.shard import build_shard_pdb, build_shard_service, build_shard_statefulset
@@ -86,7 +97,10 @@ def new_token() -> str:
 def apply_cluster_objects(session: Session) -> None:
     """Identities, RBAC, NetworkPolicy and the router; remove optional ones the spec turned off."""
     wanted: set[tuple[str, str]] = set()
-    for manifest in build_cluster_objects(session.cluster):
+    # Carriers' identity and their way to the shards while writes are on, and as long as one runs
+    # (writes turned off mid-carry: it still finishes).
+    carriers = session.cluster.spec.writes.enabled or bool(session.children.carrier_deployments())
+    for manifest in build_cluster_objects(session.cluster, carriers=carriers):
         kind = resource_of(manifest)
         wanted.add((kind.kind, manifest["metadata"]["name"]))
         try:
@@ -120,7 +134,10 @@ def ensure_build(session: Session, action: EnsureBuild) -> None:
         # The artifacts were deleted earlier (the predicate holds builds while a deletion runs);
         # forget that Job so it cannot be mistaken for the deletion of the layout built now.
         session.delete(kinds.JOB, gc_job)
-    session.apply(build_index_job(session.cluster, action.layout, action.attempt), observed=None)
+    carried = action.carry_from is not None
+    session.apply(
+        build_index_job(session.cluster, action.layout, action.attempt, carried=carried), observed=None
+    )
 
 
 def ensure_shards(session: Session, action: EnsureShards) -> None:
@@ -169,6 +186,45 @@ def delete_artifacts(session: Session, action: DeleteArtifacts) -> None:
         session.apply(build_artifact_gc_job(cluster, action.layout_id, action.version), observed=None)
 
 
+def ensure_carrier(session: Session, action: EnsureCarrier) -> None:
+    cluster = session.cluster
+    name = cluster.metadata.name
+    # The scheme each layout's shards serve, as their StatefulSets were created (new ones: TLS).
+    source_tls = shard_tls.statefulset_serves_tls(
+        session.children.get(kinds.STATEFUL_SET, names.shard_set(name, action.source.id, 0))
+    )
+    layout_tls = shard_tls.statefulset_serves_tls(
+        session.children.get(kinds.STATEFUL_SET, names.shard_set(name, action.layout_id, 0))
+    )
+    config = carrier_config(
+        cluster,
+        action.layout,
+        action.source,
+        replicas=cluster.spec.replicas_per_shard,
+        source_tls=source_tls,
+        layout_tls=layout_tls,
+        prior=action.prior,
+    )
+    requests = CarrierRequests(hand_over=action.hand_over, open=action.open, finish=action.finish)
+    carrier = names.carrier(name, action.layout_id)
+    session.apply(
+        build_carrier_configmap(cluster, action.layout, config),
+        observed=session.children.get(kinds.CONFIG_MAP, carrier),
+    )
+    session.apply(
+        build_carrier_deployment(cluster, action.layout, action.source, config, requests),
+        observed=session.children.get(kinds.DEPLOYMENT, carrier),
+    )
+
+
+def delete_carrier(session: Session, action: DeleteCarrier) -> None:
+    carrier = names.carrier(session.cluster.metadata.name, action.layout_id)
+    for kind in (kinds.DEPLOYMENT, kinds.CONFIG_MAP):
+        obj = session.children.get(kind, carrier)
+        if obj is not None:
+            session.delete(kind, obj)
+
+
 def execute_action(session: Session, action: Action) -> None:
     """One action; StageRouter, SwitchRouter, RouteCanary and RecordEvent are handled by the caller."""
     if isinstance(action, EnsureBuild):
@@ -183,5 +239,9 @@ def execute_action(session: Session, action: Action) -> None:
         delete_layout(session, action)
     elif isinstance(action, DeleteArtifacts):
         delete_artifacts(session, action)
+    elif isinstance(action, EnsureCarrier):
+        ensure_carrier(session, action)
+    elif isinstance(action, DeleteCarrier):
+        delete_carrier(session, action)
     elif not isinstance(action, StageRouter | SwitchRouter | RouteCanary | RecordEvent):  # pragma: no cover
         raise TypeError(f"unknown planner action {action!r}")

@@ -18,6 +18,13 @@ from pydantic import ValidationError
 
 from shardrec.api import v1alpha1 as api
 from shardrec.api.canary import CanaryStats
+from shardrec.api.carry import (
+    CARRY_PROGRESS_ANNOTATION,
+    FINISH_REQUESTED_ANNOTATION,
+    HAND_OVER_REQUESTED_ANNOTATION,
+    OPEN_REQUESTED_ANNOTATION,
+    CarryProgress,
+)
 from shardrec.api.commands import reported_quality
 from shardrec.api.topology import ROUTER_SERVING_ANNOTATION, TOPOLOGY_CONFIGMAP_KEY, RouterServing, Topology
 from shardrec.planning import (
@@ -25,6 +32,7 @@ from shardrec.planning import (
     LayoutSpec,
     Observed,
     ObservedBuild,
+    ObservedCarrier,
     ObservedLayout,
     ObservedPod,
     ObservedRouter,
@@ -90,6 +98,14 @@ class Children:
 
     def router_pods(self) -> list[Obj]:
         return [pod for pod in self.of_kind(kinds.POD) if _labels(pod).get(labels.COMPONENT) == "router"]
+
+    def carrier_deployments(self) -> list[Obj]:
+        return [
+            obj for obj in self.of_kind(kinds.DEPLOYMENT) if _labels(obj).get(labels.COMPONENT) == "carrier"
+        ]
+
+    def carrier_pods(self) -> list[Obj]:
+        return [pod for pod in self.of_kind(kinds.POD) if _labels(pod).get(labels.COMPONENT) == "carrier"]
 
 
 def _labels(obj: Obj) -> dict[str, str]:
@@ -340,6 +356,58 @@ def router_observations(children: Children) -> tuple[RouterObservation, ...]:
     return tuple(routers)
 
 
+def carry_progress(children: Children, layout_id: str) -> CarryProgress | None:
+    """What the carrier of `layout_id` last reported on its pod (the newest live pod with a
+    readable report about this layout); None before a report. A pod being deleted is left out: a
+    Recreate rollout's old pod may still hold a report its successor has not confirmed."""
+    pods = [
+        pod
+        for pod in children.carrier_pods()
+        if _labels(pod).get(labels.LAYOUT) == layout_id and not pod["metadata"].get("deletionTimestamp")
+    ]
+    pods.sort(key=lambda pod: str(pod["metadata"].get("creationTimestamp") or ""), reverse=True)
+    for pod in pods:
+        text = _annotations(pod).get(CARRY_PROGRESS_ANNOTATION)
+        if text is None:
+            continue
+        try:
+            progress = CarryProgress.model_validate_json(text)
+        except ValidationError as error:
+            log.warning(
+                "Ignored carrier pod %s: bad %s: %s",
+                pod["metadata"]["name"],
+                CARRY_PROGRESS_ANNOTATION,
+                error,
+            )
+            continue
+        if progress.to_layout == layout_id:
+            return progress
+    return None
+
+
+def carrier_observations(children: Children) -> tuple[ObservedCarrier, ...]:
+    """Every carrier Deployment: the layouts it carries between (its label and annotation), the
+    requests it holds (its annotations) and its pod's report."""
+    carriers = []
+    for deployment in children.carrier_deployments():
+        layout_id = _labels(deployment).get(labels.LAYOUT)
+        annotations = _annotations(deployment)
+        source = annotations.get(labels.CARRY_FROM_ANNOTATION)
+        if not layout_id or not source:
+            continue
+        carriers.append(
+            ObservedCarrier(
+                layout=layout_id,
+                source=source,
+                hand_over_requested=annotations.get(HAND_OVER_REQUESTED_ANNOTATION),
+                open_requested=annotations.get(OPEN_REQUESTED_ANNOTATION),
+                finish_requested=annotations.get(FINISH_REQUESTED_ANNOTATION),
+                progress=carry_progress(children, layout_id),
+            )
+        )
+    return tuple(carriers)
+
+
 def previous_status(raw: Obj | None) -> api.RecommenderClusterStatus:
     """The status as stored; anything unreadable (a hand edit) counts as no status."""
     try:
@@ -380,6 +448,8 @@ def observe(
         artifact_deletions=artifact_deletions(children),
         canary_reports=canary_reports(routers),
         canary_command=canary_command(cluster),
+        runs_carriers=True,
+        carriers=carrier_observations(children),
     )
 
 

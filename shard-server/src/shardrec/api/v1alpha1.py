@@ -791,9 +791,10 @@ class WritesSpec(ApiModel):
     On: every shard replica keeps a durable write log on its own ReadWriteOnce claim
     (StatefulSet volumeClaimTemplates), replica 0 of each shard numbers the writes, the routers
     acknowledge by `ack`. Turning writes on or off, or changing the log volume, makes a new
-    layout (a claim template cannot change on a StatefulSet). While writes are on, the operator
-    refuses any other layout change (new version, shard count, rollback): it does not carry the
-    logged writes into a new layout yet (docs/operator.md, "Item writes")."""
+    layout (a claim template cannot change on a StatefulSet). While writes are on, a new version
+    or shard count gets the logged writes carried into it by a carrier Deployment (cut before the
+    build, forwarding, hand-over before the switch); a rollback to a kept layout is refused, since
+    its artifact would be reused without them (docs/operator.md, "Item writes")."""
 
     model_config = ConfigDict(
         json_schema_extra=cel(
@@ -1291,6 +1292,31 @@ class StoredLayoutStatus(ApiModel):
     message: str = Field("", max_length=4096, description="Why it is kept or being deleted.")
 
 
+class CarryStatus(ApiModel):
+    """The carry of the item writes one layout logged into the layout that replaces it (on
+    Kubernetes: a carrier Deployment per carrying layout). Kept while the carrying layout exists:
+    a later carry from it folds in its carry folder (a chain v1 -> v2 -> v3), and a hand-over that
+    fenced the old layout's leaders must be undone if the switch is abandoned."""
+
+    layout: str = Field(description="Layout the writes are carried into.")
+    from_layout: str = Field(description="Layout whose logged writes are carried.")
+    phase: str = Field(
+        "",
+        max_length=64,
+        description="What the carrier last reported (cutting, forwarding, handing-over, "
+        "done, failed); empty before its first report.",
+    )
+    fenced: bool = Field(
+        False,
+        description="A hand-over fenced the old layout's leaders (they refuse writes) and no open "
+        "request has undone it.",
+    )
+    done: bool = Field(
+        False, description="The carrier finished: nothing more to forward from the old layout."
+    )
+    message: str = Field("", max_length=4096, description="The carrier's last error, if any.")
+
+
 class BlockedBy(ApiModel):
     """A named safety predicate that holds the rollout back."""
 
@@ -1475,6 +1501,11 @@ class RecommenderClusterStatus(ApiModel):
     )
     canary: CanaryStatus | None = Field(
         None, description="The canary of the target layout (rollout.strategy Canary); absent otherwise."
+    )
+    carries: list[CarryStatus] = Field(
+        default_factory=list,
+        description="Carries of logged item writes into a new layout (spec.writes.enabled), one per "
+        "carrying layout that still exists.",
     )
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready, Progressing, Degraded, FailoverDegraded."

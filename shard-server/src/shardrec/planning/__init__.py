@@ -9,15 +9,18 @@ actions with their own means and report back on the next pass.
 Modules: `layouts` (what a layout is and its id), `observed` (the planner's input), `actions`
 (its output), `predicates` (named safety rules), `planner` (the state machine), `rolls`
 (template rolls, shard by shard), `status` (the status and its conditions),
-`retention` (which built layouts the store keeps), `canary` (the canary state machine of
+`retention` (which built layouts the store keeps), `carrying` (the carry of logged item writes
+into a new layout, driven through a carrier), `canary` (the canary state machine of
 `rollout.strategy: Canary`) and `canary_pass` (where it sits in a pass).
 """
 
 from shardrec.planning.actions import (
     Action,
     DeleteArtifacts,
+    DeleteCarrier,
     DeleteLayout,
     EnsureBuild,
+    EnsureCarrier,
     EnsureShards,
     EventType,
     RecordEvent,
@@ -38,6 +41,7 @@ from shardrec.planning.observed import (
     BuildState,
     Observed,
     ObservedBuild,
+    ObservedCarrier,
     ObservedLayout,
     ObservedPod,
     ObservedRouter,
@@ -54,13 +58,16 @@ __all__ = [
     "Action",
     "BuildState",
     "DeleteArtifacts",
+    "DeleteCarrier",
     "DeleteLayout",
     "EnsureBuild",
+    "EnsureCarrier",
     "EnsureShards",
     "EventType",
     "LayoutSpec",
     "Observed",
     "ObservedBuild",
+    "ObservedCarrier",
     "ObservedLayout",
     "ObservedPod",
     "ObservedRouter",

@@ -10,6 +10,8 @@ Semantics every hand must honour:
 - StageRouter is level-based too: it asks every router to load a layout ahead of a switch.
 - SwitchRouter and DeleteLayout are the disruptive steps; the planner emits them only after
   its safety predicates pass. Repeating one that already took effect is harmless.
+- EnsureCarrier is level-based like Ensure*: the carrier runs, and its request annotations are
+  exactly the action's (a request the action leaves out is withdrawn). DeleteCarrier removes it.
 - Execute actions in the order given.
 """
 
@@ -31,11 +33,16 @@ class EnsureBuild:
     Off the serving path (a Job, or a local subprocess). `attempt` identifies this build attempt:
     record it with the build and report it back in `ObservedBuild.attempt`; when an existing
     build failed under another attempt token, start a new build.
+
+    `carry_from`: the layout whose logged item writes this build folds in, from the carry folder
+    the layout's carrier cut (`--carry-dir`); None: built from its source alone. Hands that carry
+    by themselves (`Observed.carries_writes`) may ignore it.
     """
 
     layout: LayoutSpec
     attempt: str
     reason: str
+    carry_from: str | None = None
 
     @property
     def layout_id(self) -> str:
@@ -171,6 +178,43 @@ class RouteCanary:
 
 
 @dataclass(frozen=True)
+class EnsureCarrier:
+    """Make sure the carrier of `layout` runs (on Kubernetes: its ConfigMap and one-pod Deployment),
+    carrying the item writes `source` logs into `layout`, with exactly these requests (ids the
+    carrier reports back when it has carried one out; None: no such request):
+
+    - `hand_over`: fence `source`'s leaders and forward the rest (right before the switch);
+    - `open`: open `source`'s leaders again (the switch was abandoned after a hand-over);
+    - `finish`: every router serves `layout`; end with a last pass and report done.
+
+    `prior`: `source` was itself built with a carry (a chain): the carrier folds in that carry
+    folder first. Level-based; repeating it with the same requests changes nothing."""
+
+    layout: LayoutSpec
+    source: LayoutSpec
+    reason: str
+    prior: bool = False
+    hand_over: str | None = None
+    open: str | None = None
+    finish: str | None = None
+
+    @property
+    def layout_id(self) -> str:
+        return self.layout.id
+
+
+@dataclass(frozen=True)
+class DeleteCarrier:
+    """Remove the carrier of layout `layout_id`: it reported done, or its layout was abandoned
+    before anything was fenced and no longer exists (a layout that exists takes its carrier with it
+    in DeleteLayout). Its carry folder stays on the store; the status keeps what the carry was
+    while the layout exists (`status.carries`)."""
+
+    layout_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class RecordEvent:
     """Emit an Event on the RecommenderCluster (locally: a log line). `reason` is CamelCase."""
 
@@ -188,6 +232,8 @@ Action = (
     | RetireLayout
     | DeleteLayout
     | DeleteArtifacts
+    | EnsureCarrier
+    | DeleteCarrier
     | RouteCanary
     | RecordEvent
 )
@@ -200,4 +246,6 @@ LayoutAction = (
     | RetireLayout
     | DeleteLayout
     | DeleteArtifacts
+    | EnsureCarrier
+    | DeleteCarrier
 )

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from shardrec.api.canary import CanaryStats
+from shardrec.api.carry import CarryProgress
 from shardrec.api.v1alpha1 import LayoutQualityStatus, RecommenderClusterStatus
 from shardrec.planning.fleet import RouterObservation
 from shardrec.planning.layouts import LayoutSpec
@@ -204,6 +205,61 @@ class ObservedLayout:
 
 
 @dataclass(frozen=True)
+class ObservedCarrier:
+    """The carrier of one carrying layout (on Kubernetes the Deployment `<cluster>-carry-<layout>`
+    and its pod): the requests the hands last wrote to it, and what it last reported.
+
+    `progress` None: no report yet (the pod is starting, or its annotation is unreadable). A
+    request counts as carried out only when the report names its id: the carrier may still be
+    working on an older request, or on none."""
+
+    layout: str
+    """The layout the writes are carried into."""
+    source: str
+    """The layout whose logged writes are carried."""
+    hand_over_requested: str | None = None
+    open_requested: str | None = None
+    finish_requested: str | None = None
+    progress: CarryProgress | None = None
+
+    @property
+    def cut_taken(self) -> bool:
+        """The carry folder exists on the store: the build may fold it in."""
+        return self.progress is not None and self.progress.cut is not None
+
+    @property
+    def caught_up(self) -> bool:
+        return self.progress is not None and self.progress.caught_up
+
+    @property
+    def handed_over(self) -> bool:
+        """The current hand-over request succeeded: the old leaders are fenced, everything forwarded."""
+        request = self.hand_over_requested
+        return request is not None and self.progress is not None and self.progress.handed_over == request
+
+    @property
+    def hand_over_failed(self) -> bool:
+        """The current hand-over request failed (the carrier opened the old leaders again)."""
+        request = self.hand_over_requested
+        return request is not None and self.progress is not None and self.progress.hand_over_failed == request
+
+    @property
+    def opened(self) -> bool:
+        """The current open request was carried out: the old leaders take writes again."""
+        request = self.open_requested
+        return request is not None and self.progress is not None and self.progress.opened == request
+
+    @property
+    def fenced(self) -> bool:
+        """The old layout's leaders are fenced by this carrier and not opened again."""
+        return self.handed_over and not self.opened
+
+    @property
+    def done(self) -> bool:
+        return self.progress is not None and self.progress.done
+
+
+@dataclass(frozen=True)
 class ObservedRouter:
     """Which layout the router topology names — as written and as confirmed (ECK expectations).
 
@@ -248,8 +304,15 @@ class Observed:
     carries_writes: bool = False
     """The hands carry a layout's logged item writes into the next layout at a cutover (cut,
     fold-in at the build, forwarding, fence and hand-over: the local runtime does,
-    tools/local/carry.py). False (the operator, for now): the planner refuses to move off a layout
+    tools/local/carry.py) by themselves: the planner does not drive it (the local runtime).
+    False with `runs_carriers` False: nobody carries, so the planner refuses to move off a layout
     that logs writes while writes are on (`predicates.writes_carried_to_new_layout`)."""
+    runs_carriers: bool = False
+    """The hands run a carrier per carrying layout as the planner asks (`EnsureCarrier`,
+    `DeleteCarrier`) and report them in `carriers` (the operator): the planner drives the carry
+    step by step (`shardrec.planning.carrying`)."""
+    carriers: tuple[ObservedCarrier, ...] = ()
+    """Every carrier that exists, with its requests and its last report."""
 
     def __post_init__(self) -> None:
         if self.now.tzinfo is None:
@@ -262,6 +325,13 @@ class Observed:
         """The observed layout with this id, or None."""
         for entry in self.layouts:
             if entry.id == layout_id:
+                return entry
+        return None
+
+    def carrier(self, layout_id: str | None) -> ObservedCarrier | None:
+        """The carrier carrying writes into `layout_id`, or None."""
+        for entry in self.carriers:
+            if entry.layout == layout_id:
                 return entry
         return None
 

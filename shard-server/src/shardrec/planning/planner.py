@@ -5,7 +5,10 @@ target layout off the serving path, start its shards, wait until every shard has
 replicas, switch the router in one step, keep the old layout for the rollback window, then
 delete it. Changing replicasPerShard only scales the layouts that run. A change of the pod
 template alone (image, resources, ...) keeps the layout and is rolled through its pods, one shard
-at a time (`rolls`).
+at a time (`rolls`). With item writes on, hands that run carriers get the serving layout's
+logged writes carried into the new layout around those steps (`carrying`: the cut before the
+build, caught up before the stage, the hand-over before the switch, done before the old layout
+goes).
 
 A pass: decide each layout's record (`records`), propose the actions the spec implies, let the
 named safety predicates veto (`predicates`), apply the rollout timeout, derive Events from the
@@ -15,6 +18,7 @@ status plus the observed world, a process restarted at any step makes the same d
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -30,8 +34,10 @@ from shardrec.planning import canary_pass
 from shardrec.planning.actions import (
     Action,
     DeleteArtifacts,
+    DeleteCarrier,
     DeleteLayout,
     EnsureBuild,
+    EnsureCarrier,
     EnsureShards,
     LayoutAction,
     ReplaceShardPod,
@@ -39,6 +45,7 @@ from shardrec.planning.actions import (
     StageRouter,
     SwitchRouter,
 )
+from shardrec.planning.carrying import Carry, carries_of, carry_events, carry_statuses, propose_carriers
 from shardrec.planning.events import transition_events
 from shardrec.planning.fleet import acknowledging, fleet_status, lagging_routers
 from shardrec.planning.layouts import LayoutSpec
@@ -172,18 +179,49 @@ def _protected(observed: Observed, records: Records, tid: str) -> set[str]:
     return {str(i) for i in named} | set(records.by_id) | {layout.id for layout in observed.layouts}
 
 
+def _carried_builds(proposals: list[LayoutAction], carries: Mapping[str, Carry]) -> list[LayoutAction]:
+    """The builds of carrying layouts fold in their carry folder (`EnsureBuild.carry_from`)."""
+    return [
+        replace(action, carry_from=carries[action.layout_id].source)
+        if isinstance(action, EnsureBuild) and action.layout_id in carries
+        else action
+        for action in proposals
+    ]
+
+
 def _judge(
     spec: RecommenderClusterSpec,
     observed: Observed,
     records: Records,
     target: LayoutSpec,
     rolls: dict[str, RollProposal],
+    *,
+    carries: Mapping[str, Carry],
 ) -> list[_Verdict]:
-    ctx = PredicateContext(spec, observed, records.by_id, target.id)
-    proposals: list[LayoutAction] = _propose(spec, observed, records, target, rolls)
+    ctx = PredicateContext(spec, observed, records.by_id, target.id, carries)
+    proposals: list[LayoutAction] = _carried_builds(_propose(spec, observed, records, target, rolls), carries)
     tracked = tracked_layouts(observed)
     proposals += propose_deletions(spec, observed, tracked, _protected(observed, records, target.id))
-    return [_Verdict(action, first_veto(ctx, action)) for action in proposals]
+    verdicts = [_Verdict(action, first_veto(ctx, action)) for action in proposals]
+    awaits_hand_over = any(
+        isinstance(v.action, SwitchRouter)
+        and v.action.layout_id == target.id
+        and v.veto is not None
+        and v.veto[0] == "switch_after_hand_over"
+        for v in verdicts
+    )
+    specs = {**records.specs, target.id: target}
+    for layout in observed.layouts:
+        specs.setdefault(layout.id, layout.spec)
+    carriers = propose_carriers(
+        observed=observed,
+        carries=carries,
+        specs=specs,
+        target=target,
+        target_failed=records.by_id[target.id].state == "Failed",
+        switch_awaits_hand_over=awaits_hand_over,
+    )
+    return verdicts + [_Verdict(action, first_veto(ctx, action)) for action in carriers]
 
 
 def _template_roll(
@@ -331,13 +369,14 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
     tid = target.id
     records = decide_records(spec, observed)
     rolls = _rolls(spec, observed, target)
-    verdicts = _judge(spec, observed, records, target, rolls)
+    carries = carries_of(spec, observed, set(records.by_id), target)
+    verdicts = _judge(spec, observed, records, target, rolls, carries=carries)
     timed_out = _apply_timeout(
         spec=spec, observed=observed, records=records, target=target, verdicts=verdicts
     )
     if timed_out is not None:
         records = timed_out
-        verdicts = _judge(spec, observed, records, target, rolls)
+        verdicts = _judge(spec, observed, records, target, rolls, carries=carries)
     canary = canary_pass.canary_pass(spec, observed, records, target)
     if canary.verdict in ("hold", "advance"):
         verdicts = [
@@ -345,7 +384,7 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
         ]
     elif canary.verdict in ("rollback", "abort") and canary.status is not None:
         records = _fail_target(records, target, observed, canary_pass.failure_message(canary.status))
-        verdicts = _judge(spec, observed, records, target, rolls)
+        verdicts = _judge(spec, observed, records, target, rolls, carries=carries)
     accepted = [v.action for v in verdicts if v.veto is None]
     proposed = [v.action for v in verdicts]
     records = _mark_deleting(records, accepted)
@@ -388,10 +427,13 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
     stored = with_deletions(
         tracked_layouts(observed), [a for a in accepted if isinstance(a, DeleteArtifacts)], observed
     )
-    status = status.model_copy(update={"stored_layouts": stored, "canary": canary.status})
+    status = status.model_copy(
+        update={"stored_layouts": stored, "canary": canary.status, "carries": carry_statuses(carries)}
+    )
     status = canary_pass.with_condition(status, observed.previous_status, observed.now)
     events = transition_events(cluster_name, observed.previous_status, status, accepted)
     events += canary_pass.events(observed.previous_status.canary, canary.status)
+    events += carry_events(observed, accepted)
     collecting = any(
         isinstance(a, DeleteArtifacts) and observed.artifact_deletions.get(a.layout_id) != "Failed"
         for a in accepted
@@ -405,6 +447,9 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
         or any(isinstance(a, DeleteLayout) and would_change(a, observed) for a in proposed),
         degraded=bool(facts.unavailable_shards()),
     )
+    if any(carry.carrier is not None and not carry.done for carry in carries.values()):
+        # A carrier reports on its pod; the hands wake on pod changes, this is the safety net.
+        requeue = POLL_SECONDS if requeue is None else min(requeue, POLL_SECONDS)
     expiry = next_expiry(stored, _protected(observed, records, tid), spec.index.store.retention, observed.now)
     if expiry is not None:
         due = max((expiry - observed.now).total_seconds(), 1.0)
@@ -413,6 +458,7 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
     if not waiting and requeue is not None:
         waiting = housekeeping_reason(records, accepted)
     order = (
+        EnsureCarrier,
         EnsureBuild,
         EnsureShards,
         ReplaceShardPod,
@@ -421,6 +467,7 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
         RetireLayout,
         DeleteLayout,
         DeleteArtifacts,
+        DeleteCarrier,
     )
     ordered: list[Action] = [a for kind in order for a in accepted if isinstance(a, kind)]
     if canary.route is not None:

@@ -11,7 +11,7 @@ reported name is the one a human should act on first.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from shardrec.api.v1alpha1 import LayoutStatus, RecommenderClusterSpec
@@ -26,6 +26,7 @@ from shardrec.planning.actions import (
     StageRouter,
     SwitchRouter,
 )
+from shardrec.planning.carrying import Carry
 from shardrec.planning.fleet import (
     RouterObservation,
     lagging_routers,
@@ -49,6 +50,8 @@ class PredicateContext:
     observed: Observed
     records: Mapping[str, LayoutStatus]
     target_layout: str
+    carries: Mapping[str, Carry] = field(default_factory=dict)
+    """This pass's carries of logged writes, by carrying layout (`shardrec.planning.carrying`)."""
 
     @property
     def serving_layout(self) -> str | None:
@@ -203,16 +206,18 @@ def meets_quality_gate(ctx: PredicateContext, action: LayoutAction) -> str | Non
 
 def writes_carried_to_new_layout(ctx: PredicateContext, action: LayoutAction) -> str | None:
     """While `spec.writes.enabled`, no layout other than the serving one is built, started,
-    staged or switched to when the serving layout logs item writes and the hands cannot carry
-    them (`Observed.carries_writes`).
+    staged or switched to when the serving layout logs item writes, unless those writes are
+    carried into it.
 
     Why: the writes acknowledged since the serving layout was built live only in its replicas'
-    write logs. A new layout (a version, a shard count, a rollback to a kept layout) is built from
-    its source alone unless the hands cut those logs, fold them into the build and forward the
-    rest until the switch; without that, the switch would silently undo every acknowledged upsert
-    and delete. The local runtime carries them; the operator does not yet, so on Kubernetes the
-    serving layout stays. Turning writes off (`spec.writes.enabled: false`) lifts the rule: that
-    is the user saying the source now holds what matters (the new layout has no log either).
+    write logs. A new layout is built from its source alone unless the hands cut those logs, fold
+    them into the build and forward the rest until the switch; without that, the switch would
+    silently undo every acknowledged upsert and delete. The local runtime carries by itself
+    (`Observed.carries_writes`); hands that run carriers (the operator, `Observed.runs_carriers`)
+    carry into a NEW layout (a version, a shard count: `shardrec.planning.carrying`), never into a
+    kept one: a rollback reuses the kept layout's artifact as it was built, without the writes
+    made since. Turning writes off (`spec.writes.enabled: false`) lifts the rule: that is the user
+    saying the source now holds what matters (the new layout has no log either).
 
         serving logs writes? --no--> pass (nothing to carry: e.g. writes just turned on)
               | yes
@@ -220,7 +225,11 @@ def writes_carried_to_new_layout(ctx: PredicateContext, action: LayoutAction) ->
               | yes
         hands carry writes?  --yes-> pass (local runtime)
               | no
-        veto every advance of a layout other than the serving one
+        hands run carriers?  --no--> veto every advance of a layout other than the serving one
+              | yes
+        a carry from the serving layout into it (or planned)? --yes-> pass
+              | no
+        veto: a rollback to a kept layout
     """
     if not isinstance(action, EnsureBuild | EnsureShards | StageRouter | SwitchRouter):
         return None  # retirements, deletions and pod replacements carry nothing over
@@ -231,13 +240,125 @@ def writes_carried_to_new_layout(ctx: PredicateContext, action: LayoutAction) ->
         return None
     if not ctx.spec.writes.enabled or ctx.observed.carries_writes:
         return None
+    described = f"layout {action.layout_id} (version {action.layout.version}, {action.layout.shards} shards)"
+    if ctx.observed.runs_carriers:
+        carry = ctx.carries.get(action.layout_id)
+        if carry is not None and carry.source == serving.id:
+            return None
+        return (
+            f"layout {serving.id} serves with spec.writes.enabled and its write logs hold acknowledged "
+            f"item writes; {described} was built before (a rollback to a kept layout), and its artifact "
+            "would be reused as built, without those writes: the operator carries writes only into a new "
+            "layout. Revert the change to keep taking writes on the serving layout, or set "
+            "spec.writes.enabled false to roll back without them (fold them into the embeddings source "
+            "first: recctl writes export, then recctl writes fold)"
+        )
     return (
         f"layout {serving.id} serves with spec.writes.enabled and its write logs hold acknowledged "
-        f"item writes that this operator cannot carry into layout {action.layout_id} "
-        f"(version {action.layout.version}, {action.layout.shards} shards) yet: switching would lose them. "
+        f"item writes that these hands cannot carry into {described}: switching would lose them. "
         "Revert the change to keep taking writes on the serving layout, or set spec.writes.enabled "
         "false to change the layout without them (fold them into the embeddings source first: "
         "recctl writes export, then recctl writes fold)"
+    )
+
+
+def _carry_into(ctx: PredicateContext, layout_id: str) -> Carry | None:
+    """The carry into `layout_id` that is not done, or None."""
+    carry = ctx.carries.get(layout_id)
+    return carry if carry is not None and not carry.done else None
+
+
+def build_after_carry_cut(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """The build of a carrying layout starts only once its carrier has cut the old layout's write
+    logs into the carry folder (the build folds that folder in: a build started before the cut
+    would miss the writes up to it, and nothing forwards those later)."""
+    if not isinstance(action, EnsureBuild):
+        return None
+    carry = _carry_into(ctx, action.layout_id)
+    if carry is None or carry.cut_taken:
+        return None
+    if carry.carrier is None:
+        return (
+            f"layout {action.layout_id} waits for its carrier (carrying layout {carry.source}'s writes) "
+            "to start"
+        )
+    progress = carry.carrier.progress
+    trouble = f" (carrier reports: {progress.message})" if progress is not None and progress.message else ""
+    return (
+        f"layout {action.layout_id} waits for its carrier to cut the write logs of layout {carry.source} "
+        f"into the carry folder its build folds in{trouble}"
+    )
+
+
+def traffic_after_carry_caught_up(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """A carrying layout is staged or switched to only once its carrier has caught up: one pass
+    forwarded everything the old leaders' logs named (the hand-over then has little left to do,
+    so the old leaders are fenced only briefly)."""
+    if not isinstance(action, StageRouter | SwitchRouter):
+        return None
+    carry = _carry_into(ctx, action.layout_id)
+    if carry is None or carry.caught_up:
+        return None
+    return (
+        f"layout {action.layout_id} waits for its carrier to forward the writes layout {carry.source} "
+        "logged since the cut (caught_up)"
+    )
+
+
+def switch_after_hand_over(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """The switch to a carrying layout goes only after its carrier reports the hand-over the
+    planner asked for: the old leaders fenced (they refuse new writes; clients retry the 503 on
+    the new layout once the router switched) and everything they logged forwarded. Without the
+    fence a write the old layout took just before the switch could be forwarded after a newer
+    write of the same item on the new layout, and undo it. Asked last, so the hand-over is
+    requested (`carrying.propose_carriers`) only when nothing else holds the switch."""
+    if not isinstance(action, SwitchRouter):
+        return None
+    carry = _carry_into(ctx, action.layout_id)
+    if carry is None or carry.handed_over:
+        return None
+    carrier = carry.carrier
+    if carrier is not None and carrier.hand_over_failed:
+        message = carrier.progress.message if carrier.progress is not None else ""
+        return (
+            f"the hand-over {carrier.hand_over_requested} of layout {carry.source} to layout "
+            f"{action.layout_id} failed ({message}); its leaders were opened again, asking again"
+        )
+    requested = carrier.hand_over_requested if carrier is not None else None
+    return (
+        f"layout {action.layout_id} waits for its carrier to fence layout {carry.source}'s leaders and "
+        f"forward the rest (hand-over {requested or 'being requested'})"
+    )
+
+
+def keep_carry_source_until_done(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """A layout whose logged writes are still carried into the serving layout is not deleted:
+    deleting it deletes its replicas' write-log claims (`whenDeleted: Delete`), and with them any
+    write its leaders took that the carrier has not forwarded yet. It goes once the carrier
+    reports done (every router serves the new layout and a last pass found nothing new)."""
+    if not isinstance(action, DeleteLayout):
+        return None
+    for carry in ctx.carries.values():
+        if carry.source == action.layout_id and not carry.done and carry.layout == ctx.serving_layout:
+            return (
+                f"layout {action.layout_id}'s logged writes are still being carried into layout "
+                f"{carry.layout} (its carrier has not reported done)"
+            )
+    return None
+
+
+def open_fenced_source_before_deleting(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """An abandoned carrying layout (superseded, failed, timed out) whose hand-over fenced the
+    leaders of the layout that still serves is deleted, carrier and all, only once the carrier
+    has opened those leaders again: else the serving layout would refuse every write for good."""
+    if not isinstance(action, DeleteLayout):
+        return None
+    carry = ctx.carries.get(action.layout_id)
+    if carry is None or not carry.fenced or ctx.observed.layout(carry.source) is None:
+        return None
+    return (
+        f"layout {action.layout_id}'s carrier fenced the leaders of layout {carry.source}; waiting for it "
+        "to open them again"
     )
 
 
@@ -402,10 +523,14 @@ PREDICATES: tuple[Predicate, ...] = (
     Predicate("meets_quality_gate", meets_quality_gate),
     Predicate("writes_carried_to_new_layout", writes_carried_to_new_layout),
     Predicate("rollout_within_timeout", rollout_within_timeout),
+    Predicate("build_after_carry_cut", build_after_carry_cut),
+    Predicate("traffic_after_carry_caught_up", traffic_after_carry_caught_up),
     Predicate("wait_for_router_to_confirm_switch", wait_for_router_to_confirm_switch),
     Predicate("never_switch_to_layout_with_missing_shard", never_switch_to_layout_with_missing_shard),
     Predicate("switch_only_when_every_router_prepared", switch_only_when_every_router_prepared),
     Predicate("never_delete_serving_layout", never_delete_serving_layout),
+    Predicate("keep_carry_source_until_done", keep_carry_source_until_done),
+    Predicate("open_fenced_source_before_deleting", open_fenced_source_before_deleting),
     Predicate(
         "never_delete_last_ready_replica_of_serving_shard", never_delete_last_ready_replica_of_serving_shard
     ),
@@ -413,6 +538,7 @@ PREDICATES: tuple[Predicate, ...] = (
     Predicate("wait_for_artifact_deletion", wait_for_artifact_deletion),
     Predicate("replace_one_shard_at_a_time", replace_one_shard_at_a_time),
     Predicate("keep_ready_replicas_while_replacing", keep_ready_replicas_while_replacing),
+    Predicate("switch_after_hand_over", switch_after_hand_over),
 )
 """Every rule, in the order they are asked; the first veto is the one reported."""
 

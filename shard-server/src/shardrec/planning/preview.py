@@ -385,12 +385,15 @@ def preview(
     items: int | None = None,
     *,
     carries_writes: bool = False,
+    runs_carriers: bool = False,
     serving_logs_writes: bool | None = None,
 ) -> PlanPreview:
     """The plan of `spec` over `deployed` (see the module docstring). `carries_writes`: the hands
-    carry logged item writes into a new layout (the local runtime); `serving_logs_writes`: whether
-    the serving layout keeps write logs (None: not known to the caller). Together they say whether
-    the planner would refuse a layout change (`predicates.writes_carried_to_new_layout`)."""
+    carry logged item writes into any next layout by themselves (the local runtime);
+    `runs_carriers`: the planner drives a carrier into a new layout, never into a kept one (the
+    operator); `serving_logs_writes`: whether the serving layout keeps write logs (None: not known
+    to the caller). Together they say whether the planner would carry or refuse a layout change
+    (`shardrec.planning.carrying`, `predicates.writes_carried_to_new_layout`)."""
     target = LayoutSpec.from_spec(spec)
     applied = deployed.applied
     refused = tuple(transition_errors(applied, spec)) if applied is not None else ()
@@ -430,7 +433,7 @@ def preview(
         disruptive=any(p.added or p.removed or p.replaced for p in draft.pods) or bool(draft.builds),
         refused=refused,
         risks=_risks(spec, deployed, draft.kind, refused)
-        + _writes_risks(spec, draft.kind, carries_writes, serving_logs_writes),
+        + _writes_risks(spec, draft.kind, carries_writes, runs_carriers, serving_logs_writes),
         notes=tuple(draft.notes),
         rates_source=rates.source if rates is not None else "",
         items=items,
@@ -758,21 +761,44 @@ def _risks(
 
 
 def _writes_risks(
-    spec: RecommenderClusterSpec, kind: ChangeKind, carries_writes: bool, serving_logs_writes: bool | None
+    spec: RecommenderClusterSpec,
+    kind: ChangeKind,
+    carries_writes: bool,
+    runs_carriers: bool,
+    serving_logs_writes: bool | None,
 ) -> tuple[Risk, ...]:
-    """A layout change the planner refuses while writes are on and nothing carries them."""
+    """With writes on: how a layout change treats the writes the serving layout logged (carried
+    into a new layout by a carrier, or refused)."""
     if kind not in ("rebuild", "switch") or not spec.writes.enabled or carries_writes:
         return ()
     if serving_logs_writes is False:
         return ()
-    refusal = (
-        "the operator does not carry logged item writes into a new layout, so it refuses this change "
-        "(blockedBy writes_carried_to_new_layout) and the serving layout keeps serving; set "
-        "spec.writes.enabled false with it to go ahead without them"
+    condition = (
+        "if the serving layout logs item writes (spec.writes was on when it was built), "
+        if serving_logs_writes is None
+        else ""
     )
-    if serving_logs_writes is None:
-        refusal = "if the serving layout logs item writes (spec.writes was on when it was built), " + refusal
-    return (Risk("info", "WritesNotCarried", refusal),)
+    if runs_carriers and kind == "rebuild":
+        carried = (
+            "the operator carries the logged item writes into the new layout: a carrier Deployment cuts "
+            "the serving layout's logs before the build (which folds them in), forwards later writes, "
+            "and fences the old leaders right before the switch (writes get a 503 for that moment and "
+            "are retried); the old layout is deleted only once the carrier is done"
+        )
+        return (Risk("info", "WritesCarried", condition + carried),)
+    if runs_carriers:
+        refusal = (
+            "the operator does not carry logged item writes into a kept layout (a rollback reuses its "
+            "artifact as built), so it refuses this change (blockedBy writes_carried_to_new_layout) and "
+            "the serving layout keeps serving; set spec.writes.enabled false with it to go ahead without them"
+        )
+    else:
+        refusal = (
+            "nothing carries logged item writes into a new layout here, so the planner refuses this change "
+            "(blockedBy writes_carried_to_new_layout) and the serving layout keeps serving; set "
+            "spec.writes.enabled false with it to go ahead without them"
+        )
+    return (Risk("info", "WritesNotCarried", condition + refusal),)
 
 
 def _current(deployed: Deployed) -> str:

@@ -13,8 +13,10 @@ from datetime import timedelta
 from shardrec.api.v1alpha1 import BlockedBy, RecommenderClusterSpec, TemplateRollStatus
 from shardrec.planning.actions import (
     DeleteArtifacts,
+    DeleteCarrier,
     DeleteLayout,
     EnsureBuild,
+    EnsureCarrier,
     EnsureShards,
     LayoutAction,
     StageRouter,
@@ -55,6 +57,16 @@ def would_change(action: LayoutAction, observed: Observed) -> bool:
         return layout is not None
     if isinstance(action, DeleteArtifacts):
         return action.layout_id not in observed.artifact_deletions
+    if isinstance(action, EnsureCarrier):
+        carrier = observed.carrier(action.layout_id)
+        return carrier is None or (
+            carrier.source,
+            carrier.hand_over_requested,
+            carrier.open_requested,
+            carrier.finish_requested,
+        ) != (action.source.id, action.hand_over, action.open, action.finish)
+    if isinstance(action, DeleteCarrier):
+        return observed.carrier(action.layout_id) is not None
     return False
 
 

@@ -138,10 +138,19 @@ def run(args: argparse.Namespace) -> int:
         deployed = read_local_state(StateDir((DEFAULT_STATE_ROOT / cluster.metadata.name).resolve()), "")
     items = args.items if args.items is not None else item_count(cluster.spec.index.source)
     rates = load_rates(args.coefficients, cluster.spec)
-    # A status file (--status) describes a cluster the operator runs, which does not carry logged
-    # writes into a new layout; a local state folder's supervisor does.
+    # A status file (--status) describes a cluster the operator runs, which carries logged writes
+    # into a new layout through a carrier (never into a kept one); a local state folder's
+    # supervisor carries them into any layout by itself.
     carries = args.status is None and not args.nothing_deployed
-    the_plan = preview(cluster.metadata.name, cluster.spec, deployed, rates, items, carries_writes=carries)
+    the_plan = preview(
+        cluster.metadata.name,
+        cluster.spec,
+        deployed,
+        rates,
+        items,
+        carries_writes=carries,
+        runs_carriers=args.status is not None,
+    )
     if args.json:
         print(json.dumps(to_json(the_plan), indent=2))
     else:
