@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 from pydantic import ValidationError
 
 from shardrec.api.carry import (
+    CARRY_PROGRESS_ANNOTATION,
     FINISH_REQUESTED_ANNOTATION,
     HAND_OVER_REQUESTED_ANNOTATION,
     OPEN_REQUESTED_ANNOTATION,
@@ -27,7 +29,7 @@ from shardrec.serving.carry.carrier import (
     requests_todo,
 )
 from shardrec.serving.carry.forwarding import OldRead, Progress, ShardCalls, forward_pass
-from shardrec.serving.carry.kube import CarryRequests
+from shardrec.serving.carry.kube import CarryRequests, InClusterKube, KubeError
 from shardrec.serving.carry.store import CarryFolderError, CarryStore, fetch_carry
 from shardrec.serving.index.carry import carried_state, log_file_name
 from shardrec.serving.index.partitioning import shard_of
@@ -358,3 +360,39 @@ def test_an_incomplete_carry_folder_is_refused(tmp_path: Path) -> None:
         fetch_carry(str(tmp_path / "nowhere"), tmp_path / "dest")
     with pytest.raises(CarryFolderError, match="ends at sequence 0"):
         fetch_carry(str(folder), tmp_path / "dest")
+
+
+class _Apis:
+    """Stands in for CoreV1Api and AppsV1Api: what InClusterKube calls, and a failure on demand."""
+
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, str, dict[str, object]]] = []
+        self.fail = False
+
+    def read_namespaced_deployment(self, name: str, namespace: str) -> object:
+        if self.fail:
+            raise RuntimeError("forbidden")
+        annotations = {HAND_OVER_REQUESTED_ANNOTATION: "gen-3", "other": "x"}
+        return SimpleNamespace(metadata=SimpleNamespace(annotations=annotations))
+
+    def patch_namespaced_pod(self, name: str, namespace: str, body: dict[str, object]) -> None:
+        if self.fail:
+            raise RuntimeError("forbidden")
+        self.patches.append((name, namespace, body))
+
+
+def test_the_kubernetes_edge_reads_the_requests_and_patches_the_report() -> None:
+    apis = _Apis()
+    kube = InClusterKube("ml", "demo-carry-new-abc", "demo-carry-new")
+    kube._apis = (apis, apis)  # no cluster: the client objects are replaced
+    assert kube.requests() == CarryRequests(hand_over="gen-3")
+    report = CarryProgress(to_layout="new", from_layout="old", phase="forwarding", after=[1, 2])
+    kube.report(report)
+    name, namespace, body = apis.patches[0]
+    assert (name, namespace) == ("demo-carry-new-abc", "ml")
+    assert body == {"metadata": {"annotations": {CARRY_PROGRESS_ANNOTATION: report.model_dump_json()}}}
+    apis.fail = True
+    with pytest.raises(KubeError, match="demo-carry-new"):
+        kube.requests()
+    with pytest.raises(KubeError, match="demo-carry-new-abc"):
+        kube.report(report)

@@ -38,7 +38,6 @@ def _parser() -> argparse.ArgumentParser:
         description="Carry the item writes of a serving layout into a new layout (Kubernetes).",
     )
     parser.add_argument("--config", type=Path, required=True, help="the CarrierConfig JSON (carry.json)")
-    parser.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests
     return parser
 
 
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None, *, kube: CarrierKube | None = None) -> i
             config.to_shards,
             store.describe(),
         )
-        carrier.run(stop, max_steps=args.max_steps)
+        carrier.run(stop)
     return 0
 
 
