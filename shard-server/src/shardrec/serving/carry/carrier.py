@@ -77,6 +77,8 @@ class CarrierState:
     opened: str | None = None
     left_fenced: list[int] = field(default_factory=list)
     """Old shards a failed hand-over fenced and could not open again (retried every step)."""
+    fenced: bool = False
+    """The old leaders are meant to be fenced: from a successful hand-over until an open request."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +88,7 @@ class CarrierState:
             "hand_over_failed": self.hand_over_failed,
             "opened": self.opened,
             "left_fenced": self.left_fenced,
+            "fenced": self.fenced,
         }
 
     @classmethod
@@ -98,6 +101,7 @@ class CarrierState:
             data.get("hand_over_failed"),
             data.get("opened"),
             [int(x) for x in data.get("left_fenced", [])],
+            bool(data.get("fenced", False)),
         )
 
 
@@ -228,6 +232,7 @@ class Carrier:
             return
         self.phase = "forwarding"
         self._reopen_left_fenced(state)
+        self._keep_fenced(state)
         todo = requests_todo(state, requests)
         if todo.hand_over_refused is not None:
             state.hand_over_failed = todo.hand_over_refused
@@ -382,12 +387,14 @@ class Carrier:
         if not problem:
             problem = self._forward_up_to(state, fenced)
         if problem:
+            state.fenced = False
             self._open_again(state, sorted(fenced))
             state.hand_over_failed = request
             self._fail_soft(f"hand-over {request} failed: {problem}")
         else:
             state.handed_over = request
             state.left_fenced = []  # fenced on purpose now
+            state.fenced = True
             log.info(
                 "hand-over %s: %s fenced, every write up to %s forwarded to %s",
                 request,
@@ -414,6 +421,7 @@ class Carrier:
 
     def _open(self, state: CarrierState, request: str) -> None:
         shards = list(range(self.config.from_shards))
+        state.fenced = False  # from now on meant open: leaders that do not answer are retried
         if self._open_again(state, shards):
             state.opened = request
             log.info("open %s: the leaders of %s take writes again", request, self.config.from_layout)
@@ -427,6 +435,15 @@ class Carrier:
         failed = [s for s in shards if self.calls.fence(self.config.old_leaders[s], False) is None]
         state.left_fenced = sorted((set(state.left_fenced) - set(shards)) | set(failed))
         return not failed
+
+    def _keep_fenced(self, state: CarrierState) -> None:
+        """After a hand-over, fence the old leaders again every step: a fence is held in a
+        leader's memory, so one that restarted (an eviction, a node drain) would take writes
+        again from a router still on the old topology. This narrows that window to one poll; what
+        it took meanwhile is forwarded. A leader that does not answer takes no writes either."""
+        if state.fenced:
+            for url in self.config.old_leaders:
+                self.calls.fence(url, True)
 
     def _reopen_left_fenced(self, state: CarrierState) -> None:
         """A failed hand-over must not leave leaders fenced: those it could not open are retried."""
