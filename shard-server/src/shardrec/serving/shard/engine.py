@@ -374,8 +374,13 @@ class SearchEngine:
 
     def _apply(self, index: ShardIndex, log: WriteLog) -> int:
         """Bring `index` up to the end of `log` (on the loop thread, no search running)."""
+        started, cpu = time.perf_counter(), time.thread_time()
         records = log.since(index.applied_sequence)
-        applied = index.apply_writes(records)
+        try:
+            applied = index.apply_writes(records)
+        finally:
+            self.metrics.write_apply.inc(time.perf_counter() - started)
+            self.metrics.write_apply_cpu.inc(time.thread_time() - cpu)
         for record in records[-applied:] if applied else []:
             self.metrics.writes.labels(record.op).inc()
         self.metrics.write_sequence.set(index.applied_sequence)
@@ -443,12 +448,21 @@ class SearchEngine:
         """Append + fsync (off the loop), then apply with no search running. The caller holds the
         write lock, so `index` stays the serving one (a swap takes the lock too)."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, log.append, records)
+        started = time.perf_counter()
+        try:
+            await loop.run_in_executor(None, log.append, records)
+        finally:
+            self.metrics.write_append.inc(time.perf_counter() - started)
+        self.metrics.write_group_requests.observe(1)
+        paused = time.perf_counter()
         await self._exclusive()
+        self.metrics.write_barriers.inc()
+        self.metrics.write_barrier_wait.inc(time.perf_counter() - paused)
         try:
             self._apply(index, log)
         finally:
             self._resume()
+            self.metrics.write_exclusive.inc(time.perf_counter() - paused)
 
     def applied_sequence(self) -> int | None:
         index = self.current
