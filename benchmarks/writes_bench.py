@@ -613,7 +613,7 @@ def run_phase(  # noqa: PLR0917 - one phase of one round
             work, router.url + "/v1/recommend", "/v1/recommend", "application/json", *bodies,
             seconds=args.seconds, connections=args.connections, api_key=KEY,
         )  # fmt: skip
-        return Phase(ack, round_, phase, reads, None, watch.cores())
+        return Phase(ack, round_, phase, reads, None, watch.cores(), watch.costs())
     with Writers(router.url, args.writers, args.dimension, tag) as writers:
         writers.first_ack.wait(10)
         start = time.monotonic()
@@ -628,8 +628,8 @@ def run_phase(  # noqa: PLR0917 - one phase of one round
             result = None
             time.sleep(max(1, round(args.seconds)))
         end = time.monotonic()
-        cpu = watch.cores()
-    return Phase(ack, round_, phase, result, writers.summary(start, end), cpu)
+        cpu, costs = watch.cores(), watch.costs()
+    return Phase(ack, round_, phase, result, writers.summary(start, end), cpu, costs)
 
 
 INTRO = """## Item writes: throughput, latency and the read p99 they cost
