@@ -808,9 +808,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = "\n\n".join(
         [phases_table(current, args.connections, args.writers), summary_table(current), *closing]
     )
-    print(text)
+    words = reading(current, args.replicas, args.connections)
+    print(text + "\n\n" + words)
     if args.write_doc:
-        write_doc(text, command, reading(current, args.replicas, args.connections), args.replicas)
+        write_doc(text, command, words, args.replicas)
     if before:
         report_ab(rows, before, args, closing, command)
     return 0
