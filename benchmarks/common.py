@@ -172,10 +172,15 @@ class Server:
 
 
 def start_server(
-    name: str, argv: Sequence[str], ready_path: str = "/readyz", timeout_s: float = 120
+    name: str,
+    argv: Sequence[str],
+    ready_path: str = "/readyz",
+    timeout_s: float = 120,
+    env: dict[str, str] | None = None,
 ) -> Server:
-    """Start a server that prints `... listening on http://HOST:PORT` first, wait until ready."""
-    process = subprocess.Popen(list(argv), stdout=subprocess.PIPE)
+    """Start a server that prints `... listening on http://HOST:PORT` first, wait until ready.
+    `env`: its environment (None: this process's)."""
+    process = subprocess.Popen(list(argv), stdout=subprocess.PIPE, env=env)
     assert process.stdout is not None
     line = process.stdout.readline().decode()
     if "listening on " not in line:

@@ -29,13 +29,14 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -113,6 +114,61 @@ class Cpu:
     shard_call_ms: float  # the router's mean read request to a shard replica (sent to answered)
 
 
+@dataclass(frozen=True)
+class Costs:
+    """Where the reads' time went, over a phase: what applying writes took from each shard server
+    (its searches paused, the apply's CPU), a search's time inside the shard server, and how long
+    the processes' threads were runnable but waiting for a CPU (this machine is shared)."""
+
+    paused_ms_per_s: float = 0.0  # per shard server (mean): searches paused for writes
+    drain_ms_per_s: float = 0.0  # ... of which waiting for the running searches to end
+    barriers_per_s: float = 0.0  # per shard server (mean): pauses
+    apply_cpu_ms_per_s: float = 0.0  # per shard server (mean): CPU of applying writes to hnswlib
+    apply_ms_per_s: float = 0.0  # per shard server (mean): wall time of the apply
+    search_ms: float = 0.0  # a search request inside a shard server (mean): queue, search, answer
+    requests_per_barrier: float = 0.0  # write requests (lead, replicate) committed per pause
+    runq_router_ms_per_s: float = 0.0  # the router's threads waiting for a CPU
+    runq_shards_ms_per_s: float = 0.0  # per shard server (mean): its threads waiting for a CPU
+
+
+SHARD_SAMPLES = {
+    "barriers": "shardrec_shard_write_barriers_total",
+    "drain": "shardrec_shard_write_barrier_wait_seconds_total",
+    "paused": "shardrec_shard_write_exclusive_seconds_total",
+    "apply": "shardrec_shard_write_apply_seconds_total",
+    "apply_cpu": "shardrec_shard_write_apply_cpu_seconds_total",
+    "groups": "shardrec_shard_write_group_requests_count",
+    "group_requests": "shardrec_shard_write_group_requests_sum",
+    "search_s": 'shardrec_shard_request_seconds_sum{route="search"}',
+    "searches": 'shardrec_shard_request_seconds_count{route="search"}',
+}
+
+
+def shard_samples(urls: Sequence[str]) -> dict[str, float]:
+    """SHARD_SAMPLES summed over the shard servers at `urls` (0 for a sample a server lacks)."""
+    total = dict.fromkeys(SHARD_SAMPLES, 0.0)
+    for url in urls:
+        values = {}
+        for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                values[key] = float(value)
+        for name, key in SHARD_SAMPLES.items():
+            total[name] += values.get(key, 0.0)
+    return total
+
+
+def run_queue_seconds(pid: int) -> float:
+    """Time the threads of `pid` (those alive now) were runnable but not running (schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def _self_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -151,8 +207,30 @@ class CpuWatch:
         self.pids = [shard.pid for shard in self.shards]
         self.waited = queue_wait([shard.url for shard in self.shards])
         self.calls = shard_calls(router.url)
+        self.samples = shard_samples([shard.url for shard in self.shards])
+        self.run_queue = (run_queue_seconds(router.pid), sum(map(run_queue_seconds, self.pids)))
         self.started = time.monotonic()
         self.before = (cpu_seconds(router.pid), sum(map(cpu_seconds, self.pids)), _self_cpu_seconds())
+
+    def costs(self) -> Costs:
+        """Per second of the phase so far (call right after `cores`)."""
+        wall = max(time.monotonic() - self.started, 1e-9)
+        now = shard_samples([shard.url for shard in self.shards])
+        d = {name: now[name] - self.samples[name] for name in now}
+        router_q = run_queue_seconds(self.router.pid) - self.run_queue[0]
+        shards_q = sum(map(run_queue_seconds, self.pids)) - self.run_queue[1]
+        per_shard = 1000 / (wall * len(self.shards))
+        return Costs(
+            paused_ms_per_s=d["paused"] * per_shard,
+            drain_ms_per_s=d["drain"] * per_shard,
+            barriers_per_s=d["barriers"] / (wall * len(self.shards)),
+            apply_cpu_ms_per_s=d["apply_cpu"] * per_shard,
+            apply_ms_per_s=d["apply"] * per_shard,
+            search_ms=1000 * d["search_s"] / d["searches"] if d["searches"] else 0.0,
+            requests_per_barrier=d["group_requests"] / d["barriers"] if d["barriers"] else 0.0,
+            runq_router_ms_per_s=max(router_q, 0.0) * 1000 / wall,
+            runq_shards_ms_per_s=max(shards_q, 0.0) * per_shard,
+        )
 
     def cores(self) -> Cpu:
         wall = time.monotonic() - self.started
@@ -170,6 +248,7 @@ class Phase:
     reads: WrkResult | None
     writes: Writes | None
     cpu: Cpu
+    costs: Costs = field(default_factory=Costs)
 
 
 @dataclass
@@ -283,15 +362,45 @@ def topology(layout: Path, dimension: int, replicas: dict[int, list[Server]]) ->
     return Topology(revision=1, active=active)
 
 
-def start_router(work: Path, ack: str, topology_file: Path) -> Server:
-    config = work / f"router-{ack}.json"
+def start_router(
+    work: Path, ack: str, topology_file: Path, prefix: str = "", env: dict[str, str] | None = None
+) -> Server:
+    config = work / f"router-{prefix}{ack}.json"
     config.write_text(json.dumps({"writes": {"ack": ack}}))
     keys = work / "api-keys"
     keys.write_text(f"writer:{KEY} read,write\n")
     argv = [sys.executable, "-m", "shardrec.serving.router.main", "--topology-file", str(topology_file),
             "--router-config", str(config), "--api-keys-file", str(keys),
             "--host", "127.0.0.1", "--port", "0", "--workers", "1"]  # fmt: skip
-    return start_server(f"router-{ack}", argv)
+    return start_server(f"router-{prefix}{ack}", argv, env=env)
+
+
+def baseline_env(work: Path, ref: str) -> tuple[dict[str, str], str]:
+    """An environment whose `python -m shardrec...` runs the serving code of git `ref` (its
+    shard-server/src exported to `work`, ahead of the installed package on PYTHONPATH), and the
+    commit `ref` names (short)."""
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", f"{ref}^{{commit}}"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    out = work / f"baseline-{commit}"
+    out.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit, "shard-server/src"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    source = out / "shard-server" / "src"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")])),
+    }
+    found = subprocess.run(
+        [sys.executable, "-c", "import shardrec; print(shardrec.__file__)"],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    if not found.startswith(str(source)):
+        raise RuntimeError(f"the baseline's code is not the one imported: {found}")
+    return env, commit
 
 
 # --- tables --------------------------------------------------------------------------------------
@@ -306,8 +415,10 @@ def phases_table(rows: Sequence[Phase], connections: int, writers: int) -> str:
         f"| ack | round | phase (reads: wrk -c{connections}; writes: {writers} writers) | read req/s "
         "| read p50 ms | read p99 ms | read errors | acked writes/s | write p50 ms | write p99 ms "
         "| write errors | CPU cores: router / shards / writers | shard queue wait ms (mean) "
-        "| router's read call to a shard ms (mean) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| router's read call to a shard ms (mean) | shard-side search ms (mean) "
+        "| searches paused for writes ms/s per shard server (pauses/s) "
+        "| apply CPU ms/s per shard server | waiting for a CPU ms/s: router / per shard server |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         r, w = row.reads, row.writes
@@ -318,9 +429,12 @@ def phases_table(rows: Sequence[Phase], connections: int, writers: int) -> str:
         )
         writes = f"{w.per_s:,.1f} | {_ms(w.p50_ms)} | {_ms(w.p99_ms)} | {w.errors}" if w else "- | - | - | -"
         cpu = f"{row.cpu.router:.2f} / {row.cpu.shards:.2f} / {row.cpu.writers:.2f}"
+        c = row.costs
         lines.append(
             f"| {row.ack} | {row.round} | {row.phase} {PHASES[row.phase]} | {reads} | {writes} | {cpu} "
-            f"| {row.cpu.queue_wait_ms:.2f} | {row.cpu.shard_call_ms:.2f} |"
+            f"| {row.cpu.queue_wait_ms:.2f} | {row.cpu.shard_call_ms:.2f} | {c.search_ms:.2f} "
+            f"| {c.paused_ms_per_s:.1f} ({c.barriers_per_s:.1f}) | {c.apply_cpu_ms_per_s:.1f} "
+            f"| {c.runq_router_ms_per_s:.0f} / {c.runq_shards_ms_per_s:.0f} |"
         )
     return "\n".join(lines)
 
@@ -339,7 +453,7 @@ def _span(values: Sequence[float], digits: int = 2) -> str:
     return f"{mid:,.{digits}f} ({low:,.{digits}f}-{high:,.{digits}f})"
 
 
-def summary_table(rows: Sequence[Phase]) -> str:
+def summary_table(rows: Sequence[Phase], labels: Sequence[str] = ACKS) -> str:
     """Per ack policy: the ratios of each round's B to the same round's A (read p99, read req/s),
     and write throughput with and without the reads; median of the rounds (range)."""
     lines = [
@@ -348,7 +462,7 @@ def summary_table(rows: Sequence[Phase]) -> str:
         "| acked writes/s with reads | acked writes/s alone | write p99 ms alone |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for ack in ACKS:
+    for ack in labels:
         alone, mixed, writes = _pick(rows, ack, "A"), _pick(rows, ack, "B"), _pick(rows, ack, "C")
         pairs = [(a.reads, b.reads) for a, b in zip(alone, mixed, strict=False) if a.reads and b.reads]
         if not pairs:
@@ -377,7 +491,60 @@ def fsync_line(start: Sequence[float], end: Sequence[float]) -> str:
     )
 
 
-def reading(rows: Sequence[Phase], replicas: int) -> str:
+def attribution(rows: Sequence[Phase], label: str, connections: int) -> str:
+    """Where the reads' extra time with writes went (B against the same round's A; medians of the
+    rounds). A read's mean time in the system is `connections` / read req/s (Little's law, wrk is
+    closed-loop); it splits, by the metrics the processes keep, into the shards' queue wait (which
+    holds the pauses for writes), the rest of a search inside a shard server, the router's call to
+    a shard outside the shard server, and the router outside its shard calls."""
+    pairs = [(a, b) for a, b in zip(_pick(rows, label, "A"), _pick(rows, label, "B"), strict=False)
+             if a.reads and b.reads]  # fmt: skip
+    if not pairs:
+        return ""
+
+    def med(value: Callable[[Phase], float], phase: int) -> float:
+        return statistics.median(value(pair[phase]) for pair in pairs)
+
+    def parts(row: Phase) -> tuple[float, float, float, float]:
+        assert row.reads is not None
+        total = 1000 * connections / row.reads.requests_per_s
+        queue, shard, call = row.cpu.queue_wait_ms, row.costs.search_ms, row.cpu.shard_call_ms
+        return queue, shard - queue, call - shard, total - call
+
+    def total(row: Phase) -> float:
+        assert row.reads is not None
+        return 1000 * connections / row.reads.requests_per_s
+
+    deltas = [statistics.median(parts(b)[i] - parts(a)[i] for a, b in pairs) for i in range(4)]
+    c = [b.costs for _, b in pairs]
+    paused = statistics.median(x.paused_ms_per_s for x in c)
+    pauses = statistics.median(x.barriers_per_s for x in c)
+    drain = statistics.median(x.drain_ms_per_s for x in c)
+    per_pause = paused / pauses if pauses else 0.0
+    return (
+        f"Where the reads' time went, {label}: a read's mean time in the system ({connections} "
+        f"connections / read req/s) {med(total, 0):.1f} ms alone, {med(total, 1):.1f} ms with the "
+        f"writes (medians). Of the difference: the shards' queue wait, which holds the pauses for "
+        f"writes, {deltas[0]:+.2f} ms; the rest of a search inside a shard server {deltas[1]:+.2f} ms; "
+        f"the router's call to a shard outside the shard server (transport, both event loops, the "
+        f"scheduler) {deltas[2]:+.2f} ms; the router outside its shard calls {deltas[3]:+.2f} ms. "
+        f"With the writes, each shard server paused its searches {paused:.1f} ms/s "
+        f"({paused / 10:.1f}% of the time: {pauses:.1f} pauses/s of {per_pause:.2f} ms, "
+        f"{drain:.1f} ms/s of it waiting for the running search to end; "
+        f"{statistics.median(x.requests_per_barrier for x in c):.1f} write requests per pause) and "
+        f"spent {statistics.median(x.apply_cpu_ms_per_s for x in c):.1f} ms CPU/s applying them "
+        f"({statistics.median(x.apply_ms_per_s for x in c):.1f} ms/s wall). Threads waiting for a "
+        f"CPU: the router {med(lambda r: r.costs.runq_router_ms_per_s, 0):.0f} -> "
+        f"{med(lambda r: r.costs.runq_router_ms_per_s, 1):.0f} ms/s, each shard server "
+        f"{med(lambda r: r.costs.runq_shards_ms_per_s, 0):.0f} -> "
+        f"{med(lambda r: r.costs.runq_shards_ms_per_s, 1):.0f} ms/s; CPU cores router / shards / "
+        f"writers {med(lambda r: r.cpu.router, 0):.2f} / {med(lambda r: r.cpu.shards, 0):.2f} / "
+        f"{med(lambda r: r.cpu.writers, 0):.2f} -> {med(lambda r: r.cpu.router, 1):.2f} / "
+        f"{med(lambda r: r.cpu.shards, 1):.2f} / {med(lambda r: r.cpu.writers, 1):.2f}."
+    )
+
+
+def reading(rows: Sequence[Phase], replicas: int, connections: int = 8) -> str:
     """The numbers in words, computed (a hand-written reading would go stale on the next run)."""
     parts = []
     for ack in ACKS:
@@ -407,6 +574,7 @@ def reading(rows: Sequence[Phase], replicas: int) -> str:
         f"Errors over every phase: {read_errors} reads (wrk: non-2xx, timeouts, socket errors), "
         f"{write_errors} writes{f' ({kinds})' if kinds else ''}."
     )
+    parts.extend(filter(None, (attribution(rows, ack, connections) for ack in ACKS)))
     if replicas == 2:
         parts.append(
             "With 2 replicas a majority is 2 (`ready // 2 + 1`), so `majority` waits for the follower "
@@ -445,7 +613,7 @@ def run_phase(  # noqa: PLR0917 - one phase of one round
             work, router.url + "/v1/recommend", "/v1/recommend", "application/json", *bodies,
             seconds=args.seconds, connections=args.connections, api_key=KEY,
         )  # fmt: skip
-        return Phase(ack, round_, phase, reads, None, watch.cores())
+        return Phase(ack, round_, phase, reads, None, watch.cores(), watch.costs())
     with Writers(router.url, args.writers, args.dimension, tag) as writers:
         writers.first_ack.wait(10)
         start = time.monotonic()
@@ -460,8 +628,8 @@ def run_phase(  # noqa: PLR0917 - one phase of one round
             result = None
             time.sleep(max(1, round(args.seconds)))
         end = time.monotonic()
-        cpu = watch.cores()
-    return Phase(ack, round_, phase, result, writers.summary(start, end), cpu)
+        cpu, costs = watch.cores(), watch.costs()
+    return Phase(ack, round_, phase, result, writers.summary(start, end), cpu, costs)
 
 
 INTRO = """## Item writes: throughput, latency and the read p99 they cost
@@ -493,16 +661,41 @@ def write_doc(text: str, command: str, reading: str, replicas: int) -> None:
     write_marked_section(DOC, block)
 
 
-def start_shards(work: Path, layout: Path, replicas: int, servers: list[Server]) -> dict[int, list[Server]]:
+AB_BEGIN, AB_END = "<!-- writes-bench-ab:begin -->", "<!-- writes-bench-ab:end -->"
+AB_INTRO = """### Item writes: the shard servers' write path before and after, in one run
+
+The same benchmark (2 shards x 2 replicas, ack=all) on two clusters started side by side from
+one layout: the serving code of an earlier commit (`--baseline`, exported from git and put first
+on the processes' PYTHONPATH) and this tree's. Their phases alternate in every round (before A, B,
+C, then after A, B, C), so the machine's drift hits both alike; compare each cluster's B/A ratios
+(its own reads alone in the same round) rather than raw numbers across rows."""
+
+
+def write_ab_doc(text: str, command: str, words: str) -> None:
+    block = (
+        f"{AB_BEGIN}\n{AB_INTRO}\n\n`{command}` on this machine "
+        f"({time.strftime('%Y-%m-%d')}):\n\n{text}\n\n{words}\n{AB_END}"
+    )
+    write_marked_section(DOC, block)
+
+
+def start_shards(  # noqa: PLR0917 - a cluster's shard servers
+    work: Path,
+    layout: Path,
+    replicas: int,
+    servers: list[Server],
+    prefix: str = "",
+    env: dict[str, str] | None = None,
+) -> dict[int, list[Server]]:
     """`replicas` shard servers per shard, each with its own write log; replica 0 leads."""
     started: dict[int, list[Server]] = {}
     for shard in range(SHARDS):
         for replica in range(replicas):
-            name = f"s{shard}-r{replica}"
+            name = f"{prefix}s{shard}-r{replica}"
             argv = [sys.executable, "-m", "shardrec.serving.shard.main", "--layout-dir", str(layout),
                     "--shard", str(shard), "--host", "127.0.0.1", "--port", "0", "--search-threads", "1",
                     "--write-log-dir", str(work / "writes" / name)]  # fmt: skip
-            server = start_server(name, argv)
+            server = start_server(name, argv, env=env)
             servers.append(server)
             started.setdefault(shard, []).append(server)
     return started
@@ -519,7 +712,7 @@ def footer(args: argparse.Namespace, load_start: Sequence[float], load_end: Sequ
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--dimension", type=int, default=32)
@@ -532,9 +725,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fsyncs", type=int, default=100, help="fsyncs timed at the start and the end")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4k items, 2 s phases, 1 round")
     parser.add_argument("--write-doc", action="store_true", help="write the tables into docs/benchmarks.md")
+    parser.add_argument(
+        "--baseline",
+        metavar="GIT_REF",
+        help="also run the serving code of GIT_REF (a second cluster, ack=all), interleaved with "
+        "this tree's in every round: before/after in one run (its own section with --write-doc)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.items, args.users, args.seconds, args.rounds, args.fsyncs = 4000, 2000, 2.0, 1, 20
+    return args
+
+
+def report_ab(
+    rows: Sequence[Phase], before: str, args: argparse.Namespace, closing: list[str], command: str
+) -> None:
+    """The before/after tables and words (--baseline): the baseline's ack=all rows beside this
+    tree's, as they alternated."""
+    after = "all, after (this tree)"
+    pairs = [
+        replace(row, ack=after) if row.ack == "all" else row for row in rows if row.ack in (before, "all")
+    ]
+    ab = "\n\n".join(
+        [phases_table(pairs, args.connections, args.writers), summary_table(pairs, (before, after)), *closing]
+    )
+    words = " ".join(attribution(pairs, label, args.connections) for label in (before, after))
+    print(ab + "\n\n" + words)
+    if args.write_doc:
+        write_ab_doc(ab, command, words)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     command = " ".join(
         ["python benchmarks/writes_bench.py", *(a for a in (argv or []) if a != "--write-doc")]
     )
@@ -551,36 +773,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         bodies = write_bodies(work, "users", queries)
         servers: list[Server] = []
+        clusters: list[tuple[str, Server, list[Server]]] = []  # (label, router, its shard servers)
+        before = ""
         with running(servers):
+            if args.baseline:
+                env, commit = baseline_env(work, args.baseline)
+                before = f"all, before ({commit})"
+                old = start_shards(work, layout, args.replicas, servers, "before-", env)
+                old_topology = work / "topology-before.json"
+                atomic_write_text(old_topology, topology(layout, args.dimension, old).model_dump_json())
+                servers.append(start_router(work, "all", old_topology, "before-", env))
+                clusters.append((before, servers[-1], [s for procs in old.values() for s in procs]))
             replicas = start_shards(work, layout, args.replicas, servers)
             shard_servers = [server for procs in replicas.values() for server in procs]
             topology_file = work / "topology.json"
             atomic_write_text(topology_file, topology(layout, args.dimension, replicas).model_dump_json())
             routers = {ack: start_router(work, ack, topology_file) for ack in ACKS}
             servers.extend(routers.values())
+            clusters.extend((ack, routers[ack], shard_servers) for ack in ACKS)
             warmup = argparse.Namespace(**{**vars(args), "seconds": 1})
-            for ack in ACKS:  # connections open, code paths hot (unmeasured)
+            for label, router, shards in clusters:  # connections open, code paths hot (unmeasured)
                 for phase in PHASES:
-                    run_phase(work, routers[ack], shard_servers, ack, 0, phase, bodies, warmup)
+                    run_phase(work, router, shards, label, 0, phase, bodies, warmup)
             for round_ in range(1, args.rounds + 1):
-                for ack in ACKS:
+                for label, router, shards in clusters:
                     for phase in PHASES:
-                        row = run_phase(work, routers[ack], shard_servers, ack, round_, phase, bodies, args)
+                        row = run_phase(work, router, shards, label, round_, phase, bodies, args)
                         line = phases_table([row], args.connections, args.writers).splitlines()[-1]
                         print(line, flush=True)
                         rows.append(row)
         fsync_end = fsync_ms(work, args.fsyncs)
+    current = [row for row in rows if row.ack in ACKS]
+    closing = [fsync_line(fsync_start, fsync_end), footer(args, load_start, os.getloadavg())]
     text = "\n\n".join(
-        [
-            phases_table(rows, args.connections, args.writers),
-            summary_table(rows),
-            fsync_line(fsync_start, fsync_end),
-            footer(args, load_start, os.getloadavg()),
-        ]
+        [phases_table(current, args.connections, args.writers), summary_table(current), *closing]
     )
-    print(text)
+    words = reading(current, args.replicas, args.connections)
+    print(text + "\n\n" + words)
     if args.write_doc:
-        write_doc(text, command, reading(rows, args.replicas), args.replicas)
+        write_doc(text, command, words, args.replicas)
+    if before:
+        report_ab(rows, before, args, closing, command)
     return 0
 
 

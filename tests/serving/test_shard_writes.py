@@ -4,7 +4,9 @@ replicated in order, replayed from the log on load, and guarded by the admin tok
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -316,3 +318,204 @@ def test_recall_after_a_fifth_of_the_items_were_replaced(tmp_path: Path) -> None
     after = _recall(index, live, queries, 10)
     print(f"\nrecall@10 (ef {index.ef_search}): built {before:.4f}, after replacing 20% {after:.4f}")
     assert after >= before - 0.02
+
+
+# --- group commit: write requests that arrive while a group is committed go together next ------
+
+
+_REQUESTS = st.lists(
+    st.tuples(st.integers(1, 4), st.booleans()),  # (ops in the request, one of them is refused)
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_REQUESTS)
+def test_grouped_leads_number_in_arrival_order_and_a_refused_request_fails_alone(
+    layout: Path, tmp_path_factory: pytest.TempPathFactory, requests: list[tuple[int, bool]]
+) -> None:
+    """Concurrent lead requests (committed in groups: one append + fsync, one pause each): every
+    accepted request's sequences are contiguous, in its ops' order and in arrival order across
+    requests; together 1..N with no gap or repeat; the log holds exactly those records; a request
+    with an op of the wrong dimension fails alone (none of its ops is logged); each answer comes
+    once its records are durable and applied."""
+    other = _owned(1, "elsewhere", 1)[0]
+    items = iter(_owned(0, "g", sum(n for n, _ in requests)))
+    batches = [
+        [
+            WriteRecord(1, "upsert", next(items), (1.0,) if bad and i == n - 1 else _vector(i))
+            for i in range(n)
+        ]
+        for n, bad in requests
+    ]
+
+    async def scenario() -> None:
+        engine = _engine(tmp_path_factory.mktemp("group"))
+        await engine.load(layout, 0)
+        log = engine.write_log(SHARDS, 0)
+        answered: list[int] = []
+
+        async def lead(ops: list[WriteRecord]) -> list[int] | Exception:
+            try:
+                sequences = await engine.lead_writes(ops)
+            except WriteRejectedError as exc:
+                return exc
+            assert engine.current is not None
+            assert log.last_sequence >= sequences[-1] and engine.current.applied_sequence >= sequences[-1]
+            answered.append(len(sequences))
+            return sequences
+
+        results = await asyncio.gather(*(lead(ops) for ops in batches))
+        with pytest.raises(WriteRejectedError):  # not this shard's: refused alone, nothing logged
+            await engine.lead_writes([WriteRecord(1, "delete", other)])
+        accepted = [
+            (ops, r)
+            for ops, (r, (_, bad)) in zip(batches, zip(results, requests, strict=True), strict=True)
+            if not bad
+        ]
+        for (_, bad), result in zip(requests, results, strict=True):
+            assert isinstance(result, WriteRejectedError) == bad
+        following = 1
+        for ops, sequences in accepted:
+            assert sequences == list(range(following, following + len(ops)))
+            following += len(ops)
+        logged = log.since(0)
+        assert [r.seq for r in logged] == list(range(1, following))
+        assert [r.item_id for r in logged] == [op.item_id for ops, _ in accepted for op in ops]
+        assert engine.applied_sequence() == following - 1
+        assert engine.current is not None and set(engine.current.label_of) >= {r.item_id for r in logged}
+        barriers = engine.metrics.write_barriers._value.get()
+        assert barriers <= len(accepted)
+        if len(requests) > 1 and accepted:
+            assert barriers < len(requests)  # they did not each pause the searches
+        engine.close()
+
+    asyncio.run(scenario())
+
+
+def test_grouped_replication_skips_what_is_held_and_refuses_a_gap_with_the_logged_sequence(
+    layout: Path, tmp_path: Path
+) -> None:
+    items = _owned(0, "rep", 6)
+    records = [WriteRecord(n + 1, "upsert", item, _vector(n)) for n, item in enumerate(items)]
+
+    async def scenario() -> None:
+        engine = _engine(tmp_path / "log")
+        await engine.load(layout, 0)
+        first, retry, gap, rest, inner_gap = await asyncio.gather(
+            engine.replicate_writes(records[:3]),
+            engine.replicate_writes(records[1:3]),  # a retry of records in the same group: skipped
+            engine.replicate_writes(records[4:]),  # 4 is missing: refused
+            engine.replicate_writes(records[2:4]),  # 3 held, 4 new
+            engine.replicate_writes([records[4], records[5]][::-1]),  # out of order: refused
+            return_exceptions=True,
+        )
+        assert (first, retry, rest) == (3, 0, 1)
+        for refused in (gap, inner_gap):
+            assert isinstance(refused, SequenceGapRefusedError) and refused.applied == 4
+        assert [r.seq for r in engine.write_log(SHARDS, 0).since(0)] == [1, 2, 3, 4]
+        assert engine.applied_sequence() == 4
+        assert await engine.replicate_writes(records) == 2
+        assert engine.applied_sequence() == 6
+        engine.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_append_error_fails_only_its_group(
+    layout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = _owned(0, "disk", 6)
+
+    async def scenario() -> None:
+        engine = _engine(tmp_path / "log")
+        await engine.load(layout, 0)
+        log = engine.write_log(SHARDS, 0)
+        append = log.append
+        calls = 0
+
+        def flaky(records: list[WriteRecord]) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise OSError("disk full")
+            append(records)
+
+        monkeypatch.setattr(log, "append", flaky)
+        ops = [[WriteRecord(1, "upsert", item, _vector(n))] for n, item in enumerate(items)]
+        first = asyncio.ensure_future(engine.lead_writes(ops[0]))
+        await asyncio.sleep(0)  # the first group starts committing: the next four queue behind it
+        second = asyncio.gather(*(engine.lead_writes(op) for op in ops[1:5]), return_exceptions=True)
+        assert await first == [1]
+        failed = await second
+        assert all(isinstance(result, OSError) for result in failed)
+        assert await engine.lead_writes(ops[5]) == [2]  # the next group goes on from the log
+        assert [r.item_id for r in log.since(0)] == [items[0], items[5]]
+        assert engine.applied_sequence() == 2
+        engine.close()
+
+    asyncio.run(scenario())
+
+
+def test_no_search_runs_while_writes_are_applied_and_the_loop_stays_free(
+    layout: Path, tmp_path: Path
+) -> None:
+    """The apply runs in its own thread while no search runs; meanwhile the event loop keeps
+    running (it answers a timer), and item vectors wait for the apply to end."""
+    items = _owned(0, "busy", 30)
+
+    async def scenario() -> None:
+        engine = _engine(tmp_path / "log")
+        await engine.load(layout, 0)
+        index = engine.current
+        assert index is not None
+        searching = 0
+        overlaps: list[str] = []
+        ticks = 0
+        apply_writes, search = index.apply_writes, index.search
+
+        def slow_apply(records: Any) -> int:
+            if searching:
+                overlaps.append("apply beside a search")
+            time.sleep(0.02)  # long enough for the loop to tick meanwhile
+            if searching:
+                overlaps.append("a search started during the apply")
+            return apply_writes(records)
+
+        def counted_search(*args: Any, **kwargs: Any) -> Any:
+            nonlocal searching
+            searching += 1
+            try:
+                time.sleep(0.001)
+                return search(*args, **kwargs)
+            finally:
+                searching -= 1
+
+        index.apply_writes = slow_apply  # type: ignore[method-assign]
+        index.search = counted_search  # type: ignore[method-assign]
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.002)
+                ticks += 1
+
+        ticking = asyncio.ensure_future(ticker())
+        query = np.asarray([_vector(3)], dtype=np.float32)
+        writes = [
+            engine.lead_writes([WriteRecord(1, "upsert", item, _vector(n))]) for n, item in enumerate(items)
+        ]
+        searches = [engine.search(query, 3, None, 0, binary=False) for _ in range(60)]
+        results = await asyncio.gather(*writes, *searches)
+        ticking.cancel()
+        assert sorted(seq for r in results[: len(items)] for seq in r) == list(range(1, len(items) + 1))
+        assert overlaps == []
+        applies = engine.metrics.write_barriers._value.get()
+        assert ticks >= applies  # the loop ran during the 20 ms applies
+        settled = asyncio.ensure_future(engine.settled_index())
+        await asyncio.sleep(0)
+        assert settled.done()
+        engine.close()
+
+    asyncio.run(scenario())

@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException
 from shardrec.api.commands import SHARD_PRESTOP_PATH
 from shardrec.api.errors import describe_errors
 from shardrec.serving.credentials import StaticTokens, TokenSource, accepts
+from shardrec.serving.index.shard_index import ShardIndex
 from shardrec.serving.index.write_log import WriteLogError, WriteRecord
 from shardrec.serving.shard.engine import (
     EngineError,
@@ -300,7 +301,7 @@ def _add_json_routes(api: FastAPI, engine: SearchEngine, admin_token: TokenSourc
     async def item_vectors(body: VectorsJson, request: Request) -> Any:
         if not _authorized(admin_token, request):
             return _unauthorized()
-        return _item_vectors(engine, body)
+        return _item_vectors(engine, await engine.settled_index(), body)
 
 
 def _authorized(admin_token: TokenSource | None, request: Request) -> bool:
@@ -347,8 +348,9 @@ async def _search_json(engine: SearchEngine, body: SearchJson) -> Any:
     )
 
 
-def _item_vectors(engine: SearchEngine, body: VectorsJson) -> Any:
-    index = engine.current
+def _item_vectors(engine: SearchEngine, index: ShardIndex | None, body: VectorsJson) -> Any:
+    """`index`: the serving one with no write being applied (hnswlib's get_items must not run
+    beside add_items or a resize); called with no await between getting it and reading it."""
     if index is None:
         raise NotReadyError("no index loaded yet")
     found = {item: label for item in body.item_ids if (label := index.label_of.get(item)) is not None}

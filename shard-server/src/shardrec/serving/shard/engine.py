@@ -31,7 +31,6 @@ from shardrec.serving.index.layout import LayoutError
 from shardrec.serving.index.partitioning import shard_of
 from shardrec.serving.index.shard_index import NO_LABEL, Expectation, ShardIndex
 from shardrec.serving.index.write_log import (
-    SequenceGapError,
     WriteLog,
     WriteLogError,
     WriteRecord,
@@ -112,6 +111,20 @@ class _Pending:
     ef_search: int = 0
 
 
+@dataclass
+class _WriteRequest:
+    """A lead (`lead`: number `records` after the log) or replicate call waiting for its group."""
+
+    lead: bool
+    records: list[WriteRecord]
+    future: asyncio.Future[Any]
+
+
+MAX_GROUP_RECORDS = 4096
+"""Records committed in one group at most (one append + fsync, one pause of the searches); a
+request is never split, so a group holds at least one whole request."""
+
+
 @dataclass(frozen=True)
 class _Failed:
     """The answer of a request whose search failed alone (its batch neighbours were answered)."""
@@ -167,6 +180,12 @@ class SearchEngine:
         self._paused = 0
         self._quiet = asyncio.Event()
         self._logs: dict[tuple[int, int], WriteLog] = {}
+        self._writes: deque[_WriteRequest] = deque()
+        self._committer: asyncio.Task[None] | None = None
+        self._applier = ThreadPoolExecutor(1, thread_name_prefix="apply")
+        self._applying = False
+        self._settled = asyncio.Event()
+        self._settled.set()
         self.writes_fenced = False
         """Refuse to lead new writes (in memory: a restart takes writes again)."""
 
@@ -381,9 +400,15 @@ class SearchEngine:
             self._kick()
 
     def _apply(self, index: ShardIndex, log: WriteLog) -> int:
-        """Bring `index` up to the end of `log` (on the loop thread, no search running)."""
+        """Bring `index` up to the end of `log` (no search running: in the apply thread while serving,
+        on the loop thread for an index not serving yet)."""
+        started, cpu = time.perf_counter(), time.thread_time()
         records = log.since(index.applied_sequence)
-        applied = index.apply_writes(records)
+        try:
+            applied = index.apply_writes(records)
+        finally:
+            self.metrics.write_apply.inc(time.perf_counter() - started)
+            self.metrics.write_apply_cpu.inc(time.thread_time() - cpu)
         for record in records[-applied:] if applied else []:
             self.metrics.writes.labels(record.op).inc()
         self.metrics.write_sequence.set(index.applied_sequence)
@@ -409,20 +434,9 @@ class SearchEngine:
 
     async def lead_writes(self, ops: list[WriteRecord]) -> list[int]:
         """As the shard's sequence authority: number `ops` after the log's last sequence (their own
-        `seq` is ignored), append them durably, apply them; their sequences."""
-        async with self._write_lock:
-            if self.writes_fenced:
-                raise WritesFencedError("this replica's layout is being replaced: it takes no new writes")
-            index, log = self._serving_for_writes()
-            self._check_ops(index, ops)
-            if index.applied_sequence < log.last_sequence:
-                raise NotReadyError("the index has not replayed the log yet")
-            first = log.last_sequence + 1
-            numbered = [
-                WriteRecord(first + n, op.op, op.item_id, op.vector, op.metadata) for n, op in enumerate(ops)
-            ]
-            await self._durably(index, log, numbered)
-            return [record.seq for record in numbered]
+        `seq` is ignored), append them durably, apply them; their sequences (see `_commit`)."""
+        sequences: list[int] = await self._submit(_WriteRequest(True, list(ops), self._future()))
+        return sequences
 
     async def fence_writes(self, fenced: bool) -> int:
         """Stop (or resume) leading new writes; the log's last sequence once no write is being
@@ -435,28 +449,147 @@ class SearchEngine:
     async def replicate_writes(self, records: list[WriteRecord]) -> int:
         """As a follower: append and apply records the leader numbered. Records at or below the
         log's last sequence are skipped (a retry); a gap raises SequenceGapRefusedError."""
-        async with self._write_lock:
-            index, log = self._serving_for_writes()
-            self._check_ops(index, records)
-            fresh = [record for record in records if record.seq > log.last_sequence]
-            if fresh and fresh[0].seq != log.last_sequence + 1:
-                raise SequenceGapRefusedError(log.last_sequence, fresh[0].seq)
-            try:
-                await self._durably(index, log, fresh)
-            except SequenceGapError as exc:
-                raise SequenceGapRefusedError(exc.applied, exc.got) from exc
-            return len(fresh)
+        applied: int = await self._submit(_WriteRequest(False, list(records), self._future()))
+        return applied
 
-    async def _durably(self, index: ShardIndex, log: WriteLog, records: list[WriteRecord]) -> None:
-        """Append + fsync (off the loop), then apply with no search running. The caller holds the
-        write lock, so `index` stays the serving one (a swap takes the lock too)."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, log.append, records)
-        await self._exclusive()
+    def _future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, request: _WriteRequest) -> Any:
+        """Queue `request` for the next group commit; its answer once its group is durable and
+        applied (or its error)."""
+        self._writes.append(request)
+        if self._committer is None:
+            self._committer = asyncio.get_running_loop().create_task(self._commit_queued())
+        return await request.future
+
+    async def _commit_queued(self) -> None:
+        """Commit the queued write requests, group after group, until none waits: the requests that
+        arrive while a group is being appended, fsynced and applied form the next group."""
         try:
-            self._apply(index, log)
+            while self._writes:
+                async with self._write_lock:  # a load or a fence may hold it: more requests join
+                    group = self._take_group()
+                    try:
+                        await self._commit(group)
+                    except Exception as exc:  # every waiting write must hear, or it would hang
+                        _fail(group, exc)
+                    except BaseException:
+                        _fail(group, NotReadyError("the server is shutting down"))
+                        raise
         finally:
-            self._resume()
+            self._committer = None
+            _fail(list(self._writes), NotReadyError("the server is shutting down"))
+            self._writes.clear()
+
+    def _take_group(self) -> list[_WriteRequest]:
+        group = [self._writes.popleft()]
+        size = len(group[0].records)
+        while self._writes and size + len(self._writes[0].records) <= MAX_GROUP_RECORDS:
+            size += len(self._writes[0].records)
+            group.append(self._writes.popleft())
+        return group
+
+    async def _commit(self, group: list[_WriteRequest]) -> None:
+        """One append + fsync and one pause of the searches for every request of `group`, in
+        arrival order: a lead's ops are numbered after the records before them (in the log or in
+        the group), a replicate's records must follow them. A request that does not fit (wrong
+        shard or dimension, fenced, a gap) fails alone; an append or apply error fails the group's
+        accepted requests only. Answers are given once the group is durable and applied. The
+        caller holds the write lock, so the index stays the serving one (a swap takes it too)."""
+        try:
+            index, log = self._serving_for_writes()
+        except EngineError as exc:
+            _fail(group, exc)
+            return
+        behind = index.applied_sequence < log.last_sequence
+        accepted: list[tuple[_WriteRequest, Any]] = []
+        gaps: list[tuple[_WriteRequest, int]] = []
+        records: list[WriteRecord] = []
+        following = log.last_sequence + 1
+        for request in group:
+            if request.future.done():
+                continue  # the caller went away before its records were numbered
+            try:
+                fresh = self._admit(index, request, following, behind=behind)
+            except _GapError as gap:
+                gaps.append((request, gap.got))
+                continue
+            except EngineError as exc:
+                request.future.set_exception(exc)
+                continue
+            records.extend(fresh)
+            following += len(fresh)
+            accepted.append((request, [r.seq for r in fresh] if request.lead else len(fresh)))
+        self.metrics.write_group_requests.observe(len(accepted) + len(gaps))
+        try:
+            if records:
+                started = time.perf_counter()
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, log.append, records)
+                finally:
+                    self.metrics.write_append.inc(time.perf_counter() - started)
+            if index.applied_sequence < log.last_sequence:
+                await self._apply_exclusively(index, log)
+        except Exception as exc:
+            _fail([request for request, _ in accepted], exc)
+            raise
+        finally:
+            for request, got in gaps:  # the log's last sequence as it is now: what to send after
+                _fail([request], SequenceGapRefusedError(log.last_sequence, got))
+        for request, result in accepted:
+            if not request.future.done():
+                request.future.set_result(result)
+
+    def _admit(
+        self, index: ShardIndex, request: _WriteRequest, following: int, *, behind: bool
+    ) -> list[WriteRecord]:
+        """The records `request` adds after sequence `following - 1`: a lead's ops numbered from
+        `following`, a replicate's records from `following` on (those before are held already)."""
+        self._check_ops(index, request.records)
+        if request.lead:
+            if self.writes_fenced:
+                raise WritesFencedError("this replica's layout is being replaced: it takes no new writes")
+            if behind:
+                raise NotReadyError("the index has not replayed the log yet")
+            return [
+                WriteRecord(following + n, op.op, op.item_id, op.vector, op.metadata)
+                for n, op in enumerate(request.records)
+            ]
+        fresh = [record for record in request.records if record.seq >= following]
+        for expected, record in enumerate(fresh, start=following):
+            if record.seq != expected:
+                raise _GapError(record.seq)
+        return fresh
+
+    async def _apply_exclusively(self, index: ShardIndex, log: WriteLog) -> None:
+        """Apply the log to `index` with no search running: stop dispatching, wait until the
+        running searches end, apply in the apply thread (the event loop keeps reading and queueing
+        requests meanwhile), resume. Searches resume only once the apply has ended, even if this
+        coroutine is cancelled."""
+        loop = asyncio.get_running_loop()
+        paused = time.perf_counter()
+        await self._exclusive()
+        self.metrics.write_barriers.inc()
+        self.metrics.write_barrier_wait.inc(time.perf_counter() - paused)
+        self._applying = True
+        self._settled.clear()
+        job = self._applier.submit(self._apply, index, log)
+        job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._applied, paused))
+        await asyncio.shield(asyncio.wrap_future(job))
+
+    def _applied(self, paused: float) -> None:
+        self._applying = False
+        self._settled.set()
+        self._resume()
+        self.metrics.write_exclusive.inc(time.perf_counter() - paused)
+
+    async def settled_index(self) -> ShardIndex | None:
+        """The serving index once no write is being applied to it: what reads hnswlib on the event
+        loop (item vectors) must wait for, since the apply runs in its own thread."""
+        while self._applying:
+            await self._settled.wait()
+        return self.current
 
     def applied_sequence(self) -> int | None:
         index = self.current
@@ -514,8 +647,23 @@ class SearchEngine:
 
     def close(self) -> None:
         self._searchers.shutdown(wait=False, cancel_futures=True)
+        self._applier.shutdown(wait=True)
         for log in self._logs.values():
             log.close()
+
+
+class _GapError(Exception):
+    """A replicated record does not follow the records before it (raised inside `_commit`)."""
+
+    def __init__(self, got: int) -> None:
+        super().__init__(f"sequence {got} is not the next one")
+        self.got = got
+
+
+def _fail(requests: list[_WriteRequest], error: Exception) -> None:
+    for request in requests:
+        if not request.future.done():
+            request.future.set_exception(error)
 
 
 def _json_answer(

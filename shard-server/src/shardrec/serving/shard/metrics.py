@@ -86,3 +86,39 @@ class ShardMetrics:
             "shardrec_shard_writes", "Write-log records applied, by operation.", ["op"], registry=r
         )
         self.loads = Counter("shardrec_shard_loads", "Index loads by result.", ["result"], registry=r)
+        # What writes cost the searches (docs/benchmarks.md, "Item writes"): hnswlib cannot search
+        # beside add_items/mark_deleted/resize, so applying writes pauses this replica's searches.
+        self.write_barriers = Counter(
+            "shardrec_shard_write_barriers",
+            "Times searches were paused to apply writes (one per committed group of write requests).",
+            registry=r,
+        )
+        self.write_barrier_wait = Counter(
+            "shardrec_shard_write_barrier_wait_seconds",
+            "Time spent waiting for running searches to end before applying writes (none starts meanwhile).",
+            registry=r,
+        )
+        self.write_exclusive = Counter(
+            "shardrec_shard_write_exclusive_seconds",
+            "Time searches were paused for writes: the wait for running searches plus the apply.",
+            registry=r,
+        )
+        self.write_apply = Counter(
+            "shardrec_shard_write_apply_seconds", "Wall time of applying writes to the index.", registry=r
+        )
+        self.write_apply_cpu = Counter(
+            "shardrec_shard_write_apply_cpu_seconds",
+            "CPU time of the thread applying writes to the index (hnswlib add_items, mark_deleted, resize).",
+            registry=r,
+        )
+        self.write_append = Counter(
+            "shardrec_shard_write_append_seconds",
+            "Time appending write-log records and fsyncing them (off the event loop).",
+            registry=r,
+        )
+        self.write_group_requests = Histogram(
+            "shardrec_shard_write_group_requests",
+            "Write requests (lead or replicate) committed together: one append + fsync, one pause.",
+            buckets=_SIZE_BUCKETS,
+            registry=r,
+        )
