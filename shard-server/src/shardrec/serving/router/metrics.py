@@ -324,6 +324,8 @@ class PublishedFiles:
         self.gauge_modes = gauge_modes
         self._files: dict[str, MmapedDict] = {}
         self._lock = threading.Lock()
+        # Per series: its file key (a JSON text, built once) and the value last written.
+        self._written: dict[tuple[str, str, tuple[tuple[str, str], ...]], tuple[str, float]] = {}
 
     def _file(self, prefix: str) -> MmapedDict:
         found = self._files.get(prefix)
@@ -356,14 +358,23 @@ class PublishedFiles:
                 cumulative = value
                 value = cumulative - below.get(series, 0.0)
                 below[series] = cumulative
-            key = _key(family, name, labels)
+            series_key = (family.name, name, tuple(labels.items()))
+            written = self._written.get(series_key)
+            if written is None:
+                key = _key(family, name, labels)
+            elif written[1] == value:
+                continue  # unchanged since the last publication (most series, most of the time)
+            else:
+                key = written[0]
             target.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
+            self._written[series_key] = (key, value)
 
     def close(self) -> None:
         with self._lock:
             for file in self._files.values():
                 file.close()  # type: ignore[no-untyped-call]
             self._files.clear()
+            self._written.clear()
 
 
 def _key(family: Metric, name: str, labels: dict[str, Any]) -> str:
