@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from shardrec.serving.http_limits import HttpLimits, guarded_protocol
+from shardrec.serving.http_limits import HttpLimits, _ResponseWriter, guarded_protocol
 
 LIMITS = HttpLimits(
     max_header_bytes=4096, max_headers=20, header_timeout_s=0.3, body_timeout_s=0.3, keep_alive_s=1
@@ -163,5 +163,65 @@ def test_a_trickled_body_gets_408_though_every_byte_arrives_within_the_timeout()
 def test_a_silent_connection_is_closed() -> None:
     async def scenario(port: int) -> None:
         assert await exchange(port) == b""  # closed by the server within WAIT_S, nothing sent
+
+    run(scenario)
+
+
+class _Transport:
+    """What the writer sends on: every write() (one send() each on a real socket)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+def test_a_response_head_and_body_leave_in_one_write_and_a_lone_write_by_the_next_iteration() -> None:
+    async def main() -> None:
+        transport = _Transport()
+        writer = _ResponseWriter(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        writer.write(b"hi")
+        assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi"]
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")  # a body that comes later
+        assert len(transport.writes) == 1
+        await asyncio.sleep(0)
+        assert transport.writes[1:] == [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"]
+        writer.write(b"last")
+        writer.close()  # held bytes go first
+        assert transport.writes[2:] == [b"last"]
+        assert transport.closed
+        assert writer.get_extra_info("peername") == "info:peername"
+        await asyncio.sleep(0)
+        assert len(transport.writes) == 3
+
+    asyncio.run(main())
+
+
+def test_the_server_sends_each_response_in_one_segment() -> None:
+    """On a real connection: the head and body of a response arrive together in one read."""
+
+    async def scenario(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for body in (b"x" * 10, b"y" * 3000):
+                writer.write(request(body, close=False))
+                await writer.drain()
+                first = await asyncio.wait_for(reader.read(65536), WAIT_S)
+                assert first.startswith(b"HTTP/1.1 200")
+                assert first.endswith(body)
+        finally:
+            writer.close()
 
     run(scenario)

@@ -83,6 +83,14 @@ def test_two_workers_share_the_port_and_metrics_sum_over_them(
     assert statuses == [200] * (REQUESTS * 20)
     busy = [pid for pid in pids if cpu_ticks(pid) > before[pid]]
     assert len(busy) == 2, f"only {busy} of {pids} served"
+    # Each worker publishes its values twice a second (router/metrics.py): the pod's totals are
+    # complete within that, then every scrape, whichever worker answers it, reports them.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{router.url}/metrics", timeout=10).text
+        if metric(text, "shardrec_router_requests_total", 'route="/v1/recommend"') == REQUESTS * 20:
+            break
+        time.sleep(0.1)
     for _ in range(4):  # whichever worker answers /metrics reports the pod's total
         with httpx.Client(base_url=router.url, timeout=10) as client:
             text = client.get("/metrics").text

@@ -16,12 +16,20 @@ application resource: the router takes its admission slot only after the whole b
 
 The per-request cost is nothing in the common case (a request arriving in one read): the timers
 are armed only when a read ends inside a request's headers or body.
+
+One more thing the protocol does for every response: uvicorn writes a response's status line and
+headers (`http.response.start`) and its body as two `transport.write` calls, which on an idle
+socket are two send() syscalls and two TCP segments (the peer wakes up for each). The protocol's
+transport (`_ResponseWriter`) holds the head until the body follows (in the same event-loop step
+for the router's and the shard's answers), so a response leaves in one send(). Held bytes leave
+by the next loop iteration at the latest, and before a close.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -38,6 +46,73 @@ class HttpLimits:
     keep_alive_s: float = 75.0
 
 
+class _ResponseWriter:
+    """The connection's transport as uvicorn's protocol and response cycle use it: a write is held
+    until the next one (a response's head until its body) or the next loop iteration, whichever
+    comes first, and then leaves joined with it: one send() per response instead of two. Order is
+    kept (every write goes through here); close() sends what is held first. Anything else is the
+    transport's own."""
+
+    __slots__ = ("_flush_handle", "_held", "_loop", "transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._flush_handle: asyncio.Handle | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            self._held = bytes(data)
+            self._flush_handle = self._loop.call_soon(self._flush)
+            return
+        self._held = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self.transport.write(held + data)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        held, self._held = self._held, None
+        if held is not None and not self.transport.is_closing():
+            self.transport.write(held)
+
+    def flush(self) -> None:
+        """Send what is held now."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        self._flush()
+
+    def writelines(self, lines: Any) -> None:
+        self.write(b"".join(lines))
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._held = None
+        self.transport.abort()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.transport.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() + len(self._held or b"")
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 class _HeaderTooLargeError(Exception):
     """Raised from a parser callback to stop parsing a request whose header block is too big."""
 
@@ -49,6 +124,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # uvicorn's flow control keeps the transport itself; every write goes through the writer.
+        self.transport = cast(asyncio.Transport, _ResponseWriter(transport, self.loop))
         self._phase = _IDLE
         self._timer_phase = _IDLE
         self._timer: asyncio.TimerHandle | None = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -30,7 +29,7 @@ from shardrec.serving.router.config import RouterSettings
 from shardrec.serving.router.errors import ApiError, error_body
 from shardrec.serving.router.fallback import RECOMMEND_ROUTE, SHED, FallbackAnswer
 from shardrec.serving.router.manager import ManagerDeps, TopologyManager
-from shardrec.serving.router.metrics import MULTIPROCESS_ENV, RouterMetrics
+from shardrec.serving.router.metrics import PUBLISH_INTERVAL_S, RouterMetrics
 from shardrec.serving.router.ratelimit import FailedAuthThrottle, RateLimiter, retry_after_header
 from shardrec.serving.router.service import RouterService
 from shardrec.serving.router.serving_report import ServingReporter
@@ -106,8 +105,8 @@ class RouterState:
         self._tasks.append(loop.create_task(self.manager.probe_forever()))
         if self.reporter is not None:
             self._tasks.append(loop.create_task(self._report_canary(self.reporter)))
-        if os.environ.get(MULTIPROCESS_ENV):
-            self._tasks.append(loop.create_task(self._publish_in_flight()))
+        if self.metrics.directory is not None:
+            self._tasks.append(loop.create_task(self._publish()))
 
     async def _report_canary(self, reporter: ServingReporter) -> None:
         """While a canary runs, re-send the report (with its measurements) every few seconds: the
@@ -118,12 +117,14 @@ class RouterState:
             if self.manager.canary.route is not None:
                 await reporter.report(self.manager.serving())
 
-    async def _publish_in_flight(self) -> None:
+    async def _publish(self) -> None:
         """With several workers, /metrics is answered by one of them and sums every worker's
-        in-flight gauge: each worker refreshes its own twice a second, not only when it answers."""
+        published values: each worker publishes its own (in-flight gauge refreshed) twice a
+        second, not only when it answers."""
         while True:
             self.metrics.in_flight.set(self.admission.in_flight)
-            await asyncio.sleep(0.5)
+            self.metrics.publish()
+            await asyncio.sleep(PUBLISH_INTERVAL_S)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -131,6 +132,8 @@ class RouterState:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.metrics.in_flight.set(self.admission.in_flight)
+        self.metrics.publish()  # a stopping worker's last counts still reach the pod's sums
         await self.writer.drain()
         await self.manager.close()
 

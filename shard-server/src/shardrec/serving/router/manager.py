@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -29,7 +28,7 @@ from shardrec.serving.router.canary import CanaryRouter
 from shardrec.serving.router.config import RouterSettings
 from shardrec.serving.router.dispatch import DispatchPolicy, ShardChannel
 from shardrec.serving.router.hedging import HedgeBudget
-from shardrec.serving.router.metrics import MULTIPROCESS_ENV, RouterMetrics
+from shardrec.serving.router.metrics import RouterMetrics
 from shardrec.serving.router.replicas import EjectionPolicy, Replica
 from shardrec.serving.router.shard_protocol import ErrorKinds, ShardClientLike
 from shardrec.serving.router.snapshot import Snapshot
@@ -276,7 +275,7 @@ class TopologyManager:
         if old is not None:
             # Zero first: with several workers the value lives in a file clear() does not reach.
             self.metrics.active_version.labels(old.layout, old.version).set(0)
-        if not os.environ.get(MULTIPROCESS_ENV):  # (prometheus_client cannot clear files)
+        if self.metrics.directory is None:  # (published files keep every series they held)
             self.metrics.active_version.clear()
         if new is not None:
             self.metrics.active_version.labels(new.layout, new.version).set(1)

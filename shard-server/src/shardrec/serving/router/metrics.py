@@ -3,10 +3,15 @@
 Labels stay low-cardinality: route, status code, shard number, replica name, version. Never user or
 item ids.
 
-With several worker processes (`router/workers.py`) prometheus_client runs in multiprocess mode
-(PROMETHEUS_MULTIPROC_DIR, set by the supervisor before the worker imports it): each worker writes
-its values to its own mmap file and `render()` sums them, so /metrics answered by any worker gives
-the pod's totals. Counters and histograms add up; each gauge says how workers combine
+With several worker processes (`router/workers.py`) /metrics answered by any worker gives the
+pod's totals. Each worker keeps its metrics in its own process (prometheus_client's ordinary,
+in-memory values: an update is a few attribute writes) and publishes them, every
+`PUBLISH_INTERVAL_S` and whenever it answers /metrics, to its own files in the directory the
+supervisor names (SHARDREC_ROUTER_METRICS_DIR), in the file format of prometheus_client's
+multiprocess mode; `render()` sums the files with the library's `MultiProcessCollector`, so another
+worker's values are at most one interval old. (prometheus_client's multiprocess mode itself writes
+every update to the mmap'd file; under load that cost about 5% of the router's CPU, see
+docs/router.md.) Counters and histograms add up; each gauge says how workers combine
 (`multiprocess_mode`, ignored in a single process): in-flight requests and cache bytes/entries are
 the live workers' sum, per-shard live replicas, the active version and the canary step and weight
 each worker's maximum, the canary overlap the lowest worker's (so its alert fires if any worker's
@@ -16,11 +21,20 @@ share of the traffic looks wrong).
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROCESS_ENV = "SHARDREC_ROUTER_METRICS_DIR"
+"""Set by the worker supervisor: the directory every worker publishes its metrics to."""
+PUBLISH_INTERVAL_S = 0.5
+_DEFAULT_GAUGE_MODE = "all"  # prometheus_client's default multiprocess_mode
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -42,7 +56,10 @@ _LATENCY_BUCKETS = (
 
 
 class RouterMetrics:
-    def __init__(self) -> None:
+    def __init__(self, directory: str | None = None, pid: int | None = None) -> None:
+        """`directory`: where this process publishes its values for the other workers (default:
+        $SHARDREC_ROUTER_METRICS_DIR; None: a single process, nothing published); `pid`: the
+        process identity in the file names (default: this process's)."""
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "shardrec_router_requests_total",
@@ -264,11 +281,102 @@ class RouterMetrics:
             registry=registry,
         )
 
+        self.directory = directory if directory is not None else os.environ.get(MULTIPROCESS_ENV) or None
+        self._files = (
+            PublishedFiles(self.directory, os.getpid() if pid is None else pid, _gauge_modes(self))
+            if self.directory
+            else None
+        )
+
+    def publish(self) -> None:
+        """Write this process's current values to its files (with several workers; else nothing)."""
+        if self._files is not None:
+            self._files.publish(self.registry.collect())
+
     def render(self) -> bytes:
-        """The text exposition: this process's registry, or every worker's summed (multiprocess)."""
-        directory = os.environ.get(MULTIPROCESS_ENV)
-        if not directory:
+        """The text exposition: this process's registry, or every worker's summed (workers)."""
+        if self.directory is None:
             return generate_latest(self.registry)
+        self.publish()
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        MultiProcessCollector(registry, path=self.directory)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
+
+
+def _gauge_modes(metrics: RouterMetrics) -> dict[str, str]:
+    """Gauge name -> how workers combine it (the `multiprocess_mode` each gauge was declared with)."""
+    return {
+        gauge._name: getattr(gauge, "_multiprocess_mode", _DEFAULT_GAUGE_MODE)
+        for gauge in vars(metrics).values()
+        if isinstance(gauge, Gauge)
+    }
+
+
+class PublishedFiles:
+    """One process's values in prometheus_client's multiprocess file format: a file per metric type
+    (and gauge mode) named `<type>_<pid>.db`, one entry per series keyed as the library keys it
+    (histogram buckets not cumulative, no `_count`: the collector derives it), so the library's
+    `MultiProcessCollector` sums workers and `mark_process_dead` drops a dead one's live gauges."""
+
+    def __init__(self, directory: str, pid: int, gauge_modes: dict[str, str]) -> None:
+        self.directory = directory
+        self.pid = pid
+        self.gauge_modes = gauge_modes
+        self._files: dict[str, MmapedDict] = {}
+        self._lock = threading.Lock()
+        # Per series: its file key (a JSON text, built once) and the value last written.
+        self._written: dict[tuple[str, str, tuple[tuple[str, str], ...]], tuple[str, float]] = {}
+
+    def _file(self, prefix: str) -> MmapedDict:
+        found = self._files.get(prefix)
+        if found is None:
+            path = Path(self.directory) / f"{prefix}_{self.pid}.db"
+            found = self._files[prefix] = MmapedDict(str(path))  # type: ignore[no-untyped-call]
+        return found
+
+    def publish(self, families: Iterable[Metric]) -> None:
+        with self._lock:
+            for family in families:
+                self._publish(family)
+
+    def _publish(self, family: Metric) -> None:
+        kind = family.type
+        if kind == "gauge":
+            prefix = f"gauge_{self.gauge_modes.get(family.name, _DEFAULT_GAUGE_MODE)}"
+        elif kind in ("counter", "histogram"):
+            prefix = kind
+        else:
+            raise ValueError(f"{family.name}: cannot publish a {kind} metric")
+        target = self._file(prefix)
+        below: dict[tuple[tuple[str, str], ...], float] = {}  # histogram: cumulative count so far
+        for sample in family.samples:
+            name, labels, value = sample.name, sample.labels, sample.value
+            if name.endswith(("_created", "_count")) and kind != "gauge":
+                continue
+            if kind == "histogram" and name.endswith("_bucket"):
+                series = tuple((k, v) for k, v in labels.items() if k != "le")
+                cumulative = value
+                value = cumulative - below.get(series, 0.0)
+                below[series] = cumulative
+            series_key = (family.name, name, tuple(labels.items()))
+            written = self._written.get(series_key)
+            if written is None:
+                key = _key(family, name, labels)
+            elif written[1] == value:
+                continue  # unchanged since the last publication (most series, most of the time)
+            else:
+                key = written[0]
+            target.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
+            self._written[series_key] = (key, value)
+
+    def close(self) -> None:
+        with self._lock:
+            for file in self._files.values():
+                file.close()  # type: ignore[no-untyped-call]
+            self._files.clear()
+            self._written.clear()
+
+
+def _key(family: Metric, name: str, labels: dict[str, Any]) -> str:
+    """The series' key as prometheus_client's multiprocess values write it."""
+    return mmap_key(family.name, name, list(labels), list(labels.values()), family.documentation)

@@ -11,17 +11,18 @@ processes that all serve the same port. Two ways to share it (`--worker-sockets`
   uvicorn's own `--workers` does); whichever worker's loop wakes first takes the connection.
 
 Each worker is a fresh interpreter (`python -m shardrec.serving.router.main`, re-executed, not
-forked: prometheus_client must see PROMETHEUS_MULTIPROC_DIR before it is imported, and no event
-loop or thread state crosses a fork). Each watches the topology itself, so a topology document or
-layout switch reaches every worker on its own; each loads the layout's user table, whose vectors
-are memory-mapped (`serving/index/users.py`), so the page cache holds them once for all workers.
+forked: no event loop or thread state crosses a fork). Each watches the topology itself, so a
+topology document or layout switch reaches every worker on its own; each loads the layout's user
+table, whose vectors are memory-mapped (`serving/index/users.py`), so the page cache holds them
+once for all workers.
 
 What the pod reports (`RouterServing`, to the operator's pod annotation and in /readyz) must be
 true of every worker: each worker writes its own report to `<run dir>/serving-<i>.json`, and the
 pod's report is `combine_serving` of all of them, the least advanced worker's (a switch is
 confirmed only once every worker made it). Worker 0 delivers it to the pod annotation.
-Metrics: prometheus_client's multiprocess mode (one mmap file per worker under the run dir, summed
-at scrape time by whichever worker answers /metrics).
+Metrics: each worker keeps its own in memory and publishes them (twice a second, and when it
+answers /metrics) to files of prometheus_client's multiprocess format under the run dir, which
+whichever worker answers /metrics sums (`router/metrics.py`).
 
 A worker that dies is started again (after a 1 s pause); more than `MAX_RESTARTS` deaths within
 `RESTART_WINDOW_S` stop the pod with exit code 1, so Kubernetes sees a crash loop. Workers die with
@@ -50,6 +51,7 @@ from typing import Final, Literal
 
 from shardrec.api.canary import CanaryStats, merged
 from shardrec.api.topology import RouterServing
+from shardrec.serving.router.metrics import MULTIPROCESS_ENV
 from shardrec.serving.router.serving_report import ServingReporter
 from shardrec.serving.sockets import bound_tcp_socket
 
@@ -64,7 +66,10 @@ ENV_COUNT: Final = "SHARDREC_ROUTER_WORKER_COUNT"
 ENV_RUN_DIR: Final = "SHARDREC_ROUTER_WORKER_DIR"
 ENV_LISTEN_FD: Final = "SHARDREC_ROUTER_LISTEN_FD"
 ENV_PARENT: Final = "SHARDREC_ROUTER_SUPERVISOR_PID"
+METRICS_DIR_ENV: Final = MULTIPROCESS_ENV
 PROMETHEUS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+"""Never passed to workers: prometheus_client's own multiprocess mode would write every metric
+update to a file (the workers publish in batches instead, `router/metrics.py`)."""
 
 MAX_RESTARTS: Final = 5
 RESTART_WINDOW_S: Final = 60.0
@@ -276,12 +281,12 @@ class Supervisor:
 
     def _env(self, index: int) -> dict[str, str]:
         env = {
-            **os.environ,
+            **{name: value for name, value in os.environ.items() if name != PROMETHEUS_DIR_ENV},
             ENV_INDEX: str(index),
             ENV_COUNT: str(self.count),
             ENV_RUN_DIR: str(self.run_dir),
             ENV_PARENT: str(os.getpid()),
-            PROMETHEUS_DIR_ENV: str(self.run_dir / "metrics"),
+            METRICS_DIR_ENV: str(self.run_dir / "metrics"),
         }
         if self.sockets == "shared":
             env[ENV_LISTEN_FD] = str(self.sock.fileno())
