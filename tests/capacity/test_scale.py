@@ -19,6 +19,15 @@ from shardrec.tools.capacity.scale import (
 )
 
 GRID_STEP = 1.5  # the bench's ef grid (..., 32, 48, 64, 96, 128, 192, ...) steps by 1.33-1.5x
+EF_GRID = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)  # benchmarks/scale_bench.py
+RESIDUAL = 0.25
+"""With more measured points than coefficients the fits are regressions: each point comes back
+within this (the build rates were measured at different machine loads, see each table's load)."""
+
+
+def _grid_below(ef: int) -> int:
+    """The grid value before `ef`: a measured ef of 96 says only that the true one is in (64, 96]."""
+    return max((value for value in EF_GRID if value < ef), default=ef)
 
 
 @pytest.mark.parametrize("point", MEASURED, ids=lambda p: f"{p.items}x{p.dimension}")
@@ -26,8 +35,8 @@ def test_the_fit_gives_back_the_measured_ef_within_a_grid_step(point: ScalePoint
     for target, single, merged in zip(RECALL_TARGETS, point.ef_single, point.ef_merged, strict=True):
         one = MODEL.ef_for(target, point.items, 1, point.dimension)
         many = MODEL.ef_for(target, point.items / point.shards_merged, point.shards_merged, point.dimension)
-        assert single / GRID_STEP <= one <= single * GRID_STEP, (target, one, single)
-        assert merged / GRID_STEP <= many <= merged * GRID_STEP, (target, many, merged)
+        assert _grid_below(single) / GRID_STEP <= one <= single * GRID_STEP, (target, one, single)
+        assert _grid_below(merged) / GRID_STEP <= many <= merged * GRID_STEP, (target, many, merged)
 
 
 @pytest.mark.parametrize("point", MEASURED, ids=lambda p: f"{p.items}x{p.dimension}")
@@ -41,10 +50,10 @@ def test_the_fit_gives_back_the_measured_cpu(point: ScalePoint) -> None:
     excluded = MODEL.search_us(searched, point.items, point.dimension) + EXCLUDED * MODEL.per_excluded_us(
         point.items, point.dimension
     )
-    assert excluded == pytest.approx(point.cpu_us_excluded, rel=1e-6)
-    # The build rate goes through the measured points (per core: wall rate / the machine's cores).
+    assert excluded == pytest.approx(point.cpu_us_excluded, rel=RESIDUAL)
+    # The build rate comes back near the measured points (per core: wall rate / the machine's cores).
     per_core = MODEL.build_items_per_core_second(point.items, point.dimension)
-    assert per_core * point.build_cores == pytest.approx(point.build_items_per_second, rel=1e-6)
+    assert per_core * point.build_cores == pytest.approx(point.build_items_per_second, rel=RESIDUAL)
 
 
 def test_ef_grows_with_items_recall_and_dimension_and_falls_with_shards_merged() -> None:
