@@ -288,6 +288,11 @@ FORBIDDEN = (
          "s3://b/k: store busy or failing (HTTP 503 Service Unavailable, SlowDown)"),
         ("GET http://127.0.0.1:45503/b/k status code: 404 Not Found: <Error><Code>NoSuchKey</Code>",
          ObjectMissingError, "s3://b/k: object missing"),
+        # obstore states how long a request took: a refused connection that took 403.2 µs (or
+        # 404 ms, or 503 ns) is still unreachable (seen: "access denied" for a stopped store).
+        *((f"Generic S3 error: Error performing GET http://127.0.0.1:59385/b/k/layout.json in {took} - "
+           "HTTP error: error sending request", StoreUnreachableError, "s3://b/k: store unreachable")
+          for took in ("403.504µs", "401.1ms", "404.9µs", "503ns", "500.2s")),
     ],
 )  # fmt: skip
 def test_s3_errors_are_classified_into_one_short_line(

@@ -213,6 +213,8 @@ def describe_s3_failure(text: str) -> str:
 
 
 _STATUS_NUMBER = re.compile(r"status code: (\d{3})\b")
+_NOT_A_STATUS = re.compile(r"https?://\S+|\bin \d+(?:\.\d+)?\s*(?:µs|us|ns|ms|s)(?=\W|$)")
+"""URLs and obstore's "in 403.504µs" (how long a request took): digits that only look like a status."""
 _DENIED_CODES = frozenset(
     {"accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "expiredtoken", "tokenrefreshrequired"}
 )
@@ -228,7 +230,7 @@ def classify_s3_error(exc: BaseException, where: str) -> StoreError:
     from obstore import exceptions as obx
 
     text = str(exc)
-    lowered = text.lower()
+    lowered = _NOT_A_STATUS.sub(" ", text).lower()
     detail = describe_s3_failure(text)
     code_match = _S3_CODE.search(text)
     code = code_match.group(1).lower() if code_match else ""
