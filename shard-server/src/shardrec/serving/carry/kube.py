@@ -19,6 +19,7 @@ from shardrec.api.carry import (
     OPEN_REQUESTED_ANNOTATION,
     CarryProgress,
 )
+from shardrec.serving.kube_client import api_client
 
 
 @dataclass(frozen=True)
@@ -67,16 +68,10 @@ class InClusterKube:
     def _clients(self) -> tuple[Any, Any]:
         with self._lock:
             if self._apis is None:
-                from kubernetes import client, config
+                from kubernetes import client
 
-                api_client = self._api_client
-                if api_client is None:
-                    try:
-                        config.load_incluster_config()  # type: ignore[no-untyped-call]
-                    except config.ConfigException:
-                        config.load_kube_config()  # type: ignore[no-untyped-call]
-                    api_client = client.ApiClient()
-                self._apis = (client.CoreV1Api(api_client), client.AppsV1Api(api_client))
+                connection = api_client(self._api_client)
+                self._apis = (client.CoreV1Api(connection), client.AppsV1Api(connection))
             return self._apis
 
     def requests(self) -> CarryRequests:

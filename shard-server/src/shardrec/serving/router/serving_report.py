@@ -19,6 +19,7 @@ import threading
 from typing import Any, Protocol
 
 from shardrec.api.topology import ROUTER_SERVING_ANNOTATION, RouterServing
+from shardrec.serving.kube_client import api_client
 
 log = logging.getLogger("shardrec.router.report")
 
@@ -88,14 +89,7 @@ class PodAnnotationReporter:
     def _core_api(self) -> Any:
         with self._client_lock:
             if self._core is None:
-                from kubernetes import client, config
+                from kubernetes import client
 
-                api_client = self._api_client
-                if api_client is None:
-                    try:
-                        config.load_incluster_config()  # type: ignore[no-untyped-call]
-                    except config.ConfigException:
-                        config.load_kube_config()  # type: ignore[no-untyped-call]
-                    api_client = client.ApiClient()
-                self._core = client.CoreV1Api(api_client)
+                self._core = client.CoreV1Api(api_client(self._api_client))
             return self._core

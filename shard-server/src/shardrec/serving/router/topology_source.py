@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from shardrec.api.errors import describe_errors
 from shardrec.api.topology import TOPOLOGY_CONFIGMAP_KEY, Topology
+from shardrec.serving.kube_client import api_client
 
 log = logging.getLogger("shardrec.router.topology")
 
@@ -140,7 +141,7 @@ class ConfigMapTopologySource:
 
     def _run(self, deliver: Callable[[_Update], None]) -> None:
         try:
-            from kubernetes import client, config, watch
+            from kubernetes import client, watch
             from kubernetes.client.exceptions import ApiException
         except ImportError:
             deliver(
@@ -151,18 +152,12 @@ class ConfigMapTopologySource:
             )
             return
 
-        api_client = self._api_client
-        if api_client is None:
-            try:
-                try:
-                    config.load_incluster_config()  # type: ignore[no-untyped-call]
-                except config.ConfigException:
-                    config.load_kube_config()  # type: ignore[no-untyped-call]
-            except Exception as exc:
-                deliver(self._problem(f"no Kubernetes credentials (in-cluster or kubeconfig): {exc}"))
-                return
-            api_client = client.ApiClient()
-        core = client.CoreV1Api(api_client)
+        try:
+            connection = api_client(self._api_client)
+        except Exception as exc:
+            deliver(self._problem(f"no Kubernetes credentials (in-cluster or kubeconfig): {exc}"))
+            return
+        core = client.CoreV1Api(connection)
         backoff = 0.5
         while not self._stop.is_set():
             try:
