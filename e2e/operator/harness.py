@@ -15,6 +15,7 @@ standard library module if it were ever put on sys.path).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,34 @@ class OperatorProcess:
         except OSError as error:
             return f"(no operator log: {error})"
         return "\n".join(text.splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def static_rwo_volumes(kube: Kube, names: list[str], storage_class: str) -> Iterator[list[str]]:
+    """1Gi ReadWriteOnce hostPath PersistentVolumes of `storage_class`, one per name, for claims to
+    bind to (kwok nodes have no provisioner: write-log claims bind to these); deleted afterwards."""
+    kube.apply(
+        *(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": name},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": storage_class,
+                    "hostPath": {"path": f"/tmp/shardrec-e2e/{name}"},
+                },
+            }
+            for name in names
+        )
+    )
+    try:
+        yield names
+    finally:
+        for name in names:
+            kube.kubectl("delete", "pv", name, "--wait=false", "--ignore-not-found", check=False)
 
 
 def cluster_document(namespace: str, name: str = "recs", **spec: Any) -> Obj:

@@ -41,29 +41,10 @@ WRITES = {"enabled": True, "ack": "majority", "logVolume": {"size": "1Gi", "stor
 
 
 @pytest.fixture
-def write_log_volumes(kube: Any, namespace: str) -> Iterator[list[str]]:
+def write_log_volumes(kube: Any, namespace: str, harness: Any) -> Iterator[list[str]]:
     """Eight static 1Gi RWO volumes: 2 shards x 2 replicas of the old and of the new layout."""
-    names = [f"{namespace}-wlc-{n}" for n in range(8)]
-    kube.apply(
-        *(
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": name},
-                "spec": {
-                    "capacity": {"storage": "1Gi"},
-                    "accessModes": ["ReadWriteOnce"],
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "storageClassName": CLASS,
-                    "hostPath": {"path": f"/tmp/shardrec-e2e/{name}"},
-                },
-            }
-            for name in names
-        )
-    )
-    yield names
-    for name in names:
-        kube.kubectl("delete", "pv", name, "--wait=false", "--ignore-not-found", check=False)
+    with harness.static_rwo_volumes(kube, [f"{namespace}-wlc-{n}" for n in range(8)], CLASS) as names:
+        yield names
 
 
 class CarryScenario:
