@@ -57,6 +57,7 @@ RUN pip install --no-deps /wheels/*.whl \
  && shardrec-shard --help >/dev/null \
  && shardrec-router --help >/dev/null \
  && recctl index build --help >/dev/null \
+ && python -m shardrec.serving.carry --help >/dev/null \
  && pip uninstall -y pip setuptools
 
 FROM builder AS operator-venv

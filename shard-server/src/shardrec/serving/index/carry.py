@@ -37,6 +37,8 @@ from shardrec.serving.index.write_log import WriteLogError, WriteRecord, encode_
 
 CARRY_FILE = "carry.json"
 PRIOR_FILE = "prior.log"
+PROGRESS_FILE = "forwarded.json"
+"""The forwarding's progress next to the carry (tools/local/carry.py, serving/carry/carrier.py)."""
 
 ItemState = dict[str, tuple[float, ...] | None]
 """What a run of records leaves per item id: its last upserted vector, or None (deleted)."""

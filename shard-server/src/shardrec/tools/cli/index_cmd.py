@@ -23,6 +23,7 @@ from shardrec.api.commands import (
     ObjectStoreFlags,
     build_report,
 )
+from shardrec.serving.carry.store import CarryFolderError, fetch_carry
 from shardrec.serving.cpus import usable_cpus
 from shardrec.serving.index.build import (
     BuildError,
@@ -59,7 +60,7 @@ from shardrec.serving.storage.stores import (
     S3Settings,
     open_store,
 )
-from shardrec.serving.storage.urls import LocationError, S3Location, parse_location
+from shardrec.serving.storage.urls import LocationError, S3Location, is_remote, parse_location
 from shardrec.tools.cli.main import CliError
 
 
@@ -138,11 +139,11 @@ def _add_layout_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         IndexBuildFlags.CARRY_DIR,
-        type=Path,
         default=None,
         metavar="DIR",
-        help="a carry folder (carry.json and the old shards' write logs up to the cut): fold those "
-        "writes into the build, upserts in and deletes out (fold-in at the next version)",
+        help="a carry folder (carry.json and the old shards' write logs up to the cut), a path or "
+        "s3://bucket/prefix (downloaded and checked complete first): fold those writes into the "
+        "build, upserts in and deletes out (fold-in at the next version)",
     )
 
 
@@ -239,6 +240,24 @@ def _scratch(work_dir: Path | None) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _local_carry(args: argparse.Namespace, scratch: Path) -> Path | None:
+    """--carry-dir as a local folder: an s3:// carry folder (the carrier writes it onto the object
+    store) is downloaded into `scratch` and checked complete; a path is used in place (the build
+    checks it as it reads it)."""
+    if args.carry_dir is None:
+        return None
+    if not is_remote(args.carry_dir):
+        return Path(args.carry_dir)
+    dest = scratch / "carry"
+    shutil.rmtree(dest, ignore_errors=True)
+    try:
+        folder = fetch_carry(args.carry_dir, dest, _settings(args))
+    except CarryFolderError as exc:
+        raise BuildError(f"{IndexBuildFlags.CARRY_DIR} {exc}") from exc
+    print(f"downloaded the carry folder {args.carry_dir} to {folder}")
+    return folder
+
+
 def download_source(store: ObjectStore, dest: Path) -> Path:
     """Copy every object under an s3:// embeddings prefix into `dest` (same relative names)."""
     keys = store.list_keys("")
@@ -325,7 +344,8 @@ def _run_build_part(args: argparse.Namespace) -> int:
         return 0
     with _scratch(args.work_dir) as scratch, _local_embeddings(args, scratch) as embeddings_dir:
         workers = args.workers or usable_cpus()
-        plan = plan_parts(embeddings_dir, wanted, workers=workers, carry_dir=args.carry_dir)
+        carry_dir = _local_carry(args, scratch)
+        plan = plan_parts(embeddings_dir, wanted, workers=workers, carry_dir=carry_dir)
         if not 0 <= shard < wanted.shards:
             raise BuildError(f"--only-shard {shard}: the layout has shards 0..{wanted.shards - 1}")
         found = check_shard_part(store, out_name, plan.expected_header(shard), plan.count(shard))
@@ -369,7 +389,7 @@ def _run_publish(args: argparse.Namespace) -> int:
         print(_summary(existing, args.out, "reused existing"))
         return 0
     with _scratch(args.work_dir) as scratch, _local_embeddings(args, scratch) as embeddings_dir:
-        plan = plan_parts(embeddings_dir, wanted, carry_dir=args.carry_dir)
+        plan = plan_parts(embeddings_dir, wanted, carry_dir=_local_carry(args, scratch))
         manifest = _publish_parts(store, out_name, plan, embeddings_dir, scratch, started=started)
     print(_summary(manifest, args.out, "published"))
     return 0
@@ -471,7 +491,7 @@ def _run_build(args: argparse.Namespace) -> int:
             layout=wanted.layout,
             expected_dimension=args.dimension,
             progress=not args.no_progress,
-            carry_dir=args.carry_dir,
+            carry_dir=_local_carry(args, scratch),
         )
         if store is not None:
             publish_layout(local_out, store, out_name)

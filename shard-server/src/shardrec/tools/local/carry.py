@@ -9,7 +9,9 @@
    sequence, re-partitions the records by the new layout's shard count and sends them to the new
    layout's shards: to replica 0 of each new shard (which numbers, logs and applies them) and to
    its other replicas (numbered records, as the router replicates). Progress is kept in
-   `carry/<new layout>/forwarded.json`, written after the new shards acknowledged.
+   `carry/<new layout>/forwarded.json`, written after the new shards acknowledged. The pass itself
+   is serving/carry/forwarding.py's, shared with the Kubernetes carrier; this module feeds it the
+   log files (`FileOldLogs`, and `FileLeaderLog` for a follower's catch-up).
 3. The gate. Until one pass has forwarded everything the old logs held when it read them
    (`caught_up`), the supervisor reports the new layout's replicas as not ready, so the planner
    cannot stage or switch to it.
@@ -28,6 +30,11 @@ and, with retention, its artifact folder; its `writes/<layout>/` and `carry/<lay
 later (`unneeded`): once the layout is neither known nor kept as an artifact (a rollback to a kept
 layout replays its own logs) and no forwarding from it is still running.
 
+On Kubernetes the same steps run in a carrier process per carrying layout
+(`python -m shardrec.serving.carry`, serving/carry/carrier.py): the logs are read over HTTP (each
+is on its leader's own volume), the carry folder and its progress are on the index store, and the
+hand-over, the opening and the end are the operator's requests (docs/operator.md, "The carrier").
+
 Not covered: a write taken by an old leader that restarted after its fence (or whose fence
 failed while it was down) while a router still used the old topology, racing a write of the same
 item on the new layout, may apply after it; a rollback to a kept layout (its artifact is reused,
@@ -36,55 +43,39 @@ so writes made on the newer layout are not carried back; its leaders are opened 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from shardrec.planning.layouts import LayoutSpec
+from shardrec.serving.carry.forwarding import (
+    ForwardError,
+    NewLayout,
+    OldLogError,
+    OldRead,
+    Progress,
+    ShardCalls,
+    forward_pass,
+)
 from shardrec.serving.index.carry import (
     CARRY_FILE,
+    PROGRESS_FILE,
     Cut,
     carried_state,
     in_range,
     read_carry,
     read_records,
     read_tail,
-    repartition,
     write_carry,
 )
 from shardrec.serving.index.write_log import WriteLogError, WriteRecord, log_path
-from shardrec.serving.shard.app import FENCE_PATH, MAX_WRITE_OPS, REPLICATE_PATH, WRITES_PATH
+from shardrec.serving.shard.app import MAX_WRITE_OPS
 from shardrec.tools.local.state import StateDir, atomic_write_json, read_json
 
 log = logging.getLogger("shardrec.local")
-
-PROGRESS_FILE = "forwarded.json"
-FORWARD_TIMEOUT_S = 5.0
-MAX_CATCH_UP_ROUNDS = 64
-
-
-@dataclass
-class Progress:
-    """How far the forwarding got: per old shard, the last sequence sent to the new layout."""
-
-    after: list[int]
-    caught_up: bool = False
-    done: bool = False
-    forwarded: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "after": self.after,
-            "caught_up": self.caught_up,
-            "done": self.done,
-            "forwarded": self.forwarded,
-        }
 
 
 def unneeded(present: Iterable[str], known: set[str], artifacts: set[str], sources: set[str]) -> list[str]:
@@ -99,23 +90,53 @@ class CutError(Exception):
     """The serving layout's logs cannot be cut (unreadable, corrupt): the new build must not start."""
 
 
-class ForwardError(Exception):
-    """A new shard did not take forwarded records; the pass stops and the next one retries."""
+class FileOldLogs:
+    """The old leaders' log files, followed from where the last successful pass read up to (each
+    record is read once); `commit` moves that point once the pass's progress is written."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+        self.offsets = [0] * len(self.paths)
+        self.sizes: tuple[int, ...] | None = None
+        self._read_to: list[int] = list(self.offsets)
+
+    def current_sizes(self) -> tuple[int, ...]:
+        return tuple(path.stat().st_size if path.exists() else -1 for path in self.paths)
+
+    def read(self, after: Sequence[int]) -> OldRead:
+        try:
+            tails = [read_tail(path, offset) for path, offset in zip(self.paths, self.offsets, strict=True)]
+        except (OSError, WriteLogError) as exc:
+            raise OldLogError(str(exc)) from exc
+        self._read_to = [end for _, end in tails]
+        return OldRead({shard: records for shard, (records, _) in enumerate(tails)})
+
+    def commit(self, sizes: tuple[int, ...]) -> None:
+        self.offsets, self.sizes = list(self._read_to), sizes
+
+
+class FileLeaderLog:
+    """The new leaders' log files, for a follower that must catch up."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def records_after(self, shard: int, applied: int) -> list[WriteRecord]:
+        return in_range(read_records(self.paths[shard]), applied)[:MAX_WRITE_OPS]
 
 
 class LocalCarry:
-    """Cuts, forwards and gates for the layouts of one state folder."""
+    """Cuts, forwards and gates for the layouts of one state folder. The forwarding itself is
+    serving/carry/forwarding.py's, fed by the log files."""
 
     def __init__(self, state: StateDir, client: httpx.Client, token: str) -> None:
         self._state = state
-        self._client = client
-        self._headers = {"authorization": f"Bearer {token}"}
-        self._sizes: dict[str, tuple[int, ...]] = {}
-        self._offsets: dict[str, list[int]] = {}
-        """Per carrying layout, where each old log was read up to (each record is read once)."""
+        self._calls = ShardCalls(client, token)
+        self._old_logs: dict[str, FileOldLogs] = {}
+        """Per carrying layout, its old leaders' logs as far as they were read."""
 
     def close(self) -> None:
-        self._client.close()
+        self._calls.client.close()
 
     def folder(self, layout_id: str) -> Path:
         return self._state.root / "carry" / layout_id
@@ -148,13 +169,7 @@ class LocalCarry:
         path = self.folder(layout_id) / PROGRESS_FILE
         if not path.exists():
             return None
-        data = read_json(path)
-        return Progress(
-            [int(x) for x in data["after"]],
-            bool(data.get("caught_up")),
-            bool(data.get("done")),
-            int(data.get("forwarded", 0)),
-        )
+        return Progress.from_dict(read_json(path))
 
     def source(self, layout_id: str) -> str | None:
         """The layout whose writes `layout_id` still forwards (None: none, or the forwarding ended)."""
@@ -191,8 +206,7 @@ class LocalCarry:
         for layout in gone:
             for root in roots:
                 shutil.rmtree(root / layout, ignore_errors=True)
-            self._sizes.pop(layout, None)
-            self._offsets.pop(layout, None)
+            self._old_logs.pop(layout, None)
             self.mark_fenced(layout, False)
         if gone:
             log.info("removed the write logs of deleted layouts %s", ", ".join(gone))
@@ -245,12 +259,7 @@ class LocalCarry:
 
     def fence(self, leader_url: str, fenced: bool) -> bool:
         """Fence (or open) one leader; False when it did not answer."""
-        try:
-            self._post(leader_url + FENCE_PATH, {"fenced": fenced})
-        except ForwardError as exc:
-            log.warning("%s writes of %s: %s", "fencing" if fenced else "opening", leader_url, exc)
-            return False
-        return True
+        return self._calls.fence(leader_url, fenced) is not None
 
     def _pass(
         self, new: LayoutSpec, urls: dict[tuple[int, int], str], live: set[str], *, force: bool = False
@@ -265,87 +274,40 @@ class LocalCarry:
             log.warning("carry folder of %s unusable: %s", new.id, exc)
             return None
         old_alive = cut.from_layout in live
-        paths = [self.leader_log(cut.from_layout, cut.from_shards, s) for s in range(cut.from_shards)]
-        sizes = tuple(path.stat().st_size if path.exists() else -1 for path in paths)
-        if not force and progress.caught_up and old_alive and self._sizes.get(new.id) == sizes:
+        old = self._old_logs.get(new.id)
+        if old is None:
+            paths = [self.leader_log(cut.from_layout, cut.from_shards, s) for s in range(cut.from_shards)]
+            old = self._old_logs[new.id] = FileOldLogs(paths)
+        sizes = old.current_sizes()
+        if not force and progress.caught_up and old_alive and old.sizes == sizes:
             return 0  # nothing appended since the last pass
-        offsets = self._offsets.get(new.id, [0] * len(paths))
+        replicas = [self._replicas(urls, shard) for shard in range(new.shards)]
+        leaders = FileLeaderLog([self.leader_log(new.id, new.shards, s) for s in range(new.shards)])
         try:
-            tails = [read_tail(path, offset) for path, offset in zip(paths, offsets, strict=True)]
-        except (OSError, WriteLogError) as exc:
+            result = forward_pass(
+                progress, old, NewLayout(self._calls, replicas, leaders), final=not old_alive
+            )
+        except OldLogError as exc:
             log.warning("cannot read %s's logs to forward to %s: %s", cut.from_layout, new.id, exc)
             return None
-        logs = {s: records for s, (records, _) in enumerate(tails)}
-        after = dict(enumerate(progress.after))
-        parts = repartition(logs, new.shards, after=after)
-        sent = 0
-        try:
-            for shard, records in enumerate(parts):
-                if records:
-                    self._send(new, shard, records, urls)
-                    sent += len(records)
         except ForwardError as exc:
             log.warning("forwarding writes to %s: %s (retried next pass)", new.id, exc)
             return None
-        read_upto = [logs[s][-1].seq if logs[s] else after[s] for s in range(cut.from_shards)]
-        progress.after = [max(a, b) for a, b in zip(progress.after, read_upto, strict=True)]
-        progress.forwarded += sent
         if not progress.caught_up:
             log.info(
                 "layout %s caught up with %s's writes (%d forwarded)",
                 new.id,
                 cut.from_layout,
-                progress.forwarded,
+                result.progress.forwarded,
             )
-        progress.caught_up = True
-        progress.done = not old_alive and sent == 0
-        self._sizes[new.id] = sizes
-        self._offsets[new.id] = [end for _, end in tails]
-        atomic_write_json(self.folder(new.id) / PROGRESS_FILE, progress.as_dict())
-        return sent
+        atomic_write_json(self.folder(new.id) / PROGRESS_FILE, result.progress.as_dict())
+        old.commit(sizes)
+        return result.sent
 
-    def _send(
-        self, new: LayoutSpec, shard: int, records: list[WriteRecord], urls: dict[tuple[int, int], str]
-    ) -> None:
+    @staticmethod
+    def _replicas(urls: dict[tuple[int, int], str], shard: int) -> list[str]:
+        """The URLs of `shard`'s replicas, replica 0 first; none when replica 0 is not ready."""
         replicas = sorted(r for s, r in urls if s == shard)
         if not replicas or replicas[0] != 0:
-            raise ForwardError(f"shard {shard} of {new.id}: its leader (replica 0) is not ready")
-        for start in range(0, len(records), MAX_WRITE_OPS):
-            chunk = records[start : start + MAX_WRITE_OPS]
-            ops = [{k: v for k, v in r.as_dict().items() if k != "seq"} for r in chunk]
-            answer = self._post(urls[(shard, 0)] + WRITES_PATH, {"ops": ops})
-            numbered = [{**op, "seq": int(seq)} for op, seq in zip(ops, answer["sequences"], strict=True)]
-            for replica in replicas[1:]:
-                self._replicate(new, shard, urls[(shard, replica)], numbered)
-
-    def _replicate(self, new: LayoutSpec, shard: int, url: str, numbered: list[dict[str, Any]]) -> None:
-        """Send numbered records to a follower; one that misses earlier records (409 with its
-        applied sequence) first gets them from the leader's log file, then the batch again."""
-        body = numbered
-        for _ in range(MAX_CATCH_UP_ROUNDS):
-            response = self._request(url + REPLICATE_PATH, {"records": body})
-            if response.status_code == 200:
-                if body is numbered:
-                    return
-                body = numbered
-                continue
-            if response.status_code != 409:
-                raise ForwardError(f"{url}: replicate answered {response.status_code} {response.text[:200]}")
-            applied = int(response.json()["applied_sequence"])
-            leader = read_records(self.leader_log(new.id, new.shards, shard))
-            body = [r.as_dict() for r in in_range(leader, applied)[:MAX_WRITE_OPS]]
-            if not body:
-                raise ForwardError(f"{url}: sequence gap after {applied} that the leader's log cannot fill")
-        raise ForwardError(f"{url}: still behind after {MAX_CATCH_UP_ROUNDS} rounds of catching up")
-
-    def _request(self, url: str, body: dict[str, Any]) -> httpx.Response:
-        try:
-            return self._client.post(url, json=body, headers=self._headers, timeout=FORWARD_TIMEOUT_S)
-        except httpx.HTTPError as exc:
-            raise ForwardError(f"{url}: {exc!r}") from exc
-
-    def _post(self, url: str, body: dict[str, Any]) -> Any:
-        response = self._request(url, body)
-        if response.status_code != 200:
-            raise ForwardError(f"{url}: {response.status_code} {response.text[:200]}")
-        return json.loads(response.content)
+            return []
+        return [urls[(shard, r)] for r in replicas]
