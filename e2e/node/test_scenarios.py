@@ -1060,13 +1060,20 @@ def carry_cluster(product_diagnostics: Any, product_module: ModuleType) -> Itera
     for number in range(WRITE_PVS):
         (root / f"wl-{number}").mkdir()
     pm.chown_tree(root, pm.RUN_AS)
-    key = f"{WRITE_KEY_NAME}:{os.urandom(16).hex()}"
+    key = os.urandom(16).hex()  # what a client sends; the Secret's line is `<name>:<key> read,write`
     secret = f"{CARRY_CLUSTER}-api-keys"
     try:
         for manifest in carry_store_manifests(ns, product.node.name, root):
             pm.kubectl(cp, "apply", "-f", "-", input=json.dumps(manifest))
         pm.kubectl(
-            cp, "create", "secret", "generic", secret, "-n", ns, f"--from-literal=api-keys={key} read,write\n"
+            cp,
+            "create",
+            "secret",
+            "generic",
+            secret,
+            "-n",
+            ns,
+            f"--from-literal=api-keys={WRITE_KEY_NAME}:{key} read,write\n",
         )
         pm.kubectl(cp, "apply", "-f", "-", input=json.dumps(carry_cluster_manifest(pm, ns, secret)))
 
@@ -1313,6 +1320,11 @@ def test_item_writes_are_carried_through_v1_to_v2_and_two_to_three_shards(
     except BaseException:
         print("[scenario carry] timeline:\n  " + "\n  ".join(run.watch.transitions))
         print(f"[scenario carry] writer: {writer.summary()}; at {run.at}")
+        print(
+            "[scenario carry] first writes: "
+            + "; ".join(f"{op.item_id} {op.attempts}" for op in writer.ops[:5])
+        )
+        print(f"[scenario carry] reads: {reads.counts()}; first problems: {reads.problems()[:5]}")
         print(pm.diagnostics(cp, ns))
         raise
     finally:
