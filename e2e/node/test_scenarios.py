@@ -14,7 +14,9 @@ RecommenderCluster on an object store (SeaweedFS in the node's netns; marker `no
 it is deleted at its end), then the rollout
 v1 (2 shards) -> v2 (3 shards) with the operator pod deleted mid-rollout, then a new data-plane image rolled
 shard by shard (still strict, before the outages touch the consistency mode), then one shard without any
-pod (strict, available, and the shipped alert through a real Prometheus). Counts and times are printed and
+pod (strict, available, and the shipped alert through a real Prometheus). The carry of item writes (issue
+18) runs on its own RecommenderCluster `carry` beside the product's (writes on, API keys), created and
+deleted by its fixture, so it leaves the product's cluster as it found it. Counts and times are printed and
 recorded as test properties; only correctness is asserted, never a duration.
 """
 
@@ -1257,6 +1259,13 @@ class CarryRun:
             timeout=pm.ROLLBACK_WINDOW_S + 300,
         )
         self.mark("old_layout_gone")
+        carriers = f"shardrec.io/cluster={CARRY_CLUSTER},app.kubernetes.io/component=carrier"
+        pm.wait_for(
+            "the carrier's Deployment deleted (done)",
+            lambda: not pm.kubectl_json(cp, "get", "deployments", "-n", ns, "-l", carriers)["items"],
+            timeout=120,
+        )
+        self.mark("carrier_deleted")
         seen = reads.counts().sent
         reads.wait_for("40 more answers after v1 is gone", lambda c: c.sent >= seen + 40, timeout=60)
 
@@ -1273,6 +1282,12 @@ class CarryRun:
         )
         print(f"[scenario carry] {self.old_layout} -> {self.new_layout}; seconds since the start: {self.at}")
         print(f"[scenario carry] writes: {written}")
+        last = self.watch.reports.get(self.new_layout) or {}
+        print(
+            f"[scenario carry] the carrier's last report: cut {last.get('cut')} (old leaders' last seqs) "
+            f"+ {last.get('forwarded')} forwarded after it; writes acked on {self.old_layout}: "
+            f"{written['acked_per_layout'].get(self.old_layout)}"
+        )
         print(
             f"[scenario carry] checked on {checked['versions']}: "
             f"{dict(checked, problems=len(checked['problems']))}"
