@@ -14,7 +14,9 @@ RecommenderCluster on an object store (SeaweedFS in the node's netns; marker `no
 it is deleted at its end), then the rollout
 v1 (2 shards) -> v2 (3 shards) with the operator pod deleted mid-rollout, then a new data-plane image rolled
 shard by shard (still strict, before the outages touch the consistency mode), then one shard without any
-pod (strict, available, and the shipped alert through a real Prometheus). Counts and times are printed and
+pod (strict, available, and the shipped alert through a real Prometheus). The carry of item writes (issue
+18) runs on its own RecommenderCluster `carry` beside the product's (writes on, API keys), created and
+deleted by its fixture, so it leaves the product's cluster as it found it. Counts and times are printed and
 recorded as test properties; only correctness is asserted, never a duration.
 """
 
@@ -30,12 +32,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -737,6 +741,629 @@ def test_roll_v1_to_v2_and_two_to_three_shards_with_the_operator_pod_deleted_mid
     versions = traffic.versions()
     assert all(v == ["v1", "v2"] for v in versions), f"a client saw v1 after v2, or never v2: {versions}"
     assert len(pm.pods(cp, ns, pm.shard_selector(after["activeLayout"]))) == 3 * pm.REPLICAS
+
+
+# --- item writes carried through a version and shard-count change -----------------------------------------
+
+CARRY_CLUSTER = "carry"  # a second RecommenderCluster beside the product's, same operator and store claim
+WRITE_CLASS = "node-write-log"  # a StorageClass name without an object: static PVs only (no provisioner)
+WRITE_PVS = 2 * 2 + 3 * 2  # v1: 2 shards x 2 replicas, v2: 3 x 2; one RWO write-log claim per replica
+WRITE_KEY_NAME = "e2e-writer"
+UPSERTS, DELETE_EVERY = 300, 10  # 300 upserts of new ids; after every 10th, a delete of an earlier one: 30
+WRITE_RATE = 2.0  # writes per second (one writer, in order)
+WRITE_HOLD_AT = 270  # the last ops wait for the switch, so some land on the new layout whatever its pace
+WRITE_RETRY_S = 120.0  # one write retried on 503 (Retry-After) or no answer, at most this long
+WRITE_SCALE = 3.0  # written vectors are 3x a standard normal: each is its own nearest neighbour by far
+CARRY_READ_CLIENTS, CARRY_READ_RATE = 4, 10.0
+
+
+@dataclass
+class WriteOp:
+    """One write and every answer it got, in order: (seconds since the writer started, HTTP status,
+    error code or layout that acknowledged it)."""
+
+    item_id: str
+    kind: str  # "upsert" | "delete"
+    vector: list[float] | None = None
+    attempts: list[tuple[float, int, str]] = field(default_factory=list)
+    acked: dict[str, Any] | None = None  # the acknowledging answer (layout, shard, sequence, token)
+
+    @property
+    def statuses(self) -> list[int]:
+        return [status for _, status, _ in self.attempts]
+
+
+class Writer:
+    """One bounded writer thread: UPSERTS upserts of new ids with a delete of an earlier one after every
+    DELETE_EVERY-th, paced at WRITE_RATE, each retried while the router answers 503 (its Retry-After) or
+    nothing at all (a PUT or DELETE of one id is idempotent), for at most WRITE_RETRY_S; any other answer
+    ends it unacknowledged. Ops from WRITE_HOLD_AT on wait for `release` (set once the router serves the
+    new layout), bounded by max_seconds. Every attempt is recorded."""
+
+    def __init__(self, base: str, key: str, dim: int, max_seconds: float = 900.0) -> None:
+        self.base, self.headers = base.rstrip("/"), {"X-API-Key": key, "Content-Type": "application/json"}
+        self.max_seconds = max_seconds
+        self.release = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        rng = np.random.default_rng(41)
+        self.ops: list[WriteOp] = []
+        for number in range(UPSERTS):
+            vector = (rng.standard_normal(dim) * WRITE_SCALE).astype(np.float32)
+            self.ops.append(WriteOp(f"w-{number}", "upsert", [float(x) for x in vector]))
+            if number % DELETE_EVERY == DELETE_EVERY - 1:
+                self.ops.append(WriteOp(f"w-{number - DELETE_EVERY // 2}", "delete"))
+        self.done = 0  # ops finished (acknowledged or given up)
+        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self.release.set()
+        self._thread.join(timeout=timeout)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def acked(self) -> int:
+        with self._lock:
+            return sum(op.acked is not None for op in self.ops)
+
+    def _send(self, op: WriteOp) -> tuple[int, dict[str, Any], float]:
+        url = f"{self.base}/v1/items/{urllib.parse.quote(op.item_id, safe='')}"
+        data = json.dumps({"vector": op.vector}).encode() if op.kind == "upsert" else None
+        method = "PUT" if op.kind == "upsert" else "DELETE"
+        request = urllib.request.Request(url, data=data, headers=self.headers, method=method)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        retry_after = 1.0
+        try:
+            with opener.open(request, timeout=15) as response:
+                return int(response.status), json.loads(response.read()), 0.0
+        except urllib.error.HTTPError as error:
+            try:
+                body = json.loads(error.read())
+            except ValueError:
+                body = {}
+            retry_after = float(error.headers.get("Retry-After") or 1.0)
+            return int(error.code), body if isinstance(body, dict) else {}, retry_after
+        except (OSError, ValueError) as error:
+            return 0, {"error": {"code": type(error).__name__, "message": str(error)}}, retry_after
+
+    def _one(self, op: WriteOp, deadline: float) -> None:
+        first = time.monotonic()
+        while not self._stop.is_set():
+            status, body, retry_after = self._send(op)
+            code = str(body.get("layout") or body.get("error", {}).get("code", "")) if body else ""
+            with self._lock:
+                op.attempts.append((round(self.elapsed(), 2), status, code))
+                if status == 200:
+                    op.acked = body
+            if status == 200:
+                return
+            if (
+                status not in (0, 503)
+                or time.monotonic() - first > WRITE_RETRY_S
+                or time.monotonic() > deadline
+            ):
+                return
+            self._stop.wait(min(max(retry_after, 0.2), 2.0))
+
+    def _run(self) -> None:
+        deadline = self._started + self.max_seconds
+        period = 1.0 / WRITE_RATE
+        for number, op in enumerate(self.ops):
+            if number == WRITE_HOLD_AT:
+                self.release.wait(timeout=max(0.0, deadline - time.monotonic()))
+            if self._stop.is_set() or time.monotonic() >= deadline:
+                return
+            began = time.monotonic()
+            self._one(op, deadline)
+            with self._lock:
+                self.done += 1
+            self._stop.wait(max(0.0, period - (time.monotonic() - began)))
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            ops = list(self.ops)
+        upserts = [op for op in ops if op.kind == "upsert"]
+        deletes = [op for op in ops if op.kind == "delete"]
+        layouts: dict[str, int] = {}
+        for op in ops:
+            if op.acked is not None:
+                layouts[str(op.acked.get("layout"))] = layouts.get(str(op.acked.get("layout")), 0) + 1
+        retried = [op for op in ops if len(op.attempts) > 1]
+        return {
+            "upserts_sent": sum(bool(op.attempts) for op in upserts),
+            "upserts_acked": sum(op.acked is not None for op in upserts),
+            "deletes_sent": sum(bool(op.attempts) for op in deletes),
+            "deletes_acked": sum(op.acked is not None for op in deletes),
+            "attempts": sum(len(op.attempts) for op in ops),
+            "answers_503": sum(op.statuses.count(503) for op in ops),
+            "no_answer": sum(op.statuses.count(0) for op in ops),
+            "retried_ops": len(retried),
+            "retried_then_acked": sum(op.acked is not None for op in retried),
+            "acked_per_layout": layouts,
+        }
+
+
+def carry_store_manifests(ns: str, node_name: str, root: Path) -> list[dict[str, Any]]:
+    """WRITE_PVS hostPath PersistentVolumes of WRITE_CLASS on the real node, one directory each (owned by
+    the pods' UID: the kubelet applies no fsGroup to hostPath). RWO, Retain: a write-log claim binds one
+    and the volume is never reused afterwards."""
+    manifests: list[dict[str, Any]] = []
+    for number in range(WRITE_PVS):
+        path = root / f"wl-{number}"
+        manifests.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"{ns}-wl-{number}", "labels": {"shardrec-e2e/write-log": ns}},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": WRITE_CLASS,
+                    "hostPath": {"path": str(path), "type": "Directory"},
+                    "nodeAffinity": {
+                        "required": {
+                            "nodeSelectorTerms": [
+                                {
+                                    "matchExpressions": [
+                                        {
+                                            "key": "kubernetes.io/hostname",
+                                            "operator": "In",
+                                            "values": [node_name],
+                                        }
+                                    ]
+                                }
+                            ]
+                        }
+                    },
+                },
+            }
+        )
+    return manifests
+
+
+def carry_cluster_manifest(pm: ModuleType, ns: str, secret: str) -> dict[str, Any]:
+    """v1 on 2 shards x 2 replicas, 1 router, strict, writes on (ack all, claims of WRITE_CLASS), API keys
+    from `secret`; the same store claim and embeddings as the product's cluster."""
+    return {
+        "apiVersion": "shardrec.io/v1alpha1",
+        "kind": "RecommenderCluster",
+        "metadata": {"name": CARRY_CLUSTER, "namespace": ns},
+        "spec": {
+            "shards": SHARDS_OF["v1"],
+            "replicasPerShard": pm.REPLICAS,
+            "imagePullPolicy": "Never",
+            "router": {"replicas": 1, "consistency": "strict", "timeoutMs": pm.ROUTER_TIMEOUT_MS},
+            "rollout": {"rollbackWindowSeconds": pm.ROLLBACK_WINDOW_S},
+            "auth": {"apiKeysSecretRef": {"name": secret}},
+            "writes": {
+                "enabled": True,
+                "ack": "all",
+                "logVolume": {"size": "1Gi", "storageClassName": WRITE_CLASS},
+            },
+            "index": pm.index_spec("v1"),
+        },
+    }
+
+
+class CarryWatch:
+    """Polls (every ~1 s, bounded by stop()) the carry cluster's status and its carrier pods' reports;
+    keeps each change with the seconds since start: the carry's timeline."""
+
+    def __init__(self, pm: ModuleType, cp: Any, ns: str) -> None:
+        self.pm, self.cp, self.ns = pm, cp, ns
+        self.transitions: list[str] = []
+        self.reports: dict[str, dict[str, Any]] = {}  # to_layout -> the last report seen
+        self.phases: list[str] = []
+        self.status: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="carry-watch", daemon=True)
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _note(self, line: str) -> None:
+        self.transitions.append(f"{time.monotonic() - self._started:6.1f}s {line}")
+
+    def _run(self) -> None:
+        from shardrec.api.carry import CARRY_PROGRESS_ANNOTATION
+
+        last_status: tuple[Any, ...] = ()
+        selector = f"shardrec.io/cluster={CARRY_CLUSTER},app.kubernetes.io/component=carrier"
+        while not self._stop.is_set():
+            try:
+                status = dict(
+                    self.pm.kubectl_json(
+                        self.cp, "get", "recommendercluster", CARRY_CLUSTER, "-n", self.ns
+                    ).get("status")
+                    or {}
+                )
+                self.status = status
+                seen = (
+                    status.get("activeLayout"),
+                    status.get("targetLayout"),
+                    tuple(b.get("predicate") for b in status.get("blockedBy", [])),
+                    json.dumps(status.get("carries", []), sort_keys=True),
+                )
+                if seen != last_status:
+                    last_status = seen
+                    self._note(
+                        f"active {seen[0]} target {seen[1]} blockedBy {list(seen[2])} carries {seen[3]}"
+                    )
+                for pod in self.pm.pods(self.cp, self.ns, selector):
+                    raw = pod["metadata"].get("annotations", {}).get(CARRY_PROGRESS_ANNOTATION)
+                    if not raw:
+                        continue
+                    report = json.loads(raw)
+                    key = (
+                        report.get("phase"),
+                        report.get("caught_up"),
+                        report.get("handed_over"),
+                        report.get("done"),
+                    )
+                    before = self.reports.get(report["to_layout"])
+                    old = before and (
+                        before.get("phase"),
+                        before.get("caught_up"),
+                        before.get("handed_over"),
+                        before.get("done"),
+                    )
+                    self.reports[report["to_layout"]] = report
+                    if key != old:
+                        self.phases.append(str(report.get("phase")))
+                        self._note(
+                            f"carrier {pod['metadata']['name']}: phase {key[0]} cut {report.get('cut')} "
+                            f"after {report.get('after')} caught_up {key[1]} forwarded "
+                            f"{report.get('forwarded')} handed_over {key[2]} done {key[3]} "
+                            f"message {report.get('message', '')[:200]!r}"
+                        )
+            except (AssertionError, ValueError, KeyError) as error:  # a kubectl hiccup: next poll
+                self._note(f"poll failed: {str(error)[:200]}")
+            self._stop.wait(1.0)
+
+
+@dataclass
+class CarryCluster:
+    """The writes cluster of the carry scenario: its API key (read,write), its router's base URL (the
+    Service's ClusterIP) and the embeddings of each version."""
+
+    cp: Any
+    ns: str
+    key: str
+    base: str
+    data: dict[str, Any]
+
+
+@pytest.fixture
+def carry_cluster(product_diagnostics: Any, product_module: ModuleType) -> Iterator[CarryCluster]:
+    """The `carry` RecommenderCluster (writes on, API keys) Ready on v1, its write-log volumes on the node;
+    everything removed afterwards (the cluster, its Secret, the PVs and their directories)."""
+    pm, product = product_module, product_diagnostics
+    cp, ns = product.cp, product.ns
+    root = Path(tempfile.mkdtemp(prefix="shardrec-write-logs-"))
+    root.chmod(0o755)
+    for number in range(WRITE_PVS):
+        (root / f"wl-{number}").mkdir()
+    pm.chown_tree(root, pm.RUN_AS)
+    key = os.urandom(16).hex()  # what a client sends; the Secret's line is `<name>:<key> read,write`
+    secret = f"{CARRY_CLUSTER}-api-keys"
+    try:
+        for manifest in carry_store_manifests(ns, product.node.name, root):
+            pm.kubectl(cp, "apply", "-f", "-", input=json.dumps(manifest))
+        pm.kubectl(
+            cp,
+            "create",
+            "secret",
+            "generic",
+            secret,
+            "-n",
+            ns,
+            f"--from-literal=api-keys={WRITE_KEY_NAME}:{key} read,write\n",
+        )
+        pm.kubectl(cp, "apply", "-f", "-", input=json.dumps(carry_cluster_manifest(pm, ns, secret)))
+
+        def ready() -> str | None:
+            got = pm.kubectl_json(cp, "get", "recommendercluster", CARRY_CLUSTER, "-n", ns)
+            status = got.get("status", {})
+            if status.get("phase") == "Failed":
+                raise AssertionError(f"cluster {CARRY_CLUSTER} Failed: {status}")
+            conds = {c["type"]: c["status"] for c in status.get("conditions", [])}
+            return status.get("activeLayout") if conds.get("Ready") == "True" else None
+
+        try:
+            pm.wait_for(f"RecommenderCluster {CARRY_CLUSTER} Ready on v1", ready, timeout=420)
+        except BaseException:
+            print(pm.diagnostics(cp, ns))
+            raise
+        service = pm.kubectl_json(cp, "get", "service", f"{CARRY_CLUSTER}-router", "-n", ns)
+        base = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+        yield CarryCluster(cp, ns, key, base, product.data)
+    finally:
+        cp.kubectl(
+            "delete", "recommendercluster", CARRY_CLUSTER, "-n", ns, "--ignore-not-found", "--wait=true",
+            "--timeout=180s", check=False, timeout=200,
+        )  # fmt: skip
+        cp.kubectl("delete", "secret", secret, "-n", ns, "--ignore-not-found", check=False)
+        cp.kubectl(
+            "delete", "pvc", "-n", ns, "-l", f"shardrec.io/cluster={CARRY_CLUSTER}", "--ignore-not-found",
+            "--wait=false", check=False,
+        )  # fmt: skip
+        cp.kubectl("delete", "pv", "-l", f"shardrec-e2e/write-log={ns}", "--wait=false", check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def carry_shard_selector(layout: str) -> str:
+    return (
+        f"shardrec.io/cluster={CARRY_CLUSTER},app.kubernetes.io/component=shard,shardrec.io/layout={layout}"
+    )
+
+
+def carry_version_check(cluster: CarryCluster) -> Callable[[Any], str | None]:
+    """`version_check` for the writes cluster: items of the labelled version or the writer's own (`w-`
+    ids, written into whichever layout serves), the labelled version's shard total."""
+    ids = {version: set(data.item_ids) for version, data in cluster.data.items()}
+
+    def check(answer: Any) -> str | None:
+        version = answer.version
+        if version not in ids:
+            return f"unknown index_version {version!r}"
+        items = [entry["item_id"] for entry in answer.body.get("items", [])]
+        foreign = [item for item in items if item not in ids[version] and not item.startswith("w-")]
+        if foreign or len(items) != 10:
+            return f"answer labelled {version} has {len(items)} items, not of {version}: {foreign[:3]}"
+        total = answer.body.get("shards", {}).get("total")
+        if total != SHARDS_OF[version]:
+            return f"answer labelled {version} covers {total} shards, {version} has {SHARDS_OF[version]}"
+        return None
+
+    return check
+
+
+def check_written(traffic_module: ModuleType, cluster: CarryCluster, writer: Writer) -> dict[str, Any]:
+    """Through the router, on the layout it serves now: every acknowledged upsert that no acknowledged
+    delete removed is found by id (`/v1/similar` answers for it) and is the first of the top 10 for its own
+    vector; every acknowledged delete is absent (`/v1/similar` 404 unknown_item, not in the top 10 for its
+    vector). Returns the counts and the first problems."""
+    headers = {"X-API-Key": cluster.key}
+    deleted = {op.item_id for op in writer.ops if op.kind == "delete" and op.acked is not None}
+    vectors = {op.item_id: op.vector for op in writer.ops if op.kind == "upsert" and op.vector is not None}
+    live = [
+        op for op in writer.ops if op.kind == "upsert" and op.acked is not None and op.item_id not in deleted
+    ]
+    problems: list[str] = []
+    found = nearest = absent = 0
+    versions: set[str] = set()
+
+    def ask(path: str, body: dict[str, Any]) -> Any:
+        answer = traffic_module.post(f"{cluster.base}{path}", body, headers, 15.0)
+        if answer.status == 200 and answer.version:
+            versions.add(answer.version)
+        return answer
+
+    for op in live:
+        similar = ask("/v1/similar", {"item_id": op.item_id, "k": 1})
+        if similar.status == 200:
+            found += 1
+        else:
+            problems.append(f"{op.item_id} (acked {op.acked}): /v1/similar {similar.status} {similar.body}")
+        top = ask("/v1/recommend", {"vector": op.vector, "k": 10})
+        items = [entry["item_id"] for entry in top.body.get("items", [])] if top.status == 200 else []
+        if items[:1] == [op.item_id]:
+            nearest += 1
+        else:
+            problems.append(f"{op.item_id}: its own vector's top 10 is {top.status} {items}")
+    for item_id in sorted(deleted):
+        similar = ask("/v1/similar", {"item_id": item_id, "k": 1})
+        top = ask("/v1/recommend", {"vector": vectors[item_id], "k": 10})
+        items = [entry["item_id"] for entry in top.body.get("items", [])] if top.status == 200 else []
+        code = (
+            similar.body.get("error", {}).get("code") if isinstance(similar.body.get("error"), dict) else None
+        )
+        if similar.status == 404 and top.status == 200 and item_id not in items:
+            absent += 1
+        else:
+            problems.append(
+                f"deleted {item_id}: /v1/similar {similar.status} {code}; top 10 {top.status} {items}"
+            )
+    return {
+        "live": len(live),
+        "found": found,
+        "nearest": nearest,
+        "deleted": len(deleted),
+        "absent": absent,
+        "versions": sorted(versions),
+        "problems": problems,
+    }
+
+
+@dataclass
+class CarryRun:
+    """The scenario's moving parts: reads, the writer and the watch, started together; `roll()` patches
+    the spec and waits through every step; the seconds of each step (since the start) are kept."""
+
+    pm: ModuleType
+    cluster: CarryCluster
+    reads: Any
+    writer: Writer
+    watch: CarryWatch
+    old_layout: str
+    new_layout: str = ""
+    at: dict[str, float] = field(default_factory=dict)
+    t0: float = 0.0
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        self.reads.start()
+        self.writer.start()
+        self.watch.start()
+
+    def mark(self, name: str) -> None:
+        self.at[name] = round(time.monotonic() - self.t0, 1)
+
+    def stop(self) -> Any:
+        counts = self.reads.stop()
+        self.writer.stop()
+        self.watch.stop()
+        return counts
+
+    def switched(self) -> dict[str, Any] | None:
+        status = self.watch.status
+        if status.get("phase") == "Failed":
+            raise AssertionError(f"cluster {CARRY_CLUSTER} Failed: {status}")
+        return status if status.get("activeVersion") == "v2" else None
+
+    def roll(self) -> None:
+        pm, cp, ns, reads, writer = self.pm, self.cluster.cp, self.cluster.ns, self.reads, self.writer
+        reads.wait_for("the first 40 whole answers", lambda c: c.ok >= 40, timeout=60)
+        pm.wait_for("40 writes acknowledged on v1", lambda: writer.acked() >= 40 or not writer.running, 120)
+        self.mark("patched")
+        pm.kubectl(
+            cp, "patch", "recommendercluster", CARRY_CLUSTER, "-n", ns, "--type", "merge", "-p",
+            json.dumps({"spec": {"shards": SHARDS_OF["v2"], "index": pm.index_spec("v2")}}),
+        )  # fmt: skip
+        print(f"\n[scenario carry] patched to v2 x 3 shards at {self.at['patched']}s; {writer.acked()} acked")
+        self.new_layout = pm.wait_for("v2 active (after the hand-over)", self.switched, 600)["activeLayout"]
+        self.mark("switched")
+        writer.release.set()
+        reads.wait_for(
+            "every read client answered by v2", lambda c: all(v[-1:] == ["v2"] for v in reads.versions()), 60
+        )
+        pm.wait_for(
+            "the carrier's report: done",
+            lambda: (self.watch.reports.get(self.new_layout) or {}).get("done") is True,
+            timeout=300,
+        )
+        self.mark("carrier_done")
+        pm.wait_for("the writer through every op", lambda: not writer.running, timeout=WRITE_RETRY_S + 300)
+        self.mark("writer_done")
+        pm.wait_for(
+            f"the old layout {self.old_layout} retired (its pods gone)",
+            lambda: not pm.pods(cp, ns, carry_shard_selector(self.old_layout)),
+            timeout=pm.ROLLBACK_WINDOW_S + 300,
+        )
+        self.mark("old_layout_gone")
+        carriers = f"shardrec.io/cluster={CARRY_CLUSTER},app.kubernetes.io/component=carrier"
+        pm.wait_for(
+            "the carrier's Deployment deleted (done)",
+            lambda: not pm.kubectl_json(cp, "get", "deployments", "-n", ns, "-l", carriers)["items"],
+            timeout=120,
+        )
+        self.mark("carrier_deleted")
+        seen = reads.counts().sent
+        reads.wait_for("40 more answers after v1 is gone", lambda c: c.sent >= seen + 40, timeout=60)
+
+    def report(self, counts: Any, written: dict[str, Any], checked: dict[str, Any]) -> None:
+        retried = [
+            f"{op.kind} {op.item_id}: "
+            + ", ".join(f"{at}s {status} {code}" for at, status, code in op.attempts)
+            for op in self.writer.ops
+            if len(op.attempts) > 1
+        ]
+        print(
+            f"[scenario carry] reads {counts} over {self.reads.seconds:.0f}s; "
+            f"versions per client {self.reads.versions()}"
+        )
+        print(f"[scenario carry] {self.old_layout} -> {self.new_layout}; seconds since the start: {self.at}")
+        print(f"[scenario carry] writes: {written}")
+        last = self.watch.reports.get(self.new_layout) or {}
+        print(
+            f"[scenario carry] the carrier's last report: cut {last.get('cut')} (old leaders' last seqs) "
+            f"+ {last.get('forwarded')} forwarded after it; writes acked on {self.old_layout}: "
+            f"{written['acked_per_layout'].get(self.old_layout)}"
+        )
+        print(
+            f"[scenario carry] checked on {checked['versions']}: "
+            f"{dict(checked, problems=len(checked['problems']))}"
+        )
+        print("[scenario carry] retried writes:\n  " + "\n  ".join(retried[:40]))
+        print("[scenario carry] timeline:\n  " + "\n  ".join(self.watch.transitions))
+        for problem in checked["problems"][:20]:
+            print(f"[scenario carry] {problem}")
+        for problem in self.reads.problems()[:10]:
+            print(f"[scenario carry] read: {problem}")
+
+
+@pytest.mark.node_scenarios
+def test_item_writes_are_carried_through_v1_to_v2_and_two_to_three_shards(
+    carry_cluster: CarryCluster, product_module: ModuleType, traffic_module: ModuleType, record_property: Any
+) -> None:
+    """Issue 18 on real pods. A writes cluster (v1, 2 shards x 2 replicas, write-log claims on hostPath
+    PVs, an API key with read,write) takes bounded reads (4 clients) and one bounded writer (300 upserts
+    of new ids, 30 deletes of them, each retried on 503) while its spec changes to v2 on 3 shards: the
+    operator runs the carrier (`python -m shardrec.serving.carry` in the serving image), builds v2 with
+    the carry folder, switches after the hand-over (old leaders fenced: writes meanwhile get 503 and are
+    retried) and asks for the finish; the carrier reports done and the v1 layout goes. Then, through the
+    router on v2: every acknowledged upsert found by id and first for its own vector, every acknowledged
+    delete absent; every write acknowledged in the end; 0 failed, 0 503, 0 partial, 0 wrong reads (the
+    roll's budget is the rollout scenario's: none; only writes are fenced)."""
+    pm, cluster = product_module, carry_cluster
+    cp, ns = cluster.cp, cluster.ns
+    before = pm.kubectl_json(cp, "get", "recommendercluster", CARRY_CLUSTER, "-n", ns)["status"]
+    assert before["activeVersion"] == "v1", before
+    reads = traffic_module.Traffic(
+        f"{cluster.base}/v1/recommend",
+        bodies,
+        check=carry_version_check(cluster),
+        clients=CARRY_READ_CLIENTS,
+        rate=CARRY_READ_RATE,
+        max_requests=MAX_REQUESTS,
+        max_seconds=MAX_SECONDS,
+        headers={"X-API-Key": cluster.key},
+    )
+    writer = Writer(cluster.base, cluster.key, pm.DIM, max_seconds=MAX_SECONDS)
+    run = CarryRun(pm, cluster, reads, writer, CarryWatch(pm, cp, ns), before["activeLayout"])
+    run.start()
+    try:
+        run.roll()
+    except BaseException:
+        print("[scenario carry] timeline:\n  " + "\n  ".join(run.watch.transitions))
+        print(f"[scenario carry] writer: {writer.summary()}; at {run.at}")
+        print(
+            "[scenario carry] first writes: "
+            + "; ".join(f"{op.item_id} {op.attempts}" for op in writer.ops[:5])
+        )
+        print(f"[scenario carry] reads: {reads.counts()}; first problems: {reads.problems()[:5]}")
+        print(pm.diagnostics(cp, ns))
+        raise
+    finally:
+        counts = run.stop()
+    written = writer.summary()
+    checked = check_written(traffic_module, cluster, writer)
+    record(record_property, "carry_reads", counts, time.monotonic() - run.t0)
+    for name, value in {**written, **checked, **run.at}.items():
+        record_property(f"carry_{name}", json.dumps(value) if isinstance(value, (dict, list)) else value)
+    run.report(counts, written, checked)
+
+    unacked = [f"{op.kind} {op.item_id}: {op.attempts}" for op in writer.ops if op.acked is None]
+    assert not unacked, f"{len(unacked)} writes never acknowledged: {unacked[:10]}"
+    assert (written["upserts_acked"], written["deletes_acked"]) == (UPSERTS, UPSERTS // DELETE_EVERY), written
+    assert written["retried_then_acked"] == written["retried_ops"], written
+    assert not checked["problems"], checked["problems"][:20]
+    assert checked["versions"] == ["v2"], checked["versions"]
+    assert (checked["found"], checked["nearest"]) == (checked["live"], checked["live"]), checked
+    assert checked["absent"] == checked["deleted"] == UPSERTS // DELETE_EVERY, checked
+    assert set(written["acked_per_layout"]) == {run.old_layout, run.new_layout}, written["acked_per_layout"]
+    handed = [r.get("handed_over") for r in run.watch.reports.values() if r.get("handed_over")]
+    assert handed, f"no carrier report named a hand-over: {run.watch.transitions}"
+    assert_clean(reads, counts)
+    assert all(v == ["v1", "v2"] for v in reads.versions()), f"a client saw v1 after v2: {reads.versions()}"
 
 
 # --- a pod-template change (the data-plane image) rolled shard by shard ----------------------------------
