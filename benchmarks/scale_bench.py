@@ -448,11 +448,15 @@ def _drop(*paths: Path) -> None:
             shutil.rmtree(path)
 
 
-def _count_run(folder: Path) -> int:
-    """This run's number on the point (runs.json): 1, then one more per resume."""
+def _count_run(folder: Path, *, finished: bool) -> int:
+    """This run's number on the point (runs.json): 1, then one more per resume; a run of a
+    finished point (to render its table again, say with --write-doc) measures nothing and is
+    not counted."""
     path = folder / "runs.json"
-    runs = (json.loads(path.read_text(encoding="utf-8"))["runs"] if path.exists() else 0) + 1
-    publish_atomically(path, json.dumps({"runs": runs}).encode())
+    runs = int(json.loads(path.read_text(encoding="utf-8"))["runs"]) if path.exists() else 0
+    if not finished:
+        runs += 1
+        publish_atomically(path, json.dumps({"runs": runs}).encode())
     return runs
 
 
@@ -467,7 +471,7 @@ def measure_one(
     if not resume and folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    runs = _count_run(folder)
+    runs = _count_run(folder, finished=(folder / f"measure-S{shards}.json").exists())
     _log(name, f"run {runs} of this point in {folder}")
     data = _stage(
         folder, name, "data", lambda: _data_stage(folder, name, items, dimension, queries=queries, seed=seed)

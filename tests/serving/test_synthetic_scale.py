@@ -122,7 +122,8 @@ def test_a_killed_resumable_run_continues_where_it_was(
     assert built["checkpoints"][0]["added"] == 3000 and built["wall_seconds"] > 0
     # Only the stage results are kept: embeddings, layouts and checkpoints are gone.
     assert sorted(path.name for path in point.iterdir() if path.is_dir()) == []
-    # Run once more: every stage is read back, nothing is measured again.
+    # Run once more: every stage is read back, nothing is measured again, nor counted as a run.
     monkeypatch.setattr(bench, "build_layout", no_second_data)
     assert bench.main([*argv, "--resume"]) == 0
-    assert json.loads((tmp_path / "results.json").read_text())[0]["recall_merged"] == result["recall_merged"]
+    again = json.loads((tmp_path / "results.json").read_text())[0]
+    assert again["recall_merged"] == result["recall_merged"] and again["runs"] == 2
