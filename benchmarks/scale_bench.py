@@ -356,13 +356,15 @@ def _build_stage(folder: Path, name: str, shards: int, *, checkpointed: bool) ->
     if checkpoints is not None:
         progress = [read_progress(checkpoints.folder, shard) for shard in range(shards)]
         kept = [asdict(entry) for entry in progress if entry is not None]
-        result.update(
-            wall_seconds=sum(entry["wall_seconds"] for entry in kept),
-            cpu_seconds=sum(entry["cpu_seconds"] for entry in kept),
-            runs=max((entry["runs"] for entry in kept), default=1),
-            checkpoint_seconds=sum(entry["checkpoint_seconds"] for entry in kept),
-            checkpoints=kept,
-        )
+        result.update(runs=max((entry["runs"] for entry in kept), default=1), checkpoints=kept)
+        if shards == 1:
+            result.update(
+                {key: kept[0][key] for key in ("wall_seconds", "cpu_seconds", "checkpoint_seconds")}
+            )
+        else:
+            # Shards built side by side share the process's CPU and overlap in wall time: only the
+            # per-shard records are kept (the tables use the one-shard build's cost).
+            del result["wall_seconds"], result["cpu_seconds"]
     return result
 
 
