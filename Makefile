@@ -156,7 +156,7 @@ bench-coldstart: $(STAMP) objectstore-build ## Shard cold start (download, verif
 SCALE_ARGS ?= --sizes 100k --dims 64
 
 .PHONY: bench-scale
-bench-scale: $(STAMP) ## ef and CPU per query for recall@10 0.90/0.95/0.98, one shard and 4 merged, 100k x 64 (SCALE_ARGS="--sizes 1m --dims 64" for the long ones) -> docs/benchmarks.md (niced)
+bench-scale: $(STAMP) ## ef and CPU per query for recall@10 0.90/0.95/0.98, one shard and 4 merged, 100k x 64 (SCALE_ARGS="--sizes 1m --dims 64" for the long ones; 10M: add --resume --work DIR and rerun until done) -> docs/benchmarks.md (niced)
 	nice -n 10 $(BIN)/python benchmarks/scale_bench.py --write-doc $(SCALE_ARGS)
 
 .PHONY: bench-train

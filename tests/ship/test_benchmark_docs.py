@@ -136,17 +136,75 @@ def test_a_scale_table_that_drifted_from_its_command_is_refused() -> None:
         raise AssertionError(f"accepted a drifted section:\n{text}")
 
 
+def test_a_resumed_scale_table_gives_both_build_rates_and_its_runs() -> None:
+    """A --resume run (10M items over several sessions): the build column gives the rate from wall
+    time and from CPU time, the prose how many runs built it; a plain row in it is refused."""
+    bench: Any = _load("scale_bench", ROOT / "benchmarks" / "scale_bench.py")
+    result = bench.ScaleResult(
+        10_000_000,
+        64,
+        4,
+        300,
+        32.0,
+        900.0,
+        405.0,
+        {24: 0.84, 48: 0.91, 96: 0.96, 256: 0.985},
+        {24: 0.93},
+        90.0,
+        210.0,
+        430.0,
+        96,
+        build_cpu_items_per_second=1500.0,
+        build_runs=3,
+        build_cores=2,
+        runs=4,
+        load_average_first=1.0,
+    )
+    machine = bench.machine_line(1.0, 2.0, runs=4)
+    good = bench.render(
+        [result], "python benchmarks/scale_bench.py --sizes 10m --resume", "2026-12-07", machine
+    )
+    assert "bench-scale-10m-d64:begin" in good and "| 10M x 64 | 32 | 900 (1500) | 405 |" in good
+    assert "4 runs, 3 resumes" in good and "(runs that built: 10M x 64: 3)" in good
+    _check_scale_section(bench, good)
+    try:
+        _check_scale_section(bench, good.replace("| 900 (1500) |", "| 900 |"))
+    except AssertionError:
+        return
+    raise AssertionError("accepted a resumed table whose build cell lost its CPU-based rate")
+
+
 def _check_scale_section(bench: Any, section: str) -> None:
     """`section` is what `render` writes for the sizes and dimensions its rows name, digits aside."""
     lines = section.strip().splitlines()
     rows = [line for line in lines if line.startswith("|")]
-    assert rows[:2] == [bench.HEADER, bench.ALIGN], "the table's header changed: regenerate it"
+    # A --resume run (10M: over several sessions) gives the build rate from wall and from CPU time.
+    resumed = rows[0] == bench.HEADER_RESUMED
+    assert rows[:2] in ([bench.HEADER, bench.ALIGN], [bench.HEADER_RESUMED, bench.ALIGN]), (
+        "the table's header changed: regenerate it"
+    )
     cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in rows[2:]]
     assert cells, "the table has no rows"
     shapes = [label.split(" x ") for label, *_ in cells]
+    extra = (
+        {"build_cpu_items_per_second": 1.0, "build_runs": 1, "build_cores": 2, "runs": 1} if resumed else {}
+    )
     samples = [
         bench.ScaleResult(
-            bench.parse_size(size), int(dim), 4, 300, 1.0, 1.0, 1.0, {24: 1.0}, {24: 1.0}, 1.0, 1.0, 1.0, 24
+            bench.parse_size(size),
+            int(dim),
+            4,
+            300,
+            1.0,
+            1.0,
+            1.0,
+            {24: 1.0},
+            {24: 1.0},
+            1.0,
+            1.0,
+            1.0,
+            24,
+            **extra,
         )
         for size, dim in shapes
     ]

@@ -4,10 +4,14 @@ Everything is written into a staging folder beside the target; `layout.json` is 
 (temp file, fsync, rename), and the staging folder is renamed onto the target, so a reader sees
 either no layout or a complete one. hnswlib releases the GIL inside `add_items`, so shard builds
 run on threads and share the (memory-mapped) item matrix instead of copying it to processes.
+A build given `Checkpoints` saves each shard's partial index now and then, so one killed part-way
+(hours into 10M items) continues where it was when started again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -15,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,6 +90,149 @@ def _check_arguments(
         raise BuildError(f"--workers must be at least 1, got {workers}")
 
 
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where a long build saves each shard's partial index, so a build killed part-way (a session
+    ended, a node drained) continues from there when started again instead of from nothing.
+
+    After `every_seconds` of adding (at the next chunk boundary), and when a shard is complete,
+    its index is saved under `folder/shard-NNNN/` with progress.json (`ShardProgress`). A build
+    given the same folder loads each shard's checkpoint, refusing one made for other items or
+    parameters, and adds the rest. build_layout leaves the folder in place: the caller removes
+    it once it has read what it wants (the build's cost over every run, `read_progress`), so a
+    kill between the publish and the caller's record loses nothing.
+
+    A resumed shard is not byte-identical to an uninterrupted one (nor is any build on several
+    threads): hnswlib does not save its level generator, so the levels drawn after a load come
+    from its default seed. The graph is built by the same rule, with the same parameters."""
+
+    folder: Path
+    every_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class ShardProgress:
+    """progress.json of a shard's checkpoint. Wall and CPU seconds are those of `add_items` over
+    every run up to the checkpoint (saving and loading checkpoints are counted apart, in
+    `checkpoint_seconds`: an uninterrupted build does not pay them); CPU is the process's, so when
+    shards are built side by side it is shared by them. `runs`: the runs that added items."""
+
+    fingerprint: str
+    count: int
+    added: int
+    index_file: str
+    wall_seconds: float
+    cpu_seconds: float
+    runs: int
+    checkpoint_seconds: float
+
+
+_PROGRESS_FILE = "progress.json"
+
+
+def read_progress(checkpoints: Path, shard: int) -> ShardProgress | None:
+    """The progress of shard `shard`'s checkpoint under `checkpoints` (None: none saved yet)."""
+    path = checkpoints / shard_dir_name(shard) / _PROGRESS_FILE
+    if not path.exists():
+        return None
+    try:
+        return ShardProgress(**json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as exc:
+        raise BuildError(f"{path}: not a checkpoint's progress ({exc}); delete the checkpoint") from exc
+
+
+def _fingerprint(embeddings: Embeddings, positions: npt.NDArray[np.int64], header: dict[str, object]) -> str:
+    """sha256 of what a shard's index is built from: the hnswlib parameters, the shard's number
+    (its seed), ids and vectors in build order, so a checkpoint is never continued with other
+    items. The layout's name and version are not part of the index."""
+    used = ("shard", "shards", "dimension", "metric", "hnsw")
+    digest = hashlib.sha256(repr([(key, str(header[key])) for key in used]).encode())
+    for start in range(0, len(positions), 262_144):
+        chosen = positions[start : start + 262_144]
+        digest.update("\n".join(embeddings.item_ids[p] for p in chosen.tolist()).encode())
+        digest.update(np.ascontiguousarray(embeddings.items[chosen]).tobytes())
+    return digest.hexdigest()
+
+
+class _ShardCheckpoint:
+    """One shard's checkpoint: resume from it, save to it, and account the adds' wall and CPU."""
+
+    def __init__(self, checkpoints: Checkpoints, shard: int, fingerprint: str, count: int) -> None:
+        self.settings = checkpoints
+        self.folder = checkpoints.folder / shard_dir_name(shard)
+        self.shard = shard
+        self.fingerprint = fingerprint
+        self.count = count
+        self.progress = ShardProgress(fingerprint, count, 0, "", 0.0, 0.0, 0, 0.0)
+        self.runs_before = 0
+        self.span_wall = self.span_cpu = self.last_save = 0.0
+
+    def resume(self, space: str, dimension: int) -> hnswlib.Index | None:
+        """The checkpointed index (None: start afresh), then start timing the adds."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        saved = read_progress(self.settings.folder, self.shard)
+        index = None
+        if saved is not None:
+            if (saved.fingerprint, saved.count) != (self.fingerprint, self.count):
+                raise BuildError(
+                    f"{self.folder}: a checkpoint of other items or parameters; delete it to build afresh"
+                )
+            started = time.monotonic()
+            index = hnswlib.Index(space=space, dim=dimension)
+            index.load_index(str(self.folder / saved.index_file), max_elements=self.count)
+            if index.get_current_count() != saved.added:
+                raise BuildError(
+                    f"{self.folder / saved.index_file}: holds {index.get_current_count()} items, "
+                    f"{_PROGRESS_FILE} says {saved.added}; delete the checkpoint"
+                )
+            self.progress = saved
+            self.runs_before = saved.runs
+            self._count_checkpoint_time(time.monotonic() - started)
+        self._start_span()
+        return index
+
+    def added(self, index: hnswlib.Index, done: int) -> None:
+        """After a chunk: save when a checkpoint is due or the shard is complete."""
+        if done < self.count and time.monotonic() - self.last_save < self.settings.every_seconds:
+            return
+        wall, cpu = time.monotonic() - self.span_wall, time.process_time() - self.span_cpu
+        started = time.monotonic()
+        name = f"index-{done:012d}.bin"
+        path = self.folder / name
+        index.save_index(str(path))
+        if path.stat().st_size != index.index_file_size():
+            raise BuildError(f"{path}: wrote {path.stat().st_size} of {index.index_file_size()} bytes")
+        fsync_file(path)
+        previous = self.progress
+        self.progress = ShardProgress(
+            self.fingerprint,
+            self.count,
+            done,
+            name,
+            round(previous.wall_seconds + wall, 3),
+            round(previous.cpu_seconds + cpu, 3),
+            self.runs_before + 1,
+            previous.checkpoint_seconds,
+        )
+        self._count_checkpoint_time(time.monotonic() - started)
+        for stale in self.folder.glob("index-*.bin"):
+            if stale.name != name:
+                stale.unlink()
+        self._start_span()
+
+    def _count_checkpoint_time(self, seconds: float) -> None:
+        progress = self.progress
+        total = round(progress.checkpoint_seconds + seconds, 3)
+        self.progress = ShardProgress(**{**asdict(progress), "checkpoint_seconds": total})
+        if progress.index_file:
+            text = json.dumps(asdict(self.progress), indent=2)
+            publish_atomically(self.folder / _PROGRESS_FILE, text.encode())
+
+    def _start_span(self) -> None:
+        self.span_wall = self.last_save = time.monotonic()
+        self.span_cpu = time.process_time()
+
+
 def _build_shard(
     folder: Path,
     embeddings: Embeddings,
@@ -94,21 +241,32 @@ def _build_shard(
     *,
     threads: int,
     advance: Callable[[int], None],
+    checkpoints: Checkpoints | None = None,
 ) -> ShardEntry:
     started = time.monotonic()
     folder.mkdir(parents=True)
     metric: Metric = header["metric"]  # type: ignore[assignment]
     params: HnswParams = header["hnsw"]  # type: ignore[assignment]
     count, shard = len(positions), int(str(header["shard"]))
-    index = hnswlib.Index(space=hnsw_space(metric), dim=embeddings.dimension)
-    index.init_index(
-        max_elements=count, ef_construction=params.ef_construction, M=params.m, random_seed=1 + shard
-    )
-    for start in range(0, count, _ADD_CHUNK):
+    checkpoint = None
+    index = None
+    if checkpoints is not None:
+        checkpoint = _ShardCheckpoint(checkpoints, shard, _fingerprint(embeddings, positions, header), count)
+        index = checkpoint.resume(hnsw_space(metric), embeddings.dimension)
+    if index is None:
+        index = hnswlib.Index(space=hnsw_space(metric), dim=embeddings.dimension)
+        index.init_index(
+            max_elements=count, ef_construction=params.ef_construction, M=params.m, random_seed=1 + shard
+        )
+    resumed_at = index.get_current_count()
+    advance(resumed_at)
+    for start in range(resumed_at, count, _ADD_CHUNK):
         chosen = positions[start : start + _ADD_CHUNK]
         # Labels are positions within the shard, i.e. line numbers of ids.txt.
         index.add_items(embeddings.items[chosen], np.arange(start, start + len(chosen)), num_threads=threads)
         advance(len(chosen))
+        if checkpoint is not None:
+            checkpoint.added(index, start + len(chosen))
     index.save_index(str(folder / INDEX_FILE))
     # hnswlib writes with an unchecked ofstream: on a full disk (or past a file-size limit) it
     # returns normally with the file cut short, which would then be checksummed as if whole.
@@ -194,9 +352,11 @@ def build_layout(
     expected_dimension: int | None = None,
     progress: bool = True,
     carry_dir: Path | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> LayoutManifest:
     """Build and atomically publish the layout `out_dir` from an embeddings directory, plus the
-    write logs of an earlier layout up to its cut when `carry_dir` names a carry folder (carry.py)."""
+    write logs of an earlier layout up to its cut when `carry_dir` names a carry folder (carry.py).
+    With `checkpoints`, shards continue from (and save to) their checkpoints there."""
     workers = workers or usable_cpus()
     layout = layout or out_dir.name
     _check_arguments(
@@ -219,7 +379,15 @@ def build_layout(
     hnsw = HnswParams(m=m, ef_construction=ef_construction)
     header = _Header(layout, version, shards, embeddings.dimension, metric, hnsw)
     try:
-        entries = _build_shards(staging, embeddings, assignment, header, workers=workers, progress=progress)
+        entries = _build_shards(
+            staging,
+            embeddings,
+            assignment,
+            header,
+            workers=workers,
+            progress=progress,
+            checkpoints=checkpoints,
+        )
         users = _write_users(staging, embeddings, metric)
         manifest = LayoutManifest(
             layout=layout,
@@ -330,6 +498,7 @@ def _build_shards(
     *,
     workers: int,
     progress: bool,
+    checkpoints: Checkpoints | None = None,
 ) -> list[ShardEntry]:
     """Every shard's index, `min(shards, workers)` shards at a time, the workers' threads shared
     among them."""
@@ -357,6 +526,7 @@ def _build_shards(
                 header.of_shard(shard),
                 threads=threads_per_shard,
                 advance=advance,
+                checkpoints=checkpoints,
             )
 
         with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="index-build") as pool:
