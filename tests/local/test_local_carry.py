@@ -418,9 +418,6 @@ class Traffic:
 
 
 @pytest.mark.timeout(480)
-@pytest.mark.xfail(
-    strict=True, reason="a rollback to a kept layout does not carry the newer layout's writes back"
-)
 def test_a_rollback_within_the_window_carries_the_writes_made_on_the_newer_layout_back(
     tmp_path: Path,
 ) -> None:
