@@ -525,3 +525,55 @@ def test_a_rollback_within_the_window_carries_the_writes_made_on_the_newer_layou
 def _layout(state: Path, version: str) -> str:
     """The id of the layout of `version` in the status."""
     return next(str(entry["name"]) for entry in _status(state)["layouts"] if entry["version"] == version)
+
+
+@pytest.mark.timeout(480)
+def test_a_kept_artifact_started_again_after_its_window_gets_the_writes_carried_back(tmp_path: Path) -> None:
+    """v1 -> v2 (carried) -> v1 (carried back), then v2's window passes (its processes stop; its
+    artifact and logs stay: keepPreviousLayouts 1) and the spec names v2 again: its shards start
+    from the artifact and their own logs, and must get what v1 took since before serving. (Before
+    the carry back this held by another route: the forward carry v1 -> v2 never ended while v1
+    lived. Now that one is ended at the rollback, and a carry back that replays nothing loses 58 of
+    the 82 upserts here.)"""
+    manifest, keys, state, url = up_v1(tmp_path)
+
+    def apply(version: str, shards: int, window: int) -> None:
+        document = _manifest(tmp_path / f"emb-{version}", version, shards, keys)
+        document["spec"]["rollout"]["rollbackWindowSeconds"] = window
+        manifest.write_text(yaml.safe_dump(document))
+        _recctl("apply", "-f", str(manifest), "--state-dir", str(state))
+        _wait_for(
+            lambda: _status(state).get("activeVersion") == version, f"{version} to serve", timeout_s=150
+        )
+
+    rng = np.random.default_rng(51)
+    phases = [Writes() for _ in range(3)]
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            apply("v1", 2, 600)
+            apply("v2", 3, 600)
+            v2_id = _layout(state, "v2")
+            for n in range(40):
+                phases[0].send(client, f"on-v2-{n}", _vector(rng) if n % 4 else None)
+            apply("v1", 2, 1)  # back to v1, and v2 goes once its short window passed
+            for n in range(40):
+                phases[1].send(client, f"on-v1-{n}", _vector(rng) if n % 4 else None)
+                phases[1].send(client, f"on-v2-{n}", _vector(rng) if n % 5 else None)
+            _wait_for(lambda: v2_id not in {e["name"] for e in _status(state)["layouts"]}, "v2 deleted")
+            assert (state / "writes" / v2_id).is_dir(), "v2's logs went although its artifact is kept"
+            for n in range(40, 60):
+                phases[2].send(client, f"on-v1-{n}", _vector(rng))
+            apply("v2", 3, 600)
+            merged = _merge(*phases)
+            found, missing, wrong_version, resurrected = _check(client, merged, "v2")
+            self_hits, returned_deleted = _query(client, merged)
+    finally:
+        _recctl("down", "--state-dir", str(state), check=False)
+    print(
+        f"\nkept artifact started again: writes acknowledged {[w.acknowledged for w in phases]}; on v2: "
+        f"upserts found {found} of {len(merged.present)} (own vector {self_hits}), deletes answering "
+        f"404 {len(merged.deleted) - len(resurrected)} of {len(merged.deleted)}"
+    )
+    assert sum(w.acknowledged for w in phases) == sum(w.sent for w in phases)
+    assert (missing, wrong_version, resurrected, returned_deleted) == ([], [], [], [])
+    assert found == len(merged.present) > 60
