@@ -422,7 +422,8 @@ class LocalSupervisor:
 
     def _forward_carried_writes(self) -> None:
         """Forward the writes their old layout logged after the cut to layouts whose every replica
-        is ready (before the gate opens, and after it until the old layout is deleted)."""
+        is ready (before the gate opens, and after it until the old layout is deleted), and the
+        writes of carry backs that began (`_carry_back`)."""
         known = self.builds.known_layouts()
         live = {spec.id for spec in known}
         for spec in known:
