@@ -13,12 +13,12 @@ import pytest
 
 from shardrec.api.commands import IndexBuildFlags
 from shardrec.planning.layouts import LayoutSpec
-from shardrec.serving.index.carry import carried_state, read_carry
+from shardrec.serving.index.carry import Cut, carried_state, read_carry
 from shardrec.serving.index.partitioning import shard_of
 from shardrec.serving.index.write_log import WriteLog, WriteLogError, WriteRecord, encode_record, log_path
 from shardrec.serving.shard.app import FENCE_PATH, REPLICATE_PATH, WRITES_PATH
 from shardrec.tools.local.builds import build_commands
-from shardrec.tools.local.carry import LocalCarry, unneeded
+from shardrec.tools.local.carry import LocalCarry, abandoned_back, back_logs, unneeded, wants_carry_back
 from shardrec.tools.local.state import StateDir
 
 
@@ -246,3 +246,120 @@ def test_fenced_layouts_are_remembered_on_disk(tmp_path: Path) -> None:
     carry.mark_fenced("v2", True)
     carry.mark_fenced("v1", False)
     assert LocalCarry(state, httpx.Client(), "t0ken").fenced_layouts() == {"v2"}
+
+
+# --- the carry back ------------------------------------------------------------------------------
+
+
+def test_a_carry_back_goes_to_a_kept_layout_while_another_one_serves() -> None:
+    assert wants_carry_back("v1", "v2", target_built=True, target_carries_from=None)
+    assert wants_carry_back("v2", "v1", target_built=True, target_carries_from="v0")  # an old carry
+    assert not wants_carry_back("v2", "v1", target_built=True, target_carries_from="v1")  # forward
+    assert not wants_carry_back("v2", "v1", target_built=False, target_carries_from=None)  # building
+    assert not wants_carry_back("v1", "v1", target_built=True, target_carries_from=None)  # serves
+    assert not wants_carry_back("v1", None, target_built=True, target_carries_from=None)
+
+
+def test_an_unfinished_carry_back_is_dropped_only_while_its_destination_does_not_serve() -> None:
+    assert not abandoned_back("v1", "v2", target="v1", serving="v2")  # on its way
+    assert abandoned_back("v1", "v2", target="v2", serving="v2")  # the spec went back to v2
+    assert abandoned_back("v1", "v2", target="v3", serving="v2")  # or on to v3
+    assert not abandoned_back("v1", "v2", target="v3", serving="v1")  # switched: it runs on
+
+
+def test_a_carry_back_replays_the_sources_carry_folder_only_when_cut_from_a_third_layout() -> None:
+    leaders = [Path("/s/writes/v3/0"), Path("/s/writes/v3/1")]
+    folder = Path("/s/carry/v3")
+    assert back_logs(None, "v1", leaders, folder) == leaders
+    assert back_logs(Cut("v1", 2, (4, 5)), "v1", leaders, folder) == leaders  # v1's own records
+    chain = back_logs(Cut("v2", 3, (1, 2, 3)), "v1", leaders, folder)
+    assert chain == [folder / "prior.log", *(folder / f"shard-000{s}.log" for s in range(3)), *leaders]
+
+
+def test_a_carry_back_replays_the_serving_layouts_logs_into_the_kept_layout(tmp_path: Path) -> None:
+    """v1 (2 shards) -> v2 (3 shards) carried, v2 takes writes, the spec goes back to v1: v1 is
+    held back until every record of v2's logs (forwarded ones and its own, from the first) went to
+    v1, re-partitioned to 2 shards; the hand-over fences v2's leaders and forwards the rest."""
+    state = StateDir(tmp_path)
+    v1, v2 = _spec("v1", 2), _spec("v2", 3)
+    shards = FakeShards()
+    carry = LocalCarry(state, httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
+    _append(state, v1, "on-v1-before-the-cut", upsert=True)
+    carry.take_cut(v2, v1)
+    _append(state, v2, "forwarded-from-v1", upsert=True)  # as the forwarding logs it on v2
+    for n in range(12):
+        _append(state, v2, f"on-v2-{n}", upsert=n % 3 != 0)
+    urls = _urls(v1)
+
+    carry.start_back(v1.id, v2.id)
+    assert carry.holds_back(v1.id) and not carry.back_begun(v1.id, v2.id)
+    assert carry.forward(v1, urls, {v1.id, v2.id}) == 0  # nothing before it began
+    carry.begin_back(v1.id, v2)
+    assert carry.forward(v1, urls, {v1.id, v2.id}) == 13
+    assert not carry.holds_back(v1.id)
+    sent = {str(r["id"]) for url in urls.values() for r in shards.logs.get(url, [])}
+    assert sent == {"forwarded-from-v1"} | {f"on-v2-{n}" for n in range(12)}
+    for (shard, _replica), url in urls.items():
+        assert all(shard_of(str(r["id"]), v1.shards) == shard for r in shards.logs.get(url, []))
+
+    _append(state, v2, "just-before-the-switch", upsert=False)
+    v2_leaders = {s: f"http://127.0.0.1:{8000 + 10 * s}" for s in range(3)}
+    assert carry.hand_over(v1, v2_leaders, urls, {v1.id, v2.id}, back_from=v2.id)
+    assert shards.fenced == set(v2_leaders.values())
+    leader = urls[(shard_of("just-before-the-switch", 2), 0)]
+    assert shards.logs[leader][-1] == {
+        "op": "delete",
+        "id": "just-before-the-switch",
+        "seq": len(shards.logs[leader]),
+    }
+
+    # v2 deleted after the switch: its logs stay until the last pass, then they go with the folder
+    assert carry.collect({v1.id}) == []
+    assert carry.forward(v1, urls, {v1.id}) == 0
+    assert carry.collect({v1.id}) == [v2.id]
+    assert carry.backs() == [] and not state.write_log_dir(v2.id, 0).exists()
+
+
+def test_a_forwarding_into_the_serving_layout_is_finished_before_a_carry_back_out_of_it(
+    tmp_path: Path,
+) -> None:
+    """v1 -> v2 forwards while v1 lives; a rollback to v1 first ends it (v1's leaders fenced again,
+    a last pass), or v1's carried-back records would be forwarded into v2 again."""
+    state = StateDir(tmp_path)
+    v1, v2 = _spec("v1", 1), _spec("v2", 2)
+    shards = FakeShards()
+    carry = LocalCarry(state, httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
+    carry.take_cut(v2, v1)
+    _append(state, v1, "late-on-v1", upsert=True)
+    (forwarding,) = carry.running_into(v2.id)
+    v1_leaders = ["http://127.0.0.1:8000"]
+    shards.fail = set(v1_leaders)
+    assert not carry.finish(forwarding, v2, v1_leaders, _urls(v2), {v1.id, v2.id})  # not fenced
+    shards.fail = set()
+    assert carry.finish(forwarding, v2, v1_leaders, _urls(v2), {v1.id, v2.id}) is False  # sent one
+    assert carry.finish(forwarding, v2, v1_leaders, _urls(v2), {v1.id, v2.id})
+    assert carry.running_into(v2.id) == [] and shards.fenced == set(v1_leaders)
+    assert v1.id in carry.fenced_layouts()
+
+
+def test_a_carry_back_past_a_middle_layout_replays_what_the_serving_layouts_build_carried(
+    tmp_path: Path,
+) -> None:
+    """v1 -> v2 -> v3, rolled back to v1 (kept): v2's writes up to v3's cut are in v3's carry
+    folder only (its build folded them in), so they go to v1 first, then v3's logs."""
+    state = StateDir(tmp_path)
+    v1, v2, v3 = _spec("v1", 1), _spec("v2", 2), _spec("v3", 1)
+    shards = FakeShards()
+    carry = LocalCarry(state, httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
+    _append(state, v1, "x", upsert=True)
+    carry.take_cut(v2, v1)
+    _append(state, v2, "x", upsert=False)  # v2 deletes x, then v3's build carries that
+    _append(state, v2, "y", upsert=True)
+    carry.take_cut(v3, v2)
+    _append(state, v3, "y", upsert=False)
+    carry.start_back(v1.id, v3.id)
+    carry.begin_back(v1.id, v3)
+    assert carry.forward(v1, _urls(v1), {v1.id, v2.id, v3.id}) == 4  # prior x, cut x y, then y
+    got = [(r["op"], r["id"]) for r in shards.logs[_urls(v1)[(0, 0)]]]
+    assert got[0] == ("upsert", "x") and got[-1] == ("delete", "y")  # oldest first, newest last
+    assert set(got[1:3]) == {("delete", "x"), ("upsert", "y")}

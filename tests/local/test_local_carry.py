@@ -254,14 +254,16 @@ def _progress(path: Path) -> dict[str, Any]:
 
 
 def _merge(first: Writes, *others: Writes) -> Writes:
-    """The writers' records as one (their item ids do not overlap, except originals deleted by
-    several, which stay deleted)."""
+    """The writers' records as one, a later writer's last op on an item over an earlier one's
+    (they are given in the order they wrote: an item's last acknowledged op wins)."""
     merged = Writes(present=dict(first.present), deleted=set(first.deleted))
     merged.unknown = set(first.unknown)
     merged.vectors = dict(first.vectors)
     for other in others:
+        for item in other.deleted:
+            merged.present.pop(item, None)
+        merged.deleted = (merged.deleted - set(other.present)) | other.deleted
         merged.present.update(other.present)
-        merged.deleted |= other.deleted
         merged.unknown |= other.unknown
         merged.vectors.update(other.vectors)
     for item in merged.unknown:
@@ -270,13 +272,15 @@ def _merge(first: Writes, *others: Writes) -> Writes:
     return merged
 
 
-def _check(client: httpx.Client, writes: Writes) -> tuple[int, list[str], list[str], list[str]]:
+def _check(
+    client: httpx.Client, writes: Writes, version: str = "v2"
+) -> tuple[int, list[str], list[str], list[str]]:
     found, missing, wrong_version, resurrected = 0, [], [], []
     for item in sorted(writes.present):
         answer = client.post("/v1/similar", json={"item_id": item, "k": 3}, headers=KEY)
         if answer.status_code != 200:
             missing.append(f"{item}: {answer.status_code} {answer.text[:120]}")
-        elif answer.json()["index_version"] != "v2":
+        elif answer.json()["index_version"] != version:
             wrong_version.append(item)
         else:
             found += 1
@@ -342,3 +346,234 @@ def test_a_rollback_within_the_window_takes_writes_on_the_old_layout_again(tmp_p
     assert on_v2.status_code == 200 and on_v2.json()["index_version"] == "v2", on_v2.text
     assert "after-rollback" in writes.present and writes.unknown == set(), (writes.unknown, writes.retries)
     assert on_v1.status_code == 200 and on_v1.json()["index_version"] == "v1", on_v1.text
+
+
+class Traffic:
+    """A writer and a reader running through a switch: the writer upserts new items, replaces
+    items and deletes some (retrying 503s), the reader queries with the vectors of items the writer
+    deleted, or random ones. `stop` ends both."""
+
+    def __init__(self, url: str, prefix: str, seed: int) -> None:
+        self.url, self.prefix, self.seed = url, prefix, seed
+        self.writes = Writes()
+        self.reads: list[tuple[float, list[str]]] = []
+        self.read_errors: list[str] = []
+        self.stop = threading.Event()
+        self._threads = [threading.Thread(target=f, daemon=True) for f in (self._writer, self._reader)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def join(self) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _writer(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        with httpx.Client(base_url=self.url, timeout=10) as own:
+            for n in range(MAX_DURING):
+                if self.stop.is_set():
+                    return
+                self.writes.progress = n
+                self.writes.send(own, f"{self.prefix}-{n}", _vector(rng))
+                if n % 5 == 4:  # delete one just written, replace an original item, delete another
+                    self.writes.send(own, f"{self.prefix}-{n - 2}", None)
+                    self.writes.send(own, f"item-{300 + n // 5}", _vector(rng))
+                    self.writes.send(own, f"item-{700 + n // 5}", None)
+                time.sleep(0.002)
+
+    def _reader(self) -> None:
+        pick = np.random.default_rng(self.seed + 1)
+        with httpx.Client(base_url=self.url, timeout=10) as own:
+            while not self.stop.is_set() and len(self.reads) < MAX_READS:
+                deleted = [
+                    self.writes.vectors[i] for i in list(self.writes.deleted_at) if i in self.writes.vectors
+                ]
+                vector = deleted[int(pick.integers(len(deleted)))] if deleted else _vector(pick)
+                started = time.monotonic()
+                try:
+                    answer = own.post("/v1/recommend", json={"vector": vector, "k": 10}, headers=KEY)
+                except httpx.HTTPError as exc:
+                    self.read_errors.append(repr(exc))
+                    continue
+                if answer.status_code == 200:
+                    self.reads.append((started, [hit["item_id"] for hit in answer.json()["items"]]))
+                else:
+                    self.read_errors.append(f"{answer.status_code} {answer.text[:100]}")
+                time.sleep(0.01)
+
+    def stale(self, final: Writes) -> list[str]:
+        """Reads that returned an item whose delete was acknowledged before the read started (and
+        that stayed deleted)."""
+        return [
+            f"{item} returned by a read {started - self.writes.deleted_at[item]:.3f}s after its delete"
+            for started, ids in self.reads
+            for item in ids
+            if item in self.writes.deleted_at
+            and self.writes.deleted_at[item] < started
+            and item in final.deleted
+        ]
+
+
+@pytest.mark.timeout(480)
+def test_a_rollback_within_the_window_carries_the_writes_made_on_the_newer_layout_back(
+    tmp_path: Path,
+) -> None:
+    """v1 (2 shards) serves and takes writes; v2 (3 shards) is rolled out (carried) and takes
+    writes of its own: new items, items replaced, items deleted. Rolling back to v1 within its
+    window, while a writer and a reader keep going, must bring every write acknowledged on v2 to v1
+    (its artifact and logs know none of them): upserts found by id and by their vector, deletes
+    answering 404 and in no answer; and no read fails. Then a roll forward to v2 again (still kept)
+    must bring what v1 took since."""
+    manifest, keys, state, url = up_v1(tmp_path)
+
+    def apply(version: str, shards: int) -> None:
+        document = _manifest(tmp_path / f"emb-{version}", version, shards, keys)
+        document["spec"]["rollout"]["rollbackWindowSeconds"] = 600  # v1, then v2, stay kept
+        manifest.write_text(yaml.safe_dump(document))
+        _recctl("apply", "-f", str(manifest), "--state-dir", str(state))
+
+    def serves(version: str) -> None:
+        _wait_for(
+            lambda: _status(state).get("activeVersion") == version, f"{version} to serve", timeout_s=150
+        )
+
+    rng = np.random.default_rng(21)
+    on_v1, on_v2 = Writes(), Writes()
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            apply("v1", 2)  # the same layout, with the long window
+            for n in range(BEFORE_UPSERTS // 2):
+                on_v1.send(client, f"v1new-{n}", _vector(rng))
+            for n in range(BEFORE_DELETES // 2):
+                on_v1.send(client, f"item-{n}", None)
+            apply("v2", 3)
+            serves("v2")
+            # on v2: new items, replacements of v1's new items and of originals, deletes of both
+            for n in range(BEFORE_UPSERTS // 2):
+                on_v2.send(client, f"v2new-{n}", _vector(rng))
+            for n in range(0, BEFORE_UPSERTS // 2, 3):
+                on_v2.send(client, f"v1new-{n}", _vector(rng))
+                on_v2.send(client, f"item-{100 + n}", _vector(rng))
+            for n in range(1, BEFORE_UPSERTS // 2, 5):
+                on_v2.send(client, f"v1new-{n}", None)
+                on_v2.send(client, f"v2new-{n}", None)
+                on_v2.send(client, f"item-{200 + n}", None)
+            v2_acked = on_v2.acknowledged
+            v1_id, v2_id = _layout(state, "v1"), _layout(state, "v2")
+
+            back = Traffic(url, "back", 31)  # through the rollback
+            back.start()
+            try:
+                apply("v1", 2)
+                serves("v1")
+                _wait_for(lambda: back.writes.by_layout.get(v1_id, 0) >= 10, "writes on v1")
+            finally:
+                back.join()
+            after_back = _merge(on_v1, on_v2, back.writes)
+            found, missing, wrong_version, resurrected = _check(client, after_back, "v1")
+            self_hits, returned_deleted = _query(client, after_back)
+            back_progress = list((state / "carry-back").glob("*/*/forwarded.json"))
+
+            again = Traffic(url, "again", 41)  # v1 -> v2 again (v2 is still kept)
+            again.start()
+            try:
+                apply("v2", 3)
+                serves("v2")
+                _wait_for(lambda: again.writes.by_layout.get(v2_id, 0) >= 10, "writes on v2")
+            finally:
+                again.join()
+            after_again = _merge(on_v1, on_v2, back.writes, again.writes)
+            found2, missing2, wrong_version2, resurrected2 = _check(client, after_again, "v2")
+            self_hits2, returned_deleted2 = _query(client, after_again)
+    finally:
+        _recctl("down", "--state-dir", str(state), check=False)
+
+    stale = back.stale(after_back)
+    stale2 = again.stale(after_again)
+    print(
+        f"\nbefore the rollback: acknowledged on v1 {on_v1.acknowledged} of {on_v1.sent}, on v2 {v2_acked} "
+        f"of {on_v2.sent}; through the rollback: writes sent {back.writes.sent}, acknowledged "
+        f"{back.writes.acknowledged} {back.writes.by_layout}, 503s retried {back.writes.retries}, unknown "
+        f"{len(back.writes.unknown)}; reads {len(back.reads)} (errors {len(back.read_errors)}, deleted "
+        f"items returned after their delete's ack {len(stale)}); carry-back progress "
+        f"{[_progress(p) for p in back_progress]}; on v1 afterwards: upserts found {found} of "
+        f"{len(after_back.present)} (missing {len(missing)}, first for their own vector {self_hits}), "
+        f"deletes answering 404 {len(after_back.deleted) - len(resurrected)} of {len(after_back.deleted)}, "
+        f"deleted ids in answers {len(returned_deleted)}"
+        f"\nroll forward again: writes sent {again.writes.sent}, acknowledged {again.writes.acknowledged} "
+        f"{again.writes.by_layout}, 503s retried {again.writes.retries}, "
+        f"unknown {len(again.writes.unknown)}; "
+        f"reads {len(again.reads)} (errors {len(again.read_errors)}, stale {len(stale2)}); on v2: upserts "
+        f"found {found2} of {len(after_again.present)} (missing {len(missing2)}, own vector {self_hits2}), "
+        f"deletes answering 404 {len(after_again.deleted) - len(resurrected2)} of "
+        f"{len(after_again.deleted)}, deleted ids in answers {len(returned_deleted2)}"
+    )
+    assert v2_acked == on_v2.sent and back.writes.by_layout.get(v2_id, 0) > 0
+    assert back.read_errors == [] and len(back.reads) > 20, back.read_errors[:5]
+    assert missing == [], (len(missing), missing[:10])
+    assert wrong_version == [], wrong_version[:10]
+    assert resurrected == [], (len(resurrected), resurrected[:10])
+    assert returned_deleted == [], returned_deleted[:10]
+    assert stale == [], stale[:10]
+    assert again.read_errors == [] and len(again.reads) > 20, again.read_errors[:5]
+    assert (missing2, wrong_version2, resurrected2, returned_deleted2, stale2) == ([], [], [], [], [])
+
+
+def _layout(state: Path, version: str) -> str:
+    """The id of the layout of `version` in the status."""
+    return next(str(entry["name"]) for entry in _status(state)["layouts"] if entry["version"] == version)
+
+
+@pytest.mark.timeout(480)
+def test_a_kept_artifact_started_again_after_its_window_gets_the_writes_carried_back(tmp_path: Path) -> None:
+    """v1 -> v2 (carried) -> v1 (carried back), then v2's window passes (its processes stop; its
+    artifact and logs stay: keepPreviousLayouts 1) and the spec names v2 again: its shards start
+    from the artifact and their own logs, and must get what v1 took since before serving. (Before
+    the carry back this held by another route: the forward carry v1 -> v2 never ended while v1
+    lived. Now that one is ended at the rollback, and a carry back that replays nothing loses 58 of
+    the 82 upserts here.)"""
+    manifest, keys, state, url = up_v1(tmp_path)
+
+    def apply(version: str, shards: int, window: int) -> None:
+        document = _manifest(tmp_path / f"emb-{version}", version, shards, keys)
+        document["spec"]["rollout"]["rollbackWindowSeconds"] = window
+        manifest.write_text(yaml.safe_dump(document))
+        _recctl("apply", "-f", str(manifest), "--state-dir", str(state))
+        _wait_for(
+            lambda: _status(state).get("activeVersion") == version, f"{version} to serve", timeout_s=150
+        )
+
+    rng = np.random.default_rng(51)
+    phases = [Writes() for _ in range(3)]
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            apply("v1", 2, 600)
+            apply("v2", 3, 600)
+            v2_id = _layout(state, "v2")
+            for n in range(40):
+                phases[0].send(client, f"on-v2-{n}", _vector(rng) if n % 4 else None)
+            apply("v1", 2, 1)  # back to v1, and v2 goes once its short window passed
+            for n in range(40):
+                phases[1].send(client, f"on-v1-{n}", _vector(rng) if n % 4 else None)
+                phases[1].send(client, f"on-v2-{n}", _vector(rng) if n % 5 else None)
+            _wait_for(lambda: v2_id not in {e["name"] for e in _status(state)["layouts"]}, "v2 deleted")
+            assert (state / "writes" / v2_id).is_dir(), "v2's logs went although its artifact is kept"
+            for n in range(40, 60):
+                phases[2].send(client, f"on-v1-{n}", _vector(rng))
+            apply("v2", 3, 600)
+            merged = _merge(*phases)
+            found, missing, wrong_version, resurrected = _check(client, merged, "v2")
+            self_hits, returned_deleted = _query(client, merged)
+    finally:
+        _recctl("down", "--state-dir", str(state), check=False)
+    print(
+        f"\nkept artifact started again: writes acknowledged {[w.acknowledged for w in phases]}; on v2: "
+        f"upserts found {found} of {len(merged.present)} (own vector {self_hits}), deletes answering "
+        f"404 {len(merged.deleted) - len(resurrected)} of {len(merged.deleted)}"
+    )
+    assert sum(w.acknowledged for w in phases) == sum(w.sent for w in phases)
+    assert (missing, wrong_version, resurrected, returned_deleted) == ([], [], [], [])
+    assert found == len(merged.present) > 60

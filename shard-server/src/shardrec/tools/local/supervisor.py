@@ -62,7 +62,7 @@ from shardrec.serving.index.write_log import WriteLogError
 from shardrec.serving.shard.exit_codes import EXIT_PORT_IN_USE
 from shardrec.serving.tls import client_context
 from shardrec.tools.local.builds import LocalBuilds
-from shardrec.tools.local.carry import CutError, LocalCarry
+from shardrec.tools.local.carry import CutError, LocalCarry, abandoned_back, wants_carry_back
 from shardrec.tools.local.plan_preview import paused_preview
 from shardrec.tools.local.ports import PortAllocator
 from shardrec.tools.local.probes import ReadinessProber
@@ -324,22 +324,29 @@ class LocalSupervisor:
             if r.layout == layout_id
         }
 
+    def _leaders(self, layout_id: str) -> dict[int, str]:
+        """shard -> URL of replica 0 (the leader) of every shard of the layout that has one."""
+        return {shard: url for (shard, replica), url in self._layout_urls(layout_id).items() if replica == 0}
+
     def _hand_over(self, layout: LayoutSpec) -> bool:
         """Before the router switches to `layout`: open its own leaders (fenced if it served before
-        and is rolled back to), and, when it carries writes from another layout, fence that one's
-        leaders and forward the rest (tools/local/carry.py). False: do not switch this pass."""
+        and is rolled back to), and, when it carries writes from another layout (forward, or back
+        from the serving one), fence that one's leaders and forward the rest
+        (tools/local/carry.py). False: do not switch this pass."""
         urls = self._layout_urls(layout.id)
         if layout.id in self.carry.fenced_layouts() and all(
             self.carry.fence(url, False) for (_, replica), url in urls.items() if replica == 0
         ):
             self.carry.mark_fenced(layout.id, False)
-        source = self.carry.source(layout.id)
+        serving = self._serving()
+        back_from = serving.id if serving and (layout.id, serving.id) in self._backs_running() else None
+        source = back_from or self.carry.source(layout.id)
         if source is None:
             return True
-        old = {shard: url for (shard, replica), url in self._layout_urls(source).items() if replica == 0}
+        old = self._leaders(source)
         live = {spec.id for spec in self.builds.known_layouts()}
         self.carry.mark_fenced(source, True)
-        if not self.carry.hand_over(layout, old, urls, live):
+        if not self.carry.hand_over(layout, old, urls, live, back_from=back_from):
             log.warning(
                 "not switching to %s yet: the writes of %s are not all carried over", layout.id, source
             )
@@ -358,9 +365,65 @@ class LocalSupervisor:
         if all(self.carry.fence(url, False) for url in leaders):
             self.carry.mark_fenced(active, False)
 
+    def _serving(self) -> LayoutSpec | None:
+        """The layout of the topology's active section (what the router serves or is told to)."""
+        topology = self._read_topology()
+        return self._known(topology.active.layout if topology and topology.active else None)
+
+    def _backs_running(self) -> set[tuple[str, str]]:
+        """(to, source) of every carry back that has not ended."""
+        return {(to, source) for to, source, progress in self.carry.backs() if not progress.done}
+
+    def _carry_back(self, cluster: RecommenderCluster) -> None:
+        """A rollback (or a roll forward) to a kept layout while another one serves: the writes the
+        serving layout holds are carried back into the kept one before it serves
+        (tools/local/carry.py, "The carry back"). One step per pass: hold the kept layout back,
+        end what still forwards into the serving layout, open the kept layout's leaders, then let
+        the forwarding run (`_forward_carried_writes`); the hand-over is `_hand_over`'s. A carry
+        back whose switch did not happen and that lost its reason is dropped and its destination's
+        leaders fenced again."""
+        serving = self._serving()
+        target = LayoutSpec.from_spec(cluster.spec)
+        for to, source in sorted(self._backs_running()):
+            if abandoned_back(to, source, target.id, serving.id if serving else None):
+                log.info("carry back from %s into %s abandoned: %s does not serve", source, to, to)
+                self.carry.mark_fenced(to, True)
+                for url in self._leaders(to).values():
+                    self.carry.fence(url, True)  # best effort: no router sends it writes anyway
+                self.carry.drop_back(to, source)
+        if cluster.spec.paused:
+            return  # no new step while paused, as no build (and so no cut) starts then
+        built = target.id in {spec.id for spec in self.builds.known_layouts()} and (
+            self.builds.observe(target.id).state == "Succeeded"
+        )
+        if serving is None or not wants_carry_back(
+            target.id, serving.id, built, self.carry.source(target.id)
+        ):
+            return
+        self.carry.start_back(target.id, serving.id)
+        if self.carry.back_begun(target.id, serving.id):
+            return
+        feeding = self.carry.running_into(serving.id)
+        if feeding:
+            ready, report = self._prober.router(self.router_url)
+            if not ready or report is None or report.layout != serving.id:
+                return  # a router that may still send writes to the source: not yet
+            urls = self._layout_urls(serving.id)
+            live = {spec.id for spec in self.builds.known_layouts()}
+            for forwarding in feeding:
+                sources = list(self._leaders(forwarding.source).values())
+                self.carry.finish(forwarding, serving, sources, urls, live)
+            return
+        leaders = self._leaders(target.id)
+        if len(leaders) < target.shards or not all(self.carry.fence(url, False) for url in leaders.values()):
+            return  # every leader must take the forwarded writes; the next pass tries again
+        self.carry.mark_fenced(target.id, False)
+        self.carry.begin_back(target.id, serving)
+
     def _forward_carried_writes(self) -> None:
         """Forward the writes their old layout logged after the cut to layouts whose every replica
-        is ready (before the gate opens, and after it until the old layout is deleted)."""
+        is ready (before the gate opens, and after it until the old layout is deleted), and the
+        writes of carry backs that began (`_carry_back`)."""
         known = self.builds.known_layouts()
         live = {spec.id for spec in known}
         for spec in known:
@@ -682,6 +745,7 @@ class LocalSupervisor:
         self._move_replicas_off_taken_ports(died, cluster, now_s)
         self._ensure_router(cluster, now_s)
         self._prober.probe([self._shard_url(r.port) for r in self._replicas.values()], self.router_url)
+        self._carry_back(cluster)
         self._forward_carried_writes()
         observed = self._observe(cluster, datetime.now(UTC))
         decision = plan(cluster.metadata.name, cluster.spec, observed)
