@@ -72,7 +72,8 @@ def would_change(action: LayoutAction, observed: Observed) -> bool:
             carrier.hand_over_requested,
             carrier.open_requested,
             carrier.finish_requested,
-        ) != (action.source.id, action.hand_over, action.open, action.finish)
+            carrier.back,
+        ) != (action.source.id, action.hand_over, action.open, action.finish, action.back)
     if isinstance(action, DeleteCarrier):
         return observed.carrier(action.layout_id) is not None
     return False
