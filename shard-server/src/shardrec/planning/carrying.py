@@ -218,8 +218,10 @@ def _planned(
         return None if current is not None else Carry(target.id, source.id)
     if current is not None and current.source == source.id and not current.done:
         return None  # it goes on: a revived target, or a carry back resumed
-    if current is not None and current.carrier is not None and not current.back:
-        return None  # the Deployment of the layout's own forward carry goes first (same name)
+    if current is not None and current.carrier is not None:
+        # An earlier carrier of this layout (its own forward carry, or a carry back that is done)
+        # goes first: the new one has the same Deployment name, and a done carrier reports done.
+        return None
     if carry_back_refusal(observed, carries, target.id, source.id) is not None:
         return None  # writes_carried_to_new_layout says why
     shadowed = current.status() if current is not None and not current.back else None
