@@ -190,17 +190,20 @@ def carry_back_refusal(
     replicas; that is all `kept` lacks only when `source` was carried from `kept` (its artifact is
     then `kept`'s state at the cut, and `kept` took no write after the hand-over)."""
     layout = observed.layout(kept)
-    if layout is None or not layout.shards or not layout.spec.write_log:
+    if layout is None or not layout.shards:
         return (
             f"the replicas of layout {kept} and their write logs are gone (its rollback window passed), "
             "so nothing can take the writes back"
         )
+    if not layout.spec.write_log:
+        return f"layout {kept} keeps no write log (writes were off when it was built)"
     into_source = carries.get(source)
-    if into_source is None or into_source.source != kept:
-        came_from = f"from layout {into_source.source}" if into_source is not None else "from no kept layout"
+    if into_source is None:
+        return f"layout {source} was not carried from layout {kept}: it was built without a carry"
+    if into_source.source != kept:
         return (
-            f"layout {source} was carried {came_from}, not from layout {kept}: it holds writes layout "
-            f"{kept} never saw outside its own logs (roll back one layout at a time)"
+            f"layout {source} was carried from layout {into_source.source}, not from layout {kept}: it holds "
+            f"writes layout {kept} never saw outside its own logs (roll back one layout at a time)"
         )
     return None
 
