@@ -86,10 +86,13 @@ def _carrier(
     requests: CarrierRequests,
     *,
     prior: bool,
+    back: bool = False,
 ) -> list[Any]:
     """The carrier of `sample`'s layout carrying the writes `source_sample`'s layout logged."""
     layout, source = layout_of(sample), layout_of(source_sample)
-    config = carrier_config(sample, layout, source, replicas=2, source_tls=True, layout_tls=True, prior=prior)
+    config = carrier_config(
+        sample, layout, source, replicas=2, source_tls=True, layout_tls=True, prior=prior, back=back
+    )
     return [
         build_carrier_configmap(sample, layout, config),
         build_carrier_deployment(sample, layout, source, config, requests),
@@ -179,6 +182,15 @@ CASES: dict[str, Callable[[], list[Any]]] = {
         OBJECT_STORE_WRITES,
         CarrierRequests(hand_over="hand-over-7-1764000000"),
         prior=True,
+    ),
+    # A rollback with writes on: v2's writes carried back into the kept v1 (no cut, no prior carry).
+    "carrier-back": lambda: _carrier(WRITES, WRITES_V2, CarrierRequests(), prior=False, back=True),
+    "carrier-back-finishing-object-store": lambda: _carrier(
+        OBJECT_STORE_WRITES,
+        OBJECT_STORE_WRITES_V2,
+        CarrierRequests(hand_over="hand-over-9-1764000000", finish="finish-9-1764000100"),
+        prior=True,  # asked for, but a carry back folds in nothing
+        back=True,
     ),
     "build-job-carried": lambda: _documents(
         build_index_job(WRITES_V2, layout_of(WRITES_V2), "2026-11-23T12:00:00Z", carried=True)

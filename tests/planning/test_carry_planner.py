@@ -44,6 +44,7 @@ class FakeCarrier:
     open: str | None = None
     finish: str | None = None
     progress: CarryProgress | None = None
+    back: bool = False
 
 
 @dataclass
@@ -62,12 +63,21 @@ class CarryWorld(FakeWorld):
                 open_requested=carrier.open,
                 finish_requested=carrier.finish,
                 progress=carrier.progress,
+                back=carrier.back,
             )
             for layout, carrier in sorted(self.carriers.items())
         )
         return replace(super().observe(), runs_carriers=True, carriers=carriers)
 
     def execute(self, action: Action) -> None:
+        if isinstance(action, EnsureBuild):
+            carrier = self.carriers.get(action.layout_id)
+            assert carrier is None or not carrier.back, "built a layout carried back into"
+        if isinstance(action, EnsureCarrier) and action.back and action.layout_id not in self.carriers:
+            into_source = self.carriers.get(action.source.id)
+            assert into_source is None or (into_source.progress is not None and into_source.progress.done), (
+                "a carry back started while the carry into its source still forwards"
+            )
         if isinstance(action, EnsureBuild) and action.carry_from is not None:
             carrier = self.carriers.get(action.layout_id)
             assert (
@@ -93,7 +103,7 @@ class CarryWorld(FakeWorld):
         super().execute(action)
         if isinstance(action, EnsureCarrier):
             carrier = self.carriers.setdefault(action.layout_id, FakeCarrier(action.source.id))
-            carrier.source = action.source.id
+            carrier.source, carrier.back = action.source.id, action.back
             carrier.hand_over, carrier.open, carrier.finish = action.hand_over, action.open, action.finish
         elif isinstance(action, DeleteCarrier):
             self.carriers.pop(action.layout_id)
@@ -105,7 +115,12 @@ class CarryWorld(FakeWorld):
                 to_layout=layout, from_layout=carrier.source, phase="cutting"
             )
             update: dict[str, object] = {}
-            if progress.cut is None and "cut" not in self.stalled:
+            if carrier.back:  # no cut: the kept layout's leaders are opened, the logs forwarded from 0
+                if progress.phase == "cutting":
+                    update.update(phase="forwarding", after=[0, 0])
+                elif not progress.caught_up and "catch_up" not in self.stalled:
+                    update.update(caught_up=True, after=[5, 6])
+            elif progress.cut is None and "cut" not in self.stalled:
                 update.update(cut=[3, 4], after=[3, 4], phase="forwarding")
             elif progress.cut is not None and not progress.caught_up and "catch_up" not in self.stalled:
                 update.update(caught_up=True)
@@ -239,9 +254,9 @@ def test_the_old_layout_stays_until_the_carrier_is_done() -> None:
     assert set(world.layouts) == {ON2.id}
 
 
-def test_a_rollback_to_the_kept_layout_is_refused_while_writes_are_on() -> None:
+def test_a_rollback_before_the_carry_into_the_serving_layout_is_done_waits_for_it() -> None:
     world = serving_v1()
-    world.stalled = {"finish"}  # v1 stays kept
+    world.stalled = {"finish"}  # the carry into v2 never reports done; v1 stays kept
     for _ in range(12):
         world.step(V2)
     assert world.confirmed == ON2.id
@@ -249,10 +264,20 @@ def test_a_rollback_to_the_kept_layout_is_refused_while_writes_are_on() -> None:
     for _ in range(5):
         result = world.step(WRITES_ON)
     assert world.confirmed == ON2.id
-    (blocked,) = [b for b in result.status.blocked_by if b.predicate == "writes_carried_to_new_layout"]
-    assert "a rollback to a kept layout" in blocked.reason
+    assert not world.carriers[ON2.id].progress.done  # type: ignore[union-attr]
+    assert not world.carriers.get(ON1.id), "no carry back while the carry into layout 2 forwards"
+    blocked = {b.predicate: b.reason for b in result.status.blocked_by}
+    assert "carry_back_after_carry_into_serving_done" in blocked
+    assert (
+        f"carry into layout {ON2.id} from layout {ON1.id} to be done"
+        in (blocked["carry_back_after_carry_into_serving_done"])
+    )
+    assert "writes_carried_to_new_layout" not in blocked
     progressing = next(c for c in result.status.conditions if c.type == "Progressing")
-    assert (progressing.status, progressing.reason) == ("False", "WritesNotCarried")
+    assert (progressing.status, progressing.reason) == ("True", "CarryingWritesBack")
+    world.stalled = set()
+    run_until_settled(world, WRITES_ON)
+    assert world.confirmed == ON1.id and set(world.layouts) == {ON1.id}
 
 
 def test_an_abandoned_switch_opens_the_fenced_leaders_before_its_carrier_goes() -> None:

@@ -78,6 +78,7 @@ def test_table_names_every_rule_once_in_reporting_order() -> None:
         "failed_layout_not_retried",
         "meets_quality_gate",
         "writes_carried_to_new_layout",
+        "carry_back_after_carry_into_serving_done",
         "rollout_within_timeout",
         "build_after_carry_cut",
         "traffic_after_carry_caught_up",

@@ -493,7 +493,7 @@ def test_a_layout_change_with_writes_on_says_the_operator_refuses_it() -> None:
     }
 
 
-def test_the_operator_carries_a_new_layout_and_refuses_a_rollback_to_a_kept_one() -> None:
+def test_the_operator_carries_a_new_layout_and_carries_back_into_a_kept_one() -> None:
     on = make_spec(**{"writes.enabled": True})
     v2 = make_spec(**{"writes.enabled": True, "index.version": "v2"})
     carried = preview("demo", v2, running(on), runs_carriers=True, serving_logs_writes=True)
@@ -502,7 +502,9 @@ def test_the_operator_carries_a_new_layout_and_refuses_a_rollback_to_a_kept_one(
     assert "WritesNotCarried" not in {r.code for r in carried.risks}
     kept = running(v2)
     back = Deployed(**{**kept.__dict__, "other_running_layouts": (layout_id(on),)})
-    refused = preview("demo", on, back, runs_carriers=True, serving_logs_writes=True)
-    assert refused.kind == "switch"
-    (refusal,) = [r for r in refused.risks if r.code == "WritesNotCarried"]
-    assert "into a kept layout" in refusal.message
+    rollback = preview("demo", on, back, runs_carriers=True, serving_logs_writes=True)
+    assert rollback.kind == "switch"
+    assert "WritesNotCarried" not in {r.code for r in rollback.risks}
+    (carried_back,) = [r for r in rollback.risks if r.code == "WritesCarriedBack"]
+    assert carried_back.message.startswith("the operator carries the logged item writes back into the kept")
+    assert "roll back one layout at a time" in carried_back.message

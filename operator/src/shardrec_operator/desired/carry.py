@@ -2,7 +2,10 @@
 
 While `spec.writes.enabled`, a new layout (a version, a shard count) gets the item writes the
 serving layout logged carried into it by one carrier (`python -m shardrec.serving.carry`,
-`shardrec.api.carry`; the planner's side is `shardrec.planning.carrying`). What it needs:
+`shardrec.api.carry`; the planner's side is `shardrec.planning.carrying`); so does a kept layout
+rolled back to (a carry back: `CarrierConfig.back`, the same Deployment name, the annotation
+`shardrec.io/carry-back: "true"`, its progress in `carry-back/<layout>/<source>` on the store).
+What it needs:
 
 - its `CarrierConfig` in the ConfigMap `<cluster>-carry-<layout>` (key `carry.json`): the old
   leaders (replica 0 of each old shard) and every new replica by their stable StatefulSet DNS
@@ -85,10 +88,12 @@ def carrier_config(
     source_tls: bool,
     layout_tls: bool,
     prior: bool,
+    back: bool = False,
 ) -> CarrierConfig:
     """What the carrier of `layout` reads: `source`'s leaders, `replicas` replicas of each new
     shard; `*_tls`: whether each layout's StatefulSets serve TLS; `prior`: `source` was itself
-    built with a carry (its carry folder is folded in first)."""
+    built with a carry (its carry folder is folded in first); `back`: a carry back into the kept
+    `layout` (a rollback: no cut, no prior carry, its progress in `carry-back/<layout>/<source>`)."""
     name = cluster.metadata.name
     tls = source_tls or layout_tls
     return CarrierConfig(
@@ -107,12 +112,17 @@ def carrier_config(
             ]
             for shard in range(layout.shards)
         ],
-        carry_store=artifacts.carry_location(cluster, layout.id),
-        prior_carry=artifacts.carry_location(cluster, source.id) if prior else None,
+        carry_store=(
+            artifacts.carry_back_location(cluster, layout.id, source.id)
+            if back
+            else artifacts.carry_location(cluster, layout.id)
+        ),
+        prior_carry=artifacts.carry_location(cluster, source.id) if prior and not back else None,
         token_file=shard_token.token_file(SEND_KEY),
         ca_file=shard_tls.tls_file(shard_tls.CA_CERT) if tls else None,
         tls_name=shard_tls.server_name(cluster) if tls else None,
         deployment=names.carrier(name, layout.id),
+        back=back,
     )
 
 
@@ -211,15 +221,17 @@ def build_carrier_deployment(
     requests: CarrierRequests,
 ) -> Manifest:
     """The carrier of `layout` (carrying `source`'s writes), with the operator's `requests` as
-    annotations; a request left out is withdrawn by the next server-side apply."""
+    annotations; a request left out is withdrawn by the next server-side apply. A carry back says
+    so in an annotation (absent on a forward carrier)."""
     name = cluster.metadata.name
+    back = {labels.CARRY_BACK_ANNOTATION: "true"} if config.back else {}
     return manifest(
         "apps/v1",
         "Deployment",
         cluster,
         names.carrier(name, layout.id),
         labels.layout_labels(name, "carrier", layout),
-        annotations={labels.CARRY_FROM_ANNOTATION: source.id, **requests.annotations()},
+        annotations={labels.CARRY_FROM_ANNOTATION: source.id, **back, **requests.annotations()},
         spec={
             "replicas": 1,
             "selector": {"matchLabels": carrier_selector(name, layout.id)},

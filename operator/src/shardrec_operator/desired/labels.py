@@ -28,6 +28,9 @@ BUILD_ATTEMPT_ANNOTATION: Final = "shardrec.io/build-attempt"
 """The `EnsureBuild.attempt` token a build Job was created for."""
 CARRY_FROM_ANNOTATION: Final = "shardrec.io/carry-from-layout"
 """On a carrier Deployment: the layout whose logged writes it carries (the observer reads it back)."""
+CARRY_BACK_ANNOTATION: Final = "shardrec.io/carry-back"
+"""On a carrier Deployment of a carry back (a rollback into a kept layout): "true" (absent on a
+forward carrier; the observer reads it back, `ObservedCarrier.back`)."""
 
 APP: Final = "shardrec"
 MANAGER: Final = "shardrec-operator"

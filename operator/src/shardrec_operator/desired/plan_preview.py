@@ -50,7 +50,7 @@ def plan_preview_status(
 ) -> api.PlanPreviewStatus:
     """The preview of `cluster.spec` over what `previous` (the stored status) says runs;
     `serving_logs_writes`: whether the serving layout keeps write logs (its observed LayoutSpec):
-    the operator carries them into a new layout through a carrier, never into a kept one."""
+    the operator carries them into a new layout through a carrier, and back into a kept one."""
     spec = cluster.spec.model_copy(update={"paused": False})
     deployed = deployed_from_status(previous, None, live_ef_search, router_replicas)
     plan = preview(

@@ -204,6 +204,7 @@ def ensure_carrier(session: Session, action: EnsureCarrier) -> None:
         source_tls=source_tls,
         layout_tls=layout_tls,
         prior=action.prior,
+        back=action.back,
     )
     requests = CarrierRequests(hand_over=action.hand_over, open=action.open, finish=action.finish)
     carrier = names.carrier(name, action.layout_id)

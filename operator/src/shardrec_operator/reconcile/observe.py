@@ -403,6 +403,7 @@ def carrier_observations(children: Children) -> tuple[ObservedCarrier, ...]:
                 open_requested=annotations.get(OPEN_REQUESTED_ANNOTATION),
                 finish_requested=annotations.get(FINISH_REQUESTED_ANNOTATION),
                 progress=carry_progress(children, layout_id),
+                back=annotations.get(labels.CARRY_BACK_ANNOTATION) == "true",
             )
         )
     return tuple(carriers)

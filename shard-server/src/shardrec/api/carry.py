@@ -16,9 +16,9 @@ topology does: a reader never silently drops something a newer writer meant.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 CARRY_PROGRESS_ANNOTATION: Final = "shardrec.io/carry-progress"
 """On the carrier's own pod: its `CarryProgress` as JSON (the carrier patches it)."""
@@ -82,6 +82,23 @@ class CarrierConfig(_Model):
         min_length=1, description="The carrier's Deployment, whose annotations carry the operator's requests."
     )
     poll_seconds: float = Field(2.0, gt=0, description="Pause between two forwarding passes.")
+    back: bool = Field(
+        False,
+        description="A carry back (a rollback): `to_layout` is a kept layout `from_layout` was carried "
+        "from, whose replicas still run. No cut and no prior carry: the carrier opens the new leaders, "
+        "forwards the old logs from their first record and keeps its progress in `carry_store` "
+        "(`carry-back/<to>/<from>` on the store). Left out of the JSON when false (`config_json`), so "
+        "a forward carrier's config reads as before.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _back_only_when_true(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Forward carriers' ConfigMaps (and the config hash that restarts their pods) stay
+        # byte-identical to those written before carry backs existed.
+        data: dict[str, Any] = handler(self)
+        if not self.back:
+            data.pop("back", None)
+        return data
 
 
 class CarryProgress(_Model):

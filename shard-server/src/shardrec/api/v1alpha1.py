@@ -1314,6 +1314,11 @@ class CarryStatus(ApiModel):
     done: bool = Field(
         False, description="The carrier finished: nothing more to forward from the old layout."
     )
+    back: bool = Field(
+        False,
+        description="A carry back (a rollback): the layout is a kept layout the old one was carried "
+        "from; its replicas take the old layout's whole logs, no cut, no build.",
+    )
     message: str = Field("", max_length=4096, description="The carrier's last error, if any.")
 
 
@@ -1504,8 +1509,8 @@ class RecommenderClusterStatus(ApiModel):
     )
     carries: list[CarryStatus] = Field(
         default_factory=list,
-        description="Carries of logged item writes into a new layout (spec.writes.enabled), one per "
-        "carrying layout that still exists.",
+        description="Carries of logged item writes into a new layout, or back into a kept one "
+        "(spec.writes.enabled), while the layout carried into still exists.",
     )
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready, Progressing, Degraded, FailoverDegraded."

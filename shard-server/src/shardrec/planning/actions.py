@@ -188,7 +188,9 @@ class EnsureCarrier:
     - `finish`: every router serves `layout`; end with a last pass and report done.
 
     `prior`: `source` was itself built with a carry (a chain): the carrier folds in that carry
-    folder first. Level-based; repeating it with the same requests changes nothing."""
+    folder first. `back`: a carry back: `layout` is a kept layout `source` was carried from (a
+    rollback); the carrier cuts nothing, opens `layout`'s leaders and forwards `source`'s logs from
+    their first record. Level-based; repeating it with the same requests changes nothing."""
 
     layout: LayoutSpec
     source: LayoutSpec
@@ -197,6 +199,7 @@ class EnsureCarrier:
     hand_over: str | None = None
     open: str | None = None
     finish: str | None = None
+    back: bool = False
 
     @property
     def layout_id(self) -> str:

@@ -41,10 +41,37 @@ One carrying layout T (the target) from the serving layout S:
         until then (open_fenced_source_before_deleting); without the hand-over, DeleteLayout(T)
         takes the carrier with it at once.
 
-`status.carries` remembers each carry (fenced, done) while its carrying layout exists, so a
-carrier deleted by hand is recreated (it resumes from its carry folder) and still opens fenced
-leaders or finishes. A rollback to a kept layout is not carried (its artifact would be reused as
-built): `predicates.writes_carried_to_new_layout` refuses it while writes are on.
+A rollback to a kept layout K (its replicas still run, with K's artifact and K's own logs) from
+the serving layout S that was carried from K is a carry back: what K lacks is exactly what S's
+logs hold (records forwarded from K after the cut, then S's own writes; K was fenced before S took
+any), so replaying S's logs from their first record onto K gives every item its latest state. The
+same steps minus the cut and the build:
+
+    spec asks for K, S logs writes, K kept with its replicas, S carried from K
+        |  the carry into S still forwarding: EnsureCarrier(K, S, back) waits
+        |                                     carry_back_after_carry_into_serving_done
+        |  EnsureCarrier(K, S, back)                    [carrier created: opens K's leaders,
+        v                                                forwards S's logs from sequence 0]
+    forwarding --- StageRouter/SwitchRouter(K) wait --- traffic_after_carry_caught_up
+        |  report: caught_up
+        v
+    caught up ---- hand-over (S's leaders fenced), SwitchRouter(K), finish, done, DeleteCarrier(K),
+                   as above; S is then a kept layout (fenced leaders) deleted after its window,
+                   not before the carry back is done (keep_carry_source_until_done)
+
+    abandoned (the spec leaves K before the switch): as a forward carry. K, made the target and
+        left before it served, is superseded and deleted (`records`), its carrier with it; after
+        a hand-over only once the carrier opened S's leaders again (EnsureCarrier(K, S, back,
+        open=O), open_fenced_source_before_deleting).
+
+    refused (predicates.writes_carried_to_new_layout): K's replicas are gone (its rollback window
+    passed: its logs went with them), or S was not carried from K (S then holds writes K never
+    saw outside S's logs: its carry folder).
+
+`status.carries` remembers each carry (fenced, done, back) while its carrying layout exists, so a
+carrier deleted by hand is recreated (it resumes from its progress on the store) and still opens
+fenced leaders or finishes; a carry back into K keeps K's own forward carry listed beside it (a
+later carry from K folds that carry's folder in: `prior`).
 """
 
 from __future__ import annotations
@@ -67,6 +94,16 @@ class Carry:
     source: str
     carrier: ObservedCarrier | None = None
     remembered: CarryStatus | None = None
+    back: bool = False
+    """A carry back into the kept layout `layout` from `source`, which was carried from it."""
+    shadowed: CarryStatus | None = None
+    """A carry back's: the forward carry `layout` was built with (done), still listed in
+    `status.carries` beside the carry back."""
+
+    @property
+    def built_with_carry(self) -> bool:
+        """`layout` was built with a carry folder: a carry from it folds that folder in (`prior`)."""
+        return not self.back or self.shadowed is not None
 
     @property
     def cut_taken(self) -> bool:
@@ -112,6 +149,7 @@ class Carry:
             phase=phase,
             fenced=self.fenced,
             done=self.done,
+            back=self.back,
             message=message[:4096],
         )
 
@@ -144,24 +182,85 @@ def kept_layout(observed: Observed, layout_id: str) -> bool:
     )
 
 
+def carry_back_refusal(
+    observed: Observed, carries: Mapping[str, Carry], kept: str, source: str
+) -> str | None:
+    """Why the writes the serving layout `source` logged cannot be carried back into the kept
+    layout `kept` (None: they can). A carry back replays `source`'s logs onto `kept`'s running
+    replicas; that is all `kept` lacks only when `source` was carried from `kept` (its artifact is
+    then `kept`'s state at the cut, and `kept` took no write after the hand-over)."""
+    layout = observed.layout(kept)
+    if layout is None or not layout.shards:
+        return (
+            f"the replicas of layout {kept} and their write logs are gone (its rollback window passed), "
+            "so nothing can take the writes back"
+        )
+    if not layout.spec.write_log:
+        return f"layout {kept} keeps no write log (writes were off when it was built)"
+    into_source = carries.get(source)
+    if into_source is None:
+        return f"layout {source} was not carried from layout {kept}: it was built without a carry"
+    if into_source.source != kept:
+        return (
+            f"layout {source} was carried from layout {into_source.source}, not from layout {kept}: it holds "
+            f"writes layout {kept} never saw outside its own logs (roll back one layout at a time)"
+        )
+    return None
+
+
+def _planned(
+    spec: RecommenderClusterSpec, observed: Observed, target: LayoutSpec, carries: Mapping[str, Carry]
+) -> Carry | None:
+    """The target's carry when it needs a new one: into a new layout (forward), or back into a
+    kept layout the serving one was carried from; None when its carry exists or none can be."""
+    source = carrying_source(spec, observed, target)
+    if source is None:
+        return None
+    current = carries.get(target.id)
+    if not kept_layout(observed, target.id):
+        return None if current is not None else Carry(target.id, source.id)
+    if current is not None and current.source == source.id and not current.done:
+        return None  # it goes on: a revived target, or a carry back resumed
+    if current is not None and current.carrier is not None:
+        # An earlier carrier of this layout (its own forward carry, or a carry back that is done)
+        # goes first: the new one has the same Deployment name, and a done carrier reports done.
+        return None
+    if carry_back_refusal(observed, carries, target.id, source.id) is not None:
+        return None  # writes_carried_to_new_layout says why
+    shadowed = current.status() if current is not None and not current.back else None
+    if current is not None and current.back:
+        shadowed = current.shadowed
+    return Carry(target.id, source.id, back=True, shadowed=shadowed)
+
+
 def carries_of(
     spec: RecommenderClusterSpec, observed: Observed, existing: set[str], target: LayoutSpec
 ) -> dict[str, Carry]:
     """Every carry of this pass, by carrying layout: observed carriers, remembered carries whose
-    layout still exists (`existing`: this pass's records), and the target's planned carry."""
-    carries: dict[str, Carry] = {}
+    layout still exists (`existing`: this pass's records), and the target's planned carry. A layout
+    carried back into keeps its own forward carry as `Carry.shadowed`."""
+    remembered: dict[tuple[str, bool], CarryStatus] = {}
     for entry in observed.previous_status.carries:
         if entry.layout in existing or observed.layout(entry.layout) is not None:
-            carries[entry.layout] = Carry(entry.layout, entry.from_layout, remembered=entry)
+            remembered[(entry.layout, entry.back)] = entry
+    forward = {layout: entry for (layout, back), entry in remembered.items() if not back}
+    carries: dict[str, Carry] = {}
+    for (layout, back), entry in sorted(remembered.items()):
+        shadowed = forward.get(layout) if back else None
+        carries[layout] = Carry(layout, entry.from_layout, remembered=entry, back=back, shadowed=shadowed)
     for carrier in observed.carriers:
-        before = carries.get(carrier.layout)
-        remembered = before.remembered if before is not None and before.source == carrier.source else None
+        before = remembered.get((carrier.layout, carrier.back))
         carries[carrier.layout] = Carry(
-            carrier.layout, carrier.source, carrier=carrier, remembered=remembered
+            carrier.layout,
+            carrier.source,
+            carrier=carrier,
+            remembered=before if before is not None and before.from_layout == carrier.source else None,
+            back=carrier.back,
+            shadowed=forward.get(carrier.layout) if carrier.back else None,
         )
-    source = carrying_source(spec, observed, target)
-    if source is not None and target.id not in carries and not kept_layout(observed, target.id):
-        carries[target.id] = Carry(target.id, source.id)
+    planned = _planned(spec, observed, target, carries)
+    if planned is not None:
+        carries[target.id] = planned
     return carries
 
 
@@ -189,6 +288,11 @@ def propose_carriers(
     for layout_id, carry in sorted(carries.items()):
         carrier = carry.carrier
         active = layout_id == target.id and not target_failed
+        if carry.done:
+            if carrier is not None:
+                source_id = carry.source
+                proposals.append(DeleteCarrier(layout_id, f"the carry from layout {source_id} is done"))
+            continue
         if carrier is not None and not active and not carry.fenced and observed.layout(layout_id) is None:
             # Abandoned before its build started (no Job, no StatefulSet: no DeleteLayout takes
             # the carrier with it) and nothing fenced: it just goes.
@@ -199,18 +303,17 @@ def propose_carriers(
         source = specs.get(carry.source)
         if layout is None or source is None:
             continue  # a carrier cannot be described without both shapes (both layouts are gone)
-        prior = carry.source in carries
+        prior = not carry.back and carry.source in carries and carries[carry.source].built_with_carry
         hand_over = carrier.hand_over_requested if carrier is not None else None
+        back = carry.back
         if layout_id == serving:
-            if carry.done:
-                if carrier is not None:
-                    proposals.append(DeleteCarrier(layout_id, f"the carry from layout {source.id} is done"))
-                continue
             finish = carrier.finish_requested if carrier is not None else None
             if finish is None and not router.switch_in_flight:
                 finish = request_id(observed, "finish")
             reason = f"layout {layout_id} serves; forwarding the writes layout {source.id} still takes"
-            proposals.append(EnsureCarrier(layout, source, reason, prior, hand_over=hand_over, finish=finish))
+            proposals.append(
+                EnsureCarrier(layout, source, reason, prior, hand_over=hand_over, finish=finish, back=back)
+            )
         elif active:
             # A revived target (an earlier open request) starts a new hand-over from scratch.
             usable = carrier is not None and carrier.open_requested is None and not carrier.hand_over_failed
@@ -218,8 +321,12 @@ def propose_carriers(
                 hand_over = None
             if hand_over is None and switch_awaits_hand_over:
                 hand_over = request_id(observed, "hand-over")
-            reason = f"layout {layout_id} carries the item writes layout {source.id} logs"
-            proposals.append(EnsureCarrier(layout, source, reason, prior, hand_over=hand_over))
+            reason = (
+                f"layout {layout_id} is kept; carrying back the item writes layout {source.id} logs"
+                if back
+                else f"layout {layout_id} carries the item writes layout {source.id} logs"
+            )
+            proposals.append(EnsureCarrier(layout, source, reason, prior, hand_over=hand_over, back=back))
         elif carry.fenced and observed.layout(carry.source) is not None:
             opening = carrier.open_requested if carrier is not None else None
             reason = (
@@ -234,25 +341,45 @@ def propose_carriers(
                     prior,
                     hand_over=hand_over,
                     open=opening or request_id(observed, "open"),
+                    back=back,
                 )
             )
     return proposals
 
 
 def carry_events(observed: Observed, accepted: Sequence[Action]) -> list[RecordEvent]:
-    """Events for the carry steps this pass takes: a carrier created, a hand-over or an open
-    requested (each once: the request is new), a carry done."""
+    """Events for the carry steps this pass takes: a carrier created (a carry back says so), a
+    hand-over or an open requested (each once: the request is new), a carrier removed (done, or
+    abandoned)."""
     events: list[RecordEvent] = []
     for action in accepted:
         if isinstance(action, DeleteCarrier):
-            events.append(
-                RecordEvent("Normal", "WritesCarried", f"the carrier of layout {action.layout_id} is done")
-            )
+            gone = observed.carrier(action.layout_id)
+            if gone is None or gone.done:
+                back = " back" if gone is not None and gone.back else ""
+                events.append(
+                    RecordEvent(
+                        "Normal",
+                        "WritesCarriedBack" if back else "WritesCarried",
+                        f"the carrier of layout {action.layout_id} is done",
+                    )
+                )
+            else:
+                events.append(RecordEvent("Normal", "CarrierRemoved", action.reason))
         if not isinstance(action, EnsureCarrier):
             continue
         carrier = observed.carrier(action.layout_id)
         into = f"layout {action.layout_id} from layout {action.source.id}"
-        if carrier is None:
+        if carrier is None and action.back:
+            events.append(
+                RecordEvent(
+                    "Normal",
+                    "CarryingWritesBack",
+                    f"rolling back to kept layout {action.layout_id}: carrying the item writes layout "
+                    f"{action.source.id} logged back into it (its logs replayed from their start; no build)",
+                )
+            )
+        elif carrier is None:
             events.append(RecordEvent("Normal", "CarrierCreated", f"carrying item writes into {into}"))
         if action.hand_over is not None and (
             carrier is None or carrier.hand_over_requested != action.hand_over
@@ -277,13 +404,21 @@ def carry_events(observed: Observed, accepted: Sequence[Action]) -> list[RecordE
 
 
 def carry_statuses(carries: Mapping[str, Carry]) -> list[CarryStatus]:
-    """`status.carries`, by carrying layout."""
-    return [carries[layout].status() for layout in sorted(carries)]
+    """`status.carries`, by carrying layout (a layout carried back into: its own forward carry
+    first, then the carry back)."""
+    statuses: list[CarryStatus] = []
+    for layout in sorted(carries):
+        carry = carries[layout]
+        if carry.shadowed is not None:
+            statuses.append(carry.shadowed)
+        statuses.append(carry.status())
+    return statuses
 
 
 __all__ = [
     "Carry",
     "carries_of",
+    "carry_back_refusal",
     "carry_events",
     "carry_statuses",
     "carrying_source",

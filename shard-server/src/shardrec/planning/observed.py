@@ -221,6 +221,8 @@ class ObservedCarrier:
     open_requested: str | None = None
     finish_requested: str | None = None
     progress: CarryProgress | None = None
+    back: bool = False
+    """A carry back: `layout` is a kept layout `source` was carried from (a rollback)."""
 
     @property
     def cut_taken(self) -> bool:

@@ -183,7 +183,9 @@ def _carried_builds(proposals: list[LayoutAction], carries: Mapping[str, Carry])
     """The builds of carrying layouts fold in their carry folder (`EnsureBuild.carry_from`)."""
     return [
         replace(action, carry_from=carries[action.layout_id].source)
-        if isinstance(action, EnsureBuild) and action.layout_id in carries
+        if isinstance(action, EnsureBuild)
+        and action.layout_id in carries
+        and not carries[action.layout_id].back
         else action
         for action in proposals
     ]
@@ -222,6 +224,12 @@ def _judge(
         switch_awaits_hand_over=awaits_hand_over,
     )
     return verdicts + [_Verdict(action, first_veto(ctx, action)) for action in carriers]
+
+
+def _carried_back_from(carries: Mapping[str, Carry], tid: str) -> str | None:
+    """The layout whose writes are carried back into the target, while that carry is not done."""
+    carry = carries.get(tid)
+    return carry.source if carry is not None and carry.back and not carry.done else None
 
 
 def _template_roll(
@@ -399,6 +407,7 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
         accepted=accepted,
         blocked=blocked,
         template_roll=template_roll,
+        carried_back_from=_carried_back_from(carries, tid),
     )
     progress = canary_pass.progress(canary.status, tid) or progress
     facts = StatusFacts(

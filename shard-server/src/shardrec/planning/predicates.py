@@ -19,6 +19,7 @@ from shardrec.planning.actions import (
     DeleteArtifacts,
     DeleteLayout,
     EnsureBuild,
+    EnsureCarrier,
     EnsureShards,
     LayoutAction,
     ReplaceShardPod,
@@ -26,7 +27,7 @@ from shardrec.planning.actions import (
     StageRouter,
     SwitchRouter,
 )
-from shardrec.planning.carrying import Carry
+from shardrec.planning.carrying import Carry, carry_back_refusal
 from shardrec.planning.fleet import (
     RouterObservation,
     lagging_routers,
@@ -214,10 +215,12 @@ def writes_carried_to_new_layout(ctx: PredicateContext, action: LayoutAction) ->
     them into the build and forward the rest until the switch; without that, the switch would
     silently undo every acknowledged upsert and delete. The local runtime carries by itself
     (`Observed.carries_writes`); hands that run carriers (the operator, `Observed.runs_carriers`)
-    carry into a NEW layout (a version, a shard count: `shardrec.planning.carrying`), never into a
-    kept one: a rollback reuses the kept layout's artifact as it was built, without the writes
-    made since. Turning writes off (`spec.writes.enabled: false`) lifts the rule: that is the user
-    saying the source now holds what matters (the new layout has no log either).
+    carry into a NEW layout (a version, a shard count: `shardrec.planning.carrying`), and back
+    into a KEPT layout the serving one was carried from (a rollback: the serving layout's logs
+    replayed onto the kept layout's running replicas). A kept layout whose replicas are gone, or
+    that the serving layout was not carried from, is refused: nothing can give it the writes.
+    Turning writes off (`spec.writes.enabled: false`) lifts the rule: that is the user saying the
+    source now holds what matters (the new layout has no log either).
 
         serving logs writes? --no--> pass (nothing to carry: e.g. writes just turned on)
               | yes
@@ -227,9 +230,9 @@ def writes_carried_to_new_layout(ctx: PredicateContext, action: LayoutAction) ->
               | no
         hands run carriers?  --no--> veto every advance of a layout other than the serving one
               | yes
-        a carry from the serving layout into it (or planned)? --yes-> pass
+        a carry from the serving layout into it (or planned: forward or back)? --yes-> pass
               | no
-        veto: a rollback to a kept layout
+        veto: a kept layout that cannot be carried back into (`carrying.carry_back_refusal`)
     """
     if not isinstance(action, EnsureBuild | EnsureShards | StageRouter | SwitchRouter):
         return None  # retirements, deletions and pod replacements carry nothing over
@@ -243,15 +246,15 @@ def writes_carried_to_new_layout(ctx: PredicateContext, action: LayoutAction) ->
     described = f"layout {action.layout_id} (version {action.layout.version}, {action.layout.shards} shards)"
     if ctx.observed.runs_carriers:
         carry = ctx.carries.get(action.layout_id)
-        if carry is not None and carry.source == serving.id:
-            return None
+        if carry is not None and carry.source == serving.id and not carry.done:
+            return None  # a done carry into a layout that does not serve is an earlier one's memory
+        why = carry_back_refusal(ctx.observed, ctx.carries, action.layout_id, serving.id)
         return (
             f"layout {serving.id} serves with spec.writes.enabled and its write logs hold acknowledged "
-            f"item writes; {described} was built before (a rollback to a kept layout), and its artifact "
-            "would be reused as built, without those writes: the operator carries writes only into a new "
-            "layout. Revert the change to keep taking writes on the serving layout, or set "
-            "spec.writes.enabled false to roll back without them (fold them into the embeddings source "
-            "first: recctl writes export, then recctl writes fold)"
+            f"item writes; {described} was built before (a rollback to a kept layout) and cannot take "
+            f"them: {why or 'no carry back into it is planned'}. Revert the change to keep taking writes "
+            "on the serving layout, or set spec.writes.enabled false to roll back without them (fold them "
+            "into the embeddings source first: recctl writes export, then recctl writes fold)"
         )
     return (
         f"layout {serving.id} serves with spec.writes.enabled and its write logs hold acknowledged "
@@ -259,6 +262,26 @@ def writes_carried_to_new_layout(ctx: PredicateContext, action: LayoutAction) ->
         "Revert the change to keep taking writes on the serving layout, or set spec.writes.enabled "
         "false to change the layout without them (fold them into the embeddings source first: "
         "recctl writes export, then recctl writes fold)"
+    )
+
+
+def carry_back_after_carry_into_serving_done(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """A carry back from the serving layout S into a kept layout K starts (its carrier is created)
+    only once the carry INTO S is done (its carrier reported done: every router serves S and a last
+    pass found nothing). Until then that carry may still forward K's records into S: sent after
+    the records the carry back replays onto K, they would come after S's newer writes of the same
+    items there and undo them. Also, its carrier fences K's leaders at every step until it is
+    done, and the carry back needs them open."""
+    if not isinstance(action, EnsureCarrier) or not action.back:
+        return None
+    if ctx.observed.carrier(action.layout_id) is not None:
+        return None  # created once this held; vetoing it now would only freeze its requests
+    incoming = ctx.carries.get(action.source.id)
+    if incoming is None or incoming.done:
+        return None
+    return (
+        f"the carry back of layout {action.source.id}'s writes into kept layout {action.layout_id} waits "
+        f"for the carry into layout {action.source.id} from layout {incoming.source} to be done"
     )
 
 
@@ -275,8 +298,8 @@ def build_after_carry_cut(ctx: PredicateContext, action: LayoutAction) -> str | 
     if not isinstance(action, EnsureBuild):
         return None
     carry = _carry_into(ctx, action.layout_id)
-    if carry is None or carry.cut_taken:
-        return None
+    if carry is None or carry.back or carry.cut_taken:
+        return None  # a carry back cuts nothing: its layout is built
     if carry.carrier is None:
         return (
             f"layout {action.layout_id} waits for its carrier (carrying layout {carry.source}'s writes) "
@@ -522,6 +545,7 @@ PREDICATES: tuple[Predicate, ...] = (
     Predicate("failed_layout_not_retried", failed_layout_not_retried),
     Predicate("meets_quality_gate", meets_quality_gate),
     Predicate("writes_carried_to_new_layout", writes_carried_to_new_layout),
+    Predicate("carry_back_after_carry_into_serving_done", carry_back_after_carry_into_serving_done),
     Predicate("rollout_within_timeout", rollout_within_timeout),
     Predicate("build_after_carry_cut", build_after_carry_cut),
     Predicate("traffic_after_carry_caught_up", traffic_after_carry_caught_up),

@@ -390,7 +390,7 @@ def preview(
 ) -> PlanPreview:
     """The plan of `spec` over `deployed` (see the module docstring). `carries_writes`: the hands
     carry logged item writes into any next layout by themselves (the local runtime);
-    `runs_carriers`: the planner drives a carrier into a new layout, never into a kept one (the
+    `runs_carriers`: the planner drives a carrier into a new layout, and back into a kept one (the
     operator); `serving_logs_writes`: whether the serving layout keeps write logs (None: not known
     to the caller). Together they say whether the planner would carry or refuse a layout change
     (`shardrec.planning.carrying`, `predicates.writes_carried_to_new_layout`)."""
@@ -768,7 +768,7 @@ def _writes_risks(
     serving_logs_writes: bool | None,
 ) -> tuple[Risk, ...]:
     """With writes on: how a layout change treats the writes the serving layout logged (carried
-    into a new layout by a carrier, or refused)."""
+    into a new layout by a carrier, carried back into a kept one, or refused)."""
     if kind not in ("rebuild", "switch") or not spec.writes.enabled or carries_writes:
         return ()
     if serving_logs_writes is False:
@@ -787,17 +787,20 @@ def _writes_risks(
         )
         return (Risk("info", "WritesCarried", condition + carried),)
     if runs_carriers:
-        refusal = (
-            "the operator does not carry logged item writes into a kept layout (a rollback reuses its "
-            "artifact as built), so it refuses this change (blockedBy writes_carried_to_new_layout) and "
-            "the serving layout keeps serving; set spec.writes.enabled false with it to go ahead without them"
+        carried_back = (
+            "the operator carries the logged item writes back into the kept layout (a carry back: a "
+            "carrier Deployment opens its leaders and replays the serving layout's logs onto its "
+            "replicas, no build), and fences the serving layout's leaders right before the switch "
+            "(writes get a 503 for that moment and are retried); it first waits for a carry into the "
+            "serving layout to be done, and refuses the change (blockedBy writes_carried_to_new_layout) "
+            "when the serving layout was not carried from this one (roll back one layout at a time)"
         )
-    else:
-        refusal = (
-            "nothing carries logged item writes into a new layout here, so the planner refuses this change "
-            "(blockedBy writes_carried_to_new_layout) and the serving layout keeps serving; set "
-            "spec.writes.enabled false with it to go ahead without them"
-        )
+        return (Risk("info", "WritesCarriedBack", condition + carried_back),)
+    refusal = (
+        "nothing carries logged item writes into a new layout here, so the planner refuses this change "
+        "(blockedBy writes_carried_to_new_layout) and the serving layout keeps serving; set "
+        "spec.writes.enabled false with it to go ahead without them"
+    )
     return (Risk("info", "WritesNotCarried", condition + refusal),)
 
 

@@ -35,6 +35,14 @@ ROUTER_POLL_SECONDS = 1.0
 """How soon to look again while a router switch is written but not yet confirmed."""
 PAUSED_POLL_SECONDS = 30.0
 """Status refresh while paused."""
+CARRY_GATES = frozenset(
+    {
+        "carry_back_after_carry_into_serving_done",
+        "traffic_after_carry_caught_up",
+        "switch_after_hand_over",
+    }
+)
+"""The predicates that hold a switch for a carry of logged writes (`shardrec.planning.carrying`)."""
 
 
 def would_change(action: LayoutAction, observed: Observed) -> bool:
@@ -64,7 +72,8 @@ def would_change(action: LayoutAction, observed: Observed) -> bool:
             carrier.hand_over_requested,
             carrier.open_requested,
             carrier.finish_requested,
-        ) != (action.source.id, action.hand_over, action.open, action.finish)
+            carrier.back,
+        ) != (action.source.id, action.hand_over, action.open, action.finish, action.back)
     if isinstance(action, DeleteCarrier):
         return observed.carrier(action.layout_id) is not None
     return False
@@ -79,9 +88,12 @@ def progress_of(
     accepted: list[LayoutAction],
     blocked: tuple[BlockedBy, ...],
     template_roll: TemplateRollStatus | None = None,
+    carried_back_from: str | None = None,
 ) -> Progress:
     """The Progressing condition: whether the spec's layout is still on its way, and what the
-    rollout waits for (its reason names it, its message says which shards or layouts)."""
+    rollout waits for (its reason names it, its message says which shards or layouts).
+    `carried_back_from`: the layout whose writes are being carried back into the target (a
+    rollback to a kept layout with writes on), until that carry is done."""
     record = records.by_id[tid]
     router = observed.router
     held = f"; blocked by {', '.join(entry.predicate for entry in blocked)}" if blocked else ""
@@ -133,6 +145,13 @@ def progress_of(
         return Progress(True, "SwitchingRouter", f"switching the router to layout {tid}")
     if any(isinstance(a, StageRouter) for a in accepted):
         return Progress(True, "PreparingRouters", f"routers are loading layout {tid} before the switch{held}")
+    if carried_back_from is not None and any(entry.predicate in CARRY_GATES for entry in blocked):
+        return Progress(
+            True,
+            "CarryingWritesBack",
+            f"carrying the item writes layout {carried_back_from} logged back into kept layout {tid} "
+            f"before the switch{held}",
+        )
     return Progress(True, "SwitchBlocked", f"layout {tid} is ready but the switch is held{held}")
 
 

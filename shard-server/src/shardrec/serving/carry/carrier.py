@@ -17,6 +17,22 @@ ConfigMap; the contract: /work/notes/carry-contract.md, docs/operator.md "The ca
    `hand_over_failed`); a new open request opens the old leaders (`opened`); a finish request makes
    the next complete pass that finds nothing new the last one (`done`, then idle).
 
+A **carry back** (`CarrierConfig.back`: a rollback to a kept layout the old layout was carried
+from, whose replicas still run) skips the cut: the kept layout already holds everything up to the
+old layout's first logged record, so its progress starts at sequence 0 of every old shard and
+lives alone in `carry_store` (`carry-back/<to>/<from>`: `forwarded.json`, no carry folder, no
+`prior_carry`). Before forwarding, the carrier opens the new leaders (the kept layout's, fenced
+since the hand-over that made the old layout serve; a fenced leader refuses forwarded writes with
+503 `writes_fenced`), once per process and again after a failed pass. Everything else is as above.
+
+    back start --> progress on the store?
+                     | no: after = 0 per old shard  | yes, not done: resume it
+                     | yes, done: an earlier carry back between the same layouts (a second
+                     |   rollback): resume at its `after` with the flags cleared; what the old
+                     |   leaders logged since is exactly what the kept layout lacks
+                     v
+                   open the new leaders --> forward / requests as above
+
 It reports `CarryProgress` on its own pod after each step (when it changed, and every
 `HEARTBEAT_S`). Errors are reported (`message`) and retried by the next step: every call is
 bounded by its timeout, every loop by a count; SIGTERM ends the loop between steps.
@@ -71,7 +87,8 @@ class CarrierState:
     so a restarted carrier neither forwards again nor repeats a handled request."""
 
     progress: Progress
-    cut: list[int]
+    cut: list[int] | None
+    """None in a carry back (nothing cut)."""
     handed_over: str | None = None
     hand_over_failed: str | None = None
     opened: str | None = None
@@ -94,9 +111,10 @@ class CarrierState:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CarrierState:
         progress = Progress.from_dict(data)
+        cut = data.get("cut", progress.after)
         return cls(
             progress,
-            [int(x) for x in data.get("cut", progress.after)],
+            None if cut is None else [int(x) for x in cut],
             data.get("handed_over"),
             data.get("hand_over_failed"),
             data.get("opened"),
@@ -146,7 +164,7 @@ def progress_report(
         to_layout=config.to_layout,
         from_layout=config.from_layout,
         phase=phase,
-        cut=list(state.cut) if state is not None else None,
+        cut=list(state.cut) if state is not None and state.cut is not None else None,
         after=list(state.progress.after) if state is not None else [0] * config.from_shards,
         caught_up=state.progress.caught_up if state is not None else False,
         forwarded=state.progress.forwarded if state is not None else 0,
@@ -183,7 +201,9 @@ class Carrier:
         self._token = token
         self._clock = clock
         self.state: CarrierState | None = None
-        self.phase: CarryPhase = "cutting"
+        self.phase: CarryPhase = "forwarding" if config.back else "cutting"
+        self._new_leaders_open = False
+        """A carry back opened the new leaders (in this process; a failed pass opens them again)."""
         self.message = ""
         self._persisted: dict[str, Any] | None = None
         self._reported: CarryProgress | None = None
@@ -192,6 +212,7 @@ class Carrier:
         self._waiting_logged = False
         new_leaders = [urls[0] for urls in config.new_replicas]
         self._old = HttpOldLogs(calls, config.old_leaders)
+        self._new_leaders = new_leaders
         self._new = NewLayout(calls, config.new_replicas, HttpLeaderLog(calls, new_leaders))
 
     # --- the loop --------------------------------------------------------------------------------
@@ -221,7 +242,8 @@ class Carrier:
             self._report()
 
     def _step(self, requests: CarryRequests) -> None:
-        if self.state is None and not self._resume_or_cut():
+        start = self._resume_or_start_back if self.config.back else self._resume_or_cut
+        if self.state is None and not start():
             return
         state = self.state
         assert state is not None
@@ -250,8 +272,9 @@ class Carrier:
         if state.progress.done:
             self.phase = "done"
             log.info(
-                "carry of %s into %s done: %d records forwarded since the cut",
+                "carry of %s %s %s done: %d records forwarded",
                 self.config.from_layout,
+                "back into" if self.config.back else "into",
                 self.config.to_layout,
                 state.progress.forwarded,
             )
@@ -283,6 +306,65 @@ class Carrier:
         except StoreError as exc:
             self._fail_soft(f"carry store: {exc}")
         return False
+
+    def _resume_or_start_back(self) -> bool:
+        """A carry back's state: its progress from the store, else from sequence 0 of every old
+        shard (the kept layout holds everything before the old layout's first record). False: the
+        store could not be read (retried)."""
+        try:
+            data = self.store.read_progress()
+            self.state = self._back_state(data)
+        except CarryFolderError as exc:
+            self._fail_hard(f"carry back progress {self.store.describe()}: {exc}")
+            return False
+        except StoreError as exc:
+            self._fail_soft(f"carry store: {exc}")
+            return False
+        self._persisted = data
+        log.info(
+            "carrying %s back into kept layout %s from %s",
+            self.config.from_layout,
+            self.config.to_layout,
+            self.state.progress.after,
+        )
+        return True
+
+    def _back_state(self, data: dict[str, Any] | None) -> CarrierState:
+        if data is None:
+            return CarrierState(Progress([0] * self.config.from_shards), None)
+        try:
+            state = CarrierState.from_dict(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CarryFolderError(f"forwarded.json: {exc}") from exc
+        if len(state.progress.after) != self.config.from_shards:
+            raise CarryFolderError(
+                f"forwarded.json names {len(state.progress.after)} old shards, the config "
+                f"{self.config.from_shards}"
+            )
+        if not state.progress.done:
+            return state
+        # A done carry back between the same two layouts is an earlier rollback's (the layouts
+        # went back and forth), or this one's before a restart: either way the old leaders'
+        # records after `after` are what the kept layout lacks (its own records since were
+        # carried into the old layout and logged there after `after`), and never the ones
+        # before it, which the kept layout holds and may have overwritten since. The requests it
+        # handled were another Deployment's (or are handled again harmlessly).
+        progress = Progress(list(state.progress.after), forwarded=state.progress.forwarded)
+        return CarrierState(progress, None, left_fenced=state.left_fenced)
+
+    def _open_new_leaders(self) -> bool:
+        """A carry back: open the kept layout's leaders (fenced since the hand-over that made the
+        old layout serve) so they take the forwarded writes; once per process, again after a
+        failed pass. False (reported): a leader did not answer."""
+        if self._new_leaders_open:
+            return True
+        closed = [url for url in self._new_leaders if self.calls.fence(url, False) is None]
+        if closed:
+            self._fail_soft(f"carry back: leaders of {self.config.to_layout} not opened: {', '.join(closed)}")
+            return False
+        log.info("carry back: the leaders of %s take forwarded writes", self.config.to_layout)
+        self._new_leaders_open = True
+        return True
 
     def _resumed(self) -> CarrierState:
         cut = self.store.read_cut()
@@ -347,10 +429,14 @@ class Carrier:
         (reported, retried next step)."""
         if not self._new_replicas_ready():
             return False
+        if self.config.back and not self._open_new_leaders():
+            return False  # they would refuse the forwarded writes (503 writes_fenced)
         try:
             result = forward_pass(state.progress, self._old, self._new, final=final)
         except (ForwardError, OldLogError) as exc:
             self._fail_soft(f"forwarding: {exc}")
+            # Opening again is cheap; a kept leader fenced since would refuse every later pass.
+            self._new_leaders_open = False
             return False
         if result.sent:
             log.info(

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     items = args.items if args.items is not None else item_count(cluster.spec.index.source)
     rates = load_rates(args.coefficients, cluster.spec)
     # A status file (--status) describes a cluster the operator runs, which carries logged writes
-    # into a new layout through a carrier (never into a kept one); a local state folder's
+    # into a new layout through a carrier (and back into a kept one); a local state folder's
     # supervisor carries them into any layout by itself.
     carries = args.status is None and not args.nothing_deployed
     the_plan = preview(

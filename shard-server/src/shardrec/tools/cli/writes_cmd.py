@@ -1,10 +1,11 @@
 """`recctl writes export|fold`: take a layout's logged item writes out of its running leaders and
 fold them into an embeddings directory.
 
-Why: the operator carries logged writes into a new layout (a version, a shard count) but not
-into a kept one (docs/operator.md, "Item writes"), so a rollback with writes on needs writes turned
-off, and that layout then serves its artifact as built. These two commands put the writes into an
-embeddings source first (also the way to turn writes off without losing them):
+Why: the operator carries logged writes into a new layout (a version, a shard count) and back
+into a kept layout the serving one was carried from, but not into a kept layout whose replicas are
+gone or that is two layouts back (docs/operator.md, "Item writes"); such a rollback with writes on
+needs writes turned off, and that layout then serves its artifact as built. These two commands put
+the writes into an embeddings source first (also the way to turn writes off without losing them):
 
     recctl writes export --layout <id> --leader URL-of-shard-0 --leader URL-of-shard-1 ... \\
         --token-file token --out carry/        # the leaders' logs as a carry folder (a cut)
