@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from shardrec.serving.router.dispatch import Block, DispatchPolicy, ShardChannel
+from shardrec.serving.router.dispatch import Block, DispatchPolicy, ShardChannel, ShardFailedError
 from shardrec.serving.router.gather import Gather
 from shardrec.serving.router.hedging import HedgeBudget
 from shardrec.serving.router.metrics import RouterMetrics
@@ -357,6 +357,35 @@ def test_item_vectors_come_from_a_live_replica() -> None:
     found, missing = asyncio.run(scenario())
     assert found is not None and np.array_equal(found, vectors[3])
     assert missing is None
+
+
+def test_item_vectors_skip_the_replicas_a_search_skips() -> None:
+    """An item lookup (`/v1/similar`, a fold-in) follows the read-your-writes rule of searches
+    (`ShardChannel._unreadable`): no replica behind the client's token, behind the newest write
+    this router acknowledged, or other than the leader for a token of an older layout; "behind"
+    when none is left. The replica behind lacks the item just written and looks the faster one,
+    so p2c would take it whenever it may."""
+    ids, vectors = data()
+    current = FakeShard(0, ids, vectors)
+    behind = FakeShard(0, [i for i in ids if i != "i3"], vectors[[n for n, i in enumerate(ids) if i != "i3"]])
+    ch = channel([current, behind])  # r0, the leader, and r1
+    ch.replicas[0].applied_sequence, ch.replicas[1].applied_sequence = 5, 3
+    ch.replicas[0].latency_ewma_s = 1.0
+
+    async def scenario() -> None:
+        deadline = asyncio.get_running_loop().time() + 1
+        assert await ch.fetch_vector("i3", deadline) is None  # no floor: the behind replica answers
+        for _ in range(5):
+            assert await ch.fetch_vector("i3", deadline, min_sequence=5) is not None
+            assert await ch.fetch_vector("i3", deadline, leader_only=True) is not None
+        ch.acked_sequence = 5
+        assert await ch.fetch_vector("i3", deadline) is not None
+        ch.acked_sequence = 0
+        with pytest.raises(ShardFailedError) as failed:
+            await ch.fetch_vector("i3", deadline, min_sequence=6)
+        assert failed.value.reason == "behind"
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize("mode", ["refuse", "hang"])

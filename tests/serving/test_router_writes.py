@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from shardrec.api.topology import Topology
+from shardrec.serving.index.foldin import FoldInSpec
 from shardrec.serving.index.partitioning import shard_of
 from shardrec.serving.router.auth import ApiKeysError, parse_api_keys
 from shardrec.serving.router.config import RouterConfig, RouterSettings, WritesConfig
@@ -46,6 +47,7 @@ class WritingShard(FakeShard):
     refuse_writes: bool = False  # searches answered, replication refused (stays behind)
     lead_batches: list[int] = field(default_factory=list)  # ops per lead_writes call
     no_write_log: bool = False  # a shard server started without --write-log-dir
+    lookups: list[list[str]] = field(default_factory=list)  # ids asked of item_vectors
 
     @property
     def applied(self) -> int:
@@ -93,13 +95,17 @@ class WritingShard(FakeShard):
     async def read_log(self, after: int, limit: int = 1024, timeout_s: float = 5.0) -> list[dict[str, Any]]:
         return self.log[after : after + limit]
 
+    async def item_vectors(self, item_ids: Sequence[str], timeout_s: float) -> Any:
+        self.lookups.append(list(item_ids))
+        return await super().item_vectors(item_ids, timeout_s)
+
     async def ready(self, timeout_s: float) -> bool:
         self.applied_sequence = self.applied
         return self.ready_answer and self.mode != "refuse"
 
 
-def _world() -> tuple[World, Topology]:
-    world = World()
+def _world(fold_in: FoldInSpec | None = None) -> tuple[World, Topology]:
+    world = World(fold_in=fold_in)
     layout = world.build("v1", seed=1)
     for url, fake in list(world.fakes.items()):
         world.fakes[url] = WritingShard(
@@ -415,6 +421,96 @@ async def test_read_your_writes_avoids_replicas_behind_the_token() -> None:
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_min_sequence"
 
 
+def _behind_follower(world: World, item: str, vector: list[float]) -> tuple[WritingShard, WritingShard, str]:
+    """`item` upserted on its shard's leader by *another* router (this one never acknowledged it,
+    so only the client's token says a read must see it); the follower answers reads but takes no
+    record, so it stays behind. Returns (leader, follower, the write's token)."""
+    shard = shard_of(item, SHARDS)
+    leader, follower = _replicas(world, shard)
+    leader._apply({"seq": leader.applied + 1, "op": "upsert", "id": item, "vector": vector})
+    follower.refuse_writes = True
+    return leader, follower, f"L-v1/{shard}:{leader.applied}"
+
+
+@_sync
+async def test_similar_honours_the_token_in_the_item_lookup_and_the_fan_out() -> None:
+    """`/v1/similar` with a write's token, on a router that did not acknowledge the write: neither
+    the lookup of the item's vector on its owning shard nor the search on that shard goes to a
+    replica behind the token, so the item just written is found (not a 404 from a follower that
+    lacks it); the same answers as `/v1/recommend` for a malformed token or no replica caught up."""
+    world, topology = _world()
+    item = _new_id(1)
+    leader, follower, token = _behind_follower(world, item, [9.0] * DIM)
+    with_token = {**BOTH, "x-shardrec-min-sequence": token}
+    async with _Running(world, _settings("majority"), topology) as (client, state):
+        await state.manager.probe(state.manager.current)
+        for _ in range(20):
+            answer = await client.post("/v1/similar", json={"item_id": item, "k": 3}, headers=with_token)
+            assert answer.status_code == 200, answer.text
+            assert item not in [hit["item_id"] for hit in answer.json()["items"]]
+        assert follower.lookups == [] and follower.calls == [], "a replica behind the token was read"
+        assert len(leader.lookups) == 20 and len(leader.calls) == 20
+        # No replica has applied the sequence asked for: the same 503 as /v1/recommend's.
+        ahead = {**BOTH, "x-shardrec-min-sequence": "L-v1/1:999"}
+        similar = await client.post("/v1/similar", json={"item_id": item, "k": 3}, headers=ahead)
+        recommend = await client.post("/v1/recommend", json={"vector": [9.0] * DIM, "k": 3}, headers=ahead)
+        assert similar.status_code == recommend.status_code == 503, similar.text
+        assert similar.json() == recommend.json()
+        assert similar.json()["error"]["code"] == "replicas_behind"
+        assert similar.headers["retry-after"] == recommend.headers["retry-after"] == "1"
+        # A malformed token is refused before any shard is asked, whatever the item.
+        malformed = {**BOTH, "x-shardrec-min-sequence": "x"}
+        for body in ({"item_id": item, "k": 3}, {"item_id": "not-an-item", "k": 3}):
+            bad = await client.post("/v1/similar", json=body, headers=malformed)
+            assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_min_sequence", bad.text
+        assert len(leader.lookups) == 20 and follower.lookups == []
+
+
+@_sync
+async def test_similar_never_reads_an_item_from_a_replica_behind_a_write_acknowledged_here() -> None:
+    """Without a token: this router acknowledged the delete (ack majority, the follower down), so
+    no read through it, the item lookup of `/v1/similar` included, goes to the follower that
+    missed it; the deleted item answers 404, never the follower's stale vector."""
+    world, topology = _world()
+    follower = _replicas(world, 1)[1]
+    item = _new_id(1)
+    async with _Running(world, _settings("majority"), topology) as (client, state):
+        written = await client.put(f"/v1/items/{item}", json={"vector": [9.0] * DIM}, headers=BOTH)
+        assert written.json()["acknowledged_by"] == 2, written.text
+        follower.mode = "refuse"
+        await state.manager.probe(state.manager.current)
+        deleted = await client.delete(f"/v1/items/{item}", headers=BOTH)
+        assert deleted.json()["acknowledged_by"] == 1, deleted.text
+        follower.mode, follower.refuse_writes = "ok", True  # back, answers reads, stays behind
+        await asyncio.sleep(1.1)  # past its ejection (EjectionPolicy.base_ejection_s): live again
+        await state.manager.probe(state.manager.current)
+        replica = next(r for r in state.manager.current.channels[1].replicas if r.client is follower)
+        assert replica.health == "healthy" and item in follower.ids
+        for _ in range(20):
+            answer = await client.post("/v1/similar", json={"item_id": item, "k": 3}, headers=BOTH)
+            assert answer.status_code == 404, answer.text
+            assert answer.json()["error"]["code"] == "unknown_item"
+        assert follower.lookups == []
+
+
+@_sync
+async def test_a_fold_in_reads_the_recent_items_only_from_replicas_that_applied_the_token() -> None:
+    """The lookup of `recent_items` is the same lookup as `/v1/similar`'s, under the same rule:
+    an item just upserted through another router is folded in, not skipped as unknown."""
+    world, topology = _world(FoldInSpec("unknown", "mean"))
+    item = _new_id(1)
+    _, follower, token = _behind_follower(world, item, [9.0] * DIM)
+    query = {"recent_items": [{"item_id": item}], "k": 3}
+    async with _Running(world, _settings("majority"), topology) as (client, state):
+        await state.manager.probe(state.manager.current)
+        for _ in range(20):
+            answer = await client.post(
+                "/v1/recommend", json=query, headers={**BOTH, "x-shardrec-min-sequence": token}
+            )
+            assert answer.status_code == 200, answer.text
+        assert follower.lookups == [] and follower.calls == []
+
+
 @_sync
 async def test_a_token_from_an_older_layout_is_read_from_the_new_layouts_leaders() -> None:
     """A layout numbers its writes in its own logs: the writes carried into a new layout get new
@@ -454,6 +550,13 @@ async def test_a_token_from_an_older_layout_is_read_from_the_new_layouts_leaders
             assert answer.status_code == 200, answer.text
             assert answer.json()["items"][0]["item_id"] == items[2]
         assert len(follower.calls) == follower_calls, "a follower answered a read of a carried write"
+        similar = await client.post(
+            "/v1/similar",
+            json={"item_id": items[2], "k": 1},
+            headers={**BOTH, "x-shardrec-min-sequence": token},
+        )
+        assert similar.status_code == 200, similar.text
+        assert follower.lookups == [] and len(follower.calls) == follower_calls
         # A token naming a layout with more shards than this one is not malformed either.
         other = await client.post(
             "/v1/recommend",

@@ -87,8 +87,8 @@ class RouterApp(FastAPI):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": schemas.ErrorResponse, "description": description}
     for status, description in {
-        400: "Body is not JSON (`invalid_json`), or a shard refused this request's queries "
-        "(`query_rejected`).",
+        400: "Body is not JSON (`invalid_json`), a shard refused this request's queries "
+        "(`query_rejected`), or a malformed X-Shardrec-Min-Sequence header (`bad_min_sequence`).",
         401: "No API key (`unauthenticated`).",
         403: "Wrong API key (`forbidden`).",
         404: "Unknown user or item in the active index version (`unknown_user`, `unknown_item`), or "
@@ -101,8 +101,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         429: "Rate limit of the API key (`rate_limited`), or too many wrong keys from this address "
         "(`auth_throttled`); see Retry-After.",
         431: "Too many or too large header fields (`headers_too_large`); the connection is closed.",
-        503: "Overloaded (`overloaded`), not ready (`not_ready`), or (strict) a shard without a live "
-        "replica (`shard_unavailable`); see Retry-After.",
+        503: "Overloaded (`overloaded`), not ready (`not_ready`), (strict) a shard without a live "
+        "replica (`shard_unavailable`), or no replica of a shard has applied the writes named by "
+        "X-Shardrec-Min-Sequence yet (`replicas_behind`); see Retry-After.",
     }.items()
 }
 

@@ -239,18 +239,25 @@ class ShardChannel:
 
     # --- one batch: replica choice, hedging, retries ------------------------------------------
 
-    async def _search(self, batch: _Batch, deadline: float) -> ShardAnswerLike:
-        loop = asyncio.get_running_loop()
-        # Replicas behind the write the client asked to see (read-your-writes), or behind the
-        # newest write this router acknowledged for the shard, are never tried; nor, for a write
-        # carried from an older layout, any replica but the leader.
-        floor = max(batch.min_sequence, self.acked_sequence)
-        first = leader(self.replicas) if batch.leader_only and self.replicas else None
-        tried: list[Replica[ShardClientLike]] = [
+    def _unreadable(self, min_sequence: int, leader_only: bool) -> tuple[list[Replica[ShardClientLike]], str]:
+        """Read-your-writes, for every read of this shard (searches and item-vector lookups alike):
+        the replicas a read must not go to, and the reason it fails if no other is left. Never
+        tried: replicas behind the write the client asked to see (`min_sequence`, from its
+        token), or behind the newest write this router acknowledged for the shard (so a deleted
+        item stays deleted for every later read through this router); nor, for a write carried
+        from an older layout (`leader_only`), any replica but the leader. "behind" only when
+        that rule left none, so the client hears that waiting helps (503 `replicas_behind`)."""
+        floor = max(min_sequence, self.acked_sequence)
+        first = leader(self.replicas) if leader_only and self.replicas else None
+        skipped = [
             r for r in self.replicas if r.applied_sequence < floor or (first is not None and r is not first)
         ]
+        return skipped, "behind" if skipped and len(skipped) == len(self.replicas) else "no_replica"
+
+    async def _search(self, batch: _Batch, deadline: float) -> ShardAnswerLike:
+        loop = asyncio.get_running_loop()
+        tried, last_reason = self._unreadable(batch.min_sequence, batch.leader_only)
         attempts = 1 + self.policy.max_retries
-        last_reason = "behind" if len(tried) == len(self.replicas) else "no_replica"
         try:
             async with asyncio.timeout_at(deadline):
                 for attempt in range(attempts):
@@ -365,17 +372,22 @@ class ShardChannel:
 
     # --- item vectors (for /v1/similar and the fold-in of recent_items) -------------------------
 
-    async def fetch_vector(self, item_id: str, deadline: float) -> Vector | None:
+    async def fetch_vector(
+        self, item_id: str, deadline: float, min_sequence: int = 0, leader_only: bool = False
+    ) -> Vector | None:
         """The stored vector of `item_id` from a replica of this (its owning) shard; None if the
         shard does not hold it."""
-        return (await self.fetch_vectors([item_id], deadline)).get(item_id)
+        return (await self.fetch_vectors([item_id], deadline, min_sequence, leader_only)).get(item_id)
 
-    async def fetch_vectors(self, item_ids: Sequence[str], deadline: float) -> dict[str, Vector]:
+    async def fetch_vectors(
+        self, item_ids: Sequence[str], deadline: float, min_sequence: int = 0, leader_only: bool = False
+    ) -> dict[str, Vector]:
         """The stored vectors of those of `item_ids` this (their owning) shard holds, from one of
-        its replicas. Same replica choice and retries as searches, no hedging."""
+        its replicas. Same replica choice, read-your-writes rule (`_unreadable`: a replica behind
+        a write would answer for a deleted item, or miss a new one) and retries as searches, no
+        hedging."""
         loop = asyncio.get_running_loop()
-        tried: list[Replica[ShardClientLike]] = []
-        reason = "no_replica"
+        tried, reason = self._unreadable(min_sequence, leader_only)
         try:
             async with asyncio.timeout_at(deadline):
                 for _ in range(1 + self.policy.max_retries):

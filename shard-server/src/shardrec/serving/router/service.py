@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from shardrec.serving.index.foldin import fold_in
-from shardrec.serving.index.partitioning import shard_of
 from shardrec.serving.router.config import RouterSettings
 from shardrec.serving.router.dispatch import Block, ShardFailedError, Vector
 from shardrec.serving.router.errors import ApiError
@@ -29,6 +28,7 @@ from shardrec.serving.router.response import encode_batch, encode_one
 from shardrec.serving.router.snapshot import Snapshot
 from shardrec.serving.router.writes import (
     ItemWriter,
+    ReadFloor,
     check_item_id,
     min_sequence_header,
     parse_min_sequence,
@@ -142,14 +142,9 @@ class RouterService:
 
     async def similar(self, body: bytes, snapshot: Snapshot) -> bytes:
         request = self.parser.similar(body)
-        owner = shard_of(request.item_id, snapshot.shards)
-        loop = asyncio.get_running_loop()
-        try:
-            vector = await snapshot.channels[owner].fetch_vector(
-                request.item_id, loop.time() + self.timeout_s
-            )
-        except ShardFailedError as failure:
-            raise self._unavailable(snapshot, {owner: failure.reason}) from None
+        # The item's vector and the search both honour the request's read-your-writes token, as
+        # every read here does: the item just upserted is found, one just deleted is not.
+        vector = (await self._item_vectors(snapshot, [request.item_id])).get(request.item_id)
         if vector is None:
             raise ApiError(
                 404,
@@ -238,14 +233,23 @@ class RouterService:
         return fold_in(model, vectors, weights)
 
     async def _item_vectors(self, snapshot: Snapshot, item_ids: list[str]) -> dict[str, Vector]:
-        """The stored vectors of `item_ids` held by the layout, each from its owning shard (all
-        shards at once); 503 when an owning shard has no live replica, whatever the consistency
-        policy (a fold-in from some of the items would silently be another user)."""
+        """The stored vectors of `item_ids` held by the layout (`/v1/similar`'s item, a fold-in's
+        recent items), each from its owning shard (all shards at once), from a replica that has
+        the writes the request must see (`_read_floor`); 503 `replicas_behind` when no replica
+        of an owning shard has them yet, as for a search, else 503 when an owning shard has no
+        live replica, whatever the consistency policy (a fold-in from some of the items would
+        silently be another user)."""
+        wanted = self._read_floor(snapshot)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         groups = [(shard, ids) for shard, ids in enumerate(snapshot.split_by_shard(item_ids)) if ids]
         outcomes = await asyncio.gather(
-            *(snapshot.channels[shard].fetch_vectors(ids, deadline) for shard, ids in groups),
+            *(
+                snapshot.channels[shard].fetch_vectors(
+                    ids, deadline, wanted.sequences.get(shard, 0), wanted.leaders_only
+                )
+                for shard, ids in groups
+            ),
             return_exceptions=True,
         )
         found: dict[str, Vector] = {}
@@ -258,7 +262,7 @@ class RouterService:
             else:
                 found.update(outcome)
         if failures:
-            raise self._unavailable(snapshot, failures)
+            raise self._behind(failures) or self._unavailable(snapshot, failures)
         return found
 
     def _resolve(self, query: RecommendQuery, snapshot: Snapshot, where: str) -> _Query:
@@ -292,7 +296,7 @@ class RouterService:
         channels = snapshot.channels
         gather = Gather(len(blocks), len(channels), future)
         deadline = loop.time() + self.timeout_s
-        wanted = parse_min_sequence(min_sequence_header.get(), snapshot.shards, snapshot.layout)
+        wanted = self._read_floor(snapshot)
         for index, block in enumerate(blocks):
             for shard, channel in enumerate(channels):
                 exclude = block.exclude_by_shard[shard]
@@ -342,20 +346,38 @@ class RouterService:
                 "see the router's documented limits",
             )
         answered = gather.answered_shards()
-        behind = sorted(shard for shard, reason in gather.failures.items() if reason == "behind")
-        if behind:
+        behind = self._behind(gather.failures)
+        if behind is not None:
             # Read-your-writes asked for: a partial answer would silently drop the client's write.
-            raise ApiError(
-                503,
-                "replicas_behind",
-                f"no live replica of shard {behind[0]} has applied the writes this request must see "
-                "(its X-Shardrec-Min-Sequence, or the newest write acknowledged here) yet; retry shortly",
-                {"Retry-After": "1"},
-            )
+            raise behind
         if self.strict or answered == 0:
             raise self._unavailable(snapshot, gather.failures)
         self.metrics.partial_answers.inc()
         return True, answered
+
+    @staticmethod
+    def _read_floor(snapshot: Snapshot) -> ReadFloor:
+        """The writes this request must see (its X-Shardrec-Min-Sequence) on `snapshot`'s layout,
+        for every read of it: the item lookups and the search. Parsed where a read is about to
+        leave (cheap, and nothing without the header), so a malformed token is a 400 before any
+        shard is asked."""
+        return parse_min_sequence(min_sequence_header.get(), snapshot.shards, snapshot.layout)
+
+    @staticmethod
+    def _behind(failures: dict[int, str]) -> ApiError | None:
+        """503 `replicas_behind` when some shard failed because no replica has applied the
+        writes the request must see yet (`ShardChannel._unreadable`): retrying shortly helps,
+        unlike a dead shard."""
+        behind = sorted(shard for shard, reason in failures.items() if reason == "behind")
+        if not behind:
+            return None
+        return ApiError(
+            503,
+            "replicas_behind",
+            f"no live replica of shard {behind[0]} has applied the writes this request must see "
+            "(its X-Shardrec-Min-Sequence, or the newest write acknowledged here) yet; retry shortly",
+            {"Retry-After": "1"},
+        )
 
     def _unavailable(self, snapshot: Snapshot, failures: dict[int, str]) -> ApiError:
         failed = sorted(failures)
