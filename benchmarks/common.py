@@ -221,7 +221,16 @@ def running(servers: list[Server]) -> Iterator[list[Server]]:
         stop_servers(servers)
 
 
-def shard_argv(layout: Path, shard: int, ef_search: int, threads: int | None = None) -> list[str]:
+def shard_argv(
+    layout: Path,
+    shard: int,
+    ef_search: int | None = None,
+    threads: int | None = None,
+    *,
+    write_log_dir: Path | None = None,
+) -> list[str]:
+    """A shard server on 127.0.0.1 and a port of its choosing (`start_server` reads it from the
+    first line); None leaves a setting at the server's default."""
     arguments = shard_arguments(
         layout_dir=str(layout),
         shard=shard,
@@ -229,6 +238,7 @@ def shard_argv(layout: Path, shard: int, ef_search: int, threads: int | None = N
         port=0,
         ef_search=ef_search,
         search_threads=threads,
+        write_log_dir=None if write_log_dir is None else str(write_log_dir),
     )
     return [sys.executable, "-m", SHARD_MODULE, *arguments]
 

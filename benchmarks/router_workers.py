@@ -34,6 +34,7 @@ from common import (
     make_dataset,
     markdown_table,
     running,
+    shard_argv,
     start_server,
     write_marked_section,
 )
@@ -80,11 +81,7 @@ def memory_rows(work: Path, users: int) -> str:
         build_layout(
             source, layout, version="v1", shards=1, metric="ip", m=8, ef_construction=32, progress=False
         )
-    shard = start_server(
-        "mem-shard",
-        [sys.executable, "-m", "shardrec.serving.shard.main", "--layout-dir", str(layout), "--shard", "0",
-         "--host", "127.0.0.1", "--port", "0", "--search-threads", "1"],
-    )  # fmt: skip
+    shard = start_server("mem-shard", shard_argv(layout, 0, threads=1))
     manifest = json.loads((layout / "layout.json").read_text())
     topology = work / "mem-topology.json"
     topology.write_text(

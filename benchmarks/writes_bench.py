@@ -51,6 +51,7 @@ from common import (
     cpu_seconds,
     run_wrk,
     running,
+    shard_argv,
     start_server,
     write_bodies,
     write_marked_section,
@@ -692,9 +693,7 @@ def start_shards(  # noqa: PLR0917 - a cluster's shard servers
     for shard in range(SHARDS):
         for replica in range(replicas):
             name = f"{prefix}s{shard}-r{replica}"
-            argv = [sys.executable, "-m", "shardrec.serving.shard.main", "--layout-dir", str(layout),
-                    "--shard", str(shard), "--host", "127.0.0.1", "--port", "0", "--search-threads", "1",
-                    "--write-log-dir", str(work / "writes" / name)]  # fmt: skip
+            argv = shard_argv(layout, shard, threads=1, write_log_dir=work / "writes" / name)
             server = start_server(name, argv, env=env)
             servers.append(server)
             started.setdefault(shard, []).append(server)
