@@ -431,6 +431,7 @@ class LocalSupervisor:
         return ProcessSpec(name, argv, self.state.logs_dir / f"{name}.log", env=env, port=entry.port)
 
     def _remove_replica(self, name: str) -> None:
+        self._prober.drop_connections()  # else the replica waits out its grace for their TLS close
         self.processes.remove(name)
         self.ports.release(self._replicas.pop(name).port)
 
@@ -732,9 +733,9 @@ class LocalSupervisor:
             atomic_write_json(self.state.status_file, restarted.model_dump(by_alias=True, mode="json"))
 
     def shutdown(self) -> None:
+        self._prober.close()  # first: the shards' graceful stop waits for its connections' TLS close
         self.builds.stop_all()
         self.processes.stop_all()
-        self._prober.close()
         if self._carry is not None:
             self._carry.close()
         self._write_runtime()
