@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     REPO,
     Server,
+    router_argv,
     run_wrk,
     running,
     shard_argv,
@@ -235,11 +236,8 @@ def write_doc(text: str, command: str) -> None:
 def start_router(work: Path, name: str, topology_file: Path, router: dict[str, object]) -> Server:
     config = work / f"{name}.json"
     config.write_text(json.dumps({"router": router}))
-    argv = [sys.executable, "-m", "shardrec.serving.router.main", "--topology-file", str(topology_file),
-            "--router-config", str(config), "--host", "127.0.0.1", "--port", "0",
-            # One worker: maxInFlight bounds each worker, and these rows compare with earlier runs.
-            "--workers", "1"]  # fmt: skip
-    return start_server(name, argv)
+    # One worker: maxInFlight bounds each worker, and these rows compare with earlier runs.
+    return start_server(name, router_argv(topology_file, config, workers=1))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

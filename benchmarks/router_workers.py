@@ -33,6 +33,7 @@ from common import (
     ensure_layout,
     make_dataset,
     markdown_table,
+    router_argv,
     running,
     shard_argv,
     start_server,
@@ -104,8 +105,7 @@ def memory_rows(work: Path, users: int) -> str:
         "| process | when | Rss | Pss | Pss anon | Pss file |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    argv = [sys.executable, "-m", "shardrec.serving.router.main", "--topology-file", str(topology),
-            "--port", "0", "--workers", "2"]  # fmt: skip
+    argv = router_argv(topology, workers=2)
     with running([shard]), running([start_server("mem-router", argv)]) as (router,):
         time.sleep(2.0)  # both workers load the table (the first /readyz answered proves one)
         pids = router_pids(router)

@@ -49,6 +49,7 @@ from common import (
     Server,
     WrkResult,
     cpu_seconds,
+    router_argv,
     run_wrk,
     running,
     shard_argv,
@@ -370,9 +371,7 @@ def start_router(
     config.write_text(json.dumps({"writes": {"ack": ack}}))
     keys = work / "api-keys"
     keys.write_text(f"writer:{KEY} read,write\n")
-    argv = [sys.executable, "-m", "shardrec.serving.router.main", "--topology-file", str(topology_file),
-            "--router-config", str(config), "--api-keys-file", str(keys),
-            "--host", "127.0.0.1", "--port", "0", "--workers", "1"]  # fmt: skip
+    argv = router_argv(topology_file, config, api_keys_file=keys, workers=1)
     return start_server(f"router-{prefix}{ack}", argv, env=env)
 
 
