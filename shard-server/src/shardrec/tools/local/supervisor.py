@@ -733,11 +733,13 @@ class LocalSupervisor:
             atomic_write_json(self.state.status_file, restarted.model_dump(by_alias=True, mode="json"))
 
     def shutdown(self) -> None:
-        self._prober.close()  # first: the shards' graceful stop waits for its connections' TLS close
-        self.builds.stop_all()
-        self.processes.stop_all()
+        # The HTTP clients first: a shard's graceful stop waits for the TLS close of their kept-alive
+        # connections, which nobody answers while this thread waits in stop_all.
+        self._prober.close()
         if self._carry is not None:
             self._carry.close()
+        self.builds.stop_all()
+        self.processes.stop_all()
         self._write_runtime()
 
 
