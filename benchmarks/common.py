@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from shardrec.api.commands import SHARD_MODULE, shard_arguments
+from shardrec.api.commands import ROUTER_MODULE, SHARD_MODULE, router_arguments, shard_arguments
 from shardrec.serving.index.build import build_layout
 from shardrec.serving.index.embeddings import write_embeddings_dir
 from shardrec.serving.index.scoring import Metric, exact_top_k
@@ -221,7 +221,16 @@ def running(servers: list[Server]) -> Iterator[list[Server]]:
         stop_servers(servers)
 
 
-def shard_argv(layout: Path, shard: int, ef_search: int, threads: int | None = None) -> list[str]:
+def shard_argv(
+    layout: Path,
+    shard: int,
+    ef_search: int | None = None,
+    threads: int | None = None,
+    *,
+    write_log_dir: Path | None = None,
+) -> list[str]:
+    """A shard server on 127.0.0.1 and a port of its choosing (`start_server` reads it from the
+    first line); None leaves a setting at the server's default."""
     arguments = shard_arguments(
         layout_dir=str(layout),
         shard=shard,
@@ -229,8 +238,29 @@ def shard_argv(layout: Path, shard: int, ef_search: int, threads: int | None = N
         port=0,
         ef_search=ef_search,
         search_threads=threads,
+        write_log_dir=None if write_log_dir is None else str(write_log_dir),
     )
     return [sys.executable, "-m", SHARD_MODULE, *arguments]
+
+
+def router_argv(
+    topology: Path,
+    config: Path | None = None,
+    *,
+    api_keys_file: Path | None = None,
+    workers: int | None = None,
+) -> list[str]:
+    """A router on 127.0.0.1 and a port of its choosing, reading `topology` (and `config`); None
+    leaves a setting at the router's default (workers: as many as its CPUs allow)."""
+    arguments = router_arguments(
+        host="127.0.0.1",
+        port=0,
+        topology_file=str(topology),
+        router_config=None if config is None else str(config),
+        api_keys_file=None if api_keys_file is None else str(api_keys_file),
+        workers=workers,
+    )
+    return [sys.executable, "-m", ROUTER_MODULE, *arguments]
 
 
 # --- wrk ---------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, Server, running, start_server, write_marked_section
+from common import REPO, Server, router_argv, running, shard_argv, start_server, write_marked_section
 
 from shardrec.api.topology import LayoutTopology, ReplicaEndpoint, RouterServing, ShardEndpoints, Topology
 from shardrec.serving.index.build import build_layout
@@ -183,9 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for version, folder in layouts.items():
                 shard_servers[version] = []
                 for shard in range(SHARDS):
-                    argv = [sys.executable, "-m", "shardrec.serving.shard.main", "--layout-dir", str(folder),
-                            "--shard", str(shard), "--port", "0"]  # fmt: skip
-                    server = start_server(f"shard-{version}-{shard}", argv)
+                    server = start_server(f"shard-{version}-{shard}", shard_argv(folder, shard))
                     servers.append(server)
                     shard_servers[version].append(server)
             topologies = {v: layout_topology(v, f, shard_servers[v]) for v, f in layouts.items()}
@@ -193,9 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             atomic_write_text(path, Topology(revision=1, active=topologies["v1"]).model_dump_json())
             routers = []
             for number in range(args.routers):
-                argv = [sys.executable, "-m", "shardrec.serving.router.main", "--topology-file", str(path),
-                        "--port", "0"]  # fmt: skip
-                router = start_server(f"router-{number}", argv)
+                router = start_server(f"router-{number}", router_argv(path))
                 servers.append(router)
                 routers.append(router)
             switches = args.switches + args.switches % 2  # even: each mode starts and ends on v1

@@ -55,6 +55,7 @@ from common import (
     ensure_layout,
     make_dataset,
     recall_at_k,
+    router_argv,
     run_wrk,
     running,
     shard_argv,
@@ -359,11 +360,7 @@ def router_target(stack: ExitStack, work: Path, layout: Path, data: Dataset, *, 
         running([start_server(f"shard-{i}", shard_argv(layout, i, ef)) for i in range(count)])
     )
     topology, config = _write_config(work, layout, shards, 64, name="peers-router")
-    argv = [
-        sys.executable, "-m", "shardrec.serving.router.main", "--topology-file", str(topology),
-        "--router-config", str(config), "--port", "0",
-    ]  # fmt: skip
-    (router,) = stack.enter_context(running([start_server("router", argv)]))
+    (router,) = stack.enter_context(running([start_server("router", router_argv(topology, config))]))
     recall = _recall(router, SimpleNamespace(data=data, k=k, batch=64))
     return Target(
         "ours (router + shard servers)",

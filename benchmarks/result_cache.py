@@ -29,7 +29,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, Server, run_wrk, running, start_server, write_bodies, write_marked_section
+from common import (
+    REPO,
+    Server,
+    router_argv,
+    run_wrk,
+    running,
+    shard_argv,
+    start_server,
+    write_bodies,
+    write_marked_section,
+)
 
 from shardrec.api.topology import LayoutTopology, ReplicaEndpoint, ShardEndpoints, Topology
 from shardrec.serving.index.build import build_layout
@@ -226,11 +236,8 @@ def write_doc(text: str, command: str) -> None:
 def start_router(work: Path, name: str, topology_file: Path, router: dict[str, object]) -> Server:
     config = work / f"{name}.json"
     config.write_text(json.dumps({"router": router}))
-    argv = [sys.executable, "-m", "shardrec.serving.router.main", "--topology-file", str(topology_file),
-            "--router-config", str(config), "--host", "127.0.0.1", "--port", "0",
-            # One worker: maxInFlight bounds each worker, and these rows compare with earlier runs.
-            "--workers", "1"]  # fmt: skip
-    return start_server(name, argv)
+    # One worker: maxInFlight bounds each worker, and these rows compare with earlier runs.
+    return start_server(name, router_argv(topology_file, config, workers=1))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -259,20 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers: list[Server] = []
         with running(servers):
             for shard in range(SHARDS):
-                argv_shard = [
-                    sys.executable,
-                    "-m",
-                    "shardrec.serving.shard.main",
-                    "--layout-dir",
-                    str(layout),
-                    "--shard",
-                    str(shard),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                ]
-                servers.append(start_server(f"shard-{shard}", argv_shard))
+                servers.append(start_server(f"shard-{shard}", shard_argv(layout, shard)))
             topology_file = work / "topology.json"
             atomic_write_text(topology_file, topology(layout, args.dimension, servers).model_dump_json())
             small = {"maxInFlight": args.connections}

@@ -36,6 +36,7 @@ from common import (
     Server,
     ensure_layout,
     make_dataset,
+    router_argv,
     run_wrk,
     running,
     shard_argv,
@@ -75,13 +76,6 @@ def export_base(ref: str, into: Path) -> Path:
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     return into / "shard-server" / "src"
-
-
-def router_argv(topology: Path, config: Path, workers: int) -> list[str]:
-    return [
-        sys.executable, "-m", "shardrec.serving.router.main", "--topology-file", str(topology),
-        "--router-config", str(config), "--port", "0", "--workers", str(workers),
-    ]  # fmt: skip
 
 
 def start_with(name: str, argv: list[str], pythonpath: Path | None) -> Server:
@@ -200,7 +194,9 @@ def main() -> int:
                     ]
                     with running(shards):
                         topology, config = _write_config(args.work_dir, layout, shards, 64, name="router-cpu")
-                        router = start_with("router", router_argv(topology, config, workers), pythonpath)
+                        router = start_with(
+                            "router", router_argv(topology, config, workers=workers), pythonpath
+                        )
                         with running([router]):
                             samples += measure(args, router, shards, code, workers, round_number, body)
     print(f"\n{len(samples)} runs in {time.monotonic() - started:.0f} s; medians over {args.rounds} rounds")

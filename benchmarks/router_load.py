@@ -19,7 +19,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from common import (
     WrkResult,
     cpu_seconds,
     recall_at_k,
+    router_argv,
     rss_mb,
     run_wrk,
     running,
@@ -41,6 +41,7 @@ from common import (
     write_bodies,
 )
 
+from shardrec.api.commands import RouterFlags
 from shardrec.serving.index.layout import read_layout_manifest
 
 JSON = "application/json"
@@ -171,15 +172,12 @@ def run(
     rows: list[Row] = []
     with running(shard_servers):
         topology_file, config_file = _write_config(work, layout, shard_servers, batch)
-        router_argv = [
-            sys.executable, "-m", "shardrec.serving.router.main", "--topology-file", str(topology_file),
-            "--router-config", str(config_file), "--port", "0",
-        ]  # fmt: skip
+        argv = router_argv(topology_file, config_file, workers=workers)
         label = "router"
         if workers is not None:
-            router_argv += ["--workers", str(workers), "--worker-sockets", sockets]
+            argv += [RouterFlags.WORKER_SOCKETS, sockets]  # router_arguments leaves it at its default
             label = f"router ({workers} worker{'s' if workers > 1 else ''}, {sockets})"
-        with running([start_server("router", router_argv)]) as (router,):
+        with running([start_server("router", argv)]) as (router,):
             recall = _recall(router, context)
             watch = [*router_pids(router), *(s.pid for s in shard_servers)]
 
@@ -326,12 +324,8 @@ def _spike_rows(context: Any, shards: list[Server], body_file: Path, size: int, 
     topology_file, config_file = _write_config(
         work, context.layout, shards, context.batch, max_in_flight=bound, name="spike"
     )
-    argv = [
-        sys.executable, "-m", "shardrec.serving.router.main", "--topology-file", str(topology_file),
-        "--router-config", str(config_file), "--port", "0",
-    ]  # fmt: skip
     rows: list[Row] = []
-    with running([start_server("router-spike", argv)]) as (router,):
+    with running([start_server("router-spike", router_argv(topology_file, config_file))]) as (router,):
         watch = [*router_pids(router), *(s.pid for s in shards)]
         for factor, honours in ((10, True), (16, False)):
             connections = factor * context.connections

@@ -33,7 +33,9 @@ from common import (
     ensure_layout,
     make_dataset,
     markdown_table,
+    router_argv,
     running,
+    shard_argv,
     start_server,
     write_marked_section,
 )
@@ -80,11 +82,7 @@ def memory_rows(work: Path, users: int) -> str:
         build_layout(
             source, layout, version="v1", shards=1, metric="ip", m=8, ef_construction=32, progress=False
         )
-    shard = start_server(
-        "mem-shard",
-        [sys.executable, "-m", "shardrec.serving.shard.main", "--layout-dir", str(layout), "--shard", "0",
-         "--host", "127.0.0.1", "--port", "0", "--search-threads", "1"],
-    )  # fmt: skip
+    shard = start_server("mem-shard", shard_argv(layout, 0, threads=1))
     manifest = json.loads((layout / "layout.json").read_text())
     topology = work / "mem-topology.json"
     topology.write_text(
@@ -107,8 +105,7 @@ def memory_rows(work: Path, users: int) -> str:
         "| process | when | Rss | Pss | Pss anon | Pss file |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    argv = [sys.executable, "-m", "shardrec.serving.router.main", "--topology-file", str(topology),
-            "--port", "0", "--workers", "2"]  # fmt: skip
+    argv = router_argv(topology, workers=2)
     with running([shard]), running([start_server("mem-router", argv)]) as (router,):
         time.sleep(2.0)  # both workers load the table (the first /readyz answered proves one)
         pids = router_pids(router)

@@ -212,6 +212,41 @@ def _best_hedge(run: Runner, base: Scenario, costs: Costs) -> dict[str, Any]:
     return {"sweep": sweep, "hedge_after_ms": best["hedge_after_ms"]}
 
 
+def _measured_wall(measured: dict[str, Any]) -> ServiceTime:
+    """The unloaded shard latency, measured sequentially."""
+    return ServiceTime(
+        tuple(measured["unloaded_shard_ms"]["quantiles"]), tuple(measured["unloaded_shard_ms"]["ms"])
+    )
+
+
+def _measured_rest(measured: dict[str, Any]) -> ServiceTime:
+    """The unloaded shard latency (measured sequentially) minus the CPU measured with it."""
+    return Costs.split(_measured_wall(measured), measured["unloaded_shard_cpu_ms"]).shard_rest
+
+
+def _scenario_of(
+    measured: dict[str, Any], run: dict[str, Any], rest: ServiceTime, requests: int, seed: int
+) -> tuple[Costs, Scenario]:
+    """One measured run's costs (the shard and router CPU per request measured in it, `rest` for
+    what occupies nothing) and the measured fleet's scenario. The utilisation is a placeholder
+    (a closed loop has no rate to set): each check sets it, and how the loop runs, its own way."""
+    costs = Costs(
+        ServiceTime.constant(run["shard_cpu_ms"]),
+        rest,
+        router_cpu_ms=run["router_cpu_ms"],
+        router_workers=measured["router_workers"],
+    )
+    scenario = Scenario(
+        shards=measured["shards"],
+        replicas=measured["replicas"],
+        threads=measured["search_threads"],
+        utilisation=0.5,
+        requests=requests,
+        seed=seed,
+    )
+    return costs, scenario
+
+
 def check_against_measurement(
     measured: dict[str, Any], requests: int, seeds: int, seed: int
 ) -> dict[str, Any]:
@@ -221,27 +256,12 @@ def check_against_measurement(
     nothing: the unloaded shard latency (measured sequentially) minus the CPU measured with it.
     Closed loop of one client: `sequential`; of more clients: Poisson at the achieved rate (the
     model has no closed loop); open loop: Poisson at the offered rate."""
-    wall = ServiceTime(
-        tuple(measured["unloaded_shard_ms"]["quantiles"]), tuple(measured["unloaded_shard_ms"]["ms"])
-    )
-    rest = Costs.split(wall, measured["unloaded_shard_cpu_ms"]).shard_rest
+    wall = _measured_wall(measured)
+    rest = _measured_rest(measured)
     rows = []
     for run in measured["runs"]:
-        costs = Costs(
-            ServiceTime.constant(run["shard_cpu_ms"]),
-            rest,
-            router_cpu_ms=run["router_cpu_ms"],
-            router_workers=measured["router_workers"],
-        )
-        scenario = Scenario(
-            shards=measured["shards"],
-            replicas=measured["replicas"],
-            threads=measured["search_threads"],
-            utilisation=0.5,
-            requests=requests,
-            seed=seed,
-            sequential=run["loop"] == "closed" and run["clients"] == 1,
-        )
+        costs, scenario = _scenario_of(measured, run, rest, requests, seed)
+        scenario = replace(scenario, sequential=run["loop"] == "closed" and run["clients"] == 1)
         rate = run["offered_qps"] if run["loop"] == "open" else run["achieved_qps"]
         scenario = replace(scenario, utilisation=min(max(utilisation_at(costs, scenario, rate), 1e-6), 0.99))
         summary = simulate_seeds(costs, scenario, seeds)
@@ -263,14 +283,6 @@ def check_against_measurement(
         "unloaded_shard_cpu_ms": measured["unloaded_shard_cpu_ms"],
         "rows": rows,
     }
-
-
-def _measured_rest(measured: dict[str, Any]) -> ServiceTime:
-    """The unloaded shard latency (measured sequentially) minus the CPU measured with it."""
-    wall = ServiceTime(
-        tuple(measured["unloaded_shard_ms"]["quantiles"]), tuple(measured["unloaded_shard_ms"]["ms"])
-    )
-    return Costs.split(wall, measured["unloaded_shard_cpu_ms"]).shard_rest
 
 
 def host_cores(measured: dict[str, Any]) -> int:
@@ -319,20 +331,7 @@ def contention_check(
     background = background_estimate(measured)
     rows = []
     for run in measured["runs"][runs]:
-        costs = Costs(
-            ServiceTime.constant(run["shard_cpu_ms"]),
-            rest,
-            router_cpu_ms=run["router_cpu_ms"],
-            router_workers=measured["router_workers"],
-        )
-        scenario = Scenario(
-            shards=measured["shards"],
-            replicas=measured["replicas"],
-            threads=measured["search_threads"],
-            utilisation=0.5,  # a closed loop has no rate to set; an open loop's is set below
-            requests=requests,
-            seed=seed,
-        )
+        costs, scenario = _scenario_of(measured, run, rest, requests, seed)
         if run["loop"] == "closed":
             scenario = replace(scenario, clients=run["clients"])
         else:

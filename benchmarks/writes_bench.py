@@ -49,8 +49,10 @@ from common import (
     Server,
     WrkResult,
     cpu_seconds,
+    router_argv,
     run_wrk,
     running,
+    shard_argv,
     start_server,
     write_bodies,
     write_marked_section,
@@ -369,9 +371,7 @@ def start_router(
     config.write_text(json.dumps({"writes": {"ack": ack}}))
     keys = work / "api-keys"
     keys.write_text(f"writer:{KEY} read,write\n")
-    argv = [sys.executable, "-m", "shardrec.serving.router.main", "--topology-file", str(topology_file),
-            "--router-config", str(config), "--api-keys-file", str(keys),
-            "--host", "127.0.0.1", "--port", "0", "--workers", "1"]  # fmt: skip
+    argv = router_argv(topology_file, config, api_keys_file=keys, workers=1)
     return start_server(f"router-{prefix}{ack}", argv, env=env)
 
 
@@ -692,9 +692,7 @@ def start_shards(  # noqa: PLR0917 - a cluster's shard servers
     for shard in range(SHARDS):
         for replica in range(replicas):
             name = f"{prefix}s{shard}-r{replica}"
-            argv = [sys.executable, "-m", "shardrec.serving.shard.main", "--layout-dir", str(layout),
-                    "--shard", str(shard), "--host", "127.0.0.1", "--port", "0", "--search-threads", "1",
-                    "--write-log-dir", str(work / "writes" / name)]  # fmt: skip
+            argv = shard_argv(layout, shard, threads=1, write_log_dir=work / "writes" / name)
             server = start_server(name, argv, env=env)
             servers.append(server)
             started.setdefault(shard, []).append(server)

@@ -103,15 +103,38 @@ def test_the_watch_follows_its_candidates_status_and_ignores_another_version(tmp
     assert watch.finished and watch.canary.phase == "Promoted"
 
 
-def test_demo_traffic_goes_to_127_0_0_1_only_and_stops_at_its_request_bound(tmp_path: Path) -> None:
+class _Clock:
+    """drive's clock: every read moves it on by STEP_S, every sleep by its length, so the loops
+    end on the same reads on any machine and the wait for a decision takes no real time."""
+
+    STEP_S = 0.1
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += self.STEP_S
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_demo_traffic_goes_to_127_0_0_1_only_and_stops_at_its_request_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     state = StateDir(tmp_path)
     _status(state, "Running", 0, None)
     started = demo_canary.canary_of(demo_canary.read_status(state))
     assert started is not None
     with pytest.raises(CliError, match=r"127\.0\.0\.1 only"):
         demo_canary.drive("http://example.com:80", state, ["1"], started, timeout_s=1)
-    # Nothing listens on a free port: every request fails fast, and the bound stops the loop.
+    clock = _Clock()
+    monkeypatch.setattr(demo_canary, "time", clock)
+    # Nothing listens on a free port: every request fails fast, and the bound stops the loop (the
+    # deadline is hundreds of clock reads away: without the bound, far more than 3 would be sent).
     watch = demo_canary.drive(
         f"http://127.0.0.1:{free_port()}", state, ["1", "2"], started, timeout_s=60, max_requests=3
     )
     assert watch.sent == 3 and len(watch.failed) == 3 and not watch.finished
+    assert clock.now >= 60, "without a decision it waits, sending nothing more, until the deadline"

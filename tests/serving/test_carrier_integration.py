@@ -39,6 +39,7 @@ from shardrec.serving.index.partitioning import shard_of
 from shardrec.serving.index.synthetic import clustered
 from shardrec.serving.storage.stores import S3Settings
 from shardrec.tools.cli.main import main as recctl
+from shardrec.tools.local.ports import free_port
 from tests.serving.test_carrier import FakeKube
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -106,21 +107,6 @@ def wait_ready(shard: Shard) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"{shard.name} not ready within {START_TIMEOUT_S}s")
-
-
-def free_ports(count: int) -> list[int]:
-    import socket
-
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class Writer:
@@ -203,13 +189,17 @@ def test_the_carrier_carries_every_acknowledged_write_into_the_new_layout(  # no
     build_layout(
         emb, tmp_path / "v1", version="v1", shards=2, metric="ip", m=8, ef_construction=32, progress=False
     )
-    ports = free_ports(8)
+    ports = [free_port() for _ in range(8)]  # distinct: the allocator never repeats one
     old = [processes.shard(f"old-{s}", tmp_path / "v1", s, ports[s]) for s in range(2)]
     for shard in old:
         wait_ready(shard)
     new_urls = [[f"https://127.0.0.1:{ports[2 + 2 * s + r]}" for r in range(2)] for s in range(3)]
 
     writer = Writer([shard.url for shard in old])
+    # Closed before the processes fixture stops the shards (finalizers run last-in first-out): an
+    # old leader's graceful stop waits for the TLS close of a keep-alive connection nobody reads,
+    # up to the SSL shutdown timeout (seen: 10 s per leader, then the fixture's SIGKILL).
+    request.addfinalizer(writer.client.close)
     for n in range(20):
         assert writer.write(f"w{n}", vector(n)) == 200
     assert writer.write("i1", None) == 200 and writer.write("i2", None) == 200
@@ -326,7 +316,7 @@ sys.exit(main(sys.argv[1:], kube=Kube()))
 def test_the_carrier_process_stops_cleanly_on_sigterm_and_refuses_a_bad_config(
     tmp_path: Path, tls_dir: Path
 ) -> None:
-    port = free_ports(1)[0]  # nothing listens: every cut attempt fails and is retried
+    port = free_port()  # nothing listens: every cut attempt fails and is retried
     config = CarrierConfig(
         cluster="demo", from_layout="v1", from_shards=1, to_layout="v2", to_shards=1,
         old_leaders=[f"https://127.0.0.1:{port}"], new_replicas=[[f"https://127.0.0.1:{port}"]],

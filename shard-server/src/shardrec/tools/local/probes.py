@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +20,7 @@ class ReadinessProber:
     """Remembers the last probe result of each URL; `probe` refreshes them all at once."""
 
     def __init__(self) -> None:
+        self._verify: ssl.SSLContext | bool = True
         self._client = httpx.Client(timeout=PROBE_TIMEOUT_S)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self._ready: dict[str, bool] = {}
@@ -27,8 +29,15 @@ class ReadinessProber:
 
     def trust(self, ca_file: Path) -> None:
         """Verify https:// children against the cluster's CA from now on."""
+        self._verify = client_context(ca_file)
+        self.drop_connections()
+
+    def drop_connections(self) -> None:
+        """Close the kept-alive connections (the next probe opens new ones). Before a child is
+        stopped: its graceful stop waits for the TLS close of each, which a pooled connection
+        answers only when it is used or closed, so the child sat out its whole grace, killed."""
         self._client.close()
-        self._client = httpx.Client(timeout=PROBE_TIMEOUT_S, verify=client_context(ca_file))
+        self._client = httpx.Client(timeout=PROBE_TIMEOUT_S, verify=self._verify)
 
     def _ready_once(self, base_url: str) -> bool:
         try:

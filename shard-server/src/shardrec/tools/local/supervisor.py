@@ -494,6 +494,7 @@ class LocalSupervisor:
         return ProcessSpec(name, argv, self.state.logs_dir / f"{name}.log", env=env, port=entry.port)
 
     def _remove_replica(self, name: str) -> None:
+        self._prober.drop_connections()  # else the replica waits out its grace for their TLS close
         self.processes.remove(name)
         self.ports.release(self._replicas.pop(name).port)
 
@@ -796,11 +797,13 @@ class LocalSupervisor:
             atomic_write_json(self.state.status_file, restarted.model_dump(by_alias=True, mode="json"))
 
     def shutdown(self) -> None:
-        self.builds.stop_all()
-        self.processes.stop_all()
+        # The HTTP clients first: a shard's graceful stop waits for the TLS close of their kept-alive
+        # connections, which nobody answers while this thread waits in stop_all.
         self._prober.close()
         if self._carry is not None:
             self._carry.close()
+        self.builds.stop_all()
+        self.processes.stop_all()
         self._write_runtime()
 
 
