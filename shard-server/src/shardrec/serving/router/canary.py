@@ -36,7 +36,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -124,63 +124,40 @@ def _p99(samples: deque[float]) -> float | None:
 
 @dataclass
 class CanaryWindow:
-    """Measurements of one (candidate, step) in this router: the sums as the `CanaryStats` the
-    planner reads (one home for the list of counters; its p99s are filled in by `report`) and the
-    latency samples those p99s come from."""
+    """Measurements of one (candidate, step) in this router, as sums."""
 
-    stats: CanaryStats
+    layout: str
+    step: int
+    requests: int = 0
+    errors: int = 0
+    active_requests: int = 0
+    active_errors: int = 0
+    compared: int = 0
+    overlap_sum: float = 0.0
+    rank_correlation_sum: float = 0.0
+    score_shift_sum: float = 0.0
+    user_queries: int = 0
+    unknown_users: int = 0
+    shadow_dropped: int = 0
     candidate_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     active_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
-    @classmethod
-    def start(cls, layout: str, step: int) -> CanaryWindow:
-        return cls(CanaryStats(layout=layout, step=step))
-
-    @property
-    def layout(self) -> str:
-        return self.stats.layout
-
-    @property
-    def step(self) -> int:
-        return self.stats.step
-
-    # CanaryStats is frozen (the planner's input is a value), so each count replaces it.
-
-    def count_user_query(self, *, unknown: bool) -> None:
-        """A bucketed (or mirrored) user query; `unknown`: the candidate does not know the user."""
-        stats = self.stats
-        self.stats = replace(
-            stats, user_queries=stats.user_queries + 1, unknown_users=stats.unknown_users + unknown
-        )
-
-    def count_answer(self, *, candidate: bool, failed: bool) -> None:
-        stats = self.stats
-        if candidate:
-            self.stats = replace(stats, requests=stats.requests + 1, errors=stats.errors + failed)
-        else:
-            self.stats = replace(
-                stats,
-                active_requests=stats.active_requests + 1,
-                active_errors=stats.active_errors + failed,
-            )
-
-    def count_dropped(self) -> None:
-        self.stats = replace(self.stats, shadow_dropped=self.stats.shadow_dropped + 1)
-
-    def count_comparison(self, result: Comparison) -> None:
-        stats = self.stats
-        self.stats = replace(
-            stats,
-            compared=stats.compared + 1,
-            overlap_sum=stats.overlap_sum + result.overlap,
-            rank_correlation_sum=stats.rank_correlation_sum + result.rank_correlation,
-            score_shift_sum=stats.score_shift_sum + result.score_shift,
-        )
-
     def report(self) -> dict[str, Any]:
-        """The JSON `GET /canary` answers: the sums with this router's p99s over the window."""
-        return replace(
-            self.stats,
+        """The JSON `GET /canary` answers: this window as `CanaryStats` (one home for the keys)."""
+        return CanaryStats(
+            layout=self.layout,
+            step=self.step,
+            requests=self.requests,
+            errors=self.errors,
+            active_requests=self.active_requests,
+            active_errors=self.active_errors,
+            compared=self.compared,
+            overlap_sum=self.overlap_sum,
+            rank_correlation_sum=self.rank_correlation_sum,
+            score_shift_sum=self.score_shift_sum,
+            user_queries=self.user_queries,
+            unknown_users=self.unknown_users,
+            shadow_dropped=self.shadow_dropped,
             candidate_p99_ms=_p99(self.candidate_seconds),
             active_p99_ms=_p99(self.active_seconds),
         ).to_report()
@@ -205,7 +182,7 @@ class CanaryRouter:
             return
         window = self.window
         if window is None or (window.layout, window.step) != (route.layout, route.step):
-            self.window = CanaryWindow.start(route.layout, route.step)
+            self.window = CanaryWindow(route.layout, route.step)
             self._clear_gauges()
         self.metrics.canary_step.labels(route.layout).set(route.step)
         self.metrics.canary_weight.labels(route.layout).set(route.weight)
@@ -233,22 +210,23 @@ class CanaryRouter:
             return await work(body, active), active
         user = user_of(body)
         if user is not None and canary.weight > 0 and in_canary(user, canary.layout, canary.weight):
+            window.user_queries += 1
             if user in candidate.users or user not in active.users:
-                window.count_user_query(unknown=False)
                 served = await self._candidate(body, active, candidate, work, window)
                 if served is not None:
                     return served
             else:
-                window.count_user_query(unknown=True)
+                window.unknown_users += 1
                 self.metrics.canary_unknown_users.inc()
         payload = await self._timed(body, active, work, window, candidate=False)
         if canary.weight == 0 and self._sampled(canary):
             if user is not None and user not in candidate.users and user in active.users:
-                window.count_user_query(unknown=True)
+                window.user_queries += 1
+                window.unknown_users += 1
                 self.metrics.canary_unknown_users.inc()
             else:
                 if user is not None:
-                    window.count_user_query(unknown=False)
+                    window.user_queries += 1
                 self._mirror(body, payload, candidate, work, window, mirror_is_candidate=True)
         return payload, active
 
@@ -295,7 +273,12 @@ class CanaryRouter:
         return payload
 
     def _count(self, window: CanaryWindow, *, candidate: bool, failed: bool) -> None:
-        window.count_answer(candidate=candidate, failed=failed)
+        if candidate:
+            window.requests += 1
+            window.errors += failed
+        else:
+            window.active_requests += 1
+            window.active_errors += failed
         if failed:
             self.metrics.canary_errors.labels("candidate" if candidate else "active").inc()
 
@@ -316,7 +299,7 @@ class CanaryRouter:
         if route is None:
             return
         if self.inflight >= route.max_inflight:
-            window.count_dropped()
+            window.shadow_dropped += 1
             self.metrics.canary_shadow_dropped.inc()
             return
         self.inflight += 1
@@ -348,10 +331,12 @@ class CanaryRouter:
             ids_a, scores_a = _ranked(active_answer)
             ids_c, scores_c = _ranked(candidate_answer)
             result = compare(ids_a, scores_a, ids_c, scores_c)
-            window.count_comparison(result)
+            window.compared += 1
+            window.overlap_sum += result.overlap
+            window.rank_correlation_sum += result.rank_correlation
+            window.score_shift_sum += result.score_shift
             self.metrics.canary_compared.inc()
-            stats = window.stats
-            self.metrics.canary_overlap.labels(window.layout).set(stats.overlap_sum / stats.compared)
+            self.metrics.canary_overlap.labels(window.layout).set(window.overlap_sum / window.compared)
         except Exception:  # a comparison must never disturb serving
             log.warning("comparing a mirrored canary answer failed", exc_info=True)
         finally:
