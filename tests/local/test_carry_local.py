@@ -79,7 +79,7 @@ def test_the_cut_copies_the_leader_logs_and_keeps_its_sequences(tmp_path: Path) 
     old, new = _spec("v1", 2), _spec("v2", 3)
     for n in range(10):
         _append(state, old, f"a{n}", upsert=n % 3 != 0)
-    carry = LocalCarry(state, httpx.Client(), "t0ken")
+    carry = LocalCarry(state, httpx.Client, "t0ken")
     folder = carry.take_cut(new, old)
     cut, logs = read_carry(folder)
     assert cut.from_layout == old.id and sum(cut.upto) == 10
@@ -96,7 +96,7 @@ def test_forwarding_sends_the_writes_after_the_cut_to_the_new_owners_then_opens_
     old, new = _spec("v1", 2), _spec("v2", 3)
     _append(state, old, "before", upsert=True)
     shards = FakeShards()
-    carry = LocalCarry(state, httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
+    carry = LocalCarry(state, lambda: httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
     carry.take_cut(new, old)
     after = [f"b{n}" for n in range(20)]
     for n, item in enumerate(after):
@@ -126,7 +126,7 @@ def test_a_follower_behind_gets_the_leaders_records_first(tmp_path: Path) -> Non
     state = StateDir(tmp_path)
     old, new = _spec("v1", 1), _spec("v2", 1)
     shards = FakeShards()
-    carry = LocalCarry(state, httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
+    carry = LocalCarry(state, lambda: httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
     carry.take_cut(new, old)
     urls = _urls(new)
     # the new leader already holds two records the follower missed (as if it had been restarting)
@@ -143,7 +143,7 @@ def test_a_failed_pass_forwards_nothing_and_keeps_the_gate_shut(tmp_path: Path) 
     state = StateDir(tmp_path)
     old, new = _spec("v1", 2), _spec("v2", 2)
     shards = FakeShards()
-    carry = LocalCarry(state, httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
+    carry = LocalCarry(state, lambda: httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
     carry.take_cut(new, old)
     for n in range(6):
         _append(state, old, f"i{n}", upsert=True)
@@ -161,7 +161,7 @@ def test_a_chain_of_layouts_carries_what_the_middle_one_had_carried(tmp_path: Pa
     v1, v2, v3 = _spec("v1", 2), _spec("v2", 3), _spec("v3", 1)
     _append(state, v1, "kept", upsert=True)
     _append(state, v1, "gone", upsert=False)
-    carry = LocalCarry(state, httpx.Client(), "t0ken")
+    carry = LocalCarry(state, httpx.Client, "t0ken")
     carry.take_cut(v2, v1)
     _append(state, v2, "on-v2", upsert=True)
     state_v3 = carried_state(carry.take_cut(v3, v2))[1]
@@ -186,7 +186,7 @@ def test_collect_keeps_the_source_until_its_forwarding_ended(tmp_path: Path) -> 
     old, new = _spec("v1", 1), _spec("v2", 1)
     _append(state, old, "a", upsert=True)
     shards = FakeShards()
-    carry = LocalCarry(state, httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
+    carry = LocalCarry(state, lambda: httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
     carry.take_cut(new, old)
     _append(state, old, "b", upsert=True)
     # v1 deleted (not known, no artifact) while v2 still has to forward "b": its logs stay
@@ -201,7 +201,7 @@ def test_a_corrupt_old_log_stops_neither_the_pass_nor_opens_the_gate(tmp_path: P
     state = StateDir(tmp_path)
     old, new = _spec("v1", 1), _spec("v2", 1)
     shards = FakeShards()
-    carry = LocalCarry(state, httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
+    carry = LocalCarry(state, lambda: httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
     carry.take_cut(new, old)
     path = log_path(state.write_log_dir(old.id, 0), 1, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +220,7 @@ def test_the_hand_over_fences_the_old_leaders_and_forwards_the_rest(tmp_path: Pa
     state = StateDir(tmp_path)
     old, new = _spec("v1", 2), _spec("v2", 3)
     shards = FakeShards()
-    carry = LocalCarry(state, httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
+    carry = LocalCarry(state, lambda: httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
     carry.take_cut(new, old)
     urls = _urls(new)
     old_leaders = {0: "http://127.0.0.1:8000", 1: "http://127.0.0.1:8010"}
@@ -241,11 +241,11 @@ def test_the_hand_over_fences_the_old_leaders_and_forwards_the_rest(tmp_path: Pa
 
 def test_fenced_layouts_are_remembered_on_disk(tmp_path: Path) -> None:
     state = StateDir(tmp_path)
-    carry = LocalCarry(state, httpx.Client(), "t0ken")
+    carry = LocalCarry(state, httpx.Client, "t0ken")
     carry.mark_fenced("v1", True)
     carry.mark_fenced("v2", True)
     carry.mark_fenced("v1", False)
-    assert LocalCarry(state, httpx.Client(), "t0ken").fenced_layouts() == {"v2"}
+    assert LocalCarry(state, httpx.Client, "t0ken").fenced_layouts() == {"v2"}
 
 
 # --- the carry back ------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ def test_a_carry_back_replays_the_serving_layouts_logs_into_the_kept_layout(tmp_
     state = StateDir(tmp_path)
     v1, v2 = _spec("v1", 2), _spec("v2", 3)
     shards = FakeShards()
-    carry = LocalCarry(state, httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
+    carry = LocalCarry(state, lambda: httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
     _append(state, v1, "on-v1-before-the-cut", upsert=True)
     carry.take_cut(v2, v1)
     _append(state, v2, "forwarded-from-v1", upsert=True)  # as the forwarding logs it on v2
@@ -328,7 +328,7 @@ def test_a_forwarding_into_the_serving_layout_is_finished_before_a_carry_back_ou
     state = StateDir(tmp_path)
     v1, v2 = _spec("v1", 1), _spec("v2", 2)
     shards = FakeShards()
-    carry = LocalCarry(state, httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
+    carry = LocalCarry(state, lambda: httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
     carry.take_cut(v2, v1)
     _append(state, v1, "late-on-v1", upsert=True)
     (forwarding,) = carry.running_into(v2.id)
@@ -350,7 +350,7 @@ def test_a_carry_back_past_a_middle_layout_replays_what_the_serving_layouts_buil
     state = StateDir(tmp_path)
     v1, v2, v3 = _spec("v1", 1), _spec("v2", 2), _spec("v3", 1)
     shards = FakeShards()
-    carry = LocalCarry(state, httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
+    carry = LocalCarry(state, lambda: httpx.Client(transport=httpx.MockTransport(shards.handle)), "t0ken")
     _append(state, v1, "x", upsert=True)
     carry.take_cut(v2, v1)
     _append(state, v2, "x", upsert=False)  # v2 deletes x, then v3's build carries that

@@ -1,6 +1,7 @@
-"""The readiness prober's kept-alive connections: `drop_connections` closes them, so a child stopped
-right after does not wait for them (a shard's graceful stop waits for the TLS close of every
-connection, and the supervisor, waiting for the stop, does not answer a pooled one)."""
+"""The supervisor's kept-alive connections to its shards (the readiness prober's and the carry's):
+`drop_connections` closes them, so a child stopped right after does not wait for them (a shard's
+graceful stop waits for the TLS close of every connection, and the supervisor, waiting for the
+stop, does not answer a pooled one)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from shardrec.tools.local.carry import LocalCarry
 from shardrec.tools.local.probes import ReadinessProber
+from shardrec.tools.local.state import StateDir
 
 WAIT_S = 10.0
 
@@ -38,6 +43,16 @@ class _Child(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+    def do_POST(self) -> None:
+        """A leader's answer to a fence."""
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = b'{"fenced": true, "last_sequence": 0}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *_: Any) -> None:
         pass
@@ -77,4 +92,17 @@ def test_drop_connections_closes_the_kept_alive_connections(child: str) -> None:
         assert prober.is_ready(child)
     finally:
         prober.close()
+    assert _open_after(0) == 0
+
+
+def test_the_carry_drops_its_kept_alive_connections_too(child: str, tmp_path: Path) -> None:
+    carry = LocalCarry(StateDir(tmp_path / "state"), httpx.Client, "t0ken")
+    try:
+        assert carry.fence(child, True)
+        assert _Child.open_connections >= 1, "the carry's connections are kept alive"
+        carry.drop_connections()
+        assert _open_after(0) == 0
+        assert carry.fence(child, False)  # a new client: the carry goes on after the drop
+    finally:
+        carry.close()
     assert _open_after(0) == 0

@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,14 +221,25 @@ class LocalCarry:
     """Cuts, forwards and gates for the layouts of one state folder. The forwarding itself is
     serving/carry/forwarding.py's, fed by the log files."""
 
-    def __init__(self, state: StateDir, client: httpx.Client, token: str) -> None:
+    def __init__(self, state: StateDir, new_client: Callable[[], httpx.Client], token: str) -> None:
+        """`new_client`: makes the HTTP client to the shards (TLS set up), again after each
+        `drop_connections`."""
         self._state = state
-        self._calls = ShardCalls(client, token)
+        self._new_client, self._token = new_client, token
+        self._calls = ShardCalls(new_client(), token)
         self._old_logs: dict[Path, FileOldLogs] = {}
         """Per forwarding (its folder), its old logs as far as they were read."""
 
     def close(self) -> None:
         self._calls.client.close()
+
+    def drop_connections(self) -> None:
+        """Close the kept-alive connections to the shards (the next call opens new ones). Before a
+        shard is stopped: its graceful stop waits for the TLS close of each connection, which a
+        pooled one answers only when it is used or closed, so the shard sat out its whole grace
+        and was killed (5 s per replica removed after a rollout)."""
+        self._calls.client.close()
+        self._calls = ShardCalls(self._new_client(), self._token)
 
     def folder(self, layout_id: str) -> Path:
         return self._state.root / "carry" / layout_id

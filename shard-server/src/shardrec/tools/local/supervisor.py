@@ -211,7 +211,8 @@ class LocalSupervisor:
         """Fold-in at the next version (tools/local/carry.py): cuts, forwarding, the gate."""
         if self._carry is None:
             verify: ssl.SSLContext | bool = client_context(self._tls.ca) if self._tls is not None else True
-            self._carry = LocalCarry(self.state, httpx.Client(verify=verify), self.state.shard_token())
+            token = self.state.shard_token()
+            self._carry = LocalCarry(self.state, lambda: httpx.Client(verify=verify), token)
         return self._carry
 
     @property
@@ -495,6 +496,8 @@ class LocalSupervisor:
 
     def _remove_replica(self, name: str) -> None:
         self._prober.drop_connections()  # else the replica waits out its grace for their TLS close
+        if self._carry is not None:
+            self._carry.drop_connections()  # the same for the carry's connections to the shards
         self.processes.remove(name)
         self.ports.release(self._replicas.pop(name).port)
 
