@@ -30,6 +30,7 @@ from shardrec.serving.index.embeddings import write_embeddings_dir
 from shardrec.serving.index.partitioning import shard_of
 from shardrec.serving.index.synthetic import clustered
 from shardrec.tools.cli.main import main as recctl
+from shardrec.tools.local.ports import free_port
 from tests.serving.test_carrier import FakeKube
 from tests.serving.test_carrier_integration import (
     DIM,
@@ -37,7 +38,6 @@ from tests.serving.test_carrier_integration import (
     TOKEN,
     Processes,
     Writer,
-    free_ports,
     processes,  # noqa: F401 - a fixture
     tls_dir,  # noqa: F401 - a fixture
     vector,
@@ -80,7 +80,7 @@ def test_a_rollback_carries_every_write_the_newer_layout_took_back_into_the_kept
     build_layout(
         emb, tmp_path / "v1", version="v1", shards=2, metric="ip", m=8, ef_construction=32, progress=False
     )
-    ports = free_ports(7)
+    ports = [free_port() for _ in range(7)]  # distinct: the allocator never repeats one
     v1_urls = [[f"https://127.0.0.1:{ports[2 * s + r]}" for r in range(2)] for s in range(2)]
     v1 = [
         processes.shard(f"v1-{s}-{r}", tmp_path / "v1", s, ports[2 * s + r])
