@@ -27,7 +27,7 @@ from shardrec.planning.actions import (
     StageRouter,
     SwitchRouter,
 )
-from shardrec.planning.carrying import Carry, carry_back_refusal
+from shardrec.planning.carrying import Carry, carry_back_refusal, timed_carry_wait
 from shardrec.planning.fleet import (
     RouterObservation,
     lagging_routers,
@@ -96,18 +96,32 @@ def rollout_deadline_passed(record: LayoutStatus, spec: RecommenderClusterSpec, 
 
 
 def rollout_within_timeout(ctx: PredicateContext, action: LayoutAction) -> str | None:
-    """A target that was not built and ready within `rollout.timeoutSeconds` is abandoned."""
+    """A target that was not built and ready within `rollout.timeoutSeconds` is abandoned; so is
+    one whose carry of logged writes still waits (`carrying.timed_carry_wait`: the carrier never
+    caught up, its hand-over never reported or kept failing) `rollout.timeoutSeconds` after the
+    target turned Ready. The old layout keeps serving either way; an abandoned carry whose
+    hand-over may have fenced its leaders opens them before the target goes
+    (`open_fenced_source_before_deleting`).
+
+    Why the carry's clock starts at Ready, not when the layout was planned: the carrier forwards
+    only once every new replica is ready, so catching up begins there; a build that used most of
+    the timeout would otherwise abandon a healthy carry and cost a rebuild."""
     record = ctx.records.get(action.layout_id)
-    if (
-        _advances(action)
-        and record is not None
-        and action.layout_id != ctx.serving_layout
-        and record.state in ("Building", "Starting")
-        and rollout_deadline_passed(record, ctx.spec, ctx.observed)
-    ):
+    if not _advances(action) or record is None or action.layout_id == ctx.serving_layout:
+        return None
+    timeout = ctx.spec.rollout.timeout_seconds
+    if record.state in ("Building", "Starting") and rollout_deadline_passed(record, ctx.spec, ctx.observed):
         return (
             f"layout {action.layout_id} (version {record.version}) was not built and ready within "
-            f"{ctx.spec.rollout.timeout_seconds}s (rollout.timeoutSeconds); change the spec to retry"
+            f"{timeout}s (rollout.timeoutSeconds); change the spec to retry"
+        )
+    waiting = timed_carry_wait(ctx.carries.get(action.layout_id)) if record.state == "Ready" else None
+    if waiting is not None and ctx.observed.now >= parse_time(record.state_since) + timedelta(
+        seconds=timeout
+    ):
+        return (
+            f"layout {action.layout_id} (version {record.version}) was not carried within {timeout}s "
+            f"(rollout.timeoutSeconds) of turning Ready: {waiting}; change the spec to retry"
         )
     return None
 
