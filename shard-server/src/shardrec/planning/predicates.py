@@ -35,6 +35,7 @@ from shardrec.planning.fleet import (
     unprepared_routers,
 )
 from shardrec.planning.observed import Observed, ObservedShard
+from shardrec.planning.retention import carry_folders_needed
 from shardrec.planning.timestamps import parse_time
 
 # How long a replacement pod must have been Ready before the pod it replaces may go: covers
@@ -455,14 +456,33 @@ def never_delete_last_ready_replica_of_serving_shard(
 
 
 def wait_for_artifact_deletion(ctx: PredicateContext, action: LayoutAction) -> str | None:
-    """A layout whose artifacts are being deleted is not built again until that deletion is seen
-    done: a build started meanwhile could reuse files that are about to vanish."""
-    if isinstance(action, EnsureBuild) and ctx.observed.artifact_deletions.get(action.layout_id) in (
-        "Running",
-        "Failed",
-    ):
+    """A layout whose artifacts are being deleted is not built again, nor given a new carrier,
+    until that deletion is seen done: a build started meanwhile could reuse files that are about
+    to vanish, and a carrier could cut into its carry folder while the same Job deletes it
+    (`retention.carry_folders_needed`)."""
+    if not isinstance(action, EnsureBuild | EnsureCarrier):
+        return None
+    if isinstance(action, EnsureCarrier) and ctx.observed.carrier(action.layout_id) is not None:
+        return None  # it runs already: vetoing it would only freeze its requests
+    if ctx.observed.artifact_deletions.get(action.layout_id) in ("Running", "Failed"):
         return f"the artifacts of layout {action.layout_id} are being deleted (garbage collection)"
     return None
+
+
+def never_delete_carry_folders_in_use(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """A layout's artifacts are deleted with its carry folders (`carry/<layout>` and every
+    `carry-back/` folder naming it), so not while those are needed
+    (`retention.carry_folders_needed`: the layout exists, or a carry names it)."""
+    if not isinstance(action, DeleteArtifacts):
+        return None
+    router = ctx.observed.router
+    live = {
+        ctx.target_layout,
+        *(layout for layout in (router.written_layout, router.confirmed_layout) if layout is not None),
+        *ctx.records,
+        *(layout.id for layout in ctx.observed.layouts),
+    }
+    return carry_folders_needed(action.layout_id, live=live, carries=ctx.carries.values())
 
 
 def never_delete_artifacts_of_a_live_layout(ctx: PredicateContext, action: LayoutAction) -> str | None:
@@ -573,6 +593,7 @@ PREDICATES: tuple[Predicate, ...] = (
         "never_delete_last_ready_replica_of_serving_shard", never_delete_last_ready_replica_of_serving_shard
     ),
     Predicate("never_delete_artifacts_of_a_live_layout", never_delete_artifacts_of_a_live_layout),
+    Predicate("never_delete_carry_folders_in_use", never_delete_carry_folders_in_use),
     Predicate("wait_for_artifact_deletion", wait_for_artifact_deletion),
     Predicate("replace_one_shard_at_a_time", replace_one_shard_at_a_time),
     Predicate("keep_ready_replicas_while_replacing", keep_ready_replicas_while_replacing),
