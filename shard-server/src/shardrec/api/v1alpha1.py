@@ -1160,6 +1160,11 @@ class PodTemplatesSpec(ApiModel):
     shard: ServingPodTemplate | None = Field(None, description="Shard-server pods.")
     router: ServingPodTemplate | None = Field(None, description="Router pods.")
     build: PodTemplate | None = Field(None, description="Index-build (and artifact cleanup) Job pods.")
+    carrier: PodTemplate | None = Field(
+        None,
+        description="Carrier pods (spec.writes: item writes carried across a layout change). Unset: "
+        "the build template applies (the same image and store, no traffic); {}: none.",
+    )
 
 
 class RecommenderClusterSpec(ApiModel):
