@@ -152,6 +152,13 @@ def test_carry_folders_are_needed_while_their_layout_exists_or_a_carry_names_it(
     )
     into = Carry("L1", "L0")
     assert carry_folders_needed("L1", live={"L0"}, carries=[into]) is not None
+    # A done carry out of it (still listed while the layout it carried into exists) reads nothing
+    # any more: that layout's own carry folder holds L1's as `prior` since the cut.
+    from shardrec.api.v1alpha1 import CarryStatus
+
+    done = CarryStatus(layout="L2", from_layout="L1", done=True)
+    carried = Carry("L2", "L1", remembered=done)
+    assert carry_folders_needed("L1", live={"L2"}, carries=[carried]) is None
     # Gone and named by no carry: its carry folder and every carry-back folder naming it (a carry
     # back needs both layouts of its pair) are garbage.
     assert carry_folders_needed("L1", live={"L2", "L3"}, carries=[Carry("L3", "L2")]) is None

@@ -162,11 +162,13 @@ def carry_folders_needed(layout_id: str, *, live: Collection[str], carries: Iter
       carrier's progress. Needed while L exists (`live`: the target, named by the router topology,
       recorded in `status.layouts` within its rollback window, or running): a later carry out of L
       folds it in as `prior` (a chain v1 -> v2 -> v3 keeps v1's writes only through it). Needed
-      while a carry names L (`carries`: observed carriers and `status.carries`): a carrier into L
-      reads and writes it (a restarted one resumes from it), a carrier out of L reads it while it
-      cuts. Beyond that it is not only useless but harmful: a later carry into a layout with L's
-      id would resume it (a stale cut and progress that counts writes forwarded into replicas
-      deleted since).
+      while a carry that is not done names L (`carries`: observed carriers and `status.carries`):
+      a carrier into L reads and writes it (a restarted one resumes from it), a carrier out of L
+      reads it while it cuts. A done carry out of L reads nothing any more (the layout it carried
+      into holds L's folder in its own as `prior` since its cut); listed while that layout
+      exists, it must not hold L's artifacts for that long. Beyond that it is not only useless
+      but harmful: a later carry into a layout with L's id would resume it (a stale cut and
+      progress that counts writes forwarded into replicas deleted since).
     - `carry-back/K/S` and `carry-back/S/K` for every S, the progress of a carry back into K from
       S: needed while both layouts of the pair exist (a carry back needs K's replicas and S
       serving; a second one between the same pair resumes it on purpose). Once L is gone no carry
@@ -180,7 +182,7 @@ def carry_folders_needed(layout_id: str, *, live: Collection[str], carries: Iter
     if layout_id in live:
         return f"layout {layout_id} still exists: a later carry out of it folds its carry folder in"
     for carry in carries:
-        if layout_id in (carry.layout, carry.source):
+        if not carry.done and layout_id in (carry.layout, carry.source):
             kind = "carry back" if carry.back else "carry"
             return (
                 f"the {kind} from layout {carry.source} into layout {carry.layout} is known: its carrier "
