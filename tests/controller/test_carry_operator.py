@@ -263,3 +263,78 @@ def test_the_preview_says_a_new_version_is_carried() -> None:
         text
     )
     assert world.api.names(kinds.DEPLOYMENT) == ["recs-router"]  # paused: no carrier yet
+
+
+def _carrier_template(sample: Any) -> dict[str, Any]:
+    config = carrier_config(
+        sample, layout_of(sample), layout_of(OLD), replicas=2, source_tls=True, layout_tls=True, prior=False
+    )
+    deployment = build_carrier_deployment(
+        sample, layout_of(sample), layout_of(OLD), config, CarrierRequests()
+    )
+    template: dict[str, Any] = deployment["spec"]["template"]
+    return template
+
+
+PLACEMENT: dict[str, Any] = {
+    "metadata": {"labels": {"team": "recs"}, "annotations": {"example.com/cost-center": "ml"}},
+    "nodeSelector": {"pool": "carry"},
+    "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+    "priorityClassName": "rollout-high",
+    "imagePullSecrets": [{"name": "registry-credentials"}],
+    "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+}
+
+
+def test_pod_templates_carrier_is_merged_over_the_carrier_pod_and_the_operators_fields_win() -> None:
+    sample = cluster(writes=WRITES, shards=3, podTemplates={"carrier": PLACEMENT})
+    template = _carrier_template(sample)
+    pod = template["spec"]
+    assert pod["nodeSelector"] == {"pool": "carry"} and pod["priorityClassName"] == "rollout-high"
+    assert pod["tolerations"] == PLACEMENT["tolerations"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
+    assert template["metadata"]["labels"]["team"] == "recs"
+    assert template["metadata"]["labels"][labels.COMPONENT] == "carrier"  # the selector still matches
+    assert template["metadata"]["annotations"]["example.com/cost-center"] == "ml"
+    (container,) = pod["containers"]
+    env = [entry["name"] for entry in container["env"]]
+    assert env[:2] == ["POD_NAME", "POD_NAMESPACE"] and env[-1] == "HTTPS_PROXY"
+    assert pod["serviceAccountName"] == names.carrier_service_account(NAME)
+    assert restricted_violations(template) == []
+
+
+def test_without_a_carrier_template_the_build_template_applies_and_an_empty_one_opts_out() -> None:
+    """The carrier is a worker beside the builds: the same image (pull secrets), the same store
+    (node placement, proxies, CA bundles to reach it), no traffic (no zone spread)."""
+    build = {"priorityClassName": "batch", "nodeSelector": {"pool": "build"}}
+    inherited = _carrier_template(cluster(writes=WRITES, shards=3, podTemplates={"build": build}))["spec"]
+    assert (inherited["priorityClassName"], inherited["nodeSelector"]) == ("batch", {"pool": "build"})
+    own = _carrier_template(cluster(writes=WRITES, shards=3, podTemplates={"build": build, "carrier": {}}))[
+        "spec"
+    ]
+    assert "priorityClassName" not in own and "nodeSelector" not in own
+    plain = _carrier_template(cluster(writes=WRITES, shards=3))
+    assert plain == _carrier_template(cluster(writes=WRITES, shards=3, podTemplates={"carrier": {}}))
+
+
+def test_a_carrier_template_that_collides_with_the_operators_is_rejected_naming_the_field() -> None:
+    from shardrec_operator.desired.validation import kubernetes_spec_errors
+
+    clash = cluster(
+        writes=WRITES,
+        podTemplates={
+            "carrier": {
+                "env": [{"name": "POD_NAME", "value": "x"}],
+                "volumes": [{"name": "tmp", "emptyDir": {}}],
+            }
+        },
+    )
+    errors = kubernetes_spec_errors(clash)
+    assert "spec.podTemplates.carrier.env[POD_NAME]: set by the operator; it cannot be overridden" in errors
+    assert "spec.podTemplates.carrier.volumes[tmp]: the operator's own volume; pick another name" in errors
+    # A build template the carrier inherits is checked against the carrier's pod too.
+    inherited = cluster(
+        writes=WRITES, podTemplates={"build": {"env": [{"name": "POD_NAMESPACE", "value": "x"}]}}
+    )
+    assert any("POD_NAMESPACE" in error for error in kubernetes_spec_errors(inherited))
+    assert kubernetes_spec_errors(cluster(writes=WRITES, podTemplates={"carrier": PLACEMENT})) == []

@@ -138,6 +138,22 @@ TEMPLATED = cluster(
 )
 
 
+PROXY_ENV = [{"name": "HTTPS_PROXY", "value": "http://proxy.example.com:3128"}]
+
+
+def _writes_v2_document() -> dict[str, Any]:
+    """WRITES_V2's changes to the sample, to build variants of it."""
+    return {
+        "writes": {
+            "enabled": True,
+            "ack": "majority",
+            "logVolume": {"size": "2Gi", "storageClassName": "fast-ssd"},
+        },
+        "shards": 3,
+        "index": {**spec_document()["index"], "version": "v2"},
+    }
+
+
 def _documents(*manifests: Any) -> list[Any]:
     return list(manifests)
 
@@ -182,6 +198,14 @@ CASES: dict[str, Callable[[], list[Any]]] = {
         OBJECT_STORE_WRITES,
         CarrierRequests(hand_over="hand-over-7-1764000000"),
         prior=True,
+    ),
+    # spec.podTemplates.carrier merged over the carrier pod (placement, pull secrets, an env
+    # variable); the operator's labels, env and volumes stay.
+    "carrier-with-pod-template": lambda: _carrier(
+        cluster(**{**_writes_v2_document(), "podTemplates": {"carrier": {**PLACEMENT, "env": PROXY_ENV}}}),
+        WRITES,
+        CarrierRequests(),
+        prior=False,
     ),
     # A rollback with writes on: v2's writes carried back into the kept v1 (no cut, no prior carry).
     "carrier-back": lambda: _carrier(WRITES, WRITES_V2, CarrierRequests(), prior=False, back=True),

@@ -186,8 +186,9 @@ def test_gc_job_deletes_one_layout_and_goes_away_after_an_hour() -> None:
     assert job["spec"]["ttlSecondsAfterFinished"] == 3600
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["command"] == [
-        "recctl", "index", "delete", "--store", PREFIX, "--layout", "0123456789", *FLAGS,
-    ]  # fmt: skip
+        "recctl", "index", "delete", "--store", PREFIX, "--layout", "0123456789",
+        "--carry-store", PREFIX.removesuffix("/layouts"), *FLAGS,
+    ]  # fmt: skip  # the layout's carry folders go with it (carry/ and carry-back/ beside layouts/)
 
 
 def test_gc_job_on_a_pvc_store_deletes_the_layout_folder_on_the_claim() -> None:
@@ -195,6 +196,7 @@ def test_gc_job_on_a_pvc_store_deletes_the_layout_folder_on_the_claim() -> None:
     pod = job["spec"]["template"]["spec"]
     assert pod["containers"][0]["command"] == [
         "recctl", "index", "delete", "--store", "/store/recs/layouts", "--layout", "0123456789",
+        "--carry-store", "/store/recs",
     ]  # fmt: skip
     assert any(v.get("persistentVolumeClaim", {}).get("claimName") == "index-store" for v in pod["volumes"])
 
@@ -222,6 +224,8 @@ def test_cleanup_job_deletes_every_layout_the_status_knows() -> None:
     script = build_cleanup_job(SAMPLE, status)["spec"]["template"]["spec"]["containers"][0]["command"][2]
     for layout in ("aaaaaaaaaa", "bbbbbbbbbb"):
         assert script.count(f"'--layout', '{layout}'") == 1
+    # ... with their carry folders (an object store has no cluster folder to remove at once).
+    assert script.count(f"'--carry-store', '{PREFIX.removesuffix('/layouts')}'") == 2
     assert "subprocess.run(command, check=True)" in script
     assert "'--s3-path-style'" in script
 

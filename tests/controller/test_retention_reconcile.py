@@ -55,7 +55,10 @@ def test_layouts_beyond_retention_get_one_gc_job_each_and_leave_the_status() -> 
     job = world.api.get(kinds.JOB, "ml", names.artifact_gc_job(NAME, v1))
     assert job is not None
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command == ["recctl", "index", "delete", "--store", "/store/recs/layouts", "--layout", v1]
+    assert command == [
+        "recctl", "index", "delete", "--store", "/store/recs/layouts", "--layout", v1,
+        "--carry-store", "/store/recs",  # its carry folders go with it
+    ]  # fmt: skip
 
 
 def test_a_rollback_to_a_collected_layout_waits_for_its_deletion_then_rebuilds() -> None:

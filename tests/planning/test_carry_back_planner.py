@@ -287,3 +287,33 @@ def test_a_rollback_two_layouts_back_is_refused() -> None:
     assert world.confirmed == on3.id and ON1.id not in world.carriers
     (blocked,) = [b for b in result.status.blocked_by if b.predicate == "writes_carried_to_new_layout"]
     assert f"layout {on3.id} was carried from layout {ON2.id}, not from layout {ON1.id}" in blocked.reason
+
+
+def test_a_carry_back_whose_hand_over_never_reports_times_out_and_opens_the_leaders() -> None:
+    """rollout.timeoutSeconds bounds a carry back like a forward carry: the kept layout, made the
+    target, is abandoned (and deleted: Failed) once its carry waited that long after it turned
+    Ready; the hand-over it asked for may have fenced the serving layout's leaders, so they are
+    opened first. The serving layout keeps serving and taking writes."""
+    world = serving_v2_with_v1_kept()
+    world.stalled = {"hand_over", "open"}
+    for _ in range(90):
+        result = world.step(WRITES_ON)
+        record = next(entry for entry in result.status.layouts if entry.name == ON1.id)
+        if record.state == "Failed":
+            break
+    assert record.state == "Failed" and "not carried within 600s" in record.message
+    assert "hand-over" in record.message
+    for _ in range(5):
+        result = world.step(WRITES_ON)
+    assert ON1.id in world.layouts and world.carriers[ON1.id].open is not None
+    assert "open_fenced_source_before_deleting" in [b.predicate for b in result.status.blocked_by]
+    world.stalled = set()
+    run_until_settled(world, WRITES_ON)
+    assert world.confirmed == ON2.id and set(world.layouts) == {ON2.id} and not world.carriers
+    opened = next(
+        i
+        for i, a in enumerate(world.executed)
+        if isinstance(a, EnsureCarrier) and a.layout_id == ON1.id and a.open is not None
+    )
+    assert opened < _first(world, DeleteLayout, ON1.id)
+    assert not any(isinstance(a, SwitchRouter) and a.layout_id == ON1.id for a in world.executed)

@@ -11,8 +11,10 @@ it directly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 
 from shardrec.api.carry import CarryProgress
+from shardrec.api.v1alpha1 import LayoutStatus
 from shardrec.planning import (
     Action,
     DeleteCarrier,
@@ -27,6 +29,7 @@ from shardrec.planning import (
     SwitchRouter,
     plan,
 )
+from shardrec.planning.timestamps import parse_time
 from tests.planning.world import CLUSTER, FakeWorld, make_spec, run_until_settled, with_version
 
 WRITES_ON = make_spec(writes={"enabled": True})
@@ -424,3 +427,120 @@ def test_a_carrier_that_never_cuts_times_the_rollout_out_and_goes() -> None:
     assert record.state == "Failed" and "not built and ready within 600s" in record.message
     assert not world.carriers, "the abandoned carrier goes by itself (its layout has no Job)"
     assert world.confirmed == ON1.id
+
+
+def _ready_since(world: CarryWorld) -> datetime:
+    """Steps layout 2 (carried) until its record is Ready; the time it turned Ready."""
+    for _ in range(80):
+        result = world.step(V2)
+        record = next((entry for entry in result.status.layouts if entry.name == ON2.id), None)
+        if record is not None and record.state == "Ready":
+            return parse_time(record.state_since)
+    raise AssertionError("layout 2 never turned Ready")
+
+
+def _timed_out(world: CarryWorld, since: datetime) -> LayoutStatus:
+    """Steps until layout 2's record is Failed; checks it held for rollout.timeoutSeconds after
+    `since` (the carry's clock starts when the layout turned Ready, not when it was planned)."""
+    for _ in range(90):
+        result = world.step(V2)
+        record = next(entry for entry in result.status.layouts if entry.name == ON2.id)
+        if record.state == "Failed":
+            assert parse_time(record.state_since) - since >= timedelta(seconds=600)
+            return record
+    raise AssertionError("the stuck carry never timed out")
+
+
+def test_a_carrier_that_never_catches_up_times_the_rollout_out_and_the_old_layout_keeps_serving() -> None:
+    world = serving_v1()
+    world.stalled = {"catch_up"}
+    since = _ready_since(world)
+    record = _timed_out(world, since)
+    assert "not carried within 600s (rollout.timeoutSeconds)" in record.message
+    assert "caught up" in record.message
+    assert any(e.reason == "RolloutTimedOut" for e in world.events)
+    assert not any(
+        isinstance(a, StageRouter | SwitchRouter) and a.layout_id == ON2.id for a in world.executed
+    )
+    # Nothing was fenced, nothing is opened: the carrier went with its layout at once.
+    assert not any(isinstance(a, EnsureCarrier) and (a.hand_over or a.open) for a in world.executed)
+    assert ON2.id not in world.layouts and ON2.id not in world.carriers
+    run_until_settled(world, V2)
+    assert world.confirmed == ON1.id and set(world.layouts) == {ON1.id}
+    assert not world.carriers, "the carrier goes with its abandoned layout"
+    assert world.stored_status().carries == []
+
+
+def test_a_hand_over_that_never_reports_times_out_and_the_leaders_are_opened_before_the_layout_goes() -> None:
+    world = serving_v1()
+    world.stalled = {"hand_over", "open"}
+    since = _ready_since(world)
+    record = _timed_out(world, since)
+    assert "not carried within 600s" in record.message and "hand-over" in record.message
+    carrier = world.carriers[ON2.id]
+    assert carrier.hand_over is not None and carrier.open is not None
+    # The carrier never said whether it fenced layout 1's leaders: they may be. Layout 2 (and its
+    # carrier with it) stays until the carrier reports them opened.
+    for _ in range(10):
+        result = world.step(V2)
+    assert ON2.id in world.layouts and world.confirmed == ON1.id
+    assert "open_fenced_source_before_deleting" in [b.predicate for b in result.status.blocked_by]
+    assert [c.fenced for c in world.stored_status().carries] == [True]
+    world.stalled = set()
+    run_until_settled(world, V2)
+    opened = next(
+        i for i, a in enumerate(world.executed) if isinstance(a, EnsureCarrier) and a.open is not None
+    )
+    gone = next(
+        i for i, a in enumerate(world.executed) if isinstance(a, DeleteLayout) and a.layout_id == ON2.id
+    )
+    assert opened < gone
+    assert world.confirmed == ON1.id and set(world.layouts) == {ON1.id} and not world.carriers
+    assert not any(isinstance(a, SwitchRouter) and a.layout_id == ON2.id for a in world.executed)
+
+
+def test_a_hand_over_that_keeps_failing_times_out_too() -> None:
+    world = serving_v1()
+    world.fail_hand_over = True
+    since = _ready_since(world)
+    record = _timed_out(world, since)
+    assert "hand-over" in record.message
+    world.fail_hand_over = False
+    run_until_settled(world, V2)
+    assert world.confirmed == ON1.id and set(world.layouts) == {ON1.id}
+
+
+def test_a_slow_build_leaves_the_carry_its_whole_timeout() -> None:
+    """The carrier forwards only once every new replica is ready: its wait is counted from the
+    layout turning Ready, so a build that took most of rollout.timeoutSeconds does not abandon a
+    carry that is still catching up."""
+    world = serving_v1()
+    world.build_ticks = 55  # 550 s of the 600 s
+    world.stalled = {"catch_up"}
+    _ready_since(world)
+    for _ in range(10):  # 100 s after Ready: past 600 s since the layout was planned
+        result = world.step(V2)
+    record = next(entry for entry in result.status.layouts if entry.name == ON2.id)
+    assert record.state == "Ready"
+    world.stalled = set()
+    run_until_settled(world, V2)
+    assert world.confirmed == ON2.id
+
+
+def test_a_timed_out_carry_is_forgotten_with_its_layout_and_a_retry_never_resumes_it() -> None:
+    """A carry abandoned after it forwarded writes into shards that are now deleted must not be
+    resumed by a retry of the same layout: its progress counts records those shards took (a
+    rebuilt or reused artifact holds only the cut). Once the layout is gone the carry is
+    forgotten; a retry is a rollback to a layout whose replicas are gone, which is refused."""
+    world = serving_v1()
+    world.stalled = {"catch_up"}
+    _timed_out(world, _ready_since(world))
+    run_until_settled(world, V2)
+    assert world.stored_status().carries == [] and ON2.id not in world.layouts
+    world.generation += 1  # "change the spec to retry"
+    world.stalled = set()
+    for _ in range(10):
+        result = world.step(V2)
+    assert not any(isinstance(a, EnsureCarrier) and a.layout == ON2 for a in result.actions)
+    assert world.confirmed == ON1.id
+    assert "writes_carried_to_new_layout" in [b.predicate for b in result.status.blocked_by]

@@ -90,6 +90,7 @@ def test_table_names_every_rule_once_in_reporting_order() -> None:
         "open_fenced_source_before_deleting",
         "never_delete_last_ready_replica_of_serving_shard",
         "never_delete_artifacts_of_a_live_layout",
+        "never_delete_carry_folders_in_use",
         "wait_for_artifact_deletion",
         "replace_one_shard_at_a_time",
         "keep_ready_replicas_while_replacing",

@@ -136,3 +136,76 @@ def _passes_until_serving(world: FakeWorld, spec: RecommenderClusterSpec, limit:
         if world.confirmed == target:
             return passes
     raise AssertionError(f"layout {target} did not serve within {limit} passes")
+
+
+def test_carry_folders_are_needed_while_their_layout_exists_or_a_carry_names_it() -> None:
+    from shardrec.planning.carrying import Carry
+    from shardrec.planning.retention import carry_folders_needed
+
+    # A layout that exists: a later carry out of it folds its carry folder in (`prior`), and a
+    # carry back into it or from it may still start.
+    assert "still exists" in (carry_folders_needed("L1", live={"L1", "L2"}, carries=[]) or "")
+    # Gone, but a carrier out of it (it folds L1's folder in while cutting) or into it is known.
+    out_of = Carry("L2", "L1")
+    assert "carry from layout L1 into layout L2" in (
+        carry_folders_needed("L1", live={"L2"}, carries=[out_of]) or ""
+    )
+    into = Carry("L1", "L0")
+    assert carry_folders_needed("L1", live={"L0"}, carries=[into]) is not None
+    # A done carry out of it (still listed while the layout it carried into exists) reads nothing
+    # any more: that layout's own carry folder holds L1's as `prior` since the cut.
+    from shardrec.api.v1alpha1 import CarryStatus
+
+    done = CarryStatus(layout="L2", from_layout="L1", done=True)
+    carried = Carry("L2", "L1", remembered=done)
+    assert carry_folders_needed("L1", live={"L2"}, carries=[carried]) is None
+    # Gone and named by no carry: its carry folder and every carry-back folder naming it (a carry
+    # back needs both layouts of its pair) are garbage.
+    assert carry_folders_needed("L1", live={"L2", "L3"}, carries=[Carry("L3", "L2")]) is None
+
+
+def test_the_planner_collects_carried_layouts_once_nothing_needs_their_carry_folders() -> None:
+    from tests.planning.test_carry_planner import WRITES_ON, CarryWorld
+
+    world = CarryWorld()
+    spec = WRITES_ON.model_copy(
+        update={
+            "index": WRITES_ON.index.model_copy(
+                update={
+                    "store": WRITES_ON.index.store.model_copy(
+                        update={"retention": RetentionSpec(keep_layouts=2)}
+                    )
+                }
+            )
+        }
+    )
+    built = []
+    for version in ("v1", "v2", "v3", "v4"):
+        spec = with_version(spec, version)
+        world.generation += 1
+        run_until_settled(world, spec)
+        built.append(world.confirmed)
+        world.now += timedelta(hours=1)
+    assert not world.carriers
+    deletions = _deletions(world)
+    # v1 (carried out of into v2) and v2 (carried into, then out of): each once, after nothing ran it.
+    assert sorted(a.layout_id for a in deletions) == sorted(built[:2])
+
+
+def test_a_carrier_waits_while_its_layouts_artifacts_and_carry_folders_are_deleted() -> None:
+    """The garbage-collection Job deletes the carry folder too: a carrier started meanwhile would
+    cut into a folder being deleted under it."""
+    from shardrec.planning import EnsureCarrier, LayoutSpec, Observed
+    from shardrec.planning.predicates import PredicateContext, wait_for_artifact_deletion
+
+    spec = make_spec(writes={"enabled": True})
+    layout = LayoutSpec.from_spec(spec)
+    action = EnsureCarrier(layout, layout, "r", False)
+
+    def context(deletions: dict[str, str]) -> PredicateContext:
+        observed = Observed(generation=1, now=NOW, artifact_deletions=deletions)  # type: ignore[arg-type]
+        return PredicateContext(spec, observed, {}, layout.id)
+
+    assert "being deleted" in (wait_for_artifact_deletion(context({layout.id: "Running"}), action) or "")
+    assert wait_for_artifact_deletion(context({layout.id: "Succeeded"}), action) is None
+    assert wait_for_artifact_deletion(context({}), action) is None

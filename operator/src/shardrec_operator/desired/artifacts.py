@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from shardrec.api import v1alpha1 as api
+from shardrec.api.carry import CARRY_BACK_FOLDERS, CARRY_FOLDERS
 from shardrec.api.commands import S3_CREDENTIAL_VARIABLES, ObjectStoreFlags, index_fetch_arguments
 from shardrec_operator.desired import pods
 
@@ -54,8 +55,9 @@ def layout_location(cluster: api.RecommenderCluster, layout_id: str) -> str:
     return f"{store_location(cluster)}/{layout_id}"
 
 
-def _cluster_folder(cluster: api.RecommenderCluster) -> str:
-    """This cluster's folder on the index store, where its carry folders live next to the layouts."""
+def cluster_folder(cluster: api.RecommenderCluster) -> str:
+    """This cluster's folder on the index store, where its carry folders live next to the layouts
+    (`recctl index delete --carry-store`)."""
     location = object_store(cluster.spec)
     meta = cluster.metadata
     if location is None:
@@ -67,14 +69,14 @@ def carry_location(cluster: api.RecommenderCluster, layout_id: str) -> str:
     """The carry folder of a carrying layout: the writes its carrier cut from the old layout's logs,
     which its build folds in (`--carry-dir`). Next to the layouts, not inside one: the layout's
     folder is published by its build, the carry folder by the carrier before that build starts."""
-    return f"{_cluster_folder(cluster)}/carry/{layout_id}"
+    return f"{cluster_folder(cluster)}/{CARRY_FOLDERS}/{layout_id}"
 
 
 def carry_back_location(cluster: api.RecommenderCluster, layout_id: str, from_layout: str) -> str:
     """The progress of a carry back into the kept layout `layout_id` from `from_layout` (a rollback:
     `carry-back/<to>/<from>`, holding `forwarded.json` only). Never the kept layout's own carry
     folder (`carry/<to>`, which a later carry from it folds in)."""
-    return f"{_cluster_folder(cluster)}/carry-back/{layout_id}/{from_layout}"
+    return f"{cluster_folder(cluster)}/{CARRY_BACK_FOLDERS}/{layout_id}/{from_layout}"
 
 
 def connection(spec: api.RecommenderClusterSpec) -> ObjectStoreFlags | None:

@@ -27,7 +27,9 @@ What it needs:
   and `get` on deployments (to read the requests).
 
 Resources: `spec.resources.router` (the carrier, like a router, moves small HTTP requests; it holds
-at most one page of log records at a time). `spec.podTemplates` does not apply to it (not built).
+at most one page of log records at a time). Pod template: `spec.podTemplates.carrier`, else
+`spec.podTemplates.build` (`carrier_template_override`), merged like every other kind's
+(`desired.pod_template`: the operator's fields win, collisions are rejected by validation).
 Pure: cluster, layouts and requests in, manifests out.
 """
 
@@ -52,6 +54,7 @@ from shardrec.api.credentials import SEND_KEY
 from shardrec.planning import LayoutSpec
 from shardrec_operator.desired import artifacts, labels, names, pods, shard_tls, shard_token
 from shardrec_operator.desired.meta import Manifest, manifest
+from shardrec_operator.desired.pod_template import merge_pod_template
 from shardrec_operator.desired.rbac import RBAC_API
 from shardrec_operator.desired.shard import shard_replica_url
 
@@ -171,9 +174,22 @@ def _volumes_and_mounts(cluster: api.RecommenderCluster, layout: LayoutSpec) -> 
     return volumes, mounts
 
 
+def carrier_template_override(spec: api.RecommenderClusterSpec) -> api.PodTemplate | None:
+    """The user's template for carrier pods: `podTemplates.carrier`, else `podTemplates.build`.
+
+    Why the build's by default: the carrier is a worker beside the builds, not a server. It runs
+    the same image (the same pull secrets), reads and writes the same index store (the same node
+    placement, proxies or CA bundles to reach it) and takes no client traffic (no zone spread);
+    a cluster whose builds need a template to run at all would otherwise get carriers that cannot
+    pull their image or reach the store, and every carry would stall. `carrier: {}` opts out."""
+    templates = spec.pod_templates
+    return templates.carrier if templates.carrier is not None else templates.build
+
+
 def carrier_pod_template(
     cluster: api.RecommenderCluster, layout: LayoutSpec, config: CarrierConfig
 ) -> dict[str, Any]:
+    """The operator's carrier pod template, before the user's (`carrier_template_override`)."""
     spec = cluster.spec
     name = cluster.metadata.name
     volumes, mounts = _volumes_and_mounts(cluster, layout)
@@ -237,7 +253,12 @@ def build_carrier_deployment(
             "selector": {"matchLabels": carrier_selector(name, layout.id)},
             # Never two carriers of one layout at once: the old pod goes before the new one starts.
             "strategy": {"type": "Recreate"},
-            "template": carrier_pod_template(cluster, layout, config),
+            "template": merge_pod_template(
+                carrier_pod_template(cluster, layout, config),
+                carrier_template_override(cluster.spec),
+                container=CARRIER_CONTAINER,
+                selector=carrier_selector(name, layout.id),
+            ),
         },
     )
 

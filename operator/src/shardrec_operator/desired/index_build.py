@@ -251,12 +251,17 @@ def build_index_job(
 
 def build_artifact_gc_job(cluster: api.RecommenderCluster, layout_id: str, version: str) -> Manifest:
     """The Job that deletes one layout's artifacts from the store (`DeleteArtifacts`), for PVC and
-    object stores alike: `recctl index delete` removes the manifest first, then the files."""
+    object stores alike: `recctl index delete` removes the manifest first, then the files, then
+    the layout's carry folder and every carry-back folder naming it (`--carry-store`: garbage once
+    the layout's artifacts are, `shardrec.planning.retention.carry_folders_needed`)."""
     spec = cluster.spec
     name = cluster.metadata.name
     job_labels = labels.artifact_gc_labels(name, layout_id, version)
     arguments = index_delete_arguments(
-        store=artifacts.store_location(cluster), layout=layout_id, object_store=artifacts.connection(spec)
+        store=artifacts.store_location(cluster),
+        layout=layout_id,
+        object_store=artifacts.connection(spec),
+        carry_store=artifacts.cluster_folder(cluster),
     )
     container = {"name": GC_CONTAINER, "command": ["recctl", *arguments]}
     return manifest(
@@ -298,10 +303,15 @@ def _cleanup_script(cluster: api.RecommenderCluster, status: api.RecommenderClus
             "shutil.rmtree(root, ignore_errors=True); "
             "print('removed', root)"
         )
-    # An object store has no folder to remove: delete every layout the status knows, one by one.
+    # An object store has no folder to remove: delete every layout the status knows, one by one,
+    # with the carry folders naming it.
     store, flags = artifacts.store_location(cluster), artifacts.connection(cluster.spec)
+    carry_store = artifacts.cluster_folder(cluster)
     commands = [
-        ["recctl", *index_delete_arguments(store=store, layout=layout, object_store=flags)]
+        [
+            "recctl",
+            *index_delete_arguments(store=store, layout=layout, object_store=flags, carry_store=carry_store),
+        ]
         for layout in known_layouts(status)
     ]
     return (

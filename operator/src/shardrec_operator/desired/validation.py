@@ -13,6 +13,12 @@ import re
 
 from shardrec.api import v1alpha1 as api
 from shardrec.planning import LAYOUT_ID_LENGTH, LayoutSpec
+from shardrec_operator.desired.carry import (
+    CARRIER_CONTAINER,
+    carrier_config,
+    carrier_pod_template,
+    carrier_template_override,
+)
 from shardrec_operator.desired.index_build import BUILD_CONTAINER, build_pod_template, resolve_source
 from shardrec_operator.desired.names import shard_workload_name
 from shardrec_operator.desired.pod_security import restricted_violations
@@ -76,6 +82,21 @@ def pod_template_errors(cluster: api.RecommenderCluster) -> list[str]:
         merged = merge_pod_template(default, override, container=container, selector={})
         errors += [
             f"{field}: the {kind} pod breaks the restricted Pod Security Standard: {violation}"
+            for violation in restricted_violations(merged)
+        ]
+    if cluster.spec.writes.enabled:
+        # The carrier's template is the build's unless it has its own: checked against its pod.
+        override = carrier_template_override(cluster.spec)
+        kind = "carrier" if templates.carrier is not None else "build"
+        field = f"spec.podTemplates.{kind}"
+        config = carrier_config(
+            cluster, layout, layout, replicas=1, source_tls=True, layout_tls=True, prior=False
+        )
+        default = carrier_pod_template(cluster, layout, config)
+        errors += template_conflicts(default, override, container=CARRIER_CONTAINER, field=field)
+        merged = merge_pod_template(default, override, container=CARRIER_CONTAINER, selector={})
+        errors += [
+            f"{field}: the carrier pod breaks the restricted Pod Security Standard: {violation}"
             for violation in restricted_violations(merged)
         ]
     # The claim's volume is added by the StatefulSet controller, not in the pod template, so

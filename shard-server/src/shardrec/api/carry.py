@@ -39,6 +39,13 @@ CARRY_CONFIG_PATH: Final = f"{CARRY_CONFIG_MOUNT}/{CARRY_CONFIG_KEY}"
 CARRIER_MODULE: Final = "shardrec.serving.carry"
 """`python -m shardrec.serving.carry --config CARRY_CONFIG_PATH` runs a carrier."""
 
+CARRY_FOLDERS: Final = "carry"
+"""Under a cluster's folder on the index store: `carry/<layout>`, the carry folder of a carrying
+layout (what its build folds in, and its carrier's progress)."""
+CARRY_BACK_FOLDERS: Final = "carry-back"
+"""Under a cluster's folder on the index store: `carry-back/<to>/<from>`, the progress of a carry
+back into the kept layout `<to>` from `<from>`."""
+
 CarryPhase = Literal["cutting", "forwarding", "handing-over", "done", "failed"]
 
 

@@ -316,8 +316,15 @@ def index_fetch_arguments(
 
 
 def index_delete_arguments(
-    *, store: str, layout: str, object_store: ObjectStoreFlags | None = None
+    *,
+    store: str,
+    layout: str,
+    object_store: ObjectStoreFlags | None = None,
+    carry_store: str | None = None,
 ) -> list[str]:
-    """`recctl index delete`: layout.json first, then the layout's other objects."""
+    """`recctl index delete`: layout.json first, then the layout's other objects; with
+    `carry_store` (the cluster's folder holding `carry/` and `carry-back/`), then the layout's
+    carry folder and every carry-back folder naming it."""
     extra = object_store.arguments() if object_store else []
-    return ["index", "delete", "--store", store, "--layout", layout, *extra]
+    carry = ["--carry-store", carry_store] if carry_store is not None else []
+    return ["index", "delete", "--store", store, "--layout", layout, *carry, *extra]

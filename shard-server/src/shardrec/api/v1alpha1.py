@@ -673,7 +673,9 @@ class RolloutSpec(ApiModel):
         1800,
         ge=10,
         le=86400,
-        description="A layout not built and ready within this is abandoned; the old one keeps serving.",
+        description="A layout not built and ready within this is abandoned, as is one whose carry of "
+        "item writes still waits (not caught up, hand-over not reported) this long after it turned "
+        "Ready; the old one keeps serving.",
     )
     keep_previous_layouts: int = Field(
         1, ge=0, le=3, description="Old layouts kept running after a switch, for instant rollback."
@@ -1158,6 +1160,11 @@ class PodTemplatesSpec(ApiModel):
     shard: ServingPodTemplate | None = Field(None, description="Shard-server pods.")
     router: ServingPodTemplate | None = Field(None, description="Router pods.")
     build: PodTemplate | None = Field(None, description="Index-build (and artifact cleanup) Job pods.")
+    carrier: PodTemplate | None = Field(
+        None,
+        description="Carrier pods (spec.writes: item writes carried across a layout change). Unset: "
+        "the build template applies (the same image and store, no traffic); {}: none.",
+    )
 
 
 class RecommenderClusterSpec(ApiModel):
@@ -1308,8 +1315,8 @@ class CarryStatus(ApiModel):
     )
     fenced: bool = Field(
         False,
-        description="A hand-over fenced the old layout's leaders (they refuse writes) and no open "
-        "request has undone it.",
+        description="A hand-over fenced the old layout's leaders (they refuse writes), or was asked "
+        "for and not answered yet (it may have), and no open request has undone it.",
     )
     done: bool = Field(
         False, description="The carrier finished: nothing more to forward from the old layout."

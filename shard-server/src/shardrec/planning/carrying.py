@@ -36,10 +36,17 @@ One carrying layout T (the target) from the serving layout S:
     done --------- DeleteCarrier(T); `status.carries` keeps T's entry while T exists (a later
                    carry from T folds T's own carry folder in: `prior`)
 
-    abandoned (T superseded, failed or timed out) after a hand-over, S still serving:
+    timed out (rollout_within_timeout): building or starting past rollout.timeoutSeconds from T's
+        creation, or Ready and still not caught up, or the hand-over asked for not reported (or
+        failed) rollout.timeoutSeconds after T turned Ready (`timed_carry_wait`): T is Failed,
+        abandoned as below
+
+    abandoned (T superseded, failed or timed out) after a hand-over was asked for (reported or
+    not: an unanswered one may have fenced), S still serving:
         EnsureCarrier(T, S, hand_over=R, open=O); report: opened O; DeleteLayout(T) waits
-        until then (open_fenced_source_before_deleting); without the hand-over, DeleteLayout(T)
-        takes the carrier with it at once.
+        until then (open_fenced_source_before_deleting); without a hand-over, DeleteLayout(T)
+        takes the carrier with it at once. Once T is gone its carry is forgotten
+        (`carry_remembered`): a retry never resumes its progress.
 
 A rollback to a kept layout K (its replicas still run, with K's artifact and K's own logs) from
 the serving layout S that was carried from K is a carry back: what K lacks is exactly what S's
@@ -79,7 +86,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from shardrec.api.v1alpha1 import CarryStatus, RecommenderClusterSpec
+from shardrec.api.v1alpha1 import CarryStatus, LayoutStatus, RecommenderClusterSpec
 from shardrec.planning.actions import Action, DeleteCarrier, EnsureCarrier, RecordEvent
 from shardrec.planning.layouts import LayoutSpec
 from shardrec.planning.observed import Observed, ObservedCarrier
@@ -126,16 +133,32 @@ class Carry:
         return self.done or (self.carrier is not None and self.carrier.fenced)
 
     @property
+    def hand_over_unanswered(self) -> bool:
+        """A hand-over was asked for and the carrier reported neither that it went through nor that
+        it failed: it may be fencing the source's leaders right now, or have fenced them and not
+        reported yet (a hung or lost carrier never will)."""
+        carrier = self.carrier
+        return (
+            carrier is not None
+            and carrier.hand_over_requested is not None
+            and not carrier.handed_over
+            and not carrier.hand_over_failed
+        )
+
+    @property
     def fenced(self) -> bool:
-        """The source's leaders are fenced by this carry's hand-over and not opened again. A carrier
-        recreated after it was lost does not know its old hand-over: the status remembers it. A
-        done carry holds nothing fenced that could need opening: the switch went through."""
+        """The source's leaders may be fenced by this carry's hand-over and are not opened again:
+        the hand-over went through, or was asked for and never answered (an abandoned switch must
+        open them either way; the carrier answers an open request whether it fenced or not). A
+        carrier recreated after it was lost does not know its old hand-over: the status remembers
+        it. A done carry holds nothing fenced that could need opening: the switch went through."""
         if self.done:
             return False
         remembered = self.remembered is not None and self.remembered.fenced
         if self.carrier is None:
             return remembered
-        return (self.carrier.handed_over or remembered) and not self.carrier.opened
+        maybe = self.carrier.handed_over or self.hand_over_unanswered
+        return (maybe or remembered) and not self.carrier.opened
 
     def status(self) -> CarryStatus:
         """As `status.carries[]`."""
@@ -152,6 +175,24 @@ class Carry:
             back=self.back,
             message=message[:4096],
         )
+
+
+def timed_carry_wait(carry: Carry | None) -> str | None:
+    """What the carry into a built, Ready target still waits for that `rollout.timeoutSeconds`
+    bounds (None: nothing, or no carry). The build and start of the target are bounded already
+    (`predicates.rollout_within_timeout`); after them a carrier that never catches up, or a
+    hand-over that never reports (or keeps failing), would hold the rollout for good with the
+    old layout's writes forwarded forever. Not counted: a hand-over not asked for yet (something
+    else holds the switch: routers preparing, the quality gate, which have their own rules)."""
+    if carry is None or carry.done:
+        return None
+    if not carry.caught_up:
+        return f"its carrier has not caught up with the writes layout {carry.source} logs"
+    carrier = carry.carrier
+    if carrier is not None and carrier.hand_over_requested is not None and not carry.handed_over:
+        outcome = "failed" if carrier.hand_over_failed else "was not reported"
+        return f"its carrier's hand-over {carrier.hand_over_requested} from layout {carry.source} {outcome}"
+    return None
 
 
 def carrying_source(
@@ -233,15 +274,37 @@ def _planned(
     return Carry(target.id, source.id, back=True, shadowed=shadowed)
 
 
+def carry_remembered(entry: CarryStatus, observed: Observed, records: Mapping[str, LayoutStatus]) -> bool:
+    """`status.carries` keeps a carry while its carrying layout exists: observed, or recorded in
+    this pass (a target whose build Job does not exist yet is recorded, not observed).
+
+    Not a Failed layout that is gone (abandoned: its build failed, it timed out, a canary rolled it
+    back): its carry forwarded writes into replicas that were deleted with it, so the progress it
+    left on the store counts records nothing holds any more. Remembered, a retry of the same
+    layout (a new generation) would recreate its carrier, which resumes that progress over a
+    build that holds only the cut, and the writes between the two would be lost. Forgotten, a
+    retry is planned afresh: a rollback to a kept layout whose replicas are gone, refused
+    (`carry_back_refusal`), or a new carry into a layout never built. A fenced source outlives it:
+    the layout is deleted only once its carrier opened the leaders
+    (`predicates.open_fenced_source_before_deleting`)."""
+    if observed.layout(entry.layout) is not None:
+        return True
+    record = records.get(entry.layout)
+    return record is not None and record.state != "Failed"
+
+
 def carries_of(
-    spec: RecommenderClusterSpec, observed: Observed, existing: set[str], target: LayoutSpec
+    spec: RecommenderClusterSpec,
+    observed: Observed,
+    records: Mapping[str, LayoutStatus],
+    target: LayoutSpec,
 ) -> dict[str, Carry]:
-    """Every carry of this pass, by carrying layout: observed carriers, remembered carries whose
-    layout still exists (`existing`: this pass's records), and the target's planned carry. A layout
+    """Every carry of this pass, by carrying layout: observed carriers, remembered carries
+    (`carry_remembered`; `records`: this pass's), and the target's planned carry. A layout
     carried back into keeps its own forward carry as `Carry.shadowed`."""
     remembered: dict[tuple[str, bool], CarryStatus] = {}
     for entry in observed.previous_status.carries:
-        if entry.layout in existing or observed.layout(entry.layout) is not None:
+        if carry_remembered(entry, observed, records):
             remembered[(entry.layout, entry.back)] = entry
     forward = {layout: entry for (layout, back), entry in remembered.items() if not back}
     carries: dict[str, Carry] = {}
@@ -420,9 +483,11 @@ __all__ = [
     "carries_of",
     "carry_back_refusal",
     "carry_events",
+    "carry_remembered",
     "carry_statuses",
     "carrying_source",
     "kept_layout",
     "propose_carriers",
     "request_id",
+    "timed_carry_wait",
 ]

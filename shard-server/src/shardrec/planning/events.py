@@ -13,6 +13,9 @@ from shardrec.api.v1alpha1 import Condition, LayoutStatus, RecommenderClusterSta
 from shardrec.planning.actions import DeleteLayout, EventType, LayoutAction, RecordEvent, SwitchRouter
 
 TIMEOUT_PREFIX = "not built and ready within"
+"""How the message of a target abandoned by `rollout.timeoutSeconds` while building or starting begins."""
+CARRY_TIMEOUT_PREFIX = "not carried within"
+"""... and of one whose carry of logged writes still waited (`carrying.timed_carry_wait`)."""
 
 
 def event_reason(predicate: str) -> str:
@@ -35,7 +38,8 @@ def _layout_event(before: LayoutStatus | None, after: LayoutStatus) -> RecordEve
         return RecordEvent("Normal", "Switched", f"the router serves {what}")
     if after.state == "Retiring":
         return RecordEvent("Normal", "RetiringLayout", f"{what} stopped serving; {after.message}")
-    reason = "RolloutTimedOut" if after.message.startswith(TIMEOUT_PREFIX) else "LayoutFailed"
+    timed_out = after.message.startswith((TIMEOUT_PREFIX, CARRY_TIMEOUT_PREFIX))
+    reason = "RolloutTimedOut" if timed_out else "LayoutFailed"
     return RecordEvent("Warning", reason, f"{what} abandoned: {after.message}")
 
 

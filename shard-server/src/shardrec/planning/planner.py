@@ -45,8 +45,15 @@ from shardrec.planning.actions import (
     StageRouter,
     SwitchRouter,
 )
-from shardrec.planning.carrying import Carry, carries_of, carry_events, carry_statuses, propose_carriers
-from shardrec.planning.events import transition_events
+from shardrec.planning.carrying import (
+    Carry,
+    carries_of,
+    carry_events,
+    carry_statuses,
+    propose_carriers,
+    timed_carry_wait,
+)
+from shardrec.planning.events import CARRY_TIMEOUT_PREFIX, TIMEOUT_PREFIX, transition_events
 from shardrec.planning.fleet import acknowledging, fleet_status, lagging_routers
 from shardrec.planning.layouts import LayoutSpec
 from shardrec.planning.observed import Observed
@@ -278,6 +285,7 @@ def _apply_timeout(
     records: Records,
     target: LayoutSpec,
     verdicts: list[_Verdict],
+    carries: Mapping[str, Carry],
 ) -> Records | None:
     """Records with the target marked Failed when the timeout predicate vetoed it, else None."""
     tid = target.id
@@ -288,10 +296,15 @@ def _apply_timeout(
     if not timed_out:
         return None
     before = records.by_id[tid]
-    message = (
-        f"not built and ready within {spec.rollout.timeout_seconds}s (rollout.timeoutSeconds); "
-        f"it was {before.state}: {before.message}"
-    )
+    waiting = timed_carry_wait(carries.get(tid)) if before.state == "Ready" else None
+    if waiting is not None:
+        timeout = spec.rollout.timeout_seconds
+        message = f"{CARRY_TIMEOUT_PREFIX} {timeout}s (rollout.timeoutSeconds) of turning Ready: {waiting}"
+    else:
+        message = (
+            f"{TIMEOUT_PREFIX} {spec.rollout.timeout_seconds}s (rollout.timeoutSeconds); "
+            f"it was {before.state}: {before.message}"
+        )
     failed = make_record(
         tid,
         "Failed",
@@ -377,10 +390,10 @@ def plan(cluster_name: str, spec: RecommenderClusterSpec, observed: Observed) ->
     tid = target.id
     records = decide_records(spec, observed)
     rolls = _rolls(spec, observed, target)
-    carries = carries_of(spec, observed, set(records.by_id), target)
+    carries = carries_of(spec, observed, records.by_id, target)
     verdicts = _judge(spec, observed, records, target, rolls, carries=carries)
     timed_out = _apply_timeout(
-        spec=spec, observed=observed, records=records, target=target, verdicts=verdicts
+        spec=spec, observed=observed, records=records, target=target, verdicts=verdicts, carries=carries
     )
     if timed_out is not None:
         records = timed_out

@@ -27,7 +27,7 @@ from shardrec.planning.actions import (
     StageRouter,
     SwitchRouter,
 )
-from shardrec.planning.carrying import Carry, carry_back_refusal
+from shardrec.planning.carrying import Carry, carry_back_refusal, timed_carry_wait
 from shardrec.planning.fleet import (
     RouterObservation,
     lagging_routers,
@@ -35,6 +35,7 @@ from shardrec.planning.fleet import (
     unprepared_routers,
 )
 from shardrec.planning.observed import Observed, ObservedShard
+from shardrec.planning.retention import carry_folders_needed
 from shardrec.planning.timestamps import parse_time
 
 # How long a replacement pod must have been Ready before the pod it replaces may go: covers
@@ -96,18 +97,32 @@ def rollout_deadline_passed(record: LayoutStatus, spec: RecommenderClusterSpec, 
 
 
 def rollout_within_timeout(ctx: PredicateContext, action: LayoutAction) -> str | None:
-    """A target that was not built and ready within `rollout.timeoutSeconds` is abandoned."""
+    """A target that was not built and ready within `rollout.timeoutSeconds` is abandoned; so is
+    one whose carry of logged writes still waits (`carrying.timed_carry_wait`: the carrier never
+    caught up, its hand-over never reported or kept failing) `rollout.timeoutSeconds` after the
+    target turned Ready. The old layout keeps serving either way; an abandoned carry whose
+    hand-over may have fenced its leaders opens them before the target goes
+    (`open_fenced_source_before_deleting`).
+
+    Why the carry's clock starts at Ready, not when the layout was planned: the carrier forwards
+    only once every new replica is ready, so catching up begins there; a build that used most of
+    the timeout would otherwise abandon a healthy carry and cost a rebuild."""
     record = ctx.records.get(action.layout_id)
-    if (
-        _advances(action)
-        and record is not None
-        and action.layout_id != ctx.serving_layout
-        and record.state in ("Building", "Starting")
-        and rollout_deadline_passed(record, ctx.spec, ctx.observed)
-    ):
+    if not _advances(action) or record is None or action.layout_id == ctx.serving_layout:
+        return None
+    timeout = ctx.spec.rollout.timeout_seconds
+    if record.state in ("Building", "Starting") and rollout_deadline_passed(record, ctx.spec, ctx.observed):
         return (
             f"layout {action.layout_id} (version {record.version}) was not built and ready within "
-            f"{ctx.spec.rollout.timeout_seconds}s (rollout.timeoutSeconds); change the spec to retry"
+            f"{timeout}s (rollout.timeoutSeconds); change the spec to retry"
+        )
+    waiting = timed_carry_wait(ctx.carries.get(action.layout_id)) if record.state == "Ready" else None
+    if waiting is not None and ctx.observed.now >= parse_time(record.state_since) + timedelta(
+        seconds=timeout
+    ):
+        return (
+            f"layout {action.layout_id} (version {record.version}) was not carried within {timeout}s "
+            f"(rollout.timeoutSeconds) of turning Ready: {waiting}; change the spec to retry"
         )
     return None
 
@@ -441,14 +456,33 @@ def never_delete_last_ready_replica_of_serving_shard(
 
 
 def wait_for_artifact_deletion(ctx: PredicateContext, action: LayoutAction) -> str | None:
-    """A layout whose artifacts are being deleted is not built again until that deletion is seen
-    done: a build started meanwhile could reuse files that are about to vanish."""
-    if isinstance(action, EnsureBuild) and ctx.observed.artifact_deletions.get(action.layout_id) in (
-        "Running",
-        "Failed",
-    ):
+    """A layout whose artifacts are being deleted is not built again, nor given a new carrier,
+    until that deletion is seen done: a build started meanwhile could reuse files that are about
+    to vanish, and a carrier could cut into its carry folder while the same Job deletes it
+    (`retention.carry_folders_needed`)."""
+    if not isinstance(action, EnsureBuild | EnsureCarrier):
+        return None
+    if isinstance(action, EnsureCarrier) and ctx.observed.carrier(action.layout_id) is not None:
+        return None  # it runs already: vetoing it would only freeze its requests
+    if ctx.observed.artifact_deletions.get(action.layout_id) in ("Running", "Failed"):
         return f"the artifacts of layout {action.layout_id} are being deleted (garbage collection)"
     return None
+
+
+def never_delete_carry_folders_in_use(ctx: PredicateContext, action: LayoutAction) -> str | None:
+    """A layout's artifacts are deleted with its carry folders (`carry/<layout>` and every
+    `carry-back/` folder naming it), so not while those are needed
+    (`retention.carry_folders_needed`: the layout exists, or a carry names it)."""
+    if not isinstance(action, DeleteArtifacts):
+        return None
+    router = ctx.observed.router
+    live = {
+        ctx.target_layout,
+        *(layout for layout in (router.written_layout, router.confirmed_layout) if layout is not None),
+        *ctx.records,
+        *(layout.id for layout in ctx.observed.layouts),
+    }
+    return carry_folders_needed(action.layout_id, live=live, carries=ctx.carries.values())
 
 
 def never_delete_artifacts_of_a_live_layout(ctx: PredicateContext, action: LayoutAction) -> str | None:
@@ -559,6 +593,7 @@ PREDICATES: tuple[Predicate, ...] = (
         "never_delete_last_ready_replica_of_serving_shard", never_delete_last_ready_replica_of_serving_shard
     ),
     Predicate("never_delete_artifacts_of_a_live_layout", never_delete_artifacts_of_a_live_layout),
+    Predicate("never_delete_carry_folders_in_use", never_delete_carry_folders_in_use),
     Predicate("wait_for_artifact_deletion", wait_for_artifact_deletion),
     Predicate("replace_one_shard_at_a_time", replace_one_shard_at_a_time),
     Predicate("keep_ready_replicas_while_replacing", keep_ready_replicas_while_replacing),

@@ -21,12 +21,13 @@ them with the cluster's folder.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from shardrec.api.v1alpha1 import RecommenderClusterSpec, RetentionSpec, StoredLayoutStatus
 from shardrec.planning.actions import DeleteArtifacts
+from shardrec.planning.carrying import Carry
 from shardrec.planning.observed import Observed
 from shardrec.planning.timestamps import format_time, parse_time
 
@@ -149,6 +150,45 @@ def propose_deletions(
     for verdict in layouts_to_delete(candidates, keep, spec.index.store.retention, observed.now):
         proposals.append(DeleteArtifacts(verdict.layout_id, versions[verdict.layout_id], verdict.reason))
     return proposals
+
+
+def carry_folders_needed(layout_id: str, *, live: Collection[str], carries: Iterable[Carry]) -> str | None:
+    """Why the carry folders naming `layout_id` on the store are still needed, or None: they are
+    garbage, and go with its artifacts (the garbage-collection Job of `DeleteArtifacts` runs
+    `recctl index delete --carry-store`; predicate `never_delete_carry_folders_in_use`).
+
+    Two kinds of folder name a layout L (under the cluster's folder on the store):
+    - `carry/L`, L's carry folder: the writes its carrier cut from the layout it replaced, and the
+      carrier's progress. Needed while L exists (`live`: the target, named by the router topology,
+      recorded in `status.layouts` within its rollback window, or running): a later carry out of L
+      folds it in as `prior` (a chain v1 -> v2 -> v3 keeps v1's writes only through it). Needed
+      while a carry that is not done names L (`carries`: observed carriers and `status.carries`):
+      a carrier into L reads and writes it (a restarted one resumes from it), a carrier out of L
+      reads it while it cuts. A done carry out of L reads nothing any more (the layout it carried
+      into holds L's folder in its own as `prior` since its cut); listed while that layout
+      exists, it must not hold L's artifacts for that long. Beyond that it is not only useless
+      but harmful: a later carry into a layout with L's id would resume it (a stale cut and
+      progress that counts writes forwarded into replicas deleted since).
+    - `carry-back/K/S` and `carry-back/S/K` for every S, the progress of a carry back into K from
+      S: needed while both layouts of the pair exist (a carry back needs K's replicas and S
+      serving; a second one between the same pair resumes it on purpose). Once L is gone no carry
+      back into or out of it can start again.
+
+    So both kinds are garbage exactly when L no longer exists and no carry names it. Artifacts
+    are deleted only for a layout that no longer exists (`never_delete_artifacts_of_a_live_layout`),
+    which is why the carry folders go with them: the same Job, the same memory
+    (`status.storedLayouts`), nothing listed by the operator. What this leaves behind: the carry
+    folder of a layout abandoned before its build succeeded (it has no artifacts to collect)."""
+    if layout_id in live:
+        return f"layout {layout_id} still exists: a later carry out of it folds its carry folder in"
+    for carry in carries:
+        if not carry.done and layout_id in (carry.layout, carry.source):
+            kind = "carry back" if carry.back else "carry"
+            return (
+                f"the {kind} from layout {carry.source} into layout {carry.layout} is known: its carrier "
+                "reads the carry folder"
+            )
+    return None
 
 
 def _deleting(tracked: list[StoredLayoutStatus], layout_id: str) -> bool:

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from shardrec.api.carry import CARRY_BACK_FOLDERS, CARRY_FOLDERS
 from shardrec.serving.index.carry import (
     CARRY_FILE,
     PRIOR_FILE,
@@ -147,3 +148,29 @@ class CarryStore:
         self._store.write_bytes(
             PROGRESS_FILE, (json.dumps(progress, indent=2, sort_keys=True) + "\n").encode()
         )
+
+
+def delete_carry_folders(store: ObjectStore, layout_id: str) -> int:
+    """Delete, from `store` (a cluster's folder: the parent of `carry/` and `carry-back/`), the
+    carry folder of `layout_id` and every carry-back folder naming it (into it, or from it).
+    Returns how many objects were deleted.
+
+    Called once the layout's artifacts are deleted (`recctl index delete --carry-store`): when
+    nothing of it is needed any more (`shardrec.planning.retention.carry_folders_needed`). Each
+    folder's `carry.json` goes first, as `delete_layout` deletes `layout.json` first: a reader
+    (`fetch_carry`, a carrier resuming) that finds it finds the whole folder, so a deletion cut
+    short leaves a folder that reads as incomplete, never one that reads as complete."""
+    own = store.list_keys(f"{CARRY_FOLDERS}/{layout_id}/")
+    back = [
+        key
+        for key in store.list_keys(f"{CARRY_BACK_FOLDERS}/")
+        if layout_id in key.split("/")[1:3]  # carry-back/<to>/<from>/<file>
+    ]
+    keys = own + back
+    markers = [key for key in keys if key.rsplit("/", 1)[-1] == CARRY_FILE]
+    rest = [key for key in keys if key not in markers]
+    if markers:
+        store.delete(markers)
+    for start in range(0, len(rest), 1000):
+        store.delete(rest[start : start + 1000])
+    return len(keys)

@@ -23,7 +23,7 @@ from shardrec.api.commands import (
     ObjectStoreFlags,
     build_report,
 )
-from shardrec.serving.carry.store import CarryFolderError, fetch_carry
+from shardrec.serving.carry.store import CarryFolderError, delete_carry_folders, fetch_carry
 from shardrec.serving.cpus import usable_cpus
 from shardrec.serving.index.build import (
     BuildError,
@@ -217,6 +217,11 @@ def register(subparsers: Any) -> None:
     delete = commands.add_parser("delete", help="delete a stored layout (layout.json first)")
     delete.add_argument("--store", required=True, help="store: a folder or s3://bucket/prefix")
     delete.add_argument("--layout", required=True, help="layout id")
+    delete.add_argument(
+        "--carry-store",
+        help="also delete the layout's carry folder and every carry-back folder naming it, under this "
+        "folder or s3://bucket/prefix (the cluster's, holding carry/ and carry-back/)",
+    )
     _add_object_store_flags(delete)
     delete.set_defaults(func=run_delete)
 
@@ -542,6 +547,14 @@ def run_delete(args: argparse.Namespace) -> int:
     except StoreError as exc:
         raise CliError(str(exc)) from exc
     print(f"deleted layout {args.layout} from {store.describe()}: {count} objects")
+    if args.carry_store is not None:
+        carry_store = _store(args.carry_store, args)
+        try:
+            carried = delete_carry_folders(carry_store, args.layout)
+        except StoreError as exc:
+            raise CliError(str(exc)) from exc
+        where = carry_store.describe()
+        print(f"deleted the carry folders of layout {args.layout} from {where}: {carried} objects")
     return 0
 
 
