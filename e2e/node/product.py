@@ -290,10 +290,18 @@ def apply_cluster(cp: Any, node: Any, ns: str, timings: dict[str, float]) -> Non
     jobs = kubectl_json(cp, "get", "jobs", "-n", ns)["items"]
     assert jobs, "a build Job ran"
     assert all(j["status"].get("succeeded", 0) >= 1 for j in jobs), [j["status"] for j in jobs]
-    pods = kubectl_json(cp, "get", "pods", "-n", ns)["items"]
-    serving = [p for p in pods if p["metadata"]["name"].startswith(f"{CLUSTER}-") and pod_ready(p)]
-    names = sorted(p["metadata"]["name"] for p in serving)
-    assert len(serving) == SHARDS * REPLICAS + ROUTERS, names
+
+    def serving_pods() -> list[dict[str, Any]]:
+        pods = kubectl_json(cp, "get", "pods", "-n", ns)["items"]
+        return [p for p in pods if p["metadata"]["name"].startswith(f"{CLUSTER}-") and pod_ready(p)]
+
+    # Ready needs one router, not both: the second can still be mounting its volumes (seen once: the
+    # kubelet's "failed to sync secret cache" retry), so wait for it, bounded.
+    serving: list[dict[str, Any]] = wait_for(
+        f"{SHARDS * REPLICAS} shard pods and {ROUTERS} routers Ready",
+        lambda: got if len(got := serving_pods()) == SHARDS * REPLICAS + ROUTERS else None,
+        timeout=90,
+    )
     tasks = node.running_tasks()
     for pod in serving:
         assert pod["spec"]["nodeName"] == node.name

@@ -15,8 +15,9 @@ it is deleted at its end), then the rollout
 v1 (2 shards) -> v2 (3 shards) with the operator pod deleted mid-rollout, then a new data-plane image rolled
 shard by shard (still strict, before the outages touch the consistency mode), then one shard without any
 pod (strict, available, and the shipped alert through a real Prometheus). The carry of item writes (issue
-18) runs on its own RecommenderCluster `carry` beside the product's (writes on, API keys), created and
-deleted by its fixture, so it leaves the product's cluster as it found it. Counts and times are printed and
+18: the roll to v2, then the carry back on a rollback to the kept v1) runs on its own RecommenderCluster
+`carry` beside the product's (writes on, API keys), created and deleted by its class-scoped fixture, so it
+leaves the product's cluster as it found it. Counts and times are printed and
 recorded as test properties; only correctness is asserted, never a duration.
 """
 
@@ -755,6 +756,15 @@ WRITE_HOLD_AT = 270  # the last ops wait for the switch, so some land on the new
 WRITE_RETRY_S = 120.0  # one write retried on 503 (Retry-After) or no answer, at most this long
 WRITE_SCALE = 3.0  # written vectors are 3x a standard normal: each is its own nearest neighbour by far
 CARRY_READ_CLIENTS, CARRY_READ_RATE = 4, 10.0
+# v1 stays kept (its pods run, its leaders fenced) from the roll to v2 until the rollback: a carry back needs
+# the kept layout's pods. The rollback test shortens it once the carry back is done, so v2 then goes.
+CARRY_ROLLBACK_WINDOW_S = 1800
+# The rollback's writes, all on v2 first: BACK_NEW upserts of new ids (`b-`); after every
+# BACK_REPLACE_EVERY-th a replacement (new vector) of an item v1 already has, alternately one of v1's own
+# items and a live `w-` item of the roll to v2; after every BACK_DELETE_EVERY-th a delete of an earlier
+# `b-` id and, every other time, of the v1 item replaced last. 80 + 20 + 8 + 4 = 112 ops.
+BACK_NEW, BACK_REPLACE_EVERY, BACK_DELETE_EVERY = 80, 4, 10
+BACK_HOLD_AT = 100  # the last 12 ops wait until the routers serve v1 again
 
 
 @dataclass
@@ -773,26 +783,72 @@ class WriteOp:
         return [status for _, status, _ in self.attempts]
 
 
-class Writer:
-    """One bounded writer thread: UPSERTS upserts of new ids with a delete of an earlier one after every
-    DELETE_EVERY-th, paced at WRITE_RATE, each retried while the router answers 503 (its Retry-After) or
-    nothing at all (a PUT or DELETE of one id is idempotent), for at most WRITE_RETRY_S; any other answer
-    ends it unacknowledged. Ops from WRITE_HOLD_AT on wait for `release` (set once the router serves the
-    new layout), bounded by max_seconds. Every attempt is recorded."""
+def forward_ops(dim: int) -> list[WriteOp]:
+    """The roll to v2's writes: UPSERTS upserts of new ids (`w-`) with a delete of an earlier one after
+    every DELETE_EVERY-th."""
+    rng = np.random.default_rng(41)
+    ops: list[WriteOp] = []
+    for number in range(UPSERTS):
+        vector = (rng.standard_normal(dim) * WRITE_SCALE).astype(np.float32)
+        ops.append(WriteOp(f"w-{number}", "upsert", [float(x) for x in vector]))
+        if number % DELETE_EVERY == DELETE_EVERY - 1:
+            ops.append(WriteOp(f"w-{number - DELETE_EVERY // 2}", "delete"))
+    return ops
 
-    def __init__(self, base: str, key: str, dim: int, max_seconds: float = 900.0) -> None:
+
+def last_acked(ops: list[WriteOp]) -> dict[str, WriteOp]:
+    """Each id's last acknowledged op, in writing order (one writer, in order): its state now."""
+    state: dict[str, WriteOp] = {}
+    for op in ops:
+        if op.acked is not None:
+            state[op.item_id] = op
+    return state
+
+
+def rollback_ops(dim: int, earlier: list[WriteOp], v1_ids: list[str]) -> list[WriteOp]:
+    """The rollback's writes (BACK_NEW, ...): new ids, replacements of items v1 holds (its own, and
+    live `w-` items of the roll to v2, acknowledged in `earlier`) and deletes, v1's own items included."""
+    rng = np.random.default_rng(43)
+    live = [item for item, op in last_acked(earlier).items() if op.kind == "upsert"]
+    ops: list[WriteOp] = []
+    replaced_v1: list[str] = []
+
+    def upsert(item_id: str) -> None:
+        vector = (rng.standard_normal(dim) * WRITE_SCALE).astype(np.float32)
+        ops.append(WriteOp(item_id, "upsert", [float(x) for x in vector]))
+
+    for number in range(BACK_NEW):
+        upsert(f"b-{number}")
+        if number % BACK_REPLACE_EVERY == BACK_REPLACE_EVERY - 1:
+            turn = number // BACK_REPLACE_EVERY
+            if turn % 2 == 0 or not live:
+                replaced_v1.append(v1_ids[(turn * 37 + 11) % len(v1_ids)])
+                upsert(replaced_v1[-1])
+            else:
+                upsert(live[(turn * 7) % len(live)])
+        if number % BACK_DELETE_EVERY == BACK_DELETE_EVERY - 1:
+            ops.append(WriteOp(f"b-{number - BACK_DELETE_EVERY // 2}", "delete"))
+            if (number // BACK_DELETE_EVERY) % 2 == 1 and replaced_v1:
+                ops.append(WriteOp(replaced_v1.pop(), "delete"))
+    return ops
+
+
+class Writer:
+    """One bounded writer thread: `ops` in order (forward_ops, rollback_ops), paced at WRITE_RATE, each
+    retried while the router answers 503 (its Retry-After) or nothing at all (a PUT or DELETE of one id is
+    idempotent), for at most WRITE_RETRY_S; any other answer ends it unacknowledged. Ops from `hold_at` on
+    wait for `release` (set once the router serves the new layout), bounded by max_seconds. Every attempt
+    is recorded."""
+
+    def __init__(
+        self, base: str, key: str, ops: list[WriteOp], hold_at: int, max_seconds: float = 900.0
+    ) -> None:
         self.base, self.headers = base.rstrip("/"), {"X-API-Key": key, "Content-Type": "application/json"}
-        self.max_seconds = max_seconds
+        self.max_seconds, self.hold_at = max_seconds, hold_at
         self.release = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        rng = np.random.default_rng(41)
-        self.ops: list[WriteOp] = []
-        for number in range(UPSERTS):
-            vector = (rng.standard_normal(dim) * WRITE_SCALE).astype(np.float32)
-            self.ops.append(WriteOp(f"w-{number}", "upsert", [float(x) for x in vector]))
-            if number % DELETE_EVERY == DELETE_EVERY - 1:
-                self.ops.append(WriteOp(f"w-{number - DELETE_EVERY // 2}", "delete"))
+        self.ops = ops
         self.done = 0  # ops finished (acknowledged or given up)
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
         self._started = 0.0
@@ -860,7 +916,7 @@ class Writer:
         deadline = self._started + self.max_seconds
         period = 1.0 / WRITE_RATE
         for number, op in enumerate(self.ops):
-            if number == WRITE_HOLD_AT:
+            if number == self.hold_at:
                 self.release.wait(timeout=max(0.0, deadline - time.monotonic()))
             if self._stop.is_set() or time.monotonic() >= deadline:
                 return
@@ -935,7 +991,8 @@ def carry_store_manifests(ns: str, node_name: str, root: Path) -> list[dict[str,
 
 def carry_cluster_manifest(pm: ModuleType, ns: str, secret: str) -> dict[str, Any]:
     """v1 on 2 shards x 2 replicas, 1 router, strict, writes on (ack all, claims of WRITE_CLASS), API keys
-    from `secret`; the same store claim and embeddings as the product's cluster."""
+    from `secret`, a kept layout kept CARRY_ROLLBACK_WINDOW_S; the same store claim and embeddings as the
+    product's cluster."""
     return {
         "apiVersion": "shardrec.io/v1alpha1",
         "kind": "RecommenderCluster",
@@ -945,7 +1002,7 @@ def carry_cluster_manifest(pm: ModuleType, ns: str, secret: str) -> dict[str, An
             "replicasPerShard": pm.REPLICAS,
             "imagePullPolicy": "Never",
             "router": {"replicas": 1, "consistency": "strict", "timeoutMs": pm.ROUTER_TIMEOUT_MS},
-            "rollout": {"rollbackWindowSeconds": pm.ROLLBACK_WINDOW_S},
+            "rollout": {"rollbackWindowSeconds": CARRY_ROLLBACK_WINDOW_S},
             "auth": {"apiKeysSecretRef": {"name": secret}},
             "writes": {
                 "enabled": True,
@@ -967,6 +1024,7 @@ class CarryWatch:
         self.reports: dict[str, dict[str, Any]] = {}  # to_layout -> the last report seen
         self.phases: list[str] = []
         self.status: dict[str, Any] = {}
+        self.back_carries: dict[tuple[str, str], dict[str, Any]] = {}  # (layout, fromLayout) -> last seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="carry-watch", daemon=True)
         self._started = 0.0
@@ -996,6 +1054,9 @@ class CarryWatch:
                     or {}
                 )
                 self.status = status
+                for carry in status.get("carries", []):
+                    if carry.get("back"):
+                        self.back_carries[(carry["layout"], carry.get("fromLayout", ""))] = carry
                 seen = (
                     status.get("activeLayout"),
                     status.get("targetLayout"),
@@ -1049,13 +1110,23 @@ class CarryCluster:
     key: str
     base: str
     data: dict[str, Any]
+    written: list[WriteOp] = field(default_factory=list)  # every write so far, in order
+    rolled: tuple[str, str] | None = None  # (v1, v2) layouts once the roll to v2 passed, v1 kept
+
+    def status(self, pm: ModuleType) -> dict[str, Any]:
+        got: dict[str, Any] = (
+            pm.kubectl_json(self.cp, "get", "recommendercluster", CARRY_CLUSTER, "-n", self.ns).get("status")
+            or {}
+        )
+        return got
 
 
-@pytest.fixture
-def carry_cluster(product_diagnostics: Any, product_module: ModuleType) -> Iterator[CarryCluster]:
-    """The `carry` RecommenderCluster (writes on, API keys) Ready on v1, its write-log volumes on the node;
+@pytest.fixture(scope="class")
+def carry_cluster(product: Any, product_module: ModuleType) -> Iterator[CarryCluster]:
+    """The `carry` RecommenderCluster (writes on, API keys, v1 kept CARRY_ROLLBACK_WINDOW_S) Ready on v1,
+    its write-log volumes on the node, shared by the roll to v2 and the rollback (TestItemWritesCarried);
     everything removed afterwards (the cluster, its Secret, the PVs and their directories)."""
-    pm, product = product_module, product_diagnostics
+    pm = product_module
     cp, ns = product.cp, product.ns
     root = Path(tempfile.mkdtemp(prefix="shardrec-write-logs-"))
     root.chmod(0o755)
@@ -1115,9 +1186,9 @@ def carry_shard_selector(layout: str) -> str:
     )
 
 
-def carry_version_check(cluster: CarryCluster) -> Callable[[Any], str | None]:
-    """`version_check` for the writes cluster: items of the labelled version or the writer's own (`w-`
-    ids, written into whichever layout serves), the labelled version's shard total."""
+def carry_version_check(cluster: CarryCluster, written: set[str]) -> Callable[[Any], str | None]:
+    """`version_check` for the writes cluster: items of the labelled version or ids the writers write
+    (`written`, into whichever layout serves), the labelled version's shard total."""
     ids = {version: set(data.item_ids) for version, data in cluster.data.items()}
 
     def check(answer: Any) -> str | None:
@@ -1125,7 +1196,7 @@ def carry_version_check(cluster: CarryCluster) -> Callable[[Any], str | None]:
         if version not in ids:
             return f"unknown index_version {version!r}"
         items = [entry["item_id"] for entry in answer.body.get("items", [])]
-        foreign = [item for item in items if item not in ids[version] and not item.startswith("w-")]
+        foreign = [item for item in items if item not in ids[version] and item not in written]
         if foreign or len(items) != 10:
             return f"answer labelled {version} has {len(items)} items, not of {version}: {foreign[:3]}"
         total = answer.body.get("shards", {}).get("total")
@@ -1136,17 +1207,16 @@ def carry_version_check(cluster: CarryCluster) -> Callable[[Any], str | None]:
     return check
 
 
-def check_written(traffic_module: ModuleType, cluster: CarryCluster, writer: Writer) -> dict[str, Any]:
-    """Through the router, on the layout it serves now: every acknowledged upsert that no acknowledged
-    delete removed is found by id (`/v1/similar` answers for it) and is the first of the top 10 for its own
-    vector; every acknowledged delete is absent (`/v1/similar` 404 unknown_item, not in the top 10 for its
-    vector). Returns the counts and the first problems."""
+def check_written(traffic_module: ModuleType, cluster: CarryCluster, ops: list[WriteOp]) -> dict[str, Any]:
+    """Through the router, on the layout it serves now, each id's state after its last acknowledged op
+    (`ops`: every write so far, in order): an upsert is found by id (`/v1/similar` answers for it) and is
+    the first of the top 10 for its own (last) vector; a delete is absent (`/v1/similar` 404 unknown_item,
+    not in the top 10 for the vector it had). Returns the counts and the first problems."""
     headers = {"X-API-Key": cluster.key}
-    deleted = {op.item_id for op in writer.ops if op.kind == "delete" and op.acked is not None}
-    vectors = {op.item_id: op.vector for op in writer.ops if op.kind == "upsert" and op.vector is not None}
-    live = [
-        op for op in writer.ops if op.kind == "upsert" and op.acked is not None and op.item_id not in deleted
-    ]
+    state = last_acked(ops)
+    deleted = {item for item, op in state.items() if op.kind == "delete"}
+    vectors = {op.item_id: op.vector for op in ops if op.kind == "upsert" and op.acked is not None}
+    live = [op for op in state.values() if op.kind == "upsert"]
     problems: list[str] = []
     found = nearest = absent = 0
     versions: set[str] = set()
@@ -1195,15 +1265,18 @@ def check_written(traffic_module: ModuleType, cluster: CarryCluster, writer: Wri
 
 @dataclass
 class CarryRun:
-    """The scenario's moving parts: reads, the writer and the watch, started together; `roll()` patches
-    the spec and waits through every step; the seconds of each step (since the start) are kept."""
+    """One carry scenario's moving parts (carry_run): reads, the writer and the watch, started together;
+    `roll()` patches the spec to `version` and waits through every step; the seconds of each step (since
+    the start) are kept."""
 
+    name: str
     pm: ModuleType
     cluster: CarryCluster
     reads: Any
     writer: Writer
     watch: CarryWatch
-    old_layout: str
+    version: str  # what the spec goes to
+    old_layout: str  # what serves before
     new_layout: str = ""
     at: dict[str, float] = field(default_factory=dict)
     t0: float = 0.0
@@ -1227,23 +1300,55 @@ class CarryRun:
         status = self.watch.status
         if status.get("phase") == "Failed":
             raise AssertionError(f"cluster {CARRY_CLUSTER} Failed: {status}")
-        return status if status.get("activeVersion") == "v2" else None
+        return status if status.get("activeVersion") == self.version else None
 
-    def roll(self) -> None:
+    def drive(self, steps: Callable[[], None]) -> Any:
+        """Start, run `steps`, stop; the timeline, the writer and the cluster's state printed if they
+        failed. Returns the read counts."""
+        pm, cp, ns = self.pm, self.cluster.cp, self.cluster.ns
+        self.start()
+        try:
+            steps()
+        except BaseException:
+            print(f"[scenario {self.name}] timeline:\n  " + "\n  ".join(self.watch.transitions))
+            print(f"[scenario {self.name}] writer: {self.writer.summary()}; at {self.at}")
+            print(
+                f"[scenario {self.name}] first writes: "
+                + "; ".join(f"{op.item_id} {op.attempts}" for op in self.writer.ops[:5])
+            )
+            print(
+                f"[scenario {self.name}] reads: {self.reads.counts()}; "
+                f"first problems: {self.reads.problems()[:5]}"
+            )
+            print(pm.diagnostics(cp, ns))
+            raise
+        finally:
+            counts = self.stop()
+        return counts
+
+    def roll(self, spec: dict[str, Any]) -> None:
         pm, cp, ns, reads, writer = self.pm, self.cluster.cp, self.cluster.ns, self.reads, self.writer
         reads.wait_for("the first 40 whole answers", lambda c: c.ok >= 40, timeout=60)
-        pm.wait_for("40 writes acknowledged on v1", lambda: writer.acked() >= 40 or not writer.running, 120)
+        pm.wait_for(
+            f"40 writes acknowledged on {self.old_layout}",
+            lambda: writer.acked() >= 40 or not writer.running,
+            120,
+        )
         self.mark("patched")
         pm.kubectl(
             cp, "patch", "recommendercluster", CARRY_CLUSTER, "-n", ns, "--type", "merge", "-p",
-            json.dumps({"spec": {"shards": SHARDS_OF["v2"], "index": pm.index_spec("v2")}}),
+            json.dumps({"spec": spec}),
         )  # fmt: skip
-        print(f"\n[scenario carry] patched to v2 x 3 shards at {self.at['patched']}s; {writer.acked()} acked")
-        self.new_layout = pm.wait_for("v2 active (after the hand-over)", self.switched, 600)["activeLayout"]
+        print(f"\n[scenario {self.name}] patched to {spec} at {self.at['patched']}s; {writer.acked()} acked")
+        self.new_layout = pm.wait_for(f"{self.version} active (after the hand-over)", self.switched, 600)[
+            "activeLayout"
+        ]
         self.mark("switched")
         writer.release.set()
         reads.wait_for(
-            "every read client answered by v2", lambda c: all(v[-1:] == ["v2"] for v in reads.versions()), 60
+            f"every read client answered by {self.version}",
+            lambda c: all(v[-1:] == [self.version] for v in reads.versions()),
+            60,
         )
         pm.wait_for(
             "the carrier's report: done",
@@ -1253,12 +1358,6 @@ class CarryRun:
         self.mark("carrier_done")
         pm.wait_for("the writer through every op", lambda: not writer.running, timeout=WRITE_RETRY_S + 300)
         self.mark("writer_done")
-        pm.wait_for(
-            f"the old layout {self.old_layout} retired (its pods gone)",
-            lambda: not pm.pods(cp, ns, carry_shard_selector(self.old_layout)),
-            timeout=pm.ROLLBACK_WINDOW_S + 300,
-        )
-        self.mark("old_layout_gone")
         carriers = f"shardrec.io/cluster={CARRY_CLUSTER},app.kubernetes.io/component=carrier"
         pm.wait_for(
             "the carrier's Deployment deleted (done)",
@@ -1266,10 +1365,13 @@ class CarryRun:
             timeout=120,
         )
         self.mark("carrier_deleted")
-        seen = reads.counts().sent
-        reads.wait_for("40 more answers after v1 is gone", lambda c: c.sent >= seen + 40, timeout=60)
+
+    def more_reads(self) -> None:
+        seen = self.reads.counts().sent
+        self.reads.wait_for("40 more answers", lambda c: c.sent >= seen + 40, timeout=60)
 
     def report(self, counts: Any, written: dict[str, Any], checked: dict[str, Any]) -> None:
+        name = self.name
         retried = [
             f"{op.kind} {op.item_id}: "
             + ", ".join(f"{at}s {status} {code}" for at, status, code in op.attempts)
@@ -1277,93 +1379,264 @@ class CarryRun:
             if len(op.attempts) > 1
         ]
         print(
-            f"[scenario carry] reads {counts} over {self.reads.seconds:.0f}s; "
+            f"[scenario {name}] reads {counts} over {self.reads.seconds:.0f}s; "
             f"versions per client {self.reads.versions()}"
         )
-        print(f"[scenario carry] {self.old_layout} -> {self.new_layout}; seconds since the start: {self.at}")
-        print(f"[scenario carry] writes: {written}")
+        print(f"[scenario {name}] {self.old_layout} -> {self.new_layout}; seconds since the start: {self.at}")
+        print(f"[scenario {name}] writes: {written}")
         last = self.watch.reports.get(self.new_layout) or {}
         print(
-            f"[scenario carry] the carrier's last report: cut {last.get('cut')} (old leaders' last seqs) "
-            f"+ {last.get('forwarded')} forwarded after it; writes acked on {self.old_layout}: "
-            f"{written['acked_per_layout'].get(self.old_layout)}"
+            f"[scenario {name}] the carrier's last report: cut {last.get('cut')} (old leaders' last seqs) "
+            f"after {last.get('after')}, {last.get('forwarded')} forwarded; writes acked on "
+            f"{self.old_layout}: {written['acked_per_layout'].get(self.old_layout)}"
         )
         print(
-            f"[scenario carry] checked on {checked['versions']}: "
+            f"[scenario {name}] checked on {checked['versions']}: "
             f"{dict(checked, problems=len(checked['problems']))}"
         )
-        print("[scenario carry] retried writes:\n  " + "\n  ".join(retried[:40]))
-        print("[scenario carry] timeline:\n  " + "\n  ".join(self.watch.transitions))
+        print(f"[scenario {name}] retried writes:\n  " + "\n  ".join(retried[:40]))
+        print(f"[scenario {name}] timeline:\n  " + "\n  ".join(self.watch.transitions))
         for problem in checked["problems"][:20]:
-            print(f"[scenario carry] {problem}")
+            print(f"[scenario {name}] {problem}")
         for problem in self.reads.problems()[:10]:
-            print(f"[scenario carry] read: {problem}")
+            print(f"[scenario {name}] read: {problem}")
+
+    def record(
+        self, record_property: Any, counts: Any, written: dict[str, Any], checked: dict[str, Any]
+    ) -> None:
+        prefix = self.name.replace(" ", "_")
+        record(record_property, f"{prefix}_reads", counts, time.monotonic() - self.t0)
+        for key, value in {**written, **checked, **self.at}.items():
+            record_property(
+                f"{prefix}_{key}", json.dumps(value) if isinstance(value, (dict, list)) else value
+            )
 
 
-@pytest.mark.node_scenarios
-def test_item_writes_are_carried_through_v1_to_v2_and_two_to_three_shards(
-    carry_cluster: CarryCluster, product_module: ModuleType, traffic_module: ModuleType, record_property: Any
-) -> None:
-    """Issue 18 on real pods. A writes cluster (v1, 2 shards x 2 replicas, write-log claims on hostPath
-    PVs, an API key with read,write) takes bounded reads (4 clients) and one bounded writer (300 upserts
-    of new ids, 30 deletes of them, each retried on 503) while its spec changes to v2 on 3 shards: the
-    operator runs the carrier (`python -m shardrec.serving.carry` in the serving image), builds v2 with
-    the carry folder, switches after the hand-over (old leaders fenced: writes meanwhile get 503 and are
-    retried) and asks for the finish; the carrier reports done and the v1 layout goes. Then, through the
-    router on v2: every acknowledged upsert found by id and first for its own vector, every acknowledged
-    delete absent; every write acknowledged in the end; 0 failed, 0 503, 0 partial, 0 wrong reads (the
-    roll's budget is the rollout scenario's: none; only writes are fenced)."""
-    pm, cluster = product_module, carry_cluster
-    cp, ns = cluster.cp, cluster.ns
-    before = pm.kubectl_json(cp, "get", "recommendercluster", CARRY_CLUSTER, "-n", ns)["status"]
-    assert before["activeVersion"] == "v1", before
+def carry_run(
+    name: str,
+    pm: ModuleType,
+    traffic_module: ModuleType,
+    cluster: CarryCluster,
+    *,
+    ops: list[WriteOp],
+    hold_at: int,
+    version: str,
+) -> CarryRun:
+    """The reads (CARRY_READ_CLIENTS bounded clients, carry_version_check), the writer of `ops` and the
+    watch on the carry cluster as it serves now; the spec goes to `version` in `roll()`."""
+    status = cluster.status(pm)
+    written = {op.item_id for op in [*cluster.written, *ops]}
     reads = traffic_module.Traffic(
         f"{cluster.base}/v1/recommend",
         bodies,
-        check=carry_version_check(cluster),
+        check=carry_version_check(cluster, written),
         clients=CARRY_READ_CLIENTS,
         rate=CARRY_READ_RATE,
         max_requests=MAX_REQUESTS,
         max_seconds=MAX_SECONDS,
         headers={"X-API-Key": cluster.key},
     )
-    writer = Writer(cluster.base, cluster.key, pm.DIM, max_seconds=MAX_SECONDS)
-    run = CarryRun(pm, cluster, reads, writer, CarryWatch(pm, cp, ns), before["activeLayout"])
-    run.start()
-    try:
-        run.roll()
-    except BaseException:
-        print("[scenario carry] timeline:\n  " + "\n  ".join(run.watch.transitions))
-        print(f"[scenario carry] writer: {writer.summary()}; at {run.at}")
-        print(
-            "[scenario carry] first writes: "
-            + "; ".join(f"{op.item_id} {op.attempts}" for op in writer.ops[:5])
-        )
-        print(f"[scenario carry] reads: {reads.counts()}; first problems: {reads.problems()[:5]}")
-        print(pm.diagnostics(cp, ns))
-        raise
-    finally:
-        counts = run.stop()
-    written = writer.summary()
-    checked = check_written(traffic_module, cluster, writer)
-    record(record_property, "carry_reads", counts, time.monotonic() - run.t0)
-    for name, value in {**written, **checked, **run.at}.items():
-        record_property(f"carry_{name}", json.dumps(value) if isinstance(value, (dict, list)) else value)
-    run.report(counts, written, checked)
+    writer = Writer(cluster.base, cluster.key, ops, hold_at, max_seconds=MAX_SECONDS)
+    watch = CarryWatch(pm, cluster.cp, cluster.ns)
+    return CarryRun(name, pm, cluster, reads, writer, watch, version, status["activeLayout"])
 
+
+def assert_every_write_acked(written: dict[str, Any], writer: Writer, layouts: set[str]) -> None:
     unacked = [f"{op.kind} {op.item_id}: {op.attempts}" for op in writer.ops if op.acked is None]
     assert not unacked, f"{len(unacked)} writes never acknowledged: {unacked[:10]}"
-    assert (written["upserts_acked"], written["deletes_acked"]) == (UPSERTS, UPSERTS // DELETE_EVERY), written
     assert written["retried_then_acked"] == written["retried_ops"], written
+    assert set(written["acked_per_layout"]) == layouts, written["acked_per_layout"]
+
+
+def assert_written_state(checked: dict[str, Any], version: str) -> None:
     assert not checked["problems"], checked["problems"][:20]
-    assert checked["versions"] == ["v2"], checked["versions"]
+    assert checked["versions"] == [version], checked["versions"]
     assert (checked["found"], checked["nearest"]) == (checked["live"], checked["live"]), checked
-    assert checked["absent"] == checked["deleted"] == UPSERTS // DELETE_EVERY, checked
-    assert set(written["acked_per_layout"]) == {run.old_layout, run.new_layout}, written["acked_per_layout"]
-    handed = [r.get("handed_over") for r in run.watch.reports.values() if r.get("handed_over")]
-    assert handed, f"no carrier report named a hand-over: {run.watch.transitions}"
-    assert_clean(reads, counts)
-    assert all(v == ["v1", "v2"] for v in reads.versions()), f"a client saw v1 after v2: {reads.versions()}"
+    assert checked["absent"] == checked["deleted"], checked
+
+
+def rollback_counts(cluster: CarryCluster, run: CarryRun) -> dict[str, int]:
+    """What the rollback's writes did to items v1 already held, and how many were acked before the patch."""
+    v1_ids = set(cluster.data["v1"].item_ids)
+    earlier = {op.item_id for op in cluster.written}
+    acked = [op for op in run.writer.ops if op.acked is not None]
+    return {
+        "replaced_v1_items": sum(op.kind == "upsert" and op.item_id in v1_ids for op in acked),
+        "replaced_roll_items": sum(op.kind == "upsert" and op.item_id in earlier for op in acked),
+        "deleted_v1_items": sum(
+            op.kind == "delete" and op.item_id in v1_ids for op in last_acked(run.writer.ops).values()
+        ),
+        "acked_before_patch": sum(op.attempts[-1][0] < run.at["patched"] for op in acked),
+    }
+
+
+def job_uids(pm: ModuleType, cp: Any, ns: str) -> dict[str, str]:
+    """Job name -> uid in `ns` (a Job deleted and made again under its name has another uid)."""
+    items = pm.kubectl_json(cp, "get", "jobs", "-n", ns)["items"]
+    return {job["metadata"]["name"]: job["metadata"]["uid"] for job in items}
+
+
+def events(pm: ModuleType, cp: Any, ns: str, reason: str) -> list[dict[str, Any]]:
+    """The carry cluster's Events with this reason."""
+    found: list[dict[str, Any]] = pm.kubectl_json(
+        cp,
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        f"reason={reason},involvedObject.name={CARRY_CLUSTER}",
+    )["items"]
+    return found
+
+
+class TestItemWritesCarried:
+    """Issue 18 on real pods, both ways, on one writes cluster (`carry_cluster`, class-scoped): the roll
+    v1 -> v2 carries v1's writes forward, then the rollback to the kept v1 carries v2's back. The
+    rollback needs the roll's outcome (v2 serving, v1 kept, the writes acknowledged so far): run both
+    (`-k carried`)."""
+
+    @pytest.mark.node_scenarios
+    def test_item_writes_are_carried_through_v1_to_v2_and_two_to_three_shards(
+        self,
+        carry_cluster: CarryCluster,
+        product_module: ModuleType,
+        traffic_module: ModuleType,
+        record_property: Any,
+    ) -> None:
+        """A writes cluster (v1, 2 shards x 2 replicas, write-log claims on hostPath PVs, an API key with
+        read,write) takes bounded reads (4 clients) and one bounded writer (300 upserts of new ids, 30
+        deletes of them, each retried on 503) while its spec changes to v2 on 3 shards: the operator runs
+        the carrier (`python -m shardrec.serving.carry` in the serving image), builds v2 with the carry
+        folder, switches after the hand-over (old leaders fenced: writes meanwhile get 503 and are
+        retried) and asks for the finish; the carrier reports done, its Deployment goes, v1 stays kept
+        (its pods run: the rollback below needs them). Then, through the router on v2: every acknowledged
+        upsert found by id and first for its own vector, every acknowledged delete absent; every write
+        acknowledged in the end; 0 failed, 0 503, 0 partial, 0 wrong reads (the roll's budget is the
+        rollout scenario's: none; only writes are fenced)."""
+        pm, cluster = product_module, carry_cluster
+        before = cluster.status(pm)
+        assert before["activeVersion"] == "v1", before
+        run = carry_run(
+            "carry", pm, traffic_module, cluster, ops=forward_ops(pm.DIM), hold_at=WRITE_HOLD_AT, version="v2"
+        )
+
+        def steps() -> None:
+            run.roll({"shards": SHARDS_OF["v2"], "index": pm.index_spec("v2")})
+            run.more_reads()
+
+        counts = run.drive(steps)
+        writer = run.writer
+        written = writer.summary()
+        checked = check_written(traffic_module, cluster, writer.ops)
+        run.record(record_property, counts, written, checked)
+        run.report(counts, written, checked)
+        kept = pm.pods(cluster.cp, cluster.ns, carry_shard_selector(run.old_layout))
+        layouts = {entry["name"]: entry for entry in cluster.status(pm).get("layouts", [])}
+        print(f"[scenario carry] {run.old_layout}: {len(kept)} pods, {layouts.get(run.old_layout)}")
+
+        assert_every_write_acked(written, writer, {run.old_layout, run.new_layout})
+        assert (written["upserts_acked"], written["deletes_acked"]) == (UPSERTS, UPSERTS // DELETE_EVERY), (
+            written
+        )
+        assert_written_state(checked, "v2")
+        assert checked["deleted"] == UPSERTS // DELETE_EVERY, checked
+        handed = [r.get("handed_over") for r in run.watch.reports.values() if r.get("handed_over")]
+        assert handed, f"no carrier report named a hand-over: {run.watch.transitions}"
+        assert_clean(run.reads, counts)
+        versions = run.reads.versions()
+        assert all(v == ["v1", "v2"] for v in versions), f"a client saw v1 after v2: {versions}"
+        assert len(kept) == SHARDS_OF["v1"] * pm.REPLICAS and all(pm.pod_ready(p) for p in kept), kept
+        assert "kept for rollback" in layouts[run.old_layout].get("message", ""), layouts
+        cluster.written = list(writer.ops)
+        cluster.rolled = (run.old_layout, run.new_layout)
+
+    @pytest.mark.node_scenarios
+    def test_item_writes_are_carried_back_on_a_rollback_to_the_kept_v1_on_two_shards(
+        self,
+        carry_cluster: CarryCluster,
+        product_module: ModuleType,
+        traffic_module: ModuleType,
+        record_property: Any,
+    ) -> None:
+        """The carry back, after the roll above (v2 on 3 shards serving, v1 kept with its pods): bounded
+        reads and one writer on v2 (80 new ids, 20 replacements of items v1 holds, half of them v1's own
+        and half the roll's `w-` items, 12 deletes, 4 of them of v1's own items), then the spec goes back
+        to v1 on 2 shards while the writer goes on (retrying 503s). The operator plans a carry back
+        (`status.carries[]` with `back`, Progressing/Event CarryingWritesBack, no build Job): the carrier
+        in back mode opens v1's leaders, replays v2's logs from their first record, hands over (v2's
+        leaders fenced) and the routers switch to v1; the carrier reports done (Event WritesCarriedBack)
+        and goes; v2 goes after its window (shortened to ROLLBACK_WINDOW_S afterwards). Then, through the
+        router on v1: every write acknowledged in both tests is v1's state (upserts found by id and first
+        for their own vector, deletes absent); 0 failed, 0 503, 0 partial, 0 wrong reads, every client
+        saw v2 then v1."""
+        pm, cluster = product_module, carry_cluster
+        if cluster.rolled is None:
+            pytest.skip("needs the roll to v2 of the test above (v2 serving, v1 kept): run both, -k carried")
+        v1, v2 = cluster.rolled
+        cp, ns = cluster.cp, cluster.ns
+        before = cluster.status(pm)
+        assert (before["activeVersion"], before["activeLayout"]) == ("v2", v2), before
+        kept = pm.pods(cp, ns, carry_shard_selector(v1))
+        assert len(kept) == SHARDS_OF["v1"] * pm.REPLICAS and all(pm.pod_ready(p) for p in kept), kept
+        jobs = job_uids(pm, cp, ns)
+        ops = rollback_ops(pm.DIM, cluster.written, cluster.data["v1"].item_ids)
+        run = carry_run(
+            "carry back", pm, traffic_module, cluster, ops=ops, hold_at=BACK_HOLD_AT, version="v1"
+        )
+
+        def steps() -> None:
+            run.roll({"shards": SHARDS_OF["v1"], "index": pm.index_spec("v1")})
+            pm.kubectl(
+                cp, "patch", "recommendercluster", CARRY_CLUSTER, "-n", ns, "--type", "merge", "-p",
+                json.dumps({"spec": {"rollout": {"rollbackWindowSeconds": pm.ROLLBACK_WINDOW_S}}}),
+            )  # fmt: skip
+            run.mark("window_shortened")
+            pm.wait_for(
+                f"{v2} retired after its window (its pods gone)",
+                lambda: not pm.pods(cp, ns, carry_shard_selector(v2)),
+                timeout=pm.ROLLBACK_WINDOW_S + 300,
+            )
+            run.mark("v2_gone")
+            run.more_reads()
+
+        counts = run.drive(steps)
+        writer = run.writer
+        written = writer.summary()
+        every = [*cluster.written, *writer.ops]
+        checked = check_written(traffic_module, cluster, every)
+        written.update(rollback_counts(cluster, run))
+        run.record(record_property, counts, written, checked)
+        run.report(counts, written, checked)
+        status = cluster.status(pm)
+        back = run.watch.back_carries.get((v1, v2))
+        carrier = run.watch.reports.get(v1) or {}
+        new_jobs = job_uids(pm, cp, ns)  # v2's build Job went with v2
+        carrying, carried = events(pm, cp, ns, "CarryingWritesBack"), events(pm, cp, ns, "WritesCarriedBack")
+        print(
+            f"[scenario carry back] status.carries {status.get('carries')}; seen back {back}; events "
+            f"CarryingWritesBack {len(carrying)}, WritesCarriedBack {len(carried)}; "
+            f"jobs {jobs} -> {new_jobs}"
+        )
+
+        assert back is not None, (
+            f"no status.carries entry with back for {v1} from {v2}: {run.watch.transitions}"
+        )
+        assert carrier.get("from_layout") == v2 and carrier.get("done") is True, carrier
+        assert carrier.get("handed_over"), f"the carry back never handed over: {carrier}"
+        assert carrying and carried, (carrying, carried)
+        assert new_jobs.items() <= jobs.items(), f"a carry back builds nothing: {jobs} -> {new_jobs}"
+        assert (status["activeVersion"], status["activeLayout"]) == ("v1", v1), status
+        assert [
+            (c["layout"], c.get("back"), c.get("done")) for c in status.get("carries", []) if c.get("back")
+        ] == [(v1, True, True)], status.get("carries")
+        assert_every_write_acked(written, writer, {v2, v1})
+        assert written["acked_before_patch"] >= 40, written
+        assert written["replaced_v1_items"] and written["replaced_roll_items"] and written["deleted_v1_items"]
+        assert_written_state(checked, "v1")
+        assert_clean(run.reads, counts)
+        versions = run.reads.versions()
+        assert all(v == ["v2", "v1"] for v in versions), f"a client saw v2 after v1: {versions}"
 
 
 # --- a pod-template change (the data-plane image) rolled shard by shard ----------------------------------
