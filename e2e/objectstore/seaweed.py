@@ -44,6 +44,8 @@ REGION = "us-east-1"
 # Waiting 2 s ends it the same way, 8 s sooner (test_storage_s3 reads the store back after a
 # stop and restart).
 STOP_GRACE_S = 2.0
+MAX_VOLUMES = 1000
+"""Volumes the test store may grow: 7 per bucket at its first write, so ~140 buckets."""
 
 
 class WeedNotFoundError(RuntimeError):
@@ -215,7 +217,11 @@ class SeaweedS3:
             f"-master.port={p['master']}",
             f"-master.port.grpc={p['master_grpc']}",
             "-master.volumeSizeLimitMB=1024",
-            "-volume.max=0",
+            # An explicit count: 0 means free disk / volume size, and every bucket's first write
+            # grows 7 volumes, so with 45 GB free the store refused first writes after ~6 buckets
+            # (500 "no free volumes left"). Volumes are files that grow as written (none is
+            # preallocated), so a high count costs nothing until used.
+            f"-volume.max={MAX_VOLUMES}",
             f"-volume.port={p['volume']}",
             f"-volume.port.grpc={p['volume_grpc']}",
             "-filer",
