@@ -67,16 +67,21 @@ class CarryScenario:
         return found
 
     def report(self, **fields: Any) -> None:
-        """Play the carrier: patch its report onto its pod, as `shardrec.serving.carry` does."""
+        """Play the carrier (into v2, from v1): patch its report onto its pod, as
+        `shardrec.serving.carry` does."""
+        self.play_carrier(self.seen["new"], self.seen["old"], **fields)
+
+    def play_carrier(self, to_layout: str, from_layout: str, **fields: Any) -> None:
+        """Patch the report of the carrier into `to_layout` onto its pod."""
         pods = [
             p
             for p in self.scenario.children(
-                kinds.POD, f"app.kubernetes.io/component=carrier,shardrec.io/layout={self.seen['new']}"
+                kinds.POD, f"app.kubernetes.io/component=carrier,shardrec.io/layout={to_layout}"
             )
             if not p["metadata"].get("deletionTimestamp")
         ]
         assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
-        progress = CarryProgress(to_layout=self.seen["new"], from_layout=self.seen["old"], **fields)
+        progress = CarryProgress(to_layout=to_layout, from_layout=from_layout, **fields)
         self.scenario.kube.kubectl(
             "-n",
             self.scenario.namespace,
@@ -214,24 +219,7 @@ class CarryBackScenario(CarryScenario):
 
     def report_back(self, **fields: Any) -> None:
         """Play the carrier of the carry back (into v1, from v2)."""
-        pods = [
-            p
-            for p in self.scenario.children(
-                kinds.POD, f"app.kubernetes.io/component=carrier,shardrec.io/layout={self.seen['old']}"
-            )
-            if not p["metadata"].get("deletionTimestamp")
-        ]
-        assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
-        progress = CarryProgress(to_layout=self.seen["old"], from_layout=self.seen["new"], **fields)
-        self.scenario.kube.kubectl(
-            "-n",
-            self.scenario.namespace,
-            "annotate",
-            "pod",
-            pods[0]["metadata"]["name"],
-            f"{CARRY_PROGRESS_ANNOTATION}={progress.model_dump_json()}",
-            "--overwrite",
-        )
+        self.play_carrier(self.seen["old"], self.seen["new"], **fields)
 
     def back_carrier_deployment(self) -> dict[str, Any] | None:
         found: dict[str, Any] | None = self.scenario.kube.get(
