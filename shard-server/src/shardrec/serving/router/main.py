@@ -24,6 +24,7 @@ from shardrec import __version__
 from shardrec.api.commands import RouterFlags, env_name
 from shardrec.serving.cpus import usable_cpus
 from shardrec.serving.credentials import TokenFile, TokenFileError
+from shardrec.serving.heap import settle_heap
 from shardrec.serving.http_limits import HttpLimits, guarded_protocol
 from shardrec.serving.router.auth import OPEN, ApiKeysError, load_api_keys
 from shardrec.serving.router.config import (
@@ -321,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_keep_alive=int(HTTP_LIMITS.keep_alive_s),
         timeout_graceful_shutdown=10,
     )
+    settle_heap()  # the import-time heap is built: freeze it (serving/heap.py)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

@@ -28,6 +28,7 @@ from fastapi import FastAPI
 from shardrec.api.commands import DEFAULT_EF_SEARCH, env_name
 from shardrec.api.commands import ShardFlags as F
 from shardrec.serving.credentials import StaticTokens, TokenFile, TokenFileError, TokenSource
+from shardrec.serving.heap import settle_heap
 from shardrec.serving.http_limits import HttpLimits, guarded_protocol
 from shardrec.serving.shard.app import Drain, ShardServer, build_api
 from shardrec.serving.shard.engine import EngineSettings, LoadRejectedError, SearchEngine
@@ -234,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **tls,
     )
     server = uvicorn.Server(config)
+    settle_heap()  # the import-time heap is built: freeze it (serving/heap.py)
     server.run(sockets=[sock])
     if failure:
         print(f"shardrec-shard: error: {failure[0]}", file=sys.stderr)
