@@ -118,6 +118,7 @@ class ScaleResult:
     build_cores: int | None = None  # the cores the build could use
     runs: int | None = None  # runs of the bench on this point (1 + resumes)
     load_average_first: float | None = None  # at the end of the first run's data stage
+    load_average_last: float | None = None  # at the end of the last stage (measure-S)
 
 
 def parse_size(text: str) -> int:
@@ -506,6 +507,7 @@ def measure_one(
         build_cores=cores if resume else None,
         runs=runs if resume else None,
         load_average_first=float(data["load_average"]) if resume else None,
+        load_average_last=float(merged["load_average"]) if resume else None,
     )
 
 
@@ -557,9 +559,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     command = "python benchmarks/scale_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     firsts = [result.load_average_first for result in results if result.load_average_first is not None]
+    # A resumed point's end is its last stage's, not this run's (which may only render the table).
+    lasts = [result.load_average_last for result in results if result.load_average_last is not None]
     runs = max((result.runs or 1 for result in results), default=1)
     machine = machine_line(
-        min(firsts, default=load_start), os.getloadavg()[0], runs=runs if args.resume else None
+        min(firsts, default=load_start),
+        max(lasts, default=os.getloadavg()[0]),
+        runs=runs if args.resume else None,
     )
     section = render(results, command.strip(), stamp, machine)
     print(section)
