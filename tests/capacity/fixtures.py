@@ -86,7 +86,7 @@ def scale_model(largest_items: int = 100_000_000) -> ScaleModel:
     and shard, 200 µs per search at ef 64 growing in proportion to ef (3.125 µs per unit of ef),
     1 µs per excluded item, 10k items per core-second to build."""
     return ScaleModel(
-        ef=(math.log(64), 0.0, 0.0, 0.0, 0.0),
+        ef=(math.log(64), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
         cpu=(math.log(200 / 64), 1.0, 0.0, 0.0),
         per_excluded=(0.0, 0.0, 0.0),
         build=(math.log(10_000), 0.0, 0.0),

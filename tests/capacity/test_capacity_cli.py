@@ -66,15 +66,20 @@ def test_the_issue_sizing_runs_on_the_measured_coefficients(capsys: pytest.Captu
     assert plan["zone_loss_capacity_qps"] >= 36000
     assert plan["bytes_per_item"] > 4 * 64  # more than the raw vector: the graph and the ids
     assert measured.provenance[0].command
-    # 10M items in one shard is 10x the largest measured shard (1M): the plan says so.
-    assert any("10.0x the largest measured" in warning for warning in plan["warnings"])
+    # 10M items in one shard is a measured size (the 10M x 64 point): nothing is extrapolated.
+    assert not any("largest measured" in warning for warning in plan["warnings"]), plan["warnings"]
 
 
 def test_the_text_names_the_scale_points_and_warns(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*SIZING, "--coefficients", str(MEASURED)]) == 0
     out = capsys.readouterr().out
-    assert "scale points" in out and "python benchmarks/scale_bench.py --sizes 1m --dims 64" in out
-    assert "\nwarnings " in out and "WARNING: 10,000,000 items/shard" in out
+    assert "scale points" in out and "python benchmarks/scale_bench.py --sizes 10m --dims 64" in out
+    assert "WARNING" not in out
+    # 100M items in pods of 64 GiB: 2 shards of 50M, 5x the largest measured shard.
+    sizing = [*SIZING, "--items", "100000000", "--shard-pod-memory-gib", "64"]
+    assert main([*sizing, "--coefficients", str(MEASURED)]) == 0
+    out = capsys.readouterr().out
+    assert "\nwarnings " in out and "WARNING: 50,000,000 items/shard is 5.0x the largest measured" in out
 
 
 def test_bad_flags_name_the_flag(fixture_file: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,7 @@ from shardrec.tools.capacity.scale import (
     RECALL_TARGETS,
     ScaleModel,
     ScalePoint,
+    ef_terms,
     fit,
 )
 
@@ -94,17 +95,24 @@ def test_the_build_rate_falls_with_shard_size() -> None:
 
 def test_warnings_name_what_is_extrapolated() -> None:
     assert MODEL.warnings(0.95, 1e6, 64) == []
-    (at_10m,) = MODEL.warnings(0.95, 1e7, 64)
-    assert "10.0x the largest measured (1,000,000)" in at_10m and "a guess" not in at_10m
-    (at_30m,) = MODEL.warnings(0.95, 3e7, 64)
-    assert "30.0x" in at_30m and "beyond 10x: a guess" in at_30m
+    assert MODEL.warnings(0.95, 1e7, 64) == []
+    (at_100m,) = MODEL.warnings(0.95, 1e8, 64)
+    assert "10.0x the largest measured (10,000,000)" in at_100m and "a guess" not in at_100m
+    (at_300m,) = MODEL.warnings(0.95, 3e8, 64)
+    assert "30.0x" in at_300m and "beyond 10x: a guess" in at_300m
+    # 256 dimensions were measured up to 1M items: 5M x 256 is extrapolated although 10M x 64 is not.
+    (wide,) = MODEL.warnings(0.95, 5e6, 256)
+    assert "5.0x the largest measured at 256 dimensions or more (1,000,000)" in wide, wide
+    assert MODEL.warnings(0.95, 1e6, 256) == []
+    (between,) = MODEL.warnings(0.95, 2e6, 128)  # only the 256-d points are as wide
+    assert "2.0x the largest measured at 128 dimensions or more (1,000,000)" in between, between
     assert any("dimension 768" in w for w in MODEL.warnings(0.95, 1e5, 768))
     assert any("recall 0.99" in w for w in MODEL.warnings(0.99, 1e5, 64))
 
 
 def test_the_fit_recovers_a_known_model() -> None:
     truth = ScaleModel(
-        ef=(-3.0, 0.4, -0.3, 0.3, 0.6),
+        ef=(-3.0, 0.4, -0.3, 0.3, 0.6, 0.04, -0.05),
         cpu=(-3.0, 0.7, 0.2, 0.7),
         per_excluded=(-1.5, 0.05, 0.3),
         build=(12.0, -0.3, -0.4),
@@ -114,15 +122,14 @@ def test_the_fit_recovers_a_known_model() -> None:
     )
     points = []
     for items, dimension in ((100_000, 64), (100_000, 256), (1_000_000, 64), (10_000_000, 128)):
-        odds = [-math.log(1 - t) for t in RECALL_TARGETS]
 
-        def ef(n: float, shards: int, o: float, d: int = dimension) -> float:
-            e0, e_n, e_s, e_d, e_r = truth.ef
-            return math.exp(e0 + e_n * math.log(n) + e_s * math.log(shards) + e_d * math.log(d) + e_r * o)
+        def ef(n: float, shards: int, target: float, d: int = dimension) -> float:
+            terms = ef_terms(target, n, shards, d)
+            return math.exp(sum(c * t for c, t in zip(truth.ef, terms, strict=True)))
 
         # Exact (unrounded) ef would not be integers; the fit is checked on its own form.
-        single = tuple(ef(items, 1, o) for o in odds)
-        merged = tuple(ef(items / 4, 4, o) for o in odds)
+        single = tuple(ef(items, 1, t) for t in RECALL_TARGETS)
+        merged = tuple(ef(items / 4, 4, t) for t in RECALL_TARGETS)
         at_95 = single[1]
         searched = max(at_95, MEASURED_K + EXCLUDED)
         points.append(
@@ -148,6 +155,7 @@ def test_the_fit_recovers_a_known_model() -> None:
     assert fitted.per_excluded == pytest.approx(truth.per_excluded, abs=1e-6)
     assert fitted.build == pytest.approx(truth.build, abs=1e-6)
     assert fitted.largest_items == 10_000_000
+    assert fitted.largest_by_dimension == ((64, 1_000_000), (128, 10_000_000), (256, 100_000))
 
 
 def test_no_points_is_an_error() -> None:

@@ -5,10 +5,14 @@ planner runs on.
 table of docs/benchmarks.md, copied from the run named in its `command` (tests/ship checks that
 the rows and this constant agree). The fits below are the only place they are extrapolated:
 
-- ef for a recall target: `log ef = e0 + e_n log(items/shard) + e_s log(shards) + e_d log(dim)
-  + e_r (-log(1 - recall))`, least squares over every (point, target, one shard / S merged).
-  The measured ef are the smallest of a coarse grid (10, 16, 24, 32, 48, 64, 96, ...) that reach
-  the target, so each is within one grid step above the true one;
+- ef for a recall target: `log ef = e0 + e_n log(n) + e_s log(shards) + e_d log(dim) + e_r r
+  + e_nn (log(n) - log(1M))^2 + e_dr log(dim) r`, with n = items/shard and r = -log(1 - recall),
+  least squares over every (point, target, one shard / S merged). The measured ef are the
+  smallest of a coarse grid (10, 16, 24, 32, 48, 64, 96, ...) that reach the target, so each is
+  within one grid step above the true one. The two last terms came with the 10M point: the ef a
+  target needs grew 2x from 100k to 1M items but 4x from 1M to 10M (64 dims), which no power of
+  n fits (e_nn), and the recall axis is steeper at 64 than at 256 dimensions (e_dr). Without
+  them the fit missed the 1M points by more than a grid step;
 - CPU per search: `log us = c0 + c_ef log ef + c_n log(items/shard) + c_d log(dim)`, least squares
   over the CPU measured at ef 24 and at the one-shard ef for 0.95;
 - excluding E items: the shard fetches k + E, so hnswlib searches at ef' = max(ef, k + E); what the
@@ -119,6 +123,25 @@ MEASURED: tuple[ScalePoint, ...] = (
             "2026-12-06, 2 cores (Intel Xeon), 24 GiB, nice 19 on a shared machine; --work elsewhere",
         ),
     ),
+    ScalePoint(
+        items=10_000_000,
+        dimension=64,
+        shards_merged=4,
+        ef_single=(192, 384, 768),
+        ef_merged=(64, 128, 256),
+        planner_ef=24,
+        cpu_us_planner_ef=149.0,
+        cpu_us=1395.0,
+        cpu_us_excluded=1823.0,
+        # The wall rate, as for the other points (all niced on a shared machine); its CPU-based
+        # rate (3,008/s: items / (process CPU s / 2 cores)) is in the table beside it.
+        build_items_per_second=1619.0,
+        build_cores=2,
+        command=_run(
+            "--sizes 10m --dims 64 --work /work/bench-scale-10m --resume",
+            "2026-12-06, 2 cores (Intel Xeon), 24 GiB, nice 19 in the background over 2 runs",
+        ),
+    ),
 )
 
 
@@ -131,6 +154,18 @@ def _lstsq(rows: Sequence[Sequence[float]], values: Sequence[float]) -> tuple[fl
 def _odds(recall: float) -> float:
     """-log(1 - recall): the recall axis the ef fit is linear in (0.90 -> 2.30, 0.95 -> 3.00)."""
     return -math.log(max(1.0 - recall, 1e-6))
+
+
+_CENTRE = math.log(1_000_000)
+"""Where the quadratic term in log(items/shard) is centred (the middle measured size)."""
+
+
+def ef_terms(recall: float, items_per_shard: float, shards: int, dimension: int) -> tuple[float, ...]:
+    """The terms the log of ef is linear in (module docstring), in the order of `ScaleModel.ef`."""
+    n = math.log(max(items_per_shard, 2.0))
+    d = math.log(dimension)
+    r = _odds(recall)
+    return (1.0, n, math.log(shards), d, r, (n - _CENTRE) ** 2, d * r)
 
 
 @dataclass(frozen=True)
@@ -152,19 +187,27 @@ class ShardSearch:
 class ScaleModel:
     """The fitted coefficients (natural logs); `fit(MEASURED)` gives the planner's."""
 
-    ef: tuple[float, float, float, float, float]  # e0, e_n, e_s, e_d, e_r
+    ef: tuple[float, ...]  # e0, e_n, e_s, e_d, e_r, e_nn, e_dr: the terms of `ef_terms`
     cpu: tuple[float, float, float, float]  # c0, c_ef, c_n, c_d
     per_excluded: tuple[float, float, float]  # x0, x_n, x_d
     build: tuple[float, float, float]  # b0, b_n, b_d
     largest_items: int
     dimensions: tuple[int, int]  # smallest and largest measured
     recalls: tuple[float, float]
+    # (dimension, the largest shard measured at it), by dimension; empty: `largest_items` at all.
+    largest_by_dimension: tuple[tuple[int, int], ...] = ()
+
+    def largest_measured(self, dimension: int) -> int:
+        """The largest shard measured at `dimension` or wider: a 5M x 256 shard is not covered by
+        a 10M x 64 point (a wider vector's graph is harder to search), so it is extrapolated from
+        the widest points, not interpolated."""
+        wider = [items for measured, items in self.largest_by_dimension if measured >= dimension]
+        return max(wider) if wider else self.largest_items
 
     def ef_for(self, recall: float, items_per_shard: float, shards: int, dimension: int) -> int:
         """The efSearch reaching `recall` when `shards` shards of `items_per_shard` are merged."""
-        e0, e_n, e_s, e_d, e_r = self.ef
-        value = e0 + e_n * math.log(max(items_per_shard, 2.0)) + e_s * math.log(shards)
-        value += e_d * math.log(dimension) + e_r * _odds(recall)
+        terms = ef_terms(recall, items_per_shard, shards, dimension)
+        value = sum(coefficient * term for coefficient, term in zip(self.ef, terms, strict=True))
         return max(1, math.ceil(math.exp(value)))
 
     def search_us(self, ef: float, items_per_shard: float, dimension: int) -> float:
@@ -201,12 +244,14 @@ class ScaleModel:
     def warnings(self, recall: float, items_per_shard: float, dimension: int) -> list[str]:
         """What the plan extrapolates beyond the measurements, in words for the output."""
         out: list[str] = []
-        factor = items_per_shard / self.largest_items
+        largest = self.largest_measured(dimension)
+        factor = items_per_shard / largest
         if factor > 1.0:
             beyond = ", beyond 10x: a guess" if factor > TRUSTED_FACTOR else ""
+            at = f" at {dimension} dimensions or more" if largest != self.largest_items else ""
             out.append(
-                f"WARNING: {items_per_shard:,.0f} items/shard is {factor:.1f}x the largest measured "
-                f"({self.largest_items:,}){beyond}: ef, CPU and build rate extrapolated"
+                f"WARNING: {items_per_shard:,.0f} items/shard is {factor:.1f}x the largest measured{at} "
+                f"({largest:,}){beyond}: ef, CPU and build rate extrapolated"
             )
         low, high = self.dimensions
         if not low <= dimension <= high:
@@ -230,26 +275,26 @@ def fit(points: Sequence[ScalePoint]) -> ScaleModel:
     cpu_values: list[float] = []
     for p in points:
         for target, single, merged in zip(RECALL_TARGETS, p.ef_single, p.ef_merged, strict=True):
-            ef_rows.append([1.0, math.log(p.items), 0.0, math.log(p.dimension), _odds(target)])
+            ef_rows.append(list(ef_terms(target, p.items, 1, p.dimension)))
             ef_values.append(math.log(single))
-            per_shard = p.items / p.shards_merged
-            ef_rows.append(
-                [1.0, math.log(per_shard), math.log(p.shards_merged), math.log(p.dimension), _odds(target)]
-            )
+            ef_rows.append(list(ef_terms(target, p.items / p.shards_merged, p.shards_merged, p.dimension)))
             ef_values.append(math.log(merged))
         for ef, us in ((p.planner_ef, p.cpu_us_planner_ef), (p.ef_single[1], p.cpu_us)):
             cpu_rows.append([1.0, math.log(ef), math.log(p.items), math.log(p.dimension)])
             cpu_values.append(math.log(us))
-    e0, e_n, e_s, e_d, e_r = _lstsq(ef_rows, ef_values)
     c0, c_ef, c_n, c_d = _lstsq(cpu_rows, cpu_values)
     partial = ScaleModel(
-        ef=(e0, e_n, e_s, e_d, e_r),
+        ef=_lstsq(ef_rows, ef_values),
         cpu=(c0, c_ef, c_n, c_d),
         per_excluded=(0.0, 0.0, 0.0),
         build=(0.0, 0.0, 0.0),
         largest_items=max(p.items for p in points),
         dimensions=(min(p.dimension for p in points), max(p.dimension for p in points)),
         recalls=(RECALL_TARGETS[0], RECALL_TARGETS[-1]),
+        largest_by_dimension=tuple(
+            (dimension, max(p.items for p in points if p.dimension == dimension))
+            for dimension in sorted({p.dimension for p in points})
+        ),
     )
     exclusion_rows: list[list[float]] = []
     exclusion_values: list[float] = []
@@ -270,6 +315,7 @@ def fit(points: Sequence[ScalePoint]) -> ScaleModel:
         largest_items=partial.largest_items,
         dimensions=partial.dimensions,
         recalls=partial.recalls,
+        largest_by_dimension=partial.largest_by_dimension,
     )
 
 
