@@ -37,7 +37,6 @@ from tests.serving.test_carrier_integration import (
     NAME,
     TOKEN,
     Processes,
-    Writer,
     processes,  # noqa: F401 - a fixture
     tls_dir,  # noqa: F401 - a fixture
     vector,
@@ -90,7 +89,7 @@ def test_a_rollback_carries_every_write_the_newer_layout_took_back_into_the_kept
     for shard in v1:
         wait_ready(shard)
     v1_leaders = [urls[0] for urls in v1_urls]
-    writer = Writer(v1_leaders)
+    writer = processes.writer(v1_leaders)
     for n in range(10):
         assert writer.write(f"a{n}", vector(n)) == 200
     assert writer.write("i1", None) == 200

@@ -65,6 +65,15 @@ class Processes:
     tmp: Path
     tls: Path
     running: list[Shard] = field(default_factory=list)
+    writers: list[Writer] = field(default_factory=list)
+
+    def writer(self, leaders: list[str]) -> Writer:
+        """A writer whose connections are closed before the shards are stopped: a TLS shard closing
+        an idle connection waits for the peer's close_notify, which a client that never reads again
+        does not send, so each leader it held would sit out the 10 s wait below."""
+        writer = Writer(leaders)
+        self.writers.append(writer)
+        return writer
 
     def shard(self, name: str, layout: Path, shard: int, port: int) -> Shard:
         log = (self.tmp / f"{name}.log").open("wb")
@@ -85,6 +94,8 @@ class Processes:
         return process
 
     def stop(self) -> None:
+        for writer in self.writers:
+            writer.client.close()
         for process in self.running:
             if process.popen.poll() is None:
                 os.kill(process.popen.pid, signal.SIGTERM)
@@ -195,7 +206,7 @@ def test_the_carrier_carries_every_acknowledged_write_into_the_new_layout(  # no
         wait_ready(shard)
     new_urls = [[f"https://127.0.0.1:{ports[2 + 2 * s + r]}" for r in range(2)] for s in range(3)]
 
-    writer = Writer([shard.url for shard in old])
+    writer = processes.writer([shard.url for shard in old])
     # Closed before the processes fixture stops the shards (finalizers run last-in first-out): an
     # old leader's graceful stop waits for the TLS close of a keep-alive connection nobody reads,
     # up to the SSL shutdown timeout (seen: 10 s per leader, then the fixture's SIGKILL).
