@@ -5,6 +5,7 @@ running shard (accept old+new, then new only) is picked up without a restart."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from shardrec.serving.index.build import build_layout
 from shardrec.serving.index.embeddings import write_embeddings_dir
 from shardrec.serving.index.synthetic import clustered
 from shardrec.serving.shard.client import ShardClient, ShardRejected, ShardUnavailable
+from shardrec.serving.shard.main import GRACEFUL_SHUTDOWN_S
 from shardrec.serving.tls import client_context
 from tests.serving.test_shard_server import Shard
 
@@ -214,4 +216,30 @@ def test_a_renewed_certificate_is_served_without_a_restart(layout: Path, tmp_pat
 
         _eventually(serves_second)
     finally:
+        shard.stop()
+
+
+def test_sigterm_stops_the_shard_within_its_bound_while_a_tls_client_sits_idle(
+    layout: Path, pki_dir: Path
+) -> None:
+    """A TLS connection the server closes waits for the peer's close_notify; a client that never
+    reads again (a stuck or partitioned router) must not hold the shard past its graceful bound
+    (asyncio's TLS shutdown timeout alone is 30 s, and the kubelet's grace period would end it
+    with SIGKILL)."""
+    shard = Shard(
+        "--layout-dir", str(layout), "--shard", "0",
+        "--tls-cert", str(pki_dir / "tls.crt"), "--tls-key", str(pki_dir / "tls.key"),
+    )  # fmt: skip
+    idle = httpx.Client(verify=client_context(pki_dir / "ca.pem"))
+    try:
+        _wait_ready(shard.url, client_context(pki_dir / "ca.pem"), shard)
+        assert idle.get(f"{shard.url}/readyz").status_code == 200  # a kept-alive connection, then silence
+        started = time.monotonic()
+        shard.process.send_signal(signal.SIGTERM)
+        shard.process.wait(GRACEFUL_SHUTDOWN_S + 20)
+        took = time.monotonic() - started
+        assert took < GRACEFUL_SHUTDOWN_S + 5, f"the shard took {took:.1f} s to stop"
+        assert shard.process.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    finally:
+        idle.close()
         shard.stop()

@@ -42,6 +42,11 @@ LISTEN_BACKLOG = 4096
 # timeout is longer than the router's pool keeps connections idle.
 CERT_RELOAD_CHECK_S = 2.0
 """How often a TLS shard looks for a renewed certificate (two stat calls)."""
+GRACEFUL_SHUTDOWN_S = 5
+"""How long SIGTERM waits for requests in flight and connections to close before it cancels them.
+The pre-stop drain has already turned routers away (`Drain`), so what is left is answered in
+milliseconds; a TLS connection whose peer never answers the close (a stuck or partitioned router)
+would otherwise hold the shard for asyncio's 30 s TLS shutdown timeout per connection."""
 HTTP_LIMITS = HttpLimits(header_timeout_s=10.0, body_timeout_s=30.0, keep_alive_s=120.0)
 
 
@@ -229,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lifespan="on",
         backlog=LISTEN_BACKLOG,
         timeout_keep_alive=int(HTTP_LIMITS.keep_alive_s),
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         proxy_headers=False,  # shards are called by routers directly, never through a proxy
         server_header=False,
         date_header=False,
