@@ -73,11 +73,16 @@ def plan_table() -> str:
     return f"`{command}`:\n\n{run_recctl(f'{SIZING} --markdown')}"
 
 
+def _extrapolated(warnings: list[str]) -> str:
+    """The plan's warnings without their prefix and consequence: what lies outside the measured points."""
+    return "; ".join(w.removeprefix("WARNING: ").split(": ")[0] for w in warnings) or "no"
+
+
 def variants_table() -> str:
     lines = [
         "| variant | flags | shards | items/shard | efSearch | replicas/shard | shard CPU/request "
-        "| router CPU/request | pods | cores | after a zone loss |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| router CPU/request | pods | cores | after a zone loss | extrapolated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in VARIANTS:
         plan = json.loads(run_recctl(f"{_variant_arguments(variant)} --json"))
@@ -87,7 +92,7 @@ def variants_table() -> str:
             f"| {plan['ef_search']} | {plan['replicas']} "
             f"| {plan['shards']} x {plan['shard_cpu_ms']:.3f} ms | {plan['router_cpu_ms']:.3f} ms "
             f"| {plan['pods']} | {plan['cores']:g} "
-            f"| {plan['zone_loss_capacity_qps']:,.0f} req/s |"
+            f"| {plan['zone_loss_capacity_qps']:,.0f} req/s | {_extrapolated(plan['warnings'])} |"
         )
     command = "recctl capacity <the sizing> [flags] --json"
     return f"`{command}`, one row per variant:\n\n" + "\n".join(lines) + "\n"
