@@ -98,6 +98,46 @@ def variants_table() -> str:
     return f"`{command}`, one row per variant:\n\n" + "\n".join(lines) + "\n"
 
 
+OLD_PLANNER = {
+    "ef_search": 24,
+    "shard_cpu_ms": 0.088,
+    "replicas": 5,
+    "pods": 13,
+    "cores": 26,
+    "build_s": 104,
+    "spike_pods": 102,
+}
+"""The seed's plan by the planner before the scale tables (fixed ef 24 scaled by log n, one build
+rate): the figures issue #20 quoted, kept here as the baseline the sentence below compares with."""
+
+
+def readings() -> str:
+    """The numbers the design's prose reads off the plan and its variants, written by the tool so
+    they cannot drift from the tables above them."""
+    plan = json.loads(run_recctl(f"{SIZING} --json"))
+    by_extra = {v.extra: json.loads(run_recctl(f"{_variant_arguments(v)} --json")) for v in VARIANTS[1:]}
+    small = by_extra["--shard-pod-memory-gib 4"]
+    excluded = by_extra["--exclude 100"]
+    old = OLD_PLANNER
+    return (
+        f"- Splitting (the small-pods row): {small['shards']} shards of "
+        f"{small['items_per_shard'] / 1e6:.1f}M cost {small['shards']} x {small['shard_cpu_ms']:.3f} ms "
+        f"of shard CPU per request against {plan['shard_cpu_ms']:.3f} ms for one shard of "
+        f"{plan['items_per_shard'] / 1e6:.0f}M, and the router's fan-out costs "
+        f"{small['router_cpu_ms']:.3f} against {plan['router_cpu_ms']:.3f} ms.\n"
+        f"- Excluding 100 seen items per request: "
+        f"{100 * (excluded['shard_cpu_ms'] / plan['shard_cpu_ms'] - 1):+.0f}% shard CPU per request "
+        f"({excluded['shard_cpu_ms']:.3f} against {plan['shard_cpu_ms']:.3f} ms).\n"
+        f"- Against the planner before the scale tables: efSearch {old['ef_search']} -> {plan['ef_search']}, "
+        f"shard CPU per request {old['shard_cpu_ms']} -> {plan['shard_cpu_ms']:.3f} ms, replicas per shard "
+        f"{old['replicas']} -> {plan['replicas']} (CPU needs {plan['replicas_cpu']}; "
+        f"{plan['replicas_zone']} survive a zone loss), pods {old['pods']} -> {plan['pods']}, cores "
+        f"{old['cores']} -> {plan['cores']:g}, "
+        f"build {old['build_s']} s -> {plan['build_seconds'] / 60:.1f} min; "
+        f"the spike needs +{plan['spike_extra_pods']} pods instead of +{old['spike_pods']}.\n"
+    )
+
+
 def pipeline_table() -> str:
     """The pipeline around the seed's plan, every assumption at its default (printed in the table)."""
     command = f"recctl capacity {SIZING} --pipeline --markdown"
@@ -107,6 +147,7 @@ def pipeline_table() -> str:
 TABLES = {
     "capacity-plan": plan_table,
     "capacity-variants": variants_table,
+    "capacity-readings": readings,
     "capacity-pipeline": pipeline_table,
 }
 
