@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import re
 import shlex
 import sys
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from shardrec.tools.capacity import scale
 from shardrec.tools.cli.main import main as recctl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,6 +140,46 @@ def readings() -> str:
     )
 
 
+def scale_fit() -> str:
+    """The planner's fitted search and build cost (`scale.MODEL`), with how far each fit is from
+    the points it was fitted to and what it gives at the seed's shard size."""
+    model, points = scale.MODEL, scale.MEASURED
+    e0, e_n, e_s, e_d, e_r, e_nn, e_dr = model.ef
+    c0, c_ef, c_n, c_d = model.cpu
+    _, b_n, b_d = model.build
+    cpu_errors = [
+        abs(model.search_us(ef, p.items, p.dimension) / us - 1)
+        for p in points
+        for ef, us in ((p.planner_ef, p.cpu_us_planner_ef), (p.ef_single[1], p.cpu_us))
+    ]
+    build_errors = [
+        abs(
+            model.build_items_per_core_second(p.items, p.dimension) * p.build_cores / p.build_items_per_second
+            - 1
+        )
+        for p in points
+    ]
+    per_excluded = [model.per_excluded_us(p.items, p.dimension) for p in points]
+    plan = json.loads(run_recctl(f"{SIZING} --json"))
+    n, d = plan["items_per_shard"], 64
+    return (
+        f"- efSearch: `log ef = {e0:.2f} {e_n:+.2f} n {e_s:+.2f} log(shards merged) {e_d:+.2f} d "
+        f"{e_r:+.2f} r {e_nn:+.3f} (n - log 1M)^2 {e_dr:+.2f} d r` over {len(points)} points; "
+        f"ef for 0.95 at {n / 1e6:.0f}M x {d}: {model.ef_for(0.95, n, 1, d):,}, "
+        f"at 100M x {d}: {model.ef_for(0.95, 1e8, 1, d):,}.\n"
+        f"- CPU per search: `us = {math.exp(c0):.4f} x ef^{c_ef:.2f} x (items per shard)^{c_n:.2f} "
+        f"x dimension^{c_d:.2f}`, within {100 * max(cpu_errors):.0f}% of each of the "
+        f"{len(cpu_errors)} measurements; 10x the items costs "
+        f"{model.search_us(100, 1e7, d) / model.search_us(100, 1e6, d):.1f}x at the same ef.\n"
+        f"- Per excluded item: {min(per_excluded):.1f}-{max(per_excluded):.1f} µs at the measured points.\n"
+        f"- Build rate per core: `~ (items per shard)^{b_n:.2f} x dimension^{b_d:.2f}`, within "
+        f"{100 * max(build_errors):.0f}% of each of the {len(build_errors)} measured rates; "
+        f"{model.build_items_per_core_second(n, d):.0f} items/s per core at {n / 1e6:.0f}M x {d}, so "
+        f"a version of the seed's plan builds in {plan['build_seconds'] / 60:.1f} minutes "
+        "on 16 build cores.\n"
+    )
+
+
 def pipeline_table() -> str:
     """The pipeline around the seed's plan, every assumption at its default (printed in the table)."""
     command = f"recctl capacity {SIZING} --pipeline --markdown"
@@ -148,6 +190,7 @@ TABLES = {
     "capacity-plan": plan_table,
     "capacity-variants": variants_table,
     "capacity-readings": readings,
+    "scale-fit": scale_fit,
     "capacity-pipeline": pipeline_table,
 }
 
