@@ -293,6 +293,13 @@ FORBIDDEN = (
         *((f"Generic S3 error: Error performing GET http://127.0.0.1:59385/b/k/layout.json in {took} - "
            "HTTP error: error sending request", StoreUnreachableError, "s3://b/k: store unreachable")
           for took in ("403.504µs", "401.1ms", "404.9µs", "503ns", "500.2s")),
+        # ... and again in the debug source obstore appends ("elapsed: 403.907µs"; CI, 2026-12-06).
+        *((f"Generic S3 error: Error performing GET http://127.0.0.1:33065/b/k/layout.json in {took} - "
+           "HTTP error: error sending request\n\nDebug source:\nGeneric {\n    store: \"S3\",\n"
+           f"    source: RetryError(\n        RetryErrorImpl {{\n            retries: 0,\n"
+           f"            elapsed: {took},\n            retry_timeout: 1s,\n",
+           StoreUnreachableError, "s3://b/k: store unreachable")
+          for took in ("403.907µs", "401.1ms", "404.2µs", "503ns")),
     ],
 )  # fmt: skip
 def test_s3_errors_are_classified_into_one_short_line(

@@ -213,8 +213,9 @@ def describe_s3_failure(text: str) -> str:
 
 
 _STATUS_NUMBER = re.compile(r"status code: (\d{3})\b")
-_NOT_A_STATUS = re.compile(r"https?://\S+|\bin \d+(?:\.\d+)?\s*(?:µs|us|ns|ms|s)(?=\W|$)")
-"""URLs and obstore's "in 403.504µs" (how long a request took): digits that only look like a status."""
+_NOT_A_STATUS = re.compile(r"https?://\S+|(?<![\w.])\d+(?:\.\d+)?\s*(?:µs|us|ns|ms|s)(?=\W|$)")
+"""URLs and durations (obstore's "in 403.504µs" and, in its debug source, "elapsed: 403.907µs"):
+digits that only look like a status."""
 _DENIED_CODES = frozenset(
     {"accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "expiredtoken", "tokenrefreshrequired"}
 )
