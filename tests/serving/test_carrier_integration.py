@@ -206,11 +206,7 @@ def test_the_carrier_carries_every_acknowledged_write_into_the_new_layout(  # no
         wait_ready(shard)
     new_urls = [[f"https://127.0.0.1:{ports[2 + 2 * s + r]}" for r in range(2)] for s in range(3)]
 
-    writer = processes.writer([shard.url for shard in old])
-    # Closed before the processes fixture stops the shards (finalizers run last-in first-out): an
-    # old leader's graceful stop waits for the TLS close of a keep-alive connection nobody reads,
-    # up to the SSL shutdown timeout (seen: 10 s per leader, then the fixture's SIGKILL).
-    request.addfinalizer(writer.client.close)
+    writer = processes.writer([shard.url for shard in old])  # closed by the fixture before the shards stop
     for n in range(20):
         assert writer.write(f"w{n}", vector(n)) == 200
     assert writer.write("i1", None) == 200 and writer.write("i2", None) == 200
