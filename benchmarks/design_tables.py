@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import math
@@ -22,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shardrec.tools.capacity import scale
 from shardrec.tools.cli.main import main as recctl
@@ -63,6 +65,14 @@ def run_recctl(arguments: str) -> str:
     return out.getvalue()
 
 
+@functools.cache
+def plan_of(arguments: str) -> dict[str, Any]:
+    """`recctl capacity <arguments> --json`, parsed; once per arguments (several blocks read the
+    seed's plan and its variants)."""
+    plan: dict[str, Any] = json.loads(run_recctl(f"{arguments} --json"))
+    return plan
+
+
 def _variant_arguments(variant: Variant) -> str:
     if not variant.extra:
         return SIZING
@@ -87,7 +97,7 @@ def variants_table() -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in VARIANTS:
-        plan = json.loads(run_recctl(f"{_variant_arguments(variant)} --json"))
+        plan = plan_of(_variant_arguments(variant))
         flags = f"`{variant.extra}`" if variant.extra else "(the sizing above)"
         lines.append(
             f"| {variant.name} | {flags} | {plan['shards']} | {plan['items_per_shard']:,.0f} "
@@ -116,10 +126,9 @@ rate): the figures issue #20 quoted, kept here as the baseline the sentence belo
 def readings() -> str:
     """The numbers the design's prose reads off the plan and its variants, written by the tool so
     they cannot drift from the tables above them."""
-    plan = json.loads(run_recctl(f"{SIZING} --json"))
-    by_extra = {v.extra: json.loads(run_recctl(f"{_variant_arguments(v)} --json")) for v in VARIANTS[1:]}
-    small = by_extra["--shard-pod-memory-gib 4"]
-    excluded = by_extra["--exclude 100"]
+    plan = plan_of(SIZING)
+    small = plan_of(f"{SIZING} --shard-pod-memory-gib 4")
+    excluded = plan_of(f"{SIZING} --exclude 100")
     old = OLD_PLANNER
     return (
         f"- Splitting (the small-pods row): {small['shards']} shards of "
@@ -160,8 +169,8 @@ def scale_fit() -> str:
         for p in points
     ]
     per_excluded = [model.per_excluded_us(p.items, p.dimension) for p in points]
-    plan = json.loads(run_recctl(f"{SIZING} --json"))
-    n, d = plan["items_per_shard"], 64
+    plan = plan_of(SIZING)
+    n, d = plan["items_per_shard"], plan["target"]["dimension"]
     return (
         f"- efSearch: `log ef = {e0:.2f} {e_n:+.2f} n {e_s:+.2f} log(shards merged) {e_d:+.2f} d "
         f"{e_r:+.2f} r {e_nn:+.3f} (n - log 1M)^2 {e_dr:+.2f} d r` over {len(points)} points; "
