@@ -38,8 +38,6 @@ from shardrec.serving.sockets import bound_tcp_socket
 from shardrec.serving.tls import CertificateReloader, server_context
 
 LISTEN_BACKLOG = 4096
-# Router -> shard bodies are at most app.MAX_BODY_BYTES (64 MiB) over a local network; the idle
-# timeout is longer than the router's pool keeps connections idle.
 CERT_RELOAD_CHECK_S = 2.0
 """How often a TLS shard looks for a renewed certificate (two stat calls)."""
 GRACEFUL_SHUTDOWN_S = 5
@@ -47,6 +45,8 @@ GRACEFUL_SHUTDOWN_S = 5
 The pre-stop drain has already turned routers away (`Drain`), so what is left is answered in
 milliseconds; a TLS connection whose peer never answers the close (a stuck or partitioned router)
 would otherwise hold the shard for asyncio's 30 s TLS shutdown timeout per connection."""
+# Router -> shard bodies are at most app.MAX_BODY_BYTES (64 MiB) over a local network; the idle
+# timeout is longer than the router's pool keeps connections idle.
 HTTP_LIMITS = HttpLimits(header_timeout_s=10.0, body_timeout_s=30.0, keep_alive_s=120.0)
 
 
