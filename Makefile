@@ -131,12 +131,14 @@ bench-tls: $(STAMP) ## Router -> shard with and without TLS, side by side in one
 	nice -n 10 $(BIN)/python benchmarks/tls_bench.py $(BENCH_ARGS)
 
 .PHONY: bench-peers
-bench-peers: $(STAMP) ## Ours (router over HTTP, in-process) vs Chroma's HTTP server and Qdrant Edge at equal recall, 100k x 64 -> docs/benchmarks.md (~10 min, niced; BENCH_ARGS=--quick for a smoke run)
+bench-peers: $(STAMP) ## Ours (router over HTTP, in-process) vs Chroma's HTTP server, Redis Stack's RediSearch and Qdrant Edge at equal recall, 100k x 64 -> docs/benchmarks.md (~15 min, niced; Redis Stack installs on first use; BENCH_ARGS=--quick for a smoke run)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && apt-get install -y -qq wrk; } \
 	  || { echo "make bench-peers needs wrk (Debian/Ubuntu: apt-get install -y wrk)"; exit 2; }
 	$(BIN)/python -c 'import qdrant_edge' 2>/dev/null \
 	  || $(BIN)/pip install --quiet "$$(grep -o '"qdrant-edge-py[^"]*' pyproject.toml | tr -d '"')"
+	$(BIN)/python -c 'import hiredis' 2>/dev/null \
+	  || $(BIN)/pip install --quiet "$$(grep -o '"hiredis[^"]*' pyproject.toml | tr -d '"')"
 	nice -n 10 $(BIN)/python benchmarks/peers_bench.py $(BENCH_ARGS)
 
 .PHONY: bench-writes

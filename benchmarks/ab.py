@@ -42,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from common import REPO, Server, cpu_seconds, running, shard_argv, start_server
+from common import REPO, Server, cpu_model, cpu_seconds, running, shard_argv, start_server
 
 from shardrec.api.commands import ROUTER_MODULE, router_arguments
 
@@ -377,11 +377,7 @@ def _versions() -> str:
 
 
 def machine_line(load_start: float, load_end: float) -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    cpu = cpu_model()
     return (
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), Python "
         f"{platform.python_version()}, {_versions()}; "

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -46,6 +45,7 @@ from common import (
     ProcessStats,
     Row,
     WrkResult,
+    free_port,
     make_dataset,
     markdown_table,
     recall_at_k,
@@ -125,16 +125,9 @@ class ChromaServer:
         return self.process.pid
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def start_chroma(chroma: Path, data_dir: Path, log: Path, timeout_s: float = 120) -> ChromaServer:
     """`chroma run` on 127.0.0.1 only; waits for its heartbeat."""
-    port = _free_port()
+    port = free_port()
     # No telemetry and no OpenTelemetry export: there is no network here besides loopback.
     env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
     env["ANONYMIZED_TELEMETRY"] = "False"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from coefficient_derivation import coefficients_from_bench
+from common import cpu_model
 
 from shardrec.tools.capacity.coefficients import (
     MEASURED_FIELDS,
@@ -34,12 +35,8 @@ DEFAULT_PATH = Path(__file__).resolve().parent / "coefficients.json"
 
 
 def host_description() -> str:
-    model = "unknown CPU"
+    model = cpu_model()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
         mem_kib = int(re.findall(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())[0])
         memory = f"{mem_kib / 1024**2:.0f} GiB"
     except (OSError, IndexError, ValueError):

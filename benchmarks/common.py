@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,17 @@ from shardrec.serving.index.synthetic import clustered
 
 REPO = Path(__file__).resolve().parents[1]
 MARKED_SECTION = re.compile(r"<!-- ([a-z0-9-]+):begin.*?-->.*?<!-- \1:end -->", re.S)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, as every benchmark's machine line names it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def marked_sections(text: str) -> str:
@@ -158,6 +170,14 @@ class Row:
 
 
 # --- server processes -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (for servers that need one on their command line)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 @dataclass
@@ -316,7 +336,7 @@ class WrkResult:
 def write_bodies(work: Path, name: str, bodies: Sequence[bytes]) -> tuple[Path, int]:
     sizes = {len(body) for body in bodies}
     if len(sizes) != 1:
-        raise ValueError(f"{name}: wrk bodies must all have one size, got {sorted(sizes)}")
+        raise ValueError(f"{name}: bodies must all have one size, got {sorted(sizes)}")
     path = work / f"bodies-{name}.bin"
     path.write_bytes(b"".join(bodies))
     return path, sizes.pop()

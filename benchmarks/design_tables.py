@@ -80,6 +80,13 @@ def _variant_arguments(variant: Variant) -> str:
     return f"{SIZING} {variant.extra}"
 
 
+def _variant_plan(extra: str) -> dict[str, Any]:
+    """The plan of the variants-table row with these flags (KeyError if no row has them: the prose
+    must read the row the table shows)."""
+    by_extra = {variant.extra: variant for variant in VARIANTS}
+    return plan_of(_variant_arguments(by_extra[extra]))
+
+
 def plan_table() -> str:
     command = f"recctl capacity {SIZING} --markdown"
     return f"`{command}`:\n\n{run_recctl(f'{SIZING} --markdown')}"
@@ -127,8 +134,8 @@ def readings() -> str:
     """The numbers the design's prose reads off the plan and its variants, written by the tool so
     they cannot drift from the tables above them."""
     plan = plan_of(SIZING)
-    small = plan_of(f"{SIZING} --shard-pod-memory-gib 4")
-    excluded = plan_of(f"{SIZING} --exclude 100")
+    small = _variant_plan("--shard-pod-memory-gib 4")
+    excluded = _variant_plan("--exclude 100")
     old = OLD_PLANNER
     return (
         f"- Splitting (the small-pods row): {small['shards']} shards of "

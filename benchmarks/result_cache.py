@@ -2,21 +2,23 @@
 
     python benchmarks/result_cache.py [--users 100000] [--seconds 10] [--write-doc]
 
-Real processes on 127.0.0.1: one layout on 2 shard servers, and four routers over the same shards:
-cache off / on (Zipf rows, default maxInFlight) and cache off / cache + fallback on with a small
-`maxInFlight` (spike rows). User queries follow a Zipf law (s = 1.1 over every user of the layout);
-wrk replays them. Each router first gets `--warmup` seconds of the same load (unmeasured, so the
-cache holds the head of the distribution, as a router that has served a while does), then the
-measured run. The spike offers 10x the connections of the normal run against maxInFlight = the
-normal connection count, for `--seconds` (bounded). Rates come from each router's own /metrics
-(deltas over the measured run): served = 200 without a fallback flag, fallback = answers counted
-by shardrec_router_fallback_answers_total, shed = 503.
+Real processes on 127.0.0.1: one layout on 2 shard servers, and six routers over the same shards:
+cache off / on (Zipf rows, default maxInFlight) and, with a small `maxInFlight` (spike rows), cache
+and fallback off / cache + cached fallback / popular fallback only / cache + both fallbacks. User
+queries follow a Zipf law (s = 1.1 over every user of the layout); wrk replays them. Each router
+first gets `--warmup` seconds of the same load (unmeasured, so the cache holds the head of the
+distribution, as a router that has served a while does), then the measured run. The spike offers
+10x the connections of the normal run against maxInFlight = the normal connection count, for
+`--seconds` (bounded). Rates come from each router's own /metrics (deltas over the measured run):
+served = 200 without a fallback flag, fallback = answers counted by
+shardrec_router_fallback_answers_total, shed = 503.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     REPO,
     Server,
+    cpu_model,
     router_argv,
     run_wrk,
     running,
@@ -216,7 +219,7 @@ INTRO = """## Result cache and fallback answers
 Answers are deterministic per (layout, query), so the router may keep them (`spec.router.cache`,
 per router replica, LRU by bytes with a TTL) and, when `spec.router.fallback.cached` allows it,
 answer a shed request (or, under strict, one with a shard down) from that cache instead of a 503
-(docs/router.md). Two shard servers and four routers on this machine's 2 cores (shared with the
+(docs/router.md). Two shard servers and six routers on this machine's 2 cores (shared with the
 load generator); user queries follow Zipf s = 1.1 over every user; each router is warmed with the
 same load first (one worker process each). Served = 200 from the shards or a fresh cache hit;
 fallback = 200 flagged `fallback: "cached"` or `"popular"` (`spec.router.fallback.popular`: the
@@ -226,10 +229,21 @@ so the spike rows offer far more than 10x the capacity while shedding (a client 
 Retry-After would offer less); "answered share" is the 200s over all answers."""
 
 
-def write_doc(text: str, command: str) -> None:
+def machine_line(load_start: float, load_end: float) -> str:
+    """Where the run happened: these rows are requests/s on a machine shared with other work, so
+    the load around the run says how much to trust them (a run beside a busy neighbour once
+    read 9x fewer requests/s with the cache off)."""
+    return (
+        f"{os.cpu_count()} CPUs ({cpu_model()}); load average {load_start:.1f} at start, "
+        f"{load_end:.1f} at end"
+    )
+
+
+def write_doc(text: str, command: str, machine: str) -> None:
     """Replace (or append) this command's marked section of docs/benchmarks.md; `make bench`
     keeps every marked section when it rewrites the rest."""
-    block = f"{BEGIN}\n{INTRO}\n\n`{command}` on this machine ({time.strftime('%Y-%m-%d')}):\n\n{text}\n{END}"
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    block = f"{BEGIN}\n{INTRO}\n\n`{command}` on {when}, {machine}:\n\n{text}\n{END}"
     write_marked_section(DOC, block)
 
 
@@ -255,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ["python benchmarks/result_cache.py", *(a for a in (argv or []) if a != "--write-doc")]
     )
     spike_connections = 10 * args.connections
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="shardrec-cache-bench-") as tmp:
         work = Path(tmp)
         layout = build(work, args.users, args.items, args.dimension)
@@ -301,8 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         + spike_table(spike, spike_connections, args.connections)
     )
     print(text)
+    machine = machine_line(load_start, os.getloadavg()[0])
+    print(machine)
     if args.write_doc:
-        write_doc(text, command)
+        write_doc(text, command, machine)
     return 0
 
 

@@ -25,7 +25,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, Dataset, Row, ensure_layout, make_dataset, markdown_table, marked_sections
+from common import (
+    REPO,
+    Dataset,
+    Row,
+    cpu_model,
+    ensure_layout,
+    make_dataset,
+    markdown_table,
+    marked_sections,
+)
 from inprocess import InProcessShards, batched_baseline, single_query_baseline, tune_ef
 from shard_load import shard_rows
 
@@ -81,11 +90,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def _machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    cpu = cpu_model()
     load = os.getloadavg()
     return (
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), Python "
@@ -201,8 +206,9 @@ in {elapsed:.0f} s. {QUICK_NOTE if args.quick else ""}
   CPU per request is listed so it can be seen not to be the bottleneck.
 - CPU ms/request per process = CPU time of that process during the run / requests answered (for batch
   rows, per batch). RSS is the resident set after the run. "—" = not applicable.
-- Peers (Chroma's HTTP server, Qdrant Edge) on the same vectors at equal recall, with the P3 verdict:
-  the "Peers side by side" section below (`make bench-peers`), a run of its own.
+- Peers (Chroma's HTTP server, Redis Stack's RediSearch, Qdrant Edge) on the same vectors at equal
+  recall, with the P3 verdict: the "Peers side by side" section below (`make bench-peers`), a run
+  of its own.
 
 {markdown_table(rows).replace("nan", "—")}
 """

@@ -48,6 +48,7 @@ from common import (
     REPO,
     Server,
     WrkResult,
+    cpu_model,
     cpu_seconds,
     router_argv,
     run_wrk,
@@ -585,11 +586,7 @@ def reading(rows: Sequence[Phase], replicas: int, connections: int = 8) -> str:
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
+    model = cpu_model()
     return f"{os.cpu_count()} cores ({model}), {platform.system()} {platform.release()}"
 
 

@@ -191,7 +191,8 @@ class CarryScenario:
             (self.seen["new"], self.seen["old"], True, False)
         ]
 
-    def done_deletes_the_carrier_and_the_old_layout_with_its_claims(self) -> None:
+    def report_done(self) -> None:
+        """Play the carrier's last report: cut, caught up, handed over and done."""
         self.report(
             phase="done",
             cut=[4, 6],
@@ -200,6 +201,9 @@ class CarryScenario:
             handed_over=self.seen["request"],
             done=True,
         )
+
+    def done_deletes_the_carrier_and_the_old_layout_with_its_claims(self) -> None:
+        self.report_done()
         self.harness.wait_for("the carrier deleted", lambda: self.carrier_deployment() is None)
         self.harness.wait_for(
             "the old layout deleted, its write-log claims with it",
@@ -241,14 +245,7 @@ class CarryBackScenario(CarryScenario):
         assert self.scenario.active_layout() == self.seen["new"]
 
     def done_deletes_the_carrier_and_keeps_v1(self) -> None:
-        self.report(
-            phase="done",
-            cut=[4, 6],
-            after=[9, 7],
-            caught_up=True,
-            handed_over=self.seen["request"],
-            done=True,
-        )
+        self.report_done()
         self.harness.wait_for("the carrier deleted", lambda: self.carrier_deployment() is None)
         assert self.seen["old"] in self.scenario.layouts_running(), "v1 is kept for its rollback window"
 

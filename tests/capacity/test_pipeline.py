@@ -172,8 +172,8 @@ def test_freshness_caching_ranking_and_ab_by_hand() -> None:
     assert q.measured_writes_per_leader == 31  # 62 writes/s over 2 leaders
     # Fold-in: 12k req/s x 0.28 ms at 50% CPU = 6.72 cores.
     assert q.foldin_cores == pytest.approx(6.72)
-    # Cache: 0.816 of 18 shard pods x 2 cores.
-    assert q.shard_cores_saved_by_cache == pytest.approx(0.816 * 36)
+    # Cache: 0.906 of 18 shard pods x 2 cores.
+    assert q.shard_cores_saved_by_cache == pytest.approx(0.906 * 36)
     # Ranking: 200 x 5 µs = 1 ms; 12k/s at 50% = 24 cores. Retrieval at k=200 searches at ef 200
     # (0.625 ms + 0.3 ms): 11.1 cores -> 12 pods -> 18 for a zone loss, x 2 shards x 2 cores = 72,
     # + 24 router cores = 96 against the plan's 60.

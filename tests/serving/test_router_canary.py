@@ -8,7 +8,7 @@ import asyncio
 import functools
 import random
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, cast
 
 import orjson
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from shardrec.api.canary import CanaryStats
 from shardrec.api.topology import CanaryRoute, LayoutTopology, RouterServing, ShardEndpoints, Topology
 from shardrec.planning.fleet import topology_document
-from shardrec.serving.router.canary import CanaryRouter, bucket, compare, in_canary
+from shardrec.serving.router.canary import CanaryRouter, CanaryWindow, bucket, compare, in_canary
 from shardrec.serving.router.errors import ApiError
 from shardrec.serving.router.metrics import RouterMetrics
 from shardrec.serving.router.snapshot import Snapshot
@@ -268,3 +268,23 @@ def test_documents_without_a_canary_are_written_as_before_it_existed() -> None:
     route = CanaryRoute(layout="b", step=0, weight=5)
     written = Topology(revision=1, active=_layout("a"), staged=_layout("b"), canary=route)
     assert Topology.model_validate_json(written.model_dump_json()) == written
+
+
+def test_the_window_counts_and_reports_every_sum_of_canary_stats() -> None:
+    """The router's window counts in plain mutable fields (the hot path) and reports through the
+    frozen CanaryStats: a sum added to one and not the other, or left out of `report()`, would
+    silently read 0 in the planner."""
+    latencies = {"candidate_p99_ms", "active_p99_ms"}
+    sums = [f.name for f in fields(CanaryStats) if f.name not in {"layout", "step", *latencies}]
+    window = CanaryWindow("layout-b", 3)
+    counted = [
+        f.name
+        for f in fields(window)
+        if f.name not in {"layout", "step", "candidate_seconds", "active_seconds"}
+    ]
+    assert counted == sums
+    for value, name in enumerate(sums, start=1):
+        setattr(window, name, value)
+    stats = CanaryStats.from_report(window.report())
+    assert (stats.layout, stats.step) == ("layout-b", 3)
+    assert [getattr(stats, name) for name in sums] == list(range(1, len(sums) + 1))

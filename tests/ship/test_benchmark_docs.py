@@ -51,6 +51,8 @@ def test_result_cache_tables_match_their_command() -> None:
     assert bench.BEGIN in doc and bench.END in doc, "run: python benchmarks/result_cache.py --write-doc"
     block = doc.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
     assert "`python benchmarks/result_cache.py" in block
+    # requests/s on a shared machine: the block says how loaded it was (bench.machine_line)
+    assert "load average" in block, "rerun: python benchmarks/result_cache.py --write-doc"
     lines = [line for line in block.splitlines() if line.startswith("|")]
     zipf = bench.zipf_table([], 100_000, 16).splitlines()
     spike = bench.spike_table([], 160, 16).splitlines()
@@ -59,6 +61,11 @@ def test_result_cache_tables_match_their_command() -> None:
     assert lines[4:6] == spike, "the spike table's header changed: regenerate it"
     names = [line.split("|")[1].strip() for line in lines[6:8]]
     assert names == ["spike: cache and fallback off", "spike: cache + fallback on"]
+    # The capacity plan reads the hit ratio off this table (design.md, caching): same number.
+    from shardrec.tools.capacity.pipeline import MEASURED_CACHE_HIT
+
+    hit_ratio = float(lines[3].strip("|").split("|")[4])
+    assert hit_ratio == MEASURED_CACHE_HIT, "pipeline.MEASURED_CACHE_HIT: copy the 'cache on' hit ratio"
 
 
 def test_coldstart_table_matches_its_command() -> None:

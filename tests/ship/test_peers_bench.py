@@ -15,8 +15,14 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ENGINES = ("ours (router + shard servers)", "Chroma ", "ours (hnswlib shards)", "Qdrant Edge ")
-LOADS = re.compile(r"^(wrk -c\d+(, \d+ errors)?( \(saturating\))?|1 thread, closed loop)$")
+ENGINES = (
+    "ours (router + shard servers)",
+    "Chroma ",
+    "Redis Stack ",
+    "ours (hnswlib shards)",
+    "Qdrant Edge ",
+)
+LOADS = re.compile(r"^((wrk|RESP loop) -c\d+(, \d+ errors)?( \(saturating\))?|1 thread, closed loop)$")
 
 
 def _bench() -> Any:
@@ -123,6 +129,38 @@ def test_the_ratios_name_the_saturating_rows_and_the_verdict() -> None:
     assert "**does not hold**" in lines[0] and "= **5.0x**" in lines[0] and "3.2x" in lines[0]
     assert "p50 Chroma / ours = 2.5x" in lines[1]
     assert "queries/s ours / Qdrant Edge = 0.50x" in lines[2]
+    redis = [
+        row(
+            "Redis Stack 7.4.1 (RediSearch)",
+            "RESP",
+            "EF_RUNTIME 48",
+            0.95,
+            "RESP loop -c1",
+            4000,
+            0.5,
+            1,
+            0.2,
+        ),
+        row(
+            "Redis Stack 7.4.1 (RediSearch)",
+            "RESP",
+            "EF_RUNTIME 48",
+            0.95,
+            "RESP loop -c16",
+            6000,
+            2,
+            4,
+            0.125,
+            True,
+        ),
+    ]
+    with_redis = bench.ratios([*rows, *redis])
+    assert with_redis[2] == (
+        "Redis (RediSearch) at each side's saturating load: router 3,000 req/s / Redis 6,000 req/s "
+        "(RESP loop -c16) = 0.5x; CPU per request Redis / (router + shards) = 0.25x; one request at a "
+        "time, p50 Redis / ours = 0.25x; our search alone (in-process) costs 2.00x Redis's CPU per "
+        "request, so the rest is our router and shard server's HTTP serving."
+    )
     rows[1].requests_per_s = 3600
     assert "**holds**" in bench.ratios(rows)[0]
     assert "not measured" in bench.ratios(rows[2:])[0]
@@ -165,3 +203,23 @@ def test_a_quick_run_writes_a_section_of_the_writers_shape(tmp_path: Path) -> No
     rows = check_section(bench, section)
     assert len(rows) == 1 + (3 if "router" in peers else 0) + ("qdrant" in peers)
     assert "- Not run: chroma (not in --peers)." in section
+
+
+def test_redis_commands_are_resp_arrays_of_bulk_strings() -> None:
+    """What the Redis load sends, byte for byte: RESP arrays, binary-safe (a float32 blob holds
+    NUL and CRLF bytes), every query one size (the load file is cut into fixed-size commands)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import redis_bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert redis_bench.command("HSET", "i:7", "v", b"\x00\r\n", 5) == (
+        b"*5\r\n$4\r\nHSET\r\n$3\r\ni:7\r\n$1\r\nv\r\n$3\r\n\x00\r\n\r\n$1\r\n5\r\n"
+    )
+    import numpy as np
+
+    queries = np.random.default_rng(1).normal(size=(3, 64)).astype(np.float32)
+    found = [redis_bench.search_command(query, 10, 48) for query in queries]
+    assert len({len(c) for c in found}) == 1
+    assert b"$256\r\n" + queries[0].tobytes() + b"\r\n" in found[0]
+    assert b"*=>[KNN 10 @v $q EF_RUNTIME 48]" in found[0] and b"NOCONTENT" in found[0]

@@ -106,7 +106,7 @@ MEASURED_FOLDIN_MS = (0.28, 128)
 """CPU ms of one user fold-in from its last clicks (one BLAS thread) and the factors it was measured
 at: docs/evaluation.md, user fold-in (`python benchmarks/foldin_eval.py`)."""
 
-MEASURED_CACHE_HIT = 0.816
+MEASURED_CACHE_HIT = 0.906
 """Result cache hit ratio of a warmed router under Zipf s=1.1 over 100,000 users: docs/benchmarks.md,
 result cache (`python benchmarks/result_cache.py --seconds 8 --warmup 4`)."""
 
