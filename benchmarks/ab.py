@@ -30,7 +30,6 @@ import asyncio
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -41,8 +40,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common
 import numpy as np
-from common import REPO, Server, cpu_model, cpu_seconds, running, shard_argv, start_server
+from common import REPO, Server, cpu_seconds, running, shard_argv, start_server
 
 from shardrec.api.commands import ROUTER_MODULE, router_arguments
 
@@ -377,12 +377,12 @@ def _versions() -> str:
 
 
 def machine_line(load_start: float, load_end: float) -> str:
-    cpu = cpu_model()
-    return (
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), Python "
-        f"{platform.python_version()}, {_versions()}; "
-        f"load average {load_start:.1f} at start, {load_end:.1f} at end "
-        "(a shared, loaded machine: absolute numbers move from run to run, the interleaved ratios much less)"
+    return common.machine_line(
+        load_start,
+        load_end,
+        software=_versions(),
+        caveat="a shared, loaded machine: absolute numbers move from run to run, the interleaved "
+        "ratios much less",
     )
 
 

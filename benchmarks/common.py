@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import socket
 import subprocess
@@ -40,6 +41,23 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown CPU"
+
+
+def machine_line(
+    load_start: float, load_end: float | None = None, *, software: str = "", caveat: str = ""
+) -> str:
+    """Where a benchmark ran, as every generated section states it: OS, CPUs and their model,
+    Python (and `software`, e.g. library versions), and the load average around the run; these
+    machines are shared, so the load says how much to trust absolute numbers (`caveat` says what
+    to compare instead)."""
+    extra = f", {software}" if software else ""
+    load = f"load average {load_start:.1f} at start"
+    if load_end is not None:
+        load += f", {load_end:.1f} at end"
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu_model()}), Python "
+        f"{platform.python_version()}{extra}; {load}" + (f" ({caveat})" if caveat else "")
+    )
 
 
 def marked_sections(text: str) -> str:

@@ -33,7 +33,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -49,13 +48,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common
 import numpy as np
 import redis_bench
 from common import (
     REPO,
     Dataset,
     WrkResult,
-    cpu_model,
     ensure_layout,
     make_dataset,
     recall_at_k,
@@ -639,12 +638,11 @@ Command: `{command}` (also `make bench-peers`), run on {when:%Y-%m-%d %H:%M} UTC
 
 
 def machine_line(load_start: float, load_end: float) -> str:
-    cpu = cpu_model()
-    return (
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), Python "
-        f"{platform.python_version()}; load average {load_start:.1f} at start, {load_end:.1f} at end "
-        "(shared with other work, e.g. a CI run: absolute numbers move with that load, the turn-taking "
-        "ratios less; compare CPU ms/request as well as requests/s)"
+    return common.machine_line(
+        load_start,
+        load_end,
+        caveat="shared with other work, e.g. a CI run: absolute numbers move with that load, the "
+        "turn-taking ratios less; compare CPU ms/request as well as requests/s",
     )
 
 

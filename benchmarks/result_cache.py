@@ -31,10 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common
 from common import (
     REPO,
     Server,
-    cpu_model,
     router_argv,
     run_wrk,
     running,
@@ -233,10 +233,7 @@ def machine_line(load_start: float, load_end: float) -> str:
     """Where the run happened: these rows are requests/s on a machine shared with other work, so
     the load around the run says how much to trust them (a run beside a busy neighbour once
     read 9x fewer requests/s with the cache off)."""
-    return (
-        f"{os.cpu_count()} CPUs ({cpu_model()}); load average {load_start:.1f} at start, "
-        f"{load_end:.1f} at end"
-    )
+    return common.machine_line(load_start, load_end)
 
 
 def write_doc(text: str, command: str, machine: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -31,6 +32,7 @@ from common import (
     REPO,
     Row,
     ensure_layout,
+    machine_line,
     make_dataset,
     markdown_table,
     router_argv,
@@ -139,7 +141,7 @@ def main() -> int:
     parser.add_argument("--write-doc", action="store_true")
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
+    started, load_start = time.monotonic(), os.getloadavg()[0]
     k, batch = 10, 64
     data = make_dataset(args.work_dir, args.count, 64, queries=1000, k=k, metric="cosine", seed=7)
     layout = ensure_layout(args.work_dir, data, 4, m=16, ef_construction=200)
@@ -163,10 +165,13 @@ def main() -> int:
     section = (
         f"{BEGIN}\n## Router worker processes: 1 vs 2 workers (`benchmarks/router_workers.py`)\n\n"
         f"`python benchmarks/router_workers.py --count {args.count} --seconds {args.seconds:g} --write-doc` "
-        f"on this 2-core machine (shared with other work) in {time.monotonic() - started:.0f} s: "
+        f"in {time.monotonic() - started:.0f} s: "
         f"{args.count:,} x 64 cosine, 4 shards x 1 replica, efSearch {ef} (recall@10 {recall:.3f}). "
-        "The router, its workers and the 4 shard servers share the same 2 cores, so a second worker can "
-        "only take CPU the shards would otherwise use; ratios are to the in-process rows of this run.\n\n"
+        "The router, its workers, the 4 shard servers and wrk share the machine's cores, so a second "
+        "worker can only take CPU the shards would otherwise use: compare the router's CPU per request "
+        "across rows (a worker's capacity is 1 / that, per core it is given); ratios are to the "
+        "in-process rows of this run.\n\n"
+        f"- Machine: {machine_line(load_start, os.getloadavg()[0])}\n\n"
         f"{table}\n{memory}{END}\n"
     )
     print(section)

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -29,8 +28,8 @@ from common import (
     REPO,
     Dataset,
     Row,
-    cpu_model,
     ensure_layout,
+    machine_line,
     make_dataset,
     markdown_table,
     marked_sections,
@@ -90,12 +89,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def _machine() -> str:
-    cpu = cpu_model()
-    load = os.getloadavg()
-    return (
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), Python "
-        f"{platform.python_version()}, load average {load[0]:.1f} at start (shared machine: compare "
-        "CPU ms per request more than requests per second)"
+    return machine_line(
+        os.getloadavg()[0], caveat="shared machine: compare CPU ms per request more than requests per second"
     )
 
 

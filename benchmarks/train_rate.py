@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from common import write_marked_section
+from common import machine_line, write_marked_section
 
 from shardrec.tools.capacity.pipeline import AlsMeasurement, AlsPoint, als_iteration_estimate, fit_als_cost
 from shardrec.tools.pipeline.movielens import load_movielens, resolve_movielens_dir
@@ -130,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "## ALS training rate (`make bench-train`)",
         "",
         f"`{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in {elapsed:.0f} s, "
-        f"{os.cpu_count()} CPUs ({platform.machine()}), Python {platform.python_version()}, "
-        f"load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end (a shared machine). "
+        f"{machine_line(load_start, os.getloadavg()[0], caveat='a shared machine')}. "
         f"MovieLens {loaded.source['dataset']}: {users:,} users x {items:,} items, nnz {nnz:,} "
         f"BM25-weighted ratings. `fit_factors` (what `recctl train` runs: implicit "
         "AlternatingLeastSquares, conjugate gradient, float32) with one thread, "
