@@ -291,3 +291,67 @@ def test_writes_bench_tables_have_their_shape() -> None:
     assert [line.split("|")[1].strip() for line in summary[2:]] == list(bench.ACKS)
     assert "| 1.00 | 1.00 |" in summary[2], "B/A ratios of identical reads"
     assert "Errors over every phase: 0 reads" in bench.reading(rows, 2)
+
+
+def _router_workers_cpu(block: str, label: str) -> tuple[float, float]:
+    """(router, shards) CPU ms per request of the saturating single-query row of one router
+    configuration in the router-workers table."""
+    for line in block.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("|") and cells[0] == f"{label}, single query, wrk -c64 (saturating)":
+            router = re.search(r"router(?:\+\d+ workers)? ([\d.]+)", cells[7])
+            shards = re.search(r"shards x\d+ ([\d.]+)", cells[7])
+            assert router and shards, line
+            return float(router.group(1)), float(shards.group(1))
+    raise AssertionError(f"no saturating row for {label}: rerun benchmarks/router_workers.py --write-doc")
+
+
+def test_router_workers_section_matches_its_command_and_the_design_quotes_it() -> None:
+    bench: Any = _load("router_workers", ROOT / "benchmarks" / "router_workers.py")
+    doc = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    assert bench.BEGIN in doc and bench.END in doc, "run: python benchmarks/router_workers.py --write-doc"
+    block = doc.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
+    assert "`python benchmarks/router_workers.py" in block
+    machine = r"^- Machine: .*load average [\d.]+ at start, [\d.]+ at end"
+    assert re.search(machine, block, re.M), "the section states the machine and its load"
+    scenarios = [line.split("|")[1].strip() for line in block.splitlines() if line.startswith("| router (")]
+    per_config = [
+        f"{label}, {shape}"
+        for label in (f"router ({w} worker{'s' if w > 1 else ''}, {s})" for w, s in bench.CONFIGS)
+        for shape in (
+            "single query, wrk -c16",
+            "single query, wrk -c64 (saturating)",
+            "single query",  # the half-load row names its own concurrency
+            "batches of 64, wrk -c4",
+            "batches of 64, wrk -c16",
+        )
+    ]
+    assert len(scenarios) == len(per_config), scenarios
+    assert all(row.startswith(want) for row, want in zip(scenarios, per_config, strict=True)), scenarios
+    # design.md quotes the 1- and 2-worker saturating rows and what they say: the quote follows
+    # the table, and a rerun that reverses the finding fails here until the prose is rewritten.
+    one = _router_workers_cpu(block, "router (1 worker, reuseport)")
+    two = _router_workers_cpu(block, "router (2 workers, reuseport)")
+    design = " ".join((ROOT / "docs" / "design.md").read_text(encoding="utf-8").split())
+    quote = (
+        f"2 workers spent {two[0]:.3f} ms of router CPU and {two[1]:.3f} ms of shard CPU per request, "
+        f"1 worker {one[0]:.3f} and {one[1]:.3f} ms"
+    )
+    assert quote in design, f"design.md should quote the router-workers rows: {quote}"
+    extra = f"(in that run by {two[0] / one[0] - 1:.0%} and {two[1] / one[1] - 1:.0%})"
+    assert extra in design, extra
+    assert two[0] > one[0] and two[1] > one[1], "the finding reversed: rewrite design.md's paragraph"
+    # ... and the 2-worker ratios to in-process that its speed-goals paragraph quotes
+    ratios = [
+        re.search(r"ratio ([\d.]+) x in-process", line)
+        for line in block.splitlines()
+        if line.startswith(
+            (
+                "| router (2 workers, reuseport), single query, wrk -c64 (saturating) |",
+                "| router (2 workers, reuseport), batches of 64, wrk -c16 |",
+            )
+        )
+    ]
+    assert len(ratios) == 2 and all(ratios), ratios
+    single, batched = (match.group(1) for match in ratios if match)
+    assert f"reached {single}x single and {batched}x batched" in design, (single, batched)
