@@ -41,3 +41,21 @@ def test_workers_add_up_as_routers_do_and_only_the_newest_step_counts() -> None:
     assert expected is not None and CanaryStats.from_report(combined) == expected
     assert (expected.requests, expected.errors, expected.candidate_p99_ms) == (100, 2, 7.5)
     assert combine_canary([None, None]) is None
+
+
+def test_the_report_keys_are_the_wire_format_routers_and_the_operator_share() -> None:
+    """Routers of one release and an operator of another read each other's reports: the keys are
+    a contract, whatever derives them."""
+    assert list(_stats("v2", 1, 40, 7.5).to_report()) == [
+        "layout", "step", "requests", "errors", "activeRequests", "activeErrors", "compared",
+        "overlapSum", "rankCorrelationSum", "scoreShiftSum", "userQueries", "unknownUsers",
+        "shadowDropped", "candidateP99Ms", "activeP99Ms",
+    ]  # fmt: skip
+
+
+def test_a_report_with_missing_or_malformed_values_reads_as_zero_or_unknown() -> None:
+    stats = CanaryStats.from_report({"layout": "v2", "step": 2, "requests": "many", "overlapSum": 1.5,
+                                     "candidateP99Ms": "slow", "activeP99Ms": 3})  # fmt: skip
+    assert (stats.layout, stats.step, stats.requests, stats.overlap_sum) == ("v2", 2, 0, 1.5)
+    assert (stats.candidate_p99_ms, stats.active_p99_ms, stats.errors) == (None, 3.0, 0)
+    assert isinstance(stats.requests, int) and isinstance(stats.overlap_sum, float)

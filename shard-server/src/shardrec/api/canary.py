@@ -6,8 +6,9 @@ keys and the way reports add up have one home. Pure."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from functools import reduce
+from typing import Any, Final
 
 from shardrec.api.v1alpha1 import CanaryAnalysisStatus
 
@@ -39,56 +40,24 @@ class CanaryStats:
 
     @classmethod
     def from_report(cls, report: Mapping[str, Any]) -> CanaryStats:
-        """From a router's JSON report (`GET /canary`, see serving.router.canary)."""
+        """From a router's JSON report (`GET /canary`, see serving.router.canary); a missing or
+        malformed sum reads as 0, a missing or malformed latency as unknown."""
 
         def number(key: str) -> float:
             value = report.get(key, 0)
             return float(value) if isinstance(value, int | float) else 0.0
 
-        def count(key: str) -> int:
-            return int(number(key))
-
         def optional(key: str) -> float | None:
             value = report.get(key)
             return float(value) if isinstance(value, int | float) else None
 
-        return cls(
-            layout=str(report.get("layout", "")),
-            step=count("step"),
-            requests=count("requests"),
-            errors=count("errors"),
-            active_requests=count("activeRequests"),
-            active_errors=count("activeErrors"),
-            compared=count("compared"),
-            overlap_sum=number("overlapSum"),
-            rank_correlation_sum=number("rankCorrelationSum"),
-            score_shift_sum=number("scoreShiftSum"),
-            user_queries=count("userQueries"),
-            unknown_users=count("unknownUsers"),
-            shadow_dropped=count("shadowDropped"),
-            candidate_p99_ms=optional("candidateP99Ms"),
-            active_p99_ms=optional("activeP99Ms"),
-        )
+        values: dict[str, Any] = {name: kind(number(_key(name))) for name, kind in SUMS.items()}
+        values |= {name: optional(_key(name)) for name in LATENCIES}
+        return cls(layout=str(report.get("layout", "")), step=int(number("step")), **values)
 
     def to_report(self) -> dict[str, Any]:
         """The JSON a router answers at `GET /canary` (the keys `from_report` reads)."""
-        return {
-            "layout": self.layout,
-            "step": self.step,
-            "requests": self.requests,
-            "errors": self.errors,
-            "activeRequests": self.active_requests,
-            "activeErrors": self.active_errors,
-            "compared": self.compared,
-            "overlapSum": self.overlap_sum,
-            "rankCorrelationSum": self.rank_correlation_sum,
-            "scoreShiftSum": self.score_shift_sum,
-            "userQueries": self.user_queries,
-            "unknownUsers": self.unknown_users,
-            "shadowDropped": self.shadow_dropped,
-            "candidateP99Ms": self.candidate_p99_ms,
-            "activeP99Ms": self.active_p99_ms,
-        }
+        return {_key(f.name): getattr(self, f.name) for f in fields(self)}
 
     def status(self) -> CanaryAnalysisStatus:
         """The means and rates a human reads in `status.canary.analysis`."""
@@ -121,23 +90,26 @@ def merged(reports: Iterable[CanaryStats], layout: str, step: int) -> CanaryStat
     matching = [r for r in reports if r.layout == layout and r.step == step]
     if not matching:
         return None
-    total = CanaryStats(layout=layout, step=step)
-    for r in matching:
-        total = CanaryStats(
-            layout=layout,
-            step=step,
-            requests=total.requests + r.requests,
-            errors=total.errors + r.errors,
-            active_requests=total.active_requests + r.active_requests,
-            active_errors=total.active_errors + r.active_errors,
-            compared=total.compared + r.compared,
-            overlap_sum=total.overlap_sum + r.overlap_sum,
-            rank_correlation_sum=total.rank_correlation_sum + r.rank_correlation_sum,
-            score_shift_sum=total.score_shift_sum + r.score_shift_sum,
-            user_queries=total.user_queries + r.user_queries,
-            unknown_users=total.unknown_users + r.unknown_users,
-            shadow_dropped=total.shadow_dropped + r.shadow_dropped,
-            candidate_p99_ms=_worst(total.candidate_p99_ms, r.candidate_p99_ms),
-            active_p99_ms=_worst(total.active_p99_ms, r.active_p99_ms),
-        )
-    return total
+    values: dict[str, Any] = {
+        name: kind(sum(getattr(r, name) for r in matching)) for name, kind in SUMS.items()
+    }
+    values |= {name: reduce(_worst, (getattr(r, name) for r in matching), None) for name in LATENCIES}
+    return CanaryStats(layout=layout, step=step, **values)
+
+
+def _key(name: str) -> str:
+    """A field's key in the report: camelCase of its name (`overlap_sum` -> `overlapSum`)."""
+    first, *rest = name.split("_")
+    return first + "".join(word.title() for word in rest)
+
+
+LATENCIES: Final = ("candidate_p99_ms", "active_p99_ms")
+"""The fields that are each router's p99 (merged as the worst); every other field but `layout` and
+`step` is a sum."""
+SUMS: Final[dict[str, type[int] | type[float]]] = {
+    f.name: int if f.type in ("int", int) else float  # annotations are strings here
+    for f in fields(CanaryStats)
+    if f.name not in ("layout", "step", *LATENCIES)
+}
+"""The summed fields and their type (counts are int, sums of scores float), in declaration order:
+what a router's window counts (serving/router/canary.py) and how reports add up."""

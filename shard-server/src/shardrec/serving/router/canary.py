@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from shardrec.api.canary import CanaryStats
+from shardrec.api.canary import SUMS, CanaryStats
 from shardrec.api.topology import CanaryRoute
 from shardrec.serving.router.errors import ApiError
 from shardrec.serving.router.metrics import RouterMetrics
@@ -124,7 +124,9 @@ def _p99(samples: deque[float]) -> float | None:
 
 @dataclass
 class CanaryWindow:
-    """Measurements of one (candidate, step) in this router, as sums."""
+    """Measurements of one (candidate, step) in this router, as sums. The counters are plain
+    fields, one per `CanaryStats` sum (`SUMS`; tests/serving checks they match), so counting on
+    the hot path is an attribute add; `report()` hands them over by name."""
 
     layout: str
     step: int
@@ -147,17 +149,7 @@ class CanaryWindow:
         return CanaryStats(
             layout=self.layout,
             step=self.step,
-            requests=self.requests,
-            errors=self.errors,
-            active_requests=self.active_requests,
-            active_errors=self.active_errors,
-            compared=self.compared,
-            overlap_sum=self.overlap_sum,
-            rank_correlation_sum=self.rank_correlation_sum,
-            score_shift_sum=self.score_shift_sum,
-            user_queries=self.user_queries,
-            unknown_users=self.unknown_users,
-            shadow_dropped=self.shadow_dropped,
+            **{name: getattr(self, name) for name in SUMS},
             candidate_p99_ms=_p99(self.candidate_seconds),
             active_p99_ms=_p99(self.active_seconds),
         ).to_report()
