@@ -355,3 +355,49 @@ def test_router_workers_section_matches_its_command_and_the_design_quotes_it() -
     assert len(ratios) == 2 and all(ratios), ratios
     single, batched = (match.group(1) for match in ratios if match)
     assert f"reached {single}x single and {batched}x batched" in design, (single, batched)
+
+
+def _main_table_note(doc: str, scenario: str) -> str:
+    """The note cell of one row of `make bench`'s own table (the first table of benchmarks.md)."""
+    head = doc.split("<!--", 1)[0]
+    for line in head.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("|") and cells[0] == scenario:
+            return cells[-1]
+    raise AssertionError(f"make bench's table has no row {scenario!r}: rerun make bench")
+
+
+def test_design_quotes_the_speed_goals_as_make_bench_measured_them() -> None:
+    """design.md's verdict on the serving issue's speed goals quotes `make bench`'s table; a rerun
+    that moves a ratio fails here until the paragraph says what the new table says."""
+    doc = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    saturating = _main_table_note(doc, "router, single query, wrk -c64 (saturating)")
+    half_load_row = next(
+        line
+        for line in doc.split("<!--", 1)[0].splitlines()
+        if line.startswith("| router, single query,") and "(~half load)" in line
+    )
+    batches = _main_table_note(doc, "router, batches of 64, wrk -c16")
+    single = re.search(r"ratio ([\d.]+) x in-process single", saturating)
+    router = re.search(r"router CPU per query ([\d.]+) x the shards'", saturating)
+    batched = re.search(r"ratio ([\d.]+) x in-process batched", batches)
+    assert single and router and batched, (saturating, batches)
+    p99 = [cell.strip() for cell in half_load_row.strip("|").split("|")][4]
+    verdict = "met" if "p99 goal <= 10 ms: met" in half_load_row else "MISSED"
+    design = " ".join((ROOT / "docs" / "design.md").read_text(encoding="utf-8").split())
+    paragraph = design.split("**The speed goals of the serving issue**", 1)[1]
+    paragraph = paragraph.split("- The measurements", 1)[0]
+    for quote in (
+        f"p99 at half load is {p99} ms (goal <= 10 ms)",
+        f"reach {single.group(1)}x in-process (goal >= 0.75x)",
+        f"batches {batched.group(1)}x at wrk -c16 (goal >= 0.9x)",
+        f"CPU per query is {router.group(1)}x the shards' (goal <= 0.5x)",
+    ):
+        assert quote in paragraph, f"design.md's speed-goals paragraph should say: {quote}"
+    met = {
+        "single": float(single.group(1)) >= 0.75,
+        "batched": float(batched.group(1)) >= 0.9,
+        "router": float(router.group(1)) <= 0.5,
+        "p99": verdict == "met",
+    }
+    assert ("are not met as a whole" in paragraph) == (not all(met.values())), met
