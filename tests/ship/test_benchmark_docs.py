@@ -394,6 +394,19 @@ def test_design_quotes_the_speed_goals_as_make_bench_measured_them() -> None:
         f"CPU per query is {router.group(1)}x the shards' (goal <= 0.5x)",
     ):
         assert quote in paragraph, f"design.md's speed-goals paragraph should say: {quote}"
+    # ... and what the baselines measured again after the router rows say about those ratios
+    again = [
+        _main_table_note(doc, f"in-process hnswlib, {shape} (again, after the router rows)")
+        for shape in ("single query, 1 thread", "batches of 64, 2 threads")
+    ]
+    moved = re.search(r"([+-]\d+)% against the first measurement", again[0])
+    later = [re.search(r"ratio ([\d.]+) against this one", note) for note in again]
+    assert moved and all(later), again
+    assert f"again after the router rows, {moved.group(1)}% faster" in paragraph or (
+        moved.group(1).startswith("-") and f"{moved.group(1)[1:]}% slower" in paragraph
+    ), f"design.md should say how far the baseline moved: {moved.group(1)}%"
+    ratios = " and ".join(f"{match.group(1)}x" for match in later if match)
+    assert f"the ratios read {ratios}" in paragraph, ratios
     met = {
         "single": float(single.group(1)) >= 0.75,
         "batched": float(batched.group(1)) >= 0.9,
