@@ -28,6 +28,17 @@ def _load(name: str, path: Path) -> object:
         sys.path.remove(str(path.parent))
 
 
+def _marked_block(script: str) -> tuple[Any, str]:
+    """benchmarks/<script>.py loaded, and the block of docs/benchmarks.md between its BEGIN and END
+    markers, which must name the command that wrote it."""
+    bench: Any = _load(script, ROOT / "benchmarks" / f"{script}.py")
+    doc = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    assert bench.BEGIN in doc and bench.END in doc, f"run: python benchmarks/{script}.py --write-doc"
+    block = doc.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
+    assert f"`python benchmarks/{script}.py" in block
+    return bench, block
+
+
 def test_cutover_window_table_matches_its_command() -> None:
     bench = _load("cutover_window", ROOT / "benchmarks" / "cutover_window.py")
     doc = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
@@ -46,11 +57,7 @@ def test_cutover_window_table_matches_its_command() -> None:
 
 
 def test_result_cache_tables_match_their_command() -> None:
-    bench: Any = _load("result_cache", ROOT / "benchmarks" / "result_cache.py")
-    doc = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
-    assert bench.BEGIN in doc and bench.END in doc, "run: python benchmarks/result_cache.py --write-doc"
-    block = doc.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
-    assert "`python benchmarks/result_cache.py" in block
+    bench, block = _marked_block("result_cache")
     # requests/s on a shared machine: the block says how loaded it was (bench.machine_line)
     assert "load average" in block, "rerun: python benchmarks/result_cache.py --write-doc"
     lines = [line for line in block.splitlines() if line.startswith("|")]
@@ -307,11 +314,7 @@ def _router_workers_cpu(block: str, label: str) -> tuple[float, float]:
 
 
 def test_router_workers_section_matches_its_command_and_the_design_quotes_it() -> None:
-    bench: Any = _load("router_workers", ROOT / "benchmarks" / "router_workers.py")
-    doc = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
-    assert bench.BEGIN in doc and bench.END in doc, "run: python benchmarks/router_workers.py --write-doc"
-    block = doc.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
-    assert "`python benchmarks/router_workers.py" in block
+    bench, block = _marked_block("router_workers")
     machine = r"^- Machine: .*load average [\d.]+ at start, [\d.]+ at end"
     assert re.search(machine, block, re.M), "the section states the machine and its load"
     scenarios = [line.split("|")[1].strip() for line in block.splitlines() if line.startswith("| router (")]
