@@ -27,6 +27,7 @@ from shardrec.serving.router.auth import parse_api_keys
 from shardrec.serving.router.config import Limits, RouterConfig, RouterSettings
 from shardrec.serving.router.manager import ManagerDeps
 from shardrec.serving.router.ratelimit import FailedAuthThrottle
+from shardrec.serving.router.workers import ServingBoard, WorkerReporter
 from tests.serving.test_router_dispatch import ERRORS, FakeShard
 
 DIM = 4
@@ -837,3 +838,29 @@ def test_a_failure_to_forget_a_cached_table_is_logged_and_serving_goes_on(
         assert "cannot remove the cached user table of /layouts/L-v1" in caplog.text
 
     run(world, settings(), scenario)
+
+
+def test_a_pod_of_several_workers_is_ready_only_once_every_worker_serves_a_layout(tmp_path: Path) -> None:
+    """SO_REUSEPORT spreads connections over the workers, so a probe answered by a worker that has
+    its layout says nothing of the others: a pod whose other worker is still loading got clients
+    a 503 `not_ready` right after its /readyz said 200 (seen by the peers bench under CI load)."""
+    world = World()
+    board = ServingBoard(tmp_path, 0, 2)
+    app = create_app(settings(), deps=world.deps(), reporter=WorkerReporter(board))
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            state = app.state.router
+            await state.manager.apply(Topology(revision=1, active=world.build("v1", seed=1)))
+            board.write(state.manager.serving())  # this worker's report (the gate writes it too)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+                alone = await client.get("/readyz")
+                assert alone.status_code == 503, alone.text
+                assert alone.json()["error"]["code"] == "not_ready"
+                assert "worker" in alone.json()["error"]["message"]
+                ServingBoard(tmp_path, 1, 2).write(state.manager.serving())  # the other worker
+                both = await client.get("/readyz")
+                assert both.status_code == 200 and both.json()["index_version"] == "v1", both.text
+
+    asyncio.run(main())

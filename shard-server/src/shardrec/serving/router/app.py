@@ -246,6 +246,14 @@ def _add_probes(app: FastAPI, state: RouterState) -> None:
             detail = state.manager.last_error or "no topology with an active layout applied yet"
             return Response(error_body("not_ready", detail), status_code=503, media_type=JSON)
         serving = state.pod_serving()
+        if serving.layout is None:
+            # With several workers this probe reached one of them (SO_REUSEPORT), and the pod's
+            # report is its least advanced worker's: ready only once every worker serves a layout,
+            # or clients the kernel hands to a worker still loading would get 503s.
+            detail = "not every router worker of this pod serves a layout yet"
+            if serving.error:
+                detail += f": {serving.error}"
+            return Response(error_body("not_ready", detail), status_code=503, media_type=JSON)
         return Response(
             orjson.dumps(
                 {
