@@ -44,6 +44,7 @@ from common import (
     Dataset,
     ProcessStats,
     Row,
+    Server,
     WrkResult,
     free_port,
     make_dataset,
@@ -51,6 +52,7 @@ from common import (
     recall_at_k,
     rss_mb,
     run_wrk,
+    stop_process,
     write_bodies,
 )
 
@@ -115,17 +117,7 @@ def find_chroma(venv: Path) -> Path:
 # --- the server --------------------------------------------------------------------------------
 
 
-@dataclass
-class ChromaServer:
-    process: subprocess.Popen[bytes]
-    url: str
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-
-def start_chroma(chroma: Path, data_dir: Path, log: Path, timeout_s: float = 120) -> ChromaServer:
+def start_chroma(chroma: Path, data_dir: Path, log: Path, timeout_s: float = 120) -> Server:
     """`chroma run` on 127.0.0.1 only; waits for its heartbeat."""
     port = free_port()
     # No telemetry and no OpenTelemetry export: there is no network here besides loopback.
@@ -138,7 +130,7 @@ def start_chroma(chroma: Path, data_dir: Path, log: Path, timeout_s: float = 120
         process = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
-    server = ChromaServer(process, f"http://127.0.0.1:{port}")
+    server = Server("chroma", process, f"http://127.0.0.1:{port}")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -149,18 +141,8 @@ def start_chroma(chroma: Path, data_dir: Path, log: Path, timeout_s: float = 120
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    stop_chroma(server)
+    stop_process(process)
     raise RuntimeError(f"chroma not answering within {timeout_s:.0f}s; see {log}")
-
-
-def stop_chroma(server: ChromaServer) -> None:
-    if server.process.poll() is None:
-        server.process.terminate()
-    try:
-        server.process.wait(20)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(10)
 
 
 @dataclass
@@ -170,19 +152,19 @@ class Chroma:
     chroma: Path
     data_dir: Path
     log: Path
-    server: ChromaServer | None = None
+    server: Server | None = None
 
-    def start(self) -> ChromaServer:
+    def start(self) -> Server:
         self.server = start_chroma(self.chroma, self.data_dir, self.log)
         return self.server
 
-    def restart(self) -> ChromaServer:
+    def restart(self) -> Server:
         self.stop()
         return self.start()
 
     def stop(self) -> None:
         if self.server is not None:
-            stop_chroma(self.server)
+            stop_process(self.server.process)
             self.server = None
 
 

@@ -239,6 +239,17 @@ def start_server(
     raise RuntimeError(f"{name} not ready within {timeout_s}s")
 
 
+def stop_process(process: subprocess.Popen[bytes], grace_s: float = 20, kill_wait_s: float = 10) -> None:
+    """Stop one server process: SIGTERM, `grace_s` to exit (a peer's server may flush), then SIGKILL."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(kill_wait_s)
+
+
 def stop_servers(servers: Sequence[Server]) -> None:
     for server in servers:
         if server.process.poll() is None:

