@@ -31,10 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common
 from common import (
     REPO,
     Server,
+    machine_line,
     router_argv,
     run_wrk,
     running,
@@ -229,13 +229,6 @@ so the spike rows offer far more than 10x the capacity while shedding (a client 
 Retry-After would offer less); "answered share" is the 200s over all answers."""
 
 
-def machine_line(load_start: float, load_end: float) -> str:
-    """Where the run happened: these rows are requests/s on a machine shared with other work, so
-    the load around the run says how much to trust them (a run beside a busy neighbour once
-    read 9x fewer requests/s with the cache off)."""
-    return common.machine_line(load_start, load_end)
-
-
 def write_doc(text: str, command: str, machine: str) -> None:
     """Replace (or append) this command's marked section of docs/benchmarks.md; `make bench`
     keeps every marked section when it rewrites the rest."""
@@ -313,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         + spike_table(spike, spike_connections, args.connections)
     )
     print(text)
+    # These rows are requests/s on a shared machine: the load around the run says how much to
+    # trust them (a run beside a busy neighbour once read 9x fewer requests/s with the cache off).
     machine = machine_line(load_start, os.getloadavg()[0])
     print(machine)
     if args.write_doc:

@@ -107,6 +107,17 @@ def _router_rows(context: BenchContext) -> list[Row]:
 AGAIN = " (again, after the router rows)"
 
 
+def _baselines(
+    shards: InProcessShards, data: Dataset, args: argparse.Namespace, ef: int, recall: float
+) -> tuple[Row, Row]:
+    """The in-process rows the router's ratios are to: single queries on one thread, batches."""
+    single = single_query_baseline(shards, data.queries, args.k, args.seconds, recall=recall, ef=ef)
+    batched = batched_baseline(
+        shards, data.queries, args.k, args.seconds, batch=args.batch, recall=recall, ef=ef
+    )
+    return single, batched
+
+
 def _baselines_again(  # noqa: PLR0917 - one call site
     layout: Path, data: Dataset, args: argparse.Namespace, ef: int, recall: float, rows: list[Row]
 ) -> list[Row]:
@@ -115,22 +126,20 @@ def _baselines_again(  # noqa: PLR0917 - one call site
     says how far, and what the two headline ratios would read against the later one."""
     shards = InProcessShards.load(layout)
     shards.set_ef(ef)
-    single = single_query_baseline(shards, data.queries, args.k, args.seconds, recall=recall, ef=ef)
-    batched = batched_baseline(
-        shards, data.queries, args.k, args.seconds, batch=args.batch, recall=recall, ef=ef
-    )
+    single, batched = _baselines(shards, data, args, ef, recall)
     del shards
     by_name = {row.scenario: row for row in rows}
-    router = {
-        single.scenario: by_name.get("router, single query, wrk -c64 (saturating)"),
-        batched.scenario: next((r for r in rows if r.scenario.startswith("router, batches of") and
-                                r.scenario.endswith(f"wrk -c{args.connections}")), None),
-    }  # fmt: skip
+    saturating = (
+        r for r in rows if r.scenario.startswith("router, single query") and "(saturating)" in r.scenario
+    )
+    router_rows = (
+        next(saturating, None),  # router_load marks whichever concurrency saturated
+        by_name.get(f"router, batches of {args.batch}, wrk -c{args.connections}"),
+    )
     again = []
-    for row in (single, batched):
+    for row, measured in zip((single, batched), router_rows, strict=True):
         first = by_name[row.scenario]
         note = f"{row.queries_per_s / first.queries_per_s - 1:+.0%} against the first measurement"
-        measured = router[row.scenario]
         if measured is not None:
             name = measured.scenario.removeprefix("router, ")
             rate = measured.queries_per_s
@@ -160,10 +169,7 @@ def main() -> int:
     ef, recall, curve = tune_ef(shards, data, args.k, args.target_recall)
     shards.set_ef(ef)
     print(f"efSearch {ef}: recall@{args.k} {recall:.3f}", file=sys.stderr)
-    single = single_query_baseline(shards, data.queries, args.k, args.seconds, recall=recall, ef=ef)
-    batched = batched_baseline(
-        shards, data.queries, args.k, args.seconds, batch=args.batch, recall=recall, ef=ef
-    )
+    single, batched = _baselines(shards, data, args, ef, recall)
     del shards
     rows = [single, batched]
     rows += shard_rows(

@@ -58,7 +58,7 @@ def test_cutover_window_table_matches_its_command() -> None:
 
 def test_result_cache_tables_match_their_command() -> None:
     bench, block = _marked_block("result_cache")
-    # requests/s on a shared machine: the block says how loaded it was (bench.machine_line)
+    # requests/s on a shared machine: the block says how loaded it was (common.machine_line)
     assert "load average" in block, "rerun: python benchmarks/result_cache.py --write-doc"
     lines = [line for line in block.splitlines() if line.startswith("|")]
     zipf = bench.zipf_table([], 100_000, 16).splitlines()
