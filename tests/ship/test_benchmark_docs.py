@@ -28,6 +28,20 @@ def _load(name: str, path: Path) -> object:
         sys.path.remove(str(path.parent))
 
 
+def _cells(line: str) -> list[str]:
+    """The cells of one markdown table row."""
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def _row(text: str, scenario: str, rerun: str) -> list[str]:
+    """The cells of the table row in `text` whose first cell is `scenario` (`rerun`: the command
+    that writes it, named when the row is missing)."""
+    for line in text.splitlines():
+        if line.startswith("|") and _cells(line)[0] == scenario:
+            return _cells(line)
+    raise AssertionError(f"no row {scenario!r}: rerun {rerun}")
+
+
 def _marked_block(script: str) -> tuple[Any, str]:
     """benchmarks/<script>.py loaded, and the block of docs/benchmarks.md between its BEGIN and END
     markers, which must name the command that wrote it."""
@@ -40,19 +54,14 @@ def _marked_block(script: str) -> tuple[Any, str]:
 
 
 def test_cutover_window_table_matches_its_command() -> None:
-    bench = _load("cutover_window", ROOT / "benchmarks" / "cutover_window.py")
-    doc = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
-    begin, end = bench.BEGIN, bench.END  # type: ignore[attr-defined]
-    assert begin in doc and end in doc, "run: python benchmarks/cutover_window.py --write-doc"
-    block = doc.split(begin, 1)[1].split(end, 1)[0]
-    assert "`python benchmarks/cutover_window.py" in block
+    bench, block = _marked_block("cutover_window")
     modes = {"staged preload, then switch": [1.0], "direct switch (no preload)": [1.0]}
-    expected = bench.table(modes, 3, 300_000).splitlines()  # type: ignore[attr-defined]
+    expected = bench.table(modes, 3, 300_000).splitlines()
     lines = [line for line in block.splitlines() if line.startswith("|")]
     assert lines[:2] == expected[:2], "the table's header changed: regenerate it"
     assert [line.split("|")[1].strip() for line in lines[2:]] == list(modes)
     for line in lines[2:]:
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        cells = _cells(line)
         assert int(cells[1]) >= 20 and float(cells[2]) <= float(cells[3]), line
 
 
@@ -85,7 +94,7 @@ def test_coldstart_table_matches_its_command() -> None:
     lines = [line for line in block.splitlines() if line.startswith("|")]
     assert lines[:2] == [bench.HEADER, bench.ALIGN], "the table's header changed: regenerate it"  # type: ignore[attr-defined]
     labels = [bench.size_label(items) for items in bench.SIZES]  # type: ignore[attr-defined]
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    rows = [_cells(line) for line in lines[2:]]
     assert rows, "the table has no rows"
     assert [cells[0] for cells in rows] == labels[: len(rows)], "sizes differ from the script's SIZES"
     # Each cell has the form the script writes ("12.3 (4.5)", "67", ...): digits aside, identical.
@@ -197,7 +206,7 @@ def _check_scale_section(bench: Any, section: str) -> None:
     assert rows[:2] in ([bench.HEADER, bench.ALIGN], [bench.HEADER_RESUMED, bench.ALIGN]), (
         "the table's header changed: regenerate it"
     )
-    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in rows[2:]]
+    cells = [_cells(line) for line in rows[2:]]
     assert cells, "the table has no rows"
     shapes = [label.split(" x ") for label, *_ in cells]
     extra = (
@@ -303,14 +312,12 @@ def test_writes_bench_tables_have_their_shape() -> None:
 def _router_workers_cpu(block: str, label: str) -> tuple[float, float]:
     """(router, shards) CPU ms per request of the saturating single-query row of one router
     configuration in the router-workers table."""
-    for line in block.splitlines():
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if line.startswith("|") and cells[0] == f"{label}, single query, wrk -c64 (saturating)":
-            router = re.search(r"router(?:\+\d+ workers)? ([\d.]+)", cells[7])
-            shards = re.search(r"shards x\d+ ([\d.]+)", cells[7])
-            assert router and shards, line
-            return float(router.group(1)), float(shards.group(1))
-    raise AssertionError(f"no saturating row for {label}: rerun benchmarks/router_workers.py --write-doc")
+    scenario = f"{label}, single query, wrk -c64 (saturating)"
+    cpu = _row(block, scenario, "benchmarks/router_workers.py --write-doc")[7]
+    router = re.search(r"router(?:\+\d+ workers)? ([\d.]+)", cpu)
+    shards = re.search(r"shards x\d+ ([\d.]+)", cpu)
+    assert router and shards, cpu
+    return float(router.group(1)), float(shards.group(1))
 
 
 def test_router_workers_section_matches_its_command_and_the_design_quotes_it() -> None:
@@ -362,12 +369,7 @@ def test_router_workers_section_matches_its_command_and_the_design_quotes_it() -
 
 def _main_table_note(doc: str, scenario: str) -> str:
     """The note cell of one row of `make bench`'s own table (the first table of benchmarks.md)."""
-    head = doc.split("<!--", 1)[0]
-    for line in head.splitlines():
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if line.startswith("|") and cells[0] == scenario:
-            return cells[-1]
-    raise AssertionError(f"make bench's table has no row {scenario!r}: rerun make bench")
+    return _row(doc.split("<!--", 1)[0], scenario, "make bench")[-1]
 
 
 def test_design_quotes_the_speed_goals_as_make_bench_measured_them() -> None:
@@ -385,7 +387,7 @@ def test_design_quotes_the_speed_goals_as_make_bench_measured_them() -> None:
     router = re.search(r"router CPU per query ([\d.]+) x the shards'", saturating)
     batched = re.search(r"ratio ([\d.]+) x in-process batched", batches)
     assert single and router and batched, (saturating, batches)
-    p99 = [cell.strip() for cell in half_load_row.strip("|").split("|")][4]
+    p99 = _cells(half_load_row)[4]
     verdict = "met" if "p99 goal <= 10 ms: met" in half_load_row else "MISSED"
     design = " ".join((ROOT / "docs" / "design.md").read_text(encoding="utf-8").split())
     paragraph = design.split("**The speed goals of the serving issue**", 1)[1]
