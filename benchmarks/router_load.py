@@ -43,6 +43,7 @@ from common import (
 
 from shardrec.api.commands import RouterFlags
 from shardrec.serving.index.layout import read_layout_manifest
+from shardrec.tools.pipeline.router_client import post_until_served
 
 JSON = "application/json"
 
@@ -110,8 +111,9 @@ def _recall(router: Server, context: Any) -> float:
     found: list[list[str]] = []
     with httpx.Client(base_url=router.url, timeout=30) as client:
         for start in range(0, len(queries), batch):
-            response = client.post(
-                "/v1/recommend/batch", content=_batch_body(queries[start : start + batch], k)
+            # A router still loading or shedding for a moment says when to come back.
+            response = post_until_served(
+                client, "/v1/recommend/batch", content=_batch_body(queries[start : start + batch], k)
             )
             response.raise_for_status()
             found += [[item["item_id"] for item in r["items"]] for r in response.json()["results"]]

@@ -9,13 +9,44 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import httpx
 
 _RETRIES = 3
 _MAX_RETRY_WAIT_S = 1.0
+_MIN_RETRY_WAIT_S = 0.05
+_DEFAULT_RETRY_WAIT_S = 0.1
+"""When a 503 has no Retry-After in seconds (none, or an HTTP date)."""
+
+
+def post_until_served(
+    client: httpx.Client,
+    url: str,
+    *,
+    content: bytes | None = None,
+    json: Any = None,
+    retries: int = _RETRIES,
+    max_wait_s: float = _MAX_RETRY_WAIT_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> httpx.Response:
+    """POST, and retry a 503 after the router's Retry-After (not ready yet, shedding, a shard
+    momentarily without replicas): at most `retries` times, each wait between 50 ms and
+    `max_wait_s`. Returns the last response, whatever its status; transport errors propagate."""
+    for attempt in range(retries + 1):
+        response = client.post(url, content=content, json=json)
+        if response.status_code != 503 or attempt == retries:
+            return response
+        sleep(min(max(_retry_after_s(response), _MIN_RETRY_WAIT_S), max_wait_s))
+    raise AssertionError("unreachable")
+
+
+def _retry_after_s(response: httpx.Response) -> float:
+    try:
+        return float(response.headers.get("Retry-After", _DEFAULT_RETRY_WAIT_S))
+    except ValueError:
+        return _DEFAULT_RETRY_WAIT_S
 
 
 class RouterError(RuntimeError):
@@ -48,23 +79,16 @@ class RouterRecommender:
         self.close()
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        for attempt in range(_RETRIES + 1):
-            try:
-                response = self._client.post(self._url, json=body)
-            except httpx.HTTPError as exc:
-                raise RouterError(f"{self._url}: {exc.__class__.__name__}: {exc}") from exc
-            if response.status_code == 503 and attempt < _RETRIES:
-                # Overload or a shard momentarily without replicas: the router says when to retry.
-                wait = float(response.headers.get("Retry-After", "0.1") or 0.1)
-                time.sleep(min(max(wait, 0.05), _MAX_RETRY_WAIT_S))
-                continue
-            if response.status_code != 200:
-                raise RouterError(f"{self._url}: HTTP {response.status_code}: {response.text[:300]}")
-            payload = response.json()
-            if not isinstance(payload, dict) or not isinstance(payload.get("items"), list):
-                raise RouterError(f"{self._url}: answer has no 'items' list: {response.text[:300]}")
-            return payload
-        raise AssertionError("unreachable")
+        try:
+            response = post_until_served(self._client, self._url, json=body)
+        except httpx.HTTPError as exc:
+            raise RouterError(f"{self._url}: {exc.__class__.__name__}: {exc}") from exc
+        if response.status_code != 200:
+            raise RouterError(f"{self._url}: HTTP {response.status_code}: {response.text[:300]}")
+        payload = response.json()
+        if not isinstance(payload, dict) or not isinstance(payload.get("items"), list):
+            raise RouterError(f"{self._url}: answer has no 'items' list: {response.text[:300]}")
+        return payload
 
     def __call__(self, user_id: str, k: int, exclude: Collection[str]) -> list[str]:
         body: dict[str, Any] = {"user_id": user_id, "k": k}
