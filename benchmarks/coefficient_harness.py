@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import process_group
 from raw_http import RawHttp, http_request, raw_exchange
 
 from shardrec.api.commands import ROUTER_MODULE, SHARD_MODULE, router_arguments, shard_arguments
+from shardrec.serving.cpus import usable_cpus
 
 
 def log(message: str) -> None:
@@ -119,13 +121,33 @@ def baselines(folder: Path) -> dict[str, int]:
             ),
         )
         time.sleep(2.0)
-        return {"shard": rss_bytes(shard_pid), "router": rss_bytes(router_pid)}
+        # Per worker process, the supervisor's share included: the planner multiplies it by the
+        # workers a pod starts, so the pod's total is what this router's processes hold together.
+        group = router_group(router_pid)
+        workers = max(len(group) - 1, 1)
+        return {
+            "shard": rss_bytes(shard_pid),
+            "router": round(sum(rss_bytes(pid) for pid in group) / workers),
+        }
+
+
+def router_group(pid: int, timeout_s: float = 60.0) -> list[int]:
+    """The router's processes once all have started: with more than one usable CPU, a supervisor
+    and one worker per CPU (router/workers.py), whose CPU and memory are the router's."""
+    expected = usable_cpus()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        group = process_group(pid)
+        if expected == 1 or len(group) == 1 + expected or time.monotonic() > deadline:
+            return group
+        time.sleep(0.1)
 
 
 def start_cluster(
     running: Processes, folder: Path, layout: Path, ef: int, tag: str
-) -> tuple[int, list[int], list[str], str]:
-    """Shards (one replica each, one search thread) and a router over `layout`."""
+) -> tuple[list[int], list[int], list[str], str]:
+    """Shards (one replica each, one search thread) and a router over `layout`; returns the
+    router's processes (`router_group`), the shards' pids and URLs, and the router's URL."""
     manifest = json.loads((layout / "layout.json").read_text())
     shards = manifest["shards"]
     pids, urls = [], []
@@ -169,7 +191,7 @@ def start_cluster(
         ),
     )
     wait_ready(router_url)
-    return router_pid, pids, urls, router_url
+    return router_group(router_pid), pids, urls, router_url
 
 
 async def closed_loop(url: str, count: int, concurrency: int, users: int) -> list[float]:
@@ -253,14 +275,15 @@ async def open_loop(url: str, rate: float, count: int, users: int) -> list[float
 
 
 def cpu_per_request(
-    url: str, router_pid: int, shard_pids: list[int], requests: int, users: int
+    url: str, router_pids: list[int], shard_pids: list[int], requests: int, users: int
 ) -> tuple[float, float]:
-    """(router CPU ms per request, mean shard CPU ms per query) under a closed-loop load."""
+    """(router CPU ms per request over all its processes, mean shard CPU ms per query) under a
+    closed-loop load."""
     asyncio.run(closed_loop(url, 300, 16, users))  # warm up connections and caches
-    router_before = cpu_seconds(router_pid)
+    router_before = sum(cpu_seconds(pid) for pid in router_pids)
     shards_before = [cpu_seconds(pid) for pid in shard_pids]
     asyncio.run(closed_loop(url, requests, 16, users))
-    router_ms = (cpu_seconds(router_pid) - router_before) * 1000.0 / requests
+    router_ms = (sum(cpu_seconds(pid) for pid in router_pids) - router_before) * 1000.0 / requests
     shard_ms = [
         (cpu_seconds(pid) - b) * 1000.0 / requests for pid, b in zip(shard_pids, shards_before, strict=True)
     ]

@@ -242,10 +242,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - one 
         if not (small_layout / "layout.json").exists():
             build(small, small_layout, shards, args.m, args.ef_construction)
         with processes(work) as running:
-            router_pid, shard_pids, _, url = start_cluster(
+            router_pids, shard_pids, _, url = start_cluster(
                 running, work, small_layout, target_ef, f"s{shards}"
             )
-            router_ms, _ = cpu_per_request(url, router_pid, shard_pids, args.requests, args.users)
+            router_ms, _ = cpu_per_request(url, router_pids, shard_pids, args.requests, args.users)
             started = time.perf_counter()
             observed = asyncio.run(closed_loop(url, args.check_requests, 1, args.users))
             rate = len(observed) / (time.perf_counter() - started)
@@ -270,8 +270,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - one 
         )
 
     with processes(work) as running:
-        router_pid, shard_pids, shard_urls, url = start_cluster(running, work, layout, target_ef, "main")
-        router_ms, shard_ms = cpu_per_request(url, router_pid, shard_pids, args.requests, args.users)
+        router_pids, shard_pids, shard_urls, url = start_cluster(running, work, layout, target_ef, "main")
+        router_ms, shard_ms = cpu_per_request(url, router_pids, shard_pids, args.requests, args.users)
         router_points.append({"shards": args.shards, "cpu_ms_per_request": round(router_ms, 4)})
         log(f"main: router {router_ms:.3f} ms, shard {shard_ms:.3f} ms CPU per request")
         latencies = asyncio.run(shard_latencies(shard_urls[0], args.latency_requests, queries))

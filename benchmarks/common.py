@@ -161,6 +161,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def process_group(pid: int) -> list[int]:
+    """`pid` and its child processes: a router and the workers it started (router/workers.py), if
+    it started any."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(child) for child in children)]
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     values = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

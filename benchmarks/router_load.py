@@ -31,6 +31,7 @@ from common import (
     Server,
     WrkResult,
     cpu_seconds,
+    process_group,
     recall_at_k,
     router_argv,
     rss_mb,
@@ -122,8 +123,7 @@ def _recall(router: Server, context: Any) -> float:
 
 def router_pids(router: Server) -> list[int]:
     """The router's process and its worker processes (router/workers.py), if it has any."""
-    children = Path(f"/proc/{router.pid}/task/{router.pid}/children")
-    return [router.pid, *(int(pid) for pid in children.read_text().split())]
+    return process_group(router.pid)
 
 
 def _stats(

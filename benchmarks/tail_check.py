@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     build(work / "emb", layout, args.shards, 16, 200)
     runs: list[dict[str, Any]] = []
     with processes(work) as running:
-        router_pid, shard_pids, shard_urls, url = start_cluster(running, work, layout, args.ef, "tail")
+        router_group, shard_pids, shard_urls, url = start_cluster(running, work, layout, args.ef, "tail")
+        router_pid = router_group[0]  # its CPU is its process tree's (tree_cpu_seconds)
         warm_up(url, args.users)
         router_workers = sum(
             len(c.read_text().split()) for c in Path(f"/proc/{router_pid}/task").glob("*/children")

@@ -150,7 +150,11 @@ class Coefficients(_Model):
         ge=0, description="A loaded shard's resident memory beyond its index file, per item (ids, maps)."
     )
     shard_process_baseline_bytes: int = Field(ge=0, description="RSS of a shard process before loading.")
-    router_process_baseline_bytes: int = Field(ge=0, description="RSS of a router before its user table.")
+    router_process_baseline_bytes: int = Field(
+        ge=0,
+        description="RSS of a router before its user table, per worker process (a router of several "
+        "workers: all its processes together, the supervisor included, over the workers).",
+    )
     user_resident_bytes_per_user: float = Field(
         gt=0, description="Router RSS per user of a loaded user table at workload.dimension."
     )
