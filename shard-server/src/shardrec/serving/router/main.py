@@ -19,6 +19,7 @@ import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shardrec import __version__
 from shardrec.api.commands import RouterFlags, env_name
@@ -52,6 +53,10 @@ from shardrec.serving.router.workers import (
 )
 from shardrec.serving.sockets import bound_tcp_socket
 from shardrec.serving.tls import client_context
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.types import ASGIApp
 
 PROG = "shardrec-router"
 
@@ -243,6 +248,27 @@ def _shard_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
         raise UsageError(f"--shard-ca: cannot load {args.shard_ca}: {exc}") from None
 
 
+def server_config(app: ASGIApp, *, loop: str, log_level: str) -> uvicorn.Config:
+    """How a router worker's uvicorn serves `app` (also what benchmarks/http_floor.py measures
+    an empty app under): header size/count, header and body read timeouts, idle timeout
+    (serving/http_limits.py), no access log and no generated headers."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        loop=loop,
+        http=guarded_protocol(HTTP_LIMITS),
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+        log_level=log_level,
+        backlog=LISTEN_BACKLOG,
+        timeout_keep_alive=int(HTTP_LIMITS.keep_alive_s),
+        timeout_graceful_shutdown=10,
+    )
+
+
 def _loop(choice: str) -> str:
     if choice != "auto":
         return choice
@@ -308,20 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `--port 0` picks a free port; this first stdout line says which (tests and the local runtime).
     print(f"{PROG} listening on http://{args.host}:{sock.getsockname()[1]}", flush=True)
     app = create_app(settings, source, reporter=served)
-    config = uvicorn.Config(
-        app,
-        loop=_loop(args.loop),
-        # Header size/count, header and body read timeouts, idle timeout (serving/http_limits.py).
-        http=guarded_protocol(HTTP_LIMITS),
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-        log_level=args.log_level,
-        backlog=LISTEN_BACKLOG,
-        timeout_keep_alive=int(HTTP_LIMITS.keep_alive_s),
-        timeout_graceful_shutdown=10,
-    )
+    config = server_config(app, loop=_loop(args.loop), log_level=args.log_level)
     settle_heap()  # the import-time heap is built: freeze it (serving/heap.py)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
