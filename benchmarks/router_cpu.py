@@ -1,15 +1,20 @@
 """Router CPU per query, before and after a change, side by side in one run (issue #19).
 
     python benchmarks/router_cpu.py --base 9dbfc08 [--count 200000] [--seconds 8] [--rounds 3]
-        [--workers 1,2] [--connections 16,64] [--profile-dir DIR]
+        [--workers 1,2] [--connections 16,64] [--codes base,new,floor] [--profile-dir DIR]
 
 The router and its 4 shard servers (one replica each) run either this tree's code ("new") or
 the `--base` commit's (`git archive` of shard-server/src, put first on their PYTHONPATH: "base").
+"floor" is the floor under both: an empty ASGI app served the way a router worker serves
+(benchmarks/http_floor.py, one process, no shards), so its CPU per request is what HTTP in Python
+costs here before any of the router's own work.
 Each round starts every (code, workers) cluster once, A and B interleaved (the order flips every
 round), warms it, and measures each wrk concurrency: CPU ms per request of the router's process
 group and of the shards together, from /proc, as benchmarks/router_load.py reports them, and the
 router's read and write syscalls per request (/proc/<pid>/io: exact, whatever the machine's load).
 The machine is shared, so compare CPU per request (medians over rounds), not requests/s.
+
+`--write-doc`: also write the table into docs/benchmarks.md (its router-cpu section).
 
 `--profile-dir`: also record a py-spy profile (raw, collapsed stacks) of one worker of each router
 under the largest concurrency (needs `py-spy` in the venv and ptrace permission).
@@ -35,6 +40,7 @@ from common import (
     REPO,
     Server,
     ensure_layout,
+    machine_line,
     make_dataset,
     router_argv,
     run_wrk,
@@ -42,6 +48,7 @@ from common import (
     shard_argv,
     start_server,
     write_bodies,
+    write_marked_section,
 )
 from router_load import JSON, _padded, _vector_body, _write_config, router_pids
 
@@ -58,6 +65,17 @@ class Sample:
     shards_ms: float
     router_reads: float  # read syscalls per request
     router_writes: float  # write syscalls per request
+
+
+BEGIN, END = "<!-- router-cpu:begin -->", "<!-- router-cpu:end -->"
+DOC = REPO / "docs" / "benchmarks.md"
+FLOOR_ARGV = [sys.executable, str(Path(__file__).with_name("http_floor.py"))]
+"""The "floor" code: an empty ASGI app served as a router worker serves (benchmarks/http_floor.py),
+one process whatever --workers says, no shards."""
+
+
+def _ratio(router_ms: float, shards_ms: float) -> str:
+    return f"{router_ms / shards_ms:.2f}" if shards_ms else "—"
 
 
 def syscalls(pid: int) -> tuple[int, int]:
@@ -151,11 +169,42 @@ def measure(  # noqa: PLR0917 - one call site
             f"round {round_number} {code:4} w{workers} c{connections:3}: "
             f"{sample.requests_per_s:7.0f} req/s p50 {sample.p50_ms:6.2f} p99 {sample.p99_ms:6.2f} ms, "
             f"router {sample.router_ms:.3f} shards {sample.shards_ms:.3f} ms CPU/query, ratio "
-            f"{sample.router_ms / sample.shards_ms:.2f}; router syscalls/request: "
+            f"{_ratio(sample.router_ms, sample.shards_ms)}; router syscalls/request: "
             f"{sample.router_reads:.2f} reads {sample.router_writes:.2f} writes; errors {result.errors}",
             flush=True,
         )
     return samples
+
+
+def median_table(
+    samples: list[Sample], workers_list: list[int], connections_list: list[int], codes: list[str]
+) -> str:
+    """Medians over the rounds, one row per (workers, concurrency, code)."""
+    lines = [
+        "| workers | wrk -c | code | router CPU ms/query | shards CPU ms/query | router/shards "
+        "| router reads/query | router writes/query | requests/s | p50 ms | p99 ms |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    median = statistics.median
+    for workers in workers_list:
+        for connections in connections_list:
+            for code in codes:
+                mine = [
+                    s for s in samples if (s.code, s.workers, s.connections) == (code, workers, connections)
+                ]
+                if not mine:
+                    continue
+                router_ms = median([s.router_ms for s in mine])
+                shards_ms = median([s.shards_ms for s in mine])
+                ratio = f"{median([s.router_ms / s.shards_ms for s in mine]):.2f}" if shards_ms else "—"
+                lines.append(
+                    f"| {workers} | {connections} | {code} | {router_ms:.3f} | {shards_ms:.3f} | {ratio} | "
+                    f"{median([s.router_reads for s in mine]):.2f} | "
+                    f"{median([s.router_writes for s in mine]):.2f} | "
+                    f"{median([s.requests_per_s for s in mine]):,.0f} | "
+                    f"{median([s.p50_ms for s in mine]):.2f} | {median([s.p99_ms for s in mine]):.2f} |"
+                )
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -170,7 +219,9 @@ def main() -> int:
     parser.add_argument("--codes", default="base,new")
     parser.add_argument("--work-dir", type=Path, default=REPO / "bench-out")
     parser.add_argument("--profile-dir", type=Path)
+    parser.add_argument("--write-doc", action="store_true", help="write the table into docs/benchmarks.md")
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]
     workers_list = [int(w) for w in args.workers.split(",")]
     connections_list = [int(c) for c in args.connections.split(",")]
     codes = args.codes.split(",")
@@ -190,43 +241,36 @@ def main() -> int:
                     pythonpath = base_src if code == "base" else None
                     shards = [
                         start_with(f"shard-{i}", shard_argv(layout, i, args.ef_search), pythonpath)
-                        for i in range(4)
+                        for i in range(0 if code == "floor" else 4)
                     ]
                     with running(shards):
                         topology, config = _write_config(args.work_dir, layout, shards, 64, name="router-cpu")
-                        router = start_with(
-                            "router", router_argv(topology, config, workers=workers), pythonpath
+                        argv = (
+                            FLOOR_ARGV if code == "floor" else router_argv(topology, config, workers=workers)
                         )
+                        router = start_with("router", argv, pythonpath)
                         with running([router]):
                             samples += measure(args, router, shards, code, workers, round_number, body)
     print(f"\n{len(samples)} runs in {time.monotonic() - started:.0f} s; medians over {args.rounds} rounds")
-    print(
-        "| workers | wrk -c | code | router CPU ms/query | shards CPU ms/query | router/shards "
-        "| router reads/query | router writes/query | requests/s | p50 ms | p99 ms |"
-    )
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for workers in workers_list:
-        for connections in connections_list:
-            for code in codes:
-                mine = [
-                    s for s in samples if (s.code, s.workers, s.connections) == (code, workers, connections)
-                ]
-                if not mine:
-                    continue
-
-                def median(values: list[float]) -> float:
-                    return statistics.median(values)
-
-                router_ms = median([s.router_ms for s in mine])
-                shards_ms = median([s.shards_ms for s in mine])
-                print(
-                    f"| {workers} | {connections} | {code} | {router_ms:.3f} | {shards_ms:.3f} | "
-                    f"{median([s.router_ms / s.shards_ms for s in mine]):.2f} | "
-                    f"{median([s.router_reads for s in mine]):.2f} | "
-                    f"{median([s.router_writes for s in mine]):.2f} | "
-                    f"{median([s.requests_per_s for s in mine]):,.0f} | "
-                    f"{median([s.p50_ms for s in mine]):.2f} | {median([s.p99_ms for s in mine]):.2f} |"
-                )
+    table = median_table(samples, workers_list, connections_list, codes)
+    print(table)
+    if args.write_doc:
+        command = (
+            f"python benchmarks/router_cpu.py --codes {args.codes} --workers {args.workers} "
+            f"--connections {args.connections} --rounds {args.rounds} --seconds {args.seconds:g} "
+            f"--count {args.count} --write-doc"
+        )
+        section = (
+            f"{BEGIN}\n## Router CPU per request by load, and the HTTP floor (`benchmarks/router_cpu.py`)\n\n"
+            f"`{command}` in {time.monotonic() - started:.0f} s: {args.count:,} x 64 cosine, 4 shards x 1 "
+            f"replica, efSearch {args.ef_search}, single queries by vector at k=10 under wrk at each "
+            "concurrency; medians over the rounds (codes interleaved, order flipped every round). "
+            '"floor" is an empty ASGI app served the way a router worker serves '
+            "(benchmarks/http_floor.py): what HTTP in Python costs here before any of the router's "
+            "own work. The router, the shards and wrk share the machine's cores.\n\n"
+            f"- Machine: {machine_line(load_start, os.getloadavg()[0])}\n\n{table}\n{END}\n"
+        )
+        write_marked_section(DOC, section)
     return 0
 
 
