@@ -11,6 +11,12 @@ against a router with a small admission bound (clients honouring Retry-After, an
 Each row lists CPU ms per request for the router, for all shards together, and for wrk, and its
 ratio to the matching in-process baseline. Recall is measured through the router's batch endpoint
 against the same exact top-k as the baselines.
+
+Given a context with `baselines` (run.py: the in-process baselines, measured on demand), the
+serving issue's three ratio goals are then measured again, interleaved: each round measures the
+in-process baselines and the router back to back, in an order that flips every round, so a change
+in the shared machine's speed during the run hits both sides of a ratio. `context.headline` gets
+the per-round ratios, their medians and a verdict per goal by the median (`headline_table`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +56,98 @@ from shardrec.serving.index.layout import read_layout_manifest
 from shardrec.tools.pipeline.router_client import post_until_served
 
 JSON = "application/json"
+HEADLINE_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class HeadlineRound:
+    """One round of the interleaved pass: the router against the in-process baselines measured
+    beside it."""
+
+    single: float  # router single-query requests/s at the saturating concurrency / in-process single q/s
+    batched: float  # router batch-endpoint queries/s / in-process batched q/s
+    router_cpu: float  # router CPU per single query / the shards' CPU for it
+
+
+@dataclass(frozen=True)
+class Goal:
+    label: str
+    field: str
+    target: float
+    at_least: bool  # the ratio must be >= target (else <=)
+
+    def met(self, value: float) -> bool:
+        return value >= self.target if self.at_least else value <= self.target
+
+
+def headline_goals(single_connections: int, batch_connections: int, batch: int) -> tuple[Goal, ...]:
+    """The serving issue's ratio goals, named by the rows they compare."""
+    return (
+        Goal(f"single query, wrk -c{single_connections} / in-process single (>= 0.75)", "single", 0.75, True),
+        Goal(
+            f"batches of {batch}, wrk -c{batch_connections} / in-process batched (>= 0.9)",
+            "batched",
+            0.9,
+            True,
+        ),
+        Goal("router CPU per single query / the shards' (<= 0.5)", "router_cpu", 0.5, False),
+    )
+
+
+def headline_rounds(
+    baselines: Callable[[float], tuple[float, float]],
+    router_single: Callable[[float], tuple[float, float]],
+    router_batched: Callable[[float], float],
+    *,
+    rounds: int,
+    seconds: float,
+) -> list[HeadlineRound]:
+    """`rounds` rounds of: the in-process baselines (single q/s, batched q/s) and the router
+    (single requests/s with its CPU ratio to the shards'; batched q/s), back to back; the
+    in-process side goes first in even rounds and last in odd ones."""
+    measured = []
+    for number in range(rounds):
+        if number % 2 == 0:
+            single_base, batched_base = baselines(seconds)
+        (single, cpu_ratio), batched = router_single(seconds), router_batched(seconds)
+        if number % 2 == 1:
+            single_base, batched_base = baselines(seconds)
+        measured.append(HeadlineRound(single / single_base, batched / batched_base, cpu_ratio))
+    return measured
+
+
+HEADLINE_HEADING = "### The ratio goals, measured interleaved"
+
+
+def headline_section(rounds: list[HeadlineRound], goals: tuple[Goal, ...], seconds: float) -> str:
+    """The interleaved pass as a markdown section: how it was measured, then per goal each
+    round's ratio, the median, how many rounds met the goal and the verdict by the median."""
+    return f"""{HEADLINE_HEADING}
+
+The serving issue's ratio goals once more, after the rows above, with the router and the
+in-process baselines measured back to back in each of {len(rounds)} rounds (the order flips every
+round; each measurement {seconds:g} s). On shared cores the machine's speed drifts during a run,
+and a baseline measured once at the start can be 10% off by the time the router rows run.
+
+{headline_table(rounds, goals)}"""
+
+
+def headline_table(rounds: list[HeadlineRound], goals: tuple[Goal, ...]) -> str:
+    """Per goal, each round's ratio, the median, how many rounds met the goal and the verdict by
+    the median."""
+    header = " | ".join(f"round {n}" for n in range(1, len(rounds) + 1))
+    lines = [
+        f"| goal | {header} | median | rounds met | verdict by the median |",
+        "|---|" + "---:|" * (len(rounds) + 2) + "---|",
+    ]
+    for goal in goals:
+        values = [getattr(measured, goal.field) for measured in rounds]
+        median = statistics.median(values)
+        cells = " | ".join(f"{value:.2f}" for value in values)
+        met = sum(goal.met(value) for value in values)
+        verdict = "met" if goal.met(median) else "not met"
+        lines.append(f"| {goal.label} | {cells} | {median:.2f} | {met} of {len(values)} | {verdict} |")
+    return "\n".join(lines)
 
 
 def _padded(bodies: list[bytes]) -> list[bytes]:
@@ -263,9 +364,46 @@ def run(
                         f"(goal >= 0.9); CPU per batch of {batch}; errors {batched.errors}",
                     )
                 )
+            if getattr(context, "baselines", None) is not None:
+                context.headline = _interleaved(
+                    context,
+                    lambda duration: measure(
+                        single_file, single_size, "/v1/recommend", saturating_connections, duration
+                    ),
+                    lambda duration: measure(
+                        batch_file, batch_size, "/v1/recommend/batch", context.connections, duration
+                    ),
+                    lambda result, used: _stats(router, shard_servers, used, result),
+                    saturating_connections,
+                )
         if spikes:
             rows += _spike_rows(context, shard_servers, single_file, single_size, recall)
     return rows
+
+
+def _interleaved(
+    context: Any,
+    single: Callable[[float], tuple[WrkResult, dict[int, float]]],
+    batched: Callable[[float], tuple[WrkResult, dict[int, float]]],
+    stats: Callable[[WrkResult, dict[int, float]], list[ProcessStats]],
+    single_connections: int,
+) -> str:
+    """The interleaved pass against a running router (see the module doc): its section."""
+
+    def router_single(duration: float) -> tuple[float, float]:
+        result, used = single(duration)
+        cpu = stats(result, used)
+        return result.requests_per_s, cpu[0].cpu_ms_per_request / cpu[1].cpu_ms_per_request
+
+    def router_batched(duration: float) -> float:
+        return batched(duration)[0].requests_per_s * int(context.batch)
+
+    seconds = max(2.0, context.seconds / 2)
+    rounds = headline_rounds(
+        context.baselines, router_single, router_batched, rounds=HEADLINE_ROUNDS, seconds=seconds
+    )
+    goals = headline_goals(single_connections, context.connections, context.batch)
+    return headline_section(rounds, goals, seconds)
 
 
 BACKOFF_LUA = r"""

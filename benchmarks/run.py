@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +57,11 @@ class BenchContext:
     inprocess_single: Row
     inprocess_batched: Row
     notes: list[str] = field(default_factory=list)
+    baselines: Callable[[float], tuple[float, float]] | None = None
+    """The in-process baselines measured again for `seconds`: (single q/s, batched q/s), for the
+    router's interleaved pass (router_load.py)."""
+    headline: str = ""
+    """That pass's section (heading, method, table), written under the main table."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -104,9 +110,6 @@ def _router_rows(context: BenchContext) -> list[Row]:
     return rows
 
 
-AGAIN = " (again, after the router rows)"
-
-
 def _baselines(
     shards: InProcessShards, data: Dataset, args: argparse.Namespace, ef: int, recall: float
 ) -> tuple[Row, Row]:
@@ -116,41 +119,6 @@ def _baselines(
         shards, data.queries, args.k, args.seconds, batch=args.batch, recall=recall, ef=ef
     )
     return single, batched
-
-
-def _baselines_again(  # noqa: PLR0917 - one call site
-    layout: Path, data: Dataset, args: argparse.Namespace, ef: int, recall: float, rows: list[Row]
-) -> list[Row]:
-    """The in-process baselines measured once more after the router rows. The router's ratios use
-    the first measurement; on shared cores the machine's speed moves during a run, so this pair
-    says how far, and what the two headline ratios would read against the later one."""
-    shards = InProcessShards.load(layout)
-    shards.set_ef(ef)
-    single, batched = _baselines(shards, data, args, ef, recall)
-    del shards
-    by_name = {row.scenario: row for row in rows}
-    saturating = (
-        r for r in rows if r.scenario.startswith("router, single query") and "(saturating)" in r.scenario
-    )
-    router_rows = (
-        next(saturating, None),  # router_load marks whichever concurrency saturated
-        by_name.get(f"router, batches of {args.batch}, wrk -c{args.connections}"),
-    )
-    again = []
-    for row, measured in zip((single, batched), router_rows, strict=True):
-        first = by_name[row.scenario]
-        note = f"{row.queries_per_s / first.queries_per_s - 1:+.0%} against the first measurement"
-        if measured is not None:
-            name = measured.scenario.removeprefix("router, ")
-            rate = measured.queries_per_s
-            note += (
-                f"; router {name}: ratio {rate / row.queries_per_s:.2f} against this one "
-                f"({rate / first.queries_per_s:.2f} against the first)"
-            )
-        row.scenario += AGAIN
-        row.note = f"{row.note}; {note}" if row.note else note
-        again.append(row)
-    return again
 
 
 def main() -> int:
@@ -170,7 +138,6 @@ def main() -> int:
     shards.set_ef(ef)
     print(f"efSearch {ef}: recall@{args.k} {recall:.3f}", file=sys.stderr)
     single, batched = _baselines(shards, data, args, ef, recall)
-    del shards
     rows = [single, batched]
     rows += shard_rows(
         args.work_dir,
@@ -182,12 +149,18 @@ def main() -> int:
         connections=args.connections,
         batch=args.batch,
     )
+
+    def baselines(seconds: float) -> tuple[float, float]:
+        again = argparse.Namespace(**{**vars(args), "seconds": seconds})
+        single_again, batched_again = _baselines(shards, data, again, ef, recall)
+        return single_again.queries_per_s, batched_again.queries_per_s
+
     context = BenchContext(
-        args.work_dir, layout, data, ef, args.k, args.seconds, args.connections, args.batch, single, batched
-    )
+        args.work_dir, layout, data, ef, args.k, args.seconds, args.connections, args.batch, single, batched,
+        baselines=baselines,
+    )  # fmt: skip
     if not args.skip_router:
         rows += _router_rows(context)
-        rows += _baselines_again(layout, data, args, ef, recall, rows)
     if args.with_chroma:
         from chroma_bench import chroma_rows
 
@@ -198,9 +171,7 @@ def main() -> int:
         rows += chroma
         context.notes.append(summary)
     command = "python benchmarks/run.py " + shlex.join(sys.argv[1:])
-    write_report(
-        args, machine, data, layout, curve, ef, rows, context.notes, command, time.monotonic() - started
-    )
+    write_report(args, machine, data, layout, curve, ef, rows, context, command, time.monotonic() - started)
     if not args.quick:
         # The capacity planner's coefficients follow the code: a full run refreshes them.
         from coefficient_file import update_from_run
@@ -222,7 +193,7 @@ def write_report(  # noqa: PLR0917 - one call site, every part of the report
     curve: list[tuple[int, float]],
     ef: int,
     rows: list[Row],
-    notes: list[str],
+    context: BenchContext,
     command: str,
     elapsed: float,
 ) -> None:
@@ -254,8 +225,10 @@ in {elapsed:.0f} s. {QUICK_NOTE if args.quick else ""}
 
 {markdown_table(rows).replace("nan", "—")}
 """
-    for note in notes:
+    for note in context.notes:
         text += f"\n- {note}"
+    if context.headline:
+        text = f"{text.rstrip()}\n\n{context.headline}\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # Sections other commands write (make bench-ab, cutover_window.py) are their own runs: keep them.
     with contextlib.suppress(OSError):

@@ -367,6 +367,70 @@ def test_router_workers_section_matches_its_command_and_the_design_quotes_it() -
     assert f"reached {single}x single and {batched}x batched" in design, (single, batched)
 
 
+def _router_load() -> Any:
+    return _load("router_load", ROOT / "benchmarks" / "router_load.py")
+
+
+def test_the_interleaved_pass_flips_its_order_every_round() -> None:
+    bench = _router_load()
+    calls: list[str] = []
+    speed = iter([1.0, 0.5, 1.0])  # the machine halves its speed in round 2, for both sides
+
+    def baselines(seconds: float) -> tuple[float, float]:
+        calls.append(f"in-process {seconds:g}")
+        return 1000.0 * factor, 2000.0 * factor
+
+    def router_single(seconds: float) -> tuple[float, float]:
+        calls.append(f"router single {seconds:g}")
+        return 800.0 * factor, 0.7
+
+    def router_batched(seconds: float) -> float:
+        calls.append("router batched")
+        return 1900.0 * factor
+
+    rounds = []
+    for _ in range(3):
+        factor = next(speed)
+        rounds += bench.headline_rounds(baselines, router_single, router_batched, rounds=1, seconds=5)
+    assert calls[:3] == ["in-process 5", "router single 5", "router batched"]
+    calls.clear()
+    factor = 1.0
+    bench.headline_rounds(baselines, router_single, router_batched, rounds=2, seconds=5)
+    assert calls == [
+        *("in-process 5", "router single 5", "router batched"),
+        *("router single 5", "router batched", "in-process 5"),
+    ], "odd rounds measure the router first"
+    assert {(r.single, r.batched, r.router_cpu) for r in rounds} == {(0.8, 0.95, 0.7)}, (
+        "a speed change that hits both sides leaves the ratio alone"
+    )
+
+
+def test_the_interleaved_table_gives_each_goal_its_median_and_verdict() -> None:
+    bench = _router_load()
+    rounds = [
+        bench.HeadlineRound(0.74, 0.91, 0.52),
+        bench.HeadlineRound(0.78, 0.85, 0.48),
+        bench.HeadlineRound(0.76, 0.95, 0.55),
+    ]
+    goals = bench.headline_goals(64, 16, 64)
+    lines = bench.headline_table(rounds, goals).splitlines()
+    assert _cells(lines[0]) == [
+        "goal",
+        "round 1",
+        "round 2",
+        "round 3",
+        "median",
+        "rounds met",
+        "verdict by the median",
+    ]
+    assert _cells(lines[2])[1:] == ["0.74", "0.78", "0.76", "0.76", "2 of 3", "met"]
+    assert _cells(lines[3])[1:] == ["0.91", "0.85", "0.95", "0.91", "2 of 3", "met"]
+    assert _cells(lines[4])[1:] == ["0.52", "0.48", "0.55", "0.52", "1 of 3", "not met"], "CPU: at most 0.5"
+    assert _cells(lines[2])[0] == "single query, wrk -c64 / in-process single (>= 0.75)"
+    section = bench.headline_section(rounds, goals, 5.0)
+    assert section.startswith(bench.HEADLINE_HEADING) and "each measurement 5 s" in section
+
+
 def _main_table_note(doc: str, scenario: str) -> str:
     """The note cell of one row of `make bench`'s own table (the first table of benchmarks.md)."""
     return _row(doc.split("<!--", 1)[0], scenario, "make bench")[-1]
