@@ -46,13 +46,9 @@ HERE = Path(__file__).resolve().parent
 STALL_S = 0.05
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU of a process and its live descendants (the router forks one worker per CPU)."""
-    total = cpu_seconds(pid)
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        for child in children.read_text().split():
-            total += tree_cpu_seconds(int(child))
-    return total
+def group_cpu_seconds(pids: list[int]) -> float:
+    """CPU of the router's processes (`start_cluster`: the supervisor and one worker per CPU)."""
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 def self_cpu_seconds() -> float:
@@ -85,9 +81,15 @@ def ms(values: list[float], q: float) -> float:
 
 
 def one_run(
-    kind: str, level: float, url: str, router_pid: int, shard_pids: list[int], *, args: argparse.Namespace
+    kind: str,
+    level: float,
+    url: str,
+    router_pids: list[int],
+    shard_pids: list[int],
+    *,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
-    router_before = tree_cpu_seconds(router_pid)
+    router_before = group_cpu_seconds(router_pids)
     shards_before = [cpu_seconds(pid) for pid in shard_pids]
     self_before = self_cpu_seconds()
     started = time.perf_counter()
@@ -113,7 +115,7 @@ def one_run(
             "achieved_qps": round(n / wall, 1),
             "p50_ms": ms(latencies, 50),
             "p99_ms": ms(latencies, 99),
-            "router_cpu_ms": round((tree_cpu_seconds(router_pid) - router_before) * 1000.0 / n, 4),
+            "router_cpu_ms": round((group_cpu_seconds(router_pids) - router_before) * 1000.0 / n, 4),
             "shard_cpu_ms": round(
                 float(
                     np.mean(
@@ -156,21 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     build(work / "emb", layout, args.shards, 16, 200)
     runs: list[dict[str, Any]] = []
     with processes(work) as running:
-        router_group, shard_pids, shard_urls, url = start_cluster(running, work, layout, args.ef, "tail")
-        router_pid = router_group[0]  # its CPU is its process tree's (tree_cpu_seconds)
+        router_pids, shard_pids, shard_urls, url = start_cluster(running, work, layout, args.ef, "tail")
         warm_up(url, args.users)
-        router_workers = sum(
-            len(c.read_text().split()) for c in Path(f"/proc/{router_pid}/task").glob("*/children")
-        )
+        router_workers = len(router_pids) - 1
         shard_before = cpu_seconds(shard_pids[0])
         unloaded = asyncio.run(shard_latencies(shard_urls[0], args.shard_samples, queries))
         shard_cpu_sequential = (
             (cpu_seconds(shard_pids[0]) - shard_before) * 1000.0 / (args.shard_samples + 200)
         )
         for clients in args.clients:
-            runs.append(one_run("closed", clients, url, router_pid, shard_pids, args=args))
+            runs.append(one_run("closed", clients, url, router_pids, shard_pids, args=args))
         for rate in args.rates:
-            runs.append(one_run("open", rate, url, router_pid, shard_pids, args=args))
+            runs.append(one_run("open", rate, url, router_pids, shard_pids, args=args))
     result = {
         "command": " ".join(["python benchmarks/tail_check.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
