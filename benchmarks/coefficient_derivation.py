@@ -8,6 +8,7 @@ coefficients_from_measurement(...)           the fields `coefficients.py measure
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,12 @@ QUANTILES: tuple[float, ...] = (
     0.99,
 )
 QUANTILES += (0.995, 0.999, 1.0)
+CPU_CLIENTS = 16
+"""Concurrent clients under which CPU per request is measured (`coefficients.py measure`'s closed
+loop; from `make bench`, its wrk -c16 row). CPU per request falls as concurrency grows (the router
+coalesces more queries into each shard request), so every router point of the file comes from one
+concurrency: 16 in flight is 8 per worker of a 2-CPU router pod, near what the seed's plan puts on
+a worker at peak; the saturating row (wrk -c64) would make the plan optimistic."""
 
 
 def coefficients_from_bench(results: dict[str, Any], existing: Coefficients | None = None) -> dict[str, Any]:
@@ -42,8 +49,9 @@ def coefficients_from_bench(results: dict[str, Any], existing: Coefficients | No
     Two forms are read:
     - `{"command": ..., "coefficients": {<fields of the coefficients file>}}`: taken as they are;
     - the `results.json` that `benchmarks/run.py` writes (`command`, `rows` with per-process CPU
-      ms per request): from its saturating single-query router row, the router's CPU per
-      request at that shard count (`router_cpu`, merged with `existing` points at other shard
+      ms per request): from its single-query router row at wrk -c`CPU_CLIENTS` (else its first
+      single-query router row that is not the half-load one), the router's CPU per request at
+      that shard count (`router_cpu`, merged with `existing` points at other shard
       counts) and the shards' CPU per query beyond the in-process search
       (`shard_overhead_cpu_ms` = shard CPU per request / shards - in-process single-query CPU /
       shards).
@@ -64,8 +72,9 @@ def coefficients_from_bench(results: dict[str, Any], existing: Coefficients | No
         raise ValueError("bench results: no router row with per-process CPU (was the router benchmarked?)")
     measured["provenance"] = {
         "command": command,
-        "note": "router_cpu and shard_overhead_cpu_ms from the saturating single-query router row of the "
-        "benchmark (wrk); router_cpu points at other shard counts are kept from earlier measurements",
+        "note": "router_cpu and shard_overhead_cpu_ms from the single-query router row at "
+        f"wrk -c{CPU_CLIENTS} of the benchmark (the concurrency coefficients.py measure uses); "
+        "router_cpu points at other shard counts are kept from earlier measurements",
     }
     return measured
 
@@ -78,15 +87,21 @@ def _cpu(row: dict[str, Any], prefix: str) -> tuple[str, float] | None:
     return None
 
 
+def _router_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The single-query router row at wrk -c`CPU_CLIENTS`, else the first one but the half-load
+    row (which names the concurrency that gave half the saturating rate)."""
+    singles = [
+        r
+        for r in rows
+        if r.get("scenario", "").startswith("router, single query, wrk -c")
+        and "(~half load)" not in r["scenario"]
+    ]
+    wanted = re.compile(rf"router, single query, wrk -c{CPU_CLIENTS}\b")
+    return next((r for r in singles if wanted.match(r["scenario"])), singles[0] if singles else None)
+
+
 def _from_rows(rows: list[dict[str, Any]], existing: Coefficients | None) -> dict[str, Any]:
-    router_row = next(
-        (
-            r
-            for r in rows
-            if r.get("scenario", "").startswith("router, single query") and "saturating" in r["scenario"]
-        ),
-        None,
-    )
+    router_row = _router_row(rows)
     single = next(
         (r for r in rows if r.get("scenario", "").startswith("in-process hnswlib, single query")), None
     )
@@ -112,6 +127,12 @@ def quantiles_ms(samples_s: Sequence[float]) -> dict[str, Any]:
     return {"quantiles": list(QUANTILES), "ms": [float(v) for v in ms], "requests": len(samples_s)}
 
 
+def _workers(count: int) -> str:
+    if count == 1:
+        return "one process"
+    return f"a supervisor and {count} worker processes, one per usable CPU"
+
+
 def coefficients_from_measurement(
     *,
     command: str,
@@ -133,6 +154,7 @@ def coefficients_from_measurement(
     built: dict[str, float],
     wire: dict[str, float],
     distribution: dict[str, Any],
+    router_workers: int,
 ) -> dict[str, Any]:
     """The fields `coefficients.py measure` writes, with its provenance, from what it measured:
     the offline part (`search` sweep, index `file_points`, resident `memory`, `built` rate), the
@@ -145,7 +167,10 @@ def coefficients_from_measurement(
             "note": (
                 "first short measurement (not make bench): synthetic clustered data, cosine, "
                 f"{shards} shards x 1 replica, one search thread per shard, router load: "
-                "closed loop of 16 concurrent raw HTTP/1.1 keep-alive clients on the same machine; "
+                f"closed loop of {CPU_CLIENTS} concurrent raw HTTP/1.1 keep-alive clients on the same "
+                "machine; "
+                f"the router as it starts by default ({_workers(router_workers)}), its CPU and "
+                "memory summed over its processes; "
                 f"ef {target_ef} is "
                 f"the cheapest with recall@{k} >= {recall}; user table without seen items; "
                 "index load from a warm page cache."

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from coefficient_derivation import CPU_CLIENTS
 from common import process_group
 from raw_http import RawHttp, http_request, raw_exchange
 
@@ -279,10 +280,10 @@ def cpu_per_request(
 ) -> tuple[float, float]:
     """(router CPU ms per request over all its processes, mean shard CPU ms per query) under a
     closed-loop load."""
-    asyncio.run(closed_loop(url, 300, 16, users))  # warm up connections and caches
+    asyncio.run(closed_loop(url, 300, CPU_CLIENTS, users))  # warm up connections and caches
     router_before = sum(cpu_seconds(pid) for pid in router_pids)
     shards_before = [cpu_seconds(pid) for pid in shard_pids]
-    asyncio.run(closed_loop(url, requests, 16, users))
+    asyncio.run(closed_loop(url, requests, CPU_CLIENTS, users))
     router_ms = (sum(cpu_seconds(pid) for pid in router_pids) - router_before) * 1000.0 / requests
     shard_ms = [
         (cpu_seconds(pid) - b) * 1000.0 / requests for pid, b in zip(shard_pids, shards_before, strict=True)

@@ -197,3 +197,27 @@ def test_a_benchmark_run_updates_router_and_shard_costs(tmp_path: Path) -> None:
     before = path.read_text()
     assert coefficient_file.update_from_run(results, path) is None
     assert path.read_text() == before
+
+
+def test_a_benchmark_run_gives_the_costs_at_the_concurrency_coefficients_measure_uses(tmp_path: Path) -> None:
+    """CPU per request falls as concurrency grows (coalescing), so a point at 64 connections next
+    to points measured with 16 clients would make the plan's fit over shard count optimistic: the
+    row at wrk -c16 is taken, not the saturating one (nor the half-load row, whatever its -c)."""
+    path = tmp_path / "coefficients.json"
+    measured = _measured_without_provenance()
+    measured["provenance"] = {"command": "python benchmarks/coefficients.py measure"}
+    coefficient_file.write_coefficients(path, measured)
+    document = _run_results(0.5, 1.2, 0.4)
+    rows = document["rows"]
+    rows[1]["scenario"] = "router, single query, wrk -c16"
+    saturating = json.loads(json.dumps(rows[1]))
+    saturating["scenario"] = "router, single query, wrk -c64 (saturating)"
+    saturating["processes"][0]["cpu_ms_per_request"] = 0.3
+    rows[2]["scenario"] = "router, single query, wrk -c16 (~half load)"
+    document["rows"] = [rows[0], rows[2], rows[1], saturating]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(document))
+    updated = coefficient_file.update_from_run(results, path)
+    assert updated is not None
+    assert [(p.shards, p.cpu_ms_per_request) for p in updated.router_cpu] == [(1, 0.4), (4, 0.5)]
+    assert "wrk -c16" in updated.source_of("router_cpu").note

@@ -45,3 +45,16 @@ def test_router_cpu_per_request_counts_every_worker(tmp_path: Path) -> None:
     # microseconds at the least. The supervisor alone does no per-request work (~0.00x ms).
     assert router_ms > 0.02, router_ms
     assert shard_ms > 0.0
+
+
+def test_resident_memory_counts_every_user_vector(tmp_path: Path) -> None:
+    """The user table is memory-mapped (serving/index/users.py): its pages are resident once
+    users are served, so the per-user memory the planner uses must include the vectors, which
+    loading alone does not touch."""
+    measure = _load("coefficient_measure")
+    dimension, users = 64, 20_000
+    measure.make_embeddings(tmp_path / "emb", 2_000, dimension, users, 10)
+    measure.build(tmp_path / "emb", tmp_path / "layout", 1, 8, 40)
+    memory = measure.resident_memory(tmp_path / "layout")
+    assert memory["users"] == users
+    assert memory["users_bytes"] / users >= 4 * dimension, memory
