@@ -36,11 +36,16 @@ STALLY = Costs(
 BASE = Scenario(shards=8, replicas=2, utilisation=0.1, requests=8000, seed=3)
 
 
+def measured_wall() -> ServiceTime:
+    """One shard request's latency as the router's client measured it (the coefficients)."""
+    c = load_coefficients(REPO / "benchmarks" / "coefficients.json")
+    return ServiceTime(tuple(c.shard_latency_ms.quantiles), tuple(c.shard_latency_ms.ms))
+
+
 def measured() -> Costs:
     """CPU per search from the coefficients; the rest of the measured wall latency occupies nothing."""
     c = load_coefficients(REPO / "benchmarks" / "coefficients.json")
-    wall = ServiceTime(tuple(c.shard_latency_ms.quantiles), tuple(c.shard_latency_ms.ms))
-    return Costs.split(wall, c.search[2].search_ms + c.shard_overhead_cpu_ms)
+    return Costs.split(measured_wall(), c.search[2].search_ms + c.shard_overhead_cpu_ms)
 
 
 def test_fifo_queue_by_hand() -> None:
@@ -79,8 +84,14 @@ def test_fan_out_raises_the_tail_monotonically(service: str) -> None:
         p99s.append(outcome.p99_ms)
     assert p99s == sorted(p99s) and p99s[-1] > p99s[0]
     assert p50s == sorted(p50s) and p50s[-1] > p50s[0]
-    # The slowest of 32 is slower than the median of one by far.
-    assert p50s[-1] > p50s[0] * 1.5
+    # A request waits for the slowest of its 32 shards: its median is at least the quantile
+    # 0.5 ** (1/32) of one shard's latency (how far past the median of one that is depends on the
+    # distribution's spread: by far for the stalling one, 1.3x for the measured one).
+    one_shard = measured_wall() if service == "measured" else STALLY.shard_cpu
+    slowest_of_32 = float(np.interp(0.5 ** (1 / 32), one_shard.quantiles, one_shard.ms))
+    assert p50s[-1] >= slowest_of_32
+    if service == "stally":
+        assert p50s[-1] > p50s[0] * 1.5
 
 
 def test_hedging_lowers_p99_at_a_measured_extra_load() -> None:
