@@ -56,7 +56,8 @@ def helm_candidates() -> list[Path]:
     found: list[Path] = []
     if os.environ.get("SHARDREC_HELM"):
         found.append(Path(os.environ["SHARDREC_HELM"]))
-    cache = Path(os.environ.get("SHARDREC_CACHE", Path.home() / ".cache" / "shardrec")) / "tools"
+    # As e2e/tools/cache-env.sh says: an unset or empty SHARDREC_CACHE means ~/.cache/shardrec.
+    cache = Path(os.environ.get("SHARDREC_CACHE") or Path.home() / ".cache" / "shardrec") / "tools"
     version = read_tool_versions()["HELM_VERSION"]
     found += sorted(cache.glob(f"helm-{version}-go*/helm"), reverse=True)
     on_path = shutil.which("helm")
