@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from coefficient_derivation import CPU_CLIENTS
-from common import process_group
+from common import cpu_seconds, group_cpu_seconds, process_group
 from raw_http import RawHttp, http_request, raw_exchange
 
 from shardrec.api.commands import ROUTER_MODULE, SHARD_MODULE, router_arguments, shard_arguments
@@ -33,12 +32,6 @@ def log(message: str) -> None:
 def rss_bytes(pid: int | str = "self") -> int:
     text = Path(f"/proc/{pid}/status").read_text()
     return int(re.findall(r"VmRSS:\s+(\d+) kB", text)[0]) * 1024
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
 
 
 class Processes:
@@ -125,10 +118,9 @@ def baselines(folder: Path) -> dict[str, int]:
         # Per worker process, the supervisor's share included: the planner multiplies it by the
         # workers a pod starts, so the pod's total is what this router's processes hold together.
         group = router_group(router_pid)
-        workers = max(len(group) - 1, 1)
         return {
             "shard": rss_bytes(shard_pid),
-            "router": round(sum(rss_bytes(pid) for pid in group) / workers),
+            "router": round(sum(rss_bytes(pid) for pid in group) / worker_count(group)),
         }
 
 
@@ -142,6 +134,12 @@ def router_group(pid: int, timeout_s: float = 60.0) -> list[int]:
         if expected == 1 or len(group) == 1 + expected or time.monotonic() > deadline:
             return group
         time.sleep(0.1)
+
+
+def worker_count(group: list[int]) -> int:
+    """Worker processes in a router's `router_group`: the processes beside its supervisor, or the
+    one process of a router that started no workers."""
+    return max(len(group) - 1, 1)
 
 
 def start_cluster(
@@ -281,10 +279,10 @@ def cpu_per_request(
     """(router CPU ms per request over all its processes, mean shard CPU ms per query) under a
     closed-loop load."""
     asyncio.run(closed_loop(url, 300, CPU_CLIENTS, users))  # warm up connections and caches
-    router_before = sum(cpu_seconds(pid) for pid in router_pids)
+    router_before = group_cpu_seconds(router_pids)
     shards_before = [cpu_seconds(pid) for pid in shard_pids]
     asyncio.run(closed_loop(url, requests, CPU_CLIENTS, users))
-    router_ms = (sum(cpu_seconds(pid) for pid in router_pids) - router_before) * 1000.0 / requests
+    router_ms = (group_cpu_seconds(router_pids) - router_before) * 1000.0 / requests
     shard_ms = [
         (cpu_seconds(pid) - b) * 1000.0 / requests for pid, b in zip(shard_pids, shards_before, strict=True)
     ]

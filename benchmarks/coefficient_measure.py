@@ -32,6 +32,7 @@ from coefficient_harness import (
     shard_latencies,
     start_cluster,
     wire_bytes,
+    worker_count,
 )
 
 EF_SWEEP = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -273,7 +274,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - one 
 
     with processes(work) as running:
         router_pids, shard_pids, shard_urls, url = start_cluster(running, work, layout, target_ef, "main")
-        router_workers = max(len(router_pids) - 1, 1)
+        router_workers = worker_count(router_pids)
         router_ms, shard_ms = cpu_per_request(url, router_pids, shard_pids, args.requests, args.users)
         router_points.append({"shards": args.shards, "cpu_ms_per_request": round(router_ms, 4)})
         log(f"main: router {router_ms:.3f} ms, shard {shard_ms:.3f} ms CPU per request")

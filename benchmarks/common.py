@@ -161,6 +161,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def group_cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU of several processes together (a router: its supervisor and workers)."""
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
 def process_group(pid: int) -> list[int]:
     """`pid` and its child processes: a router and the workers it started (router/workers.py), if
     it started any."""

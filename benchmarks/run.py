@@ -110,14 +110,13 @@ def _router_rows(context: BenchContext) -> list[Row]:
     return rows
 
 
-def _baselines(
-    shards: InProcessShards, data: Dataset, args: argparse.Namespace, ef: int, recall: float
+def _baselines(  # noqa: PLR0917 - two call sites, the run's parts
+    shards: InProcessShards, data: Dataset, args: argparse.Namespace, ef: int, recall: float, seconds: float
 ) -> tuple[Row, Row]:
-    """The in-process rows the router's ratios are to: single queries on one thread, batches."""
-    single = single_query_baseline(shards, data.queries, args.k, args.seconds, recall=recall, ef=ef)
-    batched = batched_baseline(
-        shards, data.queries, args.k, args.seconds, batch=args.batch, recall=recall, ef=ef
-    )
+    """The in-process rows the router's ratios are to, each measured for `seconds`: single
+    queries on one thread, batches."""
+    single = single_query_baseline(shards, data.queries, args.k, seconds, recall=recall, ef=ef)
+    batched = batched_baseline(shards, data.queries, args.k, seconds, batch=args.batch, recall=recall, ef=ef)
     return single, batched
 
 
@@ -137,7 +136,7 @@ def main() -> int:
     ef, recall, curve = tune_ef(shards, data, args.k, args.target_recall)
     shards.set_ef(ef)
     print(f"efSearch {ef}: recall@{args.k} {recall:.3f}", file=sys.stderr)
-    single, batched = _baselines(shards, data, args, ef, recall)
+    single, batched = _baselines(shards, data, args, ef, recall, args.seconds)
     rows = [single, batched]
     rows += shard_rows(
         args.work_dir,
@@ -151,8 +150,7 @@ def main() -> int:
     )
 
     def baselines(seconds: float) -> tuple[float, float]:
-        again = argparse.Namespace(**{**vars(args), "seconds": seconds})
-        single_again, batched_again = _baselines(shards, data, again, ef, recall)
+        single_again, batched_again = _baselines(shards, data, args, ef, recall, seconds)
         return single_again.queries_per_s, batched_again.queries_per_s
 
     context = BenchContext(

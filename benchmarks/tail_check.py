@@ -33,22 +33,18 @@ import numpy as np
 from coefficient_derivation import quantiles_ms
 from coefficient_harness import (
     closed_loop,
-    cpu_seconds,
     log,
     open_loop_run,
     processes,
     shard_latencies,
     start_cluster,
+    worker_count,
 )
 from coefficient_measure import build, make_embeddings
+from common import cpu_seconds, group_cpu_seconds
 
 HERE = Path(__file__).resolve().parent
 STALL_S = 0.05
-
-
-def group_cpu_seconds(pids: list[int]) -> float:
-    """CPU of the router's processes (`start_cluster`: the supervisor and one worker per CPU)."""
-    return sum(cpu_seconds(pid) for pid in pids)
 
 
 def self_cpu_seconds() -> float:
@@ -160,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     with processes(work) as running:
         router_pids, shard_pids, shard_urls, url = start_cluster(running, work, layout, args.ef, "tail")
         warm_up(url, args.users)
-        router_workers = len(router_pids) - 1
         shard_before = cpu_seconds(shard_pids[0])
         unloaded = asyncio.run(shard_latencies(shard_urls[0], args.shard_samples, queries))
         shard_cpu_sequential = (
@@ -177,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "shards": args.shards,
         "replicas": 1,
         "search_threads": 1,
-        "router_workers": max(router_workers, 1),
+        "router_workers": worker_count(router_pids),
         "items": args.items,
         "ef_search": args.ef,
         "unloaded_shard_ms": quantiles_ms(unloaded),
