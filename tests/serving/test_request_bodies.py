@@ -12,6 +12,7 @@ which writes integers without a fraction) does not, so wrong values never includ
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Callable
@@ -94,6 +95,33 @@ vector = rarely(
     st.lists(number, max_size=5),
     st.sampled_from([[0.25] * LIMITS.max_dimension, [0.25] * (LIMITS.max_dimension + 1)]),
 )
+
+
+_BOUND32 = float(np.float32(1e15))  # the float32 nearest 1e15 from below
+
+
+def _b64(values: list[float]) -> str:
+    return base64.b64encode(np.array(values, dtype="<f4").tobytes()).decode()
+
+
+# Base64 of float32 numbers within the bounds (the schema cannot state bounds of encoded numbers:
+# test_vector_b64_out_of_bounds_is_422 covers those), and strings that are not such base64.
+vector_b64 = (
+    st.lists(st.floats(-_BOUND32, _BOUND32, width=32), min_size=1, max_size=5).map(_b64)
+    | st.sampled_from(
+        [
+            _b64([0.25] * LIMITS.max_dimension),
+            _b64([0.25] * (LIMITS.max_dimension + 1)),
+            "",
+            "AAAA",
+            "AAAAAA==",
+        ]
+    )
+    | st.binary(min_size=1, max_size=9)
+    .filter(lambda raw: len(raw) % 4 != 0)  # not whole float32 numbers
+    .map(lambda raw: base64.b64encode(raw).decode())
+    | st.text(max_size=12)
+)
 k = st.integers(-2, 1003) | st.sampled_from([1, LIMITS.max_k, LIMITS.max_k + 1])
 exclude = rarely(
     st.none() | st.lists(identifier, max_size=3),
@@ -112,13 +140,14 @@ recommend = st.fixed_dictionaries(
     optional={
         "user_id": st.none() | identifier,
         "vector": st.none() | vector,
+        "vector_b64": st.none() | vector_b64,
         "k": k,
         "exclude": exclude,
         "exclude_seen": st.booleans(),
         "recent_items": recent_items,
     },
 )
-RECOMMEND_FIELDS = ["user_id", "vector", "k", "exclude", "exclude_seen", "recent_items"]
+RECOMMEND_FIELDS = ["user_id", "vector", "vector_b64", "k", "exclude", "exclude_seen", "recent_items"]
 similar = st.fixed_dictionaries({"item_id": identifier}, optional={"k": k, "exclude": exclude})
 
 
@@ -138,9 +167,14 @@ def mutated(draw: st.DrawFn, base: st.SearchStrategy[dict[str, Any]], fields: li
 vector_queries = st.fixed_dictionaries(
     {"vector": st.lists(number, min_size=3, max_size=3)}, optional={"k": k, "exclude_seen": st.booleans()}
 )
+b64_queries = st.fixed_dictionaries(
+    {"vector_b64": st.lists(st.floats(-_BOUND32, _BOUND32, width=32), min_size=2, max_size=2).map(_b64)},
+    optional={"k": k},
+)
 query_lists = rarely(
     st.lists(mutated(recommend, RECOMMEND_FIELDS), max_size=4)
-    | st.lists(vector_queries, min_size=1, max_size=5),  # the plain shape, often all valid
+    | st.lists(vector_queries, min_size=1, max_size=5)  # the plain shapes, often all valid
+    | st.lists(b64_queries, min_size=1, max_size=5),
     st.sampled_from([[{"user_id": "u"}] * MAX_BATCH, [{"user_id": "u"}] * (MAX_BATCH + 1)]),
 )
 batch = mutated(st.fixed_dictionaries({"queries": query_lists}), ["queries"])
@@ -155,6 +189,8 @@ def _float32(values: list[Any]) -> list[float]:
 def _stated(query: dict[str, Any]) -> tuple[Any, ...]:
     """What a valid query object says, defaults filled in."""
     user_id, values, recent = query.get("user_id"), query.get("vector"), query.get("recent_items")
+    if query.get("vector_b64") is not None:
+        values = np.frombuffer(base64.b64decode(query["vector_b64"]), dtype="<f4").tolist()
     return (
         user_id,
         None if values is None else _float32(values),
@@ -255,3 +291,41 @@ def test_bodies_that_are_not_json_or_not_integers_are_4xx(schema: str, body: byt
     with pytest.raises(ApiError) as caught:
         parse[schema](body)
     assert 400 <= caught.value.status < 500
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1.0000001e15, -3e38])
+def test_vector_b64_out_of_bounds_is_422_naming_the_query_and_number(bad: float) -> None:
+    """The bounds of a vector given as numbers hold for base64 too, which JSON Schema cannot state:
+    the one place the router is stricter than the published schema."""
+    single = {"vector_b64": _b64([0.5, bad])}
+    assert SCHEMAS["RecommendRequest"].is_valid(single)
+    with pytest.raises(ApiError) as caught:
+        PARSER.recommend(json.dumps(single).encode())
+    assert (caught.value.status, caught.value.code) == (422, "invalid_request")
+    assert caught.value.message.startswith("vector_b64: every number must be finite and within +-1e15")
+    assert "number 1 is" in caught.value.message
+    batch = {"queries": [{"vector_b64": _b64([0.5, 0.5])}, {"vector_b64": _b64([bad, 0.5])}]}
+    with pytest.raises(ApiError) as caught:
+        PARSER.batch(json.dumps(batch).encode())
+    assert caught.value.message.startswith("queries[1].vector_b64: every number must be finite")
+    assert "number 0 is" in caught.value.message
+
+
+def test_vector_b64_is_the_same_query_as_its_numbers() -> None:
+    """Exact: a float32 vector sent as base64 parses to the same array as its numbers, alone, in a
+    plain batch and in a batch mixed with other query kinds."""
+    vectors = np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32)
+    as_numbers = [{"vector": row.tolist(), "k": 5} for row in vectors]
+    as_b64 = [{"vector_b64": _b64(row.tolist()), "k": 5} for row in vectors]
+    one = PARSER.recommend(json.dumps(as_b64[0]).encode())
+    assert one.vector is not None and one.vector.dtype == np.float32
+    assert one.vector.tobytes() == vectors[0].tobytes()
+    plain = PARSER.batch(json.dumps({"queries": as_b64}).encode())
+    assert isinstance(plain, VectorBatch) and plain.vectors.tobytes() == vectors.tobytes()
+    assert (
+        plain.vectors.tobytes()
+        == PARSER.batch(json.dumps({"queries": as_numbers}).encode()).vectors.tobytes()
+    )  # type: ignore[union-attr]
+    mixed = PARSER.batch(json.dumps({"queries": [as_b64[0], as_numbers[1], {"user_id": "u"}]}).encode())
+    assert isinstance(mixed, list)
+    assert mixed[0].vector is not None and mixed[0].vector.tobytes() == vectors[0].tobytes()

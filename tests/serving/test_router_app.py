@@ -5,6 +5,7 @@ policy, topology switches. Shard replicas are the exact in-process fakes of test
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +28,7 @@ from shardrec.serving.router.auth import parse_api_keys
 from shardrec.serving.router.config import Limits, RouterConfig, RouterSettings
 from shardrec.serving.router.manager import ManagerDeps
 from shardrec.serving.router.ratelimit import FailedAuthThrottle
+from shardrec.serving.router.schemas import VECTOR_B64_PATTERN
 from shardrec.serving.router.workers import ServingBoard, WorkerReporter
 from tests.serving.test_router_dispatch import ERRORS, FakeShard
 
@@ -207,6 +209,37 @@ def test_batch_answers_each_query_in_order_from_one_version() -> None:
     run(world, settings(), scenario)
 
 
+def test_base64_vectors_get_the_answers_of_their_numbers_byte_for_byte() -> None:
+    """`vector_b64` is only an encoding: alone, in a plain batch and in a mixed batch the router
+    answers exactly what it answers for the same float32 numbers."""
+    world = World()
+    vectors = np.random.default_rng(11).normal(size=(3, DIM)).astype(np.float32)
+    numbers = [{"vector": row.tolist(), "k": 4} for row in vectors]
+    encoded = [
+        {"vector_b64": base64.b64encode(row.astype("<f4").tobytes()).decode(), "k": 4} for row in vectors
+    ]
+
+    async def scenario(client: httpx.AsyncClient, _: Any) -> None:
+        for plain, b64 in zip(numbers, encoded, strict=True):
+            want = await client.post("/v1/recommend", json=plain)
+            got = await client.post("/v1/recommend", json=b64)
+            assert want.status_code == got.status_code == 200, got.text
+            assert got.content == want.content
+            assert [i["item_id"] for i in got.json()["items"]] == world.expected(
+                "v1", np.array(plain["vector"], np.float32), 4, set()
+            )
+        for queries_numbers, queries_b64 in (
+            (numbers, encoded),
+            ([numbers[0], {"user_id": "u2"}, numbers[2]], [encoded[0], {"user_id": "u2"}, encoded[2]]),
+        ):
+            want = await client.post("/v1/recommend/batch", json={"queries": queries_numbers})
+            got = await client.post("/v1/recommend/batch", json={"queries": queries_b64})
+            assert want.status_code == got.status_code == 200, got.text
+            assert got.content == want.content
+
+    run(world, settings(), scenario)
+
+
 def test_similar_items_never_include_the_item_itself() -> None:
     world = World()
 
@@ -255,6 +288,26 @@ BAD_BODIES: list[tuple[str, bytes, int, str]] = [
     ("/v1/recommend", b'{"vector": [1, 2, -1e39, 4]}', 422, "finite"),
     ("/v1/recommend", b'{"vector": [1, 2, 100000000000000000000000000000000000000000, 4]}', 422, "finite"),
     ("/v1/recommend", b'{"vector": "1,2,3,4"}', 422, "vector: must be a list"),
+    (
+        "/v1/recommend",
+        b'{"vector_b64": "AACAPwAAAEA="}',
+        422,
+        "vector_b64: has 2 numbers, the active index has dimension 4",
+    ),
+    (
+        "/v1/recommend",
+        b'{"vector_b64": "AACAPwAAAEA"}',
+        422,
+        "vector_b64: must be base64 (RFC 4648, with padding)",
+    ),
+    (
+        "/v1/recommend",
+        b'{"vector_b64": "AACAPwAAwH8AAIA/AACAPw=="}',
+        422,
+        "vector_b64: every number must be finite",
+    ),
+    ("/v1/recommend", b'{"vector_b64": [1, 2, 3, 4]}', 422, "vector_b64: must be a base64 string"),
+    ("/v1/recommend", b'{"user_id": "u0", "vector_b64": "AACAPw=="}', 422, "exactly one"),
     ("/v1/recommend", b'"\xff\xfe"', 400, "invalid_json"),
     ("/v1/recommend", b"[" * 5000, 400, "invalid_json"),
     ("/v1/recommend/batch", b'{"queries": []}', 422, "must not be empty"),
@@ -267,6 +320,18 @@ BAD_BODIES: list[tuple[str, bytes, int, str]] = [
         "queries[1].user_id",
     ),
     ("/v1/recommend/batch", b'{"queries": [{"vector": [1]}]}', 422, "queries[0].vector"),
+    (
+        "/v1/recommend/batch",
+        b'{"queries": [{"vector_b64": "AACAPw=="}]}',
+        422,
+        "queries[0].vector_b64: has 1",
+    ),
+    (
+        "/v1/recommend/batch",
+        b'{"queries": [{"user_id": "u0"}, {"vector_b64": "AACAPw=="}]}',
+        422,
+        "queries[1].vector_b64: has 1 numbers",
+    ),
     (
         "/v1/recommend/batch",
         b'{"queries": [{"vector": [1, 2, 3, 4]}, {"vector": [1, 2]}]}',
@@ -631,11 +696,13 @@ def test_openapi_documents_the_bodies_the_parser_accepts(tmp_path: Path) -> None
         assert set(recommend["properties"]) == {
             "user_id",
             "vector",
+            "vector_b64",
             "k",
             "exclude",
             "exclude_seen",
             "recent_items",
         }
+        assert recommend["properties"]["vector_b64"]["anyOf"][0]["pattern"] == VECTOR_B64_PATTERN
         responses = schema["paths"]["/v1/recommend"]["post"]["responses"]
         assert "unknown_items" in responses["404"]["description"]
         assert "fold_in_unavailable" in responses["409"]["description"]

@@ -90,6 +90,9 @@ def test_other_valid_batches_parse_query_by_query(queries: list[Any]) -> None:
     assert isinstance(PARSER.batch(body), VectorBatch) == plain
 
 
+EXACTLY_ONE = "queries[0].user_id / queries[0].vector / queries[0].vector_b64: give exactly one"
+
+
 @pytest.mark.parametrize(
     ("queries", "fragment"),
     [
@@ -106,14 +109,14 @@ def test_other_valid_batches_parse_query_by_query(queries: list[Any]) -> None:
         ([{"vector": [1.0, 2.0], "exclude_seen": 1}], "queries[0].exclude_seen: must be true or false"),
         (
             [{"vector": [1.0, 2.0], "user_id": "u1"}],
-            "queries[0].user_id / queries[0].vector: give exactly one",
+            EXACTLY_ONE,
         ),
         ([{"vector": [1.0, 2.0], "colour": "red"}], "unknown field(s) queries[0].colour; allowed: exclude,"),
         ([{"vector": [1.0, 2.0]}, ["not", "an", "object"]], "queries[1]: must be a JSON object, got a list"),
         ([{"vector": [1.0, 2**200]}], "queries[0].vector: every number must be finite and within"),
         ([{"vector": [1.0, 1e39]}], "queries[0].vector: every number must be finite and within"),
-        ([{"vector": None}], "queries[0].user_id / queries[0].vector: give exactly one"),
-        ([{"k": 3}], "queries[0].user_id / queries[0].vector: give exactly one"),
+        ([{"vector": None}], EXACTLY_ONE),
+        ([{"k": 3}], EXACTLY_ONE),
     ],
 )
 def test_bad_queries_are_422_naming_the_field(queries: list[Any], fragment: str) -> None:

@@ -15,6 +15,7 @@ fields -> 422 `invalid_request`; more queries than router.maxBatchSize, or more 
 
 from __future__ import annotations
 
+import binascii
 import math
 from dataclasses import dataclass
 from typing import Any, TypeVar, get_args
@@ -26,7 +27,7 @@ from pydantic_core import ErrorDetails
 
 from shardrec.serving.router.config import Limits
 from shardrec.serving.router.errors import ApiError, invalid
-from shardrec.serving.router.schemas import RecommendRequest, request_models
+from shardrec.serving.router.schemas import MAX_COMPONENT, RecommendRequest, request_models
 
 Vector = npt.NDArray[np.float32]
 M = TypeVar("M", bound=BaseModel)
@@ -43,6 +44,7 @@ class RecommendQuery:
     exclude_seen: bool
     # User fold-in: (item id, weight or None for the layout's default), with or without user_id.
     recent: list[tuple[str, float | None]] | None = None
+    vector_field: str = "vector"  # the field the vector came in, for messages: or "vector_b64"
 
 
 @dataclass(slots=True)
@@ -54,12 +56,13 @@ class SimilarQuery:
 
 @dataclass(slots=True)
 class VectorBatch:
-    """A batch whose queries all give a `vector` of one length and no `exclude` (`exclude_seen`
-    does nothing for a vector query): nothing to resolve and nothing to exclude, so it is held as
-    one matrix instead of an object per query."""
+    """A batch whose queries all give a `vector` (or all a `vector_b64`) of one length and no
+    `exclude` (`exclude_seen` does nothing for a vector query): nothing to resolve and nothing to
+    exclude, so it is held as one matrix instead of an object per query."""
 
     vectors: npt.NDArray[np.float32]  # (queries, dimension)
     ks: list[int]
+    vector_field: str = "vector"  # the field the vectors came in, for messages: or "vector_b64"
 
 
 class RequestParser:
@@ -71,7 +74,7 @@ class RequestParser:
         self.models = request_models(limits, max_batch_size)
 
     def recommend(self, body: bytes) -> RecommendQuery:
-        return _query(self._validate(self.models.recommend, body))
+        return _query(self._validate(self.models.recommend, body), "")
 
     def batch(self, body: bytes) -> VectorBatch | list[RecommendQuery]:
         """A `VectorBatch` when every query is a plain vector query of one length (the common
@@ -85,10 +88,13 @@ class RequestParser:
                 f"queries: {len(queries)} queries asking for {results} results in all (the sum of "
                 f"their k), at most {self.limits.max_batch_results} per batch",
             )
+        texts = [query.vector_b64 for query in queries if query.vector_b64 is not None and not query.exclude]
+        if len(texts) == len(queries) and len(set(map(len, texts))) == 1:
+            return VectorBatch(_decode_rows(texts), [query.k for query in queries], "vector_b64")
         vectors = [query.vector for query in queries if query.vector is not None and not query.exclude]
         if len(vectors) == len(queries) and len(set(map(len, vectors))) == 1:
             return VectorBatch(np.array(vectors, dtype=np.float32), [query.k for query in queries])
-        return [_query(query) for query in queries]
+        return [_query(query, f"queries[{i}].") for i, query in enumerate(queries)]
 
     def similar(self, body: bytes) -> SimilarQuery:
         request = self._validate(self.models.similar, body)
@@ -133,16 +139,50 @@ def check_dimension(vector: Vector, dimension: int, where: str = "vector") -> No
         raise invalid(f"{where}: has {vector.shape[0]} numbers, the active index has dimension {dimension}")
 
 
-def _query(request: RecommendRequest) -> RecommendQuery:
-    vector = None if request.vector is None else np.array(request.vector, dtype=np.float32)
+def _query(request: RecommendRequest, where: str) -> RecommendQuery:
+    field = "vector"
+    if request.vector_b64 is not None:
+        field = "vector_b64"
+        vector: Vector | None = decode_vector_b64(request.vector_b64, f"{where}vector_b64")
+    else:
+        vector = None if request.vector is None else np.array(request.vector, dtype=np.float32)
     recent = (
         None
         if request.recent_items is None
         else [(item.item_id, item.weight) for item in request.recent_items]
     )
     return RecommendQuery(
-        request.user_id, vector, request.k, request.exclude or [], request.exclude_seen, recent
+        request.user_id, vector, request.k, request.exclude or [], request.exclude_seen, recent, field
     )
+
+
+def decode_vector_b64(text: str, where: str) -> Vector:
+    """A `vector_b64` the schema's pattern accepted -> its float32 numbers, within the bounds of a
+    vector given as numbers (which no JSON Schema can state of base64)."""
+    vector = np.frombuffer(binascii.a2b_base64(text, strict_mode=True), dtype="<f4").astype(np.float32)
+    _check_bounds(vector[None, :], [where])
+    return vector
+
+
+def _decode_rows(encoded: list[str]) -> npt.NDArray[np.float32]:
+    """The `vector_b64` of every query of a batch, all of one length -> one (queries, dimension)
+    float32 array: one decode per query and one bounds check for the whole batch."""
+    raw = b"".join([binascii.a2b_base64(text, strict_mode=True) for text in encoded])
+    vectors = np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(len(encoded), -1)
+    _check_bounds(vectors, [f"queries[{i}].vector_b64" for i in range(len(encoded))])
+    return vectors
+
+
+def _check_bounds(vectors: npt.NDArray[np.float32], names: list[str]) -> None:
+    # NaN compares false, so this catches it with infinities and numbers beyond the bound.
+    inside = (np.abs(vectors) <= MAX_COMPONENT).all(axis=1)
+    if not inside.all():
+        row = int(np.argmin(inside))
+        column = int(np.argmin(np.abs(vectors[row]) <= MAX_COMPONENT))
+        raise invalid(
+            f"{names[row]}: every number must be finite and within +-1e15 (number {column} is "
+            f"{float(vectors[row, column])})"
+        )
 
 
 # --- errors: pydantic's error list -> one message naming the field ----------------------------------
@@ -157,8 +197,8 @@ def _message(error: ErrorDetails, limits: Limits) -> str:
     if kind == "exactly_one":
         where = f"{field}." if field else ""
         return (
-            f"{where}user_id / {where}vector: give exactly one of them "
-            f"({where}recent_items may come alone or with user_id, never with vector)"
+            f"{where}user_id / {where}vector / {where}vector_b64: give exactly one of them "
+            f"({where}recent_items may come alone or with user_id, never with a vector)"
         )
     if kind in {"model_type", "model_attributes_type", "dict_type"}:
         return (
@@ -174,6 +214,15 @@ def _message(error: ErrorDetails, limits: Limits) -> str:
         if kind == "too_short":
             return "queries: must not be empty"
         return f"queries: required, must be a list of query objects, got {_kind(value)}"
+    if name == "vector_b64":
+        if kind in {"string_pattern_mismatch", "string_too_short"}:
+            return (
+                f"{field}: must be base64 (RFC 4648, with padding) of little-endian float32 numbers, "
+                "4 bytes each"
+            )
+        if kind == "string_too_long":
+            return f"{field}: more than {limits.max_dimension} numbers"
+        return f"{field}: must be a base64 string, got {_kind(value)}"
     if kind == "string_pattern_mismatch":
         return f"{field}: must not contain control characters (TAB, CR, LF, NUL, ...)"
     if name == "exclude" and in_list:

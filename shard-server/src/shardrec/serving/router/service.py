@@ -125,7 +125,7 @@ class RouterService:
         parsed = self.parser.batch(body)
         if isinstance(parsed, VectorBatch):
             # Plain vector queries: no per-query objects, nothing to exclude.
-            check_dimension(parsed.vectors[0], snapshot.dimension, "queries[0].vector")
+            check_dimension(parsed.vectors[0], snapshot.dimension, f"queries[0].{parsed.vector_field}")
             count = len(parsed.ks)
             blocks = _plain_blocks(parsed, snapshot.shards)
         elif any(q.recent is not None for q in parsed):
@@ -277,7 +277,7 @@ class RouterService:
         else:
             assert query.vector is not None  # the parser guarantees exactly one of them
             vector = query.vector
-            check_dimension(vector, snapshot.dimension, f"{where}vector")
+            check_dimension(vector, snapshot.dimension, f"{where}{query.vector_field}")
         exclusions = snapshot.exclusions(query.user_id, query.exclude_seen, query.exclude)
         return _Query(vector, query.k, exclusions, query.exclude)
 
