@@ -19,6 +19,7 @@ Loaded by path (e2e is not a package): the `product_module` fixture of e2e/conft
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -317,12 +318,18 @@ def query_router(cp: Any, ns: str, data: TestData, timings: dict[str, float]) ->
     queries: list[tuple[dict[str, Any], np.ndarray]] = [
         ({"user_id": data.user_ids[u], "k": K}, data.users[u]) for u in range(0, USERS, 20)
     ]
-    for _ in range(10):
+    for n in range(10):
         vector = rng.standard_normal(DIM).astype(np.float32)
-        queries.append(({"vector": [float(x) for x in vector], "k": K}, vector))
+        # Half of them as vector_b64 (base64 of little-endian float32): the other form of a vector.
+        encoded = base64.b64encode(vector.astype("<f4").tobytes()).decode()
+        queries.append(
+            ({"vector_b64": encoded, "k": K} if n % 2 else {"vector": vector.tolist(), "k": K}, vector)
+        )
     t0 = time.monotonic()
     answers = [post(url, body) for body, _ in queries]
     timings["query_20_requests_s"] = time.monotonic() - t0
+    as_numbers = post(url, {"vector": queries[-1][1].tolist(), "k": K})
+    assert as_numbers["items"] == answers[-1]["items"], "vector_b64 and its numbers are one query"
     hits = 0
     for answer, (_, vector) in zip(answers, queries, strict=True):
         assert not answer["partial"] and answer["shards"] == {"answered": SHARDS, "total": SHARDS}, answer

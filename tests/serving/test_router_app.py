@@ -702,7 +702,14 @@ def test_openapi_documents_the_bodies_the_parser_accepts(tmp_path: Path) -> None
             "exclude_seen",
             "recent_items",
         }
-        assert recommend["properties"]["vector_b64"]["anyOf"][0]["pattern"] == VECTOR_B64_PATTERN
+        encoded = recommend["properties"]["vector_b64"]["anyOf"][0]
+        assert encoded["pattern"] == VECTOR_B64_PATTERN
+        # The active layout's dimension (4) pins both forms of a vector: 4 numbers, or the base64
+        # of 16 bytes (24 characters with its padding).
+        numbers = recommend["properties"]["vector"]["anyOf"][0]
+        assert (numbers["minItems"], numbers["maxItems"]) == (DIM, DIM)
+        assert (encoded["minLength"], encoded["maxLength"]) == (24, 24)
+        assert len(base64.b64encode(bytes(4 * DIM))) == 24
         responses = schema["paths"]["/v1/recommend"]["post"]["responses"]
         assert "unknown_items" in responses["404"]["description"]
         assert "fold_in_unavailable" in responses["409"]["description"]

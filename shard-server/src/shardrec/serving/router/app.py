@@ -345,6 +345,14 @@ def _document_bodies(app: FastAPI, state: RouterState) -> None:
                     if option.get("type") == "array":
                         option["minItems"] = option["maxItems"] = dimension
                 vector["description"] = f"Or: a query vector of the active index's dimension, {dimension}."
+                encoded = schema["components"]["schemas"]["RecommendRequest"]["properties"]["vector_b64"]
+                for option in encoded.get("anyOf", []):
+                    if option.get("type") == "string":
+                        option["minLength"] = option["maxLength"] = schemas.b64_length(dimension)
+                encoded["description"] = (
+                    f"{schemas.VECTOR_B64_DOC} The active index's dimension is {dimension}: "
+                    f"{schemas.b64_length(dimension)} characters."
+                )
             by_dimension.clear()  # one layout at a time: keep only the current document
             by_dimension[dimension] = schema
         return schema

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import binascii
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, get_args
 
@@ -160,7 +161,7 @@ def decode_vector_b64(text: str, where: str) -> Vector:
     """A `vector_b64` the schema's pattern accepted -> its float32 numbers, within the bounds of a
     vector given as numbers (which no JSON Schema can state of base64)."""
     vector = np.frombuffer(binascii.a2b_base64(text, strict_mode=True), dtype="<f4").astype(np.float32)
-    _check_bounds(vector[None, :], [where])
+    _check_bounds(vector[None, :], lambda _: where)
     return vector
 
 
@@ -169,20 +170,22 @@ def _decode_rows(encoded: list[str]) -> npt.NDArray[np.float32]:
     float32 array: one decode per query and one bounds check for the whole batch."""
     raw = b"".join([binascii.a2b_base64(text, strict_mode=True) for text in encoded])
     vectors = np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(len(encoded), -1)
-    _check_bounds(vectors, [f"queries[{i}].vector_b64" for i in range(len(encoded))])
+    _check_bounds(vectors, lambda row: f"queries[{row}].vector_b64")
     return vectors
 
 
-def _check_bounds(vectors: npt.NDArray[np.float32], names: list[str]) -> None:
-    # NaN compares false, so this catches it with infinities and numbers beyond the bound.
+def _check_bounds(vectors: npt.NDArray[np.float32], name: Callable[[int], str]) -> None:
+    # NaN compares false, so one comparison of the largest magnitude catches it with infinities and
+    # numbers beyond the bound; only then is the first offending number looked for.
+    if np.abs(vectors).max() <= MAX_COMPONENT:
+        return
     inside = (np.abs(vectors) <= MAX_COMPONENT).all(axis=1)
-    if not inside.all():
-        row = int(np.argmin(inside))
-        column = int(np.argmin(np.abs(vectors[row]) <= MAX_COMPONENT))
-        raise invalid(
-            f"{names[row]}: every number must be finite and within +-1e15 (number {column} is "
-            f"{float(vectors[row, column])})"
-        )
+    row = int(np.argmin(inside))
+    column = int(np.argmin(np.abs(vectors[row]) <= MAX_COMPONENT))
+    raise invalid(
+        f"{name(row)}: every number must be finite and within +-1e15 (number {column} is "
+        f"{float(vectors[row, column])})"
+    )
 
 
 # --- errors: pydantic's error list -> one message naming the field ----------------------------------
