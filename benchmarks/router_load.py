@@ -21,6 +21,7 @@ the per-round ratios, their medians and a verdict per goal by the median (`headl
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -56,7 +57,7 @@ from shardrec.serving.index.layout import read_layout_manifest
 from shardrec.tools.pipeline.router_client import post_until_served
 
 JSON = "application/json"
-HEADLINE_ROUNDS = 3
+HEADLINE_ROUNDS = 5  # medians of 5: one round on a shared machine moves a ratio by up to 10%
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class HeadlineRound:
     single: float  # router single-query requests/s at the saturating concurrency / in-process single q/s
     batched: float  # router batch-endpoint queries/s / in-process batched q/s
     router_cpu: float  # router CPU per single query / the shards' CPU for it
+    batched_b64: float  # the same batches with their vectors as vector_b64 / in-process batched q/s
 
 
 @dataclass(frozen=True)
@@ -91,28 +93,37 @@ def headline_goals(single_connections: int, batch_connections: int, batch: int) 
             True,
         ),
         Goal("router CPU per single query / the shards' (<= 0.5)", "router_cpu", 0.5, False),
+        Goal(
+            f"batches of {batch} as vector_b64, wrk -c{batch_connections} / in-process batched (>= 0.9)",
+            "batched_b64",
+            0.9,
+            True,
+        ),
     )
 
 
 def headline_rounds(
     baselines: Callable[[float], tuple[float, float]],
     router_single: Callable[[float], tuple[float, float]],
-    router_batched: Callable[[float], float],
+    router_batched: Callable[[float], tuple[float, float]],
     *,
     rounds: int,
     seconds: float,
 ) -> list[HeadlineRound]:
     """`rounds` rounds of: the in-process baselines (single q/s, batched q/s) and the router
-    (single requests/s with its CPU ratio to the shards'; batched q/s), back to back; the
-    in-process side goes first in even rounds and last in odd ones."""
+    (single requests/s with its CPU ratio to the shards'; batched q/s with vectors as numbers,
+    then as base64), back to back; the in-process side goes first in even rounds and last in odd
+    ones."""
     measured = []
     for number in range(rounds):
         if number % 2 == 0:
             single_base, batched_base = baselines(seconds)
-        (single, cpu_ratio), batched = router_single(seconds), router_batched(seconds)
+        (single, cpu_ratio), (batched, batched_b64) = router_single(seconds), router_batched(seconds)
         if number % 2 == 1:
             single_base, batched_base = baselines(seconds)
-        measured.append(HeadlineRound(single / single_base, batched / batched_base, cpu_ratio))
+        measured.append(
+            HeadlineRound(single / single_base, batched / batched_base, cpu_ratio, batched_b64 / batched_base)
+        )
     return measured
 
 
@@ -163,6 +174,30 @@ def _vector_body(vector: np.ndarray, k: int) -> bytes:
 def _batch_body(vectors: np.ndarray, k: int) -> bytes:
     queries = [{"vector": [round(float(x), 6) for x in row], "k": k} for row in vectors]
     return json.dumps({"queries": queries}).encode()
+
+
+def _batch_body_b64(vectors: np.ndarray, k: int) -> bytes:
+    """The same queries with their vectors as `vector_b64` (base64 of little-endian float32)."""
+    queries = [
+        {"vector_b64": base64.b64encode(row.astype("<f4").tobytes()).decode(), "k": k} for row in vectors
+    ]
+    return json.dumps({"queries": queries}).encode()
+
+
+def _write_router_bodies(
+    work: Path, queries: np.ndarray, k: int, batch: int
+) -> tuple[tuple[Path, int], tuple[Path, int], tuple[Path, int]]:
+    """wrk's body files: single queries, batches with vectors as numbers, the same batches with
+    vectors as base64."""
+    singles = _padded([_vector_body(queries[i], k) for i in range(min(512, len(queries)))])
+    blocks = [np.roll(queries, -i * 7, axis=0)[:batch] for i in range(32)]
+    return (
+        write_bodies(work, "router-single", singles),
+        write_bodies(work, f"router-batch{batch}", _padded([_batch_body(block, k) for block in blocks])),
+        write_bodies(
+            work, f"router-batch{batch}-b64", _padded([_batch_body_b64(block, k) for block in blocks])
+        ),
+    )
 
 
 def _write_config(
@@ -265,10 +300,9 @@ def run(
     k, batch, seconds = context.k, context.batch, context.seconds
     shards_count = read_layout_manifest(layout).shards
     queries = context.data.queries
-    singles = _padded([_vector_body(queries[i], k) for i in range(min(512, len(queries)))])
-    batches = _padded([_batch_body(np.roll(queries, -i * 7, axis=0)[:batch], k) for i in range(32)])
-    single_file, single_size = write_bodies(work, "router-single", singles)
-    batch_file, batch_size = write_bodies(work, f"router-batch{batch}", batches)
+    (single_file, single_size), (batch_file, batch_size), (b64_file, b64_size) = _write_router_bodies(
+        work, queries, k, batch
+    )
     shard_servers = [
         start_server(f"shard-{i}", shard_argv(layout, i, context.ef_search)) for i in range(shards_count)
     ]
@@ -348,11 +382,17 @@ def run(
                     f"<= 10 ms: {'met' if result.p99_ms <= 10 else 'MISSED'}; errors {result.errors}",
                 )
             )
-            for conns in (max(2, context.connections // 4), context.connections):
-                batched, used_batch = measure(batch_file, batch_size, "/v1/recommend/batch", conns, seconds)
+            # The batch rows: vectors as numbers at two concurrencies, then the same batches with
+            # base64 vectors (docs/router.md), which is what the encoding saves the router.
+            for name, (body_file, body_size), conns in (
+                ("", (batch_file, batch_size), max(2, context.connections // 4)),
+                ("", (batch_file, batch_size), context.connections),
+                (" as vector_b64", (b64_file, b64_size), context.connections),
+            ):
+                batched, used_batch = measure(body_file, body_size, "/v1/recommend/batch", conns, seconds)
                 rows.append(
                     Row(
-                        f"{label}, batches of {batch}, wrk -c{conns}",
+                        f"{label}, batches of {batch}{name}, wrk -c{conns}",
                         batched.requests_per_s * batch,
                         batched.requests_per_s,
                         batched.p50_ms,
@@ -361,7 +401,8 @@ def run(
                         context.ef_search,
                         _stats(router, shard_servers, used_batch, batched),
                         f"ratio {batched.requests_per_s * batch / batch_base:.2f} x in-process batched "
-                        f"(goal >= 0.9); CPU per batch of {batch}; errors {batched.errors}",
+                        f"(goal >= 0.9); CPU per batch of {batch}; body {body_size:,} bytes; "
+                        f"errors {batched.errors}",
                     )
                 )
             if getattr(context, "baselines", None) is not None:
@@ -370,8 +411,9 @@ def run(
                     lambda duration: measure(
                         single_file, single_size, "/v1/recommend", saturating_connections, duration
                     ),
-                    lambda duration: measure(
-                        batch_file, batch_size, "/v1/recommend/batch", context.connections, duration
+                    lambda duration: (
+                        measure(batch_file, batch_size, "/v1/recommend/batch", context.connections, duration),
+                        measure(b64_file, b64_size, "/v1/recommend/batch", context.connections, duration),
                     ),
                     lambda result, used: _stats(router, shard_servers, used, result),
                     saturating_connections,
@@ -384,7 +426,7 @@ def run(
 def _interleaved(
     context: Any,
     single: Callable[[float], tuple[WrkResult, dict[int, float]]],
-    batched: Callable[[float], tuple[WrkResult, dict[int, float]]],
+    batched: Callable[[float], tuple[tuple[WrkResult, dict[int, float]], tuple[WrkResult, dict[int, float]]]],
     stats: Callable[[WrkResult, dict[int, float]], list[ProcessStats]],
     single_connections: int,
 ) -> str:
@@ -395,8 +437,9 @@ def _interleaved(
         cpu = stats(result, used)
         return result.requests_per_s, cpu[0].cpu_ms_per_request / cpu[1].cpu_ms_per_request
 
-    def router_batched(duration: float) -> float:
-        return batched(duration)[0].requests_per_s * int(context.batch)
+    def router_batched(duration: float) -> tuple[float, float]:
+        (numbers, _), (b64, _) = batched(duration)
+        return numbers.requests_per_s * int(context.batch), b64.requests_per_s * int(context.batch)
 
     seconds = max(2.0, context.seconds / 2)
     rounds = headline_rounds(
