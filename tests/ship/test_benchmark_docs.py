@@ -480,6 +480,25 @@ def test_design_quotes_the_speed_goals_as_make_bench_measured_them() -> None:
         assert quote in paragraph, f"design.md's speed-goals paragraph should say: {quote}"
     met = {name: cells[-1] == "met" for name, cells in by_goal.items()} | {"p99": p99_met}
     assert ("are not met as a whole" in paragraph) == (not all(met.values())), met
+    # The CPU view of the batch goal, from the main table's CPU column.
+    main = doc.split("<!--", 1)[0]
+    inprocess = _cpu(_row(main, "in-process hnswlib, batches of 64, 2 threads", "make bench")[7])
+    numbers = _cpu(_row(main, "router, batches of 64, wrk -c16", "make bench")[7])
+    b64 = _cpu(_row(main, "router, batches of 64 as vector_b64, wrk -c16", "make bench")[7])
+    by_cpu = inprocess["in-process"] / (numbers["router+2 workers"] + numbers["shards x4"])
+    for quote in (
+        f"{inprocess['in-process']:.3f} / ({numbers['router+2 workers']:.3f} + {numbers['shards x4']:.3f}) "
+        f"= {by_cpu:.2f}x in this run's main table",
+        f"from {numbers['router+2 workers']:.3f} to {b64['router+2 workers']:.3f} ms",
+        f"{inprocess['in-process'] / (b64['router+2 workers'] + b64['shards x4']):.2f}x by CPU",
+    ):
+        assert quote in paragraph, f"design.md's speed-goals paragraph should say: {quote}"
+
+
+def _cpu(cell: str) -> dict[str, float]:
+    """A CPU cell of the main table ("router+2 workers 1.586, shards x4 6.467, wrk 0.082") by process."""
+    parts = (part.rsplit(" ", 1) for part in cell.split(", "))
+    return {name: float(value) for name, value in parts if value not in {"—", "-"}}
 
 
 def test_router_cpu_section_matches_its_command_and_the_design_quotes_it() -> None:
