@@ -6,6 +6,7 @@ and apply it to the items they search (exact inner product)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import json
 from collections.abc import Callable, Coroutine, Sequence
@@ -213,6 +214,22 @@ async def test_upsert_goes_to_the_owner_leader_then_every_replica_and_is_searcha
 
 
 @_sync
+async def test_an_upsert_may_give_its_vector_as_base64() -> None:
+    """`vector_b64` on a write is the same vector as its numbers: logged as numbers, searchable."""
+    world, topology = _world()
+    item = _new_id(1)
+    vector = np.array([5.0, -2.5, 0.125, 3.0], dtype=np.float32)
+    encoded = base64.b64encode(vector.astype("<f4").tobytes()).decode()
+    async with _Running(world, _settings(), topology) as (client, _):
+        answer = await client.put(f"/v1/items/{item}", json={"vector_b64": encoded}, headers=BOTH)
+        assert answer.status_code == 200, answer.text
+        for replica in _replicas(world, 1):
+            assert [r["vector"] for r in replica.log] == [vector.tolist()]
+        found = await client.post("/v1/recommend", json={"vector_b64": encoded, "k": 1}, headers=BOTH)
+        assert found.json()["items"][0]["item_id"] == item
+
+
+@_sync
 async def test_a_follower_that_missed_records_is_caught_up_from_the_leader() -> None:
     world, topology = _world()
     leader, follower = _replicas(world, 0)  # r0, r1
@@ -318,6 +335,18 @@ async def test_concurrent_writes_leave_in_batches_and_a_refused_one_fails_alone(
         ("/v1/items/x", {"vector": [1.0, 2.0]}, 400, "bad_dimension"),
         ("/v1/items/x", {"vector": [1.0, 2.0, 3.0, float("nan")]}, 400, "invalid_json"),
         ("/v1/items/x", {"vector": "no"}, 422, "invalid_request"),
+        ("/v1/items/x", {"vector_b64": "AACAPwAAAEA="}, 400, "bad_dimension"),
+        ("/v1/items/x", {"vector_b64": "AACAPwAAwH8AAIA/AACAPw=="}, 400, "bad_vector"),  # a NaN
+        ("/v1/items/x", {"vector_b64": "AACAPwAAAEA"}, 422, "invalid_request"),  # no padding
+        ("/v1/items/x", {"vector_b64": "AACAPwA="}, 422, "invalid_request"),  # 5 bytes
+        ("/v1/items/x", {"vector_b64": "é"}, 422, "invalid_request"),
+        ("/v1/items/x", {"vector_b64": 5}, 422, "invalid_request"),
+        (
+            "/v1/items/x",
+            {"vector_b64": "AACAPwAAgD8AAIA/AACAPw==", "vector": [1.0] * DIM},
+            422,
+            "invalid_request",
+        ),
         ("/v1/items/x", {"vector": [1.0] * DIM, "colour": 1}, 422, "invalid_request"),
         ("/v1/items/x", {"vector": [1.0] * DIM, "metadata": "m"}, 422, "invalid_request"),
         ("/v1/items/a%0Ab", {"vector": [1.0] * DIM}, 400, "bad_item_id"),

@@ -160,9 +160,24 @@ def _query(request: RecommendRequest, where: str) -> RecommendQuery:
 def decode_vector_b64(text: str, where: str) -> Vector:
     """A `vector_b64` the schema's pattern accepted -> its float32 numbers, within the bounds of a
     vector given as numbers (which no JSON Schema can state of base64)."""
-    vector = np.frombuffer(binascii.a2b_base64(text, strict_mode=True), dtype="<f4").astype(np.float32)
+    vector = float32_from_b64(text)
+    assert vector is not None, "the schema's pattern admits only base64 of whole float32 numbers"
     _check_bounds(vector[None, :], lambda _: where)
     return vector
+
+
+def float32_from_b64(text: object) -> Vector | None:
+    """Base64 (RFC 4648, with padding) of little-endian float32 numbers -> them, from a body no
+    schema has checked (`PUT /v1/items/{id}`); None when `text` is not that."""
+    if not isinstance(text, str):
+        return None
+    try:
+        raw = binascii.a2b_base64(text, strict_mode=True)
+    except ValueError:  # binascii.Error, or a str that is not ASCII
+        return None
+    if not raw or len(raw) % 4:
+        return None
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
 
 
 def _decode_rows(encoded: list[str]) -> npt.NDArray[np.float32]:

@@ -31,6 +31,7 @@ from shardrec.serving.index.write_log import id_problem
 from shardrec.serving.router.dispatch import ShardChannel
 from shardrec.serving.router.errors import ApiError
 from shardrec.serving.router.metrics import RouterMetrics
+from shardrec.serving.router.parsing import float32_from_b64
 from shardrec.serving.router.replicas import Replica, leader
 from shardrec.serving.router.shard_protocol import ErrorKinds, ShardClientLike, WriterClientLike
 from shardrec.serving.router.snapshot import Snapshot
@@ -130,21 +131,18 @@ def check_item_id(item_id: str, max_length: int) -> None:
 
 
 def parse_upsert(body: bytes, dimension: int) -> dict[str, Any]:
-    """The body of `PUT /v1/items/{id}`: {"vector": [d numbers], "metadata": {...}?}."""
+    """The body of `PUT /v1/items/{id}`: {"vector": [d numbers], "metadata": {...}?}, or the
+    vector as "vector_b64" (base64 of little-endian float32, as queries may give it)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_request", "the body must be an object with 'vector'")
-    unknown = sorted(set(data) - {"vector", "metadata"})
+    unknown = sorted(set(data) - {"vector", "vector_b64", "metadata"})
     if unknown:
         raise ApiError(422, "invalid_request", f"unknown field(s): {', '.join(unknown)}")
-    vector = data.get("vector")
-    if not isinstance(vector, list) or not all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) for x in vector
-    ):
-        raise ApiError(422, "invalid_request", "vector: a list of numbers is required")
+    vector = _vector_of(data)
     if len(vector) != dimension:
         raise ApiError(
             400,
@@ -162,6 +160,27 @@ def parse_upsert(body: bytes, dimension: int) -> dict[str, Any]:
             raise ApiError(413, "metadata_too_large", f"metadata is larger than {MAX_METADATA_BYTES} bytes")
         op["metadata"] = metadata
     return op
+
+
+def _vector_of(data: dict[str, Any]) -> list[Any]:
+    if "vector_b64" in data:
+        if "vector" in data:
+            raise ApiError(422, "invalid_request", "give exactly one of vector and vector_b64")
+        decoded = float32_from_b64(data["vector_b64"])
+        if decoded is None:
+            raise ApiError(
+                422,
+                "invalid_request",
+                "vector_b64: must be base64 (RFC 4648, with padding) of little-endian float32 numbers, "
+                "4 bytes each",
+            )
+        return decoded.tolist()  # type: ignore[no-any-return]
+    vector = data.get("vector")
+    if not isinstance(vector, list) or not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in vector
+    ):
+        raise ApiError(422, "invalid_request", "vector: a list of numbers is required (or vector_b64)")
+    return vector
 
 
 @dataclass(frozen=True)
