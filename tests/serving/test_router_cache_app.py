@@ -5,9 +5,11 @@ answers replace 503s only when the spec allows them."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 import httpx
+import numpy as np
 
 from shardrec.api.topology import Topology
 from shardrec.api.v1alpha1 import RouterCacheSpec, RouterFallbackSpec
@@ -50,8 +52,11 @@ def test_a_repeated_query_is_a_flagged_hit_with_the_same_answer_and_no_shard_cal
         assert (await client.post("/v1/recommend", json={**vector, "vector": [1.0, 2.0, 3.0, 4.0]})).json()[
             "cached"
         ]
+        # The same float32 numbers as base64 are the same query: one entry for both forms.
+        encoded = base64.b64encode(np.array([1, 2, 3, 4], dtype="<f4").tobytes()).decode()
+        assert (await client.post("/v1/recommend", json={"vector_b64": encoded, "k": 3})).json()["cached"]
         text = (await client.get("/metrics")).text
-        assert metric(text, "shardrec_router_cache_hits_total ") == 2
+        assert metric(text, "shardrec_router_cache_hits_total ") == 3
         assert metric(text, "shardrec_router_cache_misses_total ") == 3
         assert metric(text, "shardrec_router_cache_entries ") == 3
         assert metric(text, "shardrec_router_cache_bytes ") > 0
