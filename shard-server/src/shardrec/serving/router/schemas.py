@@ -67,8 +67,8 @@ characters hold 3 floats; a last group of 8 characters holds 1, of 12 characters
 VECTOR_B64_DOC = (
     "Or: the query vector as base64 (RFC 4648, with padding) of its little-endian float32 numbers, "
     "4 bytes each, as numpy's `vector.astype('<f4').tobytes()` gives and OpenAI's embeddings API returns "
-    "with encoding_format=base64: a third of the size of a list of numbers, exact, and cheaper for the "
-    "router to read. The same bounds apply (finite, within +-1e15)."
+    "with encoding_format=base64: 5.3 characters per number, exact, and cheaper for the router to read "
+    "in batches. The same bounds apply (finite, within +-1e15)."
 )
 
 
