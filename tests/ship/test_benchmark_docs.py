@@ -313,11 +313,8 @@ def _router_workers_cpu(block: str, label: str) -> tuple[float, float]:
     """(router, shards) CPU ms per request of the saturating single-query row of one router
     configuration in the router-workers table."""
     scenario = f"{label}, single query, wrk -c64 (saturating)"
-    cpu = _row(block, scenario, "benchmarks/router_workers.py --write-doc")[7]
-    router = re.search(r"router(?:\+\d+ workers)? ([\d.]+)", cpu)
-    shards = re.search(r"shards x\d+ ([\d.]+)", cpu)
-    assert router and shards, cpu
-    return float(router.group(1)), float(shards.group(1))
+    cpu = _cpu(_row(block, scenario, "benchmarks/router_workers.py --write-doc")[7])
+    return cpu["router"], cpu["shards"]
 
 
 def test_router_workers_section_matches_its_command_and_the_design_quotes_it() -> None:
@@ -485,20 +482,21 @@ def test_design_quotes_the_speed_goals_as_make_bench_measured_them() -> None:
     inprocess = _cpu(_row(main, "in-process hnswlib, batches of 64, 2 threads", "make bench")[7])
     numbers = _cpu(_row(main, "router, batches of 64, wrk -c16", "make bench")[7])
     b64 = _cpu(_row(main, "router, batches of 64 as vector_b64, wrk -c16", "make bench")[7])
-    by_cpu = inprocess["in-process"] / (numbers["router+2 workers"] + numbers["shards x4"])
+    by_cpu = inprocess["in-process"] / (numbers["router"] + numbers["shards"])
     for quote in (
-        f"{inprocess['in-process']:.3f} / ({numbers['router+2 workers']:.3f} + {numbers['shards x4']:.3f}) "
+        f"{inprocess['in-process']:.3f} / ({numbers['router']:.3f} + {numbers['shards']:.3f}) "
         f"= {by_cpu:.2f}x in this run's main table",
-        f"from {numbers['router+2 workers']:.3f} to {b64['router+2 workers']:.3f} ms",
-        f"{inprocess['in-process'] / (b64['router+2 workers'] + b64['shards x4']):.2f}x by CPU",
+        f"from {numbers['router']:.3f} to {b64['router']:.3f} ms",
+        f"{inprocess['in-process'] / (b64['router'] + b64['shards']):.2f}x by CPU",
     ):
         assert quote in paragraph, f"design.md's speed-goals paragraph should say: {quote}"
 
 
 def _cpu(cell: str) -> dict[str, float]:
-    """A CPU cell of the main table ("router+2 workers 1.586, shards x4 6.467, wrk 0.082") by process."""
+    """A CPU cell of make bench's tables ("router+2 workers 1.586, shards x4 6.467, wrk 0.082") by
+    kind of process: {"router": 1.586, "shards": 6.467, "wrk": 0.082}."""
     parts = (part.rsplit(" ", 1) for part in cell.split(", "))
-    return {name: float(value) for name, value in parts if value not in {"—", "-"}}
+    return {re.split(r"[+ ]", name)[0]: float(value) for name, value in parts if value not in {"—", "-"}}
 
 
 def test_router_cpu_section_matches_its_command_and_the_design_quotes_it() -> None:
