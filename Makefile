@@ -136,9 +136,9 @@ bench-peers: $(STAMP) ## Ours (router over HTTP, in-process) vs Chroma's HTTP se
 	  && apt-get update -qq && apt-get install -y -qq wrk; } \
 	  || { echo "make bench-peers needs wrk (Debian/Ubuntu: apt-get install -y wrk)"; exit 2; }
 	$(BIN)/python -c 'import qdrant_edge' 2>/dev/null \
-	  || $(BIN)/pip install --quiet "$$(grep -o '"qdrant-edge-py[^"]*' pyproject.toml | tr -d '"')"
+	  || $(BIN)/pip install --quiet "$$(grep -o '"qdrant-edge-py[<>=~!][^"]*' pyproject.toml | tr -d '"')"
 	$(BIN)/python -c 'import hiredis' 2>/dev/null \
-	  || $(BIN)/pip install --quiet "$$(grep -o '"hiredis[^"]*' pyproject.toml | tr -d '"')"
+	  || $(BIN)/pip install --quiet "$$(grep -o '"hiredis[<>=~!][^"]*' pyproject.toml | tr -d '"')"
 	nice -n 10 $(BIN)/python benchmarks/peers_bench.py $(BENCH_ARGS)
 
 .PHONY: bench-writes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -167,3 +168,20 @@ def test_dev_installs_every_image_extra() -> None:
     dev = {str(r) for r in _project_requirements("dev")}
     for extra in ("serving", "operator"):
         assert {str(r) for r in _project_requirements(extra)} <= dev
+
+
+def test_the_makefiles_requirement_pickers_each_pick_one_bench_requirement() -> None:
+    """`make bench-peers` installs a missing bench dependency by grepping its requirement out of
+    pyproject.toml. Each such pipeline must give exactly one requirement of the bench extra: a
+    second match (the same name in mypy's module list, say) makes pip refuse the whole string."""
+    makefile = (ROOT / "Makefile").read_text()
+    pickers = re.findall(r"\"\$\$\((grep -o '[^']+' pyproject\.toml \| tr -d '\"')\)\"", makefile)
+    assert pickers, "no requirement pickers found in the Makefile: update this test"
+    bench = {str(requirement) for requirement in _project_requirements("bench")}
+    for picker in pickers:
+        shell = picker.replace("$$", "$")
+        picked = subprocess.run(
+            ["sh", "-c", shell], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split("\n")
+        assert len(picked) == 2 and not picked[1], f"`{shell}` picks {picked[:-1]}, not one line"
+        assert str(Requirement(picked[0])) in bench, f"`{shell}` picks {picked[0]!r}, not a bench requirement"
