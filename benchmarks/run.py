@@ -217,7 +217,7 @@ in {elapsed:.0f} s.{" " + QUICK_NOTE if args.quick else ""}
   CPU per request is listed so it can be seen not to be the bottleneck.
 - CPU ms/request per process = CPU time of that process during the run / requests answered (for batch
   rows, per batch). RSS is the resident set after the run. "—" = not applicable.
-- Peers (Chroma's HTTP server, Redis Stack's RediSearch, Qdrant Edge) on the same vectors at equal
+- Peers (Chroma's HTTP server, Redis's query engine and Vector Sets, Qdrant Edge) on the same vectors at equal
   recall, with the P3 verdict: the "Peers side by side" section below (`make bench-peers`), a run
   of its own.
 
