@@ -14,7 +14,6 @@ limit is not (FastAPI has none), which only makes B cheaper. Not a product path:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import socket
 import sys
 import time
@@ -28,7 +27,13 @@ from shardrec.serving.router import schemas
 from shardrec.serving.router.config import RouterSettings
 from shardrec.serving.router.errors import ApiError
 from shardrec.serving.router.gate import RouterState
-from shardrec.serving.router.main import UsageError, _loop, build_parser, settings_from_args
+from shardrec.serving.router.main import (
+    UsageError,
+    _loop,
+    build_parser,
+    server_config,
+    settings_from_args,
+)
 from shardrec.serving.router.parsing import RecommendQuery
 from shardrec.serving.router.ratelimit import retry_after_header
 from shardrec.serving.router.response import encode_batch
@@ -153,18 +158,8 @@ def main() -> int:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((args.host, port))
     print(f"ab_router listening on http://{args.host}:{sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(
-        create_library_app(settings, source),
-        loop=_loop(args.loop),
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-        log_level=args.log_level,
-        backlog=4096,
-        timeout_keep_alive=75,
-    )
+    app = create_library_app(settings, source)
+    config = server_config(app, loop=_loop(args.loop), log_level=args.log_level)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

@@ -9,6 +9,7 @@ import re
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,3 +89,44 @@ def test_what_the_command_writes_passes_the_same_check(tmp_path: Path) -> None:
     ab.write_section(doc, section)  # rewriting replaces the section, keeps the rest
     assert doc.read_text().count(ab.BEGIN) == 1 and "the wrk table" in doc.read_text()
     check_section(ab.section_of(doc.read_text()))
+
+
+def test_the_library_router_is_served_as_a_router_worker_serves(monkeypatch: Any) -> None:
+    """B of the gate's A/B differs from A only at the edge: its uvicorn configuration is the
+    router's own (`router.main.server_config`: the guarded httptools protocol, which also sends a
+    response in one write, the backlog, the timeouts). A hand-copied configuration drifted once,
+    and B paid two send() calls per response that A did not."""
+    import uvicorn
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import ab_router
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    from shardrec.serving.router.main import server_config
+
+    served: list[uvicorn.Config] = []
+
+    class Recorder:
+        def __init__(self, config: uvicorn.Config) -> None:
+            served.append(config)
+
+        def run(self, sockets: Any = None) -> None:
+            for sock in sockets or ():
+                sock.close()
+
+    app = object()
+    monkeypatch.setattr(ab_router, "settings_from_args", lambda args: (None, None, 0))
+    monkeypatch.setattr(ab_router, "create_library_app", lambda settings, source: app)
+    monkeypatch.setattr(uvicorn, "Server", Recorder)
+    monkeypatch.setattr(sys, "argv", ["ab_router.py", "--host", "127.0.0.1"])
+    assert ab_router.main() == 0
+    (config,) = served
+    router = server_config(app, loop=config.loop, log_level=config.log_level)  # type: ignore[arg-type]
+    fields = ("backlog", "timeout_keep_alive", "timeout_graceful_shutdown", "access_log")
+    fields += ("proxy_headers", "server_header", "date_header")
+    assert {f: getattr(config, f) for f in fields} == {f: getattr(router, f) for f in fields}
+    # guarded_protocol makes a class per call: the same protocol, bound to the same limits.
+    assert isinstance(config.http, type) and isinstance(router.http, type)
+    assert config.http.__mro__[1:] == router.http.__mro__[1:]
+    assert config.http.limits == router.http.limits  # type: ignore[attr-defined]
