@@ -265,6 +265,21 @@ def _router_files(work: Path, layout: Path, shards: Sequence[Server]) -> tuple[P
     return topology_file, config_file
 
 
+def router_argvs(topology_file: Path, config_file: Path) -> tuple[list[str], list[str]]:
+    """The two routers' command lines, the same flags for both. One worker each: the CPU read is
+    one pid's, and `shardrec-router` would otherwise serve from a worker per CPU under an idle
+    parent."""
+    flags = router_arguments(
+        host="127.0.0.1",
+        port=0,
+        topology_file=str(topology_file),
+        router_config=str(config_file),
+        workers=1,
+    )
+    a_argv = [sys.executable, "-m", ROUTER_MODULE, *flags]
+    return a_argv, [sys.executable, str(Path(__file__).with_name("ab_router.py")), *flags]
+
+
 def bench_router(  # noqa: PLR0917 - one call site
     work: Path, layout: Path, shards: Sequence[Server], queries: np.ndarray, rounds: int, concurrency: int
 ) -> list[Result]:
@@ -272,12 +287,7 @@ def bench_router(  # noqa: PLR0917 - one call site
 
     from shardrec.serving.shard.http1 import ConnectionPool
 
-    topology_file, config_file = _router_files(work, layout, shards)
-    flags = router_arguments(
-        host="127.0.0.1", port=0, topology_file=str(topology_file), router_config=str(config_file)
-    )
-    a_argv = [sys.executable, "-m", ROUTER_MODULE, *flags]
-    b_argv = [sys.executable, str(Path(__file__).with_name("ab_router.py")), *flags]
+    a_argv, b_argv = router_argvs(*_router_files(work, layout, shards))
     with running([start_server("router-A", a_argv), start_server("router-B", b_argv)]) as (
         router_a,
         router_b,

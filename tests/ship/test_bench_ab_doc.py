@@ -130,3 +130,15 @@ def test_the_library_router_is_served_as_a_router_worker_serves(monkeypatch: Any
     assert isinstance(config.http, type) and isinstance(router.http, type)
     assert config.http.__mro__[1:] == router.http.__mro__[1:]
     assert config.http.limits == router.http.limits  # type: ignore[attr-defined]
+
+
+def test_the_gate_ab_runs_each_router_as_one_process(tmp_path: Path) -> None:
+    """The A/B reads each router's CPU from its one pid (/proc/PID/stat). `shardrec-router` starts
+    a worker per usable CPU by default, and its parent then serves nothing: A measured ~0 CPU and
+    the bench divided by it. Both sides run one process serving the port."""
+    from shardrec.serving.router.main import build_parser
+
+    a_argv, b_argv = ab.router_argvs(tmp_path / "topology.json", tmp_path / "config.json")
+    assert a_argv[1:3] == ["-m", ab.ROUTER_MODULE] and b_argv[1].endswith("ab_router.py")
+    for argv in (a_argv, b_argv):
+        assert build_parser().parse_args(argv[3 if argv is a_argv else 2 :]).workers == 1, argv

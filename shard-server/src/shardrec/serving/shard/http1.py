@@ -3,10 +3,11 @@
 The router talks to its own shard servers only, so it needs just: POST/GET, Content-Length
 bodies, keep-alive and a connection pool. Doing that in one small Protocol (one future per
 request, no stream reader, no header objects) is measured by `make bench-ab` against
-httpx.AsyncClient doing the same binary searches on a real shard server: httpx used 27x this
-client's CPU per request (geometric mean; 15x for batches of 64 at k=100, 40x for single queries
-at k=100; docs/benchmarks.md), and client CPU is what limits a Python router. Not a general HTTP
-client: no redirects, no chunked bodies (shard servers always send Content-Length). TLS
+httpx.AsyncClient doing the same binary searches on a real shard server: httpx used about 28x
+this client's CPU per request (geometric mean; 15x for batches of 64 at k=100, 44x for single
+queries at k=100, in the run of 2026-12-07; docs/benchmarks.md has the latest), and client CPU is
+what limits a Python router. Not a general HTTP client: no redirects, no chunked bodies (shard
+servers always send Content-Length). TLS
 (`https://` with an `ssl.SSLContext`) is asyncio's own: the handshake happens once per pooled
 connection, so its cost is per connection, and the per-request cost is the record encryption
 (measured by `make bench-tls`, docs/benchmarks.md).
