@@ -128,12 +128,18 @@ class OperatorProcess:
     """`python -m shardrec_operator` watching one namespace; started, killed and restarted by PID."""
 
     def __init__(
-        self, kubeconfig: Path, namespace: str, log_path: Path, extra_args: tuple[str, ...] = ()
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        log_path: Path,
+        extra_args: tuple[str, ...] = (),
+        argv_prefix: tuple[str, ...] = (),
     ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.log_path = log_path
         self.extra_args = extra_args
+        self.argv_prefix = argv_prefix  # e.g. `unshare --pid --fork`: the operator as PID 1
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.liveness_port = 0
@@ -151,6 +157,7 @@ class OperatorProcess:
             "PYTHONUNBUFFERED": "1",
         }
         argv = [
+            *self.argv_prefix,
             sys.executable,
             "-m",
             "shardrec_operator",

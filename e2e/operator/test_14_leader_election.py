@@ -9,6 +9,9 @@ takeover time (kill -> Lease holder changed) is printed.
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import socket
 import time
 from pathlib import Path
@@ -129,3 +132,52 @@ def test_a_stopped_leader_hands_the_lease_over_at_once(scenario: Any, harness: A
     finally:
         first.stop()
         second.stop()
+
+
+def _child(pid: int) -> int:
+    """The one child of `pid` (unshare's forked child: the operator, PID 1 of its namespace)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, f"{pid} has children {children}"
+    return int(children[0])
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_a_standby_as_pid_1_stops_at_once_on_sigterm(scenario: Any, harness: Any, tmp_path: Path) -> None:
+    """In a container the operator is PID 1, and the kernel does not apply a signal's default action
+    to PID 1: a SIGTERM it has no handler for is dropped. kopf handles SIGTERM, but a standby waits
+    for the Lease before kopf starts, so it would sit out the pod's whole grace period and be
+    SIGKILLed (30 s by default: every operator rollout, node drain and uninstall waited that long
+    for the standby). The standby here runs as PID 1 of its own PID namespace, as in a pod."""
+    scenario.operator.stop()
+    leader = harness.OperatorProcess(
+        scenario.kube.cp.kubeconfig, scenario.namespace, tmp_path / "operator-a.log", ELECTION
+    )
+    standby = harness.OperatorProcess(
+        scenario.kube.cp.kubeconfig,
+        scenario.namespace,
+        tmp_path / "operator-b.log",
+        ELECTION,
+        argv_prefix=("unshare", "--pid", "--fork", "--kill-child"),
+    )
+    try:
+        leader.start()
+        harness.wait_for("the first operator to lead", lambda: _holder(scenario) == _identity(leader), 30)
+        standby.start()  # its liveness answers while it waits for the Lease
+        assert standby.proc is not None
+        operator_pid = _child(standby.proc.pid)
+        (pids,) = [
+            line
+            for line in Path(f"/proc/{operator_pid}/status").read_text().splitlines()
+            if line.startswith("NSpid:")
+        ]
+        assert pids.split()[-1] == "1", f"not PID 1 of its namespace: {pids}"  # NSpid: <ours> <its own>
+        os.kill(operator_pid, signal.SIGTERM)
+        sent = time.monotonic()
+        harness.wait_for("the standby to exit on SIGTERM", lambda: standby.proc.poll() is not None, 10)
+        print(f"standby as PID 1: exited {time.monotonic() - sent:.1f}s after SIGTERM")
+        assert standby.proc.returncode == 0, _log(standby)
+        assert "SIGTERM while waiting for the Lease" in _log(standby)
+        assert _holder(scenario) == _identity(leader), "the leader lost the Lease to a stopping standby"
+    finally:
+        standby.stop()
+        leader.stop()
