@@ -13,7 +13,13 @@ from shardrec.api.topology import LayoutTopology
 from shardrec.serving.router.config import RouterConfig
 from shardrec_operator.desired import labels, names, pods
 from shardrec_operator.desired.cluster import build_cluster_objects
-from shardrec_operator.desired.index_build import build_cleanup_job, build_index_job, resolve_source
+from shardrec_operator.desired.index_build import (
+    JOB_GRACE_SECONDS,
+    build_artifact_gc_job,
+    build_cleanup_job,
+    build_index_job,
+    resolve_source,
+)
 from shardrec_operator.desired.network import build_shard_network_policy
 from shardrec_operator.desired.rbac import build_router_role
 from shardrec_operator.desired.router import (
@@ -111,6 +117,23 @@ def test_pre_stop_drains_fit_in_the_grace_period(drain: int) -> None:
     for pod in (shard_pod, router_pod):
         # The kubelet counts the preStop hook against the grace period; shutdown needs the rest.
         assert pod["terminationGracePeriodSeconds"] >= drain + 10
+
+
+def test_job_pods_are_stopped_within_seconds() -> None:
+    """A Job's command runs as PID 1 of its container, and `recctl` / `python -c` install no SIGTERM
+    handler: the kernel drops the signal, so a deleted build or cleanup pod would go on for the
+    default 30 s until SIGKILL (holding its CPU and memory while a newer build waits). Their work
+    is idempotent (a build publishes layout.json last; deletes may repeat), so a short grace
+    bounds that."""
+    jobs = {
+        "build": build_index_job(SAMPLE, LAYOUT, "a1"),
+        "artifact gc": build_artifact_gc_job(SAMPLE, "layout-0123456789", "v1"),
+        "cleanup": build_cleanup_job(SAMPLE),
+    }
+    for name, job in jobs.items():
+        pod = job["spec"]["template"]["spec"]
+        assert pod.get("terminationGracePeriodSeconds") == JOB_GRACE_SECONDS, name
+    assert JOB_GRACE_SECONDS <= 10
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,11 @@ CLEANUP_DEADLINE_SECONDS: Final = 600
 WORK_VOLUME: Final = "build-work"
 WORK_MOUNT: Final = "/work"
 GC_TTL_SECONDS: Final = 3600
+JOB_GRACE_SECONDS: Final = 5
+"""terminationGracePeriodSeconds of every Job pod here. Their commands (`recctl`, `python -c`) run
+as PID 1 with no SIGTERM handler, and the kernel drops a signal PID 1 does not handle: a deleted
+pod would go on until the default 30 s grace ends. Their work may be cut anywhere (a build
+publishes layout.json last; deletes may repeat), so the kubelet's SIGKILL comes after 5 s."""
 """A finished garbage-collection Job is kept this long (far beyond any resync) so the operator sees
 how it ended; if it is gone first the deletion is ordered again, and deleting what is gone is a
 no-op."""
@@ -160,6 +165,7 @@ def _job_pod_spec(
             mounts.append({"name": pods.SOURCE_VOLUME, "mountPath": pods.SOURCE_MOUNT, "readOnly": True})
     return {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": JOB_GRACE_SECONDS,
         "serviceAccountName": names.shard_service_account(cluster),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
