@@ -267,3 +267,25 @@ def test_a_missing_search_module_is_refused_by_name(
     module = tmp_path / "redisearch.so"
     module.write_bytes(b"")
     assert bench.parse_args(["--redis-search-module", str(module)]).redis_search_module == module
+
+
+def test_a_redis_source_of_another_digest_is_refused_before_it_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis 8 is built from Debian's source tarball; one whose SHA-256 differs is never unpacked."""
+    import contextlib
+    import io
+
+    redis_bench = _bench().redis_bench
+    fetched: list[str] = []
+
+    def urlopen(url: str, timeout: float) -> Any:
+        fetched.append(url)
+        return contextlib.nullcontext(io.BytesIO(b"not redis"))
+
+    monkeypatch.setattr(redis_bench.urllib.request, "urlopen", urlopen)
+    with pytest.raises(RuntimeError, match="SHA-256"):
+        redis_bench.find_redis8(tmp_path / "redis8")
+    assert fetched == [redis_bench.REDIS8_SOURCE]
+    assert not list((tmp_path / "redis8" / "build").glob("redis-*/")), "the tarball was unpacked"
+    assert not (tmp_path / "redis8" / "bin").exists()
