@@ -131,7 +131,7 @@ bench-tls: $(STAMP) ## Router -> shard with and without TLS, side by side in one
 	nice -n 10 $(BIN)/python benchmarks/tls_bench.py $(BENCH_ARGS)
 
 .PHONY: bench-peers
-bench-peers: $(STAMP) ## Ours (router over HTTP, in-process) vs Chroma's HTTP server, Redis's query engine, Redis 8's Vector Sets and Qdrant Edge at equal recall, 100k x 64 -> docs/benchmarks.md (~20 min, niced; Redis 8.0.2 is built on first use; BENCH_ARGS=--quick for a smoke run, BENCH_ARGS='--redis-search-module PATH' for Redis 8's query engine instead of Redis Stack 7.4's)
+bench-peers: $(STAMP) ## Ours (router over HTTP, in-process) vs Chroma's HTTP server, Redis's query engine, Redis 8's Vector Sets and Qdrant Edge at equal recall, 100k x 64 -> docs/benchmarks.md (~7 min here, niced; first use also installs Chroma and Redis Stack and builds Redis 8.0.2, a few minutes each; BENCH_ARGS=--quick for a smoke run, BENCH_ARGS='--redis-search-module PATH' for Redis 8's query engine instead of Redis Stack 7.4's)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && apt-get install -y -qq wrk; } \
 	  || { echo "make bench-peers needs wrk (Debian/Ubuntu: apt-get install -y wrk)"; exit 2; }
