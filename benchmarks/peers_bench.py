@@ -499,15 +499,15 @@ def redis_target(
     return found, _curve_text(search.parameter, curve)
 
 
-REDIS_MODULES = {"RediSearch": "search", "Vector Sets": "vectorset"}
-"""The name MODULE LIST gives each search's module (Vector Sets: built into Redis 8's server)."""
+REDIS_PEERS = {"redis": redis_bench.QUERY_ENGINE, "vectorsets": redis_bench.VECTOR_SETS}
+"""The --peers names of Redis's two vector searches."""
 
 
 def redis_engine(server: str, modules: dict[str, str], search: redis_bench.VectorSearch) -> str:
-    """The engine column: which Redis, and which RediSearch searched (Vector Sets are the
-    server's own, so the server's version is theirs)."""
+    """The engine column: which Redis, and the version of the module that searched (Vector Sets
+    are the server's own, so the server's version is theirs)."""
     name = "Redis Stack" if server.startswith("7.") else "Redis"
-    module = modules.get(REDIS_MODULES[search.name]) if search is redis_bench.QUERY_ENGINE else None
+    module = modules.get(search.module) if search.module else None
     return f"{name} {server} + {search.name}" + (f" {module}" if module else "")
 
 
@@ -568,7 +568,7 @@ def ratios(rows: Sequence[PeerRow]) -> list[str]:
             f"{ours_1.requests_per_s / chroma_1.requests_per_s:.1f}x."
         )
     mine, qdrant = _loop(rows, "ours"), _loop(rows, "Qdrant Edge")
-    for search in REDIS_MODULES:
+    for search in (peer.name for peer in REDIS_PEERS.values()):
         redis = _saturating(rows, "Redis", search)
         if not (ours and redis):
             continue
@@ -773,7 +773,7 @@ def measure(
         if wanted and not shutil.which("wrk"):
             missing += [f"{name} (wrk is not installed: apt-get install wrk)" for name in wanted]
             wanted = []
-        for name in ("redis", "vectorsets"):
+        for name in REDIS_PEERS:
             if name in args.peers:
                 if importlib.util.find_spec("hiredis") is None:
                     missing.append(f"{name} (hiredis is not installed: pip install -e '.[bench]')")
@@ -787,7 +787,7 @@ def measure(
             )
             targets.append(chroma)
             curves.append(f"Chroma ({chroma_curve})")
-        for name, search in (("redis", redis_bench.QUERY_ENGINE), ("vectorsets", redis_bench.VECTOR_SETS)):
+        for name, search in REDIS_PEERS.items():
             if name in wanted:
                 redis, redis_curve = redis_target(
                     stack,

@@ -430,7 +430,8 @@ def vsim_ids(reply: Any) -> list[int]:
 @dataclass(frozen=True)
 class VectorSearch:
     """One of Redis's two vector searches: how items go in, how a query is asked at a search
-    parameter, and how its reply names items."""
+    parameter, and how its reply names items; `module`: the name MODULE LIST gives its module
+    (None: built into the server, whose version is then the search's)."""
 
     name: str
     access: str
@@ -438,12 +439,13 @@ class VectorSearch:
     load: Callable[..., float]
     query: Callable[[np.ndarray, int, int], bytes]
     ids: Callable[[Any], list[int]]
+    module: str | None
 
 
 QUERY_ENGINE = VectorSearch(
-    "RediSearch", "FT.SEARCH KNN", "EF_RUNTIME", load_index, search_command, search_ids
+    "RediSearch", "FT.SEARCH KNN", "EF_RUNTIME", load_index, search_command, search_ids, "search"
 )
-VECTOR_SETS = VectorSearch("Vector Sets", "VSIM", "EF", load_vector_set, vsim_command, vsim_ids)
+VECTOR_SETS = VectorSearch("Vector Sets", "VSIM", "EF", load_vector_set, vsim_command, vsim_ids, None)
 
 
 def measure_recall(port: int, data: Dataset, k: int, ef: int, search: VectorSearch = QUERY_ENGINE) -> float:
