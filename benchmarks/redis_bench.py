@@ -341,21 +341,19 @@ def module_versions(port: int) -> dict[str, str]:
         connection.close()
 
 
-def _pipelined_load(port: int, data: Dataset, add: Callable[[int, np.ndarray], bytes], batch: int) -> float:
+def _pipelined_load(
+    connection: Connection, data: Dataset, add: Callable[[int, np.ndarray], bytes], batch: int
+) -> float:
     """Every item through `add` (its command), pipelined `batch` at a time; the seconds it took.
     Both searches index as they are written, so this is the build time too."""
-    connection = Connection(port)
-    try:
-        started = time.monotonic()
-        items = np.ascontiguousarray(data.items, dtype=np.float32)
-        for start in range(0, len(items), batch):
-            rows = items[start : start + batch]
-            replies = connection.pipeline([add(start + i, row) for i, row in enumerate(rows)])
-            if any(reply != 1 for reply in replies):
-                raise RedisError(f"adding items failed near item {start}: {replies[:3]}")
-        return time.monotonic() - started
-    finally:
-        connection.close()
+    started = time.monotonic()
+    items = np.ascontiguousarray(data.items, dtype=np.float32)
+    for start in range(0, len(items), batch):
+        rows = items[start : start + batch]
+        replies = connection.pipeline([add(start + i, row) for i, row in enumerate(rows)])
+        if any(reply != 1 for reply in replies):
+            raise RedisError(f"adding items failed near item {start}: {replies[:3]}")
+    return time.monotonic() - started
 
 
 def load_index(port: int, data: Dataset, *, m: int, ef_construction: int, batch: int = 1000) -> float:
@@ -370,7 +368,7 @@ def load_index(port: int, data: Dataset, *, m: int, ef_construction: int, batch:
             "M", m, "EF_CONSTRUCTION", ef_construction,
         )  # fmt: skip
         seconds = _pipelined_load(
-            port, data, lambda i, row: command("HSET", f"{PREFIX}{i}", FIELD, row.tobytes()), batch
+            connection, data, lambda i, row: command("HSET", f"{PREFIX}{i}", FIELD, row.tobytes()), batch
         )
         info = connection.call("FT.INFO", INDEX)
         fields = dict(zip(info[::2], info[1::2], strict=False))
@@ -405,9 +403,9 @@ def load_vector_set(port: int, data: Dataset, *, m: int, ef_construction: int, b
     def add(i: int, row: np.ndarray) -> bytes:
         return command("VADD", INDEX, "FP32", row.tobytes(), i, "NOQUANT", "EF", ef_construction, "M", m)
 
-    seconds = _pipelined_load(port, data, add, batch)
     connection = Connection(port)
     try:
+        seconds = _pipelined_load(connection, data, add, batch)
         count = int(connection.call("VCARD", INDEX))
     finally:
         connection.close()
